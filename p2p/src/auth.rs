@@ -1,0 +1,267 @@
+//! The cluster key and the handshake every connection starts with.
+//!
+//! ```text
+//! server -> client  Hello       { magic, version, pool, service, server nonce }
+//! client -> server  ClientAuth  { version, client name, service, client nonce,
+//!                                 HMAC(key, "client" | server nonce | client nonce | service | name) }
+//! server -> client  Welcome     { HMAC(key, "server" | client nonce | server nonce) }
+//!                or Refused     { error }
+//! ```
+//! Both sides prove they hold the key; neither sends it. The server gives the client a bounded
+//! time to finish; a client that does not, or that proves a different key, is dropped with one
+//! warning line on the pool and a clear `Refused` message on the client.
+
+use std::fmt;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::error::{ErrorCode, RemoteError};
+use crate::frame::{FrameReader, FrameWriter, WireError};
+use crate::random::random_bytes;
+
+/// The protocol version this build speaks. Bumped on any incompatible message change.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The first bytes of every conversation, so a stray client is recognised at once.
+pub const MAGIC: [u8; 8] = *b"TIDEPOOL";
+/// How long a peer may take to finish the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shared secret of a cluster: 32 bytes, stored as 64 hex digits in the key file.
+#[derive(Clone)]
+pub struct ClusterKey([u8; 32]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    /// A fresh random key.
+    pub fn generate() -> std::io::Result<Self> {
+        Ok(ClusterKey(random_bytes()?))
+    }
+
+    /// Parses the key file's text (64 hex digits, surrounding white space ignored).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let hex = text.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("a cluster key file holds exactly 64 hex digits".into());
+        }
+        let mut key = [0u8; 32];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(ClusterKey(key))
+    }
+
+    /// The key file's text.
+    pub fn to_file_text(&self) -> String {
+        let mut s: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        s.push('\n');
+        s
+    }
+
+    fn mac(&self, parts: &[&[u8]]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        for p in parts {
+            mac.update(&(p.len() as u32).to_be_bytes());
+            mac.update(p);
+        }
+        mac
+    }
+}
+
+/// The endpoint a client wants; a pool answers each on its own listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Service {
+    /// Admin commands from the shell.
+    Admin,
+    /// Replica data: client put/get and pool-to-pool transfers.
+    Data,
+}
+
+impl Service {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Service::Admin => b"admin",
+            Service::Data => b"data",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: [u8; 8],
+    pub version: u16,
+    pub pool: String,
+    pub service: Service,
+    pub nonce: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClientAuth {
+    pub version: u16,
+    pub client: String,
+    pub service: Service,
+    pub nonce: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum HandshakeReply {
+    Welcome { mac: [u8; 32] },
+    Refused(RemoteError),
+}
+
+/// What the server learned about an authenticated client.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub name: String,
+}
+
+/// Runs the server side of the handshake within [`HANDSHAKE_TIMEOUT`].
+pub async fn accept<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    key: &ClusterKey,
+    pool: &str,
+    service: Service,
+) -> Result<PeerInfo, WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let work = async {
+        let nonce: [u8; 32] = random_bytes()?;
+        writer
+            .send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, pool: pool.to_string(), service, nonce })
+            .await?;
+        let auth: ClientAuth = reader.recv().await?;
+        let refuse = |code, msg: String| HandshakeReply::Refused(RemoteError::new(code, msg));
+        if auth.version != PROTOCOL_VERSION {
+            let msg = format!(
+                "protocol version {} is not supported; pool {pool} speaks version {PROTOCOL_VERSION}",
+                auth.version
+            );
+            writer.send(&refuse(ErrorCode::Protocol, msg.clone())).await?;
+            return Err(WireError::Handshake(msg));
+        }
+        if auth.service != service {
+            let msg = format!("this is the {service:?} endpoint of pool {pool}, not {:?}", auth.service);
+            writer.send(&refuse(ErrorCode::Protocol, msg.clone())).await?;
+            return Err(WireError::Handshake(msg));
+        }
+        let proof = key.mac(&[b"client", &nonce, &auth.nonce, service.tag(), auth.client.as_bytes()]);
+        if proof.verify_slice(&auth.mac).is_err() {
+            let msg = format!("authentication failed: {} does not hold the cluster key of pool {pool}", auth.client);
+            writer.send(&refuse(ErrorCode::AuthFailed, msg.clone())).await?;
+            return Err(WireError::Handshake(msg));
+        }
+        let mac = key.mac(&[b"server", &auth.nonce, &nonce]).finalize().into_bytes().into();
+        writer.send(&HandshakeReply::Welcome { mac }).await?;
+        Ok(PeerInfo { name: auth.client })
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// Runs the client side of the handshake; returns the pool's name.
+pub async fn connect<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    key: &ClusterKey,
+    client: &str,
+    service: Service,
+) -> Result<String, WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let work = async {
+        let hello: Hello = reader.recv().await?;
+        if hello.magic != MAGIC {
+            return Err(WireError::Handshake("the peer is not a Tidepool pool".into()));
+        }
+        let nonce: [u8; 32] = random_bytes()?;
+        let mac = key.mac(&[b"client", &hello.nonce, &nonce, service.tag(), client.as_bytes()]);
+        let auth = ClientAuth {
+            version: PROTOCOL_VERSION,
+            client: client.to_string(),
+            service,
+            nonce,
+            mac: mac.finalize().into_bytes().into(),
+        };
+        writer.send(&auth).await?;
+        match reader.recv::<HandshakeReply>().await? {
+            HandshakeReply::Refused(err) => Err(WireError::Remote(err)),
+            HandshakeReply::Welcome { mac } => {
+                let proof = key.mac(&[b"server", &nonce, &hello.nonce]);
+                if proof.verify_slice(&mac).is_err() {
+                    return Err(WireError::Handshake(format!(
+                        "pool {} could not prove it holds our cluster key",
+                        hello.pool
+                    )));
+                }
+                Ok(hello.pool)
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::MAX_FRAME;
+
+    async fn run(server_key: ClusterKey, client_key: ClusterKey) -> (Result<PeerInfo, WireError>, Result<String, WireError>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let server = async move {
+            let mut r = FrameReader::new(ar, MAX_FRAME);
+            let mut w = FrameWriter::new(aw);
+            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin).await
+        };
+        let client = async move {
+            let mut r = FrameReader::new(br, MAX_FRAME);
+            let mut w = FrameWriter::new(bw);
+            connect(&mut r, &mut w, &client_key, "shell", Service::Admin).await
+        };
+        tokio::join!(server, client)
+    }
+
+    #[tokio::test]
+    async fn same_key_is_accepted_both_ways() {
+        let key = ClusterKey::generate().unwrap();
+        let (s, c) = run(key.clone(), key).await;
+        assert_eq!(s.unwrap().name, "shell");
+        assert_eq!(c.unwrap(), "pool1");
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused_with_a_clear_message() {
+        let (s, c) = run(ClusterKey::generate().unwrap(), ClusterKey::generate().unwrap()).await;
+        assert!(s.is_err());
+        let msg = c.unwrap_err().to_string();
+        assert!(msg.contains("authentication failed"), "{msg}");
+    }
+
+    #[test]
+    fn key_text_round_trips() {
+        let key = ClusterKey::generate().unwrap();
+        let again = ClusterKey::parse(&key.to_file_text()).unwrap();
+        assert_eq!(key.0, again.0);
+        assert!(ClusterKey::parse("abc").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! The lexical syntax of admin command lines, as dCache writes them: words separated by white
+//! space; `-flag` and `-name=value` options anywhere on the line; values may be quoted with
+//! `"..."` (backslash escapes `\\ \" \n \t \'`) or `'...'` (literal); `--` ends the options.
+//! Every token keeps its byte offset so errors can point at it.
+
+use nom::branch::alt;
+use nom::bytes::complete::{escaped_transform, is_not, take_while1};
+use nom::character::complete::char;
+use nom::combinator::{map, opt, value};
+use nom::multi::many1;
+use nom::sequence::delimited;
+use nom::{IResult, Parser};
+
+/// One word of a command line after quotes are removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub text: String,
+    /// Byte offset of the token's first character in the line.
+    pub offset: usize,
+    /// The token began with a plain `-`: an option, unless it came after `--`.
+    dash: bool,
+}
+
+/// An option as written: `-name` or `-name=value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionArg {
+    pub name: String,
+    pub value: Option<String>,
+    pub offset: usize,
+}
+
+/// A command line split into positional words and options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Args {
+    pub positional: Vec<Token>,
+    pub options: Vec<OptionArg>,
+}
+
+/// A line that cannot be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LexError {
+    pub offset: usize,
+    pub message: String,
+}
+
+enum Piece<'a> {
+    Plain(&'a str),
+    Quoted(String),
+}
+
+fn plain(i: &str) -> IResult<&str, Piece<'_>> {
+    map(take_while1(|c: char| !c.is_whitespace() && c != '"' && c != '\''), Piece::Plain).parse(i)
+}
+
+fn double_quoted(i: &str) -> IResult<&str, Piece<'_>> {
+    let escapes = alt((
+        value("\\", char('\\')),
+        value("\"", char('"')),
+        value("'", char('\'')),
+        value("\n", char('n')),
+        value("\t", char('t')),
+    ));
+    let body = map(opt(escaped_transform(is_not("\\\""), '\\', escapes)), Option::unwrap_or_default);
+    map(delimited(char('"'), body, char('"')), Piece::Quoted).parse(i)
+}
+
+fn single_quoted(i: &str) -> IResult<&str, Piece<'_>> {
+    map(delimited(char('\''), opt(is_not("'")), char('\'')), |s: Option<&str>| {
+        Piece::Quoted(s.unwrap_or_default().to_string())
+    })
+    .parse(i)
+}
+
+fn word(i: &str) -> IResult<&str, Vec<Piece<'_>>> {
+    many1(alt((plain, double_quoted, single_quoted))).parse(i)
+}
+
+/// Splits a line into tokens.
+pub fn tokenize(line: &str) -> Result<Vec<Token>, LexError> {
+    let mut tokens = Vec::new();
+    let mut rest = line;
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return Ok(tokens);
+        }
+        let offset = line.len() - rest.len();
+        match word(rest) {
+            Ok((after, pieces)) => {
+                let dash = matches!(pieces.first(), Some(Piece::Plain(p)) if p.starts_with('-'));
+                let mut text = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Plain(p) => text.push_str(p),
+                        Piece::Quoted(q) => text.push_str(&q),
+                    }
+                }
+                tokens.push(Token { text, offset, dash });
+                rest = after;
+            }
+            Err(_) => {
+                // `word` only fails on an opening quote without its closing one.
+                let at = offset + rest.find(['"', '\'']).unwrap_or(0);
+                return Err(LexError { offset: at, message: "unterminated quote".into() });
+            }
+        }
+    }
+}
+
+impl Args {
+    /// Splits tokens into options and positional words. A token that starts with a plain `-`
+    /// (and is more than `-`) is an option until a `--` token, which is dropped.
+    pub fn from_tokens(tokens: Vec<Token>) -> Args {
+        let mut args = Args::default();
+        let mut options_done = false;
+        for token in tokens {
+            if !options_done && token.dash && token.text == "--" {
+                options_done = true;
+            } else if !options_done && token.dash && token.text.len() > 1 {
+                let body = &token.text[1..];
+                let (name, value) = match body.split_once('=') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (body.to_string(), None),
+                };
+                args.options.push(OptionArg { name, value, offset: token.offset });
+            } else {
+                args.positional.push(token);
+            }
+        }
+        args
+    }
+
+    /// Tokenizes and splits a whole line.
+    pub fn parse(line: &str) -> Result<Args, LexError> {
+        tokenize(line).map(Args::from_tokens)
+    }
+}
+
+impl Token {
+    /// A positional token (for tests and programmatic callers).
+    pub fn word(text: &str, offset: usize) -> Token {
+        Token { text: text.to_string(), offset, dash: false }
+    }
+}
+
+/// Renders `line` with a caret under byte `offset`, for error messages.
+pub fn point_at(line: &str, offset: usize) -> String {
+    let column = line[..offset.min(line.len())].chars().count();
+    format!("  {line}\n  {}^", " ".repeat(column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(line: &str) -> Vec<String> {
+        tokenize(line).unwrap().into_iter().map(|t| t.text).collect()
+    }
+
+    #[test]
+    fn splits_words_and_quotes() {
+        let table: &[(&str, &[&str])] = &[
+            ("", &[]),
+            ("   ", &[]),
+            ("rep ls", &["rep", "ls"]),
+            ("  rep   ls  ", &["rep", "ls"]),
+            (r#"-o="my owner" x"#, &["-o=my owner", "x"]),
+            (r#"'a "b"' c"#, &[r#"a "b""#, "c"]),
+            (r#""a\"b\\c""#, &[r#"a"b\c"#]),
+            (r#""""#, &[""]),
+            (r#"ab"cd"ef"#, &["abcdef"]),
+            ("-include-when='target.free > source.free'", &["-include-when=target.free > source.free"]),
+        ];
+        for (line, want) in table {
+            assert_eq!(words(line), *want, "line {line:?}");
+        }
+    }
+
+    #[test]
+    fn unterminated_quote_points_at_the_quote() {
+        let err = tokenize(r#"rep ls "abc"#).unwrap_err();
+        assert_eq!(err.offset, 7);
+        let err = tokenize("a 'b").unwrap_err();
+        assert_eq!(err.offset, 2);
+    }
+
+    #[test]
+    fn options_and_positionals() {
+        let args = Args::parse(r#"rep set sticky -o=owner -l=1000 -force 0000AB on"#).unwrap();
+        let pos: Vec<&str> = args.positional.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(pos, ["rep", "set", "sticky", "0000AB", "on"]);
+        let opts: Vec<(&str, Option<&str>)> =
+            args.options.iter().map(|o| (o.name.as_str(), o.value.as_deref())).collect();
+        assert_eq!(opts, [("o", Some("owner")), ("l", Some("1000")), ("force", None)]);
+    }
+
+    #[test]
+    fn double_dash_ends_options_and_quoted_dash_is_positional() {
+        let args = Args::parse(r#"migration copy -pnfsid=1 -- -weird "-q""#).unwrap();
+        let pos: Vec<&str> = args.positional.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(pos, ["migration", "copy", "-weird", "-q"]);
+        assert_eq!(args.options.len(), 1);
+        let args = Args::parse(r#"x "-q""#).unwrap();
+        assert!(args.options.is_empty());
+    }
+
+    #[test]
+    fn caret_points_at_column() {
+        assert_eq!(point_at("rep ls -x", 7), "  rep ls -x\n         ^");
+    }
+}

@@ -1,0 +1,106 @@
+//! Stable error codes that an operator can see, each with a one-line hint, in the style of
+//! dCache's numeric `rc` values. The numbers never change meaning; new ones are only added.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! error_codes {
+    ($($name:ident = $num:literal, $hint:literal;)*) => {
+        /// The stable codes. `as_u32` is what crosses the wire and what `docs/errors.md` lists.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($name,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name,)*];
+
+            pub fn as_u32(self) -> u32 {
+                match self { $(ErrorCode::$name => $num,)* }
+            }
+
+            pub fn from_u32(n: u32) -> Option<ErrorCode> {
+                match n { $($num => Some(ErrorCode::$name),)* _ => None }
+            }
+
+            /// A one-line hint on what to do about it.
+            pub fn hint(self) -> &'static str {
+                match self { $(ErrorCode::$name => $hint,)* }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self { $(ErrorCode::$name => stringify!($name),)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    Syntax = 2, "check the command with `help <command>`";
+    UnknownCommand = 3, "`help` lists the commands this pool knows";
+    InvalidArgument = 4, "check the value against `help <command>`";
+    FileNotFound = 10001, "the replica is not in this pool; `rep ls` lists what is";
+    FileExists = 10002, "a replica with this id is already in the pool";
+    IllegalTransition = 10003, "see the replica states in docs/glossary.md";
+    FileBusy = 10004, "the replica is being written or moved; try again when it is done";
+    PoolFull = 10005, "free space or add capacity; only cached, non-sticky replicas can be evicted";
+    ChecksumMismatch = 10006, "the data differ from what was sent; nothing was committed, retry the transfer";
+    ShortTransfer = 10007, "the sender stopped before all data arrived; nothing was committed";
+    Io = 10008, "the pool's disk reported an error; check the pool log and the disk";
+    NotCommitted = 10009, "the replica is not complete (no CACHED or PRECIOUS state) and cannot be read";
+    PoolDisabled = 104, "the pool mode forbids this; see `info` and `pool enable`";
+    AuthFailed = 20001, "every pool and the shell must use the same cluster key file";
+    Protocol = 20002, "the peer speaks another protocol version or sent a malformed frame";
+    Timeout = 20003, "the peer did not answer in time; check that it runs and is reachable";
+    Offline = 20004, "the pool does not answer; check that its daemon runs";
+    ShuttingDown = 20005, "the pool is stopping; retry once it is back";
+    Internal = 99, "a bug in Tidepool: please report it with the pool log";
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_u32())
+    }
+}
+
+/// An error as it crosses the wire: a stable code and a message for the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} (rc={code})")]
+pub struct RemoteError {
+    pub code: u32,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError { code: code.as_u32(), message: message.into() }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u32(self.code)
+    }
+
+    /// The message, the code and the hint, as the shell prints them.
+    pub fn render(&self) -> String {
+        match self.code() {
+            Some(code) => format!("{} (rc={}; hint: {})", self.message, self.code, code.hint()),
+            None => format!("{} (rc={})", self.message, self.code),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_u32()), "duplicate code {code:?}");
+            assert_eq!(ErrorCode::from_u32(code.as_u32()), Some(code));
+            assert!(!code.hint().is_empty());
+        }
+    }
+}

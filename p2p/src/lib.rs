@@ -1,0 +1,18 @@
+//! The wire of Tidepool: model types that cross process boundaries, framing, the authenticated
+//! handshake, typed messages, and the lexical syntax of admin command lines.
+//!
+//! **Invariant:** this crate knows nothing of jobs, filters or storage engines.
+
+pub mod auth;
+pub mod cluster;
+pub mod cmdline;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod message;
+pub mod model;
+pub mod random;
+
+pub use error::{ErrorCode, RemoteError};
+pub use ids::{AttemptId, JobId, PnfsId, PoolName, TaskId, TransferId};
