@@ -1,1 +1,3 @@
+//! The Tidepool pool daemon.
 
+pub mod repository;

@@ -1,0 +1,364 @@
+//! One conformance suite, run against both stores: every test here is instantiated once for
+//! [`MemStore`] and once for [`SledStore`].
+
+use std::io::Read;
+use std::sync::Arc;
+
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::model::{
+    AccessLatency, Checksum, ChecksumWriter, FileAttributes, NEVER, ReplicaState, RetentionPolicy, StickyMode,
+    StickyRecord,
+};
+
+use super::*;
+
+/// A place a repository lives across restarts.
+pub trait Harness {
+    fn store(&mut self) -> Arc<dyn ReplicaStore>;
+    /// Deletes a replica's data file behind the repository's back.
+    fn lose_data(&mut self, id: &PnfsId);
+    /// Drops a data file with no record into the data area.
+    fn orphan(&mut self, name: &str);
+    /// Leaves half-written data in the incoming area, as a crash mid-transfer does.
+    fn partial(&mut self, id: &PnfsId);
+}
+
+pub struct Mem(pub Arc<MemStore>);
+
+impl Harness for Mem {
+    fn store(&mut self) -> Arc<dyn ReplicaStore> {
+        self.0.clone()
+    }
+    fn lose_data(&mut self, id: &PnfsId) {
+        self.0.lose_data(id);
+    }
+    fn orphan(&mut self, name: &str) {
+        self.0.put_orphan_data(name, b"x");
+    }
+    fn partial(&mut self, id: &PnfsId) {
+        let mut w = self.0.create_incoming(id).unwrap();
+        w.write_all(b"half").unwrap();
+    }
+}
+
+pub struct Sled(pub tempfile::TempDir);
+
+impl Harness for Sled {
+    fn store(&mut self) -> Arc<dyn ReplicaStore> {
+        Arc::new(SledStore::open(self.0.path()).unwrap())
+    }
+    fn lose_data(&mut self, id: &PnfsId) {
+        std::fs::remove_file(self.0.path().join("data").join(id.to_string())).unwrap();
+    }
+    fn orphan(&mut self, name: &str) {
+        std::fs::write(self.0.path().join("data").join(name), b"x").unwrap();
+    }
+    fn partial(&mut self, id: &PnfsId) {
+        std::fs::write(self.0.path().join("incoming").join(id.to_string()), b"half").unwrap();
+    }
+}
+
+pub const NOW: i64 = 1_700_000_000_000;
+
+pub fn id(n: u32) -> PnfsId {
+    let mut b = [0u8; 16];
+    b[12..].copy_from_slice(&n.to_be_bytes());
+    PnfsId::from_random(b)
+}
+
+pub fn attrs(id: PnfsId, size: u64) -> FileAttributes {
+    FileAttributes {
+        pnfsid: id,
+        size,
+        checksum: None,
+        storage_class: Some("atlas:default".into()),
+        cache_class: None,
+        access_latency: Some(AccessLatency::Online),
+        retention_policy: Some(RetentionPolicy::Replica),
+        hsm: None,
+        creation_time: NOW,
+        access_time: NOW,
+    }
+}
+
+pub fn content(id: PnfsId, size: u64) -> Vec<u8> {
+    let seed = id.as_bytes().iter().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(*b));
+    (0..size).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
+}
+
+/// Stores a complete replica with the given state and sticky records.
+pub fn put(repo: &Arc<Repository>, id: PnfsId, size: u64, state: ReplicaState, sticky: Vec<StickyRecord>, now: i64) -> Replica {
+    let mut a = attrs(id, size);
+    a.access_time = now;
+    let mut inc = repo.create(a, ReplicaState::FromClient, now).unwrap();
+    inc.write(&content(id, size)).unwrap();
+    inc.commit(state, sticky, None, now).unwrap()
+}
+
+fn read_all(repo: &Repository, id: &PnfsId) -> Vec<u8> {
+    let (_, mut data) = repo.open_data(id, NOW).unwrap();
+    let mut out = Vec::new();
+    data.read_to_end(&mut out).unwrap();
+    out
+}
+
+fn open(h: &mut dyn Harness, capacity: u64) -> (Arc<Repository>, Recovery) {
+    Repository::open(h.store(), capacity, NOW).unwrap()
+}
+
+pub fn commit_makes_replica_visible_with_checksum(h: &mut dyn Harness) {
+    let (repo, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean());
+    let r = put(&repo, id(1), 1000, ReplicaState::Precious, vec![StickyRecord::new("system", NEVER)], NOW);
+    let mut sum = ChecksumWriter::new();
+    sum.update(&content(id(1), 1000));
+    assert_eq!(r.attrs.checksum, Some(sum.finish()));
+    let got = repo.get(&id(1)).unwrap().unwrap();
+    assert_eq!(got.state, ReplicaState::Precious);
+    assert_eq!(got.sticky, vec![StickyRecord::new("system", NEVER)]);
+    assert_eq!(read_all(&repo, &id(1)), content(id(1), 1000));
+    drop(repo);
+    let (repo, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "{rec:?}");
+    assert_eq!(rec.loaded, 1);
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().attrs.checksum, Some(sum.finish()));
+    assert_eq!(read_all(&repo, &id(1)), content(id(1), 1000));
+}
+
+pub fn partial_replica_is_never_readable_and_vanishes(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let mut inc = repo.create(attrs(id(1), 100), ReplicaState::FromClient, NOW).unwrap();
+    inc.write(&[1; 50]).unwrap();
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().state, ReplicaState::FromClient);
+    assert!(matches!(repo.open_data(&id(1), NOW), Err(RepoError::NotCommitted { .. })));
+    assert!(matches!(repo.remove(&id(1), true, NOW), Err(RepoError::Busy { .. })));
+    assert!(matches!(
+        repo.create(attrs(id(1), 100), ReplicaState::FromClient, NOW),
+        Err(RepoError::Exists(_))
+    ));
+    assert_eq!(repo.space(NOW).used, 100, "space is reserved while receiving");
+    drop(inc);
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    assert_eq!(repo.space(NOW).used, 0);
+    drop(repo);
+    let (repo, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "an aborted upload leaves nothing: {rec:?}");
+    assert!(repo.is_empty());
+}
+
+pub fn partial_replica_left_by_a_crash_is_removed_at_open(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(2), 10, ReplicaState::Cached, vec![], NOW);
+    drop(repo);
+    h.partial(&id(1)); // what a crash during a transfer leaves behind
+    let (repo, rec) = open(h, 1 << 20);
+    assert_eq!(rec.removed_partial_count, 1);
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    assert_eq!(repo.space(NOW).used, 10);
+    drop(repo);
+    let (_, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "the partial data is gone for good: {rec:?}");
+}
+
+pub fn bad_size_or_checksum_commits_nothing(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let mut inc = repo.create(attrs(id(1), 10), ReplicaState::FromClient, NOW).unwrap();
+    inc.write(&[1; 9]).unwrap();
+    assert!(matches!(inc.commit(ReplicaState::Cached, vec![], None, NOW), Err(RepoError::Short { got: 9, .. })));
+    assert!(repo.get(&id(1)).unwrap().is_none());
+
+    let mut inc = repo.create(attrs(id(1), 10), ReplicaState::FromClient, NOW).unwrap();
+    assert!(matches!(inc.write(&[1; 11]), Err(RepoError::TooLong { .. })));
+    drop(inc);
+
+    let mut inc = repo.create(attrs(id(1), 10), ReplicaState::FromClient, NOW).unwrap();
+    inc.write(&[1; 10]).unwrap();
+    let wrong = Checksum::Adler32(12345);
+    assert!(matches!(
+        inc.commit(ReplicaState::Cached, vec![], Some(wrong), NOW),
+        Err(RepoError::ChecksumMismatch { .. })
+    ));
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    assert_eq!(repo.space(NOW).used, 0);
+    drop(repo);
+    let (_, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "{rec:?}");
+}
+
+pub fn state_changes_follow_the_rules(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
+    repo.set_state(&id(1), ReplicaState::Precious, NOW).unwrap();
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().state, ReplicaState::Precious);
+    repo.set_state(&id(1), ReplicaState::Cached, NOW).unwrap();
+    let err = repo.set_state(&id(1), ReplicaState::FromClient, NOW).unwrap_err();
+    assert_eq!(err.to_string(), format!("illegal state transition for {}: CACHED -> FROM_CLIENT", id(1)));
+    assert!(matches!(repo.set_state(&id(2), ReplicaState::Cached, NOW), Err(RepoError::NotFound(_))));
+    repo.set_state(&id(2), ReplicaState::Removed, NOW).unwrap();
+    repo.set_state(&id(1), ReplicaState::Broken, NOW).unwrap();
+    assert!(matches!(repo.open_data(&id(1), NOW), Err(RepoError::NotCommitted { .. })));
+    repo.set_state(&id(1), ReplicaState::Removed, NOW).unwrap();
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    drop(repo);
+    let (repo, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "{rec:?}");
+    assert!(repo.is_empty());
+}
+
+pub fn sticky_modes_and_removable_space(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
+    assert_eq!(repo.space(NOW).removable, 100);
+    assert!(repo.set_sticky(&id(1), StickyRecord::new("alice", NOW + 1000), StickyMode::Overwrite, NOW).unwrap());
+    assert_eq!(repo.space(NOW).removable, 0);
+    assert_eq!(repo.space(NOW + 1000).removable, 100, "expired sticky records do not protect");
+    assert!(!repo.set_sticky(&id(1), StickyRecord::new("alice", NOW + 10), StickyMode::ExtendOnly, NOW).unwrap());
+    assert!(repo.set_sticky(&id(1), StickyRecord::new("alice", NEVER), StickyMode::ExtendOnly, NOW).unwrap());
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().sticky, vec![StickyRecord::new("alice", NEVER)]);
+    assert!(repo.set_sticky(&id(1), StickyRecord::new("alice", 0), StickyMode::Overwrite, NOW).unwrap());
+    assert!(repo.get(&id(1)).unwrap().unwrap().sticky.is_empty());
+    assert_eq!(repo.space(NOW).removable, 100);
+    put(&repo, id(2), 50, ReplicaState::Precious, vec![], NOW);
+    let s = repo.space(NOW);
+    assert_eq!((s.total, s.used, s.free, s.precious, s.removable), (1 << 20, 150, (1 << 20) - 150, 50, 100));
+}
+
+pub fn sweeper_evicts_lru_and_never_precious_or_sticky(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 100);
+    put(&repo, id(1), 20, ReplicaState::Cached, vec![], NOW + 3);
+    put(&repo, id(2), 20, ReplicaState::Cached, vec![], NOW + 1);
+    put(&repo, id(3), 20, ReplicaState::Precious, vec![], NOW);
+    put(&repo, id(4), 20, ReplicaState::Cached, vec![StickyRecord::new("PinManager-1", NEVER)], NOW);
+    put(&repo, id(5), 10, ReplicaState::Cached, vec![], NOW + 2);
+    assert_eq!(repo.space(NOW).free, 10);
+    // Needs 35 with 10 free: evicts id(2) (oldest access), then id(5), and nothing more.
+    put(&repo, id(6), 35, ReplicaState::Cached, vec![], NOW + 9);
+    assert!(repo.get(&id(2)).unwrap().is_none());
+    assert!(repo.get(&id(5)).unwrap().is_none());
+    assert!(repo.get(&id(1)).unwrap().is_some());
+    // Only id(1) and id(6) are removable: 55 removable + 5 free < 61.
+    let err = repo.create(attrs(id(7), 61), ReplicaState::FromClient, NOW).unwrap_err();
+    assert!(matches!(err, RepoError::PoolFull { needed: 61, free: 5, removable: 55, .. }), "{err}");
+    assert!(err.to_string().starts_with("pool full"));
+    for kept in [1, 3, 4, 6] {
+        assert!(repo.get(&id(kept)).unwrap().is_some(), "{kept} kept after a refused create");
+    }
+    drop(repo);
+    let (repo, rec) = open(h, 100);
+    assert!(rec.is_clean(), "evicted replicas leave no trace: {rec:?}");
+    assert_eq!(repo.len(), 4);
+}
+
+pub fn remove_respects_precious_and_sticky_unless_forced(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(1), 10, ReplicaState::Precious, vec![], NOW);
+    put(&repo, id(2), 10, ReplicaState::Cached, vec![StickyRecord::new("bob", NEVER)], NOW);
+    put(&repo, id(3), 10, ReplicaState::Cached, vec![], NOW);
+    assert!(repo.remove(&id(1), false, NOW).unwrap_err().to_string().contains("precious"));
+    assert!(repo.remove(&id(2), false, NOW).unwrap_err().to_string().contains("owner bob"));
+    repo.remove(&id(3), false, NOW).unwrap();
+    repo.remove(&id(1), true, NOW).unwrap();
+    repo.remove(&id(2), true, NOW).unwrap();
+    assert!(repo.is_empty());
+}
+
+pub fn changes_are_announced_in_order(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let mut rx = repo.subscribe();
+    put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
+    repo.set_sticky(&id(1), StickyRecord::new("a", NEVER), StickyMode::Overwrite, NOW).unwrap();
+    repo.touch(&id(1), NOW + 5, NOW).unwrap();
+    repo.set_state(&id(1), ReplicaState::Precious, NOW).unwrap();
+    repo.remove(&id(1), true, NOW).unwrap();
+    let mut got = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        assert_eq!(c.pnfsid, id(1));
+        got.push(c.kind);
+    }
+    use ReplicaState::*;
+    assert_eq!(
+        got,
+        vec![
+            ChangeKind::State { from: New, to: FromClient },
+            ChangeKind::State { from: FromClient, to: Cached },
+            ChangeKind::Sticky(vec![StickyRecord::new("a", NEVER)]),
+            ChangeKind::AccessTime(NOW + 5),
+            ChangeKind::State { from: Cached, to: Precious },
+            ChangeKind::State { from: Precious, to: Removed },
+        ]
+    );
+}
+
+pub fn recovery_reports_missing_and_orphan_data(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
+    put(&repo, id(2), 10, ReplicaState::Cached, vec![], NOW);
+    drop(repo);
+    h.lose_data(&id(1));
+    h.orphan(&id(9).to_string());
+    h.orphan("not-a-replica");
+    let (repo, rec) = open(h, 1 << 20);
+    assert_eq!(rec.missing_data, vec![id(1)]);
+    assert_eq!(rec.orphan_data_count, 2);
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().state, ReplicaState::Broken);
+    assert!(matches!(repo.open_data(&id(1), NOW), Err(RepoError::NotCommitted { .. })));
+    assert!(repo.get(&id(9)).unwrap().is_none(), "an orphan is never served");
+    let report = rec.report().join("\n");
+    assert!(report.contains("marked BROKEN"), "{report}");
+    assert!(report.contains("not-a-replica"), "{report}");
+    assert_eq!(read_all(&repo, &id(2)), content(id(2), 10));
+}
+
+pub fn settings_survive_restart(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    assert_eq!(repo.setting("mode").unwrap(), None);
+    repo.put_setting("mode", b"17").unwrap();
+    drop(repo);
+    let (repo, _) = open(h, 1 << 20);
+    assert_eq!(repo.setting("mode").unwrap().as_deref(), Some(&b"17"[..]));
+}
+
+pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
+    let (repo, _) = open(h, 1 << 20);
+    put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
+    fill();
+    let mut inc = repo.create(attrs(id(2), 1000), ReplicaState::FromClient, NOW).unwrap();
+    let err = inc.write(&[0; 1000]).unwrap_err();
+    assert!(matches!(err, RepoError::DiskFull(_)), "{err}");
+    assert_eq!(err.code(), tidepool_p2p::ErrorCode::PoolFull);
+    drop(inc);
+    assert!(repo.get(&id(2)).unwrap().is_none());
+    assert_eq!(read_all(&repo, &id(1)), content(id(1), 10), "existing replicas are untouched");
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod mem {
+            $(#[test] fn $name() { super::$name(&mut super::Mem(super::MemStore::new())); })*
+        }
+        mod sled {
+            $(#[test] fn $name() { super::$name(&mut super::Sled(tempfile::tempdir().unwrap())); })*
+        }
+    };
+}
+
+conformance!(
+    commit_makes_replica_visible_with_checksum,
+    partial_replica_is_never_readable_and_vanishes,
+    partial_replica_left_by_a_crash_is_removed_at_open,
+    bad_size_or_checksum_commits_nothing,
+    state_changes_follow_the_rules,
+    sticky_modes_and_removable_space,
+    sweeper_evicts_lru_and_never_precious_or_sticky,
+    remove_respects_precious_and_sticky_unless_forced,
+    changes_are_announced_in_order,
+    recovery_reports_missing_and_orphan_data,
+    settings_survive_restart,
+);
+
+#[test]
+fn mem_disk_full_fails_cleanly() {
+    let store = MemStore::new();
+    let s2 = store.clone();
+    disk_full_fails_cleanly(&mut Mem(store), &move || s2.fail_writes_after(100));
+}

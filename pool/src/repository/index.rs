@@ -1,0 +1,214 @@
+//! The repository's in-memory index: one small entry per replica, kept so that space figures,
+//! the sweeper's LRU order and sticky expiry never need a scan of the metadata store. Every
+//! change goes through `add`/`take`, which keep the aggregates exact.
+
+use std::collections::{BTreeSet, HashMap};
+
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::model::{EpochMillis, FileAttributes, NEVER, ReplicaState, SpaceInfo, StickyRecord};
+
+/// What the index knows of one replica (about 48 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub size: u64,
+    pub atime: EpochMillis,
+    pub state: ReplicaState,
+    /// The latest expiry among valid sticky records ([`NEVER`] wins); `None` if none is valid.
+    pub sticky_until: Option<EpochMillis>,
+}
+
+/// The latest expiry among the records valid at `now`.
+pub fn sticky_until(records: &[StickyRecord], now: EpochMillis) -> Option<EpochMillis> {
+    records.iter().filter(|r| r.is_valid(now)).map(|r| r.expire).fold(None, |acc, e| match (acc, e) {
+        (Some(NEVER), _) | (_, NEVER) => Some(NEVER),
+        (Some(a), e) => Some(a.max(e)),
+        (None, e) => Some(e),
+    })
+}
+
+#[derive(Default)]
+pub struct Index {
+    entries: HashMap<PnfsId, Entry>,
+    /// Attributes of replicas still being received (they have no stored record yet).
+    pub incoming: HashMap<PnfsId, FileAttributes>,
+    /// Removable replicas (cached, no valid sticky record), least recently used first.
+    lru: BTreeSet<(EpochMillis, PnfsId)>,
+    /// Cached replicas protected only by sticky records that will expire, soonest first.
+    expiring: BTreeSet<(EpochMillis, PnfsId)>,
+    used: u64,
+    precious: u64,
+    removable: u64,
+    counts: [usize; ReplicaState::ALL.len()],
+}
+
+fn slot(state: ReplicaState) -> usize {
+    ReplicaState::ALL.iter().position(|s| *s == state).unwrap_or(0)
+}
+
+impl Index {
+    pub fn get(&self, id: &PnfsId) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Inserts (or replaces) an entry.
+    pub fn add(&mut self, id: PnfsId, mut entry: Entry, now: EpochMillis) {
+        self.take(&id);
+        if matches!(entry.sticky_until, Some(t) if t != NEVER && t <= now) {
+            entry.sticky_until = None;
+        }
+        self.used += entry.size;
+        self.counts[slot(entry.state)] += 1;
+        match entry.state {
+            ReplicaState::Precious => self.precious += entry.size,
+            ReplicaState::Cached => match entry.sticky_until {
+                None => {
+                    self.lru.insert((entry.atime, id));
+                    self.removable += entry.size;
+                }
+                Some(NEVER) => {}
+                Some(t) => {
+                    self.expiring.insert((t, id));
+                }
+            },
+            _ => {}
+        }
+        self.entries.insert(id, entry);
+    }
+
+    /// Removes an entry and its share of every aggregate.
+    pub fn take(&mut self, id: &PnfsId) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        self.used -= entry.size;
+        self.counts[slot(entry.state)] -= 1;
+        match entry.state {
+            ReplicaState::Precious => self.precious -= entry.size,
+            ReplicaState::Cached => match entry.sticky_until {
+                None => {
+                    self.lru.remove(&(entry.atime, *id));
+                    self.removable -= entry.size;
+                }
+                Some(NEVER) => {}
+                Some(t) => {
+                    self.expiring.remove(&(t, *id));
+                }
+            },
+            _ => {}
+        }
+        Some(entry)
+    }
+
+    /// Moves cached replicas whose last sticky record expired by `now` to the removable set.
+    pub fn expire(&mut self, now: EpochMillis) {
+        while let Some(&(t, id)) = self.expiring.first() {
+            if t > now {
+                break;
+            }
+            if let Some(mut entry) = self.take(&id) {
+                entry.sticky_until = None;
+                self.add(id, entry, now);
+            }
+        }
+    }
+
+    /// Chooses least recently used removable replicas to evict so that `needed` bytes fit in
+    /// `capacity`, and removes them from the index. Nothing is removed when that cannot work.
+    pub fn make_room(&mut self, needed: u64, capacity: u64) -> Result<Vec<PnfsId>, SpaceInfo> {
+        let free = capacity.saturating_sub(self.used);
+        if free >= needed {
+            return Ok(Vec::new());
+        }
+        if free + self.removable < needed {
+            return Err(self.space(capacity));
+        }
+        let mut freed = 0;
+        let mut victims = Vec::new();
+        for &(_, id) in &self.lru {
+            if free + freed >= needed {
+                break;
+            }
+            freed += self.entries[&id].size;
+            victims.push(id);
+        }
+        for id in &victims {
+            self.take(id);
+        }
+        Ok(victims)
+    }
+
+    pub fn space(&self, capacity: u64) -> SpaceInfo {
+        SpaceInfo {
+            total: capacity,
+            used: self.used,
+            free: capacity.saturating_sub(self.used),
+            precious: self.precious,
+            removable: self.removable,
+        }
+    }
+
+    /// Number of replicas in each state, in [`ReplicaState::ALL`] order.
+    pub fn counts(&self) -> Vec<(ReplicaState, usize)> {
+        ReplicaState::ALL.iter().map(|s| (*s, self.counts[slot(*s)])).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> PnfsId {
+        PnfsId::from_random([n; 16])
+    }
+
+    fn cached(size: u64, atime: i64, sticky_until: Option<i64>) -> Entry {
+        Entry { size, atime, state: ReplicaState::Cached, sticky_until }
+    }
+
+    #[test]
+    fn aggregates_follow_adds_and_takes() {
+        let mut ix = Index::default();
+        ix.add(id(1), cached(10, 5, None), 0);
+        ix.add(id(2), Entry { size: 20, atime: 1, state: ReplicaState::Precious, sticky_until: None }, 0);
+        ix.add(id(3), cached(30, 1, Some(NEVER)), 0);
+        assert_eq!(ix.space(100), SpaceInfo { total: 100, used: 60, free: 40, precious: 20, removable: 10 });
+        ix.take(&id(1));
+        assert_eq!(ix.space(100).removable, 0);
+        assert_eq!(ix.space(100).used, 50);
+    }
+
+    #[test]
+    fn sticky_expiry_makes_replicas_removable() {
+        let mut ix = Index::default();
+        ix.add(id(1), cached(10, 5, Some(50)), 0);
+        assert_eq!(ix.space(100).removable, 0);
+        ix.expire(49);
+        assert_eq!(ix.space(100).removable, 0);
+        ix.expire(50);
+        assert_eq!(ix.space(100).removable, 10);
+    }
+
+    #[test]
+    fn make_room_evicts_least_recently_used_only_as_needed() {
+        let mut ix = Index::default();
+        ix.add(id(1), cached(10, 30, None), 0);
+        ix.add(id(2), cached(10, 10, None), 0);
+        ix.add(id(3), cached(10, 20, None), 0);
+        ix.add(id(4), Entry { size: 60, atime: 0, state: ReplicaState::Precious, sticky_until: None }, 0);
+        assert_eq!(ix.make_room(10, 100).unwrap(), vec![], "10 bytes are free");
+        assert_eq!(ix.make_room(15, 100).unwrap(), vec![id(2)], "oldest first");
+        assert_eq!(ix.make_room(25, 100).unwrap(), vec![id(3)]);
+        assert!(ix.make_room(50, 100).is_err());
+        assert_eq!(ix.len(), 2, "a refused make_room evicts nothing");
+    }
+
+    #[test]
+    fn sticky_until_prefers_never() {
+        let recs = [StickyRecord::new("a", 100), StickyRecord::new("b", NEVER), StickyRecord::new("c", 5)];
+        assert_eq!(sticky_until(&recs, 10), Some(NEVER));
+        assert_eq!(sticky_until(&recs[..1], 10), Some(100));
+        assert_eq!(sticky_until(&recs[2..], 10), None);
+    }
+}

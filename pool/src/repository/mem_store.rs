@@ -1,0 +1,155 @@
+//! An in-memory store for tests and simulations. Everything written is immediately "durable":
+//! a restart (dropping the repository and opening a new one on the same store) keeps records,
+//! settings and both data areas, like a clean shutdown of the sled store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tidepool_p2p::PnfsId;
+
+use super::store::{DataRead, DataWrite, RecordIter, ReplicaStore, StoreError, StoreResult};
+
+type Blob = Arc<Mutex<Vec<u8>>>;
+
+#[derive(Default)]
+pub struct MemStore {
+    records: Mutex<BTreeMap<PnfsId, Vec<u8>>>,
+    meta: Mutex<HashMap<String, Vec<u8>>>,
+    incoming: Mutex<HashMap<String, Blob>>,
+    data: Mutex<HashMap<String, Blob>>,
+    disk: Arc<Mutex<DiskLimit>>,
+}
+
+/// Test hook: a disk that fills up.
+#[derive(Default)]
+struct DiskLimit {
+    /// Bytes that may still be written; `None` is unlimited.
+    left: Option<u64>,
+}
+
+impl MemStore {
+    pub fn new() -> Arc<MemStore> {
+        Arc::new(MemStore::default())
+    }
+
+    /// Makes data writes fail with ENOSPC once `bytes` more bytes were written (a full disk).
+    pub fn fail_writes_after(&self, bytes: u64) {
+        self.disk.lock().left = Some(bytes);
+    }
+
+    /// Puts a data file with no record in the data area (an orphan, for recovery tests).
+    pub fn put_orphan_data(&self, name: &str, bytes: &[u8]) {
+        self.data.lock().insert(name.to_string(), Arc::new(Mutex::new(bytes.to_vec())));
+    }
+
+    /// Removes a data file behind the repository's back (a lost file, for recovery tests).
+    pub fn lose_data(&self, id: &PnfsId) {
+        self.data.lock().remove(&id.to_string());
+    }
+}
+
+struct MemWriter {
+    blob: Blob,
+    disk: Arc<Mutex<DiskLimit>>,
+}
+
+impl DataWrite for MemWriter {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut disk = self.disk.lock();
+        if let Some(left) = disk.left.as_mut() {
+            if (data.len() as u64) > *left {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            *left -= data.len() as u64;
+        }
+        self.blob.lock().extend_from_slice(data);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn not_found(what: String) -> StoreError {
+    StoreError::new(what, io::Error::from(io::ErrorKind::NotFound))
+}
+
+impl ReplicaStore for MemStore {
+    fn records(&self) -> RecordIter<'_> {
+        let snapshot: Vec<_> = self.records.lock().iter().map(|(k, v)| Ok((*k, v.clone()))).collect();
+        Box::new(snapshot.into_iter())
+    }
+
+    fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.records.lock().get(id).cloned())
+    }
+
+    fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.records.lock().insert(*id, value.to_vec());
+        Ok(())
+    }
+
+    fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
+        self.records.lock().remove(id);
+        Ok(())
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.meta.lock().get(key).cloned())
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.meta.lock().insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+
+    fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
+        let blob: Blob = Arc::default();
+        self.incoming.lock().insert(id.to_string(), blob.clone());
+        Ok(Box::new(MemWriter { blob, disk: self.disk.clone() }))
+    }
+
+    fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
+        self.incoming.lock().remove(&id.to_string());
+        Ok(())
+    }
+
+    fn list_incoming(&self) -> StoreResult<Vec<String>> {
+        Ok(self.incoming.lock().keys().cloned().collect())
+    }
+
+    fn remove_incoming_name(&self, name: &str) -> StoreResult<()> {
+        self.incoming.lock().remove(name);
+        Ok(())
+    }
+
+    fn publish(&self, id: &PnfsId) -> StoreResult<()> {
+        let name = id.to_string();
+        let blob = self.incoming.lock().remove(&name).ok_or_else(|| not_found(format!("publish {name}")))?;
+        self.data.lock().insert(name, blob);
+        Ok(())
+    }
+
+    fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {
+        let name = id.to_string();
+        let blob = self.data.lock().get(&name).cloned().ok_or_else(|| not_found(format!("open {name}")))?;
+        let bytes = blob.lock().clone();
+        Ok(Box::new(io::Cursor::new(bytes)))
+    }
+
+    fn remove_data(&self, id: &PnfsId) -> StoreResult<()> {
+        self.data.lock().remove(&id.to_string());
+        Ok(())
+    }
+
+    fn list_data(&self) -> StoreResult<Vec<String>> {
+        Ok(self.data.lock().keys().cloned().collect())
+    }
+}

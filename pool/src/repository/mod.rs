@@ -1,0 +1,673 @@
+//! The replica repository: metadata records and data files of one pool.
+//!
+//! [`Repository`] holds all the logic (state rules, sticky modes, space accounting, the sweeper,
+//! the change feed, restart recovery) over a [`ReplicaStore`], which only stores bytes. The
+//! same logic therefore runs over sled in the daemon and over memory in tests.
+//!
+//! Locking: one mutex guards the index; short store operations (record get/put) happen under it
+//! so the index and the store never disagree; fsyncs and data-file deletions happen outside it.
+//! All methods block: async callers run them on the blocking pool.
+
+mod index;
+mod mem_store;
+mod record;
+mod sled_store;
+pub mod store;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tidepool_p2p::ErrorCode;
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::model::{
+    Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, SpaceInfo, StickyMode,
+    StickyRecord, apply_sticky,
+};
+use tokio::sync::broadcast;
+
+use index::{Entry, Index, sticky_until};
+pub use mem_store::MemStore;
+pub use sled_store::SledStore;
+pub use store::{DataRead, ReplicaStore, StoreError};
+
+/// One replica as stored: its attributes, state and sticky records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    pub attrs: FileAttributes,
+    pub state: ReplicaState,
+    pub sticky: Vec<StickyRecord>,
+}
+
+impl Replica {
+    pub fn pnfsid(&self) -> PnfsId {
+        self.attrs.pnfsid
+    }
+
+    /// Sticky in `rep ls`'s sense: any record at all (reference §1.3).
+    pub fn is_sticky(&self) -> bool {
+        !self.sticky.is_empty()
+    }
+}
+
+/// A change the repository announces to subscribers, in the order it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub pnfsid: PnfsId,
+    pub kind: ChangeKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new entry starts as `New -> FromClient|FromPool`; a commit is `-> Cached|Precious`;
+    /// removal, eviction and an aborted upload end in `-> Removed`.
+    State { from: ReplicaState, to: ReplicaState },
+    /// The sticky records after the change.
+    Sticky(Vec<StickyRecord>),
+    AccessTime(EpochMillis),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("file {0} is not in this pool")]
+    NotFound(PnfsId),
+    #[error("file {0} is already in this pool")]
+    Exists(PnfsId),
+    #[error("illegal state transition for {id}: {from} -> {to}")]
+    IllegalTransition { id: PnfsId, from: ReplicaState, to: ReplicaState },
+    #[error("file {id} is {state} and cannot be {action} now")]
+    Busy { id: PnfsId, state: ReplicaState, action: &'static str },
+    #[error("file {id} is {state}, not CACHED or PRECIOUS: it cannot be read")]
+    NotCommitted { id: PnfsId, state: ReplicaState },
+    #[error("{0}")]
+    Refused(String),
+    #[error("pool full: {needed} bytes needed, {free} free and {removable} removable of {total}")]
+    PoolFull { needed: u64, free: u64, removable: u64, total: u64 },
+    #[error("file {id}: received {got} bytes of {expected}")]
+    Short { id: PnfsId, got: u64, expected: u64 },
+    #[error("file {id}: more data than the announced {expected} bytes")]
+    TooLong { id: PnfsId, expected: u64 },
+    #[error("file {id}: checksum mismatch: received data has {actual}, sender has {expected}")]
+    ChecksumMismatch { id: PnfsId, expected: Checksum, actual: Checksum },
+    #[error("file {id}: its record is unreadable: {reason}")]
+    Corrupt { id: PnfsId, reason: String },
+    #[error("disk full: {0}")]
+    DiskFull(StoreError),
+    #[error("storage error: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for RepoError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() { RepoError::DiskFull(e) } else { RepoError::Store(e) }
+    }
+}
+
+impl RepoError {
+    /// The stable code an operator sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RepoError::NotFound(_) => ErrorCode::FileNotFound,
+            RepoError::Exists(_) => ErrorCode::FileExists,
+            RepoError::IllegalTransition { .. } => ErrorCode::IllegalTransition,
+            RepoError::Busy { .. } => ErrorCode::FileBusy,
+            RepoError::NotCommitted { .. } => ErrorCode::NotCommitted,
+            RepoError::Refused(_) => ErrorCode::InvalidArgument,
+            RepoError::PoolFull { .. } | RepoError::DiskFull(_) => ErrorCode::PoolFull,
+            RepoError::Short { .. } | RepoError::TooLong { .. } => ErrorCode::ShortTransfer,
+            RepoError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            RepoError::Corrupt { .. } | RepoError::Store(_) => ErrorCode::Io,
+        }
+    }
+}
+
+pub type RepoResult<T> = Result<T, RepoError>;
+
+/// What restart recovery found. Names are kept for the first [`Recovery::KEEP`] of each kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub loaded: usize,
+    /// Partial data left by an interrupted upload or transfer, removed.
+    pub removed_partial: Vec<String>,
+    pub removed_partial_count: usize,
+    /// Records whose data file is missing; marked BROKEN and never served.
+    pub missing_data: Vec<PnfsId>,
+    pub missing_data_count: usize,
+    /// Data files without a record; left in place and never served.
+    pub orphan_data: Vec<String>,
+    pub orphan_data_count: usize,
+    /// Records that cannot be decoded; left in place and never served.
+    pub corrupt: Vec<(PnfsId, String)>,
+    pub corrupt_count: usize,
+}
+
+impl Recovery {
+    pub const KEEP: usize = 100;
+
+    fn note<T>(list: &mut Vec<T>, count: &mut usize, item: T) {
+        *count += 1;
+        if list.len() < Self::KEEP {
+            list.push(item);
+        }
+    }
+
+    /// True when recovery found nothing to report.
+    pub fn is_clean(&self) -> bool {
+        self.removed_partial_count + self.missing_data_count + self.orphan_data_count + self.corrupt_count == 0
+    }
+
+    /// Lines for `info`.
+    pub fn report(&self) -> Vec<String> {
+        fn more(shown: usize, count: usize) -> String {
+            if count > shown { format!(" (and {} more)", count - shown) } else { String::new() }
+        }
+        let mut out = Vec::new();
+        if self.removed_partial_count > 0 {
+            out.push(format!(
+                "removed {} partial replica(s) left by interrupted transfers: {}{}",
+                self.removed_partial_count,
+                self.removed_partial.join(" "),
+                more(self.removed_partial.len(), self.removed_partial_count)
+            ));
+        }
+        if self.missing_data_count > 0 {
+            let ids: Vec<String> = self.missing_data.iter().map(|i| i.to_string()).collect();
+            out.push(format!(
+                "{} replica(s) have a record but no data file and were marked BROKEN: {}{}",
+                self.missing_data_count,
+                ids.join(" "),
+                more(ids.len(), self.missing_data_count)
+            ));
+        }
+        if self.orphan_data_count > 0 {
+            out.push(format!(
+                "{} data file(s) have no record and are not served (left in place): {}{}",
+                self.orphan_data_count,
+                self.orphan_data.join(" "),
+                more(self.orphan_data.len(), self.orphan_data_count)
+            ));
+        }
+        if self.corrupt_count > 0 {
+            let items: Vec<String> = self.corrupt.iter().map(|(i, r)| format!("{i} ({r})")).collect();
+            out.push(format!(
+                "{} record(s) are unreadable and not served: {}{}",
+                self.corrupt_count,
+                items.join(", "),
+                more(items.len(), self.corrupt_count)
+            ));
+        }
+        out
+    }
+}
+
+/// Capacity of the change feed; a subscriber that falls further behind gets `Lagged` and must
+/// rescan.
+const CHANGE_FEED: usize = 4096;
+
+pub struct Repository {
+    store: Arc<dyn ReplicaStore>,
+    index: Mutex<Index>,
+    capacity: u64,
+    changes: broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Opens the repository: loads every record into the index and recovers from a crash
+    /// (partial data removed; records without data marked BROKEN; orphans and unreadable
+    /// records reported).
+    pub fn open(store: Arc<dyn ReplicaStore>, capacity: u64, now: EpochMillis) -> RepoResult<(Arc<Repository>, Recovery)> {
+        let mut recovery = Recovery::default();
+        for name in store.list_incoming()? {
+            tracing::warn!(file = %name, "removing partial data left by an interrupted transfer");
+            store.remove_incoming_name(&name)?;
+            Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, name);
+        }
+        let mut data_files: HashSet<PnfsId> = HashSet::new();
+        for name in store.list_data()? {
+            match name.parse::<PnfsId>() {
+                Ok(id) => {
+                    data_files.insert(id);
+                }
+                Err(_) => Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, name),
+            }
+        }
+        let mut index = Index::default();
+        let mut dirty = false;
+        for item in store.records() {
+            let (id, bytes) = item?;
+            let has_data = data_files.remove(&id);
+            let mut replica = match record::decode(id, &bytes) {
+                Ok(r) => r,
+                Err(reason) => {
+                    tracing::error!(pnfsid = %id, %reason, "unreadable replica record; not served");
+                    Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, (id, reason));
+                    continue;
+                }
+            };
+            if replica.state.is_receiving() || matches!(replica.state, ReplicaState::Removed | ReplicaState::Destroyed) {
+                tracing::warn!(pnfsid = %id, state = %replica.state, "removing incomplete replica");
+                store.delete_record(&id)?;
+                store.remove_data(&id)?;
+                Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, id.to_string());
+                dirty = true;
+                continue;
+            }
+            if !has_data && replica.state != ReplicaState::Broken {
+                tracing::error!(pnfsid = %id, "replica record without data file; marked BROKEN");
+                replica.state = ReplicaState::Broken;
+                store.put_record(&id, &record::encode(&replica))?;
+                Recovery::note(&mut recovery.missing_data, &mut recovery.missing_data_count, id);
+                dirty = true;
+            }
+            index.add(id, entry_of(&replica, now), now);
+        }
+        for id in data_files {
+            tracing::warn!(pnfsid = %id, "data file without a record; not served");
+            Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, id.to_string());
+        }
+        if dirty {
+            store.flush()?;
+        }
+        recovery.loaded = index.len();
+        let (changes, _) = broadcast::channel(CHANGE_FEED);
+        let repo = Repository { store, index: Mutex::new(index), capacity, changes };
+        Ok((Arc::new(repo), recovery))
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Subscribes to changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn announce(&self, pnfsid: PnfsId, kind: ChangeKind) {
+        // No subscriber is fine.
+        let _ = self.changes.send(Change { pnfsid, kind });
+    }
+
+    /// Number of entries, including those being received.
+    pub fn len(&self) -> usize {
+        self.index.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn space(&self, now: EpochMillis) -> SpaceInfo {
+        let mut ix = self.index.lock();
+        ix.expire(now);
+        ix.space(self.capacity)
+    }
+
+    /// Number of replicas in each state.
+    pub fn counts(&self) -> Vec<(ReplicaState, usize)> {
+        self.index.lock().counts()
+    }
+
+    /// Creates an entry that receives data (`origin` is FROM_CLIENT or FROM_POOL), making room
+    /// by evicting least recently used removable replicas if needed.
+    pub fn create(self: &Arc<Self>, attrs: FileAttributes, origin: ReplicaState, now: EpochMillis) -> RepoResult<Incoming> {
+        assert!(matches!(origin, ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore));
+        let id = attrs.pnfsid;
+        let evicted = {
+            let mut ix = self.index.lock();
+            if ix.get(&id).is_some() {
+                return Err(RepoError::Exists(id));
+            }
+            ix.expire(now);
+            let evicted = ix.make_room(attrs.size, self.capacity).map_err(|s| RepoError::PoolFull {
+                needed: attrs.size,
+                free: s.free,
+                removable: s.removable,
+                total: s.total,
+            })?;
+            let entry = Entry { size: attrs.size, atime: now, state: origin, sticky_until: None };
+            ix.add(id, entry, now);
+            ix.incoming.insert(id, attrs.clone());
+            for victim in &evicted {
+                self.announce(*victim, ChangeKind::State { from: ReplicaState::Cached, to: ReplicaState::Removed });
+            }
+            self.announce(id, ChangeKind::State { from: ReplicaState::New, to: origin });
+            evicted
+        };
+        if !evicted.is_empty() {
+            tracing::info!(count = evicted.len(), for_pnfsid = %id, "sweeper evicted cached replicas");
+            self.discard(&evicted);
+        }
+        match self.store.create_incoming(&id) {
+            Ok(writer) => Ok(Incoming {
+                repo: self.clone(),
+                attrs,
+                origin,
+                writer,
+                written: 0,
+                hasher: ChecksumWriter::new(),
+                finished: false,
+            }),
+            Err(e) => {
+                self.drop_incoming(id, origin);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes records (durably) and then data files of replicas already gone from the index.
+    fn discard(&self, ids: &[PnfsId]) {
+        let result = ids.iter().try_for_each(|id| self.store.delete_record(id)).and_then(|()| self.store.flush());
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not delete replica records; they will show as BROKEN after a restart");
+            return;
+        }
+        for id in ids {
+            if let Err(e) = self.store.remove_data(id) {
+                tracing::error!(pnfsid = %id, error = %e, "could not delete data file");
+            }
+        }
+    }
+
+    fn drop_incoming(&self, id: PnfsId, origin: ReplicaState) {
+        {
+            let mut ix = self.index.lock();
+            ix.take(&id);
+            ix.incoming.remove(&id);
+            self.announce(id, ChangeKind::State { from: origin, to: ReplicaState::Removed });
+        }
+        if let Err(e) = self.store.remove_incoming(&id) {
+            tracing::error!(pnfsid = %id, error = %e, "could not delete partial data");
+        }
+    }
+
+    fn load(&self, ix: &Index, id: &PnfsId) -> RepoResult<Replica> {
+        let entry = ix.get(id).ok_or(RepoError::NotFound(*id))?;
+        if let Some(attrs) = ix.incoming.get(id) {
+            return Ok(Replica { attrs: attrs.clone(), state: entry.state, sticky: Vec::new() });
+        }
+        let bytes = self
+            .store
+            .get_record(id)?
+            .ok_or_else(|| RepoError::Corrupt { id: *id, reason: "record vanished".into() })?;
+        record::decode(*id, &bytes).map_err(|reason| RepoError::Corrupt { id: *id, reason })
+    }
+
+    /// The replica, if present (entries being received included).
+    pub fn get(&self, id: &PnfsId) -> RepoResult<Option<Replica>> {
+        let ix = self.index.lock();
+        match self.load(&ix, id) {
+            Ok(r) => Ok(Some(r)),
+            Err(RepoError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads, changes and stores a committed replica's record under the index lock.
+    fn update(
+        &self,
+        id: &PnfsId,
+        now: EpochMillis,
+        action: &'static str,
+        change: impl FnOnce(&mut Replica) -> RepoResult<Option<ChangeKind>>,
+    ) -> RepoResult<bool> {
+        let mut ix = self.index.lock();
+        let mut replica = self.load(&ix, id)?;
+        if replica.state.is_receiving() {
+            return Err(RepoError::Busy { id: *id, state: replica.state, action });
+        }
+        let Some(kind) = change(&mut replica)? else {
+            return Ok(false);
+        };
+        self.store.put_record(id, &record::encode(&replica))?;
+        ix.add(*id, entry_of(&replica, now), now);
+        self.announce(*id, kind);
+        Ok(true)
+    }
+
+    /// Changes a replica's state (reference §1.2). REMOVED deletes the replica; asking for it
+    /// on a missing replica is a no-op. Durable when this returns.
+    pub fn set_state(&self, id: &PnfsId, to: ReplicaState, now: EpochMillis) -> RepoResult<()> {
+        if to == ReplicaState::Removed {
+            return self.delete(id, |_| Ok(()));
+        }
+        let changed = self.update(id, now, "changed", |r| {
+            let from = r.state;
+            if from == to {
+                return Ok(None);
+            }
+            if !from.may_change_to(to) {
+                return Err(RepoError::IllegalTransition { id: *id, from, to });
+            }
+            r.state = to;
+            Ok(Some(ChangeKind::State { from, to }))
+        })?;
+        if changed {
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sets one sticky record in the given mode; returns whether anything changed. Durable when
+    /// this returns.
+    pub fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode, now: EpochMillis) -> RepoResult<bool> {
+        let changed = self.update(id, now, "made sticky", |r| {
+            Ok(apply_sticky(&mut r.sticky, record, mode, now).then(|| ChangeKind::Sticky(r.sticky.clone())))
+        })?;
+        if changed {
+            self.store.flush()?;
+        }
+        Ok(changed)
+    }
+
+    /// Records an access. Not flushed on its own: an access time may be lost in a crash.
+    pub fn touch(&self, id: &PnfsId, atime: EpochMillis, now: EpochMillis) -> RepoResult<()> {
+        self.update(id, now, "read", |r| {
+            r.attrs.access_time = atime;
+            Ok(Some(ChangeKind::AccessTime(atime)))
+        })?;
+        Ok(())
+    }
+
+    /// Removes a replica on an operator's request. Without `force`, precious replicas and those
+    /// with a valid sticky record are refused. Replicas being received are always refused.
+    pub fn remove(&self, id: &PnfsId, force: bool, now: EpochMillis) -> RepoResult<()> {
+        self.delete(id, |r| {
+            if force {
+                return Ok(());
+            }
+            if r.state == ReplicaState::Precious {
+                return Err(RepoError::Refused(format!("file {id} is precious; use -force to remove it anyway")));
+            }
+            if let Some(s) = r.sticky.iter().find(|s| s.is_valid(now)) {
+                return Err(RepoError::Refused(format!(
+                    "file {id} is sticky (owner {}); use -force to remove it anyway",
+                    s.owner
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete(&self, id: &PnfsId, allow: impl FnOnce(&Replica) -> RepoResult<()>) -> RepoResult<()> {
+        {
+            let mut ix = self.index.lock();
+            let replica = match self.load(&ix, id) {
+                Err(RepoError::NotFound(_)) => return Ok(()),
+                other => other?,
+            };
+            if replica.state.is_receiving() {
+                return Err(RepoError::Busy { id: *id, state: replica.state, action: "removed" });
+            }
+            allow(&replica)?;
+            ix.take(id);
+            self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
+        }
+        self.store.delete_record(id)?;
+        self.store.flush()?;
+        self.store.remove_data(id)?;
+        Ok(())
+    }
+
+    /// Opens a committed replica for reading and records the access.
+    pub fn open_data(&self, id: &PnfsId, now: EpochMillis) -> RepoResult<(Replica, DataRead)> {
+        let replica = self.get(id)?.ok_or(RepoError::NotFound(*id))?;
+        if !replica.state.is_committed() {
+            return Err(RepoError::NotCommitted { id: *id, state: replica.state });
+        }
+        let data = self.store.open_data(id)?;
+        self.touch(id, now, now)?;
+        Ok((replica, data))
+    }
+
+    /// Every stored replica in pnfsid order, read from the store as the iteration goes (so a
+    /// million replicas are never held at once). Entries being received are not included: see
+    /// [`Repository::incoming`]. Unreadable records are skipped (recovery reported them).
+    pub fn scan(&self) -> impl Iterator<Item = RepoResult<Replica>> + '_ {
+        self.store.records().filter_map(|item| match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((id, bytes)) => record::decode(id, &bytes).ok().map(Ok),
+        })
+    }
+
+    /// Entries being received, with their announced attributes.
+    pub fn incoming(&self) -> Vec<Replica> {
+        let ix = self.index.lock();
+        ix.incoming
+            .values()
+            .filter_map(|a| {
+                let e = ix.get(&a.pnfsid)?;
+                Some(Replica { attrs: a.clone(), state: e.state, sticky: Vec::new() })
+            })
+            .collect()
+    }
+
+    /// Makes every metadata change so far durable.
+    pub fn flush(&self) -> RepoResult<()> {
+        Ok(self.store.flush()?)
+    }
+
+    /// A named setting (pool mode, saved jobs).
+    pub fn setting(&self, key: &str) -> RepoResult<Option<Vec<u8>>> {
+        Ok(self.store.get_meta(key)?)
+    }
+
+    /// Stores a named setting durably.
+    pub fn put_setting(&self, key: &str, value: &[u8]) -> RepoResult<()> {
+        self.store.put_meta(key, value)?;
+        Ok(self.store.flush()?)
+    }
+}
+
+fn entry_of(r: &Replica, now: EpochMillis) -> Entry {
+    Entry { size: r.attrs.size, atime: r.attrs.access_time, state: r.state, sticky_until: sticky_until(&r.sticky, now) }
+}
+
+/// A replica being received. Dropping it without `commit` removes the entry and its data.
+pub struct Incoming {
+    repo: Arc<Repository>,
+    attrs: FileAttributes,
+    origin: ReplicaState,
+    writer: Box<dyn store::DataWrite>,
+    written: u64,
+    hasher: ChecksumWriter,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming").field("pnfsid", &self.attrs.pnfsid).field("written", &self.written).finish()
+    }
+}
+
+impl Incoming {
+    pub fn pnfsid(&self) -> PnfsId {
+        self.attrs.pnfsid
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub fn expected_size(&self) -> u64 {
+        self.attrs.size
+    }
+
+    /// Appends data, checksumming it on the way.
+    pub fn write(&mut self, data: &[u8]) -> RepoResult<()> {
+        let id = self.attrs.pnfsid;
+        if self.written + data.len() as u64 > self.attrs.size {
+            return Err(RepoError::TooLong { id, expected: self.attrs.size });
+        }
+        self.writer
+            .write_all(data)
+            .map_err(|e| RepoError::from(StoreError::new(format!("write {id}"), e)))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Commits the replica to `state` (CACHED or PRECIOUS) with the given sticky records,
+    /// after checking its size and, if given, the sender's checksum. When this returns Ok the
+    /// data and the record are on disk. On error nothing was committed and the partial data is
+    /// gone.
+    pub fn commit(
+        mut self,
+        state: ReplicaState,
+        sticky: Vec<StickyRecord>,
+        expected: Option<Checksum>,
+        now: EpochMillis,
+    ) -> RepoResult<Replica> {
+        assert!(state.is_committed(), "commit to {state}");
+        let id = self.attrs.pnfsid;
+        if self.written != self.attrs.size {
+            return Err(RepoError::Short { id, got: self.written, expected: self.attrs.size });
+        }
+        let actual = self.hasher.finish();
+        if let Some(expected) = expected {
+            if expected != actual {
+                return Err(RepoError::ChecksumMismatch { id, expected, actual });
+            }
+        }
+        self.writer.sync().map_err(|e| RepoError::from(StoreError::new(format!("sync {id}"), e)))?;
+        let repo = self.repo.clone();
+        repo.store.publish(&id)?;
+        let mut records = Vec::new();
+        for r in sticky {
+            apply_sticky(&mut records, r, StickyMode::Overwrite, now);
+        }
+        let mut attrs = self.attrs.clone();
+        attrs.checksum = Some(actual);
+        attrs.creation_time = now;
+        let replica = Replica { attrs, state, sticky: records };
+        let stored = repo.store.put_record(&id, &record::encode(&replica)).and_then(|()| repo.store.flush());
+        if let Err(e) = stored {
+            let _ = repo.store.delete_record(&id);
+            let _ = repo.store.remove_data(&id);
+            return Err(e.into());
+        }
+        self.finished = true;
+        let mut ix = repo.index.lock();
+        ix.incoming.remove(&id);
+        ix.add(id, entry_of(&replica, now), now);
+        repo.announce(id, ChangeKind::State { from: self.origin, to: state });
+        Ok(replica)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.repo.drop_incoming(self.attrs.pnfsid, self.origin);
+        }
+    }
+}
+
+#[cfg(test)]
+mod conformance;

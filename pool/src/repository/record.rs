@@ -1,0 +1,133 @@
+//! The on-disk record format. Every record starts with a format version byte; the body is a
+//! deliberate, explicit struct (not the in-memory types) encoded with postcard, so the model
+//! types can change without changing what is on disk.
+
+use serde::{Deserialize, Serialize};
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::model::{
+    AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord,
+};
+
+use super::Replica;
+
+/// The format written today.
+pub const FORMAT_V1: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct RecordV1 {
+    size: u64,
+    adler32: Option<u32>,
+    state: u8,
+    sticky: Vec<(String, i64)>,
+    storage_class: Option<String>,
+    cache_class: Option<String>,
+    access_latency: Option<u8>,
+    retention_policy: Option<u8>,
+    hsm: Option<String>,
+    created: i64,
+    accessed: i64,
+}
+
+fn state_code(s: ReplicaState) -> u8 {
+    ReplicaState::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+fn state_from(code: u8) -> Result<ReplicaState, String> {
+    ReplicaState::ALL.get(code as usize).copied().ok_or_else(|| format!("unknown state code {code}"))
+}
+
+pub fn encode(r: &Replica) -> Vec<u8> {
+    let a = &r.attrs;
+    let body = RecordV1 {
+        size: a.size,
+        adler32: a.checksum.map(|Checksum::Adler32(v)| v),
+        state: state_code(r.state),
+        sticky: r.sticky.iter().map(|s| (s.owner.clone(), s.expire)).collect(),
+        storage_class: a.storage_class.clone(),
+        cache_class: a.cache_class.clone(),
+        access_latency: a.access_latency.map(|al| match al {
+            AccessLatency::Online => 0,
+            AccessLatency::Nearline => 1,
+        }),
+        retention_policy: a.retention_policy.map(|rp| match rp {
+            RetentionPolicy::Custodial => 0,
+            RetentionPolicy::Replica => 1,
+            RetentionPolicy::Output => 2,
+        }),
+        hsm: a.hsm.clone(),
+        created: a.creation_time,
+        accessed: a.access_time,
+    };
+    postcard::to_extend(&body, vec![FORMAT_V1]).expect("records always encode")
+}
+
+pub fn decode(pnfsid: PnfsId, bytes: &[u8]) -> Result<Replica, String> {
+    let (&version, body) = bytes.split_first().ok_or("empty record")?;
+    if version != FORMAT_V1 {
+        return Err(format!("record format {version} is not known to this version of Tidepool"));
+    }
+    let r: RecordV1 = postcard::from_bytes(body).map_err(|e| format!("corrupt record: {e}"))?;
+    let access_latency = match r.access_latency {
+        None => None,
+        Some(0) => Some(AccessLatency::Online),
+        Some(1) => Some(AccessLatency::Nearline),
+        Some(x) => return Err(format!("unknown access latency code {x}")),
+    };
+    let retention_policy = match r.retention_policy {
+        None => None,
+        Some(0) => Some(RetentionPolicy::Custodial),
+        Some(1) => Some(RetentionPolicy::Replica),
+        Some(2) => Some(RetentionPolicy::Output),
+        Some(x) => return Err(format!("unknown retention policy code {x}")),
+    };
+    Ok(Replica {
+        attrs: FileAttributes {
+            pnfsid,
+            size: r.size,
+            checksum: r.adler32.map(Checksum::Adler32),
+            storage_class: r.storage_class,
+            cache_class: r.cache_class,
+            access_latency,
+            retention_policy,
+            hsm: r.hsm,
+            creation_time: r.created,
+            access_time: r.accessed,
+        },
+        state: state_from(r.state)?,
+        sticky: r.sticky.into_iter().map(|(owner, expire)| StickyRecord { owner, expire }).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_unknown_versions() {
+        let id: PnfsId = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90".parse().unwrap();
+        let r = Replica {
+            attrs: FileAttributes {
+                pnfsid: id,
+                size: 42,
+                checksum: Some(Checksum::Adler32(7)),
+                storage_class: Some("atlas:default".into()),
+                cache_class: None,
+                access_latency: Some(AccessLatency::Nearline),
+                retention_policy: Some(RetentionPolicy::Custodial),
+                hsm: Some("osm".into()),
+                creation_time: 1,
+                access_time: 2,
+            },
+            state: ReplicaState::Precious,
+            sticky: vec![StickyRecord::new("PinManager-1", -1)],
+        };
+        let bytes = encode(&r);
+        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(decode(id, &bytes).unwrap(), r);
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(decode(id, &future).unwrap_err().contains("format 9"));
+        assert!(decode(id, &bytes[..3]).is_err());
+        assert!(decode(id, &[]).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! The production store: metadata in sled under `<dir>/meta`, one data file per replica under
+//! `<dir>/data/<PNFSID>`, partial data under `<dir>/incoming/<PNFSID>`.
+//!
+//! Durability: data is fdatasync'ed before `publish` renames it into `data/` and fsyncs that
+//! directory; `flush` calls sled's flush. On Linux sled flushes with `sync_file_range`, which does
+//! not flush the device's volatile write cache: see docs/durability.md.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tidepool_p2p::PnfsId;
+
+use super::store::{DataRead, DataWrite, RecordIter, ReplicaStore, StoreError, StoreResult};
+
+/// sled's page cache; records are small, and the repository keeps its own compact index.
+const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+pub struct SledStore {
+    records: sled::Tree,
+    meta: sled::Tree,
+    db: sled::Db,
+    data: PathBuf,
+    incoming: PathBuf,
+}
+
+fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
+    let source = match e {
+        sled::Error::Io(io) => io,
+        other => io::Error::other(other.to_string()),
+    };
+    StoreError::new(op, source)
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> StoreResult<SledStore> {
+        let data = dir.join("data");
+        let incoming = dir.join("incoming");
+        for d in [&data, &incoming] {
+            fs::create_dir_all(d).map_err(|e| StoreError::new(format!("create {}", d.display()), e))?;
+        }
+        let db = sled::Config::new()
+            .path(dir.join("meta"))
+            .cache_capacity(SLED_CACHE_BYTES)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| io_err(format!("open metadata in {}", dir.display()), e))?;
+        let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
+        let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
+        Ok(SledStore { records, meta, db, data, incoming })
+    }
+
+    fn data_path(&self, id: &PnfsId) -> PathBuf {
+        self.data.join(id.to_string())
+    }
+
+    fn incoming_path(&self, id: &PnfsId) -> PathBuf {
+        self.incoming.join(id.to_string())
+    }
+}
+
+struct FileWriter {
+    file: io::BufWriter<File>,
+}
+
+impl DataWrite for FileWriter {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
+    }
+}
+
+fn list_dir(dir: &Path) -> StoreResult<Vec<String>> {
+    let op = || format!("list {}", dir.display());
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::new(op(), e))? {
+        let entry = entry.map_err(|e| StoreError::new(op(), e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+fn remove_file_if_present(path: &Path) -> StoreResult<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::new(format!("remove {}", path.display()), e)),
+    }
+}
+
+impl ReplicaStore for SledStore {
+    fn records(&self) -> RecordIter<'_> {
+        Box::new(self.records.iter().map(|item| {
+            let (k, v) = item.map_err(|e| io_err("read replica record", e))?;
+            let id = PnfsId::from_bytes(&k).map_err(|e| {
+                StoreError::new("read replica record", io::Error::new(io::ErrorKind::InvalidData, e))
+            })?;
+            Ok((id, v.to_vec()))
+        }))
+    }
+
+    fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
+        self.records
+            .get(id.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| io_err(format!("read record {id}"), e))
+    }
+
+    fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.records.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write record {id}"), e))?;
+        Ok(())
+    }
+
+    fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
+        self.records.remove(id.as_bytes()).map_err(|e| io_err(format!("delete record {id}"), e))?;
+        Ok(())
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush().map_err(|e| io_err("flush metadata", e))?;
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.meta.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| io_err(format!("read setting {key}"), e))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.meta.insert(key, value).map_err(|e| io_err(format!("write setting {key}"), e))?;
+        Ok(())
+    }
+
+    fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
+        let path = self.incoming_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StoreError::new(format!("create {}", path.display()), e))?;
+        Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file) }))
+    }
+
+    fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
+        remove_file_if_present(&self.incoming_path(id))
+    }
+
+    fn list_incoming(&self) -> StoreResult<Vec<String>> {
+        list_dir(&self.incoming)
+    }
+
+    fn remove_incoming_name(&self, name: &str) -> StoreResult<()> {
+        remove_file_if_present(&self.incoming.join(name))
+    }
+
+    fn publish(&self, id: &PnfsId) -> StoreResult<()> {
+        let from = self.incoming_path(id);
+        let to = self.data_path(id);
+        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e))?;
+        File::open(&self.data)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e))
+    }
+
+    fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {
+        let path = self.data_path(id);
+        let file = File::open(&path).map_err(|e| StoreError::new(format!("open {}", path.display()), e))?;
+        Ok(Box::new(io::BufReader::with_capacity(256 * 1024, file)))
+    }
+
+    fn remove_data(&self, id: &PnfsId) -> StoreResult<()> {
+        remove_file_if_present(&self.data_path(id))
+    }
+
+    fn list_data(&self) -> StoreResult<Vec<String>> {
+        list_dir(&self.data)
+    }
+}

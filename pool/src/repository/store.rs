@@ -1,0 +1,76 @@
+//! The storage behind a repository: metadata records as bytes, and data files. Two
+//! implementations: [`super::SledStore`] (sled + one file per replica) and
+//! [`super::MemStore`] (memory, for tests and simulations). The repository's logic sits above
+//! this trait so both behave the same; sled types never leave `sled_store.rs`.
+//!
+//! Data moves through two areas: a replica being received is written to *incoming*; `publish`
+//! moves it to *data* durably. Recovery deletes everything left in incoming.
+
+use std::io;
+
+use tidepool_p2p::PnfsId;
+
+/// A storage failure, with the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct StoreError {
+    pub op: String,
+    #[source]
+    pub source: io::Error,
+}
+
+impl StoreError {
+    pub fn new(op: impl Into<String>, source: io::Error) -> Self {
+        StoreError { op: op.into(), source }
+    }
+
+    /// Whether the disk is full (ENOSPC or EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self.source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            || self.source.kind() == io::ErrorKind::StorageFull
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A data file being written.
+pub trait DataWrite: Send {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
+    /// Makes the written data durable (fdatasync).
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// A committed data file being read.
+pub type DataRead = Box<dyn io::Read + Send>;
+
+/// Iterator over stored records in key order.
+pub type RecordIter<'a> = Box<dyn Iterator<Item = StoreResult<(PnfsId, Vec<u8>)>> + Send + 'a>;
+
+pub trait ReplicaStore: Send + Sync + 'static {
+    /// All records, in pnfsid byte order. A key that is not a pnfsid is an error item.
+    fn records(&self) -> RecordIter<'_>;
+    fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>>;
+    /// Writes a record; durable only after `flush`.
+    fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()>;
+    fn delete_record(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Makes every record change so far durable.
+    fn flush(&self) -> StoreResult<()>;
+
+    /// Named settings (pool mode, saved jobs); durable only after `flush`.
+    fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
+
+    /// Creates (truncating) the incoming data file of `id`.
+    fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>>;
+    fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Names of the files in the incoming area (left over from a crash).
+    fn list_incoming(&self) -> StoreResult<Vec<String>>;
+    fn remove_incoming_name(&self, name: &str) -> StoreResult<()>;
+    /// Moves the incoming file of `id` into the data area; durable when this returns.
+    fn publish(&self, id: &PnfsId) -> StoreResult<()>;
+
+    fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead>;
+    fn remove_data(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Names of the files in the data area.
+    fn list_data(&self) -> StoreResult<Vec<String>>;
+}
