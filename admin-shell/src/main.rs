@@ -1,1 +1,81 @@
-fn main() {}
+//! `tidepool-admin`: reads the cluster file and the key, then hands over to the shell.
+//!
+//! Exit status: 0 when every command succeeded, 1 when a scripted command failed, 2 when the
+//! shell could not start (bad arguments, unreadable or invalid files).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use tidepool_admin::ShellOptions;
+use tidepool_p2p::PoolName;
+use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::cluster::ClusterFile;
+
+/// The Tidepool operator shell: `cd <pool>` talks to that pool's admin endpoint.
+///
+/// Interactive when stdin is a terminal; otherwise it runs the commands on stdin (one per line,
+/// `#` comments and blank lines skipped) and exits with status 1 if any failed.
+#[derive(Debug, Parser)]
+#[command(name = "tidepool-admin", version)]
+struct Args {
+    /// The cluster file listing every pool.
+    #[arg(long, value_name = "FILE")]
+    cluster: PathBuf,
+    /// The cluster key file [default: cluster.key next to the cluster file].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Run this command and exit; repeat to run several in order.
+    #[arg(short = 'e', long = "execute", value_name = "CMD")]
+    execute: Vec<String>,
+    /// The history file [default: $HOME/.tidepool_admin_history].
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// Start inside this pool, as if `cd POOL` were the first command.
+    #[arg(long, value_name = "POOL")]
+    pool: Option<PoolName>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match options(args).map(tidepool_admin::run) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => fail(&anyhow!(e)),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("tidepool-admin: {e:#}");
+    ExitCode::from(2)
+}
+
+fn options(args: Args) -> anyhow::Result<ShellOptions> {
+    let cluster = read_cluster(&args.cluster)?;
+    let key_path = args.key.unwrap_or_else(|| default_key_path(&args.cluster));
+    let key = read_key(&key_path)?;
+    let history = args.history.or_else(default_history);
+    Ok(ShellOptions { cluster, key, commands: args.execute, history, banner: None, start_in: args.pool })
+}
+
+fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the cluster file {}", path.display()))?;
+    ClusterFile::parse(&text).map_err(|e| anyhow!("{} is not a valid cluster file: {e}", path.display()))
+}
+
+fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the cluster key file {} (--key names another)", path.display()))?;
+    ClusterKey::parse(&text).map_err(|e| anyhow!("{} is not a valid cluster key file: {e}", path.display()))
+}
+
+fn default_key_path(cluster: &Path) -> PathBuf {
+    cluster.parent().unwrap_or(Path::new("")).join("cluster.key")
+}
+
+fn default_history() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".tidepool_admin_history"))
+}

@@ -140,9 +140,7 @@ where
 {
     let work = async {
         let nonce: [u8; 32] = random_bytes()?;
-        writer
-            .send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, pool: pool.to_string(), service, nonce })
-            .await?;
+        writer.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, pool: pool.to_string(), service, nonce }).await?;
         let auth: ClientAuth = reader.recv().await?;
         let refuse = |code, msg: String| HandshakeReply::Refused(RemoteError::new(code, msg));
         if auth.version != PROTOCOL_VERSION {
@@ -168,9 +166,7 @@ where
         writer.send(&HandshakeReply::Welcome { mac }).await?;
         Ok(PeerInfo { name: auth.client })
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
-        .await
-        .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
 }
 
 /// Runs the client side of the handshake; returns the pool's name.
@@ -214,9 +210,7 @@ where
             }
         }
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
-        .await
-        .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
 }
 
 #[cfg(test)]
@@ -224,7 +218,10 @@ mod tests {
     use super::*;
     use crate::frame::MAX_FRAME;
 
-    async fn run(server_key: ClusterKey, client_key: ClusterKey) -> (Result<PeerInfo, WireError>, Result<String, WireError>) {
+    async fn run(
+        server_key: ClusterKey,
+        client_key: ClusterKey,
+    ) -> (Result<PeerInfo, WireError>, Result<String, WireError>) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);

@@ -81,12 +81,24 @@ impl RemoteError {
         ErrorCode::from_u32(self.code)
     }
 
-    /// The message, the code and the hint, as the shell prints them.
+    /// The message, the code and the hint, as the shell prints them: the first line of the
+    /// message with `(rc=N)`, any further lines (such as a caret under the offending token),
+    /// then `hint: ...`.
     pub fn render(&self) -> String {
-        match self.code() {
-            Some(code) => format!("{} (rc={}; hint: {})", self.message, self.code, code.hint()),
-            None => format!("{} (rc={})", self.message, self.code),
+        let (first, rest) = match self.message.split_once('\n') {
+            Some((f, r)) => (f, Some(r)),
+            None => (self.message.as_str(), None),
+        };
+        let mut out = format!("{first} (rc={})", self.code);
+        if let Some(rest) = rest {
+            out.push('\n');
+            out.push_str(rest);
         }
+        if let Some(code) = self.code() {
+            out.push_str("\nhint: ");
+            out.push_str(code.hint());
+        }
+        out
     }
 }
 
@@ -102,5 +114,15 @@ mod tests {
             assert_eq!(ErrorCode::from_u32(code.as_u32()), Some(code));
             assert!(!code.hint().is_empty());
         }
+    }
+
+    #[test]
+    fn render_keeps_the_caret_under_the_token() {
+        let e = RemoteError::new(ErrorCode::Syntax, "bad option\n  rep ls -x\n         ^");
+        assert_eq!(
+            e.render(),
+            "bad option (rc=2)\n  rep ls -x\n         ^\nhint: check the command with `help <command>`"
+        );
+        assert_eq!(RemoteError { code: 777, message: "odd".into() }.render(), "odd (rc=777)");
     }
 }

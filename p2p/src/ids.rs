@@ -31,11 +31,7 @@ impl PnfsId {
     /// Builds an id from its raw bytes (12 or 18 of them), as stored in a database key.
     pub fn from_bytes(raw: &[u8]) -> Result<Self, IdError> {
         if raw.len() != Self::SHORT && raw.len() != Self::LONG {
-            return Err(IdError {
-                kind: "pnfsid",
-                value: format!("{raw:02X?}"),
-                reason: "must be 12 or 18 bytes",
-            });
+            return Err(IdError { kind: "pnfsid", value: format!("{raw:02X?}"), reason: "must be 12 or 18 bytes" });
         }
         let mut bytes = [0u8; 18];
         bytes[..raw.len()].copy_from_slice(raw);

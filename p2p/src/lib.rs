@@ -13,6 +13,7 @@ pub mod ids;
 pub mod message;
 pub mod model;
 pub mod random;
+pub mod units;
 
 pub use error::{ErrorCode, RemoteError};
 pub use ids::{AttemptId, JobId, PnfsId, PoolName, TaskId, TransferId};

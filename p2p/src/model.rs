@@ -64,10 +64,7 @@ impl ReplicaState {
 
     /// Data is still being written: the replica must never be served or counted as a copy.
     pub fn is_receiving(self) -> bool {
-        matches!(
-            self,
-            ReplicaState::New | ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore
-        )
+        matches!(self, ReplicaState::New | ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore)
     }
 
     /// Complete and readable.
@@ -142,12 +139,7 @@ pub enum StickyMode {
 
 /// Applies one sticky change to a record list, keeping at most one record per owner. Returns
 /// whether the list changed.
-pub fn apply_sticky(
-    records: &mut Vec<StickyRecord>,
-    new: StickyRecord,
-    mode: StickyMode,
-    now: EpochMillis,
-) -> bool {
+pub fn apply_sticky(records: &mut Vec<StickyRecord>, new: StickyRecord, mode: StickyMode, now: EpochMillis) -> bool {
     let existing = records.iter().position(|r| r.owner == new.owner);
     match mode {
         StickyMode::Overwrite => {
@@ -284,9 +276,9 @@ impl FromStr for Checksum {
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, value) = s.split_once(':').ok_or_else(|| format!("{s}: expected TYPE:VALUE"))?;
         match kind.to_ascii_uppercase().as_str() {
-            "ADLER32" | "1" => u32::from_str_radix(value, 16)
-                .map(Checksum::Adler32)
-                .map_err(|_| format!("{s}: invalid ADLER32 value")),
+            "ADLER32" | "1" => {
+                u32::from_str_radix(value, 16).map(Checksum::Adler32).map_err(|_| format!("{s}: invalid ADLER32 value"))
+            }
             _ => Err(format!("{s}: unknown checksum type {kind}")),
         }
     }
@@ -446,7 +438,8 @@ mod tests {
         use ReplicaState::*;
         for from in ReplicaState::ALL {
             for to in ReplicaState::ALL {
-                let want = matches!(from, Cached | Precious | Broken) && matches!(to, Removed | Cached | Precious | Broken);
+                let want =
+                    matches!(from, Cached | Precious | Broken) && matches!(to, Removed | Cached | Precious | Broken);
                 assert_eq!(from.may_change_to(to), want, "{from} -> {to}");
             }
         }
@@ -460,10 +453,7 @@ mod tests {
             PoolMode::disabled(PoolMode::STRICT).to_string(),
             "disabled(fetch,store,stage,p2p-client,p2p-server)"
         );
-        assert_eq!(
-            PoolMode::disabled(PoolMode::DRAINING).to_string(),
-            "disabled(store,stage,p2p-client,draining)"
-        );
+        assert_eq!(PoolMode::disabled(PoolMode::DRAINING).to_string(), "disabled(store,stage,p2p-client,draining)");
     }
 
     #[test]

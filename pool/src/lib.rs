@@ -1,3 +1,10 @@
 //! The Tidepool pool daemon.
 
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod pool;
 pub mod repository;

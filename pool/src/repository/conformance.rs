@@ -87,7 +87,14 @@ pub fn content(id: PnfsId, size: u64) -> Vec<u8> {
 }
 
 /// Stores a complete replica with the given state and sticky records.
-pub fn put(repo: &Arc<Repository>, id: PnfsId, size: u64, state: ReplicaState, sticky: Vec<StickyRecord>, now: i64) -> Replica {
+pub fn put(
+    repo: &Arc<Repository>,
+    id: PnfsId,
+    size: u64,
+    state: ReplicaState,
+    sticky: Vec<StickyRecord>,
+    now: i64,
+) -> Replica {
     let mut a = attrs(id, size);
     a.access_time = now;
     let mut inc = repo.create(a, ReplicaState::FromClient, now).unwrap();
@@ -132,10 +139,7 @@ pub fn partial_replica_is_never_readable_and_vanishes(h: &mut dyn Harness) {
     assert_eq!(repo.get(&id(1)).unwrap().unwrap().state, ReplicaState::FromClient);
     assert!(matches!(repo.open_data(&id(1), NOW), Err(RepoError::NotCommitted { .. })));
     assert!(matches!(repo.remove(&id(1), true, NOW), Err(RepoError::Busy { .. })));
-    assert!(matches!(
-        repo.create(attrs(id(1), 100), ReplicaState::FromClient, NOW),
-        Err(RepoError::Exists(_))
-    ));
+    assert!(matches!(repo.create(attrs(id(1), 100), ReplicaState::FromClient, NOW), Err(RepoError::Exists(_))));
     assert_eq!(repo.space(NOW).used, 100, "space is reserved while receiving");
     drop(inc);
     assert!(repo.get(&id(1)).unwrap().is_none());

@@ -21,8 +21,8 @@ use parking_lot::Mutex;
 use tidepool_p2p::ErrorCode;
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{
-    Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, SpaceInfo, StickyMode,
-    StickyRecord, apply_sticky,
+    Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, SpaceInfo, StickyMode, StickyRecord,
+    apply_sticky,
 };
 use tokio::sync::broadcast;
 
@@ -61,7 +61,10 @@ pub struct Change {
 pub enum ChangeKind {
     /// A new entry starts as `New -> FromClient|FromPool`; a commit is `-> Cached|Precious`;
     /// removal, eviction and an aborted upload end in `-> Removed`.
-    State { from: ReplicaState, to: ReplicaState },
+    State {
+        from: ReplicaState,
+        to: ReplicaState,
+    },
     /// The sticky records after the change.
     Sticky(Vec<StickyRecord>),
     AccessTime(EpochMillis),
@@ -221,7 +224,11 @@ impl Repository {
     /// Opens the repository: loads every record into the index and recovers from a crash
     /// (partial data removed; records without data marked BROKEN; orphans and unreadable
     /// records reported).
-    pub fn open(store: Arc<dyn ReplicaStore>, capacity: u64, now: EpochMillis) -> RepoResult<(Arc<Repository>, Recovery)> {
+    pub fn open(
+        store: Arc<dyn ReplicaStore>,
+        capacity: u64,
+        now: EpochMillis,
+    ) -> RepoResult<(Arc<Repository>, Recovery)> {
         let mut recovery = Recovery::default();
         for name in store.list_incoming()? {
             tracing::warn!(file = %name, "removing partial data left by an interrupted transfer");
@@ -250,7 +257,8 @@ impl Repository {
                     continue;
                 }
             };
-            if replica.state.is_receiving() || matches!(replica.state, ReplicaState::Removed | ReplicaState::Destroyed) {
+            if replica.state.is_receiving() || matches!(replica.state, ReplicaState::Removed | ReplicaState::Destroyed)
+            {
                 tracing::warn!(pnfsid = %id, state = %replica.state, "removing incomplete replica");
                 store.delete_record(&id)?;
                 store.remove_data(&id)?;
@@ -316,7 +324,12 @@ impl Repository {
 
     /// Creates an entry that receives data (`origin` is FROM_CLIENT or FROM_POOL), making room
     /// by evicting least recently used removable replicas if needed.
-    pub fn create(self: &Arc<Self>, attrs: FileAttributes, origin: ReplicaState, now: EpochMillis) -> RepoResult<Incoming> {
+    pub fn create(
+        self: &Arc<Self>,
+        attrs: FileAttributes,
+        origin: ReplicaState,
+        now: EpochMillis,
+    ) -> RepoResult<Incoming> {
         assert!(matches!(origin, ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore));
         let id = attrs.pnfsid;
         let evicted = {
@@ -456,7 +469,13 @@ impl Repository {
 
     /// Sets one sticky record in the given mode; returns whether anything changed. Durable when
     /// this returns.
-    pub fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode, now: EpochMillis) -> RepoResult<bool> {
+    pub fn set_sticky(
+        &self,
+        id: &PnfsId,
+        record: StickyRecord,
+        mode: StickyMode,
+        now: EpochMillis,
+    ) -> RepoResult<bool> {
         let changed = self.update(id, now, "made sticky", |r| {
             Ok(apply_sticky(&mut r.sticky, record, mode, now).then(|| ChangeKind::Sticky(r.sticky.clone())))
         })?;
@@ -605,9 +624,7 @@ impl Incoming {
         if self.written + data.len() as u64 > self.attrs.size {
             return Err(RepoError::TooLong { id, expected: self.attrs.size });
         }
-        self.writer
-            .write_all(data)
-            .map_err(|e| RepoError::from(StoreError::new(format!("write {id}"), e)))?;
+        self.writer.write_all(data).map_err(|e| RepoError::from(StoreError::new(format!("write {id}"), e)))?;
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -630,10 +647,10 @@ impl Incoming {
             return Err(RepoError::Short { id, got: self.written, expected: self.attrs.size });
         }
         let actual = self.hasher.finish();
-        if let Some(expected) = expected {
-            if expected != actual {
-                return Err(RepoError::ChecksumMismatch { id, expected, actual });
-            }
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(RepoError::ChecksumMismatch { id, expected, actual });
         }
         self.writer.sync().map_err(|e| RepoError::from(StoreError::new(format!("sync {id}"), e)))?;
         let repo = self.repo.clone();
@@ -670,4 +687,4 @@ impl Drop for Incoming {
 }
 
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;

@@ -4,9 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use tidepool_p2p::PnfsId;
-use tidepool_p2p::model::{
-    AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord,
-};
+use tidepool_p2p::model::{AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord};
 
 use super::Replica;
 

@@ -97,9 +97,8 @@ impl ReplicaStore for SledStore {
     fn records(&self) -> RecordIter<'_> {
         Box::new(self.records.iter().map(|item| {
             let (k, v) = item.map_err(|e| io_err("read replica record", e))?;
-            let id = PnfsId::from_bytes(&k).map_err(|e| {
-                StoreError::new("read replica record", io::Error::new(io::ErrorKind::InvalidData, e))
-            })?;
+            let id = PnfsId::from_bytes(&k)
+                .map_err(|e| StoreError::new("read replica record", io::Error::new(io::ErrorKind::InvalidData, e)))?;
             Ok((id, v.to_vec()))
         }))
     }

@@ -1,0 +1,291 @@
+//! Talking to pools: one authenticated admin connection per pool, opened when first needed and
+//! reused; a connection found dead before a request is replaced once.
+//!
+//! **Cancellation:** a request takes its connection out of the client while it runs and puts it
+//! back only after the terminal reply. Dropping a request future half-way therefore drops its
+//! connection with it, and the next request to that pool opens a fresh one; nothing can read a
+//! stale reply.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidepool_p2p::PoolName;
+use tidepool_p2p::RemoteError;
+use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::conn::Connection;
+use tidepool_p2p::frame::WireError;
+use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+/// How long a pool may stay silent between two frames of a reply (a long, streamed `rep ls` is
+/// fine as long as output keeps coming).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `ls` waits for each pool to answer the handshake.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a request to a pool did not get its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no pool named {0} in the cluster file")]
+    UnknownPool(PoolName),
+    #[error("{pool} is offline: {reason} at {addr}")]
+    Offline { pool: PoolName, addr: SocketAddr, reason: String },
+    #[error("{pool} at {addr} refused the shell: {}", .error.render())]
+    Refused { pool: PoolName, addr: SocketAddr, error: RemoteError },
+    #[error("cannot log in to {pool} at {addr}: {source}")]
+    Handshake { pool: PoolName, addr: SocketAddr, source: WireError },
+    #[error("the pool at {addr} calls itself {actual}, not {pool}; check the cluster file")]
+    WrongPool { pool: PoolName, addr: SocketAddr, actual: String },
+    #[error("could not send the command to {pool}: {source}")]
+    SendFailed { pool: PoolName, source: WireError },
+    #[error("lost the connection to {pool} before its reply ended: {source}; the command may or may not have run")]
+    Lost { pool: PoolName, source: WireError },
+    #[error("{pool} sent nothing for {after:?}; gave up waiting (the command may still be running there)")]
+    NoReply { pool: PoolName, after: Duration },
+    #[error("{pool} sent an unexpected reply ({got}); dropped the connection")]
+    Unexpected { pool: PoolName, got: &'static str },
+    #[error("cannot write the output: {0}")]
+    Output(io::Error),
+}
+
+/// Whether a pool answers, as `ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolStatus {
+    Online,
+    /// Nothing answers at the admin address.
+    Offline {
+        reason: String,
+    },
+    /// Something answers but the shell cannot log in (wrong key, wrong pool, another protocol).
+    Unusable {
+        reason: String,
+    },
+}
+
+impl PoolStatus {
+    pub fn word(&self) -> &'static str {
+        match self {
+            PoolStatus::Online => "online",
+            PoolStatus::Offline { .. } => "offline",
+            PoolStatus::Unusable { .. } => "error",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            PoolStatus::Online => None,
+            PoolStatus::Offline { reason } | PoolStatus::Unusable { reason } => Some(reason),
+        }
+    }
+}
+
+/// Where a checked-out connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Reused,
+    Opened,
+}
+
+/// The shell's connections to the pools of one cluster file.
+pub struct PoolClient {
+    cluster: ClusterFile,
+    key: ClusterKey,
+    name: String,
+    reply_timeout: Duration,
+    connections: HashMap<PoolName, Connection>,
+    commands: HashMap<PoolName, Vec<CommandDescription>>,
+}
+
+impl PoolClient {
+    /// A client that introduces itself to pools as `tidepool-admin[<pid>]`.
+    pub fn new(cluster: ClusterFile, key: ClusterKey) -> Self {
+        PoolClient {
+            cluster,
+            key,
+            name: format!("tidepool-admin[{}]", std::process::id()),
+            reply_timeout: REPLY_TIMEOUT,
+            connections: HashMap::new(),
+            commands: HashMap::new(),
+        }
+    }
+
+    /// Replaces [`REPLY_TIMEOUT`].
+    pub fn with_reply_timeout(mut self, reply_timeout: Duration) -> Self {
+        self.reply_timeout = reply_timeout;
+        self
+    }
+
+    pub fn cluster(&self) -> &ClusterFile {
+        &self.cluster
+    }
+
+    /// Makes sure a working connection to `pool` is open, opening one if needed.
+    pub async fn connect(&mut self, pool: &PoolName) -> Result<(), ClientError> {
+        let (conn, _) = self.checkout(pool).await?;
+        self.connections.insert(pool.clone(), conn);
+        Ok(())
+    }
+
+    /// Runs one command line on `pool`, handing each output chunk to `output` as it arrives.
+    /// `Ok(Some(error))` is the pool's answer that the command failed.
+    pub async fn run(
+        &mut self,
+        pool: &PoolName,
+        line: &str,
+        output: &mut dyn FnMut(&str) -> io::Result<()>,
+    ) -> Result<Option<RemoteError>, ClientError> {
+        let mut conn = self.send_request(pool, &AdminRequest::Run { line: line.to_string() }).await?;
+        loop {
+            match self.next_reply(pool, &mut conn).await? {
+                AdminReply::Output(text) => output(&text).map_err(ClientError::Output)?,
+                AdminReply::Finished { error } => {
+                    self.connections.insert(pool.clone(), conn);
+                    return Ok(error);
+                }
+                AdminReply::Commands(_) => return Err(unexpected(pool, "a command list")),
+            }
+        }
+    }
+
+    /// The commands `pool` declares, asked once per pool and then remembered.
+    pub async fn commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDescription>, ClientError> {
+        if let Some(known) = self.commands.get(pool) {
+            return Ok(known.clone());
+        }
+        let mut conn = self.send_request(pool, &AdminRequest::Describe).await?;
+        match self.next_reply(pool, &mut conn).await? {
+            AdminReply::Commands(commands) => {
+                self.connections.insert(pool.clone(), conn);
+                self.commands.insert(pool.clone(), commands.clone());
+                Ok(commands)
+            }
+            AdminReply::Output(_) => Err(unexpected(pool, "output")),
+            AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
+        }
+    }
+
+    /// Probes every pool of the cluster file at once (connect and handshake, at most
+    /// [`PROBE_TIMEOUT`] each), in file order.
+    pub async fn probe_all(&self) -> Vec<PoolStatus> {
+        let mut probes = JoinSet::new();
+        for (index, entry) in self.cluster.pools.iter().enumerate() {
+            let (key, name, pool, addr) = (self.key.clone(), self.name.clone(), entry.name.clone(), entry.admin);
+            probes.spawn(async move { (index, probe(&key, &name, &pool, addr).await) });
+        }
+        let mut statuses = vec![None; self.cluster.pools.len()];
+        while let Some(done) = probes.join_next().await {
+            if let Ok((index, status)) = done {
+                statuses[index] = Some(status);
+            }
+        }
+        let lost = || PoolStatus::Unusable { reason: "the probe did not finish".into() };
+        statuses.into_iter().map(|s| s.unwrap_or_else(lost)).collect()
+    }
+
+    /// Sends `request` on a working connection and returns that connection, which the caller
+    /// owns until the terminal reply. A reused connection that fails the send is replaced once.
+    async fn send_request(&mut self, pool: &PoolName, request: &AdminRequest) -> Result<Connection, ClientError> {
+        let (mut conn, origin) = self.checkout(pool).await?;
+        match self.send(&mut conn, request).await {
+            Ok(()) => return Ok(conn),
+            Err(source) if origin == Origin::Opened => return Err(send_failed(pool, source)),
+            Err(_) => {}
+        }
+        let mut conn = self.open(pool).await?;
+        self.send(&mut conn, request).await.map_err(|source| send_failed(pool, source))?;
+        Ok(conn)
+    }
+
+    async fn send(&self, conn: &mut Connection, request: &AdminRequest) -> Result<(), WireError> {
+        timeout(self.reply_timeout, conn.send(request)).await.map_err(|_| WireError::Timeout(self.reply_timeout))?
+    }
+
+    async fn next_reply(&self, pool: &PoolName, conn: &mut Connection) -> Result<AdminReply, ClientError> {
+        match timeout(self.reply_timeout, conn.recv::<AdminReply>()).await {
+            Err(_) => Err(ClientError::NoReply { pool: pool.clone(), after: self.reply_timeout }),
+            Ok(Err(source)) => Err(ClientError::Lost { pool: pool.clone(), source }),
+            Ok(Ok(reply)) => Ok(reply),
+        }
+    }
+
+    /// Takes the open connection to `pool` if it still looks alive, or opens a new one.
+    async fn checkout(&mut self, pool: &PoolName) -> Result<(Connection, Origin), ClientError> {
+        if let Some(mut conn) = self.connections.remove(pool)
+            && looks_alive(&mut conn).await
+        {
+            return Ok((conn, Origin::Reused));
+        }
+        Ok((self.open(pool).await?, Origin::Opened))
+    }
+
+    async fn open(&self, pool: &PoolName) -> Result<Connection, ClientError> {
+        let entry = self.cluster.pool(pool).ok_or_else(|| ClientError::UnknownPool(pool.clone()))?;
+        open(&self.key, &self.name, pool, entry.admin).await
+    }
+}
+
+async fn open(key: &ClusterKey, name: &str, pool: &PoolName, addr: SocketAddr) -> Result<Connection, ClientError> {
+    let conn =
+        Connection::open(addr, key, name, Service::Admin).await.map_err(|source| connect_error(pool, addr, source))?;
+    if conn.pool != pool.as_str() {
+        return Err(ClientError::WrongPool { pool: pool.clone(), addr, actual: conn.pool });
+    }
+    Ok(conn)
+}
+
+async fn probe(key: &ClusterKey, name: &str, pool: &PoolName, addr: SocketAddr) -> PoolStatus {
+    match timeout(PROBE_TIMEOUT, open(key, name, pool, addr)).await {
+        Err(_) => PoolStatus::Offline { reason: format!("no answer within {PROBE_TIMEOUT:?}") },
+        Ok(Ok(_conn)) => PoolStatus::Online,
+        Ok(Err(ClientError::Offline { reason, .. })) => PoolStatus::Offline { reason },
+        Ok(Err(ClientError::Refused { error, .. })) => PoolStatus::Unusable { reason: error.render() },
+        Ok(Err(ClientError::Handshake { source, .. })) => PoolStatus::Unusable { reason: source.to_string() },
+        Ok(Err(other)) => PoolStatus::Unusable { reason: other.to_string() },
+    }
+}
+
+/// Whether an idle connection can still carry a request: not closed by the pool, and with no
+/// unrequested frame waiting. A pool that went away since the last command is noticed here,
+/// before anything is sent, instead of after the next command was sent (when the shell could
+/// no longer tell whether it ran). `FrameReader::next` is cancel-safe, so polling it once loses
+/// nothing. The yield first lets the runtime take in socket events that arrived while the shell
+/// sat idle outside it (insurance: tokio keeps a seen end-of-stream sticky anyway).
+async fn looks_alive(conn: &mut Connection) -> bool {
+    tokio::task::yield_now().await;
+    timeout(Duration::ZERO, conn.reader.next()).await.is_err()
+}
+
+fn connect_error(pool: &PoolName, addr: SocketAddr, source: WireError) -> ClientError {
+    let pool = pool.clone();
+    match source {
+        WireError::Io(e) => ClientError::Offline { pool, addr, reason: io_reason(&e) },
+        WireError::Timeout(after) => ClientError::Offline { pool, addr, reason: format!("no answer within {after:?}") },
+        WireError::Remote(error) => ClientError::Refused { pool, addr, error },
+        source => ClientError::Handshake { pool, addr, source },
+    }
+}
+
+/// A short lower-case reason for a failed connect, e.g. "connection refused".
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        io::ErrorKind::ConnectionReset => "connection reset".into(),
+        io::ErrorKind::TimedOut => "timed out".into(),
+        io::ErrorKind::HostUnreachable => "host unreachable".into(),
+        io::ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn send_failed(pool: &PoolName, source: WireError) -> ClientError {
+    ClientError::SendFailed { pool: pool.clone(), source }
+}
+
+fn unexpected(pool: &PoolName, got: &'static str) -> ClientError {
+    ClientError::Unexpected { pool: pool.clone(), got }
+}

@@ -1,0 +1,148 @@
+//! The built `tidepool-admin` binary, scripted through stdin and `-e`, against the fake pool
+//! (`pool1`) and an address where nobody listens (`pool2`).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{FAIL_MESSAGE, cluster, dead_address, key};
+use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::{ErrorCode, RemoteError};
+
+/// A running fake pool and a directory holding `cluster.toml` and `cluster.key`.
+struct Setup {
+    _server: tokio::runtime::Runtime,
+    dir: tempfile::TempDir,
+    pool1: SocketAddr,
+    pool2: SocketAddr,
+}
+
+impl Setup {
+    /// The shell gets `shell_key`; the pool holds its own key unless `shell_key` is `None`.
+    fn new(shell_key: Option<ClusterKey>) -> Setup {
+        let pool_key = key();
+        let server = tokio::runtime::Runtime::new().expect("server runtime");
+        let pool = server.block_on(common::start(pool_key.clone(), "pool1"));
+        let pool2 = dead_address();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = cluster(&[("pool1", pool.addr, &["disk"]), ("pool2", pool2, &["disk", "tape"])]);
+        std::fs::write(dir.path().join("cluster.toml"), file.to_toml()).expect("write cluster file");
+        let key_text = shell_key.unwrap_or(pool_key).to_file_text();
+        std::fs::write(dir.path().join("cluster.key"), key_text).expect("write key file");
+        Setup { _server: server, dir, pool1: pool.addr, pool2 }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs the shell with `args` after `--cluster`, feeding `stdin`. The key is found next to
+    /// the cluster file; the history goes to the temp dir.
+    fn shell(&self, args: &[&str], stdin: &str) -> Result {
+        shell(&self.path("cluster.toml"), &self.path("history"), args, stdin)
+    }
+}
+
+struct Result {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn shell(cluster: &Path, history: &Path, args: &[&str], stdin: &str) -> Result {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidepool-admin"))
+        .arg("--cluster")
+        .arg(cluster)
+        .arg("--history")
+        .arg(history)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tidepool-admin");
+    let mut input = child.stdin.take().expect("child stdin");
+    input.write_all(stdin.as_bytes()).expect("write the commands");
+    drop(input);
+    let Output { status, stdout, stderr } = child.wait_with_output().expect("wait for tidepool-admin");
+    Result {
+        code: status.code(),
+        stdout: String::from_utf8(stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(stderr).expect("utf-8 stderr"),
+    }
+}
+
+#[test]
+fn scripted_session_prints_replies_and_fails_when_a_command_failed() {
+    let setup = Setup::new(None);
+    let commands = "# a comment\n\nls\ncd pool1\nhello  world\nfail\ncd ..\ncd pool2\ncd nosuch\nrep ls\n";
+    let out = setup.shell(&[], commands);
+
+    let expected_stdout = "pool1  online   groups: disk\n\
+                           pool2  offline  groups: disk,tape  (connection refused)\n\
+                           echo: hello  world\n";
+    assert_eq!(out.stdout, expected_stdout, "stderr: {}", out.stderr);
+    let failed = RemoteError::new(ErrorCode::InvalidArgument, FAIL_MESSAGE).render();
+    let expected_stderr = format!(
+        "{failed}\n\
+         pool2 is offline: connection refused at {}\n\
+         no pool named nosuch in the cluster file\n\
+         not connected to a pool: `cd <pool>` first (`ls` lists them)\n",
+        setup.pool2
+    );
+    assert_eq!(out.stderr, expected_stderr);
+    assert_eq!(out.code, Some(1));
+}
+
+#[test]
+fn execute_commands_run_in_order_and_succeed() {
+    let setup = Setup::new(None);
+    let out = setup.shell(&["-e", "cd pool1", "-e", "hello", "-e", "cd ..", "-e", "help"], "ignored\n");
+    assert_eq!(out.stderr, "");
+    assert!(out.stdout.starts_with("echo: hello\nlocal commands:\n  cd <pool>"), "{}", out.stdout);
+    assert_eq!(out.code, Some(0));
+    assert!(!out.stdout.contains("admin >"), "no prompts when scripted");
+
+    let out = setup.shell(&["--pool", "pool1"], "help\nexit\nhello\n");
+    assert_eq!(
+        out.stdout,
+        "echo: help\n(shell: `cd ..` back to (local), `cd <pool>` to another pool, `exit` to leave)\n"
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn a_wrong_key_is_a_clear_authentication_error() {
+    let setup = Setup::new(Some(key()));
+    let out = setup.shell(&[], "cd pool1\n");
+    let expected = format!("pool1 at {} refused the shell: authentication failed: ", setup.pool1);
+    assert!(out.stderr.starts_with(&expected), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("(rc=20001)\nhint: every pool and the shell must use the same cluster key file"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout, "");
+    assert_eq!(out.code, Some(1));
+}
+
+#[test]
+fn unreadable_or_invalid_files_are_named() {
+    let setup = Setup::new(None);
+    let missing = setup.path("missing.toml");
+    let out = shell(&missing, &setup.path("history"), &[], "");
+    assert!(out.stderr.contains(&format!("cannot read the cluster file {}", missing.display())), "{}", out.stderr);
+    assert_eq!(out.code, Some(2));
+
+    std::fs::write(setup.path("bad.key"), "not a key\n").expect("write bad key");
+    let out = setup.shell(&["--key", setup.path("bad.key").to_str().expect("utf-8 path")], "");
+    let expected = format!(
+        "{} is not a valid cluster key file: a cluster key file holds exactly 64 hex digits",
+        setup.path("bad.key").display()
+    );
+    assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    assert_eq!(out.code, Some(2));
+}

@@ -1,0 +1,388 @@
+//! Executes parsed admin commands against a pool. Runs on a blocking thread: output goes to an
+//! [`Output`] that may block until the client has taken what came before (so `rep ls` over a
+//! million replicas streams in bounded memory), and stops early when the client went away.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::TimeZone;
+use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
+use tidepool_p2p::{ErrorCode, RemoteError};
+
+use super::{COMMANDS, Command, Property, RepLs};
+use crate::pool::{ModeState, Pool, now_ms};
+use crate::repository::{Replica, RepoError};
+
+/// Where a command's output goes.
+pub trait Output {
+    /// Appends text; `Err` when the reader is gone and the command should stop.
+    fn write(&mut self, text: &str) -> Result<(), Gone>;
+}
+
+/// The reader of the output went away.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Output for String {
+    fn write(&mut self, text: &str) -> Result<(), Gone> {
+        self.push_str(text);
+        Ok(())
+    }
+}
+
+impl From<Gone> for RemoteError {
+    fn from(_: Gone) -> Self {
+        RemoteError::new(ErrorCode::Internal, "the client went away")
+    }
+}
+
+impl From<RepoError> for RemoteError {
+    fn from(e: RepoError) -> Self {
+        RemoteError::new(e.code(), e.to_string())
+    }
+}
+
+/// Parses and runs one line.
+pub fn run_line(pool: &Pool, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+    match super::parse(line) {
+        Ok(None) => Ok(()),
+        Ok(Some(cmd)) => execute(pool, cmd, out),
+        Err(e) => Err(RemoteError::new(e.code, e.render(line))),
+    }
+}
+
+pub fn execute(pool: &Pool, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let now = now_ms();
+    match cmd {
+        Command::Help { topic } => help(&topic, out),
+        Command::Info => info(pool, out),
+        Command::RepLs(ls) => rep_ls(pool, &ls, out),
+        Command::RepStickyLs { pnfsid } => {
+            let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
+            for s in r.sticky.iter().filter(|s| s.is_valid(now)) {
+                if s.expire == NEVER {
+                    out.write(&format!("{} : never expires\n", s.owner))?;
+                } else {
+                    out.write(&format!("{} : expires {}\n", s.owner, format_time(s.expire)))?;
+                }
+            }
+            Ok(())
+        }
+        Command::RepSetSticky { pnfsid, owner, lifetime_ms, on } => {
+            let expire = match (on, lifetime_ms) {
+                (false, _) => 0,
+                (true, NEVER) => NEVER,
+                (true, l) => now.saturating_add(l),
+            };
+            pool.repo.set_sticky(&pnfsid, StickyRecord::new(owner, expire), StickyMode::Overwrite, now)?;
+            Ok(())
+        }
+        Command::RepSetState { pnfsid, state } => Ok(pool.repo.set_state(&pnfsid, state, now)?),
+        Command::RepRm { pnfsid, force } => {
+            if pool.repo.get(&pnfsid)?.is_none() {
+                return Err(RepoError::NotFound(pnfsid).into());
+            }
+            pool.repo.remove(&pnfsid, force, now)?;
+            out.write(&format!("Removed {pnfsid}\n"))?;
+            Ok(())
+        }
+        Command::PoolDisable { bits, error_code, message } => {
+            pool.set_mode(ModeState { mode: PoolMode::from_bits(bits), error_code, message })?;
+            out.write("Pool disabled\n")?;
+            Ok(())
+        }
+        Command::PoolEnable => {
+            pool.set_mode(ModeState::enabled())?;
+            out.write("Pool enabled\n")?;
+            Ok(())
+        }
+    }
+}
+
+/// Local time as Java's `Date.toString` prints it, which dCache operators know.
+fn format_time(ms: i64) -> String {
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%a %b %d %H:%M:%S %Z %Y").to_string(),
+        None => format!("{ms} ms"),
+    }
+}
+
+fn help(topic: &[String], out: &mut dyn Output) -> Result<(), RemoteError> {
+    if topic.is_empty() {
+        let mut text = String::new();
+        for c in COMMANDS {
+            let _ = writeln!(text, "{:<44} # {}", c.usage_short(), c.summary);
+        }
+        out.write(&text)?;
+        return Ok(());
+    }
+    let wanted = topic.join(" ");
+    let matching: Vec<_> =
+        COMMANDS.iter().filter(|c| c.name == wanted || c.name.starts_with(&format!("{wanted} "))).collect();
+    match matching.as_slice() {
+        [] => Err(RemoteError::new(ErrorCode::UnknownCommand, format!("no command '{wanted}'; `help` lists them"))),
+        [one] => Ok(out.write(&one.help())?),
+        many => {
+            for c in many {
+                out.write(&format!("{:<44} # {}\n", c.usage_short(), c.summary))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let now = now_ms();
+    let space = pool.repo.space(now);
+    let mode = pool.mode();
+    let mut t = String::new();
+    let _ = writeln!(t, "--- pool (Tidepool storage pool) ---");
+    let _ = writeln!(t, "Pool name      : {}", pool.name);
+    let _ = writeln!(t, "Mode           : {}", mode.mode);
+    if !mode.mode.is_enabled() {
+        let _ = writeln!(t, "Disabled with  : [{}] {}", mode.error_code, mode.message);
+    }
+    if let Some(entry) = pool.cluster.pool(&pool.name) {
+        let _ = writeln!(t, "Pool groups    : {}", entry.groups.join(","));
+    }
+    let _ = writeln!(t, "--- space ---");
+    let _ = writeln!(t, "Total          : {} bytes", space.total);
+    let _ = writeln!(t, "Used           : {} bytes", space.used);
+    let _ = writeln!(t, "Free           : {} bytes", space.free);
+    let _ = writeln!(t, "Precious       : {} bytes", space.precious);
+    let _ = writeln!(t, "Removable      : {} bytes", space.removable);
+    let counts: Vec<(ReplicaState, usize)> = pool.repo.counts().into_iter().filter(|(_, n)| *n > 0).collect();
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    let by_state: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let _ = writeln!(t, "Replicas       : {total} ({})", by_state.join(", "));
+    let _ = writeln!(t, "--- recovery at start ---");
+    if pool.recovery.is_clean() {
+        let _ = writeln!(t, "clean: nothing to report ({} replicas loaded)", pool.recovery.loaded);
+    } else {
+        for line in pool.recovery.report() {
+            let _ = writeln!(t, "{line}");
+        }
+    }
+    out.write(&t)?;
+    Ok(())
+}
+
+/// The `rep ls` flag field: `<F1..F5-F7..F10-L(0)[0]>` (reference §8.3).
+pub fn flags(r: &Replica) -> String {
+    let s = r.state;
+    let f = |on: bool, c: char| if on { c } else { '-' };
+    let chars = [
+        f(s == ReplicaState::Cached, 'C'),
+        f(s == ReplicaState::Precious, 'P'),
+        f(s == ReplicaState::FromClient, 'C'),
+        f(s == ReplicaState::FromStore, 'S'),
+        f(s == ReplicaState::FromPool, 'M'),
+        '-',
+        f(s == ReplicaState::Removed, 'R'),
+        f(s == ReplicaState::Destroyed, 'D'),
+        f(r.is_sticky(), 'X'),
+        f(s == ReplicaState::Broken, 'E'),
+        '-',
+    ];
+    format!("<{}L(0)[0]>", chars.iter().collect::<String>())
+}
+
+/// One `rep ls` line, with its newline.
+pub fn rep_ls_line(r: &Replica) -> String {
+    let size = if matches!(r.state, ReplicaState::New | ReplicaState::FromStore) { 0 } else { r.attrs.size };
+    let class = r.attrs.storage_class.as_deref().unwrap_or("<unknown>");
+    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r), size, class)
+}
+
+fn selected(ls: &RepLs, r: &Replica) -> bool {
+    let holds = |p: &Property| match p {
+        Property::Sticky => r.is_sticky(),
+        Property::Precious => r.state == ReplicaState::Precious,
+        Property::Locked => r.state.is_receiving(),
+        Property::NotCached => r.state != ReplicaState::Cached,
+        Property::Error => r.state == ReplicaState::Broken,
+    };
+    let class_ok = match &ls.storage {
+        None => true,
+        Some(g) => glob_match(g, r.attrs.storage_class.as_deref().unwrap_or("<unknown>")),
+    };
+    class_ok && ls.require.iter().all(holds)
+}
+
+#[derive(Default)]
+struct ClassStats {
+    files: u64,
+    bytes: u64,
+    precious_files: u64,
+    precious_bytes: u64,
+    sticky_files: u64,
+    sticky_bytes: u64,
+}
+
+impl ClassStats {
+    fn add(&mut self, r: &Replica) {
+        let size = r.attrs.size;
+        self.files += 1;
+        self.bytes += size;
+        if r.state == ReplicaState::Precious {
+            self.precious_files += 1;
+            self.precious_bytes += size;
+        }
+        if r.is_sticky() {
+            self.sticky_files += 1;
+            self.sticky_bytes += size;
+        }
+    }
+
+    fn merge(&mut self, o: &ClassStats) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.precious_files += o.precious_files;
+        self.precious_bytes += o.precious_bytes;
+        self.sticky_files += o.sticky_files;
+        self.sticky_bytes += o.sticky_bytes;
+    }
+
+    fn row(&self, name: &str, unit: super::SizeUnit) -> String {
+        let b = |v: u64| format!("{}{}", v / unit.divisor(), unit.suffix());
+        format!(
+            "{:<24} {:>10} {:>14} {:>10} {:>14} {:>10} {:>14}\n",
+            name,
+            self.files,
+            b(self.bytes),
+            self.precious_files,
+            b(self.precious_bytes),
+            self.sticky_files,
+            b(self.sticky_bytes)
+        )
+    }
+}
+
+fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let summarise = ls.stats.is_some() || ls.sum;
+    let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
+    let mut buffer = String::new();
+    let mut visit = |r: &Replica, out: &mut dyn Output| -> Result<(), RemoteError> {
+        if !selected(ls, r) {
+            return Ok(());
+        }
+        if summarise {
+            let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
+            classes.entry(class).or_default().add(r);
+        } else {
+            buffer.push_str(&rep_ls_line(r));
+            if buffer.len() > 32 * 1024 {
+                out.write(&buffer)?;
+                buffer.clear();
+            }
+        }
+        Ok(())
+    };
+    let mut missing = Vec::new();
+    if ls.pnfsids.is_empty() {
+        for r in pool.repo.incoming() {
+            visit(&r, out)?;
+        }
+        for r in pool.repo.scan() {
+            visit(&r?, out)?;
+        }
+    } else {
+        for id in &ls.pnfsids {
+            match pool.repo.get(id)? {
+                Some(r) => visit(&r, out)?,
+                None => missing.push(id.to_string()),
+            }
+        }
+    }
+    out.write(&buffer)?;
+    if summarise {
+        let unit = ls.stats.unwrap_or(super::SizeUnit::B);
+        let mut total = ClassStats::default();
+        let mut text = String::new();
+        if ls.stats.is_some() {
+            text.push_str(&format!(
+                "{:<24} {:>10} {:>14} {:>10} {:>14} {:>10} {:>14}\n",
+                "storage class", "files", "bytes", "precious", "precious bytes", "sticky", "sticky bytes"
+            ));
+            for (name, s) in &classes {
+                text.push_str(&s.row(name, unit));
+            }
+        }
+        for s in classes.values() {
+            total.merge(s);
+        }
+        if ls.sum {
+            text.push_str(&total.row("TOTAL", unit));
+        }
+        out.write(&text)?;
+    }
+    if !missing.is_empty() {
+        return Err(RemoteError::new(ErrorCode::FileNotFound, format!("not in this pool: {}", missing.join(" "))));
+    }
+    Ok(())
+}
+
+/// Whole-string glob match with `*` (any sequence) and `?` (any one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::conformance::{NOW, attrs, id};
+    use tidepool_p2p::model::FileAttributes;
+
+    fn replica(state: ReplicaState, sticky: bool) -> Replica {
+        let a: FileAttributes = attrs(id(1), 5242880);
+        Replica { attrs: a, state, sticky: if sticky { vec![StickyRecord::new("x", NOW)] } else { vec![] } }
+    }
+
+    #[test]
+    fn rep_ls_lines_match_dcache() {
+        let mut r = replica(ReplicaState::Cached, false);
+        r.attrs.storage_class = Some("test:tape".into());
+        assert_eq!(rep_ls_line(&r), format!("{} <C----------L(0)[0]> 5242880 si={{test:tape}}\n", id(1)));
+        assert_eq!(flags(&replica(ReplicaState::Precious, true)), "<-P------X--L(0)[0]>");
+        assert_eq!(flags(&replica(ReplicaState::FromPool, false)), "<----M------L(0)[0]>");
+        assert_eq!(flags(&replica(ReplicaState::Broken, false)), "<---------E-L(0)[0]>");
+        let mut unknown = replica(ReplicaState::FromStore, false);
+        unknown.attrs.storage_class = None;
+        assert_eq!(rep_ls_line(&unknown), format!("{} <---S-------L(0)[0]> 0 si={{<unknown>}}\n", id(1)));
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("atlas:*", "atlas:default", true),
+            ("atlas:*", "cms:raw", false),
+            ("*", "", true),
+            ("a?c", "abc", true),
+            ("a?c", "abbc", false),
+            ("*:raw", "cms:raw", true),
+            ("pool*1", "pool11", true),
+            ("pool", "pool1", false),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} ~ {t}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! How admin commands are declared and how a line is matched against the declarations. Parsing
+//! is pure: a line becomes a typed [`super::Command`] or a [`ParseError`] that points at the
+//! offending token. Help and completion are generated from the same declarations.
+
+use tidepool_p2p::ErrorCode;
+use tidepool_p2p::cmdline::{self, Args, OptionArg, Token};
+
+use super::Command;
+
+/// Whether an option takes a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// `-name`, `-name=true` or `-name=false`.
+    Flag,
+    /// `-name=VALUE`; the string names the value in help.
+    Required(&'static str),
+    /// `-name` or `-name=VALUE`.
+    Optional(&'static str),
+}
+
+#[derive(Debug)]
+pub struct OptionSpec {
+    pub name: &'static str,
+    pub value: OptionValue,
+    pub help: &'static str,
+}
+
+/// One admin command's declaration.
+pub struct CommandSpec {
+    /// The command words, e.g. `rep set sticky`.
+    pub name: &'static str,
+    /// Positional arguments in usage notation, e.g. `<pnfsid> on|off`.
+    pub args: &'static str,
+    /// One line of help.
+    pub summary: &'static str,
+    /// Further paragraphs for `help <command>`.
+    pub details: &'static str,
+    pub options: &'static [OptionSpec],
+    /// Lines that must parse; they are run as tests.
+    pub examples: &'static [&'static str],
+    pub parse: fn(&Invocation<'_>) -> Result<Command, ParseError>,
+}
+
+impl CommandSpec {
+    pub fn usage(&self) -> String {
+        let mut s = self.name.to_string();
+        for o in self.options {
+            s.push_str(&match o.value {
+                OptionValue::Flag => format!(" [-{}]", o.name),
+                OptionValue::Required(v) => format!(" [-{}={v}]", o.name),
+                OptionValue::Optional(v) => format!(" [-{}[={v}]]", o.name),
+            });
+        }
+        if !self.args.is_empty() {
+            s.push(' ');
+            s.push_str(self.args);
+        }
+        s
+    }
+
+    /// The name and arguments, for the command list.
+    pub fn usage_short(&self) -> String {
+        let opts = if self.options.is_empty() { "" } else { " [options]" };
+        let args = if self.args.is_empty() { String::new() } else { format!(" {}", self.args) };
+        format!("{}{opts}{args}", self.name)
+    }
+
+    /// The text of `help <command>`.
+    pub fn help(&self) -> String {
+        let mut s = format!("NAME\n    {} -- {}\n\nSYNOPSIS\n    {}\n", self.name, self.summary, self.usage());
+        if !self.details.is_empty() {
+            s.push_str("\nDESCRIPTION\n");
+            for line in self.details.lines() {
+                s.push_str(&format!("    {line}\n"));
+            }
+        }
+        if !self.options.is_empty() {
+            s.push_str("\nOPTIONS\n");
+            for o in self.options {
+                let head = match o.value {
+                    OptionValue::Flag => format!("-{}", o.name),
+                    OptionValue::Required(v) => format!("-{}={v}", o.name),
+                    OptionValue::Optional(v) => format!("-{}[={v}]", o.name),
+                };
+                s.push_str(&format!("    {head}\n        {}\n", o.help));
+            }
+        }
+        if !self.examples.is_empty() {
+            s.push_str("\nEXAMPLES\n");
+            for e in self.examples {
+                s.push_str(&format!("    {e}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// A line that does not parse, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    pub code: ErrorCode,
+    pub offset: Option<usize>,
+    pub message: String,
+}
+
+impl ParseError {
+    pub fn at(offset: usize, message: impl Into<String>) -> Self {
+        ParseError { code: ErrorCode::Syntax, offset: Some(offset), message: message.into() }
+    }
+
+    pub fn invalid(offset: usize, message: impl Into<String>) -> Self {
+        ParseError { code: ErrorCode::InvalidArgument, offset: Some(offset), message: message.into() }
+    }
+
+    /// The message with the line and a caret under the offending token.
+    pub fn render(&self, line: &str) -> String {
+        match self.offset {
+            Some(o) => format!("{}\n{}", self.message, cmdline::point_at(line, o)),
+            None => self.message.clone(),
+        }
+    }
+}
+
+/// A line matched to a declaration: the arguments after the command words, and the options.
+pub struct Invocation<'a> {
+    pub spec: &'a CommandSpec,
+    pub line: &'a str,
+    pub args: Vec<Token>,
+    pub options: Vec<OptionArg>,
+}
+
+impl Invocation<'_> {
+    /// Where the command ends, for errors about missing arguments.
+    fn end(&self) -> usize {
+        self.line.trim_end().len()
+    }
+
+    /// A flag's value (`-x`, `-x=true`, `-x=false`, case-insensitive).
+    pub fn flag(&self, name: &str) -> Result<bool, ParseError> {
+        let mut result = false;
+        for o in self.options.iter().filter(|o| o.name == name) {
+            result = match o.value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(ParseError::invalid(
+                        o.offset,
+                        format!("-{name} takes no value (or true/false), not {other:?}"),
+                    ));
+                }
+            };
+        }
+        Ok(result)
+    }
+
+    /// An option's last value with its offset; a valueless `-name` gives `Some(("", offset))`.
+    pub fn value(&self, name: &str) -> Option<(&str, usize)> {
+        self.options.iter().rev().find(|o| o.name == name).map(|o| (o.value.as_deref().unwrap_or(""), o.offset))
+    }
+
+    /// The `i`th argument after the command words.
+    pub fn arg(&self, i: usize, what: &str) -> Result<&Token, ParseError> {
+        self.args
+            .get(i)
+            .ok_or_else(|| ParseError::at(self.end(), format!("missing {what}; usage: {}", self.spec.usage())))
+    }
+
+    /// Refuses arguments beyond the first `n`.
+    pub fn at_most(&self, n: usize) -> Result<(), ParseError> {
+        match self.args.get(n) {
+            Some(t) => {
+                Err(ParseError::at(t.offset, format!("unexpected argument {:?}; usage: {}", t.text, self.spec.usage())))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Parses a token with `FromStr`, reporting errors at the token.
+    pub fn parse_arg<T: std::str::FromStr>(&self, t: &Token) -> Result<T, ParseError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        t.text.parse().map_err(|e: T::Err| ParseError::invalid(t.offset, e.to_string()))
+    }
+}
+
+/// Matches `line` against `specs`: the longest command name that the leading words spell.
+pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, ParseError> {
+    let Args { positional, options } = Args::parse(line).map_err(|e| ParseError::at(e.offset, e.message))?;
+    if positional.is_empty() && options.is_empty() {
+        return Ok(None);
+    }
+    let words: Vec<&str> = positional.iter().map(|t| t.text.as_str()).collect();
+    let spec = specs
+        .iter()
+        .filter(|s| {
+            let name: Vec<&str> = s.name.split(' ').collect();
+            words.len() >= name.len() && words[..name.len()] == name[..]
+        })
+        .max_by_key(|s| s.name.split(' ').count());
+    let Some(spec) = spec else {
+        return Err(unknown_command(specs, &words, &positional));
+    };
+    let consumed = spec.name.split(' ').count();
+    for o in &options {
+        let Some(decl) = spec.options.iter().find(|d| d.name == o.name) else {
+            let known: Vec<String> = spec.options.iter().map(|d| format!("-{}", d.name)).collect();
+            let hint = if known.is_empty() {
+                format!("'{}' takes no options", spec.name)
+            } else {
+                format!("'{}' takes {}", spec.name, known.join(" "))
+            };
+            return Err(ParseError::at(o.offset, format!("unknown option -{}; {hint}", o.name)));
+        };
+        if let (OptionValue::Required(v), None) = (decl.value, &o.value) {
+            return Err(ParseError::at(o.offset, format!("option -{} needs a value: -{}={v}", o.name, o.name)));
+        }
+    }
+    let inv = Invocation { spec, line, args: positional[consumed..].to_vec(), options };
+    (spec.parse)(&inv).map(Some)
+}
+
+fn unknown_command(specs: &[CommandSpec], words: &[&str], tokens: &[Token]) -> ParseError {
+    let offset = tokens.first().map(|t| t.offset).unwrap_or(0);
+    let typed = words.iter().take(3).copied().collect::<Vec<_>>().join(" ");
+    let best = specs
+        .iter()
+        .map(|s| {
+            let n = s.name.split(' ').count().min(words.len());
+            (edit_distance(&words[..n].join(" "), s.name), s.name)
+        })
+        .min();
+    let hint = match best {
+        Some((d, name)) if d <= 3 => format!("; did you mean '{name}'?"),
+        _ => "; `help` lists the commands".to_string(),
+    };
+    ParseError {
+        code: ErrorCode::UnknownCommand,
+        offset: Some(offset),
+        message: format!("unknown command '{typed}'{hint}"),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance() {
+        assert_eq!(edit_distance("rep lss", "rep ls"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("info", "info"), 0);
+    }
+}

@@ -1,0 +1,282 @@
+//! The `tidepool` command line. This is the only layer of the daemon that reads files named
+//! on the command line (config, cluster file, key) and the environment (`RUST_LOG`).
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::conn::Connection;
+use tidepool_p2p::message::{CommitState, PutRequest};
+use tidepool_p2p::model::{NEVER, StickyRecord};
+use tidepool_p2p::{PnfsId, PoolName};
+use tokio::net::TcpListener;
+
+use crate::client;
+use crate::config::PoolConfig;
+use crate::daemon::{Daemon, Settings};
+use crate::pool::now_ms;
+
+#[derive(Parser)]
+#[command(name = "tidepool", version, about = "Tidepool storage pool daemon and tools")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one pool daemon.
+    Pool {
+        /// The pool's config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write a new random cluster key file, readable by its owner only.
+    Keygen {
+        #[arg(default_value = "cluster.key")]
+        path: PathBuf,
+    },
+    /// Store files in a pool and print their new PnfsIds, one `<pnfsid> <file>` line each.
+    Put {
+        #[command(flatten)]
+        target: Target,
+        /// Storage class of the new replicas, e.g. atlas:default.
+        #[arg(long)]
+        storage: Option<String>,
+        /// Store as CACHED (the default).
+        #[arg(long, conflicts_with = "precious")]
+        cached: bool,
+        /// Store as PRECIOUS.
+        #[arg(long)]
+        precious: bool,
+        /// Add a sticky record OWNER, for ever or for SECONDS (repeatable).
+        #[arg(long, value_name = "OWNER[:SECONDS]")]
+        sticky: Vec<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Read a replica into a file, verifying its checksum.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        pnfsid: PnfsId,
+        out: PathBuf,
+    },
+    /// Start a three-pool demo cluster with sample data and open the admin shell.
+    Demo {
+        /// Keep the cluster in DIR (new or empty) so it can run again as separate daemons.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// The cluster file.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// The cluster key file (default: cluster.key beside the cluster file).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The pool to talk to.
+    #[arg(long)]
+    pool: PoolName,
+}
+
+/// Runs the command line; errors are printed by the caller.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Pool { config } => run_pool(&config),
+        Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
+        Command::Put { target, storage, cached: _, precious, sticky, files } => {
+            block_on(put(target, storage, precious, sticky, files))
+        }
+        Command::Get { target, pnfsid, out } => block_on(get(target, pnfsid, out)),
+        Command::Demo { keep } => crate::demo::run(keep),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tidepool: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read cluster file {}", path.display()))?;
+    ClusterFile::parse(&text).map_err(|e| anyhow::anyhow!("cluster file {}: {e}", path.display()))
+}
+
+pub fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read cluster key file {}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(file = %path.display(), "cluster key file is readable by others; `chmod 600` it");
+    }
+    ClusterKey::parse(&text).map_err(|e| anyhow::anyhow!("cluster key file {}: {e}", path.display()))
+}
+
+/// Writes a new key file with mode 0600; refuses to overwrite one.
+pub fn write_key(path: &Path, key: &ClusterKey) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create key file {} (an existing key is never overwritten)", path.display()))?;
+    file.write_all(key.to_file_text().as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn keygen(path: &Path) -> anyhow::Result<()> {
+    write_key(path, &ClusterKey::generate()?)?;
+    println!("wrote a new cluster key to {} (mode 0600); copy it to every pool host and the shell", path.display());
+    Ok(())
+}
+
+fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let text =
+        std::fs::read_to_string(config_path).with_context(|| format!("read config {}", config_path.display()))?;
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let config =
+        PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", config_path.display()))?;
+    let cluster = read_cluster(&config.cluster_file)?;
+    let key = read_key(&config.key_file)?;
+    let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
+        let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
+        let settings = Settings {
+            name: config.name,
+            data_dir: config.data_dir,
+            capacity: config.capacity,
+            cluster,
+            key,
+            pin_owner_prefix: config.pin_owner_prefix,
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+        };
+        let daemon = Daemon::start(settings, admin, data).await?;
+        wait_for_signal().await?;
+        daemon.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+/// Opens a data connection to the target pool.
+async fn connect(cluster: &ClusterFile, key: &ClusterKey, pool: &PoolName, client: &str) -> anyhow::Result<Connection> {
+    let entry = cluster.pool(pool).ok_or_else(|| anyhow::anyhow!("no pool named {pool} in the cluster file"))?;
+    Connection::open(entry.p2p, key, client, Service::Data)
+        .await
+        .map_err(|e| anyhow::anyhow!("{pool} is offline: {e} at {}", entry.p2p))
+}
+
+fn load_target(t: &Target) -> anyhow::Result<(ClusterFile, ClusterKey)> {
+    let cluster = read_cluster(&t.cluster)?;
+    let key_path = t.key.clone().unwrap_or_else(|| t.cluster.with_file_name("cluster.key"));
+    Ok((cluster, read_key(&key_path)?))
+}
+
+fn parse_sticky(spec: &str) -> anyhow::Result<StickyRecord> {
+    let (owner, expire) = match spec.split_once(':') {
+        None => (spec, NEVER),
+        Some((owner, secs)) => {
+            let secs: i64 = secs.parse().with_context(|| format!("--sticky {spec}: SECONDS must be a whole number"))?;
+            if secs <= 0 {
+                bail!("--sticky {spec}: SECONDS must be positive (omit it for ever)");
+            }
+            (owner, now_ms() + secs * 1000)
+        }
+    };
+    if owner.is_empty() {
+        bail!("--sticky {spec}: the owner must not be empty");
+    }
+    Ok(StickyRecord::new(owner, expire))
+}
+
+async fn put(
+    target: Target,
+    storage: Option<String>,
+    precious: bool,
+    sticky: Vec<String>,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let (cluster, key) = load_target(&target)?;
+    let sticky = sticky.iter().map(|s| parse_sticky(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let template = PutRequest {
+        size: 0,
+        storage_class: storage,
+        cache_class: None,
+        access_latency: None,
+        retention_policy: None,
+        hsm: None,
+        state: if precious { CommitState::Precious } else { CommitState::Cached },
+        sticky,
+    };
+    {
+        let mut conn = connect(&cluster, &key, &target.pool, "tidepool-put").await?;
+        let mut failed = 0;
+        for file in &files {
+            match client::put_file(&mut conn, file, &template).await {
+                Ok((id, _)) => println!("{id} {}", file.display()),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("tidepool: {}: not stored: {e}", file.display());
+                    if matches!(e, client::ClientError::Wire(_)) {
+                        // The connection is unusable; open a fresh one for the rest.
+                        conn = connect(&cluster, &key, &target.pool, "tidepool-put").await?;
+                    }
+                }
+            }
+        }
+        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    }
+}
+
+async fn get(target: Target, pnfsid: PnfsId, out: PathBuf) -> anyhow::Result<ExitCode> {
+    let (cluster, key) = load_target(&target)?;
+    {
+        let mut conn = connect(&cluster, &key, &target.pool, "tidepool-get").await?;
+        let attrs = client::get_file(&mut conn, pnfsid, &out).await?;
+        let checksum = attrs.checksum.map(|c| c.to_string()).unwrap_or_else(|| "no checksum".into());
+        eprintln!("{pnfsid}: {} bytes, {checksum} verified, written to {}", attrs.size, out.display());
+        Ok(ExitCode::SUCCESS)
+    }
+}

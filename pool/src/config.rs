@@ -1,0 +1,133 @@
+//! The pool daemon's configuration file (TOML). Read once at start by the binary; everything
+//! below receives the resolved values. Unknown keys are refused.
+//!
+//! ```toml
+//! name = "pool1"                   # must be listed in the cluster file
+//! data_dir = "pool1"               # relative paths are relative to this file
+//! capacity = "10Gi"                # bytes, or a number with a unit (k M G T, Ki Mi Gi Ti)
+//! cluster_file = "cluster.toml"
+//! key_file = "cluster.key"
+//! # admin_listen = "0.0.0.0:22225" # default: loopback, on the cluster file's admin port
+//! # p2p_listen = "0.0.0.0:22125"   # default: the cluster file's p2p address
+//! # pin_owner_prefix = "PinManager"
+//! # shutdown_grace_seconds = 10
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use tidepool_p2p::PoolName;
+use tidepool_p2p::cluster::ClusterFile;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// The pool's name; the cluster file must list it.
+    pub name: PoolName,
+    /// Where metadata (`meta/`), data (`data/`) and partial transfers (`incoming/`) live.
+    pub data_dir: PathBuf,
+    /// The pool's size in bytes (a number, or a string with a unit such as "10Gi").
+    #[serde(deserialize_with = "bytes")]
+    pub capacity: u64,
+    /// The cluster file shared by every pool and the shell.
+    pub cluster_file: PathBuf,
+    /// The cluster key file (`tidepool keygen` writes one).
+    pub key_file: PathBuf,
+    /// Where the admin endpoint listens; default: 127.0.0.1 on the cluster file's admin port.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Where the data endpoint listens; default: the cluster file's p2p address.
+    #[serde(default)]
+    pub p2p_listen: Option<SocketAddr>,
+    /// Sticky owners starting with this are pins.
+    #[serde(default = "default_pin_prefix")]
+    pub pin_owner_prefix: String,
+    /// How long shutdown waits for in-flight work before aborting it.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
+}
+
+fn default_pin_prefix() -> String {
+    "PinManager".into()
+}
+
+fn default_grace() -> u64 {
+    10
+}
+
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(t) => tidepool_p2p::units::parse_bytes(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+impl PoolConfig {
+    /// Parses the file's text; relative paths are resolved against `base` (the file's folder).
+    pub fn parse(text: &str, base: &Path) -> Result<PoolConfig, String> {
+        let mut c: PoolConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        for p in [&mut c.data_dir, &mut c.cluster_file, &mut c.key_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if c.capacity == 0 {
+            return Err("capacity must be more than 0 bytes".into());
+        }
+        Ok(c)
+    }
+
+    /// The listen addresses, from this file or the cluster file.
+    pub fn listen_addresses(&self, cluster: &ClusterFile) -> Result<(SocketAddr, SocketAddr), String> {
+        let entry = cluster.pool(&self.name).ok_or_else(|| {
+            format!("pool {} is not listed in the cluster file {}", self.name, self.cluster_file.display())
+        })?;
+        let admin = self.admin_listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, entry.admin.port())));
+        let p2p = self.p2p_listen.unwrap_or(entry.p2p);
+        Ok((admin, p2p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults_and_units() {
+        let c = PoolConfig::parse(
+            "name = \"pool1\"\ndata_dir = \"d\"\ncapacity = \"1Gi\"\ncluster_file = \"c.toml\"\nkey_file = \"/k\"\n",
+            Path::new("/etc/tp"),
+        )
+        .unwrap();
+        assert_eq!(c.capacity, 1 << 30);
+        assert_eq!(c.data_dir, PathBuf::from("/etc/tp/d"));
+        assert_eq!(c.key_file, PathBuf::from("/k"));
+        assert_eq!(c.pin_owner_prefix, "PinManager");
+        let n = PoolConfig::parse(
+            "name = \"p\"\ndata_dir = \"d\"\ncapacity = 1000\ncluster_file = \"c\"\nkey_file = \"k\"\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(n.capacity, 1000);
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_sizes() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        assert!(
+            PoolConfig::parse(&format!("{base}capacity = 10\ncolour = \"red\"\n"), Path::new("/"))
+                .unwrap_err()
+                .contains("colour")
+        );
+        assert!(PoolConfig::parse(&format!("{base}capacity = \"10X\"\n"), Path::new("/")).is_err());
+        assert!(PoolConfig::parse(&format!("{base}capacity = 0\n"), Path::new("/")).is_err());
+        assert!(PoolConfig::parse(base, Path::new("/")).unwrap_err().contains("capacity"));
+    }
+}

@@ -1,0 +1,426 @@
+//! A running pool: its admin and data endpoints, and the order in which it starts and stops.
+//!
+//! Start-up:
+//! 1. open the repository (restart recovery runs here) on a blocking thread;
+//! 2. restore the saved pool mode;
+//! 3. accept connections on the admin and data listeners (bound by the caller).
+//!
+//! Shutdown is the same script in reverse: stop accepting and cancel every connection (uploads
+//! in flight are aborted and their partial data removed), wait for them with a deadline, then
+//! flush the repository.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_p2p::auth::{self, ClusterKey, Service};
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
+use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, PutRequest};
+use tidepool_p2p::model::{FileAttributes, ReplicaState};
+use tidepool_p2p::random::random_bytes;
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::admin::{self, exec};
+use crate::pool::{Activity, Pool, now_ms};
+use crate::repository::{Incoming, RepoError, Repository, SledStore};
+
+/// Everything a pool needs to start, resolved from its config, the cluster file and the key.
+pub struct Settings {
+    pub name: PoolName,
+    pub data_dir: PathBuf,
+    pub capacity: u64,
+    pub cluster: ClusterFile,
+    pub key: ClusterKey,
+    pub pin_owner_prefix: String,
+    pub shutdown_grace: Duration,
+}
+
+/// A running pool daemon.
+pub struct Daemon {
+    pool: Arc<Pool>,
+    admin_addr: SocketAddr,
+    data_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+    span: tracing::Span,
+}
+
+/// Runs a blocking closure on the blocking pool, inside the caller's span.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+impl Daemon {
+    /// Starts a pool on already bound listeners.
+    pub async fn start(settings: Settings, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
+        let span = tracing::info_span!("pool", name = %settings.name);
+        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace } = settings;
+        // 1. Open the repository.
+        let dir = data_dir.clone();
+        let opened = blocking(move || -> anyhow::Result<_> {
+            let store = SledStore::open(&dir)?;
+            Ok(Repository::open(Arc::new(store), capacity, now_ms())?)
+        })
+        .instrument(span.clone())
+        .await;
+        let (repo, recovery) =
+            opened.map_err(|e| anyhow::anyhow!("cannot open the repository in {}: {e}", data_dir.display()))?;
+        span.in_scope(|| {
+            tracing::info!(replicas = recovery.loaded, "repository loaded");
+            for line in recovery.report() {
+                tracing::warn!("recovery: {line}");
+            }
+        });
+        // 2. Restore the pool mode.
+        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, pin_owner_prefix)?);
+        // 3. Accept connections.
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let admin_addr = admin.local_addr()?;
+        let data_addr = data.local_addr()?;
+        let key = Arc::new(key);
+        for (listener, service) in [(admin, Service::Admin), (data, Service::Data)] {
+            let ctx =
+                Ctx { pool: pool.clone(), key: key.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
+            tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
+        }
+        span.in_scope(|| tracing::info!(%admin_addr, %data_addr, mode = %pool.mode().mode, "pool started"));
+        Ok(Daemon { pool, admin_addr, data_addr, shutdown, tracker, grace: shutdown_grace, span })
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// Stops the pool: cancel, wait up to the grace period, flush.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let span = self.span.clone();
+        async move {
+            tracing::info!("pool stopping");
+            self.shutdown.cancel();
+            self.tracker.close();
+            if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+                tracing::warn!(grace = ?self.grace, "connections still open after the grace period; abandoning them");
+            }
+            let repo = self.pool.repo.clone();
+            blocking(move || repo.flush()).await?;
+            tracing::info!("pool stopped");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    pool: Arc<Pool>,
+    key: Arc<ClusterKey>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = ctx.clone();
+                ctx.tracker.spawn(
+                    async move { serve(stream, peer, service, conn).await }.instrument(tracing::Span::current()),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Back off a little on errors such as EMFILE rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+type Reader = FrameReader<OwnedReadHalf>;
+type Writer = FrameWriter<OwnedWriteHalf>;
+
+async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, MAX_FRAME);
+    let mut writer = FrameWriter::new(w);
+    let client = match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service).await {
+        Ok(p) => p.name,
+        Err(e) => {
+            tracing::warn!(%peer, ?service, "refused connection: {e}");
+            return;
+        }
+    };
+    tracing::debug!(%peer, %client, ?service, "connection authenticated");
+    let result = match service {
+        Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
+        Service::Data => serve_data(&mut reader, &mut writer, &ctx).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(%peer, %client, "closing connection: {e}");
+    }
+}
+
+/// The next request frame, or `None` at shutdown or when the client closed the connection.
+async fn next_request(reader: &mut Reader, ctx: &Ctx) -> Result<Option<bytes::Bytes>, WireError> {
+    let frame = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return Ok(None),
+        f = reader.next() => f?,
+    };
+    match frame {
+        None => Ok(None),
+        Some(Frame::Message(body)) => Ok(Some(body)),
+        Some(Frame::Data(_)) => Err(WireError::Unexpected { expected: "a request", got: "data" }),
+    }
+}
+
+async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx: &Ctx) -> Result<(), WireError> {
+    while let Some(body) = next_request(reader, ctx).await? {
+        match decode::<AdminRequest>(&body)? {
+            AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
+            AdminRequest::Run { line } => {
+                tracing::info!(%client, command = %line, "admin command");
+                let error = run_admin(line, writer, ctx).await?;
+                writer.send(&AdminReply::Finished { error }).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams a command's output to the client as it is produced.
+struct ChannelOutput(mpsc::Sender<String>);
+
+impl exec::Output for ChannelOutput {
+    fn write(&mut self, text: &str) -> Result<(), exec::Gone> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.0.blocking_send(text.to_string()).map_err(|_| exec::Gone)
+    }
+}
+
+async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Option<RemoteError>, WireError> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let pool = ctx.pool.clone();
+    // The command ends when it returns (dropping `tx`); forwarding ends when `tx` is gone or the
+    // client is (dropping `rx`, which makes the command's next write fail with `Gone`).
+    let work = blocking(move || exec::run_line(&pool, &line, &mut ChannelOutput(tx)));
+    let forward = async move {
+        while let Some(text) = rx.recv().await {
+            writer.send(&AdminReply::Output(text)).await?;
+        }
+        Ok::<(), WireError>(())
+    };
+    let (result, forwarded) = tokio::join!(work, forward);
+    forwarded?;
+    Ok(result.err())
+}
+
+async fn serve_data(reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
+    while let Some(body) = next_request(reader, ctx).await? {
+        match decode::<DataRequest>(&body)? {
+            DataRequest::Put(req) => put(req, reader, writer, ctx).await?,
+            DataRequest::Get { pnfsid } => get(pnfsid, writer, ctx).await?,
+            DataRequest::PutEnd { .. } => {
+                let e = RemoteError::new(ErrorCode::Protocol, "PutEnd without a Put");
+                writer.send(&DataReply::Error(e)).await?;
+                return Err(WireError::Unexpected { expected: "a request", got: "PutEnd" });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Drops a partial replica on the blocking pool (its clean-up deletes a file).
+async fn discard(incoming: Incoming) {
+    blocking(move || drop(incoming)).await;
+}
+
+async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
+    if let Err(e) = ctx.pool.check_mode(Activity::Store, false) {
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    let pnfsid = PnfsId::from_random(random_bytes()?);
+    let now = now_ms();
+    let attrs = FileAttributes {
+        pnfsid,
+        size: req.size,
+        checksum: None,
+        storage_class: req.storage_class,
+        cache_class: req.cache_class,
+        access_latency: req.access_latency,
+        retention_policy: req.retention_policy,
+        hsm: req.hsm,
+        creation_time: now,
+        access_time: now,
+    };
+    let repo = ctx.pool.repo.clone();
+    let mut incoming = match blocking(move || repo.create(attrs, ReplicaState::FromClient, now)).await {
+        Ok(i) => i,
+        Err(e) => return writer.send(&DataReply::Error(e.into())).await,
+    };
+    writer.send(&DataReply::PutReady { pnfsid }).await?;
+    while incoming.written() < req.size {
+        let frame = tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                discard(incoming).await;
+                let e = RemoteError::new(ErrorCode::ShuttingDown, "pool is shutting down; upload aborted, nothing stored");
+                writer.send(&DataReply::Error(e)).await?;
+                return Err(WireError::Closed);
+            }
+            f = reader.expect() => f,
+        };
+        let chunk = match frame {
+            Ok(Frame::Data(chunk)) => chunk,
+            Ok(Frame::Message(_)) => {
+                discard(incoming).await;
+                let e = RemoteError::new(
+                    ErrorCode::ShortTransfer,
+                    format!("file {pnfsid}: data ended early; nothing stored"),
+                );
+                writer.send(&DataReply::Error(e)).await?;
+                return Err(WireError::Unexpected { expected: "data", got: "a message" });
+            }
+            Err(e) => {
+                discard(incoming).await;
+                tracing::warn!(%pnfsid, "upload aborted, partial data removed: {e}");
+                return Err(e);
+            }
+        };
+        let (back, written) = blocking(move || {
+            let r = incoming.write(&chunk);
+            (incoming, r)
+        })
+        .await;
+        incoming = back;
+        if let Err(e) = written {
+            discard(incoming).await;
+            writer.send(&DataReply::Error(e.into())).await?;
+            return Err(WireError::Closed);
+        }
+    }
+    let end = tokio::select! {
+        _ = ctx.shutdown.cancelled() => {
+            discard(incoming).await;
+            return Err(WireError::Closed);
+        }
+        m = reader.recv::<DataRequest>() => m,
+    };
+    let checksum = match end {
+        Ok(DataRequest::PutEnd { checksum }) => checksum,
+        Ok(_) => {
+            discard(incoming).await;
+            let e = RemoteError::new(ErrorCode::Protocol, "expected PutEnd");
+            writer.send(&DataReply::Error(e)).await?;
+            return Err(WireError::Unexpected { expected: "PutEnd", got: "another request" });
+        }
+        Err(e) => {
+            discard(incoming).await;
+            return Err(e);
+        }
+    };
+    let state = match req.state {
+        tidepool_p2p::message::CommitState::Cached => ReplicaState::Cached,
+        tidepool_p2p::message::CommitState::Precious => ReplicaState::Precious,
+    };
+    let sticky = req.sticky;
+    match blocking(move || incoming.commit(state, sticky, Some(checksum), now_ms())).await {
+        Ok(replica) => {
+            tracing::info!(%pnfsid, size = req.size, state = %state, "stored new replica");
+            let checksum = replica.attrs.checksum.unwrap_or(checksum);
+            writer.send(&DataReply::PutCommitted { pnfsid, checksum }).await
+        }
+        Err(e) => {
+            tracing::warn!(%pnfsid, "upload not committed: {e}");
+            writer.send(&DataReply::Error(e.into())).await
+        }
+    }
+}
+
+async fn get(pnfsid: PnfsId, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
+    if let Err(e) = ctx.pool.check_mode(Activity::Fetch, false) {
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    let repo = ctx.pool.repo.clone();
+    let (replica, mut data) = match blocking(move || repo.open_data(&pnfsid, now_ms())).await {
+        Ok(x) => x,
+        Err(e) => return writer.send(&DataReply::Error(e.into())).await,
+    };
+    let size = replica.attrs.size;
+    writer.send(&DataReply::GetReady { attributes: replica.attrs }).await?;
+    let mut buf = vec![0u8; MAX_DATA_CHUNK.min(size as usize).max(1)];
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let (d, b, read) = blocking(move || {
+            let r = read_full(&mut data, &mut buf[..want]);
+            (data, buf, r)
+        })
+        .await;
+        data = d;
+        buf = b;
+        match read {
+            Ok(n) if n == want => {
+                writer.send_data(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            Ok(n) => {
+                let e = RepoError::Corrupt {
+                    id: pnfsid,
+                    reason: format!("data file ends {} bytes early", left - n as u64),
+                };
+                tracing::error!(%pnfsid, "{e}");
+                return writer.send(&DataReply::Error(e.into())).await;
+            }
+            Err(e) => {
+                tracing::error!(%pnfsid, "read failed: {e}");
+                let e = RemoteError::new(ErrorCode::Io, format!("file {pnfsid}: read failed: {e}"));
+                return writer.send(&DataReply::Error(e)).await;
+            }
+        }
+    }
+    writer.flush().await?;
+    writer.send(&DataReply::GetEnd).await
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

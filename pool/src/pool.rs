@@ -1,0 +1,147 @@
+//! The state of one running pool that admin commands and endpoints share: its name, its
+//! repository, its mode, and what recovery found at start.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::model::{EpochMillis, PoolMode};
+use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
+
+use crate::repository::{Recovery, RepoError, Repository};
+
+/// The current time in milliseconds since the epoch.
+pub fn now_ms() -> EpochMillis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A pool mode with the operator's reason (reference §1.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModeState {
+    pub mode: PoolMode,
+    pub error_code: i32,
+    pub message: String,
+}
+
+impl ModeState {
+    pub fn enabled() -> Self {
+        ModeState { mode: PoolMode::ENABLED, error_code: 0, message: String::new() }
+    }
+
+    /// The persisted form: `v1 <bits> <code> <message>`.
+    fn encode(&self) -> String {
+        format!("v1 {} {} {}", self.mode.bits(), self.error_code, self.message)
+    }
+
+    fn decode(text: &str) -> Option<ModeState> {
+        let rest = text.strip_prefix("v1 ")?;
+        let mut parts = rest.splitn(3, ' ');
+        let bits = parts.next()?.parse().ok()?;
+        let error_code = parts.next()?.parse().ok()?;
+        let message = parts.next().unwrap_or("").to_string();
+        Some(ModeState { mode: PoolMode::from_bits(bits), error_code, message })
+    }
+}
+
+const MODE_KEY: &str = "pool-mode";
+
+/// Something a pool mode forbids.
+#[derive(Clone, Copy, Debug)]
+pub enum Activity {
+    /// A client writes a new replica.
+    Store,
+    /// A client (or a pool) reads a replica.
+    Fetch,
+    /// Another pool sends us a replica.
+    P2pClient,
+}
+
+pub struct Pool {
+    pub name: PoolName,
+    pub repo: Arc<Repository>,
+    pub cluster: ClusterFile,
+    pub recovery: Recovery,
+    /// Owners starting with this are pins.
+    pub pin_prefix: String,
+    mode: Mutex<ModeState>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Wraps an opened repository; the saved pool mode is restored (a pool disabled before a
+    /// restart stays disabled).
+    pub fn new(
+        name: PoolName,
+        repo: Arc<Repository>,
+        recovery: Recovery,
+        cluster: ClusterFile,
+        pin_prefix: String,
+    ) -> Result<Pool, RepoError> {
+        let mode = match repo.setting(MODE_KEY)? {
+            None => ModeState::enabled(),
+            Some(bytes) => match std::str::from_utf8(&bytes).ok().and_then(ModeState::decode) {
+                Some(m) => m,
+                None => {
+                    tracing::error!("saved pool mode is unreadable; starting disabled(strict) to be safe");
+                    ModeState {
+                        mode: PoolMode::disabled(PoolMode::STRICT),
+                        error_code: 1,
+                        message: "saved pool mode was unreadable".into(),
+                    }
+                }
+            },
+        };
+        Ok(Pool { name, repo, cluster, recovery, pin_prefix, mode: Mutex::new(mode) })
+    }
+
+    pub fn mode(&self) -> ModeState {
+        self.mode.lock().clone()
+    }
+
+    /// Sets and persists the mode.
+    pub fn set_mode(&self, state: ModeState) -> Result<(), RepoError> {
+        self.repo.put_setting(MODE_KEY, state.encode().as_bytes())?;
+        tracing::info!(mode = %state.mode, "pool mode changed");
+        *self.mode.lock() = state;
+        Ok(())
+    }
+
+    /// Refuses `activity` if the mode forbids it.
+    pub fn check_mode(&self, activity: Activity, force_source_mode: bool) -> Result<(), RemoteError> {
+        let m = self.mode();
+        let (bit, what) = match activity {
+            Activity::Store => (PoolMode::STORE, "store"),
+            Activity::Fetch => (PoolMode::FETCH, "fetch"),
+            Activity::P2pClient => (PoolMode::P2P_CLIENT, "p2p-client"),
+        };
+        let forced = force_source_mode && matches!(activity, Activity::Fetch);
+        if !m.mode.is_enabled() && m.mode.bits() & bit != 0 && !forced {
+            let reason =
+                if m.message.is_empty() { String::new() } else { format!(": [{}] {}", m.error_code, m.message) };
+            return Err(RemoteError::new(
+                ErrorCode::PoolDisabled,
+                format!("Pool is disabled: {} is disabled for {what}{reason}", self.name),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_text_round_trips() {
+        let m =
+            ModeState { mode: PoolMode::disabled(PoolMode::RDONLY), error_code: 5, message: "going away soon".into() };
+        assert_eq!(ModeState::decode(&m.encode()), Some(m));
+        assert_eq!(ModeState::decode(&ModeState::enabled().encode()), Some(ModeState::enabled()));
+        assert_eq!(ModeState::decode("garbage"), None);
+    }
+}
