@@ -15,6 +15,8 @@ use super::store::{DataRead, DataWrite, RecordIter, ReplicaStore, StoreError, St
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
 const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// How many times (50 ms apart) to retry a locked metadata directory before giving up.
+const LOCK_WAITS: u32 = 60;
 
 pub struct SledStore {
     records: sled::Tree,
@@ -40,12 +42,23 @@ impl SledStore {
         for d in [&data, &incoming] {
             fs::create_dir_all(d).map_err(|e| StoreError::new(format!("create {}", d.display()), e))?;
         }
-        let db = sled::Config::new()
-            .path(dir.join("meta"))
-            .cache_capacity(SLED_CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| io_err(format!("open metadata in {}", dir.display()), e))?;
+        let config =
+            sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
+        // sled releases its lock file from a background thread after the last handle of a
+        // previous open in this process is dropped; wait a bounded time for that.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && attempts < LOCK_WAITS => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(io_err(format!("open metadata in {} (is another pool using it?)", dir.display()), e));
+                }
+            }
+        };
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
         Ok(SledStore { records, meta, db, data, incoming })
