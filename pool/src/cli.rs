@@ -16,6 +16,7 @@ use tidepool_p2p::message::{CommitState, PutRequest};
 use tidepool_p2p::model::{NEVER, StickyRecord};
 use tidepool_p2p::{PnfsId, PoolName};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::client;
 use crate::config::PoolConfig;
@@ -179,7 +180,7 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         };
         let daemon = Daemon::start(settings, admin, data).await?;
-        wait_for_signal().await?;
+        wait_for_signal().instrument(daemon.span().clone()).await?;
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -278,5 +279,37 @@ async fn get(target: Target, pnfsid: PnfsId, out: PathBuf) -> anyhow::Result<Exi
         let checksum = attrs.checksum.map(|c| c.to_string()).unwrap_or_else(|| "no checksum".into());
         eprintln!("{pnfsid}: {} bytes, {checksum} verified, written to {}", attrs.size, out.display());
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_are_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.key");
+        let key = ClusterKey::generate().unwrap();
+        write_key(&path, &key).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let before = std::fs::read(&path).unwrap();
+        assert!(write_key(&path, &ClusterKey::generate().unwrap()).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before, "an existing key is left alone");
+        assert!(read_key(&path).is_ok());
+        std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
+        let err = read_key(&dir.path().join("bad.key")).unwrap_err().to_string();
+        assert!(err.contains("bad.key") && err.contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn sticky_specs() {
+        assert_eq!(parse_sticky("alice").unwrap(), StickyRecord::new("alice", NEVER));
+        let timed = parse_sticky("bob:60").unwrap();
+        assert_eq!(timed.owner, "bob");
+        assert!(timed.expire > now_ms() + 50_000);
+        for bad in [":60", "bob:0", "bob:-5", "bob:x"] {
+            assert!(parse_sticky(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -105,6 +105,11 @@ impl Daemon {
         &self.pool
     }
 
+    /// The span (`pool{name=...}`) every log line of this pool is in.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
@@ -175,6 +180,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) 
         Ok(p) => p.name,
         Err(e) => {
             tracing::warn!(%peer, ?service, "refused connection: {e}");
+            if let WireError::Timeout(t) = e {
+                // Tell a slow client why it is dropped, if it still listens.
+                let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
+                let refusal = auth::HandshakeReply::Refused(RemoteError::new(ErrorCode::Timeout, msg));
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&refusal)).await;
+            }
             return;
         }
     };

@@ -10,7 +10,7 @@
 
 mod index;
 mod mem_store;
-mod record;
+pub mod record;
 mod sled_store;
 pub mod store;
 
