@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
+use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{CommitState, PutRequest};
 use tidepool_p2p::model::{NEVER, StickyRecord};
 use tidepool_p2p::{PnfsId, PoolName};
@@ -208,9 +209,13 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> a
 /// Opens a data connection to the target pool.
 async fn connect(cluster: &ClusterFile, key: &ClusterKey, pool: &PoolName, client: &str) -> anyhow::Result<Connection> {
     let entry = cluster.pool(pool).ok_or_else(|| anyhow::anyhow!("no pool named {pool} in the cluster file"))?;
-    Connection::open(entry.p2p, key, client, Service::Data)
-        .await
-        .map_err(|e| anyhow::anyhow!("{pool} is offline: {e} at {}", entry.p2p))
+    Connection::open(entry.p2p, key, client, Service::Data).await.map_err(|e| match e {
+        // The pool answered and refused us: not offline.
+        WireError::Remote(_) | WireError::Handshake(_) => {
+            anyhow::anyhow!("{pool} at {} refused the connection: {e}", entry.p2p)
+        }
+        _ => anyhow::anyhow!("{pool} is offline: {e} at {}", entry.p2p),
+    })
 }
 
 fn load_target(t: &Target) -> anyhow::Result<(ClusterFile, ClusterKey)> {
@@ -255,24 +260,33 @@ async fn put(
         state: if precious { CommitState::Precious } else { CommitState::Cached },
         sticky,
     };
-    {
-        let mut conn = connect(&cluster, &key, &target.pool, "tidepool-put").await?;
-        let mut failed = 0;
-        for file in &files {
-            match client::put_file(&mut conn, file, &template).await {
-                Ok((id, _)) => println!("{id} {}", file.display()),
+    let mut conn = Some(connect(&cluster, &key, &target.pool, "tidepool-put").await?);
+    let mut failed = 0;
+    for file in &files {
+        if conn.is_none() {
+            // The previous file broke the connection; every later file needs a fresh one.
+            match connect(&cluster, &key, &target.pool, "tidepool-put").await {
+                Ok(c) => conn = Some(c),
                 Err(e) => {
                     failed += 1;
-                    eprintln!("tidepool: {}: not stored: {e}", file.display());
-                    if matches!(e, client::ClientError::Wire(_)) {
-                        // The connection is unusable; open a fresh one for the rest.
-                        conn = connect(&cluster, &key, &target.pool, "tidepool-put").await?;
-                    }
+                    eprintln!("tidepool: {}: not stored: {e:#}", file.display());
+                    continue;
                 }
             }
         }
-        Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        let Some(c) = conn.as_mut() else { continue };
+        match client::put_file(c, file, &template).await {
+            Ok((id, _)) => println!("{id} {}", file.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("tidepool: {}: not stored: {e}", file.display());
+                if matches!(e, client::ClientError::Wire(_)) {
+                    conn = None;
+                }
+            }
+        }
     }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn get(target: Target, pnfsid: PnfsId, out: PathBuf) -> anyhow::Result<ExitCode> {

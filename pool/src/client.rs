@@ -50,14 +50,27 @@ pub async fn put_file(
         let want = buf.len().min(left as usize);
         file.read_exact(&mut buf[..want]).await.map_err(file_err(path))?;
         sum.update(&buf[..want]);
-        conn.writer.send_data(&buf[..want]).await?;
+        if let Err(e) = conn.writer.send_data(&buf[..want]).await {
+            return Err(pool_reason(conn, e).await);
+        }
         left -= want as u64;
     }
-    conn.send(&DataRequest::PutEnd { checksum: sum.finish() }).await?;
+    if let Err(e) = conn.send(&DataRequest::PutEnd { checksum: sum.finish() }).await {
+        return Err(pool_reason(conn, e).await);
+    }
     match conn.recv::<DataReply>().await? {
         DataReply::PutCommitted { pnfsid: id, checksum } if id == pnfsid => Ok((pnfsid, checksum)),
         DataReply::Error(e) => Err(ClientError::Pool(e)),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// After a failed send, the pool may have said why it stopped listening (a full pool, a
+/// shutdown): prefer its words to "broken pipe".
+async fn pool_reason(conn: &mut Connection, send_error: WireError) -> ClientError {
+    match tokio::time::timeout(std::time::Duration::from_secs(1), conn.recv::<DataReply>()).await {
+        Ok(Ok(DataReply::Error(e))) => ClientError::Pool(e),
+        _ => ClientError::Wire(send_error),
     }
 }
 

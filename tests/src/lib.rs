@@ -1,1 +1,665 @@
+//! A harness for cluster tests against the real binaries: `tidepool pool` daemons run as child
+//! processes in a temporary directory, driven the way an operator drives them, through
+//! `tidepool-admin`, `tidepool put` and `tidepool get`.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` leaves in `target/<profile>/`,
+//! next to the test executable's `deps/` folder. `cargo test -p tidepool-tests` does not rebuild
+//! them (cargo has no stable way to depend on another package's binary); `cargo test
+//! --workspace` does, because the pool and the shell have integration tests of their own.
+//!
+//! Every wait is for an observable state (a pool answering `info`, a process exiting, a line in
+//! a log) with a deadline; nothing sleeps to let something happen. A [`Cluster`] kills whatever
+//! still runs when it is dropped and, if the test is failing, prints every pool's log first.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+
+/// How long a pool may take from spawn to answering `info`.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a pool may take to exit after SIGTERM (its shutdown grace is [`SHUTDOWN_GRACE_SECONDS`]).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long one `tidepool-admin`, `tidepool put` or `tidepool get` may run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
+/// The pause between two looks at a state being waited for.
+const POLL_PAUSE: Duration = Duration::from_millis(20);
+/// What each pool's config file sets as `shutdown_grace_seconds`.
+pub const SHUTDOWN_GRACE_SECONDS: u64 = 5;
+/// What each pool's config file sets as `capacity`.
+pub const CAPACITY: &str = "256Mi";
+
+/// The two binaries under test.
+#[derive(Debug)]
+pub struct Binaries {
+    pub tidepool: PathBuf,
+    pub admin: PathBuf,
+    /// Set when a source file of the daemon, the shell or p2p is newer than a binary: the
+    /// tests may then be running yesterday's code. Printed with the logs of a failing test.
+    pub stale: Option<String>,
+}
+
+/// `target/<profile>/tidepool` and `target/<profile>/tidepool-admin`, found from the test
+/// executable (`target/<profile>/deps/<test>-<hash>`). Panics if either is missing.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| panic!("{} is not in target/<profile>/deps", exe.display()));
+        let find = |name: &str| {
+            let path = dir.join(name);
+            assert!(path.is_file(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+            path
+        };
+        let (tidepool, admin) = (find("tidepool"), find("tidepool-admin"));
+        let stale = staleness(&tidepool, &admin);
+        Binaries { tidepool, admin, stale }
+    })
+}
+
+/// A note naming a source file newer than the binary built from it, if there is one.
+fn staleness(tidepool: &Path, admin: &Path) -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let sources: [(&Path, &[&str]); 2] = [
+        (tidepool, &["pool/src", "migration/src", "admin-shell/src", "p2p/src"]),
+        (admin, &["admin-shell/src", "p2p/src"]),
+    ];
+    for (binary, dirs) in sources {
+        let built = binary.metadata().and_then(|m| m.modified()).ok()?;
+        let mut dirs: Vec<PathBuf> = dirs.iter().map(|d| root.join(d)).collect();
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    dirs.push(path);
+                } else if meta.modified().is_ok_and(|m| m > built) {
+                    return Some(format!(
+                        "note: {} is newer than {}; run `cargo build --workspace --bins`",
+                        path.display(),
+                        binary.display()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// What a finished command printed, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+}
+
+impl Output {
+    /// Panics, showing both streams, unless the command exited with 0.
+    #[track_caller]
+    pub fn assert_success(&self, what: &str) -> &Self {
+        assert_eq!(self.code, Some(0), "{what} failed\n{self}");
+        self
+    }
+
+    /// Panics, showing both streams, unless the command exited with `code`.
+    #[track_caller]
+    pub fn assert_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(self.code, Some(code), "{what}: wrong exit code\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code: {:?}\n--- stdout ---\n{}--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Runs `cmd` with `stdin` as its input, within [`COMMAND_DEADLINE`]; a command still running
+/// then is killed and the test fails.
+pub fn run(mut cmd: Command, stdin: &str) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let text = stdin.to_owned();
+    // A command may exit without reading all of its input; a broken pipe is then fine.
+    let feeder = thread::spawn(move || drop(input.write_all(text.as_bytes())));
+    let out = drain(child.stdout.take().expect("piped stdout"));
+    let err = drain(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("wait for {what}: {e}")) {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still ran after {COMMAND_DEADLINE:?}; killed it");
+        }
+        thread::sleep(POLL_PAUSE / 4);
+    };
+    let _ = feeder.join();
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    Output { stdout, stderr, code: status.code() }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Reserves `n` distinct free loopback ports: binds port 0 `n` times (holding every listener
+/// until all are chosen, so no port comes up twice), reads the ports the kernel chose, and
+/// closes the listeners again so the daemons can bind them. Between the close and a daemon's
+/// bind another process could take a port; the window is milliseconds, the kernel does not
+/// hand a port it just gave out straight back to the next `bind(0)`, and the consequence would
+/// be a failed start with a clear "listen for ..." error in the pool's log. (A daemon cannot
+/// bind port 0 itself: the cluster file must name every address before anything starts.)
+pub fn free_ports(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local address")).collect()
+}
+
+/// `len` bytes of deterministic, varied content (xorshift64*), different for each `seed`.
+pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// One `rep ls` line, split into its fields.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RepLine {
+    pub pnfsid: String,
+    pub flags: String,
+    pub size: u64,
+    pub storage_class: String,
+}
+
+impl RepLine {
+    /// Parses `<pnfsid> <flags> <size> si={<class>}`; `None` for any other line.
+    pub fn parse(line: &str) -> Option<RepLine> {
+        let mut words = line.split(' ');
+        let pnfsid = words.next()?;
+        pnfsid.parse::<PnfsId>().ok()?;
+        let flags = words.next()?;
+        if !(flags.starts_with('<') && flags.ends_with('>')) {
+            return None;
+        }
+        let size = words.next()?.parse().ok()?;
+        let class = words.next()?.strip_prefix("si={")?.strip_suffix('}')?;
+        if words.next().is_some() {
+            return None;
+        }
+        Some(RepLine { pnfsid: pnfsid.into(), flags: flags.into(), size, storage_class: class.into() })
+    }
+}
+
+/// Every `rep ls` line of `text`, sorted by pnfsid; panics on a line that is not one.
+#[track_caller]
+pub fn parse_rep_ls(text: &str) -> Vec<RepLine> {
+    let mut lines: Vec<RepLine> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| RepLine::parse(l).unwrap_or_else(|| panic!("not a `rep ls` line: {l:?} in\n{text}")))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The value of an `info` line such as `Used           : 6000 bytes` (here for `Used`).
+pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        let (name, value) = l.split_once(" : ")?;
+        (name.trim_end() == field).then(|| value.trim())
+    })
+}
+
+/// One pool of a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub name: String,
+    pub admin: SocketAddr,
+    pub p2p: SocketAddr,
+    pub groups: Vec<String>,
+}
+
+/// Pools described by a cluster file, key and config files in a temporary directory, each run
+/// as a `tidepool pool` child process on demand.
+///
+/// Layout of [`Cluster::dir`]: `cluster.toml`, `cluster.key` (from `tidepool keygen`),
+/// `<pool>.toml`, the pool's data in `<pool>/`, its log (stdout and stderr, every run
+/// appended) in `<pool>.log`.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pools: Vec<PoolSpec>,
+    running: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Writes the files for `pools` (name, groups); starts nothing.
+    pub fn new(pools: &[(&str, &[&str])]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("tidepool-test-").tempdir().expect("create a temp dir");
+        let ports = free_ports(2 * pools.len());
+        let specs: Vec<PoolSpec> = pools
+            .iter()
+            .zip(ports.chunks(2))
+            .map(|((name, groups), ports)| PoolSpec {
+                name: name.to_string(),
+                admin: ports[0],
+                p2p: ports[1],
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            })
+            .collect();
+        let file = ClusterFile {
+            pools: specs
+                .iter()
+                .map(|p| PoolEntry {
+                    name: p.name.parse().expect("a valid pool name"),
+                    p2p: p.p2p,
+                    admin: p.admin,
+                    groups: p.groups.clone(),
+                    tags: BTreeMap::new(),
+                    hsm: Vec::new(),
+                })
+                .collect(),
+            links: Vec::new(),
+        };
+        std::fs::write(dir.path().join("cluster.toml"), file.to_toml()).expect("write cluster.toml");
+        let cluster = Cluster { dir, pools: specs, running: BTreeMap::new() };
+        cluster.keygen(&cluster.path("cluster.key")).assert_success("tidepool keygen");
+        for p in &cluster.pools {
+            let config = format!(
+                "name = \"{name}\"\n\
+                 data_dir = \"{name}\"\n\
+                 capacity = \"{CAPACITY}\"\n\
+                 cluster_file = \"cluster.toml\"\n\
+                 key_file = \"cluster.key\"\n\
+                 shutdown_grace_seconds = {SHUTDOWN_GRACE_SECONDS}\n",
+                name = p.name
+            );
+            std::fs::write(cluster.config_path(&p.name), config).expect("write a pool config");
+        }
+        cluster
+    }
+
+    /// The temporary directory holding everything.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside [`Cluster::dir`].
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cluster_file(&self) -> PathBuf {
+        self.path("cluster.toml")
+    }
+
+    pub fn config_path(&self, pool: &str) -> PathBuf {
+        self.path(&format!("{pool}.toml"))
+    }
+
+    /// The pool's data directory (`meta/`, `data/`, `incoming/`).
+    pub fn data_dir(&self, pool: &str) -> PathBuf {
+        self.path(pool)
+    }
+
+    pub fn log_path(&self, pool: &str) -> PathBuf {
+        self.path(&format!("{pool}.log"))
+    }
+
+    /// Everything the pool has logged so far, over all its runs.
+    pub fn log(&self, pool: &str) -> String {
+        std::fs::read_to_string(self.log_path(pool)).unwrap_or_default()
+    }
+
+    #[track_caller]
+    pub fn spec(&self, pool: &str) -> &PoolSpec {
+        self.pools.iter().find(|p| p.name == pool).unwrap_or_else(|| panic!("no pool {pool} in this cluster"))
+    }
+
+    /// Writes a file into [`Cluster::dir`] and returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// `tidepool keygen PATH`.
+    pub fn keygen(&self, path: &Path) -> Output {
+        let mut cmd = Command::new(&binaries().tidepool);
+        cmd.arg("keygen").arg(path);
+        run(cmd, "")
+    }
+
+    /// Starts the pool's daemon and waits until it answers `info` through `tidepool-admin`.
+    ///
+    /// Readiness is probed with the admin shell rather than a bare TCP connect: the listeners
+    /// are bound before the repository is opened, so a connect proves little, and a probe that
+    /// hangs up mid-handshake would leave a "refused connection" warning in the pool's log,
+    /// which tests look for.
+    #[track_caller]
+    pub fn start(&mut self, pool: &str) {
+        assert!(!self.running.contains_key(pool), "{pool} is already running");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(pool))
+            .unwrap_or_else(|e| panic!("open the log of {pool}: {e}"));
+        writeln!(log, "=== tidepool-tests: starting {pool} ===").expect("write the log");
+        let stderr = log.try_clone().expect("clone the log handle");
+        let child = Command::new(&binaries().tidepool)
+            .arg("pool")
+            .arg("--config")
+            .arg(self.config_path(pool))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binaries().tidepool.display()));
+        self.running.insert(pool.to_string(), child);
+        self.wait_until_ready(pool);
+    }
+
+    #[track_caller]
+    fn wait_until_ready(&mut self, pool: &str) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let child = self.running.get_mut(pool).expect("just started");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.running.remove(pool);
+                panic!("{pool} exited during start-up ({status}); its log:\n{}", self.log(pool));
+            }
+            let probe = self.admin_args(&["--pool", pool, "-e", "info"], "");
+            if probe.code == Some(0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{pool} did not answer `info` within {START_DEADLINE:?}; last attempt:\n{probe}\nits log:\n{}",
+                    self.log(pool)
+                );
+            }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// Whether the pool's process is running (started and not seen to exit).
+    pub fn is_running(&mut self, pool: &str) -> bool {
+        match self.running.get_mut(pool) {
+            None => false,
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+        }
+    }
+
+    /// Kills the pool with SIGKILL and reaps it.
+    #[track_caller]
+    pub fn kill9(&mut self, pool: &str) -> ExitStatus {
+        let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        child.kill().unwrap_or_else(|e| panic!("kill -9 {pool}: {e}"));
+        child.wait().unwrap_or_else(|e| panic!("reap {pool}: {e}"))
+    }
+
+    /// Sends SIGTERM and waits (up to [`STOP_DEADLINE`]) for the pool to exit; returns how it
+    /// exited. A pool that does not exit in time is killed and the test fails.
+    #[track_caller]
+    pub fn stop(&mut self, pool: &str) -> ExitStatus {
+        let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        terminate(&child);
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{pool} did not exit within {STOP_DEADLINE:?} of SIGTERM; its log:\n{}", self.log(pool));
+            }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// Waits (up to `timeout`) until the pool's log has a line containing every one of
+    /// `needles`, and returns that line. Log lines are written after the event they describe
+    /// is visible to a client, so a test looks for them with this rather than at once.
+    #[track_caller]
+    pub fn wait_for_log_line(&self, pool: &str, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log(pool);
+            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("no line with {needles:?} in the log of {pool} within {timeout:?}:\n{log}");
+            }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// Runs `tidepool-admin` with the cluster's key, the script on stdin.
+    pub fn admin(&self, script: &str) -> Output {
+        self.admin_args(&[], script)
+    }
+
+    /// Runs `tidepool-admin --key KEY` with the script on stdin.
+    pub fn admin_with_key(&self, key: &Path, script: &str) -> Output {
+        let key = key.to_str().expect("a UTF-8 key path");
+        self.admin_args(&["--key", key], script)
+    }
+
+    /// Runs `tidepool-admin --cluster <file> --history <dir>/history ARGS`, `stdin` as input.
+    pub fn admin_args(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = Command::new(&binaries().admin);
+        cmd.arg("--cluster").arg(self.cluster_file()).arg("--history").arg(self.path("admin-history")).args(args);
+        run(cmd, stdin)
+    }
+
+    /// `cd <pool>` then `rep ls`; the replicas, sorted by pnfsid. Panics if the shell fails.
+    #[track_caller]
+    pub fn rep_ls(&self, pool: &str) -> Vec<RepLine> {
+        let out = self.admin(&format!("cd {pool}\nrep ls\n"));
+        out.assert_success("rep ls");
+        parse_rep_ls(&out.stdout)
+    }
+
+    /// `cd <pool>` then `info`; its text. Panics if the shell fails.
+    #[track_caller]
+    pub fn info(&self, pool: &str) -> String {
+        let out = self.admin(&format!("cd {pool}\ninfo\n"));
+        out.assert_success("info");
+        out.stdout
+    }
+
+    /// `tidepool put --cluster <file> --pool POOL ARGS... FILES...`.
+    pub fn put(&self, pool: &str, files: &[&Path], args: &[&str]) -> Output {
+        self.put_with_key(None, pool, files, args)
+    }
+
+    /// [`Cluster::put`] with `--key KEY` when given.
+    pub fn put_with_key(&self, key: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Output {
+        run(self.put_command(key, pool, files, args), "")
+    }
+
+    /// The `tidepool put` command line, for a test that runs it itself.
+    pub fn put_command(&self, key: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Command {
+        let mut cmd = Command::new(&binaries().tidepool);
+        cmd.arg("put").arg("--cluster").arg(self.cluster_file()).arg("--pool").arg(pool);
+        if let Some(key) = key {
+            cmd.arg("--key").arg(key);
+        }
+        cmd.args(args).arg("--").args(files);
+        cmd
+    }
+
+    /// Puts `files` and returns their new pnfsids in the order given; panics unless `put`
+    /// succeeded and printed exactly one `<pnfsid> <file>` line per file.
+    #[track_caller]
+    pub fn put_ok(&self, pool: &str, files: &[&Path], args: &[&str]) -> Vec<String> {
+        let out = self.put(pool, files, args);
+        out.assert_success("tidepool put");
+        parse_put(&out.stdout, files)
+    }
+
+    /// `tidepool get --cluster <file> --pool POOL PNFSID OUT`.
+    pub fn get(&self, pool: &str, pnfsid: &str, out: &Path) -> Output {
+        let mut cmd = Command::new(&binaries().tidepool);
+        cmd.arg("get").arg("--cluster").arg(self.cluster_file()).arg("--pool").arg(pool).arg(pnfsid).arg(out);
+        run(cmd, "")
+    }
+
+    /// Gets the replica into a new file in [`Cluster::dir`] and returns its bytes; panics
+    /// unless `get` succeeded.
+    #[track_caller]
+    pub fn get_bytes(&self, pool: &str, pnfsid: &str) -> Vec<u8> {
+        let out_path = self.path(&format!("got-{pool}-{pnfsid}"));
+        let _ = std::fs::remove_file(&out_path);
+        self.get(pool, pnfsid, &out_path).assert_success("tidepool get");
+        std::fs::read(&out_path).unwrap_or_else(|e| panic!("read {}: {e}", out_path.display()))
+    }
+
+    /// Every pool's log, for a failing test's output.
+    fn all_logs(&self) -> String {
+        let mut text = String::new();
+        for p in &self.pools {
+            let _ = write!(
+                text,
+                "===== log of {} ({}) =====\n{}",
+                p.name,
+                self.log_path(&p.name).display(),
+                self.log(&p.name)
+            );
+        }
+        text
+    }
+}
+
+/// The pnfsids of `put`'s stdout, checking there is one `<pnfsid> <file>` line per file, in order.
+#[track_caller]
+pub fn parse_put(stdout: &str, files: &[&Path]) -> Vec<String> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), files.len(), "one line per stored file expected:\n{stdout}");
+    lines
+        .iter()
+        .zip(files)
+        .map(|(line, file)| {
+            let (id, name) = line.split_once(' ').unwrap_or_else(|| panic!("not `<pnfsid> <file>`: {line:?}"));
+            id.parse::<PnfsId>().unwrap_or_else(|e| panic!("{id:?} in {line:?} is not a pnfsid: {e}"));
+            assert_eq!(Path::new(name), *file, "put lines come in the order of the files: {line:?}");
+            id.to_string()
+        })
+        .collect()
+}
+
+/// Sends SIGTERM to a child that has not been reaped, so its pid cannot have been reused.
+#[allow(unsafe_code)]
+fn terminate(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) takes two integers and touches no memory of ours; the pid is our own
+    // un-reaped child, so it names that process and no other.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.running) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("{}", self.all_logs());
+            if let Some(note) = &binaries().stale {
+                eprintln!("{note}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rep_ls_lines_parse_and_others_do_not() {
+        let id = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90";
+        let check = |line: &str, want: Option<(&str, u64, &str)>| {
+            let got = RepLine::parse(line);
+            let got = got.as_ref().map(|r| (r.flags.as_str(), r.size, r.storage_class.as_str()));
+            assert_eq!(got, want, "{line:?}");
+        };
+        check(
+            &format!("{id} <C----------L(0)[0]> 5242880 si={{test:tape}}"),
+            Some(("<C----------L(0)[0]>", 5242880, "test:tape")),
+        );
+        check(&format!("{id} <-P------X--L(0)[0]> 0 si={{<unknown>}}"), Some(("<-P------X--L(0)[0]>", 0, "<unknown>")));
+        check(&format!("{id} <C----------L(0)[0]> 12 si={{a}} extra"), None);
+        check(&format!("{id} C----------L(0)[0] 12 si={{a}}"), None);
+        check(&format!("{id} <C----------L(0)[0]> -1 si={{a}}"), None);
+        check("0000XYZ <C----------L(0)[0]> 1 si={a}", None);
+        check("Pool disabled", None);
+        check("", None);
+    }
+
+    #[test]
+    fn info_fields_are_found_by_name() {
+        let info = "--- space ---\nUsed           : 6000 bytes\nMode           : enabled\nPool name      : p\n";
+        assert_eq!(info_field(info, "Used"), Some("6000 bytes"));
+        assert_eq!(info_field(info, "Mode"), Some("enabled"));
+        assert_eq!(info_field(info, "Pool name"), Some("p"));
+        assert_eq!(info_field(info, "Free"), None);
+    }
+
+    #[test]
+    fn sample_bytes_are_deterministic_and_differ_by_seed() {
+        assert_eq!(sample_bytes(1001, 5), sample_bytes(1001, 5));
+        assert_ne!(sample_bytes(64, 5), sample_bytes(64, 6));
+        assert_eq!(sample_bytes(13, 1).len(), 13);
+        assert!(sample_bytes(0, 1).is_empty());
+    }
+
+    #[test]
+    fn a_binary_older_than_its_sources_is_noted() {
+        let old = tempfile::NamedTempFile::new().expect("a temp file");
+        old.as_file().set_modified(std::time::UNIX_EPOCH).expect("set the mtime");
+        let note = staleness(old.path(), old.path()).expect("the sources are newer than 1970");
+        assert!(note.contains("cargo build --workspace --bins"), "{note}");
+        let new = tempfile::NamedTempFile::new().expect("a temp file");
+        let future = std::time::SystemTime::now() + Duration::from_secs(86_400);
+        new.as_file().set_modified(future).expect("set the mtime");
+        assert_eq!(staleness(new.path(), new.path()), None);
+    }
+}
