@@ -46,9 +46,10 @@ error_codes! {
     FileBusy = 10004, "the replica is being written or moved; try again when it is done";
     PoolFull = 10005, "free space or add capacity; only cached, non-sticky replicas can be evicted";
     ChecksumMismatch = 10006, "the data differ from what was sent; nothing was committed, retry the transfer";
-    ShortTransfer = 10007, "the sender stopped before all data arrived; nothing was committed";
+    ShortTransfer = 10007, "the data's length differs from the announced size; nothing was committed";
     Io = 10008, "the pool's disk reported an error; check the pool log and the disk";
     NotCommitted = 10009, "the replica is not complete (no CACHED or PRECIOUS state) and cannot be read";
+    FileProtected = 10010, "the replica is precious or sticky; add -force if it must go";
     PoolDisabled = 104, "the pool mode forbids this; see `info` and `pool enable`";
     AuthFailed = 20001, "every pool and the shell must use the same cluster key file";
     Protocol = 20002, "the peer speaks another protocol version or sent a malformed frame";

@@ -173,8 +173,6 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
-        let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
         let settings = Settings {
             name: config.name,
             data_dir: config.data_dir,
@@ -184,7 +182,10 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
         };
-        let daemon = Daemon::start(settings, admin, data).await?;
+        let opened = Daemon::open(settings).await?;
+        let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
+        let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
+        let daemon = opened.serve(admin, data)?;
         wait_for_signal().instrument(daemon.span().clone()).await?;
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)

@@ -63,9 +63,24 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
     }
 }
 
+/// A pool whose repository is open but which does not serve yet.
+pub struct Opened {
+    pool: Arc<Pool>,
+    key: ClusterKey,
+    grace: Duration,
+    span: tracing::Span,
+}
+
 impl Daemon {
-    /// Starts a pool on already bound listeners.
+    /// Opens the repository and starts serving on already bound listeners.
     pub async fn start(settings: Settings, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
+        Daemon::open(settings).await?.serve(admin, data)
+    }
+
+    /// Steps 1 and 2: opens the repository (running restart recovery) and restores the mode.
+    /// A caller that binds its listeners afterwards does not accept connections it cannot
+    /// answer during a long recovery.
+    pub async fn open(settings: Settings) -> anyhow::Result<Opened> {
         let span = tracing::info_span!("pool", name = %settings.name);
         let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace } = settings;
         // 1. Open the repository.
@@ -86,7 +101,14 @@ impl Daemon {
         });
         // 2. Restore the pool mode.
         let pool = Arc::new(Pool::new(name, repo, recovery, cluster, pin_owner_prefix)?);
-        // 3. Accept connections.
+        Ok(Opened { pool, key, grace: shutdown_grace, span })
+    }
+}
+
+impl Opened {
+    /// Step 3: accepts connections.
+    pub fn serve(self, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
+        let Opened { pool, key, grace, span } = self;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let admin_addr = admin.local_addr()?;
@@ -98,9 +120,11 @@ impl Daemon {
             tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
         }
         span.in_scope(|| tracing::info!(%admin_addr, %data_addr, mode = %pool.mode().mode, "pool started"));
-        Ok(Daemon { pool, admin_addr, data_addr, shutdown, tracker, grace: shutdown_grace, span })
+        Ok(Daemon { pool, admin_addr, data_addr, shutdown, tracker, grace, span })
     }
+}
 
+impl Daemon {
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
@@ -168,6 +192,9 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
     }
 }
 
+/// An upload that sends nothing for this long is aborted and its reserved space released.
+const UPLOAD_IDLE: Duration = Duration::from_secs(120);
+
 type Reader = FrameReader<OwnedReadHalf>;
 type Writer = FrameWriter<OwnedWriteHalf>;
 
@@ -196,6 +223,17 @@ async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) 
     };
     if let Err(e) = result {
         tracing::warn!(%peer, %client, "closing connection: {e}");
+        if matches!(e, WireError::Oversized { .. } | WireError::Malformed(_) | WireError::Unexpected { .. }) {
+            // Say why before hanging up; nothing the frame asked for was done.
+            let err = RemoteError::new(ErrorCode::Protocol, format!("{e}; closing the connection"));
+            let reply = async {
+                match service {
+                    Service::Admin => writer.send(&AdminReply::Finished { error: Some(err) }).await,
+                    Service::Data => writer.send(&DataReply::Error(err)).await,
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), reply).await;
+        }
     }
 }
 
@@ -226,15 +264,25 @@ async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx
     Ok(())
 }
 
+/// The largest piece of command output sent in one frame.
+const OUTPUT_CHUNK: usize = 64 * 1024;
+
 /// Streams a command's output to the client as it is produced.
 struct ChannelOutput(mpsc::Sender<String>);
 
 impl exec::Output for ChannelOutput {
     fn write(&mut self, text: &str) -> Result<(), exec::Gone> {
-        if text.is_empty() {
-            return Ok(());
+        // Keep every frame well under the frame limit, whatever a command writes at once.
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(OUTPUT_CHUNK);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.0.blocking_send(rest[..cut].to_string()).map_err(|_| exec::Gone)?;
+            rest = &rest[cut..];
         }
-        self.0.blocking_send(text.to_string()).map_err(|_| exec::Gone)
+        Ok(())
     }
 }
 
@@ -307,7 +355,18 @@ async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ct
                 writer.send(&DataReply::Error(e)).await?;
                 return Err(WireError::Closed);
             }
-            f = reader.expect() => f,
+            f = tokio::time::timeout(UPLOAD_IDLE, reader.expect()) => match f {
+                Ok(f) => f,
+                Err(_) => {
+                    discard(incoming).await;
+                    let e = RemoteError::new(
+                        ErrorCode::Timeout,
+                        format!("file {pnfsid}: no data for {} s; upload aborted, nothing stored", UPLOAD_IDLE.as_secs()),
+                    );
+                    writer.send(&DataReply::Error(e)).await?;
+                    return Err(WireError::Timeout(UPLOAD_IDLE));
+                }
+            },
         };
         let chunk = match frame {
             Ok(Frame::Data(chunk)) => chunk,

@@ -154,7 +154,11 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
     let counts: Vec<(ReplicaState, usize)> = pool.repo.counts().into_iter().filter(|(_, n)| *n > 0).collect();
     let total: usize = counts.iter().map(|(_, n)| n).sum();
     let by_state: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    let _ = writeln!(t, "Replicas       : {total} ({})", by_state.join(", "));
+    if total == 0 {
+        let _ = writeln!(t, "Replicas       : 0");
+    } else {
+        let _ = writeln!(t, "Replicas       : {total} ({})", by_state.join(", "));
+    }
     let _ = writeln!(t, "--- recovery at start ---");
     if pool.recovery.is_clean() {
         let _ = writeln!(t, "clean: nothing to report ({} replicas loaded)", pool.recovery.loaded);
@@ -168,7 +172,7 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
 }
 
 /// The `rep ls` flag field: `<F1..F5-F7..F10-L(0)[0]>` (reference §8.3).
-pub fn flags(r: &Replica) -> String {
+pub fn flags(r: &Replica, now: i64) -> String {
     let s = r.state;
     let f = |on: bool, c: char| if on { c } else { '-' };
     let chars = [
@@ -180,7 +184,7 @@ pub fn flags(r: &Replica) -> String {
         '-',
         f(s == ReplicaState::Removed, 'R'),
         f(s == ReplicaState::Destroyed, 'D'),
-        f(r.is_sticky(), 'X'),
+        f(r.is_sticky(now), 'X'),
         f(s == ReplicaState::Broken, 'E'),
         '-',
     ];
@@ -188,15 +192,15 @@ pub fn flags(r: &Replica) -> String {
 }
 
 /// One `rep ls` line, with its newline.
-pub fn rep_ls_line(r: &Replica) -> String {
+pub fn rep_ls_line(r: &Replica, now: i64) -> String {
     let size = if matches!(r.state, ReplicaState::New | ReplicaState::FromStore) { 0 } else { r.attrs.size };
     let class = r.attrs.storage_class.as_deref().unwrap_or("<unknown>");
-    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r), size, class)
+    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r, now), size, class)
 }
 
-fn selected(ls: &RepLs, r: &Replica) -> bool {
+fn selected(ls: &RepLs, r: &Replica, now: i64) -> bool {
     let holds = |p: &Property| match p {
-        Property::Sticky => r.is_sticky(),
+        Property::Sticky => r.is_sticky(now),
         Property::Precious => r.state == ReplicaState::Precious,
         Property::Locked => r.state.is_receiving(),
         Property::NotCached => r.state != ReplicaState::Cached,
@@ -220,7 +224,7 @@ struct ClassStats {
 }
 
 impl ClassStats {
-    fn add(&mut self, r: &Replica) {
+    fn add(&mut self, r: &Replica, now: i64) {
         let size = r.attrs.size;
         self.files += 1;
         self.bytes += size;
@@ -228,7 +232,7 @@ impl ClassStats {
             self.precious_files += 1;
             self.precious_bytes += size;
         }
-        if r.is_sticky() {
+        if r.is_sticky(now) {
             self.sticky_files += 1;
             self.sticky_bytes += size;
         }
@@ -259,18 +263,19 @@ impl ClassStats {
 }
 
 fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let now = now_ms();
     let summarise = ls.stats.is_some() || ls.sum;
     let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
     let mut buffer = String::new();
     let mut visit = |r: &Replica, out: &mut dyn Output| -> Result<(), RemoteError> {
-        if !selected(ls, r) {
+        if !selected(ls, r, now) {
             return Ok(());
         }
         if summarise {
             let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
-            classes.entry(class).or_default().add(r);
+            classes.entry(class).or_default().add(r, now);
         } else {
-            buffer.push_str(&rep_ls_line(r));
+            buffer.push_str(&rep_ls_line(r, now));
             if buffer.len() > 32 * 1024 {
                 out.write(&buffer)?;
                 buffer.clear();
@@ -358,16 +363,22 @@ mod tests {
     }
 
     #[test]
+    fn expired_sticky_records_do_not_show() {
+        assert_eq!(flags(&replica(ReplicaState::Cached, true), NOW - 1), "<C-------X--L(0)[0]>");
+        assert_eq!(flags(&replica(ReplicaState::Cached, true), NOW), "<C----------L(0)[0]>");
+    }
+
+    #[test]
     fn rep_ls_lines_match_dcache() {
         let mut r = replica(ReplicaState::Cached, false);
         r.attrs.storage_class = Some("test:tape".into());
-        assert_eq!(rep_ls_line(&r), format!("{} <C----------L(0)[0]> 5242880 si={{test:tape}}\n", id(1)));
-        assert_eq!(flags(&replica(ReplicaState::Precious, true)), "<-P------X--L(0)[0]>");
-        assert_eq!(flags(&replica(ReplicaState::FromPool, false)), "<----M------L(0)[0]>");
-        assert_eq!(flags(&replica(ReplicaState::Broken, false)), "<---------E-L(0)[0]>");
+        assert_eq!(rep_ls_line(&r, NOW), format!("{} <C----------L(0)[0]> 5242880 si={{test:tape}}\n", id(1)));
+        assert_eq!(flags(&replica(ReplicaState::Precious, true), NOW - 1), "<-P------X--L(0)[0]>");
+        assert_eq!(flags(&replica(ReplicaState::FromPool, false), NOW), "<----M------L(0)[0]>");
+        assert_eq!(flags(&replica(ReplicaState::Broken, false), NOW), "<---------E-L(0)[0]>");
         let mut unknown = replica(ReplicaState::FromStore, false);
         unknown.attrs.storage_class = None;
-        assert_eq!(rep_ls_line(&unknown), format!("{} <---S-------L(0)[0]> 0 si={{<unknown>}}\n", id(1)));
+        assert_eq!(rep_ls_line(&unknown, NOW), format!("{} <---S-------L(0)[0]> 0 si={{<unknown>}}\n", id(1)));
     }
 
     #[test]

@@ -44,9 +44,10 @@ impl Replica {
         self.attrs.pnfsid
     }
 
-    /// Sticky in `rep ls`'s sense: any record at all (reference §1.3).
-    pub fn is_sticky(&self) -> bool {
-        !self.sticky.is_empty()
+    /// Sticky in `rep ls`'s sense: a record valid at `now`. (dCache counts any record but
+    /// purges expired ones periodically, so what operators see is the same.)
+    pub fn is_sticky(&self, now: EpochMillis) -> bool {
+        self.sticky.iter().any(|s| s.is_valid(now))
     }
 }
 
@@ -82,6 +83,10 @@ pub enum RepoError {
     Busy { id: PnfsId, state: ReplicaState, action: &'static str },
     #[error("file {id} is {state}, not CACHED or PRECIOUS: it cannot be read")]
     NotCommitted { id: PnfsId, state: ReplicaState },
+    /// Refused because the replica is precious or sticky.
+    #[error("{0}")]
+    Protected(String),
+    /// Refused for another reason given in the message.
     #[error("{0}")]
     Refused(String),
     #[error("pool full: {needed} bytes needed, {free} free and {removable} removable of {total}")]
@@ -115,6 +120,7 @@ impl RepoError {
             RepoError::IllegalTransition { .. } => ErrorCode::IllegalTransition,
             RepoError::Busy { .. } => ErrorCode::FileBusy,
             RepoError::NotCommitted { .. } => ErrorCode::NotCommitted,
+            RepoError::Protected(_) => ErrorCode::FileProtected,
             RepoError::Refused(_) => ErrorCode::InvalidArgument,
             RepoError::PoolFull { .. } | RepoError::DiskFull(_) => ErrorCode::PoolFull,
             RepoError::Short { .. } | RepoError::TooLong { .. } => ErrorCode::ShortTransfer,
@@ -140,7 +146,8 @@ pub struct Recovery {
     pub orphan_data: Vec<String>,
     pub orphan_data_count: usize,
     /// Records that cannot be decoded; left in place and never served.
-    pub corrupt: Vec<(PnfsId, String)>,
+    /// `<key> (<reason>)` for each.
+    pub corrupt: Vec<String>,
     pub corrupt_count: usize,
 }
 
@@ -191,7 +198,7 @@ impl Recovery {
             ));
         }
         if self.corrupt_count > 0 {
-            let items: Vec<String> = self.corrupt.iter().map(|(i, r)| format!("{i} ({r})")).collect();
+            let items = &self.corrupt;
             out.push(format!(
                 "{} record(s) are unreadable and not served: {}{}",
                 self.corrupt_count,
@@ -247,13 +254,22 @@ impl Repository {
         let mut index = Index::default();
         let mut dirty = false;
         for item in store.records() {
-            let (id, bytes) = item?;
+            let (id, bytes) = match item {
+                Ok(x) => x,
+                // A key that is not a pnfsid: report it, never serve it, keep loading.
+                Err(e) if e.source.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::error!(error = %e, "unreadable replica key; not served");
+                    Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let has_data = data_files.remove(&id);
             let mut replica = match record::decode(id, &bytes) {
                 Ok(r) => r,
                 Err(reason) => {
                     tracing::error!(pnfsid = %id, %reason, "unreadable replica record; not served");
-                    Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, (id, reason));
+                    Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, format!("{id} ({reason})"));
                     continue;
                 }
             };
@@ -378,7 +394,7 @@ impl Repository {
     fn discard(&self, ids: &[PnfsId]) {
         let result = ids.iter().try_for_each(|id| self.store.delete_record(id)).and_then(|()| self.store.flush());
         if let Err(e) = result {
-            tracing::error!(error = %e, "could not delete replica records; they will show as BROKEN after a restart");
+            tracing::error!(error = %e, "could not delete the records of evicted replicas; they come back after a restart");
             return;
         }
         for id in ids {
@@ -458,6 +474,11 @@ impl Repository {
             if !from.may_change_to(to) {
                 return Err(RepoError::IllegalTransition { id: *id, from, to });
             }
+            if from == ReplicaState::Broken && to.is_committed() && self.store.open_data(id).is_err() {
+                return Err(RepoError::Refused(format!(
+                    "file {id} has no data file; a state change cannot repair it (remove it with rep rm -force)"
+                )));
+            }
             r.state = to;
             Ok(Some(ChangeKind::State { from, to }))
         })?;
@@ -502,10 +523,10 @@ impl Repository {
                 return Ok(());
             }
             if r.state == ReplicaState::Precious {
-                return Err(RepoError::Refused(format!("file {id} is precious; use -force to remove it anyway")));
+                return Err(RepoError::Protected(format!("file {id} is precious; use -force to remove it anyway")));
             }
             if let Some(s) = r.sticky.iter().find(|s| s.is_valid(now)) {
-                return Err(RepoError::Refused(format!(
+                return Err(RepoError::Protected(format!(
                     "file {id} is sticky (owner {}); use -force to remove it anyway",
                     s.owner
                 )));
