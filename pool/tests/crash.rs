@@ -164,8 +164,13 @@ fn check(dir: &Path, acked: &HashMap<PnfsId, (usize, ReplicaState)>, seed: u64, 
     // commit can finish just before the kill, before its acknowledgement is printed).
     assert!(repo.incoming().is_empty(), "{ctx}");
     let mut visible = 0;
-    for r in repo.scan() {
-        let r = r.unwrap();
+    let mut all = Vec::new();
+    repo.scan(&mut |r| {
+        all.push(r);
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    for r in all {
         visible += 1;
         assert!(r.state.is_committed(), "{ctx}: {} is {}", r.pnfsid(), r.state);
         let (_, mut data) = repo.open_data(&r.pnfsid(), now()).unwrap();

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::ops::ControlFlow;
 
 use chrono::TimeZone;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
@@ -288,9 +289,15 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
         for r in pool.repo.incoming() {
             visit(&r, out)?;
         }
-        for r in pool.repo.scan() {
-            visit(&r?, out)?;
-        }
+        let mut stopped = Ok(());
+        pool.repo.scan(&mut |r| match visit(&r, out) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                stopped = Err(e);
+                ControlFlow::Break(())
+            }
+        })?;
+        stopped?;
     } else {
         for id in &ls.pnfsids {
             match pool.repo.get(id)? {

@@ -7,23 +7,29 @@ use std::collections::{BTreeSet, HashMap};
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{EpochMillis, FileAttributes, NEVER, ReplicaState, SpaceInfo, StickyRecord};
 
-/// What the index knows of one replica (about 48 bytes).
+/// What the index knows of one replica: 32 bytes, so a million entries stay small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub size: u64,
     pub atime: EpochMillis,
+    /// The latest expiry among valid sticky records ([`NEVER`] wins), or [`NOT_STICKY`].
+    pub sticky_until: EpochMillis,
     pub state: ReplicaState,
-    /// The latest expiry among valid sticky records ([`NEVER`] wins); `None` if none is valid.
-    pub sticky_until: Option<EpochMillis>,
+}
+
+/// `sticky_until` of a replica with no valid sticky record.
+pub const NOT_STICKY: EpochMillis = EpochMillis::MIN;
+
+/// The latest of the expiries still valid at `now` ([`NEVER`] wins), or [`NOT_STICKY`].
+pub fn latest_expiry(expiries: impl Iterator<Item = EpochMillis>, now: EpochMillis) -> EpochMillis {
+    expiries
+        .filter(|e| *e == NEVER || *e > now)
+        .fold(NOT_STICKY, |acc, e| if acc == NEVER || e == NEVER { NEVER } else { acc.max(e) })
 }
 
 /// The latest expiry among the records valid at `now`.
-pub fn sticky_until(records: &[StickyRecord], now: EpochMillis) -> Option<EpochMillis> {
-    records.iter().filter(|r| r.is_valid(now)).map(|r| r.expire).fold(None, |acc, e| match (acc, e) {
-        (Some(NEVER), _) | (_, NEVER) => Some(NEVER),
-        (Some(a), e) => Some(a.max(e)),
-        (None, e) => Some(e),
-    })
+pub fn sticky_until(records: &[StickyRecord], now: EpochMillis) -> EpochMillis {
+    latest_expiry(records.iter().map(|r| r.expire), now)
 }
 
 #[derive(Default)]
@@ -46,6 +52,10 @@ fn slot(state: ReplicaState) -> usize {
 }
 
 impl Index {
+    pub fn with_capacity(n: usize) -> Self {
+        Index { entries: HashMap::with_capacity(n), ..Index::default() }
+    }
+
     pub fn get(&self, id: &PnfsId) -> Option<&Entry> {
         self.entries.get(id)
     }
@@ -57,20 +67,20 @@ impl Index {
     /// Inserts (or replaces) an entry.
     pub fn add(&mut self, id: PnfsId, mut entry: Entry, now: EpochMillis) {
         self.take(&id);
-        if matches!(entry.sticky_until, Some(t) if t != NEVER && t <= now) {
-            entry.sticky_until = None;
+        if entry.sticky_until != NEVER && entry.sticky_until <= now {
+            entry.sticky_until = NOT_STICKY;
         }
         self.used += entry.size;
         self.counts[slot(entry.state)] += 1;
         match entry.state {
             ReplicaState::Precious => self.precious += entry.size,
             ReplicaState::Cached => match entry.sticky_until {
-                None => {
+                NOT_STICKY => {
                     self.lru.insert((entry.atime, id));
                     self.removable += entry.size;
                 }
-                Some(NEVER) => {}
-                Some(t) => {
+                NEVER => {}
+                t => {
                     self.expiring.insert((t, id));
                 }
             },
@@ -87,12 +97,12 @@ impl Index {
         match entry.state {
             ReplicaState::Precious => self.precious -= entry.size,
             ReplicaState::Cached => match entry.sticky_until {
-                None => {
+                NOT_STICKY => {
                     self.lru.remove(&(entry.atime, *id));
                     self.removable -= entry.size;
                 }
-                Some(NEVER) => {}
-                Some(t) => {
+                NEVER => {}
+                t => {
                     self.expiring.remove(&(t, *id));
                 }
             },
@@ -108,7 +118,7 @@ impl Index {
                 break;
             }
             if let Some(mut entry) = self.take(&id) {
-                entry.sticky_until = None;
+                entry.sticky_until = NOT_STICKY;
                 self.add(id, entry, now);
             }
         }
@@ -163,16 +173,16 @@ mod tests {
         PnfsId::from_random([n; 16])
     }
 
-    fn cached(size: u64, atime: i64, sticky_until: Option<i64>) -> Entry {
+    fn cached(size: u64, atime: i64, sticky_until: i64) -> Entry {
         Entry { size, atime, state: ReplicaState::Cached, sticky_until }
     }
 
     #[test]
     fn aggregates_follow_adds_and_takes() {
         let mut ix = Index::default();
-        ix.add(id(1), cached(10, 5, None), 0);
-        ix.add(id(2), Entry { size: 20, atime: 1, state: ReplicaState::Precious, sticky_until: None }, 0);
-        ix.add(id(3), cached(30, 1, Some(NEVER)), 0);
+        ix.add(id(1), cached(10, 5, NOT_STICKY), 0);
+        ix.add(id(2), Entry { size: 20, atime: 1, state: ReplicaState::Precious, sticky_until: NOT_STICKY }, 0);
+        ix.add(id(3), cached(30, 1, NEVER), 0);
         assert_eq!(ix.space(100), SpaceInfo { total: 100, used: 60, free: 40, precious: 20, removable: 10 });
         ix.take(&id(1));
         assert_eq!(ix.space(100).removable, 0);
@@ -182,7 +192,7 @@ mod tests {
     #[test]
     fn sticky_expiry_makes_replicas_removable() {
         let mut ix = Index::default();
-        ix.add(id(1), cached(10, 5, Some(50)), 0);
+        ix.add(id(1), cached(10, 5, 50), 0);
         assert_eq!(ix.space(100).removable, 0);
         ix.expire(49);
         assert_eq!(ix.space(100).removable, 0);
@@ -193,10 +203,10 @@ mod tests {
     #[test]
     fn make_room_evicts_least_recently_used_only_as_needed() {
         let mut ix = Index::default();
-        ix.add(id(1), cached(10, 30, None), 0);
-        ix.add(id(2), cached(10, 10, None), 0);
-        ix.add(id(3), cached(10, 20, None), 0);
-        ix.add(id(4), Entry { size: 60, atime: 0, state: ReplicaState::Precious, sticky_until: None }, 0);
+        ix.add(id(1), cached(10, 30, NOT_STICKY), 0);
+        ix.add(id(2), cached(10, 10, NOT_STICKY), 0);
+        ix.add(id(3), cached(10, 20, NOT_STICKY), 0);
+        ix.add(id(4), Entry { size: 60, atime: 0, state: ReplicaState::Precious, sticky_until: NOT_STICKY }, 0);
         assert_eq!(ix.make_room(10, 100).unwrap(), vec![], "10 bytes are free");
         assert_eq!(ix.make_room(15, 100).unwrap(), vec![id(2)], "oldest first");
         assert_eq!(ix.make_room(25, 100).unwrap(), vec![id(3)]);
@@ -207,8 +217,9 @@ mod tests {
     #[test]
     fn sticky_until_prefers_never() {
         let recs = [StickyRecord::new("a", 100), StickyRecord::new("b", NEVER), StickyRecord::new("c", 5)];
-        assert_eq!(sticky_until(&recs, 10), Some(NEVER));
-        assert_eq!(sticky_until(&recs[..1], 10), Some(100));
-        assert_eq!(sticky_until(&recs[2..], 10), None);
+        assert_eq!(sticky_until(&recs, 10), NEVER);
+        assert_eq!(sticky_until(&recs[..1], 10), 100);
+        assert_eq!(sticky_until(&recs[2..], 10), NOT_STICKY);
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tidepool_p2p::PnfsId;
 
-use super::store::{DataRead, DataWrite, RecordIter, ReplicaStore, StoreError, StoreResult};
+use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult};
 
 type Blob = Arc<Mutex<Vec<u8>>>;
 
@@ -78,9 +78,15 @@ fn not_found(what: String) -> StoreError {
 }
 
 impl ReplicaStore for MemStore {
-    fn records(&self) -> RecordIter<'_> {
-        let snapshot: Vec<_> = self.records.lock().iter().map(|(k, v)| Ok((*k, v.clone()))).collect();
-        Box::new(snapshot.into_iter())
+    fn scan_records(&self, visit: &mut RecordVisitor<'_>) -> StoreResult<()> {
+        // A snapshot, so the visitor may change records while the scan goes on.
+        let snapshot: Vec<(PnfsId, Vec<u8>)> = self.records.lock().iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (k, v) in snapshot {
+            if visit(k.as_bytes(), &v).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
@@ -149,7 +155,9 @@ impl ReplicaStore for MemStore {
         Ok(())
     }
 
-    fn list_data(&self) -> StoreResult<Vec<String>> {
-        Ok(self.data.lock().keys().cloned().collect())
+    fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()> {
+        let names: Vec<String> = self.data.lock().keys().cloned().collect();
+        names.iter().for_each(|n| visit(n));
+        Ok(())
     }
 }

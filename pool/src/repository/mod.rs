@@ -14,7 +14,7 @@ pub mod record;
 mod sled_store;
 pub mod store;
 
-use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -242,59 +242,84 @@ impl Repository {
             store.remove_incoming_name(&name)?;
             Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, name);
         }
-        let mut data_files: HashSet<PnfsId> = HashSet::new();
-        for name in store.list_data()? {
-            match name.parse::<PnfsId>() {
-                Ok(id) => {
-                    data_files.insert(id);
-                }
-                Err(_) => Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, name),
-            }
-        }
-        let mut index = Index::default();
+        // The data files, as a sorted list with a "has a record" mark each: a million of them
+        // take 19 MB here instead of a hash set's 40 or a list of names' 70.
+        let mut data_files: Vec<PnfsId> = Vec::new();
+        store.scan_data(&mut |name| match name.parse::<PnfsId>() {
+            Ok(id) => data_files.push(id),
+            Err(_) => Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, name.to_string()),
+        })?;
+        data_files.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut claimed = vec![false; data_files.len()];
+        let mut index = Index::with_capacity(data_files.len());
         let mut dirty = false;
-        for item in store.records() {
-            let (id, bytes) = match item {
-                Ok(x) => x,
+        let mut failure = None;
+        store.scan_records(&mut |key, bytes| {
+            let Ok(id) = PnfsId::from_bytes(key) else {
                 // A key that is not a pnfsid: report it, never serve it, keep loading.
-                Err(e) if e.source.kind() == std::io::ErrorKind::InvalidData => {
-                    tracing::error!(error = %e, "unreadable replica key; not served");
-                    Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, e.to_string());
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                tracing::error!(key = ?key, "unreadable replica key; not served");
+                Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, format!("key {key:02X?}"));
+                return ControlFlow::Continue(());
             };
-            let has_data = data_files.remove(&id);
-            let mut replica = match record::decode(id, &bytes) {
-                Ok(r) => r,
+            let has_data = match data_files.binary_search_by(|d| d.as_bytes().cmp(key)) {
+                Ok(i) => {
+                    claimed[i] = true;
+                    true
+                }
+                Err(_) => false,
+            };
+            let entry = match record::decode_entry(bytes) {
+                Ok(e) => e,
                 Err(reason) => {
                     tracing::error!(pnfsid = %id, %reason, "unreadable replica record; not served");
                     Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, format!("{id} ({reason})"));
-                    continue;
+                    return ControlFlow::Continue(());
                 }
             };
-            if replica.state.is_receiving() || matches!(replica.state, ReplicaState::Removed | ReplicaState::Destroyed)
-            {
-                tracing::warn!(pnfsid = %id, state = %replica.state, "removing incomplete replica");
-                store.delete_record(&id)?;
-                store.remove_data(&id)?;
-                Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, id.to_string());
-                dirty = true;
-                continue;
+            let step = || -> RepoResult<Option<Entry>> {
+                if entry.state.is_receiving() || matches!(entry.state, ReplicaState::Removed | ReplicaState::Destroyed)
+                {
+                    tracing::warn!(pnfsid = %id, state = %entry.state, "removing incomplete replica");
+                    store.delete_record(&id)?;
+                    store.remove_data(&id)?;
+                    return Ok(None);
+                }
+                if !has_data && entry.state != ReplicaState::Broken {
+                    tracing::error!(pnfsid = %id, "replica record without data file; marked BROKEN");
+                    let mut replica = record::decode(id, bytes).map_err(|reason| RepoError::Corrupt { id, reason })?;
+                    replica.state = ReplicaState::Broken;
+                    store.put_record(&id, &record::encode(&replica))?;
+                    return Ok(Some(Entry { state: ReplicaState::Broken, ..entry_of_record(&entry, now) }));
+                }
+                Ok(Some(entry_of_record(&entry, now)))
+            };
+            match step() {
+                Ok(None) => {
+                    Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, id.to_string());
+                    dirty = true;
+                }
+                Ok(Some(e)) => {
+                    if e.state == ReplicaState::Broken && entry.state != ReplicaState::Broken {
+                        Recovery::note(&mut recovery.missing_data, &mut recovery.missing_data_count, id);
+                        dirty = true;
+                    }
+                    index.add(id, e, now);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
             }
-            if !has_data && replica.state != ReplicaState::Broken {
-                tracing::error!(pnfsid = %id, "replica record without data file; marked BROKEN");
-                replica.state = ReplicaState::Broken;
-                store.put_record(&id, &record::encode(&replica))?;
-                Recovery::note(&mut recovery.missing_data, &mut recovery.missing_data_count, id);
-                dirty = true;
-            }
-            index.add(id, entry_of(&replica, now), now);
+            ControlFlow::Continue(())
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
         }
-        for id in data_files {
+        for (id, _) in data_files.iter().zip(&claimed).filter(|(_, c)| !**c) {
             tracing::warn!(pnfsid = %id, "data file without a record; not served");
             Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, id.to_string());
         }
+        drop((data_files, claimed));
         if dirty {
             store.flush()?;
         }
@@ -360,7 +385,7 @@ impl Repository {
                 removable: s.removable,
                 total: s.total,
             })?;
-            let entry = Entry { size: attrs.size, atime: now, state: origin, sticky_until: None };
+            let entry = Entry { size: attrs.size, atime: now, state: origin, sticky_until: index::NOT_STICKY };
             ix.add(id, entry, now);
             ix.incoming.insert(id, attrs.clone());
             for victim in &evicted {
@@ -566,14 +591,19 @@ impl Repository {
         Ok((replica, data))
     }
 
-    /// Every stored replica in pnfsid order, read from the store as the iteration goes (so a
-    /// million replicas are never held at once). Entries being received are not included: see
-    /// [`Repository::incoming`]. Unreadable records are skipped (recovery reported them).
-    pub fn scan(&self) -> impl Iterator<Item = RepoResult<Replica>> + '_ {
-        self.store.records().filter_map(|item| match item {
-            Err(e) => Some(Err(e.into())),
-            Ok((id, bytes)) => record::decode(id, &bytes).ok().map(Ok),
-        })
+    /// Visits every stored replica in pnfsid byte order, read from the store as the scan goes
+    /// (so a million replicas are never held at once); `Break` stops early. Entries being
+    /// received are not included: see [`Repository::incoming`]. Unreadable records are
+    /// skipped (recovery reported them).
+    pub fn scan(&self, visit: &mut dyn FnMut(Replica) -> ControlFlow<()>) -> RepoResult<()> {
+        self.store.scan_records(&mut |key, bytes| match PnfsId::from_bytes(key)
+            .ok()
+            .and_then(|id| record::decode(id, bytes).ok())
+        {
+            Some(r) => visit(r),
+            None => ControlFlow::Continue(()),
+        })?;
+        Ok(())
     }
 
     /// Entries being received, with their announced attributes.
@@ -603,6 +633,10 @@ impl Repository {
         self.store.put_meta(key, value)?;
         Ok(self.store.flush()?)
     }
+}
+
+fn entry_of_record(r: &record::EntryFields, now: EpochMillis) -> Entry {
+    Entry { size: r.size, atime: r.atime, state: r.state, sticky_until: r.sticky_until(now) }
 }
 
 fn entry_of(r: &Replica, now: EpochMillis) -> Entry {

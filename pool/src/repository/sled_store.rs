@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use tidepool_p2p::PnfsId;
 
-use super::store::{DataRead, DataWrite, RecordIter, ReplicaStore, StoreError, StoreResult};
+use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult};
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
-const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// How many times (50 ms apart) to retry a locked metadata directory before giving up.
 const LOCK_WAITS: u32 = 60;
 
@@ -109,13 +109,14 @@ fn remove_file_if_present(path: &Path) -> StoreResult<()> {
 }
 
 impl ReplicaStore for SledStore {
-    fn records(&self) -> RecordIter<'_> {
-        Box::new(self.records.iter().map(|item| {
+    fn scan_records(&self, visit: &mut RecordVisitor<'_>) -> StoreResult<()> {
+        for item in self.records.iter() {
             let (k, v) = item.map_err(|e| io_err("read replica record", e))?;
-            let id = PnfsId::from_bytes(&k)
-                .map_err(|e| StoreError::new("read replica record", io::Error::new(io::ErrorKind::InvalidData, e)))?;
-            Ok((id, v.to_vec()))
-        }))
+            if visit(&k, &v).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
@@ -191,7 +192,12 @@ impl ReplicaStore for SledStore {
         remove_file_if_present(&self.data_path(id))
     }
 
-    fn list_data(&self) -> StoreResult<Vec<String>> {
-        list_dir(&self.data)
+    fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()> {
+        let op = || format!("list {}", self.data.display());
+        for entry in fs::read_dir(&self.data).map_err(|e| StoreError::new(op(), e))? {
+            let entry = entry.map_err(|e| StoreError::new(op(), e))?;
+            visit(&entry.file_name().to_string_lossy());
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! moves it to *data* durably. Recovery deletes everything left in incoming.
 
 use std::io;
+use std::ops::ControlFlow;
 
 use tidepool_p2p::PnfsId;
 
@@ -43,12 +44,13 @@ pub trait DataWrite: Send {
 /// A committed data file being read.
 pub type DataRead = Box<dyn io::Read + Send>;
 
-/// Iterator over stored records in key order.
-pub type RecordIter<'a> = Box<dyn Iterator<Item = StoreResult<(PnfsId, Vec<u8>)>> + Send + 'a>;
+/// Visits one stored record (key bytes, value bytes); `Break` stops the scan.
+pub type RecordVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;
 
 pub trait ReplicaStore: Send + Sync + 'static {
-    /// All records, in pnfsid byte order. A key that is not a pnfsid is an error item.
-    fn records(&self) -> RecordIter<'_>;
+    /// Visits every record in key order without copying it. The visitor may change records
+    /// (recovery deletes some while scanning).
+    fn scan_records(&self, visit: &mut RecordVisitor<'_>) -> StoreResult<()>;
     fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>>;
     /// Writes a record; durable only after `flush`.
     fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()>;
@@ -71,6 +73,6 @@ pub trait ReplicaStore: Send + Sync + 'static {
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead>;
     fn remove_data(&self, id: &PnfsId) -> StoreResult<()>;
-    /// Names of the files in the data area.
-    fn list_data(&self) -> StoreResult<Vec<String>>;
+    /// Visits the name of every file in the data area.
+    fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()>;
 }

@@ -4,8 +4,8 @@
 //! cargo run --release -p tidepool-tests --bin bench -- repo [--records N] [--dir DIR]
 //! ```
 //!
-//! `repo`: fills a sled repository with N records (default 1,000,000) and a data file each,
-//! then, in a fresh process so peak memory is its own, opens it (restart recovery included),
+//! `repo`: fills a sled repository with N records (default 1,000,000) and a data file each
+//! (unless `--dir` already holds one, which is then reused), then, in a fresh process so peak memory is its own, opens it (restart recovery included),
 //! iterates every record, and runs `rep ls` (into a sink that counts bytes) and `rep ls -s`.
 
 use std::io::Write;
@@ -48,9 +48,13 @@ fn repo(args: &[String]) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let started = Instant::now();
-    fill(&dir, records)?;
-    println!("fill: {records} records and data files in {:.1} s", started.elapsed().as_secs_f64());
+    if dir.join("meta").exists() {
+        println!("reusing the repository in {} (delete it to fill anew)", dir.display());
+    } else {
+        let started = Instant::now();
+        fill(&dir, records)?;
+        println!("fill: {records} records and data files in {:.1} s", started.elapsed().as_secs_f64());
+    }
     let status = Command::new(std::env::current_exe()?).arg("repo-measure").arg(&dir).status()?;
     if !status.success() {
         bail!("measurement failed");
@@ -104,15 +108,20 @@ fn chrono_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Peak resident memory of this process (VmHWM), in MiB.
-fn peak_rss_mib() -> f64 {
+/// A memory figure of this process from /proc/self/status (`VmHWM` is the peak, `VmRSS` the
+/// current resident size), in MiB.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
 }
 
 struct Count(u64);
@@ -127,7 +136,9 @@ impl Output for Count {
 fn measure(dir: &Path) -> anyhow::Result<()> {
     let t = Instant::now();
     let store = SledStore::open(dir)?;
+    println!("sled opened: {:.2} s, RSS {:.0} MiB", t.elapsed().as_secs_f64(), status_mib("VmRSS:"));
     let (repo, recovery) = Repository::open(Arc::new(store), CAPACITY, chrono_now())?;
+    println!("repository opened: RSS {:.0} MiB", status_mib("VmRSS:"));
     let open_s = t.elapsed().as_secs_f64();
     println!(
         "open: {} records in {open_s:.2} s (recovery clean: {}), peak RSS {:.0} MiB",
@@ -139,11 +150,11 @@ fn measure(dir: &Path) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut n = 0u64;
     let mut bytes = 0u64;
-    for r in repo.scan() {
-        let r = r?;
+    repo.scan(&mut |r| {
         n += 1;
         bytes += r.attrs.size;
-    }
+        std::ops::ControlFlow::Continue(())
+    })?;
     let iter_s = t.elapsed().as_secs_f64();
     println!("iterate: {n} records ({bytes} bytes) in {iter_s:.2} s, peak RSS {:.0} MiB", peak_rss_mib());
 
