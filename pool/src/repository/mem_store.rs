@@ -68,7 +68,7 @@ impl DataWrite for MemWriter {
         Ok(())
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
@@ -140,6 +140,10 @@ impl ReplicaStore for MemStore {
         let name = id.to_string();
         let blob = self.incoming.lock().remove(&name).ok_or_else(|| not_found(format!("publish {name}")))?;
         self.data.lock().insert(name, blob);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> StoreResult<()> {
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! so the index and the store never disagree; fsyncs and data-file deletions happen outside it.
 //! All methods block: async callers run them on the blocking pool.
 
+mod commit;
 mod index;
 mod mem_store;
 pub mod record;
@@ -216,6 +217,7 @@ const CHANGE_FEED: usize = 4096;
 
 pub struct Repository {
     store: Arc<dyn ReplicaStore>,
+    committer: commit::Committer,
     index: Mutex<Index>,
     capacity: u64,
     changes: broadcast::Sender<Change>,
@@ -325,7 +327,8 @@ impl Repository {
         }
         recovery.loaded = index.len();
         let (changes, _) = broadcast::channel(CHANGE_FEED);
-        let repo = Repository { store, index: Mutex::new(index), capacity, changes };
+        let committer = commit::Committer::spawn(store.clone());
+        let repo = Repository { store, committer, index: Mutex::new(index), capacity, changes };
         Ok((Arc::new(repo), recovery))
     }
 
@@ -707,9 +710,8 @@ impl Incoming {
         {
             return Err(RepoError::ChecksumMismatch { id, expected, actual });
         }
-        self.writer.sync().map_err(|e| RepoError::from(StoreError::new(format!("sync {id}"), e)))?;
+        self.writer.finish().map_err(|e| RepoError::from(StoreError::new(format!("write {id}"), e)))?;
         let repo = self.repo.clone();
-        repo.store.publish(&id)?;
         let mut records = Vec::new();
         for r in sticky {
             apply_sticky(&mut records, r, StickyMode::Overwrite, now);
@@ -718,12 +720,8 @@ impl Incoming {
         attrs.checksum = Some(actual);
         attrs.creation_time = now;
         let replica = Replica { attrs, state, sticky: records };
-        let stored = repo.store.put_record(&id, &record::encode(&replica)).and_then(|()| repo.store.flush());
-        if let Err(e) = stored {
-            let _ = repo.store.delete_record(&id);
-            let _ = repo.store.remove_data(&id);
-            return Err(e.into());
-        }
+        // Durable (data, then record) when this returns; on error nothing of it is kept.
+        repo.committer.commit(id, record::encode(&replica))?;
         self.finished = true;
         let mut ix = repo.index.lock();
         ix.incoming.remove(&id);

@@ -84,9 +84,8 @@ impl DataWrite for FileWriter {
         self.file.write_all(data)
     }
 
-    fn sync(&mut self) -> io::Result<()> {
-        self.file.flush()?;
-        self.file.get_ref().sync_data()
+    fn finish(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -176,10 +175,16 @@ impl ReplicaStore for SledStore {
     fn publish(&self, id: &PnfsId) -> StoreResult<()> {
         let from = self.incoming_path(id);
         let to = self.data_path(id);
-        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e))?;
-        File::open(&self.data)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e))
+        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e))
+    }
+
+    /// One `syncfs` of the file system holding the data area: the data of every file written
+    /// and renamed so far, and the directory entries, reach the disk in one call. `incoming/`
+    /// and `data/` are siblings, so they share the file system.
+    fn sync_data(&self) -> StoreResult<()> {
+        let op = || format!("sync {}", self.data.display());
+        let dir = File::open(&self.data).map_err(|e| StoreError::new(op(), e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| StoreError::new(op(), e.into()))
     }
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {

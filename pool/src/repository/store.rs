@@ -37,8 +37,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A data file being written.
 pub trait DataWrite: Send {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()>;
-    /// Makes the written data durable (fdatasync).
-    fn sync(&mut self) -> io::Result<()>;
+    /// Hands everything written to the operating system (no sync: see `sync_data`).
+    fn finish(&mut self) -> io::Result<()>;
 }
 
 /// A committed data file being read.
@@ -68,8 +68,10 @@ pub trait ReplicaStore: Send + Sync + 'static {
     /// Names of the files in the incoming area (left over from a crash).
     fn list_incoming(&self) -> StoreResult<Vec<String>>;
     fn remove_incoming_name(&self, name: &str) -> StoreResult<()>;
-    /// Moves the incoming file of `id` into the data area; durable when this returns.
+    /// Moves the incoming file of `id` into the data area; durable after `sync_data`.
     fn publish(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Makes the content and the directory entries of every file published so far durable.
+    fn sync_data(&self) -> StoreResult<()>;
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead>;
     fn remove_data(&self, id: &PnfsId) -> StoreResult<()>;
