@@ -56,6 +56,7 @@ error_codes! {
     Timeout = 20003, "the peer did not answer in time; check that it runs and is reachable";
     Offline = 20004, "the pool does not answer; check that its daemon runs";
     ShuttingDown = 20005, "the pool is stopping; retry once it is back";
+    Cancelled = 20006, "the transfer was cancelled (pp remove, or the pool stopped); nothing was kept";
     Internal = 99, "a bug in Tidepool: please report it with the pool log";
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::RemoteError;
-use crate::ids::PnfsId;
+use crate::ids::{PnfsId, TransferId};
 use crate::model::{AccessLatency, Checksum, FileAttributes, RetentionPolicy, StickyRecord};
 
 /// Admin service: the shell sends one request at a time.
@@ -52,6 +52,14 @@ pub enum DataRequest {
     PutEnd { checksum: Checksum },
     /// Read a committed replica: `GetReady`, data frames, `GetEnd`.
     Get { pnfsid: PnfsId },
+    /// Pool to pool: the target asks the source for a replica. The source answers
+    /// `FetchReady` (the replica's attributes, size and checksum included) or `Error`.
+    Fetch { transfer: TransferId, pnfsid: PnfsId, force_source_mode: bool },
+    /// The target has room for the replica: send bytes `offset..size` as data frames, then
+    /// `FetchEnd`. An offset above zero resumes a transfer that broke.
+    FetchStart { transfer: TransferId, offset: u64 },
+    /// The target gives up before `FetchStart`; the connection stays usable.
+    FetchAbort { transfer: TransferId },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,4 +82,6 @@ pub enum DataReply {
     GetReady { attributes: FileAttributes },
     GetEnd,
     Error(RemoteError),
+    FetchReady { transfer: TransferId, attributes: FileAttributes },
+    FetchEnd { transfer: TransferId },
 }

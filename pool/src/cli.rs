@@ -173,7 +173,9 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let transfers = config.transfer_settings();
         let settings = Settings {
+            transfers,
             name: config.name,
             data_dir: config.data_dir,
             capacity: config.capacity,

@@ -11,6 +11,9 @@
 //! # p2p_listen = "0.0.0.0:22125"   # default: the cluster file's p2p address
 //! # pin_owner_prefix = "PinManager"
 //! # shutdown_grace_seconds = 10
+//! # p2p_max_active = 8             # concurrent incoming pool-to-pool transfers
+//! # p2p_max_outgoing = 16          # concurrent outgoing streams as a source
+//! # p2p_no_progress_seconds = 120  # a transfer silent this long fails
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,6 +22,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use tidepool_p2p::PoolName;
 use tidepool_p2p::cluster::ClusterFile;
+
+use crate::transfer::TransferSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +51,29 @@ pub struct PoolConfig {
     /// How long shutdown waits for in-flight work before aborting it.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    /// Concurrent incoming pool-to-pool transfers; more queue (`pp set max active` changes it
+    /// live).
+    #[serde(default = "default_max_active")]
+    pub p2p_max_active: usize,
+    /// Concurrent outgoing streams when other pools copy from this one (`pp set max
+    /// outgoing` changes it live).
+    #[serde(default = "default_max_outgoing")]
+    pub p2p_max_outgoing: usize,
+    /// A pool-to-pool transfer that receives nothing for this long fails.
+    #[serde(default = "default_no_progress")]
+    pub p2p_no_progress_seconds: u64,
+}
+
+fn default_max_active() -> usize {
+    TransferSettings::default().max_active
+}
+
+fn default_max_outgoing() -> usize {
+    TransferSettings::default().max_outgoing
+}
+
+fn default_no_progress() -> u64 {
+    TransferSettings::default().no_progress.as_secs()
 }
 
 fn default_pin_prefix() -> String {
@@ -81,7 +109,18 @@ impl PoolConfig {
         if c.capacity == 0 {
             return Err("capacity must be more than 0 bytes".into());
         }
+        if c.p2p_no_progress_seconds == 0 {
+            return Err("p2p_no_progress_seconds must be at least 1".into());
+        }
         Ok(c)
+    }
+
+    pub fn transfer_settings(&self) -> TransferSettings {
+        TransferSettings {
+            max_active: self.p2p_max_active,
+            max_outgoing: self.p2p_max_outgoing,
+            no_progress: std::time::Duration::from_secs(self.p2p_no_progress_seconds),
+        }
     }
 
     /// The listen addresses, from this file or the cluster file.

@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::admin::{self, exec};
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
+use crate::transfer::{self, PEER_IDLE, TransferSettings};
 
 /// Everything a pool needs to start, resolved from its config, the cluster file and the key.
 pub struct Settings {
@@ -41,6 +42,7 @@ pub struct Settings {
     pub key: ClusterKey,
     pub pin_owner_prefix: String,
     pub shutdown_grace: Duration,
+    pub transfers: TransferSettings,
 }
 
 /// A running pool daemon.
@@ -82,7 +84,7 @@ impl Daemon {
     /// answer during a long recovery.
     pub async fn open(settings: Settings) -> anyhow::Result<Opened> {
         let span = tracing::info_span!("pool", name = %settings.name);
-        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace } = settings;
+        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace, transfers } = settings;
         // 1. Open the repository.
         let dir = data_dir.clone();
         let opened = blocking(move || -> anyhow::Result<_> {
@@ -100,7 +102,7 @@ impl Daemon {
             }
         });
         // 2. Restore the pool mode.
-        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, pin_owner_prefix)?);
+        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix, &transfers)?);
         Ok(Opened { pool, key, grace: shutdown_grace, span })
     }
 }
@@ -148,8 +150,14 @@ impl Daemon {
         async move {
             tracing::info!("pool stopping");
             self.shutdown.cancel();
+            self.pool.transfers.cancel_all();
             self.tracker.close();
-            if tokio::time::timeout(self.grace, self.tracker.wait()).await.is_err() {
+            self.pool.tasks.close();
+            let everything = async {
+                self.tracker.wait().await;
+                self.pool.tasks.wait().await;
+            };
+            if tokio::time::timeout(self.grace, everything).await.is_err() {
                 tracing::warn!(grace = ?self.grace, "connections still open after the grace period; abandoning them");
             }
             let repo = self.pool.repo.clone();
@@ -304,18 +312,26 @@ async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Optio
 }
 
 async fn serve_data(reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
-    while let Some(body) = next_request(reader, ctx).await? {
+    loop {
+        // Pool-to-pool connections idle between transfers; one idle for long is closed.
+        let Ok(next) = tokio::time::timeout(PEER_IDLE, next_request(reader, ctx)).await else {
+            return Ok(());
+        };
+        let Some(body) = next? else { return Ok(()) };
         match decode::<DataRequest>(&body)? {
             DataRequest::Put(req) => put(req, reader, writer, ctx).await?,
             DataRequest::Get { pnfsid } => get(pnfsid, writer, ctx).await?,
-            DataRequest::PutEnd { .. } => {
-                let e = RemoteError::new(ErrorCode::Protocol, "PutEnd without a Put");
+            DataRequest::Fetch { transfer, pnfsid, force_source_mode } => {
+                transfer::serve_fetch(reader, writer, &ctx.pool, &ctx.shutdown, transfer, pnfsid, force_source_mode)
+                    .await?
+            }
+            DataRequest::PutEnd { .. } | DataRequest::FetchStart { .. } | DataRequest::FetchAbort { .. } => {
+                let e = RemoteError::new(ErrorCode::Protocol, "a continuation without its request");
                 writer.send(&DataReply::Error(e)).await?;
-                return Err(WireError::Unexpected { expected: "a request", got: "PutEnd" });
+                return Err(WireError::Unexpected { expected: "a request", got: "a continuation" });
             }
         }
     }
-    Ok(())
 }
 
 /// Drops a partial replica on the blocking pool (its clean-up deletes a file).
@@ -482,7 +498,7 @@ async fn get(pnfsid: PnfsId, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireE
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

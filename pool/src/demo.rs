@@ -22,6 +22,7 @@ use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings, blocking};
 use crate::pool::now_ms;
 use crate::repository::Repository;
+use crate::transfer::TransferSettings;
 
 const POOLS: [(&str, &str); 3] = [("pool1", "disk"), ("pool2", "disk"), ("pool3", "cache_pools")];
 const CAPACITY: u64 = 1 << 30;
@@ -140,9 +141,13 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             p2p_listen: None,
             pin_owner_prefix: "PinManager".into(),
             shutdown_grace_seconds: 10,
+            p2p_max_active: TransferSettings::default().max_active,
+            p2p_max_outgoing: TransferSettings::default().max_outgoing,
+            p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         let settings = Settings {
+            transfers: config.transfer_settings(),
             name: config.name,
             data_dir: dir.join(name),
             capacity: CAPACITY,

@@ -6,5 +6,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod gate;
 pub mod pool;
 pub mod repository;
+pub mod transfer;

@@ -8,7 +8,11 @@ use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
+use tidepool_p2p::auth::ClusterKey;
+use tokio_util::task::TaskTracker;
+
 use crate::repository::{Recovery, RepoError, Repository};
+use crate::transfer::{TransferSettings, Transfers};
 
 /// The current time in milliseconds since the epoch.
 pub fn now_ms() -> EpochMillis {
@@ -60,9 +64,21 @@ pub struct Pool {
     pub name: PoolName,
     pub repo: Arc<Repository>,
     pub cluster: ClusterFile,
+    /// Authenticates this pool to other pools.
+    pub key: ClusterKey,
     pub recovery: Recovery,
     /// Owners starting with this are pins.
     pub pin_prefix: String,
+    /// Pool-to-pool transfers, both directions.
+    pub transfers: Transfers,
+    /// The runtime that admin commands (which run on blocking threads) start async work on;
+    /// `None` for a pool used without a daemon (the benchmark harness).
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// Background work started by admin commands (transfers queued with `pp get file`);
+    /// shutdown waits for it.
+    pub tasks: TaskTracker,
+    #[cfg(test)]
+    pub faults: crate::transfer::Faults,
     mode: Mutex<ModeState>,
 }
 
@@ -80,7 +96,9 @@ impl Pool {
         repo: Arc<Repository>,
         recovery: Recovery,
         cluster: ClusterFile,
+        key: ClusterKey,
         pin_prefix: String,
+        transfers: &TransferSettings,
     ) -> Result<Pool, RepoError> {
         let mode = match repo.setting(MODE_KEY)? {
             None => ModeState::enabled(),
@@ -96,7 +114,20 @@ impl Pool {
                 }
             },
         };
-        Ok(Pool { name, repo, cluster, recovery, pin_prefix, mode: Mutex::new(mode) })
+        Ok(Pool {
+            name,
+            repo,
+            cluster,
+            key,
+            recovery,
+            pin_prefix,
+            transfers: Transfers::new(transfers),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            tasks: TaskTracker::new(),
+            #[cfg(test)]
+            faults: Default::default(),
+            mode: Mutex::new(mode),
+        })
     }
 
     pub fn mode(&self) -> ModeState {

@@ -5,14 +5,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use chrono::TimeZone;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
-use tidepool_p2p::{ErrorCode, RemoteError};
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 
 use super::{COMMANDS, Command, Property, RepLs};
 use crate::pool::{ModeState, Pool, now_ms};
 use crate::repository::{Replica, RepoError};
+use crate::transfer::{self, PullRequest};
 
 /// Where a command's output goes.
 pub trait Output {
@@ -44,7 +48,7 @@ impl From<RepoError> for RemoteError {
 }
 
 /// Parses and runs one line.
-pub fn run_line(pool: &Pool, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn run_line(pool: &Arc<Pool>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
     match super::parse(line) {
         Ok(None) => Ok(()),
         Ok(Some(cmd)) => execute(pool, cmd, out),
@@ -52,7 +56,7 @@ pub fn run_line(pool: &Pool, line: &str, out: &mut dyn Output) -> Result<(), Rem
     }
 }
 
-pub fn execute(pool: &Pool, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
     let now = now_ms();
     match cmd {
         Command::Help { topic } => help(&topic, out),
@@ -97,7 +101,142 @@ pub fn execute(pool: &Pool, cmd: Command, out: &mut dyn Output) -> Result<(), Re
             out.write("Pool enabled\n")?;
             Ok(())
         }
+        Command::PpGetFile { pnfsid, source, wait, force_source_mode } => {
+            pp_get_file(pool, pnfsid, source, wait, force_source_mode, out)
+        }
+        Command::PpLs { long } => pp_ls(pool, long, out),
+        Command::PpSetMaxActive(n) => {
+            pool.transfers.incoming.set_limit(n);
+            out.write(&format!("Max active set to {n}\n"))?;
+            Ok(())
+        }
+        Command::PpSetMaxOutgoing(n) => {
+            pool.transfers.outgoing.set_limit(n);
+            out.write(&format!("Max outgoing set to {n}\n"))?;
+            Ok(())
+        }
+        Command::PpRemove(id) => {
+            if !pool.transfers.cancel(id) {
+                return Err(RemoteError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("no transfer {id}; `pp ls` lists them"),
+                ));
+            }
+            out.write(&format!("Removed transfer {id}\n"))?;
+            Ok(())
+        }
     }
+}
+
+/// How often `pp get file -wait` reports progress (it also keeps the shell's connection busy).
+const WAIT_REPORT: Duration = Duration::from_secs(10);
+
+fn pp_get_file(
+    pool: &Arc<Pool>,
+    pnfsid: PnfsId,
+    source: PoolName,
+    wait: bool,
+    force_source_mode: bool,
+    out: &mut dyn Output,
+) -> Result<(), RemoteError> {
+    let Some(runtime) = pool.runtime.clone() else {
+        return Err(RemoteError::new(ErrorCode::Internal, "this pool has no runtime to transfer with"));
+    };
+    if source == pool.name {
+        return Err(RemoteError::new(ErrorCode::InvalidArgument, format!("{source} is this pool; name another pool")));
+    }
+    if pool.cluster.pool(&source).is_none() {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidArgument,
+            format!("no pool named {source} in the cluster file"),
+        ));
+    }
+    let entry = pool.transfers.register(pnfsid, source.clone());
+    let id = entry.id;
+    let req = PullRequest {
+        pnfsid,
+        source: source.clone(),
+        state: ReplicaState::Cached,
+        sticky: Vec::new(),
+        atime: None,
+        force_source_mode,
+    };
+    let task_pool = pool.clone();
+    let progress = entry.clone();
+    let mut task = pool.tasks.spawn_on(async move { transfer::pull(&task_pool, entry, req).await }, &runtime);
+    if !wait {
+        out.write(&format!("[{id}] {pnfsid} from {source}: queued\n"))?;
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    loop {
+        match runtime.block_on(async { tokio::time::timeout(WAIT_REPORT, &mut task).await }) {
+            Ok(joined) => {
+                let replica = joined
+                    .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("transfer task failed: {e}")))??;
+                let secs = started.elapsed().as_secs_f64();
+                let checksum = replica.attrs.checksum.map(|c| c.to_string()).unwrap_or_default();
+                out.write(&format!(
+                    "[{id}] {pnfsid} from {source}: done, {} bytes, {checksum}, {:.1} s\n",
+                    replica.attrs.size, secs
+                ))?;
+                return Ok(());
+            }
+            Err(_) => {
+                let done = progress.done.load(Ordering::Relaxed);
+                let size = progress.size.load(Ordering::Relaxed);
+                // If the client left, the transfer goes on; `pp ls` still shows it.
+                out.write(&format!("[{id}] {pnfsid} from {source}: {done}/{size} bytes\n"))?;
+            }
+        }
+    }
+}
+
+fn pp_ls(pool: &Pool, long: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let (active, queued, limit) = pool.transfers.incoming.counts();
+    let (outgoing, out_queued, out_limit) = pool.transfers.outgoing.counts();
+    let opened = pool.transfers.connections_opened.load(Ordering::Relaxed);
+    let mut t = format!(
+        "incoming: {active} active of max {limit}, {queued} queued; outgoing: {outgoing} active of max {out_limit}, {out_queued} queued; connections opened: {opened}\n"
+    );
+    for e in pool.transfers.list() {
+        let age = e.created.elapsed().as_secs();
+        match e.started.get() {
+            Some(started) => {
+                let done = e.done.load(Ordering::Relaxed);
+                let size = e.size.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let rate = done as f64 / secs / 1048576.0;
+                let _ = writeln!(
+                    t,
+                    "[{}] {} from {} ACTIVE {done}/{size} bytes {rate:.1} MiB/s {age} s",
+                    e.id, e.pnfsid, e.source
+                );
+            }
+            None => {
+                let _ = writeln!(t, "[{}] {} from {} QUEUED {age} s", e.id, e.pnfsid, e.source);
+            }
+        }
+    }
+    if long {
+        for f in pool.transfers.recent() {
+            match &f.error {
+                None => {
+                    let _ = writeln!(
+                        t,
+                        "[{}] {} from {} DONE {} bytes in {:.1} s",
+                        f.id, f.pnfsid, f.source, f.bytes, f.seconds
+                    );
+                }
+                Some(e) => {
+                    let _ =
+                        writeln!(t, "[{}] {} from {} FAILED: {} (rc={})", f.id, f.pnfsid, f.source, e.message, e.code);
+                }
+            }
+        }
+    }
+    out.write(&t)?;
+    Ok(())
 }
 
 /// Local time as Java's `Date.toString` prints it, which dCache operators know.

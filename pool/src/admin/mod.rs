@@ -4,9 +4,9 @@
 pub mod exec;
 pub mod spec;
 
-use tidepool_p2p::PnfsId;
 use tidepool_p2p::message::CommandDescription;
 use tidepool_p2p::model::{PoolMode, ReplicaState};
+use tidepool_p2p::{PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
@@ -22,6 +22,11 @@ pub enum Command {
     RepRm { pnfsid: PnfsId, force: bool },
     PoolDisable { bits: u32, error_code: i32, message: String },
     PoolEnable,
+    PpGetFile { pnfsid: PnfsId, source: PoolName, wait: bool, force_source_mode: bool },
+    PpLs { long: bool },
+    PpSetMaxActive(usize),
+    PpSetMaxOutgoing(usize),
+    PpRemove(TransferId),
 }
 
 /// `rep ls` selection and output options.
@@ -236,6 +241,82 @@ pub static COMMANDS: &[CommandSpec] = &[
         examples: &["pool enable"],
         parse: |inv| inv.at_most(0).map(|()| Command::PoolEnable),
     },
+    CommandSpec {
+        name: "pp get file",
+        args: "<pnfsid> <sourcePool>",
+        summary: "copy a replica from another pool to this one (pool-to-pool transfer)",
+        details: "The new replica is CACHED. It is committed only after its size and checksum match the\n\
+                  source's and its data and record are on disk. Without -wait the transfer is queued and\n\
+                  the command returns at once; `pp ls` shows it.",
+        options: &[
+            flag("wait", "wait for the transfer to end and report its result (progress every 10 s)"),
+            flag("force-source-mode", "copy even if the source is disabled for fetch"),
+        ],
+        examples: &[
+            "pp get file 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool1",
+            "pp get file -wait 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool1",
+        ],
+        parse: |inv| {
+            let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
+            let source = inv.parse_arg(inv.arg(1, "source pool")?)?;
+            inv.at_most(2)?;
+            Ok(Command::PpGetFile {
+                pnfsid,
+                source,
+                wait: inv.flag("wait")?,
+                force_source_mode: inv.flag("force-source-mode")?,
+            })
+        },
+    },
+    CommandSpec {
+        name: "pp ls",
+        args: "",
+        summary: "list incoming pool-to-pool transfers, active and queued",
+        details: "Lines: [<id>] <pnfsid> from <pool> ACTIVE <done>/<size> bytes <MiB/s> MiB/s <age> s,\n\
+                  or QUEUED <age> s. With -l, the last 50 finished transfers follow (DONE or FAILED).",
+        options: &[flag("l", "also list recently finished transfers")],
+        examples: &["pp ls", "pp ls -l"],
+        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::PpLs { long: inv.flag("l")? })),
+    },
+    CommandSpec {
+        name: "pp set max active",
+        args: "<n>",
+        summary: "how many incoming transfers run at once (the rest queue); 0 pauses them",
+        details: "",
+        options: &[],
+        examples: &["pp set max active 8"],
+        parse: |inv| {
+            let n = inv.parse_arg(inv.arg(0, "number")?)?;
+            inv.at_most(1)?;
+            Ok(Command::PpSetMaxActive(n))
+        },
+    },
+    CommandSpec {
+        name: "pp set max outgoing",
+        args: "<n>",
+        summary: "how many transfers other pools may read from this one at once; 0 pauses them",
+        details: "",
+        options: &[],
+        examples: &["pp set max outgoing 16"],
+        parse: |inv| {
+            let n = inv.parse_arg(inv.arg(0, "number")?)?;
+            inv.at_most(1)?;
+            Ok(Command::PpSetMaxOutgoing(n))
+        },
+    },
+    CommandSpec {
+        name: "pp remove",
+        args: "<id>",
+        summary: "cancel an incoming transfer; its partial data is removed",
+        details: "",
+        options: &[],
+        examples: &["pp remove 3"],
+        parse: |inv| {
+            let id = inv.parse_arg(inv.arg(0, "transfer id")?)?;
+            inv.at_most(1)?;
+            Ok(Command::PpRemove(id))
+        },
+    },
 ];
 
 /// Parses a line against [`COMMANDS`]; `Ok(None)` for a blank line.
@@ -444,6 +525,14 @@ mod tests {
             Command::PoolDisable { bits: PoolMode::STRICT, error_code: 1, message: "Operator intervention".into() },
         );
         check("pool enable", Command::PoolEnable);
+        check(
+            &format!("pp get file -wait {ID} pool2"),
+            Command::PpGetFile { pnfsid: id(), source: "pool2".parse().unwrap(), wait: true, force_source_mode: false },
+        );
+        check("pp ls -l", Command::PpLs { long: true });
+        check("pp set max active 0", Command::PpSetMaxActive(0));
+        check("pp set max outgoing 4", Command::PpSetMaxOutgoing(4));
+        check("pp remove 12", Command::PpRemove(TransferId(12)));
         assert_eq!(parse("   "), Ok(None));
     }
 
@@ -465,6 +554,11 @@ mod tests {
         check_err("pool disable -rdonly notanumber", "invalid digit", "notanumber");
         check_err("pool disable -readonly", "unknown option -readonly", "-readonly");
         check_err("rep ls \"unterminated", "unterminated quote", "\"");
+        check_err(&format!("pp get file {ID} pool/2"), "not a valid pool name", "pool/2");
+
+        check_err("pp set max active -1", "unknown option -1", "-1");
+        check_err("pp set max active many", "invalid digit", "many");
+        check_err("pp remove x", "not a non-negative integer", "x");
     }
 
     #[test]

@@ -585,12 +585,19 @@ impl Repository {
 
     /// Opens a committed replica for reading and records the access.
     pub fn open_data(&self, id: &PnfsId, now: EpochMillis) -> RepoResult<(Replica, DataRead)> {
+        let opened = self.open_for_copy(id)?;
+        self.touch(id, now, now)?;
+        Ok(opened)
+    }
+
+    /// Opens a committed replica for a pool-to-pool copy. The access time is left alone: a
+    /// copy is not a use, and counting it would keep drained replicas warm in the LRU.
+    pub fn open_for_copy(&self, id: &PnfsId) -> RepoResult<(Replica, DataRead)> {
         let replica = self.get(id)?.ok_or(RepoError::NotFound(*id))?;
         if !replica.state.is_committed() {
             return Err(RepoError::NotCommitted { id: *id, state: replica.state });
         }
         let data = self.store.open_data(id)?;
-        self.touch(id, now, now)?;
         Ok((replica, data))
     }
 

@@ -41,8 +41,13 @@ pub trait DataWrite: Send {
     fn finish(&mut self) -> io::Result<()>;
 }
 
+/// Something to read replica data from, from any offset.
+pub trait ReadSeek: io::Read + io::Seek + Send {}
+
+impl<T: io::Read + io::Seek + Send> ReadSeek for T {}
+
 /// A committed data file being read.
-pub type DataRead = Box<dyn io::Read + Send>;
+pub type DataRead = Box<dyn ReadSeek>;
 
 /// Visits one stored record (key bytes, value bytes); `Break` stops the scan.
 pub type RecordVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> ControlFlow<()> + 'a;

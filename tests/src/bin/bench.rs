@@ -158,8 +158,15 @@ fn measure(dir: &Path) -> anyhow::Result<()> {
     let iter_s = t.elapsed().as_secs_f64();
     println!("iterate: {n} records ({bytes} bytes) in {iter_s:.2} s, peak RSS {:.0} MiB", peak_rss_mib());
 
-    let pool =
-        Pool::new("bench".parse()?, repo, recovery, ClusterFile { pools: vec![], links: vec![] }, "PinManager".into())?;
+    let pool = Arc::new(Pool::new(
+        "bench".parse()?,
+        repo,
+        recovery,
+        ClusterFile { pools: vec![], links: vec![] },
+        tidepool_p2p::auth::ClusterKey::generate()?,
+        "PinManager".into(),
+        &Default::default(),
+    )?);
     let t = Instant::now();
     let mut out = Count(0);
     exec::run_line(&pool, "rep ls", &mut out).map_err(|e| anyhow::anyhow!(e.render()))?;

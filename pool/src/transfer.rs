@@ -1,0 +1,583 @@
+//! Pool-to-pool transfers. The target pulls:
+//!
+//! ```text
+//! target                                   source
+//!   Fetch { transfer, pnfsid, force }  ->
+//!                                      <-  FetchReady { transfer, attributes } | Error
+//!   (create the entry in FROM_POOL, making room)
+//!   FetchStart { transfer, offset }    ->  (or FetchAbort)
+//!                                      <-  data frames from `offset` ...
+//!                                      <-  FetchEnd { transfer }
+//!   (check size and checksum, group commit, then acknowledge)
+//! ```
+//!
+//! Connections to a source are kept and reused across transfers (one handshake, not one per
+//! file). A connection that breaks mid-stream is replaced and the transfer resumes at the
+//! offset already written. A transfer that receives nothing for `no_progress` fails; a
+//! cancel (`pp remove`, shutdown) ends it at once and removes its partial data. The target
+//! bounds its concurrent transfers (`pp set max active`; the rest queue), the source its
+//! concurrent outgoing streams (`pp set max outgoing`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tidepool_p2p::auth::Service;
+use tidepool_p2p::conn::Connection;
+use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
+use tidepool_p2p::message::{DataReply, DataRequest};
+use tidepool_p2p::model::{EpochMillis, FileAttributes, ReplicaState, StickyRecord};
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::blocking;
+use crate::gate::Gate;
+use crate::pool::{Activity, Pool, now_ms};
+use crate::repository::{Incoming, Replica};
+
+/// Tunables of pool-to-pool transfers.
+#[derive(Clone, Debug)]
+pub struct TransferSettings {
+    /// Concurrent incoming transfers; the rest queue.
+    pub max_active: usize,
+    /// Concurrent outgoing streams when this pool is the source.
+    pub max_outgoing: usize,
+    /// A transfer that receives nothing for this long fails.
+    pub no_progress: Duration,
+}
+
+impl Default for TransferSettings {
+    fn default() -> Self {
+        TransferSettings { max_active: 8, max_outgoing: 16, no_progress: Duration::from_secs(120) }
+    }
+}
+
+/// How often a running transfer reports its rate; below [`SLOW_RATE`] the report is a
+/// warning-level "slow transfer" line.
+const RATE_REPORT: Duration = Duration::from_secs(10);
+const SLOW_RATE: f64 = 1024.0 * 1024.0;
+/// Idle connections older than this are not reused (the source drops them after
+/// [`PEER_IDLE`]).
+const REUSE_IDLE: Duration = Duration::from_secs(30);
+/// A source closes a pool-to-pool connection that sends nothing for this long.
+pub const PEER_IDLE: Duration = Duration::from_secs(120);
+/// How many times a broken connection is replaced within one transfer.
+const RESUMES: u32 = 3;
+/// How many finished transfers `pp ls -l` remembers.
+const RECENT: usize = 50;
+
+/// What a target asks for.
+#[derive(Clone, Debug)]
+pub struct PullRequest {
+    pub pnfsid: PnfsId,
+    pub source: PoolName,
+    /// CACHED or PRECIOUS.
+    pub state: ReplicaState,
+    pub sticky: Vec<StickyRecord>,
+    /// The access time to give the new replica (`None`: now).
+    pub atime: Option<EpochMillis>,
+    pub force_source_mode: bool,
+}
+
+/// One transfer as `pp ls` shows it.
+#[derive(Debug)]
+pub struct TransferEntry {
+    pub id: TransferId,
+    pub pnfsid: PnfsId,
+    pub source: PoolName,
+    pub created: Instant,
+    pub started: OnceLock<Instant>,
+    pub size: AtomicU64,
+    pub done: AtomicU64,
+    pub cancel: CancellationToken,
+}
+
+/// A finished transfer, for `pp ls -l`.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub id: TransferId,
+    pub pnfsid: PnfsId,
+    pub source: PoolName,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub error: Option<RemoteError>,
+}
+
+/// The target side: transfers under way and queued, and connections to sources.
+pub struct Transfers {
+    next: AtomicU64,
+    entries: Mutex<BTreeMap<TransferId, Arc<TransferEntry>>>,
+    recent: Mutex<VecDeque<Finished>>,
+    /// Incoming transfers (`pp set max active`).
+    pub incoming: Gate,
+    /// Outgoing streams (`pp set max outgoing`).
+    pub outgoing: Gate,
+    no_progress: Duration,
+    idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
+    /// Connections opened to sources so far (each one handshake).
+    pub connections_opened: AtomicU64,
+}
+
+impl std::fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfers").field("incoming", &self.incoming).field("outgoing", &self.outgoing).finish()
+    }
+}
+
+impl Transfers {
+    pub fn new(settings: &TransferSettings) -> Transfers {
+        Transfers {
+            next: AtomicU64::new(1),
+            entries: Mutex::new(BTreeMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+            incoming: Gate::new(settings.max_active),
+            outgoing: Gate::new(settings.max_outgoing),
+            no_progress: settings.no_progress,
+            idle: Mutex::new(HashMap::new()),
+            connections_opened: AtomicU64::new(0),
+        }
+    }
+
+    pub fn no_progress(&self) -> Duration {
+        self.no_progress
+    }
+
+    /// Registers a transfer (queued until `pull` admits it).
+    pub fn register(&self, pnfsid: PnfsId, source: PoolName) -> Arc<TransferEntry> {
+        let id = TransferId(self.next.fetch_add(1, Ordering::Relaxed));
+        let entry = Arc::new(TransferEntry {
+            id,
+            pnfsid,
+            source,
+            created: Instant::now(),
+            started: OnceLock::new(),
+            size: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        });
+        self.entries.lock().insert(id, entry.clone());
+        entry
+    }
+
+    /// Transfers under way and queued, by id.
+    pub fn list(&self) -> Vec<Arc<TransferEntry>> {
+        self.entries.lock().values().cloned().collect()
+    }
+
+    /// The most recent finished transfers, oldest first.
+    pub fn recent(&self) -> Vec<Finished> {
+        self.recent.lock().iter().cloned().collect()
+    }
+
+    /// Cancels a transfer; false if there is none with that id.
+    pub fn cancel(&self, id: TransferId) -> bool {
+        match self.entries.lock().get(&id) {
+            Some(e) => {
+                e.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every transfer (shutdown).
+    pub fn cancel_all(&self) {
+        for e in self.entries.lock().values() {
+            e.cancel.cancel();
+        }
+    }
+
+    fn finish(&self, entry: &TransferEntry, error: Option<RemoteError>) {
+        self.entries.lock().remove(&entry.id);
+        let seconds = entry.started.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Finished {
+            id: entry.id,
+            pnfsid: entry.pnfsid,
+            source: entry.source.clone(),
+            bytes: entry.done.load(Ordering::Relaxed),
+            seconds,
+            error,
+        });
+    }
+
+    async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, RemoteError> {
+        let reusable = {
+            let mut idle = self.idle.lock();
+            let list = idle.entry(source.clone()).or_default();
+            list.retain(|(_, since)| since.elapsed() < REUSE_IDLE);
+            list.pop()
+        };
+        if let Some((conn, _)) = reusable {
+            return Ok(conn);
+        }
+        let entry = pool.cluster.pool(source).ok_or_else(|| {
+            RemoteError::new(ErrorCode::InvalidArgument, format!("no pool named {source} in the cluster file"))
+        })?;
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        Connection::open(entry.p2p, &pool.key, pool.name.as_str(), Service::Data).await.map_err(|e| match e {
+            WireError::Remote(r) => r,
+            other => RemoteError::new(
+                ErrorCode::Offline,
+                format!("source pool {source} is offline: {other} at {}", entry.p2p),
+            ),
+        })
+    }
+
+    fn give_back(&self, source: &PoolName, conn: Connection) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(source.clone()).or_default();
+        if list.len() < 64 {
+            list.push((conn, Instant::now()));
+        }
+    }
+}
+
+fn cancelled(id: PnfsId) -> RemoteError {
+    RemoteError::new(ErrorCode::Cancelled, format!("transfer of {id} cancelled; partial data removed"))
+}
+
+/// Why one attempt over one connection ended without the whole file.
+enum Stop {
+    /// Give up: the error is final.
+    Fatal(RemoteError),
+    /// The connection broke; a new one may resume at the written offset.
+    Broken(RemoteError),
+}
+
+/// Runs a registered transfer to the end: the new replica, committed and durable, or an error
+/// with nothing left behind.
+pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest) -> Result<Replica, RemoteError> {
+    let span = tracing::info_span!("p2p", transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source);
+    let result = tracing::Instrument::instrument(pull_inner(pool, &entry, &req), span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok(r) => tracing::info!(size = r.attrs.size, state = %r.state, "replica received"),
+        Err(e) => tracing::warn!("transfer failed: {}", e.message),
+    });
+    pool.transfers.finish(&entry, result.as_ref().err().cloned());
+    result
+}
+
+async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Result<Replica, RemoteError> {
+    assert!(req.state.is_committed());
+    pool.check_mode(Activity::P2pClient, false)?;
+    if pool.repo.get(&req.pnfsid)?.is_some() {
+        return Err(RemoteError::new(
+            ErrorCode::FileExists,
+            format!("replica {} already exists in {}", req.pnfsid, pool.name),
+        ));
+    }
+    let transfers = &pool.transfers;
+    let _pass = tokio::select! {
+        pass = transfers.incoming.enter() => pass,
+        _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
+    };
+    let _ = entry.started.set(Instant::now());
+    let mut incoming: Option<Incoming> = None;
+    let mut source_attrs: Option<FileAttributes> = None;
+    let mut breaks = 0;
+    let outcome = loop {
+        let mut conn = match transfers.connection(pool, &req.source).await {
+            Ok(c) => c,
+            Err(e) => break Err(e),
+        };
+        match attempt(pool, entry, req, &mut conn, &mut incoming, &mut source_attrs).await {
+            Ok(()) => {
+                transfers.give_back(&req.source, conn);
+                break Ok(());
+            }
+            Err(Stop::Broken(e)) if breaks < RESUMES && incoming.is_some() => {
+                breaks += 1;
+                let at = incoming.as_ref().map(|i| i.written()).unwrap_or(0);
+                tracing::warn!(offset = at, "connection to the source broke ({}); resuming", e.message);
+            }
+            Err(Stop::Broken(e) | Stop::Fatal(e)) => break Err(e),
+        }
+    };
+    if let Err(e) = outcome {
+        if let Some(i) = incoming.take() {
+            blocking(move || drop(i)).await;
+        }
+        return Err(e);
+    }
+    let (Some(incoming), Some(attrs)) = (incoming, source_attrs) else {
+        return Err(RemoteError::new(ErrorCode::Internal, "transfer ended without data"));
+    };
+    let (state, sticky) = (req.state, req.sticky.clone());
+    // Size and the source's checksum are checked here; on a mismatch nothing is committed.
+    let replica = blocking(move || incoming.commit(state, sticky, attrs.checksum, now_ms())).await?;
+    Ok(replica)
+}
+
+/// One exchange over one connection: from `Fetch` to `FetchEnd`.
+async fn attempt(
+    pool: &Arc<Pool>,
+    entry: &TransferEntry,
+    req: &PullRequest,
+    conn: &mut Connection,
+    incoming: &mut Option<Incoming>,
+    source_attrs: &mut Option<FileAttributes>,
+) -> Result<(), Stop> {
+    let no_progress = pool.transfers.no_progress();
+    let broken =
+        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
+    let fetch = DataRequest::Fetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
+    conn.send(&fetch).await.map_err(broken)?;
+    let ready = tokio::select! {
+        _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
+        r = tokio::time::timeout(no_progress, conn.recv::<DataReply>()) => r,
+    };
+    let attrs = match ready {
+        Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
+        Ok(Err(e)) => return Err(broken(e)),
+        Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => attributes,
+        Ok(Ok(DataReply::Error(e))) => return Err(Stop::Fatal(e)),
+        Ok(Ok(other)) => return Err(Stop::Fatal(protocol(format!("expected FetchReady, got {other:?}")))),
+    };
+    match source_attrs {
+        Some(before) if before.size != attrs.size || before.checksum != attrs.checksum => {
+            return Err(Stop::Fatal(RemoteError::new(
+                ErrorCode::ChecksumMismatch,
+                format!("replica {} changed on {} during the transfer", req.pnfsid, req.source),
+            )));
+        }
+        Some(_) => {}
+        None => {
+            let now = now_ms();
+            let mine = FileAttributes {
+                checksum: None,
+                creation_time: now,
+                access_time: req.atime.unwrap_or(now),
+                ..attrs.clone()
+            };
+            let repo = pool.repo.clone();
+            match blocking(move || repo.create(mine, ReplicaState::FromPool, now)).await {
+                Ok(i) => *incoming = Some(i),
+                Err(e) => {
+                    // Tell the source we will not read; the connection stays usable.
+                    let _ = conn.send(&DataRequest::FetchAbort { transfer: entry.id }).await;
+                    return Err(Stop::Fatal(e.into()));
+                }
+            }
+            entry.size.store(attrs.size, Ordering::Relaxed);
+            *source_attrs = Some(attrs.clone());
+        }
+    }
+    receive(pool, entry, req, conn, incoming, attrs.size).await
+}
+
+async fn receive(
+    pool: &Arc<Pool>,
+    entry: &TransferEntry,
+    req: &PullRequest,
+    conn: &mut Connection,
+    slot: &mut Option<Incoming>,
+    size: u64,
+) -> Result<(), Stop> {
+    let written = |slot: &Option<Incoming>| slot.as_ref().map(|i| i.written()).unwrap_or(0);
+    let offset = written(slot);
+    let no_progress = pool.transfers.no_progress();
+    let broken =
+        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
+    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset }).await.map_err(broken)?;
+    let mut report = Instant::now();
+    let mut reported_bytes = offset;
+    loop {
+        let frame = tokio::select! {
+            _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
+            f = tokio::time::timeout(no_progress, conn.next_frame()) => f,
+        };
+        match frame {
+            Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
+            Ok(Err(e)) => return Err(broken(e)),
+            Ok(Ok(Frame::Data(chunk))) => {
+                // Move the entry to a blocking thread for the write, and back.
+                let Some(mut inc) = slot.take() else {
+                    return Err(Stop::Fatal(RemoteError::new(ErrorCode::Internal, "no entry to write into")));
+                };
+                let (back, result) = blocking(move || {
+                    let r = inc.write(&chunk);
+                    (inc, r)
+                })
+                .await;
+                *slot = Some(back);
+                result.map_err(|e| Stop::Fatal(e.into()))?;
+                let done = written(slot);
+                entry.done.store(done, Ordering::Relaxed);
+                if report.elapsed() >= RATE_REPORT {
+                    let rate = (done - reported_bytes) as f64 / report.elapsed().as_secs_f64();
+                    let mib_s = rate / 1048576.0;
+                    if rate < SLOW_RATE {
+                        tracing::warn!(target_pool = %pool.name, done, size, mib_s, "slow transfer");
+                    } else {
+                        tracing::info!(target_pool = %pool.name, done, size, mib_s, "transfer progress");
+                    }
+                    report = Instant::now();
+                    reported_bytes = done;
+                }
+            }
+            Ok(Ok(Frame::Message(body))) => {
+                return match decode::<DataReply>(&body) {
+                    Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => Ok(()),
+                    Ok(DataReply::Error(e)) => Err(Stop::Fatal(e)),
+                    Ok(other) => Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
+                    Err(e) => Err(broken(e)),
+                };
+            }
+        }
+    }
+}
+
+fn stalled(no_progress: Duration, source: &PoolName) -> RemoteError {
+    RemoteError::new(ErrorCode::Timeout, format!("no progress for {} s (source {source})", no_progress.as_secs()))
+}
+
+fn protocol(msg: String) -> RemoteError {
+    RemoteError::new(ErrorCode::Protocol, msg)
+}
+
+/// The source side of one transfer, on a data connection whose request was
+/// `Fetch { transfer, pnfsid, force_source_mode }`.
+pub async fn serve_fetch<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    pool: &Arc<Pool>,
+    shutdown: &CancellationToken,
+    transfer: TransferId,
+    pnfsid: PnfsId,
+    force_source_mode: bool,
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if let Err(e) = pool.check_mode(Activity::Fetch, force_source_mode) {
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    let _pass = tokio::select! {
+        pass = pool.transfers.outgoing.enter() => pass,
+        _ = shutdown.cancelled() => return Err(WireError::Closed),
+    };
+    let repo = pool.repo.clone();
+    let (replica, data) = match blocking(move || repo.open_for_copy(&pnfsid)).await {
+        Ok(x) => x,
+        Err(e) => return writer.send(&DataReply::Error(e.into())).await,
+    };
+    let size = replica.attrs.size;
+    writer.send(&DataReply::FetchReady { transfer, attributes: replica.attrs }).await?;
+    let next = tokio::select! {
+        _ = shutdown.cancelled() => return Err(WireError::Closed),
+        r = tokio::time::timeout(PEER_IDLE, reader.recv::<DataRequest>()) => r,
+    };
+    let offset = match next {
+        Err(_) => return Err(WireError::Timeout(PEER_IDLE)),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(DataRequest::FetchStart { transfer: t, offset })) if t == transfer => offset,
+        Ok(Ok(DataRequest::FetchAbort { transfer: t })) if t == transfer => return Ok(()),
+        Ok(Ok(_)) => {
+            return Err(WireError::Unexpected { expected: "FetchStart or FetchAbort", got: "another request" });
+        }
+    };
+    if offset > size {
+        let e = RemoteError::new(
+            ErrorCode::InvalidArgument,
+            format!("offset {offset} is past the end of {pnfsid} ({size} bytes)"),
+        );
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    let mut data = data;
+    let mut buf = vec![0u8; MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1)];
+    let mut pos = offset;
+    let mut first = true;
+    while pos < size {
+        let want = buf.len().min((size - pos) as usize);
+        let seek_to = first.then_some(pos);
+        first = false;
+        let read = blocking(move || {
+            let r = (|| {
+                if let Some(at) = seek_to {
+                    std::io::Seek::seek(&mut data, std::io::SeekFrom::Start(at))?;
+                }
+                crate::daemon::read_full(&mut data, &mut buf[..want])
+            })();
+            (data, buf, r)
+        });
+        let (d, b, result) = tokio::select! {
+            _ = shutdown.cancelled() => return Err(WireError::Closed),
+            r = read => r,
+        };
+        data = d;
+        buf = b;
+        let n = match result {
+            Ok(n) if n == want => n,
+            Ok(n) => {
+                let e = RemoteError::new(
+                    ErrorCode::Io,
+                    format!("data file of {pnfsid} ends {} bytes early", size - pos - n as u64),
+                );
+                tracing::error!(%pnfsid, "{}", e.message);
+                return writer.send(&DataReply::Error(e)).await;
+            }
+            Err(e) => {
+                let e = RemoteError::new(ErrorCode::Io, format!("file {pnfsid}: read failed: {e}"));
+                tracing::error!(%pnfsid, "{}", e.message);
+                return writer.send(&DataReply::Error(e)).await;
+            }
+        };
+        #[cfg(test)]
+        {
+            pool.faults.apply(&pnfsid, &mut buf[..n]);
+            if let Some(pause) = pool.faults.pause() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        writer.send_data(&buf[..n]).await?;
+        pos += n as u64;
+    }
+    writer.flush().await?;
+    writer.send(&DataReply::FetchEnd { transfer }).await
+}
+
+/// Test-only fault injection: flips a byte of the next transfer of a chosen replica as the
+/// source sends it.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct Faults {
+    corrupt: Mutex<Option<PnfsId>>,
+    /// A pause after every chunk sent: a slow source.
+    pause: Mutex<Option<Duration>>,
+}
+
+#[cfg(test)]
+impl Faults {
+    pub fn corrupt_next(&self, id: PnfsId) {
+        *self.corrupt.lock() = Some(id);
+    }
+
+    pub fn slow_down(&self, pause: Option<Duration>) {
+        *self.pause.lock() = pause;
+    }
+
+    fn pause(&self) -> Option<Duration> {
+        *self.pause.lock()
+    }
+
+    fn apply(&self, id: &PnfsId, chunk: &mut [u8]) {
+        let mut corrupt = self.corrupt.lock();
+        if corrupt.as_ref() == Some(id) && !chunk.is_empty() {
+            chunk[chunk.len() / 2] ^= 0x40;
+            *corrupt = None;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "transfer_tests.rs"]
+mod tests;

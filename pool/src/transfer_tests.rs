@@ -1,0 +1,334 @@
+//! Pool-to-pool transfers between pool daemons running in this process on loopback.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+use tidepool_p2p::model::{ChecksumWriter, FileAttributes, NEVER, PoolMode, ReplicaState, StickyRecord};
+use tidepool_p2p::{ErrorCode, PnfsId, RemoteError};
+use tokio::net::TcpListener;
+
+use super::TransferSettings;
+use crate::admin::exec;
+use crate::daemon::{Daemon, Settings};
+use crate::pool::{ModeState, Pool, now_ms};
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    daemons: Vec<Daemon>,
+}
+
+impl Cluster {
+    async fn start(capacities: &[u64], transfers: TransferSettings) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ClusterKey::generate().unwrap();
+        let mut listeners = Vec::new();
+        let mut pools = Vec::new();
+        for i in 0..capacities.len() {
+            let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            pools.push(PoolEntry {
+                name: format!("pool{}", i + 1).parse().unwrap(),
+                p2p: data.local_addr().unwrap(),
+                admin: admin.local_addr().unwrap(),
+                groups: vec!["disk".into()],
+                tags: Default::default(),
+                hsm: vec![],
+            });
+            listeners.push((admin, data));
+        }
+        let cluster = ClusterFile { pools, links: vec![] };
+        let mut daemons = Vec::new();
+        for (i, (admin, data)) in listeners.into_iter().enumerate() {
+            let settings = Settings {
+                name: cluster.pools[i].name.clone(),
+                data_dir: dir.path().join(format!("pool{}", i + 1)),
+                capacity: capacities[i],
+                cluster: cluster.clone(),
+                key: key.clone(),
+                pin_owner_prefix: "PinManager".into(),
+                shutdown_grace: Duration::from_secs(5),
+                transfers: transfers.clone(),
+            };
+            daemons.push(Daemon::start(settings, admin, data).await.unwrap());
+        }
+        Cluster { _dir: dir, daemons }
+    }
+
+    fn pool(&self, n: usize) -> &Arc<Pool> {
+        self.daemons[n - 1].pool()
+    }
+
+    async fn stop(self) {
+        for d in self.daemons {
+            d.shutdown().await.unwrap();
+        }
+    }
+}
+
+fn content(id: &PnfsId, size: usize) -> Vec<u8> {
+    let mut x =
+        id.as_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |a, b| (a ^ *b as u64).wrapping_mul(0x100_0000_01b3));
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Stores a replica directly in a pool's repository.
+async fn put(pool: &Arc<Pool>, size: usize, state: ReplicaState, sticky: Vec<StickyRecord>) -> PnfsId {
+    let repo = pool.repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let id = PnfsId::from_random(tidepool_p2p::random::random_bytes().unwrap());
+        let now = now_ms();
+        let attrs = FileAttributes {
+            pnfsid: id,
+            size: size as u64,
+            checksum: None,
+            storage_class: Some("test:p2p".into()),
+            cache_class: None,
+            access_latency: None,
+            retention_policy: None,
+            hsm: None,
+            creation_time: now,
+            access_time: now - 60_000,
+        };
+        let mut inc = repo.create(attrs, ReplicaState::FromClient, now).unwrap();
+        inc.write(&content(&id, size)).unwrap();
+        inc.commit(state, sticky, None, now).unwrap();
+        id
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs an admin line on a pool as the admin endpoint would.
+async fn admin(pool: &Arc<Pool>, line: &str) -> Result<String, RemoteError> {
+    let pool = pool.clone();
+    let line = line.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut out = String::new();
+        exec::run_line(&pool, &line, &mut out).map(|()| out)
+    })
+    .await
+    .unwrap()
+}
+
+async fn read(pool: &Arc<Pool>, id: PnfsId) -> Vec<u8> {
+    let repo = pool.repo.clone();
+    tokio::task::spawn_blocking(move || {
+        let (_, mut data) = repo.open_data(&id, now_ms()).unwrap();
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes).unwrap();
+        bytes
+    })
+    .await
+    .unwrap()
+}
+
+fn checksum(bytes: &[u8]) -> tidepool_p2p::model::Checksum {
+    let mut c = ChecksumWriter::new();
+    c.update(bytes);
+    c.finish()
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Nothing of `id` is on `pool`: no replica, nothing being received, space back to `used`.
+fn nothing_of(pool: &Pool, id: PnfsId) {
+    assert!(pool.repo.get(&id).unwrap().is_none(), "{id} must not be on {}", pool.name);
+    assert!(pool.repo.incoming().is_empty(), "no partial replica on {}", pool.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_replicas_arrive_intact_over_one_connection() {
+    let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let large = put(source, 5 * 1024 * 1024 + 17, ReplicaState::Precious, vec![]).await;
+    let empty = put(source, 0, ReplicaState::Cached, vec![]).await;
+    let mut small = Vec::new();
+    for _ in 0..10 {
+        small.push(put(source, 4096, ReplicaState::Cached, vec![StickyRecord::new("alice", NEVER)]).await);
+    }
+    let before = source.repo.get(&large).unwrap().unwrap();
+    let reply = admin(target, &format!("pp get file -wait {large} pool1")).await.unwrap();
+    assert!(reply.contains(&format!("{large} from pool1: done, {} bytes", 5 * 1024 * 1024 + 17)), "{reply}");
+    for id in small.iter().chain([&empty]) {
+        admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
+    }
+    for id in small.iter().chain([&large, &empty]) {
+        let mine = target.repo.get(id).unwrap().unwrap();
+        let theirs = source.repo.get(id).unwrap().unwrap();
+        assert_eq!(mine.state, ReplicaState::Cached, "pp get file makes CACHED replicas");
+        assert!(mine.sticky.is_empty(), "sticky records are not copied by pp get file");
+        assert_eq!(mine.attrs.size, theirs.attrs.size);
+        assert_eq!(mine.attrs.checksum, theirs.attrs.checksum);
+        assert_eq!(mine.attrs.storage_class, theirs.attrs.storage_class);
+        let bytes = read(target, *id).await;
+        assert_eq!(Some(checksum(&bytes)), theirs.attrs.checksum);
+        assert!(bytes == content(id, theirs.attrs.size as usize));
+    }
+    assert_eq!(source.repo.get(&large).unwrap().unwrap(), before, "the source is unchanged, access time included");
+    assert_eq!(
+        target.transfers.connections_opened.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "twelve transfers, one after the other, share one connection"
+    );
+    let ls = admin(target, "pp ls -l").await.unwrap();
+    assert!(ls.contains("0 active of max 8, 0 queued"), "{ls}");
+    assert_eq!(ls.matches(" DONE ").count(), 12, "{ls}");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_byte_is_detected_and_nothing_is_committed() {
+    let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let id = put(source, 3 * 1024 * 1024, ReplicaState::Cached, vec![]).await;
+    let used = target.repo.space(now_ms()).used;
+    source.faults.corrupt_next(id);
+    let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err:?}");
+    assert!(err.message.contains("checksum mismatch"), "{}", err.message);
+    nothing_of(target, id);
+    assert_eq!(target.repo.space(now_ms()).used, used);
+    // The source's replica was never damaged: a second try succeeds.
+    admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
+    assert!(read(target, id).await == content(&id, 3 * 1024 * 1024));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_target_evicts_removable_replicas_or_refuses() {
+    let c = Cluster::start(&[1 << 30, 100_000], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let old = put(target, 40_000, ReplicaState::Cached, vec![]).await;
+    let precious = put(target, 40_000, ReplicaState::Precious, vec![]).await;
+    let wanted = put(source, 50_000, ReplicaState::Cached, vec![]).await;
+    admin(target, &format!("pp get file -wait {wanted} pool1")).await.unwrap();
+    assert!(target.repo.get(&old).unwrap().is_none(), "the cached replica made room");
+    assert!(target.repo.get(&precious).unwrap().is_some(), "the precious one stays");
+    assert!(read(target, wanted).await == content(&wanted, 50_000));
+    // Now only precious data and the new (cached, removable) copy: 60,000 cannot fit.
+    let big = put(source, 70_000, ReplicaState::Cached, vec![]).await;
+    admin(target, &format!("rep set precious {wanted}")).await.unwrap();
+    let err = admin(target, &format!("pp get file -wait {big} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PoolFull), "{err:?}");
+    assert!(err.message.starts_with("pool full"), "{}", err.message);
+    nothing_of(target, big);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_and_missing_replicas_are_refused_clearly() {
+    let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let id = put(source, 1000, ReplicaState::Cached, vec![]).await;
+
+    target
+        .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::RDONLY), error_code: 1, message: "x".into() })
+        .unwrap();
+    let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PoolDisabled));
+    assert!(err.message.contains("p2p-client"), "{}", err.message);
+    target.set_mode(ModeState::enabled()).unwrap();
+
+    source
+        .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::STRICT), error_code: 1, message: "x".into() })
+        .unwrap();
+    let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PoolDisabled));
+    assert!(err.message.contains("fetch"), "{}", err.message);
+    nothing_of(target, id);
+    admin(target, &format!("pp get file -wait -force-source-mode {id} pool1")).await.unwrap();
+    assert!(target.repo.get(&id).unwrap().is_some());
+    source.set_mode(ModeState::enabled()).unwrap();
+
+    let missing = PnfsId::from_random([7; 16]);
+    let err = admin(target, &format!("pp get file -wait {missing} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FileNotFound), "{err:?}");
+
+    let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FileExists), "{err:?}");
+    let err = admin(target, &format!("pp get file -wait {id} pool2")).await.unwrap_err();
+    assert!(err.message.contains("this pool"), "{}", err.message);
+    let err = admin(target, &format!("pp get file -wait {id} pool9")).await.unwrap_err();
+    assert!(err.message.contains("no pool named pool9"), "{}", err.message);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_the_transfer_quickly_and_leaves_nothing() {
+    let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let id = put(source, 8 * 1024 * 1024, ReplicaState::Cached, vec![]).await;
+    source.faults.slow_down(Some(Duration::from_millis(200)));
+    let reply = admin(target, &format!("pp get file {id} pool1")).await.unwrap();
+    assert!(reply.starts_with("[1] "), "{reply}");
+    until("some data to arrive", || {
+        target.transfers.list().first().is_some_and(|e| e.done.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    })
+    .await;
+    let ls = admin(target, "pp ls").await.unwrap();
+    assert!(ls.contains(&format!("[1] {id} from pool1 ACTIVE ")), "{ls}");
+    let cancelled_at = Instant::now();
+    assert_eq!(admin(target, "pp remove 1").await.unwrap(), "Removed transfer 1\n");
+    until("the transfer to end", || target.transfers.list().is_empty()).await;
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5), "a cancel ends within 5 s");
+    nothing_of(target, id);
+    assert!(admin(target, "pp ls -l").await.unwrap().contains("FAILED: transfer of"), "the cancel is reported");
+    // The source noticed too: its outgoing stream ended.
+    until("the source to stop sending", || source.transfers.outgoing.counts().0 == 0).await;
+    let err = admin(target, "pp remove 1").await.unwrap_err();
+    assert!(err.message.contains("no transfer 1"), "{}", err.message);
+    source.faults.slow_down(None);
+    admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
+    assert!(read(target, id).await == content(&id, 8 * 1024 * 1024), "and it can be repeated");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_transfer_fails_with_no_progress_and_queues_respect_max_active() {
+    let settings = TransferSettings { no_progress: Duration::from_secs(1), ..TransferSettings::default() };
+    let c = Cluster::start(&[1 << 30, 1 << 30], settings).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let ids = [
+        put(source, 1000, ReplicaState::Cached, vec![]).await,
+        put(source, 1000, ReplicaState::Cached, vec![]).await,
+        put(source, 1000, ReplicaState::Cached, vec![]).await,
+    ];
+    // A source that lets nobody read: the transfer waits, then gives up.
+    admin(source, "pp set max outgoing 0").await.unwrap();
+    let err = admin(target, &format!("pp get file -wait {} pool1", ids[0])).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Timeout));
+    assert_eq!(err.message, "no progress for 1 s (source pool1)");
+    nothing_of(target, ids[0]);
+
+    // One at a time on the target: the others queue, in order.
+    admin(target, "pp set max active 1").await.unwrap();
+    admin(source, "pp set max outgoing 16").await.unwrap();
+    source.faults.slow_down(Some(Duration::from_millis(300)));
+    for id in &ids {
+        admin(target, &format!("pp get file {id} pool1")).await.unwrap();
+    }
+    let ls = admin(target, "pp ls").await.unwrap();
+    assert_eq!(ls.lines().count(), 4, "a header and three transfers: {ls}");
+    assert!(ls.matches(" ACTIVE ").count() <= 1, "{ls}");
+    assert!(ls.matches(" QUEUED ").count() >= 2, "{ls}");
+    source.faults.slow_down(None);
+    until("all three to arrive", || ids.iter().all(|id| target.repo.get(id).unwrap().is_some())).await;
+    c.stop().await;
+}
