@@ -558,7 +558,7 @@ mod tests {
 
         check_err("pp set max active -1", "unknown option -1", "-1");
         check_err("pp set max active many", "invalid digit", "many");
-        check_err("pp remove x", "not a non-negative integer", "x");
+        check_err("pp remove x", "not a valid transfer id", "x");
     }
 
     #[test]
