@@ -1,1 +1,21 @@
+//! The migration module: jobs that copy, move or cache a pool's replicas onto other pools.
+//!
+//! **Invariant:** this crate never names sled and opens no sockets; it works through the
+//! repository and transport traits the pool daemon implements.
 
+pub mod filter;
+pub mod mode;
+
+/// A migration command or job that cannot go ahead, with the operator-facing message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrationError {
+    /// An option value or combination is invalid (the message is dCache's where it has one).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl MigrationError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        MigrationError::Invalid(msg.into())
+    }
+}

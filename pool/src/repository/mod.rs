@@ -346,6 +346,11 @@ impl Repository {
         let _ = self.changes.send(Change { pnfsid, kind });
     }
 
+        /// Whether an entry exists (being received included), from the index alone.
+    pub fn contains(&self, id: &PnfsId) -> bool {
+        self.index.lock().get(id).is_some()
+    }
+
     /// Number of entries, including those being received.
     pub fn len(&self) -> usize {
         self.index.lock().len()
