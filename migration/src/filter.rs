@@ -143,7 +143,8 @@ mod tests {
 
     #[test]
     fn intervals() {
-        let table: &[(&str, Option<(Option<i64>, Option<i64>)>)] = &[
+        type Bounds = Option<(Option<i64>, Option<i64>)>;
+        let table: &[(&str, Bounds)] = &[
             ("5", Some((Some(5), Some(5)))),
             ("5..", Some((Some(5), None))),
             ("..7", Some((None, Some(7)))),
