@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod mode;
+pub mod select;
 
 /// A migration command or job that cannot go ahead, with the operator-facing message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

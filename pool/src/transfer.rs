@@ -268,7 +268,7 @@ pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest)
 async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Result<Replica, RemoteError> {
     assert!(req.state.is_committed());
     pool.check_mode(Activity::P2pClient, false)?;
-        if pool.repo.contains(&req.pnfsid) {
+    if pool.repo.contains(&req.pnfsid) {
         return Err(RemoteError::new(
             ErrorCode::FileExists,
             format!("replica {} already exists in {}", req.pnfsid, pool.name),

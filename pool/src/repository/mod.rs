@@ -346,7 +346,7 @@ impl Repository {
         let _ = self.changes.send(Change { pnfsid, kind });
     }
 
-        /// Whether an entry exists (being received included), from the index alone.
+    /// Whether an entry exists (being received included), from the index alone.
     pub fn contains(&self, id: &PnfsId) -> bool {
         self.index.lock().get(id).is_some()
     }
