@@ -4,6 +4,7 @@
 //! repository and transport traits the pool daemon implements.
 
 pub mod filter;
+pub mod job_state;
 pub mod mode;
 pub mod select;
 
