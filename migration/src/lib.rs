@@ -7,6 +7,7 @@ pub mod filter;
 pub mod job_state;
 pub mod mode;
 pub mod select;
+pub mod task;
 
 /// A migration command or job that cannot go ahead, with the operator-facing message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

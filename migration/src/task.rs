@@ -1,0 +1,874 @@
+//! The task state machine: one file of one job (reference §4.5), as a pure function from
+//! (state, event) to (state, effects). The job's driver performs the effects (messages,
+//! timers) and feeds back what happened; nothing here does IO, so every row is table-tested.
+//!
+//! Departures from dCache, all deliberate (BRIEF "Where Tidepool goes beyond"):
+//! - every copy request is one *attempt* with its own [`AttemptId`]; replies and finished
+//!   messages of any other attempt are never credited to the current target (§10 item 24);
+//! - confirmed replicas are a set of pool names, so `-replicas=N` counts distinct pools;
+//! - a `LOCKED` refusal from one holder tries the next known holder (§10 item 10);
+//! - a checksum mismatch on an existing replica falls back to the next holder or a new copy
+//!   instead of failing for ever (§10 item 22);
+//! - a cancel is always passed on to the target and ends in bounded time, in every state;
+//! - pins travel with the copy that completes the wanted replicas, so the target's
+//!   confirmation of that copy is the confirmation that the pins are safe there (there is
+//!   no separate pin manager).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use tidepool_p2p::{AttemptId, ErrorCode, PoolName, RemoteError};
+
+use crate::select::NoTarget;
+
+/// Where a task is. `migration info` shows them as `TASK.<name>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Not started. Start -> GettingLocations.
+    Queued,
+    /// Asking the target pools which of them hold the file. -> UpdatingExistingFile,
+    /// InitiatingCopy, Failed, Cancelled.
+    GettingLocations,
+    /// Asking a holder to bring its replica up to the wanted state. -> Copying, itself (next
+    /// holder), InitiatingCopy, Failed, Cancelling, and on an early finish anything Copying can.
+    UpdatingExistingFile,
+    /// Asking a chosen pool to pull a new copy. -> Copying, WaitingForCopyFinishedMessage,
+    /// Failed, Cancelling.
+    InitiatingCopy,
+    /// The target accepted and works; pinged periodically. -> Pinging, Done, Failed, next
+    /// replica, Cancelling.
+    Copying,
+    /// Asked the target whether it still works on the attempt. -> Copying, NoResponse,
+    /// WaitingForCopyFinishedMessage, ...
+    Pinging,
+    /// A ping went unanswered; one more after a wait. -> Copying, Failed, ...
+    NoResponse,
+    /// The target no longer knows the attempt (or the request's fate is unknown); a
+    /// finished message may still be on its way. -> Done, Failed (timer), Cancelling.
+    WaitingForCopyFinishedMessage,
+    /// Cancelled; waiting for the target to confirm or for the timer. -> Cancelled, Done.
+    Cancelling,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Done | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How a request to a pool went wrong without an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Not delivered (no connection): the pool surely did nothing.
+    NotDelivered,
+    /// Sent, but no answer in time: the pool may be working on it.
+    NoAnswer,
+}
+
+/// Everything that can happen to a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskEvent {
+    Start,
+    /// The target pools holding a committed replica, in the order to try them.
+    Located {
+        holders: Vec<PoolName>,
+    },
+    LocateFailed(RemoteError),
+    CopyAccepted {
+        attempt: AttemptId,
+    },
+    CopyRefused {
+        attempt: AttemptId,
+        error: RemoteError,
+    },
+    CopyUnanswered {
+        attempt: AttemptId,
+        how: Unanswered,
+    },
+    /// A target's report on an attempt: the replica is there (with pins, if asked), or not.
+    Finished {
+        attempt: AttemptId,
+        target: PoolName,
+        result: Result<(), RemoteError>,
+    },
+    PingAnswered {
+        attempt: AttemptId,
+        alive: bool,
+    },
+    PingUnanswered {
+        attempt: AttemptId,
+    },
+    /// A timer set for `attempt` (by [`Effect::Timer`]) ran out.
+    Timer {
+        attempt: AttemptId,
+    },
+    Cancel {
+        reason: String,
+    },
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Ask every target pool which of them hold the file (batched with other tasks).
+    Locate,
+    /// Send a copy request. `existing`: the target holds a replica (update it); `pins`: the
+    /// source's pins go along.
+    Copy {
+        target: PoolName,
+        attempt: AttemptId,
+        existing: bool,
+        pins: bool,
+    },
+    Ping {
+        target: PoolName,
+        attempt: AttemptId,
+    },
+    Cancel {
+        target: PoolName,
+        attempt: AttemptId,
+        reason: String,
+    },
+    /// Deliver `Timer { attempt }` after `after`, unless the task moved on.
+    Timer {
+        attempt: AttemptId,
+        after: Duration,
+    },
+    /// The task is over.
+    Finish(Outcome),
+}
+
+/// How a task ended, for the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The wanted replicas are confirmed on these pools (and the pins, if any were to move).
+    Done {
+        replicas: Vec<PoolName>,
+    },
+    /// Retry later (`permanent: false`) or drop the file.
+    Failed {
+        permanent: bool,
+        error: RemoteError,
+    },
+    Cancelled,
+}
+
+/// The task's fixed parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskPlan {
+    /// Distinct pools that must hold the file.
+    pub replicas: usize,
+    pub eager: bool,
+    pub meta_only: bool,
+    /// The source has pins to move.
+    pub pins: bool,
+    pub timers: TaskTimers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskTimers {
+    /// Time in Copying before a ping.
+    pub ping: Duration,
+    /// Time in NoResponse before the second ping.
+    pub no_response: Duration,
+    /// Time to wait for a finished message that may be on its way, and for a cancel.
+    pub dead: Duration,
+}
+
+impl Default for TaskTimers {
+    fn default() -> Self {
+        TaskTimers {
+            ping: Duration::from_secs(120),
+            no_response: Duration::from_secs(120),
+            dead: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One file's task.
+#[derive(Clone, Debug)]
+pub struct Task {
+    state: TaskState,
+    plan: TaskPlan,
+    /// Holders not tried yet.
+    locations: VecDeque<PoolName>,
+    /// Pools confirmed to hold the replica in the wanted state.
+    replicas: BTreeSet<PoolName>,
+    /// Holders that refused or failed this time; not chosen for a new copy either.
+    tried: BTreeSet<PoolName>,
+    /// The attempt under way.
+    current: Option<Attempt>,
+    attempt_base: u64,
+    attempts: u64,
+    /// A confirmed copy carried the pins.
+    pins_moved: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Attempt {
+    id: AttemptId,
+    target: PoolName,
+    pins: bool,
+    /// The target held a replica and was asked to update it.
+    existing: bool,
+}
+
+/// Chooses a pool for a new copy, never one of `exclude`.
+pub type Selector<'a> = &'a dyn Fn(&BTreeSet<PoolName>) -> Result<PoolName, NoTarget>;
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> RemoteError {
+    RemoteError::new(code, msg)
+}
+
+impl Task {
+    /// A task whose attempt ids are `attempt_base + 1, + 2, ...` (unique within the pool).
+    pub fn new(plan: TaskPlan, attempt_base: u64) -> Task {
+        Task {
+            state: TaskState::Queued,
+            plan,
+            locations: VecDeque::new(),
+            replicas: BTreeSet::new(),
+            tried: BTreeSet::new(),
+            current: None,
+            attempt_base,
+            attempts: 0,
+            pins_moved: false,
+        }
+    }
+
+    pub fn state(&self) -> TaskState {
+        self.state
+    }
+
+    /// The pool of the attempt under way.
+    pub fn target(&self) -> Option<&PoolName> {
+        self.current.as_ref().map(|a| &a.target)
+    }
+
+    pub fn replicas(&self) -> &BTreeSet<PoolName> {
+        &self.replicas
+    }
+
+    fn is_current(&self, attempt: AttemptId) -> bool {
+        self.current.as_ref().is_some_and(|a| a.id == attempt)
+    }
+
+    /// Feeds one event; returns what to do. Events that do not apply are ignored.
+    pub fn step(&mut self, event: TaskEvent, select: Selector<'_>) -> Vec<Effect> {
+        use TaskState::*;
+        let mut fx = Vec::new();
+        if self.state.is_terminal() {
+            return fx;
+        }
+        // Anything about another attempt is not ours to act on.
+        match &event {
+            TaskEvent::CopyAccepted { attempt }
+            | TaskEvent::CopyRefused { attempt, .. }
+            | TaskEvent::CopyUnanswered { attempt, .. }
+            | TaskEvent::Finished { attempt, .. }
+            | TaskEvent::PingAnswered { attempt, .. }
+            | TaskEvent::PingUnanswered { attempt }
+            | TaskEvent::Timer { attempt }
+                if !self.is_current(*attempt) =>
+            {
+                return fx;
+            }
+            _ => {}
+        }
+        match (self.state, event) {
+            (Queued, TaskEvent::Start) => {
+                self.state = GettingLocations;
+                fx.push(Effect::Locate);
+            }
+            (Queued | GettingLocations, TaskEvent::Cancel { .. }) => self.finish(Outcome::Cancelled, &mut fx),
+            (GettingLocations, TaskEvent::LocateFailed(e)) => {
+                self.fail(false, err(ErrorCode::Timeout, format!("locating replicas failed: {}", e.message)), &mut fx)
+            }
+            (GettingLocations, TaskEvent::Located { holders }) => {
+                self.locations = holders.into();
+                self.next(select, &mut fx);
+            }
+            (UpdatingExistingFile | InitiatingCopy, TaskEvent::CopyAccepted { .. }) => {
+                self.state = Copying;
+                self.arm(self.plan.timers.ping, &mut fx);
+            }
+            (UpdatingExistingFile, TaskEvent::CopyRefused { error, .. }) => self.holder_failed(error, select, &mut fx),
+            (InitiatingCopy, TaskEvent::CopyRefused { error, .. }) => {
+                let target = self.target_name();
+                self.fail(false, err_code(&error, format!("Pool {target} failed ({})", error.message)), &mut fx)
+            }
+            (UpdatingExistingFile, TaskEvent::CopyUnanswered { how, .. }) => {
+                let target = self.target_name();
+                if how == Unanswered::NoAnswer {
+                    self.cancel_current(format!("no answer from {target}"), &mut fx);
+                }
+                self.tried.insert(target.clone());
+                if !self.locations.is_empty() {
+                    self.update_next(&mut fx);
+                } else if self.plan.eager && !self.plan.meta_only {
+                    self.initiate(select, &mut fx);
+                } else {
+                    self.fail(false, err(ErrorCode::Timeout, format!("Pool {target} failed (no response)")), &mut fx);
+                }
+            }
+            (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. }) => {
+                let target = self.target_name();
+                self.fail(false, err(ErrorCode::Offline, format!("Pool {target} failed (not reachable)")), &mut fx)
+            }
+            (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NoAnswer, .. }) => {
+                // The request may have arrived: tell the target to drop it, and wait for a
+                // finished message that may already be on its way.
+                let target = self.target_name();
+                self.cancel_current(format!("Timeout waiting for target pool {target}"), &mut fx);
+                self.state = WaitingForCopyFinishedMessage;
+                self.arm(self.plan.timers.dead, &mut fx);
+            }
+            (Copying, TaskEvent::Timer { attempt }) => {
+                self.state = Pinging;
+                fx.push(Effect::Ping { target: self.target_name(), attempt });
+            }
+            (Pinging | NoResponse, TaskEvent::PingAnswered { alive: true, .. }) => {
+                self.state = Copying;
+                self.arm(self.plan.timers.ping, &mut fx);
+            }
+            (Pinging | NoResponse, TaskEvent::PingAnswered { alive: false, .. }) => {
+                self.state = WaitingForCopyFinishedMessage;
+                self.arm(self.plan.timers.dead, &mut fx);
+            }
+            (Pinging, TaskEvent::PingUnanswered { .. }) => {
+                self.state = NoResponse;
+                self.arm(self.plan.timers.no_response, &mut fx);
+            }
+            (NoResponse, TaskEvent::Timer { attempt }) => {
+                self.state = Pinging;
+                fx.push(Effect::Ping { target: self.target_name(), attempt });
+            }
+            (NoResponse, TaskEvent::PingUnanswered { .. })
+            | (WaitingForCopyFinishedMessage, TaskEvent::Timer { .. }) => {
+                let target = self.target_name();
+                self.fail(false, err(ErrorCode::Timeout, format!("Pool {target} failed (no response)")), &mut fx)
+            }
+            (
+                UpdatingExistingFile | InitiatingCopy | Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage,
+                TaskEvent::Finished { target, result, .. },
+            ) => self.finished(target, result, select, &mut fx),
+            (
+                UpdatingExistingFile | InitiatingCopy | Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage,
+                TaskEvent::Cancel { reason },
+            ) => {
+                self.cancel_current(reason, &mut fx);
+                self.state = Cancelling;
+                self.arm(self.plan.timers.dead, &mut fx);
+            }
+            (Cancelling, TaskEvent::Finished { target, result: Ok(()), .. }) => {
+                // The copy completed before the cancel arrived: it is a confirmed replica, and
+                // the file counts as done only if that satisfies the job (then the source mode
+                // may be applied safely: the target confirmed).
+                self.replicas.insert(target);
+                self.current = None;
+                if self.replicas.len() >= self.plan.replicas && !self.pins_outstanding() {
+                    self.finish(Outcome::Done { replicas: self.replicas.iter().cloned().collect() }, &mut fx);
+                } else {
+                    self.finish(Outcome::Cancelled, &mut fx);
+                }
+            }
+            (Cancelling, TaskEvent::Finished { result: Err(_), .. }) | (Cancelling, TaskEvent::Timer { .. }) => {
+                self.current = None;
+                self.finish(Outcome::Cancelled, &mut fx);
+            }
+            _ => {}
+        }
+        fx
+    }
+
+    fn target_name(&self) -> PoolName {
+        self.current.as_ref().map(|a| a.target.clone()).unwrap_or_else(|| "unknown".parse().expect("a valid name"))
+    }
+
+    fn new_attempt(&mut self, target: PoolName, pins: bool, existing: bool) -> AttemptId {
+        self.attempts += 1;
+        let id = AttemptId(self.attempt_base + self.attempts);
+        self.current = Some(Attempt { id, target, pins, existing });
+        id
+    }
+
+    /// Starts the timer of the current attempt.
+    fn arm(&self, after: Duration, fx: &mut Vec<Effect>) {
+        if let Some(a) = &self.current {
+            fx.push(Effect::Timer { attempt: a.id, after });
+        }
+    }
+
+    fn cancel_current(&self, reason: String, fx: &mut Vec<Effect>) {
+        if let Some(a) = &self.current {
+            fx.push(Effect::Cancel { target: a.target.clone(), attempt: a.id, reason });
+        }
+    }
+
+    /// Whether the next confirmed replica completes the job (so the pins go with it).
+    fn last_one(&self) -> bool {
+        self.plan.pins && self.replicas.len() + 1 >= self.plan.replicas
+    }
+
+    fn pins_outstanding(&self) -> bool {
+        self.plan.pins && !self.pins_moved
+    }
+
+    /// After the holders are known or a replica was confirmed: the next step.
+    fn next(&mut self, select: Selector<'_>, fx: &mut Vec<Effect>) {
+        if self.replicas.len() >= self.plan.replicas && !self.pins_outstanding() {
+            self.finish(Outcome::Done { replicas: self.replicas.iter().cloned().collect() }, fx);
+        } else if !self.locations.is_empty() {
+            self.update_next(fx);
+        } else if !self.plan.meta_only {
+            self.initiate(select, fx);
+        } else {
+            let have = self.replicas.len();
+            let msg = if have == 0 {
+                "File skipped because it has no existing replicas".to_string()
+            } else {
+                format!(
+                    "File skipped because it does not have enough existing replicas ({have} of {})",
+                    self.plan.replicas
+                )
+            };
+            self.fail(true, err(ErrorCode::FileNotFound, msg), fx);
+        }
+    }
+
+    fn update_next(&mut self, fx: &mut Vec<Effect>) {
+        let Some(holder) = self.locations.pop_front() else { return };
+        let pins = self.last_one();
+        let attempt = self.new_attempt(holder.clone(), pins, true);
+        self.state = TaskState::UpdatingExistingFile;
+        fx.push(Effect::Copy { target: holder, attempt, existing: true, pins });
+    }
+
+    fn initiate(&mut self, select: Selector<'_>, fx: &mut Vec<Effect>) {
+        let mut exclude = self.replicas.clone();
+        exclude.extend(self.tried.iter().cloned());
+        match select(&exclude) {
+            Ok(target) => {
+                let pins = self.last_one();
+                let attempt = self.new_attempt(target.clone(), pins, false);
+                self.state = TaskState::InitiatingCopy;
+                fx.push(Effect::Copy { target, attempt, existing: false, pins });
+            }
+            Err(reason) => {
+                self.current = None;
+                self.fail(false, err(ErrorCode::Offline, format!("No targets available: {reason}")), fx);
+            }
+        }
+    }
+
+    /// A holder could not update its replica: the next holder, else a new copy.
+    fn holder_failed(&mut self, error: RemoteError, select: Selector<'_>, fx: &mut Vec<Effect>) {
+        let target = self.target_name();
+        self.tried.insert(target.clone());
+        if !self.locations.is_empty() {
+            self.update_next(fx);
+        } else if !self.plan.meta_only {
+            self.initiate(select, fx);
+        } else {
+            self.fail(false, err_code(&error, format!("Transfer to {target} failed ({})", error.message)), fx);
+        }
+    }
+
+    fn finished(
+        &mut self,
+        target: PoolName,
+        result: Result<(), RemoteError>,
+        select: Selector<'_>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let existing = self.current.as_ref().is_some_and(|a| a.existing);
+        match result {
+            Ok(()) => {
+                let pins = self.current.as_ref().is_some_and(|a| a.pins);
+                self.replicas.insert(target);
+                if pins {
+                    self.pins_moved = true;
+                }
+                self.current = None;
+                self.next(select, fx);
+            }
+            Err(e) if e.code() == Some(ErrorCode::FileNotFound) && !existing => self.fail(
+                true,
+                err_code(&e, format!("Transfer to {target} failed ({}); will not be retried", e.message)),
+                fx,
+            ),
+            // An existing replica that cannot be brought up to date (locked, corrupt, busy):
+            // try another holder or a new copy rather than this one again.
+            Err(e) if existing => self.holder_failed(e, select, fx),
+            Err(e) => self.fail(false, err_code(&e, format!("Transfer to {target} failed ({})", e.message)), fx),
+        }
+    }
+
+    fn fail(&mut self, permanent: bool, error: RemoteError, fx: &mut Vec<Effect>) {
+        self.finish(Outcome::Failed { permanent, error }, fx);
+    }
+
+    fn finish(&mut self, outcome: Outcome, fx: &mut Vec<Effect>) {
+        self.state = match outcome {
+            Outcome::Done { .. } => TaskState::Done,
+            Outcome::Failed { .. } => TaskState::Failed,
+            Outcome::Cancelled => TaskState::Cancelled,
+        };
+        fx.push(Effect::Finish(outcome));
+    }
+}
+
+/// An error with `e`'s code and a new message.
+fn err_code(e: &RemoteError, message: String) -> RemoteError {
+    RemoteError { code: e.code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: u32) -> PoolName {
+        format!("pool{n}").parse().unwrap()
+    }
+
+    fn plan(replicas: usize, eager: bool, meta_only: bool, pins: bool) -> TaskPlan {
+        TaskPlan { replicas, eager, meta_only, pins, timers: TaskTimers::default() }
+    }
+
+    /// A selector that picks the lowest-numbered pool of 1..=5 not excluded.
+    fn first_free(exclude: &BTreeSet<PoolName>) -> Result<PoolName, NoTarget> {
+        (1..=5).map(pool).find(|p| !exclude.contains(p)).ok_or(NoTarget::NoPools)
+    }
+
+    fn none(_: &BTreeSet<PoolName>) -> Result<PoolName, NoTarget> {
+        Err(NoTarget::AllFull)
+    }
+
+    const A1: AttemptId = AttemptId(1001);
+    const A2: AttemptId = AttemptId(1002);
+    const A3: AttemptId = AttemptId(1003);
+
+    /// Feeds `events` in order and checks the effects of each and the final state.
+    fn check(plan: TaskPlan, select: Selector<'_>, steps: Vec<(TaskEvent, Vec<Effect>)>, end: TaskState) -> Task {
+        let mut task = Task::new(plan, 1000);
+        for (i, (event, want)) in steps.into_iter().enumerate() {
+            let got = task.step(event.clone(), select);
+            assert_eq!(got, want, "step {i}: {event:?} in {:?}", task.state());
+        }
+        assert_eq!(task.state(), end);
+        task
+    }
+
+    fn copy(target: u32, attempt: AttemptId, existing: bool, pins: bool) -> Effect {
+        Effect::Copy { target: pool(target), attempt, existing, pins }
+    }
+
+    fn timer(attempt: AttemptId, after: u64) -> Effect {
+        Effect::Timer { attempt, after: Duration::from_secs(after) }
+    }
+
+    fn ok(attempt: AttemptId, target: u32) -> TaskEvent {
+        TaskEvent::Finished { attempt, target: pool(target), result: Ok(()) }
+    }
+
+    fn failed(attempt: AttemptId, target: u32, code: ErrorCode) -> TaskEvent {
+        TaskEvent::Finished { attempt, target: pool(target), result: Err(RemoteError::new(code, "boom")) }
+    }
+
+    fn done(pools: &[u32]) -> Effect {
+        Effect::Finish(Outcome::Done { replicas: pools.iter().map(|p| pool(*p)).collect() })
+    }
+
+    fn transient(msg: &str) -> impl Fn(&Effect) -> bool + '_ {
+        move |e| matches!(e, Effect::Finish(Outcome::Failed { permanent: false, error }) if error.message.contains(msg))
+    }
+
+    #[test]
+    fn a_new_copy_from_start_to_done() {
+        check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, false)]),
+                (TaskEvent::CopyAccepted { attempt: A1 }, vec![timer(A1, 120)]),
+                (TaskEvent::Timer { attempt: A1 }, vec![Effect::Ping { target: pool(1), attempt: A1 }]),
+                (TaskEvent::PingAnswered { attempt: A1, alive: true }, vec![timer(A1, 120)]),
+                (ok(A1, 1), vec![done(&[1])]),
+            ],
+            TaskState::Done,
+        );
+    }
+
+    #[test]
+    fn an_existing_replica_is_updated_and_a_finish_may_overtake_the_accept() {
+        check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![pool(3)] }, vec![copy(3, A1, true, false)]),
+                (ok(A1, 3), vec![done(&[3])]),
+                (TaskEvent::CopyAccepted { attempt: A1 }, vec![]),
+            ],
+            TaskState::Done,
+        );
+    }
+
+    #[test]
+    fn replicas_count_distinct_pools() {
+        let select = |exclude: &BTreeSet<PoolName>| {
+            // The first replica's pool must never be offered again.
+            first_free(exclude)
+        };
+        let task = check(
+            plan(2, false, false, false),
+            &select,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, false)]),
+                (ok(A1, 1), vec![copy(2, A2, false, false)]),
+                // A duplicate of the first report is about another attempt: ignored.
+                (ok(A1, 1), vec![]),
+                (ok(A2, 2), vec![done(&[1, 2])]),
+            ],
+            TaskState::Done,
+        );
+        assert_eq!(task.replicas().len(), 2);
+    }
+
+    #[test]
+    fn late_and_foreign_messages_are_never_credited() {
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        task.step(TaskEvent::CopyAccepted { attempt: A1 }, &first_free);
+        // A finish for an attempt this task never made, and one from a pool claiming ours.
+        assert!(task.step(ok(AttemptId(77), 1), &first_free).is_empty());
+        assert!(task.step(TaskEvent::Timer { attempt: AttemptId(77) }, &first_free).is_empty());
+        assert_eq!(task.state(), TaskState::Copying);
+        assert!(task.replicas().is_empty());
+    }
+
+    #[test]
+    fn a_locked_holder_hands_over_to_the_next_holder() {
+        let locked = TaskEvent::CopyRefused { attempt: A1, error: RemoteError::new(ErrorCode::FileBusy, "LOCKED") };
+        check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![pool(4), pool(5)] }, vec![copy(4, A1, true, false)]),
+                (locked, vec![copy(5, A2, true, false)]),
+                (ok(A2, 5), vec![done(&[5])]),
+            ],
+            TaskState::Done,
+        );
+    }
+
+    #[test]
+    fn a_corrupt_existing_replica_falls_back_to_a_new_copy_elsewhere() {
+        check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![pool(1)] }, vec![copy(1, A1, true, false)]),
+                (TaskEvent::CopyAccepted { attempt: A1 }, vec![timer(A1, 120)]),
+                (failed(A1, 1, ErrorCode::ChecksumMismatch), vec![copy(2, A2, false, false)]),
+                (ok(A2, 2), vec![done(&[2])]),
+            ],
+            TaskState::Done,
+        );
+    }
+
+    #[test]
+    fn meta_only_without_holders_is_dropped_for_good() {
+        let mut task = Task::new(plan(1, false, true, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        let fx = task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        assert!(matches!(&fx[..], [Effect::Finish(Outcome::Failed { permanent: true, error })]
+            if error.message == "File skipped because it has no existing replicas"));
+    }
+
+    #[test]
+    fn a_missing_source_file_is_permanent_other_failures_are_retried() {
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        let fx = task.step(failed(A1, 1, ErrorCode::FileNotFound), &first_free);
+        assert!(matches!(&fx[..], [Effect::Finish(Outcome::Failed { permanent: true, .. })]), "{fx:?}");
+
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        let fx = task.step(failed(A1, 1, ErrorCode::PoolFull), &first_free);
+        assert!(fx.iter().any(transient("Transfer to pool1 failed (boom)")), "{fx:?}");
+        assert!(
+            matches!(&fx[..], [Effect::Finish(Outcome::Failed { error, .. })] if error.code() == Some(ErrorCode::PoolFull))
+        );
+    }
+
+    #[test]
+    fn no_target_is_a_transient_failure() {
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &none);
+        let fx = task.step(TaskEvent::Located { holders: vec![] }, &none);
+        assert!(fx.iter().any(transient("No targets available: All target pools are full.")), "{fx:?}");
+    }
+
+    #[test]
+    fn an_unanswered_copy_is_cancelled_then_waited_for() {
+        check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, false)]),
+                (
+                    TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer },
+                    vec![
+                        Effect::Cancel {
+                            target: pool(1),
+                            attempt: A1,
+                            reason: "Timeout waiting for target pool pool1".into(),
+                        },
+                        timer(A1, 60),
+                    ],
+                ),
+                // It arrived after all, and completed.
+                (ok(A1, 1), vec![done(&[1])]),
+            ],
+            TaskState::Done,
+        );
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer }, &first_free);
+        let fx = task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
+        assert!(fx.iter().any(transient("Pool pool1 failed (no response)")), "{fx:?}");
+    }
+
+    #[test]
+    fn holders_that_do_not_answer_fail_non_eager_jobs_but_eager_ones_copy_anew() {
+        let unanswered = TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NotDelivered };
+        let mut lazy = Task::new(plan(1, false, false, false), 1000);
+        lazy.step(TaskEvent::Start, &first_free);
+        lazy.step(TaskEvent::Located { holders: vec![pool(4)] }, &first_free);
+        let fx = lazy.step(unanswered.clone(), &first_free);
+        assert!(fx.iter().any(transient("Pool pool4 failed (no response)")), "{fx:?}");
+
+        check(
+            plan(1, true, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![pool(4)] }, vec![copy(4, A1, true, false)]),
+                (unanswered, vec![copy(1, A2, false, false)]),
+            ],
+            TaskState::InitiatingCopy,
+        );
+    }
+
+    #[test]
+    fn pings_that_go_unanswered_twice_fail_the_task() {
+        let mut task = check(
+            plan(1, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, false)]),
+                (TaskEvent::CopyAccepted { attempt: A1 }, vec![timer(A1, 120)]),
+                (TaskEvent::Timer { attempt: A1 }, vec![Effect::Ping { target: pool(1), attempt: A1 }]),
+                (TaskEvent::PingUnanswered { attempt: A1 }, vec![timer(A1, 120)]),
+                (TaskEvent::Timer { attempt: A1 }, vec![Effect::Ping { target: pool(1), attempt: A1 }]),
+            ],
+            TaskState::Pinging,
+        );
+        let fx = task.step(TaskEvent::PingUnanswered { attempt: A1 }, &first_free);
+        assert_eq!(task.state(), TaskState::NoResponse);
+        assert_eq!(fx, vec![timer(A1, 120)]);
+        let fx = task.step(TaskEvent::PingAnswered { attempt: A1, alive: false }, &first_free);
+        assert_eq!((task.state(), fx), (TaskState::WaitingForCopyFinishedMessage, vec![timer(A1, 60)]));
+    }
+
+    #[test]
+    fn a_cancel_reaches_the_target_and_ends_in_bounded_time() {
+        for prelude in [0, 1, 2] {
+            let mut task = Task::new(plan(1, false, false, false), 1000);
+            task.step(TaskEvent::Start, &first_free);
+            task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+            if prelude >= 1 {
+                task.step(TaskEvent::CopyAccepted { attempt: A1 }, &first_free);
+            }
+            if prelude >= 2 {
+                task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer }, &first_free);
+                task.step(TaskEvent::PingAnswered { attempt: A1, alive: false }, &first_free);
+            }
+            let fx = task.step(TaskEvent::Cancel { reason: "operator".into() }, &first_free);
+            assert_eq!(
+                fx,
+                vec![Effect::Cancel { target: pool(1), attempt: A1, reason: "operator".into() }, timer(A1, 60)],
+                "prelude {prelude}"
+            );
+            assert_eq!(task.state(), TaskState::Cancelling);
+            let fx = task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
+            assert_eq!(fx, vec![Effect::Finish(Outcome::Cancelled)]);
+        }
+        // Cancelled before anything was sent: nothing to tell anyone.
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        assert_eq!(
+            task.step(TaskEvent::Cancel { reason: "x".into() }, &first_free),
+            vec![Effect::Finish(Outcome::Cancelled)]
+        );
+        // A copy that completes despite the cancel is a confirmed replica.
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        task.step(TaskEvent::Cancel { reason: "x".into() }, &first_free);
+        assert_eq!(task.step(ok(A1, 1), &first_free), vec![done(&[1])]);
+    }
+
+    #[test]
+    fn pins_go_with_the_copy_that_completes_the_replicas() {
+        check(
+            plan(2, false, false, true),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![pool(3)] }, vec![copy(3, A1, true, false)]),
+                (ok(A1, 3), vec![copy(1, A2, false, true)]),
+                (
+                    failed(A2, 1, ErrorCode::Io),
+                    vec![Effect::Finish(Outcome::Failed {
+                        permanent: false,
+                        error: RemoteError::new(ErrorCode::Io, "Transfer to pool1 failed (boom)"),
+                    })],
+                ),
+            ],
+            TaskState::Failed,
+        );
+        let task = check(
+            plan(1, false, false, true),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, true)]),
+                (ok(A1, 1), vec![done(&[1])]),
+            ],
+            TaskState::Done,
+        );
+        assert!(task.pins_moved);
+        let _ = A3;
+    }
+}
