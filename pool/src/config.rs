@@ -112,6 +112,11 @@ impl PoolConfig {
         if c.p2p_no_progress_seconds == 0 {
             return Err("p2p_no_progress_seconds must be at least 1".into());
         }
+        if c.p2p_max_active == 0 || c.p2p_max_outgoing == 0 {
+            return Err(
+                "p2p_max_active and p2p_max_outgoing must be at least 1 (pp set max ... 0 pauses at run time)".into()
+            );
+        }
         Ok(c)
     }
 

@@ -222,13 +222,21 @@ impl Transfers {
             RemoteError::new(ErrorCode::InvalidArgument, format!("no pool named {source} in the cluster file"))
         })?;
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
-        Connection::open(entry.p2p, &pool.key, pool.name.as_str(), Service::Data).await.map_err(|e| match e {
-            WireError::Remote(r) => r,
-            other => RemoteError::new(
-                ErrorCode::Offline,
-                format!("source pool {source} is offline: {other} at {}", entry.p2p),
-            ),
-        })
+        let conn =
+            Connection::open(entry.p2p, &pool.key, pool.name.as_str(), Service::Data).await.map_err(|e| match e {
+                WireError::Remote(r) => r,
+                other => RemoteError::new(
+                    ErrorCode::Offline,
+                    format!("source pool {source} is offline: {other} at {}", entry.p2p),
+                ),
+            })?;
+        if conn.pool != source.as_str() {
+            return Err(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                format!("the pool at {} calls itself {}, not {source}; check the cluster file", entry.p2p, conn.pool),
+            ));
+        }
+        Ok(conn)
     }
 
     fn give_back(&self, source: &PoolName, conn: Connection) {
@@ -284,7 +292,11 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
     let mut source_attrs: Option<FileAttributes> = None;
     let mut breaks = 0;
     let outcome = loop {
-        let mut conn = match transfers.connection(pool, &req.source).await {
+        let connected = tokio::select! {
+            c = transfers.connection(pool, &req.source) => c,
+            _ = entry.cancel.cancelled() => break Err(cancelled(req.pnfsid)),
+        };
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => break Err(e),
         };
@@ -293,10 +305,12 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
                 transfers.give_back(&req.source, conn);
                 break Ok(());
             }
-            Err(Stop::Broken(e)) if breaks < RESUMES && incoming.is_some() => {
+            // A reused connection the source has since closed breaks before any data: a fresh
+            // one is tried too.
+            Err(Stop::Broken(e)) if breaks < RESUMES => {
                 breaks += 1;
                 let at = incoming.as_ref().map(|i| i.written()).unwrap_or(0);
-                tracing::warn!(offset = at, "connection to the source broke ({}); resuming", e.message);
+                tracing::warn!(offset = at, "connection to the source broke ({}); trying a new one", e.message);
             }
             Err(Stop::Broken(e) | Stop::Fatal(e)) => break Err(e),
         }
@@ -338,7 +352,12 @@ async fn attempt(
         Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
         Ok(Err(e)) => return Err(broken(e)),
         Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => attributes,
-        Ok(Ok(DataReply::Error(e))) => return Err(Stop::Fatal(e)),
+        Ok(Ok(DataReply::Error(e))) => {
+            return Err(Stop::Fatal(RemoteError {
+                code: e.code,
+                message: format!("source {}: {}", req.source, e.message),
+            }));
+        }
         Ok(Ok(other)) => return Err(Stop::Fatal(protocol(format!("expected FetchReady, got {other:?}")))),
     };
     match source_attrs {
@@ -464,6 +483,9 @@ where
     let _pass = tokio::select! {
         pass = pool.transfers.outgoing.enter() => pass,
         _ = shutdown.cancelled() => return Err(WireError::Closed),
+        // The target sends nothing while it waits; anything (usually its hanging up) means it
+        // gave up, and its place in the queue goes to the next.
+        _ = reader.next() => return Err(WireError::Closed),
     };
     let repo = pool.repo.clone();
     let (replica, data) = match blocking(move || repo.open_for_copy(&pnfsid)).await {

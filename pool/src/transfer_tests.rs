@@ -285,7 +285,7 @@ async fn a_cancel_ends_the_transfer_quickly_and_leaves_nothing() {
     let ls = admin(target, "pp ls").await.unwrap();
     assert!(ls.contains(&format!("[1] {id} from pool1 ACTIVE ")), "{ls}");
     let cancelled_at = Instant::now();
-    assert_eq!(admin(target, "pp remove 1").await.unwrap(), "Removed transfer 1\n");
+    assert_eq!(admin(target, "pp remove 1").await.unwrap(), "Cancelling transfer 1; `pp ls -l` shows how it ended\n");
     until("the transfer to end", || target.transfers.list().is_empty()).await;
     assert!(cancelled_at.elapsed() < Duration::from_secs(5), "a cancel ends within 5 s");
     nothing_of(target, id);

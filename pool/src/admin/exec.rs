@@ -122,7 +122,7 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
                     format!("no transfer {id}; `pp ls` lists them"),
                 ));
             }
-            out.write(&format!("Removed transfer {id}\n"))?;
+            out.write(&format!("Cancelling transfer {id}; `pp ls -l` shows how it ended\n"))?;
             Ok(())
         }
     }
@@ -163,7 +163,12 @@ fn pp_get_file(
     };
     let task_pool = pool.clone();
     let progress = entry.clone();
-    let mut task = pool.tasks.spawn_on(async move { transfer::pull(&task_pool, entry, req).await }, &runtime);
+    // In the pool's span (this runs inside it), so its log lines name the pool.
+    let span = tracing::Span::current();
+    let mut task = pool.tasks.spawn_on(
+        tracing::Instrument::instrument(async move { transfer::pull(&task_pool, entry, req).await }, span),
+        &runtime,
+    );
     if !wait {
         out.write(&format!("[{id}] {pnfsid} from {source}: queued\n"))?;
         return Ok(());

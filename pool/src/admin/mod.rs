@@ -224,7 +224,10 @@ pub static COMMANDS: &[CommandSpec] = &[
             flag("store", "refuse client uploads"),
             flag("stage", "refuse staging from tape"),
             flag("p2p-client", "refuse to receive replicas from other pools"),
-            flag("p2p-server", "do not act as a pool-to-pool source"),
+            flag(
+                "p2p-server",
+                "mark the pool as not to be chosen as a pool-to-pool source (informational, as in dCache; -fetch refuses reads)",
+            ),
             flag("rdonly", "store, stage and p2p-client: the usual mode before vacating a pool"),
             flag("strict", "disable everything"),
             flag("draining", "as -rdonly, marked as draining"),
@@ -294,7 +297,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "pp set max outgoing",
         args: "<n>",
-        summary: "how many transfers other pools may read from this one at once; 0 pauses them",
+        summary: "how many transfers other pools may read from this one at once; beyond it they wait (and fail after their no-progress time)",
         details: "",
         options: &[],
         examples: &["pp set max outgoing 16"],
@@ -307,7 +310,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "pp remove",
         args: "<id>",
-        summary: "cancel an incoming transfer; its partial data is removed",
+        summary: "cancel an incoming transfer; its partial data is removed (a transfer already committing completes)",
         details: "",
         options: &[],
         examples: &["pp remove 3"],

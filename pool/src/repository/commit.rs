@@ -80,10 +80,14 @@ fn commit_batch(store: &dyn ReplicaStore, batch: &[Job]) -> Vec<StoreResult<()>>
     if let Err(e) = store.sync_data() {
         return undo(store, batch, &results, e, false);
     }
-    // 3. The records, then one flush.
+    // 3. The records, then one flush. A replica whose record cannot be written loses its
+    // data file too, so nothing of it stays behind.
     for (job, result) in batch.iter().zip(results.iter_mut()) {
         if result.is_ok() {
             *result = store.put_record(&job.id, &job.record);
+            if result.is_err() {
+                let _ = store.remove_data(&job.id);
+            }
         }
     }
     if let Err(e) = store.flush() {

@@ -1,8 +1,9 @@
 //! The production store: metadata in sled under `<dir>/meta`, one data file per replica under
 //! `<dir>/data/<PNFSID>`, partial data under `<dir>/incoming/<PNFSID>`.
 //!
-//! Durability: data is fdatasync'ed before `publish` renames it into `data/` and fsyncs that
-//! directory; `flush` calls sled's flush. On Linux sled flushes with `sync_file_range`, which does
+//! Durability: `publish` renames a file from `incoming/` into `data/`; `sync_data` makes every
+//! renamed file (content and directory entry) durable with one `syncfs`; `flush` calls sled's
+//! flush. The group committer (`commit.rs`) orders them: rename, sync, records, flush. On Linux sled flushes with `sync_file_range`, which does
 //! not flush the device's volatile write cache: see docs/durability.md.
 
 use std::fs::{self, File, OpenOptions};
