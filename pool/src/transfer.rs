@@ -514,29 +514,21 @@ where
         );
         return writer.send(&DataReply::Error(e)).await;
     }
-    let mut data = data;
-    let mut buf = vec![0u8; MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1)];
+    // Two buffers: the next chunk is read from disk while the current one is sent.
+    let chunk = MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1);
+    let mut spare = vec![0u8; chunk];
+    let mut pending =
+        (offset < size).then(|| read_ahead(data, vec![0u8; chunk], chunk.min((size - offset) as usize), Some(offset)));
     let mut pos = offset;
-    let mut first = true;
-    while pos < size {
-        let want = buf.len().min((size - pos) as usize);
-        let seek_to = first.then_some(pos);
-        first = false;
-        let read = blocking(move || {
-            let r = (|| {
-                if let Some(at) = seek_to {
-                    std::io::Seek::seek(&mut data, std::io::SeekFrom::Start(at))?;
-                }
-                crate::daemon::read_full(&mut data, &mut buf[..want])
-            })();
-            (data, buf, r)
-        });
-        let (d, b, result) = tokio::select! {
+    while let Some(reading) = pending.take() {
+        let (data, buf, result) = tokio::select! {
             _ = shutdown.cancelled() => return Err(WireError::Closed),
-            r = read => r,
+            r = reading => match r {
+                Ok(x) => x,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            },
         };
-        data = d;
-        buf = b;
+        let want = chunk.min((size - pos) as usize);
         let n = match result {
             Ok(n) if n == want => n,
             Ok(n) => {
@@ -553,6 +545,13 @@ where
                 return writer.send(&DataReply::Error(e)).await;
             }
         };
+        pos += n as u64;
+        if pos < size {
+            let next = chunk.min((size - pos) as usize);
+            pending = Some(read_ahead(data, std::mem::take(&mut spare), next, None));
+        }
+        #[cfg(test)]
+        let mut buf = buf;
         #[cfg(test)]
         {
             pool.faults.apply(&pnfsid, &mut buf[..n]);
@@ -560,11 +559,48 @@ where
                 tokio::time::sleep(pause).await;
             }
         }
-        writer.send_data(&buf[..n]).await?;
-        pos += n as u64;
+        guarded(shutdown, pool.transfers.no_progress(), writer.send_data(&buf[..n])).await?;
+        spare = buf;
     }
-    writer.flush().await?;
-    writer.send(&DataReply::FetchEnd { transfer }).await
+    guarded(shutdown, pool.transfers.no_progress(), async {
+        writer.flush().await?;
+        writer.send(&DataReply::FetchEnd { transfer }).await
+    })
+    .await
+}
+
+type ReadResult = (crate::repository::DataRead, Vec<u8>, std::io::Result<usize>);
+
+/// Reads the next `want` bytes (after seeking to `seek`, if given) on the blocking pool.
+fn read_ahead(
+    mut data: crate::repository::DataRead,
+    mut buf: Vec<u8>,
+    want: usize,
+    seek: Option<u64>,
+) -> tokio::task::JoinHandle<ReadResult> {
+    tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            if let Some(at) = seek {
+                std::io::Seek::seek(&mut data, std::io::SeekFrom::Start(at))?;
+            }
+            crate::daemon::read_full(&mut data, &mut buf[..want])
+        })();
+        (data, buf, result)
+    })
+}
+
+/// Runs a write to a target that may have stopped reading: it gives up at shutdown, or when
+/// the target takes nothing for `limit`. Either way the connection is dropped (a write cut
+/// short leaves a torn frame), which frees the outgoing place.
+async fn guarded(
+    shutdown: &CancellationToken,
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), WireError>>,
+) -> Result<(), WireError> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(WireError::Closed),
+        r = tokio::time::timeout(limit, write) => r.unwrap_or(Err(WireError::Timeout(limit))),
+    }
 }
 
 /// Test-only fault injection: flips a byte of the next transfer of a chosen replica as the

@@ -166,9 +166,14 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
     let before = source.repo.get(&large).unwrap().unwrap();
     let reply = admin(target, &format!("pp get file -wait {large} pool1")).await.unwrap();
     assert!(reply.contains(&format!("{large} from pool1: done, {} bytes", 5 * 1024 * 1024 + 17)), "{reply}");
-    for id in small.iter().chain([&empty]) {
-        admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
-    }
+    let opened = || target.transfers.connections_opened.load(std::sync::atomic::Ordering::Relaxed);
+    admin(target, &format!("pp get file -wait {} pool1", small[0])).await.unwrap();
+    assert_eq!(opened(), 1, "two transfers, one after the other, share one connection");
+    // One command for many files: each its own transfer, each reported.
+    let ids: Vec<String> = small[1..].iter().chain([&empty]).map(|id| id.to_string()).collect();
+    let reply = admin(target, &format!("pp get file -wait {} pool1", ids.join(" "))).await.unwrap();
+    assert_eq!(reply.matches(": done, ").count(), 10, "{reply}");
+    assert!(opened() <= 8, "at most one connection per transfer running at once (max active 8)");
     for id in small.iter().chain([&large, &empty]) {
         let mine = target.repo.get(id).unwrap().unwrap();
         let theirs = source.repo.get(id).unwrap().unwrap();
@@ -182,14 +187,17 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
         assert!(bytes == content(id, theirs.attrs.size as usize));
     }
     assert_eq!(source.repo.get(&large).unwrap().unwrap(), before, "the source is unchanged, access time included");
-    assert_eq!(
-        target.transfers.connections_opened.load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "twelve transfers, one after the other, share one connection"
-    );
+
     let ls = admin(target, "pp ls -l").await.unwrap();
     assert!(ls.contains("0 active of max 8, 0 queued"), "{ls}");
     assert_eq!(ls.matches(" DONE ").count(), 12, "{ls}");
+    // A batch with a file the source lacks: the others arrive, the command says how many failed.
+    let more = put(source, 100, ReplicaState::Cached, vec![]).await;
+    let missing = PnfsId::from_random([9; 16]);
+    let err = admin(target, &format!("pp get file -wait {more} {missing} pool1")).await.unwrap_err();
+    assert_eq!(err.message, "1 of 2 transfers failed");
+    assert_eq!(err.code(), Some(ErrorCode::FileNotFound));
+    assert!(target.repo.get(&more).unwrap().is_some());
     c.stop().await;
 }
 

@@ -101,8 +101,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             out.write("Pool enabled\n")?;
             Ok(())
         }
-        Command::PpGetFile { pnfsid, source, wait, force_source_mode } => {
-            pp_get_file(pool, pnfsid, source, wait, force_source_mode, out)
+        Command::PpGetFile { pnfsids, source, wait, force_source_mode } => {
+            pp_get_file(pool, pnfsids, source, wait, force_source_mode, out)
         }
         Command::PpLs { long } => pp_ls(pool, long, out),
         Command::PpSetMaxActive(n) => {
@@ -133,7 +133,7 @@ const WAIT_REPORT: Duration = Duration::from_secs(10);
 
 fn pp_get_file(
     pool: &Arc<Pool>,
-    pnfsid: PnfsId,
+    pnfsids: Vec<PnfsId>,
     source: PoolName,
     wait: bool,
     force_source_mode: bool,
@@ -151,49 +151,72 @@ fn pp_get_file(
             format!("no pool named {source} in the cluster file"),
         ));
     }
-    let entry = pool.transfers.register(pnfsid, source.clone());
-    let id = entry.id;
-    let req = PullRequest {
-        pnfsid,
-        source: source.clone(),
-        state: ReplicaState::Cached,
-        sticky: Vec::new(),
-        atime: None,
-        force_source_mode,
-    };
-    let task_pool = pool.clone();
-    let progress = entry.clone();
-    // In the pool's span (this runs inside it), so its log lines name the pool.
+    // In the pool's span (this runs inside it), so the transfers' log lines name the pool.
     let span = tracing::Span::current();
-    let mut task = pool.tasks.spawn_on(
-        tracing::Instrument::instrument(async move { transfer::pull(&task_pool, entry, req).await }, span),
-        &runtime,
-    );
+    let mut started = Vec::with_capacity(pnfsids.len());
+    let mut queued = String::new();
+    for pnfsid in pnfsids {
+        let entry = pool.transfers.register(pnfsid, source.clone());
+        let id = entry.id;
+        let req = PullRequest {
+            pnfsid,
+            source: source.clone(),
+            state: ReplicaState::Cached,
+            sticky: Vec::new(),
+            atime: None,
+            force_source_mode,
+        };
+        let task_pool = pool.clone();
+        let progress = entry.clone();
+        let work = async move { transfer::pull(&task_pool, entry, req).await };
+        let task = pool.tasks.spawn_on(tracing::Instrument::instrument(work, span.clone()), &runtime);
+        let _ = writeln!(queued, "[{id}] {pnfsid} from {source}: queued");
+        started.push((id, pnfsid, progress, task));
+    }
     if !wait {
-        out.write(&format!("[{id}] {pnfsid} from {source}: queued\n"))?;
+        out.write(&queued)?;
         return Ok(());
     }
-    let started = std::time::Instant::now();
-    loop {
-        match runtime.block_on(async { tokio::time::timeout(WAIT_REPORT, &mut task).await }) {
-            Ok(joined) => {
-                let replica = joined
-                    .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("transfer task failed: {e}")))??;
-                let secs = started.elapsed().as_secs_f64();
-                let checksum = replica.attrs.checksum.map(|c| c.to_string()).unwrap_or_default();
-                out.write(&format!(
-                    "[{id}] {pnfsid} from {source}: done, {} bytes, {checksum}, {:.1} s\n",
-                    replica.attrs.size, secs
-                ))?;
-                return Ok(());
+    let clock = std::time::Instant::now();
+    let count = started.len();
+    let mut first_error = None;
+    let mut failures = 0;
+    for (id, pnfsid, progress, mut task) in started {
+        let result = loop {
+            match runtime.block_on(async { tokio::time::timeout(WAIT_REPORT, &mut task).await }) {
+                Ok(joined) => {
+                    break joined
+                        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("transfer task failed: {e}")))
+                        .and_then(|r| r);
+                }
+                Err(_) => {
+                    let done = progress.done.load(Ordering::Relaxed);
+                    let size = progress.size.load(Ordering::Relaxed);
+                    // If the client left, the transfers go on; `pp ls` still shows them.
+                    out.write(&format!("[{id}] {pnfsid} from {source}: {done}/{size} bytes\n"))?;
+                }
             }
-            Err(_) => {
-                let done = progress.done.load(Ordering::Relaxed);
-                let size = progress.size.load(Ordering::Relaxed);
-                // If the client left, the transfer goes on; `pp ls` still shows it.
-                out.write(&format!("[{id}] {pnfsid} from {source}: {done}/{size} bytes\n"))?;
+        };
+        match result {
+            Ok(replica) => {
+                let checksum = replica.attrs.checksum.map(|c| c.to_string()).unwrap_or_default();
+                let secs = clock.elapsed().as_secs_f64();
+                out.write(&format!(
+                    "[{id}] {pnfsid} from {source}: done, {} bytes, {checksum}, {secs:.1} s\n",
+                    replica.attrs.size
+                ))?;
+            }
+            Err(e) if count == 1 => return Err(e),
+            Err(e) => {
+                out.write(&format!("[{id}] {pnfsid} from {source}: failed: {} (rc={})\n", e.message, e.code))?;
+                failures += 1;
+                first_error.get_or_insert(e);
             }
         }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(RemoteError { code: e.code, message: format!("{failures} of {count} transfers failed") }),
     }
 }
 

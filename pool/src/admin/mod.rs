@@ -22,7 +22,7 @@ pub enum Command {
     RepRm { pnfsid: PnfsId, force: bool },
     PoolDisable { bits: u32, error_code: i32, message: String },
     PoolEnable,
-    PpGetFile { pnfsid: PnfsId, source: PoolName, wait: bool, force_source_mode: bool },
+    PpGetFile { pnfsids: Vec<PnfsId>, source: PoolName, wait: bool, force_source_mode: bool },
     PpLs { long: bool },
     PpSetMaxActive(usize),
     PpSetMaxOutgoing(usize),
@@ -246,11 +246,12 @@ pub static COMMANDS: &[CommandSpec] = &[
     },
     CommandSpec {
         name: "pp get file",
-        args: "<pnfsid> <sourcePool>",
-        summary: "copy a replica from another pool to this one (pool-to-pool transfer)",
+        args: "<pnfsid>... <sourcePool>",
+        summary: "copy replicas from another pool to this one (pool-to-pool transfers)",
         details: "The new replica is CACHED. It is committed only after its size and checksum match the\n\
-                  source's and its data and record are on disk. Without -wait the transfer is queued and\n\
-                  the command returns at once; `pp ls` shows it.",
+                  source's and its data and record are on disk. Without -wait the transfers are queued and\n\
+                  the command returns at once; `pp ls` shows them. Several pnfsids may be given (the\n\
+                  source pool comes last); each is its own transfer.",
         options: &[
             flag("wait", "wait for the transfer to end and report its result (progress every 10 s)"),
             flag("force-source-mode", "copy even if the source is disabled for fetch"),
@@ -260,11 +261,12 @@ pub static COMMANDS: &[CommandSpec] = &[
             "pp get file -wait 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool1",
         ],
         parse: |inv| {
-            let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
-            let source = inv.parse_arg(inv.arg(1, "source pool")?)?;
-            inv.at_most(2)?;
+            inv.arg(1, "source pool")?;
+            let (last, ids) = inv.args.split_last().expect("two arguments were checked");
+            let source = inv.parse_arg(last)?;
+            let pnfsids = ids.iter().map(|t| inv.parse_arg(t)).collect::<Result<_, _>>()?;
             Ok(Command::PpGetFile {
-                pnfsid,
+                pnfsids,
                 source,
                 wait: inv.flag("wait")?,
                 force_source_mode: inv.flag("force-source-mode")?,
@@ -530,7 +532,21 @@ mod tests {
         check("pool enable", Command::PoolEnable);
         check(
             &format!("pp get file -wait {ID} pool2"),
-            Command::PpGetFile { pnfsid: id(), source: "pool2".parse().unwrap(), wait: true, force_source_mode: false },
+            Command::PpGetFile {
+                pnfsids: vec![id()],
+                source: "pool2".parse().unwrap(),
+                wait: true,
+                force_source_mode: false,
+            },
+        );
+        check(
+            &format!("pp get file {ID} {ID} pool2"),
+            Command::PpGetFile {
+                pnfsids: vec![id(), id()],
+                source: "pool2".parse().unwrap(),
+                wait: false,
+                force_source_mode: false,
+            },
         );
         check("pp ls -l", Command::PpLs { long: true });
         check("pp set max active 0", Command::PpSetMaxActive(0));
