@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -243,6 +243,160 @@ pub fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     })
 }
 
+/// Polls `probe` (with a short pause between looks) until it returns `Some`, and returns that
+/// value; panics naming `what` if `timeout` passes first. For waiting on an observable state,
+/// never for letting time pass.
+#[track_caller]
+pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: not seen within {timeout:?}");
+        }
+        thread::sleep(POLL_PAUSE);
+    }
+}
+
+/// The counters of `pp ls`'s first line (`incoming: 1 active of max 8, 0 queued; outgoing: 0
+/// active of max 16, 0 queued; connections opened: 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PpCounts {
+    pub active: u64,
+    pub max_active: u64,
+    pub queued: u64,
+    pub outgoing: u64,
+    pub max_outgoing: u64,
+    pub outgoing_queued: u64,
+    pub connections_opened: u64,
+}
+
+/// What one `pp ls` line says about a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PpState {
+    Active { done: u64, size: u64 },
+    Queued,
+    Done { bytes: u64 },
+    Failed { message: String },
+}
+
+/// One transfer line of `pp ls` (`[<id>] <pnfsid> from <pool> <state...>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PpLine {
+    pub id: u64,
+    pub pnfsid: String,
+    pub source: String,
+    pub state: PpState,
+}
+
+/// `pp ls` (or `pp ls -l`) output, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PpListing {
+    pub counts: PpCounts,
+    pub transfers: Vec<PpLine>,
+}
+
+impl PpListing {
+    /// Parses the whole output; `None` if any line is not what `pp ls` prints.
+    pub fn parse(text: &str) -> Option<PpListing> {
+        let mut lines = text.lines();
+        let counts = PpCounts::parse(lines.next()?)?;
+        let transfers = lines.map(PpLine::parse).collect::<Option<Vec<_>>>()?;
+        Some(PpListing { counts, transfers })
+    }
+
+    /// The lines about `pnfsid`, oldest first.
+    pub fn of(&self, pnfsid: &str) -> Vec<&PpLine> {
+        self.transfers.iter().filter(|t| t.pnfsid == pnfsid).collect()
+    }
+}
+
+impl PpCounts {
+    /// Parses the first line of `pp ls`; `None` for any other line.
+    pub fn parse(line: &str) -> Option<PpCounts> {
+        let rest = line.strip_prefix("incoming: ")?;
+        let (incoming, rest) = rest.split_once("; outgoing: ")?;
+        let (outgoing, opened) = rest.split_once("; connections opened: ")?;
+        // `<n> active of max <m>, <q> queued`
+        let triple = |text: &str| -> Option<(u64, u64, u64)> {
+            let (active, rest) = text.split_once(" active of max ")?;
+            let (max, queued) = rest.split_once(", ")?;
+            Some((active.parse().ok()?, max.parse().ok()?, queued.strip_suffix(" queued")?.parse().ok()?))
+        };
+        let (active, max_active, queued) = triple(incoming)?;
+        let (outgoing, max_outgoing, outgoing_queued) = triple(outgoing)?;
+        Some(PpCounts {
+            active,
+            max_active,
+            queued,
+            outgoing,
+            max_outgoing,
+            outgoing_queued,
+            connections_opened: opened.parse().ok()?,
+        })
+    }
+}
+
+impl PpLine {
+    /// Parses one transfer line of `pp ls -l`; `None` for any other line.
+    pub fn parse(line: &str) -> Option<PpLine> {
+        let rest = line.strip_prefix('[')?;
+        let (id, rest) = rest.split_once("] ")?;
+        let (pnfsid, rest) = rest.split_once(" from ")?;
+        pnfsid.parse::<PnfsId>().ok()?;
+        let (source, rest) = rest.split_once(' ')?;
+        let state = if let Some(failed) = rest.strip_prefix("FAILED: ") {
+            PpState::Failed { message: failed.to_string() }
+        } else {
+            let words: Vec<&str> = rest.split(' ').collect();
+            match words.as_slice() {
+                ["ACTIVE", progress, "bytes", _rate, "MiB/s", _age, "s"] => {
+                    let (done, size) = progress.split_once('/')?;
+                    PpState::Active { done: done.parse().ok()?, size: size.parse().ok()? }
+                }
+                ["QUEUED", age, "s"] => {
+                    age.parse::<u64>().ok()?;
+                    PpState::Queued
+                }
+                ["DONE", bytes, "bytes", "in", _secs, "s"] => PpState::Done { bytes: bytes.parse().ok()? },
+                _ => return None,
+            }
+        };
+        Some(PpLine { id: id.parse().ok()?, pnfsid: pnfsid.into(), source: source.into(), state })
+    }
+}
+
+/// Connects to `addr`, sends `bytes` (which may be nothing) instead of a handshake, and expects
+/// the pool to hang up within `timeout`: reading past whatever the pool says ends with EOF or
+/// a reset, not with the timeout. Returns how long the pool took after the bytes were sent.
+#[track_caller]
+pub fn expect_hang_up(addr: SocketAddr, bytes: &[u8], timeout: Duration, what: &str) -> Duration {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{what}: connect to {addr}: {e}"));
+    expect_closed(&mut stream, bytes, timeout, what)
+}
+
+/// [`expect_hang_up`] on a stream connected earlier (a client that has said nothing so far);
+/// returns how long the pool took from now.
+#[track_caller]
+pub fn expect_closed(stream: &mut TcpStream, bytes: &[u8], timeout: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(timeout)).expect("set a read timeout");
+    // A peer that stops reading may make our write fail with a reset; that is being dropped too.
+    if !bytes.is_empty() {
+        let _ = stream.write_all(bytes);
+    }
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {}
+        Err(e) => panic!("{what}: the pool did not hang up within {timeout:?}: {e}"),
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    started.elapsed()
+}
+
 /// One pool of a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
@@ -332,6 +486,25 @@ impl Cluster {
     /// The pool's data directory (`meta/`, `data/`, `incoming/`).
     pub fn data_dir(&self, pool: &str) -> PathBuf {
         self.path(pool)
+    }
+
+    /// The files in the pool's `incoming/` (partial data of uploads and transfers under way),
+    /// with their sizes, sorted by name. A file that vanishes while being listed is left out.
+    pub fn incoming(&self, pool: &str) -> Vec<(String, u64)> {
+        let dir = self.data_dir(pool).join("incoming");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+        let mut files: Vec<(String, u64)> = entries
+            .map(|e| e.unwrap_or_else(|e| panic!("read {}: {e}", dir.display())))
+            .filter_map(|e| Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len())))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The size of `incoming/<pnfsid>` in the pool's data directory, if it is there.
+    pub fn incoming_len(&self, pool: &str, pnfsid: &str) -> Option<u64> {
+        let path = self.data_dir(pool).join("incoming").join(pnfsid);
+        std::fs::metadata(path).ok().map(|m| m.len())
     }
 
     pub fn log_path(&self, pool: &str) -> PathBuf {
@@ -432,12 +605,30 @@ impl Cluster {
         child.wait().unwrap_or_else(|e| panic!("reap {pool}: {e}"))
     }
 
+    /// Stops the pool's process with SIGSTOP: it keeps its sockets and files but does nothing
+    /// until [`Cluster::thaw`] (or [`Cluster::kill9`], which works on a frozen process). Peers
+    /// see a pool that stopped reading and writing, as with a stalled machine; the pool's own
+    /// timers count the frozen time once it runs again. Do not [`Cluster::stop`] a frozen pool:
+    /// SIGTERM waits for SIGCONT.
+    #[track_caller]
+    pub fn freeze(&mut self, pool: &str) {
+        let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        signal(child, libc::SIGSTOP);
+    }
+
+    /// Resumes a pool stopped with [`Cluster::freeze`] (SIGCONT).
+    #[track_caller]
+    pub fn thaw(&mut self, pool: &str) {
+        let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        signal(child, libc::SIGCONT);
+    }
+
     /// Sends SIGTERM and waits (up to [`STOP_DEADLINE`]) for the pool to exit; returns how it
     /// exited. A pool that does not exit in time is killed and the test fails.
     #[track_caller]
     pub fn stop(&mut self, pool: &str) -> ExitStatus {
         let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
-        terminate(&child);
+        signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + STOP_DEADLINE;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -502,6 +693,15 @@ impl Cluster {
         let out = self.admin(&format!("cd {pool}\ninfo\n"));
         out.assert_success("info");
         out.stdout
+    }
+
+    /// `cd <pool>` then `pp ls -l`, parsed. Panics if the shell fails or prints something
+    /// else.
+    #[track_caller]
+    pub fn pp_ls(&self, pool: &str) -> PpListing {
+        let out = self.admin(&format!("cd {pool}\npp ls -l\n"));
+        out.assert_success("pp ls -l");
+        PpListing::parse(&out.stdout).unwrap_or_else(|| panic!("not `pp ls -l` output:\n{out}"))
     }
 
     /// `tidepool put --cluster <file> --pool POOL ARGS... FILES...`.
@@ -584,14 +784,15 @@ pub fn parse_put(stdout: &str, files: &[&Path]) -> Vec<String> {
         .collect()
 }
 
-/// Sends SIGTERM to a child that has not been reaped, so its pid cannot have been reused.
+/// Sends `sig` to a child that has not been reaped, so its pid cannot have been reused.
 #[allow(unsafe_code)]
-fn terminate(child: &Child) {
+#[track_caller]
+fn signal(child: &Child, sig: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
     // SAFETY: kill(2) takes two integers and touches no memory of ours; the pid is our own
     // un-reaped child, so it names that process and no other.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill -TERM {pid}: {}", std::io::Error::last_os_error());
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill -{sig} {pid}: {}", std::io::Error::last_os_error());
 }
 
 impl Drop for Cluster {
@@ -632,6 +833,54 @@ mod tests {
         check("0000XYZ <C----------L(0)[0]> 1 si={a}", None);
         check("Pool disabled", None);
         check("", None);
+    }
+
+    #[test]
+    fn pp_ls_lines_parse_and_others_do_not() {
+        let id = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90";
+        let check = |line: &str, want: Option<PpState>| {
+            let got = PpLine::parse(line);
+            if let Some(got) = &got {
+                assert_eq!((got.id, got.pnfsid.as_str(), got.source.as_str()), (3, id, "pool1"), "{line:?}");
+            }
+            assert_eq!(got.map(|l| l.state), want, "{line:?}");
+        };
+        check(
+            &format!("[3] {id} from pool1 ACTIVE 1048576/67108864 bytes 12.5 MiB/s 2 s"),
+            Some(PpState::Active { done: 1 << 20, size: 64 << 20 }),
+        );
+        check(&format!("[3] {id} from pool1 QUEUED 0 s"), Some(PpState::Queued));
+        check(&format!("[3] {id} from pool1 DONE 5000 bytes in 0.1 s"), Some(PpState::Done { bytes: 5000 }));
+        check(
+            &format!("[3] {id} from pool1 FAILED: source pool pool1 is offline: x (rc=20004)"),
+            Some(PpState::Failed { message: "source pool pool1 is offline: x (rc=20004)".into() }),
+        );
+        check(&format!("[3] {id} from pool1 DONE many bytes in 0.1 s"), None);
+        check(&format!("[3] {id} from pool1 ACTIVE 1/2 bytes"), None);
+        check(&format!("[x] {id} from pool1 QUEUED 0 s"), None);
+        check("[3] 0000XYZ from pool1 QUEUED 0 s", None);
+        check("incoming: 0 active of max 8, 0 queued", None);
+        check("", None);
+
+        let header =
+            "incoming: 1 active of max 8, 2 queued; outgoing: 3 active of max 16, 4 queued; connections opened: 5";
+        let listing = PpListing::parse(&format!("{header}\n[3] {id} from pool1 QUEUED 0 s\n")).expect("parses");
+        assert_eq!(
+            listing.counts,
+            PpCounts {
+                active: 1,
+                max_active: 8,
+                queued: 2,
+                outgoing: 3,
+                max_outgoing: 16,
+                outgoing_queued: 4,
+                connections_opened: 5
+            }
+        );
+        assert_eq!(listing.of(id).len(), 1);
+        assert_eq!(listing.of("0000FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF").len(), 0);
+        assert_eq!(PpListing::parse(&format!("{header}\nsomething else\n")), None);
+        assert_eq!(PpListing::parse("incoming: 1 active of max 8, 2 queued\n"), None);
     }
 
     #[test]
