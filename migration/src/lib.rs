@@ -6,6 +6,7 @@
 pub mod filter;
 pub mod job_state;
 pub mod mode;
+pub mod queue;
 pub mod select;
 pub mod task;
 
