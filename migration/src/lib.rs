@@ -3,6 +3,7 @@
 //! **Invariant:** this crate never names sled and opens no sockets; it works through the
 //! repository and transport traits the pool daemon implements.
 
+pub mod definition;
 pub mod filter;
 pub mod job_state;
 pub mod mode;

@@ -1,0 +1,376 @@
+//! `migration copy|move|cache [options] [target...]` turned into a job definition (reference
+//! §2.2-§2.7), with the defaults of each command (§2.6) and dCache's messages. Every invalid
+//! value is refused here, before a job exists.
+
+use tidepool_p2p::model::ReplicaState;
+use tidepool_p2p::{JobId, PnfsId, PoolName};
+
+use crate::MigrationError;
+use crate::filter::{FileFilter, Interval, parse_sticky};
+use crate::mode::{SourceMode, TargetMode};
+use crate::select::Strategy;
+
+/// Which command created the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    Copy,
+    Move,
+    Cache,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Copy => "copy",
+            JobKind::Move => "move",
+            JobKind::Cache => "cache",
+        }
+    }
+}
+
+/// `-order`: how the initial queue is sorted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Size { descending: bool },
+    Lru { descending: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pins {
+    Keep,
+    Move,
+}
+
+/// Where the copies go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Targets {
+    Pools(Vec<PoolName>),
+    /// Pool groups; empty means the source pool's own group.
+    PoolGroups(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobDefinition {
+    pub kind: JobKind,
+    pub id: Option<JobId>,
+    pub permanent: bool,
+    pub filter: FileFilter,
+    /// `None`: the module's default.
+    pub concurrency: Option<usize>,
+    pub order: Option<Order>,
+    pub pins: Pins,
+    pub smode: SourceMode,
+    pub tmode: TargetMode,
+    pub atime: bool,
+    pub verify: bool,
+    pub force_source_mode: bool,
+    pub targets: Targets,
+    pub select: Strategy,
+    pub replicas: usize,
+    pub eager: bool,
+    pub meta_only: bool,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Seconds; `None`: the module's default.
+    pub refresh: Option<u64>,
+}
+
+/// The options of one command line, as the admin layer parsed them.
+pub trait Options {
+    /// `-name`, `-name=true|false`.
+    fn flag(&self, name: &str) -> Result<bool, MigrationError>;
+    /// Every value given for `-name=...` (list options may be repeated; values are split at
+    /// commas by the caller of [`Options::list`]).
+    fn values(&self, name: &str) -> Vec<String>;
+    /// Whether the option was given at all.
+    fn given(&self, name: &str) -> bool;
+}
+
+/// Options a later issue adds; refused clearly until then.
+pub const NOT_YET: &[&str] = &["include-when", "exclude-when", "pause-when", "stop-when", "target-deficit-mode"];
+
+fn last(opts: &dyn Options, name: &str) -> Option<String> {
+    opts.values(name).pop()
+}
+
+fn list(opts: &dyn Options, name: &str) -> Vec<String> {
+    opts.values(name).iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+fn number<T: std::str::FromStr>(opts: &dyn Options, name: &str) -> Result<Option<T>, MigrationError> {
+    match last(opts, name) {
+        None => Ok(None),
+        Some(v) => {
+            v.parse().map(Some).map_err(|_| MigrationError::invalid(format!("{v}: Invalid value for option -{name}")))
+        }
+    }
+}
+
+/// Builds the definition; `targets` are the positional arguments.
+pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<JobDefinition, MigrationError> {
+    for name in NOT_YET {
+        if opts.given(name) {
+            return Err(MigrationError::invalid(format!("-{name} is not supported yet")));
+        }
+    }
+    let permanent = opts.flag("permanent")?;
+    let order = match last(opts, "order") {
+        None => None,
+        Some(v) => Some(match v.as_str() {
+            "size" => Order::Size { descending: false },
+            "-size" => Order::Size { descending: true },
+            "lru" => Order::Lru { descending: false },
+            "-lru" => Order::Lru { descending: true },
+            _ => return Err(MigrationError::invalid(format!("{v}: Invalid value for option -order"))),
+        }),
+    };
+    if permanent && order.is_some() {
+        return Err(MigrationError::invalid("Permanent jobs cannot be ordered"));
+    }
+    let replicas = number::<i64>(opts, "replicas")?.unwrap_or(1);
+    if replicas < 1 {
+        return Err(MigrationError::invalid("Number of replicas must be positive."));
+    }
+    let concurrency = match number::<i64>(opts, "concurrency")? {
+        Some(c) if c < 0 => return Err(MigrationError::invalid("Concurrency must not be negative.")),
+        c => c.map(|c| c as usize),
+    };
+    let refresh = match number::<i64>(opts, "refresh")? {
+        Some(r) if r < 1 => return Err(MigrationError::invalid("The refresh period must be at least 1 second.")),
+        r => r.map(|r| r as u64),
+    };
+    let (default_smode, default_tmode, default_pins, default_on) = match kind {
+        JobKind::Copy => ("same", "same", Pins::Keep, false),
+        JobKind::Move => ("delete", "same", Pins::Move, true),
+        JobKind::Cache => ("same", "cached", Pins::Keep, false),
+    };
+    let pins = match last(opts, "pins").as_deref() {
+        None => default_pins,
+        Some("keep") => Pins::Keep,
+        Some("move") => Pins::Move,
+        Some(v) => return Err(MigrationError::invalid(format!("{v}: Invalid value for option -pins"))),
+    };
+    let smode = SourceMode::parse(&last(opts, "smode").unwrap_or_else(|| default_smode.into()))?;
+    let tmode = TargetMode::parse(&last(opts, "tmode").unwrap_or_else(|| default_tmode.into()))?;
+    let flag_or = |name: &str, default: bool| -> Result<bool, MigrationError> {
+        if opts.given(name) { opts.flag(name) } else { Ok(default) }
+    };
+    let select = match last(opts, "select").as_deref() {
+        None | Some("proportional") => Strategy::Proportional,
+        Some("random") => Strategy::Random,
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+    };
+    let targets = match last(opts, "target").as_deref() {
+        None | Some("pool") => {
+            if targets.is_empty() {
+                return Err(MigrationError::invalid("target(s) required when target type is pool"));
+            }
+            let pools = targets
+                .iter()
+                .map(|t| t.parse::<PoolName>().map_err(|e| MigrationError::invalid(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            Targets::Pools(pools)
+        }
+        Some("pgroup") => Targets::PoolGroups(targets.to_vec()),
+        Some(v @ ("link" | "hsm")) => return Err(MigrationError::invalid(format!("-target={v} is not supported yet"))),
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+    };
+    let id = match last(opts, "id") {
+        None => None,
+        Some(v) => Some(v.parse::<JobId>().map_err(|e| MigrationError::invalid(e.to_string()))?),
+    };
+    Ok(JobDefinition {
+        kind,
+        id,
+        permanent,
+        filter: parse_filter(opts)?,
+        concurrency,
+        order,
+        pins,
+        smode,
+        tmode,
+        atime: flag_or("atime", default_on)?,
+        verify: flag_or("verify", default_on)?,
+        force_source_mode: opts.flag("force-source-mode")?,
+        targets,
+        select,
+        replicas: replicas as usize,
+        eager: opts.flag("eager")?,
+        meta_only: opts.flag("meta-only")?,
+        include: list(opts, "include"),
+        exclude: list(opts, "exclude"),
+        refresh,
+    })
+}
+
+fn parse_filter(opts: &dyn Options) -> Result<FileFilter, MigrationError> {
+    let state = match last(opts, "state").as_deref() {
+        None => None,
+        Some("cached") => Some(ReplicaState::Cached),
+        Some("precious") => Some(ReplicaState::Precious),
+        Some(v) => return Err(MigrationError::invalid(format!("{v}: Invalid state"))),
+    };
+    let pnfsids = if opts.given("pnfsid") {
+        let ids = list(opts, "pnfsid")
+            .iter()
+            .map(|s| s.parse::<PnfsId>().map_err(|e| MigrationError::invalid(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(ids)
+    } else {
+        None
+    };
+    let interval = |name: &str| -> Result<Option<Interval>, MigrationError> {
+        last(opts, name).map(|v| Interval::parse(&v)).transpose()
+    };
+    Ok(FileFilter {
+        state,
+        storage_class: last(opts, "storage"),
+        cache_class: if opts.given("cache") { Some(last(opts, "cache").unwrap_or_default()) } else { None },
+        pnfsids,
+        access_latency: last(opts, "al").map(|v| v.parse().map_err(MigrationError::invalid)).transpose()?,
+        retention_policy: last(opts, "rp").map(|v| v.parse().map_err(MigrationError::invalid)).transpose()?,
+        size: interval("size")?,
+        accessed: interval("accessed")?,
+        sticky: if opts.given("sticky") { Some(parse_sticky(&last(opts, "sticky").unwrap_or_default())) } else { None },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mode::{SourceState, TargetState};
+    use std::collections::HashMap;
+
+    /// Options from `-name` / `-name=value` words, as the admin layer would give them.
+    struct Given(HashMap<String, Vec<String>>);
+
+    fn given(words: &[&str]) -> Given {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for w in words {
+            let w = w.trim_start_matches('-');
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            m.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        Given(m)
+    }
+
+    impl Options for Given {
+        fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+            match self.0.get(name).and_then(|v| v.last()).map(String::as_str) {
+                None => Ok(false),
+                Some("" | "true") => Ok(true),
+                Some("false") => Ok(false),
+                Some(v) => Err(MigrationError::invalid(format!("{v}: Invalid value"))),
+            }
+        }
+        fn values(&self, name: &str) -> Vec<String> {
+            self.0.get(name).cloned().unwrap_or_default()
+        }
+        fn given(&self, name: &str) -> bool {
+            self.0.contains_key(name)
+        }
+    }
+
+    fn ok(kind: JobKind, words: &[&str], targets: &[&str]) -> JobDefinition {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        parse(kind, &given(words), &t).unwrap_or_else(|e| panic!("{words:?}: {e}"))
+    }
+
+    fn bad(kind: JobKind, words: &[&str], targets: &[&str]) -> String {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        parse(kind, &given(words), &t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_differ_by_command_as_in_dcache() {
+        let copy = ok(JobKind::Copy, &[], &["pool2"]);
+        assert_eq!(
+            (copy.smode.state, copy.tmode.state, copy.pins, copy.verify, copy.atime),
+            (SourceState::Same, TargetState::Same, Pins::Keep, false, false)
+        );
+        let mv = ok(JobKind::Move, &[], &["pool2"]);
+        assert_eq!(
+            (mv.smode.state, mv.tmode.state, mv.pins, mv.verify, mv.atime),
+            (SourceState::Delete, TargetState::Same, Pins::Move, true, true)
+        );
+        let cache = ok(JobKind::Cache, &[], &["pool2"]);
+        assert_eq!(
+            (cache.smode.state, cache.tmode.state, cache.pins),
+            (SourceState::Same, TargetState::Cached, Pins::Keep)
+        );
+        assert_eq!(
+            (copy.select, copy.replicas, copy.concurrency, copy.refresh),
+            (Strategy::Proportional, 1, None, None)
+        );
+        let mv = ok(JobKind::Move, &["-verify=false", "-atime=false"], &["pool2"]);
+        assert!(!mv.verify && !mv.atime);
+    }
+
+    #[test]
+    fn options_are_read() {
+        let d = ok(
+            JobKind::Copy,
+            &[
+                "-id=drain",
+                "-state=precious",
+                "-storage=atlas:raw",
+                "-cache=",
+                "-pnfsid=0000A1B2C3D4E5F60718293A4B5C6D7E8F90,0000A1B2C3D4E5F60718293A4B5C6D7E8F91",
+                "-al=nearline",
+                "-rp=custodial",
+                "-size=10..",
+                "-accessed=..60",
+                "-sticky=alice,-bob",
+                "-concurrency=4",
+                "-order=-size",
+                "-smode=removable+sys(60)",
+                "-tmode=precious",
+                "-select=random",
+                "-replicas=2",
+                "-eager",
+                "-exclude=pool9*",
+                "-exclude=pool8",
+                "-include=pool*",
+                "-refresh=30",
+                "-target=pgroup",
+            ],
+            &["disk"],
+        );
+        assert_eq!(d.id.as_ref().map(|i| i.as_str()), Some("drain"));
+        assert_eq!(d.filter.state, Some(ReplicaState::Precious));
+        assert_eq!(d.filter.cache_class, Some(String::new()));
+        assert_eq!(d.filter.pnfsids.as_ref().map(|v| v.len()), Some(2));
+        assert_eq!(d.order, Some(Order::Size { descending: true }));
+        assert_eq!(d.exclude, vec!["pool9*", "pool8"]);
+        assert_eq!(d.targets, Targets::PoolGroups(vec!["disk".into()]));
+        assert_eq!((d.concurrency, d.replicas, d.eager, d.refresh), (Some(4), 2, true, Some(30)));
+        assert_eq!(ok(JobKind::Copy, &["-target=pgroup"], &[]).targets, Targets::PoolGroups(vec![]));
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_dcaches_messages() {
+        let table: &[(&[&str], &[&str], &str)] = &[
+            (&["-state=broken"], &["p"], "broken: Invalid state"),
+            (&["-order=age"], &["p"], "age: Invalid value for option -order"),
+            (&["-pins=drop"], &["p"], "drop: Invalid value for option -pins"),
+            (&["-replicas=0"], &["p"], "Number of replicas must be positive."),
+            (&["-replicas=x"], &["p"], "x: Invalid value for option -replicas"),
+            (&["-permanent", "-order=size"], &["p"], "Permanent jobs cannot be ordered"),
+            (&[], &[], "target(s) required when target type is pool"),
+            (&["-tmode=delete"], &["p"], "delete: Invalid value"),
+            (&["-smode=same+x(-2)"], &["p"], "-2: Invalid lifetime"),
+            (&["-size=5..1"], &["p"], "5..1: Invalid interval"),
+            (&["-select=best"], &["p"], "Invalid value: best"),
+            (&["-target=cell"], &["p"], "Invalid value: cell"),
+            (&["-target=link"], &["l"], "-target=link is not supported yet"),
+            (&["-stop-when=true"], &["p"], "-stop-when is not supported yet"),
+            (&["-concurrency=-1"], &["p"], "Concurrency must not be negative."),
+            (&["-refresh=0"], &["p"], "The refresh period must be at least 1 second."),
+            (&[], &["pool/2"], "\"pool/2\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'"),
+            (&["-pnfsid=xyz"], &["p"], "\"xyz\" is not a valid pnfsid: must be 24 or 36 hex digits"),
+        ];
+        for (words, targets, msg) in table {
+            assert_eq!(bad(JobKind::Copy, words, targets), *msg, "{words:?} {targets:?}");
+        }
+    }
+}
