@@ -1,8 +1,11 @@
 //! A first-come, first-served admission gate whose limit can change while it is in use: at
-//! most `limit` holders at once, the rest wait in arrival order. Used for incoming pool-to-pool
+//! most `limit` holders at once, the rest wait in arrival order. Only the head of the queue is
+//! woken when a place frees (waking every waiter cost the target most of its CPU with tens of
+//! thousands of transfers queued). Used for incoming pool-to-pool
 //! transfers (`pp set max active`) and for outgoing streams on a source.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -11,14 +14,26 @@ use tokio::sync::Notify;
 struct State {
     limit: usize,
     active: usize,
-    waiting: VecDeque<u64>,
+    /// Waiting tickets in arrival order, each with its own wake-up: only the head of the queue
+    /// is ever woken, so a long queue costs nothing per admission.
+    waiting: VecDeque<(u64, Arc<Notify>)>,
     next_ticket: u64,
+}
+
+impl State {
+    /// Wakes the head of the queue if it may enter now.
+    fn wake_head(&self) {
+        if self.active < self.limit
+            && let Some((_, notify)) = self.waiting.front()
+        {
+            notify.notify_one();
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Gate {
     state: Mutex<State>,
-    changed: Notify,
 }
 
 /// Held while admitted; leaving frees the place.
@@ -29,8 +44,9 @@ pub struct Pass<'a> {
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.gate.state.lock().active -= 1;
-        self.gate.changed.notify_waiters();
+        let mut s = self.gate.state.lock();
+        s.active -= 1;
+        s.wake_head();
     }
 }
 
@@ -45,54 +61,50 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.admitted {
             let mut s = self.gate.state.lock();
-            s.waiting.retain(|t| *t != self.number);
-            drop(s);
-            self.gate.changed.notify_waiters();
+            s.waiting.retain(|(t, _)| *t != self.number);
+            // If it was at the head, the next one may now be able to enter.
+            s.wake_head();
         }
     }
 }
 
 impl Gate {
     pub fn new(limit: usize) -> Gate {
-        Gate {
-            state: Mutex::new(State { limit, active: 0, waiting: VecDeque::new(), next_ticket: 0 }),
-            changed: Notify::new(),
-        }
+        Gate { state: Mutex::new(State { limit, active: 0, waiting: VecDeque::new(), next_ticket: 0 }) }
     }
 
     /// Waits for a place. Cancel-safe: dropping the future gives up the place in the queue.
     pub async fn enter(&self) -> Pass<'_> {
+        let notify = Arc::new(Notify::new());
         let mut ticket = {
             let mut s = self.state.lock();
             let number = s.next_ticket;
             s.next_ticket += 1;
-            s.waiting.push_back(number);
+            s.waiting.push_back((number, notify.clone()));
             Ticket { gate: self, number, admitted: false }
         };
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             {
                 let mut s = self.state.lock();
-                if s.waiting.front() == Some(&ticket.number) && s.active < s.limit {
+                if s.waiting.front().is_some_and(|(t, _)| *t == ticket.number) && s.active < s.limit {
                     s.waiting.pop_front();
                     s.active += 1;
                     ticket.admitted = true;
-                    drop(s);
                     // The next in line may fit too.
-                    self.changed.notify_waiters();
+                    s.wake_head();
                     return Pass { gate: self };
                 }
             }
-            notified.await;
+            // `notify_one` stores a wake-up given before this wait starts, so none is lost.
+            notify.notified().await;
         }
     }
 
     /// Changes the limit; holders above a lowered limit keep their place until they leave.
     pub fn set_limit(&self, limit: usize) {
-        self.state.lock().limit = limit;
-        self.changed.notify_waiters();
+        let mut s = self.state.lock();
+        s.limit = limit;
+        s.wake_head();
     }
 
     /// `(active, waiting, limit)`.
@@ -133,6 +145,30 @@ mod tests {
         assert_eq!(rx.recv().await, Some(1));
         assert_eq!(rx.recv().await, Some(2));
         assert_eq!(gate.counts(), (3, 0, 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waiters_all_get_through_never_more_than_the_limit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gate = Arc::new(Gate::new(3));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..2000 {
+            let (gate, inside, most) = (gate.clone(), inside.clone(), most.clone());
+            tasks.push(tokio::spawn(async move {
+                let _pass = gate.enter().await;
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        assert_eq!(gate.counts(), (0, 0, 3));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p tidepool-tests --bin bench -- repo [--records N] [--dir DIR]
 //! cargo run --release -p tidepool-tests --bin bench -- p2p [--set large|small|both] [--concurrency N[,N..]]
-//!     [--window W[,W..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]
+//!     [--window W[,W..]] [--batch B[,B..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]
 //! ```
 //!
 //! `repo`: fills a sled repository with N records (default 1,000,000) and a data file each
@@ -207,9 +207,10 @@ fn measure(dir: &Path) -> anyhow::Result<()> {
 /// sent on one admin connection (pipelined), and another connection polls `info` every 10 ms
 /// until every replica is CACHED: the time is from the first command to the poll that sees
 /// the last replica committed (a replica is acknowledged only once it is durable). With
-/// `--window W` (a list; 0, the default, sends everything at once) at most W commands are
-/// outstanding, which keeps the target's queue short. Afterwards the stopped target's records
-/// and every data file's checksum are compared with the source's.
+/// `--window W` (a list; 0, the default, sends everything at once) at most W replicas are
+/// asked for and not yet CACHED, which keeps the target's queue short; with `--batch B` (a
+/// list; default 1) each `pp get file` names B pnfsids. Afterwards the stopped target's
+/// records and every data file's checksum are compared with the source's.
 ///
 /// Before every timed run: wait until the machine is quiet (it is shared), `sync`, then
 /// `echo 3 > /proc/sys/vm/drop_caches` (`--cache cold`, the default), or, where that is not
@@ -239,7 +240,7 @@ mod p2p {
     use super::{chrono_now, flag};
 
     pub const USAGE: &str = "bench p2p [--set large|small|both] [--concurrency N[,N..]] [--window W[,W..]] \
-                             [--runs R] [--cache cold|warm] [--dir DIR] [--keep]";
+                             [--batch B[,B..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]";
 
     /// How long a daemon (or the rsync daemon) may take to answer after it was started.
     const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -300,6 +301,7 @@ mod p2p {
         sets: Vec<DataSet>,
         concurrency: Option<Vec<usize>>,
         windows: Vec<usize>,
+        batches: Vec<usize>,
         runs: usize,
         cache: CacheMode,
         dir: Option<PathBuf>,
@@ -307,7 +309,7 @@ mod p2p {
     }
 
     fn options(args: &[String]) -> anyhow::Result<Options> {
-        let takes_value = ["--set", "--concurrency", "--window", "--runs", "--cache", "--dir"];
+        let takes_value = ["--set", "--concurrency", "--window", "--batch", "--runs", "--cache", "--dir"];
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
@@ -329,6 +331,7 @@ mod p2p {
         };
         let concurrency = flag(args, "--concurrency").map(|l| numbers("--concurrency", l, 1)).transpose()?;
         let windows = numbers("--window", flag(args, "--window").unwrap_or("0"), 0)?;
+        let batches = numbers("--batch", flag(args, "--batch").unwrap_or("1"), 1)?;
         let runs: usize = flag(args, "--runs").unwrap_or("3").parse().context("--runs")?;
         if runs == 0 {
             bail!("--runs must be at least 1");
@@ -342,6 +345,7 @@ mod p2p {
             sets,
             concurrency,
             windows,
+            batches,
             runs,
             cache,
             dir: flag(args, "--dir").map(PathBuf::from),
@@ -387,7 +391,10 @@ mod p2p {
             let concurrency = opts.concurrency.clone().unwrap_or_else(|| vec![set.concurrency]);
             let variants: Vec<Variant> = concurrency
                 .iter()
-                .flat_map(|&concurrency| opts.windows.iter().map(move |&window| Variant { concurrency, window }))
+                .flat_map(|&concurrency| opts.windows.iter().map(move |&window| (concurrency, window)))
+                .flat_map(|(concurrency, window)| {
+                    opts.batches.iter().map(move |&batch| Variant { concurrency, window, batch })
+                })
                 .collect();
             let dir = base.join(set.name);
             let result = run_set(*set, &dir, &bins, &opts, &variants, rsync);
@@ -483,16 +490,22 @@ mod p2p {
     struct Variant {
         /// `pp set max active` on the target.
         concurrency: usize,
-        /// At most this many `pp get file` sent and not yet CACHED; 0: every command at once.
+        /// At most this many replicas asked for and not yet CACHED; 0: every command at once.
         window: usize,
+        /// Pnfsids per `pp get file`.
+        batch: usize,
     }
 
     impl Variant {
         fn label(&self) -> String {
-            match self.window {
-                0 => format!("tidepool c={}", self.concurrency),
-                w => format!("tidepool c={} w={w}", self.concurrency),
+            let mut label = format!("tidepool c={}", self.concurrency);
+            if self.window > 0 {
+                let _ = write!(label, " w={}", self.window);
             }
+            if self.batch > 1 {
+                let _ = write!(label, " b={}", self.batch);
+            }
+            label
         }
     }
 
@@ -584,6 +597,7 @@ mod p2p {
         if rsync {
             tools.extend([Tool::Rsync, Tool::RsyncDaemon]);
         }
+        warm_up(&b)?;
         let mut rounds: Vec<Vec<Measure>> = Vec::new();
         for run in 1..=opts.runs {
             let mut round = Vec::new();
@@ -999,7 +1013,14 @@ mod p2p {
         b.rt.block_on(tgt.run(&format!("pp set max active {concurrency}")))?;
         b.rt.block_on(src.run(&format!("pp set max outgoing {}", concurrency.max(16))))?;
         let pipe = b.rt.block_on(Connection::open(tgt_admin, &b.key, "bench", Service::Admin))?;
-        let lines: Vec<String> = b.manifest.iter().map(|(id, _)| format!("pp get file {id} pool1")).collect();
+        let lines: Vec<(String, usize)> = b
+            .manifest
+            .chunks(variant.batch)
+            .map(|ids| {
+                let names: Vec<String> = ids.iter().map(|(id, _)| id.to_string()).collect();
+                (format!("pp get file {} pool1", names.join(" ")), ids.len())
+            })
+            .collect();
         let busy = wait_quiet();
         b.settle()?;
         let cpu0 = (source.cpu(), target.cpu(), cpu_secs("self", false));
@@ -1051,33 +1072,37 @@ mod p2p {
     /// Queues every `pp get file` on one connection (pipelined: the commands are written
     /// without waiting for each answer, and the answers are read as they come) while another
     /// connection polls `info` until every replica is CACHED. With a `window` above 0, a
-    /// command is sent only while fewer than `window` sent ones are not CACHED yet.
+    /// command is sent only while fewer than `window` replicas asked for are not CACHED yet.
+    /// Each line comes with the number of replicas it asks for.
     async fn copy_all(
         conn: Connection,
         poll: &mut Admin,
-        lines: Vec<String>,
+        lines: Vec<(String, usize)>,
         window: usize,
         t0: Instant,
         deadline: Duration,
     ) -> anyhow::Result<Phases> {
-        let n = lines.len();
+        let n: usize = lines.iter().map(|(_, files)| files).sum();
+        let commands = lines.len();
         let all_queued = Cell::new(false);
         let cached_now = Cell::new(0usize);
         let progress = tokio::sync::Notify::new();
         let Connection { mut reader, mut writer, .. } = conn;
         let send = async {
-            for (i, line) in lines.into_iter().enumerate() {
+            let mut asked = 0;
+            for (line, files) in lines {
                 // One task: nothing runs between the check and the wait's registration.
-                while window > 0 && i >= cached_now.get() + window {
+                while window > 0 && asked >= cached_now.get() + window {
                     progress.notified().await;
                 }
                 writer.send(&AdminRequest::Run { line }).await?;
+                asked += files;
             }
             anyhow::Ok(())
         };
         let receive = async {
             let mut finished = 0;
-            while finished < n {
+            while finished < commands {
                 match reader.recv::<AdminReply>().await? {
                     AdminReply::Output(_) => {}
                     AdminReply::Finished { error: None } => finished += 1,
@@ -1335,6 +1360,23 @@ mod p2p {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// An untimed `cp -r` + `sync` of the whole set before the first measurement. Without it
+    /// the first run of an invocation, whichever tool it is, took up to twice as long and twice
+    /// the CPU (seen on a Firecracker VM; presumably memory the guest has not touched for a
+    /// while is slow to touch again).
+    fn warm_up(b: &Bench) -> anyhow::Result<()> {
+        let dst = b.dir.join("dst-warm-up");
+        if dst.exists() {
+            fs::remove_dir_all(&dst)?;
+        }
+        let t0 = Instant::now();
+        run_ok(Command::new("cp").arg("-r").arg(b.plain()).arg(&dst))?;
+        run_ok(&mut Command::new("sync"))?;
+        println!("warm-up (untimed): cp -r + sync in {:.2} s", t0.elapsed().as_secs_f64());
+        fs::remove_dir_all(&dst)?;
+        Ok(())
     }
 
     /// Checks that a copy holds as many files and bytes as the set.
