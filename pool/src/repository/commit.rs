@@ -28,13 +28,13 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(store: Arc<dyn ReplicaStore>) -> Committer {
+        pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("tidepool-commit".into())
             .spawn(move || run(&*store, rx))
-            .expect("the commit thread starts");
-        Committer { tx: Some(tx), thread: Some(thread) }
+            .map_err(|e| StoreError::new("start the commit thread", e))?;
+        Ok(Committer { tx: Some(tx), thread: Some(thread) })
     }
 
     /// Publishes the incoming data of `id` and stores its record; returns once both are
