@@ -28,7 +28,7 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-        pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
+    pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("tidepool-commit".into())

@@ -327,7 +327,7 @@ impl Repository {
         }
         recovery.loaded = index.len();
         let (changes, _) = broadcast::channel(CHANGE_FEED);
-                let committer = commit::Committer::spawn(store.clone())?;
+        let committer = commit::Committer::spawn(store.clone())?;
         let repo = Repository { store, committer, index: Mutex::new(index), capacity, changes };
         Ok((Arc::new(repo), recovery))
     }
