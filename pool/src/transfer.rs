@@ -301,7 +301,12 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
             Err(e) => break Err(e),
         };
         match attempt(pool, entry, req, &mut conn, &mut incoming, &mut source_attrs).await {
-            Ok(()) => {
+            Ok(Some(replica)) => {
+                // A small replica, received and committed in one go.
+                transfers.give_back(&req.source, conn);
+                return Ok(replica);
+            }
+            Ok(None) => {
                 transfers.give_back(&req.source, conn);
                 break Ok(());
             }
@@ -330,7 +335,8 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
     Ok(replica)
 }
 
-/// One exchange over one connection: from `Fetch` to `FetchEnd`.
+/// One exchange over one connection: from `Fetch` to `FetchEnd`. A replica of at most one
+/// chunk comes back committed (`Some`); a larger one is left written in `incoming`.
 async fn attempt(
     pool: &Arc<Pool>,
     entry: &TransferEntry,
@@ -338,7 +344,7 @@ async fn attempt(
     conn: &mut Connection,
     incoming: &mut Option<Incoming>,
     source_attrs: &mut Option<FileAttributes>,
-) -> Result<(), Stop> {
+) -> Result<Option<Replica>, Stop> {
     let no_progress = pool.transfers.no_progress();
     let broken =
         |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
@@ -368,6 +374,10 @@ async fn attempt(
             )));
         }
         Some(_) => {}
+        None if attrs.size <= MAX_DATA_CHUNK as u64 => {
+            entry.size.store(attrs.size, Ordering::Relaxed);
+            return receive_small(pool, entry, req, conn, attrs).await.map(Some);
+        }
         None => {
             let now = now_ms();
             let mine = FileAttributes {
@@ -389,7 +399,61 @@ async fn attempt(
             *source_attrs = Some(attrs.clone());
         }
     }
-    receive(pool, entry, req, conn, incoming, attrs.size).await
+    receive(pool, entry, req, conn, incoming, attrs.size).await.map(|()| None)
+}
+
+/// A replica of at most one chunk: its bytes are received into memory first, then one
+/// blocking call creates the entry (making room), writes and commits it. Two hand-offs to
+/// the blocking pool fewer per file than the streaming path; a full pool costs only the read
+/// of a small file.
+async fn receive_small(
+    pool: &Arc<Pool>,
+    entry: &TransferEntry,
+    req: &PullRequest,
+    conn: &mut Connection,
+    attrs: FileAttributes,
+) -> Result<Replica, Stop> {
+    let no_progress = pool.transfers.no_progress();
+    let broken =
+        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
+    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset: 0 }).await.map_err(broken)?;
+    let mut bytes = Vec::with_capacity(attrs.size as usize);
+    loop {
+        let frame = tokio::select! {
+            _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
+            f = tokio::time::timeout(no_progress, conn.next_frame()) => f,
+        };
+        match frame {
+            Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
+            Ok(Err(e)) => return Err(broken(e)),
+            Ok(Ok(Frame::Data(chunk))) => {
+                if bytes.len() + chunk.len() > attrs.size as usize {
+                    return Err(Stop::Fatal(protocol(format!("{} sent more than {} bytes", req.source, attrs.size))));
+                }
+                bytes.extend_from_slice(&chunk);
+                entry.done.store(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Ok(Frame::Message(body))) => match decode::<DataReply>(&body) {
+                Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => break,
+                Ok(DataReply::Error(e)) => return Err(Stop::Fatal(e)),
+                Ok(other) => return Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
+                Err(e) => return Err(broken(e)),
+            },
+        }
+    }
+    let now = now_ms();
+    let expected = attrs.checksum;
+    let mine = FileAttributes { checksum: None, creation_time: now, access_time: req.atime.unwrap_or(now), ..attrs };
+    let (state, sticky) = (req.state, req.sticky.clone());
+    let repo = pool.repo.clone();
+    blocking(move || {
+        let mut incoming = repo.create(mine, ReplicaState::FromPool, now)?;
+        incoming.write(&bytes)?;
+        // Size and the source's checksum are checked here; on a mismatch nothing is kept.
+        incoming.commit(state, sticky, expected, now_ms())
+    })
+    .await
+    .map_err(|e| Stop::Fatal(e.into()))
 }
 
 async fn receive(

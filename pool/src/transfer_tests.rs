@@ -216,6 +216,14 @@ async fn a_corrupted_byte_is_detected_and_nothing_is_committed() {
     // The source's replica was never damaged: a second try succeeds.
     admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
     assert!(read(target, id).await == content(&id, 3 * 1024 * 1024));
+    // The same for a replica small enough to be received whole before it is written.
+    let small = put(source, 1000, ReplicaState::Cached, vec![]).await;
+    source.faults.corrupt_next(small);
+    let err = admin(target, &format!("pp get file -wait {small} pool1")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err:?}");
+    nothing_of(target, small);
+    admin(target, &format!("pp get file -wait {small} pool1")).await.unwrap();
+    assert!(read(target, small).await == content(&small, 1000));
     c.stop().await;
 }
 
