@@ -10,6 +10,7 @@ pub mod mode;
 pub mod queue;
 pub mod select;
 pub mod task;
+pub mod update;
 
 /// A migration command or job that cannot go ahead, with the operator-facing message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
