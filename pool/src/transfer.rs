@@ -346,17 +346,15 @@ async fn attempt(
     source_attrs: &mut Option<FileAttributes>,
 ) -> Result<Option<Replica>, Stop> {
     let no_progress = pool.transfers.no_progress();
-    let broken =
-        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
     let fetch = DataRequest::Fetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
-    conn.send(&fetch).await.map_err(broken)?;
+    conn.send(&fetch).await.map_err(|e| broken(req, e))?;
     let ready = tokio::select! {
         _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
         r = tokio::time::timeout(no_progress, conn.recv::<DataReply>()) => r,
     };
     let attrs = match ready {
         Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
-        Ok(Err(e)) => return Err(broken(e)),
+        Ok(Err(e)) => return Err(broken(req, e)),
         Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => attributes,
         Ok(Ok(DataReply::Error(e))) => {
             return Err(Stop::Fatal(RemoteError {
@@ -414,31 +412,21 @@ async fn receive_small(
     attrs: FileAttributes,
 ) -> Result<Replica, Stop> {
     let no_progress = pool.transfers.no_progress();
-    let broken =
-        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
-    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset: 0 }).await.map_err(broken)?;
+    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset: 0 }).await.map_err(|e| broken(req, e))?;
     let mut bytes = Vec::with_capacity(attrs.size as usize);
     loop {
-        let frame = tokio::select! {
-            _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
-            f = tokio::time::timeout(no_progress, conn.next_frame()) => f,
-        };
-        match frame {
-            Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
-            Ok(Err(e)) => return Err(broken(e)),
-            Ok(Ok(Frame::Data(chunk))) => {
+        match next_frame(conn, entry, req, no_progress).await? {
+            Frame::Data(chunk) => {
                 if bytes.len() + chunk.len() > attrs.size as usize {
                     return Err(Stop::Fatal(protocol(format!("{} sent more than {} bytes", req.source, attrs.size))));
                 }
                 bytes.extend_from_slice(&chunk);
                 entry.done.store(bytes.len() as u64, Ordering::Relaxed);
             }
-            Ok(Ok(Frame::Message(body))) => match decode::<DataReply>(&body) {
-                Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => break,
-                Ok(DataReply::Error(e)) => return Err(Stop::Fatal(e)),
-                Ok(other) => return Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
-                Err(e) => return Err(broken(e)),
-            },
+            Frame::Message(body) => {
+                end_of_data(entry, req, &body)?;
+                break;
+            }
         }
     }
     let now = now_ms();
@@ -467,20 +455,12 @@ async fn receive(
     let written = |slot: &Option<Incoming>| slot.as_ref().map(|i| i.written()).unwrap_or(0);
     let offset = written(slot);
     let no_progress = pool.transfers.no_progress();
-    let broken =
-        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)));
-    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset }).await.map_err(broken)?;
+    conn.send(&DataRequest::FetchStart { transfer: entry.id, offset }).await.map_err(|e| broken(req, e))?;
     let mut report = Instant::now();
     let mut reported_bytes = offset;
     loop {
-        let frame = tokio::select! {
-            _ = entry.cancel.cancelled() => return Err(Stop::Fatal(cancelled(req.pnfsid))),
-            f = tokio::time::timeout(no_progress, conn.next_frame()) => f,
-        };
-        match frame {
-            Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
-            Ok(Err(e)) => return Err(broken(e)),
-            Ok(Ok(Frame::Data(chunk))) => {
+        match next_frame(conn, entry, req, no_progress).await? {
+            Frame::Data(chunk) => {
                 // Move the entry to a blocking thread for the write, and back.
                 let Some(mut inc) = slot.take() else {
                     return Err(Stop::Fatal(RemoteError::new(ErrorCode::Internal, "no entry to write into")));
@@ -506,15 +486,40 @@ async fn receive(
                     reported_bytes = done;
                 }
             }
-            Ok(Ok(Frame::Message(body))) => {
-                return match decode::<DataReply>(&body) {
-                    Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => Ok(()),
-                    Ok(DataReply::Error(e)) => Err(Stop::Fatal(e)),
-                    Ok(other) => Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
-                    Err(e) => Err(broken(e)),
-                };
-            }
+            Frame::Message(body) => return end_of_data(entry, req, &body),
         }
+    }
+}
+
+/// The connection to the source broke: a new one may be tried.
+fn broken(req: &PullRequest, e: WireError) -> Stop {
+    Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)))
+}
+
+/// The next frame of a transfer's data, or why there is none: a cancel, a stall or a break.
+async fn next_frame(
+    conn: &mut Connection,
+    entry: &TransferEntry,
+    req: &PullRequest,
+    no_progress: Duration,
+) -> Result<Frame, Stop> {
+    tokio::select! {
+        _ = entry.cancel.cancelled() => Err(Stop::Fatal(cancelled(req.pnfsid))),
+        f = tokio::time::timeout(no_progress, conn.next_frame()) => match f {
+            Err(_) => Err(Stop::Fatal(stalled(no_progress, &req.source))),
+            Ok(Err(e)) => Err(broken(req, e)),
+            Ok(Ok(frame)) => Ok(frame),
+        },
+    }
+}
+
+/// A message among a transfer's data frames: its `FetchEnd`, or why not.
+fn end_of_data(entry: &TransferEntry, req: &PullRequest, body: &[u8]) -> Result<(), Stop> {
+    match decode::<DataReply>(body) {
+        Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => Ok(()),
+        Ok(DataReply::Error(e)) => Err(Stop::Fatal(e)),
+        Ok(other) => Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
+        Err(e) => Err(broken(req, e)),
     }
 }
 
