@@ -4,11 +4,15 @@
 //! repository and transport traits the pool daemon implements.
 
 pub mod definition;
+pub mod env;
 pub mod filter;
 pub mod job_state;
 pub mod mode;
+pub mod module;
 pub mod queue;
+pub mod report;
 pub mod select;
+pub mod targets;
 pub mod task;
 pub mod update;
 

@@ -86,6 +86,11 @@ impl Queue {
         true
     }
 
+    /// Whether the file is queued, running or waiting.
+    pub fn contains(&self, id: &PnfsId) -> bool {
+        self.sizes.contains_key(id)
+    }
+
     pub fn remove(&mut self, id: &PnfsId) -> Removal {
         if let Some(task) = self.running.get(id) {
             return Removal::Running(*task);

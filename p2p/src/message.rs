@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::RemoteError;
-use crate::ids::{PnfsId, TransferId};
-use crate::model::{AccessLatency, Checksum, FileAttributes, RetentionPolicy, StickyRecord};
+use crate::ids::{AttemptId, JobId, PnfsId, PoolName, TaskId, TransferId};
+use crate::model::{
+    AccessLatency, Checksum, EpochMillis, FileAttributes, ReplicaState, RetentionPolicy, SpaceInfo, StickyRecord,
+};
 
 /// Admin service: the shell sends one request at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +62,8 @@ pub enum DataRequest {
     FetchStart { transfer: TransferId, offset: u64 },
     /// The target gives up before `FetchStart`; the connection stays usable.
     FetchAbort { transfer: TransferId },
+    /// Pool to pool: the migration module (answered by one `DataReply::Migration`).
+    Migration(MigrationRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,4 +88,82 @@ pub enum DataReply {
     Error(RemoteError),
     FetchReady { transfer: TransferId, attributes: FileAttributes },
     FetchEnd { transfer: TransferId },
+    Migration(MigrationReply),
+}
+
+/// What one pool's migration module asks another. The asking pool is the authenticated peer
+/// of the connection, so a request cannot speak for another pool. Every request gets exactly
+/// one [`MigrationReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationRequest {
+    /// The pool's space and load, for target selection. -> `PoolInfo`.
+    PoolInfo,
+    /// Which of these files the pool holds as a committed (CACHED or PRECIOUS) replica.
+    /// Batched: a job asks about many files at once. -> `Located`.
+    Locate { pnfsids: Vec<PnfsId> },
+    /// Make the pool hold the file: update the replica it has, or pull a new copy from the
+    /// asking pool. -> `Accepted` or `Error`; the outcome follows as `Finished`.
+    Copy(CopyRequest),
+    /// Does the pool still work on this attempt? -> `Alive`.
+    Ping { attempt: AttemptId },
+    /// Stop working on this attempt and remove anything half made. -> `Alive` (whether the
+    /// attempt was known).
+    Cancel { attempt: AttemptId, reason: String },
+    /// The outcome of a copy, sent by the target to the source. -> `Ack`.
+    Finished(CopyFinished),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRequest {
+    /// The correlation id: every later message about this copy carries it.
+    pub attempt: AttemptId,
+    /// For log lines on the target.
+    pub job: JobId,
+    pub task: TaskId,
+    /// The source's attributes (size and checksum included).
+    pub attributes: FileAttributes,
+    /// CACHED or PRECIOUS.
+    pub state: ReplicaState,
+    /// Records to set (extend-only on an existing replica); pins that move are among them.
+    pub sticky: Vec<StickyRecord>,
+    /// Verify the checksum of an existing replica before updating it.
+    pub verify: bool,
+    /// The access time for a new replica (`-atime`).
+    pub atime: Option<EpochMillis>,
+    pub force_source_mode: bool,
+    /// Only update an existing replica; never copy.
+    pub meta_only: bool,
+}
+
+/// A target's report on one attempt. `target` names the reporting pool so that a report is
+/// never credited to another pool's attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyFinished {
+    pub attempt: AttemptId,
+    pub target: PoolName,
+    pub pnfsid: PnfsId,
+    pub result: Result<(), RemoteError>,
+}
+
+/// A pool's cost figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCost {
+    pub space: SpaceInfo,
+    /// Transfers it is receiving now.
+    pub load: u32,
+    /// Whether it accepts new replicas from other pools (not disabled for p2p-client).
+    pub accepts: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationReply {
+    PoolInfo(PoolCost),
+    /// The asked-about files the pool holds.
+    Located {
+        held: Vec<PnfsId>,
+    },
+    Accepted,
+    Alive(bool),
+    Ack,
+    Error(RemoteError),
 }

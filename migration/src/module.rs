@@ -1,0 +1,1427 @@
+//! The migration module of one pool: the jobs it runs as a source (reference §3-§4) and the
+//! copies it makes as a target for other pools' jobs (§5).
+//!
+//! A job is plain state behind one lock. Everything that happens to it (a reply, a finished
+//! message, a timer, an operator command, a repository change) takes the lock, feeds the task
+//! state machines ([`crate::task`]), runs the scheduler (§3.5) and collects [`Action`]s; the
+//! actions (messages, timers, disk work) are started after the lock is released and report
+//! back the same way. Nothing awaits while holding a lock.
+//!
+//! Lock order: the job list, then a job, then the file locks. The target side takes only its
+//! own request table.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tidepool_p2p::message::{CopyFinished, CopyRequest, MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::model::{EpochMillis, ReplicaState, StickyMode, StickyRecord};
+use tidepool_p2p::{AttemptId, ErrorCode, JobId, PnfsId, PoolName, RemoteError, TaskId};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::MigrationError;
+use crate::definition::{JobDefinition, Order, Pins};
+use crate::env::{Entry, Env, Pull};
+use crate::filter::Candidate;
+use crate::job_state::{JobState, transition};
+use crate::mode::{SourceState, TargetState};
+use crate::queue::{Backoff, Queue, Removal};
+use crate::report::{self, FailureLine, JobReport, NoteLine, TaskLine};
+use crate::select::{self, NoTarget, PoolInfo, SplitMix};
+use crate::targets::{self, Cluster};
+use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers};
+use crate::update::plan_update;
+
+/// The module's settings (`[migration]` in the pool config).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Concurrency of a job created without `-concurrency`.
+    pub default_concurrency: usize,
+    /// How often a job re-reads its target pools' space and load (without `-refresh`).
+    pub refresh: Duration,
+    /// Wait before a failed file is tried again.
+    pub backoff: Backoff,
+    pub timers: TaskTimers,
+    /// A SLEEPING job looks again after this long.
+    pub sleep: Duration,
+    /// Files per location question to a target pool.
+    pub locate_batch: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            default_concurrency: 1,
+            refresh: Duration::from_secs(300),
+            backoff: Backoff::default(),
+            timers: TaskTimers::default(),
+            sleep: Duration::from_secs(10),
+            locate_batch: 1000,
+        }
+    }
+}
+
+/// How many notes a job keeps (reference §3.1).
+const NOTES: usize = 15;
+/// The largest location question a target answers.
+const MAX_LOCATE: usize = 10_000;
+/// How often a target tries to deliver a finished message before giving up (the source's
+/// ping then learns that the attempt is gone and the file is retried).
+const FINISHED_TRIES: u32 = 5;
+/// The window over which `migration info` measures the rate.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The pool's migration module.
+pub struct Module<E: Env> {
+    env: Arc<E>,
+    rt: Handle,
+    settings: Settings,
+    jobs: Mutex<Jobs>,
+    /// Files this pool's jobs work on, and the job that does (reference §3.1 "file locks").
+    locks: Mutex<HashMap<PnfsId, Arc<Job>>>,
+    /// Copies this pool makes for other pools' jobs, by requesting pool and attempt.
+    served: Mutex<HashMap<(PoolName, AttemptId), CancellationToken>>,
+    next_task: AtomicU64,
+    /// The high bits of every attempt id made by this run of the pool, so a late message
+    /// from before a restart matches no attempt of this run.
+    epoch: u64,
+    default_concurrency: AtomicUsize,
+    shutting_down: AtomicBool,
+    /// Ends every copy served as a target (shutdown).
+    serving: CancellationToken,
+}
+
+struct Jobs {
+    list: Vec<Arc<Job>>,
+    next_id: u64,
+}
+
+struct Job {
+    /// May change once: a CANCELLING job whose id is taken by a new job gets a fresh one.
+    id: Mutex<JobId>,
+    def: JobDefinition,
+    command: String,
+    /// `-smode`/`-tmode` records with their expiry counted from the job's creation.
+    smode: Vec<StickyRecord>,
+    tmode: Vec<StickyRecord>,
+    /// The target pools, in cluster-file order.
+    targets: Vec<PoolName>,
+    refresh: Duration,
+    /// Cancelled when the job reaches a terminal state: stops its timers and refreshes.
+    stop: CancellationToken,
+    s: Mutex<JobInner>,
+}
+
+struct JobInner {
+    state: JobState,
+    queue: Queue,
+    running: HashMap<PnfsId, Running>,
+    concurrency: usize,
+    notes: VecDeque<NoteLine>,
+    /// The targets as last seen; `None` until the first refresh answered.
+    infos: Option<Vec<TargetInfo>>,
+    refreshing: bool,
+    /// Holders found ahead of time, by file.
+    located: HashMap<PnfsId, Vec<PoolName>>,
+    /// Tasks waiting for a location answer.
+    want_locate: BTreeSet<PnfsId>,
+    locating: bool,
+    wake_seq: u64,
+    wake_at: Option<EpochMillis>,
+    rng: SplitMix,
+    /// Completions in the last [`RATE_WINDOW`]: when, and how many bytes.
+    recent: VecDeque<(Instant, u64)>,
+    started: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+struct TargetInfo {
+    name: PoolName,
+    /// `None`: offline at the last refresh.
+    cost: Option<PoolCost>,
+}
+
+struct Running {
+    id: TaskId,
+    task: Task,
+    entry: Entry,
+    /// The state and records the target replica must have.
+    state: ReplicaState,
+    sticky: Vec<StickyRecord>,
+    /// Pins that go with the copy (`-pins=move`).
+    pins: Vec<StickyRecord>,
+    timer_seq: u64,
+    /// Done; the source mode is being applied.
+    finishing: bool,
+}
+
+/// Work to start once the job's lock is released.
+enum Action {
+    Copy { to: PoolName, pnfsid: PnfsId, attempt: AttemptId, req: Box<CopyRequest> },
+    Ping { to: PoolName, pnfsid: PnfsId, attempt: AttemptId },
+    Cancel { to: PoolName, attempt: AttemptId, reason: String },
+    Timer { pnfsid: PnfsId, attempt: AttemptId, seq: u64, after: Duration },
+    Wake { seq: u64, after: Duration },
+    Locate { ids: Vec<PnfsId>, pools: Vec<PoolName> },
+    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<String> },
+}
+
+fn not_found() -> MigrationError {
+    MigrationError::invalid("Job not found")
+}
+
+impl<E: Env> Module<E> {
+    /// A module for the pool `env`; must be called inside the tokio runtime it will use.
+    pub fn new(env: Arc<E>, settings: Settings) -> Arc<Self> {
+        let epoch = (env.now() as u64 & 0xffff) << 48;
+        Arc::new(Module {
+            env,
+            rt: Handle::current(),
+            default_concurrency: AtomicUsize::new(settings.default_concurrency),
+            settings,
+            jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1 }),
+            locks: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
+            next_task: AtomicU64::new(1),
+            epoch,
+            shutting_down: AtomicBool::new(false),
+            serving: CancellationToken::new(),
+        })
+    }
+
+    pub fn env(&self) -> &Arc<E> {
+        &self.env
+    }
+
+    // ---------------------------------------------------------------- operator commands
+
+    /// `migration copy|move|cache`: creates the job and starts it. Returns its summary line.
+    pub fn create(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<String, MigrationError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(MigrationError::invalid("the pool is shutting down"));
+        }
+        let cluster = EnvCluster(&*self.env);
+        let targets = targets::resolve(&cluster, self.env.name(), &def.targets, &def.include, &def.exclude)?;
+        let now = self.env.now();
+        let smode = def.smode.records.iter().map(|r| r.at(now)).collect();
+        let tmode = def.tmode.records.iter().map(|r| r.at(now)).collect();
+        let concurrency = def.concurrency.unwrap_or_else(|| self.default_concurrency());
+        let refresh = def.refresh.map(Duration::from_secs).unwrap_or(self.settings.refresh);
+        let job = {
+            let mut jobs = self.jobs.lock();
+            let id = match &def.id {
+                Some(id) => {
+                    if let Some(old) = jobs.list.iter().find(|j| *j.id.lock() == *id).cloned() {
+                        match old.s.lock().state {
+                            s if s.is_terminal() => jobs.list.retain(|j| !Arc::ptr_eq(j, &old)),
+                            JobState::Cancelling => {
+                                let fresh = jobs.fresh_id();
+                                *old.id.lock() = fresh;
+                            }
+                            _ => return Err(MigrationError::invalid(format!("Job id is already in use: {id}"))),
+                        }
+                    }
+                    id.clone()
+                }
+                None => jobs.fresh_id(),
+            };
+            let seed = now as u64 ^ self.next_task.load(Ordering::Relaxed).rotate_left(17);
+            let job = Arc::new(Job {
+                id: Mutex::new(id),
+                command,
+                smode,
+                tmode,
+                targets,
+                refresh,
+                stop: CancellationToken::new(),
+                s: Mutex::new(JobInner {
+                    state: JobState::New,
+                    queue: Queue::default(),
+                    running: HashMap::new(),
+                    concurrency,
+                    notes: VecDeque::new(),
+                    infos: None,
+                    refreshing: false,
+                    located: HashMap::new(),
+                    want_locate: BTreeSet::new(),
+                    locating: false,
+                    wake_seq: 0,
+                    wake_at: None,
+                    rng: SplitMix::new(seed),
+                    recent: VecDeque::new(),
+                    started: None,
+                }),
+                def,
+            });
+            jobs.list.push(job.clone());
+            job
+        };
+        self.start(&job);
+        Ok(self.summary(&job))
+    }
+
+    fn find(&self, id: &str) -> Result<Arc<Job>, MigrationError> {
+        self.jobs.lock().list.iter().find(|j| j.id.lock().as_str() == id).cloned().ok_or_else(not_found)
+    }
+
+    fn summary(&self, job: &Job) -> String {
+        let state = job.s.lock().state;
+        report::summary_line(job.id.lock().as_str(), state, &job.command)
+    }
+
+    /// One summary line per job, oldest first.
+    pub fn ls(&self) -> Vec<String> {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        jobs.iter().map(|j| self.summary(j)).collect()
+    }
+
+    pub fn ls_json(&self) -> String {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        let list: Vec<report::JobSummary> = jobs
+            .iter()
+            .map(|j| report::JobSummary {
+                id: j.id.lock().to_string(),
+                state: j.s.lock().state.as_str().to_string(),
+                command: j.command.clone(),
+            })
+            .collect();
+        serde_json::to_string_pretty(&list).expect("a job list always serialises")
+    }
+
+    pub fn state(&self, id: &str) -> Option<JobState> {
+        self.find(id).ok().map(|j| j.s.lock().state)
+    }
+
+    /// `migration info <job>` (reference §8.2, plus rate, ETA and failures).
+    pub fn info(&self, id: &str) -> Result<String, MigrationError> {
+        Ok(self.report(&*self.find(id)?).render())
+    }
+
+    /// `migration info -failed <job>`: every file that failed at least once.
+    pub fn info_failed(&self, id: &str) -> Result<String, MigrationError> {
+        Ok(self.report(&*self.find(id)?).render_failures())
+    }
+
+    pub fn info_json(&self, id: &str) -> Result<String, MigrationError> {
+        Ok(serde_json::to_string_pretty(&self.report(&*self.find(id)?)).expect("a report always serialises"))
+    }
+
+    fn report(&self, job: &Job) -> JobReport {
+        let s = job.s.lock();
+        let stats = s.queue.stats();
+        let mut running: Vec<TaskLine> = s
+            .running
+            .iter()
+            .map(|(pnfsid, r)| TaskLine {
+                task: r.id.0,
+                pnfsid: pnfsid.to_string(),
+                state: task_state_name(&r.task),
+                target: r.task.target().map(|t| t.to_string()),
+            })
+            .collect();
+        running.sort_by_key(|t| t.task);
+        let mut failures: Vec<FailureLine> = s
+            .queue
+            .failures()
+            .map(|(id, f)| FailureLine {
+                pnfsid: id.to_string(),
+                attempts: f.attempts,
+                last_at: f.last_at,
+                retry_at: (!f.permanent)
+                    .then(|| f.last_at.saturating_add(self.settings.backoff.delay(f.attempts).as_millis() as i64)),
+                code: f.last_error.code,
+                error: f.last_error.message.clone(),
+            })
+            .collect();
+        failures.sort_by(|a, b| a.pnfsid.cmp(&b.pnfsid));
+        let rate = rate(&s);
+        let left = s.queue.bytes_left();
+        JobReport {
+            id: job.id.lock().to_string(),
+            command: job.command.clone(),
+            state: s.state.as_str().to_string(),
+            queued: s.queue.queued_count(),
+            waiting: s.queue.waiting(),
+            attempts: stats.attempts,
+            targets: online(&s).map(|t| t.name.to_string()).collect(),
+            completed_files: stats.completed,
+            completed_bytes: stats.transferred,
+            total_bytes: stats.total,
+            bytes_left: left,
+            concurrency: s.concurrency,
+            rate_bytes_per_second: rate,
+            eta_seconds: rate.filter(|r| *r > 0.0 && left > 0).map(|r| (left as f64 / r).ceil() as u64),
+            running,
+            notes: s.notes.iter().cloned().collect(),
+            failures,
+        }
+    }
+
+    pub fn suspend(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
+        let job = self.find(id)?;
+        self.with(&job, |cx| match cx.s.state {
+            JobState::Suspended => Ok(()),
+            JobState::Running | JobState::Sleeping | JobState::Paused => {
+                cx.set_state(JobState::Suspended);
+                Ok(())
+            }
+            _ => Err(MigrationError::invalid("Cannot suspend a job that does not run")),
+        })?;
+        Ok(self.summary(&job))
+    }
+
+    pub fn resume(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
+        let job = self.find(id)?;
+        self.with(&job, |cx| {
+            if cx.s.state != JobState::Suspended {
+                return Err(MigrationError::invalid("Cannot resume a job that does not run"));
+            }
+            cx.set_state(JobState::Running);
+            Ok(())
+        })?;
+        Ok(self.summary(&job))
+    }
+
+    /// Cancels a job: without `force` its running tasks finish first; with it they are
+    /// cancelled on their targets too.
+    pub fn cancel(self: &Arc<Self>, id: &str, force: bool, reason: &str) -> Result<String, MigrationError> {
+        let job = self.find(id)?;
+        self.cancel_job(&job, force, reason);
+        Ok(self.summary(&job))
+    }
+
+    fn cancel_job(self: &Arc<Self>, job: &Arc<Job>, force: bool, reason: &str) {
+        self.with(job, |cx| {
+            let state = cx.s.state;
+            if state.is_terminal() {
+                return;
+            }
+            tracing::info!(job = %cx.job.id.lock(), force, "cancelling job: {reason}");
+            if state != JobState::Initializing && cx.s.running.is_empty() {
+                cx.set_state(JobState::Cancelled);
+                return;
+            }
+            cx.set_state(JobState::Cancelling);
+            cx.s.queue.clear();
+            if force {
+                let ids: Vec<PnfsId> = cx.s.running.keys().copied().collect();
+                for id in ids {
+                    cx.feed(id, TaskEvent::Cancel { reason: reason.to_string() });
+                }
+            }
+        });
+    }
+
+    /// `migration clear`: forgets the jobs that have ended.
+    pub fn clear(&self) {
+        self.jobs.lock().list.retain(|j| !j.s.lock().state.is_terminal());
+    }
+
+    pub fn set_concurrency(self: &Arc<Self>, id: &str, n: usize) -> Result<String, MigrationError> {
+        let job = self.find(id)?;
+        self.with(&job, |cx| cx.s.concurrency = n);
+        Ok(format!("[{}] Concurrency set to {n}", job.id.lock()))
+    }
+
+    pub fn set_default_concurrency(&self, n: usize) {
+        self.default_concurrency.store(n, Ordering::Relaxed);
+    }
+
+    pub fn default_concurrency(&self) -> usize {
+        self.default_concurrency.load(Ordering::Relaxed)
+    }
+
+    /// Whether one of this pool's jobs works on the file.
+    pub fn is_locked(&self, id: &PnfsId) -> bool {
+        self.locks.lock().contains_key(id)
+    }
+
+    /// Pool shutdown: every job is cancelled with force ("pool shutdown") and every copy
+    /// served for another pool ends; waits at most `grace`.
+    pub async fn shutdown(self: &Arc<Self>, grace: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.serving.cancel();
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        for job in &jobs {
+            self.cancel_job(job, true, "pool shutdown");
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        for job in &jobs {
+            tokio::select! {
+                _ = job.stop.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(job = %job.id.lock(), "job still cancelling at shutdown; its targets drop the copies");
+                }
+            }
+        }
+        let served = self.served.lock().len();
+        if served > 0 {
+            tracing::info!(served, "copies for other pools cancelled at shutdown");
+        }
+    }
+
+    // ---------------------------------------------------------------- repository changes
+
+    /// The repository announced a change to `id`. A deleted file leaves every job (its
+    /// running task is cancelled); a queued file that no longer matches leaves the queue.
+    pub fn repository_changed(self: &Arc<Self>, id: PnfsId, removed: bool) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        for job in jobs {
+            if job.stop.is_cancelled() {
+                continue;
+            }
+            self.with(&job, |cx| {
+                if !cx.s.queue.contains(&id) {
+                    return;
+                }
+                if removed {
+                    match cx.s.queue.remove(&id) {
+                        Removal::Running(_) => cx.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() }),
+                        Removal::Dropped | Removal::NotHere => {}
+                    }
+                    return;
+                }
+                if cx.s.running.contains_key(&id) {
+                    return;
+                }
+                let now = cx.m.env.now();
+                let matches = match cx.m.env.entry(&id) {
+                    Ok(Some(e)) => cx.job.def.filter.accepts(&candidate(&e), now),
+                    Ok(None) => false,
+                    Err(_) => true,
+                };
+                if !matches {
+                    cx.s.queue.remove(&id);
+                    tracing::debug!(job = %cx.job.id.lock(), %id, "file changed and no longer matches; dropped");
+                }
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- the job machinery
+
+    /// Runs `f` on the job under its lock, then the scheduler, then starts the actions.
+    fn with<T>(self: &Arc<Self>, job: &Arc<Job>, f: impl FnOnce(&mut Cx<'_, E>) -> T) -> T {
+        let mut actions = Vec::new();
+        let out = {
+            let mut s = job.s.lock();
+            let mut cx = Cx { m: self, job, s: &mut s, actions: &mut actions };
+            let out = f(&mut cx);
+            cx.schedule();
+            cx.maybe_locate();
+            out
+        };
+        for a in actions {
+            self.perform(job, a);
+        }
+        out
+    }
+
+    fn start(self: &Arc<Self>, job: &Arc<Job>) {
+        let started = self.with(job, |cx| {
+            cx.set_state(JobState::Initializing);
+            cx.s.started = Some(Instant::now());
+            cx.s.refreshing = true;
+            true
+        });
+        if !started {
+            return;
+        }
+        // Refresh the targets now and then every refresh period, until the job ends.
+        let (m, j) = (self.clone(), job.clone());
+        self.rt.spawn(async move {
+            loop {
+                m.refresh(&j).await;
+                tokio::select! {
+                    _ = j.stop.cancelled() => return,
+                    _ = tokio::time::sleep(j.refresh) => {}
+                }
+            }
+        });
+        // The initial scan, off the runtime: a pool of a million replicas keeps answering.
+        let (m, j) = (self.clone(), job.clone());
+        self.rt.spawn(async move {
+            let env = m.env.clone();
+            let job2 = j.clone();
+            let scanned = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await;
+            let scanned = match scanned {
+                Ok(r) => r,
+                Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
+            };
+            m.with(&j, |cx| match scanned {
+                Ok(files) => {
+                    if cx.s.state != JobState::Initializing {
+                        return;
+                    }
+                    let n = files.len();
+                    for (id, size) in files {
+                        cx.s.queue.add(id, size);
+                    }
+                    tracing::info!(job = %cx.job.id.lock(), files = n, "job initialised");
+                    cx.set_state(JobState::Running);
+                }
+                Err(e) => {
+                    cx.note(None, None, format!("Failed to scan the repository: {}", e.message));
+                    if cx.s.state == JobState::Initializing {
+                        cx.set_state(JobState::Failed);
+                    }
+                }
+            });
+        });
+    }
+
+    async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, pool) in job.targets.iter().enumerate() {
+            let m = self.clone();
+            let pool = pool.clone();
+            set.spawn(async move {
+                let cost = match m.env.request(&pool, MigrationRequest::PoolInfo).await {
+                    Ok(MigrationReply::PoolInfo(c)) => Some(c),
+                    _ => None,
+                };
+                (i, TargetInfo { name: pool, cost })
+            });
+        }
+        let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
+        infos.sort_by_key(|(i, _)| *i);
+        self.with(job, |cx| {
+            cx.s.refreshing = false;
+            cx.s.infos = Some(infos.into_iter().map(|(_, t)| t).collect());
+            if cx.s.state == JobState::Sleeping && online(cx.s).next().is_some() {
+                // The targets are known now: no need to wait for the next look.
+                cx.set_state(JobState::Running);
+            }
+        });
+    }
+
+    fn perform(self: &Arc<Self>, job: &Arc<Job>, action: Action) {
+        let (m, j) = (self.clone(), job.clone());
+        match action {
+            Action::Copy { to, pnfsid, attempt, req } => {
+                self.rt.spawn(async move {
+                    let event = match m.env.request(&to, MigrationRequest::Copy(*req)).await {
+                        Ok(MigrationReply::Accepted) => TaskEvent::CopyAccepted { attempt },
+                        Ok(MigrationReply::Error(error)) => TaskEvent::CopyRefused { attempt, error },
+                        Ok(other) => TaskEvent::CopyRefused { attempt, error: unexpected(&other) },
+                        Err(how) => TaskEvent::CopyUnanswered { attempt, how: how.into() },
+                    };
+                    m.with(&j, |cx| cx.feed(pnfsid, event));
+                });
+            }
+            Action::Ping { to, pnfsid, attempt } => {
+                self.rt.spawn(async move {
+                    let event = match m.env.request(&to, MigrationRequest::Ping { attempt }).await {
+                        Ok(MigrationReply::Alive(alive)) => TaskEvent::PingAnswered { attempt, alive },
+                        Ok(_) => TaskEvent::PingAnswered { attempt, alive: false },
+                        Err(_) => TaskEvent::PingUnanswered { attempt },
+                    };
+                    m.with(&j, |cx| cx.feed(pnfsid, event));
+                });
+            }
+            Action::Cancel { to, attempt, reason } => {
+                self.rt.spawn(async move {
+                    let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
+                });
+            }
+            Action::Timer { pnfsid, attempt, seq, after } => {
+                self.rt.spawn(async move {
+                    tokio::select! {
+                        _ = j.stop.cancelled() => {}
+                        _ = tokio::time::sleep(after) => m.with(&j, |cx| {
+                            if cx.s.running.get(&pnfsid).is_some_and(|r| r.timer_seq == seq) {
+                                cx.feed(pnfsid, TaskEvent::Timer { attempt });
+                            }
+                        }),
+                    }
+                });
+            }
+            Action::Wake { seq, after } => {
+                self.rt.spawn(async move {
+                    tokio::select! {
+                        _ = j.stop.cancelled() => {}
+                        _ = tokio::time::sleep(after) => {
+                            let refresh = m.with(&j, |cx| {
+                                if cx.s.wake_seq != seq {
+                                    return false;
+                                }
+                                cx.s.wake_at = None;
+                                if cx.s.state == JobState::Sleeping {
+                                    cx.set_state(JobState::Running);
+                                }
+                                let none_online = online(cx.s).next().is_none();
+                                let go = none_online && !cx.s.refreshing;
+                                if go {
+                                    cx.s.refreshing = true;
+                                }
+                                go
+                            });
+                            if refresh {
+                                m.refresh(&j).await;
+                            }
+                        }
+                    }
+                });
+            }
+            Action::Locate { ids, pools } => {
+                self.rt.spawn(async move { m.locate(&j, ids, pools).await });
+            }
+            Action::SourceMode { pnfsid, confirmed, moved_pins } => {
+                self.rt.spawn(async move {
+                    let env = m.env.clone();
+                    let j2 = j.clone();
+                    let applied = tokio::task::spawn_blocking(move || {
+                        apply_source_mode(&*env, &j2, &pnfsid, confirmed, &moved_pins)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("{e}"))));
+                    m.with(&j, |cx| cx.source_mode_applied(pnfsid, applied));
+                });
+            }
+        }
+    }
+
+    /// Asks every online target which of `ids` it holds: one request per pool.
+    async fn locate(self: &Arc<Self>, job: &Arc<Job>, ids: Vec<PnfsId>, pools: Vec<PoolName>) {
+        let mut set = tokio::task::JoinSet::new();
+        for pool in pools.iter().cloned() {
+            let m = self.clone();
+            let req = MigrationRequest::Locate { pnfsids: ids.clone() };
+            set.spawn(async move {
+                let answer = match m.env.request(&pool, req).await {
+                    Ok(MigrationReply::Located { held }) => Some(held.into_iter().collect::<BTreeSet<PnfsId>>()),
+                    _ => None,
+                };
+                (pool, answer)
+            });
+        }
+        let answers: HashMap<PoolName, Option<BTreeSet<PnfsId>>> = set.join_all().await.into_iter().collect();
+        let eager = job.def.eager;
+        self.with(job, |cx| {
+            cx.s.locating = false;
+            for id in &ids {
+                let mut holders: Vec<PoolName> = pools
+                    .iter()
+                    .filter(|p| answers.get(*p).and_then(|a| a.as_ref()).is_some_and(|held| held.contains(id)))
+                    .cloned()
+                    .collect();
+                if !eager {
+                    // A pool that did not answer may hold the file: a non-eager job asks it
+                    // (and fails the file for a later retry if it still does not answer)
+                    // rather than make a copy that may be one too many.
+                    holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).cloned());
+                }
+                cx.s.located.insert(*id, holders);
+            }
+            for id in ids {
+                if cx.s.want_locate.remove(&id)
+                    && cx.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
+                {
+                    let holders = cx.s.located.remove(&id).unwrap_or_default();
+                    cx.feed(id, TaskEvent::Located { holders });
+                }
+            }
+        });
+    }
+
+    // ---------------------------------------------------------------- the target side
+
+    /// Answers one request from the pool `from` (the authenticated peer).
+    pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
+        match req {
+            MigrationRequest::PoolInfo => MigrationReply::PoolInfo(self.env.cost()),
+            MigrationRequest::Locate { pnfsids } => {
+                if pnfsids.len() > MAX_LOCATE {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("at most {MAX_LOCATE} files per location question, not {}", pnfsids.len()),
+                    ));
+                }
+                let env = self.env.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    pnfsids
+                        .into_iter()
+                        .filter(|id| env.entry(id).ok().flatten().is_some_and(|e| e.state.is_committed()))
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                match held {
+                    Ok(held) => MigrationReply::Located { held },
+                    Err(e) => MigrationReply::Error(RemoteError::new(ErrorCode::Internal, e.to_string())),
+                }
+            }
+            MigrationRequest::Copy(req) => self.accept_copy(from, req),
+            MigrationRequest::Ping { attempt } => {
+                MigrationReply::Alive(self.served.lock().contains_key(&(from, attempt)))
+            }
+            MigrationRequest::Cancel { attempt, reason } => match self.served.lock().get(&(from.clone(), attempt)) {
+                Some(token) => {
+                    tracing::info!(%attempt, source = %from, "copy cancelled by the source: {reason}");
+                    token.cancel();
+                    MigrationReply::Alive(true)
+                }
+                None => MigrationReply::Alive(false),
+            },
+            MigrationRequest::Finished(f) => {
+                if f.target != from {
+                    tracing::warn!(claimed = %f.target, peer = %from, "finished message naming another pool; ignored");
+                } else {
+                    self.finished(f);
+                }
+                MigrationReply::Ack
+            }
+        }
+    }
+
+    /// A finished message for one of our tasks.
+    fn finished(self: &Arc<Self>, f: CopyFinished) {
+        let job = self.locks.lock().get(&f.pnfsid).cloned();
+        let Some(job) = job else {
+            tracing::debug!(pnfsid = %f.pnfsid, attempt = %f.attempt, "finished message for no running task; ignored");
+            return;
+        };
+        let event = TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result };
+        self.with(&job, |cx| cx.feed(f.pnfsid, event));
+    }
+
+    fn accept_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest) -> MigrationReply {
+        let pnfsid = req.attributes.pnfsid;
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return MigrationReply::Error(RemoteError::new(ErrorCode::ShuttingDown, "pool is shutting down"));
+        }
+        if let Err(e) = self.env.check_p2p_client() {
+            return MigrationReply::Error(e);
+        }
+        if self.is_locked(&pnfsid) {
+            return MigrationReply::Error(RemoteError::new(ErrorCode::Locked, "Target file is busy"));
+        }
+        if !req.state.is_committed() {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                format!("a copy must be CACHED or PRECIOUS, not {}", req.state),
+            ));
+        }
+        let existing = match self.env.entry(&pnfsid) {
+            Ok(e) => e,
+            Err(e) => return MigrationReply::Error(e),
+        };
+        if existing.is_none() && req.meta_only {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::FileNotFound,
+                format!("Pool does not contain {pnfsid}"),
+            ));
+        }
+        let token = {
+            let mut served = self.served.lock();
+            let key = (from.clone(), req.attempt);
+            if served.contains_key(&key) {
+                // A duplicate of a request under way: it is already accepted.
+                return MigrationReply::Accepted;
+            }
+            let token = self.serving.child_token();
+            served.insert(key, token.clone());
+            token
+        };
+        let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
+        span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
+        let m = self.clone();
+        self.rt.spawn(tracing::Instrument::instrument(
+            async move {
+                let attempt = req.attempt;
+                let result = match existing {
+                    Some(_) => m.update_existing(&req, &token).await,
+                    None => {
+                        let pull = Pull {
+                            pnfsid,
+                            source: from.clone(),
+                            state: req.state,
+                            sticky: req.sticky.clone(),
+                            atime: req.atime,
+                            force_source_mode: req.force_source_mode,
+                        };
+                        m.env.pull(pull, token.clone()).await
+                    }
+                };
+                match &result {
+                    Ok(()) => tracing::info!("copy done"),
+                    Err(e) => tracing::warn!("copy failed: {}", e.message),
+                }
+                m.served.lock().remove(&(from.clone(), attempt));
+                let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
+                m.send_finished(&from, msg).await;
+            },
+            span,
+        ));
+        MigrationReply::Accepted
+    }
+
+    /// Brings an existing replica up to what the request asks, never making it more
+    /// volatile (§5.2).
+    async fn update_existing(
+        self: &Arc<Self>,
+        req: &CopyRequest,
+        token: &CancellationToken,
+    ) -> Result<(), RemoteError> {
+        let pnfsid = req.attributes.pnfsid;
+        let cancelled = || RemoteError::new(ErrorCode::Cancelled, "Task was cancelled");
+        if req.verify {
+            let env = self.env.clone();
+            let source_sum = req.attributes.checksum;
+            let work = tokio::task::spawn_blocking(move || -> Result<(), RemoteError> {
+                let entry = env.entry(&pnfsid)?.ok_or_else(|| {
+                    RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}"))
+                })?;
+                let computed = env.compute_checksum(&pnfsid)?;
+                for (what, want) in [("recorded", entry.attrs.checksum), ("source's", source_sum)] {
+                    if let Some(want) = want
+                        && want != computed
+                    {
+                        return Err(RemoteError::new(
+                            ErrorCode::ChecksumMismatch,
+                            format!("replica {pnfsid} has checksum {computed}, the {what} checksum is {want}"),
+                        ));
+                    }
+                }
+                if entry.attrs.checksum.is_none() {
+                    // dCache failed such a file for ever; we record what we computed.
+                    env.set_checksum(&pnfsid, computed)?;
+                }
+                Ok(())
+            });
+            tokio::select! {
+                r = work => r.unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))?,
+                _ = token.cancelled() => return Err(cancelled()),
+            }
+        }
+        if token.is_cancelled() {
+            return Err(cancelled());
+        }
+        let env = self.env.clone();
+        let (state, sticky) = (req.state, req.sticky.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), RemoteError> {
+            let entry = env
+                .entry(&pnfsid)?
+                .ok_or_else(|| RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}")))?;
+            let plan = plan_update(entry.state, &entry.sticky, state, &sticky, env.now())?;
+            if let Some(s) = plan.new_state {
+                env.set_state(&pnfsid, s)?;
+            }
+            for r in plan.sticky {
+                env.set_sticky(&pnfsid, r, StickyMode::ExtendOnly)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))
+    }
+
+    async fn send_finished(&self, to: &PoolName, msg: CopyFinished) {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=FINISHED_TRIES {
+            match self.env.request(to, MigrationRequest::Finished(msg.clone())).await {
+                Ok(MigrationReply::Ack) => return,
+                other => {
+                    if attempt == FINISHED_TRIES {
+                        tracing::warn!(source = %to, "could not report the copy's outcome ({other:?}); the source will ask again");
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+}
+
+/// The context of one locked visit to a job.
+struct Cx<'a, E: Env> {
+    m: &'a Arc<Module<E>>,
+    job: &'a Arc<Job>,
+    s: &'a mut JobInner,
+    actions: &'a mut Vec<Action>,
+}
+
+impl<E: Env> Cx<'_, E> {
+    fn set_state(&mut self, to: JobState) {
+        let from = self.s.state;
+        if let Err(e) = transition(&mut self.s.state, to) {
+            tracing::error!(job = %self.job.id.lock(), "{e}");
+            return;
+        }
+        tracing::debug!(job = %self.job.id.lock(), "job {from} -> {to}");
+        if to.is_terminal() {
+            self.s.queue.clear();
+            self.s.located.clear();
+            self.s.want_locate.clear();
+            self.job.stop.cancel();
+            tracing::info!(job = %self.job.id.lock(), state = %to, "job ended");
+        }
+    }
+
+    fn note(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String) {
+        if self.s.notes.len() == NOTES {
+            self.s.notes.pop_front();
+        }
+        self.s.notes.push_back(NoteLine {
+            at: self.m.env.now(),
+            task: task.map(|t| t.0).unwrap_or(0),
+            pnfsid: pnfsid.map(|p| p.to_string()),
+            message,
+        });
+    }
+
+    /// The scheduler (reference §3.5), with failed files waiting out their backoff.
+    fn schedule(&mut self) {
+        let state = self.s.state;
+        if state == JobState::Cancelling {
+            if self.s.running.is_empty() {
+                self.set_state(JobState::Cancelled);
+            }
+            return;
+        }
+        if matches!(state, JobState::New | JobState::Initializing) || state.is_terminal() {
+            return;
+        }
+        if !self.job.def.permanent && self.s.queue.is_empty() && self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+            return;
+        }
+        if state != JobState::Running {
+            return;
+        }
+        let now = self.m.env.now();
+        self.s.queue.wake(now);
+        if self.s.infos.is_none() || online(self.s).next().is_none() {
+            // Targets not known yet, or none online: look again later.
+            self.sleep(now);
+            return;
+        }
+        let free = self.s.concurrency.saturating_sub(self.s.running.len());
+        if free > 0 {
+            let mut picked = Vec::new();
+            let mut busy = Vec::new();
+            {
+                let locks = self.m.locks.lock();
+                for id in self.s.queue.queued() {
+                    if picked.len() == free {
+                        break;
+                    }
+                    match locks.get(id) {
+                        Some(j) if !Arc::ptr_eq(j, self.job) => busy.push(*id),
+                        _ => picked.push(*id),
+                    }
+                }
+            }
+            for id in busy {
+                self.note(None, Some(id), "File is locked".into());
+            }
+            for id in picked {
+                self.start_task(id, now);
+                if self.s.state != JobState::Running {
+                    return;
+                }
+            }
+        }
+        if self.s.running.is_empty() {
+            if !self.job.def.permanent && self.s.queue.is_empty() {
+                self.set_state(JobState::Finished);
+            } else {
+                self.sleep(now);
+            }
+        } else if let Some(at) = self.s.queue.next_retry() {
+            self.wake_at(at, now);
+        }
+    }
+
+    fn sleep(&mut self, now: EpochMillis) {
+        if self.s.state == JobState::Running {
+            self.set_state(JobState::Sleeping);
+        }
+        let mut at = now + self.m.settings.sleep.as_millis() as i64;
+        if let Some(retry) = self.s.queue.next_retry() {
+            at = at.min(retry);
+        }
+        self.wake_at(at, now);
+    }
+
+    /// Arms the job's wake-up for `at` unless one is due sooner.
+    fn wake_at(&mut self, at: EpochMillis, now: EpochMillis) {
+        if self.s.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        self.s.wake_seq += 1;
+        self.s.wake_at = Some(at);
+        let after = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+        self.actions.push(Action::Wake { seq: self.s.wake_seq, after });
+    }
+
+    fn start_task(&mut self, id: PnfsId, now: EpochMillis) {
+        self.m.locks.lock().insert(id, self.job.clone());
+        let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
+        self.s.queue.start(id, task_id);
+        let entry = match self.m.env.entry(&id) {
+            Ok(Some(e)) if e.state.is_committed() => e,
+            Ok(_) => {
+                // Gone (or going) since the scan: nothing to do.
+                self.s.queue.cancelled(&id);
+                self.unlock(&id);
+                return;
+            }
+            Err(e) => {
+                self.note(Some(task_id), Some(id), format!("Failed to read the replica: {}", e.message));
+                self.s.queue.failed(&id, false, e, now, &self.m.settings.backoff);
+                self.unlock(&id);
+                return;
+            }
+        };
+        let def = &self.job.def;
+        let prefix = self.m.env.pin_prefix();
+        let state = match def.tmode.state {
+            TargetState::Same => entry.state,
+            TargetState::Cached => ReplicaState::Cached,
+            TargetState::Precious => ReplicaState::Precious,
+        };
+        let mut sticky: Vec<StickyRecord> = if def.tmode.state == TargetState::Same {
+            entry.sticky.iter().filter(|r| !r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        sticky.extend(self.job.tmode.iter().cloned());
+        let pins: Vec<StickyRecord> = if def.pins == Pins::Move {
+            entry.sticky.iter().filter(|r| r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let plan = TaskPlan {
+            replicas: def.replicas,
+            eager: def.eager,
+            meta_only: def.meta_only,
+            pins: !pins.is_empty(),
+            timers: self.m.settings.timers.clone(),
+        };
+        let base = self.m.epoch | ((task_id.0 & 0xf_ffff_ffff) << 12);
+        let task = Task::new(plan, base);
+        self.s
+            .running
+            .insert(id, Running { id: task_id, task, entry, state, sticky, pins, timer_seq: 0, finishing: false });
+        self.feed(id, TaskEvent::Start);
+    }
+
+    fn unlock(&mut self, id: &PnfsId) {
+        let mut locks = self.m.locks.lock();
+        if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {
+            locks.remove(id);
+        }
+    }
+
+    /// Feeds an event to a file's task and carries out what it asks.
+    fn feed(&mut self, id: PnfsId, event: TaskEvent) {
+        let mut work = VecDeque::from([event]);
+        while let Some(event) = work.pop_front() {
+            let Some(r) = self.s.running.get_mut(&id) else { return };
+            let size = r.entry.attrs.size;
+            let infos: Vec<PoolInfo> = online(self.s)
+                .filter(|t| t.cost.is_some_and(|c| c.accepts))
+                .map(|t| {
+                    let c = t.cost.expect("online pools have a cost");
+                    PoolInfo { name: t.name.clone(), space: c.space, load: c.load }
+                })
+                .collect();
+            let strategy = self.job.def.select;
+            let r = self.s.running.get_mut(&id).expect("looked up above");
+            let rng = &mut self.s.rng;
+            let rng = std::cell::RefCell::new(rng);
+            let selector = |exclude: &BTreeSet<PoolName>| -> Result<PoolName, NoTarget> {
+                let exclude: Vec<PoolName> = exclude.iter().cloned().collect();
+                let mut rng = rng.borrow_mut();
+                select::select(strategy, &infos, &exclude, size, &mut rng).map(|p| p.name.clone())
+            };
+            let effects = r.task.step(event, &selector);
+            for fx in effects {
+                self.effect(id, fx, &mut work);
+            }
+        }
+    }
+
+    fn effect(&mut self, id: PnfsId, fx: Effect, work: &mut VecDeque<TaskEvent>) {
+        let Some(r) = self.s.running.get_mut(&id) else { return };
+        match fx {
+            Effect::Locate => {
+                if let Some(holders) = self.s.located.remove(&id) {
+                    work.push_back(TaskEvent::Located { holders });
+                } else {
+                    self.s.want_locate.insert(id);
+                }
+            }
+            Effect::Copy { target, attempt, existing: _, pins } => {
+                let mut sticky = r.sticky.clone();
+                if pins {
+                    sticky.extend(r.pins.iter().cloned());
+                }
+                let def = &self.job.def;
+                let req = CopyRequest {
+                    attempt,
+                    job: self.job.id.lock().clone(),
+                    task: r.id,
+                    attributes: r.entry.attrs.clone(),
+                    state: r.state,
+                    sticky,
+                    verify: def.verify,
+                    atime: def.atime.then_some(r.entry.attrs.access_time),
+                    force_source_mode: def.force_source_mode,
+                    meta_only: def.meta_only,
+                };
+                self.actions.push(Action::Copy { to: target, pnfsid: id, attempt, req: Box::new(req) });
+            }
+            Effect::Ping { target, attempt } => self.actions.push(Action::Ping { to: target, pnfsid: id, attempt }),
+            Effect::Cancel { target, attempt, reason } => {
+                self.actions.push(Action::Cancel { to: target, attempt, reason })
+            }
+            Effect::Timer { attempt, after } => {
+                r.timer_seq += 1;
+                let seq = r.timer_seq;
+                self.actions.push(Action::Timer { pnfsid: id, attempt, seq, after });
+            }
+            Effect::Finish(outcome) => self.task_ended(id, outcome),
+        }
+    }
+
+    fn task_ended(&mut self, id: PnfsId, outcome: Outcome) {
+        let now = self.m.env.now();
+        let Some(r) = self.s.running.get_mut(&id) else { return };
+        let task = r.id;
+        self.s.want_locate.remove(&id);
+        match outcome {
+            Outcome::Done { replicas } => {
+                // The source mode comes first (§3.7); the file counts as done after it.
+                r.finishing = true;
+                let moved_pins = if r.task.replicas().is_empty() {
+                    Vec::new()
+                } else {
+                    r.pins.iter().map(|p| p.owner.clone()).collect()
+                };
+                tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
+                self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins });
+            }
+            Outcome::Failed { permanent, error } => {
+                self.s.running.remove(&id);
+                self.unlock(&id);
+                let what = if permanent { "failed for good" } else { "failed; retried later" };
+                tracing::warn!(job = %self.job.id.lock(), %task, pnfsid = %id, "file {what}: {}", error.message);
+                self.note(Some(task), Some(id), error.message.clone());
+                self.s.queue.failed(&id, permanent, error, now, &self.m.settings.backoff);
+            }
+            Outcome::Cancelled => {
+                self.s.running.remove(&id);
+                self.unlock(&id);
+                self.s.queue.cancelled(&id);
+            }
+        }
+    }
+
+    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<(), RemoteError>) {
+        let Some(r) = self.s.running.remove(&id) else { return };
+        self.unlock(&id);
+        match applied {
+            Ok(()) => {
+                self.s.queue.completed(&id);
+                let size = r.entry.attrs.size;
+                let now = Instant::now();
+                self.s.recent.push_back((now, size));
+                while self.s.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                    self.s.recent.pop_front();
+                }
+            }
+            Err(e) => {
+                let error =
+                    RemoteError { code: e.code, message: format!("Failed to apply the source mode: {}", e.message) };
+                self.note(Some(r.id), Some(id), error.message.clone());
+                let now = self.m.env.now();
+                self.s.queue.failed(&id, false, error, now, &self.m.settings.backoff);
+            }
+        }
+    }
+
+    /// Sends one location question per target for the tasks waiting on one, and for the
+    /// next files of the queue, so a job asks each target about many files at once.
+    fn maybe_locate(&mut self) {
+        if self.s.locating || self.s.want_locate.is_empty() || self.s.state.is_terminal() {
+            return;
+        }
+        let pools: Vec<PoolName> = online(self.s).map(|t| t.name.clone()).collect();
+        if pools.is_empty() {
+            // Nobody to ask: no holders (selection then finds no target either).
+            let ids: Vec<PnfsId> = std::mem::take(&mut self.s.want_locate).into_iter().collect();
+            for id in ids {
+                self.feed(id, TaskEvent::Located { holders: Vec::new() });
+            }
+            return;
+        }
+        let batch = self.m.settings.locate_batch.max(1);
+        if self.s.located.len() > 2 * batch {
+            self.s.located.clear();
+        }
+        let mut ids: Vec<PnfsId> = self.s.want_locate.iter().copied().collect();
+        for id in self.s.queue.queued() {
+            if ids.len() >= batch {
+                break;
+            }
+            if !self.s.located.contains_key(id) && !self.s.want_locate.contains(id) {
+                ids.push(*id);
+            }
+        }
+        self.s.locating = true;
+        self.actions.push(Action::Locate { ids, pools });
+    }
+}
+
+/// The targets online at the last refresh.
+fn online(s: &JobInner) -> impl Iterator<Item = &TargetInfo> {
+    s.infos.iter().flatten().filter(|t| t.cost.is_some())
+}
+
+fn rate(s: &JobInner) -> Option<f64> {
+    let started = s.started?;
+    let window = started.elapsed().min(RATE_WINDOW).as_secs_f64();
+    if window < 1.0 || !matches!(s.state, JobState::Running | JobState::Sleeping | JobState::Suspended) {
+        return None;
+    }
+    let bytes: u64 = s.recent.iter().filter(|(t, _)| t.elapsed() <= RATE_WINDOW).map(|(_, b)| b).sum();
+    Some(bytes as f64 / window)
+}
+
+fn task_state_name(task: &Task) -> String {
+    match task.state() {
+        TaskState::WaitingForCopyFinishedMessage => "Waiting".to_string(),
+        s => s.to_string(),
+    }
+}
+
+fn candidate(e: &Entry) -> Candidate<'_> {
+    Candidate { attrs: &e.attrs, state: e.state, sticky: &e.sticky }
+}
+
+fn unexpected(reply: &MigrationReply) -> RemoteError {
+    RemoteError::new(ErrorCode::Protocol, format!("unexpected reply {reply:?}"))
+}
+
+struct EnvCluster<'a, E: Env>(&'a E);
+
+impl<E: Env> Cluster for EnvCluster<'_, E> {
+    fn pools(&self) -> Vec<PoolName> {
+        self.0.pools()
+    }
+    fn pool_group(&self, group: &str) -> Vec<PoolName> {
+        self.0.pool_group(group)
+    }
+    fn groups_of(&self, pool: &PoolName) -> Vec<String> {
+        self.0.groups_of(pool)
+    }
+}
+
+impl Jobs {
+    fn fresh_id(&mut self) -> JobId {
+        loop {
+            let id: JobId = self.next_id.to_string().parse().expect("a number is a valid job id");
+            self.next_id += 1;
+            if !self.list.iter().any(|j| *j.id.lock() == id) {
+                return id;
+            }
+        }
+    }
+}
+
+/// The initial scan: every replica the filter accepts, in `-order` if one was given.
+fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
+    let now = env.now();
+    let mut found: Vec<(PnfsId, u64, EpochMillis)> = Vec::new();
+    env.scan(&mut |e: Entry| {
+        if job.stop.is_cancelled() {
+            return ControlFlow::Break(());
+        }
+        if job.def.filter.accepts(&candidate(&e), now) {
+            found.push((e.attrs.pnfsid, e.attrs.size, e.attrs.access_time));
+        }
+        ControlFlow::Continue(())
+    })?;
+    match job.def.order {
+        None => {}
+        Some(Order::Size { descending }) => {
+            found.sort_by(|a, b| if descending { b.1.cmp(&a.1) } else { a.1.cmp(&b.1) }.then(a.0.cmp(&b.0)))
+        }
+        Some(Order::Lru { descending }) => {
+            found.sort_by(|a, b| if descending { b.2.cmp(&a.2) } else { a.2.cmp(&b.2) }.then(a.0.cmp(&b.0)))
+        }
+    }
+    Ok(found.into_iter().map(|(id, size, _)| (id, size)).collect())
+}
+
+/// Applies the source mode to a file whose copies were confirmed (reference §4.7). A pinned
+/// replica is never deleted: `delete` becomes `removable` while a pin stays; pins that went
+/// with the copy are cleared here, after the target confirmed them.
+fn apply_source_mode<E: Env>(
+    env: &E,
+    job: &Job,
+    id: &PnfsId,
+    confirmed: usize,
+    moved_pins: &[String],
+) -> Result<(), RemoteError> {
+    let Some(entry) = env.entry(id)? else { return Ok(()) };
+    if !entry.state.is_committed() {
+        return Ok(());
+    }
+    let now = env.now();
+    let prefix = env.pin_prefix();
+    let gone = |r: &StickyRecord| StickyRecord::new(r.owner.clone(), 0);
+    for pin in entry.sticky.iter().filter(|r| r.is_pin(prefix) && moved_pins.contains(&r.owner)) {
+        env.set_sticky(id, gone(pin), StickyMode::Overwrite)?;
+    }
+    let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !moved_pins.contains(&r.owner));
+    let mode = job.def.smode.state;
+    if matches!(mode, SourceState::Removable | SourceState::Delete) && confirmed == 0 {
+        // Safety rule 5: never destroy a source no target confirmed.
+        return Err(RemoteError::new(ErrorCode::Internal, "no confirmed copy; the source is left as it is"));
+    }
+    let listed = |owner: &str| job.smode.iter().any(|r| r.owner == owner);
+    let set_listed = || -> Result<(), RemoteError> {
+        for r in &job.smode {
+            env.set_sticky(id, r.clone(), StickyMode::Overwrite)?;
+        }
+        Ok(())
+    };
+    let removable = || -> Result<(), RemoteError> {
+        set_listed()?;
+        for r in entry.sticky.iter().filter(|r| !r.is_pin(prefix) && !listed(&r.owner)) {
+            env.set_sticky(id, gone(r), StickyMode::Overwrite)?;
+        }
+        if entry.state != ReplicaState::Cached {
+            env.set_state(id, ReplicaState::Cached)?;
+        }
+        Ok(())
+    };
+    let result = match mode {
+        SourceState::Same => set_listed(),
+        SourceState::Cached => {
+            set_listed()?;
+            if entry.state != ReplicaState::Cached { env.set_state(id, ReplicaState::Cached) } else { Ok(()) }
+        }
+        SourceState::Precious => {
+            if entry.state != ReplicaState::Precious {
+                env.set_state(id, ReplicaState::Precious)?;
+            }
+            set_listed()
+        }
+        SourceState::Removable => removable(),
+        SourceState::Delete if pinned => removable(),
+        SourceState::Delete => env.remove(id),
+    };
+    match result {
+        // The replica went away or is changing under us: nothing left to do (§4.7).
+        Err(e) if matches!(e.code(), Some(ErrorCode::FileNotFound | ErrorCode::IllegalTransition)) => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,289 @@
+//! What `migration ls` and `migration info` print (reference §8.1-§8.2), from one snapshot of
+//! a job that also serialises as JSON (`-json`), so the text and the machine-readable form
+//! never disagree.
+
+use std::fmt::Write as _;
+
+use chrono::TimeZone;
+use serde::Serialize;
+use tidepool_p2p::model::EpochMillis;
+
+use crate::job_state::JobState;
+
+/// `[<id>] <STATE padded to 12> <command>`.
+pub fn summary_line(id: &str, state: JobState, command: &str) -> String {
+    format!("[{id}] {:<12} {command}", state.as_str())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub state: String,
+    pub command: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskLine {
+    pub task: u64,
+    pub pnfsid: String,
+    pub state: String,
+    pub target: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NoteLine {
+    pub at: EpochMillis,
+    /// 0 for notes about the job rather than one task.
+    pub task: u64,
+    pub pnfsid: Option<String>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureLine {
+    pub pnfsid: String,
+    pub attempts: u32,
+    pub last_at: EpochMillis,
+    /// When the file is tried again; `None`: dropped from the job for good.
+    pub retry_at: Option<EpochMillis>,
+    pub code: u32,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub id: String,
+    pub command: String,
+    pub state: String,
+    pub queued: usize,
+    /// Files waiting out their backoff after a failure.
+    pub waiting: usize,
+    pub attempts: u64,
+    pub targets: Vec<String>,
+    pub completed_files: u64,
+    pub completed_bytes: u64,
+    pub total_bytes: u64,
+    pub bytes_left: u64,
+    pub concurrency: usize,
+    pub rate_bytes_per_second: Option<f64>,
+    pub eta_seconds: Option<u64>,
+    pub running: Vec<TaskLine>,
+    pub notes: Vec<NoteLine>,
+    pub failures: Vec<FailureLine>,
+}
+
+fn clock(at: EpochMillis) -> String {
+    match chrono::Local.timestamp_millis_opt(at) {
+        chrono::LocalResult::Single(t) => t.format("%H:%M:%S").to_string(),
+        _ => "--:--:--".to_string(),
+    }
+}
+
+/// `12.3 MB/s` (decimal units, like the transfer logs).
+fn rate_text(bytes_per_second: f64) -> String {
+    const UNITS: [&str; 5] = ["B/s", "kB/s", "MB/s", "GB/s", "TB/s"];
+    let mut v = bytes_per_second;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+fn duration_text(seconds: u64) -> String {
+    format!("{}:{:02}:{:02}", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+impl JobReport {
+    /// The `migration info` text. The lines of reference §8.2 come first and unchanged
+    /// (scripts parse them as `key: value`); Tidepool's additions follow `Concurrency`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Command    : {}", self.command);
+        let _ = writeln!(s, "State      : {}", self.state);
+        let _ = writeln!(s, "Queued     : {}", self.queued);
+        let _ = writeln!(s, "Attempts   : {}", self.attempts);
+        let _ = writeln!(s, "Targets    : {}", self.targets.join(","));
+        if self.total_bytes > 0 {
+            let (completed, total, pct) = match self.state.as_str() {
+                "RUNNING" | "SUSPENDED" | "CANCELLING" | "STOPPING" | "SLEEPING" | "PAUSED" => (true, true, true),
+                "INITIALIZING" | "FINISHED" => (true, true, false),
+                "CANCELLED" | "FAILED" => (true, false, false),
+                _ => (false, false, false),
+            };
+            if completed {
+                let _ = write!(s, "Completed  : {} files; {} bytes", self.completed_files, self.completed_bytes);
+                if pct {
+                    let pct = self.completed_bytes.saturating_mul(100).checked_div(self.total_bytes).unwrap_or(0);
+                    let _ = write!(s, "; {pct}%");
+                }
+                s.push('\n');
+            }
+            if total {
+                let _ = writeln!(s, "Total      : {} bytes", self.total_bytes);
+            }
+        }
+        let _ = writeln!(s, "Concurrency: {}", self.concurrency);
+        if let Some(rate) = self.rate_bytes_per_second {
+            let _ = writeln!(s, "Rate       : {}", rate_text(rate));
+        }
+        if let Some(eta) = self.eta_seconds {
+            let _ = writeln!(s, "ETA        : {}", duration_text(eta));
+        }
+        if self.waiting > 0 {
+            let _ = writeln!(s, "Waiting    : {} files, to be retried after a failure", self.waiting);
+        }
+        if !self.failures.is_empty() {
+            let dropped = self.failures.iter().filter(|f| f.retry_at.is_none()).count();
+            let _ = writeln!(
+                s,
+                "Failed     : {} files ({dropped} given up); `migration info -failed {}` lists them",
+                self.failures.len(),
+                self.id
+            );
+        }
+        s.push_str("Running tasks:\n");
+        for t in &self.running {
+            match &t.target {
+                Some(target) => {
+                    let _ = writeln!(s, "[{}] {}: TASK.{} -> [{target}@local]", t.task, t.pnfsid, t.state);
+                }
+                None => {
+                    let _ = writeln!(s, "[{}] {}: TASK.{}", t.task, t.pnfsid, t.state);
+                }
+            }
+        }
+        if !self.notes.is_empty() {
+            s.push_str("Most recent notes:\n");
+            for n in &self.notes {
+                let _ =
+                    writeln!(s, "{} [{}] {}: {}", clock(n.at), n.task, n.pnfsid.as_deref().unwrap_or("-"), n.message);
+            }
+        }
+        s
+    }
+
+    /// `migration info -failed`: one line per file that failed at least once.
+    pub fn render_failures(&self) -> String {
+        if self.failures.is_empty() {
+            return format!("[{}] no file has failed\n", self.id);
+        }
+        let mut s = String::new();
+        for f in &self.failures {
+            let next = match f.retry_at {
+                Some(at) => format!("retry at {}", clock(at)),
+                None => "given up".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "{} attempts={} last={} {next}: {} (rc={})",
+                f.pnfsid,
+                f.attempts,
+                clock(f.last_at),
+                f.error,
+                f.code
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(state: &str) -> JobReport {
+        JobReport {
+            id: "1".into(),
+            command: "migration copy -pnfsid=0000A1 -- pool2".into(),
+            state: state.into(),
+            queued: 3,
+            waiting: 0,
+            attempts: 2,
+            targets: vec!["pool2".into(), "pool3".into()],
+            completed_files: 1,
+            completed_bytes: 250,
+            total_bytes: 1000,
+            bytes_left: 750,
+            concurrency: 2,
+            rate_bytes_per_second: None,
+            eta_seconds: None,
+            running: vec![
+                TaskLine { task: 7, pnfsid: "0000A1".into(), state: "Copying".into(), target: Some("pool2".into()) },
+                TaskLine { task: 9, pnfsid: "0000A2".into(), state: "GettingLocations".into(), target: None },
+            ],
+            notes: vec![],
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn summary_pads_the_state_like_dcache() {
+        assert_eq!(
+            summary_line("1", JobState::Running, "migration copy -- pool2"),
+            "[1] RUNNING      migration copy -- pool2"
+        );
+        assert_eq!(
+            summary_line("rebalance", JobState::Finished, "migration move -id=rebalance -- p"),
+            "[rebalance] FINISHED     migration move -id=rebalance -- p"
+        );
+    }
+
+    #[test]
+    fn info_has_the_reference_layout() {
+        let text = report("RUNNING").render();
+        assert_eq!(
+            text,
+            "Command    : migration copy -pnfsid=0000A1 -- pool2\n\
+             State      : RUNNING\n\
+             Queued     : 3\n\
+             Attempts   : 2\n\
+             Targets    : pool2,pool3\n\
+             Completed  : 1 files; 250 bytes; 25%\n\
+             Total      : 1000 bytes\n\
+             Concurrency: 2\n\
+             Running tasks:\n\
+             [7] 0000A1: TASK.Copying -> [pool2@local]\n\
+             [9] 0000A2: TASK.GettingLocations\n"
+        );
+        let finished = report("FINISHED").render();
+        assert!(finished.contains("Completed  : 1 files; 250 bytes\nTotal      : 1000 bytes\n"), "{finished}");
+        let cancelled = report("CANCELLED").render();
+        assert!(cancelled.contains("Completed  : 1 files; 250 bytes\nConcurrency"), "{cancelled}");
+        assert!(!report("NEW").render().contains("Completed"));
+        // Every line is `key: value` up to the task list.
+        for line in text.lines().take_while(|l| *l != "Running tasks:") {
+            assert!(line.split_once(':').is_some_and(|(k, _)| k.trim() == k.trim_end()), "{line}");
+        }
+    }
+
+    #[test]
+    fn additions_follow_concurrency_and_notes_come_last() {
+        let mut r = report("RUNNING");
+        r.rate_bytes_per_second = Some(12_345_678.0);
+        r.eta_seconds = Some(3725);
+        r.waiting = 1;
+        r.failures = vec![FailureLine {
+            pnfsid: "0000A3".into(),
+            attempts: 2,
+            last_at: 0,
+            retry_at: Some(10_000),
+            code: 20004,
+            error: "Pool pool2 failed (not reachable)".into(),
+        }];
+        r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
+        let text = r.render();
+        assert!(text.contains("Concurrency: 2\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"), "{text}");
+        assert!(text.contains("Failed     : 1 files (0 given up); `migration info -failed 1` lists them\n"));
+        assert!(text.contains("Most recent notes:\n") && text.ends_with("[0] 0000A3: File is locked\n"), "{text}");
+        let failed = r.render_failures();
+        assert!(
+            failed.starts_with("0000A3 attempts=2 last=")
+                && failed.contains("Pool pool2 failed (not reachable) (rc=20004)")
+        );
+        let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["failures"][0]["attempts"], 2);
+        assert_eq!(json["running"][0]["target"], "pool2");
+    }
+}
