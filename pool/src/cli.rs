@@ -183,6 +183,7 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
             key,
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+            migration: config.migration.settings(),
         };
         let opened = Daemon::open(settings).await?;
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;

@@ -14,6 +14,12 @@
 //! # p2p_max_active = 8             # concurrent incoming pool-to-pool transfers
 //! # p2p_max_outgoing = 16          # concurrent outgoing streams as a source
 //! # p2p_no_progress_seconds = 120  # a transfer silent this long fails
+//!
+//! # [migration]
+//! # concurrency_default = 1        # concurrency of a new job without -concurrency
+//! # refresh_seconds = 300          # how often a job re-reads its targets' cost (-refresh)
+//! # retry_base_seconds = 10        # a failed file waits this long before its next try...
+//! # retry_cap_seconds = 600        # ...doubling on each failure, up to this
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,6 +68,60 @@ pub struct PoolConfig {
     /// A pool-to-pool transfer that receives nothing for this long fails.
     #[serde(default = "default_no_progress")]
     pub p2p_no_progress_seconds: u64,
+    /// The migration module's defaults (`[migration]`).
+    #[serde(default)]
+    pub migration: MigrationConfig,
+}
+
+/// The `[migration]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    /// Concurrency of a job created without `-concurrency` (`migration concurrency` changes a
+    /// job's live).
+    pub concurrency_default: usize,
+    /// How often a job re-reads its targets' space and load when created without `-refresh`.
+    pub refresh_seconds: u64,
+    /// A file that failed waits this long before its next try, doubling after each further
+    /// failure...
+    pub retry_base_seconds: u64,
+    /// ...up to this.
+    pub retry_cap_seconds: u64,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig { concurrency_default: 1, refresh_seconds: 300, retry_base_seconds: 10, retry_cap_seconds: 600 }
+    }
+}
+
+impl MigrationConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.concurrency_default == 0 {
+            return Err("migration.concurrency_default must be at least 1".into());
+        }
+        if self.refresh_seconds == 0 || self.retry_base_seconds == 0 {
+            return Err("migration.refresh_seconds and migration.retry_base_seconds must be at least 1".into());
+        }
+        if self.retry_cap_seconds < self.retry_base_seconds {
+            return Err("migration.retry_cap_seconds must be at least migration.retry_base_seconds".into());
+        }
+        Ok(())
+    }
+
+    /// The module's settings: these values, the rest at their defaults.
+    pub fn settings(&self) -> tidepool_migration::module::Settings {
+        let secs = std::time::Duration::from_secs;
+        tidepool_migration::module::Settings {
+            default_concurrency: self.concurrency_default,
+            refresh: secs(self.refresh_seconds),
+            backoff: tidepool_migration::queue::Backoff {
+                base: secs(self.retry_base_seconds),
+                cap: secs(self.retry_cap_seconds),
+            },
+            ..Default::default()
+        }
+    }
 }
 
 fn default_max_active() -> usize {
@@ -117,6 +177,7 @@ impl PoolConfig {
                 "p2p_max_active and p2p_max_outgoing must be at least 1 (pp set max ... 0 pauses at run time)".into()
             );
         }
+        c.migration.check()?;
         Ok(c)
     }
 
@@ -173,5 +234,31 @@ mod tests {
         assert!(PoolConfig::parse(&format!("{base}capacity = \"10X\"\n"), Path::new("/")).is_err());
         assert!(PoolConfig::parse(&format!("{base}capacity = 0\n"), Path::new("/")).is_err());
         assert!(PoolConfig::parse(base, Path::new("/")).unwrap_err().contains("capacity"));
+    }
+
+    #[test]
+    fn migration_table_has_defaults_and_is_checked() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let c = PoolConfig::parse(base, Path::new("/")).unwrap();
+        assert_eq!(c.migration, MigrationConfig::default());
+        let s = c.migration.settings();
+        assert_eq!(s.default_concurrency, 1);
+        assert_eq!(s.refresh, std::time::Duration::from_secs(300));
+        assert_eq!(s.backoff.base, std::time::Duration::from_secs(10));
+        assert_eq!(s.backoff.cap, std::time::Duration::from_secs(600));
+        let c = PoolConfig::parse(
+            &format!("{base}[migration]\nconcurrency_default = 4\nretry_cap_seconds = 60\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.migration,
+            MigrationConfig { concurrency_default: 4, retry_cap_seconds: 60, ..MigrationConfig::default() }
+        );
+        // Written back (the demo and the benchmark write configs), it reads the same.
+        assert_eq!(PoolConfig::parse(&toml::to_string_pretty(&c).unwrap(), Path::new("/")).unwrap(), c);
+        for bad in ["concurrency_default = 0", "retry_base_seconds = 0", "retry_cap_seconds = 5", "colour = 1"] {
+            assert!(PoolConfig::parse(&format!("{base}[migration]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
+        }
     }
 }

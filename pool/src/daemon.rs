@@ -3,11 +3,13 @@
 //! Start-up:
 //! 1. open the repository (restart recovery runs here) on a blocking thread;
 //! 2. restore the saved pool mode;
-//! 3. accept connections on the admin and data listeners (bound by the caller).
+//! 3. start the migration module and the feed of repository changes into it;
+//! 4. accept connections on the admin and data listeners (bound by the caller).
 //!
-//! Shutdown is the same script in reverse: stop accepting and cancel every connection (uploads
-//! in flight are aborted and their partial data removed), wait for them with a deadline, then
-//! flush the repository.
+//! Shutdown is the same script in reverse: the migration module cancels its jobs and the
+//! copies it serves (within the grace period, while the pool still answers other pools); then
+//! stop accepting and cancel every connection and transfer (uploads in flight are aborted and
+//! their partial data removed), wait for them with a deadline, then flush the repository.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use tidepool_p2p::auth::{self, ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, PutRequest};
+use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, PutRequest};
 use tidepool_p2p::model::{FileAttributes, ReplicaState};
 use tidepool_p2p::random::random_bytes;
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
@@ -43,6 +45,7 @@ pub struct Settings {
     pub pin_owner_prefix: String,
     pub shutdown_grace: Duration,
     pub transfers: TransferSettings,
+    pub migration: tidepool_migration::module::Settings,
 }
 
 /// A running pool daemon.
@@ -79,12 +82,14 @@ impl Daemon {
         Daemon::open(settings).await?.serve(admin, data)
     }
 
-    /// Steps 1 and 2: opens the repository (running restart recovery) and restores the mode.
+    /// Steps 1 to 3: opens the repository (running restart recovery), restores the mode and
+    /// starts the migration module.
     /// A caller that binds its listeners afterwards does not accept connections it cannot
     /// answer during a long recovery.
     pub async fn open(settings: Settings) -> anyhow::Result<Opened> {
         let span = tracing::info_span!("pool", name = %settings.name);
-        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace, transfers } = settings;
+        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace, transfers, migration } =
+            settings;
         // 1. Open the repository.
         let dir = data_dir.clone();
         let opened = blocking(move || -> anyhow::Result<_> {
@@ -103,12 +108,14 @@ impl Daemon {
         });
         // 2. Restore the pool mode.
         let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix, &transfers)?);
+        // 3. Start the migration module.
+        span.in_scope(|| pool.start_migration(migration));
         Ok(Opened { pool, key, grace: shutdown_grace, span })
     }
 }
 
 impl Opened {
-    /// Step 3: accepts connections.
+    /// Step 4: accepts connections.
     pub fn serve(self, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
         let Opened { pool, key, grace, span } = self;
         let shutdown = CancellationToken::new();
@@ -144,11 +151,12 @@ impl Daemon {
         self.data_addr
     }
 
-    /// Stops the pool: cancel, wait up to the grace period, flush.
+    /// Stops the pool: end the migration jobs, cancel, wait up to the grace period (each), flush.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let span = self.span.clone();
         async move {
             tracing::info!("pool stopping");
+            self.pool.stop_migration(self.grace).await;
             self.shutdown.cancel();
             self.pool.transfers.cancel_all();
             self.tracker.close();
@@ -227,7 +235,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) 
     tracing::debug!(%peer, %client, ?service, "connection authenticated");
     let result = match service {
         Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
-        Service::Data => serve_data(&mut reader, &mut writer, &ctx).await,
+        Service::Data => serve_data(&mut reader, &mut writer, &client, &ctx).await,
     };
     if let Err(e) = result {
         tracing::warn!(%peer, %client, "closing connection: {e}");
@@ -311,7 +319,9 @@ async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Optio
     Ok(result.err())
 }
 
-async fn serve_data(reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
+async fn serve_data(reader: &mut Reader, writer: &mut Writer, client: &str, ctx: &Ctx) -> Result<(), WireError> {
+    // Migration requests speak for the authenticated peer, never for a pool they name.
+    let peer = client.parse::<PoolName>();
     loop {
         // Pool-to-pool connections idle between transfers; one idle for long is closed.
         let Ok(next) = tokio::time::timeout(PEER_IDLE, next_request(reader, ctx)).await else {
@@ -324,6 +334,16 @@ async fn serve_data(reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Resu
             DataRequest::Fetch { transfer, pnfsid, force_source_mode } => {
                 transfer::serve_fetch(reader, writer, &ctx.pool, &ctx.shutdown, transfer, pnfsid, force_source_mode)
                     .await?
+            }
+            DataRequest::Migration(req) => {
+                let reply = match &peer {
+                    Ok(from) => ctx.pool.migration().serve(from.clone(), req).await,
+                    Err(e) => MigrationReply::Error(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("migration requests come from pools only ({e})"),
+                    )),
+                };
+                writer.send(&DataReply::Migration(reply)).await?;
             }
             DataRequest::PutEnd { .. } | DataRequest::FetchStart { .. } | DataRequest::FetchAbort { .. } => {
                 let e = RemoteError::new(ErrorCode::Protocol, "a continuation without its request");

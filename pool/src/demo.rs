@@ -144,6 +144,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             p2p_max_active: TransferSettings::default().max_active,
             p2p_max_outgoing: TransferSettings::default().max_outgoing,
             p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
+            migration: Default::default(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         let settings = Settings {
@@ -155,6 +156,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             key: key.clone(),
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
+            migration: config.migration.settings(),
         };
         daemons.push(Daemon::start(settings, admin, data).await?);
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod gate;
+pub mod migration_env;
 pub mod pool;
 pub mod repository;
 pub mod transfer;

@@ -1,16 +1,20 @@
 //! The state of one running pool that admin commands and endpoints share: its name, its
-//! repository, its mode, and what recovery found at start.
+//! repository, its mode, what recovery found at start, and its migration module.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
+use tidepool_migration::module::{Module, Settings as MigrationSettings};
 use tidepool_p2p::auth::ClusterKey;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::migration_env::{self, PoolEnv};
 use crate::repository::{Recovery, RepoError, Repository};
 use crate::transfer::{TransferSettings, Transfers};
 
@@ -80,6 +84,15 @@ pub struct Pool {
     #[cfg(test)]
     pub faults: crate::transfer::Faults,
     mode: Mutex<ModeState>,
+    /// Set once the pool is in its `Arc` ([`Pool::start_migration`]).
+    migration: OnceLock<Migration>,
+}
+
+/// The migration module and the feed of repository changes into it.
+struct Migration {
+    module: Arc<Module<PoolEnv>>,
+    /// Ends the feed.
+    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Pool {
@@ -127,7 +140,49 @@ impl Pool {
             #[cfg(test)]
             faults: Default::default(),
             mode: Mutex::new(mode),
+            migration: OnceLock::new(),
         })
+    }
+
+    /// Creates the pool's migration module and starts feeding it the repository's changes (a
+    /// task in [`Pool::tasks`], ended by [`Pool::stop_migration`]). The daemon calls this
+    /// right after wrapping the pool in its `Arc`; a test or tool that builds a `Pool` by hand
+    /// calls it too if it needs `migration`. Must run inside the tokio runtime. A second call
+    /// returns the module of the first.
+    pub fn start_migration(self: &Arc<Self>, settings: MigrationSettings) -> &Arc<Module<PoolEnv>> {
+        &self
+            .migration
+            .get_or_init(|| {
+                let module = Module::new(Arc::new(PoolEnv::new(self)), settings);
+                let stop = CancellationToken::new();
+                // Subscribed before the module can have a job, so no change is missed.
+                let feed = migration_env::forward_changes(self.repo.subscribe(), module.clone(), stop.clone());
+                self.tasks.spawn(tracing::Instrument::instrument(feed, tracing::Span::current()));
+                Migration { module, stop }
+            })
+            .module
+    }
+
+    /// The migration module.
+    ///
+    /// # Panics
+    /// If [`Pool::start_migration`] was not called (the daemon always calls it).
+    pub fn migration(&self) -> &Arc<Module<PoolEnv>> {
+        self.try_migration().expect("the migration module is started with the pool (Pool::start_migration)")
+    }
+
+    /// The migration module, if started.
+    pub fn try_migration(&self) -> Option<&Arc<Module<PoolEnv>>> {
+        self.migration.get().map(|m| &m.module)
+    }
+
+    /// Shutdown: force-cancels every migration job and every copy this pool serves as a
+    /// target, waiting at most `grace` for them, then ends the feed of changes.
+    pub async fn stop_migration(&self, grace: Duration) {
+        if let Some(m) = self.migration.get() {
+            m.module.shutdown(grace).await;
+            m.stop.cancel();
+        }
     }
 
     pub fn mode(&self) -> ModeState {

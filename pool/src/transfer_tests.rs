@@ -51,6 +51,7 @@ impl Cluster {
                 pin_owner_prefix: "PinManager".into(),
                 shutdown_grace: Duration::from_secs(5),
                 transfers: transfers.clone(),
+                migration: Default::default(),
             };
             daemons.push(Daemon::start(settings, admin, data).await.unwrap());
         }

@@ -35,6 +35,7 @@ async fn start(dir: &std::path::Path, key: &ClusterKey) -> Daemon {
         pin_owner_prefix: "PinManager".into(),
         shutdown_grace: Duration::from_secs(5),
         transfers: Default::default(),
+        migration: Default::default(),
     };
     Daemon::start(settings, admin, data).await.unwrap()
 }

@@ -10,10 +10,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::TimeZone;
+use tidepool_migration::MigrationError;
+use tidepool_migration::module::Module;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 
-use super::{COMMANDS, Command, Property, RepLs};
+use super::{COMMANDS, Command, InfoView, Property, RepLs};
+use crate::migration_env::PoolEnv;
 use crate::pool::{ModeState, Pool, now_ms};
 use crate::repository::{Replica, RepoError};
 use crate::transfer::{self, PullRequest};
@@ -125,7 +128,67 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             out.write(&format!("Cancelling transfer {id}; `pp ls -l` shows how it ended\n"))?;
             Ok(())
         }
+        Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
+        Command::MigrationLs { json: false } => {
+            let mut text = String::new();
+            for line in migration(pool)?.ls() {
+                let _ = writeln!(text, "{line}");
+            }
+            Ok(out.write(&text)?)
+        }
+        Command::MigrationLs { json: true } => reply(out, Ok(migration(pool)?.ls_json())),
+        Command::MigrationInfo { job, view } => {
+            let m = migration(pool)?;
+            let text = match view {
+                InfoView::Report => m.info(job.as_str()),
+                InfoView::Failed => m.info_failed(job.as_str()),
+                InfoView::Json => m.info_json(job.as_str()),
+            };
+            reply(out, text)
+        }
+        Command::MigrationSuspend { job } => reply(out, migration(pool)?.suspend(job.as_str())),
+        Command::MigrationResume { job } => reply(out, migration(pool)?.resume(job.as_str())),
+        Command::MigrationCancel { job, force } => {
+            reply(out, migration(pool)?.cancel(job.as_str(), force, CANCEL_REASON))
+        }
+        Command::MigrationClear => {
+            migration(pool)?.clear();
+            Ok(())
+        }
+        Command::MigrationSetConcurrency { job, n, deprecated } => {
+            let text = migration(pool)?.set_concurrency(job.as_str(), n);
+            reply(out, text.map(|t| if deprecated { format!("{t}{DEPRECATED_CONCURRENCY}") } else { t }))
+        }
+        Command::MigrationSetDefaultConcurrency(n) => {
+            migration(pool)?.set_default_concurrency(n);
+            reply(out, Ok(format!("Default concurrency set to {n}")))
+        }
+        Command::MigrationGetDefaultConcurrency => {
+            reply(out, Ok(format!("Current default concurrency: {}", migration(pool)?.default_concurrency())))
+        }
     }
+}
+
+/// The pool's migration module; the daemon always starts it, a bare [`Pool`] (in tests) may not.
+fn migration(pool: &Pool) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
+    pool.try_migration()
+        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))
+}
+
+/// The reason `migration cancel` gives the module (it shows in the job's notes).
+const CANCEL_REASON: &str = "by the operator";
+
+/// dCache's suffix to the reply of `migration concurrency`.
+const DEPRECATED_CONCURRENCY: &str = " (Warning: this command is deprecated, please use 'migration set concurrency')";
+
+/// Writes the migration module's reply, ending with a newline; its refusals (an unknown job, a
+/// state that does not allow the command) become `InvalidArgument` with the module's message.
+fn reply(out: &mut dyn Output, result: Result<String, MigrationError>) -> Result<(), RemoteError> {
+    let mut text = result.map_err(|e| RemoteError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(out.write(&text)?)
 }
 
 /// How often `pp get file -wait` reports progress (it also keeps the shell's connection busy).
@@ -332,6 +395,13 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
         let _ = writeln!(t, "clean: nothing to report ({} replicas loaded)", pool.recovery.loaded);
     } else {
         for line in pool.recovery.report() {
+            let _ = writeln!(t, "{line}");
+        }
+    }
+    let jobs = pool.try_migration().map(|m| m.ls()).unwrap_or_default();
+    if !jobs.is_empty() {
+        let _ = writeln!(t, "--- migration (Replica migration module client) ---");
+        for line in jobs {
             let _ = writeln!(t, "{line}");
         }
     }
@@ -553,6 +623,117 @@ mod tests {
         let mut unknown = replica(ReplicaState::FromStore, false);
         unknown.attrs.storage_class = None;
         assert_eq!(rep_ls_line(&unknown, NOW), format!("{} <---S-------L(0)[0]> 0 si={{<unknown>}}\n", id(1)));
+    }
+
+    /// A pool in a cluster of two whose other pool, `pool2`, is offline; its migration module
+    /// is started.
+    fn migrating_pool() -> Arc<Pool> {
+        use crate::repository::{MemStore, Repository};
+        use tidepool_p2p::auth::ClusterKey;
+        use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+
+        let entry = |name: &str, port: u16| PoolEntry {
+            name: name.parse().unwrap(),
+            p2p: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], port).into(),
+            groups: vec!["disk".into()],
+            tags: Default::default(),
+            hsm: vec![],
+        };
+        // Port 1 on loopback: nothing listens, so pool2 is offline.
+        let cluster = ClusterFile { pools: vec![entry("pool1", 1), entry("pool2", 1)], links: vec![] };
+        let (repo, recovery) = Repository::open(MemStore::new(), 1 << 30, now_ms()).unwrap();
+        let pool = Pool::new(
+            "pool1".parse().unwrap(),
+            repo,
+            recovery,
+            cluster,
+            ClusterKey::generate().unwrap(),
+            "PinManager".into(),
+            &Default::default(),
+        )
+        .unwrap();
+        let pool = Arc::new(pool);
+        pool.start_migration(Default::default());
+        pool
+    }
+
+    fn run(pool: &Arc<Pool>, line: &str) -> Result<String, RemoteError> {
+        let mut out = String::new();
+        run_line(pool, line, &mut out).map(|()| out)
+    }
+
+    fn refused(pool: &Arc<Pool>, line: &str) -> String {
+        let err = run(pool, line).expect_err(line);
+        assert_eq!(err.code, ErrorCode::InvalidArgument.as_u32(), "{line:?}: {err:?}");
+        err.message
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn migration_commands_reply_like_dcache() {
+        let pool = migrating_pool();
+        let p = pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let pool = &p;
+            let ls = |pool: &Arc<Pool>| run(pool, "migration ls").unwrap();
+            assert_eq!(run(pool, "migration get concurrency-default").unwrap(), "Current default concurrency: 1\n");
+            assert_eq!(run(pool, "migration set concurrency-default 3").unwrap(), "Default concurrency set to 3\n");
+            assert_eq!(run(pool, "migration get concurrency-default").unwrap(), "Current default concurrency: 3\n");
+            assert_eq!(ls(pool), "");
+            assert!(!run(pool, "info").unwrap().contains("--- migration"), "no jobs, no section");
+
+            let command = format!("migration copy -pnfsid={} -- pool2", id(1));
+            let created = run(pool, &format!("migration copy -pnfsid={} pool2", id(1))).unwrap();
+            assert!(created.starts_with("[1] ") && created.ends_with(&format!(" {command}\n")), "{created:?}");
+            assert_eq!(created.len(), "[1] ".len() + 12 + 1 + command.len() + 1, "the state is padded to 12");
+
+            let listed = ls(pool);
+            assert_eq!(listed.lines().count(), 1);
+            assert!(listed.starts_with("[1] ") && listed.ends_with(&format!(" {command}\n")), "{listed:?}");
+            let info = run(pool, "info").unwrap();
+            let section = info.split_once("--- migration (Replica migration module client) ---\n").unwrap().1;
+            assert!(section.starts_with("[1] ") && section.ends_with(&format!(" {command}\n")), "{info}");
+            let json = run(pool, "migration ls -json").unwrap();
+            assert!(json.starts_with('[') && json.ends_with("]\n"), "{json}");
+            assert!(json.contains(r#""id": "1""#) && json.contains(&format!(r#""command": "{command}""#)), "{json}");
+
+            let report = run(pool, "migration info 1").unwrap();
+            assert!(report.starts_with(&format!("Command    : {command}\nState      : ")), "{report}");
+            assert!(report.contains("Concurrency: 3\n"), "the default reached the job: {report}");
+            assert!(run(pool, "migration info -failed 1").unwrap().ends_with('\n'));
+            let json = run(pool, "migration info -json 1").unwrap();
+            assert!(json.starts_with('{') && json.contains(&format!(r#""command": "{command}""#)), "{json}");
+
+            assert_eq!(run(pool, "migration set concurrency 1 5").unwrap(), "[1] Concurrency set to 5\n");
+            assert_eq!(
+                run(pool, "migration concurrency 1 6").unwrap(),
+                "[1] Concurrency set to 6 (Warning: this command is deprecated, please use 'migration set concurrency')\n"
+            );
+            for line in ["migration info 9", "migration suspend 9", "migration resume 9", "migration cancel 9"] {
+                assert_eq!(refused(pool, line), "Job not found", "{line}");
+            }
+            assert_eq!(refused(pool, "migration set concurrency 9 1"), "Job not found");
+
+            // Bad lines make no job, whether the parser or the module refuses them.
+            assert_eq!(refused(pool, "migration copy -replicas=0 pool2"), "Number of replicas must be positive.");
+            assert_eq!(refused(pool, "migration move"), "target(s) required when target type is pool");
+            assert_eq!(refused(pool, "migration copy -stop-when=true pool2"), "-stop-when is not supported yet");
+            assert_eq!(refused(pool, "migration copy pool9"), "pool pool9 is not in the cluster file");
+            let err = run(pool, "migration copy -nosuch pool2").unwrap_err();
+            assert_eq!(err.code, ErrorCode::Syntax.as_u32());
+            assert_eq!(ls(pool).lines().count(), 1, "no job was made by a bad line");
+
+            let cancelled = run(pool, "migration cancel -force 1").unwrap();
+            assert!(cancelled.starts_with("[1] ") && cancelled.ends_with(&format!(" {command}\n")), "{cancelled:?}");
+            assert_eq!(run(pool, "migration clear").unwrap(), "");
+            // Whatever `clear` kept has not ended yet.
+            for line in ls(pool).lines() {
+                assert!(["FINISHED", "CANCELLED", "FAILED"].iter().all(|s| !line.contains(&format!(" {s} "))), "{line}");
+            }
+        })
+        .await
+        .unwrap();
+        pool.stop_migration(Duration::from_secs(5)).await;
     }
 
     #[test]

@@ -4,29 +4,101 @@
 pub mod exec;
 pub mod spec;
 
+use tidepool_migration::MigrationError;
+use tidepool_migration::definition::{self, JobDefinition, JobKind};
+use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::message::CommandDescription;
 use tidepool_p2p::model::{PoolMode, ReplicaState};
-use tidepool_p2p::{PnfsId, PoolName, TransferId};
+use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
 /// A parsed admin command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
-    Help { topic: Vec<String> },
+    Help {
+        topic: Vec<String>,
+    },
     Info,
     RepLs(RepLs),
-    RepStickyLs { pnfsid: PnfsId },
-    RepSetSticky { pnfsid: PnfsId, owner: String, lifetime_ms: i64, on: bool },
-    RepSetState { pnfsid: PnfsId, state: ReplicaState },
-    RepRm { pnfsid: PnfsId, force: bool },
-    PoolDisable { bits: u32, error_code: i32, message: String },
+    RepStickyLs {
+        pnfsid: PnfsId,
+    },
+    RepSetSticky {
+        pnfsid: PnfsId,
+        owner: String,
+        lifetime_ms: i64,
+        on: bool,
+    },
+    RepSetState {
+        pnfsid: PnfsId,
+        state: ReplicaState,
+    },
+    RepRm {
+        pnfsid: PnfsId,
+        force: bool,
+    },
+    PoolDisable {
+        bits: u32,
+        error_code: i32,
+        message: String,
+    },
     PoolEnable,
-    PpGetFile { pnfsids: Vec<PnfsId>, source: PoolName, wait: bool, force_source_mode: bool },
-    PpLs { long: bool },
+    PpGetFile {
+        pnfsids: Vec<PnfsId>,
+        source: PoolName,
+        wait: bool,
+        force_source_mode: bool,
+    },
+    PpLs {
+        long: bool,
+    },
     PpSetMaxActive(usize),
     PpSetMaxOutgoing(usize),
     PpRemove(TransferId),
+    /// `migration copy|move|cache`: the job as the module will run it, and its stored command
+    /// line (reference §6.3).
+    MigrationCreate {
+        def: Box<JobDefinition>,
+        command: String,
+    },
+    MigrationLs {
+        json: bool,
+    },
+    MigrationInfo {
+        job: JobId,
+        view: InfoView,
+    },
+    MigrationSuspend {
+        job: JobId,
+    },
+    MigrationResume {
+        job: JobId,
+    },
+    MigrationCancel {
+        job: JobId,
+        force: bool,
+    },
+    MigrationClear,
+    /// `migration set concurrency`, or its deprecated spelling `migration concurrency`.
+    MigrationSetConcurrency {
+        job: JobId,
+        n: usize,
+        deprecated: bool,
+    },
+    MigrationSetDefaultConcurrency(usize),
+    MigrationGetDefaultConcurrency,
+}
+
+/// What `migration info` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoView {
+    /// The report of reference §8.2, with rate, ETA and the latest failures.
+    Report,
+    /// `-failed`: every file that failed, with its last error.
+    Failed,
+    /// `-json`: the report as one JSON object.
+    Json,
 }
 
 /// `rep ls` selection and output options.
@@ -97,6 +169,104 @@ const fn flag(name: &'static str, help: &'static str) -> OptionSpec {
 const fn valued(name: &'static str, v: &'static str, help: &'static str) -> OptionSpec {
     OptionSpec { name, value: OptionValue::Required(v), help }
 }
+
+/// The options of `migration copy|move|cache` (reference §2.2-§2.5); the three commands differ
+/// only in their defaults (§2.6), which each option's help names.
+static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
+    valued(
+        "id",
+        "id",
+        "job id (default: the next free number); a FINISHED, FAILED or CANCELLED job of that id is replaced",
+    ),
+    flag(
+        "permanent",
+        "keep running: also migrate replicas that arrive or change later (not with -order or -stop-when)",
+    ),
+    valued("state", "cached|precious", "only replicas in this state (default: both)"),
+    valued("storage", "class", "only replicas of exactly this storage class"),
+    valued("cache", "class", "only replicas of exactly this cache class; -cache= selects those without one"),
+    valued("pnfsid", "pnfsid[,pnfsid...]", "only these files"),
+    valued("al", "online|nearline", "only replicas with this access latency"),
+    valued("rp", "custodial|replica|output", "only replicas with this retention policy"),
+    valued(
+        "size",
+        "n|[n]..[m]",
+        "only replicas of exactly n bytes, or in the closed range (n.. at least n, ..m at most m)",
+    ),
+    valued(
+        "accessed",
+        "n|[n]..[m]",
+        "only replicas last accessed that many seconds ago (..60: in the last minute; 60..: not in it)",
+    ),
+    OptionSpec {
+        name: "sticky",
+        value: OptionValue::Optional("[-]owner[,...]"),
+        help: "bare: only sticky replicas; with owners: each owner must have a record, and -owner must have none",
+    },
+    valued(
+        "concurrency",
+        "n",
+        "files transferred at once (default: the pool's, see `migration get concurrency-default`)",
+    ),
+    valued(
+        "order",
+        "[-]size|[-]lru",
+        "sort the initial queue by size or by last access, least recent first; '-' reverses (default: none)",
+    ),
+    valued(
+        "pins",
+        "keep|move",
+        "after a copy, keep the pins on the source or move them to the target (default: keep; move for move)",
+    ),
+    valued(
+        "smode",
+        "same|cached|precious|removable|delete[+owner[(lifetime)]]...",
+        "what becomes of the source replica after success; +owner(seconds) adds a sticky record, -1 or none for ever (default: same; delete for move)",
+    ),
+    valued(
+        "tmode",
+        "same|cached|precious[+owner[(lifetime)]]...",
+        "the target replica's state (same: the source's) and sticky records (default: same; cached for cache)",
+    ),
+    flag("atime", "give a new target replica the source's last access time (default: off; on for move)"),
+    flag(
+        "verify",
+        "have the target verify the checksum of an existing replica before it is reused (default: off; on for move)",
+    ),
+    flag("force-source-mode", "copy even if this pool is disabled for fetch"),
+    valued(
+        "target",
+        "pool|pgroup|link|hsm",
+        "the targets are pools, or pool groups (none named: this pool's own group) (default: pool; link and hsm are not supported yet)",
+    ),
+    valued(
+        "select",
+        "proportional|random",
+        "how the target of a new copy is chosen: weighted by free space and load, or uniformly (default: proportional)",
+    ),
+    valued("replicas", "n", "replicas wanted on distinct target pools, existing ones counted (default: 1)"),
+    flag(
+        "eager",
+        "if a target holding a replica does not answer, copy elsewhere instead of waiting; ignore offline pools' replicas",
+    ),
+    flag("meta-only", "create no new replica, only update existing ones on the targets (others are skipped)"),
+    valued("include", "glob[,glob...]", "only target pools whose name matches a glob (* and ?)"),
+    valued("exclude", "glob[,glob...]", "no target pool whose name matches a glob; this pool is always excluded"),
+    valued(
+        "refresh",
+        "seconds",
+        "how often the targets' space and load are fetched again (default: the pool config's, 300)",
+    ),
+    valued("include-when", "expression", "only target pools for which the expression holds (not supported yet)"),
+    valued("exclude-when", "expression", "no target pool for which the expression holds (not supported yet)"),
+    valued("pause-when", "expression", "start no new task while the expression holds (not supported yet)"),
+    valued("stop-when", "expression", "end the job when the expression holds (not supported yet)"),
+    valued(
+        "target-deficit-mode",
+        "wait|limit",
+        "with too few targets: wait for more, or make as many copies as possible (not supported yet; Tidepool waits)",
+    ),
+];
 
 /// Every admin command of a pool.
 pub static COMMANDS: &[CommandSpec] = &[
@@ -322,6 +492,186 @@ pub static COMMANDS: &[CommandSpec] = &[
             Ok(Command::PpRemove(id))
         },
     },
+    CommandSpec {
+        name: "migration copy",
+        args: "[target...]",
+        summary: "copy this pool's replicas to other pools (a migration job)",
+        details: concat!(
+            "Creates a job that copies every replica of this pool that passes all the filter options\n",
+            "(-state -storage -cache -pnfsid -al -rp -size -accessed -sticky; none: every CACHED and\n",
+            "PRECIOUS replica) to the targets, one task per file, and starts it. The reply is the job's\n",
+            "summary line: [<id>] <STATE> <command line>. A bad option creates no job.\n",
+            "The targets are pools of the cluster file, or with -target=pgroup its pool groups.\n",
+            "Defaults of migration copy: -smode=same -tmode=same -pins=keep, -verify and -atime off,\n",
+            "-select=proportional -target=pool -replicas=1; -concurrency from `migration get\n",
+            "concurrency-default`; -refresh from the pool config (300 s).\n",
+            "A file that fails is retried later, after a back-off that doubles (10 s to 10 minutes unless\n",
+            "configured); `migration info -failed` shows the last error of each. `migration ls` and\n",
+            "`migration info` follow the job.\n",
+            "Not supported yet (refused): -include-when -exclude-when -pause-when -stop-when\n",
+            "-target-deficit-mode, and -target=link|hsm.",
+        ),
+        options: MIGRATION_JOB_OPTIONS,
+        examples: &[
+            "migration copy -pnfsid=0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool2",
+            "migration copy -state=precious -storage=atlas:raw -concurrency=4 pool2 pool3",
+            "migration copy -target=pgroup -replicas=2 -exclude=pool9* disk",
+            "migration copy -id=spread -permanent -tmode=cached+alice(3600) -target=pgroup",
+            "migration copy -sticky -accessed=..3600 -order=-size -select=random pool2",
+        ],
+        parse: |inv| parse_migration_job(inv, JobKind::Copy),
+    },
+    CommandSpec {
+        name: "migration move",
+        args: "[target...]",
+        summary: "move this pool's replicas to other pools: copy, then delete the source replica",
+        details: concat!(
+            "As migration copy, with other defaults: -smode=delete -tmode=same -pins=move -verify -atime.\n",
+            "A source replica is deleted only after its copy is committed on the target (data and record\n",
+            "on disk, checksum verified); pins move with it. To vacate a pool: `pool disable -rdonly`,\n",
+            "then `migration move -target=pgroup` or `migration move <pools...>`.\n",
+            "See `help migration copy` for the filters, the retries and what is not supported yet.",
+        ),
+        options: MIGRATION_JOB_OPTIONS,
+        examples: &[
+            "migration move -target=pgroup",
+            "migration move -id=drain -concurrency=8 -eager pool2 pool3",
+            "migration move -storage=MCTAPE:MC -permanent -concurrency=120 -eager -replicas=1 -target=pgroup MCTAPE-write",
+            "migration move -verify=false -smode=removable pool2",
+        ],
+        parse: |inv| parse_migration_job(inv, JobKind::Move),
+    },
+    CommandSpec {
+        name: "migration cache",
+        args: "[target...]",
+        summary: "cache this pool's replicas on other pools: copies are CACHED, the source is kept",
+        details: concat!(
+            "As migration copy, with -tmode=cached by default (other defaults as copy: -smode=same\n",
+            "-pins=keep, -verify and -atime off). Spreads popular files over cache pools.\n",
+            "See `help migration copy` for the filters, the retries and what is not supported yet.",
+        ),
+        options: MIGRATION_JOB_OPTIONS,
+        examples: &[
+            "migration cache -accessed=..3600 -target=pgroup -select=random",
+            "migration cache -replicas=3 -include=cache* -target=pgroup cache",
+        ],
+        parse: |inv| parse_migration_job(inv, JobKind::Cache),
+    },
+    CommandSpec {
+        name: "migration ls",
+        args: "",
+        summary: "list the migration jobs: [<id>] <STATE> <command line>",
+        details: concat!(
+            "One line per job, in the order the jobs were created. The state is padded to 12 characters.\n",
+            "Jobs stay listed after they end, until `migration clear`.",
+        ),
+        options: &[flag("json", "a JSON array of the jobs ({id, state, command}) instead of lines")],
+        examples: &["migration ls", "migration ls -json"],
+        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::MigrationLs { json: inv.flag("json")? })),
+    },
+    CommandSpec {
+        name: "migration info",
+        args: "<job>",
+        summary: "show a migration job: command, state, progress, rate and ETA, running tasks, notes",
+        details: concat!(
+            "Lines: Command, State, Queued, Attempts, Targets, Completed, Total, Concurrency (as in dCache),\n",
+            "then rate and ETA, Running tasks ([<task>] <pnfsid>: TASK.<State> -> [<target>]), the files\n",
+            "that failed most recently with their last error, and the most recent notes.",
+        ),
+        options: &[
+            flag("failed", "list every file that failed, with its attempts and last error"),
+            flag("json", "the report as one JSON object"),
+        ],
+        examples: &["migration info 1", "migration info -failed drain", "migration info -json 1"],
+        parse: parse_migration_info,
+    },
+    CommandSpec {
+        name: "migration suspend",
+        args: "<job>",
+        summary: "suspend a job: running tasks finish, no new task starts",
+        details: "Allowed while the job is RUNNING, SLEEPING, PAUSED or SUSPENDED. The reply is the summary line.",
+        options: &[],
+        examples: &["migration suspend 1"],
+        parse: |inv| job_arg(inv).map(|job| Command::MigrationSuspend { job }),
+    },
+    CommandSpec {
+        name: "migration resume",
+        args: "<job>",
+        summary: "resume a suspended job",
+        details: "Allowed only while the job is SUSPENDED. The reply is the summary line.",
+        options: &[],
+        examples: &["migration resume 1"],
+        parse: |inv| job_arg(inv).map(|job| Command::MigrationResume { job }),
+    },
+    CommandSpec {
+        name: "migration cancel",
+        args: "<job>",
+        summary: "cancel a job: CANCELLING until its running tasks end, then CANCELLED",
+        details: concat!(
+            "Without -force running tasks finish first; with -force they are cancelled at once and\n",
+            "half-made target copies are removed. Either way the cancel ends in bounded time.\n",
+            "The reply is the summary line.",
+        ),
+        options: &[flag("force", "cancel the running tasks too, instead of letting them finish")],
+        examples: &["migration cancel 1", "migration cancel -force drain"],
+        parse: |inv| {
+            let job = job_arg(inv)?;
+            Ok(Command::MigrationCancel { job, force: inv.flag("force")? })
+        },
+    },
+    CommandSpec {
+        name: "migration clear",
+        args: "",
+        summary: "forget the jobs that are FINISHED, CANCELLED or FAILED",
+        details: "",
+        options: &[],
+        examples: &["migration clear"],
+        parse: |inv| inv.at_most(0).map(|()| Command::MigrationClear),
+    },
+    CommandSpec {
+        name: "migration set concurrency",
+        args: "<job> <n>",
+        summary: "change how many files a job transfers at once (0 starts no new task)",
+        details: "Applies at once. The reply is `[<id>] Concurrency set to <n>`.",
+        options: &[],
+        examples: &["migration set concurrency 1 8"],
+        parse: |inv| parse_set_concurrency(inv, false),
+    },
+    CommandSpec {
+        name: "migration concurrency",
+        args: "<job> <n>",
+        summary: "deprecated: use migration set concurrency",
+        details: "",
+        options: &[],
+        examples: &["migration concurrency 1 8"],
+        parse: |inv| parse_set_concurrency(inv, true),
+    },
+    CommandSpec {
+        name: "migration set concurrency-default",
+        args: "<n>",
+        summary: "set the concurrency of jobs created without -concurrency (n >= 1)",
+        details: "Jobs that exist keep their concurrency. The reply is `Default concurrency set to <n>`.",
+        options: &[],
+        examples: &["migration set concurrency-default 4"],
+        parse: |inv| {
+            let t = inv.arg(0, "concurrency")?;
+            let n: usize = inv.parse_arg(t)?;
+            if n < 1 {
+                return Err(ParseError::invalid(t.offset, "Default concurrency must be positive."));
+            }
+            inv.at_most(1)?;
+            Ok(Command::MigrationSetDefaultConcurrency(n))
+        },
+    },
+    CommandSpec {
+        name: "migration get concurrency-default",
+        args: "",
+        summary: "show the concurrency of jobs created without -concurrency",
+        details: "",
+        options: &[],
+        examples: &["migration get concurrency-default"],
+        parse: |inv| inv.at_most(0).map(|()| Command::MigrationGetDefaultConcurrency),
+    },
 ];
 
 /// Parses a line against [`COMMANDS`]; `Ok(None)` for a blank line.
@@ -447,6 +797,73 @@ fn parse_pool_disable(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     };
     inv.at_most(2)?;
     Ok(Command::PoolDisable { bits: bits | PoolMode::DISABLED, error_code, message })
+}
+
+/// The options of a `migration copy|move|cache` line, read by [`definition::parse`]. Flag
+/// values were checked when the line was matched to its declaration.
+struct JobOptions<'a>(&'a [OptionArg]);
+
+impl definition::Options for JobOptions<'_> {
+    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        let mut result = false;
+        for o in self.0.iter().filter(|o| o.name == name) {
+            result = match o.value.as_deref() {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(v) => {
+                    return Err(MigrationError::invalid(format!("-{name} takes no value (or true/false), not {v:?}")));
+                }
+            };
+        }
+        Ok(result)
+    }
+
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
+    }
+
+    fn given(&self, name: &str) -> bool {
+        self.0.iter().any(|o| o.name == name)
+    }
+}
+
+/// `migration copy|move|cache`: the module checks the options (with dCache's messages), so a
+/// bad line is refused here and no job is made.
+fn parse_migration_job(inv: &Invocation<'_>, kind: JobKind) -> Result<Command, ParseError> {
+    let targets: Vec<String> = inv.args.iter().map(|t| t.text.clone()).collect();
+    let def = definition::parse(kind, &JobOptions(&inv.options), &targets)
+        .map_err(|e| ParseError::invalid_line(e.to_string()))?;
+    let command = spec::command_line(inv.spec.name, &inv.options, &targets);
+    Ok(Command::MigrationCreate { def: Box::new(def), command })
+}
+
+/// The one argument of a command about a job.
+fn job_arg(inv: &Invocation<'_>) -> Result<JobId, ParseError> {
+    let job = inv.parse_arg(inv.arg(0, "job id")?)?;
+    inv.at_most(1)?;
+    Ok(job)
+}
+
+fn parse_migration_info(inv: &Invocation<'_>) -> Result<Command, ParseError> {
+    let job = job_arg(inv)?;
+    let view = match (inv.flag("failed")?, inv.flag("json")?) {
+        (false, false) => InfoView::Report,
+        (true, false) => InfoView::Failed,
+        (false, true) => InfoView::Json,
+        (true, true) => {
+            let (_, at) = inv.value("json").expect("-json was given");
+            return Err(ParseError::invalid(at, "give -failed or -json, not both (-json includes the failures)"));
+        }
+    };
+    Ok(Command::MigrationInfo { job, view })
+}
+
+fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
+    let job = inv.parse_arg(inv.arg(0, "job id")?)?;
+    let n = inv.parse_arg(inv.arg(1, "concurrency")?)?;
+    inv.at_most(2)?;
+    Ok(Command::MigrationSetConcurrency { job, n, deprecated })
 }
 
 #[cfg(test)]
@@ -578,6 +995,226 @@ mod tests {
         check_err("pp set max active -1", "unknown option -1", "-1");
         check_err("pp set max active many", "invalid digit", "many");
         check_err("pp remove x", "not a valid transfer id", "x");
+    }
+
+    fn job(id: &str) -> JobId {
+        id.parse().unwrap()
+    }
+
+    /// The definition and stored command line that `line` creates a job with.
+    fn created(line: &str) -> (JobDefinition, String) {
+        match parse(line) {
+            Ok(Some(Command::MigrationCreate { def, command })) => (*def, command),
+            other => panic!("{line:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn migration_commands() {
+        check("migration ls", Command::MigrationLs { json: false });
+        check("migration ls -json", Command::MigrationLs { json: true });
+        check("migration info 1", Command::MigrationInfo { job: job("1"), view: InfoView::Report });
+        check("migration info -failed drain", Command::MigrationInfo { job: job("drain"), view: InfoView::Failed });
+        check("migration info -json=TRUE 1", Command::MigrationInfo { job: job("1"), view: InfoView::Json });
+        check("migration suspend 1", Command::MigrationSuspend { job: job("1") });
+        check("migration resume rebalance", Command::MigrationResume { job: job("rebalance") });
+        check("migration cancel 2", Command::MigrationCancel { job: job("2"), force: false });
+        check("migration cancel -force 2", Command::MigrationCancel { job: job("2"), force: true });
+        check("migration clear", Command::MigrationClear);
+        check(
+            "migration set concurrency 1 8",
+            Command::MigrationSetConcurrency { job: job("1"), n: 8, deprecated: false },
+        );
+        check("migration concurrency 1 0", Command::MigrationSetConcurrency { job: job("1"), n: 0, deprecated: true });
+        check("migration set concurrency-default 4", Command::MigrationSetDefaultConcurrency(4));
+        check("migration get concurrency-default", Command::MigrationGetDefaultConcurrency);
+
+        check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        check_err("migration suspend 1 2", "unexpected argument", "2");
+        check_err("migration cancel -force=maybe 1", "takes no value", "-force");
+        check_err("migration set concurrency 1 x", "invalid digit", "x");
+        check_err("migration set concurrency-default 0", "Default concurrency must be positive.", "0");
+        check_err("migration get concurrency-default 3", "unexpected argument", "3");
+        check_err("migration clear 1", "unexpected argument", "1");
+        for (line, what) in
+            [("migration info", "missing job id"), ("migration set concurrency 1", "missing concurrency")]
+        {
+            let err = parse(line).unwrap_err();
+            assert!(err.message.starts_with(what), "{line:?}: {err:?}");
+            assert_eq!(err.offset, Some(line.len()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn job_defaults_per_command_reach_the_definition() {
+        use tidepool_migration::definition::{Pins, Targets};
+        use tidepool_migration::mode::{SourceState, TargetState};
+        use tidepool_migration::select::Strategy;
+
+        // (command, smode, tmode, pins, verify, atime)
+        let table = [
+            ("copy", SourceState::Same, TargetState::Same, Pins::Keep, false, false),
+            ("move", SourceState::Delete, TargetState::Same, Pins::Move, true, true),
+            ("cache", SourceState::Same, TargetState::Cached, Pins::Keep, false, false),
+        ];
+        for (name, smode, tmode, pins, verify, atime) in table {
+            let (d, command) = created(&format!("migration {name} pool2"));
+            let kind = match name {
+                "copy" => JobKind::Copy,
+                "move" => JobKind::Move,
+                _ => JobKind::Cache,
+            };
+            assert_eq!(d.kind, kind);
+            assert_eq!((d.smode.state, d.tmode.state, d.pins, d.verify, d.atime), (smode, tmode, pins, verify, atime));
+            assert_eq!((d.select, d.replicas, d.concurrency, d.refresh), (Strategy::Proportional, 1, None, None));
+            assert_eq!(d.targets, Targets::Pools(vec!["pool2".parse().unwrap()]));
+            assert!(!d.permanent && !d.eager && !d.meta_only && !d.force_source_mode && d.id.is_none());
+            assert_eq!(command, format!("migration {name} -- pool2"));
+        }
+        let (d, _) = created("migration move -verify=false -atime=FALSE -pins=keep -smode=same pool2");
+        assert_eq!((d.smode.state, d.pins, d.verify, d.atime), (SourceState::Same, Pins::Keep, false, false));
+    }
+
+    #[test]
+    fn job_options_reach_the_definition() {
+        use tidepool_migration::definition::Targets;
+        let (d, command) = created(&format!(
+            "migration copy -id=drain -pnfsid={ID} -pnfsid={ID},{ID} -exclude=pool9* -exclude=a,b -include=pool* \
+             -sticky -concurrency=4 -replicas=2 -eager=true -meta-only -refresh=30 -cache= -target=pgroup disk"
+        ));
+        assert_eq!(d.id, Some(job("drain")));
+        assert_eq!(d.filter.pnfsids, Some(vec![id(), id(), id()]));
+        assert_eq!(d.exclude, ["pool9*", "a", "b"]);
+        assert_eq!(d.include, ["pool*"]);
+        assert!(d.filter.sticky.is_some());
+        assert_eq!(d.filter.cache_class, Some(String::new()));
+        assert_eq!((d.concurrency, d.replicas, d.eager, d.meta_only, d.refresh), (Some(4), 2, true, true, Some(30)));
+        assert_eq!(d.targets, Targets::PoolGroups(vec!["disk".into()]));
+        assert_eq!(
+            command,
+            format!(
+                "migration copy -id=drain -pnfsid={ID} -pnfsid={ID},{ID} -exclude=pool9* -exclude=a,b -include=pool* \
+                 -sticky -concurrency=4 -replicas=2 -eager=true -meta\\-only -refresh=30 -cache='' -target=pgroup -- disk"
+            )
+        );
+        let (_, command) = created("migration move -target=pgroup");
+        assert_eq!(command, "migration move -target=pgroup --");
+        let (_, command) = created("migration copy -- pool-2");
+        assert_eq!(command, "migration copy -- pool\\-2");
+    }
+
+    /// A refused `migration copy|move|cache` line: the module's message, verbatim, as rc=4.
+    fn check_refused(line: &str, message: &str) {
+        let err = parse(line).expect_err(line);
+        assert_eq!(
+            (err.code, err.offset, err.message.as_str()),
+            (tidepool_p2p::ErrorCode::InvalidArgument, None, message),
+            "{line:?}"
+        );
+        assert_eq!(err.render(line), message, "{line:?}: the message is shown as the module wrote it");
+    }
+
+    #[test]
+    fn invalid_job_options_are_refused_with_dcaches_messages() {
+        for (line, message) in [
+            ("migration copy", "target(s) required when target type is pool"),
+            ("migration move -state=broken pool2", "broken: Invalid state"),
+            ("migration copy -order=age pool2", "age: Invalid value for option -order"),
+            ("migration copy -pins=drop pool2", "drop: Invalid value for option -pins"),
+            ("migration copy -replicas=0 pool2", "Number of replicas must be positive."),
+            ("migration copy -concurrency=many pool2", "many: Invalid value for option -concurrency"),
+            ("migration copy -permanent -order=size pool2", "Permanent jobs cannot be ordered"),
+            ("migration cache -tmode=delete pool2", "delete: Invalid value"),
+            ("migration copy -smode=same+x(-2) pool2", "-2: Invalid lifetime"),
+            ("migration copy -smode=same+x(y) pool2", "x(y): Syntax error"),
+            ("migration copy -size=5..1 pool2", "5..1: Invalid interval"),
+            ("migration copy -select=best pool2", "Invalid value: best"),
+            ("migration copy -target=cell pool2", "Invalid value: cell"),
+            ("migration copy -target=link l", "-target=link is not supported yet"),
+            ("migration move -include-when='target.free > 0' pool2", "-include-when is not supported yet"),
+            ("migration move -exclude-when=false pool2", "-exclude-when is not supported yet"),
+            ("migration move -pause-when='queue.files > 10' pool2", "-pause-when is not supported yet"),
+            ("migration move -stop-when='targets == 0' pool2", "-stop-when is not supported yet"),
+            ("migration move -target-deficit-mode=limit pool2", "-target-deficit-mode is not supported yet"),
+            ("migration copy -refresh=0 pool2", "The refresh period must be at least 1 second."),
+            (
+                "migration copy pool/2",
+                "\"pool/2\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'",
+            ),
+            ("migration copy -pnfsid=xyz pool2", "\"xyz\" is not a valid pnfsid: must be 24 or 36 hex digits"),
+        ] {
+            check_refused(line, message);
+        }
+    }
+
+    #[test]
+    fn bad_job_lines_are_refused_before_any_job_exists() {
+        // Parse errors are found before `exec` runs, so no job is made.
+        check_err(
+            "migration copy -frobnicate pool2",
+            "unknown option -frobnicate; 'migration copy' takes -id",
+            "-frobnicate",
+        );
+        check_err("migration move -eager=yes pool2", "-eager takes no value (or true/false), not \"yes\"", "-eager");
+        check_err("migration move -storage pool2", "option -storage needs a value", "-storage");
+        check_err("migration copy -pnfsid=\"xyz pool2", "unterminated quote", "\"");
+    }
+
+    #[test]
+    fn migration_copy_help_documents_every_option_and_the_defaults() {
+        let help = COMMANDS.iter().find(|c| c.name == "migration copy").unwrap().help();
+        for name in [
+            "id",
+            "permanent",
+            "state",
+            "storage",
+            "cache",
+            "pnfsid",
+            "al",
+            "rp",
+            "size",
+            "accessed",
+            "sticky",
+            "concurrency",
+            "order",
+            "pins",
+            "smode",
+            "tmode",
+            "atime",
+            "verify",
+            "force-source-mode",
+            "target",
+            "select",
+            "replicas",
+            "eager",
+            "meta-only",
+            "include",
+            "exclude",
+            "refresh",
+            "include-when",
+            "exclude-when",
+            "pause-when",
+            "stop-when",
+            "target-deficit-mode",
+        ] {
+            assert!(help.contains(&format!("\n    -{name}")), "help migration copy lacks -{name}:\n{help}");
+        }
+        for default in [
+            "(default: same; delete for move)",
+            "(default: same; cached for cache)",
+            "(default: keep; move for move)",
+            "(default: off; on for move)",
+            "(default: proportional)",
+            "(default: 1)",
+            "(default: the pool config's, 300)",
+            "not supported yet",
+        ] {
+            assert!(help.contains(default), "help migration copy lacks {default:?}");
+        }
+        for name in ["migration move", "migration cache"] {
+            let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();
+            assert_eq!(spec.options.len(), 32, "{name} takes the options of migration copy");
+        }
     }
 
     #[test]

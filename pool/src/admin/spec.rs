@@ -112,6 +112,12 @@ impl ParseError {
         ParseError { code: ErrorCode::InvalidArgument, offset: Some(offset), message: message.into() }
     }
 
+    /// An invalid value or combination that no single token is to blame for (the migration
+    /// module's messages, which name the value themselves); rendered as the bare message.
+    pub fn invalid_line(message: impl Into<String>) -> Self {
+        ParseError { code: ErrorCode::InvalidArgument, offset: None, message: message.into() }
+    }
+
     /// The message with the line and a caret under the offending token.
     pub fn render(&self, line: &str) -> String {
         match self.offset {
@@ -212,12 +218,64 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
             };
             return Err(ParseError::at(o.offset, format!("unknown option -{}; {hint}", o.name)));
         };
-        if let (OptionValue::Required(v), None) = (decl.value, &o.value) {
-            return Err(ParseError::at(o.offset, format!("option -{} needs a value: -{}={v}", o.name, o.name)));
+        match (decl.value, o.value.as_deref()) {
+            (OptionValue::Required(v), None) => {
+                return Err(ParseError::at(o.offset, format!("option -{} needs a value: -{}={v}", o.name, o.name)));
+            }
+            (OptionValue::Flag, Some(v)) if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") => {
+                return Err(ParseError::invalid(
+                    o.offset,
+                    format!("-{} takes no value (or true/false), not {v:?}", o.name),
+                ));
+            }
+            _ => {}
         }
     }
     let inv = Invocation { spec, line, args: positional[consumed..].to_vec(), options };
     (spec.parse)(&inv).map(Some)
+}
+
+/// The stored form of a command line (reference §6.3), as `migration ls` shows a job's command
+/// and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
+/// order given, a literal `--`, then the positional arguments. Names, values and arguments are
+/// escaped by [`escape`]. A line with neither options nor arguments is just the name.
+///
+/// One difference from dCache: an empty option value is written `-name=''` (dCache writes
+/// `-name`), so that `-cache=` keeps its meaning when the line is read again.
+pub fn command_line(name: &str, options: &[OptionArg], args: &[String]) -> String {
+    let mut s = name.to_string();
+    if options.is_empty() && args.is_empty() {
+        return s;
+    }
+    for o in options {
+        s.push_str(" -");
+        s.push_str(&escape(&o.name));
+        if let Some(v) = &o.value {
+            s.push('=');
+            s.push_str(&escape(v));
+        }
+    }
+    s.push_str(" --");
+    for a in args {
+        s.push(' ');
+        s.push_str(&escape(a));
+    }
+    s
+}
+
+/// Backslash before `\`, `"`, `'`, `=`, `-` and space; `''` for the empty string.
+fn escape(text: &str) -> String {
+    if text.is_empty() {
+        return "''".to_string();
+    }
+    let mut s = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '\\' | '"' | '\'' | '=' | '-' | ' ') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
 }
 
 fn unknown_command(specs: &[CommandSpec], words: &[&str], tokens: &[Token]) -> ParseError {
@@ -258,6 +316,43 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks the stored form of `migration copy` with these options and arguments.
+    fn check_stored(options: &[(&str, Option<&str>)], args: &[&str], want: &str) {
+        let options: Vec<OptionArg> = options
+            .iter()
+            .map(|(name, value)| OptionArg { name: name.to_string(), value: value.map(String::from), offset: 0 })
+            .collect();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        assert_eq!(command_line("migration copy", &options, &args), want, "{options:?} {args:?}");
+    }
+
+    #[test]
+    fn stored_command_lines() {
+        const ID: &str = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90";
+        check_stored(&[], &[], "migration copy");
+        check_stored(&[], &["pool2"], "migration copy -- pool2");
+        check_stored(&[("pnfsid", Some(ID))], &["pool2"], &format!("migration copy -pnfsid={ID} -- pool2"));
+        check_stored(&[("target", Some("pgroup"))], &[], "migration copy -target=pgroup --");
+        check_stored(
+            &[("eager", None), ("verify", Some("false"))],
+            &["p1", "p2"],
+            "migration copy -eager -verify=false -- p1 p2",
+        );
+        check_stored(
+            &[("exclude", Some("a-b")), ("exclude", Some("c*"))],
+            &["x"],
+            r"migration copy -exclude=a\-b -exclude=c* -- x",
+        );
+        check_stored(&[("meta-only", None)], &["MCTAPE-write"], r"migration copy -meta\-only -- MCTAPE\-write");
+        check_stored(&[("smode", Some("same+a(-1)"))], &[""], r"migration copy -smode=same+a(\-1) -- ''");
+        check_stored(&[("cache", Some(""))], &["p"], "migration copy -cache='' -- p");
+        check_stored(
+            &[("storage", Some(r#"a b"c'd=e\f"#))],
+            &["p"],
+            r#"migration copy -storage=a\ b\"c\'d\=e\\f -- p"#,
+        );
+    }
 
     #[test]
     fn distance() {

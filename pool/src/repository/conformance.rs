@@ -322,6 +322,28 @@ pub fn settings_survive_restart(h: &mut dyn Harness) {
     assert_eq!(repo.setting("mode").unwrap().as_deref(), Some(&b"17"[..]));
 }
 
+pub fn a_missing_checksum_is_recorded_durably_and_never_replaced(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let r = put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
+    let sum = r.attrs.checksum.unwrap();
+    // A replica stored without a checksum (as by an older version).
+    let mut bare = r.clone();
+    bare.attrs.checksum = None;
+    repo.store.put_record(&id(1), &record::encode(&bare)).unwrap();
+    let mut changes = repo.subscribe();
+    repo.set_checksum(&id(1), sum, NOW).unwrap();
+    assert_eq!(changes.try_recv().unwrap().kind, ChangeKind::Checksum(sum));
+    repo.set_checksum(&id(1), sum, NOW).unwrap();
+    assert!(changes.try_recv().is_err(), "the same checksum again changes nothing");
+    let other = Checksum::Adler32(1);
+    let err = repo.set_checksum(&id(1), other, NOW).unwrap_err();
+    assert!(err.to_string().contains("already has checksum"), "{err}");
+    assert!(matches!(repo.set_checksum(&id(2), sum, NOW), Err(RepoError::NotFound(_))));
+    drop((repo, changes));
+    let (repo, _) = open(h, 1 << 20);
+    assert_eq!(repo.get(&id(1)).unwrap().unwrap().attrs.checksum, Some(sum));
+}
+
 pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
     let (repo, _) = open(h, 1 << 20);
     put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
@@ -358,6 +380,7 @@ conformance!(
     changes_are_announced_in_order,
     recovery_reports_missing_and_orphan_data,
     settings_survive_restart,
+    a_missing_checksum_is_recorded_durably_and_never_replaced,
 );
 
 #[test]

@@ -70,6 +70,8 @@ pub enum ChangeKind {
     /// The sticky records after the change.
     Sticky(Vec<StickyRecord>),
     AccessTime(EpochMillis),
+    /// A checksum recorded for a replica that had none.
+    Checksum(Checksum),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -537,6 +539,26 @@ impl Repository {
             self.store.flush()?;
         }
         Ok(changed)
+    }
+
+    /// Records the checksum of a replica that has none (computed by reading it whole). A
+    /// replica that has a checksum keeps it: the same one is a no-op, another is refused.
+    /// Durable when this returns.
+    pub fn set_checksum(&self, id: &PnfsId, checksum: Checksum, now: EpochMillis) -> RepoResult<()> {
+        let changed = self.update(id, now, "given a checksum", |r| match r.attrs.checksum {
+            None => {
+                r.attrs.checksum = Some(checksum);
+                Ok(Some(ChangeKind::Checksum(checksum)))
+            }
+            Some(known) if known == checksum => Ok(None),
+            Some(known) => Err(RepoError::Refused(format!(
+                "file {id} already has checksum {known}; {checksum} does not replace it"
+            ))),
+        })?;
+        if changed {
+            self.store.flush()?;
+        }
+        Ok(())
     }
 
     /// Records an access. Not flushed on its own: an access time may be lost in a crash.

@@ -1,0 +1,424 @@
+//! The migration module's view of this pool: [`PoolEnv`] implements the module's [`Env`] over
+//! the pool's repository, mode, cluster file and pool-to-pool transfers, and [`Peers`] carries
+//! its requests to other pools.
+//!
+//! The transport: one request, one reply, on an authenticated data connection to the other
+//! pool (`DataRequest::Migration` -> `DataReply::Migration`). Connections are kept per pool
+//! and reused; requests to one pool run side by side, each on its own connection. What the
+//! module learns of a request that got no reply is deliberately coarse:
+//! - [`Unanswered::NotDelivered`]: no connection (unknown pool, refused, handshake failed, or
+//!   the request could not be written): the other pool surely did nothing;
+//! - [`Unanswered::NoAnswer`]: the request went out but no reply came within
+//!   [`REPLY_TIMEOUT`], or the connection broke while waiting: the other pool may be working
+//!   on it. That connection is dropped, never reused.
+//!
+//! A kept connection the other pool has closed in the meantime (it restarted, or dropped an
+//! idle connection) is noticed before the request is written and replaced, so a restart of a
+//! peer does not turn the next request into a `NoAnswer`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
+use tidepool_migration::module::Module;
+use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::conn::Connection;
+use tidepool_p2p::frame::WireError;
+use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::{Activity, Pool, now_ms};
+use crate::repository::{Change, ChangeKind, Replica};
+use crate::transfer::{self, PullRequest};
+
+/// How long a request waits for its reply (writing it included) before it counts as
+/// [`Unanswered::NoAnswer`].
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Kept connections idle longer than this are closed instead of reused (the other pool
+/// closes them after [`crate::transfer::PEER_IDLE`]).
+const REUSE_IDLE: Duration = Duration::from_secs(30);
+/// Kept connections per pool; more are closed when they come back.
+const MAX_IDLE: usize = 8;
+
+/// The pool around the migration module. It holds the pool weakly: the pool owns the module,
+/// which owns this.
+pub struct PoolEnv {
+    pool: Weak<Pool>,
+    name: PoolName,
+    pin_prefix: String,
+    cluster: ClusterFile,
+    peers: Peers,
+}
+
+impl std::fmt::Debug for PoolEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolEnv").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl PoolEnv {
+    pub fn new(pool: &Arc<Pool>) -> PoolEnv {
+        PoolEnv {
+            pool: Arc::downgrade(pool),
+            name: pool.name.clone(),
+            pin_prefix: pool.pin_prefix.clone(),
+            cluster: pool.cluster.clone(),
+            peers: Peers::new(pool.name.clone(), pool.key.clone(), &pool.cluster, REPLY_TIMEOUT),
+        }
+    }
+
+    /// The transport to other pools.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    fn pool(&self) -> Result<Arc<Pool>, RemoteError> {
+        self.pool
+            .upgrade()
+            .ok_or_else(|| RemoteError::new(ErrorCode::ShuttingDown, format!("pool {} is shutting down", self.name)))
+    }
+}
+
+fn entry(r: Replica) -> Entry {
+    Entry { attrs: r.attrs, state: r.state, sticky: r.sticky }
+}
+
+impl Env for PoolEnv {
+    fn name(&self) -> &PoolName {
+        &self.name
+    }
+
+    fn now(&self) -> EpochMillis {
+        now_ms()
+    }
+
+    fn pin_prefix(&self) -> &str {
+        &self.pin_prefix
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), RemoteError> {
+        let pool = self.pool()?;
+        pool.repo.scan(&mut |r| visit(entry(r)))?;
+        Ok(())
+    }
+
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+        Ok(self.pool()?.repo.get(id)?.map(entry))
+    }
+
+    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), RemoteError> {
+        Ok(self.pool()?.repo.set_state(id, state, now_ms())?)
+    }
+
+    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), RemoteError> {
+        self.pool()?.repo.set_sticky(id, record, mode, now_ms())?;
+        Ok(())
+    }
+
+    fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
+        // The migration decides (a moved precious or pinned replica goes once its target is
+        // confirmed): no protection applies here.
+        Ok(self.pool()?.repo.remove(id, true, now_ms())?)
+    }
+
+    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
+        // A verification is not a use: the access time stays.
+        let (replica, mut data) = self.pool()?.repo.open_for_copy(id)?;
+        let io = |e: std::io::Error| {
+            RemoteError::new(ErrorCode::Io, format!("I/O error during checksum calculation of {id}: {e}"))
+        };
+        let mut sum = ChecksumWriter::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            sum.update(&buf[..n]);
+            total += n as u64;
+        }
+        if total != replica.attrs.size {
+            return Err(RemoteError::new(
+                ErrorCode::Io,
+                format!("data file of {id} holds {total} bytes; its record says {}", replica.attrs.size),
+            ));
+        }
+        Ok(sum.finish())
+    }
+
+    fn set_checksum(&self, id: &PnfsId, checksum: Checksum) -> Result<(), RemoteError> {
+        Ok(self.pool()?.repo.set_checksum(id, checksum, now_ms())?)
+    }
+
+    fn check_p2p_client(&self) -> Result<(), RemoteError> {
+        self.pool()?.check_mode(Activity::P2pClient, false)
+    }
+
+    fn cost(&self) -> PoolCost {
+        match self.pool.upgrade() {
+            Some(pool) => PoolCost {
+                space: pool.repo.space(now_ms()),
+                load: u32::try_from(pool.transfers.incoming.counts().0).unwrap_or(u32::MAX),
+                accepts: pool.check_mode(Activity::P2pClient, false).is_ok(),
+            },
+            None => PoolCost { space: SpaceInfo::default(), load: 0, accepts: false },
+        }
+    }
+
+    fn pools(&self) -> Vec<PoolName> {
+        self.cluster.pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    fn pool_group(&self, group: &str) -> Vec<PoolName> {
+        self.cluster.pools.iter().filter(|p| p.groups.iter().any(|g| g == group)).map(|p| p.name.clone()).collect()
+    }
+
+    fn groups_of(&self, pool: &PoolName) -> Vec<String> {
+        self.cluster.pool(pool).map(|p| p.groups.clone()).unwrap_or_default()
+    }
+
+    fn request(
+        &self,
+        to: &PoolName,
+        req: MigrationRequest,
+    ) -> impl Future<Output = Result<MigrationReply, Unanswered>> + Send {
+        self.peers.request(to, req)
+    }
+
+    async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
+        let pool = self.pool()?;
+        let entry = pool.transfers.register(pull.pnfsid, pull.source.clone());
+        let req = PullRequest {
+            pnfsid: pull.pnfsid,
+            source: pull.source,
+            state: pull.state,
+            sticky: pull.sticky,
+            atime: pull.atime,
+            force_source_mode: pull.force_source_mode,
+        };
+        let mut transfer = std::pin::pin!(transfer::pull(&pool, entry.clone(), req));
+        let result = tokio::select! {
+            r = &mut transfer => r,
+            _ = cancel.cancelled() => {
+                // The transfer notices its own token at every wait and removes its partial
+                // data before it returns: wait for that, so nothing is left behind.
+                entry.cancel.cancel();
+                transfer.await
+            }
+        };
+        result.map(|_| ())
+    }
+}
+
+/// Feeds the repository's changes to the module until `stop` (or until the repository is
+/// gone).
+pub(crate) async fn forward_changes(
+    mut changes: broadcast::Receiver<Change>,
+    module: Arc<Module<PoolEnv>>,
+    stop: CancellationToken,
+) {
+    loop {
+        // `recv` is cancel-safe.
+        let change = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(Change { pnfsid, kind }) => {
+                let removed = matches!(kind, ChangeKind::State { to: ReplicaState::Removed, .. });
+                module.repository_changed(pnfsid, removed);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "the migration module fell behind the repository's changes; some were missed");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Requests to other pools' migration modules, over kept authenticated data connections.
+pub struct Peers {
+    me: PoolName,
+    key: ClusterKey,
+    addresses: HashMap<PoolName, SocketAddr>,
+    reply_timeout: Duration,
+    /// Kept connections per pool, the most recently used last.
+    idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
+    opened: AtomicU64,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("me", &self.me).field("reply_timeout", &self.reply_timeout).finish()
+    }
+}
+
+/// How one exchange on one connection ended without a reply.
+enum Failed {
+    /// The request was not written whole: the other pool cannot have acted on it.
+    NotSent(WireError),
+    /// The request went out; the reply did not come.
+    NoReply(WireError),
+}
+
+impl Peers {
+    /// A transport for pool `me` to the pools of `cluster`; a request without a reply within
+    /// `reply_timeout` counts as unanswered ([`REPLY_TIMEOUT`] in the daemon).
+    pub fn new(me: PoolName, key: ClusterKey, cluster: &ClusterFile, reply_timeout: Duration) -> Peers {
+        Peers {
+            me,
+            key,
+            addresses: cluster.pools.iter().map(|p| (p.name.clone(), p.p2p)).collect(),
+            reply_timeout,
+            idle: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// Connections opened so far (each one handshake).
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` to pool `to` and waits for its reply.
+    pub async fn request(&self, to: &PoolName, req: MigrationRequest) -> Result<MigrationReply, Unanswered> {
+        let Some(&addr) = self.addresses.get(to) else {
+            tracing::warn!(pool = %to, "no pool of that name in the cluster file; migration request not sent");
+            return Err(Unanswered::NotDelivered);
+        };
+        let msg = DataRequest::Migration(req);
+        let mut fresh_only = false;
+        loop {
+            let kept = if fresh_only { None } else { self.take_idle(to).await };
+            let reused = kept.is_some();
+            let mut conn = match kept {
+                Some(c) => c,
+                None => self.open(to, addr).await?,
+            };
+            match self.exchange(&mut conn, &msg).await {
+                Ok(DataReply::Migration(reply)) => {
+                    self.give_back(to, conn);
+                    return Ok(reply);
+                }
+                // The other pool could not read the request (it may speak an older version);
+                // it closes the connection after saying so.
+                Ok(DataReply::Error(e)) => {
+                    tracing::warn!(pool = %to, "migration request refused: {}", e.render());
+                    return Ok(MigrationReply::Error(e));
+                }
+                Ok(other) => {
+                    let e = RemoteError::new(
+                        ErrorCode::Protocol,
+                        format!("pool {to} answered a migration request with {other:?}"),
+                    );
+                    tracing::warn!(pool = %to, "{}", e.message);
+                    return Ok(MigrationReply::Error(e));
+                }
+                Err(Failed::NotSent(e)) if reused => {
+                    tracing::debug!(pool = %to, "kept connection is closed ({e}); trying a new one");
+                    fresh_only = true;
+                }
+                Err(Failed::NotSent(e)) => {
+                    tracing::debug!(pool = %to, "migration request not delivered: {e}");
+                    return Err(Unanswered::NotDelivered);
+                }
+                Err(Failed::NoReply(e)) => {
+                    tracing::debug!(pool = %to, "no reply to a migration request: {e}");
+                    return Err(Unanswered::NoAnswer);
+                }
+            }
+        }
+    }
+
+    /// Writes the request and reads one reply, both within the reply timeout.
+    async fn exchange(&self, conn: &mut Connection, msg: &DataRequest) -> Result<DataReply, Failed> {
+        let deadline = tokio::time::Instant::now() + self.reply_timeout;
+        let timed_out = || WireError::Timeout(self.reply_timeout);
+        match tokio::time::timeout_at(deadline, conn.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Failed::NotSent(e)),
+            // Part of it may have gone out.
+            Err(_) => return Err(Failed::NoReply(timed_out())),
+        }
+        match tokio::time::timeout_at(deadline, conn.recv::<DataReply>()).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(Failed::NoReply(e)),
+            Err(_) => Err(Failed::NoReply(timed_out())),
+        }
+    }
+
+    async fn open(&self, to: &PoolName, addr: SocketAddr) -> Result<Connection, Unanswered> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        match Connection::open(addr, &self.key, self.me.as_str(), Service::Data).await {
+            Ok(conn) if conn.pool == to.as_str() => Ok(conn),
+            Ok(conn) => {
+                tracing::warn!(pool = %to, %addr, "the pool at {addr} calls itself {}; check the cluster file", conn.pool);
+                Err(Unanswered::NotDelivered)
+            }
+            Err(WireError::Remote(e)) => {
+                tracing::warn!(pool = %to, %addr, "pool refused the connection: {}", e.render());
+                Err(Unanswered::NotDelivered)
+            }
+            Err(e) => {
+                tracing::debug!(pool = %to, %addr, "cannot connect: {e}");
+                Err(Unanswered::NotDelivered)
+            }
+        }
+    }
+
+    /// A kept connection to `to` that is still open, if there is one.
+    async fn take_idle(&self, to: &PoolName) -> Option<Connection> {
+        loop {
+            let (mut conn, _) = {
+                let mut idle = self.idle.lock();
+                let list = idle.get_mut(to)?;
+                list.retain(|(_, since)| since.elapsed() < REUSE_IDLE);
+                list.pop()?
+            };
+            if still_open(&mut conn).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn give_back(&self, to: &PoolName, conn: Connection) {
+        let mut idle = self.idle.lock();
+        let list = idle.entry(to.clone()).or_default();
+        if list.len() >= MAX_IDLE {
+            list.remove(0);
+        }
+        list.push((conn, Instant::now()));
+    }
+
+    /// Kept connections to `to` (open or not).
+    #[cfg(test)]
+    fn idle_count(&self, to: &PoolName) -> usize {
+        self.idle.lock().get(to).map_or(0, Vec::len)
+    }
+}
+
+/// Whether an idle connection is still usable: the other pool has neither closed it nor sent
+/// anything unasked. Looks once, without waiting (`next` is cancel-safe).
+async fn still_open(conn: &mut Connection) -> bool {
+    let mut next = std::pin::pin!(conn.reader.next());
+    std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await
+}
+
+#[cfg(test)]
+#[path = "migration_env_tests.rs"]
+mod tests;

@@ -1,0 +1,413 @@
+//! The migration transport against a tiny in-process pool that speaks the handshake and
+//! answers (or does not) as each test needs.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tidepool_migration::env::Unanswered;
+use tidepool_p2p::auth::{self, ClusterKey, Service};
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+use tidepool_p2p::frame::{FrameReader, FrameWriter, MAX_FRAME};
+use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest};
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::{Peers, still_open};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Answers every request.
+    Answer,
+    /// Answers one request, then closes the connection.
+    AnswerOnce,
+    /// Reads requests and never answers.
+    Silent,
+    /// Answers with a data-service error, as a pool that cannot read the request does.
+    Refuse,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// A client passed the handshake, under this name.
+    Connected(String),
+    /// The server closed a connection.
+    Closed,
+}
+
+/// A pool named `name` on a loopback port; reports what happens on `Event`s.
+async fn server(
+    key: ClusterKey,
+    name: &'static str,
+    behaviour: Behaviour,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (tx, key) = (tx.clone(), key.clone());
+            tokio::spawn(async move {
+                let (r, w) = stream.into_split();
+                let mut reader = FrameReader::new(r, MAX_FRAME);
+                let mut writer = FrameWriter::new(w);
+                let Ok(peer) = auth::accept(&mut reader, &mut writer, &key, name, Service::Data).await else {
+                    return;
+                };
+                let _ = tx.send(Event::Connected(peer.name));
+                while let Ok(req) = reader.recv::<DataRequest>().await {
+                    let reply = match (behaviour, req) {
+                        (Behaviour::Silent, _) => continue,
+                        (Behaviour::Refuse, _) => {
+                            DataReply::Error(RemoteError::new(ErrorCode::Protocol, "malformed frame; closing"))
+                        }
+                        (_, DataRequest::Migration(MigrationRequest::Locate { pnfsids })) => {
+                            DataReply::Migration(MigrationReply::Located { held: pnfsids })
+                        }
+                        (_, _) => DataReply::Migration(MigrationReply::Ack),
+                    };
+                    if writer.send(&reply).await.is_err() || behaviour != Behaviour::Answer {
+                        break;
+                    }
+                }
+                drop((reader, writer));
+                let _ = tx.send(Event::Closed);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn pool(name: &str) -> PoolName {
+    name.parse().unwrap()
+}
+
+fn cluster(pools: &[(&str, SocketAddr)]) -> ClusterFile {
+    let pools = pools
+        .iter()
+        .enumerate()
+        .map(|(i, (name, p2p))| PoolEntry {
+            name: pool(name),
+            p2p: *p2p,
+            admin: SocketAddr::from(([127, 0, 0, 2], 1000 + i as u16)),
+            groups: vec![],
+            tags: Default::default(),
+            hsm: vec![],
+        })
+        .collect();
+    ClusterFile { pools, links: vec![] }
+}
+
+fn id(n: u8) -> PnfsId {
+    let mut b = [0u8; 16];
+    b[15] = n;
+    PnfsId::from_random(b)
+}
+
+fn locate(ids: &[PnfsId]) -> MigrationRequest {
+    MigrationRequest::Locate { pnfsids: ids.to_vec() }
+}
+
+/// An address nobody listens on.
+async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn requests_run_side_by_side_and_reuse_kept_connections() {
+    let key = ClusterKey::generate().unwrap();
+    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::Answer).await;
+    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let to = pool("pool2");
+    // Two at once: each on its own connection, each reply to its own request.
+    let (a, b) = tokio::join!(peers.request(&to, locate(&[id(1)])), peers.request(&to, locate(&[id(2), id(3)])));
+    assert_eq!(a, Ok(MigrationReply::Located { held: vec![id(1)] }));
+    assert_eq!(b, Ok(MigrationReply::Located { held: vec![id(2), id(3)] }));
+    assert_eq!(peers.connections_opened(), 2);
+    // Then one after another on the kept ones: no new handshake.
+    for n in 0..5 {
+        assert_eq!(peers.request(&to, locate(&[id(n)])).await, Ok(MigrationReply::Located { held: vec![id(n)] }));
+    }
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.connections_opened(), 2);
+    assert_eq!(peers.idle_count(&to), 2);
+    // The server knows the asking pool by its authenticated name.
+    assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
+    assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
+    assert!(events.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn an_unknown_pool_a_dead_address_or_an_impostor_is_not_delivered() {
+    let key = ClusterKey::generate().unwrap();
+    let (impostor, _events) = server(key.clone(), "pool4", Behaviour::Answer).await;
+    let (other_key, _other) = server(ClusterKey::generate().unwrap(), "pool5", Behaviour::Answer).await;
+    let dead = dead_address().await;
+    let cluster = cluster(&[("pool2", dead), ("pool3", impostor), ("pool5", other_key)]);
+    let peers = Peers::new(pool("pool1"), key, &cluster, Duration::from_secs(30));
+    assert_eq!(peers.request(&pool("pool9"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(peers.connections_opened(), 0, "nothing to connect to");
+    assert_eq!(peers.request(&pool("pool2"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    // The pool at pool3's address calls itself pool4.
+    assert_eq!(peers.request(&pool("pool3"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    // Another cluster key: the handshake fails.
+    assert_eq!(peers.request(&pool("pool5"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(peers.connections_opened(), 3);
+    for p in ["pool2", "pool3", "pool5"] {
+        assert_eq!(peers.idle_count(&pool(p)), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_pool_that_never_answers_gives_no_answer_and_its_connection_is_dropped() {
+    let key = ClusterKey::generate().unwrap();
+    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::Silent).await;
+    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_millis(200));
+    let to = pool("pool2");
+    let ping = MigrationRequest::Ping { attempt: tidepool_p2p::AttemptId(7) };
+    assert_eq!(peers.request(&to, ping.clone()).await, Err(Unanswered::NoAnswer));
+    assert_eq!(peers.idle_count(&to), 0, "a connection that may still carry the late reply is not kept");
+    assert_eq!(peers.request(&to, ping).await, Err(Unanswered::NoAnswer));
+    assert_eq!(peers.connections_opened(), 2);
+    assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is_written() {
+    let key = ClusterKey::generate().unwrap();
+    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::AnswerOnce).await;
+    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let to = pool("pool2");
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.idle_count(&to), 1);
+    assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
+    assert_eq!(events.recv().await, Some(Event::Closed));
+    // This side learns of the close through the reactor; let it run until it has.
+    loop {
+        let kept = peers.idle.lock().get_mut(&to).and_then(|l| l.pop());
+        let Some((mut conn, since)) = kept else { panic!("the kept connection vanished") };
+        let open = still_open(&mut conn).await;
+        peers.idle.lock().entry(to.clone()).or_default().push((conn, since));
+        if !open {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.connections_opened(), 2);
+    assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_read_the_request_answers_with_its_error() {
+    let key = ClusterKey::generate().unwrap();
+    let (addr, _events) = server(key.clone(), "pool2", Behaviour::Refuse).await;
+    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let to = pool("pool2");
+    match peers.request(&to, MigrationRequest::PoolInfo).await {
+        Ok(MigrationReply::Error(e)) => assert_eq!(e.code(), Some(ErrorCode::Protocol)),
+        other => panic!("expected the pool's error, got {other:?}"),
+    }
+    assert_eq!(peers.idle_count(&to), 0, "the pool closes such a connection");
+}
+
+/// Pools run by daemons in this process, on loopback.
+mod daemons {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    use tidepool_migration::env::{Env, Pull};
+    use tidepool_p2p::conn::Connection;
+    use tidepool_p2p::model::{FileAttributes, PoolMode, ReplicaState, StickyRecord};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::daemon::{Daemon, Settings};
+    use crate::pool::{ModeState, Pool, now_ms};
+
+    struct Cluster {
+        _dir: tempfile::TempDir,
+        daemons: Vec<Daemon>,
+        key: ClusterKey,
+    }
+
+    impl Cluster {
+        async fn start(n: usize) -> Cluster {
+            let dir = tempfile::tempdir().unwrap();
+            let key = ClusterKey::generate().unwrap();
+            let mut listeners = Vec::new();
+            let mut pools = Vec::new();
+            for i in 0..n {
+                let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                pools.push(PoolEntry {
+                    name: pool(&format!("pool{}", i + 1)),
+                    p2p: data.local_addr().unwrap(),
+                    admin: admin.local_addr().unwrap(),
+                    groups: vec![if i == 0 { "source".into() } else { "targets".into() }],
+                    tags: Default::default(),
+                    hsm: vec![],
+                });
+                listeners.push((admin, data));
+            }
+            let cluster = ClusterFile { pools, links: vec![] };
+            let mut daemons = Vec::new();
+            for (i, (admin, data)) in listeners.into_iter().enumerate() {
+                let settings = Settings {
+                    name: cluster.pools[i].name.clone(),
+                    data_dir: dir.path().join(format!("pool{}", i + 1)),
+                    capacity: (i as u64 + 1) << 30,
+                    cluster: cluster.clone(),
+                    key: key.clone(),
+                    pin_owner_prefix: "PinManager".into(),
+                    shutdown_grace: Duration::from_secs(5),
+                    transfers: Default::default(),
+                    migration: Default::default(),
+                };
+                daemons.push(Daemon::start(settings, admin, data).await.unwrap());
+            }
+            Cluster { _dir: dir, daemons, key }
+        }
+
+        fn pool(&self, n: usize) -> &Arc<Pool> {
+            self.daemons[n - 1].pool()
+        }
+
+        fn env(&self, n: usize) -> &Arc<super::super::PoolEnv> {
+            self.pool(n).migration().env()
+        }
+
+        async fn stop(self) {
+            for d in self.daemons {
+                d.shutdown().await.unwrap();
+            }
+        }
+    }
+
+    /// Stores a replica directly in a pool's repository.
+    async fn put(pool: &Arc<Pool>, size: usize) -> PnfsId {
+        let repo = pool.repo.clone();
+        tokio::task::spawn_blocking(move || {
+            let id = PnfsId::from_random(tidepool_p2p::random::random_bytes().unwrap());
+            let now = now_ms();
+            let attrs = FileAttributes {
+                pnfsid: id,
+                size: size as u64,
+                checksum: None,
+                storage_class: Some("test:migration".into()),
+                cache_class: None,
+                access_latency: None,
+                retention_policy: None,
+                hsm: None,
+                creation_time: now,
+                access_time: now,
+            };
+            let mut inc = repo.create(attrs, ReplicaState::FromClient, now).unwrap();
+            inc.write(&vec![7u8; size]).unwrap();
+            inc.commit(ReplicaState::Precious, vec![], None, now).unwrap();
+            id
+        })
+        .await
+        .unwrap()
+    }
+
+    fn pull(id: PnfsId, source: &str) -> Pull {
+        Pull {
+            pnfsid: id,
+            source: pool(source),
+            state: ReplicaState::Cached,
+            sticky: vec![StickyRecord::new("alice", tidepool_p2p::model::NEVER)],
+            atime: None,
+            force_source_mode: false,
+        }
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pools_answer_each_other_through_their_data_endpoints() {
+        let c = Cluster::start(2).await;
+        let (env1, env2) = (c.env(1), c.env(2));
+        assert_eq!(env1.pools(), vec![pool("pool1"), pool("pool2")]);
+        assert_eq!(env1.pool_group("targets"), vec![pool("pool2")]);
+        assert_eq!(env1.groups_of(&pool("pool1")), vec!["source".to_string()]);
+        assert!(env1.groups_of(&pool("pool9")).is_empty());
+        let held = put(c.pool(2), 100).await;
+        match env1.request(&pool("pool2"), MigrationRequest::PoolInfo).await {
+            Ok(MigrationReply::PoolInfo(cost)) => {
+                assert_eq!(cost, env2.cost());
+                assert_eq!(cost.space.total, 2 << 30);
+                assert_eq!(cost.space.used, 100);
+                assert!(cost.accepts);
+            }
+            other => panic!("expected PoolInfo, got {other:?}"),
+        }
+        let absent = put(c.pool(1), 10).await;
+        let reply = env1.request(&pool("pool2"), locate(&[held, absent])).await;
+        assert_eq!(reply, Ok(MigrationReply::Located { held: vec![held] }));
+        // A pool disabled for p2p-client says so.
+        c.pool(2)
+            .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::P2P_CLIENT), error_code: 1, message: "x".into() })
+            .unwrap();
+        assert!(!env2.cost().accepts);
+        assert!(env2.check_p2p_client().is_err());
+        assert_eq!(env1.peers().connections_opened(), 1, "both requests on one connection");
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_is_not_a_pool_gets_an_error() {
+        let c = Cluster::start(1).await;
+        let addr = c.daemons[0].data_addr();
+        let mut conn = Connection::open(addr, &c.key, "not a pool!", Service::Data).await.unwrap();
+        conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo)).await.unwrap();
+        match conn.recv::<DataReply>().await.unwrap() {
+            DataReply::Migration(MigrationReply::Error(e)) => {
+                assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+                assert!(e.message.contains("from pools only"), "{}", e.message);
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        c.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pull_commits_the_replica_and_a_cancelled_one_leaves_nothing() {
+        let c = Cluster::start(2).await;
+        let (source, target) = (c.pool(1), c.pool(2));
+        let small = put(source, 4096).await;
+        c.env(2).pull(pull(small, "pool1"), CancellationToken::new()).await.unwrap();
+        let got = target.repo.get(&small).unwrap().unwrap();
+        assert_eq!(got.state, ReplicaState::Cached);
+        assert_eq!(got.sticky, vec![StickyRecord::new("alice", tidepool_p2p::model::NEVER)]);
+        assert_eq!(got.attrs.checksum, source.repo.get(&small).unwrap().unwrap().attrs.checksum);
+        assert_eq!(c.env(2).compute_checksum(&small), Ok(got.attrs.checksum.unwrap()));
+
+        // A slow source; the cancel comes mid-transfer.
+        let large = put(source, 8 << 20).await;
+        source.faults.slow_down(Some(Duration::from_millis(200)));
+        let cancel = CancellationToken::new();
+        let env = c.env(2).clone();
+        let running = tokio::spawn({
+            let cancel = cancel.clone();
+            async move { env.pull(pull(large, "pool1"), cancel).await }
+        });
+        until("data to arrive", || target.transfers.list().iter().any(|t| t.done.load(Ordering::Relaxed) > 0)).await;
+        cancel.cancel();
+        let err = running.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Cancelled), "{err:?}");
+        assert!(target.repo.get(&large).unwrap().is_none());
+        assert!(target.repo.incoming().is_empty(), "no partial replica");
+        assert!(target.transfers.list().is_empty());
+        source.faults.slow_down(None);
+        c.stop().await;
+    }
+}
