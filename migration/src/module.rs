@@ -83,8 +83,8 @@ pub struct Module<E: Env> {
     jobs: Mutex<Jobs>,
     /// Files this pool's jobs work on, and the job that does (reference §3.1 "file locks").
     locks: Mutex<HashMap<PnfsId, Arc<Job>>>,
-    /// Copies this pool makes for other pools' jobs, by requesting pool and attempt.
-    served: Mutex<HashMap<(PoolName, AttemptId), CancellationToken>>,
+    /// Copies this pool makes for other pools' jobs, and attempts that ended here.
+    served: Mutex<Served>,
     next_task: AtomicU64,
     /// The high bits of every attempt id made by this run of the pool, so a late message
     /// from before a restart matches no attempt of this run.
@@ -98,6 +98,61 @@ pub struct Module<E: Env> {
 struct Jobs {
     list: Vec<Arc<Job>>,
     next_id: u64,
+}
+
+/// How long a target remembers an attempt that ended, and at most how many.
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
+const ENDED_MAX: usize = 100_000;
+
+type AttemptKey = (PoolName, AttemptId);
+
+/// The target side's table of attempts, by requesting pool and attempt id.
+#[derive(Default)]
+struct Served {
+    /// Copies under way.
+    active: HashMap<AttemptKey, CancellationToken>,
+    /// Attempts that ended here (with their outcome), or that were cancelled before their copy
+    /// request arrived (`None`), remembered for [`ENDED_MEMORY`]: a late or duplicated copy
+    /// request for one of them is never carried out a second time.
+    ended: HashMap<AttemptKey, Option<Result<(), RemoteError>>>,
+    ended_order: VecDeque<(Instant, AttemptKey)>,
+}
+
+enum Seen {
+    New,
+    Active,
+    Ended(Option<Result<(), RemoteError>>),
+}
+
+impl Served {
+    fn seen(&mut self, key: &AttemptKey) -> Seen {
+        self.prune();
+        if self.active.contains_key(key) {
+            Seen::Active
+        } else if let Some(result) = self.ended.get(key) {
+            Seen::Ended(result.clone())
+        } else {
+            Seen::New
+        }
+    }
+
+    fn end(&mut self, key: AttemptKey, result: Option<Result<(), RemoteError>>) {
+        self.active.remove(&key);
+        self.prune();
+        if self.ended.insert(key.clone(), result).is_none() {
+            self.ended_order.push_back((Instant::now(), key));
+        }
+    }
+
+    fn prune(&mut self) {
+        while let Some((at, key)) = self.ended_order.front() {
+            if at.elapsed() < ENDED_MEMORY && self.ended_order.len() <= ENDED_MAX {
+                break;
+            }
+            self.ended.remove(key);
+            self.ended_order.pop_front();
+        }
+    }
 }
 
 struct Job {
@@ -130,19 +185,28 @@ struct JobInner {
     /// Tasks waiting for a location answer.
     want_locate: BTreeSet<PnfsId>,
     locating: bool,
+    /// Files whose task ended while a location question was on its way: its answer about
+    /// them may be out of date.
+    stale: BTreeSet<PnfsId>,
     wake_seq: u64,
     wake_at: Option<EpochMillis>,
     rng: SplitMix,
     /// Completions in the last [`RATE_WINDOW`]: when, and how many bytes.
     recent: VecDeque<(Instant, u64)>,
     started: Option<Instant>,
+    /// Files passed over because another job works on them, noted once each.
+    locked_noted: BTreeSet<PnfsId>,
 }
 
 #[derive(Clone, Debug)]
 struct TargetInfo {
     name: PoolName,
-    /// `None`: offline at the last refresh.
+    /// `None`: offline. A pool that answered before and misses one refresh keeps its last
+    /// figures: one lost answer (or a quick restart) must not make a non-eager job believe
+    /// the pool holds nothing and copy its files elsewhere.
     cost: Option<PoolCost>,
+    /// Refreshes in a row without an answer.
+    misses: u32,
 }
 
 struct Running {
@@ -177,7 +241,14 @@ fn not_found() -> MigrationError {
 impl<E: Env> Module<E> {
     /// A module for the pool `env`; must be called inside the tokio runtime it will use.
     pub fn new(env: Arc<E>, settings: Settings) -> Arc<Self> {
-        let epoch = (env.now() as u64 & 0xffff) << 48;
+        let epoch = {
+            use std::hash::{BuildHasher, Hasher};
+            // A random value from the standard library's seeded hasher: 24 bits make a clash
+            // with the attempt ids of an earlier run of this pool a one-in-16-million chance.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_i64(env.now());
+            (h.finish() & 0xff_ffff) << 40
+        };
         Arc::new(Module {
             env,
             rt: Handle::current(),
@@ -185,7 +256,7 @@ impl<E: Env> Module<E> {
             settings,
             jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1 }),
             locks: Mutex::new(HashMap::new()),
-            served: Mutex::new(HashMap::new()),
+            served: Mutex::new(Served::default()),
             next_task: AtomicU64::new(1),
             epoch,
             shutting_down: AtomicBool::new(false),
@@ -206,6 +277,15 @@ impl<E: Env> Module<E> {
         }
         let cluster = EnvCluster(&*self.env);
         let targets = targets::resolve(&cluster, self.env.name(), &def.targets, &def.include, &def.exclude)?;
+        if def.replicas > targets.len() {
+            // dCache accepted this and retried for ever.
+            return Err(MigrationError::invalid(format!(
+                "-replicas={} needs as many target pools, but there are {} ({})",
+                def.replicas,
+                targets.len(),
+                targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+            )));
+        }
         let now = self.env.now();
         let smode = def.smode.records.iter().map(|r| r.at(now)).collect();
         let tmode = def.tmode.records.iter().map(|r| r.at(now)).collect();
@@ -249,11 +329,13 @@ impl<E: Env> Module<E> {
                     located: HashMap::new(),
                     want_locate: BTreeSet::new(),
                     locating: false,
+                    stale: BTreeSet::new(),
                     wake_seq: 0,
                     wake_at: None,
                     rng: SplitMix::new(seed),
                     recent: VecDeque::new(),
                     started: None,
+                    locked_noted: BTreeSet::new(),
                 }),
                 def,
             });
@@ -458,7 +540,7 @@ impl<E: Env> Module<E> {
                 }
             }
         }
-        let served = self.served.lock().len();
+        let served = self.served.lock().active.len();
         if served > 0 {
             tracing::info!(served, "copies for other pools cancelled at shutdown");
         }
@@ -584,14 +666,29 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (i, TargetInfo { name: pool, cost })
+                (i, TargetInfo { name: pool, cost, misses: 0 })
             });
         }
         let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
         infos.sort_by_key(|(i, _)| *i);
         self.with(job, |cx| {
             cx.s.refreshing = false;
-            cx.s.infos = Some(infos.into_iter().map(|(_, t)| t).collect());
+            let before = cx.s.infos.take().unwrap_or_default();
+            let infos = infos
+                .into_iter()
+                .map(|(_, mut t)| {
+                    if t.cost.is_none()
+                        && let Some(old) = before.iter().find(|o| o.name == t.name)
+                    {
+                        t.misses = old.misses + 1;
+                        if t.misses < 2 {
+                            t.cost = old.cost;
+                        }
+                    }
+                    t
+                })
+                .collect();
+            cx.s.infos = Some(infos);
             if cx.s.state == JobState::Sleeping && online(cx.s).next().is_some() {
                 // The targets are known now: no need to wait for the next look.
                 cx.set_state(JobState::Running);
@@ -703,7 +800,8 @@ impl<E: Env> Module<E> {
         let eager = job.def.eager;
         self.with(job, |cx| {
             cx.s.locating = false;
-            for id in &ids {
+            let stale = std::mem::take(&mut cx.s.stale);
+            for id in ids.iter().filter(|id| !stale.contains(*id)) {
                 let mut holders: Vec<PoolName> = pools
                     .iter()
                     .filter(|p| answers.get(*p).and_then(|a| a.as_ref()).is_some_and(|held| held.contains(id)))
@@ -717,7 +815,7 @@ impl<E: Env> Module<E> {
                 }
                 cx.s.located.insert(*id, holders);
             }
-            for id in ids {
+            for id in ids.into_iter().filter(|id| !stale.contains(id)) {
                 if cx.s.want_locate.remove(&id)
                     && cx.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
                 {
@@ -756,16 +854,25 @@ impl<E: Env> Module<E> {
             }
             MigrationRequest::Copy(req) => self.accept_copy(from, req),
             MigrationRequest::Ping { attempt } => {
-                MigrationReply::Alive(self.served.lock().contains_key(&(from, attempt)))
+                MigrationReply::Alive(self.served.lock().active.contains_key(&(from, attempt)))
             }
-            MigrationRequest::Cancel { attempt, reason } => match self.served.lock().get(&(from.clone(), attempt)) {
-                Some(token) => {
-                    tracing::info!(%attempt, source = %from, "copy cancelled by the source: {reason}");
-                    token.cancel();
-                    MigrationReply::Alive(true)
+            MigrationRequest::Cancel { attempt, reason } => {
+                let mut served = self.served.lock();
+                let key = (from.clone(), attempt);
+                match served.active.get(&key) {
+                    Some(token) => {
+                        tracing::info!(%attempt, source = %from, "copy cancelled by the source: {reason}");
+                        token.cancel();
+                        MigrationReply::Alive(true)
+                    }
+                    None => {
+                        // Perhaps the cancel overtook its copy request: remember it, so the copy
+                        // is refused when it arrives.
+                        served.end(key, None);
+                        MigrationReply::Alive(false)
+                    }
                 }
-                None => MigrationReply::Alive(false),
-            },
+            }
             MigrationRequest::Finished(f) => {
                 if f.target != from {
                     tracing::warn!(claimed = %f.target, peer = %from, "finished message naming another pool; ignored");
@@ -818,12 +925,24 @@ impl<E: Env> Module<E> {
         let token = {
             let mut served = self.served.lock();
             let key = (from.clone(), req.attempt);
-            if served.contains_key(&key) {
-                // A duplicate of a request under way: it is already accepted.
-                return MigrationReply::Accepted;
+            // A late or duplicated request may have been decided meanwhile.
+            match served.seen(&key) {
+                Seen::Active => return MigrationReply::Accepted,
+                Seen::Ended(Some(result)) => {
+                    drop(served);
+                    self.resend_finished(from, req.attempt, pnfsid, result);
+                    return MigrationReply::Accepted;
+                }
+                Seen::Ended(None) => {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::Cancelled,
+                        format!("attempt {} was cancelled before its copy request arrived", req.attempt),
+                    ));
+                }
+                Seen::New => {}
             }
             let token = self.serving.child_token();
-            served.insert(key, token.clone());
+            served.active.insert(key, token.clone());
             token
         };
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
@@ -850,7 +969,7 @@ impl<E: Env> Module<E> {
                     Ok(()) => tracing::info!("copy done"),
                     Err(e) => tracing::warn!("copy failed: {}", e.message),
                 }
-                m.served.lock().remove(&(from.clone(), attempt));
+                m.served.lock().end((from.clone(), attempt), Some(result.clone()));
                 let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
                 m.send_finished(&from, msg).await;
             },
@@ -917,6 +1036,20 @@ impl<E: Env> Module<E> {
         })
         .await
         .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))
+    }
+
+    fn resend_finished(
+        self: &Arc<Self>,
+        to: PoolName,
+        attempt: AttemptId,
+        pnfsid: PnfsId,
+        result: Result<(), RemoteError>,
+    ) {
+        let m = self.clone();
+        self.rt.spawn(async move {
+            let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
+            m.send_finished(&to, msg).await;
+        });
     }
 
     async fn send_finished(&self, to: &PoolName, msg: CopyFinished) {
@@ -1017,7 +1150,9 @@ impl<E: Env> Cx<'_, E> {
                 }
             }
             for id in busy {
-                self.note(None, Some(id), "File is locked".into());
+                if self.s.locked_noted.insert(id) {
+                    self.note(None, Some(id), "File is locked".into());
+                }
             }
             for id in picked {
                 self.start_task(id, now);
@@ -1061,6 +1196,7 @@ impl<E: Env> Cx<'_, E> {
 
     fn start_task(&mut self, id: PnfsId, now: EpochMillis) {
         self.m.locks.lock().insert(id, self.job.clone());
+        self.s.locked_noted.remove(&id);
         let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
         self.s.queue.start(id, task_id);
         let entry = match self.m.env.entry(&id) {
@@ -1103,7 +1239,7 @@ impl<E: Env> Cx<'_, E> {
             pins: !pins.is_empty(),
             timers: self.m.settings.timers.clone(),
         };
-        let base = self.m.epoch | ((task_id.0 & 0xf_ffff_ffff) << 12);
+        let base = self.m.epoch | ((task_id.0 & 0xfff_ffff) << 12);
         let task = Task::new(plan, base);
         self.s
             .running
@@ -1157,7 +1293,7 @@ impl<E: Env> Cx<'_, E> {
                     self.s.want_locate.insert(id);
                 }
             }
-            Effect::Copy { target, attempt, existing: _, pins } => {
+            Effect::Copy { target, attempt, existing, pins } => {
                 let mut sticky = r.sticky.clone();
                 if pins {
                     sticky.extend(r.pins.iter().cloned());
@@ -1173,7 +1309,10 @@ impl<E: Env> Cx<'_, E> {
                     verify: def.verify,
                     atime: def.atime.then_some(r.entry.attrs.access_time),
                     force_source_mode: def.force_source_mode,
-                    meta_only: def.meta_only,
+                    // A holder is asked to update its replica, never to make a new one: if it
+                    // no longer has the file (or only may have had it), it says so and the task
+                    // decides where a new copy goes.
+                    meta_only: def.meta_only || existing,
                 };
                 self.actions.push(Action::Copy { to: target, pnfsid: id, attempt, req: Box::new(req) });
             }
@@ -1195,6 +1334,11 @@ impl<E: Env> Cx<'_, E> {
         let Some(r) = self.s.running.get_mut(&id) else { return };
         let task = r.id;
         self.s.want_locate.remove(&id);
+        // The file's own attempts may have changed where it is.
+        self.s.located.remove(&id);
+        if self.s.locating {
+            self.s.stale.insert(id);
+        }
         match outcome {
             Outcome::Done { replicas } => {
                 // The source mode comes first (§3.7); the file counts as done after it.

@@ -212,6 +212,8 @@ pub struct Task {
     attempts: u64,
     /// A confirmed copy carried the pins.
     pins_moved: bool,
+    /// The first holder that did not answer.
+    silent_holder: Option<PoolName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,6 +245,7 @@ impl Task {
             attempt_base,
             attempts: 0,
             pins_moved: false,
+            silent_holder: None,
         }
     }
 
@@ -283,6 +286,10 @@ impl Task {
             {
                 return fx;
             }
+            // A report on our attempt from a pool the attempt was not sent to is not ours either.
+            TaskEvent::Finished { target, .. } if self.current.as_ref().is_some_and(|a| a.target != *target) => {
+                return fx;
+            }
             _ => {}
         }
         match (self.state, event) {
@@ -313,6 +320,7 @@ impl Task {
                     self.cancel_current(format!("no answer from {target}"), &mut fx);
                 }
                 self.tried.insert(target.clone());
+                self.silent_holder.get_or_insert(target.clone());
                 if !self.locations.is_empty() {
                     self.update_next(&mut fx);
                 } else if self.plan.eager && !self.plan.meta_only {
@@ -375,7 +383,9 @@ impl Task {
                 // the file counts as done only if that satisfies the job (then the source mode
                 // may be applied safely: the target confirmed).
                 self.replicas.insert(target);
-                self.current = None;
+                if self.current.take().is_some_and(|a| a.pins) {
+                    self.pins_moved = true;
+                }
                 if self.replicas.len() >= self.plan.replicas && !self.pins_outstanding() {
                     self.finish(Outcome::Done { replicas: self.replicas.iter().cloned().collect() }, &mut fx);
                 } else {
@@ -477,6 +487,10 @@ impl Task {
         self.tried.insert(target.clone());
         if !self.locations.is_empty() {
             self.update_next(fx);
+        } else if let Some(silent) = self.silent_holder.clone().filter(|_| !self.plan.eager) {
+            // A holder that did not answer may well still hold the file: a non-eager job
+            // waits for it rather than make a copy that may be one too many.
+            self.fail(false, err(ErrorCode::Timeout, format!("Pool {silent} failed (no response)")), fx);
         } else if !self.plan.meta_only {
             self.initiate(select, fx);
         } else {
@@ -648,6 +662,35 @@ mod tests {
     }
 
     #[test]
+    fn a_report_naming_another_pool_is_not_credited() {
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+        assert!(task.step(ok(A1, 2), &first_free).is_empty(), "attempt A1 went to pool1, not pool2");
+        assert!(task.replicas().is_empty());
+        assert_eq!(task.step(ok(A1, 1), &first_free), vec![done(&[1])]);
+    }
+
+    #[test]
+    fn a_cancelled_copy_that_carried_the_pins_and_completed_is_done() {
+        check(
+            plan(1, false, false, true),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, true)]),
+                (TaskEvent::CopyAccepted { attempt: A1 }, vec![timer(A1, 120)]),
+                (
+                    TaskEvent::Cancel { reason: "x".into() },
+                    vec![Effect::Cancel { target: pool(1), attempt: A1, reason: "x".into() }, timer(A1, 60)],
+                ),
+                (ok(A1, 1), vec![done(&[1])]),
+            ],
+            TaskState::Done,
+        );
+    }
+
+    #[test]
     fn late_and_foreign_messages_are_never_credited() {
         let mut task = Task::new(plan(1, false, false, false), 1000);
         task.step(TaskEvent::Start, &first_free);
@@ -778,6 +821,26 @@ mod tests {
             ],
             TaskState::InitiatingCopy,
         );
+    }
+
+    #[test]
+    fn a_silent_holder_stops_a_non_eager_task_from_copying_elsewhere() {
+        let refused = RemoteError::new(ErrorCode::FileNotFound, "Pool does not contain it");
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![pool(4), pool(5)] }, &first_free);
+        let fx = task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NotDelivered }, &first_free);
+        assert_eq!(fx, vec![copy(5, A2, true, false)]);
+        let fx = task.step(TaskEvent::CopyRefused { attempt: A2, error: refused.clone() }, &first_free);
+        assert!(fx.iter().any(transient("Pool pool4 failed (no response)")), "{fx:?}");
+
+        // An eager job copies elsewhere.
+        let mut task = Task::new(plan(1, true, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![pool(4), pool(5)] }, &first_free);
+        task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NotDelivered }, &first_free);
+        let fx = task.step(TaskEvent::CopyRefused { attempt: A2, error: refused }, &first_free);
+        assert_eq!(fx, vec![copy(1, A3, false, false)]);
     }
 
     #[test]

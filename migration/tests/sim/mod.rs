@@ -1,0 +1,1382 @@
+//! A simulated cluster for the migration module: several pools, each with an in-memory
+//! repository (real bytes, real checksums), a pool mode, a capacity and its own
+//! [`Module<SimEnv>`]; a seeded network between them that delays, reorders, duplicates and
+//! drops messages and can take pools offline; and a checker that asserts, after every change
+//! to any repository, that no protected file was lost and that no incomplete replica is
+//! visible as CACHED or PRECIOUS.
+//!
+//! Everything runs on a current-thread tokio runtime with paused time, so the module's timers
+//! (pings, sleeps, backoff) pass instantly; tests wait on states, never on real time.
+//!
+//! Reproducibility: every fault decision is drawn from a generator seeded with the run's seed
+//! and the message itself (sender, receiver, content, and how often that same message was
+//! sent before), so it does not depend on how unrelated messages interleave. The module's own
+//! blocking work (`spawn_blocking`) still runs on real threads, so a rerun with the same seed
+//! follows the same faults but not always the same interleaving.
+//!
+//! Knobs: `SIM_SEED=<n>` runs only that seed; `SIM_SEEDS=<n>` runs seeds `1..=n` (to search
+//! for a failure); `SIM_VERBOSE=1` prints every run's last events, counters and job reports
+//! (a failing run always prints them).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tidepool_migration::MigrationError;
+use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
+use tidepool_migration::job_state::JobState;
+use tidepool_migration::module::{Module, Settings};
+use tidepool_migration::queue::Backoff;
+use tidepool_migration::select::SplitMix;
+use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::model::{
+    AccessLatency, Checksum, ChecksumWriter, EpochMillis, FileAttributes, NEVER, PoolMode, ReplicaState,
+    RetentionPolicy, SpaceInfo, StickyMode, StickyRecord, apply_sticky,
+};
+use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The simulated clock starts here (2023-11-14), so time stamps look like real ones.
+pub const EPOCH: EpochMillis = 1_700_000_000_000;
+/// Owners starting with this are pins.
+pub const PIN_PREFIX: &str = "PinManager";
+/// How many trace lines a failing run prints.
+const TRACE_LINES: usize = 400;
+
+// ------------------------------------------------------------------------------ seeds
+
+/// The seeds a scenario runs with: `SIM_SEED` alone if set, else `1..=count` (`SIM_SEEDS`
+/// overrides the count, to search many seeds for a failure).
+pub fn seeds(count: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("SIM_SEED") {
+        return vec![s.trim().parse().expect("SIM_SEED must be a number")];
+    }
+    let count = match std::env::var("SIM_SEEDS") {
+        Ok(s) => s.trim().parse().expect("SIM_SEEDS must be a number"),
+        Err(_) => count,
+    };
+    (1..=count).collect()
+}
+
+/// Prints the seed of a run that panics.
+struct SeedGuard<'a> {
+    name: &'a str,
+    seed: u64,
+}
+
+impl Drop for SeedGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "\n*** {} failed with seed {}; rerun it alone with:\n    SIM_SEED={} cargo test -p tidepool-migration --test {} {}\n",
+                self.name,
+                self.seed,
+                self.seed,
+                test_binary(),
+                self.name
+            );
+        }
+    }
+}
+
+/// The name of the running test binary (`simulated` for `target/debug/deps/simulated-<hash>`).
+fn test_binary() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .and_then(|s| s.rsplit_once('-').map(|(name, _)| name.to_string()))
+        .unwrap_or_else(|| "simulated".to_string())
+}
+
+/// Runs `scenario` once per seed, each on a fresh current-thread runtime with paused time (so
+/// nothing of one run leaks into the next).
+pub fn run<F, Fut>(name: &str, count: u64, scenario: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for seed in seeds(count) {
+        let _guard = SeedGuard { name, seed };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a test runtime");
+        rt.block_on(scenario(seed));
+        rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+// ------------------------------------------------------------------------------ configuration
+
+/// What the network and the transfers do wrong. Probabilities are per message (or per pull).
+#[derive(Clone, Debug)]
+pub struct Faults {
+    /// Every request and every reply is delayed by up to this (so messages overtake each other).
+    pub max_delay: Duration,
+    /// A request is delivered twice; the first reply wins.
+    pub duplicate: f64,
+    /// A request is lost on the way: the sender learns `NotDelivered`.
+    pub drop_request: f64,
+    /// A reply is lost after the receiver acted: the sender learns `NoAnswer`.
+    pub drop_reply: f64,
+    /// A finished message is delivered once more, up to `late_delay` later.
+    pub late_finished: f64,
+    /// A copy request is delivered once more, up to `late_delay` later.
+    pub late_copy: f64,
+    pub late_delay: Duration,
+    /// A pull breaks halfway (I/O error; the partial replica is removed).
+    pub pull_failure: f64,
+}
+
+impl Faults {
+    pub fn none() -> Faults {
+        Faults {
+            max_delay: Duration::ZERO,
+            duplicate: 0.0,
+            drop_request: 0.0,
+            drop_reply: 0.0,
+            late_finished: 0.0,
+            late_copy: 0.0,
+            late_delay: Duration::ZERO,
+            pull_failure: 0.0,
+        }
+    }
+
+    /// Random delays only: messages are reordered, none is lost.
+    pub fn jitter() -> Faults {
+        Faults { max_delay: Duration::from_millis(800), ..Faults::none() }
+    }
+
+    /// Delays, duplicates, lost requests and replies, late finished messages, broken pulls.
+    pub fn chaos() -> Faults {
+        Faults {
+            max_delay: Duration::from_millis(800),
+            duplicate: 0.15,
+            drop_request: 0.05,
+            drop_reply: 0.05,
+            late_finished: 0.2,
+            late_copy: 0.0,
+            late_delay: Duration::from_secs(200),
+            pull_failure: 0.05,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolSpec {
+    pub name: PoolName,
+    pub capacity: u64,
+    pub groups: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub pools: Vec<PoolSpec>,
+    pub faults: Faults,
+    pub settings: Settings,
+    /// Time a request waits for its reply before it counts as `NoAnswer`.
+    pub reply_timeout: Duration,
+    /// Every pull takes this long, plus up to `pull_jitter`, plus its size over
+    /// `bandwidth` bytes per second.
+    pub pull_time: Duration,
+    pub pull_jitter: Duration,
+    pub bandwidth: u64,
+}
+
+/// The module settings the simulations use: short backoff and refresh so that a scenario
+/// needs few simulated minutes.
+pub fn settings() -> Settings {
+    Settings {
+        default_concurrency: 2,
+        refresh: Duration::from_secs(60),
+        backoff: Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(120) },
+        ..Settings::default()
+    }
+}
+
+impl SimConfig {
+    /// Pools `names` of 10 MB each, all in pool group `all`, with the given faults.
+    pub fn new(names: &[&str], faults: Faults) -> SimConfig {
+        SimConfig {
+            pools: names
+                .iter()
+                .map(|n| PoolSpec { name: pool(n), capacity: 10_000_000, groups: vec!["all".into()] })
+                .collect(),
+            faults,
+            settings: settings(),
+            reply_timeout: Duration::from_secs(30),
+            pull_time: Duration::from_secs(1),
+            pull_jitter: Duration::from_secs(2),
+            bandwidth: 1_000_000,
+        }
+    }
+}
+
+pub fn pool(name: &str) -> PoolName {
+    name.parse().expect("a valid pool name")
+}
+
+// ------------------------------------------------------------------------------ the world
+
+/// One replica in a simulated repository.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub entry: Entry,
+    pub data: Arc<Vec<u8>>,
+    /// The checksum of `data`, computed when the bytes were written.
+    pub data_sum: Checksum,
+    /// The pull that is writing this (receiving) replica.
+    pub pull: Option<u64>,
+    /// Planted by a test: its bytes differ from its checksum (bit rot).
+    pub corrupt: bool,
+}
+
+impl Replica {
+    pub fn state(&self) -> ReplicaState {
+        self.entry.state
+    }
+    pub fn sticky(&self) -> &[StickyRecord] {
+        &self.entry.sticky
+    }
+}
+
+/// Counters of what happened, for assertions and failure reports.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub messages: BTreeMap<&'static str, u64>,
+    pub dropped_requests: u64,
+    pub dropped_replies: u64,
+    pub duplicated: u64,
+    pub late: u64,
+    pub not_delivered_offline: u64,
+    pub pulls_started: u64,
+    pub pulls_committed: u64,
+    pub pulls_failed: u64,
+    pub bytes_committed: u64,
+    /// Pulls in progress now, and the most there ever were, per source pool.
+    pub pulls_active: BTreeMap<PoolName, u64>,
+    pub pulls_peak: BTreeMap<PoolName, u64>,
+    /// When each pull of a file started, by file.
+    pub pull_starts: BTreeMap<PnfsId, Vec<Duration>>,
+}
+
+#[derive(Default)]
+struct Store {
+    repos: BTreeMap<PoolName, BTreeMap<PnfsId, Replica>>,
+    modes: BTreeMap<PoolName, PoolMode>,
+    /// Pulls each pool is receiving now.
+    receiving: BTreeMap<PoolName, u32>,
+    /// Files that must always have a committed replica somewhere: size and checksum.
+    protected: BTreeMap<PnfsId, (u64, Checksum)>,
+    violations: Vec<String>,
+}
+
+#[derive(Default)]
+struct Hooks {
+    /// Pulls of these files fail this many more times.
+    fail_pulls: HashMap<PnfsId, u32>,
+    /// Pulls into this pool take this much longer.
+    slow: HashMap<PoolName, Duration>,
+    /// The next request of this kind to this pool is held up this long on the way.
+    stall: Vec<(&'static str, PoolName, Duration)>,
+}
+
+/// The shared state of one simulated cluster.
+pub struct World {
+    pub seed: u64,
+    start: Instant,
+    config: SimConfig,
+    faults: Mutex<Faults>,
+    store: Mutex<Store>,
+    modules: Mutex<HashMap<PoolName, Weak<Module<SimEnv>>>>,
+    offline: Mutex<BTreeSet<PoolName>>,
+    /// How often each message (by hash) was sent: part of its fault seed.
+    sent: Mutex<HashMap<u64, u64>>,
+    stats: Mutex<Stats>,
+    trace: Mutex<VecDeque<String>>,
+    hooks: Mutex<Hooks>,
+    changes: mpsc::UnboundedSender<(PoolName, PnfsId, bool)>,
+    rng: Mutex<SplitMix>,
+    /// Each pool's current incarnation; a crash starts a new one and the old one's
+    /// environment stops working.
+    generations: Mutex<HashMap<PoolName, u64>>,
+    next_pull: std::sync::atomic::AtomicU64,
+}
+
+fn fnv(text: &str, seed: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+pub fn checksum(data: &[u8]) -> Checksum {
+    let mut w = ChecksumWriter::new();
+    w.update(data);
+    w.finish()
+}
+
+fn kind_of(req: &MigrationRequest) -> &'static str {
+    match req {
+        MigrationRequest::PoolInfo => "PoolInfo",
+        MigrationRequest::Locate { .. } => "Locate",
+        MigrationRequest::Copy(_) => "Copy",
+        MigrationRequest::Ping { .. } => "Ping",
+        MigrationRequest::Cancel { .. } => "Cancel",
+        MigrationRequest::Finished(_) => "Finished",
+    }
+}
+
+fn describe(req: &MigrationRequest) -> String {
+    match req {
+        MigrationRequest::PoolInfo => "PoolInfo".into(),
+        MigrationRequest::Locate { pnfsids } => format!("Locate({} files)", pnfsids.len()),
+        MigrationRequest::Copy(c) => format!("Copy {} attempt={}", c.attributes.pnfsid, c.attempt),
+        MigrationRequest::Ping { attempt } => format!("Ping attempt={attempt}"),
+        MigrationRequest::Cancel { attempt, .. } => format!("Cancel attempt={attempt}"),
+        MigrationRequest::Finished(f) => format!(
+            "Finished {} attempt={} {}",
+            f.pnfsid,
+            f.attempt,
+            match &f.result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("error {}", e.message),
+            }
+        ),
+    }
+}
+
+/// How one delivery of a request ended.
+enum Delivered {
+    Reply(MigrationReply),
+    /// Lost; `handled`: the receiver acted on it.
+    Lost {
+        handled: bool,
+    },
+}
+
+impl World {
+    fn elapsed(&self) -> Duration {
+        Instant::now().duration_since(self.start)
+    }
+
+    pub fn now(&self) -> EpochMillis {
+        EPOCH + self.elapsed().as_millis() as i64
+    }
+
+    pub fn trace(&self, line: impl AsRef<str>) {
+        let t = self.elapsed();
+        let mut trace = self.trace.lock();
+        if trace.len() == TRACE_LINES {
+            trace.pop_front();
+        }
+        trace.push_back(format!("[{:>9.3}s] {}", t.as_secs_f64(), line.as_ref()));
+    }
+
+    pub fn trace_text(&self) -> String {
+        self.trace.lock().iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock() = faults;
+    }
+
+    /// A generator for one decision about `key`, from the seed and the key only.
+    fn rng_for(&self, key: &str) -> SplitMix {
+        let h = fnv(key, self.seed);
+        let n = {
+            let mut sent = self.sent.lock();
+            let n = sent.entry(h).or_insert(0);
+            *n += 1;
+            *n
+        };
+        SplitMix::new(h ^ n.wrapping_mul(0xA24B_AED4_963E_E407))
+    }
+
+    /// A generator for the scenario itself (file contents, chaos schedules).
+    pub fn random(&self) -> u64 {
+        self.rng.lock().next_u64()
+    }
+
+    pub fn random_below(&self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.random() % n }
+    }
+
+    fn generation(&self, p: &PoolName) -> u64 {
+        self.generations.lock().get(p).copied().unwrap_or(0)
+    }
+
+    pub fn is_online(&self, p: &PoolName) -> bool {
+        !self.offline.lock().contains(p)
+    }
+
+    fn reachable(&self, a: &PoolName, b: &PoolName) -> bool {
+        let off = self.offline.lock();
+        !off.contains(a) && !off.contains(b)
+    }
+
+    fn module(&self, p: &PoolName) -> Option<Arc<Module<SimEnv>>> {
+        self.modules.lock().get(p).and_then(Weak::upgrade)
+    }
+
+    fn note_change(&self, pool: &PoolName, id: PnfsId, removed: bool) {
+        let _ = self.changes.send((pool.clone(), id, removed));
+    }
+
+    /// Checks, under the store lock, that every protected file has a committed replica with
+    /// its size and checksum somewhere, and that every committed replica is whole.
+    fn check(&self, store: &mut Store, after: &str) {
+        let t = self.elapsed().as_secs_f64();
+        let mut found = Vec::new();
+        for (id, (size, sum)) in &store.protected {
+            let held = store.repos.values().any(|repo| {
+                repo.get(id)
+                    .is_some_and(|r| r.entry.state.is_committed() && r.data.len() as u64 == *size && r.data_sum == *sum)
+            });
+            if !held {
+                found.push(format!("t={t:.3}s: {id} has no committed replica anywhere after {after}"));
+            }
+        }
+        for (pool, repo) in &store.repos {
+            for (id, r) in repo {
+                if r.entry.state.is_committed()
+                    && !r.corrupt
+                    && (r.data.len() as u64 != r.entry.attrs.size || Some(r.data_sum) != r.entry.attrs.checksum)
+                {
+                    found.push(format!(
+                        "t={t:.3}s: {pool} shows {id} as {} but holds {} of {} bytes (after {after})",
+                        r.entry.state,
+                        r.data.len(),
+                        r.entry.attrs.size
+                    ));
+                }
+            }
+        }
+        for v in &found {
+            self.trace(format!("VIOLATION {v}"));
+        }
+        store.violations.extend(found);
+    }
+
+    /// Changes one pool's repository under the store lock, then checks the invariants.
+    fn mutate<T>(
+        &self,
+        pool: &PoolName,
+        what: &str,
+        f: impl FnOnce(&mut BTreeMap<PnfsId, Replica>) -> Result<T, RemoteError>,
+    ) -> Result<T, RemoteError> {
+        let mut store = self.store.lock();
+        let repo = store.repos.get_mut(pool).expect("a known pool");
+        let out = f(repo);
+        if out.is_ok() {
+            self.check(&mut store, &format!("{pool}: {what}"));
+        }
+        out
+    }
+
+    // -------------------------------------------------------------- the network
+
+    async fn request(
+        self: Arc<Self>,
+        from: PoolName,
+        to: PoolName,
+        req: MigrationRequest,
+    ) -> Result<MigrationReply, Unanswered> {
+        let kind = kind_of(&req);
+        let what = describe(&req);
+        let f = self.faults.lock().clone();
+        let mut rng = self.rng_for(&format!("{from}>{to}:{req:?}"));
+        let delay = |rng: &mut SplitMix| Duration::from_micros((rng.unit() * f.max_delay.as_micros() as f64) as u64);
+        let (mut d1, d2) = (delay(&mut rng), delay(&mut rng));
+        {
+            let mut hooks = self.hooks.lock();
+            if let Some(i) = hooks.stall.iter().position(|(k, p, _)| *k == kind && *p == to) {
+                let (_, _, extra) = hooks.stall.remove(i);
+                d1 += extra;
+                drop(hooks);
+                self.trace(format!("{from} -> {to} {what}: held up for {}s", extra.as_secs()));
+            }
+        }
+        let (d1b, d2b) = (delay(&mut rng), delay(&mut rng));
+        let drop_request = rng.unit() < f.drop_request;
+        let drop_reply = rng.unit() < f.drop_reply;
+        let duplicate = rng.unit() < f.duplicate;
+        let late_p = match kind {
+            "Finished" => f.late_finished,
+            "Copy" => f.late_copy,
+            _ => 0.0,
+        };
+        // Only a request that reached the pool can reach it again later: the transport reports
+        // `NotDelivered` only when nothing was written (a connect that failed).
+        let late = rng.unit() < late_p && !drop_request;
+        let late_after = Duration::from_micros((rng.unit() * f.late_delay.as_micros() as f64) as u64);
+        *self.stats.lock().messages.entry(kind).or_insert(0) += 1;
+
+        if late {
+            self.stats.lock().late += 1;
+            self.trace(format!("{from} -> {to} {what}: a late copy follows in {:.1}s", late_after.as_secs_f64()));
+            tokio::spawn(self.clone().deliver(from.clone(), to.clone(), req.clone(), late_after, d2, false, None));
+        }
+        if drop_request {
+            self.stats.lock().dropped_requests += 1;
+            self.trace(format!("{from} -> {to} {what}: request lost"));
+            tokio::time::sleep(d1).await;
+            return Err(Unanswered::NotDelivered);
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().deliver(from.clone(), to.clone(), req.clone(), d1, d2, drop_reply, Some(tx.clone())));
+        if duplicate {
+            self.stats.lock().duplicated += 1;
+            self.trace(format!("{from} -> {to} {what}: delivered twice"));
+            tokio::spawn(self.clone().deliver(from.clone(), to.clone(), req, d1b, d2b, false, Some(tx.clone())));
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.config.reply_timeout;
+        let mut handled = false;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Delivered::Reply(reply))) => return Ok(reply),
+                Ok(Some(Delivered::Lost { handled: h })) => handled |= h,
+                Ok(None) if !handled => return Err(Unanswered::NotDelivered),
+                Ok(None) => {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(Unanswered::NoAnswer);
+                }
+                Err(_) => return Err(Unanswered::NoAnswer),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        self: Arc<Self>,
+        from: PoolName,
+        to: PoolName,
+        req: MigrationRequest,
+        before: Duration,
+        after: Duration,
+        drop_reply: bool,
+        tx: Option<mpsc::UnboundedSender<Delivered>>,
+    ) {
+        let send = |d: Delivered| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(d);
+            }
+        };
+        tokio::time::sleep(before).await;
+        let what = describe(&req);
+        let module = if self.reachable(&from, &to) { self.module(&to) } else { None };
+        let Some(module) = module else {
+            self.stats.lock().not_delivered_offline += 1;
+            self.trace(format!("{from} -> {to} {what}: not delivered (offline)"));
+            send(Delivered::Lost { handled: false });
+            return;
+        };
+        self.trace(format!("{from} -> {to} {what}"));
+        let reply = module.serve(from.clone(), req).await;
+        tokio::time::sleep(after).await;
+        if drop_reply || !self.reachable(&from, &to) {
+            self.stats.lock().dropped_replies += 1;
+            self.trace(format!("{to} -> {from} reply to {what} lost: {reply:?}"));
+            send(Delivered::Lost { handled: true });
+            return;
+        }
+        send(Delivered::Reply(reply));
+    }
+
+    // -------------------------------------------------------------- pulls
+
+    async fn pull(
+        self: Arc<Self>,
+        me: PoolName,
+        generation: u64,
+        pull: Pull,
+        cancel: CancellationToken,
+    ) -> Result<(), RemoteError> {
+        let id = pull.pnfsid;
+        let src = pull.source.clone();
+        {
+            let mut st = self.stats.lock();
+            st.pulls_started += 1;
+            st.pull_starts.entry(id).or_default().push(self.elapsed());
+            let active = st.pulls_active.entry(src.clone()).or_insert(0);
+            *active += 1;
+            let now_active = *active;
+            let peak = st.pulls_peak.entry(src.clone()).or_insert(0);
+            *peak = (*peak).max(now_active);
+        }
+        let result = self.clone().pull_inner(&me, generation, &pull, cancel).await;
+        {
+            let mut st = self.stats.lock();
+            *st.pulls_active.entry(src.clone()).or_insert(1) -= 1;
+            match &result {
+                Ok(()) => st.pulls_committed += 1,
+                Err(_) => st.pulls_failed += 1,
+            }
+        }
+        match &result {
+            Ok(()) => self.trace(format!("{me}: pull of {id} from {src} committed as {}", pull.state)),
+            Err(e) => self.trace(format!("{me}: pull of {id} from {src} failed: {}", e.message)),
+        }
+        result
+    }
+
+    async fn pull_inner(
+        self: Arc<Self>,
+        me: &PoolName,
+        generation: u64,
+        pull: &Pull,
+        cancel: CancellationToken,
+    ) -> Result<(), RemoteError> {
+        let id = pull.pnfsid;
+        let src = &pull.source;
+        let tag = self.next_pull.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let crashed = || RemoteError::new(ErrorCode::ShuttingDown, "the pool crashed");
+        if self.generation(me) != generation {
+            return Err(crashed());
+        }
+        if !self.reachable(me, src) {
+            return Err(RemoteError::new(ErrorCode::Offline, format!("pool {src} is not reachable")));
+        }
+        let now = self.now();
+        // Start: the source must hold the file and allow it to be read; the target makes a
+        // receiving entry (never visible as a copy).
+        let attrs = {
+            let mut store = self.store.lock();
+            let source = store.repos.get(src).and_then(|r| r.get(&id)).cloned();
+            let Some(source) = source else {
+                return Err(RemoteError::new(ErrorCode::FileNotFound, format!("Pool {src} does not contain {id}")));
+            };
+            if !source.entry.state.is_committed() {
+                return Err(RemoteError::new(
+                    ErrorCode::NotCommitted,
+                    format!("{id} on {src} is {}", source.entry.state),
+                ));
+            }
+            let mode = store.modes.get(src).copied().unwrap_or_default();
+            if !mode.is_enabled() && mode.bits() & PoolMode::FETCH != 0 && !pull.force_source_mode {
+                return Err(RemoteError::new(ErrorCode::PoolDisabled, "Pool is disabled"));
+            }
+            let capacity = self.config.pools.iter().find(|p| p.name == *me).map_or(0, |p| p.capacity);
+            let repo = store.repos.get_mut(me).expect("a known pool");
+            if repo.contains_key(&id) {
+                return Err(RemoteError::new(ErrorCode::FileExists, "Replica already exists"));
+            }
+            let used: u64 = repo.values().map(|r| r.entry.attrs.size).sum();
+            if used + source.entry.attrs.size > capacity {
+                return Err(RemoteError::new(ErrorCode::PoolFull, format!("pool {me} is full")));
+            }
+            let mut attrs = source.entry.attrs.clone();
+            attrs.access_time = pull.atime.unwrap_or(now);
+            repo.insert(
+                id,
+                Replica {
+                    entry: Entry { attrs: attrs.clone(), state: ReplicaState::FromPool, sticky: Vec::new() },
+                    data: Arc::new(Vec::new()),
+                    data_sum: checksum(&[]),
+                    pull: Some(tag),
+                    corrupt: false,
+                },
+            );
+            *store.receiving.entry(me.clone()).or_insert(0) += 1;
+            self.check(&mut store, &format!("{me}: receiving {id}"));
+            attrs
+        };
+        self.note_change(me, id, false);
+        let mut rng = self.rng_for(&format!("pull {me} {id}"));
+        let forced = {
+            let mut hooks = self.hooks.lock();
+            match hooks.fail_pulls.get_mut(&id) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        let breaks = forced || rng.unit() < self.faults.lock().pull_failure;
+        let slow = self.hooks.lock().slow.get(me).copied().unwrap_or_default();
+        let mut took = self.config.pull_time
+            + Duration::from_micros((rng.unit() * self.config.pull_jitter.as_micros() as f64) as u64)
+            + Duration::from_micros(attrs.size.saturating_mul(1_000_000) / self.config.bandwidth.max(1))
+            + slow;
+        if breaks {
+            took /= 2;
+        }
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
+            _ = tokio::time::sleep(took) => if breaks {
+                Err(RemoteError::new(ErrorCode::Io, format!("connection to {src} broke")))
+            } else {
+                Ok(())
+            },
+        };
+        // End: copy the bytes, verify them against the source's checksum, commit; or remove
+        // the partial replica.
+        let result = {
+            let mut store = self.store.lock();
+            *store.receiving.entry(me.clone()).or_insert(1) -= 1;
+            let outcome = outcome.and_then(|()| {
+                if self.generation(me) != generation {
+                    return Err(crashed());
+                }
+                if !self.reachable(me, src) {
+                    return Err(RemoteError::new(ErrorCode::Io, format!("connection to {src} lost")));
+                }
+                let source = store.repos.get(src).and_then(|r| r.get(&id));
+                let Some(source) = source.filter(|s| s.entry.state.is_committed()) else {
+                    return Err(RemoteError::new(ErrorCode::FileNotFound, format!("{id} vanished from {src}")));
+                };
+                let data: Vec<u8> = source.data.as_ref().clone();
+                let sum = checksum(&data);
+                if data.len() as u64 != attrs.size {
+                    return Err(RemoteError::new(ErrorCode::ShortTransfer, "size differs"));
+                }
+                if Some(sum) != attrs.checksum {
+                    return Err(RemoteError::new(ErrorCode::ChecksumMismatch, "checksum differs"));
+                }
+                Ok((data, sum))
+            });
+            let repo = store.repos.get_mut(me).expect("a known pool");
+            let r = match outcome {
+                Ok((data, sum)) => {
+                    let now = self.now();
+                    let mut sticky = Vec::new();
+                    for rec in &pull.sticky {
+                        apply_sticky(&mut sticky, rec.clone(), StickyMode::Overwrite, now);
+                    }
+                    match repo.get_mut(&id) {
+                        Some(r) if r.pull == Some(tag) => {
+                            r.pull = None;
+                            r.entry.state = pull.state;
+                            r.entry.sticky = sticky;
+                            r.data = Arc::new(data);
+                            r.data_sum = sum;
+                            Ok(())
+                        }
+                        _ => Err(RemoteError::new(ErrorCode::Internal, "the receiving entry went away")),
+                    }
+                }
+                Err(e) => {
+                    if repo.get(&id).is_some_and(|r| r.pull == Some(tag)) {
+                        repo.remove(&id);
+                    }
+                    Err(e)
+                }
+            };
+            let what = match &r {
+                Ok(()) => format!("{me}: committed {id}"),
+                Err(_) => format!("{me}: dropped the partial {id}"),
+            };
+            self.check(&mut store, &what);
+            if r.is_ok() {
+                self.stats.lock().bytes_committed += attrs.size;
+            }
+            r
+        };
+        self.note_change(me, id, result.is_err());
+        result
+    }
+}
+
+// ------------------------------------------------------------------------------ the Env
+
+/// One pool's view of the simulated cluster.
+pub struct SimEnv {
+    name: PoolName,
+    world: Arc<World>,
+    generation: u64,
+}
+
+impl SimEnv {
+    /// An error once this incarnation of the pool has crashed.
+    fn crashed(&self) -> Result<(), RemoteError> {
+        if self.world.generation(&self.name) == self.generation {
+            Ok(())
+        } else {
+            Err(RemoteError::new(ErrorCode::ShuttingDown, format!("pool {} crashed", self.name)))
+        }
+    }
+
+    fn mode(&self) -> PoolMode {
+        self.world.store.lock().modes.get(&self.name).copied().unwrap_or_default()
+    }
+}
+
+fn not_here(pool: &PoolName, id: &PnfsId) -> RemoteError {
+    RemoteError::new(ErrorCode::FileNotFound, format!("Pool {pool} does not contain {id}"))
+}
+
+impl Env for SimEnv {
+    fn name(&self) -> &PoolName {
+        &self.name
+    }
+
+    fn now(&self) -> EpochMillis {
+        self.world.now()
+    }
+
+    fn pin_prefix(&self) -> &str {
+        PIN_PREFIX
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let entries: Vec<Entry> = {
+            let store = self.world.store.lock();
+            // Like the pool's repository, the scan leaves out replicas being received.
+            store.repos[&self.name].values().filter(|r| r.pull.is_none()).map(|r| r.entry.clone()).collect()
+        };
+        for e in entries {
+            if visit(e).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+        self.crashed()?;
+        Ok(self.world.store.lock().repos[&self.name].get(id).map(|r| r.entry.clone()))
+    }
+
+    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let removed = state == ReplicaState::Removed;
+        self.world.mutate(&self.name, &format!("{id} -> {state}"), |repo| {
+            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+            if !r.entry.state.may_change_to(state) {
+                return Err(RemoteError::new(
+                    ErrorCode::IllegalTransition,
+                    format!("{id}: {} -> {state} is not allowed", r.entry.state),
+                ));
+            }
+            if removed {
+                repo.remove(id);
+            } else {
+                r.entry.state = state;
+            }
+            Ok(())
+        })?;
+        self.world.trace(format!("{}: {id} -> {state}", self.name));
+        self.world.note_change(&self.name, *id, removed);
+        Ok(())
+    }
+
+    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let now = self.world.now();
+        let what = format!("{id} sticky {}={} ({mode:?})", record.owner, record.expire);
+        self.world.mutate(&self.name, &what, |repo| {
+            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+            apply_sticky(&mut r.entry.sticky, record, mode, now);
+            Ok(())
+        })?;
+        self.world.trace(format!("{}: {what}", self.name));
+        self.world.note_change(&self.name, *id, false);
+        Ok(())
+    }
+
+    fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
+        self.crashed()?;
+        self.world.mutate(&self.name, &format!("removed {id}"), |repo| {
+            repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
+        })?;
+        self.world.trace(format!("{}: removed {id}", self.name));
+        self.world.note_change(&self.name, *id, true);
+        Ok(())
+    }
+
+    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
+        self.crashed()?;
+        let replica = self.world.store.lock().repos[&self.name].get(id).cloned();
+        let replica = replica.ok_or_else(|| not_here(&self.name, id))?;
+        if !replica.entry.state.is_committed() {
+            return Err(RemoteError::new(ErrorCode::NotCommitted, format!("{id} is {}", replica.entry.state)));
+        }
+        Ok(checksum(&replica.data))
+    }
+
+    fn set_checksum(&self, id: &PnfsId, sum: Checksum) -> Result<(), RemoteError> {
+        self.crashed()?;
+        self.world.mutate(&self.name, &format!("{id} checksum {sum}"), |repo| {
+            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+            r.entry.attrs.checksum = Some(sum);
+            Ok(())
+        })
+    }
+
+    fn check_p2p_client(&self) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let mode = self.mode();
+        if !mode.is_enabled() && mode.bits() & PoolMode::P2P_CLIENT != 0 {
+            return Err(RemoteError::new(ErrorCode::PoolDisabled, "Pool is disabled"));
+        }
+        Ok(())
+    }
+
+    fn cost(&self) -> PoolCost {
+        let now = self.world.now();
+        let store = self.world.store.lock();
+        let repo = &store.repos[&self.name];
+        let total = self.world.config.pools.iter().find(|p| p.name == self.name).map_or(0, |p| p.capacity);
+        let used: u64 = repo.values().map(|r| r.entry.attrs.size).sum();
+        let precious: u64 =
+            repo.values().filter(|r| r.entry.state == ReplicaState::Precious).map(|r| r.entry.attrs.size).sum();
+        let removable: u64 = repo
+            .values()
+            .filter(|r| r.entry.state == ReplicaState::Cached && !r.entry.sticky.iter().any(|s| s.is_valid(now)))
+            .map(|r| r.entry.attrs.size)
+            .sum();
+        let load = store.receiving.get(&self.name).copied().unwrap_or(0);
+        drop(store);
+        PoolCost {
+            space: SpaceInfo { total, used, free: total.saturating_sub(used), precious, removable },
+            load,
+            accepts: self.check_p2p_client().is_ok(),
+        }
+    }
+
+    fn pools(&self) -> Vec<PoolName> {
+        self.world.config.pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    fn pool_group(&self, group: &str) -> Vec<PoolName> {
+        self.world.config.pools.iter().filter(|p| p.groups.iter().any(|g| g == group)).map(|p| p.name.clone()).collect()
+    }
+
+    fn groups_of(&self, pool: &PoolName) -> Vec<String> {
+        self.world.config.pools.iter().find(|p| p.name == *pool).map(|p| p.groups.clone()).unwrap_or_default()
+    }
+
+    fn request(
+        &self,
+        to: &PoolName,
+        req: MigrationRequest,
+    ) -> impl Future<Output = Result<MigrationReply, Unanswered>> + Send {
+        let crashed = self.crashed().is_err();
+        let request = self.world.clone().request(self.name.clone(), to.clone(), req);
+        async move {
+            if crashed {
+                return Err(Unanswered::NotDelivered);
+            }
+            request.await
+        }
+    }
+
+    fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), RemoteError>> + Send {
+        self.world.clone().pull(self.name.clone(), self.generation, pull, cancel)
+    }
+}
+
+// ------------------------------------------------------------------------------ options
+
+/// Options from `-name` / `-name=value` words, as the admin layer would give them.
+pub struct Given(HashMap<String, Vec<String>>);
+
+impl Given {
+    pub fn new(words: &[&str]) -> Given {
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for w in words {
+            let w = w.trim_start_matches('-');
+            let (k, v) = w.split_once('=').unwrap_or((w, ""));
+            m.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        Given(m)
+    }
+}
+
+impl Options for Given {
+    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        match self.0.get(name).and_then(|v| v.last()).map(String::as_str) {
+            None => Ok(false),
+            Some("" | "true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(MigrationError::invalid(format!("{v}: Invalid value"))),
+        }
+    }
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0.get(name).cloned().unwrap_or_default()
+    }
+    fn given(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
+// ------------------------------------------------------------------------------ the cluster
+
+/// What a new file looks like.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub size: usize,
+    pub state: ReplicaState,
+    pub sticky: Vec<StickyRecord>,
+    /// Seconds before the start of the simulation.
+    pub accessed_ago: i64,
+}
+
+impl FileSpec {
+    pub fn precious(size: usize) -> FileSpec {
+        FileSpec { size, state: ReplicaState::Precious, sticky: Vec::new(), accessed_ago: 3600 }
+    }
+    pub fn cached(size: usize) -> FileSpec {
+        FileSpec { state: ReplicaState::Cached, ..FileSpec::precious(size) }
+    }
+    pub fn with_sticky(mut self, owner: &str, expire: EpochMillis) -> FileSpec {
+        self.sticky.push(StickyRecord::new(owner, expire));
+        self
+    }
+}
+
+/// A simulated cluster: the world and every pool's module.
+pub struct Sim {
+    pub world: Arc<World>,
+    modules: BTreeMap<PoolName, Arc<Module<SimEnv>>>,
+    /// Modules of crashed pools (their tasks may still run; their environment is dead).
+    crashed: Vec<Arc<Module<SimEnv>>>,
+    next_file: u64,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let verbose = std::env::var_os("SIM_VERBOSE").is_some();
+        if std::thread::panicking() || verbose {
+            eprintln!("--- last events of seed {} ---\n{}", self.world.seed, self.world.trace_text());
+            eprintln!("--- stats ---\n{:#?}", self.world.stats());
+            for (name, m) in &self.modules {
+                for line in m.ls() {
+                    let id = line.trim_start_matches('[').split(']').next().unwrap_or("");
+                    eprintln!("--- {name} {line}\n{}", m.info(id).unwrap_or_default());
+                }
+            }
+        }
+    }
+}
+
+impl Sim {
+    /// Must be called inside the (paused) runtime.
+    pub fn new(seed: u64, config: SimConfig) -> Sim {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PoolName, PnfsId, bool)>();
+        let mut store = Store::default();
+        for p in &config.pools {
+            store.repos.insert(p.name.clone(), BTreeMap::new());
+            store.modes.insert(p.name.clone(), PoolMode::ENABLED);
+        }
+        let world = Arc::new(World {
+            seed,
+            start: Instant::now(),
+            faults: Mutex::new(config.faults.clone()),
+            store: Mutex::new(store),
+            modules: Mutex::new(HashMap::new()),
+            offline: Mutex::new(BTreeSet::new()),
+            sent: Mutex::new(HashMap::new()),
+            stats: Mutex::new(Stats::default()),
+            trace: Mutex::new(VecDeque::new()),
+            hooks: Mutex::new(Hooks::default()),
+            changes: tx,
+            rng: Mutex::new(SplitMix::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED)),
+            generations: Mutex::new(HashMap::new()),
+            next_pull: std::sync::atomic::AtomicU64::new(1),
+            config,
+        });
+        let mut modules = BTreeMap::new();
+        for p in &world.config.pools {
+            modules.insert(p.name.clone(), start_module(&world, &p.name));
+        }
+        // The repositories' change announcements, as the pool daemon forwards them.
+        let w = Arc::downgrade(&world);
+        tokio::spawn(async move {
+            while let Some((pool, id, removed)) = rx.recv().await {
+                let Some(world) = w.upgrade() else { return };
+                if let Some(m) = world.module(&pool) {
+                    m.repository_changed(id, removed);
+                }
+            }
+        });
+        Sim { world, modules, crashed: Vec::new(), next_file: 0 }
+    }
+
+    /// The pool crashes: it is offline, its module's environment stops working (requests go
+    /// nowhere, the repository refuses everything, pulls under way commit nothing), and the
+    /// module keeps no state that matters.
+    pub fn crash(&mut self, name: &str) {
+        let p = pool(name);
+        *self.world.generations.lock().entry(p.clone()).or_insert(0) += 1;
+        self.world.offline.lock().insert(p.clone());
+        self.world.modules.lock().remove(&p);
+        if let Some(m) = self.modules.remove(&p) {
+            self.crashed.push(m);
+        }
+        self.world.trace(format!("{name} CRASHED"));
+    }
+
+    /// The crashed pool starts again: partial replicas are removed (safety rule 4), and a new
+    /// module without jobs runs over the same repository.
+    pub fn restart(&mut self, name: &str) {
+        let p = pool(name);
+        {
+            let mut store = self.world.store.lock();
+            let repo = store.repos.get_mut(&p).expect("a known pool");
+            repo.retain(|_, r| r.entry.state.is_committed());
+            self.world.check(&mut store, &format!("{name}: restart"));
+        }
+        self.modules.insert(p.clone(), start_module(&self.world, &p));
+        self.world.offline.lock().remove(&p);
+        self.world.trace(format!("{name} restarted"));
+    }
+
+    pub fn module(&self, name: &str) -> &Arc<Module<SimEnv>> {
+        &self.modules[&pool(name)]
+    }
+
+    // -------------------------------------------------------------- files
+
+    /// Adds a file to `on` (and protects it: it must never be lost).
+    pub fn add_file(&mut self, on: &str, spec: FileSpec) -> PnfsId {
+        self.next_file += 1;
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.world.seed.to_be_bytes());
+        raw[8..].copy_from_slice(&self.next_file.to_be_bytes());
+        let id = PnfsId::from_random(raw);
+        let data: Vec<u8> = (0..spec.size).map(|_| self.world.random() as u8).collect();
+        self.put(on, id, data, spec);
+        id
+    }
+
+    /// Puts a replica of an existing file (same bytes) on another pool.
+    pub fn add_replica(&mut self, on: &str, id: PnfsId, spec: FileSpec) {
+        let data = self.holders(&id).first().map(|(_, r)| r.data.as_ref().clone()).expect("a file that exists");
+        self.put(on, id, data, spec);
+    }
+
+    fn put(&mut self, on: &str, id: PnfsId, data: Vec<u8>, spec: FileSpec) {
+        let now = self.world.now();
+        let sum = checksum(&data);
+        let attrs = FileAttributes {
+            pnfsid: id,
+            size: data.len() as u64,
+            checksum: Some(sum),
+            storage_class: Some("test:default".into()),
+            cache_class: None,
+            access_latency: Some(AccessLatency::Online),
+            retention_policy: Some(RetentionPolicy::Replica),
+            hsm: None,
+            creation_time: now - spec.accessed_ago * 1000 - 1000,
+            access_time: now - spec.accessed_ago * 1000,
+        };
+        let replica = Replica {
+            entry: Entry { attrs, state: spec.state, sticky: spec.sticky },
+            data: Arc::new(data),
+            data_sum: sum,
+            pull: None,
+            corrupt: false,
+        };
+        let size = replica.entry.attrs.size;
+        {
+            let mut store = self.world.store.lock();
+            store.repos.get_mut(&pool(on)).expect("a known pool").insert(id, replica);
+            store.protected.insert(id, (size, sum));
+        }
+        // The repository announces a new replica, as the pool's does.
+        self.world.note_change(&pool(on), id, false);
+    }
+
+    /// `n` random files on `on`: sizes 1..=4096, cached or precious, some sticky, some pinned.
+    pub fn fill(&mut self, on: &str, n: usize) -> Vec<PnfsId> {
+        let now = self.world.now();
+        (0..n)
+            .map(|i| {
+                let size = 1 + self.world.random_below(4096) as usize;
+                let mut spec =
+                    if self.world.random_below(2) == 0 { FileSpec::precious(size) } else { FileSpec::cached(size) };
+                spec.accessed_ago = self.world.random_below(864_000) as i64;
+                match self.world.random_below(5) {
+                    0 => spec = spec.with_sticky("alice", NEVER),
+                    1 => spec = spec.with_sticky("bob", now + 86_400_000),
+                    2 => spec = spec.with_sticky(&format!("{PIN_PREFIX}-{i}"), NEVER),
+                    _ => {}
+                }
+                self.add_file(on, spec)
+            })
+            .collect()
+    }
+
+    /// Puts a replica of an existing file on another pool whose bytes are damaged but whose
+    /// record still carries the right checksum (what `-verify` is for).
+    pub fn add_corrupt_replica(&mut self, on: &str, id: PnfsId, spec: FileSpec) {
+        let mut data = self.holders(&id).first().map(|(_, r)| r.data.as_ref().clone()).expect("a file that exists");
+        data[0] ^= 0xff;
+        let good = self.world.store.lock().protected[&id];
+        self.put(on, id, data, spec);
+        let mut store = self.world.store.lock();
+        store.protected.insert(id, good);
+        let r = store.repos.get_mut(&pool(on)).and_then(|r| r.get_mut(&id)).expect("just put");
+        r.entry.attrs.checksum = Some(good.1);
+        r.corrupt = true;
+    }
+
+    /// A copy of one pool's repository.
+    pub fn repo(&self, on: &str) -> BTreeMap<PnfsId, Replica> {
+        self.world.store.lock().repos[&pool(on)].clone()
+    }
+
+    /// The pools holding a committed replica of `id`, with the replica.
+    pub fn holders(&self, id: &PnfsId) -> Vec<(PoolName, Replica)> {
+        let store = self.world.store.lock();
+        store
+            .repos
+            .iter()
+            .filter_map(|(p, repo)| {
+                repo.get(id).filter(|r| r.entry.state.is_committed()).map(|r| (p.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// Replicas that are not committed (partial copies), anywhere.
+    pub fn partial(&self) -> Vec<(PoolName, PnfsId, ReplicaState)> {
+        let store = self.world.store.lock();
+        store
+            .repos
+            .iter()
+            .flat_map(|(p, repo)| {
+                repo.iter()
+                    .filter(|(_, r)| !r.entry.state.is_committed())
+                    .map(|(id, r)| (p.clone(), *id, r.entry.state))
+            })
+            .collect()
+    }
+
+    /// Asserts that the checker never saw a lost file or a visible partial replica.
+    pub fn assert_no_violations(&self) {
+        let v = self.world.store.lock().violations.clone();
+        assert!(v.is_empty(), "invariant violations:\n{}", v.join("\n"));
+    }
+
+    // -------------------------------------------------------------- pools
+
+    pub fn set_offline(&self, name: &str, offline: bool) {
+        let p = pool(name);
+        if offline {
+            self.world.offline.lock().insert(p);
+        } else {
+            self.world.offline.lock().remove(&p);
+        }
+        self.world.trace(format!("{name} is now {}", if offline { "OFFLINE" } else { "online" }));
+    }
+
+    pub fn set_mode(&self, name: &str, mode: PoolMode) {
+        self.world.store.lock().modes.insert(pool(name), mode);
+        self.world.trace(format!("{name} mode {mode}"));
+    }
+
+    /// The next `times` pulls of `id` (anywhere) break.
+    pub fn fail_pulls(&self, id: PnfsId, times: u32) {
+        self.world.hooks.lock().fail_pulls.insert(id, times);
+    }
+
+    /// The next request of `kind` (`Copy`, `Cancel`, `Finished`, ...) to `to` is held up
+    /// `extra` on the way (it may arrive after the sender gave up on it).
+    pub fn stall_next(&self, kind: &'static str, to: &str, extra: Duration) {
+        self.world.hooks.lock().stall.push((kind, pool(to), extra));
+    }
+
+    /// Pulls into `name` take `extra` longer.
+    pub fn slow_pulls(&self, name: &str, extra: Duration) {
+        self.world.hooks.lock().slow.insert(pool(name), extra);
+    }
+
+    // -------------------------------------------------------------- jobs
+
+    /// Creates a job on `on` from an admin command's words; returns its id.
+    pub fn create(&self, on: &str, kind: JobKind, words: &[&str], targets: &[&str]) -> String {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        let def = definition::parse(kind, &Given::new(words), &t).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
+        let line = self.module(on).create(def, command).unwrap_or_else(|e| panic!("create on {on}: {e}"));
+        self.world.trace(format!("{on}: created {line}"));
+        line.trim_start_matches('[').split(']').next().expect("a summary line").to_string()
+    }
+
+    pub fn state(&self, on: &str, job: &str) -> JobState {
+        self.module(on).state(job).expect("a job that exists")
+    }
+
+    pub fn info(&self, on: &str, job: &str) -> String {
+        self.module(on).info(job).expect("a job that exists")
+    }
+
+    /// Waits (in simulated time, polling every simulated second) until the job's state
+    /// satisfies `want`; panics after `limit`.
+    pub async fn wait(&self, on: &str, job: &str, limit: Duration, want: impl Fn(JobState) -> bool) -> JobState {
+        self.wait_until(limit, &format!("job {job} on {on}"), || want(self.state(on, job))).await;
+        self.state(on, job)
+    }
+
+    /// Waits until the job ended (any terminal state); panics after `limit`.
+    pub async fn wait_end(&self, on: &str, job: &str, limit: Duration) -> JobState {
+        self.wait(on, job, limit, JobState::is_terminal).await
+    }
+
+    /// Waits (polling every simulated second) until `done()`; panics after `limit`.
+    pub async fn wait_until(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let until = Instant::now() + limit;
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not done after {} simulated seconds", limit.as_secs());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Lets everything in flight (late messages, copies served for cancelled attempts, the
+    /// finished messages' retries) play out.
+    pub async fn settle(&self) {
+        let late = self.world.faults.lock().late_delay;
+        tokio::time::sleep(Duration::from_secs(400) + late).await;
+    }
+}
+
+fn start_module(world: &Arc<World>, name: &PoolName) -> Arc<Module<SimEnv>> {
+    let env = Arc::new(SimEnv { name: name.clone(), world: world.clone(), generation: world.generation(name) });
+    let module = Module::new(env, world.config.settings.clone());
+    world.modules.lock().insert(name.clone(), Arc::downgrade(&module));
+    module
+}
+
+/// The number of tasks under `Running tasks:` in a `migration info` text.
+pub fn running_tasks(info: &str) -> usize {
+    info.lines()
+        .skip_while(|l| *l != "Running tasks:")
+        .skip(1)
+        .take_while(|l| *l != "Most recent notes:")
+        .filter(|l| l.starts_with('['))
+        .count()
+}
+
+/// A `key: value` line of a `migration info` text (`Attempts`, `Queued`, ...).
+pub fn info_value<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+pub fn info_number(info: &str, key: &str) -> u64 {
+    info_value(info, key)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number for {key} in:\n{info}"))
+}

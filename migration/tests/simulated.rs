@@ -1,0 +1,751 @@
+//! The migration module in simulated clusters (see `sim/mod.rs`): whole jobs over several
+//! pools, with messages delayed, reordered, duplicated and lost, pools going offline, pulls
+//! breaking, and an invariant checker that looks after every repository change. Each scenario
+//! runs over several seeds; a failure prints its seed, and `SIM_SEED=<n>` reruns only that one.
+
+mod sim;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, info_number, pool, run, running_tasks};
+use tidepool_migration::definition::JobKind;
+use tidepool_migration::job_state::JobState;
+use tidepool_p2p::PnfsId;
+use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyRecord};
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const SEEDS: u64 = 20;
+
+fn valid_non_pins(records: &[StickyRecord], now: i64) -> BTreeSet<(String, i64)> {
+    records.iter().filter(|r| !r.is_pin(PIN_PREFIX) && r.is_valid(now)).map(|r| (r.owner.clone(), r.expire)).collect()
+}
+
+fn records(rs: &[StickyRecord]) -> BTreeSet<(String, i64)> {
+    rs.iter().map(|r| (r.owner.clone(), r.expire)).collect()
+}
+
+/// Every file of `files` that was on the source: on exactly `n` (or, if `at_least`, at least
+/// `n`) distinct pools other than `source`, with the source's bytes; returns the holders.
+fn check_copies(
+    sim: &Sim,
+    source: &str,
+    files: &[PnfsId],
+    before: &std::collections::BTreeMap<PnfsId, sim::Replica>,
+    n: usize,
+    at_least: bool,
+) {
+    for id in files {
+        let src = &before[id];
+        let targets: Vec<_> = sim.holders(id).into_iter().filter(|(p, _)| *p != pool(source)).collect();
+        let names: Vec<String> = targets.iter().map(|(p, _)| p.to_string()).collect();
+        if at_least {
+            assert!(targets.len() >= n, "{id} is on {names:?}, wanted at least {n} targets");
+        } else {
+            assert_eq!(targets.len(), n, "{id} is on {names:?}, wanted {n} distinct targets");
+        }
+        for (p, r) in &targets {
+            assert_eq!(r.data, src.data, "{id} on {p}: the bytes differ");
+            assert_eq!(r.entry.attrs.size, src.entry.attrs.size, "{id} on {p}: size");
+            assert_eq!(r.entry.attrs.checksum, src.entry.attrs.checksum, "{id} on {p}: checksum");
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------ copy, move, cache
+
+#[test]
+fn copy_job_places_the_wanted_replicas_on_distinct_pools() {
+    run("copy_job_places_the_wanted_replicas_on_distinct_pools", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::jitter()));
+        let files = sim.fill("p1", 15);
+        let before = sim.repo("p1");
+        let tmode = ["same", "cached", "precious+keeper(3600)"][(seed % 3) as usize];
+        let created = sim.world.now();
+        let job = sim.create(
+            "p1",
+            JobKind::Copy,
+            &["-replicas=2", &format!("-tmode={tmode}"), "-concurrency=3"],
+            &["p2", "p3", "p4"],
+        );
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+
+        // The source is untouched.
+        let after = sim.repo("p1");
+        assert_eq!(after.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+        for (id, r) in &after {
+            assert_eq!(r.entry, before[id].entry, "source replica {id} changed");
+            assert_eq!(r.data, before[id].data);
+        }
+        check_copies(&sim, "p1", &files, &before, 2, false);
+        for id in &files {
+            let src = &before[id];
+            for (p, r) in sim.holders(id).into_iter().filter(|(p, _)| *p != pool("p1")) {
+                match tmode {
+                    "same" => {
+                        assert_eq!(r.state(), src.state(), "{id} on {p}");
+                        assert_eq!(records(r.sticky()), valid_non_pins(src.sticky(), created), "{id} on {p}");
+                    }
+                    "cached" => {
+                        assert_eq!(r.state(), ReplicaState::Cached, "{id} on {p}");
+                        assert!(r.sticky().is_empty(), "{id} on {p}: {:?}", r.sticky());
+                    }
+                    _ => {
+                        assert_eq!(r.state(), ReplicaState::Precious, "{id} on {p}");
+                        let want = BTreeSet::from([("keeper".to_string(), created + 3_600_000)]);
+                        assert_eq!(records(r.sticky()), want, "{id} on {p}");
+                    }
+                }
+            }
+        }
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+/// A move without faults: the source ends empty, each file is on exactly one target with the
+/// source's state, bytes, records (pins included: `-pins=move` is the default) and atime.
+#[test]
+fn move_job_vacates_the_source() {
+    run("move_job_vacates_the_source", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::jitter()));
+        let files = sim.fill("p1", 15);
+        let before = sim.repo("p1");
+        let now = sim.world.now();
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+        for id in &files {
+            let src = &before[id];
+            let (p, r) = &sim.holders(id)[0];
+            assert_eq!(r.state(), src.state(), "{id} on {p}");
+            let src_records: BTreeSet<_> =
+                src.sticky().iter().filter(|r| r.is_valid(now)).map(|r| (r.owner.clone(), r.expire)).collect();
+            assert_eq!(records(r.sticky()), src_records, "{id} on {p}: records (pins moved)");
+            assert_eq!(r.entry.attrs.access_time, src.entry.attrs.access_time, "{id} on {p}: -atime");
+            assert!(!sim.module("p1").is_locked(id));
+        }
+    });
+}
+
+/// A move while the network delays, duplicates and loses messages, pulls break, and a target
+/// (or the source itself) is offline for a while. The checker asserts after every repository
+/// change that each file is committed somewhere; at the end the source is empty and every
+/// file is on a target with its state and bytes.
+#[test]
+fn move_job_under_faults_never_loses_a_file() {
+    run("move_job_under_faults_never_loses_a_file", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::chaos()));
+        let files = sim.fill("p1", 15);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=3"], &["p2", "p3", "p4"]);
+        let victim = ["p3", "p1"][(seed % 2) as usize];
+        let down_at = Duration::from_secs(2 + sim.world.random_below(30));
+        let down_for = Duration::from_secs(30 + sim.world.random_below(300));
+        let outage = async {
+            tokio::time::sleep(down_at).await;
+            sim.set_offline(victim, true);
+            tokio::time::sleep(down_for).await;
+            sim.set_offline(victim, false);
+        };
+        let (_, end) = tokio::join!(outage, sim.wait_end("p1", &job, 6 * HOUR));
+        assert_eq!(end, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 1, true);
+        for id in &files {
+            for (p, r) in sim.holders(id) {
+                assert_eq!(r.state(), before[id].state(), "{id} on {p}");
+            }
+            assert!(!sim.module("p1").is_locked(id));
+        }
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+#[test]
+fn pins_stay_with_keep_and_travel_with_move() {
+    run("pins_stay_with_keep_and_travel_with_move", SEEDS, |seed| async move {
+        let faults = Faults { duplicate: 0.3, ..Faults::jitter() };
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], faults));
+        let pin = format!("{PIN_PREFIX}-abc");
+        let spec = FileSpec::precious(1000).with_sticky(&pin, NEVER).with_sticky("alice", NEVER);
+        let kept = sim.add_file("p1", spec.clone());
+        let moved = sim.add_file("p1", spec);
+        let other = sim.fill("p1", 3);
+
+        let keep = sim.create("p1", JobKind::Move, &["-pins=keep", &format!("-pnfsid={kept}")], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &keep, HOUR).await, JobState::Finished);
+        let mv = sim.create("p1", JobKind::Move, &[&format!("-pnfsid={moved}")], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &mv, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+
+        // -pins=keep: the source keeps a CACHED replica with its pin only; the copy has no pin.
+        let src = sim.repo("p1");
+        let k = src.get(&kept).expect("a pinned replica is never deleted");
+        assert_eq!(k.state(), ReplicaState::Cached);
+        assert_eq!(records(k.sticky()), BTreeSet::from([(pin.clone(), NEVER)]));
+        let copies: Vec<_> = sim.holders(&kept).into_iter().filter(|(p, _)| *p != pool("p1")).collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(copies[0].1.state(), ReplicaState::Precious);
+        assert_eq!(records(copies[0].1.sticky()), BTreeSet::from([("alice".to_string(), NEVER)]));
+
+        // -pins=move (the default): the pin went with the copy and the source is gone.
+        assert!(!src.contains_key(&moved), "the source of a moved pin is deleted");
+        let holders = sim.holders(&moved);
+        assert_eq!(holders.len(), 1, "{holders:?}");
+        assert_eq!(records(holders[0].1.sticky()), BTreeSet::from([(pin, NEVER), ("alice".to_string(), NEVER)]));
+
+        // The other files were not selected.
+        for id in &other {
+            assert!(src.contains_key(id));
+            assert_eq!(sim.holders(id).len(), 1);
+        }
+    });
+}
+
+#[test]
+fn cache_job_leaves_the_source_and_makes_cached_copies() {
+    run("cache_job_leaves_the_source_and_makes_cached_copies", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let files = sim.fill("p1", 10);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Cache, &["-replicas=2"], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        for (id, r) in sim.repo("p1") {
+            assert_eq!(r.entry, before[&id].entry, "source replica {id} changed");
+        }
+        check_copies(&sim, "p1", &files, &before, 2, false);
+        for id in &files {
+            for (p, r) in sim.holders(id).into_iter().filter(|(p, _)| *p != pool("p1")) {
+                assert_eq!(r.state(), ReplicaState::Cached, "{id} on {p}");
+                assert!(r.sticky().is_empty(), "{id} on {p}: {:?}", r.sticky());
+            }
+        }
+    });
+}
+
+#[test]
+fn rerunning_a_copy_job_transfers_nothing() {
+    run("rerunning_a_copy_job_transfers_nothing", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::jitter()));
+        let files = sim.fill("p1", 12);
+        let words = ["-replicas=2", "-concurrency=3"];
+        let first = sim.create("p1", JobKind::Copy, &words, &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &first, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        let stats = sim.world.stats();
+        assert_eq!(stats.pulls_committed, 2 * files.len() as u64);
+
+        let again = sim.create("p1", JobKind::Copy, &words, &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &again, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        let now = sim.world.stats();
+        assert_eq!((now.pulls_started, now.bytes_committed), (stats.pulls_started, stats.bytes_committed));
+        let info = sim.info("p1", &again);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        sim.assert_no_violations();
+    });
+}
+
+/// `migration cancel -force` while pulls are under way: the job is CANCELLED in bounded
+/// time, no partial replica is left anywhere, no file stays locked, and a rerun completes.
+#[test]
+fn cancel_force_mid_way_is_bounded_and_leaves_nothing_half_made() {
+    run("cancel_force_mid_way_is_bounded_and_leaves_nothing_half_made", SEEDS, |seed| async move {
+        let faults = Faults { duplicate: 0.2, ..Faults::jitter() };
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], faults);
+        config.pull_time = Duration::from_secs(20);
+        config.pull_jitter = Duration::from_secs(20);
+        let mut sim = Sim::new(seed, config);
+        let files = sim.fill("p1", 16);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        let done_before = 1 + sim.world.random_below(6);
+        sim.wait_until(HOUR, "some copies done and more under way", || {
+            let s = sim.world.stats();
+            s.pulls_committed >= done_before && s.pulls_active.get(&pool("p1")).copied().unwrap_or(0) > 0
+        })
+        .await;
+        sim.module("p1").cancel(&job, true, "operator").expect("the job exists");
+        let end = sim.wait_end("p1", &job, 3 * MINUTE).await;
+        assert_eq!(end, JobState::Cancelled);
+        for id in &files {
+            assert!(!sim.module("p1").is_locked(id), "{id} still locked after the cancel");
+        }
+        sim.settle().await;
+        assert!(sim.partial().is_empty(), "partial replicas after the cancel: {:?}", sim.partial());
+        sim.assert_no_violations();
+        let stats = sim.world.stats();
+        assert!(stats.pulls_failed > 0 || stats.pulls_committed == files.len() as u64, "no pull was cancelled");
+
+        let again = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &again, 2 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+    });
+}
+
+/// Copy and finished messages delivered twice, finished messages delivered again minutes
+/// later: no report is credited to another attempt, so each file ends on exactly the wanted
+/// number of distinct pools, and a move still loses nothing.
+#[test]
+fn duplicated_and_late_finished_messages_are_never_miscredited() {
+    run("duplicated_and_late_finished_messages_are_never_miscredited", SEEDS, |seed| async move {
+        let faults =
+            Faults { duplicate: 0.5, late_finished: 0.5, late_delay: Duration::from_secs(300), ..Faults::jitter() };
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4", "p5"], faults));
+        let copied = sim.fill("p1", 10);
+        let moved = sim.fill("p5", 10);
+        let before_copy = sim.repo("p1");
+        let before_move = sim.repo("p5");
+        let copy = sim.create("p1", JobKind::Copy, &["-replicas=2", "-concurrency=3"], &["p2", "p3", "p4"]);
+        let mv = sim.create("p5", JobKind::Move, &["-replicas=2", "-concurrency=3"], &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &copy, HOUR).await, JobState::Finished);
+        assert_eq!(sim.wait_end("p5", &mv, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.world.stats().late > 0 && sim.world.stats().duplicated > 0);
+        check_copies(&sim, "p1", &copied, &before_copy, 2, false);
+        check_copies(&sim, "p5", &moved, &before_move, 2, false);
+        assert!(sim.repo("p5").is_empty());
+        for (on, job, n) in [("p1", &copy, copied.len()), ("p5", &mv, moved.len())] {
+            let info = sim.info(on, job);
+            assert_eq!(info_number(&info, "Completed"), n as u64, "{info}");
+        }
+    });
+}
+
+/// The target's own job works on the file (it answers LOCKED): the task tries the next holder
+/// or a new copy elsewhere, or fails for a later retry; the file is never lost and both jobs
+/// finish.
+#[test]
+fn a_locked_holder_is_skipped_and_nothing_is_lost() {
+    run("a_locked_holder_is_skipped_and_nothing_is_lost", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::jitter()));
+        let x = sim.add_file("p1", FileSpec::precious(2000));
+        sim.add_replica("p2", x, FileSpec::precious(2000));
+        // p2 moves its replica to a slow p3: it holds its file lock for minutes.
+        sim.slow_pulls("p3", Duration::from_secs(300));
+        let theirs = sim.create("p2", JobKind::Move, &[], &["p3"]);
+        sim.wait_until(MINUTE, "p2's job holds the file", || sim.module("p2").is_locked(&x)).await;
+        // Half the seeds give p1 another target (a new copy there), half only p2 (retry).
+        let targets: &[&str] = if seed % 2 == 0 { &["p2", "p4"] } else { &["p2"] };
+        let ours = sim.create("p1", JobKind::Move, &[], targets);
+        assert_eq!(sim.wait_end("p1", &ours, 2 * HOUR).await, JobState::Finished);
+        assert_eq!(sim.wait_end("p2", &theirs, 2 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(!sim.repo("p1").contains_key(&x), "p1's move completed");
+        let holders: Vec<String> = sim.holders(&x).iter().map(|(p, _)| p.to_string()).collect();
+        assert!(holders.contains(&"p3".to_string()), "p2's move completed: {holders:?}");
+        if seed % 2 == 0 {
+            assert!(holders.contains(&"p4".to_string()), "the locked holder was skipped for p4: {holders:?}");
+        } else {
+            let info = sim.info("p1", &ours);
+            assert!(info_number(&info, "Attempts") >= 2, "a locked holder fails the task for a retry:\n{info}");
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------ the scheduler
+
+/// Pulls that take minutes, so tasks stay running long enough to be counted.
+fn slow_sim(seed: u64, names: &[&str]) -> Sim {
+    let mut config = SimConfig::new(names, Faults::jitter());
+    config.pull_time = Duration::from_secs(100);
+    Sim::new(seed, config)
+}
+
+#[test]
+fn scheduler_concurrency_limits_running_tasks_and_can_be_raised() {
+    run("scheduler_concurrency_limits_running_tasks_and_can_be_raised", 4, |seed| async move {
+        let mut sim = slow_sim(seed, &["p1", "p2", "p3"]);
+        let files = sim.fill("p1", 12);
+        let job = sim.create("p1", JobKind::Copy, &["-concurrency=3"], &["p2", "p3"]);
+        let mut most = 0;
+        for _ in 0..150 {
+            let running = running_tasks(&sim.info("p1", &job));
+            assert!(running <= 3, "{}", sim.info("p1", &job));
+            most = most.max(running);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(most, 3, "concurrency 3 runs 3 tasks");
+        assert_eq!(sim.world.stats().pulls_peak.get(&pool("p1")).copied(), Some(3));
+        sim.module("p1").set_concurrency(&job, 5).expect("the job exists");
+        sim.wait_until(MINUTE, "5 running tasks", || running_tasks(&sim.info("p1", &job)) == 5).await;
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        assert!(sim.world.stats().pulls_peak[&pool("p1")] <= 5);
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+#[test]
+fn scheduler_suspend_stops_new_tasks_and_resume_restarts() {
+    run("scheduler_suspend_stops_new_tasks_and_resume_restarts", 4, |seed| async move {
+        let mut sim = slow_sim(seed, &["p1", "p2", "p3"]);
+        let files = sim.fill("p1", 8);
+        let job = sim.create("p1", JobKind::Copy, &["-concurrency=2"], &["p2", "p3"]);
+        sim.wait_until(MINUTE, "2 running tasks", || running_tasks(&sim.info("p1", &job)) == 2).await;
+        sim.module("p1").suspend(&job).expect("the job exists");
+        assert_eq!(sim.state("p1", &job), JobState::Suspended);
+        sim.wait_until(10 * MINUTE, "running tasks to finish", || running_tasks(&sim.info("p1", &job)) == 0).await;
+        let started = sim.world.stats().pulls_started;
+        tokio::time::sleep(10 * MINUTE).await;
+        assert_eq!(sim.state("p1", &job), JobState::Suspended);
+        assert_eq!(sim.world.stats().pulls_started, started, "a suspended job starts nothing");
+        assert!(info_number(&sim.info("p1", &job), "Queued") > 0);
+        sim.module("p1").resume(&job).expect("the job exists");
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+#[test]
+fn scheduler_a_job_with_nothing_to_do_finishes() {
+    run("scheduler_a_job_with_nothing_to_do_finishes", 4, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let empty = sim.create("p1", JobKind::Move, &[], &["p2"]);
+        assert_eq!(sim.wait_end("p1", &empty, MINUTE).await, JobState::Finished);
+        sim.add_file("p3", FileSpec::cached(10));
+        let unmatched = sim.create("p3", JobKind::Copy, &["-state=precious"], &["p2"]);
+        assert_eq!(sim.wait_end("p3", &unmatched, MINUTE).await, JobState::Finished);
+        assert_eq!(info_number(&sim.info("p3", &unmatched), "Attempts"), 0);
+        assert_eq!(sim.world.stats().pulls_started, 0);
+    });
+}
+
+#[test]
+fn scheduler_a_job_whose_targets_are_offline_sleeps_and_continues() {
+    run("scheduler_a_job_whose_targets_are_offline_sleeps_and_continues", 4, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let files = sim.fill("p1", 6);
+        let before = sim.repo("p1");
+        sim.set_offline("p2", true);
+        sim.set_offline("p3", true);
+        let job = sim.create("p1", JobKind::Copy, &[], &["p2", "p3"]);
+        assert_eq!(sim.wait("p1", &job, MINUTE, |s| s == JobState::Sleeping).await, JobState::Sleeping);
+        tokio::time::sleep(5 * MINUTE).await;
+        assert!(!sim.state("p1", &job).is_terminal());
+        assert_eq!(sim.world.stats().pulls_started, 0);
+        sim.set_offline("p2", false);
+        sim.set_offline("p3", false);
+        assert_eq!(sim.wait_end("p1", &job, 10 * MINUTE).await, JobState::Finished);
+        check_copies(&sim, "p1", &files, &before, 1, false);
+    });
+}
+
+/// A file whose pulls break is retried after its backoff (10 s, then 20 s); `Attempts` grows
+/// and `migration info -failed` shows the attempts and the last error until it succeeds.
+#[test]
+fn scheduler_a_failed_file_is_retried_after_its_backoff() {
+    run("scheduler_a_failed_file_is_retried_after_its_backoff", 4, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2"], Faults::jitter()));
+        let x = sim.add_file("p1", FileSpec::precious(100));
+        sim.fail_pulls(x, 2);
+        let job = sim.create("p1", JobKind::Copy, &[], &["p2"]);
+        let m = sim.module("p1").clone();
+        sim.wait_until(5 * MINUTE, "two failures", || m.info_failed(&job).unwrap().contains("attempts=2")).await;
+        let failed = m.info_failed(&job).unwrap();
+        assert!(failed.starts_with(&x.to_string()), "{failed}");
+        assert!(failed.contains("Transfer to p2 failed (connection to p1 broke)"), "{failed}");
+        assert!(failed.contains("retry at"), "{failed}");
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Attempts"), 2, "{info}");
+        assert!(info.contains("Waiting    : 1 files"), "{info}");
+
+        assert_eq!(sim.wait_end("p1", &job, 10 * MINUTE).await, JobState::Finished);
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Attempts"), 3, "{info}");
+        assert_eq!(info_number(&info, "Completed"), 1, "{info}");
+        let starts = sim.world.stats().pull_starts[&x].clone();
+        assert_eq!(starts.len(), 3, "{starts:?}");
+        // Each pull breaks after half of at most 3 s; the waits are 10 s and 20 s.
+        assert!(starts[1] - starts[0] >= Duration::from_secs(10), "{starts:?}");
+        assert!(starts[2] - starts[1] >= Duration::from_secs(20), "{starts:?}");
+        assert!(sim.holders(&x).iter().any(|(p, _)| *p == pool("p2")));
+    });
+}
+
+/// Pool modes: a target disabled for p2p-client is never used; a source disabled for fetch
+/// serves a job only with `-force-source-mode`.
+#[test]
+fn pool_modes_are_respected() {
+    run("pool_modes_are_respected", 4, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let files = sim.fill("p1", 6);
+        let before = sim.repo("p1");
+        sim.set_mode("p2", PoolMode::disabled(PoolMode::RDONLY));
+        let job = sim.create("p1", JobKind::Copy, &[], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        check_copies(&sim, "p1", &files, &before, 1, false);
+        assert!(sim.repo("p2").is_empty(), "a pool disabled for p2p-client received copies");
+
+        sim.set_mode("p1", PoolMode::disabled(PoolMode::FETCH));
+        sim.set_mode("p2", PoolMode::ENABLED);
+        let refused = sim.create("p1", JobKind::Copy, &["-replicas=2", "-concurrency=6"], &["p2", "p3"]);
+        sim.wait_until(5 * MINUTE, "failures", || {
+            sim.module("p1").info_failed(&refused).unwrap().contains("Pool is disabled")
+        })
+        .await;
+        sim.module("p1").cancel(&refused, true, "test").unwrap();
+        sim.wait_end("p1", &refused, 5 * MINUTE).await;
+        assert!(sim.repo("p2").is_empty());
+        let forced = sim.create("p1", JobKind::Copy, &["-replicas=2", "-force-source-mode"], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &forced, HOUR).await, JobState::Finished);
+        check_copies(&sim, "p1", &files, &before, 2, false);
+        sim.assert_no_violations();
+    });
+}
+
+// ------------------------------------------------------------------------------ crashes and races
+
+/// A pool crashes mid-move (the source or a target) and restarts later: its module starts
+/// over without jobs, its partial replicas are removed, and everything in flight for the old
+/// incarnation goes nowhere. After a rerun of the move (the source's job died with it) the
+/// source is empty and no file was ever without a committed replica.
+#[test]
+fn a_pool_crash_mid_move_loses_nothing() {
+    run("a_pool_crash_mid_move_loses_nothing", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::chaos());
+        config.pull_time = Duration::from_secs(5);
+        let mut sim = Sim::new(seed, config);
+        let files = sim.fill("p1", 15);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3", "p4"]);
+        let victim = ["p1", "p2", "p3", "p4"][sim.world.random_below(4) as usize];
+        tokio::time::sleep(Duration::from_secs(1 + sim.world.random_below(30))).await;
+        sim.crash(victim);
+        tokio::time::sleep(Duration::from_secs(1 + sim.world.random_below(400))).await;
+        sim.restart(victim);
+        let job = if victim == "p1" {
+            sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3", "p4"])
+        } else {
+            job
+        };
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 1, true);
+    });
+}
+
+/// Two pools move the same files to each other at the same time (the dCache case that could
+/// delete both copies): every file survives and both jobs finish.
+#[test]
+fn mutual_moves_never_lose_a_file() {
+    run("mutual_moves_never_lose_a_file", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::chaos()));
+        let shared: Vec<PnfsId> = (0..8).map(|_| sim.add_file("p1", FileSpec::precious(1000))).collect();
+        for id in &shared {
+            sim.add_replica("p2", *id, FileSpec::precious(1000));
+        }
+        let targets: &[&str] = if seed % 2 == 0 { &["p3"] } else { &[] };
+        let t1: Vec<&str> = ["p2"].iter().chain(targets).copied().collect();
+        let t2: Vec<&str> = ["p1"].iter().chain(targets).copied().collect();
+        let a = sim.create("p1", JobKind::Move, &["-concurrency=4"], &t1);
+        let b = sim.create("p2", JobKind::Move, &["-concurrency=4"], &t2);
+        assert_eq!(sim.wait_end("p1", &a, 12 * HOUR).await, JobState::Finished, "{}", sim.info("p1", &a));
+        assert_eq!(sim.wait_end("p2", &b, 12 * HOUR).await, JobState::Finished, "{}", sim.info("p2", &b));
+        sim.settle().await;
+        sim.assert_no_violations();
+        for id in &shared {
+            assert!(!sim.holders(id).is_empty(), "{id} lost");
+        }
+    });
+}
+
+/// `-verify` (the default of move) finds a target's existing replica damaged: the task makes a
+/// new copy elsewhere instead of trusting it, and the damaged replica is left alone (never
+/// made more volatile, never counted). Without another target the file stays on the source.
+#[test]
+fn a_damaged_existing_replica_is_not_trusted() {
+    run("a_damaged_existing_replica_is_not_trusted", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let x = sim.add_file("p1", FileSpec::precious(3000));
+        let y = sim.add_file("p1", FileSpec::precious(3000));
+        sim.add_corrupt_replica("p2", x, FileSpec::precious(3000));
+        sim.add_corrupt_replica("p2", y, FileSpec::precious(3000));
+        let job = sim.create("p1", JobKind::Move, &[&format!("-pnfsid={x}")], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        let holders: Vec<String> = sim.holders(&x).iter().map(|(p, _)| p.to_string()).collect();
+        assert!(holders.contains(&"p3".to_string()), "{holders:?}");
+        assert!(sim.repo("p2")[&x].corrupt, "the damaged replica is left as it was");
+
+        let stuck = sim.create("p1", JobKind::Move, &[&format!("-pnfsid={y}")], &["p2"]);
+        sim.wait_until(HOUR, "a failure", || sim.module("p1").info_failed(&stuck).unwrap().contains("attempts=2"))
+            .await;
+        assert!(sim.repo("p1").contains_key(&y), "the only good copy stays");
+        sim.module("p1").cancel(&stuck, true, "test").unwrap();
+        assert_eq!(sim.wait_end("p1", &stuck, 5 * MINUTE).await, JobState::Cancelled);
+        assert!(sim.repo("p1").contains_key(&y));
+        sim.settle().await;
+        sim.assert_no_violations();
+    });
+}
+
+/// A target too small for the files: its refusals are retried elsewhere; nothing is lost.
+#[test]
+fn a_full_target_is_avoided() {
+    run("a_full_target_is_avoided", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], Faults::jitter());
+        config.pools[1].capacity = 6000;
+        let mut sim = Sim::new(seed, config);
+        let files = sim.fill("p1", 12);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, 2 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+        let used: u64 = sim.repo("p2").values().map(|r| r.entry.attrs.size).sum();
+        assert!(used <= 6000);
+    });
+}
+
+/// Eager jobs under faults: unanswered holders are replaced by new copies; `-replicas=2`
+/// still counts distinct pools, and a move loses nothing.
+#[test]
+fn eager_moves_under_faults_keep_distinct_replicas() {
+    run("eager_moves_under_faults_keep_distinct_replicas", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::chaos()));
+        let files = sim.fill("p1", 12);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-eager", "-replicas=2", "-concurrency=3"], &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty());
+        check_copies(&sim, "p1", &files, &before, 2, true);
+    });
+}
+
+/// `migration cancel -force` while messages are lost and duplicated: still bounded, still no
+/// partial replica once things settle, still nothing lost.
+#[test]
+fn cancel_under_faults_is_bounded() {
+    run("cancel_under_faults_is_bounded", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], Faults::chaos());
+        config.pull_time = Duration::from_secs(20);
+        let mut sim = Sim::new(seed, config);
+        sim.fill("p1", 12);
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        tokio::time::sleep(Duration::from_secs(5 + sim.world.random_below(60))).await;
+        sim.module("p1").cancel(&job, true, "operator").expect("the job exists");
+        let end = sim.wait_end("p1", &job, 5 * MINUTE).await;
+        assert!(matches!(end, JobState::Cancelled | JobState::Finished), "{end}");
+        sim.settle().await;
+        assert!(sim.partial().is_empty(), "partial replicas after the cancel: {:?}", sim.partial());
+        sim.assert_no_violations();
+    });
+}
+
+/// Two sources copy the same file to the same target at once: one pull wins, the other
+/// attempt sees a replica being received and retries later; the target ends with one whole
+/// replica.
+#[test]
+fn two_sources_copying_one_file_to_one_target() {
+    run("two_sources_copying_one_file_to_one_target", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let files: Vec<PnfsId> = (0..6).map(|_| sim.add_file("p1", FileSpec::precious(2000))).collect();
+        for id in &files {
+            sim.add_replica("p2", *id, FileSpec::cached(2000));
+        }
+        let a = sim.create("p1", JobKind::Copy, &["-concurrency=6"], &["p3"]);
+        let b = sim.create("p2", JobKind::Copy, &["-concurrency=6"], &["p3"]);
+        assert_eq!(sim.wait_end("p1", &a, HOUR).await, JobState::Finished);
+        assert_eq!(sim.wait_end("p2", &b, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        for id in &files {
+            let on_p3 = sim.repo("p3").get(id).cloned().expect("copied");
+            assert_eq!(on_p3.state(), ReplicaState::Precious, "p1's PRECIOUS wins over p2's CACHED");
+        }
+    });
+}
+
+// Regressions: the target remembers attempts that ended or were cancelled before their copy
+// request arrived, so late and duplicated requests are never carried out twice.
+
+#[test]
+fn late_duplicate_copies_keep_replicas_exact() {
+    run("late_duplicate_copies_keep_replicas_exact", 40, |seed| async move {
+        let faults = Faults { late_copy: 0.5, late_delay: Duration::from_secs(300), ..Faults::chaos() };
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], faults));
+        let files = sim.fill("p1", 10);
+        let job = sim.create("p1", JobKind::Copy, &["-replicas=2", "-concurrency=3"], &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        for id in &files {
+            let n = sim.holders(id).len() - 1;
+            assert_eq!(n, 2, "{id} on {n} targets");
+        }
+    });
+}
+
+#[test]
+fn a_late_duplicate_copy_is_not_executed_again() {
+    run("a_late_duplicate_copy_is_not_executed_again", 40, |seed| async move {
+        let faults = Faults { late_copy: 1.0, late_delay: Duration::from_secs(300), ..Faults::jitter() };
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], faults);
+        config.pull_time = Duration::from_secs(20);
+        let mut sim = Sim::new(seed, config);
+        sim.fill("p1", 6);
+        let job = sim.create("p1", JobKind::Copy, &["-concurrency=6"], &["p2", "p3"]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        sim.module("p1").cancel(&job, true, "operator").unwrap();
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
+        let after_cancel = sim.repo("p2").len() + sim.repo("p3").len();
+        sim.settle().await;
+        let later = sim.repo("p2").len() + sim.repo("p3").len();
+        assert_eq!(later, after_cancel, "copies appeared after the job was CANCELLED");
+    });
+}
+
+/// No duplicates: the Copy request is only slow (held up 50 s, longer than the 30 s reply
+/// timeout), the operator cancels, the Cancel overtakes the Copy. The target remembers the
+/// cancel and refuses the Copy when it arrives, so no replica appears after CANCELLED.
+#[test]
+fn a_cancel_that_overtakes_its_copy_still_stops_it() {
+    run("a_cancel_that_overtakes_its_copy_still_stops_it", 1, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::none());
+        config.pull_time = Duration::from_secs(20);
+        config.pull_jitter = Duration::ZERO;
+        let mut sim = Sim::new(seed, config);
+        let x = sim.add_file("p1", FileSpec::precious(100));
+        sim.stall_next("Copy", "p2", Duration::from_secs(50));
+        let job = sim.create("p1", JobKind::Copy, &[], &["p2"]);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        sim.module("p1").cancel(&job, true, "operator").unwrap();
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
+        let at_cancelled = sim.partial();
+        sim.settle().await;
+        eprintln!(
+            "partial replicas when CANCELLED: {at_cancelled:?}; p2 after: {:?}",
+            sim.repo("p2").values().map(|r| r.state()).collect::<Vec<_>>()
+        );
+        assert!(!sim.repo("p2").contains_key(&x), "p2 made a copy for a cancelled attempt after the job was CANCELLED");
+    });
+}
