@@ -127,10 +127,6 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     if permanent && order.is_some() {
         return Err(MigrationError::invalid("Permanent jobs cannot be ordered"));
     }
-    if permanent {
-        // Permanent jobs (watching the repository, `save`, restore) come with a later issue.
-        return Err(MigrationError::invalid("-permanent is not supported yet"));
-    }
     let replicas = number::<i64>(opts, "replicas")?.unwrap_or(1);
     if replicas < 1 {
         return Err(MigrationError::invalid("Number of replicas must be positive."));
@@ -360,7 +356,6 @@ mod tests {
             (&["-replicas=0"], &["p"], "Number of replicas must be positive."),
             (&["-replicas=x"], &["p"], "x: Invalid value for option -replicas"),
             (&["-permanent", "-order=size"], &["p"], "Permanent jobs cannot be ordered"),
-            (&["-permanent"], &["p"], "-permanent is not supported yet"),
             (&[], &[], "target(s) required when target type is pool"),
             (&["-tmode=delete"], &["p"], "delete: Invalid value"),
             (&["-smode=same+x(-2)"], &["p"], "-2: Invalid lifetime"),

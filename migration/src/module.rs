@@ -50,6 +50,9 @@ pub struct Settings {
     pub sleep: Duration,
     /// Files per location question to a target pool.
     pub locate_batch: usize,
+    /// For this long after a target went offline, a non-eager job treats it as a possible
+    /// holder of every file: it waits for the pool (a restart) rather than copy elsewhere.
+    pub offline_grace: Duration,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             timers: TaskTimers::default(),
             sleep: Duration::from_secs(10),
             locate_batch: 1000,
+            offline_grace: Duration::from_secs(600),
         }
     }
 }
@@ -93,6 +97,29 @@ pub struct Module<E: Env> {
     shutting_down: AtomicBool,
     /// Ends every copy served as a target (shutdown).
     serving: CancellationToken,
+    /// The permanent jobs as the last `save` (or the restart) left them, by id.
+    saved: Mutex<HashMap<String, SavedJob>>,
+    /// What went wrong restoring saved jobs.
+    problems: Mutex<Vec<String>>,
+}
+
+const SAVE_HEADER: &str = "tidepool-migration-save 1";
+
+/// A permanent job as `save` keeps it: the command exactly as given (with its id, not the
+/// parsed options, so a restart parses it again and counts sticky lifetimes from then).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedJob {
+    pub id: String,
+    pub command: String,
+    pub concurrency: usize,
+    pub created: EpochMillis,
+}
+
+/// What [`Module::parse_saved`] read.
+#[derive(Debug, Default)]
+pub struct SavedSet {
+    pub default_concurrency: Option<usize>,
+    pub jobs: Vec<Result<SavedJob, String>>,
 }
 
 struct Jobs {
@@ -160,6 +187,7 @@ struct Job {
     id: Mutex<JobId>,
     def: JobDefinition,
     command: String,
+    created: EpochMillis,
     /// `-smode`/`-tmode` records with their expiry counted from the job's creation.
     smode: Vec<StickyRecord>,
     tmode: Vec<StickyRecord>,
@@ -207,6 +235,8 @@ struct TargetInfo {
     cost: Option<PoolCost>,
     /// Refreshes in a row without an answer.
     misses: u32,
+    /// Offline since (a pool never seen online: since the job started).
+    offline_since: Option<tokio::time::Instant>,
 }
 
 struct Running {
@@ -221,6 +251,21 @@ struct Running {
     timer_seq: u64,
     /// Done; the source mode is being applied.
     finishing: bool,
+}
+
+/// What changed in the pool's repository, as far as jobs care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoChange {
+    /// The replica is gone.
+    Removed,
+    /// Its state changed from `from` (to what the repository now says).
+    State {
+        from: ReplicaState,
+    },
+    Sticky,
+    AccessTime,
+    /// Anything else (a recorded checksum, ...).
+    Other,
 }
 
 /// Work to start once the job's lock is released.
@@ -261,6 +306,8 @@ impl<E: Env> Module<E> {
             epoch,
             shutting_down: AtomicBool::new(false),
             serving: CancellationToken::new(),
+            saved: Mutex::new(HashMap::new()),
+            problems: Mutex::new(Vec::new()),
         })
     }
 
@@ -272,6 +319,36 @@ impl<E: Env> Module<E> {
 
     /// `migration copy|move|cache`: creates the job and starts it. Returns its summary line.
     pub fn create(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<String, MigrationError> {
+        let warn = def.permanent && def.eager;
+        let id = def.id.clone();
+        let job = self.create_job(def, command, id, None, self.env.now())?;
+        let mut reply = self.summary(&job);
+        if warn {
+            reply.push_str(
+                "\n(Warning: permanent jobs should not be eager: when several pools restart together, \
+                 eager jobs create many unneeded copies)",
+            );
+        }
+        Ok(reply)
+    }
+
+    /// Recreates a job saved with [`Module::save`] (pool start): its saved id, concurrency
+    /// and creation time; sticky lifetimes count from now.
+    pub fn restore(self: &Arc<Self>, saved: &SavedJob, def: JobDefinition) -> Result<String, MigrationError> {
+        let id: JobId =
+            saved.id.parse().map_err(|e: tidepool_p2p::ids::IdError| MigrationError::invalid(e.to_string()))?;
+        let job = self.create_job(def, saved.command.clone(), Some(id), Some(saved.concurrency), saved.created)?;
+        Ok(self.summary(&job))
+    }
+
+    fn create_job(
+        self: &Arc<Self>,
+        def: JobDefinition,
+        command: String,
+        id: Option<JobId>,
+        concurrency: Option<usize>,
+        created: EpochMillis,
+    ) -> Result<Arc<Job>, MigrationError> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(MigrationError::invalid("the pool is shutting down"));
         }
@@ -289,11 +366,11 @@ impl<E: Env> Module<E> {
         let now = self.env.now();
         let smode = def.smode.records.iter().map(|r| r.at(now)).collect();
         let tmode = def.tmode.records.iter().map(|r| r.at(now)).collect();
-        let concurrency = def.concurrency.unwrap_or_else(|| self.default_concurrency());
+        let concurrency = concurrency.or(def.concurrency).unwrap_or_else(|| self.default_concurrency());
         let refresh = def.refresh.map(Duration::from_secs).unwrap_or(self.settings.refresh);
         let job = {
             let mut jobs = self.jobs.lock();
-            let id = match &def.id {
+            let id = match &id {
                 Some(id) => {
                     if let Some(old) = jobs.list.iter().find(|j| *j.id.lock() == *id).cloned() {
                         match old.s.lock().state {
@@ -313,6 +390,7 @@ impl<E: Env> Module<E> {
             let job = Arc::new(Job {
                 id: Mutex::new(id),
                 command,
+                created,
                 smode,
                 tmode,
                 targets,
@@ -343,7 +421,7 @@ impl<E: Env> Module<E> {
             job
         };
         self.start(&job);
-        Ok(self.summary(&job))
+        Ok(job)
     }
 
     fn find(&self, id: &str) -> Result<Arc<Job>, MigrationError> {
@@ -355,10 +433,98 @@ impl<E: Env> Module<E> {
         report::summary_line(job.id.lock().as_str(), state, &job.command)
     }
 
-    /// One summary line per job, oldest first.
+    /// One summary line per job, oldest first. A permanent job that `save` would write
+    /// differently from the last save says `(not saved)`; a saved job that was cancelled
+    /// since says that it comes back at the next start.
     pub fn ls(&self) -> Vec<String> {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
-        jobs.iter().map(|j| self.summary(j)).collect()
+        let saved = self.saved.lock().clone();
+        jobs.iter()
+            .map(|j| {
+                let mut line = self.summary(j);
+                let id = j.id.lock().to_string();
+                let state = j.s.lock().state;
+                let on_disk = saved.get(&id);
+                match self.saved_form(j) {
+                    Some(now) if on_disk != Some(&now) => line.push_str(" (not saved)"),
+                    None if on_disk.is_some() && j.def.permanent => {
+                        line.push_str(&format!(" (saved {}: comes back at restart until the next `save`)", state))
+                    }
+                    _ => {}
+                }
+                line
+            })
+            .collect()
+    }
+
+    /// How `save` would write the job, if it would.
+    fn saved_form(&self, job: &Job) -> Option<SavedJob> {
+        let s = job.s.lock();
+        let kept = !matches!(
+            s.state,
+            JobState::Cancelled | JobState::Cancelling | JobState::Stopping | JobState::Failed | JobState::Finished
+        );
+        (job.def.permanent && kept).then(|| SavedJob {
+            id: job.id.lock().to_string(),
+            command: job.command.clone(),
+            concurrency: s.concurrency,
+            created: job.created,
+        })
+    }
+
+    /// `save`: the module's settings and its permanent jobs (not cancelled, stopping,
+    /// failed or finished) as text for the pool to store. Call [`Module::saved`] once it is
+    /// stored.
+    pub fn save_text(&self) -> (String, Vec<SavedJob>) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        let saved: Vec<SavedJob> = jobs.iter().filter_map(|j| self.saved_form(j)).collect();
+        let mut text = format!("{SAVE_HEADER}\nconcurrency-default {}\n", self.default_concurrency());
+        for j in &saved {
+            text.push_str("job ");
+            text.push_str(&serde_json::to_string(j).expect("a saved job always serialises"));
+            text.push('\n');
+        }
+        (text, saved)
+    }
+
+    /// Records what is stored now (after `save`, or what a restart found).
+    pub fn saved(&self, jobs: Vec<SavedJob>) {
+        *self.saved.lock() = jobs.into_iter().map(|j| (j.id.clone(), j)).collect();
+    }
+
+    /// Reads what [`Module::save_text`] wrote. A line that cannot be read is an `Err` with
+    /// the reason; the others are still read.
+    pub fn parse_saved(text: &str) -> Result<SavedSet, String> {
+        let mut lines = text.lines();
+        match lines.next() {
+            Some(SAVE_HEADER) => {}
+            other => return Err(format!("not a saved migration set (first line {other:?})")),
+        }
+        let mut set = SavedSet::default();
+        for (n, line) in lines.enumerate() {
+            let at = n + 2;
+            if let Some(v) = line.strip_prefix("concurrency-default ") {
+                match v.parse::<usize>() {
+                    Ok(c) => set.default_concurrency = Some(c),
+                    Err(_) => set.jobs.push(Err(format!("line {at}: bad concurrency-default {v:?}"))),
+                }
+            } else if let Some(json) = line.strip_prefix("job ") {
+                set.jobs.push(serde_json::from_str(json).map_err(|e| format!("line {at}: unreadable job ({e})")));
+            } else if !line.is_empty() {
+                set.jobs.push(Err(format!("line {at}: unknown line {line:?}")));
+            }
+        }
+        Ok(set)
+    }
+
+    /// A problem found when the saved jobs were restored; `info` shows them.
+    pub fn report_problem(&self, problem: String) {
+        tracing::error!("migration: {problem}");
+        self.problems.lock().push(problem);
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().clone()
     }
 
     pub fn ls_json(&self) -> String {
@@ -548,37 +714,69 @@ impl<E: Env> Module<E> {
 
     // ---------------------------------------------------------------- repository changes
 
-    /// The repository announced a change to `id`. A deleted file leaves every job (its
-    /// running task is cancelled); a queued file that no longer matches leaves the queue.
-    pub fn repository_changed(self: &Arc<Self>, id: PnfsId, removed: bool) {
+    /// The repository announced a change to `id` (reference §6.1). A deleted file leaves every
+    /// job (its running task is cancelled); a queued file that no longer matches leaves the
+    /// queue (a running task goes on); a permanent job adds a file that has come to match.
+    pub fn repository_changed(self: &Arc<Self>, id: PnfsId, change: RepoChange) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        let jobs: Vec<Arc<Job>> = jobs.into_iter().filter(|j| !j.stop.is_cancelled()).collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let entry = if change == RepoChange::Removed { None } else { self.env.entry(&id).ok().flatten() };
+        let now = self.env.now();
         for job in jobs {
-            if job.stop.is_cancelled() {
-                continue;
-            }
             self.with(&job, |cx| {
-                if !cx.s.queue.contains(&id) {
+                let filter = &cx.job.def.filter;
+                let Some(entry) = entry.as_ref().filter(|e| e.state != ReplicaState::Removed) else {
+                    if let Removal::Running(_) = cx.s.queue.remove(&id) {
+                        cx.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() });
+                    }
                     return;
-                }
-                if removed {
-                    match cx.s.queue.remove(&id) {
-                        Removal::Running(_) => cx.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() }),
-                        Removal::Dropped | Removal::NotHere => {}
+                };
+                let matches = filter.accepts(&candidate(entry), now);
+                if cx.s.queue.contains(&id) {
+                    if !matches && !cx.s.running.contains_key(&id) {
+                        cx.s.queue.remove(&id);
+                        tracing::debug!(job = %cx.job.id.lock(), %id, "file changed and no longer matches; dropped");
                     }
                     return;
                 }
-                if cx.s.running.contains_key(&id) {
+                if !cx.job.def.permanent || !matches {
                     return;
                 }
-                let now = cx.m.env.now();
-                let matches = match cx.m.env.entry(&id) {
-                    Ok(Some(e)) => cx.job.def.filter.accepts(&candidate(&e), now),
-                    Ok(None) => false,
-                    Err(_) => true,
+                let newly = match change {
+                    RepoChange::State { from } => {
+                        let before = Entry { state: from, ..entry.clone() };
+                        !filter.accepts(&candidate(&before), now)
+                    }
+                    // The filter can only have changed its mind if it looks at what changed.
+                    RepoChange::Sticky => filter.sticky.is_some(),
+                    RepoChange::AccessTime => filter.accessed.is_some(),
+                    RepoChange::Removed | RepoChange::Other => false,
                 };
-                if !matches {
-                    cx.s.queue.remove(&id);
-                    tracing::debug!(job = %cx.job.id.lock(), %id, "file changed and no longer matches; dropped");
+                if newly {
+                    cx.add(id, entry.attrs.size);
+                }
+            });
+        }
+    }
+
+    /// The repository's change feed lost changes (the module fell behind): permanent jobs look
+    /// at the whole repository again so that no new file is missed.
+    pub fn changes_missed(self: &Arc<Self>) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        for job in jobs.into_iter().filter(|j| j.def.permanent && !j.stop.is_cancelled()) {
+            let (m, j) = (self.clone(), job.clone());
+            self.rt.spawn(async move {
+                let env = m.env.clone();
+                let job2 = j.clone();
+                if let Ok(Ok(files)) = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await {
+                    m.with(&j, |cx| {
+                        for (id, size) in files {
+                            cx.add(id, size);
+                        }
+                    });
                 }
             });
         }
@@ -666,24 +864,29 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (i, TargetInfo { name: pool, cost, misses: 0 })
+                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None })
             });
         }
         let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
         infos.sort_by_key(|(i, _)| *i);
+        let now = tokio::time::Instant::now();
         self.with(job, |cx| {
             cx.s.refreshing = false;
             let before = cx.s.infos.take().unwrap_or_default();
             let infos = infos
                 .into_iter()
                 .map(|(_, mut t)| {
+                    let old = before.iter().find(|o| o.name == t.name);
                     if t.cost.is_none()
-                        && let Some(old) = before.iter().find(|o| o.name == t.name)
+                        && let Some(old) = old
                     {
                         t.misses = old.misses + 1;
                         if t.misses < 2 {
                             t.cost = old.cost;
                         }
+                    }
+                    if t.cost.is_none() {
+                        t.offline_since = Some(old.and_then(|o| o.offline_since).unwrap_or(now));
                     }
                     t
                 })
@@ -798,9 +1001,17 @@ impl<E: Env> Module<E> {
         }
         let answers: HashMap<PoolName, Option<BTreeSet<PnfsId>>> = set.join_all().await.into_iter().collect();
         let eager = job.def.eager;
+        let grace = self.settings.offline_grace;
         self.with(job, |cx| {
             cx.s.locating = false;
             let stale = std::mem::take(&mut cx.s.stale);
+            let recently_offline: Vec<PoolName> =
+                cx.s.infos
+                    .iter()
+                    .flatten()
+                    .filter(|t| t.cost.is_none() && t.offline_since.is_some_and(|since| since.elapsed() < grace))
+                    .map(|t| t.name.clone())
+                    .collect();
             for id in ids.iter().filter(|id| !stale.contains(*id)) {
                 let mut holders: Vec<PoolName> = pools
                     .iter()
@@ -808,10 +1019,12 @@ impl<E: Env> Module<E> {
                     .cloned()
                     .collect();
                 if !eager {
-                    // A pool that did not answer may hold the file: a non-eager job asks it
-                    // (and fails the file for a later retry if it still does not answer)
-                    // rather than make a copy that may be one too many.
+                    // A pool that did not answer, or went offline only recently (a restart),
+                    // may hold the file: a non-eager job asks it (and fails the file for a
+                    // later retry if it still does not answer) rather than make a copy that
+                    // may be one too many.
                     holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).cloned());
+                    holders.extend(recently_offline.iter().cloned());
                 }
                 cx.s.located.insert(*id, holders);
             }
@@ -1176,6 +1389,10 @@ impl<E: Env> Cx<'_, E> {
         if self.s.state == JobState::Running {
             self.set_state(JobState::Sleeping);
         }
+        if self.job.def.permanent && self.s.queue.is_empty() {
+            // An idle permanent job waits for the next change of the repository, not a timer.
+            return;
+        }
         let mut at = now + self.m.settings.sleep.as_millis() as i64;
         if let Some(retry) = self.s.queue.next_retry() {
             at = at.min(retry);
@@ -1245,6 +1462,16 @@ impl<E: Env> Cx<'_, E> {
             .running
             .insert(id, Running { id: task_id, task, entry, state, sticky, pins, timer_seq: 0, finishing: false });
         self.feed(id, TaskEvent::Start);
+    }
+
+    /// Adds a file to the queue (reference §3.6); wakes a sleeping job.
+    fn add(&mut self, id: PnfsId, size: u64) {
+        if self.s.state.is_terminal() || self.s.state == JobState::Cancelling {
+            return;
+        }
+        if self.s.queue.add(id, size) && self.s.state == JobState::Sleeping {
+            self.set_state(JobState::Running);
+        }
     }
 
     fn unlock(&mut self, id: &PnfsId) {

@@ -749,3 +749,85 @@ fn a_cancel_that_overtakes_its_copy_still_stops_it() {
         assert!(!sim.repo("p2").contains_key(&x), "p2 made a copy for a cancelled attempt after the job was CANCELLED");
     });
 }
+
+// Permanent jobs (reference §6.1-§6.2).
+
+/// A permanent copy keeps copying the files of its storage class that arrive after it
+/// started, ignores other classes, drops a queued file that is deleted, never finishes, and
+/// sleeps (no tasks, no timers) while there is nothing to do.
+#[test]
+fn a_permanent_job_follows_the_pool() {
+    run("a_permanent_job_follows_the_pool", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2"], Faults::jitter()));
+        let old = sim.add_file("p1", FileSpec::precious(100).in_class("atlas:raw"));
+        let other = sim.add_file("p1", FileSpec::precious(100).in_class("cms:raw"));
+        let job = sim.create("p1", JobKind::Copy, &["-permanent", "-storage=atlas:raw"], &["p2"]);
+        sim.wait_until(HOUR, "the old file copied", || sim.repo("p2").contains_key(&old)).await;
+        sim.wait("p1", &job, HOUR, |s| s == JobState::Sleeping).await;
+        let pulls = sim.world.stats().pulls_started;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert_eq!(sim.state("p1", &job), JobState::Sleeping, "an idle permanent job sleeps");
+        assert_eq!(sim.world.stats().pulls_started, pulls, "and copies nothing while idle");
+
+        // New files: one of its class, one of another.
+        let new = sim.add_file("p1", FileSpec::cached(200).in_class("atlas:raw"));
+        let new_other = sim.add_file("p1", FileSpec::cached(200).in_class("cms:raw"));
+        sim.wait_until(HOUR, "the new file copied", || sim.repo("p2").contains_key(&new)).await;
+        assert!(!sim.repo("p2").contains_key(&other) && !sim.repo("p2").contains_key(&new_other));
+
+        // A file that arrives while the target is offline waits in the queue; deleted before
+        // the target is back, it leaves the queue and is never copied.
+        sim.set_offline("p2", true);
+        let doomed = sim.add_file("p1", FileSpec::cached(300).in_class("atlas:raw"));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        sim.delete_file("p1", doomed);
+        sim.set_offline("p2", false);
+        let last = sim.add_file("p1", FileSpec::cached(300).in_class("atlas:raw"));
+        sim.wait_until(HOUR, "the last file copied", || sim.repo("p2").contains_key(&last)).await;
+        sim.settle().await;
+        assert!(!sim.repo("p2").contains_key(&doomed), "a deleted file is never copied");
+        assert!(!sim.state("p1", &job).is_terminal(), "a permanent job never finishes by itself");
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Queued"), 0, "{info}");
+        sim.assert_no_violations();
+    });
+}
+
+/// Several target pools that restart together with their source (offline for a while, then
+/// back) do not make a non-eager permanent job create extra copies of files they hold: the
+/// job (recreated at the source's start, as a saved job is) waits for them instead.
+#[test]
+fn targets_restarting_together_cause_no_extra_copies_for_a_non_eager_job() {
+    run("targets_restarting_together_cause_no_extra_copies_for_a_non_eager_job", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4"], Faults::jitter()));
+        let files = sim.fill("p1", 12);
+        let words = ["-permanent", "-concurrency=4"];
+        let first = sim.create("p1", JobKind::Copy, &words, &["p2", "p3", "p4"]);
+        sim.wait_until(6 * HOUR, "every file copied once", || files.iter().all(|f| sim.holders(f).len() == 2)).await;
+        sim.settle().await;
+        let copies = sim.world.stats().pulls_committed;
+        let _ = first;
+
+        // The whole cluster restarts; p2 and p3 take a few minutes longer than p1.
+        for p in ["p1", "p2", "p3"] {
+            sim.crash(p);
+        }
+        sim.restart("p1");
+        let again = sim.create("p1", JobKind::Copy, &words, &["p2", "p3", "p4"]);
+        tokio::time::sleep(Duration::from_secs(180)).await;
+        sim.restart("p2");
+        sim.restart("p3");
+        sim.wait_until(6 * HOUR, "every file looked at", || {
+            let info = sim.info("p1", &again);
+            info_number(&info, "Queued") == 0 && running_tasks(&info) == 0 && !info.contains("Waiting    :")
+        })
+        .await;
+        sim.settle().await;
+        for f in &files {
+            let pools: Vec<_> = sim.holders(f).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(pools.len(), 2, "{f} has exactly one copy: {pools:?}");
+        }
+        assert_eq!(sim.world.stats().pulls_committed, copies, "no new copies after the restart");
+        sim.assert_no_violations();
+    });
+}

@@ -1,14 +1,16 @@
 //! The lexical syntax of admin command lines, as dCache writes them: words separated by white
 //! space; `-flag` and `-name=value` options anywhere on the line; values may be quoted with
-//! `"..."` (backslash escapes `\\ \" \n \t \'`) or `'...'` (literal); `--` ends the options.
-//! Every token keeps its byte offset so errors can point at it.
+//! `"..."` (backslash escapes `\\ \" \n \t \'`) or `'...'` (literal); outside quotes a
+//! backslash makes the next character plain (`pool\-a`, `a\ b`; a word starting `\-` is not
+//! an option), which is how stored migration command lines are written (reference §6.3);
+//! `--` ends the options. Every token keeps its byte offset so errors can point at it.
 
 use nom::branch::alt;
 use nom::bytes::complete::{escaped_transform, is_not, take_while1};
-use nom::character::complete::char;
+use nom::character::complete::{anychar, char};
 use nom::combinator::{map, opt, value};
 use nom::multi::many1;
-use nom::sequence::delimited;
+use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
 /// One word of a command line after quotes are removed.
@@ -50,7 +52,12 @@ enum Piece<'a> {
 }
 
 fn plain(i: &str) -> IResult<&str, Piece<'_>> {
-    map(take_while1(|c: char| !c.is_whitespace() && c != '"' && c != '\''), Piece::Plain).parse(i)
+    map(take_while1(|c: char| !c.is_whitespace() && c != '"' && c != '\'' && c != '\\'), Piece::Plain).parse(i)
+}
+
+/// `\x` outside quotes: `x`, taken literally.
+fn escaped_char(i: &str) -> IResult<&str, Piece<'_>> {
+    map(preceded(char('\\'), anychar), |c| Piece::Quoted(c.to_string())).parse(i)
 }
 
 fn double_quoted(i: &str) -> IResult<&str, Piece<'_>> {
@@ -73,7 +80,7 @@ fn single_quoted(i: &str) -> IResult<&str, Piece<'_>> {
 }
 
 fn word(i: &str) -> IResult<&str, Vec<Piece<'_>>> {
-    many1(alt((plain, double_quoted, single_quoted))).parse(i)
+    many1(alt((plain, escaped_char, double_quoted, single_quoted))).parse(i)
 }
 
 /// Splits a line into tokens.
@@ -99,8 +106,11 @@ pub fn tokenize(line: &str) -> Result<Vec<Token>, LexError> {
                 tokens.push(Token { text, offset, dash });
                 rest = after;
             }
+            Err(_) if rest.starts_with('\\') => {
+                return Err(LexError { offset, message: "a backslash at the end of the line escapes nothing".into() });
+            }
             Err(_) => {
-                // `word` only fails on an opening quote without its closing one.
+                // Otherwise `word` only fails on an opening quote without its closing one.
                 let at = offset + rest.find(['"', '\'']).unwrap_or(0);
                 return Err(LexError { offset: at, message: "unterminated quote".into() });
             }
@@ -171,6 +181,8 @@ mod tests {
             (r#""""#, &[""]),
             (r#"ab"cd"ef"#, &["abcdef"]),
             ("-include-when='target.free > source.free'", &["-include-when=target.free > source.free"]),
+            (r"MCTAPE\-write pool\ a", &["MCTAPE-write", "pool a"]),
+            (r"-o=a\=b\\c", &["-o=a=b\\c"]),
         ];
         for (line, want) in table {
             assert_eq!(words(line), *want, "line {line:?}");
@@ -203,6 +215,19 @@ mod tests {
         assert_eq!(args.options.len(), 1);
         let args = Args::parse(r#"x "-q""#).unwrap();
         assert!(args.options.is_empty());
+    }
+
+    #[test]
+    fn escaped_words_round_trip_stored_command_lines() {
+        let args = Args::parse(r"migration move -meta\-only -storage=MC\:x -- MCTAPE\-write \-q").unwrap();
+        let pos: Vec<&str> = args.positional.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(pos, ["migration", "move", "MCTAPE-write", "-q"]);
+        let opts: Vec<(&str, Option<&str>)> =
+            args.options.iter().map(|o| (o.name.as_str(), o.value.as_deref())).collect();
+        assert_eq!(opts, [("meta-only", None), ("storage", Some("MC:x"))]);
+        assert!(Args::parse(r"\-x").unwrap().options.is_empty(), "an escaped dash is no option");
+        let err = tokenize("a b\\").unwrap_err();
+        assert_eq!((err.offset, err.message.as_str()), (3, "a backslash at the end of the line escapes nothing"));
     }
 
     #[test]

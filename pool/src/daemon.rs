@@ -3,7 +3,8 @@
 //! Start-up:
 //! 1. open the repository (restart recovery runs here) on a blocking thread;
 //! 2. restore the saved pool mode;
-//! 3. start the migration module and the feed of repository changes into it;
+//! 3. start the migration module and the feed of repository changes into it, and recreate
+//!    the permanent jobs saved with `save`;
 //! 4. accept connections on the admin and data listeners (bound by the caller).
 //!
 //! Shutdown is the same script in reverse: the migration module cancels its jobs and the
@@ -108,8 +109,11 @@ impl Daemon {
         });
         // 2. Restore the pool mode.
         let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix, &transfers)?);
-        // 3. Start the migration module.
-        span.in_scope(|| pool.start_migration(migration));
+        // 3. Start the migration module and recreate the saved permanent jobs.
+        span.in_scope(|| {
+            pool.start_migration(migration);
+            crate::migration_env::restore(&pool);
+        });
         Ok(Opened { pool, key, grace: shutdown_grace, span })
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
-use tidepool_migration::module::Module;
+use tidepool_migration::module::{Module, RepoChange};
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
@@ -240,11 +240,21 @@ pub(crate) async fn forward_changes(
         };
         match change {
             Ok(Change { pnfsid, kind }) => {
-                let removed = matches!(kind, ChangeKind::State { to: ReplicaState::Removed, .. });
-                module.repository_changed(pnfsid, removed);
+                let change = match kind {
+                    ChangeKind::State { to: ReplicaState::Removed, .. } => RepoChange::Removed,
+                    ChangeKind::State { from, .. } => RepoChange::State { from },
+                    ChangeKind::Sticky(_) => RepoChange::Sticky,
+                    ChangeKind::AccessTime(_) => RepoChange::AccessTime,
+                    ChangeKind::Checksum(_) => RepoChange::Other,
+                };
+                module.repository_changed(pnfsid, change);
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "the migration module fell behind the repository's changes; some were missed");
+                tracing::warn!(
+                    missed,
+                    "the migration module fell behind the repository's changes; permanent jobs look again"
+                );
+                module.changes_missed();
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -422,3 +432,70 @@ async fn still_open(conn: &mut Connection) -> bool {
 #[cfg(test)]
 #[path = "migration_env_tests.rs"]
 mod tests;
+
+/// Where `save` keeps the migration module's settings and permanent jobs (one key, so a save
+/// replaces the previous set atomically).
+const SAVED_KEY: &str = "migration-saved";
+
+/// `save`: stores the module's settings and permanent jobs durably, replacing the previous
+/// set in one write. Returns the reply.
+pub fn save(pool: &Pool) -> Result<String, RemoteError> {
+    let module = pool
+        .try_migration()
+        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "the migration module is not running"))?;
+    let (text, jobs) = module.save_text();
+    pool.repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
+    let n = jobs.len();
+    module.saved(jobs);
+    tracing::info!(jobs = n, "migration settings and permanent jobs saved");
+    Ok(format!(
+        "Saved: default concurrency {}, {n} permanent migration job{}",
+        module.default_concurrency(),
+        if n == 1 { "" } else { "s" }
+    ))
+}
+
+/// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
+/// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
+pub fn restore(pool: &Pool) {
+    let Some(module) = pool.try_migration() else { return };
+    let text = match pool.repo.setting(SAVED_KEY) {
+        Ok(None) => return,
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            module.report_problem(format!("saved migration jobs unreadable, none restored: {e}"));
+            return;
+        }
+    };
+    let set = match Module::<PoolEnv>::parse_saved(&text) {
+        Ok(set) => set,
+        Err(e) => {
+            module.report_problem(format!("saved migration jobs unreadable, none restored: {e}"));
+            return;
+        }
+    };
+    if let Some(c) = set.default_concurrency {
+        module.set_default_concurrency(c);
+    }
+    let mut kept = Vec::new();
+    for job in set.jobs {
+        let job = match job {
+            Ok(j) => j,
+            Err(e) => {
+                module.report_problem(format!("a saved migration job was skipped: {e}"));
+                continue;
+            }
+        };
+        let def = match crate::admin::parse(&job.command) {
+            Ok(Some(crate::admin::Command::MigrationCreate { def, .. })) => Ok(*def),
+            Ok(_) => Err("not a migration copy, move or cache command".to_string()),
+            Err(e) => Err(e.message),
+        };
+        match def.and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
+            Ok(line) => tracing::info!("restored migration job {line}"),
+            Err(e) => module.report_problem(format!("saved job [{}] `{}` was skipped: {e}", job.id, job.command)),
+        }
+        kept.push(job);
+    }
+    module.saved(kept);
+}

@@ -31,7 +31,7 @@ use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobKind, Options};
 use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
 use tidepool_migration::job_state::JobState;
-use tidepool_migration::module::{Module, Settings};
+use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
 use tidepool_migration::select::SplitMix;
 use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
@@ -304,7 +304,7 @@ pub struct World {
     stats: Mutex<Stats>,
     trace: Mutex<VecDeque<String>>,
     hooks: Mutex<Hooks>,
-    changes: mpsc::UnboundedSender<(PoolName, PnfsId, bool)>,
+    changes: mpsc::UnboundedSender<(PoolName, PnfsId, RepoChange)>,
     rng: Mutex<SplitMix>,
     /// Each pool's current incarnation; a crash starts a new one and the old one's
     /// environment stops working.
@@ -434,8 +434,8 @@ impl World {
         self.modules.lock().get(p).and_then(Weak::upgrade)
     }
 
-    fn note_change(&self, pool: &PoolName, id: PnfsId, removed: bool) {
-        let _ = self.changes.send((pool.clone(), id, removed));
+    fn note_change(&self, pool: &PoolName, id: PnfsId, change: RepoChange) {
+        let _ = self.changes.send((pool.clone(), id, change));
     }
 
     /// Checks, under the store lock, that every protected file has a committed replica with
@@ -697,7 +697,7 @@ impl World {
             self.check(&mut store, &format!("{me}: receiving {id}"));
             attrs
         };
-        self.note_change(me, id, false);
+        self.note_change(me, id, RepoChange::State { from: ReplicaState::New });
         let mut rng = self.rng_for(&format!("pull {me} {id}"));
         let forced = {
             let mut hooks = self.hooks.lock();
@@ -789,7 +789,9 @@ impl World {
             }
             r
         };
-        self.note_change(me, id, result.is_err());
+        let change =
+            if result.is_ok() { RepoChange::State { from: ReplicaState::FromPool } } else { RepoChange::Removed };
+        self.note_change(me, id, change);
         result
     }
 }
@@ -858,6 +860,7 @@ impl Env for SimEnv {
     fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), RemoteError> {
         self.crashed()?;
         let removed = state == ReplicaState::Removed;
+        let mut from = state;
         self.world.mutate(&self.name, &format!("{id} -> {state}"), |repo| {
             let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
             if !r.entry.state.may_change_to(state) {
@@ -866,6 +869,7 @@ impl Env for SimEnv {
                     format!("{id}: {} -> {state} is not allowed", r.entry.state),
                 ));
             }
+            from = r.entry.state;
             if removed {
                 repo.remove(id);
             } else {
@@ -874,7 +878,8 @@ impl Env for SimEnv {
             Ok(())
         })?;
         self.world.trace(format!("{}: {id} -> {state}", self.name));
-        self.world.note_change(&self.name, *id, removed);
+        let change = if removed { RepoChange::Removed } else { RepoChange::State { from } };
+        self.world.note_change(&self.name, *id, change);
         Ok(())
     }
 
@@ -882,13 +887,17 @@ impl Env for SimEnv {
         self.crashed()?;
         let now = self.world.now();
         let what = format!("{id} sticky {}={} ({mode:?})", record.owner, record.expire);
+        let mut changed = false;
         self.world.mutate(&self.name, &what, |repo| {
             let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-            apply_sticky(&mut r.entry.sticky, record, mode, now);
+            changed = apply_sticky(&mut r.entry.sticky, record, mode, now);
             Ok(())
         })?;
         self.world.trace(format!("{}: {what}", self.name));
-        self.world.note_change(&self.name, *id, false);
+        if changed {
+            // Like the pool's repository: only a real change is announced.
+            self.world.note_change(&self.name, *id, RepoChange::Sticky);
+        }
         Ok(())
     }
 
@@ -898,7 +907,7 @@ impl Env for SimEnv {
             repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
         })?;
         self.world.trace(format!("{}: removed {id}", self.name));
-        self.world.note_change(&self.name, *id, true);
+        self.world.note_change(&self.name, *id, RepoChange::Removed);
         Ok(())
     }
 
@@ -1028,14 +1037,25 @@ pub struct FileSpec {
     pub sticky: Vec<StickyRecord>,
     /// Seconds before the start of the simulation.
     pub accessed_ago: i64,
+    pub storage_class: &'static str,
 }
 
 impl FileSpec {
     pub fn precious(size: usize) -> FileSpec {
-        FileSpec { size, state: ReplicaState::Precious, sticky: Vec::new(), accessed_ago: 3600 }
+        FileSpec {
+            size,
+            state: ReplicaState::Precious,
+            sticky: Vec::new(),
+            accessed_ago: 3600,
+            storage_class: "test:default",
+        }
     }
     pub fn cached(size: usize) -> FileSpec {
         FileSpec { state: ReplicaState::Cached, ..FileSpec::precious(size) }
+    }
+    pub fn in_class(mut self, storage_class: &'static str) -> FileSpec {
+        self.storage_class = storage_class;
+        self
     }
     pub fn with_sticky(mut self, owner: &str, expire: EpochMillis) -> FileSpec {
         self.sticky.push(StickyRecord::new(owner, expire));
@@ -1071,7 +1091,7 @@ impl Drop for Sim {
 impl Sim {
     /// Must be called inside the (paused) runtime.
     pub fn new(seed: u64, config: SimConfig) -> Sim {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(PoolName, PnfsId, bool)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(PoolName, PnfsId, RepoChange)>();
         let mut store = Store::default();
         for p in &config.pools {
             store.repos.insert(p.name.clone(), BTreeMap::new());
@@ -1101,10 +1121,10 @@ impl Sim {
         // The repositories' change announcements, as the pool daemon forwards them.
         let w = Arc::downgrade(&world);
         tokio::spawn(async move {
-            while let Some((pool, id, removed)) = rx.recv().await {
+            while let Some((pool, id, change)) = rx.recv().await {
                 let Some(world) = w.upgrade() else { return };
                 if let Some(m) = world.module(&pool) {
-                    m.repository_changed(id, removed);
+                    m.repository_changed(id, change);
                 }
             }
         });
@@ -1158,6 +1178,12 @@ impl Sim {
         id
     }
 
+    /// Deletes a file from a pool as a client would (`rep rm`): it is no longer protected.
+    pub fn delete_file(&mut self, on: &str, id: PnfsId) {
+        self.world.store.lock().protected.remove(&id);
+        self.module(on).env().remove(&id).expect("delete the file");
+    }
+
     /// Puts a replica of an existing file (same bytes) on another pool.
     pub fn add_replica(&mut self, on: &str, id: PnfsId, spec: FileSpec) {
         let data = self.holders(&id).first().map(|(_, r)| r.data.as_ref().clone()).expect("a file that exists");
@@ -1171,7 +1197,7 @@ impl Sim {
             pnfsid: id,
             size: data.len() as u64,
             checksum: Some(sum),
-            storage_class: Some("test:default".into()),
+            storage_class: Some(spec.storage_class.into()),
             cache_class: None,
             access_latency: Some(AccessLatency::Online),
             retention_policy: Some(RetentionPolicy::Replica),
@@ -1193,7 +1219,7 @@ impl Sim {
             store.protected.insert(id, (size, sum));
         }
         // The repository announces a new replica, as the pool's does.
-        self.world.note_change(&pool(on), id, false);
+        self.world.note_change(&pool(on), id, RepoChange::State { from: ReplicaState::FromClient });
     }
 
     /// `n` random files on `on`: sizes 1..=4096, cached or precious, some sticky, some pinned.

@@ -128,6 +128,10 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             out.write(&format!("Cancelling transfer {id}; `pp ls -l` shows how it ended\n"))?;
             Ok(())
         }
+        Command::Save => {
+            let text = crate::migration_env::save(pool)?;
+            Ok(out.write(&format!("{text}\n"))?)
+        }
         Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
@@ -399,10 +403,14 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
         }
     }
     let jobs = pool.try_migration().map(|m| m.ls()).unwrap_or_default();
-    if !jobs.is_empty() {
+    let problems = pool.try_migration().map(|m| m.problems()).unwrap_or_default();
+    if !jobs.is_empty() || !problems.is_empty() {
         let _ = writeln!(t, "--- migration (Replica migration module client) ---");
         for line in jobs {
             let _ = writeln!(t, "{line}");
+        }
+        for line in problems {
+            let _ = writeln!(t, "restore: {line}");
         }
     }
     out.write(&t)?;

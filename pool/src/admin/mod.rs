@@ -56,6 +56,7 @@ pub enum Command {
     PpSetMaxActive(usize),
     PpSetMaxOutgoing(usize),
     PpRemove(TransferId),
+    Save,
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
     /// line (reference §6.3).
     MigrationCreate {
@@ -410,6 +411,22 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["pool enable"],
         parse: |inv| inv.at_most(0).map(|()| Command::PoolEnable),
+    },
+    CommandSpec {
+        name: "save",
+        args: "",
+        summary: "store the migration settings and permanent jobs; they come back when the pool restarts",
+        details: concat!(
+            "Stores, in one durable write that replaces what was stored before, the default concurrency\n",
+            "and every permanent migration job that is not CANCELLED, CANCELLING, STOPPING, FAILED or\n",
+            "FINISHED: its id, its command as `migration ls` shows it, its concurrency and its creation\n",
+            "time. At start the pool recreates them; sticky lifetimes of -smode/-tmode count from then.\n",
+            "`migration ls` marks permanent jobs that changed since the last save `(not saved)`, and saved\n",
+            "jobs that were cancelled since: they come back at restart until the next save.",
+        ),
+        options: &[],
+        examples: &["save"],
+        parse: |inv| inv.at_most(0).map(|()| Command::Save),
     },
     CommandSpec {
         name: "pp get file",
