@@ -5,6 +5,7 @@
 
 pub mod definition;
 pub mod env;
+pub mod expr;
 pub mod filter;
 pub mod job_state;
 pub mod mode;
