@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tidepool_p2p::message::{CopyFinished, CopyRequest, MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::message::{CopyFinished, CopyRequest, Held, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{EpochMillis, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{AttemptId, ErrorCode, JobId, PnfsId, PoolName, RemoteError, TaskId};
 use tokio::runtime::Handle;
@@ -209,7 +209,7 @@ struct JobInner {
     infos: Option<Vec<TargetInfo>>,
     refreshing: bool,
     /// Holders found ahead of time, by file.
-    located: HashMap<PnfsId, Vec<PoolName>>,
+    located: HashMap<PnfsId, Vec<Holder>>,
     /// Tasks waiting for a location answer.
     want_locate: BTreeSet<PnfsId>,
     locating: bool,
@@ -224,6 +224,13 @@ struct JobInner {
     started: Option<Instant>,
     /// Files passed over because another job works on them, noted once each.
     locked_noted: BTreeSet<PnfsId>,
+}
+
+/// A pool that holds a file, or may: `replica` is what it reported (`None`: it did not answer).
+#[derive(Clone, Debug)]
+struct Holder {
+    pool: PoolName,
+    replica: Option<(ReplicaState, Vec<StickyRecord>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -827,19 +834,34 @@ impl<E: Env> Module<E> {
         self.rt.spawn(async move {
             let env = m.env.clone();
             let job2 = j.clone();
-            let scanned = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await;
+            // The queue is built off the job's lock too: `info` and `migration ls` take it.
+            let scanned = tokio::task::spawn_blocking(move || {
+                scan(&*env, &job2).map(|files| {
+                    let mut queue = Queue::default();
+                    for (id, size) in &files {
+                        queue.add(*id, *size);
+                    }
+                    (files, queue)
+                })
+            })
+            .await;
             let scanned = match scanned {
                 Ok(r) => r,
                 Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
             };
             m.with(&j, |cx| match scanned {
-                Ok(files) => {
+                Ok((files, queue)) => {
                     if cx.s.state != JobState::Initializing {
                         return;
                     }
                     let n = files.len();
-                    for (id, size) in files {
-                        cx.s.queue.add(id, size);
+                    if cx.s.queue.is_empty() && cx.s.queue.stats().total == 0 {
+                        cx.s.queue = queue;
+                    } else {
+                        // A permanent job may have queued changes during the scan.
+                        for (id, size) in files {
+                            cx.s.queue.add(id, size);
+                        }
                     }
                     tracing::info!(job = %cx.job.id.lock(), files = n, "job initialised");
                     cx.set_state(JobState::Running);
@@ -993,13 +1015,16 @@ impl<E: Env> Module<E> {
             let req = MigrationRequest::Locate { pnfsids: ids.clone() };
             set.spawn(async move {
                 let answer = match m.env.request(&pool, req).await {
-                    Ok(MigrationReply::Located { held }) => Some(held.into_iter().collect::<BTreeSet<PnfsId>>()),
+                    Ok(MigrationReply::Located { held }) => {
+                        Some(held.into_iter().map(|h| (h.pnfsid, (h.state, h.sticky))).collect::<HashMap<_, _>>())
+                    }
                     _ => None,
                 };
                 (pool, answer)
             });
         }
-        let answers: HashMap<PoolName, Option<BTreeSet<PnfsId>>> = set.join_all().await.into_iter().collect();
+        type Answer = Option<HashMap<PnfsId, (ReplicaState, Vec<StickyRecord>)>>;
+        let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();
         let eager = job.def.eager;
         let grace = self.settings.offline_grace;
         self.with(job, |cx| {
@@ -1013,18 +1038,21 @@ impl<E: Env> Module<E> {
                     .map(|t| t.name.clone())
                     .collect();
             for id in ids.iter().filter(|id| !stale.contains(*id)) {
-                let mut holders: Vec<PoolName> = pools
+                let mut holders: Vec<Holder> = pools
                     .iter()
-                    .filter(|p| answers.get(*p).and_then(|a| a.as_ref()).is_some_and(|held| held.contains(id)))
-                    .cloned()
+                    .filter_map(|p| {
+                        let replica = answers.get(p)?.as_ref()?.get(id)?.clone();
+                        Some(Holder { pool: p.clone(), replica: Some(replica) })
+                    })
                     .collect();
+                let unknown = |pool: &PoolName| Holder { pool: pool.clone(), replica: None };
                 if !eager {
                     // A pool that did not answer, or went offline only recently (a restart),
                     // may hold the file: a non-eager job asks it (and fails the file for a
                     // later retry if it still does not answer) rather than make a copy that
                     // may be one too many.
-                    holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).cloned());
-                    holders.extend(recently_offline.iter().cloned());
+                    holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).map(unknown));
+                    holders.extend(recently_offline.iter().map(unknown));
                 }
                 cx.s.located.insert(*id, holders);
             }
@@ -1033,7 +1061,8 @@ impl<E: Env> Module<E> {
                     && cx.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
                 {
                     let holders = cx.s.located.remove(&id).unwrap_or_default();
-                    cx.feed(id, TaskEvent::Located { holders });
+                    let event = cx.located(&id, holders);
+                    cx.feed(id, event);
                 }
             }
         });
@@ -1056,7 +1085,9 @@ impl<E: Env> Module<E> {
                 let held = tokio::task::spawn_blocking(move || {
                     pnfsids
                         .into_iter()
-                        .filter(|id| env.entry(id).ok().flatten().is_some_and(|e| e.state.is_committed()))
+                        .filter_map(|id| env.entry(&id).ok().flatten())
+                        .filter(|e| e.state.is_committed())
+                        .map(|e| Held { pnfsid: e.attrs.pnfsid, state: e.state, sticky: e.sticky })
                         .collect::<Vec<_>>()
                 })
                 .await;
@@ -1474,6 +1505,33 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
+    /// What the holders' answers mean for a task: `AlreadyDone` when enough of them hold the
+    /// file exactly as wanted and nothing else has to happen on a target (no pins to move, no
+    /// checksum to verify, a source mode that destroys nothing), else `Located`.
+    fn located(&self, id: &PnfsId, holders: Vec<Holder>) -> TaskEvent {
+        let def = &self.job.def;
+        let shortcut = !def.verify
+            && !matches!(def.smode.state, SourceState::Delete | SourceState::Removable)
+            && self.s.running.get(id).is_some_and(|r| r.pins.is_empty());
+        if shortcut && let Some(r) = self.s.running.get(id) {
+            let now = self.m.env.now();
+            let settled: Vec<PoolName> = holders
+                .iter()
+                .filter(|h| {
+                    h.replica.as_ref().is_some_and(|(state, sticky)| {
+                        plan_update(*state, sticky, r.state, &r.sticky, now).is_ok_and(|p| p.is_empty())
+                    })
+                })
+                .map(|h| h.pool.clone())
+                .take(def.replicas)
+                .collect();
+            if settled.len() >= def.replicas {
+                return TaskEvent::AlreadyDone { replicas: settled };
+            }
+        }
+        TaskEvent::Located { holders: holders.into_iter().map(|h| h.pool).collect() }
+    }
+
     fn unlock(&mut self, id: &PnfsId) {
         let mut locks = self.m.locks.lock();
         if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {
@@ -1515,7 +1573,8 @@ impl<E: Env> Cx<'_, E> {
         match fx {
             Effect::Locate => {
                 if let Some(holders) = self.s.located.remove(&id) {
-                    work.push_back(TaskEvent::Located { holders });
+                    let event = self.located(&id, holders);
+                    work.push_back(event);
                 } else {
                     self.s.want_locate.insert(id);
                 }

@@ -84,6 +84,12 @@ pub enum TaskEvent {
         holders: Vec<PoolName>,
     },
     LocateFailed(RemoteError),
+    /// The holders' answers show that these pools already hold the file exactly as wanted:
+    /// nothing needs to be sent. The job gives this instead of `Located` only when no pins move,
+    /// no checksum is to be verified and the source mode destroys nothing.
+    AlreadyDone {
+        replicas: Vec<PoolName>,
+    },
     CopyAccepted {
         attempt: AttemptId,
     },
@@ -300,6 +306,10 @@ impl Task {
             (Queued | GettingLocations, TaskEvent::Cancel { .. }) => self.finish(Outcome::Cancelled, &mut fx),
             (GettingLocations, TaskEvent::LocateFailed(e)) => {
                 self.fail(false, err(ErrorCode::Timeout, format!("locating replicas failed: {}", e.message)), &mut fx)
+            }
+            (GettingLocations, TaskEvent::AlreadyDone { replicas }) if !self.plan.pins => {
+                self.replicas.extend(replicas);
+                self.next(select, &mut fx);
             }
             (GettingLocations, TaskEvent::Located { holders }) => {
                 self.locations = holders.into();
@@ -733,6 +743,33 @@ mod tests {
             ],
             TaskState::Done,
         );
+    }
+
+    #[test]
+    fn replicas_already_in_place_need_no_message() {
+        check(
+            plan(2, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::AlreadyDone { replicas: vec![pool(3), pool(4)] }, vec![done(&[3, 4])]),
+            ],
+            TaskState::Done,
+        );
+        // One in place, one more wanted: a new copy elsewhere.
+        check(
+            plan(2, false, false, false),
+            &first_free,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::AlreadyDone { replicas: vec![pool(1)] }, vec![copy(2, A1, false, false)]),
+            ],
+            TaskState::InitiatingCopy,
+        );
+        // Pins must travel with a confirmed copy: never done this way.
+        let mut task = Task::new(plan(1, false, false, true), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        assert!(task.step(TaskEvent::AlreadyDone { replicas: vec![pool(1)] }, &first_free).is_empty());
     }
 
     #[test]

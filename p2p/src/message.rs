@@ -155,12 +155,21 @@ pub struct PoolCost {
     pub accepts: bool,
 }
 
+/// A committed replica a pool holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub pnfsid: PnfsId,
+    pub state: ReplicaState,
+    pub sticky: Vec<StickyRecord>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationReply {
     PoolInfo(PoolCost),
-    /// The asked-about files the pool holds.
+    /// The asked-about files the pool holds, with their state and sticky records (so that a
+    /// job can see that a replica needs no update and skip the copy request).
     Located {
-        held: Vec<PnfsId>,
+        held: Vec<Held>,
     },
     Accepted,
     Alive(bool),

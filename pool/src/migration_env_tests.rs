@@ -15,6 +15,11 @@ use tokio::sync::mpsc;
 
 use super::{Peers, still_open};
 
+/// How the test server reports a file it says it holds.
+fn held(pnfsid: PnfsId) -> tidepool_p2p::message::Held {
+    tidepool_p2p::message::Held { pnfsid, state: tidepool_p2p::model::ReplicaState::Cached, sticky: Vec::new() }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Behaviour {
     /// Answers every request.
@@ -62,7 +67,9 @@ async fn server(
                             DataReply::Error(RemoteError::new(ErrorCode::Protocol, "malformed frame; closing"))
                         }
                         (_, DataRequest::Migration(MigrationRequest::Locate { pnfsids })) => {
-                            DataReply::Migration(MigrationReply::Located { held: pnfsids })
+                            DataReply::Migration(MigrationReply::Located {
+                                held: pnfsids.into_iter().map(held).collect(),
+                            })
                         }
                         (_, _) => DataReply::Migration(MigrationReply::Ack),
                     };
@@ -122,12 +129,12 @@ async fn requests_run_side_by_side_and_reuse_kept_connections() {
     let to = pool("pool2");
     // Two at once: each on its own connection, each reply to its own request.
     let (a, b) = tokio::join!(peers.request(&to, locate(&[id(1)])), peers.request(&to, locate(&[id(2), id(3)])));
-    assert_eq!(a, Ok(MigrationReply::Located { held: vec![id(1)] }));
-    assert_eq!(b, Ok(MigrationReply::Located { held: vec![id(2), id(3)] }));
+    assert_eq!(a, Ok(MigrationReply::Located { held: vec![held(id(1))] }));
+    assert_eq!(b, Ok(MigrationReply::Located { held: vec![held(id(2)), held(id(3))] }));
     assert_eq!(peers.connections_opened(), 2);
     // Then one after another on the kept ones: no new handshake.
     for n in 0..5 {
-        assert_eq!(peers.request(&to, locate(&[id(n)])).await, Ok(MigrationReply::Located { held: vec![id(n)] }));
+        assert_eq!(peers.request(&to, locate(&[id(n)])).await, Ok(MigrationReply::Located { held: vec![held(id(n))] }));
     }
     assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
     assert_eq!(peers.connections_opened(), 2);
@@ -352,7 +359,14 @@ mod daemons {
         }
         let absent = put(c.pool(1), 10).await;
         let reply = env1.request(&pool("pool2"), locate(&[held, absent])).await;
-        assert_eq!(reply, Ok(MigrationReply::Located { held: vec![held] }));
+        match reply {
+            Ok(MigrationReply::Located { held: h }) => {
+                let ids: Vec<PnfsId> = h.iter().map(|x| x.pnfsid).collect();
+                assert_eq!(ids, vec![held], "only the replica pool2 holds");
+                assert_eq!(h[0].state, ReplicaState::Precious, "as it was put");
+            }
+            other => panic!("expected Located, got {other:?}"),
+        }
         // A pool disabled for p2p-client says so.
         c.pool(2)
             .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::P2P_CLIENT), error_code: 1, message: "x".into() })

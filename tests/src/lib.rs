@@ -260,6 +260,44 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
     }
 }
 
+/// One migration job's summary line (reference §8.1), as `migration ls`, `migration copy`,
+/// `suspend`, `resume` and `cancel` print it: `[<id>] <STATE padded to 12> <command>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobLine {
+    pub id: String,
+    pub state: String,
+    /// The stored command line, e.g. `migration copy -pnfsid=0000... -- pool2`.
+    pub command: String,
+}
+
+impl JobLine {
+    /// Parses one summary line; `None` unless the state is upper case, left-aligned in 12
+    /// columns and followed by one space and a `migration ...` command.
+    pub fn parse(line: &str) -> Option<JobLine> {
+        let (id, rest) = line.strip_prefix('[')?.split_once("] ")?;
+        if id.is_empty() || rest.len() < 13 || !rest.is_char_boundary(12) {
+            return None;
+        }
+        let (column, command) = rest.split_at(12);
+        let state = column.trim_end_matches(' ');
+        let command = command.strip_prefix(' ')?;
+        if state.is_empty() || !state.bytes().all(|b| b.is_ascii_uppercase()) || !command.starts_with("migration ") {
+            return None;
+        }
+        Some(JobLine { id: id.into(), state: state.into(), command: command.into() })
+    }
+}
+
+/// A value of a `key: value` report such as `migration info` (`State      : RUNNING`,
+/// `Concurrency: 1`): the key is what comes before the first `:`, trimmed, as the REST frontend
+/// of dCache reads it (reference §8.2).
+pub fn report_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        (name.trim_end() == key).then(|| value.trim())
+    })
+}
+
 /// The counters of `pp ls`'s first line (`incoming: 1 active of max 8, 0 queued; outgoing: 0
 /// active of max 16, 0 queued; connections opened: 1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -704,6 +742,72 @@ impl Cluster {
         PpListing::parse(&out.stdout).unwrap_or_else(|| panic!("not `pp ls -l` output:\n{out}"))
     }
 
+    /// Runs `cd <pool>` then `commands` (lines ending in `\n`) in one `tidepool-admin`.
+    pub fn admin_in(&self, pool: &str, commands: &str) -> Output {
+        self.admin(&format!("cd {pool}\n{commands}"))
+    }
+
+    /// `migration ls` on the pool, parsed. Panics if the shell fails or a line is not a
+    /// summary line.
+    #[track_caller]
+    pub fn migration_ls(&self, pool: &str) -> Vec<JobLine> {
+        let out = self.admin_in(pool, "migration ls\n");
+        out.assert_success("migration ls");
+        out.stdout
+            .lines()
+            .map(|l| JobLine::parse(l).unwrap_or_else(|| panic!("not a job summary line: {l:?}\n{out}")))
+            .collect()
+    }
+
+    /// `migration info <job>` on the pool; its text. Panics if the shell fails.
+    #[track_caller]
+    pub fn migration_info(&self, pool: &str, job: &str) -> String {
+        let out = self.admin_in(pool, &format!("migration info {job}\n"));
+        out.assert_success("migration info");
+        out.stdout
+    }
+
+    /// Polls `migration info <job>` until its `State` is `state`, and returns that report.
+    /// Panics if the job ends in another state (FINISHED, CANCELLED, FAILED) or `timeout`
+    /// passes first, showing the last report.
+    #[track_caller]
+    pub fn wait_for_job(&self, pool: &str, job: &str, state: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let report = self.migration_info(pool, job);
+            match report_field(&report, "State") {
+                Some(s) if s == state => return report,
+                Some("FINISHED" | "CANCELLED" | "FAILED") => {
+                    panic!("job {job} on {pool} ended, but not {state}:\n{report}")
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                panic!("job {job} on {pool} not {state} within {timeout:?}; last report:\n{report}");
+            }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// Puts one file of `len` bytes of [`sample_bytes`] content per `(len, seed)`, all with
+    /// `args`, in one `tidepool put`; returns each pnfsid with its bytes, in order. The local
+    /// copies are removed again, so large files do not pile up in [`Cluster::dir`].
+    #[track_caller]
+    pub fn put_samples(&self, pool: &str, files: &[(usize, u64)], args: &[&str]) -> Vec<(String, Vec<u8>)> {
+        let contents: Vec<Vec<u8>> = files.iter().map(|&(len, seed)| sample_bytes(len, seed)).collect();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .zip(&contents)
+            .map(|(&(_, seed), bytes)| self.write_file(&format!("sample-{seed}.dat"), bytes))
+            .collect();
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let ids = self.put_ok(pool, &refs, args);
+        for path in &paths {
+            let _ = std::fs::remove_file(path);
+        }
+        ids.into_iter().zip(contents).collect()
+    }
+
     /// `tidepool put --cluster <file> --pool POOL ARGS... FILES...`.
     pub fn put(&self, pool: &str, files: &[&Path], args: &[&str]) -> Output {
         self.put_with_key(None, pool, files, args)
@@ -881,6 +985,41 @@ mod tests {
         assert_eq!(listing.of("0000FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF").len(), 0);
         assert_eq!(PpListing::parse(&format!("{header}\nsomething else\n")), None);
         assert_eq!(PpListing::parse("incoming: 1 active of max 8, 2 queued\n"), None);
+    }
+
+    #[test]
+    fn job_summary_lines_parse_and_others_do_not() {
+        let id = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90";
+        let check = |line: &str, want: Option<(&str, &str, &str)>| {
+            let got = JobLine::parse(line);
+            let got = got.as_ref().map(|j| (j.id.as_str(), j.state.as_str(), j.command.as_str()));
+            assert_eq!(got, want, "{line:?}");
+        };
+        let copy = format!("migration copy -pnfsid={id} -- pool2");
+        check(&format!("[1] RUNNING      {copy}"), Some(("1", "RUNNING", &copy)));
+        check(
+            "[rebalance] FINISHED     migration move -id=rebalance -- pool2",
+            Some(("rebalance", "FINISHED", "migration move -id=rebalance -- pool2")),
+        );
+        check("[2] INITIALIZING migration cache -- p", Some(("2", "INITIALIZING", "migration cache -- p")));
+        check(&format!("[1] RUNNING {copy}"), None);
+        check(&format!("[1] RUNNING       {copy}"), None);
+        check(&format!("[1]  RUNNING     {copy}"), None);
+        check(&format!("[] RUNNING      {copy}"), None);
+        check("[1] Concurrency set to 2", None);
+        check("[1] running      migration copy -- p", None);
+        check("", None);
+    }
+
+    #[test]
+    fn report_fields_split_at_the_first_colon() {
+        let info =
+            "Command    : migration copy -pnfsid=x:y -- p\nState      : RUNNING\nConcurrency: 2\nRunning tasks:\n";
+        assert_eq!(report_field(info, "Command"), Some("migration copy -pnfsid=x:y -- p"));
+        assert_eq!(report_field(info, "State"), Some("RUNNING"));
+        assert_eq!(report_field(info, "Concurrency"), Some("2"));
+        assert_eq!(report_field(info, "Running tasks"), Some(""));
+        assert_eq!(report_field(info, "Total"), None);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! cargo run --release -p tidepool-tests --bin bench -- repo [--records N] [--dir DIR]
 //! cargo run --release -p tidepool-tests --bin bench -- p2p [--set large|small|both] [--concurrency N[,N..]]
 //!     [--window W[,W..]] [--batch B[,B..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]
+//! cargo run --release -p tidepool-tests --bin bench -- migration [--parts move,rerun,init] [--set large|small|both]
+//!     [--concurrency N] [--runs R] [--records N] [--cache cold|warm] [--dir DIR] [--keep]
 //! ```
 //!
 //! `repo`: fills a sled repository with N records (default 1,000,000) and a data file each
@@ -12,6 +14,10 @@
 //!
 //! `p2p`: pool-to-pool copies against `cp -r` + `sync`, `rsync -a` and an rsync daemon on
 //! loopback, over the same files; see [`p2p`].
+//!
+//! `migration`: `migration move` vacating a pool against `rsync -a` over the same files, the
+//! rerun of a finished copy job, and a job's initialisation on a pool of a million replicas;
+//! see [`migration`] (in `bench/migration.rs`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,10 @@ use tidepool_pool::admin::exec::{self, Gone, Output};
 use tidepool_pool::pool::Pool;
 use tidepool_pool::repository::{Replica, ReplicaStore, Repository, SledStore, record};
 
+/// In `bench/migration.rs`: this file is a crate root, whose modules would sit beside it.
+#[path = "bench/migration.rs"]
+mod migration;
+
 const CAPACITY: u64 = 1 << 50;
 const DATA_BYTES: usize = 512;
 
@@ -36,7 +46,8 @@ fn main() -> anyhow::Result<()> {
         Some("repo") => repo(&args[1..]),
         Some("repo-measure") => measure(Path::new(&args[1])),
         Some("p2p") => p2p::run(&args[1..]),
-        _ => bail!("usage: bench repo [--records N] [--dir DIR]\n       {}", p2p::USAGE),
+        Some("migration") => migration::run(&args[1..]),
+        _ => bail!("usage: bench repo [--records N] [--dir DIR]\n       {}\n       {}", p2p::USAGE, migration::USAGE),
     }
 }
 
@@ -243,11 +254,11 @@ mod p2p {
                              [--batch B[,B..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]";
 
     /// How long a daemon (or the rsync daemon) may take to answer after it was started.
-    const START_DEADLINE: Duration = Duration::from_secs(30);
+    pub(super) const START_DEADLINE: Duration = Duration::from_secs(30);
     /// How long a daemon may take to exit after SIGTERM (its grace is 5 s).
     const STOP_DEADLINE: Duration = Duration::from_secs(30);
     /// The pause between two `info` polls of the target while replicas arrive.
-    const POLL: Duration = Duration::from_millis(10);
+    pub(super) const POLL: Duration = Duration::from_millis(10);
     /// With every command queued and no replica arriving for this long, the harness looks
     /// whether any transfer is left at all.
     const STALL_CHECK: Duration = Duration::from_secs(3);
@@ -257,29 +268,31 @@ mod p2p {
     const QUIET_WAIT: Duration = Duration::from_secs(300);
     /// A run during which everything else used more than this share of the CPUs is marked
     /// (Tidepool's own runs show about 10%: kernel threads writing back and moving packets).
-    const DISTURBED: f64 = 0.2;
+    pub(super) const DISTURBED: f64 = 0.2;
 
     /// One data set.
     #[derive(Clone, Copy, Debug)]
-    struct DataSet {
-        name: &'static str,
-        files: usize,
-        size: usize,
+    pub(super) struct DataSet {
+        pub(super) name: &'static str,
+        pub(super) files: usize,
+        pub(super) size: usize,
         /// The default `pp set max active` of the target.
         concurrency: usize,
         /// The seed of the first file's content (`sample_bytes`); the others follow.
         seed: u64,
     }
 
-    const LARGE: DataSet = DataSet { name: "large", files: 16, size: 256 << 20, concurrency: 4, seed: 1 << 40 };
-    const SMALL: DataSet = DataSet { name: "small", files: 20_000, size: 4 << 10, concurrency: 8, seed: 2 << 40 };
+    pub(super) const LARGE: DataSet =
+        DataSet { name: "large", files: 16, size: 256 << 20, concurrency: 4, seed: 1 << 40 };
+    pub(super) const SMALL: DataSet =
+        DataSet { name: "small", files: 20_000, size: 4 << 10, concurrency: 8, seed: 2 << 40 };
 
     impl DataSet {
-        fn bytes(&self) -> u64 {
+        pub(super) fn bytes(&self) -> u64 {
             (self.files * self.size) as u64
         }
 
-        fn describe(&self) -> String {
+        pub(super) fn describe(&self) -> String {
             format!("{} files of {}", self.files, human(self.size as u64))
         }
 
@@ -290,7 +303,7 @@ mod p2p {
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum CacheMode {
+    pub(super) enum CacheMode {
         /// `sync` and drop the page cache before each timed run: every tool reads from disk.
         Cold,
         /// `sync` and read every source file before each timed run: every tool reads from memory.
@@ -356,26 +369,8 @@ mod p2p {
     pub fn run(args: &[String]) -> anyhow::Result<()> {
         let mut opts = options(args)?;
         let bins = Binaries::find()?;
-        if opts.cache == CacheMode::Cold {
-            let dropped = Command::new("sync")
-                .status()
-                .map_err(anyhow::Error::from)
-                .and_then(|_| fs::write("/proc/sys/vm/drop_caches", "3").map_err(anyhow::Error::from));
-            if let Err(e) = dropped {
-                println!(
-                    "note: cannot drop the page cache ({e}); falling back to --cache warm: every source file is \
-                     read once before each timed run, so every tool reads from memory"
-                );
-                opts.cache = CacheMode::Warm;
-            }
-        }
-        let rsync = Command::new("rsync").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !rsync {
-            println!(
-                "note: rsync is not installed (Debian: `apt-get install rsync`); the `rsync -a` and rsync daemon \
-                 comparisons are skipped"
-            );
-        }
+        opts.cache = cache_mode(opts.cache);
+        let rsync = have_rsync("the `rsync -a` and rsync daemon comparisons are skipped");
         let temp;
         let base = match &opts.dir {
             Some(d) => d.clone(),
@@ -409,13 +404,44 @@ mod p2p {
         Ok(())
     }
 
+    /// `cache`, or `Warm` (with a note) when `Cold` is asked for and the page cache cannot be
+    /// dropped here.
+    pub(super) fn cache_mode(cache: CacheMode) -> CacheMode {
+        if cache == CacheMode::Warm {
+            return cache;
+        }
+        let dropped = Command::new("sync")
+            .status()
+            .map_err(anyhow::Error::from)
+            .and_then(|_| fs::write("/proc/sys/vm/drop_caches", "3").map_err(anyhow::Error::from));
+        match dropped {
+            Ok(()) => CacheMode::Cold,
+            Err(e) => {
+                println!(
+                    "note: cannot drop the page cache ({e}); falling back to --cache warm: every source file is \
+                     read once before each timed run, so every tool reads from memory"
+                );
+                CacheMode::Warm
+            }
+        }
+    }
+
+    /// Whether `rsync` runs here; if not, says so and what is skipped (`skipped`).
+    pub(super) fn have_rsync(skipped: &str) -> bool {
+        let rsync = Command::new("rsync").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !rsync {
+            println!("note: rsync is not installed (Debian: `apt-get install rsync`); {skipped}");
+        }
+        rsync
+    }
+
     /// The daemon's binaries, beside this one in `target/<profile>/`.
-    struct Binaries {
-        tidepool: PathBuf,
+    pub(super) struct Binaries {
+        pub(super) tidepool: PathBuf,
     }
 
     impl Binaries {
-        fn find() -> anyhow::Result<Binaries> {
+        pub(super) fn find() -> anyhow::Result<Binaries> {
             let exe = std::env::current_exe()?;
             let dir = exe.parent().context("the bench binary's folder")?;
             let tidepool = dir.join("tidepool");
@@ -429,7 +455,7 @@ mod p2p {
         }
     }
 
-    fn print_machine(bins: &Binaries, base: &Path, cache: CacheMode) {
+    pub(super) fn print_machine(bins: &Binaries, base: &Path, cache: CacheMode) {
         let mem = fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|m| {
@@ -468,7 +494,7 @@ mod p2p {
     /// A note naming a daemon source file newer than the binary, if there is one.
     fn stale(binary: &Path, root: &Path) -> Option<String> {
         let built = binary.metadata().and_then(|m| m.modified()).ok()?;
-        let mut dirs: Vec<PathBuf> = ["pool/src", "p2p/src"].iter().map(|d| root.join(d)).collect();
+        let mut dirs: Vec<PathBuf> = ["pool/src", "migration/src", "p2p/src"].iter().map(|d| root.join(d)).collect();
         while let Some(dir) = dirs.pop() {
             for entry in fs::read_dir(&dir).ok()?.flatten() {
                 let meta = entry.metadata().ok()?;
@@ -511,40 +537,40 @@ mod p2p {
 
     /// What one tool did in one run.
     #[derive(Clone, Debug)]
-    struct Measure {
-        tool: String,
-        secs: f64,
-        bytes: u64,
-        files: u64,
+    pub(super) struct Measure {
+        pub(super) tool: String,
+        pub(super) secs: f64,
+        pub(super) bytes: u64,
+        pub(super) files: u64,
         /// CPU seconds (user + system) of every process of the tool.
-        cpu: f64,
+        pub(super) cpu: f64,
         /// CPU seconds of everything else on the machine during the timed run (other users,
         /// kernel threads such as writeback).
-        others: f64,
+        pub(super) others: f64,
         /// Peak resident memory of the source and target daemons, in MiB (Tidepool only).
-        rss: Option<(f64, f64)>,
+        pub(super) rss: Option<(f64, f64)>,
         /// Bytes read from and written to the data's disk during the timed run.
-        disk: Option<(u64, u64)>,
-        note: String,
+        pub(super) disk: Option<(u64, u64)>,
+        pub(super) note: String,
     }
 
     impl Measure {
-        fn mb_s(&self) -> f64 {
+        pub(super) fn mb_s(&self) -> f64 {
             self.bytes as f64 / self.secs / 1e6
         }
 
-        fn files_s(&self) -> f64 {
+        pub(super) fn files_s(&self) -> f64 {
             self.files as f64 / self.secs
         }
 
         /// Whether other processes used more than [`DISTURBED`] of the machine's CPUs during
         /// the timed run.
-        fn disturbed(&self) -> bool {
+        pub(super) fn disturbed(&self) -> bool {
             let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
             self.others > DISTURBED * cpus * self.secs
         }
 
-        fn line(&self) -> String {
+        pub(super) fn line(&self) -> String {
             let disk = match self.disk {
                 Some((r, w)) => format!("device read {:>5.0} MB, written {:>5.0} MB", r as f64 / 1e6, w as f64 / 1e6),
                 None => "disk n/a".into(),
@@ -563,14 +589,14 @@ mod p2p {
     }
 
     /// Everything one data set's runs share.
-    struct Bench<'a> {
-        set: DataSet,
-        dir: PathBuf,
-        bins: &'a Binaries,
-        cache: CacheMode,
-        key: ClusterKey,
-        manifest: Vec<(PnfsId, Checksum)>,
-        rt: tokio::runtime::Runtime,
+    pub(super) struct Bench<'a> {
+        pub(super) set: DataSet,
+        pub(super) dir: PathBuf,
+        pub(super) bins: &'a Binaries,
+        pub(super) cache: CacheMode,
+        pub(super) key: ClusterKey,
+        pub(super) manifest: Vec<(PnfsId, Checksum)>,
+        pub(super) rt: tokio::runtime::Runtime,
     }
 
     fn run_set(
@@ -582,17 +608,7 @@ mod p2p {
         rsync: bool,
     ) -> anyhow::Result<()> {
         println!("\n=== {} set: {} ({} in all) ===", set.name, set.describe(), human(set.bytes()));
-        let manifest = prepare(set, dir)?;
-        let key_path = dir.join("cluster.key");
-        if !key_path.exists() {
-            let status = Command::new(&bins.tidepool).arg("keygen").arg(&key_path).stdout(Stdio::null()).status()?;
-            if !status.success() {
-                bail!("tidepool keygen {} failed", key_path.display());
-            }
-        }
-        let key = ClusterKey::parse(&fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let b = Bench { set, dir: dir.to_path_buf(), bins, cache: opts.cache, key, manifest, rt };
+        let b = open_bench(set, dir, bins, opts.cache)?;
         let mut tools: Vec<Tool> = vec![Tool::Cp];
         if rsync {
             tools.extend([Tool::Rsync, Tool::RsyncDaemon]);
@@ -617,9 +633,34 @@ mod p2p {
         Ok(())
     }
 
+    /// Fills the set (see [`prepare`]) and makes a cluster key for it unless there is one.
+    pub(super) fn open_bench<'a>(
+        set: DataSet,
+        dir: &Path,
+        bins: &'a Binaries,
+        cache: CacheMode,
+    ) -> anyhow::Result<Bench<'a>> {
+        let manifest = prepare(set, dir)?;
+        let key = cluster_key(dir, bins)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Bench { set, dir: dir.to_path_buf(), bins, cache, key, manifest, rt })
+    }
+
+    /// `<dir>/cluster.key`, made with `tidepool keygen` unless it exists.
+    pub(super) fn cluster_key(dir: &Path, bins: &Binaries) -> anyhow::Result<ClusterKey> {
+        let key_path = dir.join("cluster.key");
+        if !key_path.exists() {
+            let status = Command::new(&bins.tidepool).arg("keygen").arg(&key_path).stdout(Stdio::null()).status()?;
+            if !status.success() {
+                bail!("tidepool keygen {} failed", key_path.display());
+            }
+        }
+        ClusterKey::parse(&fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)
+    }
+
     /// Fills the source pool and `plain/` unless `dir` already holds this very set; returns
     /// every replica's pnfsid and checksum.
-    fn prepare(set: DataSet, dir: &Path) -> anyhow::Result<Vec<(PnfsId, Checksum)>> {
+    pub(super) fn prepare(set: DataSet, dir: &Path) -> anyhow::Result<Vec<(PnfsId, Checksum)>> {
         let marker = dir.join("filled");
         if fs::read_to_string(&marker).is_ok_and(|m| m == set.marker()) {
             println!("reusing the data set in {}", dir.display());
@@ -696,7 +737,7 @@ mod p2p {
     impl Bench<'_> {
         /// Makes the caches the same for every tool: everything written so far goes to disk,
         /// then the page cache is dropped (cold) or every source file is read (warm).
-        fn settle(&self) -> anyhow::Result<()> {
+        pub(super) fn settle(&self) -> anyhow::Result<()> {
             let status = Command::new("sync").status()?;
             if !status.success() {
                 bail!("sync failed");
@@ -714,11 +755,11 @@ mod p2p {
             Ok(())
         }
 
-        fn plain(&self) -> PathBuf {
+        pub(super) fn plain(&self) -> PathBuf {
             self.dir.join("plain")
         }
 
-        fn disk(&self) -> Option<(u64, u64)> {
+        pub(super) fn disk(&self) -> Option<(u64, u64)> {
             disk_bytes(&self.dir)
         }
     }
@@ -753,7 +794,7 @@ mod p2p {
         Some((major, minor))
     }
 
-    fn delta(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    pub(super) fn delta(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<(u64, u64)> {
         let ((r0, w0), (r1, w1)) = (before?, after?);
         Some((r1.saturating_sub(r0), w1.saturating_sub(w0)))
     }
@@ -761,7 +802,7 @@ mod p2p {
     /// CPU seconds (user + system) of a process from /proc/<pid>/stat: its own (`utime`,
     /// `stime`) and, with `children`, also those of the children it has reaped (`cutime`,
     /// `cstime`). The kernel reports clock ticks, 100 per second on Linux.
-    fn cpu_secs(pid: &str, children: bool) -> f64 {
+    pub(super) fn cpu_secs(pid: &str, children: bool) -> f64 {
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return f64::NAN };
         // The fields after the command name in parentheses, from field 3 (state) on.
         let Some((_, rest)) = stat.rsplit_once(')') else { return f64::NAN };
@@ -776,7 +817,7 @@ mod p2p {
 
     /// Bytes a process had the storage layer read and write so far (`read_bytes` and
     /// `write_bytes` of /proc/<pid>/io: what reached or came from the disk, not the page cache).
-    fn proc_io(pid: &str) -> (u64, u64) {
+    pub(super) fn proc_io(pid: &str) -> (u64, u64) {
         let text = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         let field =
             |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0);
@@ -785,7 +826,7 @@ mod p2p {
 
     /// CPU seconds the whole machine spent busy (neither idle nor waiting for I/O) since boot,
     /// from the first line of /proc/stat (clock ticks, 100 per second).
-    fn busy_secs() -> f64 {
+    pub(super) fn busy_secs() -> f64 {
         let text = fs::read_to_string("/proc/stat").unwrap_or_default();
         let Some(cpu) = text.lines().next() else { return f64::NAN };
         let f: Vec<u64> = cpu.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
@@ -798,7 +839,7 @@ mod p2p {
 
     /// The machine is shared: waits until other processes use less than [`QUIET_CPU`] of a
     /// CPU over one second, for at most [`QUIET_WAIT`]. Returns a note if it never was.
-    fn wait_quiet() -> Option<String> {
+    pub(super) fn wait_quiet() -> Option<String> {
         let started = Instant::now();
         loop {
             let before = busy_secs();
@@ -814,13 +855,13 @@ mod p2p {
     }
 
     /// A child process that is killed if it is still running when dropped.
-    struct Proc {
+    pub(super) struct Proc {
         what: String,
         child: Option<Child>,
     }
 
     impl Proc {
-        fn spawn(what: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
+        pub(super) fn spawn(what: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
             let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
             let err = out.try_clone()?;
             let child = cmd
@@ -832,12 +873,12 @@ mod p2p {
             Ok(Proc { what: what.into(), child: Some(child) })
         }
 
-        fn pid(&self) -> String {
+        pub(super) fn pid(&self) -> String {
             self.child.as_ref().map(|c| c.id().to_string()).unwrap_or_default()
         }
 
         /// Fails if the process has exited.
-        fn check_running(&mut self, log: &Path) -> anyhow::Result<()> {
+        pub(super) fn check_running(&mut self, log: &Path) -> anyhow::Result<()> {
             let child = self.child.as_mut().context("not started")?;
             if let Some(status) = child.try_wait()? {
                 self.child = None;
@@ -854,7 +895,7 @@ mod p2p {
         }
 
         /// `VmHWM` (peak resident memory) in MiB.
-        fn peak_rss_mib(&self) -> f64 {
+        pub(super) fn peak_rss_mib(&self) -> f64 {
             fs::read_to_string(format!("/proc/{}/status", self.pid()))
                 .ok()
                 .and_then(|s| {
@@ -866,12 +907,12 @@ mod p2p {
                 .unwrap_or(f64::NAN)
         }
 
-        fn cpu(&self) -> f64 {
+        pub(super) fn cpu(&self) -> f64 {
             cpu_secs(&self.pid(), false)
         }
 
         /// SIGTERM, then waits for the exit.
-        fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        pub(super) fn stop(mut self) -> anyhow::Result<ExitStatus> {
             let mut child = self.child.take().context("not running")?;
             terminate(&child)?;
             let deadline = Instant::now() + STOP_DEADLINE;
@@ -912,18 +953,18 @@ mod p2p {
     }
 
     /// One authenticated admin connection.
-    struct Admin {
+    pub(super) struct Admin {
         conn: Connection,
     }
 
     impl Admin {
-        async fn open(addr: SocketAddr, key: &ClusterKey) -> anyhow::Result<Admin> {
+        pub(super) async fn open(addr: SocketAddr, key: &ClusterKey) -> anyhow::Result<Admin> {
             let conn = Connection::open(addr, key, "bench", Service::Admin).await?;
             Ok(Admin { conn })
         }
 
         /// Runs one command line; its output, or an error if it failed.
-        async fn run(&mut self, line: &str) -> anyhow::Result<String> {
+        pub(super) async fn run(&mut self, line: &str) -> anyhow::Result<String> {
             self.conn.send(&AdminRequest::Run { line: line.into() }).await?;
             let mut out = String::new();
             loop {
@@ -938,7 +979,7 @@ mod p2p {
     }
 
     /// Writes the cluster file (fresh loopback ports) and both pools' configs.
-    fn write_cluster(dir: &Path) -> anyhow::Result<[(SocketAddr, SocketAddr); 2]> {
+    pub(super) fn write_cluster(dir: &Path) -> anyhow::Result<[(SocketAddr, SocketAddr); 2]> {
         let ports = tidepool_tests::free_ports(4);
         let pools = [(ports[0], ports[1]), (ports[2], ports[3])];
         let file = ClusterFile {
@@ -970,18 +1011,30 @@ mod p2p {
     }
 
     /// Starts a pool daemon and returns it with an admin connection once it answers `info`.
-    fn start_pool(b: &Bench, name: &str, admin: SocketAddr) -> anyhow::Result<(Proc, Admin)> {
-        let log = b.dir.join(format!("{name}.log"));
-        let mut cmd = Command::new(&b.bins.tidepool);
-        cmd.arg("pool").arg("--config").arg(b.dir.join(format!("{name}.toml")));
+    pub(super) fn start_pool(b: &Bench, name: &str, admin: SocketAddr) -> anyhow::Result<(Proc, Admin)> {
+        start_pool_in(&b.dir, b.bins, &b.rt, &b.key, name, admin)
+    }
+
+    /// [`start_pool`] for a pool whose config (from [`write_cluster`]) is in `dir`.
+    pub(super) fn start_pool_in(
+        dir: &Path,
+        bins: &Binaries,
+        rt: &tokio::runtime::Runtime,
+        key: &ClusterKey,
+        name: &str,
+        admin: SocketAddr,
+    ) -> anyhow::Result<(Proc, Admin)> {
+        let log = dir.join(format!("{name}.log"));
+        let mut cmd = Command::new(&bins.tidepool);
+        cmd.arg("pool").arg("--config").arg(dir.join(format!("{name}.toml")));
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         let mut proc = Proc::spawn(name, &mut cmd, &log)?;
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             proc.check_running(&log)?;
             // The listeners are bound once the repository is open: until then connecting fails.
-            if let Ok(mut a) = b.rt.block_on(Admin::open(admin, &b.key)) {
-                b.rt.block_on(a.run("info"))?;
+            if let Ok(mut a) = rt.block_on(Admin::open(admin, key)) {
+                rt.block_on(a.run("info"))?;
                 return Ok((proc, a));
             }
             if Instant::now() > deadline {
@@ -1166,7 +1219,7 @@ mod p2p {
 
     /// Checks the stopped target pool: one CACHED record per source replica with the source's
     /// size and checksum, and a data file whose content has that checksum.
-    fn verify_pool(dir: &Path, manifest: &[(PnfsId, Checksum)], size: u64) -> anyhow::Result<()> {
+    pub(super) fn verify_pool(dir: &Path, manifest: &[(PnfsId, Checksum)], size: u64) -> anyhow::Result<()> {
         let store = SledStore::open(dir)?;
         let mut records: HashMap<PnfsId, Result<Replica, String>> = HashMap::new();
         store.scan_records(&mut |k, v| {
@@ -1216,7 +1269,7 @@ mod p2p {
     }
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    enum Tool {
+    pub(super) enum Tool {
         Cp,
         Rsync,
         RsyncDaemon,
@@ -1240,7 +1293,7 @@ mod p2p {
         }
     }
 
-    fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    pub(super) fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
         let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
         if !status.success() {
             bail!("{cmd:?} failed: {status}");
@@ -1251,7 +1304,7 @@ mod p2p {
     /// Times one tool copying `plain/` into a fresh `dst-<tool>/`. CPU is that of every
     /// process of the tool, which this process reaps (the rsync daemon, and with it the
     /// server processes it reaped, is stopped before the figure is read).
-    fn run_tool(b: &Bench, tool: Tool) -> anyhow::Result<Measure> {
+    pub(super) fn run_tool(b: &Bench, tool: Tool) -> anyhow::Result<Measure> {
         let dst = b.dir.join(format!("dst-{}", tool.slug()));
         if dst.exists() {
             fs::remove_dir_all(&dst)?;
@@ -1366,7 +1419,7 @@ mod p2p {
     /// the first run of an invocation, whichever tool it is, took up to twice as long and twice
     /// the CPU (seen on a Firecracker VM; presumably memory the guest has not touched for a
     /// while is slow to touch again).
-    fn warm_up(b: &Bench) -> anyhow::Result<()> {
+    pub(super) fn warm_up(b: &Bench) -> anyhow::Result<()> {
         let dst = b.dir.join("dst-warm-up");
         if dst.exists() {
             fs::remove_dir_all(&dst)?;
@@ -1400,7 +1453,7 @@ mod p2p {
         Ok(())
     }
 
-    fn median(mut v: Vec<f64>) -> f64 {
+    pub(super) fn median(mut v: Vec<f64>) -> f64 {
         v.sort_by(f64::total_cmp);
         match v.len() {
             0 => f64::NAN,
@@ -1409,7 +1462,7 @@ mod p2p {
         }
     }
 
-    fn list(v: &[f64], digits: usize) -> String {
+    pub(super) fn list(v: &[f64], digits: usize) -> String {
         v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ")
     }
 
@@ -1477,7 +1530,7 @@ mod p2p {
         round.iter().find(|m| m.tool == tool).map(|m| m.secs)
     }
 
-    fn human(bytes: u64) -> String {
+    pub(super) fn human(bytes: u64) -> String {
         match bytes {
             b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
             b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
