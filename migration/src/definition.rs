@@ -6,6 +6,7 @@ use tidepool_p2p::model::ReplicaState;
 use tidepool_p2p::{JobId, PnfsId, PoolName};
 
 use crate::MigrationError;
+use crate::expr::{self, Expr};
 use crate::filter::{FileFilter, Interval, parse_sticky};
 use crate::mode::{SourceMode, TargetMode};
 use crate::select::Strategy;
@@ -47,6 +48,21 @@ pub enum Targets {
     Pools(Vec<PoolName>),
     /// Pool groups; empty means the source pool's own group.
     PoolGroups(Vec<String>),
+    /// The pools of the pool groups of one link of the cluster file.
+    Link(String),
+    /// The pools attached to any of these HSM instances.
+    Hsm(Vec<String>),
+}
+
+/// `-target-deficit-mode`: what a file gets when fewer targets can take it than replicas are
+/// wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeficitMode {
+    /// Wait (retry) until enough targets can take it.
+    Wait,
+    /// Make as many replicas as possible now, and note the shortfall. A destructive source
+    /// mode (delete, removable) is never applied to such a file (dCache did, §10 item 25).
+    Limit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +89,13 @@ pub struct JobDefinition {
     pub exclude: Vec<String>,
     /// Seconds; `None`: the module's default.
     pub refresh: Option<u64>,
+    /// Target filters (§7.4); `include_when` is ignored when `-include` is given.
+    pub include_when: Option<Expr>,
+    pub exclude_when: Option<Expr>,
+    /// Lifetime conditions (§3.5, §3.8).
+    pub pause_when: Option<Expr>,
+    pub stop_when: Option<Expr>,
+    pub deficit: DeficitMode,
 }
 
 /// The options of one command line, as the admin layer parsed them.
@@ -87,7 +110,22 @@ pub trait Options {
 }
 
 /// Options a later issue adds; refused clearly until then.
-pub const NOT_YET: &[&str] = &["include-when", "exclude-when", "pause-when", "stop-when", "target-deficit-mode"];
+pub const NOT_YET: &[&str] = &[];
+
+/// Parses and type-checks an expression option; an error names the option and points at the
+/// offending token of the expression.
+fn expression(
+    opts: &dyn Options,
+    name: &str,
+    symbols: &dyn Fn(&str) -> Option<expr::Type>,
+) -> Result<Option<Expr>, MigrationError> {
+    match last(opts, name) {
+        None => Ok(None),
+        Some(text) => expr::parse_boolean(&text, symbols)
+            .map(Some)
+            .map_err(|e| MigrationError::invalid(format!("-{name}: {}", e.render(&text)))),
+    }
+}
 
 fn last(opts: &dyn Options, name: &str) -> Option<String> {
     opts.values(name).pop()
@@ -127,6 +165,18 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     if permanent && order.is_some() {
         return Err(MigrationError::invalid("Permanent jobs cannot be ordered"));
     }
+    if permanent && opts.given("stop-when") {
+        return Err(MigrationError::invalid("Permanent jobs cannot have a stop condition."));
+    }
+    let include_when = expression(opts, "include-when", &expr::target_symbols)?;
+    let exclude_when = expression(opts, "exclude-when", &expr::target_symbols)?;
+    let pause_when = expression(opts, "pause-when", &expr::lifetime_symbols)?;
+    let stop_when = expression(opts, "stop-when", &expr::lifetime_symbols)?;
+    let deficit = match last(opts, "target-deficit-mode").as_deref() {
+        None | Some("wait") => DeficitMode::Wait,
+        Some("limit") => DeficitMode::Limit,
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+    };
     let replicas = number::<i64>(opts, "replicas")?.unwrap_or(1);
     if replicas < 1 {
         return Err(MigrationError::invalid("Number of replicas must be positive."));
@@ -172,7 +222,22 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
             Targets::Pools(pools)
         }
         Some("pgroup") => Targets::PoolGroups(targets.to_vec()),
-        Some(v @ ("link" | "hsm")) => return Err(MigrationError::invalid(format!("-target={v} is not supported yet"))),
+        Some("link") => match targets {
+            [one] => Targets::Link(one.clone()),
+            [] => return Err(MigrationError::invalid("target(s) required when target type is link")),
+            many => {
+                return Err(MigrationError::invalid(format!(
+                    "[{}]: Only one target supported for -type=link",
+                    many.join(", ")
+                )));
+            }
+        },
+        Some("hsm") => {
+            if targets.is_empty() {
+                return Err(MigrationError::invalid("target(s) required when target type is hsm"));
+            }
+            Targets::Hsm(targets.to_vec())
+        }
         Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
     };
     let id = match last(opts, "id") {
@@ -200,6 +265,11 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         include: list(opts, "include"),
         exclude: list(opts, "exclude"),
         refresh,
+        include_when,
+        exclude_when,
+        pause_when,
+        stop_when,
+        deficit,
     })
 }
 
@@ -362,8 +432,25 @@ mod tests {
             (&["-size=5..1"], &["p"], "5..1: Invalid interval"),
             (&["-select=best"], &["p"], "Invalid value: best"),
             (&["-target=cell"], &["p"], "Invalid value: cell"),
-            (&["-target=link"], &["l"], "-target=link is not supported yet"),
-            (&["-stop-when=true"], &["p"], "-stop-when is not supported yet"),
+            (&["-target=link"], &["l", "m"], "[l, m]: Only one target supported for -type=link"),
+            (&["-target=hsm"], &[], "target(s) required when target type is hsm"),
+            (&["-permanent", "-stop-when=true"], &["p"], "Permanent jobs cannot have a stop condition."),
+            (
+                &["-stop-when=queue.files"],
+                &["p"],
+                "-stop-when: the expression must be a condition (BOOLEAN), found NUMBER\n  queue.files\n  ^",
+            ),
+            (
+                &["-include-when=target.colour == 1"],
+                &["p"],
+                "-include-when: unknown symbol `target.colour`\n  target.colour == 1\n  ^",
+            ),
+            (
+                &["-pause-when=target.free > 0"],
+                &["p"],
+                "-pause-when: unknown symbol `target.free`\n  target.free > 0\n  ^",
+            ),
+            (&["-target-deficit-mode=some"], &["p"], "Invalid value: some"),
             (&["-concurrency=-1"], &["p"], "Concurrency must not be negative."),
             (&["-refresh=0"], &["p"], "The refresh period must be at least 1 second."),
             (&[], &["pool/2"], "\"pool/2\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'"),

@@ -106,6 +106,12 @@ pub trait Env: Send + Sync + 'static {
     /// The pool groups `pool` belongs to.
     fn groups_of(&self, pool: &PoolName) -> Vec<String>;
 
+    /// The pool groups of a link of the cluster file; `None` if there is no such link.
+    fn link(&self, name: &str) -> Option<Vec<String>>;
+
+    /// The pools attached to an HSM instance, in cluster-file order.
+    fn hsm_pools(&self, hsm: &str) -> Vec<PoolName>;
+
     /// Sends a request to another pool and waits (bounded) for its reply.
     fn request(
         &self,

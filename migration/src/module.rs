@@ -24,15 +24,16 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
-use crate::definition::{JobDefinition, Order, Pins};
+use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{Entry, Env, Pull};
+use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::mode::{SourceState, TargetState};
 use crate::queue::{Backoff, Queue, Removal};
 use crate::report::{self, FailureLine, JobReport, NoteLine, TaskLine};
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
-use crate::targets::{self, Cluster};
+use crate::targets::{self, Cluster, pool_value};
 use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers};
 use crate::update::plan_update;
 
@@ -244,6 +245,8 @@ struct TargetInfo {
     misses: u32,
     /// Offline since (a pool never seen online: since the job started).
     offline_since: Option<tokio::time::Instant>,
+    /// Passes `-include-when` and `-exclude-when` (evaluated at each refresh).
+    eligible: bool,
 }
 
 struct Running {
@@ -886,12 +889,13 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None })
+                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None, eligible: true })
             });
         }
         let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
         infos.sort_by_key(|(i, _)| *i);
         let now = tokio::time::Instant::now();
+        let source = self.env.cost();
         self.with(job, |cx| {
             cx.s.refreshing = false;
             let before = cx.s.infos.take().unwrap_or_default();
@@ -912,7 +916,13 @@ impl<E: Env> Module<E> {
                     }
                     t
                 })
-                .collect();
+                .collect::<Vec<TargetInfo>>();
+            let mut infos = infos;
+            for t in infos.iter_mut() {
+                if let Some(cost) = t.cost {
+                    t.eligible = cx.eligible(&source, &t.name, &cost);
+                }
+            }
             cx.s.infos = Some(infos);
             if cx.s.state == JobState::Sleeping && online(cx.s).next().is_some() {
                 // The targets are known now: no need to wait for the next look.
@@ -974,6 +984,9 @@ impl<E: Env> Module<E> {
                                 cx.s.wake_at = None;
                                 if cx.s.state == JobState::Sleeping {
                                     cx.set_state(JobState::Running);
+                                }
+                                if cx.s.state == JobState::Paused {
+                                    cx.pause_check();
                                 }
                                 let none_online = online(cx.s).next().is_none();
                                 let go = none_online && !cx.s.refreshing;
@@ -1367,12 +1380,22 @@ impl<E: Env> Cx<'_, E> {
             self.set_state(JobState::Finished);
             return;
         }
+        if state == JobState::Stopping && self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+            return;
+        }
         if state != JobState::Running {
             return;
         }
         let now = self.m.env.now();
         self.s.queue.wake(now);
-        if self.s.infos.is_none() || online(self.s).next().is_none() {
+        // The lifetime conditions come before the targets: `-stop-when='targets == 0'` must
+        // stop a job that has no usable target left.
+        if self.s.infos.is_some() && self.s.queue.queued_count() > 0 && self.lifetime_conditions() {
+            return;
+        }
+        let wait = self.job.def.deficit == DeficitMode::Wait;
+        if self.s.infos.is_none() || (wait && online(self.s).next().is_none()) {
             // Targets not known yet, or none online: look again later.
             self.sleep(now);
             return;
@@ -1414,6 +1437,107 @@ impl<E: Env> Cx<'_, E> {
         } else if let Some(at) = self.s.queue.next_retry() {
             self.wake_at(at, now);
         }
+    }
+
+    /// `-stop-when` and `-pause-when` (reference §3.5 step 5, §3.8); true if one of them held
+    /// and the job stopped or paused.
+    fn lifetime_conditions(&mut self) -> bool {
+        if let Some(stop) = self.job.def.stop_when.clone()
+            && self.condition(&stop, "-stop-when")
+        {
+            self.stop();
+            return true;
+        }
+        if let Some(pause) = self.job.def.pause_when.clone()
+            && self.condition(&pause, "-pause-when")
+        {
+            self.set_state(JobState::Paused);
+            self.arm_pause_check();
+            return true;
+        }
+        false
+    }
+
+    /// A PAUSED job looks again every 10 s for as long as the condition holds (dCache looked
+    /// once, §10 item 28); the stop condition is looked at first.
+    fn pause_check(&mut self) {
+        if let Some(stop) = self.job.def.stop_when.clone()
+            && self.condition(&stop, "-stop-when")
+        {
+            self.stop();
+            return;
+        }
+        match self.job.def.pause_when.clone() {
+            Some(pause) if self.condition(&pause, "-pause-when") => self.arm_pause_check(),
+            _ => self.set_state(JobState::Running),
+        }
+    }
+
+    fn arm_pause_check(&mut self) {
+        let now = self.m.env.now();
+        self.s.wake_at = None;
+        self.wake_at(now + self.m.settings.sleep.as_millis() as i64, now);
+    }
+
+    /// Stops the job: no new task; FINISHED once the running ones end.
+    fn stop(&mut self) {
+        tracing::info!(job = %self.job.id.lock(), "stop condition holds; the job stops");
+        if self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+        } else {
+            self.set_state(JobState::Stopping);
+        }
+    }
+
+    /// Evaluates a lifetime condition; an error is noted and counts as false.
+    fn condition(&mut self, e: &Expr, option: &str) -> bool {
+        let source = self.m.env.cost();
+        let name = self.m.env.name().clone();
+        let files = (self.s.queue.queued_count() + self.s.queue.waiting()) as f64;
+        let bytes = self.s.queue.bytes_left() as f64;
+        let targets = online(self.s).count() as f64;
+        let now = chrono::Local::now();
+        let values = |sym: &str| -> Option<Value> {
+            match sym {
+                "queue.files" => Some(Value::Number(files)),
+                "queue.bytes" => Some(Value::Number(bytes)),
+                "targets" => Some(Value::Number(targets)),
+                _ => sym
+                    .strip_prefix("source.")
+                    .and_then(|field| pool_value(&name, &source, field))
+                    .or_else(|| expr::time_value(sym, &now)),
+            }
+        };
+        match e.eval_bool(&values) {
+            Ok(b) => b,
+            Err(err) => {
+                self.note(None, None, format!("{option} could not be evaluated ({}); taken as false", err.message));
+                false
+            }
+        }
+    }
+
+    /// Whether a target passes `-include-when` (unless `-include` was given) and
+    /// `-exclude-when` (reference §7.4); one that cannot be evaluated is left out, with a note.
+    fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
+        let def = &self.job.def;
+        if def.include_when.is_none() && def.exclude_when.is_none() {
+            return true;
+        }
+        let source_name = self.m.env.name().clone();
+        let now = chrono::Local::now();
+        let verdict = targets::passes(
+            def.include_when.as_ref(),
+            def.exclude_when.as_ref(),
+            !def.include.is_empty(),
+            (&source_name, source),
+            (target, cost),
+            &now,
+        );
+        verdict.unwrap_or_else(|e| {
+            self.note(None, None, format!("the target filter failed for {target} ({}); it is left out", e.message));
+            false
+        })
     }
 
     fn sleep(&mut self, now: EpochMillis) {
@@ -1485,6 +1609,7 @@ impl<E: Env> Cx<'_, E> {
             eager: def.eager,
             meta_only: def.meta_only,
             pins: !pins.is_empty(),
+            wait_for_targets: def.deficit == DeficitMode::Wait,
             timers: self.m.settings.timers.clone(),
         };
         let base = self.m.epoch | ((task_id.0 & 0xfff_ffff) << 12);
@@ -1629,11 +1754,13 @@ impl<E: Env> Cx<'_, E> {
             Outcome::Done { replicas } => {
                 // The source mode comes first (§3.7); the file counts as done after it.
                 r.finishing = true;
-                let moved_pins = if r.task.replicas().is_empty() {
-                    Vec::new()
-                } else {
-                    r.pins.iter().map(|p| p.owner.clone()).collect()
-                };
+                let moved_pins =
+                    if r.task.pins_moved() { r.pins.iter().map(|p| p.owner.clone()).collect() } else { Vec::new() };
+                if replicas.len() < self.job.def.replicas {
+                    let (n, wanted) = (replicas.len(), self.job.def.replicas);
+                    let msg = format!("File replicas truncated at {n} due to pool availability ({wanted} requested)");
+                    self.note(Some(task), Some(id), msg);
+                }
                 tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
                 self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins });
             }
@@ -1711,7 +1838,7 @@ impl<E: Env> Cx<'_, E> {
 
 /// The targets online at the last refresh.
 fn online(s: &JobInner) -> impl Iterator<Item = &TargetInfo> {
-    s.infos.iter().flatten().filter(|t| t.cost.is_some())
+    s.infos.iter().flatten().filter(|t| t.cost.is_some() && t.eligible)
 }
 
 fn rate(s: &JobInner) -> Option<f64> {
@@ -1750,6 +1877,12 @@ impl<E: Env> Cluster for EnvCluster<'_, E> {
     }
     fn groups_of(&self, pool: &PoolName) -> Vec<String> {
         self.0.groups_of(pool)
+    }
+    fn link(&self, name: &str) -> Option<Vec<String>> {
+        self.0.link(name)
+    }
+    fn hsm_pools(&self, hsm: &str) -> Vec<PoolName> {
+        self.0.hsm_pools(hsm)
     }
 }
 
@@ -1812,9 +1945,10 @@ fn apply_source_mode<E: Env>(
     }
     let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !moved_pins.contains(&r.owner));
     let mode = job.def.smode.state;
-    if matches!(mode, SourceState::Removable | SourceState::Delete) && confirmed == 0 {
-        // Safety rule 5: never destroy a source no target confirmed.
-        return Err(RemoteError::new(ErrorCode::Internal, "no confirmed copy; the source is left as it is"));
+    if matches!(mode, SourceState::Removable | SourceState::Delete) && confirmed < job.def.replicas {
+        // Safety rule 5: a source short of its confirmed copies (-target-deficit-mode=limit)
+        // is neither deleted nor released (dCache could delete the only copy, §10 item 25).
+        return Ok(());
     }
     let listed = |owner: &str| job.smode.iter().any(|r| r.owner == owner);
     let set_listed = || -> Result<(), RemoteError> {

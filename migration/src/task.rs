@@ -178,6 +178,9 @@ pub struct TaskPlan {
     pub meta_only: bool,
     /// The source has pins to move.
     pub pins: bool,
+    /// `-target-deficit-mode=wait`: with no target for a wanted replica, fail (and retry
+    /// later); otherwise finish with the replicas there are.
+    pub wait_for_targets: bool,
     pub timers: TaskTimers,
 }
 
@@ -266,6 +269,11 @@ impl Task {
 
     pub fn replicas(&self) -> &BTreeSet<PoolName> {
         &self.replicas
+    }
+
+    /// Whether a confirmed copy carried the pins.
+    pub fn pins_moved(&self) -> bool {
+        self.pins_moved
     }
 
     fn is_current(&self, attempt: AttemptId) -> bool {
@@ -484,6 +492,12 @@ impl Task {
                 self.state = TaskState::InitiatingCopy;
                 fx.push(Effect::Copy { target, attempt, existing: false, pins });
             }
+            Err(_) if !self.plan.wait_for_targets => {
+                // `-target-deficit-mode=limit`: as many replicas as there can be now (perhaps
+                // none); the job notes the shortfall and never destroys such a source.
+                self.current = None;
+                self.finish(Outcome::Done { replicas: self.replicas.iter().cloned().collect() }, fx);
+            }
             Err(reason) => {
                 self.current = None;
                 self.fail(false, err(ErrorCode::Offline, format!("No targets available: {reason}")), fx);
@@ -566,7 +580,7 @@ mod tests {
     }
 
     fn plan(replicas: usize, eager: bool, meta_only: bool, pins: bool) -> TaskPlan {
-        TaskPlan { replicas, eager, meta_only, pins, timers: TaskTimers::default() }
+        TaskPlan { replicas, eager, meta_only, pins, wait_for_targets: true, timers: TaskTimers::default() }
     }
 
     /// A selector that picks the lowest-numbered pool of 1..=5 not excluded.
@@ -796,6 +810,31 @@ mod tests {
         assert!(fx.iter().any(transient("Transfer to pool1 failed (boom)")), "{fx:?}");
         assert!(
             matches!(&fx[..], [Effect::Finish(Outcome::Failed { error, .. })] if error.code() == Some(ErrorCode::PoolFull))
+        );
+    }
+
+    #[test]
+    fn with_limit_a_task_without_targets_ends_with_the_replicas_it_has() {
+        let limit = TaskPlan { wait_for_targets: false, ..plan(2, false, false, true) };
+        let only_one = |exclude: &BTreeSet<PoolName>| {
+            if exclude.contains(&pool(1)) { Err(NoTarget::AllFull) } else { Ok(pool(1)) }
+        };
+        let task = check(
+            limit.clone(),
+            &only_one,
+            vec![
+                (TaskEvent::Start, vec![Effect::Locate]),
+                (TaskEvent::Located { holders: vec![] }, vec![copy(1, A1, false, false)]),
+                (ok(A1, 1), vec![done(&[1])]),
+            ],
+            TaskState::Done,
+        );
+        assert!(!task.pins_moved(), "the pins go only with the copy that completes the replicas");
+        check(
+            limit,
+            &none,
+            vec![(TaskEvent::Start, vec![Effect::Locate]), (TaskEvent::Located { holders: vec![] }, vec![done(&[])])],
+            TaskState::Done,
         );
     }
 

@@ -831,3 +831,88 @@ fn targets_restarting_together_cause_no_extra_copies_for_a_non_eager_job() {
         sim.assert_no_violations();
     });
 }
+
+// Lifetime conditions and the deficit mode (reference §3.5, §3.8; issue 5).
+
+/// `-pause-when` pauses the job while the condition holds, keeps checking every 10 s (dCache
+/// checked once), and resumes when it no longer holds.
+#[test]
+fn pause_when_pauses_and_resumes_as_the_condition_changes() {
+    run("pause_when_pauses_and_resumes_as_the_condition_changes", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2"], Faults::jitter()));
+        let files = sim.fill("p1", 6);
+        // A big file on p1 makes the condition true.
+        let ballast = sim.add_file("p1", FileSpec::precious(300_000));
+        let job = sim.create("p1", JobKind::Copy, &["-pause-when=source.used > 200000"], &["p2"]);
+        sim.wait("p1", &job, HOUR, |s| s == JobState::Paused).await;
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(sim.state("p1", &job), JobState::Paused, "still paused: the condition still holds");
+        assert_eq!(sim.world.stats().pulls_started, 0, "a paused job starts nothing");
+
+        sim.delete_file("p1", ballast);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished, "resumed once it no longer held");
+        sim.settle().await;
+        for f in &files {
+            assert!(sim.repo("p2").contains_key(f), "{f} copied after the pause");
+        }
+        sim.assert_no_violations();
+    });
+}
+
+/// `-stop-when='source.used <= X'` stops a move at the threshold: the job finishes once its
+/// running tasks end, the source keeps the rest, and no file is lost or half made.
+#[test]
+fn stop_when_ends_a_move_at_its_threshold() {
+    run("stop_when_ends_a_move_at_its_threshold", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
+        config.pull_time = Duration::from_secs(5);
+        let mut sim = Sim::new(seed, config);
+        let files: Vec<PnfsId> = (0..20).map(|_| sim.add_file("p1", FileSpec::cached(10_000))).collect();
+        let job = sim.create("p1", JobKind::Move, &["-stop-when=source.used <= 100000", "-concurrency=3"], &["p2"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        let left = sim.repo("p1").len();
+        let moved = sim.repo("p2").len();
+        assert!(left > 0 && left <= 10, "the move stopped at the threshold: {left} files left on p1");
+        assert!(left >= 10 - 3, "it stopped soon after: only the running tasks went on ({left} left)");
+        assert_eq!(left + moved, files.len(), "every file is in exactly one place");
+        assert!(sim.partial().is_empty(), "no half-made replica: {:?}", sim.partial());
+        let info = sim.info("p1", &job);
+        assert_eq!(running_tasks(&info), 0, "{info}");
+        sim.assert_no_violations();
+    });
+}
+
+/// `-target-deficit-mode=limit` makes the replicas it can and notes the shortfall, but a
+/// move never deletes a source that is short of its copies (dCache could delete the only one).
+#[test]
+fn deficit_limit_never_deletes_a_source_short_of_its_copies() {
+    run("deficit_limit_never_deletes_a_source_short_of_its_copies", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        let files = sim.fill("p1", 5);
+        sim.set_offline("p3", true);
+        let words = ["-target-deficit-mode=limit", "-replicas=2"];
+        let job = sim.create("p1", JobKind::Move, &words, &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        for f in &files {
+            assert!(sim.repo("p1").contains_key(f), "{f}: the source is kept with one copy of two");
+            assert!(sim.repo("p2").contains_key(f), "{f}: the one copy possible was made");
+        }
+        assert!(sim.info("p1", &job).contains("File replicas truncated at 1 due to pool availability (2 requested)"));
+
+        // No usable target at all: nothing is copied, nothing deleted, and the job ends.
+        sim.set_offline("p2", true);
+        let more = sim.fill("p1", 3);
+        let ids: Vec<String> = more.iter().map(|i| i.to_string()).collect();
+        let only = format!("-pnfsid={}", ids.join(","));
+        let job = sim.create("p1", JobKind::Move, &["-target-deficit-mode=limit", &only], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        for f in &more {
+            assert_eq!(sim.holders(f).len(), 1, "{f}: no copy, and the source kept");
+            assert!(sim.repo("p1").contains_key(f));
+        }
+        sim.assert_no_violations();
+    });
+}

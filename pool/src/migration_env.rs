@@ -192,6 +192,14 @@ impl Env for PoolEnv {
         self.cluster.pool(pool).map(|p| p.groups.clone()).unwrap_or_default()
     }
 
+    fn link(&self, name: &str) -> Option<Vec<String>> {
+        self.cluster.links.iter().find(|l| l.name == name).map(|l| l.groups.clone())
+    }
+
+    fn hsm_pools(&self, hsm: &str) -> Vec<PoolName> {
+        self.cluster.pools.iter().filter(|p| p.hsm.iter().any(|h| h == hsm)).map(|p| p.name.clone()).collect()
+    }
+
     fn request(
         &self,
         to: &PoolName,

@@ -973,6 +973,14 @@ impl Env for SimEnv {
         self.world.config.pools.iter().find(|p| p.name == *pool).map(|p| p.groups.clone()).unwrap_or_default()
     }
 
+    fn link(&self, _name: &str) -> Option<Vec<String>> {
+        None
+    }
+
+    fn hsm_pools(&self, _hsm: &str) -> Vec<PoolName> {
+        Vec::new()
+    }
+
     fn request(
         &self,
         to: &PoolName,

@@ -725,7 +725,10 @@ mod tests {
             // Bad lines make no job, whether the parser or the module refuses them.
             assert_eq!(refused(pool, "migration copy -replicas=0 pool2"), "Number of replicas must be positive.");
             assert_eq!(refused(pool, "migration move"), "target(s) required when target type is pool");
-            assert_eq!(refused(pool, "migration copy -stop-when=true pool2"), "-stop-when is not supported yet");
+            assert_eq!(
+                refused(pool, "migration copy -permanent -stop-when=true pool2"),
+                "Permanent jobs cannot have a stop condition."
+            );
             assert_eq!(refused(pool, "migration copy pool9"), "pool pool9 is not in the cluster file");
             let err = run(pool, "migration copy -nosuch pool2").unwrap_err();
             assert_eq!(err.code, ErrorCode::Syntax.as_u32());

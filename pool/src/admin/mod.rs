@@ -179,7 +179,10 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
         "id",
         "job id (default: the next free number); a FINISHED, FAILED or CANCELLED job of that id is replaced",
     ),
-    flag("permanent", "keep running: also migrate replicas that arrive or change later (not supported yet: refused)"),
+    flag(
+        "permanent",
+        "keep running: also migrate replicas that arrive or change later (not with -order or -stop-when)",
+    ),
     valued("state", "cached|precious", "only replicas in this state (default: both)"),
     valued("storage", "class", "only replicas of exactly this storage class"),
     valued("cache", "class", "only replicas of exactly this cache class; -cache= selects those without one"),
@@ -235,7 +238,7 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
     valued(
         "target",
         "pool|pgroup|link|hsm",
-        "the targets are pools, or pool groups (none named: this pool's own group) (default: pool; link and hsm are not supported yet)",
+        "the targets are pools; pool groups (none named: this pool's own group); the pool groups of one link; or the pools attached to the named HSMs (default: pool)",
     ),
     valued(
         "select",
@@ -255,14 +258,30 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
         "seconds",
         "how often the targets' space and load are fetched again (default: the pool config's, 300)",
     ),
-    valued("include-when", "expression", "only target pools for which the expression holds (not supported yet)"),
-    valued("exclude-when", "expression", "no target pool for which the expression holds (not supported yet)"),
-    valued("pause-when", "expression", "start no new task while the expression holds (not supported yet)"),
-    valued("stop-when", "expression", "end the job when the expression holds (not supported yet)"),
+    valued(
+        "include-when",
+        "expression",
+        "only target pools for which the expression holds; symbols source.* and target.* (name cpuCost free total removable used), time.hour, time.weekday (default: true; ignored with -include)",
+    ),
+    valued(
+        "exclude-when",
+        "expression",
+        "no target pool for which the expression holds; symbols as -include-when (default: false)",
+    ),
+    valued(
+        "pause-when",
+        "expression",
+        "start no new task while the expression holds (PAUSED, checked every 10 s); symbols source.*, queue.files, queue.bytes, targets, time.hour, time.weekday",
+    ),
+    valued(
+        "stop-when",
+        "expression",
+        "when the expression holds, start no new task and finish once the running ones end (STOPPING); symbols as -pause-when; not with -permanent",
+    ),
     valued(
         "target-deficit-mode",
         "wait|limit",
-        "with too few targets: wait for more, or make as many copies as possible (not supported yet; Tidepool waits)",
+        "with fewer usable targets than -replicas: wait for more, or make as many copies as possible now and note the shortfall; limit never deletes or releases a source short of its copies (default: wait)",
     ),
 ];
 
@@ -515,15 +534,15 @@ pub static COMMANDS: &[CommandSpec] = &[
             "(-state -storage -cache -pnfsid -al -rp -size -accessed -sticky; none: every CACHED and\n",
             "PRECIOUS replica) to the targets, one task per file, and starts it. The reply is the job's\n",
             "summary line: [<id>] <STATE> <command line>. A bad option creates no job.\n",
-            "The targets are pools of the cluster file, or with -target=pgroup its pool groups.\n",
+            "The targets are pools of the cluster file, or with -target=pgroup|link|hsm its pool groups, a\n",
+            "link's groups, or the pools attached to HSMs. -include-when/-exclude-when filter the targets,\n",
+            "-pause-when/-stop-when steer the job; expressions are checked before the job is created.\n",
             "Defaults of migration copy: -smode=same -tmode=same -pins=keep, -verify and -atime off,\n",
             "-select=proportional -target=pool -replicas=1; -concurrency from `migration get\n",
             "concurrency-default`; -refresh from the pool config (300 s).\n",
             "A file that fails is retried later, after a back-off that doubles (10 s to 10 minutes unless\n",
             "configured); `migration info -failed` shows the last error of each. `migration ls` and\n",
-            "`migration info` follow the job.\n",
-            "Not supported yet (refused): -permanent -include-when -exclude-when -pause-when -stop-when\n",
-            "-target-deficit-mode, and -target=link|hsm.",
+            "`migration info` follow the job.",
         ),
         options: MIGRATION_JOB_OPTIONS,
         examples: &[
@@ -544,7 +563,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "A source replica is deleted only after its copy is committed on the target (data and record\n",
             "on disk, checksum verified); pins move with it. To vacate a pool: `pool disable -rdonly`,\n",
             "then `migration move -target=pgroup` or `migration move <pools...>`.\n",
-            "See `help migration copy` for the filters, the retries and what is not supported yet.",
+            "See `help migration copy` for the filters, the targets and the retries.",
         ),
         options: MIGRATION_JOB_OPTIONS,
         examples: &[
@@ -562,7 +581,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         details: concat!(
             "As migration copy, with -tmode=cached by default (other defaults as copy: -smode=same\n",
             "-pins=keep, -verify and -atime off). Spreads popular files over cache pools.\n",
-            "See `help migration copy` for the filters, the retries and what is not supported yet.",
+            "See `help migration copy` for the filters, the targets and the retries.",
         ),
         options: MIGRATION_JOB_OPTIONS,
         examples: &[
@@ -1144,12 +1163,20 @@ mod tests {
             ("migration copy -size=5..1 pool2", "5..1: Invalid interval"),
             ("migration copy -select=best pool2", "Invalid value: best"),
             ("migration copy -target=cell pool2", "Invalid value: cell"),
-            ("migration copy -target=link l", "-target=link is not supported yet"),
-            ("migration move -include-when='target.free > 0' pool2", "-include-when is not supported yet"),
-            ("migration move -exclude-when=false pool2", "-exclude-when is not supported yet"),
-            ("migration move -pause-when='queue.files > 10' pool2", "-pause-when is not supported yet"),
-            ("migration move -stop-when='targets == 0' pool2", "-stop-when is not supported yet"),
-            ("migration move -target-deficit-mode=limit pool2", "-target-deficit-mode is not supported yet"),
+            ("migration copy -target=link l m", "[l, m]: Only one target supported for -type=link"),
+            (
+                "migration move -include-when='target.free >' pool2",
+                "-include-when: expected a number, string, name or `(`, found the end of the expression\n  target.free >\n               ^",
+            ),
+            (
+                "migration move -stop-when='targets' pool2",
+                "-stop-when: the expression must be a condition (BOOLEAN), found NUMBER\n  targets\n  ^",
+            ),
+            (
+                "migration move -permanent -stop-when='targets == 0' pool2",
+                "Permanent jobs cannot have a stop condition.",
+            ),
+            ("migration move -target-deficit-mode=some pool2", "Invalid value: some"),
             ("migration copy -refresh=0 pool2", "The refresh period must be at least 1 second."),
             (
                 "migration copy pool/2",
@@ -1221,7 +1248,7 @@ mod tests {
             "(default: proportional)",
             "(default: 1)",
             "(default: the pool config's, 300)",
-            "not supported yet",
+            "(default: wait)",
         ] {
             assert!(help.contains(default), "help migration copy lacks {default:?}");
         }
