@@ -95,6 +95,8 @@ pub struct Module<E: Env> {
     /// from before a restart matches no attempt of this run.
     epoch: u64,
     default_concurrency: AtomicUsize,
+    /// Seconds.
+    default_refresh: AtomicU64,
     shutting_down: AtomicBool,
     /// Ends every copy served as a target (shutdown).
     serving: CancellationToken,
@@ -120,6 +122,8 @@ pub struct SavedJob {
 #[derive(Debug, Default)]
 pub struct SavedSet {
     pub default_concurrency: Option<usize>,
+    /// Seconds.
+    pub default_refresh: Option<u64>,
     pub jobs: Vec<Result<SavedJob, String>>,
 }
 
@@ -308,6 +312,7 @@ impl<E: Env> Module<E> {
             env,
             rt: Handle::current(),
             default_concurrency: AtomicUsize::new(settings.default_concurrency),
+            default_refresh: AtomicU64::new(settings.refresh.as_secs().max(1)),
             settings,
             jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1 }),
             locks: Mutex::new(HashMap::new()),
@@ -377,7 +382,7 @@ impl<E: Env> Module<E> {
         let smode = def.smode.records.iter().map(|r| r.at(now)).collect();
         let tmode = def.tmode.records.iter().map(|r| r.at(now)).collect();
         let concurrency = concurrency.or(def.concurrency).unwrap_or_else(|| self.default_concurrency());
-        let refresh = def.refresh.map(Duration::from_secs).unwrap_or(self.settings.refresh);
+        let refresh = Duration::from_secs(def.refresh.unwrap_or_else(|| self.default_refresh()));
         let job = {
             let mut jobs = self.jobs.lock();
             let id = match &id {
@@ -488,7 +493,11 @@ impl<E: Env> Module<E> {
     pub fn save_text(&self) -> (String, Vec<SavedJob>) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
         let saved: Vec<SavedJob> = jobs.iter().filter_map(|j| self.saved_form(j)).collect();
-        let mut text = format!("{SAVE_HEADER}\nconcurrency-default {}\n", self.default_concurrency());
+        let mut text = format!(
+            "{SAVE_HEADER}\nconcurrency-default {}\nrefresh-default {}\n",
+            self.default_concurrency(),
+            self.default_refresh()
+        );
         for j in &saved {
             text.push_str("job ");
             text.push_str(&serde_json::to_string(j).expect("a saved job always serialises"));
@@ -517,6 +526,11 @@ impl<E: Env> Module<E> {
                 match v.parse::<usize>() {
                     Ok(c) => set.default_concurrency = Some(c),
                     Err(_) => set.jobs.push(Err(format!("line {at}: bad concurrency-default {v:?}"))),
+                }
+            } else if let Some(v) = line.strip_prefix("refresh-default ") {
+                match v.parse::<u64>() {
+                    Ok(r) if r >= 1 => set.default_refresh = Some(r),
+                    _ => set.jobs.push(Err(format!("line {at}: bad refresh-default {v:?}"))),
                 }
             } else if let Some(json) = line.strip_prefix("job ") {
                 set.jobs.push(serde_json::from_str(json).map_err(|e| format!("line {at}: unreadable job ({e})")));
@@ -683,6 +697,15 @@ impl<E: Env> Module<E> {
         let job = self.find(id)?;
         self.with(&job, |cx| cx.s.concurrency = n);
         Ok(format!("[{}] Concurrency set to {n}", job.id.lock()))
+    }
+
+    /// `migration set refresh-default`: the refresh period of jobs created without `-refresh`.
+    pub fn set_default_refresh(&self, seconds: u64) {
+        self.default_refresh.store(seconds.max(1), Ordering::Relaxed);
+    }
+
+    pub fn default_refresh(&self) -> u64 {
+        self.default_refresh.load(Ordering::Relaxed)
     }
 
     pub fn set_default_concurrency(&self, n: usize) {

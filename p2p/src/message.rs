@@ -153,6 +153,8 @@ pub struct PoolCost {
     pub load: u32,
     /// Whether it accepts new replicas from other pools (not disabled for p2p-client).
     pub accepts: bool,
+    /// Whether the pool is enabled (no `pool disable` in force).
+    pub enabled: bool,
 }
 
 /// A committed replica a pool holds.

@@ -175,8 +175,9 @@ impl Env for PoolEnv {
                 space: pool.repo.space(now_ms()),
                 load: u32::try_from(pool.transfers.incoming.counts().0).unwrap_or(u32::MAX),
                 accepts: pool.check_mode(Activity::P2pClient, false).is_ok(),
+                enabled: pool.mode().mode.is_enabled(),
             },
-            None => PoolCost { space: SpaceInfo::default(), load: 0, accepts: false },
+            None => PoolCost { space: SpaceInfo::default(), load: 0, accepts: false, enabled: false },
         }
     }
 
@@ -484,6 +485,9 @@ pub fn restore(pool: &Pool) {
     };
     if let Some(c) = set.default_concurrency {
         module.set_default_concurrency(c);
+    }
+    if let Some(r) = set.default_refresh {
+        module.set_default_refresh(r);
     }
     let mut kept = Vec::new();
     for job in set.jobs {

@@ -958,6 +958,7 @@ impl Env for SimEnv {
             space: SpaceInfo { total, used, free: total.saturating_sub(used), precious, removable },
             load,
             accepts: self.check_p2p_client().is_ok(),
+            enabled: true,
         }
     }
 
