@@ -148,6 +148,19 @@ struct Served {
     /// request for one of them is never carried out a second time.
     ended: HashMap<AttemptKey, Option<Result<(), RemoteError>>>,
     ended_order: VecDeque<(Instant, AttemptKey)>,
+    /// Files being pulled, with a signal cancelled when the pull ends: a second copy request
+    /// for the same file (another attempt, another job, a job restored after a restart) waits
+    /// for it and then updates the replica, instead of pulling the file a second time.
+    pulling: HashMap<PnfsId, CancellationToken>,
+}
+
+/// How the target goes about one accepted copy.
+enum Work {
+    Update,
+    /// Pull the file; cancel the token when done.
+    Pull(CancellationToken),
+    /// Another attempt pulls it: wait for that, then update.
+    After(CancellationToken),
 }
 
 enum Seen {
@@ -1223,17 +1236,34 @@ impl<E: Env> Module<E> {
             }
             let token = self.serving.child_token();
             served.active.insert(key, token.clone());
-            token
+            let work = match served.pulling.get(&pnfsid) {
+                Some(done) => Work::After(done.clone()),
+                None if existing.is_none() => {
+                    let done = CancellationToken::new();
+                    served.pulling.insert(pnfsid, done.clone());
+                    Work::Pull(done)
+                }
+                None => Work::Update,
+            };
+            (token, work)
         };
+        let (token, work) = token;
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
         let m = self.clone();
         self.rt.spawn(tracing::Instrument::instrument(
             async move {
                 let attempt = req.attempt;
-                let result = match existing {
-                    Some(_) => m.update_existing(&req, &token).await,
-                    None => {
+                let result = match work {
+                    Work::Update => m.update_existing(&req, &token).await,
+                    Work::After(done) => {
+                        tracing::info!("another attempt is pulling this file; waiting for it, then updating");
+                        tokio::select! {
+                            _ = done.cancelled() => m.update_existing(&req, &token).await,
+                            _ = token.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
+                        }
+                    }
+                    Work::Pull(done) => {
                         let pull = Pull {
                             pnfsid,
                             source: from.clone(),
@@ -1242,7 +1272,10 @@ impl<E: Env> Module<E> {
                             atime: req.atime,
                             force_source_mode: req.force_source_mode,
                         };
-                        m.env.pull(pull, token.clone()).await
+                        let pulled = m.env.pull(pull, token.clone()).await;
+                        m.served.lock().pulling.remove(&pnfsid);
+                        done.cancel();
+                        pulled
                     }
                 };
                 match &result {

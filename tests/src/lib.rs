@@ -286,6 +286,23 @@ impl JobLine {
         }
         Some(JobLine { id: id.into(), state: state.into(), command: command.into() })
     }
+
+    /// The command without the mark `migration ls` puts after a permanent job whose saved
+    /// form is out of date, and the mark's text without its parentheses: `not saved`, or
+    /// ``saved <STATE>: comes back at restart until the next `save` ``. `None` when the line
+    /// has no such mark.
+    pub fn saved_mark(&self) -> (&str, Option<&str>) {
+        if let Some(command) = self.command.strip_suffix(" (not saved)") {
+            return (command, Some("not saved"));
+        }
+        if self.command.ends_with(": comes back at restart until the next `save`)")
+            && let Some(at) = self.command.rfind(" (saved ")
+        {
+            let mark = &self.command[at + 2..self.command.len() - 1];
+            return (&self.command[..at], Some(mark));
+        }
+        (&self.command, None)
+    }
 }
 
 /// A value of a `key: value` report such as `migration info` (`State      : RUNNING`,
@@ -501,6 +518,15 @@ impl Cluster {
             std::fs::write(cluster.config_path(&p.name), config).expect("write a pool config");
         }
         cluster
+    }
+
+    /// Appends `toml` to the pool's config file; it applies from the pool's next start. For a
+    /// setting the harness does not write, such as a `[migration]` table.
+    pub fn append_config(&self, pool: &str, toml: &str) {
+        let path = self.config_path(pool);
+        let mut file =
+            OpenOptions::new().append(true).open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        file.write_all(toml.as_bytes()).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
     /// The temporary directory holding everything.
@@ -888,6 +914,100 @@ pub fn parse_put(stdout: &str, files: &[&Path]) -> Vec<String> {
         .collect()
 }
 
+/// `rep ls` flags of a complete CACHED replica.
+pub const CACHED: &str = "<C----------L(0)[0]>";
+/// `rep ls` flags of a complete CACHED replica with a sticky record.
+pub const CACHED_STICKY: &str = "<C-------X--L(0)[0]>";
+/// `rep ls` flags of a complete PRECIOUS replica.
+pub const PRECIOUS: &str = "<-P---------L(0)[0]>";
+/// `rep ls` flags of a complete PRECIOUS replica with a sticky record.
+pub const PRECIOUS_STICKY: &str = "<-P------X--L(0)[0]>";
+
+/// A cluster of `pools` (name, groups), every pool started.
+#[track_caller]
+pub fn started(pools: &[(&str, &[&str])]) -> Cluster {
+    let mut cluster = Cluster::new(pools);
+    for (name, _) in pools {
+        cluster.start(name);
+    }
+    cluster
+}
+
+/// Runs `commands` in `pool`; panics unless every one succeeded and nothing was written to
+/// stderr. Returns stdout.
+#[track_caller]
+pub fn ok(cluster: &Cluster, pool: &str, commands: &str) -> String {
+    let out = cluster.admin_in(pool, commands);
+    out.assert_success(commands.trim_end());
+    assert_eq!(out.stderr, "", "nothing failed, so nothing on stderr\n{out}");
+    out.stdout
+}
+
+/// Runs one command in `pool` that must fail; returns its error text (stderr).
+#[track_caller]
+pub fn refused(cluster: &Cluster, pool: &str, command: &str) -> String {
+    let out = cluster.admin_in(pool, &format!("{command}\n"));
+    out.assert_code(1, command);
+    assert_eq!(out.stdout, "", "{command}: a refusal prints nothing on stdout\n{out}");
+    out.stderr
+}
+
+/// Creates a job with `command` (a `migration copy|move|cache` line without escapes) in
+/// `pool`, checks its summary line against the command ([`stored`]), and returns the job's id.
+#[track_caller]
+pub fn create(cluster: &Cluster, pool: &str, command: &str) -> String {
+    let out = ok(cluster, pool, &format!("{command}\n"));
+    let line = out.strip_suffix('\n').unwrap_or_else(|| panic!("one line expected: {out:?}"));
+    let job = JobLine::parse(line).unwrap_or_else(|| panic!("{command}: not a summary line: {line:?}"));
+    assert_eq!(job.command, stored(command), "{line}");
+    job.id
+}
+
+/// The stored form of a command line without escapes: options as given, then `--` and the
+/// targets (reference §6.3).
+pub fn stored(command: &str) -> String {
+    let words: Vec<&str> = command.split(' ').collect();
+    let (name, rest) = words.split_at(2);
+    let (options, targets): (Vec<&str>, Vec<&str>) = rest.iter().partition(|w| w.starts_with('-'));
+    let mut line = name.join(" ");
+    for o in options {
+        line.push(' ');
+        line.push_str(o);
+    }
+    line.push_str(" --");
+    for t in targets {
+        line.push(' ');
+        line.push_str(t);
+    }
+    line
+}
+
+/// The pool holds nothing half-made: no partial data in `incoming/`, no replica being received
+/// (`rep ls -l=l`), no transfer active or queued, and every replica listed is CACHED or
+/// PRECIOUS.
+#[track_caller]
+pub fn assert_no_partial_replica(cluster: &Cluster, pool: &str) {
+    assert_eq!(cluster.incoming(pool), vec![], "no partial data in {pool}'s incoming/");
+    assert_eq!(ok(cluster, pool, "rep ls -l=l\n"), "", "no replica in {pool} is being received");
+    let counts = cluster.pp_ls(pool).counts;
+    assert_eq!((counts.active, counts.queued), (0, 0), "no transfer under way in {pool}: {counts:?}");
+    for r in cluster.rep_ls(pool) {
+        assert!(
+            [CACHED, CACHED_STICKY, PRECIOUS, PRECIOUS_STICKY].contains(&r.flags.as_str()),
+            "{pool} lists a replica that is not complete: {r:?}"
+        );
+    }
+}
+
+/// Every `(pnfsid, bytes)` reads back from `pool` byte for byte.
+#[track_caller]
+pub fn assert_bytes(cluster: &Cluster, pool: &str, files: &[(String, Vec<u8>)]) {
+    for (id, bytes) in files {
+        let got = cluster.get_bytes(pool, id);
+        assert!(got == *bytes, "{id} in {pool}: {} bytes that differ from the {} stored", got.len(), bytes.len());
+    }
+}
+
 /// Sends `sig` to a child that has not been reaped, so its pid cannot have been reused.
 #[allow(unsafe_code)]
 #[track_caller]
@@ -1009,6 +1129,27 @@ mod tests {
         check("[1] Concurrency set to 2", None);
         check("[1] running      migration copy -- p", None);
         check("", None);
+    }
+
+    #[test]
+    fn saved_marks_are_split_off_the_command() {
+        let check = |line: &str, want: (&str, Option<&str>)| {
+            let job = JobLine::parse(line).unwrap_or_else(|| panic!("{line:?} parses"));
+            assert_eq!(job.saved_mark(), want, "{line:?}");
+        };
+        check("[1] SLEEPING     migration copy -permanent -- pool2", ("migration copy -permanent -- pool2", None));
+        check(
+            "[2] RUNNING      migration copy -permanent -- pool2 (not saved)",
+            ("migration copy -permanent -- pool2", Some("not saved")),
+        );
+        check(
+            "[3] CANCELLED    migration move -permanent -- pool9 (saved CANCELLED: comes back at restart until the next `save`)",
+            (
+                "migration move -permanent -- pool9",
+                Some("saved CANCELLED: comes back at restart until the next `save`"),
+            ),
+        );
+        check("[4] FINISHED     migration copy -- pool2 (x)", ("migration copy -- pool2 (x)", None));
     }
 
     #[test]

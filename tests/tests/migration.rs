@@ -12,106 +12,23 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use tidepool_tests::{Cluster, JobLine, RepLine, info_field, report_field, wait_until};
+use tidepool_tests::{
+    CACHED, CACHED_STICKY, Cluster, JobLine, PRECIOUS, PRECIOUS_STICKY, RepLine, assert_bytes,
+    assert_no_partial_replica, create, info_field, ok, refused, report_field, started, wait_until,
+};
 
-const CACHED: &str = "<C----------L(0)[0]>";
-const CACHED_STICKY: &str = "<C-------X--L(0)[0]>";
-const PRECIOUS: &str = "<-P---------L(0)[0]>";
-const PRECIOUS_STICKY: &str = "<-P------X--L(0)[0]>";
 /// How long a small job may take to finish (a few seconds at most in a debug build).
 const JOB_WAIT: Duration = Duration::from_secs(20);
 /// How long a test waits for something it has caused to show (a queued transfer, a state).
 const SHOW_WAIT: Duration = Duration::from_secs(10);
 
-fn cluster(pools: &[(&str, &[&str])]) -> Cluster {
-    let mut cluster = Cluster::new(pools);
-    for (name, _) in pools {
-        cluster.start(name);
-    }
-    cluster
-}
-
 fn two_pools() -> Cluster {
-    cluster(&[("pool1", &["disk"]), ("pool2", &["disk"])])
-}
-
-/// Runs `commands` in `pool`; panics unless every one succeeded. Returns stdout.
-#[track_caller]
-fn ok(cluster: &Cluster, pool: &str, commands: &str) -> String {
-    let out = cluster.admin_in(pool, commands);
-    out.assert_success(commands.trim_end());
-    assert_eq!(out.stderr, "", "nothing failed, so nothing on stderr\n{out}");
-    out.stdout
-}
-
-/// Runs one command in `pool` that must fail; returns its error text (stderr).
-#[track_caller]
-fn refused(cluster: &Cluster, pool: &str, command: &str) -> String {
-    let out = cluster.admin_in(pool, &format!("{command}\n"));
-    out.assert_code(1, command);
-    assert_eq!(out.stdout, "", "{command}: a refusal prints nothing on stdout\n{out}");
-    out.stderr
-}
-
-/// Creates a job with `command` (a `migration copy|move|cache` line) in `pool`, checks its
-/// summary line against the command, and returns the job's id.
-#[track_caller]
-fn create(cluster: &Cluster, pool: &str, command: &str) -> String {
-    let out = ok(cluster, pool, &format!("{command}\n"));
-    let line = out.strip_suffix('\n').unwrap_or_else(|| panic!("one line expected: {out:?}"));
-    let job = JobLine::parse(line).unwrap_or_else(|| panic!("{command}: not a summary line: {line:?}"));
-    assert_eq!(job.command, stored(command), "{line}");
-    job.id
-}
-
-/// The stored form of a command line without escapes: options as given, then `--` and the
-/// targets (reference §6.3).
-fn stored(command: &str) -> String {
-    let words: Vec<&str> = command.split(' ').collect();
-    let (name, rest) = words.split_at(2);
-    let (options, targets): (Vec<&str>, Vec<&str>) = rest.iter().partition(|w| w.starts_with('-'));
-    let mut line = name.join(" ");
-    for o in options {
-        line.push(' ');
-        line.push_str(o);
-    }
-    line.push_str(" --");
-    for t in targets {
-        line.push(' ');
-        line.push_str(t);
-    }
-    line
+    started(&[("pool1", &["disk"]), ("pool2", &["disk"])])
 }
 
 fn sorted(mut lines: Vec<RepLine>) -> Vec<RepLine> {
     lines.sort();
     lines
-}
-
-/// The pool holds nothing half-made: no partial data in `incoming/`, no replica being received
-/// (`rep ls -l=l`), no transfer active or queued, and every replica listed is CACHED or
-/// PRECIOUS.
-#[track_caller]
-fn assert_no_partial_replica(cluster: &Cluster, pool: &str) {
-    assert_eq!(cluster.incoming(pool), vec![], "no partial data in {pool}'s incoming/");
-    assert_eq!(ok(cluster, pool, "rep ls -l=l\n"), "", "no replica in {pool} is being received");
-    let counts = cluster.pp_ls(pool).counts;
-    assert_eq!((counts.active, counts.queued), (0, 0), "no transfer under way in {pool}: {counts:?}");
-    for r in cluster.rep_ls(pool) {
-        assert!(
-            [CACHED, CACHED_STICKY, PRECIOUS, PRECIOUS_STICKY].contains(&r.flags.as_str()),
-            "{pool} lists a replica that is not complete: {r:?}"
-        );
-    }
-}
-
-/// Every `(pnfsid, bytes)` reads back from `pool` byte for byte.
-#[track_caller]
-fn assert_bytes(cluster: &Cluster, pool: &str, files: &[(String, Vec<u8>)]) {
-    for (id, bytes) in files {
-        let got = cluster.get_bytes(pool, id);
-        assert!(got == *bytes, "{id} in {pool}: {} bytes that differ from the {} stored", got.len(), bytes.len());
-    }
 }
 
 /// The dCache book's session (reference §2.1, §2.8, §8.1, §8.2): create a copy job, list it,
@@ -357,7 +274,7 @@ fn move_with_pins_kept_leaves_pinned_files_cached_with_only_their_pin() {
 /// CACHED, non-sticky copy on one pool of the group.
 #[test]
 fn cache_to_a_pool_group_places_each_file_once() {
-    let cluster = cluster(&[("pool1", &["disk"]), ("pool2", &["cache"]), ("pool3", &["cache"])]);
+    let cluster = started(&[("pool1", &["disk"]), ("pool2", &["cache"]), ("pool3", &["cache"])]);
     let seeds: Vec<(usize, u64)> = (0..12).map(|i| (1000 + 997 * i as usize, 50 + i)).collect();
     let mut files = cluster.put_samples("pool1", &seeds[..6], &["--storage", "test:disk"]);
     files.extend(cluster.put_samples("pool1", &seeds[6..10], &["--storage", "test:tape", "--precious"]));
