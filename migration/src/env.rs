@@ -28,23 +28,7 @@ impl Entry {
     }
 }
 
-/// A request that got no reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unanswered {
-    /// Not delivered (no connection): the pool surely did nothing.
-    NotDelivered,
-    /// Sent, but no answer in time: the pool may be working on it.
-    NoAnswer,
-}
-
-impl From<Unanswered> for crate::task::Unanswered {
-    fn from(u: Unanswered) -> Self {
-        match u {
-            Unanswered::NotDelivered => crate::task::Unanswered::NotDelivered,
-            Unanswered::NoAnswer => crate::task::Unanswered::NoAnswer,
-        }
-    }
-}
+pub use crate::task::Unanswered;
 
 /// A new copy the target must pull from the source (reference §5.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +66,12 @@ pub trait Env: Send + Sync + 'static {
 
     /// Deletes a replica (its data and its record).
     fn remove(&self, id: &PnfsId) -> Result<(), RemoteError>;
+
+    /// Deletes a replica unless, at that moment, it holds a valid pin that `moved` does not
+    /// cover (a moved pin covers a source pin of the same owner that expires no later). The
+    /// check and the delete are one step, so a pin set meanwhile is never deleted with the
+    /// replica. True if it was deleted (or was already gone).
+    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError>;
 
     /// Reads a replica whole and returns its checksum (blocking; for `-verify`).
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError>;

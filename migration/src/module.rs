@@ -74,6 +74,8 @@ impl Default for Settings {
 const NOTES: usize = 15;
 /// The largest location question a target answers.
 const MAX_LOCATE: usize = 10_000;
+/// How long an answer to a location question asked ahead of a file's task is used.
+const LOCATED_FRESH: Duration = Duration::from_secs(60);
 /// How often a target tries to deliver a finished message before giving up (the source's
 /// ping then learns that the attempt is gone and the file is retried).
 const FINISHED_TRIES: u32 = 5;
@@ -146,7 +148,7 @@ struct Served {
     /// Attempts that ended here (with their outcome), or that were cancelled before their copy
     /// request arrived (`None`), remembered for [`ENDED_MEMORY`]: a late or duplicated copy
     /// request for one of them is never carried out a second time.
-    ended: HashMap<AttemptKey, Option<Result<(), RemoteError>>>,
+    ended: HashMap<AttemptKey, Option<Ended>>,
     ended_order: VecDeque<(Instant, AttemptKey)>,
     /// Files being pulled, with a signal cancelled when the pull ends: a second copy request
     /// for the same file (another attempt, another job, a job restored after a restart) waits
@@ -163,10 +165,13 @@ enum Work {
     After(CancellationToken),
 }
 
+/// How an attempt ended on the target: the file and the result sent as `Finished`.
+type Ended = (PnfsId, Result<(), RemoteError>);
+
 enum Seen {
     New,
     Active,
-    Ended(Option<Result<(), RemoteError>>),
+    Ended(Option<Ended>),
 }
 
 impl Served {
@@ -181,7 +186,7 @@ impl Served {
         }
     }
 
-    fn end(&mut self, key: AttemptKey, result: Option<Result<(), RemoteError>>) {
+    fn end(&mut self, key: AttemptKey, result: Option<Ended>) {
         self.active.remove(&key);
         self.prune();
         if self.ended.insert(key.clone(), result).is_none() {
@@ -214,6 +219,8 @@ struct Job {
     refresh: Duration,
     /// Cancelled when the job reaches a terminal state: stops its timers and refreshes.
     stop: CancellationToken,
+    /// Cancelled when the job is cancelled (or ends): stops its initial scan at once.
+    halt: CancellationToken,
     s: Mutex<JobInner>,
 }
 
@@ -227,7 +234,7 @@ struct JobInner {
     infos: Option<Vec<TargetInfo>>,
     refreshing: bool,
     /// Holders found ahead of time, by file.
-    located: HashMap<PnfsId, Vec<Holder>>,
+    located: HashMap<PnfsId, (tokio::time::Instant, Vec<Holder>)>,
     /// Tasks waiting for a location answer.
     want_locate: BTreeSet<PnfsId>,
     locating: bool,
@@ -248,7 +255,7 @@ struct JobInner {
 #[derive(Clone, Debug)]
 struct Holder {
     pool: PoolName,
-    replica: Option<(ReplicaState, Vec<StickyRecord>)>,
+    replica: Option<Held>,
 }
 
 #[derive(Clone, Debug)]
@@ -303,7 +310,7 @@ enum Action {
     Timer { pnfsid: PnfsId, attempt: AttemptId, seq: u64, after: Duration },
     Wake { seq: u64, after: Duration },
     Locate { ids: Vec<PnfsId>, pools: Vec<PoolName> },
-    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<String> },
+    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<StickyRecord> },
 }
 
 fn not_found() -> MigrationError {
@@ -424,6 +431,7 @@ impl<E: Env> Module<E> {
                 targets,
                 refresh,
                 stop: CancellationToken::new(),
+                halt: CancellationToken::new(),
                 s: Mutex::new(JobInner {
                     state: JobState::New,
                     queue: Queue::default(),
@@ -691,6 +699,7 @@ impl<E: Env> Module<E> {
                 return;
             }
             cx.set_state(JobState::Cancelling);
+            cx.job.halt.cancel();
             cx.s.queue.clear();
             if force {
                 let ids: Vec<PnfsId> = cx.s.running.keys().copied().collect();
@@ -851,7 +860,6 @@ impl<E: Env> Module<E> {
         let started = self.with(job, |cx| {
             cx.set_state(JobState::Initializing);
             cx.s.started = Some(Instant::now());
-            cx.s.refreshing = true;
             true
         });
         if !started {
@@ -861,7 +869,11 @@ impl<E: Env> Module<E> {
         let (m, j) = (self.clone(), job.clone());
         self.rt.spawn(async move {
             loop {
-                m.refresh(&j).await;
+                // One refresh at a time: a wake-up may have started one.
+                let go = m.with(&j, |cx| !std::mem::replace(&mut cx.s.refreshing, true));
+                if go {
+                    m.refresh(&j).await;
+                }
                 tokio::select! {
                     _ = j.stop.cancelled() => return,
                     _ = tokio::time::sleep(j.refresh) => {}
@@ -976,7 +988,7 @@ impl<E: Env> Module<E> {
                         Ok(MigrationReply::Accepted) => TaskEvent::CopyAccepted { attempt },
                         Ok(MigrationReply::Error(error)) => TaskEvent::CopyRefused { attempt, error },
                         Ok(other) => TaskEvent::CopyRefused { attempt, error: unexpected(&other) },
-                        Err(how) => TaskEvent::CopyUnanswered { attempt, how: how.into() },
+                        Err(how) => TaskEvent::CopyUnanswered { attempt, how },
                     };
                     m.with(&j, |cx| cx.feed(pnfsid, event));
                 });
@@ -1065,14 +1077,14 @@ impl<E: Env> Module<E> {
             set.spawn(async move {
                 let answer = match m.env.request(&pool, req).await {
                     Ok(MigrationReply::Located { held }) => {
-                        Some(held.into_iter().map(|h| (h.pnfsid, (h.state, h.sticky))).collect::<HashMap<_, _>>())
+                        Some(held.into_iter().map(|h| (h.pnfsid, h)).collect::<HashMap<_, _>>())
                     }
                     _ => None,
                 };
                 (pool, answer)
             });
         }
-        type Answer = Option<HashMap<PnfsId, (ReplicaState, Vec<StickyRecord>)>>;
+        type Answer = Option<HashMap<PnfsId, Held>>;
         let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();
         let eager = job.def.eager;
         let grace = self.settings.offline_grace;
@@ -1103,13 +1115,13 @@ impl<E: Env> Module<E> {
                     holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).map(unknown));
                     holders.extend(recently_offline.iter().map(unknown));
                 }
-                cx.s.located.insert(*id, holders);
+                cx.s.located.insert(*id, (tokio::time::Instant::now(), holders));
             }
             for id in ids.into_iter().filter(|id| !stale.contains(id)) {
                 if cx.s.want_locate.remove(&id)
                     && cx.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
                 {
-                    let holders = cx.s.located.remove(&id).unwrap_or_default();
+                    let holders = cx.s.located.remove(&id).map(|(_, h)| h).unwrap_or_default();
                     let event = cx.located(&id, holders);
                     cx.feed(id, event);
                 }
@@ -1136,7 +1148,12 @@ impl<E: Env> Module<E> {
                         .into_iter()
                         .filter_map(|id| env.entry(&id).ok().flatten())
                         .filter(|e| e.state.is_committed())
-                        .map(|e| Held { pnfsid: e.attrs.pnfsid, state: e.state, sticky: e.sticky })
+                        .map(|e| Held {
+                            pnfsid: e.attrs.pnfsid,
+                            state: e.state,
+                            sticky: e.sticky,
+                            checksum: e.attrs.checksum,
+                        })
                         .collect::<Vec<_>>()
                 })
                 .await;
@@ -1147,7 +1164,22 @@ impl<E: Env> Module<E> {
             }
             MigrationRequest::Copy(req) => self.accept_copy(from, req),
             MigrationRequest::Ping { attempt } => {
-                MigrationReply::Alive(self.served.lock().active.contains_key(&(from, attempt)))
+                let key = (from.clone(), attempt);
+                let ended = {
+                    let served = self.served.lock();
+                    if served.active.contains_key(&key) {
+                        return MigrationReply::Alive(true);
+                    }
+                    served.ended.get(&key).cloned().flatten()
+                };
+                match ended {
+                    // The outcome may have been lost on its way: send it again.
+                    Some((pnfsid, result)) => {
+                        self.resend_finished(from, attempt, pnfsid, result);
+                        MigrationReply::Alive(true)
+                    }
+                    None => MigrationReply::Alive(false),
+                }
             }
             MigrationRequest::Cancel { attempt, reason } => {
                 let mut served = self.served.lock();
@@ -1160,8 +1192,10 @@ impl<E: Env> Module<E> {
                     }
                     None => {
                         // Perhaps the cancel overtook its copy request: remember it, so the copy
-                        // is refused when it arrives.
-                        served.end(key, None);
+                        // is refused when it arrives (an attempt that ended keeps its outcome).
+                        if !served.ended.contains_key(&key) {
+                            served.end(key, None);
+                        }
                         MigrationReply::Alive(false)
                     }
                 }
@@ -1221,7 +1255,7 @@ impl<E: Env> Module<E> {
             // A late or duplicated request may have been decided meanwhile.
             match served.seen(&key) {
                 Seen::Active => return MigrationReply::Accepted,
-                Seen::Ended(Some(result)) => {
+                Seen::Ended(Some((_, result))) => {
                     drop(served);
                     self.resend_finished(from, req.attempt, pnfsid, result);
                     return MigrationReply::Accepted;
@@ -1259,7 +1293,14 @@ impl<E: Env> Module<E> {
                     Work::After(done) => {
                         tracing::info!("another attempt is pulling this file; waiting for it, then updating");
                         tokio::select! {
-                            _ = done.cancelled() => m.update_existing(&req, &token).await,
+                            _ = done.cancelled() => match m.update_existing(&req, &token).await {
+                                // The other transfer failed: this attempt is retried, not dropped.
+                                Err(e) if e.code() == Some(ErrorCode::FileNotFound) => Err(RemoteError::new(
+                                    ErrorCode::FileBusy,
+                                    "another transfer of this file to this pool failed; try again",
+                                )),
+                                other => other,
+                            },
                             _ = token.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
                         }
                     }
@@ -1282,7 +1323,7 @@ impl<E: Env> Module<E> {
                     Ok(()) => tracing::info!("copy done"),
                     Err(e) => tracing::warn!("copy failed: {}", e.message),
                 }
-                m.served.lock().end((from.clone(), attempt), Some(result.clone()));
+                m.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
                 let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
                 m.send_finished(&from, msg).await;
             },
@@ -1334,10 +1375,20 @@ impl<E: Env> Module<E> {
         }
         let env = self.env.clone();
         let (state, sticky) = (req.state, req.sticky.clone());
+        let source_sum = req.attributes.checksum;
         tokio::task::spawn_blocking(move || -> Result<(), RemoteError> {
             let entry = env
                 .entry(&pnfsid)?
                 .ok_or_else(|| RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}")))?;
+            // Even without -verify, recorded checksums that differ mean other data: not a copy.
+            if let (Some(have), Some(want)) = (entry.attrs.checksum, source_sum)
+                && have != want
+            {
+                return Err(RemoteError::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!("replica {pnfsid} has recorded checksum {have}, the source's is {want}"),
+                ));
+            }
             let plan = plan_update(entry.state, &entry.sticky, state, &sticky, env.now())?;
             if let Some(s) = plan.new_state {
                 env.set_state(&pnfsid, s)?;
@@ -1404,6 +1455,7 @@ impl<E: Env> Cx<'_, E> {
             self.s.located.clear();
             self.s.want_locate.clear();
             self.job.stop.cancel();
+            self.job.halt.cancel();
             tracing::info!(job = %self.job.id.lock(), state = %to, "job ended");
         }
     }
@@ -1461,14 +1513,22 @@ impl<E: Env> Cx<'_, E> {
             let mut picked = Vec::new();
             let mut busy = Vec::new();
             {
-                let locks = self.m.locks.lock();
+                // The file lock is claimed here, in the same critical section that finds it free,
+                // so two jobs never both start a task on one file.
+                let mut locks = self.m.locks.lock();
                 for id in self.s.queue.queued() {
                     if picked.len() == free {
                         break;
                     }
-                    match locks.get(id) {
-                        Some(j) if !Arc::ptr_eq(j, self.job) => busy.push(*id),
-                        _ => picked.push(*id),
+                    match locks.entry(*id) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(self.job.clone());
+                            picked.push(*id);
+                        }
+                        std::collections::hash_map::Entry::Occupied(o) if Arc::ptr_eq(o.get(), self.job) => {
+                            picked.push(*id)
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => busy.push(*id),
                     }
                 }
             }
@@ -1622,8 +1682,8 @@ impl<E: Env> Cx<'_, E> {
         self.actions.push(Action::Wake { seq: self.s.wake_seq, after });
     }
 
+    /// Starts a task for a queued file whose lock the job holds (claimed in `schedule`).
     fn start_task(&mut self, id: PnfsId, now: EpochMillis) {
-        self.m.locks.lock().insert(id, self.job.clone());
         self.s.locked_noted.remove(&id);
         let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
         self.s.queue.start(id, task_id);
@@ -1691,16 +1751,25 @@ impl<E: Env> Cx<'_, E> {
     /// checksum to verify, a source mode that destroys nothing), else `Located`.
     fn located(&self, id: &PnfsId, holders: Vec<Holder>) -> TaskEvent {
         let def = &self.job.def;
+        // Only for source modes that keep the source as protected as it is (`same`,
+        // `precious`): the answer may be a little old, and nothing is confirmed anew.
         let shortcut = !def.verify
-            && !matches!(def.smode.state, SourceState::Delete | SourceState::Removable)
+            && matches!(def.smode.state, SourceState::Same | SourceState::Precious)
             && self.s.running.get(id).is_some_and(|r| r.pins.is_empty());
         if shortcut && let Some(r) = self.s.running.get(id) {
             let now = self.m.env.now();
+            let sum = r.entry.attrs.checksum;
             let settled: Vec<PoolName> = holders
                 .iter()
                 .filter(|h| {
-                    h.replica.as_ref().is_some_and(|(state, sticky)| {
-                        plan_update(*state, sticky, r.state, &r.sticky, now).is_ok_and(|p| p.is_empty())
+                    h.replica.as_ref().is_some_and(|held| {
+                        let same_data = match (held.checksum, sum) {
+                            (Some(a), Some(b)) => a == b,
+                            _ => true,
+                        };
+                        same_data
+                            && plan_update(held.state, &held.sticky, r.state, &r.sticky, now)
+                                .is_ok_and(|p| p.is_empty())
                     })
                 })
                 .map(|h| h.pool.clone())
@@ -1753,7 +1822,8 @@ impl<E: Env> Cx<'_, E> {
         let Some(r) = self.s.running.get_mut(&id) else { return };
         match fx {
             Effect::Locate => {
-                if let Some(holders) = self.s.located.remove(&id) {
+                // An answer asked ahead of time is used only while it is fresh: holders evict.
+                if let Some((_, holders)) = self.s.located.remove(&id).filter(|(at, _)| at.elapsed() < LOCATED_FRESH) {
                     let event = self.located(&id, holders);
                     work.push_back(event);
                 } else {
@@ -1810,13 +1880,23 @@ impl<E: Env> Cx<'_, E> {
             Outcome::Done { replicas } => {
                 // The source mode comes first (§3.7); the file counts as done after it.
                 r.finishing = true;
-                let moved_pins =
-                    if r.task.pins_moved() { r.pins.iter().map(|p| p.owner.clone()).collect() } else { Vec::new() };
                 if replicas.len() < self.job.def.replicas {
+                    // -target-deficit-mode=limit: the copies there could be were made; the source
+                    // mode is not applied at all (it could make the replica evictable or delete
+                    // it), and the file is listed with the failures, not counted as completed.
                     let (n, wanted) = (replicas.len(), self.job.def.replicas);
-                    let msg = format!("File replicas truncated at {n} due to pool availability ({wanted} requested)");
-                    self.note(Some(task), Some(id), msg);
+                    let msg = format!(
+                        "File replicas truncated at {n} due to pool availability ({wanted} requested); \
+                         the source replica was left as it is"
+                    );
+                    self.note(Some(task), Some(id), msg.clone());
+                    self.s.running.remove(&id);
+                    self.unlock(&id);
+                    let error = RemoteError::new(ErrorCode::NoTargets, msg);
+                    self.s.queue.failed(&id, true, error, now, &self.m.settings.backoff);
+                    return;
                 }
+                let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
                 tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
                 self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins });
             }
@@ -1874,11 +1954,12 @@ impl<E: Env> Cx<'_, E> {
             }
             return;
         }
-        let batch = self.m.settings.locate_batch.max(1);
+        let batch = self.m.settings.locate_batch.clamp(1, MAX_LOCATE);
         if self.s.located.len() > 2 * batch {
-            self.s.located.clear();
+            self.s.located.retain(|_, (at, _)| at.elapsed() < LOCATED_FRESH);
         }
-        let mut ids: Vec<PnfsId> = self.s.want_locate.iter().copied().collect();
+        // Never more than a target answers (a job of huge concurrency asks in several rounds).
+        let mut ids: Vec<PnfsId> = self.s.want_locate.iter().copied().take(MAX_LOCATE).collect();
         for id in self.s.queue.queued() {
             if ids.len() >= batch {
                 break;
@@ -1959,7 +2040,7 @@ fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
     let now = env.now();
     let mut found: Vec<(PnfsId, u64, EpochMillis)> = Vec::new();
     env.scan(&mut |e: Entry| {
-        if job.stop.is_cancelled() {
+        if job.halt.is_cancelled() {
             return ControlFlow::Break(());
         }
         if job.def.filter.accepts(&candidate(&e), now) {
@@ -1979,6 +2060,16 @@ fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
     Ok(found.into_iter().map(|(id, size, _)| (id, size)).collect())
 }
 
+/// Whether a pin the target received covers this source pin: the same owner, and an expiry
+/// no earlier than the source's (never-expiring covers everything).
+fn pin_covered(pin: &StickyRecord, moved: &[StickyRecord]) -> bool {
+    moved.iter().any(|m| {
+        m.owner == pin.owner
+            && (m.expire == tidepool_p2p::model::NEVER
+                || (pin.expire != tidepool_p2p::model::NEVER && pin.expire <= m.expire))
+    })
+}
+
 /// Applies the source mode to a file whose copies were confirmed (reference §4.7). A pinned
 /// replica is never deleted: `delete` becomes `removable` while a pin stays; pins that went
 /// with the copy are cleared here, after the target confirmed them.
@@ -1987,7 +2078,7 @@ fn apply_source_mode<E: Env>(
     job: &Job,
     id: &PnfsId,
     confirmed: usize,
-    moved_pins: &[String],
+    moved_pins: &[StickyRecord],
 ) -> Result<(), RemoteError> {
     let Some(entry) = env.entry(id)? else { return Ok(()) };
     if !entry.state.is_committed() {
@@ -1996,14 +2087,15 @@ fn apply_source_mode<E: Env>(
     let now = env.now();
     let prefix = env.pin_prefix();
     let gone = |r: &StickyRecord| StickyRecord::new(r.owner.clone(), 0);
-    for pin in entry.sticky.iter().filter(|r| r.is_pin(prefix) && moved_pins.contains(&r.owner)) {
+    // A source pin is cleared only if the pin the target got covers it (same owner, expiring
+    // no earlier): a pin extended on the source during the copy stays.
+    for pin in entry.sticky.iter().filter(|r| r.is_pin(prefix) && pin_covered(r, moved_pins)) {
         env.set_sticky(id, gone(pin), StickyMode::Overwrite)?;
     }
-    let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !moved_pins.contains(&r.owner));
+    let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !pin_covered(r, moved_pins));
     let mode = job.def.smode.state;
-    if matches!(mode, SourceState::Removable | SourceState::Delete) && confirmed < job.def.replicas {
-        // Safety rule 5: a source short of its confirmed copies (-target-deficit-mode=limit)
-        // is neither deleted nor released (dCache could delete the only copy, §10 item 25).
+    if confirmed < job.def.replicas {
+        // Safety rule 5: never reached (a short file leaves the job before), and kept so.
         return Ok(());
     }
     let listed = |owner: &str| job.smode.iter().any(|r| r.owner == owner);
@@ -2037,11 +2129,33 @@ fn apply_source_mode<E: Env>(
         }
         SourceState::Removable => removable(),
         SourceState::Delete if pinned => removable(),
-        SourceState::Delete => env.remove(id),
+        // A pin set since the snapshot above is seen by the delete itself.
+        SourceState::Delete => match env.remove_unless_pinned(id, moved_pins)? {
+            true => Ok(()),
+            false => removable(),
+        },
     };
     match result {
         // The replica went away or is changing under us: nothing left to do (§4.7).
         Err(e) if matches!(e.code(), Some(ErrorCode::FileNotFound | ErrorCode::IllegalTransition)) => Ok(()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidepool_p2p::model::NEVER;
+
+    #[test]
+    fn a_moved_pin_covers_only_a_source_pin_that_expires_no_later() {
+        let pin = |owner: &str, expire| StickyRecord::new(owner, expire);
+        let moved = [pin("PinManager-1", 5_000), pin("PinManager-2", NEVER)];
+        assert!(pin_covered(&pin("PinManager-1", 5_000), &moved));
+        assert!(pin_covered(&pin("PinManager-1", 4_000), &moved));
+        assert!(!pin_covered(&pin("PinManager-1", 6_000), &moved), "extended on the source meanwhile");
+        assert!(!pin_covered(&pin("PinManager-1", NEVER), &moved), "made permanent meanwhile");
+        assert!(pin_covered(&pin("PinManager-2", NEVER), &moved));
+        assert!(!pin_covered(&pin("PinManager-3", 1), &moved), "another pin");
     }
 }

@@ -72,6 +72,9 @@ pub struct Queue {
     retry: BTreeSet<(EpochMillis, PnfsId)>,
     failures: HashMap<PnfsId, Failure>,
     stats: Stats,
+    /// The sum of `sizes`, kept as files come and go (`-pause-when`/`-stop-when` read it on
+    /// every scheduling pass).
+    left: u64,
 }
 
 impl Queue {
@@ -83,6 +86,7 @@ impl Queue {
         self.queued.push_back(id);
         self.sizes.insert(id, size);
         self.stats.total += size;
+        self.left += size;
         true
     }
 
@@ -95,11 +99,12 @@ impl Queue {
         if let Some(task) = self.running.get(id) {
             return Removal::Running(*task);
         }
-        if self.sizes.remove(id).is_none() {
-            return Removal::NotHere;
-        }
+        let Some(size) = self.sizes.remove(id) else { return Removal::NotHere };
+        self.left -= size;
         self.queued.retain(|q| q != id);
         self.retry.retain(|(_, q)| q != id);
+        // A file that left the job is no longer a failure of it.
+        self.failures.remove(id);
         Removal::Dropped
     }
 
@@ -131,6 +136,7 @@ impl Queue {
     pub fn completed(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
             let size = self.sizes.remove(id).unwrap_or(0);
+            self.left -= size;
             self.stats.completed += 1;
             self.stats.transferred += size;
             self.failures.remove(id);
@@ -159,7 +165,7 @@ impl Queue {
         entry.last_at = now;
         entry.permanent = permanent;
         if permanent {
-            self.sizes.remove(id);
+            self.left -= self.sizes.remove(id).unwrap_or(0);
             return None;
         }
         let at = now.saturating_add(backoff.delay(entry.attempts).as_millis() as i64);
@@ -170,16 +176,14 @@ impl Queue {
     /// A cancelled task's file leaves the job (§3.7).
     pub fn cancelled(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
-            self.sizes.remove(id);
+            self.left -= self.sizes.remove(id).unwrap_or(0);
+            self.failures.remove(id);
         }
     }
 
+    /// Files a task works on.
     pub fn running(&self) -> usize {
         self.running.len()
-    }
-
-    pub fn running_tasks(&self) -> impl Iterator<Item = (&PnfsId, &TaskId)> {
-        self.running.iter()
     }
 
     pub fn queued_count(&self) -> usize {
@@ -204,7 +208,7 @@ impl Queue {
     /// Bytes still to transfer (queued, running and waiting files): what dCache meant by
     /// `queue.bytes` (§10 item 27).
     pub fn bytes_left(&self) -> u64 {
-        self.sizes.values().sum()
+        self.left
     }
 
     pub fn stats(&self) -> Stats {
@@ -221,6 +225,7 @@ impl Queue {
         self.queued.clear();
         self.retry.clear();
         self.sizes.retain(|id, _| self.running.contains_key(id));
+        self.left = self.sizes.values().sum();
     }
 }
 

@@ -83,7 +83,6 @@ pub enum TaskEvent {
     Located {
         holders: Vec<PoolName>,
     },
-    LocateFailed(RemoteError),
     /// The holders' answers show that these pools already hold the file exactly as wanted:
     /// nothing needs to be sent. The job gives this instead of `Located` only when no pins move,
     /// no checksum is to be verified and the source mode destroys nothing.
@@ -312,9 +311,6 @@ impl Task {
                 fx.push(Effect::Locate);
             }
             (Queued | GettingLocations, TaskEvent::Cancel { .. }) => self.finish(Outcome::Cancelled, &mut fx),
-            (GettingLocations, TaskEvent::LocateFailed(e)) => {
-                self.fail(false, err(ErrorCode::Timeout, format!("locating replicas failed: {}", e.message)), &mut fx)
-            }
             (GettingLocations, TaskEvent::AlreadyDone { replicas }) if !self.plan.pins => {
                 self.replicas.extend(replicas);
                 self.next(select, &mut fx);

@@ -913,6 +913,16 @@ fn deficit_limit_never_deletes_a_source_short_of_its_copies() {
             assert_eq!(sim.holders(f).len(), 1, "{f}: no copy, and the source kept");
             assert!(sim.repo("p1").contains_key(f));
         }
+        let failed = sim.module("p1").info_failed(&job).unwrap();
+        assert!(failed.contains("given up: File replicas truncated at 0"), "listed, not counted as done: {failed}");
+
+        // -smode=cached would make a precious source evictable: not for a file short of copies.
+        let precious = sim.add_file("p1", FileSpec::precious(100));
+        let only = format!("-pnfsid={precious}");
+        let job =
+            sim.create("p1", JobKind::Copy, &["-target-deficit-mode=limit", "-smode=cached", &only], &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        assert_eq!(sim.repo("p1")[&precious].state(), ReplicaState::Precious, "the source stays precious");
         sim.assert_no_violations();
     });
 }

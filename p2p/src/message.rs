@@ -163,6 +163,8 @@ pub struct Held {
     pub pnfsid: PnfsId,
     pub state: ReplicaState,
     pub sticky: Vec<StickyRecord>,
+    /// The replica's recorded checksum, if it has one.
+    pub checksum: Option<Checksum>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

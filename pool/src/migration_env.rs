@@ -34,13 +34,15 @@ use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
-use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
+use tidepool_p2p::model::{
+    Checksum, ChecksumWriter, EpochMillis, NEVER, ReplicaState, SpaceInfo, StickyMode, StickyRecord,
+};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, Pool, now_ms};
-use crate::repository::{Change, ChangeKind, Replica};
+use crate::repository::{Change, ChangeKind, Replica, RepoError};
 use crate::transfer::{self, PullRequest};
 
 /// How long a request waits for its reply (writing it included) before it counts as
@@ -131,6 +133,28 @@ impl Env for PoolEnv {
         // The migration decides (a moved precious or pinned replica goes once its target is
         // confirmed): no protection applies here.
         Ok(self.pool()?.repo.remove(id, true, now_ms())?)
+    }
+
+    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
+        let pool = self.pool()?;
+        let now = now_ms();
+        let prefix = pool.pin_prefix.clone();
+        let covered = |pin: &StickyRecord| {
+            moved
+                .iter()
+                .any(|m| m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire)))
+        };
+        let result = pool.repo.remove_if(id, |r| {
+            match r.sticky.iter().find(|s| s.is_pin(&prefix) && s.is_valid(now) && !covered(s)) {
+                Some(pin) => Err(RepoError::Protected(format!("file {id} is pinned by {}", pin.owner))),
+                None => Ok(()),
+            }
+        });
+        match result {
+            Ok(()) => Ok(true),
+            Err(RepoError::Protected(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
@@ -483,8 +507,10 @@ pub fn restore(pool: &Pool) {
             return;
         }
     };
-    if let Some(c) = set.default_concurrency {
-        module.set_default_concurrency(c);
+    match set.default_concurrency {
+        Some(0) => module.report_problem("the saved default concurrency 0 was ignored".to_string()),
+        Some(c) => module.set_default_concurrency(c),
+        None => {}
     }
     if let Some(r) = set.default_refresh {
         module.set_default_refresh(r);
@@ -505,7 +531,10 @@ pub fn restore(pool: &Pool) {
         };
         match def.and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
             Ok(line) => tracing::info!("restored migration job {line}"),
-            Err(e) => module.report_problem(format!("saved job [{}] `{}` was skipped: {e}", job.id, job.command)),
+            Err(e) => module.report_problem(format!(
+                "saved job [{}] `{}` was skipped: {e}; it is tried again at the next start, unless `save` runs first",
+                job.id, job.command
+            )),
         }
         kept.push(job);
     }

@@ -17,7 +17,12 @@ use super::{Peers, still_open};
 
 /// How the test server reports a file it says it holds.
 fn held(pnfsid: PnfsId) -> tidepool_p2p::message::Held {
-    tidepool_p2p::message::Held { pnfsid, state: tidepool_p2p::model::ReplicaState::Cached, sticky: Vec::new() }
+    tidepool_p2p::message::Held {
+        pnfsid,
+        state: tidepool_p2p::model::ReplicaState::Cached,
+        sticky: Vec::new(),
+        checksum: None,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -911,6 +911,31 @@ impl Env for SimEnv {
         Ok(())
     }
 
+    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
+        self.crashed()?;
+        let now = self.world.now();
+        let covered = |pin: &StickyRecord| {
+            moved
+                .iter()
+                .any(|m| m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire)))
+        };
+        let mut removed = false;
+        self.world.mutate(&self.name, &format!("removed {id} unless pinned"), |repo| {
+            let pinned = repo.get(id).is_some_and(|r| {
+                r.entry.sticky.iter().any(|s| s.owner.starts_with(PIN_PREFIX) && s.is_valid(now) && !covered(s))
+            });
+            if !pinned {
+                removed = repo.remove(id).is_some();
+            }
+            Ok(())
+        })?;
+        if removed {
+            self.world.trace(format!("{}: removed {id}", self.name));
+            self.world.note_change(&self.name, *id, RepoChange::Removed);
+        }
+        Ok(removed || !self.world.store.lock().repos[&self.name].contains_key(id))
+    }
+
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
         self.crashed()?;
         let replica = self.world.store.lock().repos[&self.name].get(id).cloned();
