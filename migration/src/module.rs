@@ -1633,6 +1633,23 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
+    /// Counts a new copy against the target's figures at once, until the next refresh replaces
+    /// them: the job neither piles copies onto a pool that looked emptiest at the last refresh
+    /// nor keeps sending to a pool its `-include-when` no longer admits (a rebalance would
+    /// overfill the pools below the level).
+    fn reserve(&mut self, target: &PoolName, size: u64) {
+        let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) else { return };
+        let Some(mut cost) = info.cost else { return };
+        cost.space.used = cost.space.used.saturating_add(size);
+        cost.space.free = cost.space.free.saturating_sub(size);
+        info.cost = Some(cost);
+        let source = self.m.env.cost();
+        let eligible = self.eligible(&source, target, &cost);
+        if let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) {
+            info.eligible = eligible;
+        }
+    }
+
     /// Whether a target passes `-include-when` (unless `-include` was given) and
     /// `-exclude-when` (reference §7.4); one that cannot be evaluated is left out, with a note.
     fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
@@ -1851,6 +1868,10 @@ impl<E: Env> Cx<'_, E> {
                     // decides where a new copy goes.
                     meta_only: def.meta_only || existing,
                 };
+                let size = r.entry.attrs.size;
+                if !existing {
+                    self.reserve(&target, size);
+                }
                 self.actions.push(Action::Copy { to: target, pnfsid: id, attempt, req: Box::new(req) });
             }
             Effect::Ping { target, attempt } => self.actions.push(Action::Ping { to: target, pnfsid: id, attempt }),

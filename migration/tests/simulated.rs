@@ -926,3 +926,44 @@ fn deficit_limit_never_deletes_a_source_short_of_its_copies() {
         sim.assert_no_violations();
     });
 }
+
+/// What `rebalance pgroup` starts (reference §2.9, relative metric) levels three pools of
+/// unequal fill, also with two pools below the level: each job counts the copies it sends
+/// against its targets' figures at once, so a pool below the level is not overfilled between
+/// two refreshes. Every file ends on exactly one pool.
+#[test]
+fn a_relative_rebalance_levels_three_pools() {
+    run("a_relative_rebalance_levels_three_pools", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], Faults::jitter()));
+        const SIZE: usize = 50_000;
+        let mut files = Vec::new();
+        for _ in 0..60 {
+            files.push(sim.add_file("p1", FileSpec::cached(SIZE)));
+        }
+        for _ in 0..20 {
+            files.push(sim.add_file("p2", FileSpec::cached(SIZE)));
+        }
+        let total: u64 = 10_000_000; // SimConfig::new gives every pool 10 MB
+        let f = (80 * SIZE) as f64 / (3 * total) as f64;
+        let include = format!("-include-when=target.used < {f} * target.total");
+        let stop = format!("-stop-when=targets == 0 or source.used <= {f} * source.total");
+        let words = ["-id=rebalance", "-refresh=300", include.as_str(), stop.as_str()];
+        let jobs: Vec<(&str, String)> = ["p1", "p2", "p3"]
+            .into_iter()
+            .map(|p| (p, sim.create(p, JobKind::Move, &words, &["p1", "p2", "p3"])))
+            .collect();
+        for (p, job) in &jobs {
+            assert_eq!(sim.wait_end(p, job, 6 * HOUR).await, JobState::Finished, "{p}");
+        }
+        sim.settle().await;
+        let level = f * total as f64 / SIZE as f64;
+        for p in ["p1", "p2", "p3"] {
+            let n = sim.repo(p).len() as f64;
+            assert!((n - level).abs() <= 2.0, "{p} holds {n} files; the level is {level:.2}");
+        }
+        for id in &files {
+            assert_eq!(sim.holders(id).len(), 1, "{id} is on exactly one pool");
+        }
+        sim.assert_no_violations();
+    });
+}

@@ -9,5 +9,6 @@ pub mod demo;
 pub mod gate;
 pub mod migration_env;
 pub mod pool;
+pub mod rebalance;
 pub mod repository;
 pub mod transfer;

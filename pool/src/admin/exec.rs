@@ -170,6 +170,15 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::MigrationGetDefaultConcurrency => {
             reply(out, Ok(format!("Current default concurrency: {}", migration(pool)?.default_concurrency())))
         }
+        Command::MigrationSetDefaultRefresh(n) => {
+            migration(pool)?.set_default_refresh(n);
+            reply(out, Ok(format!("Default refresh interval set to {n}")))
+        }
+        Command::MigrationGetDefaultRefresh => {
+            reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
+        }
+        Command::Rebalance { group, metric, refresh } => crate::rebalance::start(pool, &group, metric, refresh, out),
+        Command::RebalanceCancel { group } => crate::rebalance::cancel(pool, &group, out),
     }
 }
 
@@ -741,6 +750,65 @@ mod tests {
             for line in ls(pool).lines() {
                 assert!(["FINISHED", "CANCELLED", "FAILED"].iter().all(|s| !line.contains(&format!(" {s} "))), "{line}");
             }
+        })
+        .await
+        .unwrap();
+        pool.stop_migration(Duration::from_secs(5)).await;
+    }
+
+    /// Runs `line`, returning its output and, if it failed, its error.
+    fn run_both(pool: &Arc<Pool>, line: &str) -> (String, Option<RemoteError>) {
+        let mut out = String::new();
+        let result = run_line(pool, line, &mut out);
+        (out, result.err())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refresh_default_and_rebalance_with_the_other_pool_offline() {
+        let pool = migrating_pool();
+        let p = pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let pool = &p;
+            assert_eq!(run(pool, "migration get refresh-default").unwrap(), "Current default refresh interval: 300\n");
+            assert_eq!(run(pool, "migration set refresh-default 60").unwrap(), "Default refresh interval set to 60\n");
+            assert_eq!(run(pool, "migration get refresh-default").unwrap(), "Current default refresh interval: 60\n");
+            assert!(refused(pool, "migration set refresh-default 0").starts_with("Refresh interval must be positive."));
+
+            let err = run(pool, "rebalance pgroup tape").unwrap_err();
+            assert_eq!((err.code, err.message.as_str()), (4, "no pool group named tape in the cluster file"));
+            let err = run(pool, "rebalance cancel pgroup tape").unwrap_err();
+            assert_eq!(err.message, "no pool group named tape in the cluster file");
+
+            // pool2 does not answer: left out, and pool1 alone has nothing to level.
+            let (out, err) = run_both(pool, "rebalance pgroup disk");
+            assert_eq!(out, "pool2: left out: offline (not reachable)\n");
+            let err = err.expect("nothing to level");
+            assert_eq!(err.message, "pool1 is the only enabled pool of pool group disk that answers: nothing to level");
+            assert_eq!(run(pool, "migration ls").unwrap(), "", "no job was started");
+
+            // The cancel reaches pool1 (no job there) but not pool2: it fails, naming pool2.
+            let (out, err) = run_both(pool, "rebalance cancel pgroup disk");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines[0], "pool1: no rebalance job", "{out}");
+            assert!(lines[1].starts_with("pool2: failed: pool2 is offline: connection refused at "), "{out}");
+            assert_eq!(lines.len(), 2, "{out}");
+            let err = err.expect("pool2 was not reached");
+            assert_eq!(err.code, ErrorCode::Offline.as_u32());
+            assert_eq!(
+                err.message,
+                "pool group disk: 1 of 2 pools failed (see above); cancelled the rebalance jobs on the others"
+            );
+
+            // A job called rebalance on pool1 is cancelled (a permanent one: it does not end by
+            // itself).
+            let created = run(pool, "migration copy -permanent -id=rebalance pool2").unwrap();
+            assert!(created.starts_with("[rebalance] "), "{created}");
+            let (out, _) = run_both(pool, "rebalance cancel pgroup disk");
+            let first = out.lines().next().unwrap();
+            assert_eq!(
+                first, "pool1: [rebalance] CANCELLED    migration copy -permanent -id=rebalance -- pool2",
+                "{out}"
+            );
         })
         .await
         .unwrap();

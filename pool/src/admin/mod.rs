@@ -13,6 +13,8 @@ use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
+use crate::rebalance::{self, Metric};
+
 /// A parsed admin command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -89,6 +91,20 @@ pub enum Command {
     },
     MigrationSetDefaultConcurrency(usize),
     MigrationGetDefaultConcurrency,
+    /// `migration set refresh-default`: seconds, at least 1.
+    MigrationSetDefaultRefresh(u64),
+    MigrationGetDefaultRefresh,
+    /// `rebalance pgroup`: a `migration move -id=rebalance` on every enabled pool of the group.
+    Rebalance {
+        group: String,
+        metric: Metric,
+        /// The jobs' `-refresh`, in seconds.
+        refresh: u64,
+    },
+    /// `rebalance cancel pgroup`.
+    RebalanceCancel {
+        group: String,
+    },
 }
 
 /// What `migration info` shows.
@@ -256,7 +272,7 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
     valued(
         "refresh",
         "seconds",
-        "how often the targets' space and load are fetched again (default: the pool config's, 300)",
+        "how often the targets' space and load are fetched again (default: `migration get refresh-default`, 300 unless configured)",
     ),
     valued(
         "include-when",
@@ -436,10 +452,11 @@ pub static COMMANDS: &[CommandSpec] = &[
         args: "",
         summary: "store the migration settings and permanent jobs; they come back when the pool restarts",
         details: concat!(
-            "Stores, in one durable write that replaces what was stored before, the default concurrency\n",
-            "and every permanent migration job that is not CANCELLED, CANCELLING, STOPPING, FAILED or\n",
-            "FINISHED: its id, its command as `migration ls` shows it, its concurrency and its creation\n",
-            "time. At start the pool recreates them; sticky lifetimes of -smode/-tmode count from then.\n",
+            "Stores, in one durable write that replaces what was stored before, the default concurrency,\n",
+            "the default refresh interval and every permanent migration job that is not CANCELLED,\n",
+            "CANCELLING, STOPPING, FAILED or FINISHED: its id, its command as `migration ls` shows it,\n",
+            "its concurrency and its creation time. At start the pool restores the defaults and recreates\n",
+            "the jobs; sticky lifetimes of -smode/-tmode count from then.\n",
             "`migration ls` marks permanent jobs that changed since the last save `(not saved)`, and saved\n",
             "jobs that were cancelled since: they come back at restart until the next save.",
         ),
@@ -539,7 +556,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "-pause-when/-stop-when steer the job; expressions are checked before the job is created.\n",
             "Defaults of migration copy: -smode=same -tmode=same -pins=keep, -verify and -atime off,\n",
             "-select=proportional -target=pool -replicas=1; -concurrency from `migration get\n",
-            "concurrency-default`; -refresh from the pool config (300 s).\n",
+            "concurrency-default`; -refresh from `migration get refresh-default` (300 s unless configured).\n",
             "A file that fails is retried later, after a back-off that doubles (10 s to 10 minutes unless\n",
             "configured); `migration info -failed` shows the last error of each. `migration ls` and\n",
             "`migration info` follow the job.",
@@ -704,6 +721,82 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["migration get concurrency-default"],
         parse: |inv| inv.at_most(0).map(|()| Command::MigrationGetDefaultConcurrency),
+    },
+    CommandSpec {
+        name: "migration set refresh-default",
+        args: "<seconds>",
+        summary: "set how often jobs created without -refresh fetch their targets' space and load (seconds >= 1)",
+        details: concat!(
+            "Jobs that exist keep theirs. At start the pool takes the config's [migration] refresh_seconds\n",
+            "(300); `save` stores the value and the pool restores it at start. The reply is\n",
+            "`Default refresh interval set to <n>`.",
+        ),
+        options: &[],
+        examples: &["migration set refresh-default 60"],
+        parse: |inv| {
+            let t = inv.arg(0, "refresh interval in seconds")?;
+            let n: u64 = inv.parse_arg(t)?;
+            if n < 1 {
+                return Err(ParseError::invalid(t.offset, "Refresh interval must be positive."));
+            }
+            inv.at_most(1)?;
+            Ok(Command::MigrationSetDefaultRefresh(n))
+        },
+    },
+    CommandSpec {
+        name: "migration get refresh-default",
+        args: "",
+        summary: "show how often jobs created without -refresh fetch their targets' space and load",
+        details: "",
+        options: &[],
+        examples: &["migration get refresh-default"],
+        parse: |inv| inv.at_most(0).map(|()| Command::MigrationGetDefaultRefresh),
+    },
+    CommandSpec {
+        name: "rebalance pgroup",
+        args: "<group>",
+        summary: "level the space use of a pool group: a `migration move -id=rebalance` on each of its enabled pools",
+        details: concat!(
+            "Any pool accepts it. It asks every pool of the group (in the cluster file) for its space;\n",
+            "disabled pools and pools that do not answer are left out and named in the reply. On each\n",
+            "enabled pool it cancels the job called rebalance (-force) and starts\n",
+            "  migration move -id=rebalance -refresh=<n> -include-when=<..> -stop-when=<..> -target=pool -- <the enabled pools>\n",
+            "With -metric=relative, F = sum(used)/sum(total) of the enabled pools, and\n",
+            "  -include-when='target.used < F * target.total'\n",
+            "  -stop-when='targets == 0 or source.used <= F * source.total'\n",
+            "so pools above the level move files to pools below it until each is at F.\n",
+            "With -metric=free: -include-when='target.free > source.free' -stop-when='targets == 0'.\n",
+            "The reply has one line per pool: `<pool>: <job summary line>`, `<pool>: left out: <why>`\n",
+            "or `<pool>: failed: <error>`; the command fails if any enabled pool failed.\n",
+            "`migration ls` on each pool follows its job; `rebalance cancel pgroup` stops them all.",
+        ),
+        options: &[
+            valued("metric", "relative|free", "level the used fraction, or the free bytes (default: relative)"),
+            valued(
+                "refresh",
+                "seconds",
+                "how often each job fetches the other pools' space (default: 30); the levels are only as fresh as this",
+            ),
+        ],
+        examples: &["rebalance pgroup disk", "rebalance pgroup -metric=free -refresh=10 disk"],
+        parse: parse_rebalance,
+    },
+    CommandSpec {
+        name: "rebalance cancel pgroup",
+        args: "<group>",
+        summary: "cancel the rebalance job on every pool of a pool group",
+        details: concat!(
+            "Runs `migration cancel -force rebalance` on every pool of the group (enabled or not): running\n",
+            "transfers stop and half-made copies are removed; what was moved stays moved. One line per\n",
+            "pool: the job's summary line, `no rebalance job`, or `failed: <error>` (then the command fails).",
+        ),
+        options: &[],
+        examples: &["rebalance cancel pgroup disk"],
+        parse: |inv| {
+            let group = inv.arg(0, "pool group")?.text.clone();
+            inv.at_most(1)?;
+            Ok(Command::RebalanceCancel { group })
+        },
     },
 ];
 
@@ -892,6 +985,28 @@ fn parse_migration_info(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     Ok(Command::MigrationInfo { job, view })
 }
 
+fn parse_rebalance(inv: &Invocation<'_>) -> Result<Command, ParseError> {
+    let group = inv.arg(0, "pool group")?.text.clone();
+    inv.at_most(1)?;
+    let metric = match inv.value("metric") {
+        None => Metric::default(),
+        Some((v, offset)) => v.parse().map_err(|e: String| ParseError::invalid(offset, e))?,
+    };
+    let refresh = match inv.value("refresh") {
+        None => rebalance::DEFAULT_REFRESH,
+        Some((v, offset)) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(ParseError::invalid(
+                    offset,
+                    format!("-refresh: {v:?} is not a refresh period; give whole seconds, at least 1"),
+                ));
+            }
+        },
+    };
+    Ok(Command::Rebalance { group, metric, refresh })
+}
+
 fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
     let job = inv.parse_arg(inv.arg(0, "job id")?)?;
     let n = inv.parse_arg(inv.arg(1, "concurrency")?)?;
@@ -1069,11 +1184,46 @@ mod tests {
         check_err("migration set concurrency-default 0", "Default concurrency must be positive.", "0");
         check_err("migration get concurrency-default 3", "unexpected argument", "3");
         check_err("migration clear 1", "unexpected argument", "1");
+        check("migration set refresh-default 60", Command::MigrationSetDefaultRefresh(60));
+        check("migration get refresh-default", Command::MigrationGetDefaultRefresh);
+        check_err("migration set refresh-default 0", "Refresh interval must be positive.", "0");
+        check_err("migration set refresh-default -5", "unknown option -5", "-5");
+        check_err("migration set refresh-default soon", "invalid digit", "soon");
+        check_err("migration set refresh-default 5 6", "unexpected argument", "6");
+        check_err("migration get refresh-default 3", "unexpected argument", "3");
         for (line, what) in
             [("migration info", "missing job id"), ("migration set concurrency 1", "missing concurrency")]
         {
             let err = parse(line).unwrap_err();
             assert!(err.message.starts_with(what), "{line:?}: {err:?}");
+            assert_eq!(err.offset, Some(line.len()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn rebalance_commands() {
+        let rebalance = |group: &str, metric, refresh| Command::Rebalance { group: group.into(), metric, refresh };
+        check("rebalance pgroup disk", rebalance("disk", Metric::Relative, 30));
+        check("rebalance pgroup -metric=free disk", rebalance("disk", Metric::Free, 30));
+        check("rebalance pgroup -refresh=5 -metric=relative disk", rebalance("disk", Metric::Relative, 5));
+        check("rebalance cancel pgroup disk", Command::RebalanceCancel { group: "disk".into() });
+
+        check_err("rebalance pgroup -metric=space disk", "\"space\" is not a metric; use relative or free", "-metric");
+        check_err("rebalance pgroup -refresh=0 disk", "-refresh: \"0\" is not a refresh period", "-refresh");
+        check_err("rebalance pgroup -refresh=x disk", "whole seconds, at least 1", "-refresh");
+        check_err("rebalance pgroup -metric disk", "option -metric needs a value", "-metric");
+        check_err(
+            "rebalance pgroup -force disk",
+            "unknown option -force; 'rebalance pgroup' takes -metric -refresh",
+            "-force",
+        );
+        check_err("rebalance pgroup disk tape", "unexpected argument", "tape");
+        check_err("rebalance cancel pgroup disk tape", "unexpected argument", "tape");
+        check_err("rebalance cancel pgroup -metric=free disk", "'rebalance cancel pgroup' takes no options", "-metric");
+        check_err("rebalance pgrup disk", "did you mean 'rebalance pgroup'", "rebalance");
+        for line in ["rebalance pgroup", "rebalance cancel pgroup"] {
+            let err = parse(line).unwrap_err();
+            assert!(err.message.starts_with("missing pool group"), "{line:?}: {err:?}");
             assert_eq!(err.offset, Some(line.len()), "{line:?}");
         }
     }
@@ -1247,7 +1397,7 @@ mod tests {
             "(default: off; on for move)",
             "(default: proportional)",
             "(default: 1)",
-            "(default: the pool config's, 300)",
+            "(default: `migration get refresh-default`, 300 unless configured)",
             "(default: wait)",
         ] {
             assert!(help.contains(default), "help migration copy lacks {default:?}");

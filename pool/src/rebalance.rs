@@ -1,0 +1,521 @@
+//! `rebalance pgroup`: levels the space use of a pool group in one command, as dCache's
+//! PoolManager does (reference §2.9). Any pool accepts it. It asks every pool of the group for
+//! its cost (`PoolInfo`), leaves out the disabled pools and those that do not answer, and on
+//! each enabled pool force-cancels the job called `rebalance` and starts
+//! `migration move -id=rebalance` towards all the enabled pools of the group, with a target
+//! filter and a stop condition that make the pools above the group's level give files to the
+//! pools below it until each is at the level.
+//!
+//! What to run where is a pure function of the pools' answers ([`plan`]); [`start`] and
+//! [`cancel`] are the thin effects around it. The pool reaches the other pools of the group
+//! through their admin endpoints, as an admin client with the cluster key, and runs the same
+//! lines on itself through its own command interpreter: every pool runs the same text, which
+//! `migration ls` shows.
+
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tidepool_admin::client::{ClientError, PoolClient};
+use tidepool_migration::env::{Env, Unanswered};
+use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
+
+use crate::admin::exec::{self, Output};
+use crate::pool::Pool;
+
+/// The id of the jobs `rebalance pgroup` starts (dCache's).
+pub const JOB_ID: &str = "rebalance";
+/// `-refresh` when not given, in seconds (dCache's default for `rebalance pgroup`).
+pub const DEFAULT_REFRESH: u64 = 30;
+/// How every pool's `rebalance` job is cancelled: at once, half-made copies removed.
+const CANCEL_LINE: &str = "migration cancel -force rebalance";
+/// What the migration module answers when a pool has no such job.
+const NO_JOB: &str = "Job not found";
+/// How long a pool may take to answer one admin command of a rebalance (creating a job replies
+/// at once; the job's work comes after).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the level of the group is measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Metric {
+    /// Used space as a fraction of the total: every pool ends near the group's fraction
+    /// F = sum(used) / sum(total). Pools of different sizes are levelled in proportion.
+    #[default]
+    Relative,
+    /// Free bytes: a pool gives files to pools with more free space than itself, until no
+    /// pool has more (pools of different sizes end with about the same free space).
+    Free,
+}
+
+impl FromStr for Metric {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "relative" => Ok(Metric::Relative),
+            "free" => Ok(Metric::Free),
+            other => Err(format!("-metric: {other:?} is not a metric; use relative or free")),
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::Relative => "relative",
+            Metric::Free => "free",
+        })
+    }
+}
+
+/// What a pool of the group answered when asked for its cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Cost(PoolCost),
+    /// It did not answer, or refused; why, for the reply.
+    None(String),
+}
+
+/// What `rebalance pgroup` does, worked out from the pools' answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The `migration move` line every enabled pool runs.
+    pub line: String,
+    /// The enabled pools, in cluster-file order: each runs `line` and is a target of the others.
+    pub pools: Vec<PoolName>,
+    /// The pools left out, with why (disabled, or no answer).
+    pub left_out: Vec<(PoolName, String)>,
+    /// With [`Metric::Relative`], the group's used fraction F.
+    pub level: Option<f64>,
+}
+
+/// The plan for `members` (the pools of the group in cluster-file order, with their answers).
+pub fn plan(metric: Metric, refresh: u64, members: &[(PoolName, Answer)]) -> Plan {
+    let mut pools = Vec::new();
+    let mut left_out = Vec::new();
+    let (mut used, mut total) = (0u128, 0u128);
+    for (name, answer) in members {
+        match answer {
+            Answer::Cost(cost) if cost.enabled => {
+                pools.push(name.clone());
+                used += u128::from(cost.space.used);
+                total += u128::from(cost.space.total);
+            }
+            Answer::Cost(_) => left_out.push((name.clone(), "disabled".to_string())),
+            Answer::None(why) => left_out.push((name.clone(), why.clone())),
+        }
+    }
+    let (include, stop, level) = match metric {
+        Metric::Relative => {
+            let f = if total == 0 { 0.0 } else { used as f64 / total as f64 };
+            // `{}` writes the shortest decimal that reads back as the same double, and never
+            // an exponent (which the expression language does not have).
+            (
+                format!("target.used < {f} * target.total"),
+                format!("targets == 0 or source.used <= {f} * source.total"),
+                Some(f),
+            )
+        }
+        Metric::Free => ("target.free > source.free".to_string(), "targets == 0".to_string(), None),
+    };
+    let names: Vec<&str> = pools.iter().map(PoolName::as_str).collect();
+    let line = format!(
+        "migration move -id={JOB_ID} -refresh={refresh} -include-when='{include}' -stop-when='{stop}' -target=pool -- {}",
+        names.join(" ")
+    );
+    Plan { line, pools, left_out, level }
+}
+
+impl Plan {
+    /// Refuses a plan with fewer than two enabled pools: there is nothing to level.
+    pub fn check(&self, group: &str) -> Result<(), RemoteError> {
+        match self.pools.as_slice() {
+            [] => {
+                let code = if self.left_out.iter().all(|(_, why)| why == "disabled") {
+                    ErrorCode::PoolDisabled
+                } else {
+                    ErrorCode::Offline
+                };
+                Err(RemoteError::new(code, format!("no pool of pool group {group} is enabled and answers")))
+            }
+            [one] => Err(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                format!("{one} is the only enabled pool of pool group {group} that answers: nothing to level"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `rebalance pgroup <group>`: writes one line per pool of the group (left out, the new job's
+/// summary line, or the error), in cluster-file order. Fails if any enabled pool failed.
+pub fn start(
+    pool: &Arc<Pool>,
+    group: &str,
+    metric: Metric,
+    refresh: u64,
+    out: &mut dyn Output,
+) -> Result<(), RemoteError> {
+    let members = members(pool, group)?;
+    let runtime = runtime(pool)?;
+    let module = pool
+        .try_migration()
+        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))?;
+    let env = module.env().clone();
+    let me = pool.name.clone();
+    let answers = runtime.block_on(async move {
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, name) in members.into_iter().enumerate() {
+            let env = env.clone();
+            let me = me.clone();
+            asked.spawn(async move {
+                let answer = if name == me { Answer::Cost(env.cost()) } else { ask(&*env, &name).await };
+                (i, name, answer)
+            });
+        }
+        let mut answers = asked.join_all().await;
+        answers.sort_by_key(|(i, _, _)| *i);
+        answers.into_iter().map(|(_, name, answer)| (name, answer)).collect::<Vec<_>>()
+    });
+    let plan = plan(metric, refresh, &answers);
+    let mut text = String::new();
+    for (name, why) in &plan.left_out {
+        let _ = writeln!(text, "{name}: left out: {why}");
+    }
+    if let Err(e) = plan.check(group) {
+        out.write(&text)?;
+        return Err(e);
+    }
+    tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
+    let results = on_each(pool, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
+    let failed = report(&results, &mut text, |reply| reply.to_string());
+    out.write(&text)?;
+    summary(group, "started the rebalance jobs", &results, failed)
+}
+
+/// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
+/// one line per pool (the job's summary line, no such job, or the error).
+pub fn cancel(pool: &Arc<Pool>, group: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let members = members(pool, group)?;
+    let runtime = runtime(pool)?;
+    let results = on_each(pool, &runtime, &members, &[CANCEL_LINE]);
+    let mut text = String::new();
+    let failed = report(&results, &mut text, cancelled);
+    out.write(&text)?;
+    summary(group, "cancelled the rebalance jobs", &results, failed)
+}
+
+/// A pool's line after `migration cancel -force rebalance`: the job's summary line, if it has one.
+fn cancelled(reply: &str) -> String {
+    if reply.is_empty() { "no rebalance job".to_string() } else { reply.to_string() }
+}
+
+/// The pools of `group` in cluster-file order; an error if the cluster file has none.
+fn members(pool: &Pool, group: &str) -> Result<Vec<PoolName>, RemoteError> {
+    let members: Vec<PoolName> =
+        pool.cluster.pools.iter().filter(|p| p.groups.iter().any(|g| g == group)).map(|p| p.name.clone()).collect();
+    if members.is_empty() {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidArgument,
+            format!("no pool group named {group} in the cluster file"),
+        ));
+    }
+    Ok(members)
+}
+
+fn runtime(pool: &Pool) -> Result<tokio::runtime::Handle, RemoteError> {
+    pool.runtime.clone().ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no runtime to work with"))
+}
+
+/// Asks another pool for its cost.
+async fn ask(env: &impl Env, name: &PoolName) -> Answer {
+    match env.request(name, MigrationRequest::PoolInfo).await {
+        Ok(MigrationReply::PoolInfo(cost)) => Answer::Cost(cost),
+        Ok(MigrationReply::Error(e)) => Answer::None(format!("refused to say its cost: {}", e.message)),
+        Ok(_) => Answer::None("answered something other than its cost".to_string()),
+        Err(Unanswered::NotDelivered) => Answer::None("offline (not reachable)".to_string()),
+        Err(Unanswered::NoAnswer) => Answer::None("offline (no answer in time)".to_string()),
+    }
+}
+
+/// Runs `lines` in order on each pool of `pools` (this pool through its own interpreter, the
+/// others at the same time through their admin endpoints). A pool's result is the output of
+/// its last line, or the first error; the error `Job not found` from the cancel line is not
+/// one (the pool had no such job: the output is then empty).
+fn on_each(
+    pool: &Arc<Pool>,
+    runtime: &tokio::runtime::Handle,
+    pools: &[PoolName],
+    lines: &[&str],
+) -> Vec<(PoolName, Result<String, RemoteError>)> {
+    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
+    let mut remote = Vec::new();
+    for (i, name) in pools.iter().enumerate() {
+        if *name == pool.name {
+            results[i] = Some(run_lines(&lines, |line| {
+                let mut text = String::new();
+                exec::run_line(pool, line, &mut text).map(|()| text)
+            }));
+        } else {
+            remote.push((i, name.clone()));
+        }
+    }
+    // The shell's client is not `Send` (its output callback is not), so the requests run as
+    // local tasks on this thread, all at once, driven by the pool's runtime.
+    let span = tracing::Span::current();
+    let (cluster, key) = (&pool.cluster, &pool.key);
+    let local = tokio::task::LocalSet::new();
+    let answered = runtime.block_on(local.run_until(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, name) in remote {
+            let client = PoolClient::new(cluster.clone(), key.clone()).with_reply_timeout(COMMAND_TIMEOUT);
+            let lines = lines.clone();
+            let work = async move { (i, run_remote(client, &name, &lines).await) };
+            set.spawn_local(tracing::Instrument::instrument(work, span.clone()));
+        }
+        set.join_all().await
+    }));
+    for (i, result) in answered {
+        results[i] = Some(result);
+    }
+    pools
+        .iter()
+        .cloned()
+        .zip(results)
+        .map(|(name, r)| {
+            (name, r.unwrap_or_else(|| Err(RemoteError::new(ErrorCode::Internal, "the command did not run"))))
+        })
+        .collect()
+}
+
+/// The lines of [`on_each`] with `run` doing one line.
+fn run_lines(
+    lines: &[String],
+    mut run: impl FnMut(&str) -> Result<String, RemoteError>,
+) -> Result<String, RemoteError> {
+    let mut last = String::new();
+    for line in lines {
+        last = match run(line) {
+            Ok(text) => text,
+            Err(e) if line == CANCEL_LINE && e.message == NO_JOB => String::new(),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(last)
+}
+
+async fn run_remote(mut client: PoolClient, name: &PoolName, lines: &[String]) -> Result<String, RemoteError> {
+    let mut last = String::new();
+    for line in lines {
+        let mut text = String::new();
+        let result = client
+            .run(name, line, &mut |chunk| {
+                text.push_str(chunk);
+                Ok(())
+            })
+            .await;
+        last = match result {
+            Ok(None) => text,
+            Ok(Some(e)) if line == CANCEL_LINE && e.message == NO_JOB => String::new(),
+            Ok(Some(e)) => return Err(e),
+            Err(e) => return Err(client_error(e)),
+        };
+    }
+    Ok(last)
+}
+
+/// A failure to reach a pool, as an error with a code.
+fn client_error(e: ClientError) -> RemoteError {
+    let code = match &e {
+        ClientError::Offline { .. } | ClientError::SendFailed { .. } | ClientError::Lost { .. } => ErrorCode::Offline,
+        ClientError::NoReply { .. } => ErrorCode::Timeout,
+        ClientError::Refused { error, .. } => error.code().unwrap_or(ErrorCode::Protocol),
+        _ => ErrorCode::Protocol,
+    };
+    RemoteError::new(code, e.to_string())
+}
+
+/// Writes `<pool>: <what>` per result (`show` turns a reply into `what`; further lines of a
+/// reply or an error are indented) and returns how many failed.
+fn report(
+    results: &[(PoolName, Result<String, RemoteError>)],
+    text: &mut String,
+    show: impl Fn(&str) -> String,
+) -> usize {
+    let mut failed = 0;
+    for (name, result) in results {
+        let what = match result {
+            Ok(reply) => show(reply.trim_end()),
+            Err(e) => {
+                failed += 1;
+                format!("failed: {} (rc={})", e.message, e.code)
+            }
+        };
+        let _ = writeln!(text, "{name}: {}", what.replace('\n', "\n    "));
+    }
+    failed
+}
+
+/// The command's end: an error (so a script sees it) if some pool failed, with the code of the
+/// first failure.
+fn summary(
+    group: &str,
+    done: &str,
+    results: &[(PoolName, Result<String, RemoteError>)],
+    failed: usize,
+) -> Result<(), RemoteError> {
+    match results.iter().find_map(|(_, r)| r.as_ref().err()) {
+        None => Ok(()),
+        Some(first) => Err(RemoteError {
+            code: first.code,
+            message: format!(
+                "pool group {group}: {failed} of {} pools failed (see above); {done} on the others",
+                results.len()
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidepool_p2p::model::SpaceInfo;
+
+    fn name(n: &str) -> PoolName {
+        n.parse().unwrap()
+    }
+
+    fn cost(used: u64, total: u64, enabled: bool) -> Answer {
+        let space = SpaceInfo { total, used, free: total - used, precious: 0, removable: 0 };
+        Answer::Cost(PoolCost { space, load: 0, accepts: enabled, enabled })
+    }
+
+    /// The plan for `members`: its line without the fixed head, its pools and what was left out.
+    fn check(
+        metric: Metric,
+        members: &[(&str, Answer)],
+        want_line: &str,
+        want_pools: &[&str],
+        want_out: &[(&str, &str)],
+    ) {
+        let members: Vec<(PoolName, Answer)> = members.iter().map(|(n, a)| (name(n), a.clone())).collect();
+        let p = plan(metric, 30, &members);
+        let head = "migration move -id=rebalance -refresh=30 ";
+        assert_eq!(p.line.strip_prefix(head), Some(want_line), "{members:?}");
+        assert_eq!(p.pools, want_pools.iter().map(|n| name(n)).collect::<Vec<_>>());
+        let out: Vec<(PoolName, String)> = want_out.iter().map(|(n, w)| (name(n), w.to_string())).collect();
+        assert_eq!(p.left_out, out);
+    }
+
+    #[test]
+    fn relative_levels_at_the_groups_used_fraction() {
+        const MI: u64 = 1 << 20;
+        // 40 + 35 + 0 files of 1 MiB in three pools of 256 MiB: F = 75/768 = 0.09765625.
+        check(
+            Metric::Relative,
+            &[
+                ("pool1", cost(40 * MI, 256 * MI, true)),
+                ("pool2", cost(35 * MI, 256 * MI, true)),
+                ("pool3", cost(0, 256 * MI, true)),
+            ],
+            "-include-when='target.used < 0.09765625 * target.total' \
+             -stop-when='targets == 0 or source.used <= 0.09765625 * source.total' -target=pool -- pool1 pool2 pool3",
+            &["pool1", "pool2", "pool3"],
+            &[],
+        );
+        // Disabled pools and pools that do not answer count for nothing and are no targets.
+        check(
+            Metric::Relative,
+            &[
+                ("a", cost(300, 1000, true)),
+                ("b", cost(900, 1000, false)),
+                ("c", Answer::None("offline (not reachable)".into())),
+                ("d", cost(100, 1000, true)),
+            ],
+            "-include-when='target.used < 0.2 * target.total' \
+             -stop-when='targets == 0 or source.used <= 0.2 * source.total' -target=pool -- a d",
+            &["a", "d"],
+            &[("b", "disabled"), ("c", "offline (not reachable)")],
+        );
+        // Pools of different sizes: the fraction, not the bytes, is levelled.
+        check(
+            Metric::Relative,
+            &[("a", cost(0, 1000, true)), ("b", cost(750, 3000, true))],
+            "-include-when='target.used < 0.1875 * target.total' \
+             -stop-when='targets == 0 or source.used <= 0.1875 * source.total' -target=pool -- a b",
+            &["a", "b"],
+            &[],
+        );
+        // An empty group: F = 0, every job stops at once.
+        check(
+            Metric::Relative,
+            &[("a", cost(0, 1000, true)), ("b", cost(0, 1000, true))],
+            "-include-when='target.used < 0 * target.total' \
+             -stop-when='targets == 0 or source.used <= 0 * source.total' -target=pool -- a b",
+            &["a", "b"],
+            &[],
+        );
+    }
+
+    #[test]
+    fn free_moves_towards_pools_with_more_free_space() {
+        check(
+            Metric::Free,
+            &[("a", cost(300, 1000, true)), ("b", cost(0, 1000, true))],
+            "-include-when='target.free > source.free' -stop-when='targets == 0' -target=pool -- a b",
+            &["a", "b"],
+            &[],
+        );
+    }
+
+    #[test]
+    fn the_line_is_a_valid_migration_move() {
+        let members = [(name("pool1"), cost(10, 100, true)), (name("pool2"), cost(70, 300, true))];
+        for metric in [Metric::Relative, Metric::Free] {
+            let p = plan(metric, 5, &members);
+            match crate::admin::parse(&p.line) {
+                Ok(Some(crate::admin::Command::MigrationCreate { def, .. })) => {
+                    assert_eq!(def.id, Some(JOB_ID.parse().unwrap()));
+                    assert_eq!(def.refresh, Some(5));
+                    assert!(def.include_when.is_some() && def.stop_when.is_some(), "{def:?}");
+                }
+                other => panic!("{}: {other:?}", p.line),
+            }
+        }
+    }
+
+    #[test]
+    fn fewer_than_two_enabled_pools_is_nothing_to_level() {
+        let members = |answers: Vec<Answer>| -> Vec<(PoolName, Answer)> {
+            answers.into_iter().enumerate().map(|(i, a)| (name(&format!("p{i}")), a)).collect()
+        };
+        let p = plan(Metric::Relative, 30, &members(vec![cost(1, 10, true), cost(1, 10, false)]));
+        let e = p.check("disk").unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+        assert_eq!(e.message, "p0 is the only enabled pool of pool group disk that answers: nothing to level");
+        let p = plan(Metric::Relative, 30, &members(vec![cost(1, 10, false)]));
+        assert_eq!(p.check("disk").unwrap_err().code(), Some(ErrorCode::PoolDisabled));
+        let p = plan(Metric::Free, 30, &members(vec![cost(1, 10, false), Answer::None("offline".into())]));
+        assert_eq!(p.check("disk").unwrap_err().code(), Some(ErrorCode::Offline));
+        let p = plan(Metric::Free, 30, &members(vec![cost(1, 10, true), cost(1, 10, true)]));
+        assert_eq!(p.check("disk"), Ok(()));
+    }
+
+    #[test]
+    fn run_lines_takes_a_missing_job_as_nothing_to_cancel() {
+        let lines = vec![CANCEL_LINE.to_string(), "migration move x".to_string()];
+        let not_found = || RemoteError::new(ErrorCode::InvalidArgument, NO_JOB);
+        let r = run_lines(&lines, |l| if l == CANCEL_LINE { Err(not_found()) } else { Ok("[rebalance] NEW\n".into()) });
+        assert_eq!(r, Ok("[rebalance] NEW\n".to_string()));
+        // The same message from the second line is an error.
+        let r = run_lines(&lines, |l| if l == CANCEL_LINE { Ok(String::new()) } else { Err(not_found()) });
+        assert_eq!(r, Err(not_found()));
+        let other = RemoteError::new(ErrorCode::Internal, "boom");
+        let r = run_lines(&lines, |_| Err(other.clone()));
+        assert_eq!(r, Err(other));
+        assert_eq!(run_lines(&lines[..1], |_| Err(not_found())), Ok(String::new()));
+    }
+}
