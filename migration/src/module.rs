@@ -221,6 +221,8 @@ struct Job {
     stop: CancellationToken,
     /// Cancelled when the job is cancelled (or ends): stops its initial scan at once.
     halt: CancellationToken,
+    /// A scan after lost repository changes is under way (one at a time).
+    rescanning: AtomicBool,
     s: Mutex<JobInner>,
 }
 
@@ -432,6 +434,7 @@ impl<E: Env> Module<E> {
                 refresh,
                 stop: CancellationToken::new(),
                 halt: CancellationToken::new(),
+                rescanning: AtomicBool::new(false),
                 s: Mutex::new(JobInner {
                     state: JobState::New,
                     queue: Queue::default(),
@@ -822,6 +825,9 @@ impl<E: Env> Module<E> {
     pub fn changes_missed(self: &Arc<Self>) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
         for job in jobs.into_iter().filter(|j| j.def.permanent && !j.stop.is_cancelled()) {
+            if job.rescanning.swap(true, Ordering::AcqRel) {
+                continue;
+            }
             let (m, j) = (self.clone(), job.clone());
             self.rt.spawn(async move {
                 let env = m.env.clone();
@@ -833,6 +839,7 @@ impl<E: Env> Module<E> {
                         }
                     });
                 }
+                j.rescanning.store(false, Ordering::Release);
             });
         }
     }

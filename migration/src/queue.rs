@@ -65,11 +65,20 @@ pub enum Removal {
 
 #[derive(Clone, Debug, Default)]
 pub struct Queue {
-    queued: VecDeque<PnfsId>,
+    /// Queued files in order, each with the ticket it was queued under. An entry whose ticket
+    /// is no longer the file's (the file started, left the job, or was queued again) is
+    /// skipped and dropped lazily: removing a file costs the same however long the queue.
+    queued: VecDeque<(PnfsId, u64)>,
+    /// The files queued now, with their ticket.
+    tickets: HashMap<PnfsId, u64>,
+    next_ticket: u64,
     sizes: HashMap<PnfsId, u64>,
     running: BTreeMap<PnfsId, TaskId>,
-    /// Files waiting out their backoff, soonest first.
+    /// Files waiting out their backoff, soonest first; an entry that `due` no longer names is
+    /// stale.
     retry: BTreeSet<(EpochMillis, PnfsId)>,
+    /// When each waiting file is due.
+    due: HashMap<PnfsId, EpochMillis>,
     failures: HashMap<PnfsId, Failure>,
     stats: Stats,
     /// The sum of `sizes`, kept as files come and go (`-pause-when`/`-stop-when` read it on
@@ -83,11 +92,32 @@ impl Queue {
         if self.sizes.contains_key(&id) {
             return false;
         }
-        self.queued.push_back(id);
+        self.enqueue(id);
         self.sizes.insert(id, size);
         self.stats.total += size;
         self.left += size;
         true
+    }
+
+    fn enqueue(&mut self, id: PnfsId) {
+        self.next_ticket += 1;
+        self.tickets.insert(id, self.next_ticket);
+        self.queued.push_back((id, self.next_ticket));
+    }
+
+    fn current(&self, entry: &(PnfsId, u64)) -> bool {
+        self.tickets.get(&entry.0) == Some(&entry.1)
+    }
+
+    /// Drops stale entries from the front, and all of them once they are most of the queue.
+    fn tidy(&mut self) {
+        while self.queued.front().is_some_and(|e| !self.current(e)) {
+            self.queued.pop_front();
+        }
+        if self.queued.len() > 2 * self.tickets.len() + 1024 {
+            let tickets = &self.tickets;
+            self.queued.retain(|(id, t)| tickets.get(id) == Some(t));
+        }
     }
 
     /// Whether the file is queued, running or waiting.
@@ -101,10 +131,11 @@ impl Queue {
         }
         let Some(size) = self.sizes.remove(id) else { return Removal::NotHere };
         self.left -= size;
-        self.queued.retain(|q| q != id);
-        self.retry.retain(|(_, q)| q != id);
+        self.tickets.remove(id);
+        self.due.remove(id);
         // A file that left the job is no longer a failure of it.
         self.failures.remove(id);
+        self.tidy();
         Removal::Dropped
     }
 
@@ -115,21 +146,26 @@ impl Queue {
                 break;
             }
             self.retry.pop_first();
-            self.queued.push_back(id);
+            if self.due.get(&id) == Some(&at) {
+                self.due.remove(&id);
+                self.enqueue(id);
+            }
         }
     }
 
     /// The queued files in order (the scheduler tries them in turn, skipping locked ones).
     pub fn queued(&self) -> impl Iterator<Item = &PnfsId> {
-        self.queued.iter()
+        self.queued.iter().filter(|e| self.current(e)).map(|(id, _)| id)
     }
 
     /// Takes a queued file for a task.
     pub fn start(&mut self, id: PnfsId, task: TaskId) -> bool {
-        let Some(pos) = self.queued.iter().position(|q| *q == id) else { return false };
-        self.queued.remove(pos);
+        if self.tickets.remove(&id).is_none() {
+            return false;
+        }
         self.running.insert(id, task);
         self.stats.attempts += 1;
+        self.tidy();
         true
     }
 
@@ -170,6 +206,7 @@ impl Queue {
         }
         let at = now.saturating_add(backoff.delay(entry.attempts).as_millis() as i64);
         self.retry.insert((at, *id));
+        self.due.insert(*id, at);
         Some(at)
     }
 
@@ -187,22 +224,22 @@ impl Queue {
     }
 
     pub fn queued_count(&self) -> usize {
-        self.queued.len()
+        self.tickets.len()
     }
 
     /// Files waiting out a backoff.
     pub fn waiting(&self) -> usize {
-        self.retry.len()
+        self.due.len()
     }
 
     /// When the next waiting file is due.
     pub fn next_retry(&self) -> Option<EpochMillis> {
-        self.retry.first().map(|(at, _)| *at)
+        self.retry.iter().find(|(at, id)| self.due.get(id) == Some(at)).map(|(at, _)| *at)
     }
 
     /// Nothing queued, running or waiting.
     pub fn is_empty(&self) -> bool {
-        self.queued.is_empty() && self.running.is_empty() && self.retry.is_empty()
+        self.tickets.is_empty() && self.running.is_empty() && self.due.is_empty()
     }
 
     /// Bytes still to transfer (queued, running and waiting files): what dCache meant by
@@ -223,7 +260,9 @@ impl Queue {
     /// Drops everything still to do (a job reaching a terminal state).
     pub fn clear(&mut self) {
         self.queued.clear();
+        self.tickets.clear();
         self.retry.clear();
+        self.due.clear();
         self.sizes.retain(|id, _| self.running.contains_key(id));
         self.left = self.sizes.values().sum();
     }
@@ -298,6 +337,30 @@ mod tests {
         q.cancelled(&id(2));
         assert!(q.is_empty());
         assert!(q.failures().any(|(i, f)| *i == id(1) && f.permanent));
+    }
+
+    #[test]
+    fn removing_and_re_adding_keeps_one_entry_per_file() {
+        let b = Backoff::default();
+        let mut q = Queue::default();
+        for n in 0..50 {
+            q.add(id(n), 1);
+        }
+        for n in (0..50).step_by(2) {
+            assert_eq!(q.remove(&id(n)), Removal::Dropped);
+        }
+        assert!(q.add(id(4), 1), "a permanent job may queue a file again");
+        let order: Vec<PnfsId> = q.queued().copied().collect();
+        assert_eq!(order.len(), 26);
+        assert_eq!(order.last(), Some(&id(4)), "at the end, and only once");
+        assert_eq!(q.queued_count(), 26);
+        // A waiting file that leaves the job is not woken later.
+        q.start(id(1), TaskId(1));
+        q.failed(&id(1), false, boom(), 0, &b);
+        assert_eq!(q.remove(&id(1)), Removal::Dropped);
+        q.wake(i64::MAX);
+        assert_eq!(q.queued().filter(|i| **i == id(1)).count(), 0);
+        assert_eq!((q.waiting(), q.next_retry()), (0, None));
     }
 
     #[test]
