@@ -69,6 +69,14 @@ pub const PEER_IDLE: Duration = Duration::from_secs(120);
 const RESUMES: u32 = 3;
 /// How many finished transfers `pp ls -l` remembers.
 const RECENT: usize = 50;
+/// Received replicas that may wait for their commit at once (see [`Transfers::committing`]).
+const COMMIT_BACKLOG: usize = 256;
+
+/// A small replica received whole, to be created, written and committed in one go.
+struct Received {
+    attrs: FileAttributes,
+    bytes: Vec<u8>,
+}
 
 /// What a target asks for.
 #[derive(Clone, Debug)]
@@ -114,6 +122,10 @@ pub struct Transfers {
     recent: Mutex<VecDeque<Finished>>,
     /// Incoming transfers (`pp set max active`).
     pub incoming: Gate,
+    /// Received replicas waiting for their commit. A transfer leaves `incoming` once its data
+    /// is here, so the next one starts while the commit waits for its batch's sync (commits
+    /// then share bigger batches); this bounds how many wait (small replicas wait in memory).
+    pub committing: Gate,
     /// Outgoing streams (`pp set max outgoing`).
     pub outgoing: Gate,
     no_progress: Duration,
@@ -135,6 +147,7 @@ impl Transfers {
             entries: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(VecDeque::new()),
             incoming: Gate::new(settings.max_active),
+            committing: Gate::new(COMMIT_BACKLOG),
             outgoing: Gate::new(settings.max_outgoing),
             no_progress: settings.no_progress,
             idle: Mutex::new(HashMap::new()),
@@ -283,7 +296,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
         ));
     }
     let transfers = &pool.transfers;
-    let _pass = tokio::select! {
+    let pass = tokio::select! {
         pass = transfers.incoming.enter() => pass,
         _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
     };
@@ -301,10 +314,15 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
             Err(e) => break Err(e),
         };
         match attempt(pool, entry, req, &mut conn, &mut incoming, &mut source_attrs).await {
-            Ok(Some(replica)) => {
-                // A small replica, received and committed in one go.
+            Ok(Some(received)) => {
+                // A small replica, received whole: its commit waits without a transfer place.
                 transfers.give_back(&req.source, conn);
-                return Ok(replica);
+                let _committing = tokio::select! {
+                    c = transfers.committing.enter() => c,
+                    _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
+                };
+                drop(pass);
+                return commit_small(pool, req, received).await;
             }
             Ok(None) => {
                 transfers.give_back(&req.source, conn);
@@ -330,6 +348,15 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
         return Err(RemoteError::new(ErrorCode::Internal, "transfer ended without data"));
     };
     let (state, sticky) = (req.state, req.sticky.clone());
+    // The data is all here: the next transfer may start while this one waits for its commit.
+    let _committing = tokio::select! {
+        c = transfers.committing.enter() => c,
+        _ = entry.cancel.cancelled() => {
+            blocking(move || drop(incoming)).await;
+            return Err(cancelled(req.pnfsid));
+        }
+    };
+    drop(pass);
     // Size and the source's checksum are checked here; on a mismatch nothing is committed.
     let replica = blocking(move || incoming.commit(state, sticky, attrs.checksum, now_ms())).await?;
     Ok(replica)
@@ -344,7 +371,7 @@ async fn attempt(
     conn: &mut Connection,
     incoming: &mut Option<Incoming>,
     source_attrs: &mut Option<FileAttributes>,
-) -> Result<Option<Replica>, Stop> {
+) -> Result<Option<Received>, Stop> {
     let no_progress = pool.transfers.no_progress();
     let fetch = DataRequest::Fetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
     conn.send(&fetch).await.map_err(|e| broken(req, e))?;
@@ -374,7 +401,7 @@ async fn attempt(
         Some(_) => {}
         None if attrs.size <= MAX_DATA_CHUNK as u64 => {
             entry.size.store(attrs.size, Ordering::Relaxed);
-            return receive_small(pool, entry, req, conn, attrs).await.map(Some);
+            return receive_small(no_progress, entry, req, conn, attrs).await.map(Some);
         }
         None => {
             let now = now_ms();
@@ -405,13 +432,12 @@ async fn attempt(
 /// the blocking pool fewer per file than the streaming path; a full pool costs only the read
 /// of a small file.
 async fn receive_small(
-    pool: &Arc<Pool>,
+    no_progress: Duration,
     entry: &TransferEntry,
     req: &PullRequest,
     conn: &mut Connection,
     attrs: FileAttributes,
-) -> Result<Replica, Stop> {
-    let no_progress = pool.transfers.no_progress();
+) -> Result<Received, Stop> {
     conn.send(&DataRequest::FetchStart { transfer: entry.id, offset: 0 }).await.map_err(|e| broken(req, e))?;
     let mut bytes = Vec::with_capacity(attrs.size as usize);
     loop {
@@ -429,6 +455,12 @@ async fn receive_small(
             }
         }
     }
+    Ok(Received { attrs, bytes })
+}
+
+/// Creates, writes and commits a small replica received whole, in one blocking call.
+async fn commit_small(pool: &Arc<Pool>, req: &PullRequest, received: Received) -> Result<Replica, RemoteError> {
+    let Received { attrs, bytes } = received;
     let now = now_ms();
     let expected = attrs.checksum;
     let mine = FileAttributes { checksum: None, creation_time: now, access_time: req.atime.unwrap_or(now), ..attrs };
@@ -441,7 +473,7 @@ async fn receive_small(
         incoming.commit(state, sticky, expected, now_ms())
     })
     .await
-    .map_err(|e| Stop::Fatal(e.into()))
+    .map_err(RemoteError::from)
 }
 
 async fn receive(
