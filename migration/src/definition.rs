@@ -109,8 +109,6 @@ pub trait Options {
     fn given(&self, name: &str) -> bool;
 }
 
-/// Options a later issue adds; refused clearly until then.
-pub const NOT_YET: &[&str] = &[];
 
 /// Parses and type-checks an expression option; an error names the option and points at the
 /// offending token of the expression.
@@ -146,11 +144,6 @@ fn number<T: std::str::FromStr>(opts: &dyn Options, name: &str) -> Result<Option
 
 /// Builds the definition; `targets` are the positional arguments.
 pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<JobDefinition, MigrationError> {
-    for name in NOT_YET {
-        if opts.given(name) {
-            return Err(MigrationError::invalid(format!("-{name} is not supported yet")));
-        }
-    }
     let permanent = opts.flag("permanent")?;
     let order = match last(opts, "order") {
         None => None,
