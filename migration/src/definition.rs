@@ -109,7 +109,6 @@ pub trait Options {
     fn given(&self, name: &str) -> bool;
 }
 
-
 /// Parses and type-checks an expression option; an error names the option and points at the
 /// offending token of the expression.
 fn expression(

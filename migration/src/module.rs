@@ -1458,6 +1458,8 @@ impl<E: Env> Cx<'_, E> {
         }
         tracing::debug!(job = %self.job.id.lock(), "job {from} -> {to}");
         if to.is_terminal() {
+            // Whatever file lock the job still holds goes (none should be left).
+            self.m.locks.lock().retain(|_, j| !Arc::ptr_eq(j, self.job));
             self.s.queue.clear();
             self.s.located.clear();
             self.s.want_locate.clear();
@@ -1544,11 +1546,19 @@ impl<E: Env> Cx<'_, E> {
                     self.note(None, Some(id), "File is locked".into());
                 }
             }
-            for id in picked {
+            let mut picked = picked.into_iter();
+            for id in picked.by_ref() {
                 self.start_task(id, now);
                 if self.s.state != JobState::Running {
-                    return;
+                    break;
                 }
+            }
+            // Locks claimed for files that did not start go back.
+            for id in picked {
+                self.unlock(&id);
+            }
+            if self.s.state != JobState::Running {
+                return;
             }
         }
         if self.s.running.is_empty() {
