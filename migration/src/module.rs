@@ -895,7 +895,7 @@ impl<E: Env> Module<E> {
             // The queue is built off the job's lock too: `info` and `migration ls` take it.
             let scanned = tokio::task::spawn_blocking(move || {
                 scan(&*env, &job2).map(|files| {
-                    let mut queue = Queue::default();
+                    let mut queue = Queue::with_capacity(files.len());
                     for (id, size) in &files {
                         queue.add(*id, *size);
                     }

@@ -87,6 +87,16 @@ pub struct Queue {
 }
 
 impl Queue {
+    /// An empty queue with room for `n` files (an initial scan knows how many it found).
+    pub fn with_capacity(n: usize) -> Queue {
+        Queue {
+            queued: VecDeque::with_capacity(n),
+            tickets: HashMap::with_capacity(n),
+            sizes: HashMap::with_capacity(n),
+            ..Queue::default()
+        }
+    }
+
     /// Adds a file unless it is already queued, running or waiting (§3.6).
     pub fn add(&mut self, id: PnfsId, size: u64) -> bool {
         if self.sizes.contains_key(&id) {
