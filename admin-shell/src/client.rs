@@ -113,6 +113,13 @@ impl PoolClient {
         }
     }
 
+    /// Introduces itself to pools as `name` instead (a pool that runs commands on other pools
+    /// names itself, so their logs say who asked).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Replaces [`REPLY_TIMEOUT`].
     pub fn with_reply_timeout(mut self, reply_timeout: Duration) -> Self {
         self.reply_timeout = reply_timeout;

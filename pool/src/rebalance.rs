@@ -271,7 +271,9 @@ fn on_each(
     let answered = runtime.block_on(local.run_until(async move {
         let mut set = tokio::task::JoinSet::new();
         for (i, name) in remote {
-            let client = PoolClient::new(cluster.clone(), key.clone()).with_reply_timeout(COMMAND_TIMEOUT);
+            let client = PoolClient::new(cluster.clone(), key.clone())
+                .with_name(format!("{}/rebalance", pool.name))
+                .with_reply_timeout(COMMAND_TIMEOUT);
             let lines = lines.clone();
             let work = async move { (i, run_remote(client, &name, &lines).await) };
             set.spawn_local(tracing::Instrument::instrument(work, span.clone()));
