@@ -221,8 +221,10 @@ struct Job {
     stop: CancellationToken,
     /// Cancelled when the job is cancelled (or ends): stops its initial scan at once.
     halt: CancellationToken,
-    /// A scan after lost repository changes is under way (one at a time).
+    /// A scan after lost repository changes is under way (one at a time)...
     rescanning: AtomicBool,
+    /// ...and more changes were lost while it ran: it scans once more.
+    rescan_again: AtomicBool,
     s: Mutex<JobInner>,
 }
 
@@ -435,6 +437,7 @@ impl<E: Env> Module<E> {
                 stop: CancellationToken::new(),
                 halt: CancellationToken::new(),
                 rescanning: AtomicBool::new(false),
+                rescan_again: AtomicBool::new(false),
                 s: Mutex::new(JobInner {
                     state: JobState::New,
                     queue: Queue::default(),
@@ -826,20 +829,33 @@ impl<E: Env> Module<E> {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
         for job in jobs.into_iter().filter(|j| j.def.permanent && !j.stop.is_cancelled()) {
             if job.rescanning.swap(true, Ordering::AcqRel) {
+                job.rescan_again.store(true, Ordering::Release);
                 continue;
             }
             let (m, j) = (self.clone(), job.clone());
             self.rt.spawn(async move {
                 let env = m.env.clone();
                 let job2 = j.clone();
-                if let Ok(Ok(files)) = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await {
-                    m.with(&j, |cx| {
-                        for (id, size) in files {
-                            cx.add(id, size);
-                        }
-                    });
+                loop {
+                    j.rescan_again.store(false, Ordering::Release);
+                    let (env, job2) = (env.clone(), job2.clone());
+                    if let Ok(Ok(files)) = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await {
+                        m.with(&j, |cx| {
+                            for (id, size) in files {
+                                cx.add(id, size);
+                            }
+                        });
+                    }
+                    if j.rescan_again.load(Ordering::Acquire) && !j.stop.is_cancelled() {
+                        continue;
+                    }
+                    j.rescanning.store(false, Ordering::Release);
+                    // A loss noted between the check above and the line before still gets its
+                    // scan: take the scan back if nobody else did.
+                    if !j.rescan_again.load(Ordering::Acquire) || j.rescanning.swap(true, Ordering::AcqRel) {
+                        break;
+                    }
                 }
-                j.rescanning.store(false, Ordering::Release);
             });
         }
     }

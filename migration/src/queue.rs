@@ -142,7 +142,9 @@ impl Queue {
         let Some(size) = self.sizes.remove(id) else { return Removal::NotHere };
         self.left -= size;
         self.tickets.remove(id);
-        self.due.remove(id);
+        if let Some(at) = self.due.remove(id) {
+            self.retry.remove(&(at, *id));
+        }
         // A file that left the job is no longer a failure of it.
         self.failures.remove(id);
         self.tidy();

@@ -197,7 +197,9 @@ impl Env for PoolEnv {
         match self.pool.upgrade() {
             Some(pool) => PoolCost {
                 space: pool.repo.space(now_ms()),
-                load: u32::try_from(pool.transfers.incoming.counts().0).unwrap_or(u32::MAX),
+                // Transfers receiving data and received ones waiting for their commit.
+                load: u32::try_from(pool.transfers.incoming.counts().0 + pool.transfers.committing.counts().0)
+                    .unwrap_or(u32::MAX),
                 accepts: pool.check_mode(Activity::P2pClient, false).is_ok(),
                 enabled: pool.mode().mode.is_enabled(),
             },

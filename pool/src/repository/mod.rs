@@ -570,14 +570,14 @@ impl Repository {
         Ok(())
     }
 
-    /// Removes a replica on an operator's request. Without `force`, precious replicas and those
-    /// with a valid sticky record are refused. Replicas being received are always refused.
     /// Removes a replica if `allow`, called under the index lock with the replica as it is at
     /// that moment, agrees (a sticky record set meanwhile is seen). An absent replica is fine.
     pub fn remove_if(&self, id: &PnfsId, allow: impl FnOnce(&Replica) -> RepoResult<()>) -> RepoResult<()> {
         self.delete(id, allow)
     }
 
+    /// Removes a replica on an operator's request. Without `force`, precious replicas and those
+    /// with a valid sticky record are refused. Replicas being received are always refused.
     pub fn remove(&self, id: &PnfsId, force: bool, now: EpochMillis) -> RepoResult<()> {
         self.delete(id, |r| {
             if force {
