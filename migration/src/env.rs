@@ -67,6 +67,10 @@ pub trait Env: Send + Sync + 'static {
     /// Deletes a replica (its data and its record).
     fn remove(&self, id: &PnfsId) -> Result<(), RemoteError>;
 
+    /// Clears, in one step, the pins of a replica that `moved` covers (a moved pin covers a
+    /// source pin of the same owner that expires no later): a pin extended meanwhile stays.
+    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError>;
+
     /// Deletes a replica unless, at that moment, it holds a valid pin that `moved` does not
     /// cover (a moved pin covers a source pin of the same owner that expires no later). The
     /// check and the delete are one step, so a pin set meanwhile is never deleted with the

@@ -2143,8 +2143,8 @@ fn apply_source_mode<E: Env>(
     let gone = |r: &StickyRecord| StickyRecord::new(r.owner.clone(), 0);
     // A source pin is cleared only if the pin the target got covers it (same owner, expiring
     // no earlier): a pin extended on the source during the copy stays.
-    for pin in entry.sticky.iter().filter(|r| r.is_pin(prefix) && pin_covered(r, moved_pins)) {
-        env.set_sticky(id, gone(pin), StickyMode::Overwrite)?;
+    if entry.sticky.iter().any(|r| r.is_pin(prefix) && pin_covered(r, moved_pins)) {
+        env.clear_covered_pins(id, moved_pins)?;
     }
     let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !pin_covered(r, moved_pins));
     let mode = job.def.smode.state;

@@ -135,6 +135,19 @@ impl Env for PoolEnv {
         Ok(self.pool()?.repo.remove(id, true, now_ms())?)
     }
 
+    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
+        let pool = self.pool()?;
+        let prefix = pool.pin_prefix.clone();
+        let covered = |pin: &StickyRecord| {
+            pin.is_pin(&prefix)
+                && moved.iter().any(|m| {
+                    m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire))
+                })
+        };
+        pool.repo.drop_sticky_if(id, now_ms(), covered)?;
+        Ok(())
+    }
+
     fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
         let pool = self.pool()?;
         let now = now_ms();

@@ -911,6 +911,29 @@ impl Env for SimEnv {
         Ok(())
     }
 
+    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let covered = |pin: &StickyRecord| {
+            pin.owner.starts_with(PIN_PREFIX)
+                && moved.iter().any(|m| {
+                    m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire))
+                })
+        };
+        let mut changed = false;
+        self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
+            if let Some(r) = repo.get_mut(id) {
+                let before = r.entry.sticky.len();
+                r.entry.sticky.retain(|s| !covered(s));
+                changed = r.entry.sticky.len() != before;
+            }
+            Ok(())
+        })?;
+        if changed {
+            self.world.note_change(&self.name, *id, RepoChange::Sticky);
+        }
+        Ok(())
+    }
+
     fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
         self.crashed()?;
         let now = self.world.now();

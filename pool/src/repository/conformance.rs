@@ -344,6 +344,30 @@ pub fn a_missing_checksum_is_recorded_durably_and_never_replaced(h: &mut dyn Har
     assert_eq!(repo.get(&id(1)).unwrap().unwrap().attrs.checksum, Some(sum));
 }
 
+pub fn conditional_sticky_drop_and_remove_see_the_records_as_they_are(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let pin = |expire| StickyRecord::new("PinManager-1", expire);
+    put(&repo, id(1), 10, ReplicaState::Cached, vec![pin(NOW + 1000), StickyRecord::new("alice", NEVER)], NOW);
+    let mut changes = repo.subscribe();
+    // Only the record the predicate names goes, and the change is announced.
+    assert!(repo.drop_sticky_if(&id(1), NOW, |s| s.owner.starts_with("PinManager")).unwrap());
+    assert_eq!(changes.try_recv().unwrap().kind, ChangeKind::Sticky(vec![StickyRecord::new("alice", NEVER)]));
+    assert!(!repo.drop_sticky_if(&id(1), NOW, |s| s.owner == "bob").unwrap(), "nothing to drop");
+    // A removal refused by its check leaves the replica; an allowed one removes it.
+    let refused = repo.remove_if(&id(1), |r| match r.sticky.is_empty() {
+        true => Ok(()),
+        false => Err(RepoError::Protected("sticky".into())),
+    });
+    assert!(matches!(refused, Err(RepoError::Protected(_))));
+    assert!(repo.get(&id(1)).unwrap().is_some());
+    repo.remove_if(&id(1), |_| Ok(())).unwrap();
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    repo.remove_if(&id(1), |_| Ok(())).unwrap();
+    drop((repo, changes));
+    let (repo, _) = open(h, 1 << 20);
+    assert!(repo.get(&id(1)).unwrap().is_none(), "the removal is durable");
+}
+
 pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
     let (repo, _) = open(h, 1 << 20);
     put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
@@ -381,6 +405,7 @@ conformance!(
     recovery_reports_missing_and_orphan_data,
     settings_survive_restart,
     a_missing_checksum_is_recorded_durably_and_never_replaced,
+    conditional_sticky_drop_and_remove_see_the_records_as_they_are,
 );
 
 #[test]

@@ -525,6 +525,25 @@ impl Repository {
 
     /// Sets one sticky record in the given mode; returns whether anything changed. Durable when
     /// this returns.
+    /// Drops the sticky records for which `drop` says so, deciding under the index lock on the
+    /// records as they are at that moment (a record changed meanwhile is judged as changed).
+    pub fn drop_sticky_if(
+        &self,
+        id: &PnfsId,
+        now: EpochMillis,
+        drop: impl Fn(&StickyRecord) -> bool,
+    ) -> RepoResult<bool> {
+        let changed = self.update(id, now, "made sticky", |r| {
+            let before = r.sticky.len();
+            r.sticky.retain(|s| !drop(s));
+            Ok((r.sticky.len() != before).then(|| ChangeKind::Sticky(r.sticky.clone())))
+        })?;
+        if changed {
+            self.store.flush()?;
+        }
+        Ok(changed)
+    }
+
     pub fn set_sticky(
         &self,
         id: &PnfsId,
