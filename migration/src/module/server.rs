@@ -1,0 +1,379 @@
+//! The target side of the migration module (reference §5): copy requests from other pools'
+//! jobs, with ping and cancel by (requesting pool, attempt), and the outcome reported back.
+
+use super::*;
+
+/// How long a target remembers an attempt that ended, and at most how many.
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
+const ENDED_MAX: usize = 100_000;
+
+type AttemptKey = (PoolName, AttemptId);
+
+/// The target side's table of attempts, by requesting pool and attempt id.
+#[derive(Default)]
+pub(super) struct Served {
+    /// Copies under way.
+    pub(super) active: HashMap<AttemptKey, CancellationToken>,
+    /// Attempts that ended here (with their outcome), or that were cancelled before their copy
+    /// request arrived (`None`), remembered for [`ENDED_MEMORY`]: a late or duplicated copy
+    /// request for one of them is never carried out a second time.
+    pub(super) ended: HashMap<AttemptKey, Option<Ended>>,
+    ended_order: VecDeque<(Instant, AttemptKey)>,
+    /// Files being pulled, with a signal cancelled when the pull ends: a second copy request
+    /// for the same file (another attempt, another job, a job restored after a restart) waits
+    /// for it and then updates the replica, instead of pulling the file a second time.
+    pub(super) pulling: HashMap<PnfsId, CancellationToken>,
+}
+
+/// How the target goes about one accepted copy.
+enum Work {
+    Update,
+    /// Pull the file; cancel the token when done.
+    Pull(CancellationToken),
+    /// Another attempt pulls it: wait for that, then update.
+    After(CancellationToken),
+}
+
+/// How an attempt ended on the target: the file and the result sent as `Finished`.
+type Ended = (PnfsId, Result<(), RemoteError>);
+
+enum Seen {
+    New,
+    Active,
+    Ended(Option<Ended>),
+}
+
+impl Served {
+    fn seen(&mut self, key: &AttemptKey) -> Seen {
+        self.prune();
+        if self.active.contains_key(key) {
+            Seen::Active
+        } else if let Some(result) = self.ended.get(key) {
+            Seen::Ended(result.clone())
+        } else {
+            Seen::New
+        }
+    }
+
+    fn end(&mut self, key: AttemptKey, result: Option<Ended>) {
+        self.active.remove(&key);
+        self.prune();
+        if self.ended.insert(key.clone(), result).is_none() {
+            self.ended_order.push_back((Instant::now(), key));
+        }
+    }
+
+    fn prune(&mut self) {
+        while let Some((at, key)) = self.ended_order.front() {
+            if at.elapsed() < ENDED_MEMORY && self.ended_order.len() <= ENDED_MAX {
+                break;
+            }
+            self.ended.remove(key);
+            self.ended_order.pop_front();
+        }
+    }
+}
+
+impl<E: Env> Module<E> {
+    /// Answers one request from the pool `from` (the authenticated peer).
+    pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
+        match req {
+            MigrationRequest::PoolInfo => MigrationReply::PoolInfo(self.env.cost()),
+            MigrationRequest::Locate { pnfsids } => {
+                if pnfsids.len() > MAX_LOCATE {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("at most {MAX_LOCATE} files per location question, not {}", pnfsids.len()),
+                    ));
+                }
+                let env = self.env.clone();
+                let held = tokio::task::spawn_blocking(move || {
+                    pnfsids
+                        .into_iter()
+                        .filter_map(|id| env.entry(&id).ok().flatten())
+                        .filter(|e| e.state.is_committed())
+                        .map(|e| Held {
+                            pnfsid: e.attrs.pnfsid,
+                            state: e.state,
+                            sticky: e.sticky,
+                            checksum: e.attrs.checksum,
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                match held {
+                    Ok(held) => MigrationReply::Located { held },
+                    Err(e) => MigrationReply::Error(RemoteError::new(ErrorCode::Internal, e.to_string())),
+                }
+            }
+            MigrationRequest::Copy(req) => self.accept_copy(from, req),
+            MigrationRequest::Ping { attempt } => {
+                let key = (from.clone(), attempt);
+                let ended = {
+                    let served = self.served.lock();
+                    if served.active.contains_key(&key) {
+                        return MigrationReply::Alive(true);
+                    }
+                    served.ended.get(&key).cloned().flatten()
+                };
+                match ended {
+                    // The outcome may have been lost on its way: send it again.
+                    Some((pnfsid, result)) => {
+                        self.resend_finished(from, attempt, pnfsid, result);
+                        MigrationReply::Alive(true)
+                    }
+                    None => MigrationReply::Alive(false),
+                }
+            }
+            MigrationRequest::Cancel { attempt, reason } => {
+                let mut served = self.served.lock();
+                let key = (from.clone(), attempt);
+                match served.active.get(&key) {
+                    Some(token) => {
+                        tracing::info!(%attempt, source = %from, "copy cancelled by the source: {reason}");
+                        token.cancel();
+                        MigrationReply::Alive(true)
+                    }
+                    None => {
+                        // Perhaps the cancel overtook its copy request: remember it, so the copy
+                        // is refused when it arrives (an attempt that ended keeps its outcome).
+                        if !served.ended.contains_key(&key) {
+                            served.end(key, None);
+                        }
+                        MigrationReply::Alive(false)
+                    }
+                }
+            }
+            MigrationRequest::Finished(f) => {
+                if f.target != from {
+                    tracing::warn!(claimed = %f.target, peer = %from, "finished message naming another pool; ignored");
+                } else {
+                    self.finished(f);
+                }
+                MigrationReply::Ack
+            }
+        }
+    }
+
+    /// A finished message for one of our tasks.
+    fn finished(self: &Arc<Self>, f: CopyFinished) {
+        let job = self.locks.lock().get(&f.pnfsid).cloned();
+        let Some(job) = job else {
+            tracing::debug!(pnfsid = %f.pnfsid, attempt = %f.attempt, "finished message for no running task; ignored");
+            return;
+        };
+        let event = TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result };
+        self.with(&job, |cx| cx.feed(f.pnfsid, event));
+    }
+
+    fn accept_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest) -> MigrationReply {
+        let pnfsid = req.attributes.pnfsid;
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return MigrationReply::Error(RemoteError::new(ErrorCode::ShuttingDown, "pool is shutting down"));
+        }
+        if let Err(e) = self.env.check_p2p_client() {
+            return MigrationReply::Error(e);
+        }
+        if self.is_locked(&pnfsid) {
+            return MigrationReply::Error(RemoteError::new(ErrorCode::Locked, "Target file is busy"));
+        }
+        if !req.state.is_committed() {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                format!("a copy must be CACHED or PRECIOUS, not {}", req.state),
+            ));
+        }
+        let existing = match self.env.entry(&pnfsid) {
+            Ok(e) => e,
+            Err(e) => return MigrationReply::Error(e),
+        };
+        if existing.is_none() && req.meta_only {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::FileNotFound,
+                format!("Pool does not contain {pnfsid}"),
+            ));
+        }
+        let token = {
+            let mut served = self.served.lock();
+            let key = (from.clone(), req.attempt);
+            // A late or duplicated request may have been decided meanwhile.
+            match served.seen(&key) {
+                Seen::Active => return MigrationReply::Accepted,
+                Seen::Ended(Some((_, result))) => {
+                    drop(served);
+                    self.resend_finished(from, req.attempt, pnfsid, result);
+                    return MigrationReply::Accepted;
+                }
+                Seen::Ended(None) => {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::Cancelled,
+                        format!("attempt {} was cancelled before its copy request arrived", req.attempt),
+                    ));
+                }
+                Seen::New => {}
+            }
+            let token = self.serving.child_token();
+            served.active.insert(key, token.clone());
+            let work = match served.pulling.get(&pnfsid) {
+                Some(done) => Work::After(done.clone()),
+                None if existing.is_none() => {
+                    let done = CancellationToken::new();
+                    served.pulling.insert(pnfsid, done.clone());
+                    Work::Pull(done)
+                }
+                None => Work::Update,
+            };
+            (token, work)
+        };
+        let (token, work) = token;
+        let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
+        span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
+        let m = self.clone();
+        self.rt.spawn(tracing::Instrument::instrument(
+            async move {
+                let attempt = req.attempt;
+                let result = match work {
+                    Work::Update => m.update_existing(&req, &token).await,
+                    Work::After(done) => {
+                        tracing::info!("another attempt is pulling this file; waiting for it, then updating");
+                        tokio::select! {
+                            _ = done.cancelled() => match m.update_existing(&req, &token).await {
+                                // The other transfer failed: this attempt is retried, not dropped.
+                                Err(e) if e.code() == Some(ErrorCode::FileNotFound) => Err(RemoteError::new(
+                                    ErrorCode::FileBusy,
+                                    "another transfer of this file to this pool failed; try again",
+                                )),
+                                other => other,
+                            },
+                            _ = token.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
+                        }
+                    }
+                    Work::Pull(done) => {
+                        let pull = Pull {
+                            pnfsid,
+                            source: from.clone(),
+                            state: req.state,
+                            sticky: req.sticky.clone(),
+                            atime: req.atime,
+                            force_source_mode: req.force_source_mode,
+                        };
+                        let pulled = m.env.pull(pull, token.clone()).await;
+                        m.served.lock().pulling.remove(&pnfsid);
+                        done.cancel();
+                        pulled
+                    }
+                };
+                match &result {
+                    Ok(()) => tracing::info!("copy done"),
+                    Err(e) => tracing::warn!("copy failed: {}", e.message),
+                }
+                m.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
+                let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
+                m.send_finished(&from, msg).await;
+            },
+            span,
+        ));
+        MigrationReply::Accepted
+    }
+
+    /// Brings an existing replica up to what the request asks, never making it more
+    /// volatile (§5.2).
+    async fn update_existing(
+        self: &Arc<Self>,
+        req: &CopyRequest,
+        token: &CancellationToken,
+    ) -> Result<(), RemoteError> {
+        let pnfsid = req.attributes.pnfsid;
+        let cancelled = || RemoteError::new(ErrorCode::Cancelled, "Task was cancelled");
+        if req.verify {
+            let env = self.env.clone();
+            let source_sum = req.attributes.checksum;
+            let work = tokio::task::spawn_blocking(move || -> Result<(), RemoteError> {
+                let entry = env.entry(&pnfsid)?.ok_or_else(|| {
+                    RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}"))
+                })?;
+                let computed = env.compute_checksum(&pnfsid)?;
+                for (what, want) in [("recorded", entry.attrs.checksum), ("source's", source_sum)] {
+                    if let Some(want) = want
+                        && want != computed
+                    {
+                        return Err(RemoteError::new(
+                            ErrorCode::ChecksumMismatch,
+                            format!("replica {pnfsid} has checksum {computed}, the {what} checksum is {want}"),
+                        ));
+                    }
+                }
+                if entry.attrs.checksum.is_none() {
+                    // dCache failed such a file for ever; we record what we computed.
+                    env.set_checksum(&pnfsid, computed)?;
+                }
+                Ok(())
+            });
+            tokio::select! {
+                r = work => r.unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))?,
+                _ = token.cancelled() => return Err(cancelled()),
+            }
+        }
+        if token.is_cancelled() {
+            return Err(cancelled());
+        }
+        let env = self.env.clone();
+        let (state, sticky) = (req.state, req.sticky.clone());
+        let source_sum = req.attributes.checksum;
+        tokio::task::spawn_blocking(move || -> Result<(), RemoteError> {
+            let entry = env
+                .entry(&pnfsid)?
+                .ok_or_else(|| RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}")))?;
+            // Even without -verify, recorded checksums that differ mean other data: not a copy.
+            if let (Some(have), Some(want)) = (entry.attrs.checksum, source_sum)
+                && have != want
+            {
+                return Err(RemoteError::new(
+                    ErrorCode::ChecksumMismatch,
+                    format!("replica {pnfsid} has recorded checksum {have}, the source's is {want}"),
+                ));
+            }
+            let plan = plan_update(entry.state, &entry.sticky, state, &sticky, env.now())?;
+            if let Some(s) = plan.new_state {
+                env.set_state(&pnfsid, s)?;
+            }
+            for r in plan.sticky {
+                env.set_sticky(&pnfsid, r, StickyMode::ExtendOnly)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))
+    }
+
+    fn resend_finished(
+        self: &Arc<Self>,
+        to: PoolName,
+        attempt: AttemptId,
+        pnfsid: PnfsId,
+        result: Result<(), RemoteError>,
+    ) {
+        let m = self.clone();
+        self.rt.spawn(async move {
+            let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
+            m.send_finished(&to, msg).await;
+        });
+    }
+
+    async fn send_finished(&self, to: &PoolName, msg: CopyFinished) {
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=FINISHED_TRIES {
+            match self.env.request(to, MigrationRequest::Finished(msg.clone())).await {
+                Ok(MigrationReply::Ack) => return,
+                other => {
+                    if attempt == FINISHED_TRIES {
+                        tracing::warn!(source = %to, "could not report the copy's outcome ({other:?}); the source will ask again");
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+}
