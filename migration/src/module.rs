@@ -108,6 +108,8 @@ pub struct Module<E: Env> {
     shutting_down: AtomicBool,
     /// Ends every copy served as a target (shutdown).
     serving: CancellationToken,
+    /// The copies served as a target, which shutdown waits for.
+    copies: tokio_util::task::TaskTracker,
     /// The permanent jobs as the last `save` (or the restart) left them, by id.
     saved: Mutex<HashMap<String, SavedJob>>,
     /// What went wrong restoring saved jobs.
@@ -280,6 +282,7 @@ impl<E: Env> Module<E> {
             epoch,
             shutting_down: AtomicBool::new(false),
             serving: CancellationToken::new(),
+            copies: tokio_util::task::TaskTracker::new(),
             saved: Mutex::new(HashMap::new()),
             problems: Mutex::new(Vec::new()),
         })
@@ -705,6 +708,13 @@ impl<E: Env> Module<E> {
         let served = self.served.lock().active.len();
         if served > 0 {
             tracing::info!(served, "copies for other pools cancelled at shutdown");
+        }
+        // Cancelled copies remove their partial data; wait for that, within the grace period.
+        self.copies.close();
+        if tokio::time::timeout_at(deadline, self.copies.wait()).await.is_err() {
+            tracing::warn!(
+                "copies for other pools still ending at shutdown; restart recovery removes their partial data"
+            );
         }
     }
 

@@ -229,7 +229,9 @@ impl<E: Env> Module<E> {
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
         let m = self.clone();
-        self.rt.spawn(tracing::Instrument::instrument(
+        // Tracked, so that shutdown waits (bounded) for cancelled copies to remove their data.
+        self.copies.spawn_on(
+            tracing::Instrument::instrument(
             async move {
                 let attempt = req.attempt;
                 let result = match work {
@@ -268,11 +270,17 @@ impl<E: Env> Module<E> {
                     Err(e) => tracing::warn!("copy failed: {}", e.message),
                 }
                 m.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
+                if m.serving.is_cancelled() {
+                    // Shutting down: the source learns from its pings that the attempt is gone.
+                    return;
+                }
                 let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
                 m.send_finished(&from, msg).await;
             },
             span,
-        ));
+            ),
+            &self.rt,
+        );
         MigrationReply::Accepted
     }
 
