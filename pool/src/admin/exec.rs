@@ -20,6 +20,8 @@ use crate::migration_env::PoolEnv;
 use crate::pool::{ModeState, Pool, now_ms};
 use crate::repository::{Replica, RepoError};
 use crate::transfer::{self, PullRequest};
+/// Whole-string glob match with `*` and `?` (the same globs as `migration -include/-exclude`).
+pub use tidepool_migration::targets::glob_match;
 
 /// Where a command's output goes.
 pub trait Output {
@@ -586,30 +588,6 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
         return Err(RemoteError::new(ErrorCode::FileNotFound, format!("not in this pool: {}", missing.join(" "))));
     }
     Ok(())
-}
-
-/// Whole-string glob match with `*` (any sequence) and `?` (any one character).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
