@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Change, ChangeKind, Replica, RepoError};
-use crate::transfer::{self, PullRequest};
+use crate::transfer;
 
 /// How long a request waits for its reply (writing it included) before it counts as
 /// [`Unanswered::NoAnswer`].
@@ -251,15 +251,7 @@ impl Env for PoolEnv {
     async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
         let pool = self.pool()?;
         let entry = pool.transfers.register(pull.pnfsid, pull.source.clone());
-        let req = PullRequest {
-            pnfsid: pull.pnfsid,
-            source: pull.source,
-            state: pull.state,
-            sticky: pull.sticky,
-            atime: pull.atime,
-            force_source_mode: pull.force_source_mode,
-        };
-        let mut transfer = std::pin::pin!(transfer::pull(&pool, entry.clone(), req));
+        let mut transfer = std::pin::pin!(transfer::pull(&pool, entry.clone(), pull));
         let result = tokio::select! {
             r = &mut transfer => r,
             _ = cancel.cancelled() => {

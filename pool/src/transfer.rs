@@ -29,7 +29,7 @@ use tidepool_p2p::auth::Service;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
 use tidepool_p2p::message::{DataReply, DataRequest};
-use tidepool_p2p::model::{EpochMillis, FileAttributes, ReplicaState, StickyRecord};
+use tidepool_p2p::model::{FileAttributes, ReplicaState};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -78,18 +78,8 @@ struct Received {
     bytes: Vec<u8>,
 }
 
-/// What a target asks for.
-#[derive(Clone, Debug)]
-pub struct PullRequest {
-    pub pnfsid: PnfsId,
-    pub source: PoolName,
-    /// CACHED or PRECIOUS.
-    pub state: ReplicaState,
-    pub sticky: Vec<StickyRecord>,
-    /// The access time to give the new replica (`None`: now).
-    pub atime: Option<EpochMillis>,
-    pub force_source_mode: bool,
-}
+/// What a target asks for: the migration module's [`Pull`] (`pp get file` asks the same).
+pub use tidepool_migration::env::Pull as PullRequest;
 
 /// One transfer as `pp ls` shows it.
 #[derive(Debug)]
