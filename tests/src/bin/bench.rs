@@ -321,22 +321,42 @@ mod p2p {
         keep: bool,
     }
 
-    fn options(args: &[String]) -> anyhow::Result<Options> {
-        let takes_value = ["--set", "--concurrency", "--window", "--batch", "--runs", "--cache", "--dir"];
+    /// Refuses arguments other than `takes_value` (each followed by its value) and `--keep`.
+    pub(super) fn check_args(args: &[String], takes_value: &[&str], usage: &str) -> anyhow::Result<()> {
         let mut i = 0;
         while i < args.len() {
             match args[i].as_str() {
                 a if takes_value.contains(&a) => i += 2,
                 "--keep" => i += 1,
-                other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
+                other => bail!("unknown argument {other:?}\nusage: {usage}"),
             }
         }
-        let sets = match flag(args, "--set").unwrap_or("both") {
+        Ok(())
+    }
+
+    /// `--set large|small|both` (default both).
+    pub(super) fn data_sets(args: &[String]) -> anyhow::Result<Vec<DataSet>> {
+        Ok(match flag(args, "--set").unwrap_or("both") {
             "large" => vec![LARGE],
             "small" => vec![SMALL],
             "both" => vec![LARGE, SMALL],
             other => bail!("--set {other}: expected large, small or both"),
-        };
+        })
+    }
+
+    /// `--cache cold|warm` (default cold).
+    pub(super) fn cache_option(args: &[String]) -> anyhow::Result<CacheMode> {
+        Ok(match flag(args, "--cache").unwrap_or("cold") {
+            "cold" => CacheMode::Cold,
+            "warm" => CacheMode::Warm,
+            other => bail!("--cache {other}: expected cold or warm"),
+        })
+    }
+
+    fn options(args: &[String]) -> anyhow::Result<Options> {
+        let takes_value = ["--set", "--concurrency", "--window", "--batch", "--runs", "--cache", "--dir"];
+        check_args(args, &takes_value, USAGE)?;
+        let sets = data_sets(args)?;
         let numbers = |name: &str, list: &str, min: usize| {
             list.split(',')
                 .map(|n| n.trim().parse::<usize>().ok().filter(|&n| n >= min).ok_or_else(|| anyhow!("{name} {list}")))
@@ -349,11 +369,7 @@ mod p2p {
         if runs == 0 {
             bail!("--runs must be at least 1");
         }
-        let cache = match flag(args, "--cache").unwrap_or("cold") {
-            "cold" => CacheMode::Cold,
-            "warm" => CacheMode::Warm,
-            other => bail!("--cache {other}: expected cold or warm"),
-        };
+        let cache = cache_option(args)?;
         Ok(Options {
             sets,
             concurrency,

@@ -37,8 +37,8 @@ use tidepool_tests::report_field;
 
 use super::flag;
 use super::p2p::{
-    self, Admin, Bench, Binaries, CacheMode, DataSet, LARGE, Measure, POLL, Proc, SMALL, Tool, busy_secs, cpu_secs,
-    delta, human, list, median, proc_io, wait_quiet,
+    self, Admin, Bench, Binaries, CacheMode, DataSet, Measure, POLL, Proc, Tool, busy_secs, cpu_secs, delta, human,
+    list, median, proc_io, wait_quiet,
 };
 
 pub const USAGE: &str = "bench migration [--parts move,rerun,init] [--set large|small|both] [--concurrency N] \
@@ -68,14 +68,7 @@ struct Options {
 
 fn options(args: &[String]) -> anyhow::Result<Options> {
     let takes_value = ["--parts", "--set", "--concurrency", "--runs", "--records", "--cache", "--dir"];
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            a if takes_value.contains(&a) => i += 2,
-            "--keep" => i += 1,
-            other => bail!("unknown argument {other:?}\nusage: {USAGE}"),
-        }
-    }
+    p2p::check_args(args, &takes_value, USAGE)?;
     let parts = flag(args, "--parts")
         .unwrap_or("move,rerun,init")
         .split(',')
@@ -86,23 +79,14 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             other => Err(anyhow!("--parts: unknown part {other:?}; use move, rerun, init")),
         })
         .collect::<anyhow::Result<Vec<Part>>>()?;
-    let sets = match flag(args, "--set").unwrap_or("both") {
-        "large" => vec![LARGE],
-        "small" => vec![SMALL],
-        "both" => vec![LARGE, SMALL],
-        other => bail!("--set {other}: expected large, small or both"),
-    };
+    let sets = p2p::data_sets(args)?;
     let concurrency: usize = flag(args, "--concurrency").unwrap_or("8").parse().context("--concurrency")?;
     let runs: usize = flag(args, "--runs").unwrap_or("3").parse().context("--runs")?;
     if runs == 0 || concurrency == 0 {
         bail!("--runs and --concurrency must be at least 1");
     }
     let records: u64 = flag(args, "--records").unwrap_or("1000000").parse().context("--records")?;
-    let cache = match flag(args, "--cache").unwrap_or("cold") {
-        "cold" => CacheMode::Cold,
-        "warm" => CacheMode::Warm,
-        other => bail!("--cache {other}: expected cold or warm"),
-    };
+    let cache = p2p::cache_option(args)?;
     Ok(Options {
         parts,
         sets,
