@@ -232,97 +232,34 @@ mod daemons {
 
     use tidepool_migration::env::{Env, Pull};
     use tidepool_p2p::conn::Connection;
-    use tidepool_p2p::model::{FileAttributes, PoolMode, ReplicaState, StickyRecord};
+    use tidepool_p2p::model::{PoolMode, ReplicaState, StickyRecord};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::daemon::{Daemon, Settings};
-    use crate::pool::{ModeState, Pool, now_ms};
+    use crate::pool::{ModeState, Pool};
 
-    struct Cluster {
-        _dir: tempfile::TempDir,
-        daemons: Vec<Daemon>,
-        key: ClusterKey,
+    use crate::transfer::tests::Cluster;
+
+    trait Envs {
+        fn env(&self, n: usize) -> &Arc<super::super::PoolEnv>;
     }
 
-    impl Cluster {
-        async fn start(n: usize) -> Cluster {
-            let dir = tempfile::tempdir().unwrap();
-            let key = ClusterKey::generate().unwrap();
-            let mut listeners = Vec::new();
-            let mut pools = Vec::new();
-            for i in 0..n {
-                let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                pools.push(PoolEntry {
-                    name: pool(&format!("pool{}", i + 1)),
-                    p2p: data.local_addr().unwrap(),
-                    admin: admin.local_addr().unwrap(),
-                    groups: vec![if i == 0 { "source".into() } else { "targets".into() }],
-                    tags: Default::default(),
-                    hsm: vec![],
-                });
-                listeners.push((admin, data));
-            }
-            let cluster = ClusterFile { pools, links: vec![] };
-            let mut daemons = Vec::new();
-            for (i, (admin, data)) in listeners.into_iter().enumerate() {
-                let settings = Settings {
-                    name: cluster.pools[i].name.clone(),
-                    data_dir: dir.path().join(format!("pool{}", i + 1)),
-                    capacity: (i as u64 + 1) << 30,
-                    cluster: cluster.clone(),
-                    key: key.clone(),
-                    pin_owner_prefix: "PinManager".into(),
-                    shutdown_grace: Duration::from_secs(5),
-                    transfers: Default::default(),
-                    migration: Default::default(),
-                };
-                daemons.push(Daemon::start(settings, admin, data).await.unwrap());
-            }
-            Cluster { _dir: dir, daemons, key }
-        }
-
-        fn pool(&self, n: usize) -> &Arc<Pool> {
-            self.daemons[n - 1].pool()
-        }
-
+    impl Envs for Cluster {
         fn env(&self, n: usize) -> &Arc<super::super::PoolEnv> {
             self.pool(n).migration().env()
         }
-
-        async fn stop(self) {
-            for d in self.daemons {
-                d.shutdown().await.unwrap();
-            }
-        }
     }
 
-    /// Stores a replica directly in a pool's repository.
+    /// Pools `pool1` (group `source`) and `pool2`, ... (group `targets`) of 1, 2, ... GiB.
+    async fn start(n: usize) -> Cluster {
+        let capacities: Vec<u64> = (1..=n as u64).map(|i| i << 30).collect();
+        let groups: Vec<&str> = (0..n).map(|i| if i == 0 { "source" } else { "targets" }).collect();
+        Cluster::start_in_groups(&capacities, &groups, Default::default()).await
+    }
+
+    /// Stores a precious replica directly in a pool's repository.
     async fn put(pool: &Arc<Pool>, size: usize) -> PnfsId {
-        let repo = pool.repo.clone();
-        tokio::task::spawn_blocking(move || {
-            let id = PnfsId::from_random(tidepool_p2p::random::random_bytes().unwrap());
-            let now = now_ms();
-            let attrs = FileAttributes {
-                pnfsid: id,
-                size: size as u64,
-                checksum: None,
-                storage_class: Some("test:migration".into()),
-                cache_class: None,
-                access_latency: None,
-                retention_policy: None,
-                hsm: None,
-                creation_time: now,
-                access_time: now,
-            };
-            let mut inc = repo.create(attrs, ReplicaState::FromClient, now).unwrap();
-            inc.write(&vec![7u8; size]).unwrap();
-            inc.commit(ReplicaState::Precious, vec![], None, now).unwrap();
-            id
-        })
-        .await
-        .unwrap()
+        crate::transfer::tests::put(pool, size, ReplicaState::Precious, vec![]).await
     }
 
     fn pull(id: PnfsId, source: &str) -> Pull {
@@ -346,7 +283,7 @@ mod daemons {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pools_answer_each_other_through_their_data_endpoints() {
-        let c = Cluster::start(2).await;
+        let c = start(2).await;
         let (env1, env2) = (c.env(1), c.env(2));
         assert_eq!(env1.pools(), vec![pool("pool1"), pool("pool2")]);
         assert_eq!(env1.pool_group("targets"), vec![pool("pool2")]);
@@ -384,8 +321,8 @@ mod daemons {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_that_is_not_a_pool_gets_an_error() {
-        let c = Cluster::start(1).await;
-        let addr = c.daemons[0].data_addr();
+        let c = start(1).await;
+        let addr = c.data_addr(1);
         let mut conn = Connection::open(addr, &c.key, "not a pool!", Service::Data).await.unwrap();
         conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo)).await.unwrap();
         match conn.recv::<DataReply>().await.unwrap() {
@@ -400,7 +337,7 @@ mod daemons {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pull_commits_the_replica_and_a_cancelled_one_leaves_nothing() {
-        let c = Cluster::start(2).await;
+        let c = start(2).await;
         let (source, target) = (c.pool(1), c.pool(2));
         let small = put(source, 4096).await;
         c.env(2).pull(pull(small, "pool1"), CancellationToken::new()).await.unwrap();

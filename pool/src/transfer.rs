@@ -729,4 +729,4 @@ impl Faults {
 
 #[cfg(test)]
 #[path = "transfer_tests.rs"]
-mod tests;
+pub(crate) mod tests;

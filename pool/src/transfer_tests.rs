@@ -15,13 +15,21 @@ use crate::admin::exec;
 use crate::daemon::{Daemon, Settings};
 use crate::pool::{ModeState, Pool, now_ms};
 
-struct Cluster {
+/// Pool daemons in this process on loopback, sharing a cluster file and key (the migration
+/// module's tests use them too).
+pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     daemons: Vec<Daemon>,
+    pub(crate) key: ClusterKey,
 }
 
 impl Cluster {
     async fn start(capacities: &[u64], transfers: TransferSettings) -> Cluster {
+        Cluster::start_in_groups(capacities, &vec!["disk"; capacities.len()], transfers).await
+    }
+
+    /// Pools `pool1`, `pool2`, ... with these capacities, each in its pool group.
+    pub(crate) async fn start_in_groups(capacities: &[u64], groups: &[&str], transfers: TransferSettings) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let key = ClusterKey::generate().unwrap();
         let mut listeners = Vec::new();
@@ -33,7 +41,7 @@ impl Cluster {
                 name: format!("pool{}", i + 1).parse().unwrap(),
                 p2p: data.local_addr().unwrap(),
                 admin: admin.local_addr().unwrap(),
-                groups: vec!["disk".into()],
+                groups: vec![groups[i].to_string()],
                 tags: Default::default(),
                 hsm: vec![],
             });
@@ -55,14 +63,19 @@ impl Cluster {
             };
             daemons.push(Daemon::start(settings, admin, data).await.unwrap());
         }
-        Cluster { _dir: dir, daemons }
+        Cluster { _dir: dir, daemons, key }
     }
 
-    fn pool(&self, n: usize) -> &Arc<Pool> {
+    pub(crate) fn pool(&self, n: usize) -> &Arc<Pool> {
         self.daemons[n - 1].pool()
     }
 
-    async fn stop(self) {
+    /// The data endpoint of pool `n`.
+    pub(crate) fn data_addr(&self, n: usize) -> std::net::SocketAddr {
+        self.daemons[n - 1].data_addr()
+    }
+
+    pub(crate) async fn stop(self) {
         for d in self.daemons {
             d.shutdown().await.unwrap();
         }
@@ -83,7 +96,7 @@ fn content(id: &PnfsId, size: usize) -> Vec<u8> {
 }
 
 /// Stores a replica directly in a pool's repository.
-async fn put(pool: &Arc<Pool>, size: usize, state: ReplicaState, sticky: Vec<StickyRecord>) -> PnfsId {
+pub(crate) async fn put(pool: &Arc<Pool>, size: usize, state: ReplicaState, sticky: Vec<StickyRecord>) -> PnfsId {
     let repo = pool.repo.clone();
     tokio::task::spawn_blocking(move || {
         let id = PnfsId::from_random(tidepool_p2p::random::random_bytes().unwrap());
