@@ -34,14 +34,14 @@ impl Cluster {
         let key = ClusterKey::generate().unwrap();
         let mut listeners = Vec::new();
         let mut pools = Vec::new();
-        for i in 0..capacities.len() {
+        for (i, group) in groups.iter().enumerate().take(capacities.len()) {
             let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
             pools.push(PoolEntry {
                 name: format!("pool{}", i + 1).parse().unwrap(),
                 p2p: data.local_addr().unwrap(),
                 admin: admin.local_addr().unwrap(),
-                groups: vec![groups[i].to_string()],
+                groups: vec![group.to_string()],
                 tags: Default::default(),
                 hsm: vec![],
             });
