@@ -571,6 +571,23 @@ impl Cluster {
         std::fs::metadata(path).ok().map(|m| m.len())
     }
 
+    /// Waits (up to `timeout`) until the pool's `incoming/` holds part of a file, freezes the pool
+    /// (SIGSTOP) and checks that the file is still partial (fewer than `size` bytes). Returns its
+    /// name: the pool can now neither commit nor confirm it.
+    #[track_caller]
+    pub fn freeze_while_receiving(&mut self, pool: &str, size: u64, timeout: Duration) -> String {
+        let (name, _) = wait_until(&format!("part of a file in {pool}'s incoming/"), timeout, || {
+            self.incoming(pool).into_iter().find(|(_, len)| *len > 0)
+        });
+        self.freeze(pool);
+        let partial = self.incoming_len(pool, &name);
+        assert!(
+            partial.is_some_and(|n| n < size),
+            "{pool} was frozen while receiving {name}: {partial:?} of {size} bytes in incoming/"
+        );
+        name
+    }
+
     pub fn log_path(&self, pool: &str) -> PathBuf {
         self.path(&format!("{pool}.log"))
     }

@@ -356,16 +356,7 @@ fn a_forced_cancel_mid_way_leaves_no_partial_replica_and_the_job_can_run_again()
     let source_before = cluster.rep_ls("pool1");
 
     let job = create(&cluster, "pool1", "migration copy -concurrency=1 pool2");
-    let receiving = wait_until("part of a file in pool2's incoming/", JOB_WAIT, || {
-        cluster.incoming("pool2").into_iter().find(|(_, len)| *len > 0)
-    });
-    cluster.freeze("pool2");
-    let partial = cluster.incoming_len("pool2", &receiving.0);
-    assert!(
-        partial.is_some_and(|n| n < SIZE as u64),
-        "pool2 was frozen while receiving {}: {partial:?} of {SIZE} bytes in incoming/",
-        receiving.0
-    );
+    cluster.freeze_while_receiving("pool2", SIZE as u64, JOB_WAIT);
     let running = cluster.migration_ls("pool1");
     assert_eq!(running.len(), 1);
     assert!(!["FINISHED", "CANCELLED", "FAILED"].contains(&running[0].state.as_str()), "{running:?}");

@@ -434,16 +434,7 @@ fn sigterm_with_jobs_under_way_leaves_no_partial_replica_and_only_saved_jobs_com
     wait_until("the small file's copy queued in pool3", SHOW_WAIT, || {
         cluster.pp_ls("pool3").of(&small[0].0).iter().any(|t| t.state == PpState::Queued).then_some(())
     });
-    let receiving = wait_until("part of a big file in pool2's incoming/", JOB_WAIT, || {
-        cluster.incoming("pool2").into_iter().find(|(_, len)| *len > 0)
-    });
-    cluster.freeze("pool2");
-    let partial = cluster.incoming_len("pool2", &receiving.0);
-    assert!(
-        partial.is_some_and(|n| n < SIZE as u64),
-        "pool2 was frozen while receiving {}: {partial:?} of {SIZE} bytes in incoming/",
-        receiving.0
-    );
+    cluster.freeze_while_receiving("pool2", SIZE as u64, JOB_WAIT);
 
     let status = cluster.stop("pool1");
     cluster.thaw("pool2");
