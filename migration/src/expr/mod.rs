@@ -207,54 +207,34 @@ pub const POOL_FIELDS: &[(&str, Type)] = &[
     ("used", Type::Number),
 ];
 
-/// Symbols of `-include-when` and `-exclude-when`: the source pool, the candidate target pool
-/// and the local time.
-pub const TARGET_SYMBOLS: &[(&str, Type)] = &[
-    ("source.name", Type::String),
-    ("source.cpuCost", Type::Number),
-    ("source.free", Type::Number),
-    ("source.total", Type::Number),
-    ("source.removable", Type::Number),
-    ("source.used", Type::Number),
-    ("target.name", Type::String),
-    ("target.cpuCost", Type::Number),
-    ("target.free", Type::Number),
-    ("target.total", Type::Number),
-    ("target.removable", Type::Number),
-    ("target.used", Type::Number),
-    ("time.hour", Type::Number),
-    ("time.weekday", Type::Number),
-];
+/// Symbols both contexts have besides the pools: the local time.
+const TIME_SYMBOLS: &[(&str, Type)] = &[("time.hour", Type::Number), ("time.weekday", Type::Number)];
 
-/// Symbols of `-pause-when` and `-stop-when`: the source pool, the job's queue
-/// (`queue.files` queued files, `queue.bytes` bytes still to transfer), `targets` (online
-/// pools in the filtered target list) and the local time.
-pub const LIFETIME_SYMBOLS: &[(&str, Type)] = &[
-    ("source.name", Type::String),
-    ("source.cpuCost", Type::Number),
-    ("source.free", Type::Number),
-    ("source.total", Type::Number),
-    ("source.removable", Type::Number),
-    ("source.used", Type::Number),
-    ("queue.files", Type::Number),
-    ("queue.bytes", Type::Number),
-    ("targets", Type::Number),
-    ("time.hour", Type::Number),
-    ("time.weekday", Type::Number),
-];
+/// Symbols of `-pause-when` and `-stop-when` besides `source.*` and the time: the job's queue
+/// (`queue.files` queued files, `queue.bytes` bytes still to transfer) and `targets` (online
+/// pools in the filtered target list).
+const QUEUE_SYMBOLS: &[(&str, Type)] =
+    &[("queue.files", Type::Number), ("queue.bytes", Type::Number), ("targets", Type::Number)];
 
 fn lookup(table: &[(&str, Type)], name: &str) -> Option<Type> {
     table.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
-/// The symbol table of the target-filter context ([`TARGET_SYMBOLS`]).
-pub fn target_symbols(name: &str) -> Option<Type> {
-    lookup(TARGET_SYMBOLS, name)
+/// `<prefix>.<field>` for a field of [`POOL_FIELDS`].
+fn pool_symbol(prefix: &str, name: &str) -> Option<Type> {
+    name.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')).and_then(|field| lookup(POOL_FIELDS, field))
 }
 
-/// The symbol table of the lifetime context ([`LIFETIME_SYMBOLS`]).
+/// The symbol table of `-include-when` and `-exclude-when`: `source.*`, `target.*` (the
+/// candidate target pool) and the local time.
+pub fn target_symbols(name: &str) -> Option<Type> {
+    pool_symbol("source", name).or_else(|| pool_symbol("target", name)).or_else(|| lookup(TIME_SYMBOLS, name))
+}
+
+/// The symbol table of `-pause-when` and `-stop-when`: `source.*`, `queue.files`,
+/// `queue.bytes`, `targets` and the local time.
 pub fn lifetime_symbols(name: &str) -> Option<Type> {
-    lookup(LIFETIME_SYMBOLS, name)
+    pool_symbol("source", name).or_else(|| lookup(QUEUE_SYMBOLS, name)).or_else(|| lookup(TIME_SYMBOLS, name))
 }
 
 /// The value of `time.hour` (0-23) or `time.weekday` (0 = Sunday ... 6 = Saturday, as in
