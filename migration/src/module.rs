@@ -725,7 +725,12 @@ impl<E: Env> Module<E> {
     /// queue (a running task goes on); a permanent job adds a file that has come to match.
     pub fn repository_changed(self: &Arc<Self>, id: PnfsId, change: RepoChange) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
-        let jobs: Vec<Arc<Job>> = jobs.into_iter().filter(|j| !j.stop.is_cancelled()).collect();
+        // Only the jobs that may care: a permanent one, or one that has the file. Most changes of a
+        // busy pool (its own incoming replicas) concern no job and cost no read.
+        let jobs: Vec<Arc<Job>> = jobs
+            .into_iter()
+            .filter(|j| !j.stop.is_cancelled() && (j.def.permanent || j.s.lock().queue.contains(&id)))
+            .collect();
         if jobs.is_empty() {
             return;
         }
