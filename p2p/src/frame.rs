@@ -142,6 +142,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Sends one message and flushes.
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
+        self.queue(msg).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Queues one message without flushing (several replies then go out in one write); call
+    /// `flush` after the last.
+    pub async fn queue<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
         self.scratch.clear();
         self.scratch.extend_from_slice(&[0, 0, 0, 0, KIND_MESSAGE]);
         let encoded = postcard::to_extend(msg, std::mem::take(&mut self.scratch))
@@ -150,7 +158,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         let len = (self.scratch.len() - 4) as u32;
         self.scratch[..4].copy_from_slice(&len.to_be_bytes());
         self.inner.write_all(&self.scratch).await?;
-        self.inner.flush().await?;
         Ok(())
     }
 

@@ -64,6 +64,37 @@ pub enum DataRequest {
     FetchAbort { transfer: TransferId },
     /// Pool to pool: the migration module (answered by one `DataReply::Migration`).
     Migration(MigrationRequest),
+    /// Pool to pool: several small replicas in one exchange (at most [`MAX_SMALL_ITEMS`]).
+    /// The source answers one `SmallItem` per item, in order, each `Sent` one followed by
+    /// exactly one data frame holding the whole replica, then `FetchSmallEnd`. It sends at
+    /// least the first item whatever its size up to `max_size`, then stops sending data once
+    /// `max_bytes` would be passed (the rest are `Later`).
+    FetchSmall { items: Vec<SmallFetch>, max_size: u64, max_bytes: u64 },
+}
+
+/// The most items one `FetchSmall` may carry.
+pub const MAX_SMALL_ITEMS: usize = 64;
+
+/// One replica asked for in a `FetchSmall`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmallFetch {
+    pub transfer: TransferId,
+    pub pnfsid: PnfsId,
+    pub force_source_mode: bool,
+}
+
+/// The source's answer for one item of a `FetchSmall`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SmallOutcome {
+    /// The replica's attributes (size and checksum included); one data frame of `size`
+    /// bytes follows.
+    Sent(FileAttributes),
+    /// Larger than `max_size`: the target fetches it with `Fetch`.
+    TooLarge { size: u64 },
+    /// Not sent in this exchange because the batch reached `max_bytes`: ask again.
+    Later,
+    /// Why this replica cannot be sent; the other items are not affected.
+    Refused(RemoteError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,14 +112,33 @@ pub struct PutRequest {
 /// Data service replies.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DataReply {
-    PutReady { pnfsid: PnfsId },
-    PutCommitted { pnfsid: PnfsId, checksum: Checksum },
-    GetReady { attributes: FileAttributes },
+    PutReady {
+        pnfsid: PnfsId,
+    },
+    PutCommitted {
+        pnfsid: PnfsId,
+        checksum: Checksum,
+    },
+    GetReady {
+        attributes: FileAttributes,
+    },
     GetEnd,
     Error(RemoteError),
-    FetchReady { transfer: TransferId, attributes: FileAttributes },
-    FetchEnd { transfer: TransferId },
+    FetchReady {
+        transfer: TransferId,
+        attributes: FileAttributes,
+    },
+    FetchEnd {
+        transfer: TransferId,
+    },
     Migration(MigrationReply),
+    /// One item of a `FetchSmall`, in the order asked.
+    SmallItem {
+        transfer: TransferId,
+        outcome: SmallOutcome,
+    },
+    /// The end of a `FetchSmall` exchange; the connection is free again.
+    FetchSmallEnd,
 }
 
 /// What one pool's migration module asks another. The asking pool is the authenticated peer

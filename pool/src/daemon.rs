@@ -339,6 +339,15 @@ async fn serve_data(reader: &mut Reader, writer: &mut Writer, client: &str, ctx:
                 transfer::serve_fetch(reader, writer, &ctx.pool, &ctx.shutdown, transfer, pnfsid, force_source_mode)
                     .await?
             }
+            // A pool built before `FetchSmall` cannot decode it (test hook).
+            #[cfg(test)]
+            DataRequest::FetchSmall { .. } if ctx.pool.faults.before_batches() => {
+                return Err(WireError::Malformed("unknown variant index 7".into()));
+            }
+            DataRequest::FetchSmall { items, max_size, max_bytes } => {
+                transfer::serve_fetch_small(reader, writer, &ctx.pool, &ctx.shutdown, items, max_size, max_bytes)
+                    .await?
+            }
             DataRequest::Migration(req) => {
                 let reply = match &peer {
                     Ok(from) => ctx.pool.migration().serve(from.clone(), req).await,

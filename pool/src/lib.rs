@@ -11,4 +11,5 @@ pub mod migration_env;
 pub mod pool;
 pub mod rebalance;
 pub mod repository;
+pub mod small_fetch;
 pub mod transfer;

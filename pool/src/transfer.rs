@@ -24,11 +24,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tidepool_p2p::auth::Service;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
-use tidepool_p2p::message::{DataReply, DataRequest};
+use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
 use tidepool_p2p::model::{FileAttributes, ReplicaState};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,6 +39,7 @@ use crate::daemon::blocking;
 use crate::gate::Gate;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, Replica};
+use crate::small_fetch::{self, Fetched, SmallFetches};
 
 /// Tunables of pool-to-pool transfers.
 #[derive(Clone, Debug)]
@@ -66,7 +68,7 @@ const REUSE_IDLE: Duration = Duration::from_secs(30);
 /// A source closes a pool-to-pool connection that sends nothing for this long.
 pub const PEER_IDLE: Duration = Duration::from_secs(120);
 /// How many times a broken connection is replaced within one transfer.
-const RESUMES: u32 = 3;
+pub(crate) const RESUMES: u32 = 3;
 /// How many finished transfers `pp ls -l` remembers.
 const RECENT: usize = 50;
 /// Received replicas that may wait for their commit at once (see [`Transfers::committing`]).
@@ -75,7 +77,7 @@ const COMMIT_BACKLOG: usize = 256;
 /// A small replica received whole, to be created, written and committed in one go.
 struct Received {
     attrs: FileAttributes,
-    bytes: Vec<u8>,
+    bytes: Bytes,
 }
 
 /// What a target asks for: the migration module's [`Pull`] (`pp get file` asks the same).
@@ -122,6 +124,10 @@ pub struct Transfers {
     idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
     /// Connections opened to sources so far (each one handshake).
     pub connections_opened: AtomicU64,
+    /// Transfers waiting for a small-file batch, per source.
+    pub(crate) small: SmallFetches,
+    /// Cancelled at shutdown: ends the small-file batches under way.
+    pub(crate) closing: CancellationToken,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -142,6 +148,8 @@ impl Transfers {
             no_progress: settings.no_progress,
             idle: Mutex::new(HashMap::new()),
             connections_opened: AtomicU64::new(0),
+            small: SmallFetches::default(),
+            closing: CancellationToken::new(),
         }
     }
 
@@ -189,6 +197,7 @@ impl Transfers {
 
     /// Cancels every transfer (shutdown).
     pub fn cancel_all(&self) {
+        self.closing.cancel();
         for e in self.entries.lock().values() {
             e.cancel.cancel();
         }
@@ -211,7 +220,7 @@ impl Transfers {
         });
     }
 
-    async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, RemoteError> {
+    pub(crate) async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, RemoteError> {
         let reusable = {
             let mut idle = self.idle.lock();
             let list = idle.entry(source.clone()).or_default();
@@ -242,7 +251,13 @@ impl Transfers {
         Ok(conn)
     }
 
-    fn give_back(&self, source: &PoolName, conn: Connection) {
+    /// Drops the kept connections to `source`: one of them broke, so the source has probably
+    /// restarted and the others are dead too.
+    pub(crate) fn forget_idle(&self, source: &PoolName) {
+        self.idle.lock().remove(source);
+    }
+
+    pub(crate) fn give_back(&self, source: &PoolName, conn: Connection) {
         let mut idle = self.idle.lock();
         let list = idle.entry(source.clone()).or_default();
         if list.len() < 64 {
@@ -251,7 +266,7 @@ impl Transfers {
     }
 }
 
-fn cancelled(id: PnfsId) -> RemoteError {
+pub(crate) fn cancelled(id: PnfsId) -> RemoteError {
     RemoteError::new(ErrorCode::Cancelled, format!("transfer of {id} cancelled; partial data removed"))
 }
 
@@ -291,6 +306,21 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
         _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
     };
     let _ = entry.started.set(Instant::now());
+    match small_fetch::fetch(pool, entry, req).await {
+        Fetched::Data { attrs, bytes } => {
+            entry.size.store(attrs.size, Ordering::Relaxed);
+            entry.done.store(bytes.len() as u64, Ordering::Relaxed);
+            // Received whole: its commit waits without a transfer place.
+            let _committing = tokio::select! {
+                c = transfers.committing.enter() => c,
+                _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
+            };
+            drop(pass);
+            return commit_small(pool, req, Received { attrs, bytes }).await;
+        }
+        Fetched::Failed(e) => return Err(e),
+        Fetched::PerFile => {}
+    }
     let mut incoming: Option<Incoming> = None;
     let mut source_attrs: Option<FileAttributes> = None;
     let mut breaks = 0;
@@ -322,6 +352,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
             // one is tried too.
             Err(Stop::Broken(e)) if breaks < RESUMES => {
                 breaks += 1;
+                transfers.forget_idle(&req.source);
                 let at = incoming.as_ref().map(|i| i.written()).unwrap_or(0);
                 tracing::warn!(offset = at, "connection to the source broke ({}); trying a new one", e.message);
             }
@@ -417,10 +448,9 @@ async fn attempt(
     receive(pool, entry, req, conn, incoming, attrs.size).await.map(|()| None)
 }
 
-/// A replica of at most one chunk: its bytes are received into memory first, then one
-/// blocking call creates the entry (making room), writes and commits it. Two hand-offs to
-/// the blocking pool fewer per file than the streaming path; a full pool costs only the read
-/// of a small file.
+/// A replica of at most one chunk: its bytes are received into memory first, then handed to
+/// the group committer whole (see [`commit_small`]); a full pool costs only the read of a
+/// small file.
 async fn receive_small(
     no_progress: Duration,
     entry: &TransferEntry,
@@ -429,7 +459,7 @@ async fn receive_small(
     attrs: FileAttributes,
 ) -> Result<Received, Stop> {
     conn.send(&DataRequest::FetchStart { transfer: entry.id, offset: 0 }).await.map_err(|e| broken(req, e))?;
-    let mut bytes = Vec::with_capacity(attrs.size as usize);
+    let mut bytes = BytesMut::with_capacity(attrs.size as usize);
     loop {
         match next_frame(conn, entry, req, no_progress).await? {
             Frame::Data(chunk) => {
@@ -445,25 +475,21 @@ async fn receive_small(
             }
         }
     }
-    Ok(Received { attrs, bytes })
+    Ok(Received { attrs, bytes: bytes.freeze() })
 }
 
-/// Creates, writes and commits a small replica received whole, in one blocking call.
+/// Stores a small replica received whole. The group committer writes and commits it, so no
+/// thread waits here for the batch's sync.
 async fn commit_small(pool: &Arc<Pool>, req: &PullRequest, received: Received) -> Result<Replica, RemoteError> {
     let Received { attrs, bytes } = received;
     let now = now_ms();
     let expected = attrs.checksum;
     let mine = FileAttributes { checksum: None, creation_time: now, access_time: req.atime.unwrap_or(now), ..attrs };
-    let (state, sticky) = (req.state, req.sticky.clone());
-    let repo = pool.repo.clone();
-    blocking(move || {
-        let mut incoming = repo.create(mine, ReplicaState::FromPool, now)?;
-        incoming.write(&bytes)?;
-        // Size and the source's checksum are checked here; on a mismatch nothing is kept.
-        incoming.commit(state, sticky, expected, now_ms())
-    })
-    .await
-    .map_err(RemoteError::from)
+    // Size and the source's checksum are checked first; on a mismatch nothing is kept.
+    pool.repo
+        .store_whole(mine, ReplicaState::FromPool, bytes, req.state, req.sticky.clone(), expected, now)
+        .await
+        .map_err(RemoteError::from)
 }
 
 async fn receive(
@@ -660,6 +686,117 @@ where
     .await
 }
 
+/// The most bytes of data a source reads for one `FetchSmall` (whatever the target asks).
+const SMALL_BATCH_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// The source side of a `FetchSmall`: every item is read in one blocking call, then all the
+/// answers and their data go out together. The exchange holds one outgoing place.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_fetch_small<R, W>(
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    pool: &Arc<Pool>,
+    shutdown: &CancellationToken,
+    items: Vec<SmallFetch>,
+    max_size: u64,
+    max_bytes: u64,
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if items.len() > MAX_SMALL_ITEMS {
+        let e = protocol(format!("a FetchSmall carries at most {MAX_SMALL_ITEMS} items, not {}", items.len()));
+        writer.send(&DataReply::Error(e)).await?;
+        return Err(WireError::Unexpected { expected: "a FetchSmall within its limits", got: "too many items" });
+    }
+    let _pass = tokio::select! {
+        pass = pool.transfers.outgoing.enter() => pass,
+        _ = shutdown.cancelled() => return Err(WireError::Closed),
+        _ = reader.next() => return Err(WireError::Closed),
+    };
+    let max_size = max_size.min(MAX_DATA_CHUNK as u64);
+    let budget = max_bytes.min(SMALL_BATCH_BYTES_LIMIT);
+    let source = pool.clone();
+    let answers = blocking(move || read_small(&source, items, max_size, budget)).await;
+    guarded(shutdown, pool.transfers.no_progress(), async {
+        for (transfer, outcome, data) in answers {
+            let sent = match &outcome {
+                SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
+                _ => None,
+            };
+            writer.queue(&DataReply::SmallItem { transfer, outcome }).await?;
+            if let Some(_pnfsid) = sent {
+                #[cfg(test)]
+                let data = {
+                    let mut data = data;
+                    pool.faults.apply(&_pnfsid, &mut data);
+                    if let Some(pause) = pool.faults.pause() {
+                        writer.flush().await?;
+                        tokio::time::sleep(pause).await;
+                    }
+                    data
+                };
+                writer.send_data(&data).await?;
+            }
+        }
+        writer.send(&DataReply::FetchSmallEnd).await
+    })
+    .await
+}
+
+/// Reads the items of a `FetchSmall`, in order: each one's answer and, when sent, its bytes.
+/// The first replica up to `max_size` is always sent; after it, data stops once `budget`
+/// would be passed and the rest are `Later`.
+fn read_small(
+    pool: &Pool,
+    items: Vec<SmallFetch>,
+    max_size: u64,
+    budget: u64,
+) -> Vec<(TransferId, SmallOutcome, Vec<u8>)> {
+    let mut used = 0u64;
+    let mut full = false;
+    let mut one = |item: &SmallFetch| -> Result<(SmallOutcome, Vec<u8>), RemoteError> {
+        if full {
+            return Ok((SmallOutcome::Later, Vec::new()));
+        }
+        pool.check_mode(Activity::Fetch, item.force_source_mode)?;
+        let (replica, mut data) = pool.repo.open_for_copy(&item.pnfsid)?;
+        let size = replica.attrs.size;
+        if size > max_size {
+            return Ok((SmallOutcome::TooLarge { size }, Vec::new()));
+        }
+        if used > 0 && used + size > budget {
+            full = true;
+            return Ok((SmallOutcome::Later, Vec::new()));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        let id = item.pnfsid;
+        let n = crate::daemon::read_full(&mut data, &mut bytes)
+            .map_err(|e| RemoteError::new(ErrorCode::Io, format!("file {id}: read failed: {e}")))?;
+        if n as u64 != size {
+            return Err(RemoteError::new(
+                ErrorCode::Io,
+                format!("data file of {id} ends {} bytes early", size - n as u64),
+            ));
+        }
+        used += size;
+        Ok((SmallOutcome::Sent(replica.attrs), bytes))
+    };
+    items
+        .iter()
+        .map(|item| match one(item) {
+            Ok((outcome, bytes)) => (item.transfer, outcome, bytes),
+            Err(e) => {
+                if e.code() == Some(ErrorCode::Io) {
+                    tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
+                }
+                (item.transfer, SmallOutcome::Refused(e), Vec::new())
+            }
+        })
+        .collect()
+}
+
 type ReadResult = (crate::repository::DataRead, Vec<u8>, std::io::Result<usize>);
 
 /// Reads the next `want` bytes (after seeking to `seek`, if given) on the blocking pool.
@@ -702,6 +839,8 @@ pub struct Faults {
     corrupt: Mutex<Option<PnfsId>>,
     /// A pause after every chunk sent: a slow source.
     pause: Mutex<Option<Duration>>,
+    /// Answer `FetchSmall` as a pool built before it would.
+    before_batches: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -710,15 +849,23 @@ impl Faults {
         *self.corrupt.lock() = Some(id);
     }
 
+    pub fn act_as_before_batches(&self, yes: bool) {
+        self.before_batches.store(yes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn before_batches(&self) -> bool {
+        self.before_batches.load(Ordering::Relaxed)
+    }
+
     pub fn slow_down(&self, pause: Option<Duration>) {
         *self.pause.lock() = pause;
     }
 
-    fn pause(&self) -> Option<Duration> {
+    pub(crate) fn pause(&self) -> Option<Duration> {
         *self.pause.lock()
     }
 
-    fn apply(&self, id: &PnfsId, chunk: &mut [u8]) {
+    pub(crate) fn apply(&self, id: &PnfsId, chunk: &mut [u8]) {
         let mut corrupt = self.corrupt.lock();
         if corrupt.as_ref() == Some(id) && !chunk.is_empty() {
             chunk[chunk.len() / 2] ^= 0x40;

@@ -362,3 +362,69 @@ async fn a_stalled_transfer_fails_with_no_progress_and_queues_respect_max_active
     until("all three to arrive", || ids.iter().all(|id| target.repo.get(id).unwrap().is_some())).await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_replicas_share_exchanges_and_a_bad_one_fails_alone() {
+    let settings = TransferSettings { max_active: 32, ..TransferSettings::default() };
+    let c = Cluster::start(&[1 << 30, 1 << 30], settings).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let chunk = tidepool_p2p::frame::MAX_DATA_CHUNK;
+    // Sizes around every edge of a batch: empty, tiny, one chunk exactly, one byte more (sent
+    // one file at a time), and many ordinary small files.
+    let mut sizes = vec![0, 1, chunk, chunk + 1, 3 * chunk];
+    sizes.extend((0..120).map(|i| 1 + i * 997));
+    let mut ids = Vec::new();
+    for size in &sizes {
+        ids.push(put(source, *size, ReplicaState::Cached, vec![]).await);
+    }
+    let corrupt = ids[60];
+    source.faults.corrupt_next(corrupt);
+    let missing = PnfsId::from_random([5; 16]);
+    let mut line = String::from("pp get file -wait");
+    for id in ids.iter().take(90).chain([&missing]).chain(&ids[90..]) {
+        line.push_str(&format!(" {id}"));
+    }
+    let err = admin(target, &format!("{line} pool1")).await.unwrap_err();
+    assert_eq!(err.message, format!("2 of {} transfers failed", ids.len() + 1), "{err:?}");
+    nothing_of(target, corrupt);
+    assert!(target.repo.get(&missing).unwrap().is_none());
+    for (id, size) in ids.iter().zip(&sizes).filter(|(id, _)| **id != corrupt) {
+        let mine = target.repo.get(id).unwrap().unwrap();
+        assert_eq!(mine.state, ReplicaState::Cached);
+        assert_eq!(mine.attrs.checksum, source.repo.get(id).unwrap().unwrap().attrs.checksum);
+        assert!(read(target, *id).await == content(id, *size), "{id} ({size} bytes) arrived intact");
+    }
+    let small = &target.transfers.small;
+    let exchanges = small.exchanges.load(std::sync::atomic::Ordering::Relaxed);
+    let delivered = small.delivered.load(std::sync::atomic::Ordering::Relaxed);
+    // Every file of at most one chunk came in a batch (the corrupted one too: its checksum
+    // failed on the target); the two larger ones did not.
+    assert_eq!(delivered, ids.len() as u64 - 2, "{delivered} delivered in batches");
+    assert!(exchanges * 2 <= delivered, "{exchanges} exchanges for {delivered} replicas: they were batched");
+    assert!(target.transfers.connections_opened.load(std::sync::atomic::Ordering::Relaxed) <= 34);
+    // The corrupted replica was damaged on the wire only: asking again brings it intact.
+    admin(target, &format!("pp get file -wait {corrupt} pool1")).await.unwrap();
+    assert!(read(target, corrupt).await == content(&corrupt, sizes[60]));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_does_not_know_batches_is_read_one_file_at_a_time() {
+    let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    source.faults.act_as_before_batches(true);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(put(source, 3000, ReplicaState::Cached, vec![]).await);
+    }
+    let pool1: tidepool_p2p::PoolName = "pool1".parse().unwrap();
+    admin(target, &format!("pp get file -wait {} pool1", ids[0])).await.unwrap();
+    assert!(target.transfers.small.per_file_only(&pool1), "the refusal is remembered");
+    let rest: Vec<String> = ids[1..].iter().map(|id| id.to_string()).collect();
+    admin(target, &format!("pp get file -wait {} pool1", rest.join(" "))).await.unwrap();
+    for id in &ids {
+        assert!(read(target, *id).await == content(id, 3000));
+    }
+    assert_eq!(target.transfers.small.exchanges.load(std::sync::atomic::Ordering::Relaxed), 1, "asked once only");
+    c.stop().await;
+}

@@ -4,11 +4,17 @@
 //! flushes the metadata once, and only then answers each of them. A replica is therefore
 //! acknowledged only after its batch is durable, and a busy pool pays one sync for many
 //! replicas instead of several per replica.
+//!
+//! A small replica received whole travels with its content: the commit thread writes its file
+//! too, so the caller needs no thread of its own while the batch syncs, and every file of a
+//! batch is created by one thread (no contention on the incoming directory). Each job ends by
+//! calling its `done` on the commit thread, with the batch's outcome for it.
 
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use tidepool_p2p::PnfsId;
 
 use super::store::{ReplicaStore, StoreError, StoreResult};
@@ -16,10 +22,19 @@ use super::store::{ReplicaStore, StoreError, StoreResult};
 /// The most commits that share one sync.
 const MAX_BATCH: usize = 512;
 
-struct Job {
-    id: PnfsId,
-    record: Vec<u8>,
-    done: mpsc::SyncSender<StoreResult<()>>,
+/// What runs on the commit thread once a job's batch is durable (or failed).
+pub(super) type Done = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
+pub(super) struct Job {
+    pub id: PnfsId,
+    pub record: Vec<u8>,
+    /// The whole content of a small replica, written into the incoming area by the commit
+    /// thread; `None` when the caller wrote the incoming file itself.
+    pub data: Option<Bytes>,
+    /// Replicas evicted to make room for this one: their records are deleted durably, then
+    /// their data files, before anything of the batch is written.
+    pub evicted: Vec<PnfsId>,
+    pub done: Done,
 }
 
 pub(super) struct Committer {
@@ -40,11 +55,26 @@ impl Committer {
     /// Publishes the incoming data of `id` and stores its record; returns once both are
     /// durable. On error neither is left behind.
     pub fn commit(&self, id: PnfsId, record: Vec<u8>) -> StoreResult<()> {
-        let gone = || StoreError::new("commit", std::io::Error::other("the commit thread has stopped"));
-        let (done, wait) = mpsc::sync_channel(1);
-        self.tx.as_ref().ok_or_else(gone)?.send(Job { id, record, done }).map_err(|_| gone())?;
+        let (tell, wait) = mpsc::sync_channel(1);
+        let done: Done = Box::new(move |r| {
+            let _ = tell.send(r);
+        });
+        self.submit(Job { id, record, data: None, evicted: Vec::new(), done });
         wait.recv().map_err(|_| gone())?
     }
+
+    /// Queues a job without waiting; its `done` runs on the commit thread (or here, with an
+    /// error, if the thread has stopped).
+    pub fn submit(&self, job: Job) {
+        let Some(tx) = self.tx.as_ref() else { return (job.done)(Err(gone())) };
+        if let Err(mpsc::SendError(job)) = tx.send(job) {
+            (job.done)(Err(gone()));
+        }
+    }
+}
+
+fn gone() -> StoreError {
+    StoreError::new("commit", std::io::Error::other("the commit thread has stopped"))
 }
 
 impl Drop for Committer {
@@ -67,15 +97,26 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>) {
         }
         let results = commit_batch(store, &batch);
         for (job, result) in batch.into_iter().zip(results) {
-            // A committer whose caller went away has nobody to tell.
-            let _ = job.done.send(result);
+            (job.done)(result);
         }
     }
 }
 
 fn commit_batch(store: &dyn ReplicaStore, batch: &[Job]) -> Vec<StoreResult<()>> {
-    // 1. Move each file into the data area.
-    let mut results: Vec<StoreResult<()>> = batch.iter().map(|j| store.publish(&j.id)).collect();
+    // 0. Room made for the batch.
+    let evicted: Vec<PnfsId> = batch.iter().flat_map(|j| j.evicted.iter().copied()).collect();
+    if !evicted.is_empty() {
+        discard(store, &evicted);
+    }
+    // 1. Write the whole replicas that came with their content, then move each file into the
+    // data area.
+    let mut results: Vec<StoreResult<()>> = batch
+        .iter()
+        .map(|j| match &j.data {
+            Some(data) => store.put_incoming(&j.id, data).and_then(|()| store.publish(&j.id)),
+            None => store.publish(&j.id),
+        })
+        .collect();
     // 2. One sync makes the data of the whole batch durable, before any record names it.
     if let Err(e) = store.sync_data() {
         return undo(store, batch, &results, e, false);
@@ -120,4 +161,20 @@ fn undo(
             Err(StoreError::new(error.op.clone(), std::io::Error::new(error.source.kind(), error.source.to_string())))
         })
         .collect()
+}
+
+/// Deletes the records of replicas already gone from the index (durably), then their data
+/// files. A record that cannot be deleted leaves its data in place: the replica comes back after
+/// a restart rather than as a record without data.
+pub(super) fn discard(store: &dyn ReplicaStore, ids: &[PnfsId]) {
+    let result = ids.iter().try_for_each(|id| store.delete_record(id)).and_then(|()| store.flush());
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not delete the records of evicted replicas; they come back after a restart");
+        return;
+    }
+    for id in ids {
+        if let Err(e) = store.remove_data(id) {
+            tracing::error!(pnfsid = %id, error = %e, "could not delete data file");
+        }
+    }
 }

@@ -368,6 +368,87 @@ pub fn conditional_sticky_drop_and_remove_see_the_records_as_they_are(h: &mut dy
     assert!(repo.get(&id(1)).unwrap().is_none(), "the removal is durable");
 }
 
+/// Runs a future to its end on a runtime of its own (the conformance tests are plain tests).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+fn store_whole(repo: &Arc<Repository>, id: PnfsId, data: Vec<u8>, expected: Option<Checksum>) -> RepoResult<Replica> {
+    let size = data.len() as u64;
+    let sticky = vec![StickyRecord::new("alice", NEVER)];
+    block_on(repo.store_whole(
+        attrs(id, size),
+        ReplicaState::FromPool,
+        data.into(),
+        ReplicaState::Cached,
+        sticky,
+        expected,
+        NOW,
+    ))
+}
+
+pub fn a_whole_replica_is_checked_made_room_for_and_committed_in_one_step(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 3000);
+    let old = put(&repo, id(1), 1000, ReplicaState::Cached, vec![], NOW - 1000);
+    put(&repo, id(2), 1000, ReplicaState::Precious, vec![], NOW);
+    let mut sum = ChecksumWriter::new();
+    sum.update(&content(id(3), 1500));
+    let good = sum.finish();
+
+    // A wrong checksum or a wrong size commits nothing and takes no room.
+    let err = store_whole(&repo, id(3), content(id(3), 1500), Some(Checksum::Adler32(1))).unwrap_err();
+    assert!(matches!(err, RepoError::ChecksumMismatch { .. }), "{err}");
+    let mut short = content(id(3), 1500);
+    short.pop();
+    let a = attrs(id(3), 1500);
+    let err =
+        block_on(repo.store_whole(a, ReplicaState::FromPool, short.into(), ReplicaState::Cached, vec![], None, NOW))
+            .unwrap_err();
+    assert!(matches!(err, RepoError::Short { .. }), "{err}");
+    assert!(repo.get(&id(3)).unwrap().is_none());
+    assert!(repo.incoming().is_empty());
+    assert_eq!(repo.space(NOW).used, 2000);
+
+    // 1500 bytes fit only if the cached replica goes; the precious one stays.
+    let r = store_whole(&repo, id(3), content(id(3), 1500), Some(good)).unwrap();
+    assert_eq!((r.state, r.attrs.checksum), (ReplicaState::Cached, Some(good)));
+    assert_eq!(r.sticky, vec![StickyRecord::new("alice", NEVER)]);
+    assert!(repo.get(&old.pnfsid()).unwrap().is_none(), "the cached replica made room");
+    assert!(repo.get(&id(2)).unwrap().is_some());
+    assert_eq!(read_all(&repo, &id(3)), content(id(3), 1500));
+    let err = store_whole(&repo, id(4), content(id(4), 2000), None).unwrap_err();
+    assert_eq!(err.code(), tidepool_p2p::ErrorCode::PoolFull, "{err}");
+    assert!(repo.get(&id(4)).unwrap().is_none());
+
+    // Once handed to the committer the replica is committed even if nobody waits for it.
+    let a = attrs(id(5), 10);
+    let mut fut = Box::pin(repo.store_whole(
+        a,
+        ReplicaState::FromPool,
+        content(id(5), 10).into(),
+        ReplicaState::Cached,
+        vec![],
+        None,
+        NOW,
+    ));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = fut.as_mut().poll(&mut cx);
+    drop(fut);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while repo.get(&id(5)).unwrap().map(|r| r.state) != Some(ReplicaState::Cached) {
+        assert!(std::time::Instant::now() < deadline, "the abandoned commit never completed");
+        std::thread::yield_now();
+    }
+    assert!(repo.incoming().is_empty());
+
+    drop(repo);
+    let (repo, rec) = open(h, 3000);
+    assert!(rec.is_clean(), "{rec:?}");
+    assert_eq!(read_all(&repo, &id(3)), content(id(3), 1500));
+    assert_eq!(repo.get(&id(3)).unwrap().unwrap().sticky, vec![StickyRecord::new("alice", NEVER)]);
+    assert_eq!(read_all(&repo, &id(5)), content(id(5), 10));
+}
+
 pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
     let (repo, _) = open(h, 1 << 20);
     put(&repo, id(1), 10, ReplicaState::Cached, vec![], NOW);
@@ -378,6 +459,10 @@ pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
     assert_eq!(err.code(), tidepool_p2p::ErrorCode::PoolFull);
     drop(inc);
     assert!(repo.get(&id(2)).unwrap().is_none());
+    let err = store_whole(&repo, id(3), vec![7; 1000], None).unwrap_err();
+    assert_eq!(err.code(), tidepool_p2p::ErrorCode::PoolFull, "{err}");
+    assert!(repo.get(&id(3)).unwrap().is_none());
+    assert!(repo.incoming().is_empty());
     assert_eq!(read_all(&repo, &id(1)), content(id(1), 10), "existing replicas are untouched");
 }
 
@@ -406,6 +491,7 @@ conformance!(
     settings_survive_restart,
     a_missing_checksum_is_recorded_durably_and_never_replaced,
     conditional_sticky_drop_and_remove_see_the_records_as_they_are,
+    a_whole_replica_is_checked_made_room_for_and_committed_in_one_step,
 );
 
 #[test]

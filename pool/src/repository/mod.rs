@@ -381,32 +381,10 @@ impl Repository {
         origin: ReplicaState,
         now: EpochMillis,
     ) -> RepoResult<Incoming> {
-        assert!(matches!(origin, ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore));
         let id = attrs.pnfsid;
-        let evicted = {
-            let mut ix = self.index.lock();
-            if ix.get(&id).is_some() {
-                return Err(RepoError::Exists(id));
-            }
-            ix.expire(now);
-            let evicted = ix.make_room(attrs.size, self.capacity).map_err(|s| RepoError::PoolFull {
-                needed: attrs.size,
-                free: s.free,
-                removable: s.removable,
-                total: s.total,
-            })?;
-            let entry = Entry { size: attrs.size, atime: now, state: origin, sticky_until: index::NOT_STICKY };
-            ix.add(id, entry, now);
-            ix.incoming.insert(id, attrs.clone());
-            for victim in &evicted {
-                self.announce(*victim, ChangeKind::State { from: ReplicaState::Cached, to: ReplicaState::Removed });
-            }
-            self.announce(id, ChangeKind::State { from: ReplicaState::New, to: origin });
-            evicted
-        };
+        let evicted = self.reserve(&attrs, origin, now)?;
         if !evicted.is_empty() {
-            tracing::info!(count = evicted.len(), for_pnfsid = %id, "sweeper evicted cached replicas");
-            self.discard(&evicted);
+            commit::discard(&*self.store, &evicted);
         }
         match self.store.create_incoming(&id) {
             Ok(writer) => Ok(Incoming {
@@ -425,18 +403,107 @@ impl Repository {
         }
     }
 
-    /// Deletes records (durably) and then data files of replicas already gone from the index.
-    fn discard(&self, ids: &[PnfsId]) {
-        let result = ids.iter().try_for_each(|id| self.store.delete_record(id)).and_then(|()| self.store.flush());
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not delete the records of evicted replicas; they come back after a restart");
-            return;
+    /// Enters a new entry in `origin` state into the index, evicting least recently used
+    /// removable replicas if that is needed to make room. Returns the evicted ones, already
+    /// gone from the index, whose records and data the caller must discard.
+    fn reserve(&self, attrs: &FileAttributes, origin: ReplicaState, now: EpochMillis) -> RepoResult<Vec<PnfsId>> {
+        assert!(matches!(origin, ReplicaState::FromClient | ReplicaState::FromPool | ReplicaState::FromStore));
+        let id = attrs.pnfsid;
+        let mut ix = self.index.lock();
+        if ix.get(&id).is_some() {
+            return Err(RepoError::Exists(id));
         }
-        for id in ids {
-            if let Err(e) = self.store.remove_data(id) {
-                tracing::error!(pnfsid = %id, error = %e, "could not delete data file");
-            }
+        ix.expire(now);
+        let evicted = ix.make_room(attrs.size, self.capacity).map_err(|s| RepoError::PoolFull {
+            needed: attrs.size,
+            free: s.free,
+            removable: s.removable,
+            total: s.total,
+        })?;
+        let entry = Entry { size: attrs.size, atime: now, state: origin, sticky_until: index::NOT_STICKY };
+        ix.add(id, entry, now);
+        ix.incoming.insert(id, attrs.clone());
+        for victim in &evicted {
+            self.announce(*victim, ChangeKind::State { from: ReplicaState::Cached, to: ReplicaState::Removed });
         }
+        self.announce(id, ChangeKind::State { from: ReplicaState::New, to: origin });
+        if !evicted.is_empty() {
+            tracing::info!(count = evicted.len(), for_pnfsid = %id, "sweeper evicted cached replicas");
+        }
+        Ok(evicted)
+    }
+
+    /// Stores a replica received whole (a small one): checks its size and the sender's
+    /// checksum, makes room, and commits it to `state` with `sticky` through the group
+    /// committer, whose thread also writes the file. Nothing here blocks: an async caller
+    /// awaits it directly. When it returns Ok the data and the record are on disk; on error
+    /// nothing of the replica is left. Once submitted the commit completes even if the caller
+    /// stops waiting.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn store_whole(
+        self: &Arc<Self>,
+        mut attrs: FileAttributes,
+        origin: ReplicaState,
+        data: bytes::Bytes,
+        state: ReplicaState,
+        sticky: Vec<StickyRecord>,
+        expected: Option<Checksum>,
+        now: EpochMillis,
+    ) -> RepoResult<Replica> {
+        assert!(state.is_committed(), "commit to {state}");
+        let id = attrs.pnfsid;
+        if data.len() as u64 != attrs.size {
+            return Err(if (data.len() as u64) < attrs.size {
+                RepoError::Short { id, got: data.len() as u64, expected: attrs.size }
+            } else {
+                RepoError::TooLong { id, expected: attrs.size }
+            });
+        }
+        let mut hasher = ChecksumWriter::new();
+        hasher.update(&data);
+        let actual = hasher.finish();
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(RepoError::ChecksumMismatch { id, expected, actual });
+        }
+        let evicted = self.reserve(&attrs, origin, now)?;
+        let mut records = Vec::new();
+        for r in sticky {
+            apply_sticky(&mut records, r, StickyMode::Overwrite, now);
+        }
+        attrs.checksum = Some(actual);
+        attrs.creation_time = now;
+        let replica = Replica { attrs, state, sticky: records };
+        let record = record::encode(&replica);
+        let (tell, answer) = tokio::sync::oneshot::channel();
+        let repo = self.clone();
+        let done: commit::Done = Box::new(move |result| {
+            let outcome = match result {
+                Ok(()) => {
+                    repo.published(&replica, origin, now);
+                    Ok(replica)
+                }
+                Err(e) => {
+                    repo.drop_incoming(id, origin);
+                    Err(e.into())
+                }
+            };
+            let _ = tell.send(outcome);
+        });
+        self.committer.submit(commit::Job { id, record, data: Some(data), evicted, done });
+        answer.await.unwrap_or_else(|_| {
+            Err(RepoError::from(StoreError::new("commit", std::io::Error::other("the commit thread has stopped"))))
+        })
+    }
+
+    /// Enters a replica whose commit is durable into the index.
+    fn published(&self, replica: &Replica, origin: ReplicaState, now: EpochMillis) {
+        let id = replica.pnfsid();
+        let mut ix = self.index.lock();
+        ix.incoming.remove(&id);
+        ix.add(id, entry_of(replica, now), now);
+        self.announce(id, ChangeKind::State { from: origin, to: replica.state });
     }
 
     fn drop_incoming(&self, id: PnfsId, origin: ReplicaState) {
@@ -782,10 +849,7 @@ impl Incoming {
         // Durable (data, then record) when this returns; on error nothing of it is kept.
         repo.committer.commit(id, record::encode(&replica))?;
         self.finished = true;
-        let mut ix = repo.index.lock();
-        ix.incoming.remove(&id);
-        ix.add(id, entry_of(&replica, now), now);
-        repo.announce(id, ChangeKind::State { from: self.origin, to: state });
+        repo.published(&replica, self.origin, now);
         Ok(replica)
     }
 }

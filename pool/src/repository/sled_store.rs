@@ -161,6 +161,18 @@ impl ReplicaStore for SledStore {
         Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file) }))
     }
 
+    /// One `open`, one `write`, no buffer: a small replica's whole content.
+    fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
+        let path = self.incoming_path(id);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StoreError::new(format!("create {}", path.display()), e))?;
+        file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e))
+    }
+
     fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
         remove_file_if_present(&self.incoming_path(id))
     }

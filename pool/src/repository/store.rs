@@ -69,6 +69,13 @@ pub trait ReplicaStore: Send + Sync + 'static {
 
     /// Creates (truncating) the incoming data file of `id`.
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>>;
+    /// Creates (truncating) the incoming data file of `id` with exactly `data` in it.
+    fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
+        let mut w = self.create_incoming(id)?;
+        let op = || format!("write {id}");
+        w.write_all(data).map_err(|e| StoreError::new(op(), e))?;
+        w.finish().map_err(|e| StoreError::new(op(), e))
+    }
     fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()>;
     /// Names of the files in the incoming area (left over from a crash).
     fn list_incoming(&self) -> StoreResult<Vec<String>>;
