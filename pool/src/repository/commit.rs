@@ -1,14 +1,17 @@
 //! Group commit. Replicas that finish at about the same time share one data sync and one
-//! metadata flush: the committer thread takes every commit waiting when it becomes free,
-//! moves their files into the data area, syncs the data area once, writes their records,
+//! metadata flush: the commit thread takes every commit waiting when it becomes free (their
+//! files already moved into the data area), syncs the data area once, writes their records,
 //! flushes the metadata once, and only then answers each of them. A replica is therefore
 //! acknowledged only after its batch is durable, and a busy pool pays one sync for many
 //! replicas instead of several per replica.
 //!
-//! A small replica received whole travels with its content: the commit thread writes its file
-//! too, so the caller needs no thread of its own while the batch syncs, and every file of a
-//! batch is created by one thread (no contention on the incoming directory). Each job ends by
-//! calling its `done` on the commit thread, with the batch's outcome for it.
+//! Two threads make a pipeline. The *placing* thread puts each job's file in the data area (a
+//! small replica received whole travels with its content, and this thread writes its file);
+//! the *commit* thread takes every placed job waiting, syncs, writes the records and flushes.
+//! So the files of the next batch are written while the disk syncs the last one, the caller
+//! of a whole replica needs no thread of its own while its batch syncs, and one thread creates
+//! all those files (no contention on the incoming directory). Each job ends by calling its
+//! `done` on the commit thread, with its batch's outcome.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -37,19 +40,32 @@ pub(super) struct Job {
     pub done: Done,
 }
 
+/// A job whose file is in the data area (or why not).
+struct Placed {
+    job: Job,
+    placed: StoreResult<()>,
+}
+
 pub(super) struct Committer {
     tx: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    /// The placing thread, then the commit thread (joined in that order).
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Committer {
     pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
+        let (placed_tx, placed_rx) = mpsc::channel::<Placed>();
+        let commit_store = store.clone();
+        let commit = std::thread::Builder::new()
             .name("tidepool-commit".into())
-            .spawn(move || run(&*store, rx))
+            .spawn(move || run(&*commit_store, placed_rx))
             .map_err(|e| StoreError::new("start the commit thread", e))?;
-        Ok(Committer { tx: Some(tx), thread: Some(thread) })
+        let place = std::thread::Builder::new()
+            .name("tidepool-place".into())
+            .spawn(move || place(&*store, rx, placed_tx))
+            .map_err(|e| StoreError::new("start the placing thread", e))?;
+        Ok(Committer { tx: Some(tx), threads: vec![place, commit] })
     }
 
     /// Publishes the incoming data of `id` and stores its record; returns once both are
@@ -79,49 +95,56 @@ fn gone() -> StoreError {
 
 impl Drop for Committer {
     fn drop(&mut self) {
+        // The placing thread ends when its queue closes, which closes the commit thread's.
         drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>) {
+/// The placing thread: discards what was evicted for a job, writes a whole replica's file,
+/// and moves the file into the data area, one job at a time, in order.
+fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender<Placed>) {
+    while let Ok(job) = rx.recv() {
+        if !job.evicted.is_empty() {
+            discard(store, &job.evicted);
+        }
+        let result = match &job.data {
+            Some(data) => store.put_incoming(&job.id, data).and_then(|()| store.publish(&job.id)),
+            None => store.publish(&job.id),
+        };
+        if let Err(mpsc::SendError(p)) = placed.send(Placed { job, placed: result }) {
+            (p.job.done)(Err(gone()));
+        }
+    }
+}
+
+/// The commit thread: every placed job waiting shares one sync and one flush.
+fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
-        let results = commit_batch(store, &batch);
-        for (job, result) in batch.into_iter().zip(results) {
+        let (jobs, placed): (Vec<Job>, Vec<StoreResult<()>>) = batch.into_iter().map(|p| (p.job, p.placed)).unzip();
+        let results = commit_batch(store, &jobs, placed);
+        for (job, result) in jobs.into_iter().zip(results) {
             (job.done)(result);
         }
     }
 }
 
-fn commit_batch(store: &dyn ReplicaStore, batch: &[Job]) -> Vec<StoreResult<()>> {
-    // 0. Room made for the batch.
-    let evicted: Vec<PnfsId> = batch.iter().flat_map(|j| j.evicted.iter().copied()).collect();
-    if !evicted.is_empty() {
-        discard(store, &evicted);
-    }
-    // 1. Write the whole replicas that came with their content, then move each file into the
-    // data area.
-    let mut results: Vec<StoreResult<()>> = batch
-        .iter()
-        .map(|j| match &j.data {
-            Some(data) => store.put_incoming(&j.id, data).and_then(|()| store.publish(&j.id)),
-            None => store.publish(&j.id),
-        })
-        .collect();
-    // 2. One sync makes the data of the whole batch durable, before any record names it.
+/// Makes a batch of placed jobs durable: `results` holds how the placing went for each.
+fn commit_batch(store: &dyn ReplicaStore, batch: &[Job], mut results: Vec<StoreResult<()>>) -> Vec<StoreResult<()>> {
+    // 1. One sync makes the data of the whole batch durable, before any record names it.
     if let Err(e) = store.sync_data() {
         return undo(store, batch, &results, e, false);
     }
-    // 3. The records, then one flush. A replica whose record cannot be written loses its
+    // 2. The records, then one flush. A replica whose record cannot be written loses its
     // data file too, so nothing of it stays behind.
     for (job, result) in batch.iter().zip(results.iter_mut()) {
         if result.is_ok() {
