@@ -420,6 +420,11 @@ pub fn a_whole_replica_is_checked_made_room_for_and_committed_in_one_step(h: &mu
     assert_eq!(err.code(), tidepool_p2p::ErrorCode::PoolFull, "{err}");
     assert!(repo.get(&id(4)).unwrap().is_none());
 
+    // A data file left behind by a crash (no record) is replaced, not served.
+    h.orphan(&id(6).to_string());
+    store_whole(&repo, id(6), content(id(6), 400), None).unwrap();
+    assert_eq!(read_all(&repo, &id(6)), content(id(6), 400));
+
     // Once handed to the committer the replica is committed even if nobody waits for it.
     let a = attrs(id(5), 10);
     let mut fut = Box::pin(repo.store_whole(
@@ -447,6 +452,7 @@ pub fn a_whole_replica_is_checked_made_room_for_and_committed_in_one_step(h: &mu
     assert_eq!(read_all(&repo, &id(3)), content(id(3), 1500));
     assert_eq!(repo.get(&id(3)).unwrap().unwrap().sticky, vec![StickyRecord::new("alice", NEVER)]);
     assert_eq!(read_all(&repo, &id(5)), content(id(5), 10));
+    assert_eq!(read_all(&repo, &id(6)), content(id(6), 400));
 }
 
 pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
