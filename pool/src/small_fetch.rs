@@ -64,12 +64,19 @@ struct Queue {
 #[derive(Default)]
 pub struct SmallFetches {
     queues: Mutex<HashMap<PoolName, Queue>>,
-    /// `FetchSmall` exchanges so far, and the replicas they delivered.
+    /// `FetchSmall` exchanges so far, the replicas they delivered, and the answers `Later`
+    /// (asked again in a later exchange).
     pub exchanges: AtomicU64,
     pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
 }
 
 impl SmallFetches {
+    /// Transfers waiting for an exchange, from all sources.
+    pub fn waiting(&self) -> usize {
+        self.queues.lock().values().map(|q| q.waiting.len()).sum()
+    }
+
     /// Whether `source` was found not to take batches.
     pub fn per_file_only(&self, source: &PoolName) -> bool {
         self.queues.lock().get(source).is_some_and(|q| q.unsupported)
@@ -272,6 +279,7 @@ async fn ask(
                 Fetched::Data { attrs, bytes }
             }
             (SmallOutcome::Later, _) => {
+                transfers.small.deferred.fetch_add(1, Ordering::Relaxed);
                 later.push(w);
                 continue;
             }

@@ -747,31 +747,42 @@ where
 
 /// Reads the items of a `FetchSmall`, in order: each one's answer and, when sent, its bytes.
 /// The first replica up to `max_size` is always sent; after it, data stops once `budget`
-/// would be passed and the rest are `Later`.
+/// would be passed and the rest are `Later`. Every file is opened (and its read started by the
+/// operating system) before any is read, so the disk serves the batch's reads together rather
+/// than one after another.
 fn read_small(
     pool: &Pool,
     items: Vec<SmallFetch>,
     max_size: u64,
     budget: u64,
 ) -> Vec<(TransferId, SmallOutcome, Vec<u8>)> {
+    enum Step {
+        Answer(SmallOutcome),
+        Read(Box<FileAttributes>, crate::repository::DataRead),
+    }
     let mut used = 0u64;
     let mut full = false;
-    let mut one = |item: &SmallFetch| -> Result<(SmallOutcome, Vec<u8>), RemoteError> {
+    let mut open = |item: &SmallFetch| -> Result<Step, RemoteError> {
         if full {
-            return Ok((SmallOutcome::Later, Vec::new()));
+            return Ok(Step::Answer(SmallOutcome::Later));
         }
         pool.check_mode(Activity::Fetch, item.force_source_mode)?;
-        let (replica, mut data) = pool.repo.open_for_copy(&item.pnfsid)?;
+        let (replica, data) = pool.repo.open_for_copy_ahead(&item.pnfsid, max_size)?;
         let size = replica.attrs.size;
         if size > max_size {
-            return Ok((SmallOutcome::TooLarge { size }, Vec::new()));
+            return Ok(Step::Answer(SmallOutcome::TooLarge { size }));
         }
         if used > 0 && used + size > budget {
             full = true;
-            return Ok((SmallOutcome::Later, Vec::new()));
+            return Ok(Step::Answer(SmallOutcome::Later));
         }
+        used += size;
+        Ok(Step::Read(Box::new(replica.attrs), data))
+    };
+    let opened: Vec<Result<Step, RemoteError>> = items.iter().map(&mut open).collect();
+    let read = |attrs: FileAttributes, mut data: crate::repository::DataRead| {
+        let (id, size) = (attrs.pnfsid, attrs.size);
         let mut bytes = vec![0u8; size as usize];
-        let id = item.pnfsid;
         let n = crate::daemon::read_full(&mut data, &mut bytes)
             .map_err(|e| RemoteError::new(ErrorCode::Io, format!("file {id}: read failed: {e}")))?;
         if n as u64 != size {
@@ -780,18 +791,24 @@ fn read_small(
                 format!("data file of {id} ends {} bytes early", size - n as u64),
             ));
         }
-        used += size;
-        Ok((SmallOutcome::Sent(replica.attrs), bytes))
+        Ok((SmallOutcome::Sent(attrs), bytes))
     };
     items
         .iter()
-        .map(|item| match one(item) {
-            Ok((outcome, bytes)) => (item.transfer, outcome, bytes),
-            Err(e) => {
-                if e.code() == Some(ErrorCode::Io) {
-                    tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
+        .zip(opened)
+        .map(|(item, step)| {
+            let answer = step.and_then(|step| match step {
+                Step::Answer(outcome) => Ok((outcome, Vec::new())),
+                Step::Read(attrs, data) => read(*attrs, data),
+            });
+            match answer {
+                Ok((outcome, bytes)) => (item.transfer, outcome, bytes),
+                Err(e) => {
+                    if e.code() == Some(ErrorCode::Io) {
+                        tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
+                    }
+                    (item.transfer, SmallOutcome::Refused(e), Vec::new())
                 }
-                (item.transfer, SmallOutcome::Refused(e), Vec::new())
             }
         })
         .collect()

@@ -428,3 +428,35 @@ async fn a_source_that_does_not_know_batches_is_read_one_file_at_a_time() {
     assert_eq!(target.transfers.small.exchanges.load(std::sync::atomic::Ordering::Relaxed), 1, "asked once only");
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
+    let settings = TransferSettings { max_active: 32, ..TransferSettings::default() };
+    let c = Cluster::start(&[1 << 30, 1 << 30], settings).await;
+    let (source, target) = (c.pool(1), c.pool(2));
+    let chunk = tidepool_p2p::frame::MAX_DATA_CHUNK;
+    // 24 replicas of one chunk each: far more than the 8 MiB one exchange asks for.
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        ids.push(put(source, chunk, ReplicaState::Cached, vec![]).await);
+    }
+    // The source lets nobody read until they all wait on the target: then one exchange asks
+    // for (nearly) all of them at once.
+    admin(source, "pp set max outgoing 0").await.unwrap();
+    let line: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    admin(target, &format!("pp get file {} pool1", line.join(" "))).await.unwrap();
+    let small = &target.transfers.small;
+    until("the transfers to wait for an exchange", || small.waiting() >= 16).await;
+    admin(source, "pp set max outgoing 16").await.unwrap();
+    until("every replica to arrive", || {
+        ids.iter().all(|id| target.repo.get(id).unwrap().is_some_and(|r| r.state == ReplicaState::Cached))
+    })
+    .await;
+    for id in &ids {
+        assert!(read(target, *id).await == content(id, chunk));
+    }
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load(&small.delivered), 24, "all of them in batches");
+    assert!(load(&small.deferred) > 0, "an exchange stopped at its byte budget and the rest were asked again");
+    c.stop().await;
+}

@@ -24,6 +24,9 @@ use super::store::{ReplicaStore, StoreError, StoreResult};
 
 /// The most commits that share one sync.
 const MAX_BATCH: usize = 512;
+/// A batch of at least this many means a busy pool: the next batch gathers for [`GATHER`].
+const BUSY: usize = 4;
+const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What runs on the commit thread once a job's batch is durable (or failed).
 pub(super) type Done = Box<dyn FnOnce(StoreResult<()>) + Send>;
@@ -122,6 +125,7 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
 
 /// The commit thread: every placed job waiting shares one sync and one flush.
 fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
+    let mut busy = false;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -130,6 +134,19 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
                 Err(_) => break,
             }
         }
+        // A busy pool (the last batch was not small) waits a moment for more, so that one sync
+        // serves more replicas; a replica that comes alone is never delayed.
+        if busy {
+            let until = std::time::Instant::now() + GATHER;
+            while batch.len() < MAX_BATCH {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        busy = batch.len() >= BUSY;
         let (jobs, placed): (Vec<Job>, Vec<StoreResult<()>>) = batch.into_iter().map(|p| (p.job, p.placed)).unzip();
         let results = commit_batch(store, &jobs, placed);
         for (job, result) in jobs.into_iter().zip(results) {

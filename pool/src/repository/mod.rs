@@ -720,6 +720,19 @@ impl Repository {
         Ok((replica, data))
     }
 
+    /// [`Repository::open_for_copy`] for a batch: when the replica is at most `small` bytes,
+    /// the operating system is asked to start reading its data now, unbuffered, so that a
+    /// batch that opens all its files before reading them has their reads under way together.
+    pub fn open_for_copy_ahead(&self, id: &PnfsId, small: u64) -> RepoResult<(Replica, DataRead)> {
+        let replica = self.get(id)?.ok_or(RepoError::NotFound(*id))?;
+        if !replica.state.is_committed() {
+            return Err(RepoError::NotCommitted { id: *id, state: replica.state });
+        }
+        let data =
+            if replica.attrs.size <= small { self.store.open_data_ahead(id)? } else { self.store.open_data(id)? };
+        Ok((replica, data))
+    }
+
     /// Visits every stored replica in pnfsid byte order, read from the store as the scan goes
     /// (so a million replicas are never held at once); `Break` stops early. Entries being
     /// received are not included: see [`Repository::incoming`]. Unreadable records are

@@ -86,6 +86,10 @@ pub trait ReplicaStore: Send + Sync + 'static {
     fn sync_data(&self) -> StoreResult<()>;
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead>;
+    /// Opens a data file that will be read whole soon: the store may start reading it now.
+    fn open_data_ahead(&self, id: &PnfsId) -> StoreResult<DataRead> {
+        self.open_data(id)
+    }
     fn remove_data(&self, id: &PnfsId) -> StoreResult<()>;
     /// Visits the name of every file in the data area.
     fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()>;
