@@ -6,9 +6,10 @@
 //!
 //! Each transfer still commits on its own (the data of a batch is handed to each transfer,
 //! which checks size and checksum and joins a group commit), so cancel, `pp ls` and the
-//! error of each file stay per transfer. A file the batch cannot carry (larger than one
-//! chunk, a connection that broke, a source that does not know `FetchSmall`) falls back to
-//! the per-file exchange in `transfer.rs`, which knows how to resume.
+//! error of each file stay per transfer. A file the batch cannot carry (larger than one chunk,
+//! or from a source that does not know `FetchSmall`) goes through the per-file exchange in
+//! `transfer.rs`. A connection that breaks is replaced and the unanswered files asked again,
+//! as the per-file exchange resumes.
 //!
 //! At most [`RUNNERS`] exchanges per source are under way; while they are, new transfers
 //! gather, so batches grow with the load (like group commit) and a lone transfer is not
@@ -17,6 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -28,19 +30,22 @@ use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::sync::oneshot;
 
 use crate::pool::Pool;
-use crate::transfer::{PullRequest, RESUMES, TransferEntry, cancelled};
+use crate::transfer::{PullRequest, RESUMES, TransferEntry, cancelled, connection_broke, protocol, stalled};
 
 /// Exchanges under way per source at once.
 const RUNNERS: usize = 2;
-/// The most bytes of data one exchange asks for.
-const BATCH_BYTES: u64 = 8 * 1024 * 1024;
+/// The most bytes of data one exchange asks for (a source gives at most 4 MiB anyway).
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// How long a source that did not know `FetchSmall` is read one file at a time before it is
+/// asked again (it may have been upgraded).
+const UNSUPPORTED_FOR: Duration = Duration::from_secs(600);
 
 /// What a transfer gets from the batcher.
 pub(crate) enum Fetched {
     /// The whole replica as the source sent it: its size is checked, its checksum not yet.
     Data { attrs: FileAttributes, bytes: Bytes },
-    /// Use the per-file exchange: the replica is larger than one chunk, the batch's
-    /// connection broke, or the source does not know `FetchSmall`.
+    /// Use the per-file exchange: the replica is larger than one chunk, the source does not
+    /// know `FetchSmall`, or the pool is shutting down.
     PerFile,
     /// The transfer failed (the source refused this file, a stall, a protocol error).
     Failed(RemoteError),
@@ -55,9 +60,15 @@ struct Waiter {
 struct Queue {
     waiting: VecDeque<Waiter>,
     runners: usize,
-    /// The source answered `FetchSmall` with a protocol error (a pool built before it): every
-    /// later transfer from it uses the per-file exchange.
-    unsupported: bool,
+    /// When the source answered `FetchSmall` with a protocol error (a pool built before it):
+    /// for [`UNSUPPORTED_FOR`] after that, transfers from it use the per-file exchange.
+    unsupported: Option<Instant>,
+}
+
+impl Queue {
+    fn per_file_only(&self) -> bool {
+        self.unsupported.is_some_and(|since| since.elapsed() < UNSUPPORTED_FOR)
+    }
 }
 
 /// The queues of transfers waiting for a batch, per source.
@@ -79,7 +90,7 @@ impl SmallFetches {
 
     /// Whether `source` was found not to take batches.
     pub fn per_file_only(&self, source: &PoolName) -> bool {
-        self.queues.lock().get(source).is_some_and(|q| q.unsupported)
+        self.queues.lock().get(source).is_some_and(Queue::per_file_only)
     }
 }
 
@@ -96,7 +107,7 @@ pub(crate) async fn fetch(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullReq
     let start = {
         let mut queues = pool.transfers.small.queues.lock();
         let q = queues.entry(req.source.clone()).or_default();
-        if q.unsupported {
+        if q.per_file_only() {
             return Fetched::PerFile;
         }
         q.waiting.push_back(Waiter { item, reply });
@@ -107,7 +118,7 @@ pub(crate) async fn fetch(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullReq
         start
     };
     if start {
-        tokio::spawn(run(pool.clone(), req.source.clone()));
+        pool.tasks.spawn(run(pool.clone(), req.source.clone()));
     }
     tokio::select! {
         // A runner that went away without answering (shutdown) leaves the per-file exchange,
@@ -125,9 +136,13 @@ async fn run(pool: Arc<Pool>, source: PoolName) {
             let mut queues = pool.transfers.small.queues.lock();
             let Some(q) = queues.get_mut(&source) else { return };
             q.waiting.retain(|w| !w.reply.is_closed());
+            if q.per_file_only() {
+                // Found out meanwhile: the ones still waiting need not ask again.
+                answer_all(q.waiting.drain(..), || Fetched::PerFile);
+            }
             if q.waiting.is_empty() {
                 q.runners -= 1;
-                if q.runners == 0 && !q.unsupported {
+                if q.runners == 0 && !q.per_file_only() {
                     queues.remove(&source);
                 }
                 return;
@@ -222,32 +237,32 @@ async fn ask(
     later: &mut Vec<Waiter>,
 ) -> Result<(), Stop> {
     let transfers = &pool.transfers;
-    let broken =
-        |e: WireError| Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {source}: {e}")));
+    let broken = |e: WireError| Stop::Broken(connection_broke(source, e));
     let no_progress = transfers.no_progress();
-    let stalled = || {
-        Stop::Fatal(RemoteError::new(
-            ErrorCode::Timeout,
-            format!("no progress for {} s (source {source})", no_progress.as_secs()),
-        ))
-    };
-    let protocol = |msg: String| Stop::Fatal(RemoteError::new(ErrorCode::Protocol, format!("source {source}: {msg}")));
+    let stalled = || Stop::Fatal(stalled(no_progress, source));
+    let protocol = |msg: String| Stop::Fatal(protocol(format!("source {source}: {msg}")));
+    // The next message or frame from the source, within `no_progress`, or why not.
+    macro_rules! next {
+        ($what:expr) => {
+            tokio::select! {
+                r = tokio::time::timeout(no_progress, $what) => r.map_err(|_| stalled())?.map_err(broken)?,
+                _ = transfers.closing.cancelled() => return Err(Stop::PerFile),
+            }
+        };
+    }
     transfers.small.exchanges.fetch_add(1, Ordering::Relaxed);
     let items = pending.iter().map(|w| w.item.clone()).collect();
     let request = DataRequest::FetchSmall { items, max_size: MAX_DATA_CHUNK as u64, max_bytes: BATCH_BYTES };
     conn.send(&request).await.map_err(broken)?;
     let mut first = true;
-    while let Some(transfer) = pending.front().map(|w| w.item.transfer) {
-        let reply = tokio::select! {
-            r = tokio::time::timeout(no_progress, conn.recv::<DataReply>()) => r,
-            _ = transfers.closing.cancelled() => return Err(Stop::PerFile),
-        };
-        let outcome = match reply.map_err(|_| stalled())?.map_err(broken)? {
+    let mut sent_any = false;
+    while let Some((transfer, pnfsid)) = pending.front().map(|w| (w.item.transfer, w.item.pnfsid)) {
+        let outcome = match next!(conn.recv::<DataReply>()) {
             DataReply::SmallItem { transfer: t, outcome } if t == transfer => outcome,
             DataReply::Error(e) if first && e.code() == Some(ErrorCode::Protocol) => {
                 tracing::info!(%source, "source does not take small-file batches ({}); fetching one file at a time", e.message);
                 if let Some(q) = transfers.small.queues.lock().get_mut(source) {
-                    q.unsupported = true;
+                    q.unsupported = Some(Instant::now());
                 }
                 return Err(Stop::PerFile);
             }
@@ -255,26 +270,24 @@ async fn ask(
         };
         first = false;
         let data = match &outcome {
-            SmallOutcome::Sent(attrs) => {
-                let frame = tokio::select! {
-                    f = tokio::time::timeout(no_progress, conn.next_frame()) => f,
-                    _ = transfers.closing.cancelled() => return Err(Stop::PerFile),
-                };
-                match frame.map_err(|_| stalled())?.map_err(broken)? {
-                    Frame::Data(bytes) if bytes.len() as u64 == attrs.size => Some(bytes),
-                    _ => {
-                        return Err(protocol(format!(
-                            "the data of {} is not one frame of {} bytes",
-                            attrs.pnfsid, attrs.size
-                        )));
-                    }
-                }
+            SmallOutcome::Sent(attrs) if attrs.pnfsid != pnfsid => {
+                return Err(protocol(format!("answered for {} when asked for {pnfsid}", attrs.pnfsid)));
+            }
+            SmallOutcome::Sent(attrs) => match next!(conn.next_frame()) {
+                Frame::Data(bytes) if bytes.len() as u64 == attrs.size => Some(bytes),
+                _ => return Err(protocol(format!("the data of {pnfsid} is not one frame of {} bytes", attrs.size))),
+            },
+            // Only a batch that has sent something may put the rest off; otherwise nothing
+            // would ever come.
+            SmallOutcome::Later if !sent_any => {
+                return Err(protocol(format!("put off {pnfsid} without sending anything first")));
             }
             _ => None,
         };
         let Some(w) = pending.pop_front() else { break };
         let answer = match (outcome, data) {
             (SmallOutcome::Sent(attrs), Some(bytes)) => {
+                sent_any = true;
                 transfers.small.delivered.fetch_add(1, Ordering::Relaxed);
                 Fetched::Data { attrs, bytes }
             }
@@ -290,8 +303,7 @@ async fn ask(
         };
         let _ = w.reply.send(answer);
     }
-    let end = tokio::time::timeout(no_progress, conn.recv::<DataReply>()).await.map_err(|_| stalled())?;
-    match end.map_err(broken)? {
+    match next!(conn.recv::<DataReply>()) {
         DataReply::FetchSmallEnd => Ok(()),
         other => Err(protocol(format!("expected the end of the batch, got {other:?}"))),
     }

@@ -403,7 +403,15 @@ async fn attempt(
     let attrs = match ready {
         Err(_) => return Err(Stop::Fatal(stalled(no_progress, &req.source))),
         Ok(Err(e)) => return Err(broken(req, e)),
-        Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => attributes,
+        Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => {
+            if attributes.pnfsid != req.pnfsid {
+                return Err(Stop::Fatal(protocol(format!(
+                    "{} answered for {} when asked for {}",
+                    req.source, attributes.pnfsid, req.pnfsid
+                ))));
+            }
+            attributes
+        }
         Ok(Ok(DataReply::Error(e))) => {
             return Err(Stop::Fatal(RemoteError {
                 code: e.code,
@@ -541,7 +549,11 @@ async fn receive(
 
 /// The connection to the source broke: a new one may be tried.
 fn broken(req: &PullRequest, e: WireError) -> Stop {
-    Stop::Broken(RemoteError::new(ErrorCode::Offline, format!("connection to {}: {e}", req.source)))
+    Stop::Broken(connection_broke(&req.source, e))
+}
+
+pub(crate) fn connection_broke(source: &PoolName, e: WireError) -> RemoteError {
+    RemoteError::new(ErrorCode::Offline, format!("connection to {source}: {e}"))
 }
 
 /// The next frame of a transfer's data, or why there is none: a cancel, a stall or a break.
@@ -571,11 +583,11 @@ fn end_of_data(entry: &TransferEntry, req: &PullRequest, body: &[u8]) -> Result<
     }
 }
 
-fn stalled(no_progress: Duration, source: &PoolName) -> RemoteError {
+pub(crate) fn stalled(no_progress: Duration, source: &PoolName) -> RemoteError {
     RemoteError::new(ErrorCode::Timeout, format!("no progress for {} s (source {source})", no_progress.as_secs()))
 }
 
-fn protocol(msg: String) -> RemoteError {
+pub(crate) fn protocol(msg: String) -> RemoteError {
     RemoteError::new(ErrorCode::Protocol, msg)
 }
 
@@ -686,8 +698,9 @@ where
     .await
 }
 
-/// The most bytes of data a source reads for one `FetchSmall` (whatever the target asks).
-const SMALL_BATCH_BYTES_LIMIT: u64 = 16 * 1024 * 1024;
+/// The most bytes of data a source reads for one `FetchSmall` (whatever the target asks): with
+/// `pp set max outgoing 16`, at most 64 MiB are held for batches at once.
+const SMALL_BATCH_BYTES_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// The source side of a `FetchSmall`: every item is read in one blocking call, then all the
 /// answers and their data go out together. The exchange holds one outgoing place.
@@ -719,12 +732,15 @@ where
     let budget = max_bytes.min(SMALL_BATCH_BYTES_LIMIT);
     let source = pool.clone();
     let answers = blocking(move || read_small(&source, items, max_size, budget)).await;
-    guarded(shutdown, pool.transfers.no_progress(), async {
-        for (transfer, outcome, data) in answers {
-            let sent = match &outcome {
-                SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
-                _ => None,
-            };
+    // Each answer (with its data) gets its own `no_progress` to be taken, as each chunk of a
+    // single transfer does.
+    let limit = pool.transfers.no_progress();
+    for (transfer, outcome, data) in answers {
+        let sent = match &outcome {
+            SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
+            _ => None,
+        };
+        guarded(shutdown, limit, async {
             writer.queue(&DataReply::SmallItem { transfer, outcome }).await?;
             if let Some(_pnfsid) = sent {
                 #[cfg(test)]
@@ -739,10 +755,11 @@ where
                 };
                 writer.send_data(&data).await?;
             }
-        }
-        writer.send(&DataReply::FetchSmallEnd).await
-    })
-    .await
+            Ok(())
+        })
+        .await?;
+    }
+    guarded(shutdown, limit, writer.send(&DataReply::FetchSmallEnd)).await
 }
 
 /// Reads the items of a `FetchSmall`, in order: each one's answer and, when sent, its bytes.

@@ -435,7 +435,7 @@ async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
     let c = Cluster::start(&[1 << 30, 1 << 30], settings).await;
     let (source, target) = (c.pool(1), c.pool(2));
     let chunk = tidepool_p2p::frame::MAX_DATA_CHUNK;
-    // 24 replicas of one chunk each: far more than the 8 MiB one exchange asks for.
+    // 24 replicas of one chunk each: far more than the 4 MiB one exchange asks for.
     let mut ids = Vec::new();
     for _ in 0..24 {
         ids.push(put(source, chunk, ReplicaState::Cached, vec![]).await);

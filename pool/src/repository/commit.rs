@@ -14,6 +14,7 @@
 //! `done` on the commit thread, with its batch's outcome.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -28,8 +29,30 @@ const MAX_BATCH: usize = 512;
 const BUSY: usize = 4;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// What runs on the commit thread once a job's batch is durable (or failed).
-pub(super) type Done = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// What runs on the commit thread once a job's batch is durable (or failed). It runs exactly
+/// once: a job dropped unanswered (a thread that panicked, a queue that closed) answers with an
+/// error as it goes.
+pub(super) struct Done(Option<Box<dyn FnOnce(StoreResult<()>) + Send>>);
+
+impl Done {
+    pub fn new(f: impl FnOnce(StoreResult<()>) + Send + 'static) -> Done {
+        Done(Some(Box::new(f)))
+    }
+
+    fn call(mut self, result: StoreResult<()>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(gone()));
+        }
+    }
+}
 
 pub(super) struct Job {
     pub id: PnfsId,
@@ -47,6 +70,8 @@ pub(super) struct Job {
 struct Placed {
     job: Job,
     placed: StoreResult<()>,
+    /// Its place in the placing order (1, 2, ...).
+    seq: u64,
 }
 
 pub(super) struct Committer {
@@ -59,14 +84,15 @@ impl Committer {
     pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (placed_tx, placed_rx) = mpsc::channel::<Placed>();
-        let commit_store = store.clone();
+        let placed_count = Arc::new(AtomicU64::new(0));
+        let (commit_store, commit_count) = (store.clone(), placed_count.clone());
         let commit = std::thread::Builder::new()
             .name("tidepool-commit".into())
-            .spawn(move || run(&*commit_store, placed_rx))
+            .spawn(move || run(&*commit_store, placed_rx, &commit_count))
             .map_err(|e| StoreError::new("start the commit thread", e))?;
         let place = std::thread::Builder::new()
             .name("tidepool-place".into())
-            .spawn(move || place(&*store, rx, placed_tx))
+            .spawn(move || place(&*store, rx, placed_tx, &placed_count))
             .map_err(|e| StoreError::new("start the placing thread", e))?;
         Ok(Committer { tx: Some(tx), threads: vec![place, commit] })
     }
@@ -75,7 +101,7 @@ impl Committer {
     /// durable. On error neither is left behind.
     pub fn commit(&self, id: PnfsId, record: Vec<u8>) -> StoreResult<()> {
         let (tell, wait) = mpsc::sync_channel(1);
-        let done: Done = Box::new(move |r| {
+        let done = Done::new(move |r| {
             let _ = tell.send(r);
         });
         self.submit(Job { id, record, data: None, evicted: Vec::new(), done });
@@ -85,14 +111,15 @@ impl Committer {
     /// Queues a job without waiting; its `done` runs on the commit thread (or here, with an
     /// error, if the thread has stopped).
     pub fn submit(&self, job: Job) {
-        let Some(tx) = self.tx.as_ref() else { return (job.done)(Err(gone())) };
-        if let Err(mpsc::SendError(job)) = tx.send(job) {
-            (job.done)(Err(gone()));
+        // A job that cannot be queued is dropped, which answers it with an error.
+        if let Some(tx) = self.tx.as_ref() {
+            let _ = tx.send(job);
         }
     }
 }
 
-fn gone() -> StoreError {
+/// The error of a commit whose threads have stopped.
+pub(super) fn gone() -> StoreError {
     StoreError::new("commit", std::io::Error::other("the commit thread has stopped"))
 }
 
@@ -101,14 +128,18 @@ impl Drop for Committer {
         // The placing thread ends when its queue closes, which closes the commit thread's.
         drop(self.tx.take());
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // A `done` that drops the last handle of the repository drops this on the commit
+            // thread itself, which must not wait for itself (it is ending anyway).
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
 
 /// The placing thread: discards what was evicted for a job, writes a whole replica's file,
 /// and moves the file into the data area, one job at a time, in order.
-fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender<Placed>) {
+fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender<Placed>, count: &AtomicU64) {
     while let Ok(job) = rx.recv() {
         if !job.evicted.is_empty() {
             discard(store, &job.evicted);
@@ -117,15 +148,21 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
             Some(data) => store.put_incoming(&job.id, data).and_then(|()| store.publish(&job.id)),
             None => store.publish(&job.id),
         };
-        if let Err(mpsc::SendError(p)) = placed.send(Placed { job, placed: result }) {
-            (p.job.done)(Err(gone()));
-        }
+        let seq = count.fetch_add(1, Ordering::SeqCst) + 1;
+        // If the commit thread has gone, the job is dropped and answers with an error.
+        let _ = placed.send(Placed { job, placed: result, seq });
     }
 }
 
 /// The commit thread: every placed job waiting shares one sync and one flush.
-fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
+///
+/// A failed sync may concern any file written before it returned, including files of the next
+/// batches that the placing thread wrote meanwhile; `syncfs` reports such an error only once.
+/// So every job placed before a failed sync returned fails with it, whatever its batch.
+fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &AtomicU64) {
     let mut busy = false;
+    // After a failed sync: the jobs placed up to this one fail with its error.
+    let mut poisoned: Option<(u64, StoreError)> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -135,7 +172,7 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
             }
         }
         // A busy pool (the last batch was not small) waits a moment for more, so that one sync
-        // serves more replicas; a replica that comes alone is never delayed.
+        // serves more replicas; a pool that is not busy never delays a commit.
         if busy {
             let until = std::time::Instant::now() + GATHER;
             while batch.len() < MAX_BATCH {
@@ -147,19 +184,52 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>) {
             }
         }
         busy = batch.len() >= BUSY;
-        let (jobs, placed): (Vec<Job>, Vec<StoreResult<()>>) = batch.into_iter().map(|p| (p.job, p.placed)).unzip();
-        let results = commit_batch(store, &jobs, placed);
+        let last_seq = batch.last().map_or(0, |p| p.seq);
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut placed = Vec::with_capacity(batch.len());
+        let mut failed_too = 0;
+        for p in batch {
+            let result = match &poisoned {
+                Some((through, error)) if p.seq <= *through && p.placed.is_ok() => {
+                    failed_too += 1;
+                    let _ = store.remove_data(&p.job.id);
+                    Err(copy(error))
+                }
+                _ => p.placed,
+            };
+            jobs.push(p.job);
+            placed.push(result);
+        }
+        if failed_too > 0 {
+            tracing::error!(
+                replicas = failed_too,
+                "written before a sync failed, so failed with it; nothing of them was kept"
+            );
+        }
+        if poisoned.as_ref().is_some_and(|(through, _)| last_seq >= *through) {
+            poisoned = None;
+        }
+        let (results, sync_failed) = commit_batch(store, &jobs, placed);
+        if let Some(e) = sync_failed {
+            poisoned = Some((placed_count.load(Ordering::SeqCst), e));
+        }
         for (job, result) in jobs.into_iter().zip(results) {
-            (job.done)(result);
+            job.done.call(result);
         }
     }
 }
 
 /// Makes a batch of placed jobs durable: `results` holds how the placing went for each.
-fn commit_batch(store: &dyn ReplicaStore, batch: &[Job], mut results: Vec<StoreResult<()>>) -> Vec<StoreResult<()>> {
+/// Returns each job's outcome, and the error of the sync if that is what failed.
+fn commit_batch(
+    store: &dyn ReplicaStore,
+    batch: &[Job],
+    mut results: Vec<StoreResult<()>>,
+) -> (Vec<StoreResult<()>>, Option<StoreError>) {
     // 1. One sync makes the data of the whole batch durable, before any record names it.
     if let Err(e) = store.sync_data() {
-        return undo(store, batch, &results, e, false);
+        let seen = copy(&e);
+        return (undo(store, batch, &results, e, false), Some(seen));
     }
     // 2. The records, then one flush. A replica whose record cannot be written loses its
     // data file too, so nothing of it stays behind.
@@ -172,9 +242,14 @@ fn commit_batch(store: &dyn ReplicaStore, batch: &[Job], mut results: Vec<StoreR
         }
     }
     if let Err(e) = store.flush() {
-        return undo(store, batch, &results, e, true);
+        return (undo(store, batch, &results, e, true), None);
     }
-    results
+    (results, None)
+}
+
+/// The same error again (an `io::Error` cannot be cloned).
+fn copy(e: &StoreError) -> StoreError {
+    StoreError::new(e.op.clone(), std::io::Error::new(e.source.kind(), e.source.to_string()))
 }
 
 /// Fails the whole batch after a sync or flush error, removing what it had put in place.
@@ -195,12 +270,7 @@ fn undo(
         }
     }
     let _ = store.flush();
-    batch
-        .iter()
-        .map(|_| {
-            Err(StoreError::new(error.op.clone(), std::io::Error::new(error.source.kind(), error.source.to_string())))
-        })
-        .collect()
+    batch.iter().map(|_| Err(copy(&error))).collect()
 }
 
 /// Deletes the records of replicas already gone from the index (durably), then their data
@@ -216,5 +286,69 @@ pub(super) fn discard(store: &dyn ReplicaStore, ids: &[PnfsId]) {
         if let Err(e) = store.remove_data(id) {
             tracing::error!(pnfsid = %id, error = %e, "could not delete data file");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::repository::MemStore;
+
+    fn id(n: u8) -> PnfsId {
+        PnfsId::from_random([n; 16])
+    }
+
+    /// A whole replica's job; its outcome arrives on the returned receiver.
+    fn whole(c: &Committer, n: u8) -> mpsc::Receiver<StoreResult<()>> {
+        let (tell, outcome) = mpsc::channel();
+        let done = Done::new(move |r| {
+            let _ = tell.send(r);
+        });
+        c.submit(Job { id: id(n), record: vec![n], data: Some(Bytes::from(vec![n; 10])), evicted: vec![], done });
+        outcome
+    }
+
+    fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_failed_sync_fails_the_replicas_written_while_it_ran_and_no_later_ones() {
+        let store = MemStore::new();
+        let c = Committer::spawn(store.clone()).unwrap();
+        let release = store.fail_next_sync();
+        let a = whole(&c, 1);
+        until("the first batch's sync", || store.is_syncing());
+        // Written while the failing sync runs: its data may be what the error was about.
+        let b = whole(&c, 2);
+        until("the second replica to be placed", || store.has_data(&id(2).to_string()));
+        release.send(()).unwrap();
+        for outcome in [a, b] {
+            let err = outcome.recv().unwrap().unwrap_err();
+            assert!(err.to_string().contains("Input/output error"), "{err}");
+        }
+        for n in [1, 2] {
+            assert!(!store.has_data(&id(n).to_string()), "nothing of a failed replica is kept");
+            assert!(store.get_record(&id(n)).unwrap().is_none());
+        }
+        // Written after the failure was seen: committed as usual.
+        whole(&c, 3).recv().unwrap().unwrap();
+        assert!(store.has_data(&id(3).to_string()));
+        assert_eq!(store.get_record(&id(3)).unwrap(), Some(vec![3]));
+    }
+
+    #[test]
+    fn a_job_left_unanswered_answers_with_an_error() {
+        let (tell, outcome) = mpsc::channel();
+        drop(Done::new(move |r| {
+            let _ = tell.send(r);
+        }));
+        assert!(outcome.recv().unwrap().is_err());
     }
 }

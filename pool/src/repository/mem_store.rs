@@ -20,6 +20,9 @@ pub struct MemStore {
     incoming: Mutex<HashMap<String, Blob>>,
     data: Mutex<HashMap<String, Blob>>,
     disk: Arc<Mutex<DiskLimit>>,
+    /// Test hook: the next sync waits on this, then fails (see [`MemStore::fail_next_sync`]).
+    sync_fault: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 /// Test hook: a disk that fills up.
@@ -37,6 +40,24 @@ impl MemStore {
     /// Makes data writes fail with ENOSPC once `bytes` more bytes were written (a full disk).
     pub fn fail_writes_after(&self, bytes: u64) {
         self.disk.lock().left = Some(bytes);
+    }
+
+    /// Makes the next `sync_data` wait until the returned sender sends (or is dropped), then
+    /// fail with EIO, as a write-back error would.
+    pub fn fail_next_sync(&self) -> std::sync::mpsc::Sender<()> {
+        let (release, wait) = std::sync::mpsc::channel();
+        *self.sync_fault.lock() = Some(wait);
+        release
+    }
+
+    /// Whether a sync held by [`MemStore::fail_next_sync`] is waiting.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the data area holds a file of that name.
+    pub fn has_data(&self, name: &str) -> bool {
+        self.data.lock().contains_key(name)
     }
 
     /// Puts a data file with no record in the data area (an orphan, for recovery tests).
@@ -144,6 +165,13 @@ impl ReplicaStore for MemStore {
     }
 
     fn sync_data(&self) -> StoreResult<()> {
+        let fault = self.sync_fault.lock().take();
+        if let Some(wait) = fault {
+            self.syncing.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = wait.recv();
+            self.syncing.store(false, std::sync::atomic::Ordering::SeqCst);
+            return Err(StoreError::new("sync", io::Error::from_raw_os_error(libc::EIO)));
+        }
         Ok(())
     }
 

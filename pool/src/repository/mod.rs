@@ -477,8 +477,11 @@ impl Repository {
         let replica = Replica { attrs, state, sticky: records };
         let record = record::encode(&replica);
         let (tell, answer) = tokio::sync::oneshot::channel();
-        let repo = self.clone();
-        let done: commit::Done = Box::new(move |result| {
+        // Weak: the repository owns the committer, whose thread runs this; a repository
+        // already dropped has no index left to update.
+        let repo = Arc::downgrade(self);
+        let done = commit::Done::new(move |result| {
+            let Some(repo) = repo.upgrade() else { return };
             let outcome = match result {
                 Ok(()) => {
                     repo.published(&replica, origin, now);
@@ -492,9 +495,7 @@ impl Repository {
             let _ = tell.send(outcome);
         });
         self.committer.submit(commit::Job { id, record, data: Some(data), evicted, done });
-        answer.await.unwrap_or_else(|_| {
-            Err(RepoError::from(StoreError::new("commit", std::io::Error::other("the commit thread has stopped"))))
-        })
+        answer.await.unwrap_or_else(|_| Err(RepoError::from(commit::gone())))
     }
 
     /// Enters a replica whose commit is durable into the index.
@@ -712,22 +713,25 @@ impl Repository {
     /// Opens a committed replica for a pool-to-pool copy. The access time is left alone: a
     /// copy is not a use, and counting it would keep drained replicas warm in the LRU.
     pub fn open_for_copy(&self, id: &PnfsId) -> RepoResult<(Replica, DataRead)> {
+        let replica = self.committed(id)?;
+        let data = self.store.open_data(id)?;
+        Ok((replica, data))
+    }
+
+    /// The replica, if it is committed (CACHED or PRECIOUS).
+    fn committed(&self, id: &PnfsId) -> RepoResult<Replica> {
         let replica = self.get(id)?.ok_or(RepoError::NotFound(*id))?;
         if !replica.state.is_committed() {
             return Err(RepoError::NotCommitted { id: *id, state: replica.state });
         }
-        let data = self.store.open_data(id)?;
-        Ok((replica, data))
+        Ok(replica)
     }
 
     /// [`Repository::open_for_copy`] for a batch: when the replica is at most `small` bytes,
     /// the operating system is asked to start reading its data now, unbuffered, so that a
     /// batch that opens all its files before reading them has their reads under way together.
     pub fn open_for_copy_ahead(&self, id: &PnfsId, small: u64) -> RepoResult<(Replica, DataRead)> {
-        let replica = self.get(id)?.ok_or(RepoError::NotFound(*id))?;
-        if !replica.state.is_committed() {
-            return Err(RepoError::NotCommitted { id: *id, state: replica.state });
-        }
+        let replica = self.committed(id)?;
         let data =
             if replica.attrs.size <= small { self.store.open_data_ahead(id)? } else { self.store.open_data(id)? };
         Ok((replica, data))

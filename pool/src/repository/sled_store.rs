@@ -24,6 +24,10 @@ pub struct SledStore {
     meta: sled::Tree,
     db: sled::Db,
     data: PathBuf,
+    /// The data area, open for as long as the store: `syncfs` on it reports every write-back
+    /// error since its previous call, which a descriptor opened afresh for each sync would miss
+    /// (it only sees errors from its own opening on).
+    data_dir: File,
     incoming: PathBuf,
 }
 
@@ -64,7 +68,8 @@ impl SledStore {
         };
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
-        Ok(SledStore { records, meta, db, data, incoming })
+        let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
+        Ok(SledStore { records, meta, db, data, data_dir, incoming })
     }
 
     fn data_path(&self, id: &PnfsId) -> PathBuf {
@@ -73,6 +78,15 @@ impl SledStore {
 
     fn incoming_path(&self, id: &PnfsId) -> PathBuf {
         self.incoming.join(id.to_string())
+    }
+
+    /// Creates (truncating) the incoming file of `id`.
+    fn create_incoming_file(&self, id: &PnfsId) -> StoreResult<(File, PathBuf)> {
+        let path = self.incoming_path(id);
+        match OpenOptions::new().write(true).create(true).truncate(true).open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) => Err(StoreError::new(format!("create {}", path.display()), e)),
+        }
     }
 }
 
@@ -151,25 +165,13 @@ impl ReplicaStore for SledStore {
     }
 
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
-        let path = self.incoming_path(id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StoreError::new(format!("create {}", path.display()), e))?;
+        let (file, _) = self.create_incoming_file(id)?;
         Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file) }))
     }
 
     /// One `open`, one `write`, no buffer: a small replica's whole content.
     fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
-        let path = self.incoming_path(id);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StoreError::new(format!("create {}", path.display()), e))?;
+        let (mut file, path) = self.create_incoming_file(id)?;
         file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e))
     }
 
@@ -195,9 +197,8 @@ impl ReplicaStore for SledStore {
     /// and renamed so far, and the directory entries, reach the disk in one call. `incoming/`
     /// and `data/` are siblings, so they share the file system.
     fn sync_data(&self) -> StoreResult<()> {
-        let op = || format!("sync {}", self.data.display());
-        let dir = File::open(&self.data).map_err(|e| StoreError::new(op(), e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| StoreError::new(op(), e.into()))
+        rustix::fs::syncfs(&self.data_dir)
+            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()))
     }
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {
