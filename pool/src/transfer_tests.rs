@@ -19,7 +19,8 @@ use crate::pool::{ModeState, Pool, now_ms};
 /// module's tests use them too).
 pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
-    daemons: Vec<Daemon>,
+    /// `None` for a pool played by the test itself (see [`Cluster::start_with_fakes`]).
+    daemons: Vec<Option<Daemon>>,
     pub(crate) key: ClusterKey,
 }
 
@@ -30,6 +31,17 @@ impl Cluster {
 
     /// Pools `pool1`, `pool2`, ... with these capacities, each in its pool group.
     pub(crate) async fn start_in_groups(capacities: &[u64], groups: &[&str], transfers: TransferSettings) -> Cluster {
+        Cluster::start_with_fakes(capacities, groups, transfers, &[]).await.0
+    }
+
+    /// As [`Cluster::start_in_groups`], but the pools numbered in `fakes` get no daemon: the
+    /// test answers on their data endpoints, whose listeners come back in that order.
+    pub(crate) async fn start_with_fakes(
+        capacities: &[u64],
+        groups: &[&str],
+        transfers: TransferSettings,
+        fakes: &[usize],
+    ) -> (Cluster, Vec<TcpListener>) {
         let dir = tempfile::tempdir().unwrap();
         let key = ClusterKey::generate().unwrap();
         let mut listeners = Vec::new();
@@ -49,7 +61,13 @@ impl Cluster {
         }
         let cluster = ClusterFile { pools, links: vec![] };
         let mut daemons = Vec::new();
+        let mut fake_listeners = Vec::new();
         for (i, (admin, data)) in listeners.into_iter().enumerate() {
+            if fakes.contains(&(i + 1)) {
+                daemons.push(None);
+                fake_listeners.push(data);
+                continue;
+            }
             let settings = Settings {
                 name: cluster.pools[i].name.clone(),
                 data_dir: dir.path().join(format!("pool{}", i + 1)),
@@ -61,22 +79,26 @@ impl Cluster {
                 transfers: transfers.clone(),
                 migration: Default::default(),
             };
-            daemons.push(Daemon::start(settings, admin, data).await.unwrap());
+            daemons.push(Some(Daemon::start(settings, admin, data).await.unwrap()));
         }
-        Cluster { _dir: dir, daemons, key }
+        (Cluster { _dir: dir, daemons, key }, fake_listeners)
+    }
+
+    fn daemon(&self, n: usize) -> &Daemon {
+        self.daemons[n - 1].as_ref().unwrap_or_else(|| panic!("pool{n} is played by the test"))
     }
 
     pub(crate) fn pool(&self, n: usize) -> &Arc<Pool> {
-        self.daemons[n - 1].pool()
+        self.daemon(n).pool()
     }
 
     /// The data endpoint of pool `n`.
     pub(crate) fn data_addr(&self, n: usize) -> std::net::SocketAddr {
-        self.daemons[n - 1].data_addr()
+        self.daemon(n).data_addr()
     }
 
     pub(crate) async fn stop(self) {
-        for d in self.daemons {
+        for d in self.daemons.into_iter().flatten() {
             d.shutdown().await.unwrap();
         }
     }
@@ -459,4 +481,90 @@ async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
     assert_eq!(load(&small.delivered), 24, "all of them in batches");
     assert!(load(&small.deferred) > 0, "an exchange stopped at its byte budget and the rest were asked again");
     c.stop().await;
+}
+
+/// Plays a source pool on `listener` for one connection: the handshake, then for the first
+/// `FetchSmall` the replies `answer` makes from its items.
+async fn fake_source(
+    listener: TcpListener,
+    key: ClusterKey,
+    answer: impl FnOnce(&[tidepool_p2p::message::SmallFetch]) -> Vec<FakeReply>,
+) {
+    use tidepool_p2p::frame::{FrameReader, FrameWriter, MAX_FRAME};
+    use tidepool_p2p::message::DataRequest;
+    let (stream, _) = listener.accept().await.unwrap();
+    let (r, w) = stream.into_split();
+    let (mut reader, mut writer) = (FrameReader::new(r, MAX_FRAME), FrameWriter::new(w));
+    tidepool_p2p::auth::accept(&mut reader, &mut writer, &key, "pool1", tidepool_p2p::auth::Service::Data)
+        .await
+        .unwrap();
+    let DataRequest::FetchSmall { items, .. } = reader.recv::<DataRequest>().await.unwrap() else {
+        panic!("expected a FetchSmall");
+    };
+    for reply in answer(&items) {
+        match reply {
+            FakeReply::Message(m) => writer.queue(&m).await.unwrap(),
+            FakeReply::Data(d) => writer.send_data(&d).await.unwrap(),
+        }
+    }
+    writer.flush().await.unwrap();
+    // Hold the connection until the target hangs up.
+    let _ = reader.next().await;
+}
+
+enum FakeReply {
+    Message(tidepool_p2p::message::DataReply),
+    Data(Vec<u8>),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_kept() {
+    use tidepool_p2p::message::{DataReply, SmallOutcome};
+    let attrs = |id: PnfsId, size: u64| FileAttributes {
+        pnfsid: id,
+        size,
+        checksum: Some(checksum(&vec![1; size as usize])),
+        storage_class: None,
+        cache_class: None,
+        access_latency: None,
+        retention_policy: None,
+        hsm: None,
+        creation_time: 0,
+        access_time: 0,
+    };
+    type Script = fn(&tidepool_p2p::message::SmallFetch, &dyn Fn(PnfsId, u64) -> FileAttributes) -> Vec<FakeReply>;
+    let cases: [(&str, Script); 3] = [
+        ("answered for", |item, attrs| {
+            let other = PnfsId::from_random([8; 16]);
+            let sent = SmallOutcome::Sent(attrs(other, 10));
+            vec![
+                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                FakeReply::Data(vec![1; 10]),
+            ]
+        }),
+        ("without sending anything first", |item, _| {
+            vec![FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: SmallOutcome::Later })]
+        }),
+        ("is not one frame of 10 bytes", |item, attrs| {
+            let sent = SmallOutcome::Sent(attrs(item.pnfsid, 10));
+            vec![
+                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                FakeReply::Data(vec![1; 9]),
+            ]
+        }),
+    ];
+    for (expected, script) in cases {
+        let (c, mut fakes) =
+            Cluster::start_with_fakes(&[1 << 30, 1 << 30], &["disk", "disk"], TransferSettings::default(), &[1]).await;
+        let target = c.pool(2);
+        let source = tokio::spawn(fake_source(fakes.remove(0), c.key.clone(), move |items| script(&items[0], &attrs)));
+        let id = PnfsId::from_random([4; 16]);
+        let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err:?}");
+        assert!(err.message.contains(expected), "{expected}: {}", err.message);
+        nothing_of(target, id);
+        assert!(target.repo.get(&PnfsId::from_random([8; 16])).unwrap().is_none());
+        c.stop().await;
+        source.abort();
+    }
 }
