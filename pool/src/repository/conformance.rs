@@ -506,3 +506,67 @@ fn mem_disk_full_fails_cleanly() {
     let s2 = store.clone();
     disk_full_fails_cleanly(&mut Mem(store), &move || s2.fail_writes_after(100));
 }
+
+/// Removals that come while a flush is under way share the next flush, and each returns only
+/// after a flush that started after its change.
+#[test]
+fn concurrent_removals_share_a_flush_that_started_after_them() {
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    for n in 1..=4 {
+        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
+    }
+    let release = store.hold_next_flush(false);
+    let first = {
+        let repo = repo.clone();
+        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
+    };
+    wait_until("the first removal's flush", || store.is_flushing());
+    let before = store.flush_count();
+    let others: Vec<_> = (2..=4)
+        .map(|n| {
+            let repo = repo.clone();
+            std::thread::spawn(move || repo.remove(&id(n), false, NOW))
+        })
+        .collect();
+    wait_until("the other removals to wait", || repo.flusher.state.lock().requested == 4);
+    assert!(others.iter().all(|t| !t.is_finished()), "a flush that started before them does not cover them");
+    release.send(()).unwrap();
+    first.join().unwrap().unwrap();
+    for t in others {
+        t.join().unwrap().unwrap();
+    }
+    assert_eq!(store.flush_count(), before + 1, "the three later removals shared one flush");
+}
+
+#[test]
+fn a_failed_shared_flush_fails_its_leader_and_is_tried_again_for_the_others() {
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    for n in 1..=2 {
+        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
+    }
+    let release = store.hold_next_flush(true);
+    let first = {
+        let repo = repo.clone();
+        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
+    };
+    wait_until("the first removal's flush", || store.is_flushing());
+    let second = {
+        let repo = repo.clone();
+        std::thread::spawn(move || repo.remove(&id(2), false, NOW))
+    };
+    wait_until("the second removal to wait", || repo.flusher.state.lock().requested == 2);
+    release.send(()).unwrap();
+    let err = first.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("Input/output error"), "{err}");
+    second.join().unwrap().unwrap();
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}

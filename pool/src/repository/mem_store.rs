@@ -23,6 +23,10 @@ pub struct MemStore {
     /// Test hook: the next sync waits on this, then fails (see [`MemStore::fail_next_sync`]).
     sync_fault: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     syncing: std::sync::atomic::AtomicBool,
+    /// Test hook: the next flush waits on this, then fails if told so.
+    flush_hold: Mutex<Option<(std::sync::mpsc::Receiver<()>, bool)>>,
+    flushing: std::sync::atomic::AtomicBool,
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 /// Test hook: a disk that fills up.
@@ -48,6 +52,24 @@ impl MemStore {
         let (release, wait) = std::sync::mpsc::channel();
         *self.sync_fault.lock() = Some(wait);
         release
+    }
+
+    /// Makes the next `flush` wait until the returned sender sends (or is dropped), then
+    /// succeed or, if `fail`, fail with EIO.
+    pub fn hold_next_flush(&self, fail: bool) -> std::sync::mpsc::Sender<()> {
+        let (release, wait) = std::sync::mpsc::channel();
+        *self.flush_hold.lock() = Some((wait, fail));
+        release
+    }
+
+    /// Whether a flush held by [`MemStore::hold_next_flush`] is waiting.
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many flushes were asked for so far.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether a sync held by [`MemStore::fail_next_sync`] is waiting.
@@ -125,6 +147,16 @@ impl ReplicaStore for MemStore {
     }
 
     fn flush(&self) -> StoreResult<()> {
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let hold = self.flush_hold.lock().take();
+        if let Some((wait, fail)) = hold {
+            self.flushing.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = wait.recv();
+            self.flushing.store(false, std::sync::atomic::Ordering::SeqCst);
+            if fail {
+                return Err(StoreError::new("flush", io::Error::from_raw_os_error(libc::EIO)));
+            }
+        }
         Ok(())
     }
 

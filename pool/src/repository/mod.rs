@@ -213,6 +213,21 @@ impl Recovery {
     }
 }
 
+/// The state of [`Repository::flush_shared`]: tickets handed out, the highest ticket a
+/// successful flush covered, and whether a flush is under way.
+#[derive(Default)]
+struct GroupFlush {
+    state: Mutex<FlushState>,
+    wake: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    requested: u64,
+    done: u64,
+    flushing: bool,
+}
+
 /// Capacity of the change feed; a subscriber that falls further behind gets `Lagged` and must
 /// rescan.
 const CHANGE_FEED: usize = 4096;
@@ -220,6 +235,7 @@ const CHANGE_FEED: usize = 4096;
 pub struct Repository {
     store: Arc<dyn ReplicaStore>,
     committer: commit::Committer,
+    flusher: GroupFlush,
     index: Mutex<Index>,
     capacity: u64,
     changes: broadcast::Sender<Change>,
@@ -330,7 +346,14 @@ impl Repository {
         recovery.loaded = index.len();
         let (changes, _) = broadcast::channel(CHANGE_FEED);
         let committer = commit::Committer::spawn(store.clone())?;
-        let repo = Repository { store, committer, index: Mutex::new(index), capacity, changes };
+        let repo = Repository {
+            store,
+            committer,
+            flusher: GroupFlush::default(),
+            index: Mutex::new(index),
+            capacity,
+            changes,
+        };
         Ok((Arc::new(repo), recovery))
     }
 
@@ -498,6 +521,37 @@ impl Repository {
         answer.await.unwrap_or_else(|_| Err(RepoError::from(commit::gone())))
     }
 
+    /// Makes the caller's record changes durable, sharing the flush with others that need the
+    /// same at about the same time (removals by a migration job, for instance): a caller whose
+    /// change is covered by a flush that starts after it waits for that flush instead of
+    /// starting its own. Returns Ok only once a flush that started after the caller's changes
+    /// has succeeded; a failed flush fails its leader and is tried again by the next caller.
+    fn flush_shared(&self) -> store::StoreResult<()> {
+        let f = &self.flusher;
+        let mut st = f.state.lock();
+        st.requested += 1;
+        let ticket = st.requested;
+        loop {
+            if st.done >= ticket {
+                return Ok(());
+            }
+            if st.flushing {
+                f.wake.wait(&mut st);
+                continue;
+            }
+            st.flushing = true;
+            // Every change with a ticket up to here was made before this flush starts.
+            let covering = st.requested;
+            let result = parking_lot::MutexGuard::unlocked(&mut st, || self.store.flush());
+            st.flushing = false;
+            if result.is_ok() {
+                st.done = st.done.max(covering);
+            }
+            f.wake.notify_all();
+            result?;
+        }
+    }
+
     /// Enters a replica whose commit is durable into the index.
     fn published(&self, replica: &Replica, origin: ReplicaState, now: EpochMillis) {
         let id = replica.pnfsid();
@@ -586,7 +640,7 @@ impl Repository {
             Ok(Some(ChangeKind::State { from, to }))
         })?;
         if changed {
-            self.store.flush()?;
+            self.flush_shared()?;
         }
         Ok(())
     }
@@ -607,7 +661,7 @@ impl Repository {
             Ok((r.sticky.len() != before).then(|| ChangeKind::Sticky(r.sticky.clone())))
         })?;
         if changed {
-            self.store.flush()?;
+            self.flush_shared()?;
         }
         Ok(changed)
     }
@@ -623,7 +677,7 @@ impl Repository {
             Ok(apply_sticky(&mut r.sticky, record, mode, now).then(|| ChangeKind::Sticky(r.sticky.clone())))
         })?;
         if changed {
-            self.store.flush()?;
+            self.flush_shared()?;
         }
         Ok(changed)
     }
@@ -643,7 +697,7 @@ impl Repository {
             ))),
         })?;
         if changed {
-            self.store.flush()?;
+            self.flush_shared()?;
         }
         Ok(())
     }
@@ -698,7 +752,7 @@ impl Repository {
             self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
         }
         self.store.delete_record(id)?;
-        self.store.flush()?;
+        self.flush_shared()?;
         self.store.remove_data(id)?;
         Ok(())
     }
@@ -766,7 +820,7 @@ impl Repository {
 
     /// Makes every metadata change so far durable.
     pub fn flush(&self) -> RepoResult<()> {
-        Ok(self.store.flush()?)
+        Ok(self.flush_shared()?)
     }
 
     /// A named setting (pool mode, saved jobs).
@@ -777,7 +831,7 @@ impl Repository {
     /// Stores a named setting durably.
     pub fn put_setting(&self, key: &str, value: &[u8]) -> RepoResult<()> {
         self.store.put_meta(key, value)?;
-        Ok(self.store.flush()?)
+        Ok(self.flush_shared()?)
     }
 }
 
