@@ -140,6 +140,15 @@ pub struct SavedSet {
 struct Jobs {
     list: Vec<Arc<Job>>,
     next_id: u64,
+    /// Saved jobs that could not be recreated at start: kept (and saved again) until the
+    /// operator drops them, so that a `save` never loses one silently.
+    unrestored: Vec<Unrestored>,
+}
+
+/// A saved job the pool could not recreate at start, and why.
+struct Unrestored {
+    saved: SavedJob,
+    reason: String,
 }
 
 struct Job {
@@ -275,7 +284,7 @@ impl<E: Env> Module<E> {
             default_concurrency: AtomicUsize::new(settings.default_concurrency),
             default_refresh: AtomicU64::new(settings.refresh.as_secs().max(1)),
             settings,
-            jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1 }),
+            jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1, unrestored: Vec::new() }),
             locks: Mutex::new(HashMap::new()),
             served: Mutex::new(Served::default()),
             next_task: AtomicU64::new(1),
@@ -349,6 +358,12 @@ impl<E: Env> Module<E> {
             let mut jobs = self.jobs.lock();
             let id = match &id {
                 Some(id) => {
+                    if jobs.unrestored.iter().any(|u| u.saved.id == id.as_str()) {
+                        return Err(MigrationError::invalid(format!(
+                            "Job id is already in use by a saved job that could not be restored: {id} \
+                             (`migration cancel {id}` drops it)"
+                        )));
+                    }
                     if let Some(old) = jobs.list.iter().find(|j| *j.id.lock() == *id).cloned() {
                         match old.s.lock().state {
                             s if s.is_terminal() => jobs.list.retain(|j| !Arc::ptr_eq(j, &old)),
@@ -417,9 +432,14 @@ impl<E: Env> Module<E> {
     /// differently from the last save says `(not saved)`; a saved job that was cancelled
     /// since says that it comes back at the next start.
     pub fn ls(&self) -> Vec<String> {
-        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        let (jobs, unrestored) = {
+            let jobs = self.jobs.lock();
+            let unrestored: Vec<String> = jobs.unrestored.iter().map(unrestored_line).collect();
+            (jobs.list.clone(), unrestored)
+        };
         let saved = self.saved.lock().clone();
-        jobs.iter()
+        let lines: Vec<String> = jobs
+            .iter()
             .map(|j| {
                 let mut line = self.summary(j);
                 let id = j.id.lock().to_string();
@@ -434,7 +454,8 @@ impl<E: Env> Module<E> {
                 }
                 line
             })
-            .collect()
+            .collect();
+        lines.into_iter().chain(unrestored).collect()
     }
 
     /// How `save` would write the job, if it would.
@@ -456,8 +477,13 @@ impl<E: Env> Module<E> {
     /// failed or finished) as text for the pool to store. Call [`Module::saved`] once it is
     /// stored.
     pub fn save_text(&self) -> (String, Vec<SavedJob>) {
-        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
-        let saved: Vec<SavedJob> = jobs.iter().filter_map(|j| self.saved_form(j)).collect();
+        let (jobs, unrestored) = {
+            let jobs = self.jobs.lock();
+            (jobs.list.clone(), jobs.unrestored.iter().map(|u| u.saved.clone()).collect::<Vec<_>>())
+        };
+        let mut saved: Vec<SavedJob> = jobs.iter().filter_map(|j| self.saved_form(j)).collect();
+        // Saved jobs that could not be restored stay saved, as they were.
+        saved.extend(unrestored);
         let mut text = format!(
             "{SAVE_HEADER}\nconcurrency-default {}\nrefresh-default {}\n",
             self.default_concurrency(),
@@ -469,6 +495,19 @@ impl<E: Env> Module<E> {
             text.push('\n');
         }
         (text, saved)
+    }
+
+    /// Keeps a saved job that could not be recreated at start (see [`Jobs::unrestored`]): `ls`
+    /// lists it, `save` writes it again, `cancel` drops it.
+    pub fn keep_unrestored(&self, saved: SavedJob, reason: String) {
+        let mut jobs = self.jobs.lock();
+        jobs.unrestored.retain(|u| u.saved.id != saved.id);
+        jobs.unrestored.push(Unrestored { saved, reason });
+    }
+
+    /// How many saved jobs are kept without running (they could not be restored).
+    pub fn unrestored_count(&self) -> usize {
+        self.jobs.lock().unrestored.len()
     }
 
     /// Records what is stored now (after `save`, or what a restart found).
@@ -517,7 +556,19 @@ impl<E: Env> Module<E> {
     }
 
     pub fn ls_json(&self) -> String {
-        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        let (jobs, unrestored) = {
+            let jobs = self.jobs.lock();
+            let unrestored: Vec<report::JobSummary> = jobs
+                .unrestored
+                .iter()
+                .map(|u| report::JobSummary {
+                    id: u.saved.id.clone(),
+                    state: UNRESTORED.to_string(),
+                    command: u.saved.command.clone(),
+                })
+                .collect();
+            (jobs.list.clone(), unrestored)
+        };
         let list: Vec<report::JobSummary> = jobs
             .iter()
             .map(|j| report::JobSummary {
@@ -525,6 +576,7 @@ impl<E: Env> Module<E> {
                 state: j.s.lock().state.as_str().to_string(),
                 command: j.command.clone(),
             })
+            .chain(unrestored)
             .collect();
         serde_json::to_string_pretty(&list).expect("a job list always serialises")
     }
@@ -626,7 +678,20 @@ impl<E: Env> Module<E> {
     /// Cancels a job: without `force` its running tasks finish first; with it they are
     /// cancelled on their targets too.
     pub fn cancel(self: &Arc<Self>, id: &str, force: bool, reason: &str) -> Result<String, MigrationError> {
-        let job = self.find(id)?;
+        let job = match self.find(id) {
+            Ok(job) => job,
+            Err(e) => {
+                // A saved job that could not be restored: dropped from what `save` writes.
+                let mut jobs = self.jobs.lock();
+                let Some(at) = jobs.unrestored.iter().position(|u| u.saved.id == id) else { return Err(e) };
+                let gone = jobs.unrestored.remove(at);
+                tracing::info!(job = %id, "saved job that could not be restored dropped: {reason}");
+                return Ok(format!(
+                    "[{id}] {UNRESTORED} {}: dropped; the next `save` removes it from the saved jobs",
+                    gone.saved.command
+                ));
+            }
+        };
         self.cancel_job(&job, force, reason);
         Ok(self.summary(&job))
     }
@@ -1723,12 +1788,25 @@ impl<E: Env> Cluster for EnvCluster<'_, E> {
     }
 }
 
+/// The state `migration ls` shows for a saved job that could not be restored.
+const UNRESTORED: &str = "UNRESTORED";
+
+/// `migration ls`'s line for a saved job that could not be restored.
+fn unrestored_line(u: &Unrestored) -> String {
+    format!(
+        "[{}] {UNRESTORED:<12} {} (could not be restored at start: {}; `save` keeps it, `migration cancel {}` drops it)",
+        u.saved.id, u.saved.command, u.reason, u.saved.id
+    )
+}
+
 impl Jobs {
     fn fresh_id(&mut self) -> JobId {
         loop {
             let id: JobId = self.next_id.to_string().parse().expect("a number is a valid job id");
             self.next_id += 1;
-            if !self.list.iter().any(|j| *j.id.lock() == id) {
+            let taken = self.list.iter().any(|j| *j.id.lock() == id)
+                || self.unrestored.iter().any(|u| u.saved.id == id.as_str());
+            if !taken {
                 return id;
             }
         }

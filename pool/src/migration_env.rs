@@ -486,13 +486,22 @@ pub fn save(pool: &Pool) -> Result<String, RemoteError> {
     let (text, jobs) = module.save_text();
     pool.repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
     let n = jobs.len();
+    let idle = module.unrestored_count();
     module.saved(jobs);
-    tracing::info!(jobs = n, "migration settings and permanent jobs saved");
-    Ok(format!(
+    tracing::info!(jobs = n, not_restored = idle, "migration settings and permanent jobs saved");
+    let mut reply = format!(
         "Saved: default concurrency {}, {n} permanent migration job{}",
         module.default_concurrency(),
         if n == 1 { "" } else { "s" }
-    ))
+    );
+    if idle > 0 {
+        reply.push_str(&format!(
+            " ({idle} of them could not be restored at start and {}; `migration ls` shows {})",
+            if idle == 1 { "does not run" } else { "do not run" },
+            if idle == 1 { "it" } else { "them" }
+        ));
+    }
+    Ok(reply)
 }
 
 /// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
@@ -538,10 +547,14 @@ pub fn restore(pool: &Pool) {
         };
         match def.and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
             Ok(line) => tracing::info!("restored migration job {line}"),
-            Err(e) => module.report_problem(format!(
-                "saved job [{}] `{}` was skipped: {e}; it is tried again at the next start, unless `save` runs first",
-                job.id, job.command
-            )),
+            Err(e) => {
+                module.report_problem(format!(
+                    "saved job [{}] `{}` was skipped: {e}; it stays saved (`save` keeps it) and is tried again at \
+                     the next start; `migration cancel {}` drops it",
+                    job.id, job.command, job.id
+                ));
+                module.keep_unrestored(job.clone(), e);
+            }
         }
         kept.push(job);
     }
