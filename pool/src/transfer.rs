@@ -17,6 +17,10 @@
 //! cancel (`pp remove`, shutdown) ends it at once and removes its partial data. The target
 //! bounds its concurrent transfers (`pp set max active`; the rest queue), the source its
 //! concurrent outgoing streams (`pp set max outgoing`).
+//!
+//! Every transfer first asks for its replica within a small-file batch (`FetchSmall`, see
+//! `small_fetch.rs`, served here by [`serve_fetch_small`]); only a replica larger than one
+//! chunk, or a source that does not know batches, takes the exchange above.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
