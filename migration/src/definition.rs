@@ -103,7 +103,7 @@ pub trait Options {
     /// `-name`, `-name=true|false`.
     fn flag(&self, name: &str) -> Result<bool, MigrationError>;
     /// Every value given for `-name=...` (list options may be repeated; values are split at
-    /// commas by the caller of [`Options::list`]).
+    /// commas by the caller of `Options::list`).
     fn values(&self, name: &str) -> Vec<String>;
     /// Whether the option was given at all.
     fn given(&self, name: &str) -> bool;

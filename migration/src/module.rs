@@ -3,7 +3,7 @@
 //!
 //! A job is plain state behind one lock. Everything that happens to it (a reply, a finished
 //! message, a timer, an operator command, a repository change) takes the lock, feeds the task
-//! state machines ([`crate::task`]), runs the scheduler (§3.5) and collects [`Action`]s; the
+//! state machines ([`crate::task`]), runs the scheduler (§3.5) and collects `Action`s; the
 //! actions (messages, timers, disk work) are started after the lock is released and report
 //! back the same way. Nothing awaits while holding a lock.
 //!
@@ -318,7 +318,7 @@ impl<E: Env> Module<E> {
         Ok(reply)
     }
 
-    /// Recreates a job saved with [`Module::save`] (pool start): its saved id, concurrency
+    /// Recreates a job saved with [`Module::save_text`] (pool start): its saved id, concurrency
     /// and creation time; sticky lifetimes count from now.
     pub fn restore(self: &Arc<Self>, saved: &SavedJob, def: JobDefinition) -> Result<String, MigrationError> {
         let id: JobId =
@@ -497,7 +497,7 @@ impl<E: Env> Module<E> {
         (text, saved)
     }
 
-    /// Keeps a saved job that could not be recreated at start (see [`Jobs::unrestored`]): `ls`
+    /// Keeps a saved job that could not be recreated at start (see `Jobs::unrestored`): `ls`
     /// lists it, `save` writes it again, `cancel` drops it.
     pub fn keep_unrestored(&self, saved: SavedJob, reason: String) {
         let mut jobs = self.jobs.lock();

@@ -11,7 +11,7 @@
 //! `transfer.rs`. A connection that breaks is replaced and the unanswered files asked again,
 //! as the per-file exchange resumes.
 //!
-//! At most [`RUNNERS`] exchanges per source are under way; while they are, new transfers
+//! At most `RUNNERS` exchanges per source are under way; while they are, new transfers
 //! gather, so batches grow with the load (like group commit) and a lone transfer is not
 //! delayed.
 

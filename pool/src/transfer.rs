@@ -84,7 +84,7 @@ struct Received {
     bytes: Bytes,
 }
 
-/// What a target asks for: the migration module's [`Pull`] (`pp get file` asks the same).
+/// What a target asks for: the migration module's [`Pull`](tidepool_migration::env::Pull) (`pp get file` asks the same).
 pub use tidepool_migration::env::Pull as PullRequest;
 
 /// One transfer as `pp ls` shows it.

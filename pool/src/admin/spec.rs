@@ -238,7 +238,7 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
 /// The stored form of a command line (reference §6.3), as `migration ls` shows a job's command
 /// and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
 /// order given, a literal `--`, then the positional arguments. Names, values and arguments are
-/// escaped by [`escape`]. A line with neither options nor arguments is just the name.
+/// escaped by `escape`. A line with neither options nor arguments is just the name.
 ///
 /// One difference from dCache: an empty option value is written `-name=''` (dCache writes
 /// `-name`), so that `-cache=` keeps its meaning when the line is read again.
