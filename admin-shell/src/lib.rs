@@ -2,7 +2,7 @@
 //!
 //! Four layers, each usable and tested on its own:
 //!
-//! - [`line`]: what a typed line means at the current [`line::Location`], a pure function to a
+//! - [`line`](mod@line): what a typed line means at the current [`line::Location`], a pure function to a
 //!   [`line::ShellLine`] (a local command such as `cd`, `ls`, `help`, `exit`, or a line for the
 //!   pool).
 //! - [`complete`]: tab completion, a pure function of the pool names, the current pool's
