@@ -815,7 +815,7 @@ mod p2p {
         Some((r1.saturating_sub(r0), w1.saturating_sub(w0)))
     }
 
-    /// CPU seconds (user + system) of a process from /proc/<pid>/stat: its own (`utime`,
+    /// CPU seconds (user + system) of a process from `/proc/<pid>/stat`: its own (`utime`,
     /// `stime`) and, with `children`, also those of the children it has reaped (`cutime`,
     /// `cstime`). The kernel reports clock ticks, 100 per second on Linux.
     pub(super) fn cpu_secs(pid: &str, children: bool) -> f64 {
@@ -832,7 +832,7 @@ mod p2p {
     }
 
     /// Bytes a process had the storage layer read and write so far (`read_bytes` and
-    /// `write_bytes` of /proc/<pid>/io: what reached or came from the disk, not the page cache).
+    /// `write_bytes` of `/proc/<pid>/io`: what reached or came from the disk, not the page cache).
     pub(super) fn proc_io(pid: &str) -> (u64, u64) {
         let text = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
         let field =

@@ -2,7 +2,7 @@
 //! `rsync -a` over the same files, in three parts (`--parts`, default all three):
 //!
 //! - **move**: vacate the source pool of each data set (`--set`: 16 files of 256 MiB, 20,000
-//!   files of 4 KiB; the sets and their layout are those of [`p2p`](super::p2p), and a set
+//!   files of 4 KiB; the sets and their layout are those of [`p2p`](crate::p2p), and a set
 //!   filled by either benchmark is reused by the other with the same `--dir`). Per run: both
 //!   daemons start afresh, `pool disable -rdonly` on the source, the caches are settled as in
 //!   `p2p`, then the clock runs from `migration move -concurrency=<c> pool2` to the `migration
