@@ -143,6 +143,8 @@ struct Jobs {
     /// Saved jobs that could not be recreated at start: kept (and saved again) until the
     /// operator drops them, so that a `save` never loses one silently.
     unrestored: Vec<Unrestored>,
+    /// Unrestored jobs the operator dropped: `ls` says they are still saved until a `save`.
+    dropped: Vec<SavedJob>,
 }
 
 /// A saved job the pool could not recreate at start, and why.
@@ -284,7 +286,7 @@ impl<E: Env> Module<E> {
             default_concurrency: AtomicUsize::new(settings.default_concurrency),
             default_refresh: AtomicU64::new(settings.refresh.as_secs().max(1)),
             settings,
-            jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1, unrestored: Vec::new() }),
+            jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1, unrestored: Vec::new(), dropped: Vec::new() }),
             locks: Mutex::new(HashMap::new()),
             served: Mutex::new(Served::default()),
             next_task: AtomicU64::new(1),
@@ -420,7 +422,18 @@ impl<E: Env> Module<E> {
     }
 
     fn find(&self, id: &str) -> Result<Arc<Job>, MigrationError> {
-        self.jobs.lock().list.iter().find(|j| j.id.lock().as_str() == id).cloned().ok_or_else(not_found)
+        let jobs = self.jobs.lock();
+        if let Some(job) = jobs.list.iter().find(|j| j.id.lock().as_str() == id) {
+            return Ok(job.clone());
+        }
+        match jobs.unrestored.iter().find(|u| u.saved.id == id) {
+            Some(u) => Err(MigrationError::invalid(format!(
+                "Job {id} could not be restored at start ({}); it does not run, and only `migration cancel {id}` \
+                 applies to it",
+                u.reason
+            ))),
+            None => Err(not_found()),
+        }
     }
 
     fn summary(&self, job: &Job) -> String {
@@ -432,12 +445,19 @@ impl<E: Env> Module<E> {
     /// differently from the last save says `(not saved)`; a saved job that was cancelled
     /// since says that it comes back at the next start.
     pub fn ls(&self) -> Vec<String> {
+        let saved = self.saved.lock().clone();
         let (jobs, unrestored) = {
             let jobs = self.jobs.lock();
-            let unrestored: Vec<String> = jobs.unrestored.iter().map(unrestored_line).collect();
+            let mut unrestored: Vec<String> = jobs.unrestored.iter().map(unrestored_line).collect();
+            // Dropped, but still in the saved set until the next `save`.
+            unrestored.extend(jobs.dropped.iter().filter(|d| saved.get(&d.id) == Some(*d)).map(|d| {
+                format!(
+                    "[{}] {UNRESTORED:<12} {} (dropped: comes back at restart until the next `save`)",
+                    d.id, d.command
+                )
+            }));
             (jobs.list.clone(), unrestored)
         };
-        let saved = self.saved.lock().clone();
         let lines: Vec<String> = jobs
             .iter()
             .map(|j| {
@@ -512,7 +532,9 @@ impl<E: Env> Module<E> {
 
     /// Records what is stored now (after `save`, or what a restart found).
     pub fn saved(&self, jobs: Vec<SavedJob>) {
-        *self.saved.lock() = jobs.into_iter().map(|j| (j.id.clone(), j)).collect();
+        let saved: HashMap<String, SavedJob> = jobs.into_iter().map(|j| (j.id.clone(), j)).collect();
+        self.jobs.lock().dropped.retain(|d| saved.contains_key(&d.id));
+        *self.saved.lock() = saved;
     }
 
     /// Reads what [`Module::save_text`] wrote. A line that cannot be read is an `Err` with
@@ -565,6 +587,7 @@ impl<E: Env> Module<E> {
                     id: u.saved.id.clone(),
                     state: UNRESTORED.to_string(),
                     command: u.saved.command.clone(),
+                    reason: Some(u.reason.clone()),
                 })
                 .collect();
             (jobs.list.clone(), unrestored)
@@ -575,6 +598,7 @@ impl<E: Env> Module<E> {
                 id: j.id.lock().to_string(),
                 state: j.s.lock().state.as_str().to_string(),
                 command: j.command.clone(),
+                reason: None,
             })
             .chain(unrestored)
             .collect();
@@ -678,20 +702,21 @@ impl<E: Env> Module<E> {
     /// Cancels a job: without `force` its running tasks finish first; with it they are
     /// cancelled on their targets too.
     pub fn cancel(self: &Arc<Self>, id: &str, force: bool, reason: &str) -> Result<String, MigrationError> {
-        let job = match self.find(id) {
-            Ok(job) => job,
-            Err(e) => {
-                // A saved job that could not be restored: dropped from what `save` writes.
-                let mut jobs = self.jobs.lock();
-                let Some(at) = jobs.unrestored.iter().position(|u| u.saved.id == id) else { return Err(e) };
+        {
+            // A saved job that could not be restored: dropped from what `save` writes.
+            let mut jobs = self.jobs.lock();
+            if let Some(at) = jobs.unrestored.iter().position(|u| u.saved.id == id) {
                 let gone = jobs.unrestored.remove(at);
                 tracing::info!(job = %id, "saved job that could not be restored dropped: {reason}");
-                return Ok(format!(
+                let reply = format!(
                     "[{id}] {UNRESTORED} {}: dropped; the next `save` removes it from the saved jobs",
                     gone.saved.command
-                ));
+                );
+                jobs.dropped.push(gone.saved);
+                return Ok(reply);
             }
-        };
+        }
+        let job = self.find(id)?;
         self.cancel_job(&job, force, reason);
         Ok(self.summary(&job))
     }

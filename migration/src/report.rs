@@ -20,6 +20,9 @@ pub struct JobSummary {
     pub id: String,
     pub state: String,
     pub command: String,
+    /// Why a saved job could not be restored (state `UNRESTORED` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -532,6 +532,7 @@ pub fn restore(pool: &Pool) {
         module.set_default_refresh(r);
     }
     let mut kept = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for job in set.jobs {
         let job = match job {
             Ok(j) => j,
@@ -540,6 +541,15 @@ pub fn restore(pool: &Pool) {
                 continue;
             }
         };
+        // Entries the operator could not name or tell apart cannot be kept: the next `save`
+        // drops them.
+        if job.id.parse::<tidepool_p2p::JobId>().is_err() || !seen.insert(job.id.clone()) {
+            module.report_problem(format!(
+                "saved job [{}] `{}` was skipped: its id is not valid or appears twice; the next `save` drops it",
+                job.id, job.command
+            ));
+            continue;
+        }
         let def = match crate::admin::parse(&job.command) {
             Ok(Some(crate::admin::Command::MigrationCreate { def, .. })) => Ok(*def),
             Ok(_) => Err("not a migration copy, move or cache command".to_string()),

@@ -415,6 +415,9 @@ fn a_damaged_saved_job_is_reported_and_skipped_while_the_pool_starts() {
     assert_eq!(ok(&cluster, "pool1", "save\n"), kept);
     let taken = cluster.admin(&format!("cd pool1\nmigration copy -id={} -storage=test:d pool2\n", jobs[2]));
     assert!(taken.stderr.contains("already in use by a saved job that could not be restored"), "{taken}");
+    let info = cluster.admin(&format!("cd pool1\nmigration info {}\n", jobs[2]));
+    let why = format!("Job {} could not be restored at start (", jobs[2]);
+    assert!(info.stderr.contains(&why) && info.stderr.contains("only `migration cancel"), "{info}");
     cluster.stop("pool1");
     cluster.start("pool1");
     let section = info_migration_lines(&cluster, "pool1");
@@ -431,7 +434,12 @@ fn a_damaged_saved_job_is_reported_and_skipped_while_the_pool_starts() {
             jobs[2]
         )
     );
+    let ls = ok(&cluster, "pool1", "migration ls\n");
+    let pending =
+        format!("[{}] UNRESTORED   {damaged_command} (dropped: comes back at restart until the next `save`)", jobs[2]);
+    assert!(ls.contains(&pending), "{pending} expected in:\n{ls}");
     assert_eq!(ok(&cluster, "pool1", "save\n"), saved_reply(1, 1));
+    assert!(!ok(&cluster, "pool1", "migration ls\n").contains("UNRESTORED"), "saved: nothing left of it");
     cluster.stop("pool1");
     cluster.start("pool1");
     assert_only_job(&cluster, "pool1", &jobs[0], &stored(commands[0]));

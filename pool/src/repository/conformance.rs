@@ -563,6 +563,24 @@ fn a_failed_shared_flush_fails_its_leader_and_is_tried_again_for_the_others() {
     second.join().unwrap().unwrap();
 }
 
+#[test]
+fn a_flush_that_panics_does_not_block_the_next_ones() {
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    for n in 1..=2 {
+        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
+    }
+    store.panic_next_flush();
+    let first = {
+        let repo = repo.clone();
+        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
+    };
+    assert!(first.join().is_err(), "the panic reaches the caller that ran the flush");
+    // The next caller flushes: it does not wait for the one that panicked.
+    repo.remove(&id(2), false, NOW).unwrap();
+    assert!(repo.get(&id(2)).unwrap().is_none());
+}
+
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !cond() {

@@ -27,6 +27,8 @@ pub struct MemStore {
     flush_hold: Mutex<Option<(std::sync::mpsc::Receiver<()>, bool)>>,
     flushing: std::sync::atomic::AtomicBool,
     flushes: std::sync::atomic::AtomicU64,
+    /// Test hook: the next flush panics.
+    flush_panics: std::sync::atomic::AtomicBool,
 }
 
 /// Test hook: a disk that fills up.
@@ -60,6 +62,11 @@ impl MemStore {
         let (release, wait) = std::sync::mpsc::channel();
         *self.flush_hold.lock() = Some((wait, fail));
         release
+    }
+
+    /// Makes the next `flush` panic (a bug in a store).
+    pub fn panic_next_flush(&self) {
+        self.flush_panics.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether a flush held by [`MemStore::hold_next_flush`] is waiting.
@@ -148,6 +155,9 @@ impl ReplicaStore for MemStore {
 
     fn flush(&self) -> StoreResult<()> {
         self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.flush_panics.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("test hook: the flush panics");
+        }
         let hold = self.flush_hold.lock().take();
         if let Some((wait, fail)) = hold {
             self.flushing.store(true, std::sync::atomic::Ordering::SeqCst);

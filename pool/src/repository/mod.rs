@@ -542,13 +542,23 @@ impl Repository {
             st.flushing = true;
             // Every change with a ticket up to here was made before this flush starts.
             let covering = st.requested;
-            let result = parking_lot::MutexGuard::unlocked(&mut st, || self.store.flush());
+            // A panic in the store must not leave `flushing` set: every later caller would wait
+            // for ever. It is passed on once the others are woken.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                parking_lot::MutexGuard::unlocked(&mut st, || self.store.flush())
+            }));
             st.flushing = false;
-            if result.is_ok() {
+            if let Ok(Ok(())) = outcome {
                 st.done = st.done.max(covering);
             }
             f.wake.notify_all();
-            result?;
+            match outcome {
+                Ok(result) => result?,
+                Err(panic) => {
+                    drop(st);
+                    std::panic::resume_unwind(panic);
+                }
+            }
         }
     }
 
