@@ -57,11 +57,11 @@ impl Drop for Done {
 pub(super) struct Job {
     pub id: PnfsId,
     pub record: Vec<u8>,
-    /// The whole content of a small replica, written into the incoming area by the commit
+    /// The whole content of a small replica, written into the incoming area by the placing
     /// thread; `None` when the caller wrote the incoming file itself.
     pub data: Option<Bytes>,
-    /// Replicas evicted to make room for this one: their records are deleted durably, then
-    /// their data files, before anything of the batch is written.
+    /// Replicas evicted to make room for this one: the placing thread deletes their records
+    /// durably, then their data files, before it places this one.
     pub evicted: Vec<PnfsId>,
     pub done: Done,
 }
