@@ -465,7 +465,7 @@ impl Repository {
     #[allow(clippy::too_many_arguments)]
     pub async fn store_whole(
         self: &Arc<Self>,
-        mut attrs: FileAttributes,
+        attrs: FileAttributes,
         origin: ReplicaState,
         data: bytes::Bytes,
         state: ReplicaState,
@@ -485,19 +485,9 @@ impl Repository {
         let mut hasher = ChecksumWriter::new();
         hasher.update(&data);
         let actual = hasher.finish();
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return Err(RepoError::ChecksumMismatch { id, expected, actual });
-        }
+        check_checksum(id, expected, actual)?;
         let evicted = self.reserve(&attrs, origin, now)?;
-        let mut records = Vec::new();
-        for r in sticky {
-            apply_sticky(&mut records, r, StickyMode::Overwrite, now);
-        }
-        attrs.checksum = Some(actual);
-        attrs.creation_time = now;
-        let replica = Replica { attrs, state, sticky: records };
+        let replica = committed_replica(attrs, state, sticky, actual, now);
         let record = record::encode(&replica);
         let (tell, answer) = tokio::sync::oneshot::channel();
         // Weak: the repository owns the committer, whose thread runs this; a repository
@@ -849,6 +839,32 @@ fn entry_of_record(r: &record::EntryFields, now: EpochMillis) -> Entry {
     Entry { size: r.size, atime: r.atime, state: r.state, sticky_until: r.sticky_until(now) }
 }
 
+/// The sender's checksum, if it gave one, against what arrived.
+fn check_checksum(id: PnfsId, expected: Option<Checksum>, actual: Checksum) -> RepoResult<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(RepoError::ChecksumMismatch { id, expected, actual }),
+        _ => Ok(()),
+    }
+}
+
+/// A new replica as it is committed: its checksum and creation time set, its sticky records
+/// applied as given.
+fn committed_replica(
+    mut attrs: FileAttributes,
+    state: ReplicaState,
+    sticky: Vec<StickyRecord>,
+    checksum: Checksum,
+    now: EpochMillis,
+) -> Replica {
+    let mut records = Vec::new();
+    for r in sticky {
+        apply_sticky(&mut records, r, StickyMode::Overwrite, now);
+    }
+    attrs.checksum = Some(checksum);
+    attrs.creation_time = now;
+    Replica { attrs, state, sticky: records }
+}
+
 fn entry_of(r: &Replica, now: EpochMillis) -> Entry {
     Entry { size: r.attrs.size, atime: r.attrs.access_time, state: r.state, sticky_until: sticky_until(&r.sticky, now) }
 }
@@ -912,21 +928,10 @@ impl Incoming {
             return Err(RepoError::Short { id, got: self.written, expected: self.attrs.size });
         }
         let actual = self.hasher.finish();
-        if let Some(expected) = expected
-            && expected != actual
-        {
-            return Err(RepoError::ChecksumMismatch { id, expected, actual });
-        }
+        check_checksum(id, expected, actual)?;
         self.writer.finish().map_err(|e| RepoError::from(StoreError::new(format!("write {id}"), e)))?;
         let repo = self.repo.clone();
-        let mut records = Vec::new();
-        for r in sticky {
-            apply_sticky(&mut records, r, StickyMode::Overwrite, now);
-        }
-        let mut attrs = self.attrs.clone();
-        attrs.checksum = Some(actual);
-        attrs.creation_time = now;
-        let replica = Replica { attrs, state, sticky: records };
+        let replica = committed_replica(self.attrs.clone(), state, sticky, actual, now);
         // Durable (data, then record) when this returns; on error nothing of it is kept.
         repo.committer.commit(id, record::encode(&replica))?;
         self.finished = true;
