@@ -511,24 +511,12 @@ fn mem_disk_full_fails_cleanly() {
 /// after a flush that started after its change.
 #[test]
 fn concurrent_removals_share_a_flush_that_started_after_them() {
-    let store = MemStore::new();
-    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
-    for n in 1..=4 {
-        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
-    }
+    let (store, repo) = with_replicas(4);
     let release = store.hold_next_flush(false);
-    let first = {
-        let repo = repo.clone();
-        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
-    };
+    let first = remove_in_thread(&repo, 1);
     wait_until("the first removal's flush", || store.is_flushing());
     let before = store.flush_count();
-    let others: Vec<_> = (2..=4)
-        .map(|n| {
-            let repo = repo.clone();
-            std::thread::spawn(move || repo.remove(&id(n), false, NOW))
-        })
-        .collect();
+    let others: Vec<_> = (2..=4).map(|n| remove_in_thread(&repo, n)).collect();
     wait_until("the other removals to wait", || repo.flusher.state.lock().requested == 4);
     assert!(others.iter().all(|t| !t.is_finished()), "a flush that started before them does not cover them");
     release.send(()).unwrap();
@@ -541,21 +529,11 @@ fn concurrent_removals_share_a_flush_that_started_after_them() {
 
 #[test]
 fn a_failed_shared_flush_fails_its_leader_and_is_tried_again_for_the_others() {
-    let store = MemStore::new();
-    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
-    for n in 1..=2 {
-        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
-    }
+    let (store, repo) = with_replicas(2);
     let release = store.hold_next_flush(true);
-    let first = {
-        let repo = repo.clone();
-        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
-    };
+    let first = remove_in_thread(&repo, 1);
     wait_until("the first removal's flush", || store.is_flushing());
-    let second = {
-        let repo = repo.clone();
-        std::thread::spawn(move || repo.remove(&id(2), false, NOW))
-    };
+    let second = remove_in_thread(&repo, 2);
     wait_until("the second removal to wait", || repo.flusher.state.lock().requested == 2);
     release.send(()).unwrap();
     let err = first.join().unwrap().unwrap_err();
@@ -565,20 +543,29 @@ fn a_failed_shared_flush_fails_its_leader_and_is_tried_again_for_the_others() {
 
 #[test]
 fn a_flush_that_panics_does_not_block_the_next_ones() {
-    let store = MemStore::new();
-    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
-    for n in 1..=2 {
-        put(&repo, id(n), 10, ReplicaState::Cached, vec![], NOW);
-    }
+    let (store, repo) = with_replicas(2);
     store.panic_next_flush();
-    let first = {
-        let repo = repo.clone();
-        std::thread::spawn(move || repo.remove(&id(1), false, NOW))
-    };
+    let first = remove_in_thread(&repo, 1);
     assert!(first.join().is_err(), "the panic reaches the caller that ran the flush");
     // The next caller flushes: it does not wait for the one that panicked.
     repo.remove(&id(2), false, NOW).unwrap();
     assert!(repo.get(&id(2)).unwrap().is_none());
+}
+
+/// A repository over memory holding replicas `id(1)..=id(n)`.
+fn with_replicas(n: u32) -> (Arc<MemStore>, Arc<Repository>) {
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    for k in 1..=n {
+        put(&repo, id(k), 10, ReplicaState::Cached, vec![], NOW);
+    }
+    (store, repo)
+}
+
+/// Removes `id(n)` on a thread of its own.
+fn remove_in_thread(repo: &Arc<Repository>, n: u32) -> std::thread::JoinHandle<RepoResult<()>> {
+    let repo = repo.clone();
+    std::thread::spawn(move || repo.remove(&id(n), false, NOW))
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) {
