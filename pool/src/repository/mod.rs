@@ -6,7 +6,9 @@
 //!
 //! Locking: one mutex guards the index; short store operations (record get/put) happen under it
 //! so the index and the store never disagree; fsyncs and data-file deletions happen outside it.
-//! All methods block: async callers run them on the blocking pool.
+//! All methods block (async callers run them on the blocking pool) except
+//! [`Repository::store_whole`], which only checks, reserves and queues, and is awaited directly.
+//! Per-operation flushes are shared between callers (`flush_shared`).
 
 mod commit;
 mod index;
