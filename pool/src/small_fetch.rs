@@ -75,9 +75,11 @@ impl Queue {
 #[derive(Default)]
 pub struct SmallFetches {
     queues: Mutex<HashMap<PoolName, Queue>>,
-    /// `FetchSmall` exchanges so far, the replicas they delivered, and the answers `Later`
-    /// (asked again in a later exchange).
+    /// `FetchSmall` exchanges so far, the replicas they asked for (one put off and asked again
+    /// counts twice), the replicas they delivered, and the answers `Later` (asked again in a
+    /// later exchange).
     pub exchanges: AtomicU64,
+    pub asked: AtomicU64,
     pub delivered: AtomicU64,
     pub deferred: AtomicU64,
 }
@@ -251,6 +253,7 @@ async fn ask(
         };
     }
     transfers.small.exchanges.fetch_add(1, Ordering::Relaxed);
+    transfers.small.asked.fetch_add(pending.len() as u64, Ordering::Relaxed);
     let items = pending.iter().map(|w| w.item.clone()).collect();
     let request = DataRequest::FetchSmall { items, max_size: MAX_DATA_CHUNK as u64, max_bytes: BATCH_BYTES };
     conn.send(&request).await.map_err(broken)?;

@@ -422,7 +422,9 @@ async fn small_replicas_share_exchanges_and_a_bad_one_fails_alone() {
     // Every file of at most one chunk came in a batch (the corrupted one too: its checksum
     // failed on the target); the two larger ones did not.
     assert_eq!(delivered, ids.len() as u64 - 2, "{delivered} delivered in batches");
-    assert!(exchanges * 2 <= delivered, "{exchanges} exchanges for {delivered} replicas: they were batched");
+    // How many share an exchange depends on timing; that batches fill up to their budget is
+    // shown without timing by `a_batch_carries_at_most_its_byte_budget_...`.
+    assert!(exchanges < delivered, "{exchanges} exchanges for {delivered} replicas: some were batched");
     assert!(target.transfers.connections_opened.load(std::sync::atomic::Ordering::Relaxed) <= 34);
     // The corrupted replica was damaged on the wire only: asking again brings it intact.
     admin(target, &format!("pp get file -wait {corrupt} pool1")).await.unwrap();
@@ -462,13 +464,15 @@ async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
     for _ in 0..24 {
         ids.push(put(source, chunk, ReplicaState::Cached, vec![]).await);
     }
-    // The source lets nobody read until they all wait on the target: then one exchange asks
-    // for (nearly) all of them at once.
+    // The source lets nobody read until every transfer is in an exchange or waiting for one.
+    // Two exchanges at most are under way, so then either one of them asks for more than
+    // 4 MiB, or at least 16 files wait and the next exchange asks for all of them.
     admin(source, "pp set max outgoing 0").await.unwrap();
     let line: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
     admin(target, &format!("pp get file {} pool1", line.join(" "))).await.unwrap();
     let small = &target.transfers.small;
-    until("the transfers to wait for an exchange", || small.waiting() >= 16).await;
+    let asked = || small.asked.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    until("every transfer to be in an exchange or waiting", || asked() + small.waiting() == 24).await;
     admin(source, "pp set max outgoing 16").await.unwrap();
     until("every replica to arrive", || {
         ids.iter().all(|id| target.repo.get(id).unwrap().is_some_and(|r| r.state == ReplicaState::Cached))
