@@ -71,17 +71,26 @@ pub trait Env: Send + Sync + 'static {
     /// source pin of the same owner that expires no later): a pin extended meanwhile stays.
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError>;
 
-    /// Deletes a replica unless, at that moment, it holds a valid pin that `moved` does not
-    /// cover (a moved pin covers a source pin of the same owner that expires no later). The
-    /// check and the delete are one step, so a pin set meanwhile is never deleted with the
-    /// replica. True if it was deleted (or was already gone).
-    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError>;
+    /// Deletes a moved source replica unless, at that moment, [`source_removal`] says it must
+    /// stay: a valid pin that `moved` does not cover, or a state or sticky records that no
+    /// longer match `snapshot` (what the copy was made from). The check and the delete are one
+    /// step, so a pin set or a change made meanwhile is never deleted with the replica.
+    fn remove_unless(
+        &self,
+        id: &PnfsId,
+        moved: &[StickyRecord],
+        snapshot: &Snapshot,
+    ) -> Result<SourceRemoval, RemoteError>;
 
     /// Reads a replica whole and returns its checksum (blocking; for `-verify`).
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError>;
 
     /// Records a checksum for a replica that has none.
     fn set_checksum(&self, id: &PnfsId, checksum: Checksum) -> Result<(), RemoteError>;
+
+    /// Keeps these replicas from eviction until `until` (a later hold wins); a replica not
+    /// here yet is covered once it arrives. Held replicas do not count as removable space.
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError>;
 
     /// Refuses if the pool mode forbids receiving replicas from other pools.
     fn check_p2p_client(&self) -> Result<(), RemoteError>;
@@ -116,4 +125,119 @@ pub trait Env: Send + Sync + 'static {
     /// Pulls a new replica from `pull.source` and commits it (durably) in the wanted state;
     /// on failure or cancel nothing is left behind.
     fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), RemoteError>> + Send;
+}
+
+/// What a source replica looked like when its task began, as far as its copies depend on it:
+/// its state and its sticky records other than pins (pins have their own rule, see
+/// [`pin_covered`]). A copy is made from this; a source that no longer matches it was changed
+/// by an operator while it moved, and is not removed against that copy (docs/operator-guide.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub state: ReplicaState,
+    /// Sorted, so that the order records were set in does not matter.
+    sticky: Vec<StickyRecord>,
+}
+
+impl Snapshot {
+    pub fn of(state: ReplicaState, sticky: &[StickyRecord], pin_prefix: &str) -> Snapshot {
+        Snapshot { state, sticky: non_pins(sticky, pin_prefix) }
+    }
+
+    /// Whether a replica with this state and these records is still what the snapshot saw.
+    pub fn matches(&self, state: ReplicaState, sticky: &[StickyRecord], pin_prefix: &str) -> bool {
+        self.state == state && self.sticky == non_pins(sticky, pin_prefix)
+    }
+}
+
+fn non_pins(sticky: &[StickyRecord], pin_prefix: &str) -> Vec<StickyRecord> {
+    let mut v: Vec<StickyRecord> = sticky.iter().filter(|r| !r.is_pin(pin_prefix)).cloned().collect();
+    v.sort_by(|a, b| (&a.owner, a.expire).cmp(&(&b.owner, b.expire)));
+    v
+}
+
+/// Whether a pin the target received covers this source pin: the same owner, and an expiry
+/// no earlier than the source's (never-expiring covers everything).
+pub fn pin_covered(pin: &StickyRecord, moved: &[StickyRecord]) -> bool {
+    moved.iter().any(|m| {
+        m.owner == pin.owner
+            && (m.expire == tidepool_p2p::model::NEVER
+                || (pin.expire != tidepool_p2p::model::NEVER && pin.expire <= m.expire))
+    })
+}
+
+/// The verdict of [`Env::remove_unless`] on a moved source replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceRemoval {
+    /// Deleted (or already gone).
+    Removed,
+    /// It holds a valid pin the target did not get: kept.
+    Pinned,
+    /// Its state or sticky records changed after the copy was made from it: kept.
+    Changed,
+}
+
+/// The one rule every [`Env`] applies, under its repository's lock, before deleting a moved
+/// source replica that now has `state` and `sticky`: `None` means delete it.
+pub fn source_removal(
+    state: ReplicaState,
+    sticky: &[StickyRecord],
+    moved: &[StickyRecord],
+    snapshot: &Snapshot,
+    pin_prefix: &str,
+    now: EpochMillis,
+) -> Option<SourceRemoval> {
+    if sticky.iter().any(|s| s.is_pin(pin_prefix) && s.is_valid(now) && !pin_covered(s, moved)) {
+        Some(SourceRemoval::Pinned)
+    } else if !snapshot.matches(state, sticky, pin_prefix) {
+        Some(SourceRemoval::Changed)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidepool_p2p::model::NEVER;
+
+    #[test]
+    fn a_moved_pin_covers_only_a_source_pin_that_expires_no_later() {
+        let pin = |owner: &str, expire| StickyRecord::new(owner, expire);
+        let moved = [pin("PinManager-1", 5_000), pin("PinManager-2", NEVER)];
+        assert!(pin_covered(&pin("PinManager-1", 5_000), &moved));
+        assert!(pin_covered(&pin("PinManager-1", 4_000), &moved));
+        assert!(!pin_covered(&pin("PinManager-1", 6_000), &moved), "extended on the source meanwhile");
+        assert!(!pin_covered(&pin("PinManager-1", NEVER), &moved), "made permanent meanwhile");
+        assert!(pin_covered(&pin("PinManager-2", NEVER), &moved));
+        assert!(!pin_covered(&pin("PinManager-3", 1), &moved), "another pin");
+    }
+
+    #[test]
+    fn a_source_is_removed_only_as_it_was_copied() {
+        use ReplicaState::{Cached, Precious};
+        let r = |owner: &str, expire| StickyRecord::new(owner, expire);
+        let p = "PinManager";
+        let alice = r("alice", NEVER);
+        let pin = r("PinManager-1", 5_000);
+        let snapshot = Snapshot::of(Cached, &[alice.clone(), pin.clone()], p);
+        let now = 1_000;
+        // (state now, records now, pins moved) -> verdict
+        type Row = (ReplicaState, Vec<StickyRecord>, Vec<StickyRecord>, Option<SourceRemoval>);
+        let rows: Vec<Row> = vec![
+            (Cached, vec![alice.clone(), pin.clone()], vec![pin.clone()], None),
+            (Cached, vec![pin.clone(), alice.clone()], vec![pin.clone()], None),
+            (Cached, vec![alice.clone()], vec![], None),
+            (Cached, vec![alice.clone(), pin.clone()], vec![], Some(SourceRemoval::Pinned)),
+            (Precious, vec![alice.clone()], vec![], Some(SourceRemoval::Changed)),
+            (Cached, vec![alice.clone(), r("bob", NEVER)], vec![], Some(SourceRemoval::Changed)),
+            (Cached, vec![r("alice", 9_000)], vec![], Some(SourceRemoval::Changed)),
+            (Cached, vec![], vec![], Some(SourceRemoval::Changed)),
+            // An expired pin protects nothing; a new pin that was not moved does.
+            (Cached, vec![alice.clone(), r("PinManager-1", 500)], vec![], None),
+            (Cached, vec![alice.clone(), r("PinManager-9", NEVER)], vec![pin.clone()], Some(SourceRemoval::Pinned)),
+        ];
+        for (i, (state, sticky, moved, want)) in rows.into_iter().enumerate() {
+            assert_eq!(source_removal(state, &sticky, &moved, &snapshot, p, now), want, "row {i}");
+        }
+    }
 }

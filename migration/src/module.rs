@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
-use crate::env::{Entry, Env, Pull};
+use crate::env::{Entry, Env, Pull, Snapshot, SourceRemoval, pin_covered};
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
@@ -41,7 +41,7 @@ mod server;
 mod source_mode;
 
 use server::Served;
-use source_mode::apply_source_mode;
+use source_mode::{Applied, apply_source_mode};
 
 /// The module's settings (`[migration]` in the pool config).
 #[derive(Clone, Debug)]
@@ -262,7 +262,7 @@ enum Action {
     Timer { pnfsid: PnfsId, attempt: AttemptId, seq: u64, after: Duration },
     Wake { seq: u64, after: Duration },
     Locate { ids: Vec<PnfsId>, pools: Vec<PoolName> },
-    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<StickyRecord> },
+    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<StickyRecord>, snapshot: Snapshot },
 }
 
 fn not_found() -> MigrationError {
@@ -992,11 +992,14 @@ impl<E: Env> Module<E> {
 
     async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
         let mut set = tokio::task::JoinSet::new();
+        let id = job.id.lock().clone();
         for (i, pool) in job.targets.iter().enumerate() {
             let m = self.clone();
             let pool = pool.clone();
+            // Naming the job keeps the copies it delivered held on the target (a move).
+            let req = MigrationRequest::PoolInfo { job: Some(id.clone()) };
             set.spawn(async move {
-                let cost = match m.env.request(&pool, MigrationRequest::PoolInfo).await {
+                let cost = match m.env.request(&pool, req).await {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
@@ -1116,12 +1119,12 @@ impl<E: Env> Module<E> {
             Action::Locate { ids, pools } => {
                 self.rt.spawn(async move { m.locate(&j, ids, pools).await });
             }
-            Action::SourceMode { pnfsid, confirmed, moved_pins } => {
+            Action::SourceMode { pnfsid, confirmed, moved_pins, snapshot } => {
                 self.rt.spawn(async move {
                     let env = m.env.clone();
                     let j2 = j.clone();
                     let applied = tokio::task::spawn_blocking(move || {
-                        apply_source_mode(&*env, &j2, &pnfsid, confirmed, &moved_pins)
+                        apply_source_mode(&*env, &j2, &pnfsid, confirmed, &moved_pins, &snapshot)
                     })
                     .await
                     .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("{e}"))));
@@ -1636,6 +1639,10 @@ impl<E: Env> Cx<'_, E> {
                     // no longer has the file (or only may have had it), it says so and the task
                     // decides where a new copy goes.
                     meta_only: def.meta_only || existing,
+                    releases_source: matches!(
+                        def.smode.state,
+                        SourceState::Cached | SourceState::Removable | SourceState::Delete
+                    ),
                 };
                 let size = r.entry.attrs.size;
                 if !existing {
@@ -1687,8 +1694,9 @@ impl<E: Env> Cx<'_, E> {
                     return;
                 }
                 let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
+                let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.m.env.pin_prefix());
                 tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
-                self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins });
+                self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins, snapshot });
             }
             Outcome::Failed { permanent, error } => {
                 self.s.running.remove(&id);
@@ -1706,11 +1714,21 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<(), RemoteError>) {
+    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
         let Some(r) = self.s.running.remove(&id) else { return };
         self.unlock(&id);
         match applied {
-            Ok(()) => {
+            Ok(Applied::Changed) => {
+                // An operator changed the source (state or sticky records) while it moved: its
+                // copies were made from what it was before. The file goes round again, so the
+                // copies are brought up to date before the source mode is applied.
+                let msg = "Source replica changed while it was copied (state or sticky records); \
+                           its copies are updated before the source mode is applied";
+                tracing::info!(job = %self.job.id.lock(), task = %r.id, pnfsid = %id, "{msg}");
+                self.note(Some(r.id), Some(id), msg.into());
+                self.s.queue.requeue(&id);
+            }
+            Ok(Applied::Done) => {
                 self.s.queue.completed(&id);
                 let size = r.entry.attrs.size;
                 let now = Instant::now();

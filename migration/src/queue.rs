@@ -222,6 +222,14 @@ impl Queue {
         Some(at)
     }
 
+    /// A running file goes back to the end of the queue, not as a failure: its task found
+    /// that it must run again (the source changed while it was copied).
+    pub fn requeue(&mut self, id: &PnfsId) {
+        if self.running.remove(id).is_some() {
+            self.enqueue(*id);
+        }
+    }
+
     /// A cancelled task's file leaves the job (§3.7).
     pub fn cancelled(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {

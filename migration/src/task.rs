@@ -42,7 +42,8 @@ pub enum TaskState {
     /// Asked the target whether it still works on the attempt. -> Copying, NoResponse,
     /// WaitingForCopyFinishedMessage, ...
     Pinging,
-    /// A ping went unanswered; one more after a wait. -> Copying, Failed, ...
+    /// A ping went unanswered; one more is sent after a wait, from this state. -> Copying,
+    /// WaitingForCopyFinishedMessage, Failed (the second ping unanswered too), Cancelling.
     NoResponse,
     /// The target no longer knows the attempt (or the request's fate is unknown); a
     /// finished message may still be on its way. -> Done, Failed (timer), Cancelling.
@@ -222,6 +223,9 @@ pub struct Task {
     pins_moved: bool,
     /// The first holder that did not answer.
     silent_holder: Option<PoolName>,
+    /// Why the last holder could not bring its replica up to date (a failed `-verify`, ...):
+    /// the reason a task that finds no other target reports.
+    holder_error: Option<RemoteError>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,6 +258,7 @@ impl Task {
             attempts: 0,
             pins_moved: false,
             silent_holder: None,
+            holder_error: None,
         }
     }
 
@@ -372,7 +377,8 @@ impl Task {
                 self.arm(self.plan.timers.no_response, &mut fx);
             }
             (NoResponse, TaskEvent::Timer { attempt }) => {
-                self.state = Pinging;
+                // The second and last ping: the task stays in NoResponse, so a second silence
+                // fails it instead of starting the round again.
                 fx.push(Effect::Ping { target: self.target_name(), attempt });
             }
             (NoResponse, TaskEvent::PingUnanswered { .. })
@@ -496,7 +502,13 @@ impl Task {
             }
             Err(reason) => {
                 self.current = None;
-                self.fail(false, err(ErrorCode::Offline, format!("No targets available: {reason}")), fx);
+                let error = match self.holder_error.take() {
+                    // What the operator must see is why the holder failed, not only that no
+                    // other pool was left.
+                    Some(e) => err_code(&e, format!("{}; no other target: {reason}", e.message)),
+                    None => err(ErrorCode::Offline, format!("No targets available: {reason}")),
+                };
+                self.fail(false, error, fx);
             }
         }
     }
@@ -505,6 +517,7 @@ impl Task {
     fn holder_failed(&mut self, error: RemoteError, select: Selector<'_>, fx: &mut Vec<Effect>) {
         let target = self.target_name();
         self.tried.insert(target.clone());
+        self.holder_error = Some(err_code(&error, format!("Replica on {target} failed ({})", error.message)));
         if !self.locations.is_empty() {
             self.update_next(fx);
         } else if let Some(silent) = self.silent_holder.clone().filter(|_| !self.plan.eager) {
@@ -928,13 +941,55 @@ mod tests {
                 (TaskEvent::PingUnanswered { attempt: A1 }, vec![timer(A1, 120)]),
                 (TaskEvent::Timer { attempt: A1 }, vec![Effect::Ping { target: pool(1), attempt: A1 }]),
             ],
-            TaskState::Pinging,
+            TaskState::NoResponse,
         );
+        // The second ping goes unanswered too: the task fails (and the file is retried later)
+        // instead of pinging a dead target for ever.
         let fx = task.step(TaskEvent::PingUnanswered { attempt: A1 }, &first_free);
-        assert_eq!(task.state(), TaskState::NoResponse);
-        assert_eq!(fx, vec![timer(A1, 120)]);
-        let fx = task.step(TaskEvent::PingAnswered { attempt: A1, alive: false }, &first_free);
-        assert_eq!((task.state(), fx), (TaskState::WaitingForCopyFinishedMessage, vec![timer(A1, 60)]));
+        assert_eq!(task.state(), TaskState::Failed);
+        assert!(fx.iter().any(transient("Pool pool1 failed (no response)")), "{fx:?}");
+
+        // A late answer to the second ping still counts.
+        for (alive, state, timer_s) in
+            [(true, TaskState::Copying, 120), (false, TaskState::WaitingForCopyFinishedMessage, 60)]
+        {
+            let mut task = Task::new(plan(1, false, false, false), 1000);
+            task.step(TaskEvent::Start, &first_free);
+            task.step(TaskEvent::Located { holders: vec![] }, &first_free);
+            task.step(TaskEvent::CopyAccepted { attempt: A1 }, &first_free);
+            task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
+            task.step(TaskEvent::PingUnanswered { attempt: A1 }, &first_free);
+            task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
+            let fx = task.step(TaskEvent::PingAnswered { attempt: A1, alive }, &first_free);
+            assert_eq!((task.state(), fx), (state, vec![timer(A1, timer_s)]), "alive {alive}");
+        }
+    }
+
+    #[test]
+    fn a_holder_that_fails_verification_is_the_reason_when_no_other_target_is_left() {
+        let damaged = RemoteError::new(ErrorCode::ChecksumMismatch, "replica failed verification; marked BROKEN");
+        let only = |exclude: &BTreeSet<PoolName>| {
+            if exclude.contains(&pool(2)) { Err(NoTarget::NoPools) } else { Ok(pool(2)) }
+        };
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &only);
+        task.step(TaskEvent::Located { holders: vec![pool(2)] }, &only);
+        let fx = task.step(TaskEvent::Finished { attempt: A1, target: pool(2), result: Err(damaged.clone()) }, &only);
+        assert_eq!(task.state(), TaskState::Failed);
+        match fx.as_slice() {
+            [Effect::Finish(Outcome::Failed { permanent: false, error })] => {
+                assert_eq!(error.code(), Some(ErrorCode::ChecksumMismatch), "{error:?}");
+                assert!(error.message.contains("Replica on pool2 failed"), "{}", error.message);
+                assert!(error.message.contains("marked BROKEN"), "{}", error.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // With another pool free, a new copy goes there instead.
+        let mut task = Task::new(plan(1, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
+        task.step(TaskEvent::Located { holders: vec![pool(2)] }, &first_free);
+        let fx = task.step(TaskEvent::Finished { attempt: A1, target: pool(2), result: Err(damaged) }, &first_free);
+        assert_eq!(fx, vec![copy(1, A2, false, false)]);
     }
 
     #[test]

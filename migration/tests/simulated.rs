@@ -8,7 +8,7 @@ mod sim;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, info_number, pool, run, running_tasks};
+use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, info_number, info_value, pool, run, running_tasks};
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::job_state::JobState;
 use tidepool_p2p::PnfsId;
@@ -576,8 +576,9 @@ fn mutual_moves_never_lose_a_file() {
 }
 
 /// `-verify` (the default of move) finds a target's existing replica damaged: the task makes a
-/// new copy elsewhere instead of trusting it, and the damaged replica is left alone (never
-/// made more volatile, never counted). Without another target the file stays on the source.
+/// new copy elsewhere instead of trusting it, and the damaged replica is taken out of service
+/// (BROKEN: never read, never counted, never made more volatile). Without another target the
+/// file stays on the source, and the job says why: the holder's failed verification.
 #[test]
 fn a_damaged_existing_replica_is_not_trusted() {
     run("a_damaged_existing_replica_is_not_trusted", SEEDS, |seed| async move {
@@ -590,12 +591,18 @@ fn a_damaged_existing_replica_is_not_trusted() {
         assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
         let holders: Vec<String> = sim.holders(&x).iter().map(|(p, _)| p.to_string()).collect();
         assert!(holders.contains(&"p3".to_string()), "{holders:?}");
-        assert!(sim.repo("p2")[&x].corrupt, "the damaged replica is left as it was");
+        let damaged = &sim.repo("p2")[&x];
+        assert!(damaged.corrupt);
+        assert_eq!(damaged.state(), ReplicaState::Broken, "the damaged replica is out of service");
 
         let stuck = sim.create("p1", JobKind::Move, &[&format!("-pnfsid={y}")], &["p2"]);
         sim.wait_until(HOUR, "a failure", || sim.module("p1").info_failed(&stuck).unwrap().contains("attempts=2"))
             .await;
         assert!(sim.repo("p1").contains_key(&y), "the only good copy stays");
+        assert_eq!(sim.repo("p2")[&y].state(), ReplicaState::Broken);
+        let failed = sim.module("p1").info_failed(&stuck).unwrap();
+        assert!(failed.contains("BROKEN"), "the reason is the damaged replica: {failed}");
+        assert!(!failed.contains("No pools available"), "{failed}");
         sim.module("p1").cancel(&stuck, true, "test").unwrap();
         assert_eq!(sim.wait_end("p1", &stuck, 5 * MINUTE).await, JobState::Cancelled);
         assert!(sim.repo("p1").contains_key(&y));
@@ -965,5 +972,164 @@ fn a_relative_rebalance_levels_three_pools() {
             assert_eq!(sim.holders(id).len(), 1, "{id} is on exactly one pool");
         }
         sim.assert_no_violations();
+    });
+}
+
+// ------------------------------------------------------------------------------ outside the happy envelope
+
+/// A move into a target that runs out of room: the target makes room by evicting its own
+/// cached replicas, never the copies the move delivered (their sources are gone, and with
+/// `-atime` they look the oldest). Once only such copies are left, the job says "All target
+/// pools are full" and waits; nothing is lost. (Before holds, the target evicted the job's own
+/// deliveries: files vanished while `migration info` counted them as completed.)
+#[test]
+fn a_move_into_a_full_target_never_evicts_what_it_moved() {
+    run("a_move_into_a_full_target_never_evicts_what_it_moved", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
+        config.pools[1].capacity = 40_000;
+        let mut sim = Sim::new(seed, config);
+        let mut filler = Vec::new();
+        for _ in 0..5 {
+            let mut spec = FileSpec::cached(4000);
+            spec.accessed_ago = 10;
+            let id = sim.add_file("p2", spec);
+            sim.unprotect(&id);
+            filler.push(id);
+        }
+        let files: Vec<PnfsId> = (0..20)
+            .map(|_| {
+                let mut spec = FileSpec::cached(3000);
+                spec.accessed_ago = 864_000;
+                sim.add_file("p1", spec)
+            })
+            .collect();
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4", "-refresh=30"], &["p2"]);
+        // 40,000 bytes hold 13 of the 3,000-byte files once the filler is gone.
+        sim.wait_until(2 * HOUR, "the target to fill up", || {
+            let info = sim.info("p1", &job);
+            info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
+                && info.contains("All target pools are full")
+        })
+        .await;
+        // It waits rather than making room out of what it moved: still 13 after more refreshes.
+        tokio::time::sleep(30 * MINUTE).await;
+        assert_eq!(info_number(&sim.info("p1", &job), "Completed"), 13);
+        assert!(!sim.state("p1", &job).is_terminal());
+        sim.module("p1").cancel(&job, false, "operator").unwrap();
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
+        sim.settle().await;
+        sim.assert_no_violations();
+        let evicted = sim.evicted("p2");
+        assert_eq!(evicted.iter().copied().collect::<BTreeSet<_>>(), filler.iter().copied().collect());
+        let (on_source, on_target) = (sim.repo("p1"), sim.repo("p2"));
+        for id in &files {
+            assert!(on_source.contains_key(id) ^ on_target.contains_key(id), "{id} on exactly one pool");
+        }
+        assert_eq!(on_target.len(), 13);
+    });
+}
+
+/// An operator changes sources while they move: `rep set precious`, `rep set sticky`, a new
+/// pin, `rep rm`. Every change the operator was told was done stays true of some committed
+/// replica at every moment (the checker looks after each change): a source changed after its
+/// task began is not deleted against the older copy; the copy is updated first.
+#[test]
+fn operator_changes_during_a_move_are_never_lost() {
+    run("operator_changes_during_a_move_are_never_lost", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], Faults::jitter());
+        config.pull_time = Duration::from_secs(20);
+        let mut sim = Sim::new(seed, config);
+        let files: Vec<PnfsId> = (0..12).map(|_| sim.add_file("p1", FileSpec::cached(1000))).collect();
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=6"], &["p2", "p3"]);
+        tokio::time::sleep(Duration::from_secs(3 + sim.world.random_below(20))).await;
+        let mut acked = 0;
+        for (i, id) in files.iter().enumerate() {
+            let done = match i % 4 {
+                0 => sim.operator_set_precious("p1", *id),
+                1 => sim.operator_set_sticky("p1", *id, StickyRecord::new("ops", NEVER)),
+                2 => sim.operator_set_sticky("p1", *id, StickyRecord::new(format!("{PIN_PREFIX}-ops"), NEVER)),
+                _ => {
+                    if i == 11 {
+                        sim.delete_file("p1", *id);
+                    }
+                    false
+                }
+            };
+            acked += usize::from(done);
+        }
+        assert!(acked > 0, "some changes reached sources that were still there");
+        assert_eq!(sim.wait_end("p1", &job, 2 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.partial().is_empty(), "{:?}", sim.partial());
+        // Whatever the operator changed was moved with it. Only a pin set during the move (not
+        // there to travel when the task began) keeps its source, as CACHED with the pin.
+        let pin = format!("{PIN_PREFIX}-ops");
+        for (id, r) in sim.repo("p1") {
+            assert_eq!(r.state(), ReplicaState::Cached, "{id}");
+            assert!(r.sticky().iter().any(|s| s.owner == pin), "{id} left on the source: {:?}", r.sticky());
+        }
+    });
+}
+
+/// A target that stops answering mid-copy (a frozen process): its tasks give up after the
+/// second unanswered ping instead of pinging for ever, the files are copied elsewhere, and the
+/// job finishes; a plain cancel ends in bounded time. Nothing is lost.
+#[test]
+fn a_target_that_never_answers_is_given_up() {
+    run("a_target_that_never_answers_is_given_up", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2", "p3"], Faults::jitter());
+        config.pull_time = Duration::from_secs(600);
+        let mut sim = Sim::new(seed, config);
+        let files = sim.fill("p1", 8);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=8"], &["p2", "p3"]);
+        sim.wait_until(HOUR, "copies under way", || running_tasks(&sim.info("p1", &job)) == 8).await;
+        sim.freeze("p3", true);
+        if seed % 2 == 0 {
+            assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+            sim.settle().await;
+            sim.assert_no_violations();
+            assert!(sim.repo("p1").is_empty(), "{:?}", sim.repo("p1").keys());
+            check_copies(&sim, "p1", &files, &before, 1, false);
+            for id in &files {
+                assert_eq!(sim.holders(id)[0].0, pool("p2"), "{id}");
+            }
+        } else {
+            sim.module("p1").cancel(&job, false, "operator").unwrap();
+            // Bounded: two ping rounds and their timeouts, not "until the target comes back".
+            assert_eq!(sim.wait_end("p1", &job, 30 * MINUTE).await, JobState::Cancelled);
+            sim.settle().await;
+            sim.assert_no_violations();
+        }
+    });
+}
+
+/// Targets whose disks fail the commit's sync and sometimes the undo too: a failed commit
+/// keeps nothing visible, a stuck receiving entry blocks only its own file on its own pool
+/// until that pool restarts, and the move ends with every file intact on a target.
+#[test]
+fn disks_that_fail_a_commit_or_its_undo_lose_nothing() {
+    run("disks_that_fail_a_commit_or_its_undo_lose_nothing", SEEDS, |seed| async move {
+        let faults = Faults { disk_failure: 0.3, undo_failure: 0.5, ..Faults::jitter() };
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], faults));
+        let files = sim.fill("p1", 12);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        sim.wait_until(HOUR, "a failed commit", || sim.stuck() > 0 || sim.state("p1", &job).is_terminal()).await;
+        sim.world.set_faults(Faults::jitter());
+        // The operator restarts the targets: restart recovery removes the stuck entries.
+        for target in ["p2", "p3"] {
+            sim.crash(target);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            sim.restart(target);
+        }
+        assert_eq!(sim.stuck(), 0);
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.partial().is_empty(), "{:?}", sim.partial());
+        assert!(sim.repo("p1").is_empty(), "{:?}", sim.repo("p1").keys());
+        check_copies(&sim, "p1", &files, &before, 1, false);
     });
 }

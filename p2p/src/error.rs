@@ -50,6 +50,7 @@ error_codes! {
     Io = 10008, "the pool's disk reported an error; check the pool log and the disk";
     NotCommitted = 10009, "the replica is not complete (no CACHED or PRECIOUS state) and cannot be read";
     FileProtected = 10010, "the replica is precious or sticky; add -force if it must go";
+    FileBroken = 10011, "the pool holds a damaged (BROKEN) replica of the file; check it, then `rep rm -force` it";
     Locked = 10020, "the target pool's own migration job works on this file; it is retried later";
     NoTargets = 10025, "no target pool is online with room; check the targets with `migration info`";
     PoolDisabled = 104, "the pool mode forbids this; see `info` and `pool enable`";

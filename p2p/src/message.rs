@@ -146,8 +146,10 @@ pub enum DataReply {
 /// one [`MigrationReply`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationRequest {
-    /// The pool's space and load, for target selection. -> `PoolInfo`.
-    PoolInfo,
+    /// The pool's space and load, for target selection. -> `PoolInfo`. A job asking names
+    /// itself: that keeps the replicas it delivered from eviction while it runs (see
+    /// `CopyRequest::releases_source`).
+    PoolInfo { job: Option<JobId> },
     /// Which of these files the pool holds as a committed (CACHED or PRECIOUS) replica.
     /// Batched: a job asks about many files at once. -> `Located`.
     Locate { pnfsids: Vec<PnfsId> },
@@ -183,6 +185,10 @@ pub struct CopyRequest {
     pub force_source_mode: bool,
     /// Only update an existing replica; never copy.
     pub meta_only: bool,
+    /// The source replica will be deleted or made removable once this copy is confirmed (a
+    /// move): the target keeps its replica from eviction while the job runs and for a while
+    /// after, so that making room for the job's next copies never destroys what it moved.
+    pub releases_source: bool,
 }
 
 /// A target's report on one attempt. `target` names the reporting pool so that a report is

@@ -27,16 +27,14 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
+use tidepool_migration::env::{Entry, Env, Pull, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal};
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
-use tidepool_p2p::model::{
-    Checksum, ChecksumWriter, EpochMillis, NEVER, ReplicaState, SpaceInfo, StickyMode, StickyRecord,
-};
+use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -138,36 +136,37 @@ impl Env for PoolEnv {
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         let pool = self.pool()?;
         let prefix = pool.pin_prefix.clone();
-        let covered = |pin: &StickyRecord| {
-            pin.is_pin(&prefix)
-                && moved.iter().any(|m| {
-                    m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire))
-                })
-        };
-        pool.repo.drop_sticky_if(id, now_ms(), covered)?;
+        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin.is_pin(&prefix) && pin_covered(pin, moved))?;
         Ok(())
     }
 
-    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
+    fn remove_unless(
+        &self,
+        id: &PnfsId,
+        moved: &[StickyRecord],
+        snapshot: &Snapshot,
+    ) -> Result<SourceRemoval, RemoteError> {
         let pool = self.pool()?;
         let now = now_ms();
         let prefix = pool.pin_prefix.clone();
-        let covered = |pin: &StickyRecord| {
-            moved
-                .iter()
-                .any(|m| m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire)))
-        };
+        let mut kept = None;
         let result = pool.repo.remove_if(id, |r| {
-            match r.sticky.iter().find(|s| s.is_pin(&prefix) && s.is_valid(now) && !covered(s)) {
-                Some(pin) => Err(RepoError::Protected(format!("file {id} is pinned by {}", pin.owner))),
+            kept = source_removal(r.state, &r.sticky, moved, snapshot, &prefix, now);
+            match kept {
+                Some(_) => Err(RepoError::Protected(format!("file {id} changed or is pinned"))),
                 None => Ok(()),
             }
         });
-        match result {
-            Ok(()) => Ok(true),
-            Err(RepoError::Protected(_)) => Ok(false),
-            Err(e) => Err(e.into()),
+        match (result, kept) {
+            (Ok(()), _) => Ok(SourceRemoval::Removed),
+            (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
+            (Err(e), _) => Err(e.into()),
         }
+    }
+
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError> {
+        self.pool()?.repo.hold(ids, until, now_ms());
+        Ok(())
     }
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {

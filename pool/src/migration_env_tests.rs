@@ -141,7 +141,7 @@ async fn requests_run_side_by_side_and_reuse_kept_connections() {
     for n in 0..5 {
         assert_eq!(peers.request(&to, locate(&[id(n)])).await, Ok(MigrationReply::Located { held: vec![held(id(n))] }));
     }
-    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo { job: None }).await, Ok(MigrationReply::Ack));
     assert_eq!(peers.connections_opened(), 2);
     assert_eq!(peers.idle_count(&to), 2);
     // The server knows the asking pool by its authenticated name.
@@ -158,13 +158,25 @@ async fn an_unknown_pool_a_dead_address_or_an_impostor_is_not_delivered() {
     let dead = dead_address().await;
     let cluster = cluster(&[("pool2", dead), ("pool3", impostor), ("pool5", other_key)]);
     let peers = Peers::new(pool("pool1"), key, &cluster, Duration::from_secs(30));
-    assert_eq!(peers.request(&pool("pool9"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(
+        peers.request(&pool("pool9"), MigrationRequest::PoolInfo { job: None }).await,
+        Err(Unanswered::NotDelivered)
+    );
     assert_eq!(peers.connections_opened(), 0, "nothing to connect to");
-    assert_eq!(peers.request(&pool("pool2"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(
+        peers.request(&pool("pool2"), MigrationRequest::PoolInfo { job: None }).await,
+        Err(Unanswered::NotDelivered)
+    );
     // The pool at pool3's address calls itself pool4.
-    assert_eq!(peers.request(&pool("pool3"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(
+        peers.request(&pool("pool3"), MigrationRequest::PoolInfo { job: None }).await,
+        Err(Unanswered::NotDelivered)
+    );
     // Another cluster key: the handshake fails.
-    assert_eq!(peers.request(&pool("pool5"), MigrationRequest::PoolInfo).await, Err(Unanswered::NotDelivered));
+    assert_eq!(
+        peers.request(&pool("pool5"), MigrationRequest::PoolInfo { job: None }).await,
+        Err(Unanswered::NotDelivered)
+    );
     assert_eq!(peers.connections_opened(), 3);
     for p in ["pool2", "pool3", "pool5"] {
         assert_eq!(peers.idle_count(&pool(p)), 0);
@@ -191,7 +203,7 @@ async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is
     let (addr, mut events) = server(key.clone(), "pool2", Behaviour::AnswerOnce).await;
     let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
     let to = pool("pool2");
-    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo { job: None }).await, Ok(MigrationReply::Ack));
     assert_eq!(peers.idle_count(&to), 1);
     assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
     assert_eq!(events.recv().await, Some(Event::Closed));
@@ -206,7 +218,7 @@ async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is
         }
         tokio::task::yield_now().await;
     }
-    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo).await, Ok(MigrationReply::Ack));
+    assert_eq!(peers.request(&to, MigrationRequest::PoolInfo { job: None }).await, Ok(MigrationReply::Ack));
     assert_eq!(peers.connections_opened(), 2);
     assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
 }
@@ -217,7 +229,7 @@ async fn a_pool_that_cannot_read_the_request_answers_with_its_error() {
     let (addr, _events) = server(key.clone(), "pool2", Behaviour::Refuse).await;
     let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
     let to = pool("pool2");
-    match peers.request(&to, MigrationRequest::PoolInfo).await {
+    match peers.request(&to, MigrationRequest::PoolInfo { job: None }).await {
         Ok(MigrationReply::Error(e)) => assert_eq!(e.code(), Some(ErrorCode::Protocol)),
         other => panic!("expected the pool's error, got {other:?}"),
     }
@@ -290,7 +302,7 @@ mod daemons {
         assert_eq!(env1.groups_of(&pool("pool1")), vec!["source".to_string()]);
         assert!(env1.groups_of(&pool("pool9")).is_empty());
         let held = put(c.pool(2), 100).await;
-        match env1.request(&pool("pool2"), MigrationRequest::PoolInfo).await {
+        match env1.request(&pool("pool2"), MigrationRequest::PoolInfo { job: None }).await {
             Ok(MigrationReply::PoolInfo(cost)) => {
                 assert_eq!(cost, env2.cost());
                 assert_eq!(cost.space.total, 2 << 30);
@@ -324,7 +336,7 @@ mod daemons {
         let c = start(1).await;
         let addr = c.data_addr(1);
         let mut conn = Connection::open(addr, &c.key, "not a pool!", Service::Data).await.unwrap();
-        conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo)).await.unwrap();
+        conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo { job: None })).await.unwrap();
         match conn.recv::<DataReply>().await.unwrap() {
             DataReply::Migration(MigrationReply::Error(e)) => {
                 assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));

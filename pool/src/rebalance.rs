@@ -231,7 +231,7 @@ fn runtime(pool: &Pool) -> Result<tokio::runtime::Handle, RemoteError> {
 
 /// Asks another pool for its cost.
 async fn ask(env: &impl Env, name: &PoolName) -> Answer {
-    match env.request(name, MigrationRequest::PoolInfo).await {
+    match env.request(name, MigrationRequest::PoolInfo { job: None }).await {
         Ok(MigrationReply::PoolInfo(cost)) => Answer::Cost(cost),
         Ok(MigrationReply::Error(e)) => Answer::None(format!("refused to say its cost: {}", e.message)),
         Ok(_) => Answer::None("answered something other than its cost".to_string()),

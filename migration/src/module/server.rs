@@ -9,6 +9,71 @@ const ENDED_MAX: usize = 100_000;
 
 type AttemptKey = (PoolName, AttemptId);
 
+/// How long the copies delivered for a job that releases its source stay held (kept from
+/// eviction) after the job last spoke to this pool. A running job speaks at every refresh.
+pub const DELIVERY_HOLD: Duration = Duration::from_secs(3600);
+
+/// Holds are renewed at most this often per job (a renewal touches every held replica).
+const HOLD_RENEW: Duration = Duration::from_secs(600);
+
+/// The copies this pool holds for other pools' jobs that release their sources (a move): a
+/// migration never destroys what it moved, so making room for an incoming copy never evicts
+/// them while the job runs, nor for [`DELIVERY_HOLD`] after it last spoke to this pool. The
+/// table decides; the caller places the holds in the repository ([`Env::hold`]).
+#[derive(Default)]
+pub(super) struct Holds {
+    jobs: HashMap<(PoolName, JobId), JobHold>,
+}
+
+struct JobHold {
+    ids: Vec<PnfsId>,
+    renewed: EpochMillis,
+}
+
+fn millis(d: Duration) -> EpochMillis {
+    d.as_millis() as EpochMillis
+}
+
+impl Holds {
+    /// A copy for `job` of `from` is about to be made or updated: the file to hold, and until
+    /// when. Held before the copy is committed, so no eviction can come between the two.
+    pub(super) fn deliver(&mut self, from: &PoolName, job: &JobId, id: PnfsId, now: EpochMillis) -> EpochMillis {
+        self.prune(now);
+        let hold = self.jobs.entry((from.clone(), job.clone())).or_insert(JobHold { ids: Vec::new(), renewed: now });
+        hold.ids.push(id);
+        now + millis(DELIVERY_HOLD)
+    }
+
+    /// The job spoke to this pool: the files whose holds to extend, and until when, when a
+    /// renewal is due.
+    pub(super) fn renew(
+        &mut self,
+        from: &PoolName,
+        job: &JobId,
+        now: EpochMillis,
+    ) -> Option<(Vec<PnfsId>, EpochMillis)> {
+        self.prune(now);
+        let hold = self.jobs.get_mut(&(from.clone(), job.clone()))?;
+        if now - hold.renewed < millis(HOLD_RENEW) {
+            return None;
+        }
+        hold.renewed = now;
+        hold.ids.sort_unstable();
+        hold.ids.dedup();
+        Some((hold.ids.clone(), now + millis(DELIVERY_HOLD)))
+    }
+
+    /// Forgets jobs whose holds all ran out.
+    fn prune(&mut self, now: EpochMillis) {
+        self.jobs.retain(|_, h| now - h.renewed < millis(DELIVERY_HOLD));
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.jobs.values().map(|h| h.ids.len()).sum()
+    }
+}
+
 /// The target side's table of attempts, by requesting pool and attempt id.
 #[derive(Default)]
 pub(super) struct Served {
@@ -23,6 +88,7 @@ pub(super) struct Served {
     /// for the same file (another attempt, another job, a job restored after a restart) waits
     /// for it and then updates the replica, instead of pulling the file a second time.
     pub(super) pulling: HashMap<PnfsId, CancellationToken>,
+    pub(super) holds: Holds,
 }
 
 /// How the target goes about one accepted copy.
@@ -78,7 +144,12 @@ impl<E: Env> Module<E> {
     /// Answers one request from the pool `from` (the authenticated peer).
     pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
         match req {
-            MigrationRequest::PoolInfo => MigrationReply::PoolInfo(self.env.cost()),
+            MigrationRequest::PoolInfo { job } => {
+                if let Some(job) = job {
+                    self.renew_holds(&from, &job);
+                }
+                MigrationReply::PoolInfo(self.env.cost())
+            }
             MigrationRequest::Locate { pnfsids } => {
                 if pnfsids.len() > MAX_LOCATE {
                     return MigrationReply::Error(RemoteError::new(
@@ -155,6 +226,16 @@ impl<E: Env> Module<E> {
         }
     }
 
+    /// Extends the holds of a job's delivered copies when a renewal is due.
+    fn renew_holds(&self, from: &PoolName, job: &JobId) {
+        let renewal = self.served.lock().holds.renew(from, job, self.env.now());
+        if let Some((ids, until)) = renewal
+            && let Err(e) = self.env.hold(&ids, until)
+        {
+            tracing::warn!(%job, source = %from, "could not extend the holds of the job's copies: {}", e.message);
+        }
+    }
+
     /// A finished message for one of our tasks.
     fn finished(self: &Arc<Self>, f: CopyFinished) {
         let job = self.locks.lock().get(&f.pnfsid).cloned();
@@ -193,6 +274,12 @@ impl<E: Env> Module<E> {
                 format!("Pool does not contain {pnfsid}"),
             ));
         }
+        if existing.as_ref().is_some_and(|e| e.state == ReplicaState::Broken) {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::FileBroken,
+                format!("Pool {} holds a BROKEN replica of {pnfsid}", self.env.name()),
+            ));
+        }
         let token = {
             let mut served = self.served.lock();
             let key = (from.clone(), req.attempt);
@@ -214,6 +301,15 @@ impl<E: Env> Module<E> {
             }
             let token = self.serving.child_token();
             served.active.insert(key, token.clone());
+            if req.releases_source {
+                // Held before the copy exists: no eviction can fall between its commit and the
+                // hold, and the source is deleted only after that commit.
+                let until = served.holds.deliver(&from, &req.job, pnfsid, self.env.now());
+                if let Err(e) = self.env.hold(&[pnfsid], until) {
+                    served.end((from.clone(), req.attempt), None);
+                    return MigrationReply::Error(e);
+                }
+            }
             let work = match served.pulling.get(&pnfsid) {
                 Some(done) => Work::After(done.clone()),
                 None if existing.is_none() => {
@@ -228,6 +324,9 @@ impl<E: Env> Module<E> {
         let (token, work) = token;
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
+        if req.releases_source {
+            self.renew_holds(&from, &req.job);
+        }
         let m = self.clone();
         // Tracked, so that shutdown waits (bounded) for cancelled copies to remove their data.
         self.copies.spawn_on(
@@ -301,15 +400,33 @@ impl<E: Env> Module<E> {
                     RemoteError::new(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}"))
                 })?;
                 let computed = env.compute_checksum(&pnfsid)?;
-                for (what, want) in [("recorded", entry.attrs.checksum), ("source's", source_sum)] {
-                    if let Some(want) = want
-                        && want != computed
-                    {
-                        return Err(RemoteError::new(
-                            ErrorCode::ChecksumMismatch,
-                            format!("replica {pnfsid} has checksum {computed}, the {what} checksum is {want}"),
-                        ));
-                    }
+                if let Some(recorded) = entry.attrs.checksum
+                    && recorded != computed
+                {
+                    // The data no longer match the replica's own record: it is damaged. Out of
+                    // service it goes (BROKEN), so nobody reads it and no job counts it.
+                    let broken = env.set_state(&pnfsid, ReplicaState::Broken);
+                    let what = match broken {
+                        Ok(()) => "marked BROKEN".to_string(),
+                        Err(e) => format!("could not be marked BROKEN: {}", e.message),
+                    };
+                    tracing::error!(%pnfsid, %computed, %recorded, "replica failed verification; {what}");
+                    return Err(RemoteError::new(
+                        ErrorCode::ChecksumMismatch,
+                        format!(
+                            "replica {pnfsid} failed verification: its data have checksum {computed}, \
+                             its record says {recorded}; {what}"
+                        ),
+                    ));
+                }
+                if let Some(want) = source_sum
+                    && want != computed
+                {
+                    // Whole, but other data than the source's: not a copy of this file.
+                    return Err(RemoteError::new(
+                        ErrorCode::ChecksumMismatch,
+                        format!("replica {pnfsid} has checksum {computed}, the source's checksum is {want}"),
+                    ));
                 }
                 if entry.attrs.checksum.is_none() {
                     // dCache failed such a file for ever; we record what we computed.
@@ -383,5 +500,52 @@ impl<E: Env> Module<E> {
             tokio::time::sleep(delay).await;
             delay *= 2;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: EpochMillis = 3_600_000;
+    const RENEW: EpochMillis = 600_000;
+
+    fn id(n: u8) -> PnfsId {
+        PnfsId::from_random([n; 16])
+    }
+
+    #[test]
+    fn holds_last_while_the_job_speaks_and_an_hour_after() {
+        let (p1, p2): (PoolName, PoolName) = ("pool1".parse().unwrap(), "pool2".parse().unwrap());
+        let (j1, j2): (JobId, JobId) = ("1".parse().unwrap(), "2".parse().unwrap());
+        let mut h = Holds::default();
+        assert_eq!(h.deliver(&p1, &j1, id(1), 0), H);
+        assert_eq!(h.deliver(&p1, &j1, id(2), 10), 10 + H);
+        h.deliver(&p2, &j1, id(3), 10);
+        // (who speaks, when) -> what is renewed
+        type Row<'a> = (&'a PoolName, &'a JobId, EpochMillis, Option<(Vec<PnfsId>, EpochMillis)>);
+        let rows: Vec<Row> = vec![
+            (&p1, &j1, RENEW - 1, None),
+            (&p1, &j1, RENEW, Some((vec![id(1), id(2)], RENEW + H))),
+            (&p1, &j1, RENEW + 1, None),
+            (&p1, &j2, 2 * RENEW, None),
+            (&p2, &j1, 2 * RENEW, Some((vec![id(3)], 2 * RENEW + H))),
+            (&p1, &j1, 2 * RENEW, Some((vec![id(1), id(2)], 2 * RENEW + H))),
+        ];
+        for (i, (from, job, now, want)) in rows.into_iter().enumerate() {
+            let got = h.renew(from, job, now).map(|(mut ids, until)| {
+                ids.sort();
+                (ids, until)
+            });
+            let want = want.map(|(mut ids, until)| {
+                ids.sort();
+                (ids, until)
+            });
+            assert_eq!(got, want, "row {i}");
+        }
+        assert_eq!(h.held(), 3);
+        // A job silent for the whole hold is forgotten: its holds ran out in the repository too.
+        assert_eq!(h.renew(&p1, &j1, 2 * RENEW + H), None);
+        assert_eq!(h.held(), 0);
     }
 }

@@ -3,32 +3,32 @@
 
 use super::*;
 
-/// Whether a pin the target received covers this source pin: the same owner, and an expiry
-/// no earlier than the source's (never-expiring covers everything).
-fn pin_covered(pin: &StickyRecord, moved: &[StickyRecord]) -> bool {
-    moved.iter().any(|m| {
-        m.owner == pin.owner
-            && (m.expire == tidepool_p2p::model::NEVER
-                || (pin.expire != tidepool_p2p::model::NEVER && pin.expire <= m.expire))
-    })
-}
-
 /// Applies the source mode to a file whose copies were confirmed (reference §4.7). A pinned
 /// replica is never deleted: `delete` becomes `removable` while a pin stays; pins that went
 /// with the copy are cleared here, after the target confirmed them.
+///
+/// A source that an operator changed after its task began (`snapshot`: a new state or sticky
+/// record) is left as it is when the mode would make it removable or delete it: the result is
+/// [`Applied::Changed`], and the file is copied again, so that its copies are updated first.
 pub(super) fn apply_source_mode<E: Env>(
     env: &E,
     job: &Job,
     id: &PnfsId,
     confirmed: usize,
     moved_pins: &[StickyRecord],
-) -> Result<(), RemoteError> {
-    let Some(entry) = env.entry(id)? else { return Ok(()) };
+    snapshot: &Snapshot,
+) -> Result<Applied, RemoteError> {
+    let Some(entry) = env.entry(id)? else { return Ok(Applied::Done) };
     if !entry.state.is_committed() {
-        return Ok(());
+        return Ok(Applied::Done);
     }
     let now = env.now();
     let prefix = env.pin_prefix();
+    let mode = job.def.smode.state;
+    let destructive = matches!(mode, SourceState::Cached | SourceState::Removable | SourceState::Delete);
+    if destructive && !snapshot.matches(entry.state, &entry.sticky, prefix) {
+        return Ok(Applied::Changed);
+    }
     let gone = |r: &StickyRecord| StickyRecord::new(r.owner.clone(), 0);
     // A source pin is cleared only if the pin the target got covers it (same owner, expiring
     // no earlier): a pin extended on the source during the copy stays.
@@ -36,10 +36,10 @@ pub(super) fn apply_source_mode<E: Env>(
         env.clear_covered_pins(id, moved_pins)?;
     }
     let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !pin_covered(r, moved_pins));
-    let mode = job.def.smode.state;
     if confirmed < job.def.replicas {
-        // Safety rule 5: never reached (a short file leaves the job before), and kept so.
-        return Ok(());
+        // Never reached (a file short of its copies leaves the job before), and kept so: no
+        // source mode for a file that is not fully copied.
+        return Ok(Applied::Done);
     }
     let listed = |owner: &str| job.smode.iter().any(|r| r.owner == owner);
     let set_listed = || -> Result<(), RemoteError> {
@@ -72,33 +72,25 @@ pub(super) fn apply_source_mode<E: Env>(
         }
         SourceState::Removable => removable(),
         SourceState::Delete if pinned => removable(),
-        // A pin set since the snapshot above is seen by the delete itself.
-        SourceState::Delete => match env.remove_unless_pinned(id, moved_pins)? {
-            true => Ok(()),
-            false => removable(),
+        // A pin set or a change made since the read above is seen by the delete itself.
+        SourceState::Delete => match env.remove_unless(id, moved_pins, snapshot)? {
+            SourceRemoval::Removed => Ok(()),
+            SourceRemoval::Pinned => removable(),
+            SourceRemoval::Changed => return Ok(Applied::Changed),
         },
     };
     match result {
-        // The replica went away or is changing under us: nothing left to do (§4.7).
-        Err(e) if matches!(e.code(), Some(ErrorCode::FileNotFound | ErrorCode::IllegalTransition)) => Ok(()),
-        other => other,
+        Ok(()) => Ok(Applied::Done),
+        // The replica went away or is changing under us: nothing left to do.
+        Err(e) if matches!(e.code(), Some(ErrorCode::FileNotFound | ErrorCode::IllegalTransition)) => Ok(Applied::Done),
+        Err(e) => Err(e),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tidepool_p2p::model::NEVER;
-
-    #[test]
-    fn a_moved_pin_covers_only_a_source_pin_that_expires_no_later() {
-        let pin = |owner: &str, expire| StickyRecord::new(owner, expire);
-        let moved = [pin("PinManager-1", 5_000), pin("PinManager-2", NEVER)];
-        assert!(pin_covered(&pin("PinManager-1", 5_000), &moved));
-        assert!(pin_covered(&pin("PinManager-1", 4_000), &moved));
-        assert!(!pin_covered(&pin("PinManager-1", 6_000), &moved), "extended on the source meanwhile");
-        assert!(!pin_covered(&pin("PinManager-1", NEVER), &moved), "made permanent meanwhile");
-        assert!(pin_covered(&pin("PinManager-2", NEVER), &moved));
-        assert!(!pin_covered(&pin("PinManager-3", 1), &moved), "another pin");
-    }
+/// How applying the source mode ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Applied {
+    Done,
+    /// The source changed after its task began; nothing was done to it.
+    Changed,
 }

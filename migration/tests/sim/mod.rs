@@ -29,7 +29,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobKind, Options};
-use tidepool_migration::env::{Entry, Env, Pull, Unanswered};
+use tidepool_migration::env::{Entry, Env, Pull, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal};
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
@@ -135,6 +135,11 @@ pub struct Faults {
     pub late_delay: Duration,
     /// A pull breaks halfway (I/O error; the partial replica is removed).
     pub pull_failure: f64,
+    /// A target's disk fails the sync or flush that would commit a pull (nothing is kept).
+    pub disk_failure: f64,
+    /// The disk also fails the removal of what such a pull left: an invisible receiving
+    /// entry stays until the pool restarts.
+    pub undo_failure: f64,
 }
 
 impl Faults {
@@ -148,6 +153,8 @@ impl Faults {
             late_copy: 0.0,
             late_delay: Duration::ZERO,
             pull_failure: 0.0,
+            disk_failure: 0.0,
+            undo_failure: 0.0,
         }
     }
 
@@ -167,6 +174,7 @@ impl Faults {
             late_copy: 0.0,
             late_delay: Duration::from_secs(200),
             pull_failure: 0.05,
+            ..Faults::none()
         }
     }
 }
@@ -277,7 +285,46 @@ struct Store {
     receiving: BTreeMap<PoolName, u32>,
     /// Files that must always have a committed replica somewhere: size and checksum.
     protected: BTreeMap<PnfsId, (u64, Checksum)>,
+    /// Holds (`Env::hold`): replicas kept from eviction until a time, per pool.
+    held: BTreeMap<PoolName, HashMap<PnfsId, EpochMillis>>,
+    /// Replicas the sweeper evicted to make room, per pool.
+    evicted: BTreeMap<PoolName, Vec<PnfsId>>,
+    /// Changes an operator made and was told were done: some committed replica of the file
+    /// must keep them (a PRECIOUS state, sticky records at least this long).
+    acked: BTreeMap<PnfsId, Acked>,
+    /// Receiving entries whose removal failed (a disk that failed the undo): invisible, and
+    /// gone at the pool's restart.
+    stuck: BTreeSet<(PoolName, PnfsId)>,
     violations: Vec<String>,
+}
+
+/// What an operator was told was done to a file.
+#[derive(Clone, Debug, Default)]
+pub struct Acked {
+    pub precious: bool,
+    pub sticky: Vec<StickyRecord>,
+}
+
+impl Acked {
+    fn kept_by(&self, r: &Replica) -> bool {
+        (!self.precious || r.entry.state == ReplicaState::Precious)
+            && self.sticky.iter().all(|want| {
+                r.entry.sticky.iter().any(|s| {
+                    s.owner == want.owner && (s.expire == NEVER || (want.expire != NEVER && s.expire >= want.expire))
+                })
+            })
+    }
+}
+
+impl Store {
+    /// Whether a replica on `pool` is removable now: cached, committed, no valid sticky
+    /// record, not held. The pool's sweeper evicts these, least recently used first.
+    fn removable(&self, pool: &PoolName, id: &PnfsId, r: &Replica, now: EpochMillis) -> bool {
+        r.pull.is_none()
+            && r.entry.state == ReplicaState::Cached
+            && !r.entry.sticky.iter().any(|s| s.is_valid(now))
+            && self.held.get(pool).and_then(|h| h.get(id)).is_none_or(|until| *until <= now)
+    }
 }
 
 #[derive(Default)]
@@ -288,6 +335,9 @@ struct Hooks {
     slow: HashMap<PoolName, Duration>,
     /// The next request of this kind to this pool is held up this long on the way.
     stall: Vec<(&'static str, PoolName, Duration)>,
+    /// Frozen pools (a stopped process): connections open, nothing is ever answered, and
+    /// the pool itself does nothing.
+    frozen: BTreeSet<PoolName>,
 }
 
 /// The shared state of one simulated cluster.
@@ -329,7 +379,7 @@ pub fn checksum(data: &[u8]) -> Checksum {
 
 fn kind_of(req: &MigrationRequest) -> &'static str {
     match req {
-        MigrationRequest::PoolInfo => "PoolInfo",
+        MigrationRequest::PoolInfo { .. } => "PoolInfo",
         MigrationRequest::Locate { .. } => "Locate",
         MigrationRequest::Copy(_) => "Copy",
         MigrationRequest::Ping { .. } => "Ping",
@@ -340,7 +390,7 @@ fn kind_of(req: &MigrationRequest) -> &'static str {
 
 fn describe(req: &MigrationRequest) -> String {
     match req {
-        MigrationRequest::PoolInfo => "PoolInfo".into(),
+        MigrationRequest::PoolInfo { .. } => "PoolInfo".into(),
         MigrationRequest::Locate { pnfsids } => format!("Locate({} files)", pnfsids.len()),
         MigrationRequest::Copy(c) => format!("Copy {} attempt={}", c.attributes.pnfsid, c.attempt),
         MigrationRequest::Ping { attempt } => format!("Ping attempt={attempt}"),
@@ -421,6 +471,10 @@ impl World {
         self.generations.lock().get(p).copied().unwrap_or(0)
     }
 
+    pub fn is_frozen(&self, p: &PoolName) -> bool {
+        self.hooks.lock().frozen.contains(p)
+    }
+
     pub fn is_online(&self, p: &PoolName) -> bool {
         !self.offline.lock().contains(p)
     }
@@ -450,6 +504,17 @@ impl World {
             });
             if !held {
                 found.push(format!("t={t:.3}s: {id} has no committed replica anywhere after {after}"));
+            }
+            if let Some(acked) = store.acked.get(id) {
+                let kept = store
+                    .repos
+                    .values()
+                    .any(|repo| repo.get(id).is_some_and(|r| r.entry.state.is_committed() && acked.kept_by(r)));
+                if !kept {
+                    found.push(format!(
+                        "t={t:.3}s: {id} lost what the operator was told was done ({acked:?}) after {after}"
+                    ));
+                }
             }
         }
         for (pool, repo) in &store.repos {
@@ -499,6 +564,10 @@ impl World {
     ) -> Result<MigrationReply, Unanswered> {
         let kind = kind_of(&req);
         let what = describe(&req);
+        if self.is_frozen(&from) {
+            tokio::time::sleep(self.config.reply_timeout).await;
+            return Err(Unanswered::NoAnswer);
+        }
         let f = self.faults.lock().clone();
         let mut rng = self.rng_for(&format!("{from}>{to}:{req:?}"));
         let delay = |rng: &mut SplitMix| Duration::from_micros((rng.unit() * f.max_delay.as_micros() as f64) as u64);
@@ -587,6 +656,12 @@ impl World {
             send(Delivered::Lost { handled: false });
             return;
         };
+        if self.is_frozen(&to) {
+            // The connection is accepted by the kernel; the process never reads it.
+            self.trace(format!("{from} -> {to} {what}: never answered (frozen)"));
+            send(Delivered::Lost { handled: true });
+            return;
+        }
         self.trace(format!("{from} -> {to} {what}"));
         let reply = module.serve(from.clone(), req).await;
         tokio::time::sleep(after).await;
@@ -646,6 +721,7 @@ impl World {
         let id = pull.pnfsid;
         let src = &pull.source;
         let tag = self.next_pull.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut evicted = Vec::new();
         let crashed = || RemoteError::new(ErrorCode::ShuttingDown, "the pool crashed");
         if self.generation(me) != generation {
             return Err(crashed());
@@ -678,9 +754,38 @@ impl World {
                 return Err(RemoteError::new(ErrorCode::FileExists, "Replica already exists"));
             }
             let used: u64 = repo.values().map(|r| r.entry.attrs.size).sum();
-            if used + source.entry.attrs.size > capacity {
-                return Err(RemoteError::new(ErrorCode::PoolFull, format!("pool {me} is full")));
+            let size = source.entry.attrs.size;
+            if used + size > capacity {
+                // Like the pool's sweeper: evict removable replicas, least recently used
+                // first, only as many as needed, or none if that cannot make room.
+                let repo = &store.repos[me];
+                let mut candidates: Vec<(EpochMillis, PnfsId, u64)> = repo
+                    .iter()
+                    .filter(|(id, r)| store.removable(me, id, r, now))
+                    .map(|(id, r)| (r.entry.attrs.access_time, *id, r.entry.attrs.size))
+                    .collect();
+                candidates.sort();
+                let mut free = capacity.saturating_sub(used);
+                let mut victims = Vec::new();
+                for (_, id, sz) in candidates {
+                    if free >= size {
+                        break;
+                    }
+                    free += sz;
+                    victims.push(id);
+                }
+                if free < size {
+                    return Err(RemoteError::new(ErrorCode::PoolFull, format!("pool {me} is full")));
+                }
+                let repo = store.repos.get_mut(me).expect("a known pool");
+                for id in &victims {
+                    repo.remove(id);
+                }
+                self.trace(format!("{me}: evicted {victims:?} to make room for {id}"));
+                store.evicted.entry(me.clone()).or_default().extend(victims.iter().copied());
+                evicted = victims;
             }
+            let repo = store.repos.get_mut(me).expect("a known pool");
             let mut attrs = source.entry.attrs.clone();
             attrs.access_time = pull.atime.unwrap_or(now);
             repo.insert(
@@ -697,6 +802,9 @@ impl World {
             self.check(&mut store, &format!("{me}: receiving {id}"));
             attrs
         };
+        for victim in evicted {
+            self.note_change(me, victim, RepoChange::Removed);
+        }
         self.note_change(me, id, RepoChange::State { from: ReplicaState::New });
         let mut rng = self.rng_for(&format!("pull {me} {id}"));
         let forced = {
@@ -731,9 +839,17 @@ impl World {
         let result = {
             let mut store = self.store.lock();
             *store.receiving.entry(me.clone()).or_insert(1) -= 1;
+            let mut stuck = false;
+            let (disk_fails, undo_fails) = {
+                let f = self.faults.lock();
+                (rng.unit() < f.disk_failure, rng.unit() < f.undo_failure)
+            };
             let outcome = outcome.and_then(|()| {
                 if self.generation(me) != generation {
                     return Err(crashed());
+                }
+                if self.is_frozen(me) {
+                    return Err(RemoteError::new(ErrorCode::Timeout, format!("pool {me} is frozen")));
                 }
                 if !self.reachable(me, src) {
                     return Err(RemoteError::new(ErrorCode::Io, format!("connection to {src} lost")));
@@ -749,6 +865,9 @@ impl World {
                 }
                 if Some(sum) != attrs.checksum {
                     return Err(RemoteError::new(ErrorCode::ChecksumMismatch, "checksum differs"));
+                }
+                if disk_fails {
+                    return Err(RemoteError::new(ErrorCode::Io, format!("{me}: the disk failed the commit's sync")));
                 }
                 Ok((data, sum))
             });
@@ -774,11 +893,19 @@ impl World {
                 }
                 Err(e) => {
                     if repo.get(&id).is_some_and(|r| r.pull == Some(tag)) {
-                        repo.remove(&id);
+                        if undo_fails && e.code() == Some(ErrorCode::Io) {
+                            // The entry stays, still receiving (never visible), until a restart.
+                            stuck = true;
+                        } else {
+                            repo.remove(&id);
+                        }
                     }
                     Err(e)
                 }
             };
+            if stuck {
+                store.stuck.insert((me.clone(), id));
+            }
             let what = match &r {
                 Ok(()) => format!("{me}: committed {id}"),
                 Err(_) => format!("{me}: dropped the partial {id}"),
@@ -913,12 +1040,7 @@ impl Env for SimEnv {
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         self.crashed()?;
-        let covered = |pin: &StickyRecord| {
-            pin.owner.starts_with(PIN_PREFIX)
-                && moved.iter().any(|m| {
-                    m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire))
-                })
-        };
+        let covered = |pin: &StickyRecord| pin.is_pin(PIN_PREFIX) && pin_covered(pin, moved);
         let mut changed = false;
         self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
             if let Some(r) = repo.get_mut(id) {
@@ -934,29 +1056,32 @@ impl Env for SimEnv {
         Ok(())
     }
 
-    fn remove_unless_pinned(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<bool, RemoteError> {
+    fn remove_unless(
+        &self,
+        id: &PnfsId,
+        moved: &[StickyRecord],
+        snapshot: &Snapshot,
+    ) -> Result<SourceRemoval, RemoteError> {
         self.crashed()?;
         let now = self.world.now();
-        let covered = |pin: &StickyRecord| {
-            moved
-                .iter()
-                .any(|m| m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire)))
-        };
-        let mut removed = false;
-        self.world.mutate(&self.name, &format!("removed {id} unless pinned"), |repo| {
-            let pinned = repo.get(id).is_some_and(|r| {
-                r.entry.sticky.iter().any(|s| s.owner.starts_with(PIN_PREFIX) && s.is_valid(now) && !covered(s))
-            });
-            if !pinned {
-                removed = repo.remove(id).is_some();
+        let mut verdict = SourceRemoval::Removed;
+        self.world.mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo| {
+            let kept = repo
+                .get(id)
+                .and_then(|r| source_removal(r.entry.state, &r.entry.sticky, moved, snapshot, PIN_PREFIX, now));
+            match kept {
+                Some(v) => verdict = v,
+                None => {
+                    repo.remove(id);
+                }
             }
             Ok(())
         })?;
-        if removed {
+        if verdict == SourceRemoval::Removed {
             self.world.trace(format!("{}: removed {id}", self.name));
             self.world.note_change(&self.name, *id, RepoChange::Removed);
         }
-        Ok(removed || !self.world.store.lock().repos[&self.name].contains_key(id))
+        Ok(verdict)
     }
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
@@ -978,6 +1103,17 @@ impl Env for SimEnv {
         })
     }
 
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError> {
+        self.crashed()?;
+        let mut store = self.world.store.lock();
+        let held = store.held.entry(self.name.clone()).or_default();
+        for id in ids {
+            let h = held.entry(*id).or_insert(until);
+            *h = (*h).max(until);
+        }
+        Ok(())
+    }
+
     fn check_p2p_client(&self) -> Result<(), RemoteError> {
         self.crashed()?;
         let mode = self.mode();
@@ -996,9 +1132,9 @@ impl Env for SimEnv {
         let precious: u64 =
             repo.values().filter(|r| r.entry.state == ReplicaState::Precious).map(|r| r.entry.attrs.size).sum();
         let removable: u64 = repo
-            .values()
-            .filter(|r| r.entry.state == ReplicaState::Cached && !r.entry.sticky.iter().any(|s| s.is_valid(now)))
-            .map(|r| r.entry.attrs.size)
+            .iter()
+            .filter(|(id, r)| store.removable(&self.name, id, r, now))
+            .map(|(_, r)| r.entry.attrs.size)
             .sum();
         let load = store.receiving.get(&self.name).copied().unwrap_or(0);
         drop(store);
@@ -1210,6 +1346,9 @@ impl Sim {
             let mut store = self.world.store.lock();
             let repo = store.repos.get_mut(&p).expect("a known pool");
             repo.retain(|_, r| r.entry.state.is_committed());
+            // Holds live in memory: a restart forgets them.
+            store.held.remove(&p);
+            store.stuck.retain(|(pool, _)| *pool != p);
             self.world.check(&mut store, &format!("{name}: restart"));
         }
         self.modules.insert(p.clone(), start_module(&self.world, &p));
@@ -1239,6 +1378,54 @@ impl Sim {
     pub fn delete_file(&mut self, on: &str, id: PnfsId) {
         self.world.store.lock().protected.remove(&id);
         self.module(on).env().remove(&id).expect("delete the file");
+    }
+
+    /// An operator's `rep set precious` on `on`. True if it was done: from then on, the
+    /// checker asserts after every change that some committed replica of the file is PRECIOUS.
+    pub fn operator_set_precious(&self, on: &str, id: PnfsId) -> bool {
+        let done = self.module(on).env().set_state(&id, ReplicaState::Precious).is_ok();
+        if done {
+            self.world.trace(format!("operator: {on} {id} -> PRECIOUS"));
+            self.world.store.lock().acked.entry(id).or_default().precious = true;
+        }
+        done
+    }
+
+    /// An operator's `rep set sticky` on `on`. True if it was done: from then on, some
+    /// committed replica of the file keeps the record (or a longer one).
+    pub fn operator_set_sticky(&self, on: &str, id: PnfsId, record: StickyRecord) -> bool {
+        let done = self.module(on).env().set_sticky(&id, record.clone(), StickyMode::Overwrite).is_ok();
+        if done {
+            self.world.trace(format!("operator: {on} {id} sticky {}={}", record.owner, record.expire));
+            self.world.store.lock().acked.entry(id).or_default().sticky.push(record);
+        }
+        done
+    }
+
+    /// The pool stops answering and doing anything (a frozen or hung process), or comes back.
+    pub fn freeze(&self, name: &str, frozen: bool) {
+        let p = pool(name);
+        if frozen {
+            self.world.hooks.lock().frozen.insert(p);
+        } else {
+            self.world.hooks.lock().frozen.remove(&p);
+        }
+        self.world.trace(format!("{name} is now {}", if frozen { "FROZEN" } else { "thawed" }));
+    }
+
+    /// Invisible receiving entries left by failed undos, per pool.
+    pub fn stuck(&self) -> usize {
+        self.world.store.lock().stuck.len()
+    }
+
+    /// A file that may be lost (evicted) like any cached replica: filler, not under test.
+    pub fn unprotect(&self, id: &PnfsId) {
+        self.world.store.lock().protected.remove(id);
+    }
+
+    /// Replicas the sweeper of `on` evicted so far.
+    pub fn evicted(&self, on: &str) -> Vec<PnfsId> {
+        self.world.store.lock().evicted.get(&pool(on)).cloned().unwrap_or_default()
     }
 
     /// Puts a replica of an existing file (same bytes) on another pool.

@@ -39,8 +39,13 @@ pub struct Index {
     pub incoming: HashMap<PnfsId, FileAttributes>,
     /// Removable replicas (cached, no valid sticky record), least recently used first.
     lru: BTreeSet<(EpochMillis, PnfsId)>,
-    /// Cached replicas protected only by sticky records that will expire, soonest first.
+    /// Cached replicas protected only until a time (sticky records that will expire, or a
+    /// hold), soonest first.
     expiring: BTreeSet<(EpochMillis, PnfsId)>,
+    /// Holds: replicas kept from eviction until a time although nothing in their record
+    /// protects them (a migration's delivered copies, see `Repository::hold`). In memory
+    /// only; a hold outlives changes of its replica's entry but not its removal.
+    held: HashMap<PnfsId, EpochMillis>,
     used: u64,
     precious: u64,
     removable: u64,
@@ -64,17 +69,30 @@ impl Index {
         self.entries.len()
     }
 
-    /// Inserts (or replaces) an entry.
+    /// Until when a cached replica is kept from eviction: [`NOT_STICKY`] if it is removable,
+    /// [`NEVER`], or a time.
+    fn guard(&self, id: &PnfsId, entry: &Entry) -> EpochMillis {
+        match (entry.sticky_until, self.held.get(id)) {
+            (NEVER, _) => NEVER,
+            (t, Some(h)) => t.max(*h),
+            (t, None) => t,
+        }
+    }
+
+    /// Inserts (or replaces) an entry. A hold on the replica stays.
     pub fn add(&mut self, id: PnfsId, mut entry: Entry, now: EpochMillis) {
-        self.take(&id);
+        self.detach(&id);
         if entry.sticky_until != NEVER && entry.sticky_until <= now {
             entry.sticky_until = NOT_STICKY;
+        }
+        if self.held.get(&id).is_some_and(|h| *h <= now) {
+            self.held.remove(&id);
         }
         self.used += entry.size;
         self.counts[slot(entry.state)] += 1;
         match entry.state {
             ReplicaState::Precious => self.precious += entry.size,
-            ReplicaState::Cached => match entry.sticky_until {
+            ReplicaState::Cached => match self.guard(&id, &entry) {
                 NOT_STICKY => {
                     self.lru.insert((entry.atime, id));
                     self.removable += entry.size;
@@ -89,14 +107,49 @@ impl Index {
         self.entries.insert(id, entry);
     }
 
-    /// Removes an entry and its share of every aggregate.
+    /// Removes an entry, its share of every aggregate and its hold.
     pub fn take(&mut self, id: &PnfsId) -> Option<Entry> {
+        let entry = self.detach(id);
+        self.held.remove(id);
+        entry
+    }
+
+    /// Keeps the replica `id` from eviction until `until` (a later hold wins). The replica
+    /// need not be in the index yet: a hold placed before a copy arrives covers it from the
+    /// moment it is committed.
+    pub fn hold(&mut self, id: PnfsId, until: EpochMillis, now: EpochMillis) {
+        if until <= now || self.held.get(&id).is_some_and(|h| *h >= until) {
+            return;
+        }
+        match self.detach(&id) {
+            Some(entry) => {
+                self.held.insert(id, until);
+                self.add(id, entry, now);
+            }
+            None => {
+                self.held.insert(id, until);
+            }
+        }
+        // Holds of replicas that never came (or went) are dropped once they ran out.
+        if self.held.len() > 2 * self.entries.len() + 1024 {
+            let entries = &self.entries;
+            self.held.retain(|id, h| *h > now || entries.contains_key(id));
+        }
+    }
+
+    /// Whether the replica is held (at `now`).
+    #[cfg(test)]
+    pub fn is_held(&self, id: &PnfsId, now: EpochMillis) -> bool {
+        self.held.get(id).is_some_and(|h| *h > now)
+    }
+
+    fn detach(&mut self, id: &PnfsId) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
         self.used -= entry.size;
         self.counts[slot(entry.state)] -= 1;
         match entry.state {
             ReplicaState::Precious => self.precious -= entry.size,
-            ReplicaState::Cached => match entry.sticky_until {
+            ReplicaState::Cached => match self.guard(id, &entry) {
                 NOT_STICKY => {
                     self.lru.remove(&(entry.atime, *id));
                     self.removable -= entry.size;
@@ -111,14 +164,15 @@ impl Index {
         Some(entry)
     }
 
-    /// Moves cached replicas whose last sticky record expired by `now` to the removable set.
+    /// Moves cached replicas whose last sticky record and hold expired by `now` to the
+    /// removable set.
     pub fn expire(&mut self, now: EpochMillis) {
         while let Some(&(t, id)) = self.expiring.first() {
             if t > now {
                 break;
             }
-            if let Some(mut entry) = self.take(&id) {
-                entry.sticky_until = NOT_STICKY;
+            if let Some(entry) = self.detach(&id) {
+                // `add` drops what ran out (a sticky expiry or a hold) and files the entry anew.
                 self.add(id, entry, now);
             }
         }
@@ -212,6 +266,38 @@ mod tests {
         assert_eq!(ix.make_room(25, 100).unwrap(), vec![id(3)]);
         assert!(ix.make_room(50, 100).is_err());
         assert_eq!(ix.len(), 2, "a refused make_room evicts nothing");
+    }
+
+    #[test]
+    fn a_held_replica_is_not_removable_until_its_hold_ends() {
+        let mut ix = Index::default();
+        ix.add(id(1), cached(10, 1, NOT_STICKY), 0);
+        ix.add(id(2), cached(10, 2, NOT_STICKY), 0);
+        // A hold placed before the replica arrives covers it when it comes.
+        ix.hold(id(3), 500, 0);
+        ix.add(id(3), cached(10, 0, NOT_STICKY), 0);
+        ix.hold(id(1), 1000, 0);
+        assert_eq!(ix.space(100).removable, 10);
+        // The oldest replicas are held: the next one goes instead, and only as much as fits.
+        assert_eq!(ix.make_room(80, 100), Ok(vec![id(2)]));
+        assert!(ix.make_room(90, 100).is_err(), "held replicas are never evicted");
+        // A change of the entry (say, a sticky record added and expired) keeps the hold.
+        ix.add(id(1), cached(10, 1, 200), 0);
+        ix.expire(300);
+        assert_eq!(ix.space(100).removable, 0);
+        assert!(ix.is_held(&id(1), 300));
+        ix.expire(600);
+        assert_eq!(ix.space(100).removable, 10, "id 3's hold ran out");
+        ix.expire(1000);
+        assert_eq!(ix.space(100).removable, 20);
+        assert_eq!(ix.make_room(90, 100), Ok(vec![id(3)]));
+        assert_eq!(ix.make_room(100, 100), Ok(vec![id(1)]));
+        // A removed replica loses its hold.
+        ix.add(id(4), cached(10, 4, NOT_STICKY), 1000);
+        ix.hold(id(4), 5000, 1000);
+        ix.take(&id(4));
+        ix.add(id(4), cached(10, 4, NOT_STICKY), 1000);
+        assert!(!ix.is_held(&id(4), 1000));
     }
 
     #[test]

@@ -393,6 +393,17 @@ impl Repository {
         ix.space(self.capacity)
     }
 
+    /// Keeps these replicas from eviction until `until` (a later hold wins), although nothing
+    /// in their records protects them: the copies a running migration delivered (see
+    /// docs/operator-guide.md). A replica not here yet is covered once it arrives. Holds live
+    /// in memory only; removable space leaves held replicas out.
+    pub fn hold(&self, ids: &[PnfsId], until: EpochMillis, now: EpochMillis) {
+        let mut ix = self.index.lock();
+        for id in ids {
+            ix.hold(*id, until, now);
+        }
+    }
+
     /// Number of replicas in each state.
     pub fn counts(&self) -> Vec<(ReplicaState, usize)> {
         self.index.lock().counts()
