@@ -520,6 +520,20 @@ impl Cluster {
         cluster
     }
 
+    /// Sets the pool's `capacity` (a byte size with units); it applies from the pool's next
+    /// start.
+    pub fn set_capacity(&self, pool: &str, capacity: &str) {
+        let path = self.config_path(pool);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let text: String =
+            text.lines()
+                .map(|l| {
+                    if l.starts_with("capacity = ") { format!("capacity = \"{capacity}\"\n") } else { format!("{l}\n") }
+                })
+                .collect();
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
     /// Appends `toml` to the pool's config file; it applies from the pool's next start. For a
     /// setting the harness does not write, such as a `[migration]` table.
     pub fn append_config(&self, pool: &str, toml: &str) {
