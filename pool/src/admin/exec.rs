@@ -397,6 +397,11 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
     let _ = writeln!(t, "Free           : {} bytes", space.free);
     let _ = writeln!(t, "Precious       : {} bytes", space.precious);
     let _ = writeln!(t, "Removable      : {} bytes", space.removable);
+    let (held, held_bytes) = pool.repo.held_space(now);
+    if held > 0 {
+        let _ =
+            writeln!(t, "Held           : {held_bytes} bytes in {held} cached replicas (copies of moves, not evicted)");
+    }
     let counts: Vec<(ReplicaState, usize)> = pool.repo.counts().into_iter().filter(|(_, n)| *n > 0).collect();
     let total: usize = counts.iter().map(|(_, n)| n).sum();
     let by_state: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();

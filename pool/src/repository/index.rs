@@ -137,6 +137,16 @@ impl Index {
         }
     }
 
+    /// The cached replicas that only a hold keeps from eviction at `now`: count and bytes.
+    pub fn held_space(&self, now: EpochMillis) -> (usize, u64) {
+        self.held
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .filter_map(|(id, _)| self.entries.get(id))
+            .filter(|e| e.state == ReplicaState::Cached && e.sticky_until == NOT_STICKY)
+            .fold((0, 0), |(n, bytes), e| (n + 1, bytes + e.size))
+    }
+
     /// Whether the replica is held (at `now`).
     #[cfg(test)]
     pub fn is_held(&self, id: &PnfsId, now: EpochMillis) -> bool {
@@ -278,6 +288,7 @@ mod tests {
         ix.add(id(3), cached(10, 0, NOT_STICKY), 0);
         ix.hold(id(1), 1000, 0);
         assert_eq!(ix.space(100).removable, 10);
+        assert_eq!(ix.held_space(0), (2, 20));
         // The oldest replicas are held: the next one goes instead, and only as much as fits.
         assert_eq!(ix.make_room(80, 100), Ok(vec![id(2)]));
         assert!(ix.make_room(90, 100).is_err(), "held replicas are never evicted");

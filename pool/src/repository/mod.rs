@@ -404,6 +404,12 @@ impl Repository {
         }
     }
 
+    /// Cached replicas that only a hold keeps from eviction: count and bytes (`info` shows
+    /// them, so that an operator sees why Removable is small).
+    pub fn held_space(&self, now: EpochMillis) -> (usize, u64) {
+        self.index.lock().held_space(now)
+    }
+
     /// Number of replicas in each state.
     pub fn counts(&self) -> Vec<(ReplicaState, usize)> {
         self.index.lock().counts()

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use tidepool_tests::{
-    CACHED, CACHED_STICKY, Cluster, PRECIOUS, assert_bytes, assert_no_partial_replica, create, ok, report_field,
-    wait_until,
+    CACHED, CACHED_STICKY, Cluster, PRECIOUS, assert_bytes, assert_no_partial_replica, create, info_field, ok,
+    report_field, wait_until,
 };
 
 /// How long a test waits for a job to get somewhere (a few seconds in a debug build).
@@ -57,6 +57,10 @@ fn a_move_into_a_small_target_never_evicts_what_it_moved() {
     assert_eq!(completed_files(&info), 10, "{info}");
     let state = report_field(&info, "State").unwrap_or_default();
     assert!(["RUNNING", "SLEEPING"].contains(&state), "the job waits for room: {info}");
+    // The target says why nothing is removable: its cached files are held.
+    let info2 = cluster.info("pool2");
+    assert_eq!(info_field(&info2, "Removable"), Some("0 bytes"), "{info2}");
+    assert!(info_field(&info2, "Held").is_some_and(|h| h.starts_with("1000000 bytes in 10 ")), "{info2}");
     ok(&cluster, "pool1", &format!("migration cancel {job}\n"));
     cluster.wait_for_job("pool1", &job, "CANCELLED", JOB_WAIT);
 
