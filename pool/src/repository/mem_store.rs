@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use tidepool_p2p::PnfsId;
 
 use super::store::{
-    DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult, failed_mark_name,
+    DataRead, DataWrite, FAILED_MARK_SUFFIX, RecordVisitor, ReplicaStore, StoreError, StoreResult, failed_mark_name,
 };
 
 type Blob = Arc<Mutex<Vec<u8>>>;
@@ -50,8 +50,10 @@ pub enum CutMode {
     /// Nothing: only what was flushed or synced.
     DurableOnly,
     /// With this seed: a random prefix of the record and setting changes made since the last
-    /// flush (sled's log is written in order, in the background), and, on a coin toss, the data
-    /// areas as they were at the cut (the kernel may have written them back).
+    /// flush (sled's log is written in order, in the background), and, for each replica on a
+    /// coin toss, its files as they were at the cut instead of as last synced (the kernel may
+    /// have written them back). A replica's files in every area (`incoming/<id>`, `data/<id>`,
+    /// `data/<id>.failed`, quarantine) share one toss: a rename reaches the disk whole or not.
     SomeOfTheRest(u64),
 }
 
@@ -257,8 +259,27 @@ impl MemStore {
             for op in &st.unflushed[..kept] {
                 found.apply(op);
             }
-            if rng.next() % 2 == 0 {
-                (found.incoming, found.data, found.quarantine) = st.live.data_areas();
+            let (incoming, data, quarantine) = st.live.data_areas();
+            let live = [incoming, data, quarantine];
+            let mut names: Vec<&str> = live
+                .iter()
+                .chain([&found.incoming, &found.data, &found.quarantine])
+                .flat_map(|area| area.keys().map(|k| k.strip_suffix(FAILED_MARK_SUFFIX).unwrap_or(k)))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let kept: Vec<String> =
+                names.into_iter().filter(|_| rng.next() % 2 == 0).map(str::to_string).collect();
+            let [incoming, data, quarantine] = live;
+            for (area, from) in [(&mut found.incoming, incoming), (&mut found.data, data), (&mut found.quarantine, quarantine)] {
+                for name in &kept {
+                    for n in [name.clone(), format!("{name}{FAILED_MARK_SUFFIX}")] {
+                        match from.get(&n) {
+                            Some(b) => area.insert(n, b.clone()),
+                            None => area.remove(&n),
+                        };
+                    }
+                }
             }
         }
         let durable = found.copy();
