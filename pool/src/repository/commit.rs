@@ -340,7 +340,8 @@ fn undo_records(store: &dyn ReplicaStore, ids: &[PnfsId], ghosts: &Ghosts) {
             }
         })
         .collect();
-    let durable = ids.iter().try_for_each(|id| retry(|| store.delete_record(id))).and_then(|()| retry(|| store.flush()));
+    let durable =
+        ids.iter().try_for_each(|id| retry(|| store.delete_record(id))).and_then(|()| retry(|| store.flush()));
     if let Err(e) = durable {
         tracing::error!(
             error = %e,
@@ -357,8 +358,7 @@ fn undo_records(store: &dyn ReplicaStore, ids: &[PnfsId], ghosts: &Ghosts) {
         }
     }
     for (id, marked) in ids.iter().zip(marked) {
-        let removed =
-            if marked { retry(|| store.remove_failed_mark(id)) } else { retry(|| store.remove_data(id)) };
+        let removed = if marked { retry(|| store.remove_failed_mark(id)) } else { retry(|| store.remove_data(id)) };
         if let Err(e) = removed {
             tracing::error!(pnfsid = %id, error = %e, "could not remove what a failed commit left; restart recovery will");
         }

@@ -325,7 +325,13 @@ pub fn recovery_reports_missing_and_orphan_data(h: &mut dyn Harness) {
     assert_eq!(h.quarantined(), vec!["not-a-replica".to_string()]);
     let report = rec.report().join("\n");
     assert!(report.contains("marked BROKEN"), "{report}");
-    assert!(report.contains(&format!("deleted 1 data file(s) that no record names (never acknowledged, or removed): {}", id(9))), "{report}");
+    assert!(
+        report.contains(&format!(
+            "deleted 1 data file(s) that no record names (never acknowledged, or removed): {}",
+            id(9)
+        )),
+        "{report}"
+    );
     assert!(report.contains("moved 1 data file(s) without a record into quarantine/"), "{report}");
     assert_eq!(read_all(&repo, &id(2)), content(id(2), 10));
     drop(repo);
@@ -687,7 +693,11 @@ fn records_left_by_a_failed_commit_are_removed_at_restart() {
     store.fail(Fault::DeleteRecord, 0);
     let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
     assert_eq!((rec.missing_data_count, rec.failed_commits.clone()), (0, vec![id(1)]), "{rec:?}");
-    assert!(rec.report().join("\n").contains(&format!("removed what 1 failed commit(s) left (never acknowledged): {}", id(1))));
+    assert!(
+        rec.report()
+            .join("\n")
+            .contains(&format!("removed what 1 failed commit(s) left (never acknowledged): {}", id(1)))
+    );
     assert!(repo.get(&id(1)).unwrap().is_none());
     try_put(&repo, 1).unwrap();
     drop(repo);
@@ -799,10 +809,10 @@ fn power_cuts(seed: u64) -> (usize, usize) {
             acked.insert(id, now.map(|r| Want { size: r.attrs.size, state: r.state, sticky: r.sticky }));
         }
         let stored = repo.setting("k").unwrap();
-        if let Some(maybe) = setting_doubt.take() {
-            if stored.as_ref() == Some(&maybe) {
-                setting = Some(maybe);
-            }
+        if let Some(maybe) = setting_doubt.take()
+            && stored.as_ref() == Some(&maybe)
+        {
+            setting = Some(maybe);
         }
         assert_eq!(stored, setting, "{ctx}: the acknowledged setting");
         for (id, want) in &acked {
@@ -840,15 +850,8 @@ fn power_cuts(seed: u64) -> (usize, usize) {
                 (false, 0) => {
                     let data = content(id, size);
                     let attrs = attrs(id, size);
-                    let whole = repo.store_whole(
-                        attrs,
-                        ReplicaState::FromPool,
-                        data.into(),
-                        state,
-                        sticky.clone(),
-                        None,
-                        NOW,
-                    );
+                    let whole =
+                        repo.store_whole(attrs, ReplicaState::FromPool, data.into(), state, sticky.clone(), None, NOW);
                     block_on(whole).map(|r| Some(Want { size, state: r.state, sticky: r.sticky }))
                 }
                 (false, _) => (|| {

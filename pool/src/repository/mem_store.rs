@@ -269,9 +269,11 @@ impl MemStore {
             names.sort_unstable();
             names.dedup();
             let kept: Vec<String> =
-                names.into_iter().filter(|_| rng.next() % 2 == 0).map(str::to_string).collect();
+                names.into_iter().filter(|_| rng.next().is_multiple_of(2)).map(str::to_string).collect();
             let [incoming, data, quarantine] = live;
-            for (area, from) in [(&mut found.incoming, incoming), (&mut found.data, data), (&mut found.quarantine, quarantine)] {
+            for (area, from) in
+                [(&mut found.incoming, incoming), (&mut found.data, data), (&mut found.quarantine, quarantine)]
+            {
                 for name in &kept {
                     for n in [name.clone(), format!("{name}{FAILED_MARK_SUFFIX}")] {
                         match from.get(&n) {
@@ -283,7 +285,10 @@ impl MemStore {
             }
         }
         let durable = found.copy();
-        Arc::new(MemStore { st: Mutex::new(State { live: found, unflushed: Vec::new(), durable }), ..Default::default() })
+        Arc::new(MemStore {
+            st: Mutex::new(State { live: found, unflushed: Vec::new(), durable }),
+            ..Default::default()
+        })
     }
 
     /// Counts a call that changes something, cutting the power if it is the armed step.
@@ -293,13 +298,13 @@ impl MemStore {
         }
         let n = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         let armed = *self.armed.lock();
-        if let Some((at, mode)) = armed {
-            if n >= at {
-                *self.armed.lock() = None;
-                let found = self.power_cut(mode);
-                *self.after_cut.lock() = Some(found);
-                return Err(eio(format!("{op}: the power was cut")));
-            }
+        if let Some((at, mode)) = armed
+            && n >= at
+        {
+            *self.armed.lock() = None;
+            let found = self.power_cut(mode);
+            *self.after_cut.lock() = Some(found);
+            return Err(eio(format!("{op}: the power was cut")));
         }
         Ok(())
     }

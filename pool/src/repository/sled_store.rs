@@ -167,7 +167,8 @@ impl ReplicaStore for SledStore {
     /// (only values over about 128 KiB go there; the records never do).
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map_err(|e| io_err("flush metadata", e))?;
-        let sync_err = |what: &Path, e: rustix::io::Errno| StoreError::new(format!("sync {}", what.display()), e.into());
+        let sync_err =
+            |what: &Path, e: rustix::io::Errno| StoreError::new(format!("sync {}", what.display()), e.into());
         rustix::fs::fdatasync(&self.log).map_err(|e| sync_err(&self.blobs.with_file_name("db"), e))?;
         match fs::read_dir(&self.blobs) {
             Ok(entries) => {
@@ -179,8 +180,8 @@ impl ReplicaStore for SledStore {
                     any = true;
                 }
                 if any {
-                    let dir =
-                        File::open(&self.blobs).map_err(|e| StoreError::new(format!("open {}", self.blobs.display()), e))?;
+                    let dir = File::open(&self.blobs)
+                        .map_err(|e| StoreError::new(format!("open {}", self.blobs.display()), e))?;
                     rustix::fs::fsync(&dir).map_err(|e| sync_err(&self.blobs, e))?;
                 }
             }
