@@ -363,9 +363,14 @@ pub fn settings_survive_restart(h: &mut dyn Harness) {
     let (repo, _) = open(h, 1 << 20);
     assert_eq!(repo.setting("mode").unwrap(), None);
     repo.put_setting("mode", b"17").unwrap();
+    // Large enough for sled to keep it in a blob file of its own, which the flush syncs too.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    repo.put_setting("big", &big).unwrap();
+    repo.put_setting("big", &big[1..]).unwrap();
     drop(repo);
     let (repo, _) = open(h, 1 << 20);
     assert_eq!(repo.setting("mode").unwrap().as_deref(), Some(&b"17"[..]));
+    assert_eq!(repo.setting("big").unwrap().as_deref(), Some(&big[1..]));
 }
 
 pub fn a_missing_checksum_is_recorded_durably_and_never_replaced(h: &mut dyn Harness) {

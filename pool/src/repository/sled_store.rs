@@ -37,6 +37,8 @@ pub struct SledStore {
     log: File,
     /// `meta/blobs`: sled writes values too large for its log there, without syncing them.
     blobs: PathBuf,
+    /// The blob files already synced (sled never changes a blob once written).
+    synced_blobs: parking_lot::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
@@ -80,7 +82,8 @@ impl SledStore {
         let log_path = dir.join("meta").join("db");
         let log = File::open(&log_path).map_err(|e| StoreError::new(format!("open {}", log_path.display()), e))?;
         let (quarantine, blobs) = (dir.join("quarantine"), dir.join("meta").join("blobs"));
-        Ok(SledStore { records, meta, db, data, data_dir, incoming, quarantine, log, blobs })
+        let synced_blobs = Default::default();
+        Ok(SledStore { records, meta, db, data, data_dir, incoming, quarantine, log, blobs, synced_blobs })
     }
 
     fn data_path(&self, id: &PnfsId) -> PathBuf {
@@ -173,16 +176,31 @@ impl ReplicaStore for SledStore {
         match fs::read_dir(&self.blobs) {
             Ok(entries) => {
                 let mut any = false;
+                let mut synced = self.synced_blobs.lock();
                 for entry in entries {
-                    let path = entry.map_err(|e| StoreError::new(format!("list {}", self.blobs.display()), e))?.path();
-                    let file = File::open(&path).map_err(|e| StoreError::new(format!("open {}", path.display()), e))?;
+                    let entry = entry.map_err(|e| StoreError::new(format!("list {}", self.blobs.display()), e))?;
+                    if synced.contains(&entry.file_name()) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    // sled deletes blobs it no longer needs, in the background.
+                    let file = match File::open(&path) {
+                        Ok(file) => file,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::new(format!("open {}", path.display()), e)),
+                    };
                     rustix::fs::fdatasync(&file).map_err(|e| sync_err(&path, e))?;
                     any = true;
+                    synced.insert(entry.file_name());
                 }
                 if any {
                     let dir = File::open(&self.blobs)
                         .map_err(|e| StoreError::new(format!("open {}", self.blobs.display()), e))?;
-                    rustix::fs::fsync(&dir).map_err(|e| sync_err(&self.blobs, e))?;
+                    if let Err(e) = rustix::fs::fsync(&dir) {
+                        // Their names are not durable yet: sync them again next time.
+                        synced.clear();
+                        return Err(sync_err(&self.blobs, e));
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
