@@ -12,7 +12,15 @@
 //! of a whole replica needs no thread of its own while its batch syncs, and one thread creates
 //! all those files (no contention on the incoming directory). Each job ends by calling its
 //! `done` on the commit thread, with its batch's outcome.
+//!
+//! A failed batch leaves nothing of its replicas: no index entry (their `done` gets the error),
+//! no record, no data file. Each undo step is tried [`UNDO_TRIES`] times. A data file whose
+//! record was written first becomes the mark of a failed commit (`mark_failed`), so that if
+//! the record's deletion cannot be made durable, restart recovery knows the record was never
+//! acknowledged and deletes it instead of marking it BROKEN; until then the record is a
+//! *ghost* ([`Ghosts`]): hidden from listings, its deletion retried with every batch.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -28,6 +36,14 @@ const MAX_BATCH: usize = 512;
 /// A batch of at least this many means a busy pool: the next batch gathers for [`GATHER`].
 const BUSY: usize = 4;
 const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// How many times each step of an undo is tried before it is left to later batches and to
+/// restart recovery.
+const UNDO_TRIES: u32 = 3;
+
+/// Replicas whose failed commit left a record that could not be deleted durably (yet). The
+/// repository hides their records from listings; every batch tries to delete them again, and
+/// restart recovery deletes them (their data file was turned into a failed-commit mark).
+pub(super) type Ghosts = Arc<parking_lot::Mutex<HashSet<PnfsId>>>;
 
 /// What runs on the commit thread once a job's batch is durable (or failed). It runs exactly
 /// once: a job dropped unanswered (a thread that panicked, a queue that closed) answers with an
@@ -81,14 +97,14 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(store: Arc<dyn ReplicaStore>) -> StoreResult<Committer> {
+    pub fn spawn(store: Arc<dyn ReplicaStore>, ghosts: Ghosts) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (placed_tx, placed_rx) = mpsc::channel::<Placed>();
         let placed_count = Arc::new(AtomicU64::new(0));
         let (commit_store, commit_count) = (store.clone(), placed_count.clone());
         let commit = std::thread::Builder::new()
             .name("tidepool-commit".into())
-            .spawn(move || run(&*commit_store, placed_rx, &commit_count))
+            .spawn(move || run(&*commit_store, placed_rx, &commit_count, &ghosts))
             .map_err(|e| StoreError::new("start the commit thread", e))?;
         let place = std::thread::Builder::new()
             .name("tidepool-place".into())
@@ -159,7 +175,7 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
 /// A failed sync may concern any file written before it returned, including files of the next
 /// batches that the placing thread wrote meanwhile; `syncfs` reports such an error only once.
 /// So every job placed before a failed sync returned fails with it, whatever its batch.
-fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &AtomicU64) {
+fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &AtomicU64, ghosts: &Ghosts) {
     let mut busy = false;
     // After a failed sync: the jobs placed up to this one fail with its error.
     let mut poisoned: Option<(u64, StoreError)> = None;
@@ -192,7 +208,7 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &Atom
             let result = match &poisoned {
                 Some((through, error)) if p.seq <= *through && p.placed.is_ok() => {
                     failed_too += 1;
-                    let _ = store.remove_data(&p.job.id);
+                    remove_unsynced(store, &p.job.id);
                     Err(copy(error))
                 }
                 _ => p.placed,
@@ -209,7 +225,7 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &Atom
         if poisoned.as_ref().is_some_and(|(through, _)| last_seq >= *through) {
             poisoned = None;
         }
-        let (results, sync_failed) = commit_batch(store, &jobs, placed);
+        let (results, sync_failed) = commit_batch(store, &jobs, placed, ghosts);
         if let Some(e) = sync_failed {
             poisoned = Some((placed_count.load(Ordering::SeqCst), e));
         }
@@ -225,24 +241,58 @@ fn commit_batch(
     store: &dyn ReplicaStore,
     batch: &[Job],
     mut results: Vec<StoreResult<()>>,
+    ghosts: &Ghosts,
 ) -> (Vec<StoreResult<()>>, Option<StoreError>) {
     // 1. One sync makes the data of the whole batch durable, before any record names it.
     if let Err(e) = store.sync_data() {
         let seen = copy(&e);
-        return (undo(store, batch, &results, e, false), Some(seen));
+        tracing::error!(error = %e, replicas = batch.len(), "commit failed; nothing of this batch was kept");
+        for (job, result) in batch.iter().zip(&results) {
+            if result.is_ok() {
+                remove_unsynced(store, &job.id);
+            }
+        }
+        return (batch.iter().map(|_| Err(copy(&e))).collect(), Some(seen));
     }
-    // 2. The records, then one flush. A replica whose record cannot be written loses its
-    // data file too, so nothing of it stays behind.
+    // Records left by earlier failed commits are deleted again, made durable by this batch's
+    // flush. A replica of this batch overwrites its own.
+    let retried: Vec<PnfsId> = {
+        let g = ghosts.lock();
+        g.iter().filter(|id| !batch.iter().any(|j| j.id == **id)).copied().collect()
+    };
+    let retried: Vec<PnfsId> = retried.into_iter().filter(|id| store.delete_record(id).is_ok()).collect();
+    // 2. The records, then one flush.
+    let mut unwritten = Vec::new();
     for (job, result) in batch.iter().zip(results.iter_mut()) {
         if result.is_ok() {
             *result = store.put_record(&job.id, &job.record);
             if result.is_err() {
-                let _ = store.remove_data(&job.id);
+                unwritten.push(job.id);
             }
         }
     }
     if let Err(e) = store.flush() {
-        return (undo(store, batch, &results, e, true), None);
+        tracing::error!(error = %e, replicas = batch.len(), "commit failed; nothing of this batch was kept");
+        let placed: Vec<PnfsId> =
+            batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(j, _)| j.id).chain(unwritten).collect();
+        undo_records(store, &placed, ghosts);
+        return (batch.iter().map(|_| Err(copy(&e))).collect(), None);
+    }
+    // The flush made the retried deletions and this batch's records durable: none of those is
+    // a ghost any more, and their marks can go.
+    let cleared: Vec<PnfsId> = {
+        let mut g = ghosts.lock();
+        let committed = batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(j, _)| j.id);
+        retried.into_iter().chain(committed).filter(|id| g.remove(id)).collect()
+    };
+    for id in &cleared {
+        if let Err(e) = retry(|| store.remove_failed_mark(id)) {
+            tracing::warn!(pnfsid = %id, error = %e, "could not remove the mark of a failed commit; restart recovery will");
+        }
+    }
+    // A replica whose record could not be written fails alone; nothing of it stays.
+    if !unwritten.is_empty() {
+        undo_records(store, &unwritten, ghosts);
     }
     (results, None)
 }
@@ -252,25 +302,67 @@ fn copy(e: &StoreError) -> StoreError {
     StoreError::new(e.op.clone(), std::io::Error::new(e.source.kind(), e.source.to_string()))
 }
 
-/// Fails the whole batch after a sync or flush error, removing what it had put in place.
-fn undo(
-    store: &dyn ReplicaStore,
-    batch: &[Job],
-    results: &[StoreResult<()>],
-    error: StoreError,
-    records_written: bool,
-) -> Vec<StoreResult<()>> {
-    tracing::error!(error = %error, replicas = batch.len(), "commit failed; nothing of this batch was kept");
-    for (job, result) in batch.iter().zip(results) {
-        if result.is_ok() {
-            if records_written {
-                let _ = store.delete_record(&job.id);
-            }
-            let _ = store.remove_data(&job.id);
+/// Tries an undo step up to [`UNDO_TRIES`] times.
+fn retry(mut step: impl FnMut() -> StoreResult<()>) -> StoreResult<()> {
+    let mut tries = 1;
+    loop {
+        match step() {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= UNDO_TRIES => return Err(e),
+            Err(_) => tries += 1,
         }
     }
-    let _ = store.flush();
-    batch.iter().map(|_| Err(copy(&error))).collect()
+}
+
+/// Removes the data file of a replica whose batch failed before any record named it. A file
+/// that cannot be removed has no record: restart recovery deletes it as an orphan, and a new
+/// copy of the same replica replaces it.
+fn remove_unsynced(store: &dyn ReplicaStore, id: &PnfsId) {
+    if let Err(e) = retry(|| store.remove_data(id)) {
+        tracing::error!(pnfsid = %id, error = %e, "could not delete the data file of a failed commit; restart recovery will");
+    }
+}
+
+/// Undoes replicas whose records were written (or may have been) by a batch that failed:
+/// each data file becomes a failed-commit mark, the records are deleted and flushed, then the
+/// marks go. If the deletions cannot be made durable, the replicas become ghosts: hidden, their
+/// deletion retried by later batches, their marks left for restart recovery. A data file that
+/// could not be turned into a mark stays until its record is gone (it is complete and synced,
+/// so a record that survives names a whole replica, never a missing one).
+fn undo_records(store: &dyn ReplicaStore, ids: &[PnfsId], ghosts: &Ghosts) {
+    let marked: Vec<bool> = ids
+        .iter()
+        .map(|id| match retry(|| store.mark_failed(id)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(pnfsid = %id, error = %e, "could not mark the data file of a failed commit");
+                false
+            }
+        })
+        .collect();
+    let durable =
+        ids.iter().try_for_each(|id| retry(|| store.delete_record(id))).and_then(|()| retry(|| store.flush()));
+    if let Err(e) = durable {
+        tracing::error!(
+            error = %e,
+            replicas = ids.len(),
+            "could not delete the records of a failed commit; hidden and retried, and removed at the next start"
+        );
+        ghosts.lock().extend(ids);
+        return;
+    }
+    {
+        let mut g = ghosts.lock();
+        for id in ids {
+            g.remove(id);
+        }
+    }
+    for (id, marked) in ids.iter().zip(marked) {
+        let removed = if marked { retry(|| store.remove_failed_mark(id)) } else { retry(|| store.remove_data(id)) };
+        if let Err(e) = removed {
+            tracing::error!(pnfsid = %id, error = %e, "could not remove what a failed commit left; restart recovery will");
+        }
+    }
 }
 
 /// Deletes the records of replicas already gone from the index (durably), then their data
@@ -321,7 +413,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_the_replicas_written_while_it_ran_and_no_later_ones() {
         let store = MemStore::new();
-        let c = Committer::spawn(store.clone()).unwrap();
+        let c = Committer::spawn(store.clone(), Ghosts::default()).unwrap();
         let release = store.fail_next_sync();
         let a = whole(&c, 1);
         until("the first batch's sync", || store.is_syncing());

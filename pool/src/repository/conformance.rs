@@ -21,6 +21,8 @@ pub trait Harness {
     fn orphan(&mut self, name: &str);
     /// Leaves half-written data in the incoming area, as a crash mid-transfer does.
     fn partial(&mut self, id: &PnfsId);
+    /// Names of the files in the quarantine area.
+    fn quarantined(&mut self) -> Vec<String>;
 }
 
 pub struct Mem(pub Arc<MemStore>);
@@ -39,6 +41,9 @@ impl Harness for Mem {
         let mut w = self.0.create_incoming(id).unwrap();
         w.write_all(b"half").unwrap();
     }
+    fn quarantined(&mut self) -> Vec<String> {
+        self.0.quarantined()
+    }
 }
 
 pub struct Sled(pub tempfile::TempDir);
@@ -55,6 +60,12 @@ impl Harness for Sled {
     }
     fn partial(&mut self, id: &PnfsId) {
         std::fs::write(self.0.path().join("incoming").join(id.to_string()), b"half").unwrap();
+    }
+    fn quarantined(&mut self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.0.path().join("quarantine")) else { return Vec::new() };
+        let mut names: Vec<String> = dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
     }
 }
 
@@ -303,23 +314,63 @@ pub fn recovery_reports_missing_and_orphan_data(h: &mut dyn Harness) {
     h.orphan("not-a-replica");
     let (repo, rec) = open(h, 1 << 20);
     assert_eq!(rec.missing_data, vec![id(1)]);
-    assert_eq!(rec.orphan_data_count, 2);
     assert_eq!(repo.get(&id(1)).unwrap().unwrap().state, ReplicaState::Broken);
     assert!(matches!(repo.open_data(&id(1), NOW), Err(RepoError::NotCommitted { .. })));
     assert!(repo.get(&id(9)).unwrap().is_none(), "an orphan is never served");
+    // A pnfsid's file that no record names is the pool's own, never acknowledged or removed:
+    // deleted. A file of another name is not the pool's to delete: quarantined.
+    assert_eq!((rec.deleted_orphans.clone(), rec.deleted_orphan_count), (vec![id(9).to_string()], 1), "{rec:?}");
+    assert_eq!((rec.quarantined.clone(), rec.quarantined_count), (vec!["not-a-replica".to_string()], 1), "{rec:?}");
+    assert_eq!(rec.orphan_data_count, 0, "{rec:?}");
+    assert_eq!(h.quarantined(), vec!["not-a-replica".to_string()]);
     let report = rec.report().join("\n");
     assert!(report.contains("marked BROKEN"), "{report}");
-    assert!(report.contains("not-a-replica"), "{report}");
+    assert!(
+        report.contains(&format!(
+            "deleted 1 data file(s) that no record names (never acknowledged, or removed): {}",
+            id(9)
+        )),
+        "{report}"
+    );
+    assert!(report.contains("moved 1 data file(s) without a record into quarantine/"), "{report}");
     assert_eq!(read_all(&repo, &id(2)), content(id(2), 10));
+    drop(repo);
+    // Dealt with once: the next start finds only the BROKEN replica, already marked.
+    let (_, rec) = open(h, 1 << 20);
+    assert!(rec.is_clean(), "orphans are not reported again: {rec:?}");
+}
+
+/// A pool last run by a version whose metadata flush was no real sync may have lost an
+/// acknowledged record in a power cut: its orphans are quarantined, never deleted, once.
+pub fn orphans_of_a_pool_from_before_synced_flushes_are_quarantined(h: &mut dyn Harness) {
+    // A store as an older version left it: data, and no note that flushes are synced.
+    drop(h.store());
+    h.orphan(&id(9).to_string());
+    let (repo, rec) = open(h, 1 << 20);
+    assert_eq!(rec.quarantined, vec![id(9).to_string()], "{rec:?}");
+    assert_eq!(rec.deleted_orphan_count, 0, "{rec:?}");
+    assert_eq!(h.quarantined(), vec![id(9).to_string()]);
+    drop(repo);
+    // From now on the pool's flushes are synced: a new orphan is deleted.
+    h.orphan(&id(8).to_string());
+    let (_, rec) = open(h, 1 << 20);
+    assert_eq!(rec.deleted_orphans, vec![id(8).to_string()], "{rec:?}");
+    assert_eq!(rec.quarantined_count, 0, "{rec:?}");
+    assert_eq!(h.quarantined(), vec![id(9).to_string()], "the quarantine is left to the operator");
 }
 
 pub fn settings_survive_restart(h: &mut dyn Harness) {
     let (repo, _) = open(h, 1 << 20);
     assert_eq!(repo.setting("mode").unwrap(), None);
     repo.put_setting("mode", b"17").unwrap();
+    // Large enough for sled to keep it in a blob file of its own, which the flush syncs too.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    repo.put_setting("big", &big).unwrap();
+    repo.put_setting("big", &big[1..]).unwrap();
     drop(repo);
     let (repo, _) = open(h, 1 << 20);
     assert_eq!(repo.setting("mode").unwrap().as_deref(), Some(&b"17"[..]));
+    assert_eq!(repo.setting("big").unwrap().as_deref(), Some(&big[1..]));
 }
 
 pub fn a_missing_checksum_is_recorded_durably_and_never_replaced(h: &mut dyn Harness) {
@@ -494,6 +545,7 @@ conformance!(
     remove_respects_precious_and_sticky_unless_forced,
     changes_are_announced_in_order,
     recovery_reports_missing_and_orphan_data,
+    orphans_of_a_pool_from_before_synced_flushes_are_quarantined,
     settings_survive_restart,
     a_missing_checksum_is_recorded_durably_and_never_replaced,
     conditional_sticky_drop_and_remove_see_the_records_as_they_are,
@@ -574,4 +626,292 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::yield_now();
     }
+}
+
+/// The replicas `Repository::scan` lists.
+fn listed(repo: &Repository) -> Vec<PnfsId> {
+    let mut ids = Vec::new();
+    repo.scan(&mut |r| {
+        ids.push(r.pnfsid());
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    ids
+}
+
+/// Receives a replica of 10 bytes and commits it as CACHED.
+fn try_put(repo: &Arc<Repository>, n: u32) -> RepoResult<Replica> {
+    let mut inc = repo.create(attrs(id(n), 10), ReplicaState::FromPool, NOW)?;
+    inc.write(&content(id(n), 10))?;
+    inc.commit(ReplicaState::Cached, vec![], None, NOW)
+}
+
+/// Issue D6: on a full disk a batch's flush fails and so does the undo's deletion of its
+/// records. Nothing of the batch may stay visible (`rep ls` listed it as CACHED), and neither
+/// a later copy of the same file nor a restart may be blocked by what is left (a restart
+/// marked it BROKEN, and BROKEN blocked every later copy).
+#[test]
+fn a_failed_commit_whose_undo_fails_leaves_nothing_and_blocks_no_later_copy() {
+    use crate::repository::mem_store::Fault;
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    try_put(&repo, 1).unwrap();
+    store.fail(Fault::Flush, u32::MAX);
+    store.fail(Fault::DeleteRecord, u32::MAX);
+    for n in [2, 3] {
+        let err = try_put(&repo, n).unwrap_err();
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+        assert!(repo.get(&id(n)).unwrap().is_none());
+    }
+    assert_eq!(listed(&repo), vec![id(1)], "nothing of a failed commit is listed");
+    assert!(!store.has_data(&id(2).to_string()), "its data file is gone");
+    assert!(store.get_record(&id(2)).unwrap().is_some(), "the test's premise: the record could not be deleted");
+
+    // The disk has room again. A later copy of one of them is not blocked; its batch also
+    // deletes what the other failed commit left.
+    store.fail(Fault::Flush, 0);
+    store.fail(Fault::DeleteRecord, 0);
+    try_put(&repo, 2).unwrap();
+    assert_eq!(listed(&repo), vec![id(1), id(2)]);
+    assert_eq!(read_all(&repo, &id(2)), content(id(2), 10));
+    assert!(store.get_record(&id(3)).unwrap().is_none(), "the other's record was deleted by the next batch");
+    drop(repo);
+    let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    assert!(rec.is_clean(), "nothing is left for recovery: {rec:?}");
+    assert_eq!(listed(&repo), vec![id(1), id(2)]);
+    try_put(&repo, 3).unwrap();
+}
+
+/// The same failure, but the pool restarts before anything could delete the records: recovery
+/// recognises them by the mark the failed commit left, removes them instead of marking them
+/// BROKEN, and the same files can be copied again.
+#[test]
+fn records_left_by_a_failed_commit_are_removed_at_restart() {
+    use crate::repository::mem_store::Fault;
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    store.fail(Fault::Flush, u32::MAX);
+    store.fail(Fault::DeleteRecord, u32::MAX);
+    try_put(&repo, 1).unwrap_err();
+    drop(repo);
+    store.fail(Fault::Flush, 0);
+    store.fail(Fault::DeleteRecord, 0);
+    let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    assert_eq!((rec.missing_data_count, rec.failed_commits.clone()), (0, vec![id(1)]), "{rec:?}");
+    assert!(
+        rec.report()
+            .join("\n")
+            .contains(&format!("removed what 1 failed commit(s) left (never acknowledged): {}", id(1)))
+    );
+    assert!(repo.get(&id(1)).unwrap().is_none());
+    try_put(&repo, 1).unwrap();
+    drop(repo);
+    let (repo, rec) = Repository::open(store, 1 << 20, NOW).unwrap();
+    assert!(rec.is_clean(), "{rec:?}");
+    assert_eq!(read_all(&repo, &id(1)), content(id(1), 10));
+}
+
+/// A batch whose sync fails and whose data files cannot be deleted either: no record names
+/// them, so the next start deletes them as orphans.
+#[test]
+fn data_left_by_a_failed_sync_is_deleted_at_restart() {
+    use crate::repository::mem_store::Fault;
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    store.fail(Fault::SyncData, 1);
+    store.fail(Fault::RemoveData, u32::MAX);
+    try_put(&repo, 1).unwrap_err();
+    assert!(store.has_data(&id(1).to_string()), "the test's premise: the file could not be deleted");
+    assert!(listed(&repo).is_empty());
+    drop(repo);
+    store.fail(Fault::RemoveData, 0);
+    let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    assert_eq!(rec.deleted_orphans, vec![id(1).to_string()], "{rec:?}");
+    assert!(!store.has_data(&id(1).to_string()));
+    try_put(&repo, 1).unwrap();
+}
+
+#[test]
+fn orphan_fates() {
+    use OrphanFate::*;
+    // (named by a pnfsid, an unreadable key exists, flushes are synced) -> fate
+    let table = [
+        ((true, false, true), Delete),
+        ((true, true, true), Quarantine),
+        ((true, false, false), Quarantine),
+        ((false, false, true), Quarantine),
+        ((false, true, false), Quarantine),
+    ];
+    for ((named, unreadable, synced), fate) in table {
+        assert_eq!(orphan_fate(named, unreadable, synced), fate, "{named} {unreadable} {synced}");
+    }
+}
+
+/// What the test was told is stored: `None` for a replica whose removal was acknowledged.
+#[derive(Clone, Debug, PartialEq)]
+struct Want {
+    size: u64,
+    state: ReplicaState,
+    sticky: Vec<StickyRecord>,
+}
+
+/// A small seeded generator for the power-cut test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Power loss as a model: puts, whole replicas, state and sticky changes, removals and a
+/// setting, with the power cut at a random store call (inside any operation), the repository
+/// reopened on what the disk kept, and the work continued; several cuts per seed. After each
+/// cut: everything acknowledged is there and intact (state, sticky records, data), every
+/// acknowledged removal stayed removed, nothing partial or unreadable is visible, recovery
+/// marked nothing BROKEN, and a second start finds nothing left to recover. The one operation
+/// the cut interrupted may have happened or not; whichever the disk shows is then taken as
+/// the truth.
+#[test]
+fn nothing_acknowledged_is_lost_at_a_power_cut() {
+    let (mut interrupted, mut acknowledged) = (0, 0);
+    for seed in 0..128 {
+        let (i, a) = power_cuts(seed);
+        interrupted += i;
+        acknowledged += a;
+    }
+    // The cuts land inside operations, not only between them, and there was work to lose.
+    assert!(interrupted >= 200, "only {interrupted} of 512 cuts interrupted an operation");
+    assert!(acknowledged >= 4000, "only {acknowledged} operations were acknowledged");
+}
+
+/// Four cuts with one seed; returns how many interrupted an operation, and how many operations
+/// were acknowledged.
+fn power_cuts(seed: u64) -> (usize, usize) {
+    use crate::repository::mem_store::CutMode;
+    let mut rng = Rng(seed);
+    let mut store = MemStore::new();
+    let mut acked: std::collections::BTreeMap<PnfsId, Option<Want>> = Default::default();
+    let mut setting: Option<Vec<u8>> = None;
+    let mut doubt: Option<PnfsId> = None;
+    let mut setting_doubt: Option<Vec<u8>> = None;
+    let (mut interrupted, mut acknowledged) = (0, 0);
+    for round in 0..5 {
+        let ctx = format!("seed {seed}, round {round}");
+        let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+        assert_eq!(rec.missing_data_count + rec.corrupt_count, 0, "{ctx}: {rec:?}");
+        // The interrupted operation: whatever the disk kept is the truth from now on.
+        if let Some(id) = doubt.take() {
+            let now = repo.get(&id).unwrap();
+            acked.insert(id, now.map(|r| Want { size: r.attrs.size, state: r.state, sticky: r.sticky }));
+        }
+        let stored = repo.setting("k").unwrap();
+        if let Some(maybe) = setting_doubt.take()
+            && stored.as_ref() == Some(&maybe)
+        {
+            setting = Some(maybe);
+        }
+        assert_eq!(stored, setting, "{ctx}: the acknowledged setting");
+        for (id, want) in &acked {
+            let got = repo.get(id).unwrap();
+            match want {
+                None => assert!(got.is_none(), "{ctx}: {id} was removed, and is back: {got:?}"),
+                Some(w) => {
+                    let got = got.unwrap_or_else(|| panic!("{ctx}: acknowledged {id} is lost"));
+                    assert_eq!((got.attrs.size, got.state, &got.sticky), (w.size, w.state, &w.sticky), "{ctx}: {id}");
+                }
+            }
+        }
+        for id in listed(&repo) {
+            let r = repo.get(&id).unwrap().unwrap();
+            assert!(r.state.is_committed(), "{ctx}: {id} is visible as {}", r.state);
+            assert_eq!(read_all(&repo, &id), content(id, r.attrs.size), "{ctx}: {id} is not intact");
+        }
+        assert!(repo.incoming().is_empty(), "{ctx}");
+        drop(repo);
+        let (repo, rec) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+        assert!(rec.is_clean(), "{ctx}: a second start has nothing to recover: {rec:?}");
+        if round == 4 {
+            break; // four cuts checked
+        }
+
+        let mode = if rng.below(2) == 0 { CutMode::DurableOnly } else { CutMode::SomeOfTheRest(rng.next()) };
+        store.cut_power_after(store.steps() + 1 + rng.below(80), mode);
+        for _ in 0..40 {
+            let id = id(1 + rng.below(8) as u32);
+            let present = matches!(acked.get(&id), Some(Some(_)));
+            let sticky = if rng.below(3) == 0 { vec![StickyRecord::new("alice", NEVER)] } else { vec![] };
+            let state = if rng.below(2) == 0 { ReplicaState::Cached } else { ReplicaState::Precious };
+            let size = 1 + rng.below(3000);
+            let outcome: RepoResult<Option<Want>> = match (present, rng.below(4)) {
+                (false, 0) => {
+                    let data = content(id, size);
+                    let attrs = attrs(id, size);
+                    let whole =
+                        repo.store_whole(attrs, ReplicaState::FromPool, data.into(), state, sticky.clone(), None, NOW);
+                    block_on(whole).map(|r| Some(Want { size, state: r.state, sticky: r.sticky }))
+                }
+                (false, _) => (|| {
+                    let mut inc = repo.create(attrs(id, size), ReplicaState::FromClient, NOW)?;
+                    inc.write(&content(id, size))?;
+                    let r = inc.commit(state, sticky.clone(), None, NOW)?;
+                    Ok(Some(Want { size, state: r.state, sticky: r.sticky }))
+                })(),
+                (true, 0) => repo.remove(&id, true, NOW).map(|()| None),
+                (true, 1) => {
+                    let value = rng.next().to_be_bytes().to_vec();
+                    match repo.put_setting("k", &value) {
+                        Ok(()) => {
+                            setting = Some(value);
+                            acknowledged += 1;
+                        }
+                        Err(e) => {
+                            assert!(store.is_dead(), "{ctx}: {e}");
+                            setting_doubt = Some(value);
+                            interrupted += 1;
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                (true, 2) => repo.set_state(&id, state, NOW).map(|()| {
+                    let mut w = acked[&id].clone().unwrap();
+                    w.state = state;
+                    Some(w)
+                }),
+                (true, _) => {
+                    let record = StickyRecord::new("bob", if rng.below(2) == 0 { NEVER } else { 0 });
+                    repo.set_sticky(&id, record.clone(), StickyMode::Overwrite, NOW).map(|_| {
+                        let mut w = acked[&id].clone().unwrap();
+                        apply_sticky(&mut w.sticky, record, StickyMode::Overwrite, NOW);
+                        Some(w)
+                    })
+                }
+            };
+            match outcome {
+                Ok(want) => {
+                    acked.insert(id, want);
+                    acknowledged += 1;
+                }
+                Err(e) => {
+                    assert!(store.is_dead(), "{ctx}: {id}: only the power cut makes an operation fail here: {e}");
+                    doubt = Some(id);
+                    interrupted += 1;
+                    break;
+                }
+            }
+        }
+        let next = store.restarted().unwrap_or_else(|| store.power_cut(mode));
+        drop(repo);
+        store = next;
+    }
+    (interrupted, acknowledged)
 }

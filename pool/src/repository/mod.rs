@@ -30,7 +30,7 @@ use tidepool_p2p::model::{
 use tokio::sync::broadcast;
 
 use index::{Entry, Index, sticky_until};
-pub use mem_store::MemStore;
+pub use mem_store::{CutMode, Fault, MemStore};
 pub use sled_store::SledStore;
 pub use store::{DataRead, ReplicaStore, StoreError};
 
@@ -147,7 +147,20 @@ pub struct Recovery {
     /// Records whose data file is missing; marked BROKEN and never served.
     pub missing_data: Vec<PnfsId>,
     pub missing_data_count: usize,
-    /// Data files without a record; left in place and never served.
+    /// Replicas of commits that failed (never acknowledged) whose record or mark was left:
+    /// record and mark deleted.
+    pub failed_commits: Vec<PnfsId>,
+    pub failed_commit_count: usize,
+    /// Data files without a record that no record can name: deleted.
+    pub deleted_orphans: Vec<String>,
+    pub deleted_orphan_count: usize,
+    /// Data files without a record that may not be the pool's garbage (a name that is not a
+    /// pnfsid, or a pool last run by a version whose flush was no real sync): moved into the
+    /// quarantine area.
+    pub quarantined: Vec<String>,
+    pub quarantined_count: usize,
+    /// Data files without a record that could be neither deleted nor quarantined; left in
+    /// place and never served.
     pub orphan_data: Vec<String>,
     pub orphan_data_count: usize,
     /// Records that cannot be decoded; left in place and never served.
@@ -168,13 +181,23 @@ impl Recovery {
 
     /// True when recovery found nothing to report.
     pub fn is_clean(&self) -> bool {
-        self.removed_partial_count + self.missing_data_count + self.orphan_data_count + self.corrupt_count == 0
+        self.removed_partial_count
+            + self.missing_data_count
+            + self.failed_commit_count
+            + self.deleted_orphan_count
+            + self.quarantined_count
+            + self.orphan_data_count
+            + self.corrupt_count
+            == 0
     }
 
     /// Lines for `info`.
     pub fn report(&self) -> Vec<String> {
         fn more(shown: usize, count: usize) -> String {
             if count > shown { format!(" (and {} more)", count - shown) } else { String::new() }
+        }
+        fn ids(list: &[PnfsId]) -> String {
+            list.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
         }
         let mut out = Vec::new();
         if self.removed_partial_count > 0 {
@@ -186,12 +209,35 @@ impl Recovery {
             ));
         }
         if self.missing_data_count > 0 {
-            let ids: Vec<String> = self.missing_data.iter().map(|i| i.to_string()).collect();
             out.push(format!(
                 "{} replica(s) have a record but no data file and were marked BROKEN: {}{}",
                 self.missing_data_count,
-                ids.join(" "),
-                more(ids.len(), self.missing_data_count)
+                ids(&self.missing_data),
+                more(self.missing_data.len(), self.missing_data_count)
+            ));
+        }
+        if self.failed_commit_count > 0 {
+            out.push(format!(
+                "removed what {} failed commit(s) left (never acknowledged): {}{}",
+                self.failed_commit_count,
+                ids(&self.failed_commits),
+                more(self.failed_commits.len(), self.failed_commit_count)
+            ));
+        }
+        if self.deleted_orphan_count > 0 {
+            out.push(format!(
+                "deleted {} data file(s) that no record names (never acknowledged, or removed): {}{}",
+                self.deleted_orphan_count,
+                self.deleted_orphans.join(" "),
+                more(self.deleted_orphans.len(), self.deleted_orphan_count)
+            ));
+        }
+        if self.quarantined_count > 0 {
+            out.push(format!(
+                "moved {} data file(s) without a record into quarantine/ (not served; check, then delete): {}{}",
+                self.quarantined_count,
+                self.quarantined.join(" "),
+                more(self.quarantined.len(), self.quarantined_count)
             ));
         }
         if self.orphan_data_count > 0 {
@@ -215,6 +261,27 @@ impl Recovery {
     }
 }
 
+/// What restart recovery does with a data file that no record names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OrphanFate {
+    Delete,
+    Quarantine,
+}
+
+/// Decides an orphan's fate (docs/durability.md): a file named by a pnfsid is the pool's own
+/// and was never acknowledged, or was removed, if every record key could be read (an unreadable
+/// key might name it) and the metadata flush was a real sync when it was made (`synced_flush`:
+/// before that, a power cut could lose an acknowledged record). Anything else is quarantined,
+/// never deleted.
+fn orphan_fate(named_by_pnfsid: bool, unreadable_keys: bool, synced_flush: bool) -> OrphanFate {
+    if named_by_pnfsid && !unreadable_keys && synced_flush { OrphanFate::Delete } else { OrphanFate::Quarantine }
+}
+
+/// The setting that says the pool's metadata flushes are real syncs: written by the first start
+/// of a version that syncs (docs/durability.md). A pool without it may hold orphans whose
+/// acknowledged records a power cut lost, which recovery quarantines instead of deleting.
+pub const SYNCED_FLUSH_KEY: &str = "metadata-flush-synced";
+
 /// The state of [`Repository::flush_shared`]: tickets handed out, the highest ticket a
 /// successful flush covered, and whether a flush is under way.
 #[derive(Default)]
@@ -237,6 +304,8 @@ const CHANGE_FEED: usize = 4096;
 pub struct Repository {
     store: Arc<dyn ReplicaStore>,
     committer: commit::Committer,
+    /// Records that failed commits could not delete yet: hidden from [`Repository::scan`].
+    ghosts: commit::Ghosts,
     flusher: GroupFlush,
     index: Mutex<Index>,
     capacity: u64,
@@ -251,8 +320,9 @@ impl std::fmt::Debug for Repository {
 
 impl Repository {
     /// Opens the repository: loads every record into the index and recovers from a crash
-    /// (partial data removed; records without data marked BROKEN; orphans and unreadable
-    /// records reported).
+    /// (partial data removed; what failed commits left removed; records without data marked
+    /// BROKEN; orphan data files deleted or quarantined; unreadable records reported). See
+    /// docs/durability.md.
     pub fn open(
         store: Arc<dyn ReplicaStore>,
         capacity: u64,
@@ -265,22 +335,33 @@ impl Repository {
             Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, name);
         }
         // The data files, as a sorted list with a "has a record" mark each: a million of them
-        // take 19 MB here instead of a hash set's 40 or a list of names' 70.
+        // take 19 MB here instead of a hash set's 40 or a list of names' 70. Marks of failed
+        // commits and files not named by a pnfsid are listed apart (there are few).
         let mut data_files: Vec<PnfsId> = Vec::new();
+        let mut failed_marks: Vec<PnfsId> = Vec::new();
+        let mut foreign: Vec<String> = Vec::new();
         store.scan_data(&mut |name| match name.parse::<PnfsId>() {
             Ok(id) => data_files.push(id),
-            Err(_) => Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, name.to_string()),
+            Err(_) => match store::parse_failed_mark(name) {
+                Some(id) => failed_marks.push(id),
+                None => foreign.push(name.to_string()),
+            },
         })?;
         data_files.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        failed_marks.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut claimed = vec![false; data_files.len()];
         let mut index = Index::with_capacity(data_files.len());
         let mut dirty = false;
+        let mut unreadable_keys = false;
+        // Data files to delete once the deletion of their records is durable.
+        let mut remove_after_flush: Vec<PnfsId> = Vec::new();
         let mut failure = None;
         store.scan_records(&mut |key, bytes| {
             let Ok(id) = PnfsId::from_bytes(key) else {
                 // A key that is not a pnfsid: report it, never serve it, keep loading.
                 tracing::error!(key = ?key, "unreadable replica key; not served");
                 Recovery::note(&mut recovery.corrupt, &mut recovery.corrupt_count, format!("key {key:02X?}"));
+                unreadable_keys = true;
                 return ControlFlow::Continue(());
             };
             let has_data = match data_files.binary_search_by(|d| d.as_bytes().cmp(key)) {
@@ -298,12 +379,12 @@ impl Repository {
                     return ControlFlow::Continue(());
                 }
             };
+            let failed_mark = failed_marks.binary_search_by(|d| d.as_bytes().cmp(key)).is_ok();
             let step = || -> RepoResult<Option<Entry>> {
                 if entry.state.is_receiving() || matches!(entry.state, ReplicaState::Removed | ReplicaState::Destroyed)
                 {
                     tracing::warn!(pnfsid = %id, state = %entry.state, "removing incomplete replica");
                     store.delete_record(&id)?;
-                    store.remove_data(&id)?;
                     return Ok(None);
                 }
                 if !has_data && entry.state != ReplicaState::Broken {
@@ -315,9 +396,20 @@ impl Repository {
                 }
                 Ok(Some(entry_of_record(&entry, now)))
             };
+            if !has_data && failed_mark {
+                // The record of a commit that failed: it was never acknowledged.
+                tracing::warn!(pnfsid = %id, "removing the record of a commit that failed");
+                if let Err(e) = store.delete_record(&id) {
+                    failure = Some(e.into());
+                    return ControlFlow::Break(());
+                }
+                dirty = true;
+                return ControlFlow::Continue(());
+            }
             match step() {
                 Ok(None) => {
                     Recovery::note(&mut recovery.removed_partial, &mut recovery.removed_partial_count, id.to_string());
+                    remove_after_flush.push(id);
                     dirty = true;
                 }
                 Ok(Some(e)) => {
@@ -337,20 +429,61 @@ impl Repository {
         if let Some(e) = failure {
             return Err(e);
         }
-        for (id, _) in data_files.iter().zip(&claimed).filter(|(_, c)| !**c) {
-            tracing::warn!(pnfsid = %id, "data file without a record; not served");
-            Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, id.to_string());
-        }
-        drop((data_files, claimed));
+        // Deletions of records first, durably; only then the files they named.
         if dirty {
             store.flush()?;
         }
+        for id in &remove_after_flush {
+            store.remove_data(id)?;
+        }
+        for id in failed_marks {
+            store.remove_failed_mark(&id)?;
+            Recovery::note(&mut recovery.failed_commits, &mut recovery.failed_commit_count, id);
+        }
+        let synced_flush = store.get_meta(SYNCED_FLUSH_KEY)?.is_some();
+        let orphans = data_files
+            .iter()
+            .zip(&claimed)
+            .filter(|(_, c)| !**c)
+            .map(|(id, _)| (id.to_string(), true))
+            .chain(foreign.into_iter().map(|name| (name, false)));
+        for (name, by_pnfsid) in orphans {
+            let fate = orphan_fate(by_pnfsid, unreadable_keys, synced_flush);
+            let done = match fate {
+                OrphanFate::Delete => store.remove_data_name(&name),
+                OrphanFate::Quarantine => store.quarantine_data(&name),
+            };
+            match (done, fate) {
+                (Ok(()), OrphanFate::Delete) => {
+                    tracing::warn!(file = %name, "data file without a record deleted (never acknowledged, or removed)");
+                    Recovery::note(&mut recovery.deleted_orphans, &mut recovery.deleted_orphan_count, name);
+                }
+                (Ok(()), OrphanFate::Quarantine) => {
+                    tracing::warn!(file = %name, "data file without a record moved into quarantine");
+                    Recovery::note(&mut recovery.quarantined, &mut recovery.quarantined_count, name);
+                }
+                (Err(e), _) => {
+                    tracing::error!(file = %name, error = %e, "data file without a record; not served, left in place");
+                    Recovery::note(&mut recovery.orphan_data, &mut recovery.orphan_data_count, name);
+                }
+            }
+        }
+        drop((data_files, claimed));
+        if !synced_flush {
+            // Best effort: without it, the next start quarantines orphans instead of deleting them.
+            let marked = store.put_meta(SYNCED_FLUSH_KEY, b"1").and_then(|()| store.flush());
+            if let Err(e) = marked {
+                tracing::warn!(error = %e, "could not note that metadata flushes are synced");
+            }
+        }
         recovery.loaded = index.len();
         let (changes, _) = broadcast::channel(CHANGE_FEED);
-        let committer = commit::Committer::spawn(store.clone())?;
+        let ghosts = commit::Ghosts::default();
+        let committer = commit::Committer::spawn(store.clone(), ghosts.clone())?;
         let repo = Repository {
             store,
             committer,
+            ghosts,
             flusher: GroupFlush::default(),
             index: Mutex::new(index),
             capacity,
@@ -814,9 +947,12 @@ impl Repository {
     /// (so a million replicas are never held at once); `Break` stops early. Entries being
     /// received are not included: see [`Repository::incoming`]. Unreadable records are
     /// skipped (recovery reported them).
+    /// Records left by failed commits are not included either (see `commit.rs`).
     pub fn scan(&self, visit: &mut dyn FnMut(Replica) -> ControlFlow<()>) -> RepoResult<()> {
+        let ghosts = self.ghosts.lock().clone();
         self.store.scan_records(&mut |key, bytes| match PnfsId::from_bytes(key)
             .ok()
+            .filter(|id| ghosts.is_empty() || !ghosts.contains(id))
             .and_then(|id| record::decode(id, bytes).ok())
         {
             Some(r) => visit(r),

@@ -3,8 +3,10 @@
 //!
 //! Durability: `publish` renames a file from `incoming/` into `data/`; `sync_data` makes every
 //! renamed file (content and directory entry) durable with one `syncfs`; `flush` calls sled's
-//! flush. The group committer (`commit.rs`) orders them: rename, sync, records, flush. On Linux sled flushes with `sync_file_range`, which does
-//! not flush the device's volatile write cache: see docs/durability.md.
+//! flush, followed by an `fdatasync` of sled's log file (and of any blob file sled wrote),
+//! because sled flushes with `sync_file_range`, which neither flushes the device's volatile write
+//! cache nor writes the file's size: see docs/durability.md. The group committer (`commit.rs`)
+//! orders them: rename, sync, records, flush.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use tidepool_p2p::PnfsId;
 
-use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult};
+use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult, failed_mark_name};
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
 const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
@@ -29,6 +31,14 @@ pub struct SledStore {
     /// (it only sees errors from its own opening on).
     data_dir: File,
     incoming: PathBuf,
+    /// `<dir>/quarantine`, created when first needed.
+    quarantine: PathBuf,
+    /// sled's log file (`meta/db`), open for the `fdatasync` after each flush.
+    log: File,
+    /// `meta/blobs`: sled writes values too large for its log there, without syncing them.
+    blobs: PathBuf,
+    /// The blob files already synced (sled never changes a blob once written).
+    synced_blobs: parking_lot::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
@@ -69,7 +79,11 @@ impl SledStore {
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
         let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
-        Ok(SledStore { records, meta, db, data, data_dir, incoming })
+        let log_path = dir.join("meta").join("db");
+        let log = File::open(&log_path).map_err(|e| StoreError::new(format!("open {}", log_path.display()), e))?;
+        let (quarantine, blobs) = (dir.join("quarantine"), dir.join("meta").join("blobs"));
+        let synced_blobs = Default::default();
+        Ok(SledStore { records, meta, db, data, data_dir, incoming, quarantine, log, blobs, synced_blobs })
     }
 
     fn data_path(&self, id: &PnfsId) -> PathBuf {
@@ -150,8 +164,48 @@ impl ReplicaStore for SledStore {
         Ok(())
     }
 
+    /// sled's flush, then a real sync of what it wrote: `fdatasync` of its log file (which
+    /// also makes the device flush its volatile write cache on file systems with barriers, the
+    /// default on ext4 and XFS), and of the blob files and their directory if sled wrote any
+    /// (only values over about 128 KiB go there; the records never do).
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map_err(|e| io_err("flush metadata", e))?;
+        let sync_err =
+            |what: &Path, e: rustix::io::Errno| StoreError::new(format!("sync {}", what.display()), e.into());
+        rustix::fs::fdatasync(&self.log).map_err(|e| sync_err(&self.blobs.with_file_name("db"), e))?;
+        match fs::read_dir(&self.blobs) {
+            Ok(entries) => {
+                let mut any = false;
+                let mut synced = self.synced_blobs.lock();
+                for entry in entries {
+                    let entry = entry.map_err(|e| StoreError::new(format!("list {}", self.blobs.display()), e))?;
+                    if synced.contains(&entry.file_name()) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    // sled deletes blobs it no longer needs, in the background.
+                    let file = match File::open(&path) {
+                        Ok(file) => file,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(StoreError::new(format!("open {}", path.display()), e)),
+                    };
+                    rustix::fs::fdatasync(&file).map_err(|e| sync_err(&path, e))?;
+                    any = true;
+                    synced.insert(entry.file_name());
+                }
+                if any {
+                    let dir = File::open(&self.blobs)
+                        .map_err(|e| StoreError::new(format!("open {}", self.blobs.display()), e))?;
+                    if let Err(e) = rustix::fs::fsync(&dir) {
+                        // Their names are not durable yet: sync them again next time.
+                        synced.clear();
+                        return Err(sync_err(&self.blobs, e));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::new(format!("list {}", self.blobs.display()), e)),
+        }
         Ok(())
     }
 
@@ -219,6 +273,31 @@ impl ReplicaStore for SledStore {
 
     fn remove_data(&self, id: &PnfsId) -> StoreResult<()> {
         remove_file_if_present(&self.data_path(id))
+    }
+
+    fn mark_failed(&self, id: &PnfsId) -> StoreResult<()> {
+        let (from, to) = (self.data_path(id), self.data.join(failed_mark_name(id)));
+        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("mark {} as failed", from.display()), e))?;
+        // Emptying frees the space; the mark is the name alone.
+        if let Err(e) = OpenOptions::new().write(true).open(&to).and_then(|f| f.set_len(0)) {
+            tracing::warn!(file = %to.display(), error = %e, "could not empty the mark of a failed commit");
+        }
+        Ok(())
+    }
+
+    fn remove_failed_mark(&self, id: &PnfsId) -> StoreResult<()> {
+        remove_file_if_present(&self.data.join(failed_mark_name(id)))
+    }
+
+    fn remove_data_name(&self, name: &str) -> StoreResult<()> {
+        remove_file_if_present(&self.data.join(name))
+    }
+
+    fn quarantine_data(&self, name: &str) -> StoreResult<()> {
+        fs::create_dir_all(&self.quarantine)
+            .map_err(|e| StoreError::new(format!("create {}", self.quarantine.display()), e))?;
+        let (from, to) = (self.data.join(name), self.quarantine.join(name));
+        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into quarantine", from.display()), e))
     }
 
     fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()> {

@@ -60,7 +60,8 @@ pub trait ReplicaStore: Send + Sync + 'static {
     /// Writes a record; durable only after `flush`.
     fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()>;
     fn delete_record(&self, id: &PnfsId) -> StoreResult<()>;
-    /// Makes every record change so far durable.
+    /// Makes every record and setting change so far durable, across a power loss too: when
+    /// it returns Ok, the changes are on stable storage (docs/durability.md).
     fn flush(&self) -> StoreResult<()>;
 
     /// Named settings (pool mode, saved jobs); durable only after `flush`.
@@ -91,6 +92,33 @@ pub trait ReplicaStore: Send + Sync + 'static {
         self.open_data(id)
     }
     fn remove_data(&self, id: &PnfsId) -> StoreResult<()>;
-    /// Visits the name of every file in the data area.
+    /// Visits the name of every file in the data area (marks of failed commits included, as
+    /// [`failed_mark_name`]).
     fn scan_data(&self, visit: &mut dyn FnMut(&str)) -> StoreResult<()>;
+
+    /// Turns the data file of `id` into the mark of a failed commit: the file is renamed to
+    /// [`failed_mark_name`] (a rename needs no free space) and emptied. Restart recovery
+    /// deletes a record that names `id` when it finds this mark instead of the data file: that
+    /// commit was never acknowledged.
+    fn mark_failed(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Removes the mark of a failed commit of `id`, if there is one.
+    fn remove_failed_mark(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Removes a file of the data area by name (an orphan, a mark).
+    fn remove_data_name(&self, name: &str) -> StoreResult<()>;
+    /// Moves a file of the data area, by name, into the quarantine area, where the pool never
+    /// looks again (an operator decides what to do with it).
+    fn quarantine_data(&self, name: &str) -> StoreResult<()>;
+}
+
+/// The suffix of the mark a failed commit leaves in the data area: `<PNFSID>.failed`.
+pub const FAILED_MARK_SUFFIX: &str = ".failed";
+
+/// The name of the mark of a failed commit of `id` in the data area.
+pub fn failed_mark_name(id: &PnfsId) -> String {
+    format!("{id}{FAILED_MARK_SUFFIX}")
+}
+
+/// The replica a name of the data area is the failed-commit mark of, if it is one.
+pub fn parse_failed_mark(name: &str) -> Option<PnfsId> {
+    name.strip_suffix(FAILED_MARK_SUFFIX)?.parse().ok()
 }
