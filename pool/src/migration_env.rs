@@ -132,7 +132,10 @@ impl Env for PoolEnv {
     fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
         // The migration decides (a moved precious or pinned replica goes once its target is
         // confirmed): no protection applies here.
-        Ok(self.pool()?.repo.remove(id, true, now_ms())?)
+        fail::fail_point!("source-before-remove");
+        self.pool()?.repo.remove(id, true, now_ms())?;
+        fail::fail_point!("source-after-remove");
+        Ok(())
     }
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
@@ -157,6 +160,7 @@ impl Env for PoolEnv {
                 .iter()
                 .any(|m| m.owner == pin.owner && (m.expire == NEVER || (pin.expire != NEVER && pin.expire <= m.expire)))
         };
+        fail::fail_point!("source-before-remove");
         let result = pool.repo.remove_if(id, |r| {
             match r.sticky.iter().find(|s| s.is_pin(&prefix) && s.is_valid(now) && !covered(s)) {
                 Some(pin) => Err(RepoError::Protected(format!("file {id} is pinned by {}", pin.owner))),
@@ -164,7 +168,10 @@ impl Env for PoolEnv {
             }
         });
         match result {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                fail::fail_point!("source-after-remove");
+                Ok(true)
+            }
             Err(RepoError::Protected(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -484,7 +491,9 @@ pub fn save(pool: &Pool) -> Result<String, RemoteError> {
         .try_migration()
         .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "the migration module is not running"))?;
     let (text, jobs) = module.save_text();
+    fail::fail_point!("save-before-write");
     pool.repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
+    fail::fail_point!("save-after-write");
     let n = jobs.len();
     let idle = module.unrestored_count();
     module.saved(jobs);

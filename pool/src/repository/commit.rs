@@ -144,10 +144,16 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
         if !job.evicted.is_empty() {
             discard(store, &job.evicted);
         }
-        let result = match &job.data {
-            Some(data) => store.put_incoming(&job.id, data).and_then(|()| store.publish(&job.id)),
-            None => store.publish(&job.id),
+        let written = match &job.data {
+            Some(data) => store.put_incoming(&job.id, data),
+            None => Ok(()),
         };
+        let result = written.and_then(|()| {
+            fail::fail_point!("commit-before-rename");
+            store.publish(&job.id)?;
+            fail::fail_point!("commit-after-rename");
+            Ok(())
+        });
         let seq = count.fetch_add(1, Ordering::SeqCst) + 1;
         // If the commit thread has gone, the job is dropped and answers with an error.
         let _ = placed.send(Placed { job, placed: result, seq });
@@ -227,10 +233,15 @@ fn commit_batch(
     mut results: Vec<StoreResult<()>>,
 ) -> (Vec<StoreResult<()>>, Option<StoreError>) {
     // 1. One sync makes the data of the whole batch durable, before any record names it.
-    if let Err(e) = store.sync_data() {
+    let synced = (|| {
+        fail::fail_point!("commit-fail-sync", |_| Err(injected("sync data")));
+        store.sync_data()
+    })();
+    if let Err(e) = synced {
         let seen = copy(&e);
         return (undo(store, batch, &results, e, false), Some(seen));
     }
+    fail::fail_point!("commit-after-sync");
     // 2. The records, then one flush. A replica whose record cannot be written loses its
     // data file too, so nothing of it stays behind.
     for (job, result) in batch.iter().zip(results.iter_mut()) {
@@ -241,10 +252,21 @@ fn commit_batch(
             }
         }
     }
-    if let Err(e) = store.flush() {
+    fail::fail_point!("commit-after-records");
+    let flushed = (|| {
+        fail::fail_point!("commit-fail-flush", |_| Err(injected("flush metadata")));
+        store.flush()
+    })();
+    if let Err(e) = flushed {
         return (undo(store, batch, &results, e, true), None);
     }
+    fail::fail_point!("commit-after-flush");
     (results, None)
+}
+
+/// The error a `commit-fail-*` fault point injects (`faults.rs`).
+fn injected(op: &str) -> StoreError {
+    StoreError::new(op, std::io::Error::other("injected by a fault point"))
 }
 
 /// The same error again (an `io::Error` cannot be cloned).
@@ -269,6 +291,7 @@ fn undo(
             let _ = store.remove_data(&job.id);
         }
     }
+    fail::fail_point!("commit-undo-before-flush");
     let _ = store.flush();
     batch.iter().map(|_| Err(copy(&error))).collect()
 }

@@ -5,13 +5,19 @@
 //! renamed file (content and directory entry) durable with one `syncfs`; `flush` calls sled's
 //! flush. The group committer (`commit.rs`) orders them: rename, sync, records, flush. On Linux sled flushes with `sync_file_range`, which does
 //! not flush the device's volatile write cache: see docs/durability.md.
+//!
+//! A full disk: the store keeps a reserve file in the pool's directory (`reserve.rs`), released
+//! when opening the metadata or writing data fails for lack of space, and refuses new data
+//! while it is released or the file system is nearly full (docs/durability.md, "A full disk").
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tidepool_p2p::PnfsId;
 
+use super::reserve::{self, MARGIN_BYTES, RESERVE_BYTES, Reserve};
 use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult};
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
@@ -29,6 +35,7 @@ pub struct SledStore {
     /// (it only sees errors from its own opening on).
     data_dir: File,
     incoming: PathBuf,
+    reserve: Arc<Reserve>,
 }
 
 fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
@@ -40,36 +47,79 @@ fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`. If the file system is full, the disk
+    /// reserve is released and the metadata opened with the room it leaves; if that is not
+    /// enough, the error says the disk is full.
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         let data = dir.join("data");
         let incoming = dir.join("incoming");
         for d in [&data, &incoming] {
             fs::create_dir_all(d).map_err(|e| StoreError::new(format!("create {}", d.display()), e))?;
         }
-        let config =
-            sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
-        // sled releases its lock file from a background thread after the last handle of a
-        // previous open in this process is dropped; wait a bounded time for that.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && attempts < LOCK_WAITS =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(io_err(format!("open metadata in {} (is another pool using it?)", dir.display()), e));
-                }
-            }
-        };
+        let reserve = Arc::new(Reserve::new(dir));
+        let db = match open_db(dir) {
+            Err(e) if e.is_disk_full() && reserve.release("opening the metadata") => open_db(dir),
+            other => other,
+        }?;
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
         let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
-        Ok(SledStore { records, meta, db, data, data_dir, incoming })
+        let store = SledStore { records, meta, db, data, data_dir, incoming, reserve };
+        match store.reserve.ensure(|| store.free_bytes()) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                dir = %dir.display(),
+                "the disk is full: no room for the disk reserve ({RESERVE_BYTES} bytes), so new data is \
+                 refused until space is freed (rep rm, or outside the pool)"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "cannot write the disk reserve; new data is refused until it can be written"
+            ),
+        }
+        Ok(store)
+    }
+
+    fn free_bytes(&self) -> io::Result<u64> {
+        reserve::free_bytes(&self.data_dir)
+    }
+
+    /// Refuses new data (disk full) unless the reserve is in place (putting it back if there is
+    /// room again) and `size` bytes fit beside it with the margin.
+    fn check_room(&self, size: u64) -> StoreResult<()> {
+        let op = || format!("store {size} bytes of new data in {}", self.data.display());
+        let free = || self.free_bytes().map_err(|e| StoreError::new(op(), e));
+        if !self.reserve.ensure(|| self.free_bytes()).map_err(|e| StoreError::new(op(), e))? {
+            return Err(StoreError::new(
+                format!(
+                    "{}: the file system is full and the disk reserve is released; free space first \
+                     (it needs {} bytes free)",
+                    op(),
+                    RESERVE_BYTES + MARGIN_BYTES
+                ),
+                reserve::no_space(),
+            ));
+        }
+        let free = free()?;
+        if free < size.saturating_add(MARGIN_BYTES) {
+            return Err(StoreError::new(
+                format!("{}: the file system has only {free} bytes free", op()),
+                reserve::no_space(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Passes `result` on; a disk-full error first releases the reserve, so that the metadata
+    /// can still be written.
+    fn watch<T>(&self, what: &str, result: StoreResult<T>) -> StoreResult<T> {
+        if let Err(e) = &result
+            && e.is_disk_full()
+        {
+            self.reserve.release(what);
+        }
+        result
     }
 
     fn data_path(&self, id: &PnfsId) -> PathBuf {
@@ -90,17 +140,71 @@ impl SledStore {
     }
 }
 
+/// Opens sled in `dir/meta`, waiting a bounded time for a lock left by an earlier open in this
+/// process.
+fn open_db(dir: &Path) -> StoreResult<sled::Db> {
+    let config =
+        sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
+    // sled releases its lock file from a background thread after the last handle of a
+    // previous open in this process is dropped; wait a bounded time for that.
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if attempts >= LOCK_WAITS {
+                    return Err(StoreError::new(
+                        format!("open metadata in {} (is another pool using it?)", dir.display()),
+                        e,
+                    ));
+                }
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                let e = io_err(format!("open metadata in {}", dir.display()), e);
+                if e.is_disk_full() {
+                    return Err(StoreError::new(
+                        format!(
+                            "open metadata in {}: the disk is full, and the metadata needs room to open; free \
+                             space on that file system ({} bytes are enough)",
+                            dir.display(),
+                            RESERVE_BYTES
+                        ),
+                        e.source,
+                    ));
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
 struct FileWriter {
     file: io::BufWriter<File>,
+    reserve: Arc<Reserve>,
+}
+
+impl FileWriter {
+    fn watch(&self, result: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &result
+            && reserve::is_disk_full(e)
+        {
+            self.reserve.release("writing data");
+        }
+        result
+    }
 }
 
 impl DataWrite for FileWriter {
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)
+        let r = self.file.write_all(data);
+        self.watch(r)
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.file.flush()
+        let r = self.file.flush();
+        self.watch(r)
     }
 }
 
@@ -151,8 +255,8 @@ impl ReplicaStore for SledStore {
     }
 
     fn flush(&self) -> StoreResult<()> {
-        self.db.flush().map_err(|e| io_err("flush metadata", e))?;
-        Ok(())
+        let r = self.db.flush().map(drop).map_err(|e| io_err("flush metadata", e));
+        self.watch("flushing the metadata", r)
     }
 
     fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -164,15 +268,25 @@ impl ReplicaStore for SledStore {
         Ok(())
     }
 
+    fn room_for(&self, size: u64) -> StoreResult<()> {
+        self.check_room(size)
+    }
+
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
-        let (file, _) = self.create_incoming_file(id)?;
-        Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file) }))
+        self.check_room(0)?;
+        let (file, _) = self.watch("creating a data file", self.create_incoming_file(id))?;
+        Ok(Box::new(FileWriter {
+            file: io::BufWriter::with_capacity(256 * 1024, file),
+            reserve: self.reserve.clone(),
+        }))
     }
 
     /// One `open`, one `write`, no buffer: a small replica's whole content.
     fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
-        let (mut file, path) = self.create_incoming_file(id)?;
-        file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e))
+        self.check_room(data.len() as u64)?;
+        let (mut file, path) = self.watch("creating a data file", self.create_incoming_file(id))?;
+        let r = file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e));
+        self.watch("writing data", r)
     }
 
     fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
@@ -190,15 +304,17 @@ impl ReplicaStore for SledStore {
     fn publish(&self, id: &PnfsId) -> StoreResult<()> {
         let from = self.incoming_path(id);
         let to = self.data_path(id);
-        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e))
+        let r = fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e));
+        self.watch("moving data into place", r)
     }
 
     /// One `syncfs` of the file system holding the data area: the data of every file written
     /// and renamed so far, and the directory entries, reach the disk in one call. `incoming/`
     /// and `data/` are siblings, so they share the file system.
     fn sync_data(&self) -> StoreResult<()> {
-        rustix::fs::syncfs(&self.data_dir)
-            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()))
+        let r = rustix::fs::syncfs(&self.data_dir)
+            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()));
+        self.watch("syncing data", r)
     }
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {

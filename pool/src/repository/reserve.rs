@@ -1,0 +1,148 @@
+//! The disk reserve: a file of [`RESERVE_BYTES`] in the pool's directory (`<data_dir>/reserve`)
+//! that keeps room on the file system for the metadata store. sled needs free space to open
+//! (it rewrites the tail of its log) and to write anything; once one of its writes fails for
+//! lack of space it refuses every later one until it is opened again. So a pool whose disk
+//! filled up could neither start nor free space (docs/durability.md, "A full disk").
+//!
+//! The rules:
+//! - new data is accepted only while the reserve is in place and, beyond it, the file system
+//!   has room for the new replica and [`MARGIN_BYTES`] more;
+//! - the reserve is released (deleted, and logged) when opening the metadata fails for lack of
+//!   space, and when writing data does: the metadata then has room for the removals and
+//!   flushes that free space;
+//! - while it is released, new data is refused (disk full, rc=10005); it is put back, and
+//!   logged, as soon as the file system has room for it and the margin again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+/// The size of the reserve file. sled's log grows in segments of 512 KiB, and opening it may
+/// rewrite one; this leaves room for several segments and a snapshot.
+pub const RESERVE_BYTES: u64 = 8 << 20;
+/// Free space kept beyond the reserve while data is written: the metadata of the commits under
+/// way goes there.
+pub const MARGIN_BYTES: u64 = 1 << 20;
+
+pub(super) struct Reserve {
+    path: PathBuf,
+    /// The directory whose file system the reserve is on.
+    dir: PathBuf,
+    present: AtomicBool,
+    /// Serialises putting the reserve back and releasing it.
+    change: Mutex<()>,
+}
+
+/// The space free to an unprivileged writer on the file system of `dir`.
+pub(super) fn free_bytes(dir: &File) -> io::Result<u64> {
+    let st = rustix::fs::fstatvfs(dir).map_err(io::Error::from)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// A disk-full error (ENOSPC) for a refusal decided here.
+pub(super) fn no_space() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOSPC)
+}
+
+impl Reserve {
+    /// The reserve of the pool in `dir`; `present` tells whether its file is there now.
+    pub fn new(dir: &Path) -> Reserve {
+        let path = dir.join("reserve");
+        let present = fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES);
+        Reserve { path, dir: dir.to_path_buf(), present: AtomicBool::new(present), change: Mutex::new(()) }
+    }
+
+    pub fn is_present(&self) -> bool {
+        self.present.load(Ordering::SeqCst)
+    }
+
+    /// Releases the reserve, if it is there, because `why` failed for lack of space. Returns
+    /// whether it was released now.
+    pub fn release(&self, why: &str) -> bool {
+        let _g = self.change.lock();
+        if !self.is_present() {
+            return false;
+        }
+        match fs::remove_file(&self.path) {
+            Ok(()) => {
+                self.present.store(false, Ordering::SeqCst);
+                tracing::error!(
+                    reserve = %self.path.display(),
+                    bytes = RESERVE_BYTES,
+                    "the disk is full ({why} failed): released the disk reserve so that the metadata can still \
+                     be written; new data is refused until space is freed (rep rm, or outside the pool)"
+                );
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.present.store(false, Ordering::SeqCst);
+                false
+            }
+            Err(e) => {
+                tracing::error!(reserve = %self.path.display(), error = %e, "could not release the disk reserve");
+                false
+            }
+        }
+    }
+
+    /// Whether the reserve is in place; if it is not, puts it back when the file system has
+    /// room for it and the margin. `free` is the space free now.
+    pub fn ensure(&self, free: impl Fn() -> io::Result<u64>) -> io::Result<bool> {
+        if self.is_present() {
+            return Ok(true);
+        }
+        let _g = self.change.lock();
+        if self.is_present() {
+            return Ok(true);
+        }
+        if free()? < RESERVE_BYTES + MARGIN_BYTES {
+            return Ok(false);
+        }
+        match self.create() {
+            Ok(()) => {
+                self.present.store(true, Ordering::SeqCst);
+                tracing::info!(
+                    reserve = %self.path.display(),
+                    bytes = RESERVE_BYTES,
+                    "disk reserve in place; new data is accepted"
+                );
+                Ok(true)
+            }
+            Err(e) if is_disk_full(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the reserve file under a temporary name with its blocks allocated, then renames
+    /// it into place; on failure nothing is left.
+    fn create(&self) -> io::Result<()> {
+        let tmp = self.dir.join("reserve.tmp");
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
+                Ok(()) => {}
+                // A file system without fallocate: real zeros take the space as well.
+                Err(rustix::io::Errno::OPNOTSUPP) => {
+                    let zeros = vec![0u8; 1 << 20];
+                    for _ in 0..RESERVE_BYTES / zeros.len() as u64 {
+                        file.write_all(&zeros)?;
+                    }
+                }
+                Err(e) => return Err(io::Error::from(e)),
+            }
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+pub(super) fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
+}
