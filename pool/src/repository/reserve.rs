@@ -59,8 +59,8 @@ impl Reserve {
         self.present.load(Ordering::SeqCst)
     }
 
-    /// Releases the reserve, if it is there, because `why` failed for lack of space. Returns
-    /// whether it was released now.
+    /// Releases the reserve, if it is there, because of `why` (for the log: "writing data
+    /// failed", ...). Returns whether it was released now.
     pub fn release(&self, why: &str) -> bool {
         let _g = self.change.lock();
         if !self.is_present() {
@@ -72,8 +72,8 @@ impl Reserve {
                 tracing::error!(
                     reserve = %self.path.display(),
                     bytes = RESERVE_BYTES,
-                    "the disk is full ({why} failed): released the disk reserve so that the metadata can still \
-                     be written; new data is refused until space is freed (rep rm, or outside the pool)"
+                    "disk full: {why}; released the disk reserve so that the metadata can still be written; new \
+                     data is refused until space is freed (rep rm, or outside the pool)"
                 );
                 true
             }

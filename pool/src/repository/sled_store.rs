@@ -58,7 +58,7 @@ impl SledStore {
         }
         let reserve = Arc::new(Reserve::new(dir));
         let db = match open_db(dir) {
-            Err(e) if e.is_disk_full() && reserve.release("opening the metadata") => open_db(dir),
+            Err(e) if e.is_disk_full() && reserve.release("opening the metadata failed") => open_db(dir),
             other => other,
         }?;
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
@@ -111,6 +111,15 @@ impl SledStore {
         Ok(())
     }
 
+    /// Before a metadata write: if the file system is almost full (another writer filled it),
+    /// releases the reserve now, because sled refuses every write after one that failed for
+    /// lack of space, until it is opened again.
+    fn keep_room_for_metadata(&self) {
+        if self.reserve.is_present() && self.free_bytes().is_ok_and(|free| free < MARGIN_BYTES) {
+            self.reserve.release("the file system is almost full before a metadata write");
+        }
+    }
+
     /// Passes `result` on; a disk-full error first releases the reserve, so that the metadata
     /// can still be written.
     fn watch<T>(&self, what: &str, result: StoreResult<T>) -> StoreResult<T> {
@@ -143,8 +152,7 @@ impl SledStore {
 /// Opens sled in `dir/meta`, waiting a bounded time for a lock left by an earlier open in this
 /// process.
 fn open_db(dir: &Path) -> StoreResult<sled::Db> {
-    let config =
-        sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
+    let config = sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
     // sled releases its lock file from a background thread after the last handle of a
     // previous open in this process is dropped; wait a bounded time for that.
     let mut attempts = 0;
@@ -190,7 +198,7 @@ impl FileWriter {
         if let Err(e) = &result
             && reserve::is_disk_full(e)
         {
-            self.reserve.release("writing data");
+            self.reserve.release("writing data failed");
         }
         result
     }
@@ -245,18 +253,21 @@ impl ReplicaStore for SledStore {
     }
 
     fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.keep_room_for_metadata();
         self.records.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write record {id}"), e))?;
         Ok(())
     }
 
     fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
+        self.keep_room_for_metadata();
         self.records.remove(id.as_bytes()).map_err(|e| io_err(format!("delete record {id}"), e))?;
         Ok(())
     }
 
     fn flush(&self) -> StoreResult<()> {
+        self.keep_room_for_metadata();
         let r = self.db.flush().map(drop).map_err(|e| io_err("flush metadata", e));
-        self.watch("flushing the metadata", r)
+        self.watch("flushing the metadata failed", r)
     }
 
     fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
@@ -264,6 +275,7 @@ impl ReplicaStore for SledStore {
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.keep_room_for_metadata();
         self.meta.insert(key, value).map_err(|e| io_err(format!("write setting {key}"), e))?;
         Ok(())
     }
@@ -274,19 +286,16 @@ impl ReplicaStore for SledStore {
 
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
         self.check_room(0)?;
-        let (file, _) = self.watch("creating a data file", self.create_incoming_file(id))?;
-        Ok(Box::new(FileWriter {
-            file: io::BufWriter::with_capacity(256 * 1024, file),
-            reserve: self.reserve.clone(),
-        }))
+        let (file, _) = self.watch("creating a data file failed", self.create_incoming_file(id))?;
+        Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file), reserve: self.reserve.clone() }))
     }
 
     /// One `open`, one `write`, no buffer: a small replica's whole content.
     fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
         self.check_room(data.len() as u64)?;
-        let (mut file, path) = self.watch("creating a data file", self.create_incoming_file(id))?;
+        let (mut file, path) = self.watch("creating a data file failed", self.create_incoming_file(id))?;
         let r = file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e));
-        self.watch("writing data", r)
+        self.watch("writing data failed", r)
     }
 
     fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
@@ -305,7 +314,7 @@ impl ReplicaStore for SledStore {
         let from = self.incoming_path(id);
         let to = self.data_path(id);
         let r = fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e));
-        self.watch("moving data into place", r)
+        self.watch("moving data into place failed", r)
     }
 
     /// One `syncfs` of the file system holding the data area: the data of every file written
@@ -314,7 +323,7 @@ impl ReplicaStore for SledStore {
     fn sync_data(&self) -> StoreResult<()> {
         let r = rustix::fs::syncfs(&self.data_dir)
             .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()));
-        self.watch("syncing data", r)
+        self.watch("syncing data failed", r)
     }
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {
