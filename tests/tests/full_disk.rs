@@ -13,6 +13,9 @@ use tidepool_tests::{
     Cluster, assert_bytes, assert_no_partial_replica, create, fill_disk, ok, report_field, sample_bytes, wait_until,
 };
 
+/// Files stored in a pool: pnfsid and bytes.
+type Files = Vec<(String, Vec<u8>)>;
+
 /// The size of each test's tmpfs, in MiB: room for the pool's disk reserve (8 MiB) and a few
 /// tens of MiB of data.
 const TMPFS_MIB: u64 = 40;
@@ -113,7 +116,7 @@ fn a_pool_restarts_on_a_full_disk_and_rep_rm_frees_space() {
 /// Two pools: pool1 on the ordinary disk with `files`, pool2 on a tmpfs of [`TMPFS_MIB`] MiB
 /// (its capacity 256 MiB). `None` when the test is skipped. Failed files are tried again after
 /// 1 s, then 2 s.
-fn source_and_tiny_target(files: &[(usize, u64)]) -> Option<(Cluster, Vec<(String, Vec<u8>)>)> {
+fn source_and_tiny_target(files: &[(usize, u64)]) -> Option<(Cluster, Files)> {
     let mut cluster = Cluster::new(&[("pool1", &[]), ("pool2", &[])]);
     if !cluster.mount_tmpfs("pool2", TMPFS_MIB) {
         return None;
