@@ -146,3 +146,38 @@ impl Reserve {
 pub(super) fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) || e.kind() == io::ErrorKind::StorageFull
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_released_once_and_comes_back_only_with_room_for_it_and_the_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reserve");
+        let r = Reserve::new(dir.path());
+        assert!(!r.is_present(), "a new pool has none yet");
+        let enough = RESERVE_BYTES + MARGIN_BYTES;
+        assert!(!r.ensure(|| Ok(enough - 1)).unwrap(), "not put back without room for it and the margin");
+        assert!(!path.exists());
+        assert!(r.ensure(|| Ok(enough)).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), RESERVE_BYTES);
+        assert!(!dir.path().join("reserve.tmp").exists());
+        // Present: nothing to look at.
+        assert!(r.ensure(|| -> io::Result<u64> { panic!("free space is not needed") }).unwrap());
+        assert!(Reserve::new(dir.path()).is_present(), "found again at the next start");
+
+        assert!(r.release("a test"));
+        assert!(!path.exists() && !r.is_present());
+        assert!(!r.release("a test"), "released once");
+        assert!(!Reserve::new(dir.path()).is_present());
+        assert!(r.ensure(|| Ok(u64::MAX)).unwrap() && path.exists(), "back once there is room");
+    }
+
+    #[test]
+    fn disk_full_errors() {
+        assert!(is_disk_full(&no_space()));
+        assert!(is_disk_full(&io::Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(!is_disk_full(&io::Error::from_raw_os_error(libc::EIO)));
+    }
+}

@@ -104,7 +104,11 @@ impl SledStore {
         let free = free()?;
         if free < size.saturating_add(MARGIN_BYTES) {
             return Err(StoreError::new(
-                format!("{}: the file system has only {free} bytes free", op()),
+                format!(
+                    "{}: the file system has only {free} bytes free, and the pool keeps {MARGIN_BYTES} of them for \
+                     its metadata",
+                    op()
+                ),
                 reserve::no_space(),
             ));
         }
