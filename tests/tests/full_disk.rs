@@ -208,8 +208,12 @@ fn commits_on_a_disk_filled_by_another_writer_leave_no_replica_without_data() {
     let Some((mut cluster, files)) = source_and_tiny_target(&sizes) else { return };
     let job = create(&cluster, "pool1", "migration copy -concurrency=4 pool2");
     wait_until("the first replicas on pool2", SHOW_WAIT, || (!cluster.rep_ls("pool2").is_empty()).then_some(()));
+    // Hold the rest of the copies (pool2 admits no new transfer) while the disk fills, so that
+    // they all meet the full disk.
+    ok(&cluster, "pool2", "pp set max active 0\n");
     let filler = cluster.data_dir("pool2").join("filler");
     fill_disk(&filler);
+    ok(&cluster, "pool2", "pp set max active 8\n");
     let failed = wait_for_disk_full_failures(&cluster, &job, FILES);
     assert!(failed.contains("disk full") && failed.contains("rc=10005"), "{failed}");
     let copied = assert_every_file_somewhere(&cluster, &files);
