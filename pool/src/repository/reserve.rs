@@ -27,6 +27,9 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 /// way goes there.
 pub const MARGIN_BYTES: u64 = 1 << 20;
 
+/// Where the reserve is written before it is renamed into place.
+const TMP_NAME: &str = "reserve.tmp";
+
 pub(super) struct Reserve {
     path: PathBuf,
     /// The directory whose file system the reserve is on.
@@ -48,10 +51,13 @@ pub(super) fn no_space() -> io::Error {
 }
 
 impl Reserve {
-    /// The reserve of the pool in `dir`; `present` tells whether its file is there now.
+    /// The reserve of the pool in `dir`, as found there: a file of any size counts (one written
+    /// by a version with another size is released all the same). A temporary file left by a
+    /// crash while the reserve was being written is deleted: it would hold space for nothing.
     pub fn new(dir: &Path) -> Reserve {
         let path = dir.join("reserve");
-        let present = fs::metadata(&path).is_ok_and(|m| m.len() == RESERVE_BYTES);
+        let _ = fs::remove_file(dir.join(TMP_NAME));
+        let present = path.is_file();
         Reserve { path, dir: dir.to_path_buf(), present: AtomicBool::new(present), change: Mutex::new(()) }
     }
 
@@ -119,7 +125,7 @@ impl Reserve {
     /// Writes the reserve file under a temporary name with its blocks allocated, then renames
     /// it into place; on failure nothing is left.
     fn create(&self) -> io::Result<()> {
-        let tmp = self.dir.join("reserve.tmp");
+        let tmp = self.dir.join(TMP_NAME);
         let result = (|| {
             let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES) {
@@ -172,6 +178,14 @@ mod tests {
         assert!(!r.release("a test"), "released once");
         assert!(!Reserve::new(dir.path()).is_present());
         assert!(r.ensure(|| Ok(u64::MAX)).unwrap() && path.exists(), "back once there is room");
+
+        // A crash while it was written leaves a temporary file, gone at the next start; a
+        // reserve of another size still counts (and can be released).
+        fs::write(dir.path().join(TMP_NAME), b"partial").unwrap();
+        fs::write(&path, b"small").unwrap();
+        let r = Reserve::new(dir.path());
+        assert!(!dir.path().join(TMP_NAME).exists());
+        assert!(r.is_present() && r.release("a test") && !path.exists());
     }
 
     #[test]
