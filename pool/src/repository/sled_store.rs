@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tidepool_p2p::PnfsId;
 
@@ -22,6 +23,8 @@ use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError,
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
 const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// How often at most a record write looks at the free space (`keep_room_for_metadata`).
+const ROOM_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// How many times (50 ms apart) to retry a locked metadata directory before giving up.
 const LOCK_WAITS: u32 = 60;
 
@@ -36,6 +39,9 @@ pub struct SledStore {
     data_dir: File,
     incoming: PathBuf,
     reserve: Arc<Reserve>,
+    opened: std::time::Instant,
+    /// When a record write last looked at the free space (ms after `opened`).
+    room_checked_ms: AtomicU64,
 }
 
 fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
@@ -64,7 +70,17 @@ impl SledStore {
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
         let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
-        let store = SledStore { records, meta, db, data, data_dir, incoming, reserve };
+        let store = SledStore {
+            records,
+            meta,
+            db,
+            data,
+            data_dir,
+            incoming,
+            reserve,
+            opened: std::time::Instant::now(),
+            room_checked_ms: AtomicU64::new(0),
+        };
         match store.reserve.ensure(|| store.free_bytes()) {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -118,8 +134,21 @@ impl SledStore {
     /// Before a metadata write: if the file system is almost full (another writer filled it),
     /// releases the reserve now, because sled refuses every write after one that failed for
     /// lack of space, until it is opened again.
-    fn keep_room_for_metadata(&self) {
-        if self.reserve.is_present() && self.free_bytes().is_ok_and(|free| free < MARGIN_BYTES) {
+    /// A record write looks at most every [`ROOM_CHECK_EVERY`] (a batch writes hundreds); a
+    /// flush always does.
+    fn keep_room_for_metadata(&self, always: bool) {
+        if !self.reserve.is_present() {
+            return;
+        }
+        if !always {
+            let now = self.opened.elapsed().as_millis() as u64;
+            let last = self.room_checked_ms.load(Ordering::Relaxed);
+            if now < last + ROOM_CHECK_EVERY.as_millis() as u64 {
+                return;
+            }
+            self.room_checked_ms.store(now, Ordering::Relaxed);
+        }
+        if self.free_bytes().is_ok_and(|free| free < MARGIN_BYTES) {
             self.reserve.release("the file system is almost full before a metadata write");
         }
     }
@@ -257,19 +286,19 @@ impl ReplicaStore for SledStore {
     }
 
     fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
-        self.keep_room_for_metadata();
+        self.keep_room_for_metadata(false);
         self.records.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write record {id}"), e))?;
         Ok(())
     }
 
     fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
-        self.keep_room_for_metadata();
+        self.keep_room_for_metadata(false);
         self.records.remove(id.as_bytes()).map_err(|e| io_err(format!("delete record {id}"), e))?;
         Ok(())
     }
 
     fn flush(&self) -> StoreResult<()> {
-        self.keep_room_for_metadata();
+        self.keep_room_for_metadata(true);
         let r = self.db.flush().map(drop).map_err(|e| io_err("flush metadata", e));
         self.watch("flushing the metadata failed", r)
     }
@@ -279,7 +308,7 @@ impl ReplicaStore for SledStore {
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
-        self.keep_room_for_metadata();
+        self.keep_room_for_metadata(true);
         self.meta.insert(key, value).map_err(|e| io_err(format!("write setting {key}"), e))?;
         Ok(())
     }
