@@ -1,5 +1,6 @@
 //! The `tidepool` command line. This is the only layer of the daemon that reads files named
-//! on the command line (config, cluster file, key) and the environment (`RUST_LOG`).
+//! on the command line (config, cluster file, key) and the environment (`RUST_LOG`, and
+//! `TIDEPOOL_FAULT_POINTS` for crash tests).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -22,6 +23,7 @@ use tracing::Instrument;
 use crate::client;
 use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings};
+use crate::faults::{self, FaultPoints};
 use crate::pool::now_ms;
 
 #[derive(Parser)]
@@ -171,6 +173,11 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
     let cluster = read_cluster(&config.cluster_file)?;
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
+    // Crash tests arm fault points here (docs/testing.md); nothing else reads it.
+    let fault_points = match std::env::var(faults::ENV_VAR) {
+        Ok(spec) => spec.parse().map_err(|e| anyhow::anyhow!("{}: {e}", faults::ENV_VAR))?,
+        Err(_) => FaultPoints::default(),
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let transfers = config.transfer_settings();
@@ -184,6 +191,7 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
             migration: config.migration.settings(),
+            fault_points,
         };
         let opened = Daemon::open(settings).await?;
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;

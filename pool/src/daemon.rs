@@ -47,6 +47,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub transfers: TransferSettings,
     pub migration: tidepool_migration::module::Settings,
+    /// Fault points to arm before anything starts (crash tests only; none in production).
+    pub fault_points: crate::faults::FaultPoints,
 }
 
 /// A running pool daemon.
@@ -89,8 +91,19 @@ impl Daemon {
     /// answer during a long recovery.
     pub async fn open(settings: Settings) -> anyhow::Result<Opened> {
         let span = tracing::info_span!("pool", name = %settings.name);
-        let Settings { name, data_dir, capacity, cluster, key, pin_owner_prefix, shutdown_grace, transfers, migration } =
-            settings;
+        let Settings {
+            name,
+            data_dir,
+            capacity,
+            cluster,
+            key,
+            pin_owner_prefix,
+            shutdown_grace,
+            transfers,
+            migration,
+            fault_points,
+        } = settings;
+        span.in_scope(|| fault_points.arm()).map_err(|e| anyhow::anyhow!("cannot arm fault points: {e}"))?;
         // 1. Open the repository.
         let dir = data_dir.clone();
         let opened = blocking(move || -> anyhow::Result<_> {

@@ -158,6 +158,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
             migration: config.migration.settings(),
+            fault_points: Default::default(),
         };
         daemons.push(Daemon::start(settings, admin, data).await?);
     }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod faults;
 pub mod gate;
 pub mod migration_env;
 pub mod pool;

@@ -130,7 +130,10 @@ impl Env for PoolEnv {
     fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
         // The migration decides (a moved precious or pinned replica goes once its target is
         // confirmed): no protection applies here.
-        Ok(self.pool()?.repo.remove(id, true, now_ms())?)
+        fail::fail_point!("source-before-remove");
+        self.pool()?.repo.remove(id, true, now_ms())?;
+        fail::fail_point!("source-after-remove");
+        Ok(())
     }
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
@@ -150,6 +153,7 @@ impl Env for PoolEnv {
         let now = now_ms();
         let prefix = pool.pin_prefix.clone();
         let mut kept = None;
+        fail::fail_point!("source-before-remove");
         let result = pool.repo.remove_if(id, |r| {
             kept = source_removal(r.state, &r.sticky, moved, snapshot, &prefix, now);
             match kept {
@@ -158,7 +162,10 @@ impl Env for PoolEnv {
             }
         });
         match (result, kept) {
-            (Ok(()), _) => Ok(SourceRemoval::Removed),
+            (Ok(()), _) => {
+                fail::fail_point!("source-after-remove");
+                Ok(SourceRemoval::Removed)
+            }
             (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
             (Err(e), _) => Err(e.into()),
         }
@@ -483,7 +490,9 @@ pub fn save(pool: &Pool) -> Result<String, RemoteError> {
         .try_migration()
         .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "the migration module is not running"))?;
     let (text, jobs) = module.save_text();
+    fail::fail_point!("save-before-write");
     pool.repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
+    fail::fail_point!("save-after-write");
     let n = jobs.len();
     let idle = module.unrestored_count();
     module.saved(jobs);

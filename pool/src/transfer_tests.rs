@@ -78,6 +78,7 @@ impl Cluster {
                 shutdown_grace: Duration::from_secs(5),
                 transfers: transfers.clone(),
                 migration: Default::default(),
+                fault_points: Default::default(),
             };
             daemons.push(Some(Daemon::start(settings, admin, data).await.unwrap()));
         }

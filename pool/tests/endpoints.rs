@@ -36,6 +36,7 @@ async fn start(dir: &std::path::Path, key: &ClusterKey) -> Daemon {
         shutdown_grace: Duration::from_secs(5),
         transfers: Default::default(),
         migration: Default::default(),
+        fault_points: Default::default(),
     };
     Daemon::start(settings, admin, data).await.unwrap()
 }

@@ -468,6 +468,9 @@ pub struct PoolSpec {
 /// `<pool>.toml`, the pool's data in `<pool>/`, its log (stdout and stderr, every run
 /// appended) in `<pool>.log`.
 pub struct Cluster {
+    /// File systems mounted for pools (before `dir`: unmounted before it is removed, and
+    /// after the pools are killed in `drop`).
+    mounts: Vec<TinyFs>,
     dir: tempfile::TempDir,
     pools: Vec<PoolSpec>,
     running: BTreeMap<String, Child>,
@@ -503,7 +506,7 @@ impl Cluster {
             links: Vec::new(),
         };
         std::fs::write(dir.path().join("cluster.toml"), file.to_toml()).expect("write cluster.toml");
-        let cluster = Cluster { dir, pools: specs, running: BTreeMap::new() };
+        let cluster = Cluster { mounts: Vec::new(), dir, pools: specs, running: BTreeMap::new() };
         cluster.keygen(&cluster.path("cluster.key")).assert_success("tidepool keygen");
         for p in &cluster.pools {
             let config = format!(
@@ -638,6 +641,12 @@ impl Cluster {
     /// which tests look for.
     #[track_caller]
     pub fn start(&mut self, pool: &str) {
+        self.start_with_env(pool, &[]);
+    }
+
+    /// [`Cluster::start`] with extra environment variables, such as `TIDEPOOL_FAULT_POINTS`.
+    #[track_caller]
+    pub fn start_with_env(&mut self, pool: &str, env: &[(&str, &str)]) {
         assert!(!self.running.contains_key(pool), "{pool} is already running");
         let mut log = OpenOptions::new()
             .create(true)
@@ -652,6 +661,7 @@ impl Cluster {
             .arg(self.config_path(pool))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -698,6 +708,41 @@ impl Cluster {
         let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
         child.kill().unwrap_or_else(|e| panic!("kill -9 {pool}: {e}"));
         child.wait().unwrap_or_else(|e| panic!("reap {pool}: {e}"))
+    }
+
+    /// Waits (up to `timeout`) for the pool's process to exit on its own (a fault point that
+    /// aborts it, say), reaps it and returns how it exited. Panics if it still runs then.
+    #[track_caller]
+    pub fn wait_for_exit(&mut self, pool: &str, timeout: Duration) -> ExitStatus {
+        let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{pool} did not exit within {timeout:?}; its log:\n{}", self.log(pool));
+            }
+            thread::sleep(POLL_PAUSE);
+        }
+    }
+
+    /// Mounts a tmpfs of `mib` MiB on the pool's data directory, before the pool first starts,
+    /// for tests of a full disk; it is unmounted when the cluster is dropped, after its pools
+    /// are killed. Returns false, having printed that the test is skipped and why, when the
+    /// test does not run as root; as root, a mount that fails fails the test.
+    #[track_caller]
+    pub fn mount_tmpfs(&mut self, pool: &str, mib: u64) -> bool {
+        if !is_root() {
+            eprintln!("SKIPPED: this test mounts a {mib} MiB tmpfs for {pool}, which needs root (CI runs as root)");
+            return false;
+        }
+        let dir = self.data_dir(pool);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        self.mounts.push(TinyFs::mount(&dir, mib));
+        true
     }
 
     /// Stops the pool's process with SIGSTOP: it keeps its sockets and files but does nothing
@@ -1037,6 +1082,72 @@ pub fn assert_bytes(cluster: &Cluster, pool: &str, files: &[(String, Vec<u8>)]) 
         let got = cluster.get_bytes(pool, id);
         assert!(got == *bytes, "{id} in {pool}: {} bytes that differ from the {} stored", got.len(), bytes.len());
     }
+}
+
+/// A tmpfs mounted by a test; unmounted when dropped (lazily if something still holds it).
+#[derive(Debug)]
+pub struct TinyFs {
+    dir: PathBuf,
+}
+
+impl TinyFs {
+    /// Mounts a tmpfs of `mib` MiB on `dir`; panics if that fails.
+    #[track_caller]
+    pub fn mount(dir: &Path, mib: u64) -> TinyFs {
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(dir);
+        let out = run(cmd, "");
+        out.assert_success(&format!("mount a {mib} MiB tmpfs on {}", dir.display()));
+        TinyFs { dir: dir.to_path_buf() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut cmd = Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.dir).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) && !umount(true) {
+            eprintln!("could not unmount the tmpfs on {}", self.dir.display());
+        }
+    }
+}
+
+/// Whether this process runs as root (and so may mount file systems).
+#[allow(unsafe_code)]
+pub fn is_root() -> bool {
+    // SAFETY: geteuid(2) takes nothing, touches no memory and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Writes zeros into a new file `path` until the file system is full; returns how many bytes
+/// it wrote. For a test that plays another writer filling the disk of a pool.
+#[track_caller]
+pub fn fill_disk(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("fill {}: {e}", path.display()),
+        }
+    }
+    // Whatever is left is smaller than a block; a byte at a time takes it.
+    while let Ok(1) = file.write(&[0]) {
+        written += 1;
+    }
+    written
 }
 
 /// Sends `sig` to a child that has not been reaped, so its pid cannot have been reused.

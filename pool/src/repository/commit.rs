@@ -160,10 +160,16 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
         if !job.evicted.is_empty() {
             discard(store, &job.evicted);
         }
-        let result = match &job.data {
-            Some(data) => store.put_incoming(&job.id, data).and_then(|()| store.publish(&job.id)),
-            None => store.publish(&job.id),
+        let written = match &job.data {
+            Some(data) => store.put_incoming(&job.id, data),
+            None => Ok(()),
         };
+        let result = written.and_then(|()| {
+            fail::fail_point!("commit-before-rename");
+            store.publish(&job.id)?;
+            fail::fail_point!("commit-after-rename");
+            Ok(())
+        });
         let seq = count.fetch_add(1, Ordering::SeqCst) + 1;
         // If the commit thread has gone, the job is dropped and answers with an error.
         let _ = placed.send(Placed { job, placed: result, seq });
@@ -244,7 +250,11 @@ fn commit_batch(
     ghosts: &Ghosts,
 ) -> (Vec<StoreResult<()>>, Option<StoreError>) {
     // 1. One sync makes the data of the whole batch durable, before any record names it.
-    if let Err(e) = store.sync_data() {
+    let synced = (|| {
+        fail::fail_point!("commit-fail-sync", |_| Err(injected("sync data")));
+        store.sync_data()
+    })();
+    if let Err(e) = synced {
         let seen = copy(&e);
         tracing::error!(error = %e, replicas = batch.len(), "commit failed; nothing of this batch was kept");
         for (job, result) in batch.iter().zip(&results) {
@@ -254,6 +264,7 @@ fn commit_batch(
         }
         return (batch.iter().map(|_| Err(copy(&e))).collect(), Some(seen));
     }
+    fail::fail_point!("commit-after-sync");
     // Records left by earlier failed commits are deleted again, made durable by this batch's
     // flush. A replica of this batch overwrites its own.
     let retried: Vec<PnfsId> = {
@@ -271,7 +282,12 @@ fn commit_batch(
             }
         }
     }
-    if let Err(e) = store.flush() {
+    fail::fail_point!("commit-after-records");
+    let flushed = (|| {
+        fail::fail_point!("commit-fail-flush", |_| Err(injected("flush metadata")));
+        store.flush()
+    })();
+    if let Err(e) = flushed {
         tracing::error!(error = %e, replicas = batch.len(), "commit failed; nothing of this batch was kept");
         let placed: Vec<PnfsId> =
             batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(j, _)| j.id).chain(unwritten).collect();
@@ -294,7 +310,13 @@ fn commit_batch(
     if !unwritten.is_empty() {
         undo_records(store, &unwritten, ghosts);
     }
+    fail::fail_point!("commit-after-flush");
     (results, None)
+}
+
+/// The error a `commit-fail-*` fault point injects (`faults.rs`).
+fn injected(op: &str) -> StoreError {
+    StoreError::new(op, std::io::Error::other("injected by a fault point"))
 }
 
 /// The same error again (an `io::Error` cannot be cloned).
@@ -340,8 +362,10 @@ fn undo_records(store: &dyn ReplicaStore, ids: &[PnfsId], ghosts: &Ghosts) {
             }
         })
         .collect();
-    let durable =
-        ids.iter().try_for_each(|id| retry(|| store.delete_record(id))).and_then(|()| retry(|| store.flush()));
+    let durable = ids.iter().try_for_each(|id| retry(|| store.delete_record(id))).and_then(|()| {
+        fail::fail_point!("commit-undo-before-flush");
+        retry(|| store.flush())
+    });
     if let Err(e) = durable {
         tracing::error!(
             error = %e,

@@ -14,6 +14,7 @@ mod commit;
 mod index;
 mod mem_store;
 pub mod record;
+mod reserve;
 mod sled_store;
 pub mod store;
 
@@ -588,6 +589,9 @@ impl Repository {
         if ix.get(&id).is_some() {
             return Err(RepoError::Exists(id));
         }
+        // The disk, not only the capacity, must have room (a smaller file system than the
+        // configured capacity, or other writers on it): one statvfs.
+        self.store.room_for(attrs.size)?;
         ix.expire(now);
         let evicted = ix.make_room(attrs.size, self.capacity).map_err(|s| RepoError::PoolFull {
             needed: attrs.size,
@@ -905,6 +909,7 @@ impl Repository {
         }
         self.store.delete_record(id)?;
         self.flush_shared()?;
+        fail::fail_point!("remove-before-data-delete");
         self.store.remove_data(id)?;
         Ok(())
     }

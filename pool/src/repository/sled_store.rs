@@ -7,17 +7,26 @@
 //! because sled flushes with `sync_file_range`, which neither flushes the device's volatile write
 //! cache nor writes the file's size: see docs/durability.md. The group committer (`commit.rs`)
 //! orders them: rename, sync, records, flush.
+//!
+//! A full disk: the store keeps a reserve file in the pool's directory (`reserve.rs`), released
+//! when opening the metadata or writing data fails for lack of space, and refuses new data
+//! while it is released or the file system is nearly full (docs/durability.md, "A full disk").
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tidepool_p2p::PnfsId;
 
+use super::reserve::{self, MARGIN_BYTES, RESERVE_BYTES, Reserve};
 use super::store::{DataRead, DataWrite, RecordVisitor, ReplicaStore, StoreError, StoreResult, failed_mark_name};
 
 /// sled's page cache; records are small, and the repository keeps its own compact index.
 const SLED_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// How often at most a record write looks at the free space (`keep_room_for_metadata`).
+const ROOM_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// How many times (50 ms apart) to retry a locked metadata directory before giving up.
 const LOCK_WAITS: u32 = 60;
 
@@ -39,6 +48,10 @@ pub struct SledStore {
     blobs: PathBuf,
     /// The blob files already synced (sled never changes a blob once written).
     synced_blobs: parking_lot::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    reserve: Arc<Reserve>,
+    opened: std::time::Instant,
+    /// When a record write last looked at the free space (ms after `opened`).
+    room_checked_ms: AtomicU64,
 }
 
 fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
@@ -50,125 +63,129 @@ fn io_err(op: impl Into<String>, e: sled::Error) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`. If the file system is full, the disk
+    /// reserve is released and the metadata opened with the room it leaves; if that is not
+    /// enough, the error says the disk is full.
     pub fn open(dir: &Path) -> StoreResult<SledStore> {
         let data = dir.join("data");
         let incoming = dir.join("incoming");
         for d in [&data, &incoming] {
             fs::create_dir_all(d).map_err(|e| StoreError::new(format!("create {}", d.display()), e))?;
         }
-        let config =
-            sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
-        // sled releases its lock file from a background thread after the last handle of a
-        // previous open in this process is dropped; wait a bounded time for that.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && attempts < LOCK_WAITS =>
-                {
-                    attempts += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    return Err(io_err(format!("open metadata in {} (is another pool using it?)", dir.display()), e));
-                }
-            }
-        };
+        let reserve = Arc::new(Reserve::new(dir));
+        let db = match open_db(dir) {
+            Err(e) if e.is_disk_full() && reserve.release("opening the metadata failed") => open_db(dir),
+            other => other,
+        }?;
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
         let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
         let log_path = dir.join("meta").join("db");
         let log = File::open(&log_path).map_err(|e| StoreError::new(format!("open {}", log_path.display()), e))?;
         let (quarantine, blobs) = (dir.join("quarantine"), dir.join("meta").join("blobs"));
-        let synced_blobs = Default::default();
-        Ok(SledStore { records, meta, db, data, data_dir, incoming, quarantine, log, blobs, synced_blobs })
-    }
-
-    fn data_path(&self, id: &PnfsId) -> PathBuf {
-        self.data.join(id.to_string())
-    }
-
-    fn incoming_path(&self, id: &PnfsId) -> PathBuf {
-        self.incoming.join(id.to_string())
-    }
-
-    /// Creates (truncating) the incoming file of `id`.
-    fn create_incoming_file(&self, id: &PnfsId) -> StoreResult<(File, PathBuf)> {
-        let path = self.incoming_path(id);
-        match OpenOptions::new().write(true).create(true).truncate(true).open(&path) {
-            Ok(file) => Ok((file, path)),
-            Err(e) => Err(StoreError::new(format!("create {}", path.display()), e)),
+        let store = SledStore {
+            records,
+            meta,
+            db,
+            data,
+            data_dir,
+            incoming,
+            quarantine,
+            log,
+            blobs,
+            synced_blobs: Default::default(),
+            reserve,
+            opened: std::time::Instant::now(),
+            room_checked_ms: AtomicU64::new(0),
+        };
+        match store.reserve.ensure(|| store.free_bytes()) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                dir = %dir.display(),
+                "the disk is full: no room for the disk reserve ({RESERVE_BYTES} bytes), so new data is \
+                 refused until space is freed (rep rm, or outside the pool)"
+            ),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "cannot write the disk reserve; new data is refused until it can be written"
+            ),
         }
-    }
-}
-
-struct FileWriter {
-    file: io::BufWriter<File>,
-}
-
-impl DataWrite for FileWriter {
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)
+        Ok(store)
     }
 
-    fn finish(&mut self) -> io::Result<()> {
-        self.file.flush()
+    fn free_bytes(&self) -> io::Result<u64> {
+        reserve::free_bytes(&self.data_dir)
     }
-}
 
-fn list_dir(dir: &Path) -> StoreResult<Vec<String>> {
-    let op = || format!("list {}", dir.display());
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| StoreError::new(op(), e))? {
-        let entry = entry.map_err(|e| StoreError::new(op(), e))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
+    /// Refuses new data (disk full) unless the reserve is in place (putting it back if there is
+    /// room again) and `size` bytes fit beside it with the margin.
+    fn check_room(&self, size: u64) -> StoreResult<()> {
+        let op = || format!("store {size} bytes of new data in {}", self.data.display());
+        let free = || self.free_bytes().map_err(|e| StoreError::new(op(), e));
+        if !self.reserve.ensure(|| self.free_bytes()).map_err(|e| StoreError::new(op(), e))? {
+            return Err(StoreError::new(
+                format!(
+                    "{}: the file system is full and the disk reserve is released; free space first \
+                     (it needs {} bytes free)",
+                    op(),
+                    RESERVE_BYTES + MARGIN_BYTES
+                ),
+                reserve::no_space(),
+            ));
+        }
+        let free = free()?;
+        if free < size.saturating_add(MARGIN_BYTES) {
+            return Err(StoreError::new(
+                format!(
+                    "{}: the file system has only {free} bytes free, and the pool keeps {MARGIN_BYTES} of them for \
+                     its metadata",
+                    op()
+                ),
+                reserve::no_space(),
+            ));
+        }
+        Ok(())
     }
-    Ok(names)
-}
 
-fn remove_file_if_present(path: &Path) -> StoreResult<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::new(format!("remove {}", path.display()), e)),
-    }
-}
-
-impl ReplicaStore for SledStore {
-    fn scan_records(&self, visit: &mut RecordVisitor<'_>) -> StoreResult<()> {
-        for item in self.records.iter() {
-            let (k, v) = item.map_err(|e| io_err("read replica record", e))?;
-            if visit(&k, &v).is_break() {
-                break;
+    /// Before a metadata write: if the file system is almost full (another writer filled it),
+    /// releases the reserve now, because sled refuses every write after one that failed for
+    /// lack of space, until it is opened again.
+    /// A record write looks at most every [`ROOM_CHECK_EVERY`] (a batch writes hundreds); a
+    /// flush always does.
+    fn keep_room_for_metadata(&self, always: bool) {
+        if !self.reserve.is_present() {
+            return;
+        }
+        if !always {
+            let now = self.opened.elapsed().as_millis() as u64;
+            let last = self.room_checked_ms.load(Ordering::Relaxed);
+            if now < last + ROOM_CHECK_EVERY.as_millis() as u64 {
+                return;
             }
+            self.room_checked_ms.store(now, Ordering::Relaxed);
         }
-        Ok(())
+        if self.free_bytes().is_ok_and(|free| free < MARGIN_BYTES) {
+            self.reserve.release("the file system is almost full before a metadata write");
+        }
     }
 
-    fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
-        self.records
-            .get(id.as_bytes())
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| io_err(format!("read record {id}"), e))
-    }
-
-    fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
-        self.records.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write record {id}"), e))?;
-        Ok(())
-    }
-
-    fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
-        self.records.remove(id.as_bytes()).map_err(|e| io_err(format!("delete record {id}"), e))?;
-        Ok(())
+    /// Passes `result` on; a disk-full error first releases the reserve, so that the metadata
+    /// can still be written.
+    fn watch<T>(&self, what: &str, result: StoreResult<T>) -> StoreResult<T> {
+        if let Err(e) = &result
+            && e.is_disk_full()
+        {
+            self.reserve.release(what);
+        }
+        result
     }
 
     /// sled's flush, then a real sync of what it wrote: `fdatasync` of its log file (which
     /// also makes the device flush its volatile write cache on file systems with barriers, the
     /// default on ext4 and XFS), and of the blob files and their directory if sled wrote any
     /// (only values over about 128 KiB go there; the records never do).
-    fn flush(&self) -> StoreResult<()> {
+    fn flush_and_sync(&self) -> StoreResult<()> {
         self.db.flush().map_err(|e| io_err("flush metadata", e))?;
         let sync_err =
             |what: &Path, e: rustix::io::Errno| StoreError::new(format!("sync {}", what.display()), e.into());
@@ -209,24 +226,173 @@ impl ReplicaStore for SledStore {
         Ok(())
     }
 
+    fn data_path(&self, id: &PnfsId) -> PathBuf {
+        self.data.join(id.to_string())
+    }
+
+    fn incoming_path(&self, id: &PnfsId) -> PathBuf {
+        self.incoming.join(id.to_string())
+    }
+
+    /// Creates (truncating) the incoming file of `id`.
+    fn create_incoming_file(&self, id: &PnfsId) -> StoreResult<(File, PathBuf)> {
+        let path = self.incoming_path(id);
+        match OpenOptions::new().write(true).create(true).truncate(true).open(&path) {
+            Ok(file) => Ok((file, path)),
+            Err(e) => Err(StoreError::new(format!("create {}", path.display()), e)),
+        }
+    }
+}
+
+/// Opens sled in `dir/meta`, waiting a bounded time for a lock left by an earlier open in this
+/// process.
+fn open_db(dir: &Path) -> StoreResult<sled::Db> {
+    let config = sled::Config::new().path(dir.join("meta")).cache_capacity(SLED_CACHE_BYTES).flush_every_ms(Some(1000));
+    // sled releases its lock file from a background thread after the last handle of a
+    // previous open in this process is dropped; wait a bounded time for that.
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if attempts >= LOCK_WAITS {
+                    return Err(StoreError::new(
+                        format!("open metadata in {} (is another pool using it?)", dir.display()),
+                        e,
+                    ));
+                }
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                let e = io_err(format!("open metadata in {}", dir.display()), e);
+                if e.is_disk_full() {
+                    return Err(StoreError::new(
+                        format!(
+                            "open metadata in {}: the disk is full, and the metadata needs room to open; free \
+                             space on that file system ({} bytes are enough)",
+                            dir.display(),
+                            RESERVE_BYTES
+                        ),
+                        e.source,
+                    ));
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+struct FileWriter {
+    file: io::BufWriter<File>,
+    reserve: Arc<Reserve>,
+}
+
+impl FileWriter {
+    fn watch(&self, result: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &result
+            && reserve::is_disk_full(e)
+        {
+            self.reserve.release("writing data failed");
+        }
+        result
+    }
+}
+
+impl DataWrite for FileWriter {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let r = self.file.write_all(data);
+        self.watch(r)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        let r = self.file.flush();
+        self.watch(r)
+    }
+}
+
+fn list_dir(dir: &Path) -> StoreResult<Vec<String>> {
+    let op = || format!("list {}", dir.display());
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::new(op(), e))? {
+        let entry = entry.map_err(|e| StoreError::new(op(), e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+fn remove_file_if_present(path: &Path) -> StoreResult<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::new(format!("remove {}", path.display()), e)),
+    }
+}
+
+impl ReplicaStore for SledStore {
+    fn scan_records(&self, visit: &mut RecordVisitor<'_>) -> StoreResult<()> {
+        for item in self.records.iter() {
+            let (k, v) = item.map_err(|e| io_err("read replica record", e))?;
+            if visit(&k, &v).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_record(&self, id: &PnfsId) -> StoreResult<Option<Vec<u8>>> {
+        self.records
+            .get(id.as_bytes())
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| io_err(format!("read record {id}"), e))
+    }
+
+    fn put_record(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.keep_room_for_metadata(false);
+        self.records.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write record {id}"), e))?;
+        Ok(())
+    }
+
+    fn delete_record(&self, id: &PnfsId) -> StoreResult<()> {
+        self.keep_room_for_metadata(false);
+        self.records.remove(id.as_bytes()).map_err(|e| io_err(format!("delete record {id}"), e))?;
+        Ok(())
+    }
+
+    /// Makes every record write so far durable (`flush_and_sync`), keeping room for it on a
+    /// nearly full disk.
+    fn flush(&self) -> StoreResult<()> {
+        self.keep_room_for_metadata(true);
+        let r = self.flush_and_sync();
+        self.watch("flushing the metadata failed", r)
+    }
+
     fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
         self.meta.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| io_err(format!("read setting {key}"), e))
     }
 
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()> {
+        self.keep_room_for_metadata(true);
         self.meta.insert(key, value).map_err(|e| io_err(format!("write setting {key}"), e))?;
         Ok(())
     }
 
+    fn room_for(&self, size: u64) -> StoreResult<()> {
+        self.check_room(size)
+    }
+
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
-        let (file, _) = self.create_incoming_file(id)?;
-        Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file) }))
+        self.check_room(0)?;
+        let (file, _) = self.watch("creating a data file failed", self.create_incoming_file(id))?;
+        Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file), reserve: self.reserve.clone() }))
     }
 
     /// One `open`, one `write`, no buffer: a small replica's whole content.
     fn put_incoming(&self, id: &PnfsId, data: &[u8]) -> StoreResult<()> {
-        let (mut file, path) = self.create_incoming_file(id)?;
-        file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e))
+        self.check_room(data.len() as u64)?;
+        let (mut file, path) = self.watch("creating a data file failed", self.create_incoming_file(id))?;
+        let r = file.write_all(data).map_err(|e| StoreError::new(format!("write {}", path.display()), e));
+        self.watch("writing data failed", r)
     }
 
     fn remove_incoming(&self, id: &PnfsId) -> StoreResult<()> {
@@ -244,15 +410,17 @@ impl ReplicaStore for SledStore {
     fn publish(&self, id: &PnfsId) -> StoreResult<()> {
         let from = self.incoming_path(id);
         let to = self.data_path(id);
-        fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e))
+        let r = fs::rename(&from, &to).map_err(|e| StoreError::new(format!("move {} into data", from.display()), e));
+        self.watch("moving data into place failed", r)
     }
 
     /// One `syncfs` of the file system holding the data area: the data of every file written
     /// and renamed so far, and the directory entries, reach the disk in one call. `incoming/`
     /// and `data/` are siblings, so they share the file system.
     fn sync_data(&self) -> StoreResult<()> {
-        rustix::fs::syncfs(&self.data_dir)
-            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()))
+        let r = rustix::fs::syncfs(&self.data_dir)
+            .map_err(|e| StoreError::new(format!("sync {}", self.data.display()), e.into()));
+        self.watch("syncing data failed", r)
     }
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead> {

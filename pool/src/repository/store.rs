@@ -68,6 +68,11 @@ pub trait ReplicaStore: Send + Sync + 'static {
     fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
 
+    /// Whether the disk has room for a new replica of `size` bytes beside what the store keeps
+    /// free for its metadata; a disk-full error if not (docs/durability.md, "A full disk").
+    fn room_for(&self, _size: u64) -> StoreResult<()> {
+        Ok(())
+    }
     /// Creates (truncating) the incoming data file of `id`.
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>>;
     /// Creates (truncating) the incoming data file of `id` with exactly `data` in it.
