@@ -14,6 +14,13 @@ use crate::error::RemoteError;
 pub const MAX_DATA_CHUNK: usize = 1024 * 1024;
 /// The default frame limit: one full data chunk plus its header.
 pub const MAX_FRAME: usize = MAX_DATA_CHUNK + 64;
+/// The frame limit while a peer is not yet authenticated (see `docs/protocol.md`): the
+/// handshake's frames are about a hundred bytes plus the client's name, so nothing larger is
+/// read from a peer that has not proved it holds the cluster key.
+pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
+/// The most a reader asks for at once, and so the most its buffer holds beyond what the peer
+/// actually sent: a frame's announced length is never reserved up front.
+const READ_STEP: usize = 256 * 1024;
 
 const KIND_MESSAGE: u8 = 0;
 const KIND_DATA: u8 = 1;
@@ -64,8 +71,25 @@ pub struct FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader that refuses frames longer than `max`. It allocates nothing until data comes.
     pub fn new(inner: R, max: usize) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024), max }
+        FrameReader { inner, buf: BytesMut::new(), max }
+    }
+
+    /// The current frame limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the frame limit (the handshake lowers it to [`MAX_HANDSHAKE_FRAME`] until the
+    /// peer is authenticated).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The bytes the reader's buffer holds allocated, received or not.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next frame, or `None` when the peer closed the connection between frames.
@@ -74,9 +98,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_parse()? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
-                self.buf.reserve(256 * 1024);
-            }
+            self.make_room();
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(WireError::Closed) };
@@ -97,6 +119,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Makes room for the next read: at most one step (bounded by the frame limit), so the
+    /// buffer never holds more than what was received plus that step, whatever a frame header
+    /// announces.
+    fn make_room(&mut self) {
+        let step = (self.max + 4).min(READ_STEP);
+        let missing = if self.buf.len() >= 4 {
+            let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+            (4 + len).saturating_sub(self.buf.len())
+        } else {
+            step
+        };
+        let want = missing.clamp(1, step);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+    }
+
     fn try_parse(&mut self) -> Result<Option<Frame>, WireError> {
         if self.buf.len() < 4 {
             return Ok(None);
@@ -109,7 +148,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(WireError::Malformed("empty frame".into()));
         }
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(4);
@@ -137,7 +175,18 @@ pub struct FrameWriter<W: AsyncWrite> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner: BufWriter::with_capacity(64 * 1024, inner), scratch: Vec::new() }
+        FrameWriter::with_capacity(inner, 64 * 1024)
+    }
+
+    /// A writer with a `capacity`-byte buffer (a small one for a peer not yet authenticated).
+    pub fn with_capacity(inner: W, capacity: usize) -> Self {
+        FrameWriter { inner: BufWriter::with_capacity(capacity, inner), scratch: Vec::new() }
+    }
+
+    /// The stream, once everything queued was flushed (every `send` flushes).
+    pub fn into_inner(self) -> W {
+        debug_assert!(self.inner.buffer().is_empty(), "into_inner with unflushed frames");
+        self.inner.into_inner()
     }
 
     /// Sends one message and flushes.
@@ -221,6 +270,28 @@ mod tests {
         let mut r = FrameReader::new(b, 100);
         w.send_raw(&(1_000_000u32).to_be_bytes()).await.unwrap();
         assert!(matches!(r.next().await, Err(WireError::Oversized { len: 1_000_000, max: 100 })));
+    }
+
+    /// A header announcing a large frame makes the reader hold no more than what arrived plus
+    /// one read step; the frame still arrives whole once its bytes do.
+    #[tokio::test]
+    async fn an_announced_length_is_not_reserved_up_front() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b, MAX_FRAME);
+        let body = vec![5u8; MAX_DATA_CHUNK];
+        let mut header = ((MAX_DATA_CHUNK + 1) as u32).to_be_bytes().to_vec();
+        header.push(KIND_DATA);
+        w.send_raw(&header).await.unwrap();
+        w.send_raw(&body[..1000]).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(pending.is_err(), "the frame is not complete yet");
+        assert!(r.buffer_capacity() <= 2 * READ_STEP, "reserved {} bytes for 1005 received", r.buffer_capacity());
+        w.send_raw(&body[1000..]).await.unwrap();
+        match r.expect().await.unwrap() {
+            Frame::Data(d) => assert!(d.len() == MAX_DATA_CHUNK && d.iter().all(|&b| b == 5)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

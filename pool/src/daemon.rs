@@ -5,7 +5,9 @@
 //! 2. restore the saved pool mode;
 //! 3. start the migration module and the feed of repository changes into it, and recreate
 //!    the permanent jobs saved with `save`;
-//! 4. accept connections on the admin and data listeners (bound by the caller).
+//! 4. accept connections on the admin and data listeners (bound by the caller); each listener
+//!    holds at most `admission::MAX_UNAUTHENTICATED` connections in their handshake at once
+//!    and reads only handshake-sized frames from them (`docs/protocol.md`).
 //!
 //! Shutdown is the same script in reverse: the migration module cancels its jobs and the
 //! copies it serves (within the grace period, while the pool still answers other pools); then
@@ -15,7 +17,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidepool_p2p::auth::{self, ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
@@ -26,12 +28,13 @@ use tidepool_p2p::random::random_bytes;
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, exec};
+use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
 use crate::transfer::{self, PEER_IDLE, TransferSettings};
@@ -190,7 +193,28 @@ struct Ctx {
     tracker: TaskTracker,
 }
 
+/// What one listener shares with the connections it accepted: the places for connections in
+/// their handshake, and the rate limit of its refusal warnings.
+struct Admission {
+    unauthenticated: Arc<Semaphore>,
+    refusals: parking_lot::Mutex<RefusalLog>,
+}
+
+impl Admission {
+    /// Writes a refusal warning unless the rate limit holds it back.
+    fn warn(&self, write: impl FnOnce(&str)) {
+        let verdict = self.refusals.lock().admit(Instant::now());
+        if let Verdict::Log { suppressed } = verdict {
+            write(&suppressed_note(suppressed));
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
+    let admission = Arc::new(Admission {
+        unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+        refusals: parking_lot::Mutex::new(RefusalLog::new(Instant::now())),
+    });
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -198,9 +222,22 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(permit) = admission.unauthenticated.clone().try_acquire_owned() else {
+                    // Closed before anything is read or allocated for it.
+                    drop(stream);
+                    admission.warn(|note| {
+                        tracing::warn!(
+                            %peer, ?service,
+                            "dropped connection: {MAX_UNAUTHENTICATED} connections are already in their handshake{note}"
+                        )
+                    });
+                    continue;
+                };
                 let conn = ctx.clone();
+                let admission = admission.clone();
                 ctx.tracker.spawn(
-                    async move { serve(stream, peer, service, conn).await }.instrument(tracing::Span::current()),
+                    async move { serve(stream, peer, service, conn, permit, &admission).await }
+                        .instrument(tracing::Span::current()),
                 );
             }
             Err(e) => {
@@ -218,15 +255,26 @@ const UPLOAD_IDLE: Duration = Duration::from_secs(120);
 type Reader = FrameReader<OwnedReadHalf>;
 type Writer = FrameWriter<OwnedWriteHalf>;
 
-async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) {
+/// The write buffer of a connection in its handshake (the handshake's frames are small).
+const HANDSHAKE_WRITE_BUFFER: usize = 1024;
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Service,
+    ctx: Ctx,
+    permit: OwnedSemaphorePermit,
+    admission: &Admission,
+) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
+    // `auth::accept` reads at most handshake-sized frames until the peer is authenticated.
     let mut reader = FrameReader::new(r, MAX_FRAME);
-    let mut writer = FrameWriter::new(w);
+    let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
     let client = match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service).await {
         Ok(p) => p.name,
         Err(e) => {
-            tracing::warn!(%peer, ?service, "refused connection: {e}");
+            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
             if let WireError::Timeout(t) = e {
                 // Tell a slow client why it is dropped, if it still listens.
                 let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
@@ -236,6 +284,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) 
             return;
         }
     };
+    drop(permit);
+    let mut writer = FrameWriter::new(writer.into_inner());
     tracing::debug!(%peer, %client, ?service, "connection authenticated");
     let result = match service {
         Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
