@@ -175,7 +175,8 @@ where
         writer.send(&HandshakeReply::Welcome { mac }).await?;
         Ok(PeerInfo { name: auth.client })
     };
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))??;
+    let peer =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))??;
     reader.set_max(limit);
     Ok(peer)
 }
@@ -285,7 +286,7 @@ mod tests {
         let mut w = FrameWriter::new(aw);
         let hostile = async move {
             let mut c = FrameWriter::new(bw);
-            let mut header = ((1u32 << 20) as u32).to_be_bytes().to_vec();
+            let mut header = (1u32 << 20).to_be_bytes().to_vec();
             header.push(0);
             header.extend_from_slice(&[7u8; 1000]);
             c.send_raw(&header).await.unwrap();
@@ -301,10 +302,7 @@ mod tests {
             got
         };
         let (got, _c) = tokio::join!(server, hostile);
-        assert!(
-            matches!(got, Err(WireError::Oversized { len: 1_048_576, max: MAX_HANDSHAKE_FRAME })),
-            "{got:?}"
-        );
+        assert!(matches!(got, Err(WireError::Oversized { len: 1_048_576, max: MAX_HANDSHAKE_FRAME })), "{got:?}");
         assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "reserved {} bytes", r.buffer_capacity());
     }
 

@@ -147,12 +147,8 @@ mod tests {
 
     #[test]
     fn echoed_input_is_truncated() {
-        let table: &[(&str, usize, &str)] = &[
-            ("", 3, ""),
-            ("abc", 3, "abc"),
-            ("abcd", 3, "abc... (4 bytes)"),
-            ("ééé", 2, "éé... (6 bytes)"),
-        ];
+        let table: &[(&str, usize, &str)] =
+            &[("", 3, ""), ("abc", 3, "abc"), ("abcd", 3, "abc... (4 bytes)"), ("ééé", 2, "éé... (6 bytes)")];
         for (text, max, want) in table {
             assert_eq!(truncate_echo(text, *max), *want, "{text:?} {max}");
         }

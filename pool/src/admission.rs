@@ -46,7 +46,8 @@ impl RefusalLog {
         if periods > 0 {
             let periods = u32::try_from(periods).unwrap_or(u32::MAX);
             self.tokens = self.tokens.saturating_add(periods).min(REFUSAL_BURST);
-            self.refilled_at = if self.tokens == REFUSAL_BURST { now } else { self.refilled_at + REFUSAL_PERIOD * periods };
+            self.refilled_at =
+                if self.tokens == REFUSAL_BURST { now } else { self.refilled_at + REFUSAL_PERIOD * periods };
         }
         if self.tokens == 0 {
             self.suppressed += 1;

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use tidepool_p2p::auth::{self, ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, PutRequest};
-use tidepool_p2p::model::{FileAttributes, ReplicaState};
+use tidepool_p2p::message::{
+    AdminReply, AdminRequest, DataReply, DataRequest, MAX_ERROR_MESSAGE, MigrationReply, PutRequest,
+};
+use tidepool_p2p::model::{FileAttributes, ReplicaState, check_storage_class};
 use tidepool_p2p::random::random_bytes;
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -325,13 +327,33 @@ async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx
         match decode::<AdminRequest>(&body)? {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
             AdminRequest::Run { line } => {
-                tracing::info!(%client, command = %line, "admin command");
-                let error = run_admin(line, writer, ctx).await?;
+                let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
+                tracing::info!(%client, command = %shown, "admin command");
+                let error = run_admin(line, writer, ctx).await?.map(bounded);
                 writer.send(&AdminReply::Finished { error }).await?;
             }
         }
     }
     Ok(())
+}
+
+/// How much of an admin line the pool's log repeats, in characters.
+const LOGGED_LINE: usize = 1000;
+
+/// An error reply no longer than [`MAX_ERROR_MESSAGE`] bytes, whatever it quotes: the shell
+/// must never lose its connection because a reply outgrew a frame. Messages that quote input
+/// already shorten it (`docs/errors.md`); this is the last guard.
+fn bounded(mut error: RemoteError) -> RemoteError {
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !error.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let len = error.message.len();
+        error.message.truncate(cut);
+        error.message.push_str(&format!("\n... (message cut at {cut} of {len} bytes)"));
+    }
+    error
 }
 
 /// The largest piece of command output sent in one frame.
@@ -424,6 +446,12 @@ async fn discard(incoming: Incoming) {
 
 async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
     if let Err(e) = ctx.pool.check_mode(Activity::Store, false) {
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    if let Some(class) = &req.storage_class
+        && let Err(e) = check_storage_class(class)
+    {
+        let e = RemoteError::new(ErrorCode::InvalidArgument, format!("{e}; nothing stored"));
         return writer.send(&DataReply::Error(e)).await;
     }
     let pnfsid = PnfsId::from_random(random_bytes()?);
@@ -592,4 +620,24 @@ pub(crate) fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::R
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_reply_is_cut_to_fit_a_frame() {
+        let small = RemoteError::new(ErrorCode::Syntax, "bad option");
+        assert_eq!(bounded(small.clone()), small);
+        let huge = RemoteError::new(ErrorCode::Syntax, "é".repeat(MAX_ERROR_MESSAGE));
+        let cut = bounded(huge);
+        assert!(cut.message.len() < MAX_ERROR_MESSAGE + 100, "{}", cut.message.len());
+        assert!(
+            cut.message.ends_with(&format!("of {} bytes)", 2 * MAX_ERROR_MESSAGE)),
+            "{}",
+            &cut.message[cut.message.len() - 60..]
+        );
+        assert_eq!(cut.code, ErrorCode::Syntax.as_u32());
+    }
 }

@@ -100,3 +100,114 @@ fn a_thousand_unauthenticated_connections_per_endpoint_keep_the_pool_small_and_s
     });
     assert!(cluster.is_running("pool1"));
 }
+
+/// Runs `lines` one after the other on one authenticated admin connection to `addr`, and
+/// returns each one's error (`None`: it succeeded) and output. Any broken connection panics.
+fn run_on_one_connection(cluster: &Cluster, addr: SocketAddr, lines: &[String]) -> Vec<(Option<String>, String)> {
+    use tidepool_p2p::auth::{ClusterKey, Service};
+    use tidepool_p2p::conn::Connection;
+    use tidepool_p2p::message::{AdminReply, AdminRequest};
+    let key = std::fs::read_to_string(cluster.path("cluster.key")).expect("read the cluster key");
+    let key = ClusterKey::parse(&key).expect("a valid cluster key");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        let mut conn = Connection::open(addr, &key, "hostile-test", Service::Admin).await.expect("log in");
+        let mut results = Vec::new();
+        for line in lines {
+            conn.send(&AdminRequest::Run { line: line.clone() }).await.expect("send a line");
+            let mut output = String::new();
+            loop {
+                match conn.recv::<AdminReply>().await {
+                    Ok(AdminReply::Output(text)) => output.push_str(&text),
+                    Ok(AdminReply::Finished { error }) => {
+                        results.push((error.map(|e| e.render()), output));
+                        break;
+                    }
+                    Ok(other) => panic!("unexpected reply {other:?}"),
+                    Err(e) => panic!("the connection broke after a line of {} bytes: {e}", line.len()),
+                }
+            }
+        }
+        results
+    })
+}
+
+/// Admin lines far longer than any command: each is refused with a short message, costs no
+/// noticeable time, and the connection carries the next command.
+#[test]
+fn over_long_admin_lines_get_short_errors_on_a_connection_that_keeps_working() {
+    use tidepool_p2p::message::{MAX_ADMIN_LINE, MAX_ERROR_MESSAGE};
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    cluster.start("pool1");
+    let admin = cluster.spec("pool1").admin;
+    let mega = "x".repeat(1_000_000);
+    let lines = vec![
+        // Over the cap: refused before parsing.
+        format!("rep ls {mega}"),
+        // Under the cap, but an unknown command, an unknown option and bad values, each long.
+        "y".repeat(MAX_ADMIN_LINE - 1),
+        format!("rep ls -{}", "z".repeat(60_000)),
+        format!("rep ls {}", "A".repeat(60_000)),
+        format!("migration move -storage={} pool2", "s".repeat(60_000)),
+        format!("rep ls -storage={}", "s".repeat(60_000)),
+        "info".to_string(),
+    ];
+    let started = Instant::now();
+    let results = run_on_one_connection(&cluster, admin, &lines);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "six refusals took {took:?}");
+    let (errors, last) = results.split_at(results.len() - 1);
+    for ((error, output), line) in errors.iter().zip(&lines) {
+        let error = error.as_deref().unwrap_or_else(|| panic!("a line of {} bytes was taken", line.len()));
+        assert_eq!(output, "", "a refused line prints nothing");
+        assert!(
+            error.len() < 1000,
+            "an error of {} bytes for a line of {} bytes:\n{}",
+            error.len(),
+            line.len(),
+            &error[..2000.min(error.len())]
+        );
+        assert!(error.len() < MAX_ERROR_MESSAGE);
+    }
+    let first = errors[0].0.as_deref().unwrap();
+    assert!(
+        first.starts_with(&format!("command line too long: 1000007 bytes, at most {MAX_ADMIN_LINE} (rc=4)")),
+        "{first}"
+    );
+    assert!(errors[1].0.as_deref().unwrap().contains("unknown command 'yyy"), "{errors:?}");
+    assert!(errors[4].0.as_deref().unwrap().contains("storage class too long: 60000 bytes, at most 256"));
+    assert!(errors[5].0.as_deref().unwrap().contains("storage class too long: 60000 bytes, at most 256"));
+    assert_eq!(last[0].0, None, "info runs on the same connection");
+    assert_eq!(info_field(&last[0].1, "Pool name"), Some("pool1"));
+    assert!(cluster.migration_ls("pool1").is_empty(), "no job was made");
+
+    // The shell refuses an over-long line itself and goes on with the next one.
+    let out = cluster.admin(&format!("cd pool1\nrep ls {mega}\ninfo\n"));
+    out.assert_code(1, "a script with an over-long line");
+    assert!(
+        out.stderr.starts_with("command line too long: 1000007 bytes"),
+        "{}",
+        &out.stderr[..200.min(out.stderr.len())]
+    );
+    assert_eq!(info_field(&out.stdout, "Pool name"), Some("pool1"), "the next line ran");
+}
+
+/// A storage class beyond the limit is refused at upload, and nothing is stored.
+#[test]
+fn an_over_long_storage_class_is_refused_at_upload() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    cluster.start("pool1");
+    let file = cluster.write_file("f.dat", &sample_bytes(1000, 3));
+    let long = "s".repeat(60_000);
+    let out = cluster.put("pool1", &[&file], &["--storage", &long]);
+    out.assert_code(1, "put with a 60,000-byte storage class");
+    assert!(
+        out.stderr.contains("storage class too long: 60000 bytes, at most 256"),
+        "{}",
+        &out.stderr[..300.min(out.stderr.len())]
+    );
+    assert!(out.stderr.len() < 1000, "the error repeats only a little of the class");
+    assert_eq!(cluster.rep_ls("pool1"), vec![], "nothing stored");
+    let ok = cluster.put_ok("pool1", &[&file], &["--storage", &"s".repeat(256)]);
+    assert_eq!(cluster.rep_ls("pool1").len(), 1, "{ok:?}");
+}
