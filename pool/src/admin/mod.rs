@@ -370,10 +370,13 @@ pub static COMMANDS: &[CommandSpec] = &[
         name: "rep set sticky",
         args: "<pnfsid> on|off",
         summary: "set or clear a sticky record (overwrite mode)",
-        details: "The lifetime is in milliseconds; -1 (the default) never expires. 'off' removes the owner's record.",
+        details: concat!(
+            "The lifetime is in milliseconds, as in dCache: plain digits, at least 1000 (a shorter one is most\n",
+            "likely meant in seconds and is refused); -1 (the default) never expires. 'off' removes the owner's record.",
+        ),
         options: &[
             valued("o", "owner", "owner of the record (default: system)"),
-            valued("l", "millis", "lifetime in milliseconds, -1 for ever (default)"),
+            valued("l", "millis", "lifetime in milliseconds (at least 1000), -1 for ever (default)"),
         ],
         examples: &[
             "rep set sticky 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 on",
