@@ -18,9 +18,10 @@ pub const MAX_FRAME: usize = MAX_DATA_CHUNK + 64;
 /// handshake's frames are about a hundred bytes plus the client's name, so nothing larger is
 /// read from a peer that has not proved it holds the cluster key.
 pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
-/// The most a reader asks for at once, and so the most its buffer holds beyond what the peer
-/// actually sent: a frame's announced length is never reserved up front.
-const READ_STEP: usize = 256 * 1024;
+/// What a reader makes room for while it waits for a frame header (at most its limit plus the
+/// 4 length bytes): a connection that sends nothing, or is still in its handshake, holds no
+/// more than this.
+const IDLE_READ: usize = 64 * 1024;
 
 const KIND_MESSAGE: u8 = 0;
 const KIND_DATA: u8 = 1;
@@ -119,18 +120,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Makes room for the next read: at most one step (bounded by the frame limit), so the
-    /// buffer never holds more than what was received plus that step, whatever a frame header
-    /// announces.
+    /// Makes room for the next read. Until a header has arrived, for at most [`IDLE_READ`]
+    /// bytes (or the limit plus 4 if smaller); once it has, for the rest of that frame, which
+    /// the header check has bounded by the limit. So a reader never holds more than its limit
+    /// plus a few bytes for one frame: 4 KiB before the handshake succeeds
+    /// ([`MAX_HANDSHAKE_FRAME`]), and an authenticated peer's frame (at most [`MAX_FRAME`]) is
+    /// reserved whole, in one allocation, when its header arrives.
     fn make_room(&mut self) {
-        let step = (self.max + 4).min(READ_STEP);
-        let missing = if self.buf.len() >= 4 {
+        let want = if self.buf.len() >= 4 {
             let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
-            (4 + len).saturating_sub(self.buf.len())
+            (4 + len).saturating_sub(self.buf.len()).max(1)
         } else {
-            step
+            IDLE_READ.min(self.max + 4)
         };
-        let want = missing.clamp(1, step);
         if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(want);
         }
@@ -272,26 +274,37 @@ mod tests {
         assert!(matches!(r.next().await, Err(WireError::Oversized { len: 1_000_000, max: 100 })));
     }
 
-    /// A header announcing a large frame makes the reader hold no more than what arrived plus
-    /// one read step; the frame still arrives whole once its bytes do.
+    /// A reader holds no more than its limit (plus the length bytes) for one frame, whatever
+    /// a header announces: an idle reader with the default limit at most 64 KiB, one with the
+    /// handshake's limit about 4 KiB, and a frame under the limit arrives whole.
     #[tokio::test]
-    async fn an_announced_length_is_not_reserved_up_front() {
+    async fn a_reader_reserves_no_more_than_its_limit() {
         let (a, b) = tokio::io::duplex(1 << 20);
         let mut w = FrameWriter::new(a);
         let mut r = FrameReader::new(b, MAX_FRAME);
-        let body = vec![5u8; MAX_DATA_CHUNK];
-        let mut header = ((MAX_DATA_CHUNK + 1) as u32).to_be_bytes().to_vec();
-        header.push(KIND_DATA);
-        w.send_raw(&header).await.unwrap();
-        w.send_raw(&body[..1000]).await.unwrap();
-        let pending = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(idle.is_err(), "nothing was sent");
+        assert!(r.buffer_capacity() <= 2 * IDLE_READ, "an idle reader holds {} bytes", r.buffer_capacity());
+
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w2 = FrameWriter::new(a);
+        let mut r = FrameReader::new(b, MAX_HANDSHAKE_FRAME);
+        let mut header = 4000u32.to_be_bytes().to_vec();
+        header.push(KIND_MESSAGE);
+        w2.send_raw(&header).await.unwrap();
+        w2.send_raw(&[1u8; 100]).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
         assert!(pending.is_err(), "the frame is not complete yet");
-        assert!(r.buffer_capacity() <= 2 * READ_STEP, "reserved {} bytes for 1005 received", r.buffer_capacity());
-        w.send_raw(&body[1000..]).await.unwrap();
+        assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "holds {} bytes", r.buffer_capacity());
+        w2.send_raw(&[1u8; 3899]).await.unwrap();
         match r.expect().await.unwrap() {
-            Frame::Data(d) => assert!(d.len() == MAX_DATA_CHUNK && d.iter().all(|&b| b == 5)),
+            Frame::Message(body) => assert_eq!(body.len(), 3999),
             other => panic!("{other:?}"),
         }
+        w2.send_raw(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        assert!(matches!(r.next().await, Err(WireError::Oversized { len: 1_048_576, max: MAX_HANDSHAKE_FRAME })));
+        assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "holds {} bytes", r.buffer_capacity());
+        drop(w);
     }
 
     #[tokio::test]
