@@ -17,7 +17,7 @@ use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
-use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription};
+use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription, line_too_long};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -50,6 +50,9 @@ pub enum ClientError {
     Unexpected { pool: PoolName, got: &'static str },
     #[error("cannot write the output: {0}")]
     Output(io::Error),
+    /// A line longer than a pool accepts; nothing was sent.
+    #[error("{0}")]
+    LineTooLong(String),
 }
 
 /// Whether a pool answers, as `ls` shows it.
@@ -145,6 +148,9 @@ impl PoolClient {
         line: &str,
         output: &mut dyn FnMut(&str) -> io::Result<()>,
     ) -> Result<Option<RemoteError>, ClientError> {
+        if let Some(message) = line_too_long(line.len()) {
+            return Err(ClientError::LineTooLong(message));
+        }
         let mut conn = self.send_request(pool, &AdminRequest::Run { line: line.to_string() }).await?;
         loop {
             match self.next_reply(pool, &mut conn).await? {

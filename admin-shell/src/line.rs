@@ -5,6 +5,7 @@ use std::fmt;
 
 use tidepool_p2p::PoolName;
 use tidepool_p2p::ids::IdError;
+use tidepool_p2p::message::line_too_long;
 
 /// Where the shell is: at `(local)` or inside one pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,9 @@ pub enum LineError {
     BadPoolName(#[from] IdError),
     #[error("{command} takes no arguments")]
     NoArguments { command: &'static str },
+    /// Longer than a pool accepts (`MAX_ADMIN_LINE`); refused before it is sent.
+    #[error("{0}")]
+    TooLong(String),
 }
 
 /// The shell's own commands with their one-line help, in the order `help` lists them.
@@ -91,6 +95,9 @@ pub const LOCAL_WORDS: &[&str] = &["cd", "..", "ls", "help", "exit", "quit", "lo
 /// Interprets one line typed at `at`.
 pub fn interpret(line: &str, at: &Location) -> Result<ShellLine, LineError> {
     let line = line.trim();
+    if let Some(message) = line_too_long(line.len()) {
+        return Err(LineError::TooLong(message));
+    }
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some((&first, rest)) = words.split_first() else {
         return Ok(ShellLine::Empty);
@@ -181,6 +188,20 @@ mod tests {
         check("..", at, Ok(Up));
         check("exit", at, Ok(Exit));
         check("#rep rm everything", at, Ok(Empty));
+    }
+
+    /// A line longer than a pool accepts is refused in the shell: nothing is sent, and the
+    /// connection stays as it was.
+    #[test]
+    fn an_over_long_line_is_refused_before_it_is_sent() {
+        use tidepool_p2p::message::MAX_ADMIN_LINE;
+        let at = &Location::Pool(pool("pool1"));
+        let line = format!("rep ls {}", "a".repeat(MAX_ADMIN_LINE));
+        let want = format!("command line too long: {} bytes, at most {MAX_ADMIN_LINE}", line.len());
+        check(&line, at, Err(&want));
+        check(&line, &Location::Local, Err(&want));
+        let longest = format!("rep ls {}", "a".repeat(MAX_ADMIN_LINE - 7));
+        check(&longest, at, Ok(ShellLine::Remote(longest.clone())));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! §2.2-§2.7), with the defaults of each command (§2.6) and dCache's messages. Every invalid
 //! value is refused here, before a job exists.
 
-use tidepool_p2p::model::ReplicaState;
+use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
+use tidepool_p2p::model::{ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName};
 
 use crate::MigrationError;
@@ -124,6 +125,11 @@ fn expression(
     }
 }
 
+/// An option's value as an error message repeats it.
+fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    truncate_echo(text, MAX_ECHO)
+}
+
 fn last(opts: &dyn Options, name: &str) -> Option<String> {
     opts.values(name).pop()
 }
@@ -135,9 +141,10 @@ fn list(opts: &dyn Options, name: &str) -> Vec<String> {
 fn number<T: std::str::FromStr>(opts: &dyn Options, name: &str) -> Result<Option<T>, MigrationError> {
     match last(opts, name) {
         None => Ok(None),
-        Some(v) => {
-            v.parse().map(Some).map_err(|_| MigrationError::invalid(format!("{v}: Invalid value for option -{name}")))
-        }
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| MigrationError::invalid(format!("{}: Invalid value for option -{name}", echo(&v)))),
     }
 }
 
@@ -151,7 +158,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
             "-size" => Order::Size { descending: true },
             "lru" => Order::Lru { descending: false },
             "-lru" => Order::Lru { descending: true },
-            _ => return Err(MigrationError::invalid(format!("{v}: Invalid value for option -order"))),
+            _ => return Err(MigrationError::invalid(format!("{}: Invalid value for option -order", echo(&v)))),
         }),
     };
     if permanent && order.is_some() {
@@ -167,7 +174,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     let deficit = match last(opts, "target-deficit-mode").as_deref() {
         None | Some("wait") => DeficitMode::Wait,
         Some("limit") => DeficitMode::Limit,
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
     };
     let replicas = number::<i64>(opts, "replicas")?.unwrap_or(1);
     if replicas < 1 {
@@ -190,7 +197,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         None => default_pins,
         Some("keep") => Pins::Keep,
         Some("move") => Pins::Move,
-        Some(v) => return Err(MigrationError::invalid(format!("{v}: Invalid value for option -pins"))),
+        Some(v) => return Err(MigrationError::invalid(format!("{}: Invalid value for option -pins", echo(v)))),
     };
     let smode = SourceMode::parse(&last(opts, "smode").unwrap_or_else(|| default_smode.into()))?;
     let tmode = TargetMode::parse(&last(opts, "tmode").unwrap_or_else(|| default_tmode.into()))?;
@@ -200,7 +207,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     let select = match last(opts, "select").as_deref() {
         None | Some("proportional") => Strategy::Proportional,
         Some("random") => Strategy::Random,
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
     };
     let targets = match last(opts, "target").as_deref() {
         None | Some("pool") => {
@@ -230,7 +237,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
             }
             Targets::Hsm(targets.to_vec())
         }
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {v}"))),
+        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
     };
     let id = match last(opts, "id") {
         None => None,
@@ -270,30 +277,55 @@ fn parse_filter(opts: &dyn Options) -> Result<FileFilter, MigrationError> {
         None => None,
         Some("cached") => Some(ReplicaState::Cached),
         Some("precious") => Some(ReplicaState::Precious),
-        Some(v) => return Err(MigrationError::invalid(format!("{v}: Invalid state"))),
+        Some(v) => return Err(MigrationError::invalid(format!("{}: Invalid state", echo(v)))),
     };
     let pnfsids = if opts.given("pnfsid") {
         let ids = list(opts, "pnfsid")
             .iter()
             .map(|s| s.parse::<PnfsId>().map_err(|e| MigrationError::invalid(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            let given = opts.values("pnfsid").join(",");
+            return Err(MigrationError::invalid(format!(
+                "{}: Invalid value for option -pnfsid: no pnfsid given",
+                echo(&given)
+            )));
+        }
         Some(ids)
     } else {
         None
     };
+    // Sizes and seconds since the last access are never negative: a negative bound is a typo.
     let interval = |name: &str| -> Result<Option<Interval>, MigrationError> {
-        last(opts, name).map(|v| Interval::parse(&v)).transpose()
+        let Some(v) = last(opts, name) else { return Ok(None) };
+        let interval = Interval::parse(&v)
+            .map_err(|_| MigrationError::invalid(format!("{}: Invalid interval for option -{name}", echo(&v))))?;
+        if interval.min.is_some_and(|n| n < 0) || interval.max.is_some_and(|n| n < 0) {
+            return Err(MigrationError::invalid(format!(
+                "{}: Invalid interval for option -{name}: bounds must not be negative",
+                echo(&v)
+            )));
+        }
+        Ok(Some(interval))
     };
+    let storage_class = last(opts, "storage");
+    if let Some(class) = &storage_class {
+        check_storage_class(class).map_err(|e| MigrationError::invalid(format!("-storage: {e}")))?;
+    }
     Ok(FileFilter {
         state,
-        storage_class: last(opts, "storage"),
+        storage_class,
         cache_class: if opts.given("cache") { Some(last(opts, "cache").unwrap_or_default()) } else { None },
         pnfsids,
         access_latency: last(opts, "al").map(|v| v.parse().map_err(MigrationError::invalid)).transpose()?,
         retention_policy: last(opts, "rp").map(|v| v.parse().map_err(MigrationError::invalid)).transpose()?,
         size: interval("size")?,
         accessed: interval("accessed")?,
-        sticky: if opts.given("sticky") { Some(parse_sticky(&last(opts, "sticky").unwrap_or_default())) } else { None },
+        sticky: if opts.given("sticky") {
+            Some(parse_sticky(&last(opts, "sticky").unwrap_or_default())?)
+        } else {
+            None
+        },
     })
 }
 
@@ -421,7 +453,7 @@ mod tests {
             (&[], &[], "target(s) required when target type is pool"),
             (&["-tmode=delete"], &["p"], "delete: Invalid value"),
             (&["-smode=same+x(-2)"], &["p"], "-2: Invalid lifetime"),
-            (&["-size=5..1"], &["p"], "5..1: Invalid interval"),
+            (&["-size=5..1"], &["p"], "5..1: Invalid interval for option -size"),
             (&["-select=best"], &["p"], "Invalid value: best"),
             (&["-target=cell"], &["p"], "Invalid value: cell"),
             (&["-target=link"], &["l", "m"], "[l, m]: Only one target supported for -type=link"),
@@ -447,9 +479,39 @@ mod tests {
             (&["-refresh=0"], &["p"], "The refresh period must be at least 1 second."),
             (&[], &["pool/2"], "\"pool/2\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'"),
             (&["-pnfsid=xyz"], &["p"], "\"xyz\" is not a valid pnfsid: must be 24 or 36 hex digits"),
+            // Values that select everything or nothing by accident (a typo in a `migration move`
+            // must not move every replica).
+            (&["-sticky=,"], &["p"], ",: Invalid value for option -sticky: no owner given"),
+            (&["-sticky=-"], &["p"], "-: Invalid value for option -sticky: '-' must be followed by an owner"),
+            (&["-size=-5"], &["p"], "-5: Invalid interval for option -size: bounds must not be negative"),
+            (&["-size=-5..10"], &["p"], "-5..10: Invalid interval for option -size: bounds must not be negative"),
+            (&["-accessed=..-1"], &["p"], "..-1: Invalid interval for option -accessed: bounds must not be negative"),
+            (&["-accessed=1k"], &["p"], "1k: Invalid interval for option -accessed"),
+            (&["-pnfsid=,,"], &["p"], ",,: Invalid value for option -pnfsid: no pnfsid given"),
+            (&["-pnfsid="], &["p"], ": Invalid value for option -pnfsid: no pnfsid given"),
+            (&["-storage=a\nb"], &["p"], "-storage: storage class \"a\\nb\" holds a control character"),
         ];
         for (words, targets, msg) in table {
             assert_eq!(bad(JobKind::Copy, words, targets), *msg, "{words:?} {targets:?}");
         }
+        let long = format!("-storage={}", "s".repeat(60_000));
+        let msg = bad(JobKind::Move, &[&long], &["p"]);
+        assert!(msg.starts_with("-storage: storage class too long: 60000 bytes, at most 256 (sss"), "{msg}");
+        assert!(msg.len() < 200, "the message does not repeat the whole value: {} bytes", msg.len());
+    }
+
+    /// The values next to the refused ones are still taken.
+    #[test]
+    fn good_filter_values_are_still_taken() {
+        let d = ok(JobKind::Move, &["-sticky=alice,", "-size=0..", "-accessed=0", "-storage=atlas:raw"], &["p"]);
+        assert_eq!(d.filter.size, Some(Interval { min: Some(0), max: None }));
+        assert_eq!(d.filter.accessed, Some(Interval { min: Some(0), max: Some(0) }));
+        assert_eq!(d.filter.storage_class.as_deref(), Some("atlas:raw"));
+        assert!(matches!(d.filter.sticky, Some(crate::filter::StickyFilter::Owners { .. })));
+        let d = ok(JobKind::Move, &["-sticky", "-size=..", "-pnfsid=0000A1B2C3D4E5F60718293A4B5C6D7E8F90,"], &["p"]);
+        assert_eq!(d.filter.sticky, Some(crate::filter::StickyFilter::Any));
+        assert_eq!(d.filter.pnfsids.map(|v| v.len()), Some(1));
+        let max = format!("-storage={}", "s".repeat(tidepool_p2p::model::MAX_STORAGE_CLASS));
+        assert!(ok(JobKind::Copy, &[&max], &["p"]).filter.storage_class.is_some());
     }
 }

@@ -105,19 +105,30 @@ impl FileFilter {
     }
 }
 
-/// Parses the `-sticky` value: empty (bare flag) or `[-]owner[,...]`.
-pub fn parse_sticky(value: &str) -> StickyFilter {
+/// Parses the `-sticky` value: empty (bare flag) or `[-]owner[,...]`. Empty entries between
+/// commas are skipped, but a list that names no owner (`,`) or a `-` without an owner is
+/// refused: either would select every replica, which is never what such a typo meant.
+pub fn parse_sticky(value: &str) -> Result<StickyFilter, MigrationError> {
     if value.is_empty() {
-        return StickyFilter::Any;
+        return Ok(StickyFilter::Any);
     }
+    let shown = tidepool_p2p::error::truncate_echo(value, tidepool_p2p::error::MAX_ECHO);
     let (mut required, mut forbidden) = (Vec::new(), Vec::new());
     for owner in value.split(',').filter(|o| !o.is_empty()) {
         match owner.strip_prefix('-') {
+            Some("") => {
+                return Err(MigrationError::invalid(format!(
+                    "{shown}: Invalid value for option -sticky: '-' must be followed by an owner"
+                )));
+            }
             Some(o) => forbidden.push(o.to_string()),
             None => required.push(owner.to_string()),
         }
     }
-    StickyFilter::Owners { required, forbidden }
+    if required.is_empty() && forbidden.is_empty() {
+        return Err(MigrationError::invalid(format!("{shown}: Invalid value for option -sticky: no owner given")));
+    }
+    Ok(StickyFilter::Owners { required, forbidden })
 }
 
 #[cfg(test)]
@@ -197,7 +208,7 @@ mod tests {
     fn sticky_owners_and_negation() {
         use ReplicaState::Cached;
         let recs = [StickyRecord::new("alice", 5), StickyRecord::new("PinManager-1", -1)];
-        let f = |v: &str| FileFilter { sticky: Some(parse_sticky(v)), ..FileFilter::default() };
+        let f = |v: &str| FileFilter { sticky: Some(parse_sticky(v).unwrap()), ..FileFilter::default() };
         check(f(""), Cached, &recs, true);
         check(f(""), Cached, &[], false);
         check(f("alice"), Cached, &recs, true);
@@ -206,5 +217,26 @@ mod tests {
         check(f("-alice"), Cached, &recs, false);
         check(f("-bob"), Cached, &[], true);
         check(f("alice,-PinManager-1"), Cached, &recs, false);
+        check(f("alice,"), Cached, &recs, true);
+    }
+
+    /// Values that would select every replica are refused, naming the value.
+    #[test]
+    fn sticky_values_without_an_owner_are_refused() {
+        let table: &[(&str, &str)] = &[
+            (",", ",: Invalid value for option -sticky: no owner given"),
+            (",,", ",,: Invalid value for option -sticky: no owner given"),
+            ("-", "-: Invalid value for option -sticky: '-' must be followed by an owner"),
+            ("alice,-", "alice,-: Invalid value for option -sticky: '-' must be followed by an owner"),
+            ("-,", "-,: Invalid value for option -sticky: '-' must be followed by an owner"),
+        ];
+        for (value, want) in table {
+            assert_eq!(parse_sticky(value).unwrap_err().to_string(), *want, "{value:?}");
+        }
+        assert_eq!(parse_sticky(""), Ok(StickyFilter::Any));
+        assert_eq!(
+            parse_sticky("a,-b"),
+            Ok(StickyFilter::Owners { required: vec!["a".into()], forbidden: vec!["b".into()] })
+        );
     }
 }

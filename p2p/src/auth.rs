@@ -8,8 +8,9 @@
 //!                or Refused     { error }
 //! ```
 //! Both sides prove they hold the key; neither sends it. The server gives the client a bounded
-//! time to finish; a client that does not, or that proves a different key, is dropped with one
-//! warning line on the pool and a clear `Refused` message on the client.
+//! time to finish, and reads no frame longer than [`MAX_HANDSHAKE_FRAME`] until the client has
+//! proved it; a client that does not, or that proves a different key, is dropped with a
+//! warning on the pool (rate-limited there) and a clear `Refused` message on the client.
 
 use std::fmt;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{ErrorCode, RemoteError};
-use crate::frame::{FrameReader, FrameWriter, WireError};
+use crate::frame::{FrameReader, FrameWriter, MAX_HANDSHAKE_FRAME, WireError};
 use crate::random::random_bytes;
 
 /// The protocol version this build speaks. Bumped on any incompatible message change.
@@ -126,7 +127,12 @@ pub struct PeerInfo {
     pub name: String,
 }
 
-/// Runs the server side of the handshake within [`HANDSHAKE_TIMEOUT`].
+/// How much of a client's self-chosen name a refusal repeats.
+const MAX_NAME_ECHO: usize = 64;
+
+/// Runs the server side of the handshake within [`HANDSHAKE_TIMEOUT`]. Until the client is
+/// authenticated the reader's frame limit is [`MAX_HANDSHAKE_FRAME`]; on success the caller's
+/// limit is restored.
 pub async fn accept<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
@@ -138,6 +144,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let limit = reader.max();
+    reader.set_max(limit.min(MAX_HANDSHAKE_FRAME));
     let work = async {
         let nonce: [u8; 32] = random_bytes()?;
         writer.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, pool: pool.to_string(), service, nonce }).await?;
@@ -158,7 +166,8 @@ where
         }
         let proof = key.mac(&[b"client", &nonce, &auth.nonce, service.tag(), auth.client.as_bytes()]);
         if proof.verify_slice(&auth.mac).is_err() {
-            let msg = format!("authentication failed: {} does not hold the cluster key of pool {pool}", auth.client);
+            let client = crate::error::truncate_echo(&auth.client, MAX_NAME_ECHO);
+            let msg = format!("authentication failed: {client} does not hold the cluster key of pool {pool}");
             writer.send(&refuse(ErrorCode::AuthFailed, msg.clone())).await?;
             return Err(WireError::Handshake(msg));
         }
@@ -166,7 +175,10 @@ where
         writer.send(&HandshakeReply::Welcome { mac }).await?;
         Ok(PeerInfo { name: auth.client })
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+    let peer =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))??;
+    reader.set_max(limit);
+    Ok(peer)
 }
 
 /// Runs the client side of the handshake; returns the pool's name.
@@ -260,5 +272,79 @@ mod tests {
         let again = ClusterKey::parse(&key.to_file_text()).unwrap();
         assert_eq!(key.0, again.0);
         assert!(ClusterKey::parse("abc").is_err());
+    }
+
+    /// A peer that has not authenticated cannot make the pool read (or reserve room for) more
+    /// than a handshake-sized frame: a header announcing 1 MiB is refused at once.
+    #[tokio::test]
+    async fn an_oversized_frame_before_authentication_is_refused_without_reserving_it() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (mut br, bw) = tokio::io::split(b);
+        let mut r = FrameReader::new(ar, MAX_FRAME);
+        let mut w = FrameWriter::new(aw);
+        let hostile = async move {
+            let mut c = FrameWriter::new(bw);
+            let mut header = (1u32 << 20).to_be_bytes().to_vec();
+            header.push(0);
+            header.extend_from_slice(&[7u8; 1000]);
+            c.send_raw(&header).await.unwrap();
+            // Keep reading so the server's Hello never blocks; stop when the server hangs up.
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut br, &mut sink).await;
+            c
+        };
+        let server = async {
+            let got = accept(&mut r, &mut w, &key, "pool1", Service::Admin).await;
+            // Hang up, as the pool does, so that the hostile side sees the end.
+            w.shutdown().await.unwrap();
+            got
+        };
+        let (got, _c) = tokio::join!(server, hostile);
+        assert!(matches!(got, Err(WireError::Oversized { len: 1_048_576, max: MAX_HANDSHAKE_FRAME })), "{got:?}");
+        assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "reserved {} bytes", r.buffer_capacity());
+    }
+
+    #[tokio::test]
+    async fn the_frame_limit_is_restored_after_the_handshake() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let mut r = FrameReader::new(ar, MAX_FRAME);
+        let mut w = FrameWriter::new(aw);
+        let client_key = key.clone();
+        let client = async move {
+            let mut cr = FrameReader::new(br, MAX_FRAME);
+            let mut cw = FrameWriter::new(bw);
+            connect(&mut cr, &mut cw, &client_key, "shell", Service::Admin).await
+        };
+        let (s, c) = tokio::join!(accept(&mut r, &mut w, &key, "pool1", Service::Admin), client);
+        assert_eq!((s.unwrap().name, c.unwrap()), ("shell".to_string(), "pool1".to_string()));
+        assert_eq!(r.max(), MAX_FRAME);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_repeats_at_most_a_short_piece_of_the_clients_name() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let server_key = ClusterKey::generate().unwrap();
+        let server = async move {
+            let mut r = FrameReader::new(ar, MAX_FRAME);
+            let mut w = FrameWriter::new(aw);
+            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin).await
+        };
+        let client = async move {
+            let mut r = FrameReader::new(br, MAX_FRAME);
+            let mut w = FrameWriter::new(bw);
+            connect(&mut r, &mut w, &ClusterKey::generate().unwrap(), &"n".repeat(3000), Service::Admin).await
+        };
+        let (s, c) = tokio::join!(server, client);
+        assert!(s.is_err());
+        let msg = c.unwrap_err().to_string();
+        assert!(msg.starts_with("authentication failed: nnn"), "{msg}");
+        assert!(msg.len() < 300, "{} bytes: {msg}", msg.len());
     }
 }

@@ -13,6 +13,8 @@ use nom::multi::many1;
 use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
+use crate::error::MAX_ECHO;
+
 /// One word of a command line after quotes are removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -154,10 +156,24 @@ impl Token {
     }
 }
 
-/// Renders `line` with a caret under byte `offset`, for error messages.
+/// Renders `line` with a caret under byte `offset`, for error messages. A line longer than
+/// [`MAX_ECHO`] characters is shown as a window of that many around the offset, with `...`
+/// where it was cut, so that an error never repeats a whole long line.
 pub fn point_at(line: &str, offset: usize) -> String {
-    let column = line[..offset.min(line.len())].chars().count();
-    format!("  {line}\n  {}^", " ".repeat(column))
+    let mut offset = offset.min(line.len());
+    while !line.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let column = line[..offset].chars().count();
+    let total = line.chars().count();
+    if total <= MAX_ECHO {
+        return format!("  {line}\n  {}^", " ".repeat(column));
+    }
+    let first = column.saturating_sub(MAX_ECHO / 2).min(total - MAX_ECHO);
+    let shown: String = line.chars().skip(first).take(MAX_ECHO).collect();
+    let (head, pad) = if first > 0 { ("...", 3) } else { ("", 0) };
+    let tail = if first + MAX_ECHO < total { "..." } else { "" };
+    format!("  {head}{shown}{tail}\n  {}^", " ".repeat(pad + column - first))
 }
 
 #[cfg(test)]
@@ -233,5 +249,24 @@ mod tests {
     #[test]
     fn caret_points_at_column() {
         assert_eq!(point_at("rep ls -x", 7), "  rep ls -x\n         ^");
+    }
+
+    /// A long line is shown as a window around the offending token, never whole.
+    #[test]
+    fn caret_under_a_long_line_shows_a_window() {
+        let line = format!("rep ls {} -x {}", "a".repeat(1000), "b".repeat(1000));
+        let at = line.find("-x").unwrap();
+        let shown = point_at(&line, at);
+        let (text, caret) = shown.split_once('\n').unwrap();
+        assert!(text.starts_with("  ...a") && text.ends_with("b..."), "{text}");
+        assert_eq!(text.chars().count(), 2 + 3 + MAX_ECHO + 3);
+        assert_eq!(&text[caret.len() - 1..caret.len() + 1], "-x", "the caret is under the token");
+        // At the start and at the end of the line only one side is cut.
+        let start = point_at(&line, 0);
+        assert!(start.starts_with("  rep ls aaa") && start.lines().next().unwrap().ends_with("..."), "{start}");
+        assert!(start.ends_with("\n  ^"));
+        let end = point_at(&line, line.len());
+        assert!(end.starts_with("  ...") && end.lines().next().unwrap().ends_with('b'), "{end}");
+        assert!(end.len() < 2 * MAX_ECHO + 20);
     }
 }

@@ -1,6 +1,7 @@
 //! Stable error codes that an operator can see, each with a one-line hint, in the style of
 //! dCache's numeric `rc` values. The numbers never change meaning; new ones are only added.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,20 @@ impl RemoteError {
     }
 }
 
+/// The most characters of operator input (a command line, a token, a value) that an error
+/// message repeats; see `docs/errors.md`.
+pub const MAX_ECHO: usize = 200;
+
+/// `text` as an error message repeats it: whole if it has at most `max` characters, otherwise
+/// its first `max` characters, `...` and its length in bytes, so that no reply grows with what
+/// was typed.
+pub fn truncate_echo(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((cut, _)) => Cow::Owned(format!("{}... ({} bytes)", &text[..cut], text.len())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +144,17 @@ mod tests {
             "bad option (rc=2)\n  rep ls -x\n         ^\nhint: check the command with `help <command>`"
         );
         assert_eq!(RemoteError { code: 777, message: "odd".into() }.render(), "odd (rc=777)");
+    }
+
+    #[test]
+    fn echoed_input_is_truncated() {
+        let table: &[(&str, usize, &str)] =
+            &[("", 3, ""), ("abc", 3, "abc"), ("abcd", 3, "abc... (4 bytes)"), ("ééé", 2, "éé... (6 bytes)")];
+        for (text, max, want) in table {
+            assert_eq!(truncate_echo(text, *max), *want, "{text:?} {max}");
+        }
+        let long = "x".repeat(60_000);
+        let shown = truncate_echo(&long, MAX_ECHO);
+        assert_eq!(shown.len(), MAX_ECHO + "... (60000 bytes)".len());
     }
 }

@@ -14,6 +14,14 @@ use crate::error::RemoteError;
 pub const MAX_DATA_CHUNK: usize = 1024 * 1024;
 /// The default frame limit: one full data chunk plus its header.
 pub const MAX_FRAME: usize = MAX_DATA_CHUNK + 64;
+/// The frame limit while a peer is not yet authenticated (see `docs/protocol.md`): the
+/// handshake's frames are about a hundred bytes plus the client's name, so nothing larger is
+/// read from a peer that has not proved it holds the cluster key.
+pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
+/// What a reader makes room for while it waits for a frame header (at most its limit plus the
+/// 4 length bytes): a connection that sends nothing, or is still in its handshake, holds no
+/// more than this.
+const IDLE_READ: usize = 64 * 1024;
 
 const KIND_MESSAGE: u8 = 0;
 const KIND_DATA: u8 = 1;
@@ -64,8 +72,25 @@ pub struct FrameReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader that refuses frames longer than `max`. It allocates nothing until data comes.
     pub fn new(inner: R, max: usize) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 * 1024), max }
+        FrameReader { inner, buf: BytesMut::new(), max }
+    }
+
+    /// The current frame limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the frame limit (the handshake lowers it to [`MAX_HANDSHAKE_FRAME`] until the
+    /// peer is authenticated).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The bytes the reader's buffer holds allocated, received or not.
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The next frame, or `None` when the peer closed the connection between frames.
@@ -74,9 +99,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_parse()? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 64 * 1024 {
-                self.buf.reserve(256 * 1024);
-            }
+            self.make_room();
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(WireError::Closed) };
@@ -97,6 +120,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Makes room for the next read. Until a header has arrived, for at most [`IDLE_READ`]
+    /// bytes (or the limit plus 4 if smaller); once it has, for the rest of that frame, which
+    /// the header check has bounded by the limit. So a reader never holds more than its limit
+    /// plus a few bytes for one frame: 4 KiB before the handshake succeeds
+    /// ([`MAX_HANDSHAKE_FRAME`]), and an authenticated peer's frame (at most [`MAX_FRAME`]) is
+    /// reserved whole, in one allocation, when its header arrives.
+    fn make_room(&mut self) {
+        let want = if self.buf.len() >= 4 {
+            let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+            (4 + len).saturating_sub(self.buf.len()).max(1)
+        } else {
+            IDLE_READ.min(self.max + 4)
+        };
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+    }
+
     fn try_parse(&mut self) -> Result<Option<Frame>, WireError> {
         if self.buf.len() < 4 {
             return Ok(None);
@@ -109,7 +150,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(WireError::Malformed("empty frame".into()));
         }
         if self.buf.len() < 4 + len {
-            self.buf.reserve(4 + len - self.buf.len());
             return Ok(None);
         }
         self.buf.advance(4);
@@ -137,7 +177,18 @@ pub struct FrameWriter<W: AsyncWrite> {
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner: BufWriter::with_capacity(64 * 1024, inner), scratch: Vec::new() }
+        FrameWriter::with_capacity(inner, 64 * 1024)
+    }
+
+    /// A writer with a `capacity`-byte buffer (a small one for a peer not yet authenticated).
+    pub fn with_capacity(inner: W, capacity: usize) -> Self {
+        FrameWriter { inner: BufWriter::with_capacity(capacity, inner), scratch: Vec::new() }
+    }
+
+    /// The stream, once everything queued was flushed (every `send` flushes).
+    pub fn into_inner(self) -> W {
+        debug_assert!(self.inner.buffer().is_empty(), "into_inner with unflushed frames");
+        self.inner.into_inner()
     }
 
     /// Sends one message and flushes.
@@ -221,6 +272,39 @@ mod tests {
         let mut r = FrameReader::new(b, 100);
         w.send_raw(&(1_000_000u32).to_be_bytes()).await.unwrap();
         assert!(matches!(r.next().await, Err(WireError::Oversized { len: 1_000_000, max: 100 })));
+    }
+
+    /// A reader holds no more than its limit (plus the length bytes) for one frame, whatever
+    /// a header announces: an idle reader with the default limit at most 64 KiB, one with the
+    /// handshake's limit about 4 KiB, and a frame under the limit arrives whole.
+    #[tokio::test]
+    async fn a_reader_reserves_no_more_than_its_limit() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b, MAX_FRAME);
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(idle.is_err(), "nothing was sent");
+        assert!(r.buffer_capacity() <= 2 * IDLE_READ, "an idle reader holds {} bytes", r.buffer_capacity());
+
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w2 = FrameWriter::new(a);
+        let mut r = FrameReader::new(b, MAX_HANDSHAKE_FRAME);
+        let mut header = 4000u32.to_be_bytes().to_vec();
+        header.push(KIND_MESSAGE);
+        w2.send_raw(&header).await.unwrap();
+        w2.send_raw(&[1u8; 100]).await.unwrap();
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), r.next()).await;
+        assert!(pending.is_err(), "the frame is not complete yet");
+        assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "holds {} bytes", r.buffer_capacity());
+        w2.send_raw(&[1u8; 3899]).await.unwrap();
+        match r.expect().await.unwrap() {
+            Frame::Message(body) => assert_eq!(body.len(), 3999),
+            other => panic!("{other:?}"),
+        }
+        w2.send_raw(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        assert!(matches!(r.next().await, Err(WireError::Oversized { len: 1_048_576, max: MAX_HANDSHAKE_FRAME })));
+        assert!(r.buffer_capacity() <= 2 * (MAX_HANDSHAKE_FRAME + 4), "holds {} bytes", r.buffer_capacity());
+        drop(w);
     }
 
     #[tokio::test]

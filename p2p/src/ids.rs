@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not a valid {kind}: {reason}")]
+#[error("{:?} is not a valid {kind}: {reason}", crate::error::truncate_echo(.value, crate::error::MAX_ECHO))]
 pub struct IdError {
     pub kind: &'static str,
     pub value: String,

@@ -9,10 +9,23 @@ use crate::model::{
     AccessLatency, Checksum, EpochMillis, FileAttributes, ReplicaState, RetentionPolicy, SpaceInfo, StickyRecord,
 };
 
+/// The longest admin command line a pool runs, in bytes (see `docs/admin-commands.md`): a
+/// longer line is refused before it is parsed, and the shell refuses it before sending it.
+pub const MAX_ADMIN_LINE: usize = 64 * 1024;
+
+/// Why a line is refused for its length, with the same words in the shell and in the pool.
+pub fn line_too_long(len: usize) -> Option<String> {
+    (len > MAX_ADMIN_LINE).then(|| format!("command line too long: {len} bytes, at most {MAX_ADMIN_LINE}"))
+}
+
+/// The longest error message a pool sends in one reply, in bytes: a longer one is cut (and says
+/// so), so that no reply can outgrow a frame whatever it quotes.
+pub const MAX_ERROR_MESSAGE: usize = 16 * 1024;
+
 /// Admin service: the shell sends one request at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminRequest {
-    /// Run one command line.
+    /// Run one command line (at most [`MAX_ADMIN_LINE`] bytes; a longer one is refused).
     Run { line: String },
     /// List the commands this pool declares (for completion and `help`).
     Describe,

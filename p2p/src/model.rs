@@ -12,6 +12,32 @@ use crate::ids::PnfsId;
 /// Milliseconds since the Unix epoch, the unit of every time stamp in the replica model.
 pub type EpochMillis = i64;
 
+/// The longest storage class accepted, in bytes, wherever one enters: an upload, a filter, an
+/// admin command (see `docs/admin-commands.md`).
+pub const MAX_STORAGE_CLASS: usize = 256;
+
+/// Why a storage class (or a pattern for one) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageClassError {
+    #[error("storage class too long: {len} bytes, at most {MAX_STORAGE_CLASS} ({})", crate::error::truncate_echo(.text, 40))]
+    TooLong { len: usize, text: String },
+    #[error("storage class {:?} holds a control character", crate::error::truncate_echo(.0, 40))]
+    Control(String),
+}
+
+/// Checks a storage class, or a pattern that matches storage classes, as given by an operator or
+/// a client: at most [`MAX_STORAGE_CLASS`] bytes and no control characters (a class is printed
+/// on one line of `rep ls`).
+pub fn check_storage_class(class: &str) -> Result<(), StorageClassError> {
+    if class.len() > MAX_STORAGE_CLASS {
+        return Err(StorageClassError::TooLong { len: class.len(), text: class.to_string() });
+    }
+    if class.chars().any(char::is_control) {
+        return Err(StorageClassError::Control(class.to_string()));
+    }
+    Ok(())
+}
+
 /// The life cycle of a replica in a pool's repository (reference §1.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReplicaState {
@@ -465,5 +491,27 @@ mod tests {
         assert_eq!(w.finish(), Checksum::Adler32(0x11E60398));
         assert_eq!(w.finish().to_string(), "ADLER32:11e60398");
         assert_eq!("ADLER32:11e60398".parse::<Checksum>().unwrap(), w.finish());
+    }
+
+    #[test]
+    fn storage_classes_are_bounded() {
+        let at_limit = "a".repeat(MAX_STORAGE_CLASS);
+        let table: &[(&str, Result<(), &str>)] = &[
+            ("atlas:raw", Ok(())),
+            ("MCTAPE:MC@osm", Ok(())),
+            ("", Ok(())),
+            ("a b", Ok(())),
+            (&at_limit, Ok(())),
+            ("a\nb", Err("storage class \"a\\nb\" holds a control character")),
+            ("\u{7f}", Err("storage class \"\\u{7f}\" holds a control character")),
+        ];
+        for (class, want) in table {
+            let got = check_storage_class(class).map_err(|e| e.to_string());
+            assert_eq!(got.as_ref().map(|_| ()).map_err(String::as_str), *want, "{class:?}");
+        }
+        let long = "s".repeat(60_000);
+        let err = check_storage_class(&long).unwrap_err().to_string();
+        assert!(err.starts_with("storage class too long: 60000 bytes, at most 256 (ssss"), "{err}");
+        assert!(err.len() < 150, "{err}");
     }
 }

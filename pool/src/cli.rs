@@ -260,6 +260,9 @@ async fn put(
     sticky: Vec<String>,
     files: Vec<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    if let Some(class) = &storage {
+        tidepool_p2p::model::check_storage_class(class).with_context(|| "--storage: nothing stored")?;
+    }
     let (cluster, key) = load_target(&target)?;
     let sticky = sticky.iter().map(|s| parse_sticky(s)).collect::<anyhow::Result<Vec<_>>>()?;
     let template = PutRequest {

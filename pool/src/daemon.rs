@@ -5,7 +5,9 @@
 //! 2. restore the saved pool mode;
 //! 3. start the migration module and the feed of repository changes into it, and recreate
 //!    the permanent jobs saved with `save`;
-//! 4. accept connections on the admin and data listeners (bound by the caller).
+//! 4. accept connections on the admin and data listeners (bound by the caller); each listener
+//!    holds at most `admission::MAX_UNAUTHENTICATED` connections in their handshake at once
+//!    and reads only handshake-sized frames from them (`docs/protocol.md`).
 //!
 //! Shutdown is the same script in reverse: the migration module cancels its jobs and the
 //! copies it serves (within the grace period, while the pool still answers other pools); then
@@ -15,23 +17,26 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tidepool_p2p::auth::{self, ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, PutRequest};
-use tidepool_p2p::model::{FileAttributes, ReplicaState};
+use tidepool_p2p::message::{
+    AdminReply, AdminRequest, DataReply, DataRequest, MAX_ERROR_MESSAGE, MigrationReply, PutRequest,
+};
+use tidepool_p2p::model::{FileAttributes, ReplicaState, check_storage_class};
 use tidepool_p2p::random::random_bytes;
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, exec};
+use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
 use crate::transfer::{self, PEER_IDLE, TransferSettings};
@@ -203,7 +208,28 @@ struct Ctx {
     tracker: TaskTracker,
 }
 
+/// What one listener shares with the connections it accepted: the places for connections in
+/// their handshake, and the rate limit of its refusal warnings.
+struct Admission {
+    unauthenticated: Arc<Semaphore>,
+    refusals: parking_lot::Mutex<RefusalLog>,
+}
+
+impl Admission {
+    /// Writes a refusal warning unless the rate limit holds it back.
+    fn warn(&self, write: impl FnOnce(&str)) {
+        let verdict = self.refusals.lock().admit(Instant::now());
+        if let Verdict::Log { suppressed } = verdict {
+            write(&suppressed_note(suppressed));
+        }
+    }
+}
+
 async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
+    let admission = Arc::new(Admission {
+        unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+        refusals: parking_lot::Mutex::new(RefusalLog::new(Instant::now())),
+    });
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -211,9 +237,22 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(permit) = admission.unauthenticated.clone().try_acquire_owned() else {
+                    // Closed before anything is read or allocated for it.
+                    drop(stream);
+                    admission.warn(|note| {
+                        tracing::warn!(
+                            %peer, ?service,
+                            "dropped connection: {MAX_UNAUTHENTICATED} connections are already in their handshake{note}"
+                        )
+                    });
+                    continue;
+                };
                 let conn = ctx.clone();
+                let admission = admission.clone();
                 ctx.tracker.spawn(
-                    async move { serve(stream, peer, service, conn).await }.instrument(tracing::Span::current()),
+                    async move { serve(stream, peer, service, conn, permit, &admission).await }
+                        .instrument(tracing::Span::current()),
                 );
             }
             Err(e) => {
@@ -231,15 +270,26 @@ const UPLOAD_IDLE: Duration = Duration::from_secs(120);
 type Reader = FrameReader<OwnedReadHalf>;
 type Writer = FrameWriter<OwnedWriteHalf>;
 
-async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) {
+/// The write buffer of a connection in its handshake (the handshake's frames are small).
+const HANDSHAKE_WRITE_BUFFER: usize = 1024;
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: Service,
+    ctx: Ctx,
+    permit: OwnedSemaphorePermit,
+    admission: &Admission,
+) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
+    // `auth::accept` reads at most handshake-sized frames until the peer is authenticated.
     let mut reader = FrameReader::new(r, MAX_FRAME);
-    let mut writer = FrameWriter::new(w);
+    let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
     let client = match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service).await {
         Ok(p) => p.name,
         Err(e) => {
-            tracing::warn!(%peer, ?service, "refused connection: {e}");
+            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
             if let WireError::Timeout(t) = e {
                 // Tell a slow client why it is dropped, if it still listens.
                 let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
@@ -249,6 +299,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, service: Service, ctx: Ctx) 
             return;
         }
     };
+    drop(permit);
+    let mut writer = FrameWriter::new(writer.into_inner());
     tracing::debug!(%peer, %client, ?service, "connection authenticated");
     let result = match service {
         Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
@@ -288,13 +340,33 @@ async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx
         match decode::<AdminRequest>(&body)? {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
             AdminRequest::Run { line } => {
-                tracing::info!(%client, command = %line, "admin command");
-                let error = run_admin(line, writer, ctx).await?;
+                let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
+                tracing::info!(%client, command = %shown, "admin command");
+                let error = run_admin(line, writer, ctx).await?.map(bounded);
                 writer.send(&AdminReply::Finished { error }).await?;
             }
         }
     }
     Ok(())
+}
+
+/// How much of an admin line the pool's log repeats, in characters.
+const LOGGED_LINE: usize = 1000;
+
+/// An error reply no longer than [`MAX_ERROR_MESSAGE`] bytes, whatever it quotes: the shell
+/// must never lose its connection because a reply outgrew a frame. Messages that quote input
+/// already shorten it (`docs/errors.md`); this is the last guard.
+fn bounded(mut error: RemoteError) -> RemoteError {
+    if error.message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !error.message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let len = error.message.len();
+        error.message.truncate(cut);
+        error.message.push_str(&format!("\n... (message cut at {cut} of {len} bytes)"));
+    }
+    error
 }
 
 /// The largest piece of command output sent in one frame.
@@ -387,6 +459,12 @@ async fn discard(incoming: Incoming) {
 
 async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
     if let Err(e) = ctx.pool.check_mode(Activity::Store, false) {
+        return writer.send(&DataReply::Error(e)).await;
+    }
+    if let Some(class) = &req.storage_class
+        && let Err(e) = check_storage_class(class)
+    {
+        let e = RemoteError::new(ErrorCode::InvalidArgument, format!("{e}; nothing stored"));
         return writer.send(&DataReply::Error(e)).await;
     }
     let pnfsid = PnfsId::from_random(random_bytes()?);
@@ -555,4 +633,24 @@ pub(crate) fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::R
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_reply_is_cut_to_fit_a_frame() {
+        let small = RemoteError::new(ErrorCode::Syntax, "bad option");
+        assert_eq!(bounded(small.clone()), small);
+        let huge = RemoteError::new(ErrorCode::Syntax, "é".repeat(MAX_ERROR_MESSAGE));
+        let cut = bounded(huge);
+        assert!(cut.message.len() < MAX_ERROR_MESSAGE + 100, "{}", cut.message.len());
+        assert!(
+            cut.message.ends_with(&format!("of {} bytes)", 2 * MAX_ERROR_MESSAGE)),
+            "{}",
+            &cut.message[cut.message.len() - 60..]
+        );
+        assert_eq!(cut.code, ErrorCode::Syntax.as_u32());
+    }
 }

@@ -1,6 +1,7 @@
 //! The Tidepool pool daemon.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;

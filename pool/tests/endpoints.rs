@@ -81,3 +81,74 @@ async fn a_wrong_service_is_refused() {
     assert!(err.to_string().contains("not Data"), "{err}");
     daemon.shutdown().await.unwrap();
 }
+
+/// A client that uploads with a storage class beyond the limit gets a clear refusal before any
+/// data is asked for, and nothing is stored.
+#[tokio::test]
+async fn an_upload_with_an_over_long_storage_class_is_refused() {
+    use tidepool_p2p::message::{CommitState, DataReply, DataRequest, PutRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate().unwrap();
+    let daemon = start(dir.path(), &key).await;
+    let mut conn = Connection::open(daemon.data_addr(), &key, "test", Service::Data).await.unwrap();
+    let put = |class: String| PutRequest {
+        size: 0,
+        storage_class: Some(class),
+        cache_class: None,
+        access_latency: None,
+        retention_policy: None,
+        hsm: None,
+        state: CommitState::Cached,
+        sticky: vec![],
+    };
+    conn.send(&DataRequest::Put(put("s".repeat(60_000)))).await.unwrap();
+    match conn.recv::<DataReply>().await.unwrap() {
+        DataReply::Error(e) => {
+            assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
+            assert!(e.message.starts_with("storage class too long: 60000 bytes, at most 256"), "{}", e.message);
+            assert!(e.message.ends_with("; nothing stored") && e.message.len() < 200, "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(daemon.pool().repo.len(), 0, "nothing stored");
+    // The same connection takes a good upload.
+    conn.send(&DataRequest::Put(put("atlas:raw".into()))).await.unwrap();
+    assert!(matches!(conn.recv::<DataReply>().await.unwrap(), DataReply::PutReady { .. }));
+    daemon.shutdown().await.unwrap();
+}
+
+/// A listener holds at most `MAX_UNAUTHENTICATED` connections in their handshake; one more is
+/// closed at once, before the pool says anything, and the places come back when those peers go.
+#[tokio::test]
+async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
+    use tidepool_pool::admission::MAX_UNAUTHENTICATED;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate().unwrap();
+    let daemon = start(dir.path(), &key).await;
+    // Each silent client has its Hello: the pool holds it in its handshake.
+    let mut silent = Vec::new();
+    for _ in 0..MAX_UNAUTHENTICATED {
+        let stream = TcpStream::connect(daemon.admin_addr()).await.unwrap();
+        let mut reader = FrameReader::new(stream, MAX_FRAME);
+        let _hello: Hello = reader.recv().await.unwrap();
+        silent.push(reader);
+    }
+    let one_more = TcpStream::connect(daemon.admin_addr()).await.unwrap();
+    let mut reader = FrameReader::new(one_more, MAX_FRAME);
+    let closed = tokio::time::timeout(Duration::from_secs(2), reader.next()).await.expect("closed at once, not held");
+    assert!(matches!(closed, Ok(None) | Err(_)), "no Hello for a connection over the limit: {closed:?}");
+    // The data listener has places of its own.
+    Connection::open(daemon.data_addr(), &key, "test", Service::Data).await.unwrap();
+    drop(silent);
+    // Once the silent peers are gone, a client logs in again (the pool notices each close).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Connection::open(daemon.admin_addr(), &key, "test", Service::Admin).await {
+            Ok(_) => break,
+            // Poll again after a pause (the pool frees a place when it sees a peer's close).
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("the admin listener did not take clients again: {e}"),
+        }
+    }
+    daemon.shutdown().await.unwrap();
+}

@@ -452,6 +452,30 @@ pub fn expect_closed(stream: &mut TcpStream, bytes: &[u8], timeout: Duration, wh
     started.elapsed()
 }
 
+/// A process's memory as `/proc/<pid>/status` gives it, in KiB: resident now (`VmRSS`) and the
+/// most it has been resident (`VmHWM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    pub rss_kib: u64,
+    pub peak_kib: u64,
+}
+
+/// Reads [`Memory`] of process `pid`. Panics if `/proc` does not say (Linux only).
+#[track_caller]
+pub fn memory(pid: u32) -> Memory {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().strip_suffix("kB"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+    };
+    Memory { rss_kib: field("VmRSS:"), peak_kib: field("VmHWM:") }
+}
+
 /// One pool of a [`Cluster`].
 #[derive(Debug, Clone)]
 pub struct PoolSpec {
@@ -692,6 +716,12 @@ impl Cluster {
             }
             thread::sleep(POLL_PAUSE);
         }
+    }
+
+    /// The process id of a running pool.
+    #[track_caller]
+    pub fn pid(&self, pool: &str) -> u32 {
+        self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running")).id()
     }
 
     /// Whether the pool's process is running (started and not seen to exit).

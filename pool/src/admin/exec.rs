@@ -366,7 +366,10 @@ fn help(topic: &[String], out: &mut dyn Output) -> Result<(), RemoteError> {
     let matching: Vec<_> =
         COMMANDS.iter().filter(|c| c.name == wanted || c.name.starts_with(&format!("{wanted} "))).collect();
     match matching.as_slice() {
-        [] => Err(RemoteError::new(ErrorCode::UnknownCommand, format!("no command '{wanted}'; `help` lists them"))),
+        [] => Err(RemoteError::new(
+            ErrorCode::UnknownCommand,
+            format!("no command '{}'; `help` lists them", super::spec::echo(&wanted)),
+        )),
         [one] => Ok(out.write(&one.help())?),
         many => {
             for c in many {

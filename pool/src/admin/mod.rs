@@ -8,7 +8,7 @@ use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobDefinition, JobKind};
 use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::message::CommandDescription;
-use tidepool_p2p::model::{PoolMode, ReplicaState};
+use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
@@ -370,10 +370,13 @@ pub static COMMANDS: &[CommandSpec] = &[
         name: "rep set sticky",
         args: "<pnfsid> on|off",
         summary: "set or clear a sticky record (overwrite mode)",
-        details: "The lifetime is in milliseconds; -1 (the default) never expires. 'off' removes the owner's record.",
+        details: concat!(
+            "The lifetime is in milliseconds, as in dCache: plain digits, at least 1000 (a shorter one is most\n",
+            "likely meant in seconds and is refused); -1 (the default) never expires. 'off' removes the owner's record.",
+        ),
         options: &[
             valued("o", "owner", "owner of the record (default: system)"),
-            valued("l", "millis", "lifetime in milliseconds, -1 for ever (default)"),
+            valued("l", "millis", "lifetime in milliseconds (at least 1000), -1 for ever (default)"),
         ],
         examples: &[
             "rep set sticky 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 on",
@@ -820,6 +823,12 @@ pub fn describe() -> Vec<CommandDescription> {
 fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     let mut ls = RepLs { sum: inv.flag("sum")?, ..RepLs::default() };
     if let Some((spec, offset)) = inv.value("l") {
+        if spec.is_empty() {
+            return Err(ParseError::invalid(
+                offset,
+                "-l: give at least one property: s (sticky), p (precious), l (locked), nc (not cached), e (error)",
+            ));
+        }
         let mut rest = spec;
         while !rest.is_empty() {
             let (p, len) = match rest.as_bytes()[0] {
@@ -832,7 +841,8 @@ fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
                     return Err(ParseError::invalid(
                         offset,
                         format!(
-                            "-l: unknown property in {spec:?}; use s (sticky), p (precious), l (locked), nc (not cached), e (error)"
+                            "-l: unknown property in {:?}; use s (sticky), p (precious), l (locked), nc (not cached), e (error)",
+                            spec::echo(spec)
                         ),
                     ));
                 }
@@ -841,7 +851,10 @@ fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
             rest = &rest[len..];
         }
     }
-    ls.storage = inv.value("storage").map(|(g, _)| g.to_string());
+    if let Some((glob, offset)) = inv.value("storage") {
+        check_storage_class(glob).map_err(|e| ParseError::invalid(offset, format!("-storage: {e}")))?;
+        ls.storage = Some(glob.to_string());
+    }
     if let Some((unit, offset)) = inv.value("s") {
         ls.stats = Some(match unit.to_ascii_lowercase().as_str() {
             "" | "b" => SizeUnit::B,
@@ -849,7 +862,10 @@ fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
             "m" => SizeUnit::M,
             "g" => SizeUnit::G,
             "t" => SizeUnit::T,
-            _ => return Err(ParseError::invalid(offset, format!("-s: unknown unit {unit:?}; use b, k, m, g or t"))),
+            _ => {
+                let unit = spec::echo(unit);
+                return Err(ParseError::invalid(offset, format!("-s: unknown unit {unit:?}; use b, k, m, g or t")));
+            }
         });
     }
     for t in &inv.args {
@@ -864,7 +880,9 @@ fn parse_set_sticky(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     let on = match switch.text.as_str() {
         "on" => true,
         "off" => false,
-        other => return Err(ParseError::invalid(switch.offset, format!("expected on or off, not {other:?}"))),
+        other => {
+            return Err(ParseError::invalid(switch.offset, format!("expected on or off, not {:?}", spec::echo(other))));
+        }
     };
     inv.at_most(2)?;
     let owner = match inv.value("o") {
@@ -873,18 +891,41 @@ fn parse_set_sticky(inv: &Invocation<'_>) -> Result<Command, ParseError> {
         Some((o, _)) => o.to_string(),
     };
     let lifetime_ms = match inv.value("l") {
-        None => -1,
-        Some((text, offset)) => match text.parse::<i64>() {
-            Ok(l) if l == -1 || l > 0 => l,
-            _ => {
-                return Err(ParseError::invalid(
-                    offset,
-                    format!("-l: {text:?} is not a lifetime; give milliseconds > 0, or -1 for ever"),
-                ));
-            }
-        },
+        None => NEVER,
+        Some((text, offset)) => sticky_lifetime(text).map_err(|e| ParseError::invalid(offset, e))?,
     };
     Ok(Command::RepSetSticky { pnfsid, owner, lifetime_ms, on })
+}
+
+/// The shortest lifetime `rep set sticky -l` takes, in milliseconds: a shorter one expires
+/// before it could matter and is most likely meant in seconds.
+pub const MIN_STICKY_LIFETIME_MS: i64 = 1000;
+/// The longest, in milliseconds (about 100 years); for longer, -1 (for ever).
+pub const MAX_STICKY_LIFETIME_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+
+/// `rep set sticky -l=MILLIS`: milliseconds as in dCache, written as plain digits, from
+/// [`MIN_STICKY_LIFETIME_MS`] to [`MAX_STICKY_LIFETIME_MS`]; or `-1` for ever. Signs, units
+/// and anything else are refused rather than guessed at.
+fn sticky_lifetime(text: &str) -> Result<i64, String> {
+    if text == "-1" {
+        return Ok(NEVER);
+    }
+    let shown = spec::echo(text);
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "-l: {shown:?} is not a lifetime; give whole milliseconds (digits only, e.g. -l=3600000 for an hour), or -1 for ever"
+        ));
+    }
+    match text.parse::<i64>() {
+        Ok(ms) if ms < MIN_STICKY_LIFETIME_MS => Err(format!(
+            "-l: {ms} ms is shorter than a second; the lifetime is in milliseconds (for {ms} seconds give -l={}), at least {MIN_STICKY_LIFETIME_MS}",
+            ms * 1000
+        )),
+        Ok(ms) if ms <= MAX_STICKY_LIFETIME_MS => Ok(ms),
+        _ => {
+            Err(format!("-l: {shown} ms is longer than 100 years (at most {MAX_STICKY_LIFETIME_MS}); give -1 for ever"))
+        }
+    }
 }
 
 fn parse_set_state(inv: &Invocation<'_>, state: ReplicaState) -> Result<Command, ParseError> {
@@ -1310,7 +1351,7 @@ mod tests {
             ("migration cache -tmode=delete pool2", "delete: Invalid value"),
             ("migration copy -smode=same+x(-2) pool2", "-2: Invalid lifetime"),
             ("migration copy -smode=same+x(y) pool2", "x(y): Syntax error"),
-            ("migration copy -size=5..1 pool2", "5..1: Invalid interval"),
+            ("migration copy -size=5..1 pool2", "5..1: Invalid interval for option -size"),
             ("migration copy -select=best pool2", "Invalid value: best"),
             ("migration copy -target=cell pool2", "Invalid value: cell"),
             ("migration copy -target=link l m", "[l, m]: Only one target supported for -type=link"),
@@ -1335,6 +1376,75 @@ mod tests {
             ("migration copy -pnfsid=xyz pool2", "\"xyz\" is not a valid pnfsid: must be 24 or 36 hex digits"),
         ] {
             check_refused(line, message);
+        }
+    }
+
+    /// Values that used to be taken with a surprising meaning (every replica, a 5 ms
+    /// lifetime, a 60,000-byte class) are refused with an error naming the value, at the
+    /// option; the values next to them are still taken.
+    #[test]
+    fn ambiguous_or_oversized_values_are_refused() {
+        let long = "s".repeat(60_000);
+        let table: &[(String, &str, &str)] = &[
+            ("rep ls -l=".into(), "-l: give at least one property", "-l"),
+            (format!("rep set sticky -l=+5 {ID} on"), "-l: \"+5\" is not a lifetime; give whole milliseconds", "-l"),
+            (
+                format!("rep set sticky -l=5 {ID} on"),
+                "-l: 5 ms is shorter than a second; the lifetime is in milliseconds (for 5 seconds give -l=5000)",
+                "-l",
+            ),
+            (format!("rep set sticky -l=999 {ID} on"), "at least 1000", "-l"),
+            (format!("rep set sticky -l=0 {ID} on"), "-l: 0 ms is shorter than a second", "-l"),
+            (format!("rep set sticky -l=-5 {ID} on"), "-l: \"-5\" is not a lifetime", "-l"),
+            (format!("rep set sticky -l= {ID} on"), "-l: \"\" is not a lifetime", "-l"),
+            (format!("rep set sticky -l=1e3 {ID} on"), "-l: \"1e3\" is not a lifetime", "-l"),
+            (format!("rep set sticky -l=60s {ID} on"), "-l: \"60s\" is not a lifetime", "-l"),
+            (format!("rep set sticky -l=99999999999999999999 {ID} on"), "is longer than 100 years", "-l"),
+            (
+                format!("rep ls -storage={long}"),
+                "-storage: storage class too long: 60000 bytes, at most 256",
+                "-storage",
+            ),
+        ];
+        for (line, needle, at) in table {
+            check_err(line, needle, at);
+            let err = parse(line).unwrap_err();
+            assert!(err.render(line).len() < 1000, "{line:.40}: a short message");
+        }
+        // Through `migration copy|move|cache` (the module's messages name the value).
+        for (line, message) in [
+            ("migration move -sticky=, pool2", ",: Invalid value for option -sticky: no owner given"),
+            ("migration move -sticky=- pool2", "-: Invalid value for option -sticky: '-' must be followed by an owner"),
+            ("migration move -size=-5 pool2", "-5: Invalid interval for option -size: bounds must not be negative"),
+            (
+                "migration move -accessed=..-1 pool2",
+                "..-1: Invalid interval for option -accessed: bounds must not be negative",
+            ),
+            ("migration move -pnfsid=,, pool2", ",,: Invalid value for option -pnfsid: no pnfsid given"),
+        ] {
+            check_refused(line, message);
+        }
+        let err = parse(&format!("migration move -storage={long} pool2")).unwrap_err();
+        assert!(
+            err.message.starts_with("-storage: storage class too long: 60000 bytes, at most 256"),
+            "{}",
+            &err.message[..100]
+        );
+        // Good values still parse.
+        let sticky = |l: &str| match parse(&format!("rep set sticky -l={l} {ID} on")) {
+            Ok(Some(Command::RepSetSticky { lifetime_ms, .. })) => lifetime_ms,
+            other => panic!("{l}: {other:?}"),
+        };
+        assert_eq!(sticky("1000"), 1000);
+        assert_eq!(sticky("3600000"), 3_600_000);
+        assert_eq!(sticky("-1"), NEVER);
+        assert_eq!(sticky(&MAX_STICKY_LIFETIME_MS.to_string()), MAX_STICKY_LIFETIME_MS);
+        assert!(matches!(parse("rep ls -l=s"), Ok(Some(Command::RepLs(_)))));
+        assert!(matches!(parse(&format!("rep ls -storage={}", "s".repeat(256))), Ok(Some(Command::RepLs(_)))));
+        for line in
+            ["migration move -sticky=alice pool2", "migration move -sticky pool2", "migration move -size=0..10 pool2"]
+        {
+            assert!(matches!(parse(line), Ok(Some(Command::MigrationCreate { .. }))), "{line}");
         }
     }
 

@@ -4,6 +4,9 @@
 
 use tidepool_p2p::ErrorCode;
 use tidepool_p2p::cmdline::{self, Args, OptionArg, Token};
+use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
+
+use tidepool_p2p::message::line_too_long;
 
 use super::Command;
 
@@ -151,7 +154,7 @@ impl Invocation<'_> {
                 Some(other) => {
                     return Err(ParseError::invalid(
                         o.offset,
-                        format!("-{name} takes no value (or true/false), not {other:?}"),
+                        format!("-{name} takes no value (or true/false), not {:?}", echo(other)),
                     ));
                 }
             };
@@ -174,9 +177,10 @@ impl Invocation<'_> {
     /// Refuses arguments beyond the first `n`.
     pub fn at_most(&self, n: usize) -> Result<(), ParseError> {
         match self.args.get(n) {
-            Some(t) => {
-                Err(ParseError::at(t.offset, format!("unexpected argument {:?}; usage: {}", t.text, self.spec.usage())))
-            }
+            Some(t) => Err(ParseError::at(
+                t.offset,
+                format!("unexpected argument {:?}; usage: {}", echo(&t.text), self.spec.usage()),
+            )),
             None => Ok(()),
         }
     }
@@ -190,8 +194,17 @@ impl Invocation<'_> {
     }
 }
 
-/// Matches `line` against `specs`: the longest command name that the leading words spell.
+/// Operator input as an error message repeats it: at most [`MAX_ECHO`] characters.
+pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
+    truncate_echo(text, MAX_ECHO)
+}
+
+/// Matches `line` against `specs`: the longest command name that the leading words spell. A
+/// line longer than [`tidepool_p2p::message::MAX_ADMIN_LINE`] bytes is refused before it is split.
 pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, ParseError> {
+    if let Some(message) = line_too_long(line.len()) {
+        return Err(ParseError { code: ErrorCode::InvalidArgument, offset: None, message });
+    }
     let Args { positional, options } = Args::parse(line).map_err(|e| ParseError::at(e.offset, e.message))?;
     if positional.is_empty() && options.is_empty() {
         return Ok(None);
@@ -216,7 +229,7 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
             } else {
                 format!("'{}' takes {}", spec.name, known.join(" "))
             };
-            return Err(ParseError::at(o.offset, format!("unknown option -{}; {hint}", o.name)));
+            return Err(ParseError::at(o.offset, format!("unknown option -{}; {hint}", echo(&o.name))));
         };
         match (decl.value, o.value.as_deref()) {
             (OptionValue::Required(v), None) => {
@@ -225,7 +238,7 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
             (OptionValue::Flag, Some(v)) if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") => {
                 return Err(ParseError::invalid(
                     o.offset,
-                    format!("-{} takes no value (or true/false), not {v:?}", o.name),
+                    format!("-{} takes no value (or true/false), not {:?}", o.name, echo(v)),
                 ));
             }
             _ => {}
@@ -278,14 +291,20 @@ fn escape(text: &str) -> String {
     s
 }
 
+/// The longest typed command (its first words, in bytes) that "did you mean" compares with the
+/// declared names; a longer one is no typo of any of them, and comparing would cost time in
+/// proportion to its length.
+const MAX_SUGGEST: usize = 64;
+
 fn unknown_command(specs: &[CommandSpec], words: &[&str], tokens: &[Token]) -> ParseError {
     let offset = tokens.first().map(|t| t.offset).unwrap_or(0);
     let typed = words.iter().take(3).copied().collect::<Vec<_>>().join(" ");
     let best = specs
         .iter()
-        .map(|s| {
+        .filter_map(|s| {
             let n = s.name.split(' ').count().min(words.len());
-            (edit_distance(&words[..n].join(" "), s.name), s.name)
+            let attempt = words[..n].join(" ");
+            (attempt.len() <= MAX_SUGGEST).then(|| (edit_distance(&attempt, s.name), s.name))
         })
         .min();
     let hint = match best {
@@ -295,7 +314,7 @@ fn unknown_command(specs: &[CommandSpec], words: &[&str], tokens: &[Token]) -> P
     ParseError {
         code: ErrorCode::UnknownCommand,
         offset: Some(offset),
-        message: format!("unknown command '{typed}'{hint}"),
+        message: format!("unknown command '{}'{hint}", echo(&typed)),
     }
 }
 
@@ -316,6 +335,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidepool_p2p::message::MAX_ADMIN_LINE;
 
     /// Checks the stored form of `migration copy` with these options and arguments.
     fn check_stored(options: &[(&str, Option<&str>)], args: &[&str], want: &str) {
@@ -352,6 +372,34 @@ mod tests {
             &["p"],
             r#"migration copy -storage=a\ b\"c\'d\=e\\f -- p"#,
         );
+    }
+
+    #[test]
+    fn a_long_unknown_command_is_refused_quickly_with_a_short_message() {
+        let word = "x".repeat(MAX_ADMIN_LINE);
+        let started = std::time::Instant::now();
+        let err = parse_line(super::super::COMMANDS, &word).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert_eq!(err.code, ErrorCode::UnknownCommand);
+        assert_eq!(
+            err.message,
+            format!("unknown command '{}... ({MAX_ADMIN_LINE} bytes)'; `help` lists the commands", &word[..MAX_ECHO])
+        );
+        assert!(err.render(&word).len() < 3 * MAX_ECHO, "{}", err.render(&word).len());
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_before_it_is_parsed() {
+        let line = format!("rep ls {}", "a".repeat(MAX_ADMIN_LINE));
+        let err = parse_line(&[], &line).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.render(&line),
+            format!("command line too long: {} bytes, at most {MAX_ADMIN_LINE}", MAX_ADMIN_LINE + 7)
+        );
+        // Exactly the limit is a line like any other (here: an unknown command).
+        let line = "a".repeat(MAX_ADMIN_LINE);
+        assert_eq!(parse_line(&[], &line).unwrap_err().code, ErrorCode::UnknownCommand);
     }
 
     #[test]
