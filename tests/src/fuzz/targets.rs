@@ -1,0 +1,322 @@
+//! The fuzz targets. Each runs the real entry point the daemon uses on one input and checks,
+//! besides "no panic", a property an operator relies on:
+//!
+//! - `frame`: `FrameReader` over the bytes with the daemon's limit, every message body decoded
+//!   as every message type; a frame takes at least 5 bytes, so no input yields more frames
+//!   than a fifth of its length.
+//! - `handshake`: the server's `accept` or the client's `connect` against a peer that sends the
+//!   bytes; a peer without the cluster key is never authenticated.
+//! - `admin`: the lexer (`p2p::cmdline`), then `admin::parse` (with the error rendered under
+//!   the line); a `migration copy|move|cache` line's stored form reads back as the same job.
+//! - `options`: the option grammar of `migration copy|move|cache` (`definition::parse` for each
+//!   kind, and the interval, mode, sticky and expression parsers on every value).
+//! - `expr`: parse and type check in both contexts, then evaluation with values of the
+//!   declared types: the value has the type the checker gave.
+//! - `saved`: `Module::parse_saved`, then every readable job's id and command as restore
+//!   reads them (`pool/src/migration_env.rs`).
+//! - `record`: `record::decode` and `decode_entry`; a record that decodes in full gives the
+//!   index the same fields, and encodes back to itself.
+
+use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::expr::{self, Type, Value};
+use tidepool_migration::filter::{Interval, parse_sticky};
+use tidepool_migration::mode::{SourceMode, TargetMode};
+use tidepool_migration::module::Module;
+use tidepool_migration::{MigrationError, expr::Expr};
+use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
+use tidepool_p2p::cmdline::{Args, OptionArg, point_at, tokenize};
+use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, decode};
+use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, MigrationRequest};
+use tidepool_p2p::{JobId, PnfsId};
+use tidepool_pool::admin::{self, Command};
+use tidepool_pool::migration_env::PoolEnv;
+use tidepool_pool::repository::record;
+
+use super::{Ctx, Target, gen_text, gen_wire};
+
+pub static TARGETS: &[Target] = &[
+    Target {
+        name: "frame",
+        what: "p2p frame decoder and message decoding",
+        generate: gen_wire::frames,
+        run: frame,
+    },
+    Target {
+        name: "handshake",
+        what: "p2p handshake, both sides",
+        generate: gen_wire::handshake,
+        run: handshake,
+    },
+    Target {
+        name: "admin",
+        what: "admin line lexer and parser",
+        generate: gen_text::admin_line,
+        run: admin_line,
+    },
+    Target {
+        name: "options",
+        what: "migration copy|move|cache option grammar",
+        generate: gen_text::job_options,
+        run: job_options,
+    },
+    Target { name: "expr", what: "expression parser, type checker, evaluation", generate: gen_text::expression, run: expression },
+    Target { name: "saved", what: "saved-job parser and restore", generate: gen_text::saved_text, run: saved },
+    Target { name: "record", what: "repository record decoder", generate: gen_wire::record_bytes, run: record_decode },
+];
+
+fn frame(ctx: &Ctx, input: &[u8]) -> Result<(), String> {
+    ctx.block_on(async {
+        let mut reader = FrameReader::new(input, MAX_FRAME);
+        let mut frames = 0usize;
+        loop {
+            match reader.next().await {
+                Ok(Some(Frame::Message(body))) => {
+                    let _ = decode::<AdminRequest>(&body);
+                    let _ = decode::<AdminReply>(&body);
+                    let _ = decode::<DataRequest>(&body);
+                    let _ = decode::<DataReply>(&body);
+                    let _ = decode::<MigrationRequest>(&body);
+                    let _ = decode::<MigrationReply>(&body);
+                    let _ = decode::<Hello>(&body);
+                    let _ = decode::<ClientAuth>(&body);
+                    let _ = decode::<HandshakeReply>(&body).map_err(|e| e.to_string());
+                }
+                Ok(Some(Frame::Data(_))) => {}
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let _ = e.to_string();
+                    return Ok(());
+                }
+            }
+            frames += 1;
+            if frames * 5 > input.len() {
+                return Err(format!("{frames} frames out of {} bytes", input.len()));
+            }
+        }
+    })
+}
+
+/// The key the fuzzed side holds; the peer never knows it.
+const KEY: &str = "5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee0001";
+
+fn handshake(ctx: &Ctx, input: &[u8]) -> Result<(), String> {
+    let Some((&side, peer)) = input.split_first() else { return Ok(()) };
+    let service = if side & 2 == 0 { Service::Admin } else { Service::Data };
+    let key = ClusterKey::parse(KEY).expect("a valid key");
+    ctx.block_on(async {
+        let mut reader = FrameReader::new(peer, MAX_FRAME);
+        let mut writer = FrameWriter::new(tokio::io::sink());
+        let outcome = if side & 1 == 1 {
+            accept(&mut reader, &mut writer, &key, "pool1", service).await.map(|p| p.name)
+        } else {
+            connect(&mut reader, &mut writer, &key, "shell", service).await
+        };
+        match outcome {
+            Ok(name) => Err(format!("authenticated {name:?}, a peer that does not hold the cluster key")),
+            Err(e) => {
+                let _ = e.to_string();
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Checks that a lexer offset can be pointed at.
+fn offset_ok(line: &str, offset: usize, what: &str) -> Result<(), String> {
+    if offset > line.len() || !line.is_char_boundary(offset) {
+        return Err(format!("{what} offset {offset} is not a character boundary of a {}-byte line", line.len()));
+    }
+    let _ = point_at(line, offset);
+    Ok(())
+}
+
+/// A job line's stored form (what `migration ls` shows and `save` keeps) must read back as the
+/// same job with the same stored form.
+fn stored_form_reads_back(command: &Command) -> Result<(), String> {
+    let Command::MigrationCreate { def, command } = command else { return Ok(()) };
+    match admin::parse(command) {
+        Ok(Some(Command::MigrationCreate { def: again, command: stored })) if again == *def && stored == *command => {
+            Ok(())
+        }
+        Ok(Some(Command::MigrationCreate { def: again, command: stored })) => Err(format!(
+            "the stored form {command:?} reads back as another job: {stored:?}, {again:?} instead of {def:?}"
+        )),
+        other => Err(format!("the stored form {command:?} does not read back: {other:?}")),
+    }
+}
+
+fn admin_line(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    let line = String::from_utf8_lossy(input);
+    match tokenize(&line) {
+        Ok(tokens) => {
+            let mut last = None;
+            for t in &tokens {
+                offset_ok(&line, t.offset, "token")?;
+                if last.is_some_and(|l| l >= t.offset) {
+                    return Err(format!("token offsets not increasing: {tokens:?}"));
+                }
+                last = Some(t.offset);
+            }
+        }
+        Err(e) => offset_ok(&line, e.offset, "lexer error")?,
+    }
+    match admin::parse(&line) {
+        Ok(Some(command)) => stored_form_reads_back(&command),
+        Ok(None) => Ok(()),
+        Err(e) => {
+            if let Some(offset) = e.offset {
+                offset_ok(&line, offset, "parse error")?;
+            }
+            let _ = e.render(&line);
+            Ok(())
+        }
+    }
+}
+
+/// The options of a line as the admin layer hands them to `definition::parse` (the same rules
+/// as `JobOptions` in `pool/src/admin/mod.rs`, without the declaration check before it, so that
+/// every value reaches the grammar).
+struct LineOptions<'a>(&'a [OptionArg]);
+
+impl Options for LineOptions<'_> {
+    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        let mut result = false;
+        for o in self.0.iter().filter(|o| o.name == name) {
+            result = match o.value.as_deref() {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(v) => return Err(MigrationError::invalid(format!("-{name}: not a flag value {v:?}"))),
+            };
+        }
+        Ok(result)
+    }
+
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
+    }
+
+    fn given(&self, name: &str) -> bool {
+        self.0.iter().any(|o| o.name == name)
+    }
+}
+
+fn job_options(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    let line = String::from_utf8_lossy(input);
+    let Ok(args) = Args::parse(&line) else { return Ok(()) };
+    for o in &args.options {
+        let v = o.value.as_deref().unwrap_or("");
+        let _ = Interval::parse(v);
+        let _ = SourceMode::parse(v);
+        let _ = TargetMode::parse(v);
+        let _ = parse_sticky(v);
+        if o.name.ends_with("-when") {
+            let _ = expr::parse_boolean(v, &expr::target_symbols).map_err(|e| e.render(v));
+            let _ = expr::parse_boolean(v, &expr::lifetime_symbols).map_err(|e| e.render(v));
+        }
+    }
+    let targets: Vec<String> = args.positional.iter().map(|t| t.text.clone()).collect();
+    for kind in [JobKind::Copy, JobKind::Move, JobKind::Cache] {
+        match definition::parse(kind, &LineOptions(&args.options), &targets) {
+            Ok(def) => {
+                if def.replicas < 1 || def.refresh == Some(0) || (def.permanent && def.order.is_some()) {
+                    return Err(format!("a job definition that should have been refused: {def:?}"));
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+        let whole = format!("migration {} {line}", kind.as_str());
+        if let Ok(Some(command)) = admin::parse(&whole) {
+            stored_form_reads_back(&command)?;
+        }
+    }
+    Ok(())
+}
+
+/// Symbol values of each declared type, so that evaluation reaches every operator.
+fn values(name: &str, variant: usize, ty: Option<Type>) -> Option<Value> {
+    Some(match ty? {
+        Type::Number => Value::Number([0.0, 1e12, -1.0, f64::NAN, f64::INFINITY, 3.0][(name.len() + variant) % 6]),
+        Type::String => Value::String(["pool1", "", "é\\d", "pool12"][(name.len() + variant) % 4].to_string()),
+        Type::Boolean => Value::Boolean(variant % 2 == 0),
+    })
+}
+
+fn check_expression(text: &str, symbols: fn(&str) -> Option<Type>) -> Result<(), String> {
+    match expr::parse(text, &symbols) {
+        Ok(e) => evaluate(&e, symbols),
+        Err(err) => {
+            if err.offset > text.len() {
+                return Err(format!("error offset {} beyond the {}-byte text", err.offset, text.len()));
+            }
+            let _ = err.render(text);
+            Ok(())
+        }
+    }
+}
+
+fn evaluate(e: &Expr, symbols: fn(&str) -> Option<Type>) -> Result<(), String> {
+    for variant in 0..3 {
+        let lookup = |name: &str| values(name, variant, symbols(name));
+        match e.eval(&lookup) {
+            Ok(v) if v.ty() != e.ty() => {
+                return Err(format!("{:?} was checked as {} but evaluates to {v:?}", e.text(), e.ty()));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                let _ = err.render(e.text());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expression(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    let text = String::from_utf8_lossy(input);
+    check_expression(&text, expr::target_symbols)?;
+    check_expression(&text, expr::lifetime_symbols)?;
+    if let Ok(e) = expr::parse_boolean(&text, &expr::lifetime_symbols) {
+        let _ = e.eval_bool(&|name| values(name, 1, expr::lifetime_symbols(name)));
+    }
+    Ok(())
+}
+
+fn saved(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    // The pool reads the stored bytes the same way (`migration_env::restore`).
+    let text = String::from_utf8_lossy(input);
+    let Ok(set) = Module::<PoolEnv>::parse_saved(&text) else { return Ok(()) };
+    for job in set.jobs.into_iter().flatten() {
+        let _ = job.id.parse::<JobId>();
+        match admin::parse(&job.command) {
+            Ok(Some(command)) => stored_form_reads_back(&command)?,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = e.render(&job.command);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record_decode(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    let id: PnfsId = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90".parse().expect("a valid pnfsid");
+    let full = record::decode(id, input);
+    let entry = record::decode_entry(input);
+    if let Ok(e) = &entry {
+        let _ = e.sticky_until(1_700_000_000_000);
+    }
+    let Ok(replica) = full else { return Ok(()) };
+    let entry = entry.map_err(|e| format!("decode reads the record but decode_entry does not: {e}"))?;
+    let expiries: Vec<i64> = replica.sticky.iter().map(|s| s.expire).collect();
+    if (entry.size, entry.state, entry.atime, &entry.expiries)
+        != (replica.attrs.size, replica.state, replica.attrs.access_time, &expiries)
+    {
+        return Err(format!("decode_entry and decode disagree on {replica:?}"));
+    }
+    match record::decode(id, &record::encode(&replica)) {
+        Ok(again) if again == replica => Ok(()),
+        other => Err(format!("{replica:?} encodes to a record that reads back as {other:?}")),
+    }
+}
