@@ -21,7 +21,7 @@ const USAGE: &str = "usage: fuzz [--target all|NAME[,NAME..]] [--iterations N] [
                      [--max-rss-mib M] [--max-input-ms T] | --target NAME (--seed S --input I | --hex HEX)";
 
 /// The default bound on peak resident memory, for the whole run.
-const MAX_RSS_MIB: u64 = 256;
+const MAX_RSS_MIB: u64 = 64;
 /// The default bound on one input's time (release build).
 const MAX_INPUT_MS: u64 = 2000;
 /// Failures printed per target.
@@ -110,6 +110,12 @@ fn run() -> anyhow::Result<bool> {
             failures,
             rss
         );
+        let outcomes: Vec<String> = report
+            .outcomes
+            .iter()
+            .map(|(label, n)| format!("{label} {:.1}%", *n as f64 * 100.0 / report.inputs.max(1) as f64))
+            .collect();
+        println!("           outcomes: {}", outcomes.join(", "));
         for f in &report.failures {
             println!("FAILURE {f}");
         }
@@ -140,7 +146,7 @@ fn replay(targets: &[&Target], input: &[u8]) -> bool {
     for t in targets {
         let mut ctx = Ctx::new();
         match fuzz::run_one(t, &mut ctx, input) {
-            Ok(()) => println!("{}: ok", t.name),
+            Ok(label) => println!("{}: ok ({label})", t.name),
             Err(e) => {
                 println!("{}: FAILED: {e}\n  as text: {:?}", t.name, String::from_utf8_lossy(input));
                 all_ok = false;

@@ -3,7 +3,7 @@
 //! expressions, and saved migration jobs. Each is mutated with byte edits part of the time.
 
 use tidepool_migration::module::SavedJob;
-use tidepool_pool::admin::COMMANDS;
+use tidepool_pool::admin::{self, COMMANDS, Command};
 use tidepool_pool::admin::spec::{CommandSpec, OptionValue};
 
 use super::gen_wire::pnfsid;
@@ -113,32 +113,52 @@ const WORDS: &[&str] = &[
     "rebalance",
 ];
 
-/// A value for the option `name`: mostly from the alphabet that suits it.
-fn value(rng: &mut Rng, name: &str) -> String {
-    let fitting: &[&str] = match name {
-        "concurrency" | "replicas" | "refresh" | "l" | "o" => NUMBERS,
-        "size" | "accessed" => INTERVALS,
-        "sticky" => STICKY,
-        "smode" | "tmode" => MODES,
-        _ => WORDS,
-    };
-    if name == "pnfsid" && rng.chance(3, 4) {
-        let ids: Vec<String> = (0..1 + rng.below(3)).map(|_| pnfsid(rng).to_string()).collect();
-        return ids.join(if rng.chance(3, 4) { "," } else { ",," });
+/// The alternatives a declaration names for a value (`keep|move`, `[-]size|[-]lru`), if its
+/// hint is such a list.
+fn alternatives(rng: &mut Rng, hint: &str) -> Option<String> {
+    let alts: Vec<&str> = hint.split('|').collect();
+    if alts.len() < 2 || hint.contains(['<', ' ', '(', '.']) {
+        return None;
     }
-    if name.ends_with("-when") && rng.chance(3, 4) {
-        return expression_text(rng, 4);
-    }
-    if rng.chance(3, 4) {
-        rng.pick(fitting).to_string()
-    } else {
-        match rng.below(5) {
+    let alt = *rng.pick(&alts);
+    Some(match alt.strip_prefix("[-]") {
+        Some(word) if rng.chance(1, 2) => format!("-{word}"),
+        Some(word) => word.to_string(),
+        None => alt.to_string(),
+    })
+}
+
+/// A value for the option `name` (declared with the value hint `hint`): mostly one that suits
+/// it, now and then one from another option's alphabet.
+fn value(rng: &mut Rng, name: &str, hint: &str) -> String {
+    if rng.chance(1, 8) {
+        return match rng.below(6) {
             0 => rng.pick(NUMBERS).to_string(),
             1 => rng.pick(INTERVALS).to_string(),
             2 => rng.pick(MODES).to_string(),
             3 => pnfsid(rng).to_string(),
+            4 => rng.pick(WORDS).to_string(),
             _ => "y".repeat(rng.below(300)),
+        };
+    }
+    if let Some(v) = alternatives(rng, hint) {
+        return v;
+    }
+    match name {
+        "pnfsid" => {
+            let ids: Vec<String> = (0..1 + rng.below(3)).map(|_| pnfsid(rng).to_string()).collect();
+            ids.join(if rng.chance(7, 8) { "," } else { ",," })
         }
+        n if n.ends_with("-when") => expression_text(rng, 4),
+        "concurrency" | "replicas" | "refresh" | "l" | "o" if rng.chance(3, 4) => (1 + rng.below(8)).to_string(),
+        "concurrency" | "replicas" | "refresh" | "l" | "o" => rng.pick(NUMBERS).to_string(),
+        "size" | "accessed" => rng.pick(INTERVALS).to_string(),
+        "sticky" => rng.pick(STICKY).to_string(),
+        "smode" | "tmode" => rng.pick(MODES).to_string(),
+        "id" => rng.pick(&["rebalance", "7", "job-1", "a.b", ""]).to_string(),
+        "storage" | "cache" => rng.pick(&["atlas:raw", "cms:user", "", "a b"]).to_string(),
+        "include" | "exclude" => rng.pick(&["pool*", "pool2", "pool2,pool3", "*", ",", "[", "pool?"]).to_string(),
+        _ => rng.pick(WORDS).to_string(),
     }
 }
 
@@ -179,44 +199,46 @@ fn quoted(rng: &mut Rng, text: &str) -> String {
 fn option(rng: &mut Rng, spec: &CommandSpec) -> String {
     let (name, kind) = match spec.options {
         [] => ("bogus", OptionValue::Flag),
-        options if rng.chance(9, 10) => {
+        options if rng.chance(19, 20) => {
             let o = rng.pick(options);
             (o.name, o.value)
         }
         _ => (*rng.pick(&["bogus", "l", "s", "x", "", "-"]), OptionValue::Flag),
     };
-    let with_value = match kind {
-        OptionValue::Flag => rng.chance(1, 4),
-        OptionValue::Required(_) => rng.chance(9, 10),
-        OptionValue::Optional(_) => rng.chance(1, 2),
+    let (with_value, hint) = match kind {
+        OptionValue::Flag => (rng.chance(1, 6), ""),
+        OptionValue::Required(hint) => (rng.chance(19, 20), hint),
+        OptionValue::Optional(hint) => (rng.chance(1, 2), hint),
     };
     if !with_value {
         return format!("-{name}");
     }
     let v = match kind {
-        OptionValue::Flag => rng.pick(&["true", "false", "FALSE", "yes", ""]).to_string(),
-        _ => value(rng, name),
+        OptionValue::Flag => rng.pick(&["true", "false", "FALSE", "true", "false", "yes", ""]).to_string(),
+        _ => value(rng, name, hint),
     };
-    if rng.chance(1, 3) { quoted(rng, &format!("-{name}={v}")) } else { format!("-{name}={}", quoted(rng, &v)) }
+    if rng.chance(1, 6) { quoted(rng, &format!("-{name}={v}")) } else { format!("-{name}={}", quoted(rng, &v)) }
 }
 
 /// Separators between tokens.
 fn separator(rng: &mut Rng) -> &'static str {
-    *rng.pick(&[" ", " ", " ", " ", "  ", "\t", "", " \u{a0}"])
+    *rng.pick(&[" ", " ", " ", " ", " ", " ", " ", "  ", "\t", "", " \u{a0}"])
 }
 
 /// The tokens after the command words: options of `spec`, positionals and `--`.
 fn rest_of_line(rng: &mut Rng, spec: &CommandSpec, line: &mut String) {
-    for _ in 0..rng.below(8) {
+    let options = if spec.options.is_empty() { 1 } else { 6 };
+    for i in 0..rng.below(6) {
         let token = match rng.below(10) {
-            0..=5 => option(rng, spec),
-            6 if rng.chance(1, 3) => "--".to_string(),
+            n if n < options => option(rng, spec),
+            6 if rng.chance(1, 4) => "--".to_string(),
             _ => {
                 let p = positional(rng);
                 quoted(rng, &p)
             }
         };
-        line.push_str(separator(rng));
+        // The first token after the command words is never glued to them.
+        line.push_str(if i == 0 { " " } else { separator(rng) });
         line.push_str(&token);
     }
 }
@@ -252,9 +274,16 @@ pub fn admin_line_text(rng: &mut Rng, only_jobs: bool) -> String {
 pub fn admin_line(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
     let only_jobs = rng.chance(1, 3);
     let mut bytes = admin_line_text(rng, only_jobs).into_bytes();
-    if rng.chance(1, 2) {
+    if rng.chance(1, 3) {
         let other = admin_line_text(rng, false).into_bytes();
-        mutate(rng, &mut bytes, TEXT_DICTIONARY, &other);
+        // Mostly after the command words, so that the options are what gets mutated.
+        let words = COMMANDS.iter().map(|c| c.name.len()).filter(|n| bytes.get(..*n).is_some()).filter(|n| {
+            COMMANDS.iter().any(|c| c.name.as_bytes() == &bytes[..*n])
+        });
+        let at = if rng.chance(3, 4) { words.max().unwrap_or(0) } else { 0 };
+        let mut tail = bytes.split_off(at);
+        mutate(rng, &mut tail, TEXT_DICTIONARY, &other);
+        bytes.extend(tail);
     }
     bytes
 }
@@ -263,16 +292,18 @@ pub fn admin_line(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
 pub fn job_options(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
     let spec = COMMANDS.iter().find(|s| s.name == "migration copy").expect("migration copy is declared");
     let mut line = String::new();
-    rest_of_line(rng, spec, &mut line);
-    // More options than `rest_of_line` gives, so that later ones are reached too.
     for _ in 0..rng.below(6) {
-        line.push(' ');
+        line.push_str(separator(rng));
         line.push_str(&option(rng, spec));
     }
     if rng.chance(1, 2) {
         line.push_str(" --");
-        for _ in 0..rng.below(3) {
-            line.push(' ');
+    }
+    for _ in 0..rng.below(4) {
+        line.push(' ');
+        if rng.chance(3, 4) {
+            line.push_str(&format!("pool{}", rng.below(10)));
+        } else {
             line.push_str(&positional(rng));
         }
     }
@@ -353,48 +384,142 @@ const PATTERNS: &[&str] = &[
 const OPERATORS: &[&str] =
     &["or", "and", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%", "**", "=~", "!~", "=", "!", "&&", "||"];
 
-/// An expression of the `-*-when` language, up to `depth` levels deep (now and then much
-/// deeper, to reach the nesting limit).
+const NUMBER_SYMBOLS: &[&str] = &[
+    "source.free",
+    "target.free",
+    "target.cpuCost",
+    "source.used",
+    "target.removable",
+    "source.total",
+    "queue.files",
+    "queue.bytes",
+    "targets",
+    "time.hour",
+    "time.weekday",
+];
+
+const NUMBER_LITERALS: &[&str] =
+    &["12", "0.5", "10GiB", "1e3", "5k", "3Ki", "1P", "07", "0", "2Pi", "1KB", "999999999999999999999999999", "1E400"];
+
+#[derive(Clone, Copy)]
+enum Ty {
+    Number,
+    Str,
+    Bool,
+}
+
+/// A white-space run between tokens (often none, where the grammar allows it).
+fn gap(rng: &mut Rng) -> &'static str {
+    *rng.pick(&[" ", " ", " ", "", "  ", "\t", "\n"])
+}
+
+/// An expression of type `ty`, up to `depth` levels deep; now and then a piece of another
+/// type or no grammar at all, so that the checker's errors are reached too.
+fn typed(rng: &mut Rng, ty: Ty, depth: usize) -> String {
+    if rng.chance(1, 25) {
+        return untyped(rng);
+    }
+    let leaf = depth == 0 || rng.chance(1, 3);
+    match ty {
+        Ty::Number if leaf => {
+            if rng.chance(1, 2) { rng.pick(NUMBER_SYMBOLS).to_string() } else { rng.pick(NUMBER_LITERALS).to_string() }
+        }
+        Ty::Str if leaf => match rng.below(3) {
+            0 => "source.name".to_string(),
+            1 => "target.name".to_string(),
+            _ => format!("'{}'", rng.pick(WORDS)),
+        },
+        Ty::Bool if leaf => rng.pick(&["true", "false"]).to_string(),
+        Ty::Number => match rng.below(5) {
+            0 => format!("{}{}", rng.pick(&["-", "+", "- -", "-+"]), typed(rng, Ty::Number, depth - 1)),
+            1 => format!("({})", typed(rng, Ty::Number, depth - 1)),
+            2 => conditional(rng, Ty::Number, depth),
+            _ => {
+                let op = *rng.pick(&["+", "-", "*", "/", "%", "**"]);
+                binary(rng, Ty::Number, op, Ty::Number, depth)
+            }
+        },
+        Ty::Str => match rng.below(3) {
+            0 => conditional(rng, Ty::Str, depth),
+            1 => format!("({})", typed(rng, Ty::Str, depth - 1)),
+            _ => typed(rng, Ty::Str, 0),
+        },
+        Ty::Bool => match rng.below(8) {
+            0 => {
+                let op = *rng.pick(&["==", "!=", "<", "<=", ">", ">="]);
+                binary(rng, Ty::Number, op, Ty::Number, depth)
+            }
+            1 => {
+                let op = *rng.pick(&["==", "!="]);
+                binary(rng, Ty::Str, op, Ty::Str, depth)
+            }
+            2 => {
+                let (s, g1, op, g2) = (typed(rng, Ty::Str, depth - 1), gap(rng), *rng.pick(&["=~", "!~"]), gap(rng));
+                let q = *rng.pick(&["'", "\""]);
+                let pattern = if rng.chance(3, 4) { rng.pick(PATTERNS).to_string() } else { typed(rng, Ty::Str, 0) };
+                if pattern.starts_with(['s', 't']) { format!("{s}{g1}{op}{g2}{pattern}") } else { format!("{s}{g1}{op}{g2}{q}{pattern}{q}") }
+            }
+            3 => format!("not{}{}", rng.pick(&[" ", "(", " not "]), typed(rng, Ty::Bool, depth - 1)).replace("not(", "not ("),
+            4 => format!("({})", typed(rng, Ty::Bool, depth - 1)),
+            5 => conditional(rng, Ty::Bool, depth),
+            _ => {
+                let op = *rng.pick(&["and", "or", "==", "!="]);
+                binary(rng, Ty::Bool, op, Ty::Bool, depth)
+            }
+        },
+    }
+}
+
+fn binary(rng: &mut Rng, left: Ty, op: &str, right: Ty, depth: usize) -> String {
+    let a = typed(rng, left, depth - 1);
+    let b = typed(rng, right, depth - 1);
+    let word = op.starts_with(char::is_alphabetic);
+    let (g1, g2) = if word { (" ", " ") } else { (gap(rng), gap(rng)) };
+    format!("{a}{g1}{op}{g2}{b}")
+}
+
+fn conditional(rng: &mut Rng, ty: Ty, depth: usize) -> String {
+    let c = typed(rng, Ty::Bool, depth - 1);
+    let a = typed(rng, ty, depth - 1);
+    let b = typed(rng, ty, depth - 1);
+    format!("{c} ? {a} : {b}")
+}
+
+/// A token sequence with no regard for types or grammar.
+fn untyped(rng: &mut Rng) -> String {
+    let mut s = String::new();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(4) {
+            0 => s.push_str(*rng.pick(SYMBOLS)),
+            1 => s.push_str(*rng.pick(LITERALS)),
+            2 => s.push_str(*rng.pick(OPERATORS)),
+            _ => s.push_str(*rng.pick(&["(", ")", "?", ":", "'", "\"", "'x'", "not"])),
+        }
+        s.push_str(gap(rng));
+    }
+    s
+}
+
+/// An expression of the `-*-when` language, up to `depth` levels deep: mostly a condition,
+/// now and then nested much deeper (to reach the nesting limit) or a long flat run.
 pub fn expression_text(rng: &mut Rng, depth: usize) -> String {
     if rng.chance(1, 50) {
         let n = 20 + rng.below(30);
         let (open, close) = *rng.pick(&[("(", ")"), ("not ", ""), ("- ", ""), ("true ? ", " : false")]);
-        return format!("{}{}{}", open.repeat(n), expression_text(rng, 1), close.repeat(n));
+        let inner = typed(rng, Ty::Bool, 1);
+        return format!("{}{inner}{}", open.repeat(n), close.repeat(n));
     }
     if rng.chance(1, 50) {
         let op = *rng.pick(&[" or ", " + ", " ** ", " =~ ", " and "]);
         let n = 20 + rng.below(200);
         return vec!["source.free > 1"; n].join(op);
     }
-    let space = |rng: &mut Rng| *rng.pick(&[" ", " ", "", "  ", "\t", "\n"]);
-    if depth == 0 || rng.chance(1, 3) {
-        return match rng.below(4) {
-            0 => rng.pick(SYMBOLS).to_string(),
-            1 => rng.pick(LITERALS).to_string(),
-            2 => {
-                let q = *rng.pick(&["'", "\"", "'", "\""]);
-                format!("{q}{}{q}", rng.pick(PATTERNS))
-            }
-            _ => format!("'{}'", rng.pick(WORDS)),
-        };
-    }
-    match rng.below(6) {
-        0 => format!("{}{}{}", rng.pick(&["-", "+", "not ", "not", "- -"]), space(rng), expression_text(rng, depth - 1)),
-        1 => format!("({}{}{})", space(rng), expression_text(rng, depth - 1), space(rng)),
-        2 => format!(
-            "{} ? {} : {}",
-            expression_text(rng, depth - 1),
-            expression_text(rng, depth - 1),
-            expression_text(rng, depth - 1)
-        ),
-        _ => {
-            let a = expression_text(rng, depth - 1);
-            let b = expression_text(rng, depth - 1);
-            let op = *rng.pick(OPERATORS);
-            let (s1, s2) = (space(rng), space(rng));
-            format!("{a}{s1}{op}{s2}{b}")
-        }
-    }
+    let ty = match rng.below(10) {
+        0 => Ty::Number,
+        1 => Ty::Str,
+        _ => Ty::Bool,
+    };
+    format!("{}{}", if rng.chance(1, 10) { gap(rng) } else { "" }, typed(rng, ty, depth))
 }
 
 pub fn expression(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
@@ -412,6 +537,18 @@ pub fn expression(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
     bytes
 }
 
+/// The stored form of a job line that parses (as `save` keeps it), found among a few tries.
+fn stored_job_line(rng: &mut Rng) -> String {
+    let mut line = String::new();
+    for _ in 0..8 {
+        line = admin_line_text(rng, true);
+        if let Ok(Some(Command::MigrationCreate { command, .. })) = admin::parse(&line) {
+            return command;
+        }
+    }
+    line
+}
+
 /// What `save` writes: a header, the settings and job lines, with some lines broken.
 pub fn saved_text(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
     let mut text = String::new();
@@ -425,7 +562,7 @@ pub fn saved_text(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
             3 => format!("{} {}", rng.pick(&["job", "jobs", "#", "concurrency-default"]), rng.pick(WORDS)),
             _ => {
                 let command = if rng.chance(9, 10) {
-                    let mut c = admin_line_text(rng, true);
+                    let mut c = stored_job_line(rng);
                     if rng.chance(1, 4) {
                         let mut b = c.into_bytes();
                         mutate(rng, &mut b, TEXT_DICTIONARY, &[]);

@@ -7,6 +7,7 @@
 //! of every target in `cargo test`. See docs/testing.md ("Fuzzing") for the figures.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -151,13 +152,15 @@ impl Default for Ctx {
     }
 }
 
-/// One fuzz target: how to make an input and what to do with it. `run` returns an error when
-/// the code under test broke a property (beyond not panicking).
+/// One fuzz target: how to make an input and what to do with it. `run` names how far the
+/// input got (`"accepted"`, `"refused"`, ...: the harness counts them, which shows that the
+/// generated inputs reach the deep paths), or returns an error when the code under test broke
+/// a property (beyond not panicking).
 pub struct Target {
     pub name: &'static str,
     pub what: &'static str,
     pub generate: fn(&mut Rng, &Ctx) -> Vec<u8>,
-    pub run: fn(&Ctx, &[u8]) -> Result<(), String>,
+    pub run: fn(&Ctx, &[u8]) -> Result<&'static str, String>,
 }
 
 /// One input that failed.
@@ -217,6 +220,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Failures beyond the ones kept in `failures`.
     pub more_failures: u64,
+    /// How many inputs ended each way (the labels of `Target::run`).
+    pub outcomes: BTreeMap<&'static str, u64>,
 }
 
 thread_local! {
@@ -257,7 +262,7 @@ fn install_hook() {
 }
 
 /// Runs one input of `target`; `Err` with the panic message or the broken property.
-pub fn run_one(target: &Target, ctx: &mut Ctx, input: &[u8]) -> Result<(), String> {
+pub fn run_one(target: &Target, ctx: &mut Ctx, input: &[u8]) -> Result<&'static str, String> {
     install_hook();
     CAUGHT.with(|c| *c.borrow_mut() = Some(None));
     let result = catch_unwind(AssertUnwindSafe(|| (target.run)(ctx, input)));
@@ -291,6 +296,7 @@ pub fn run_target(target: &Target, seed: u64, first: u64, count: u64, keep: usiz
         slowest: (Duration::ZERO, first),
         failures: Vec::new(),
         more_failures: 0,
+        outcomes: BTreeMap::new(),
     };
     let started = Instant::now();
     for index in first..first + count {
@@ -303,12 +309,12 @@ pub fn run_target(target: &Target, seed: u64, first: u64, count: u64, keep: usiz
         }
         report.inputs += 1;
         report.bytes += input.len() as u64;
-        if let Err(message) = outcome {
-            if report.failures.len() < keep {
-                report.failures.push(Failure { target: target.name, seed, index, input, message });
-            } else {
-                report.more_failures += 1;
+        match outcome {
+            Ok(label) => *report.outcomes.entry(label).or_default() += 1,
+            Err(message) if report.failures.len() < keep => {
+                report.failures.push(Failure { target: target.name, seed, index, input, message })
             }
+            Err(_) => report.more_failures += 1,
         }
     }
     report.elapsed = started.elapsed();
@@ -349,14 +355,14 @@ mod tests {
         assert!(unhex("zz").is_err());
     }
 
-    fn panics(_: &Ctx, input: &[u8]) -> Result<(), String> {
+    fn panics(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
         if input.first() == Some(&b'!') {
             panic!("boom on {}", input.len());
         }
         if input.first() == Some(&b'?') {
             return Err("property broken".into());
         }
-        Ok(())
+        Ok("fine")
     }
 
     #[test]
@@ -367,11 +373,12 @@ mod tests {
         let err = run_one(&target, &mut ctx, b"!ab").unwrap_err();
         assert!(err.contains("boom on 3") && err.contains("fuzz/mod.rs"), "{err}");
         assert_eq!(run_one(&target, &mut ctx, b"?"), Err("property broken".into()));
-        assert_eq!(run_one(&target, &mut ctx, b"x"), Ok(()));
+        assert_eq!(run_one(&target, &mut ctx, b"x"), Ok("fine"));
         let report = run_target(&target, 1, 0, 300, 2);
         assert_eq!(report.inputs, 300);
         assert_eq!(report.failures.len(), 2);
         assert!(report.more_failures > 100, "{}", report.more_failures);
+        assert_eq!(report.outcomes["fine"] + report.more_failures + 2, 300);
         let f = &report.failures[0];
         assert_eq!(make_input(&target, &ctx, f.seed, f.index), f.input, "a failure's input can be made again");
         assert!(f.to_string().contains(&format!("--seed 1 --input {}", f.index)), "{f}");

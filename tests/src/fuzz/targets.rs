@@ -25,7 +25,8 @@ use tidepool_migration::module::Module;
 use tidepool_migration::{MigrationError, expr::Expr};
 use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
 use tidepool_p2p::cmdline::{Args, OptionArg, point_at, tokenize};
-use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, decode};
+use tidepool_p2p::ErrorCode;
+use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, MigrationRequest};
 use tidepool_p2p::{JobId, PnfsId};
 use tidepool_pool::admin::{self, Command};
@@ -64,43 +65,56 @@ pub static TARGETS: &[Target] = &[
     Target { name: "record", what: "repository record decoder", generate: gen_wire::record_bytes, run: record_decode },
 ];
 
-fn frame(ctx: &Ctx, input: &[u8]) -> Result<(), String> {
+fn frame(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     ctx.block_on(async {
         let mut reader = FrameReader::new(input, MAX_FRAME);
-        let mut frames = 0usize;
-        loop {
+        let (mut frames, mut decoded) = (0usize, 0usize);
+        let end = loop {
             match reader.next().await {
                 Ok(Some(Frame::Message(body))) => {
-                    let _ = decode::<AdminRequest>(&body);
-                    let _ = decode::<AdminReply>(&body);
-                    let _ = decode::<DataRequest>(&body);
-                    let _ = decode::<DataReply>(&body);
-                    let _ = decode::<MigrationRequest>(&body);
-                    let _ = decode::<MigrationReply>(&body);
-                    let _ = decode::<Hello>(&body);
-                    let _ = decode::<ClientAuth>(&body);
-                    let _ = decode::<HandshakeReply>(&body).map_err(|e| e.to_string());
+                    let results = [
+                        decode::<AdminRequest>(&body).is_ok(),
+                        decode::<AdminReply>(&body).is_ok(),
+                        decode::<DataRequest>(&body).is_ok(),
+                        decode::<DataReply>(&body).is_ok(),
+                        decode::<MigrationRequest>(&body).is_ok(),
+                        decode::<MigrationReply>(&body).is_ok(),
+                        decode::<Hello>(&body).is_ok(),
+                        decode::<ClientAuth>(&body).is_ok(),
+                        decode::<HandshakeReply>(&body).map_err(|e| e.to_string()).is_ok(),
+                    ];
+                    decoded += usize::from(results.contains(&true));
                 }
                 Ok(Some(Frame::Data(_))) => {}
-                Ok(None) => return Ok(()),
+                Ok(None) => break "clean end",
                 Err(e) => {
                     let _ = e.to_string();
-                    return Ok(());
+                    break match e {
+                        WireError::Oversized { .. } => "oversized frame",
+                        WireError::Closed => "cut short",
+                        WireError::Malformed(_) => "malformed frame",
+                        _ => "other error",
+                    };
                 }
             }
             frames += 1;
             if frames * 5 > input.len() {
                 return Err(format!("{frames} frames out of {} bytes", input.len()));
             }
-        }
+        };
+        Ok(match (frames, decoded) {
+            (0, _) => end,
+            (_, 0) => "frames, no message decoded",
+            _ => "messages decoded",
+        })
     })
 }
 
 /// The key the fuzzed side holds; the peer never knows it.
 const KEY: &str = "5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee0001";
 
-fn handshake(ctx: &Ctx, input: &[u8]) -> Result<(), String> {
-    let Some((&side, peer)) = input.split_first() else { return Ok(()) };
+fn handshake(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
+    let Some((&side, peer)) = input.split_first() else { return Ok("empty") };
     let service = if side & 2 == 0 { Service::Admin } else { Service::Data };
     let key = ClusterKey::parse(KEY).expect("a valid key");
     ctx.block_on(async {
@@ -115,7 +129,14 @@ fn handshake(ctx: &Ctx, input: &[u8]) -> Result<(), String> {
             Ok(name) => Err(format!("authenticated {name:?}, a peer that does not hold the cluster key")),
             Err(e) => {
                 let _ = e.to_string();
-                Ok(())
+                Ok(match e {
+                    WireError::Handshake(m) if m.contains("authentication failed") => "refused: wrong key",
+                    WireError::Handshake(m) if m.contains("could not prove") => "refused: pool without the key",
+                    WireError::Handshake(_) => "refused: version, service or magic",
+                    WireError::Remote(_) => "refused by the pool",
+                    WireError::Malformed(_) | WireError::Unexpected { .. } => "malformed",
+                    _ => "cut short or oversized",
+                })
             }
         }
     })
@@ -145,7 +166,7 @@ fn stored_form_reads_back(command: &Command) -> Result<(), String> {
     }
 }
 
-fn admin_line(_: &Ctx, input: &[u8]) -> Result<(), String> {
+fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let line = String::from_utf8_lossy(input);
     match tokenize(&line) {
         Ok(tokens) => {
@@ -161,14 +182,17 @@ fn admin_line(_: &Ctx, input: &[u8]) -> Result<(), String> {
         Err(e) => offset_ok(&line, e.offset, "lexer error")?,
     }
     match admin::parse(&line) {
-        Ok(Some(command)) => stored_form_reads_back(&command),
-        Ok(None) => Ok(()),
+        Ok(Some(command)) => {
+            stored_form_reads_back(&command)?;
+            Ok(if matches!(command, Command::MigrationCreate { .. }) { "job line parsed" } else { "parsed" })
+        }
+        Ok(None) => Ok("blank"),
         Err(e) => {
             if let Some(offset) = e.offset {
                 offset_ok(&line, offset, "parse error")?;
             }
             let _ = e.render(&line);
-            Ok(())
+            Ok(if e.code == ErrorCode::UnknownCommand { "unknown command" } else { "refused" })
         }
     }
 }
@@ -201,9 +225,10 @@ impl Options for LineOptions<'_> {
     }
 }
 
-fn job_options(_: &Ctx, input: &[u8]) -> Result<(), String> {
+fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let line = String::from_utf8_lossy(input);
-    let Ok(args) = Args::parse(&line) else { return Ok(()) };
+    let Ok(args) = Args::parse(&line) else { return Ok("lexer error") };
+    let mut made = 0;
     for o in &args.options {
         let v = o.value.as_deref().unwrap_or("");
         let _ = Interval::parse(v);
@@ -219,6 +244,7 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<(), String> {
     for kind in [JobKind::Copy, JobKind::Move, JobKind::Cache] {
         match definition::parse(kind, &LineOptions(&args.options), &targets) {
             Ok(def) => {
+                made += 1;
                 if def.replicas < 1 || def.refresh == Some(0) || (def.permanent && def.order.is_some()) {
                     return Err(format!("a job definition that should have been refused: {def:?}"));
                 }
@@ -232,7 +258,7 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<(), String> {
             stored_form_reads_back(&command)?;
         }
     }
-    Ok(())
+    Ok(if made > 0 { "job defined" } else { "refused" })
 }
 
 /// Symbol values of each declared type, so that evaluation reaches every operator.
@@ -244,15 +270,16 @@ fn values(name: &str, variant: usize, ty: Option<Type>) -> Option<Value> {
     })
 }
 
-fn check_expression(text: &str, symbols: fn(&str) -> Option<Type>) -> Result<(), String> {
+/// Whether `text` parsed and type-checked.
+fn check_expression(text: &str, symbols: fn(&str) -> Option<Type>) -> Result<bool, String> {
     match expr::parse(text, &symbols) {
-        Ok(e) => evaluate(&e, symbols),
+        Ok(e) => evaluate(&e, symbols).map(|()| true),
         Err(err) => {
             if err.offset > text.len() {
                 return Err(format!("error offset {} beyond the {}-byte text", err.offset, text.len()));
             }
             let _ = err.render(text);
-            Ok(())
+            Ok(false)
         }
     }
 }
@@ -273,41 +300,55 @@ fn evaluate(e: &Expr, symbols: fn(&str) -> Option<Type>) -> Result<(), String> {
     Ok(())
 }
 
-fn expression(_: &Ctx, input: &[u8]) -> Result<(), String> {
+fn expression(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let text = String::from_utf8_lossy(input);
-    check_expression(&text, expr::target_symbols)?;
-    check_expression(&text, expr::lifetime_symbols)?;
-    if let Ok(e) = expr::parse_boolean(&text, &expr::lifetime_symbols) {
-        let _ = e.eval_bool(&|name| values(name, 1, expr::lifetime_symbols(name)));
-    }
-    Ok(())
+    let target = check_expression(&text, expr::target_symbols)?;
+    let lifetime = check_expression(&text, expr::lifetime_symbols)?;
+    let condition = match expr::parse_boolean(&text, &expr::lifetime_symbols) {
+        Ok(e) => {
+            let _ = e.eval_bool(&|name| values(name, 1, expr::lifetime_symbols(name)));
+            true
+        }
+        Err(_) => false,
+    };
+    Ok(match (target || lifetime, condition) {
+        (_, true) => "a valid condition",
+        (true, false) => "valid, not a condition",
+        (false, _) => "refused",
+    })
 }
 
-fn saved(_: &Ctx, input: &[u8]) -> Result<(), String> {
+fn saved(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     // The pool reads the stored bytes the same way (`migration_env::restore`).
     let text = String::from_utf8_lossy(input);
-    let Ok(set) = Module::<PoolEnv>::parse_saved(&text) else { return Ok(()) };
+    let Ok(set) = Module::<PoolEnv>::parse_saved(&text) else { return Ok("not a saved set") };
+    let mut restorable = 0;
     for job in set.jobs.into_iter().flatten() {
-        let _ = job.id.parse::<JobId>();
+        let id_ok = job.id.parse::<JobId>().is_ok();
         match admin::parse(&job.command) {
-            Ok(Some(command)) => stored_form_reads_back(&command)?,
+            Ok(Some(command)) => {
+                stored_form_reads_back(&command)?;
+                restorable += usize::from(id_ok && matches!(command, Command::MigrationCreate { .. }));
+            }
             Ok(None) => {}
             Err(e) => {
                 let _ = e.render(&job.command);
             }
         }
     }
-    Ok(())
+    Ok(if restorable > 0 { "a job to restore" } else { "nothing to restore" })
 }
 
-fn record_decode(_: &Ctx, input: &[u8]) -> Result<(), String> {
+fn record_decode(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let id: PnfsId = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90".parse().expect("a valid pnfsid");
     let full = record::decode(id, input);
     let entry = record::decode_entry(input);
     if let Ok(e) = &entry {
         let _ = e.sticky_until(1_700_000_000_000);
     }
-    let Ok(replica) = full else { return Ok(()) };
+    let Ok(replica) = full else {
+        return Ok(if entry.is_ok() { "only the index fields decode" } else { "refused" });
+    };
     let entry = entry.map_err(|e| format!("decode reads the record but decode_entry does not: {e}"))?;
     let expiries: Vec<i64> = replica.sticky.iter().map(|s| s.expire).collect();
     if (entry.size, entry.state, entry.atime, &entry.expiries)
@@ -316,7 +357,7 @@ fn record_decode(_: &Ctx, input: &[u8]) -> Result<(), String> {
         return Err(format!("decode_entry and decode disagree on {replica:?}"));
     }
     match record::decode(id, &record::encode(&replica)) {
-        Ok(again) if again == replica => Ok(()),
+        Ok(again) if again == replica => Ok("decoded"),
         other => Err(format!("{replica:?} encodes to a record that reads back as {other:?}")),
     }
 }
