@@ -8,7 +8,7 @@ use tidepool_tests::fuzz::{self, TARGETS};
 /// The seed of the slice: fixed, so that CI runs the same inputs every time.
 const SEED: u64 = 20_261_204;
 /// Inputs per target.
-const SLICE: u64 = 3_000;
+const SLICE: u64 = 10_000;
 
 fn slice(name: &str) {
     let target = fuzz::target(name).unwrap_or_else(|| panic!("no fuzz target {name}"));

@@ -3,16 +3,39 @@
 //! expressions, and saved migration jobs. Each is mutated with byte edits part of the time.
 
 use tidepool_migration::module::SavedJob;
-use tidepool_pool::admin::{self, COMMANDS, Command};
 use tidepool_pool::admin::spec::{CommandSpec, OptionValue};
+use tidepool_pool::admin::{self, COMMANDS, Command};
 
 use super::gen_wire::pnfsid;
 use super::{Rng, mutate};
 
 /// Bytes that the mutations insert into text inputs.
 const TEXT_DICTIONARY: &[&[u8]] = &[
-    b" ", b"-", b"--", b"=", b"\"", b"'", b"\\", b"..", b",", b"+", b"(", b")", b"-1", b"0", b"\t", b"\n", b"\xc3\xa9",
-    b"\xe6\x97\xa5", b"\xff", b"\x00", b"migration copy", b"-pnfsid=", b"-sticky=", b"-size=", b"rep ls",
+    b" ",
+    b"-",
+    b"--",
+    b"=",
+    b"\"",
+    b"'",
+    b"\\",
+    b"..",
+    b",",
+    b"+",
+    b"(",
+    b")",
+    b"-1",
+    b"0",
+    b"\t",
+    b"\n",
+    b"\xc3\xa9",
+    b"\xe6\x97\xa5",
+    b"\xff",
+    b"\x00",
+    b"migration copy",
+    b"-pnfsid=",
+    b"-sticky=",
+    b"-size=",
+    b"rep ls",
 ];
 
 const NUMBERS: &[&str] = &[
@@ -222,7 +245,7 @@ fn option(rng: &mut Rng, spec: &CommandSpec) -> String {
 
 /// Separators between tokens.
 fn separator(rng: &mut Rng) -> &'static str {
-    *rng.pick(&[" ", " ", " ", " ", " ", " ", " ", "  ", "\t", "", " \u{a0}"])
+    rng.word(&[" ", " ", " ", " ", " ", " ", " ", "  ", "\t", "", " \u{a0}"])
 }
 
 /// The tokens after the command words: options of `spec`, positionals and `--`.
@@ -245,8 +268,10 @@ fn rest_of_line(rng: &mut Rng, spec: &CommandSpec, line: &mut String) {
 
 /// An admin line: a declared command (now and then misspelt), its options and arguments.
 pub fn admin_line_text(rng: &mut Rng, only_jobs: bool) -> String {
-    let specs: Vec<&CommandSpec> =
-        COMMANDS.iter().filter(|s| !only_jobs || s.name.starts_with("migration c") || s.name == "migration move").collect();
+    let specs: Vec<&CommandSpec> = COMMANDS
+        .iter()
+        .filter(|s| !only_jobs || s.name.starts_with("migration c") || s.name == "migration move")
+        .collect();
     let spec = *rng.pick(&specs);
     let mut line = String::new();
     if rng.chance(1, 10) {
@@ -277,9 +302,11 @@ pub fn admin_line(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
     if rng.chance(1, 3) {
         let other = admin_line_text(rng, false).into_bytes();
         // Mostly after the command words, so that the options are what gets mutated.
-        let words = COMMANDS.iter().map(|c| c.name.len()).filter(|n| bytes.get(..*n).is_some()).filter(|n| {
-            COMMANDS.iter().any(|c| c.name.as_bytes() == &bytes[..*n])
-        });
+        let words = COMMANDS
+            .iter()
+            .map(|c| c.name.len())
+            .filter(|n| bytes.get(..*n).is_some())
+            .filter(|n| COMMANDS.iter().any(|c| c.name.as_bytes() == &bytes[..*n]));
         let at = if rng.chance(3, 4) { words.max().unwrap_or(0) } else { 0 };
         let mut tail = bytes.split_off(at);
         mutate(rng, &mut tail, TEXT_DICTIONARY, &other);
@@ -337,8 +364,25 @@ const SYMBOLS: &[&str] = &[
 ];
 
 const LITERALS: &[&str] = &[
-    "12", "0.5", "10GiB", "1e3", "5k", "3Ki", "1P", "07", ".5", "1.", "999999999999999999999999999", "2Pi", "1KB", "0",
-    "1E400", "true", "false", "5 G", "1..2",
+    "12",
+    "0.5",
+    "10GiB",
+    "1e3",
+    "5k",
+    "3Ki",
+    "1P",
+    "07",
+    ".5",
+    "1.",
+    "999999999999999999999999999",
+    "2Pi",
+    "1KB",
+    "0",
+    "1E400",
+    "true",
+    "false",
+    "5 G",
+    "1..2",
 ];
 
 const PATTERNS: &[&str] = &[
@@ -410,7 +454,7 @@ enum Ty {
 
 /// A white-space run between tokens (often none, where the grammar allows it).
 fn gap(rng: &mut Rng) -> &'static str {
-    *rng.pick(&[" ", " ", " ", "", "  ", "\t", "\n"])
+    rng.word(&[" ", " ", " ", "", "  ", "\t", "\n"])
 }
 
 /// An expression of type `ty`, up to `depth` levels deep; now and then a piece of another
@@ -422,7 +466,11 @@ fn typed(rng: &mut Rng, ty: Ty, depth: usize) -> String {
     let leaf = depth == 0 || rng.chance(1, 3);
     match ty {
         Ty::Number if leaf => {
-            if rng.chance(1, 2) { rng.pick(NUMBER_SYMBOLS).to_string() } else { rng.pick(NUMBER_LITERALS).to_string() }
+            if rng.chance(1, 2) {
+                rng.pick(NUMBER_SYMBOLS).to_string()
+            } else {
+                rng.pick(NUMBER_LITERALS).to_string()
+            }
         }
         Ty::Str if leaf => match rng.below(3) {
             0 => "source.name".to_string(),
@@ -457,9 +505,14 @@ fn typed(rng: &mut Rng, ty: Ty, depth: usize) -> String {
                 let (s, g1, op, g2) = (typed(rng, Ty::Str, depth - 1), gap(rng), *rng.pick(&["=~", "!~"]), gap(rng));
                 let q = *rng.pick(&["'", "\""]);
                 let pattern = if rng.chance(3, 4) { rng.pick(PATTERNS).to_string() } else { typed(rng, Ty::Str, 0) };
-                if pattern.starts_with(['s', 't']) { format!("{s}{g1}{op}{g2}{pattern}") } else { format!("{s}{g1}{op}{g2}{q}{pattern}{q}") }
+                if pattern.starts_with(['s', 't']) {
+                    format!("{s}{g1}{op}{g2}{pattern}")
+                } else {
+                    format!("{s}{g1}{op}{g2}{q}{pattern}{q}")
+                }
             }
-            3 => format!("not{}{}", rng.pick(&[" ", "(", " not "]), typed(rng, Ty::Bool, depth - 1)).replace("not(", "not ("),
+            3 => format!("not{}{}", rng.pick(&[" ", "(", " not "]), typed(rng, Ty::Bool, depth - 1))
+                .replace("not(", "not ("),
             4 => format!("({})", typed(rng, Ty::Bool, depth - 1)),
             5 => conditional(rng, Ty::Bool, depth),
             _ => {
@@ -490,10 +543,10 @@ fn untyped(rng: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..1 + rng.below(4) {
         match rng.below(4) {
-            0 => s.push_str(*rng.pick(SYMBOLS)),
-            1 => s.push_str(*rng.pick(LITERALS)),
-            2 => s.push_str(*rng.pick(OPERATORS)),
-            _ => s.push_str(*rng.pick(&["(", ")", "?", ":", "'", "\"", "'x'", "not"])),
+            0 => s.push_str(rng.word(SYMBOLS)),
+            1 => s.push_str(rng.word(LITERALS)),
+            2 => s.push_str(rng.word(OPERATORS)),
+            _ => s.push_str(rng.word(&["(", ")", "?", ":", "'", "\"", "'x'", "not"])),
         }
         s.push_str(gap(rng));
     }

@@ -18,14 +18,29 @@ use super::{Ctx, Rng, mutate};
 
 /// Pieces that strings in messages and records are made of.
 const STRING_PIECES: &[&str] = &[
-    "", "a", "pool2", "atlas:default", "cms:raw", "osm", "PinManager-1", "alice", "rep ls", "migration copy -- pool2",
-    "é", "日本", "\u{0}", "\n", " ", "\"", "\\",
+    "",
+    "a",
+    "pool2",
+    "atlas:default",
+    "cms:raw",
+    "osm",
+    "PinManager-1",
+    "alice",
+    "rep ls",
+    "migration copy -- pool2",
+    "é",
+    "日本",
+    "\u{0}",
+    "\n",
+    " ",
+    "\"",
+    "\\",
 ];
 
 pub fn string(rng: &mut Rng) -> String {
     let mut s = String::new();
     for _ in 0..rng.below(4) {
-        s.push_str(*rng.pick(STRING_PIECES));
+        s.push_str(rng.word(STRING_PIECES));
     }
     if rng.chance(1, 20) {
         s.push_str(&"z".repeat(rng.below(3000)));
@@ -100,7 +115,13 @@ fn remote_error(rng: &mut Rng) -> RemoteError {
 }
 
 fn space(rng: &mut Rng) -> SpaceInfo {
-    SpaceInfo { total: number(rng), used: number(rng), free: number(rng), precious: number(rng), removable: number(rng) }
+    SpaceInfo {
+        total: number(rng),
+        used: number(rng),
+        free: number(rng),
+        precious: number(rng),
+        removable: number(rng),
+    }
 }
 
 fn job_id(rng: &mut Rng) -> JobId {

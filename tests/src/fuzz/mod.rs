@@ -50,6 +50,11 @@ impl Rng {
         &items[self.below(items.len())]
     }
 
+    /// One of `words`.
+    pub fn word(&mut self, words: &[&'static str]) -> &'static str {
+        words[self.below(words.len())]
+    }
+
     pub fn byte(&mut self) -> u8 {
         self.next_u64() as u8
     }
@@ -199,7 +204,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err("odd number of hex digits".into());
     }
     (0..text.len())
@@ -367,8 +372,7 @@ mod tests {
 
     #[test]
     fn a_panic_and_a_broken_property_are_failures_with_their_message() {
-        let target =
-            Target { name: "test", what: "test", generate: |rng, _| vec![*rng.pick(b"!?x")], run: panics };
+        let target = Target { name: "test", what: "test", generate: |rng, _| vec![*rng.pick(b"!?x")], run: panics };
         let mut ctx = Ctx::new();
         let err = run_one(&target, &mut ctx, b"!ab").unwrap_err();
         assert!(err.contains("boom on 3") && err.contains("fuzz/mod.rs"), "{err}");

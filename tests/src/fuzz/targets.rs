@@ -23,9 +23,9 @@ use tidepool_migration::filter::{Interval, parse_sticky};
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
 use tidepool_migration::{MigrationError, expr::Expr};
+use tidepool_p2p::ErrorCode;
 use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
 use tidepool_p2p::cmdline::{Args, OptionArg, point_at, tokenize};
-use tidepool_p2p::ErrorCode;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, MigrationRequest};
 use tidepool_p2p::{JobId, PnfsId};
@@ -36,31 +36,21 @@ use tidepool_pool::repository::record;
 use super::{Ctx, Target, gen_text, gen_wire};
 
 pub static TARGETS: &[Target] = &[
-    Target {
-        name: "frame",
-        what: "p2p frame decoder and message decoding",
-        generate: gen_wire::frames,
-        run: frame,
-    },
-    Target {
-        name: "handshake",
-        what: "p2p handshake, both sides",
-        generate: gen_wire::handshake,
-        run: handshake,
-    },
-    Target {
-        name: "admin",
-        what: "admin line lexer and parser",
-        generate: gen_text::admin_line,
-        run: admin_line,
-    },
+    Target { name: "frame", what: "p2p frame decoder and message decoding", generate: gen_wire::frames, run: frame },
+    Target { name: "handshake", what: "p2p handshake, both sides", generate: gen_wire::handshake, run: handshake },
+    Target { name: "admin", what: "admin line lexer and parser", generate: gen_text::admin_line, run: admin_line },
     Target {
         name: "options",
         what: "migration copy|move|cache option grammar",
         generate: gen_text::job_options,
         run: job_options,
     },
-    Target { name: "expr", what: "expression parser, type checker, evaluation", generate: gen_text::expression, run: expression },
+    Target {
+        name: "expr",
+        what: "expression parser, type checker, evaluation",
+        generate: gen_text::expression,
+        run: expression,
+    },
     Target { name: "saved", what: "saved-job parser and restore", generate: gen_text::saved_text, run: saved },
     Target { name: "record", what: "repository record decoder", generate: gen_wire::record_bytes, run: record_decode },
 ];
@@ -266,7 +256,7 @@ fn values(name: &str, variant: usize, ty: Option<Type>) -> Option<Value> {
     Some(match ty? {
         Type::Number => Value::Number([0.0, 1e12, -1.0, f64::NAN, f64::INFINITY, 3.0][(name.len() + variant) % 6]),
         Type::String => Value::String(["pool1", "", "é\\d", "pool12"][(name.len() + variant) % 4].to_string()),
-        Type::Boolean => Value::Boolean(variant % 2 == 0),
+        Type::Boolean => Value::Boolean(variant.is_multiple_of(2)),
     })
 }
 
