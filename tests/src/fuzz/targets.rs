@@ -3,7 +3,8 @@
 //!
 //! - `frame`: `FrameReader` over the bytes with the daemon's limit, every message body decoded
 //!   as every message type; a frame takes at least 5 bytes, so no input yields more frames
-//!   than a fifth of its length.
+//!   than a fifth of its length; the same bytes arriving a few at a time, with each `next`
+//!   dropped when it waits (it is cancel-safe), give the same frames and the same end.
 //! - `handshake`: the server's `accept` or the client's `connect` against a peer that sends the
 //!   bytes; a peer without the cluster key is never authenticated.
 //! - `admin`: the lexer (`p2p::cmdline`), then `admin::parse` (with the error rendered under
@@ -55,11 +56,36 @@ pub static TARGETS: &[Target] = &[
     Target { name: "record", what: "repository record decoder", generate: gen_wire::record_bytes, run: record_decode },
 ];
 
+/// What a `FrameReader` made of an input: each frame (message or not, and its body), then how
+/// the reading ended.
+#[derive(Debug, PartialEq)]
+struct Frames {
+    frames: Vec<(bool, Vec<u8>)>,
+    end: String,
+}
+
+/// The end of a reading, as a label and as text to compare.
+fn ending(result: Result<(), WireError>) -> (&'static str, String) {
+    match result {
+        Ok(()) => ("clean end", String::new()),
+        Err(e) => {
+            let label = match e {
+                WireError::Oversized { .. } => "oversized frame",
+                WireError::Closed => "cut short",
+                WireError::Malformed(_) => "malformed frame",
+                _ => "other error",
+            };
+            (label, e.to_string())
+        }
+    }
+}
+
 fn frame(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
-    ctx.block_on(async {
+    let (straight, label, decoded) = ctx.block_on(async {
         let mut reader = FrameReader::new(input, MAX_FRAME);
-        let (mut frames, mut decoded) = (0usize, 0usize);
-        let end = loop {
+        let mut out = Frames { frames: Vec::new(), end: String::new() };
+        let mut decoded = 0usize;
+        let result = loop {
             match reader.next().await {
                 Ok(Some(Frame::Message(body))) => {
                     let results = [
@@ -74,30 +100,86 @@ fn frame(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
                         decode::<HandshakeReply>(&body).map_err(|e| e.to_string()).is_ok(),
                     ];
                     decoded += usize::from(results.contains(&true));
+                    out.frames.push((true, body.to_vec()));
                 }
-                Ok(Some(Frame::Data(_))) => {}
-                Ok(None) => break "clean end",
-                Err(e) => {
-                    let _ = e.to_string();
-                    break match e {
-                        WireError::Oversized { .. } => "oversized frame",
-                        WireError::Closed => "cut short",
-                        WireError::Malformed(_) => "malformed frame",
-                        _ => "other error",
-                    };
-                }
+                Ok(Some(Frame::Data(body))) => out.frames.push((false, body.to_vec())),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
             }
-            frames += 1;
-            if frames * 5 > input.len() {
-                return Err(format!("{frames} frames out of {} bytes", input.len()));
+            if out.frames.len() * 5 > input.len() {
+                return Err(format!("{} frames out of {} bytes", out.frames.len(), input.len()));
             }
         };
-        Ok(match (frames, decoded) {
-            (0, _) => end,
-            (_, 0) => "frames, no message decoded",
-            _ => "messages decoded",
-        })
+        let (label, end) = ending(result);
+        out.end = end;
+        Ok((out, label, decoded))
+    })?;
+    // The same bytes arriving a few at a time, with every call to `next` dropped the first
+    // time it waits: `next` is documented as cancel-safe, so the frames must be the same.
+    let chunk = 1 + input.iter().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(usize::from(*b))) % 9;
+    let trickled = read_trickled(input, chunk)?;
+    if trickled != straight {
+        return Err(format!(
+            "read {chunk} bytes at a time with cancelled calls, the frames differ: {trickled:?} instead of {straight:?}"
+        ));
+    }
+    Ok(match (straight.frames.len(), decoded) {
+        (0, _) => label,
+        (_, 0) => "frames, no message decoded",
+        _ => "messages decoded",
     })
+}
+
+/// Hands out `chunk` bytes per read, and says "not yet" before each read.
+struct Trickle<'a> {
+    data: &'a [u8],
+    chunk: usize,
+    wait: bool,
+}
+
+impl tokio::io::AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.wait {
+            self.wait = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.wait = true;
+        let n = self.chunk.min(self.data.len()).min(buf.remaining());
+        let (now, rest) = self.data.split_at(n);
+        buf.put_slice(now);
+        self.data = rest;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Reads `input` through a [`Trickle`], dropping each `next` future when it is pending.
+fn read_trickled(input: &[u8], chunk: usize) -> Result<Frames, String> {
+    use std::future::Future;
+    let mut reader = FrameReader::new(Trickle { data: input, chunk, wait: true }, MAX_FRAME);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut out = Frames { frames: Vec::new(), end: String::new() };
+    let mut polls = 0usize;
+    let result = loop {
+        polls += 1;
+        if polls > 4 * input.len() + 100 {
+            return Err(format!("no end after {polls} polls of {} bytes read {chunk} at a time", input.len()));
+        }
+        let next = std::pin::pin!(reader.next());
+        match next.poll(&mut cx) {
+            std::task::Poll::Pending => continue,
+            std::task::Poll::Ready(Ok(Some(Frame::Message(body)))) => out.frames.push((true, body.to_vec())),
+            std::task::Poll::Ready(Ok(Some(Frame::Data(body)))) => out.frames.push((false, body.to_vec())),
+            std::task::Poll::Ready(Ok(None)) => break Ok(()),
+            std::task::Poll::Ready(Err(e)) => break Err(e),
+        }
+    };
+    out.end = ending(result).1;
+    Ok(out)
 }
 
 /// The key the fuzzed side holds; the peer never knows it.
@@ -349,5 +431,37 @@ fn record_decode(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     match record::decode(id, &record::encode(&replica)) {
         Ok(again) if again == replica => Ok("decoded"),
         other => Err(format!("{replica:?} encodes to a record that reads back as {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trickled_reading_gives_the_frames_of_a_straight_reading() {
+        let ctx = Ctx::new();
+        let mut bytes = gen_wire::encode(&ctx, &AdminRequest::Run { line: "rep ls".into() });
+        bytes.extend(gen_wire::encode_data(&ctx, b"0123456789"));
+        for chunk in [1, 3, 9, 1000] {
+            let got = read_trickled(&bytes, chunk).expect("ends");
+            assert_eq!(got.frames.len(), 2, "chunk {chunk}");
+            assert_eq!(got.frames[1], (false, b"0123456789".to_vec()), "chunk {chunk}");
+            assert_eq!(got.end, "", "chunk {chunk}");
+        }
+        let cut = read_trickled(&bytes[..bytes.len() - 1], 2).expect("ends");
+        assert_eq!((cut.frames.len(), cut.end.as_str()), (1, "the peer closed the connection"));
+        assert_eq!(frame(&ctx, &bytes), Ok("messages decoded"));
+    }
+
+    #[test]
+    fn a_peer_without_the_key_is_refused_on_both_sides() {
+        let ctx = Ctx::new();
+        for side in [0u8, 1, 2, 3] {
+            let mut rng = super::super::Rng::new(u64::from(side));
+            let mut input = gen_wire::handshake(&mut rng, &ctx);
+            input[0] = side;
+            assert!(handshake(&ctx, &input).is_ok(), "side {side}");
+        }
     }
 }
