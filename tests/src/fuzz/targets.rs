@@ -7,8 +7,10 @@
 //!   dropped when it waits (it is cancel-safe), give the same frames and the same end.
 //! - `handshake`: the server's `accept` or the client's `connect` against a peer that sends the
 //!   bytes; a peer without the cluster key is never authenticated.
-//! - `admin`: the lexer (`p2p::cmdline`), then `admin::parse` (with the error rendered under
-//!   the line); a `migration copy|move|cache` line's stored form reads back as the same job.
+//! - `admin`: the shell's `line::interpret` and `complete::complete` (at the end of the line
+//!   and at a cursor inside it), the lexer (`p2p::cmdline`), then `admin::parse` (with the
+//!   error rendered under the line); a `migration copy|move|cache` line's stored form reads
+//!   back as the same job.
 //! - `options`: the option grammar of `migration copy|move|cache` (`definition::parse` for each
 //!   kind, and the interval, mode, sticky and expression parsers on every value).
 //! - `expr`: parse and type check in both contexts, then evaluation with values of the
@@ -18,6 +20,10 @@
 //! - `record`: `record::decode` and `decode_entry`; a record that decodes in full gives the
 //!   index the same fields, and encodes back to itself.
 
+use std::sync::OnceLock;
+
+use tidepool_admin::complete::{Known, complete};
+use tidepool_admin::line::{Location, interpret};
 use tidepool_migration::definition::{self, JobKind, Options};
 use tidepool_migration::expr::{self, Type, Value};
 use tidepool_migration::filter::{Interval, parse_sticky};
@@ -28,8 +34,10 @@ use tidepool_p2p::ErrorCode;
 use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
 use tidepool_p2p::cmdline::{Args, OptionArg, point_at, tokenize};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, DataReply, DataRequest, MigrationReply, MigrationRequest};
-use tidepool_p2p::{JobId, PnfsId};
+use tidepool_p2p::message::{
+    AdminReply, AdminRequest, CommandDescription, DataReply, DataRequest, MigrationReply, MigrationRequest,
+};
+use tidepool_p2p::{JobId, PnfsId, PoolName};
 use tidepool_pool::admin::{self, Command};
 use tidepool_pool::migration_env::PoolEnv;
 use tidepool_pool::repository::record;
@@ -238,8 +246,34 @@ fn stored_form_reads_back(command: &Command) -> Result<(), String> {
     }
 }
 
+/// What the shell's completion knows in the admin target: two pools and the declared commands.
+fn shell_knows() -> &'static (Vec<PoolName>, Vec<CommandDescription>) {
+    static KNOWN: OnceLock<(Vec<PoolName>, Vec<CommandDescription>)> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let pools = ["pool1", "pool2"].iter().map(|p| p.parse().expect("a valid pool name")).collect();
+        (pools, admin::describe())
+    })
+}
+
 fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let line = String::from_utf8_lossy(input);
+    // The shell first: what the operator types is interpreted and completed there.
+    let (pools, commands) = shell_knows();
+    let _ = interpret(&line, &Location::Local).map_err(|e| e.to_string());
+    let _ = interpret(&line, &Location::Pool(pools[0].clone())).map_err(|e| e.to_string());
+    // A cursor inside the line, on a character boundary as the line editor gives it.
+    let mut cursor =
+        input.iter().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(usize::from(*b))) % (line.len() + 1);
+    while !line.is_char_boundary(cursor) {
+        cursor -= 1;
+    }
+    for pos in [line.len(), cursor] {
+        let (start, _) = complete(&line, pos, Known { pools, commands: Some(commands) });
+        if start > pos {
+            return Err(format!("completion at {pos} replaces a word that starts at {start}, after the cursor"));
+        }
+        let _ = complete(&line, pos, Known { pools, commands: None });
+    }
     match tokenize(&line) {
         Ok(tokens) => {
             let mut last = None;
