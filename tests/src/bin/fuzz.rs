@@ -7,6 +7,7 @@
 //!     [--iterations N] [--seed S] [--first I] [--max-rss-mib M] [--max-input-ms T]
 //! cargo run --release -p tidepool-tests --bin fuzz -- --target NAME --seed S --input I   (replay one)
 //! cargo run --release -p tidepool-tests --bin fuzz -- --target NAME --hex HEX            (run these bytes)
+//! cargo run --release -p tidepool-tests --bin fuzz -- --target NAME --file PATH          (run a file's bytes)
 //! ```
 //!
 //! Figures and the command used for them are in docs/testing.md ("Fuzzing").
@@ -18,7 +19,7 @@ use anyhow::Context;
 use tidepool_tests::fuzz::{self, Ctx, TARGETS, Target};
 
 const USAGE: &str = "usage: fuzz [--target all|NAME[,NAME..]] [--iterations N] [--seed S] [--first I] \
-                     [--max-rss-mib M] [--max-input-ms T] | --target NAME (--seed S --input I | --hex HEX)";
+                     [--max-rss-mib M] [--max-input-ms T] | --target NAME (--seed S --input I | --hex HEX | --file PATH)";
 
 /// The default bound on peak resident memory, for the whole run.
 const MAX_RSS_MIB: u64 = 64;
@@ -71,6 +72,10 @@ fn run() -> anyhow::Result<bool> {
     }
     let chosen = targets(flag(&args, "--target").unwrap_or("all"))?;
     let seed = number(&args, "--seed", 1)?;
+    if let Some(path) = flag(&args, "--file") {
+        let input = std::fs::read(path).with_context(|| format!("read {path}"))?;
+        return Ok(replay(&chosen, &input));
+    }
     if let Some(hex) = flag(&args, "--hex") {
         let input = fuzz::unhex(hex).map_err(anyhow::Error::msg)?;
         return Ok(replay(&chosen, &input));

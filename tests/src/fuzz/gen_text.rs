@@ -557,10 +557,25 @@ fn untyped(rng: &mut Rng) -> String {
 /// now and then nested much deeper (to reach the nesting limit) or a long flat run.
 pub fn expression_text(rng: &mut Rng, depth: usize) -> String {
     if rng.chance(1, 50) {
-        let n = 20 + rng.below(30);
-        let (open, close) = *rng.pick(&[("(", ")"), ("not ", ""), ("- ", ""), ("true ? ", " : false")]);
-        let inner = typed(rng, Ty::Bool, 1);
-        return format!("{}{inner}{}", open.repeat(n), close.repeat(n));
+        // Around the 32-level limit, and now and then far beyond it (a recursion without a
+        // limit would overflow the stack, which no `catch_unwind` catches).
+        let n = if rng.chance(1, 10) { 1000 + rng.below(4000) } else { 20 + rng.below(30) };
+        let (open, close) = *rng.pick(&[
+            ("(", ")"),
+            ("not ", ""),
+            ("- ", ""),
+            ("true ? ", " : false"),
+            ("source.name =~ '(", ")'"),
+            ("source.name =~ '(?:", ")'"),
+            ("source.name =~ '[", "'"),
+        ]);
+        let inner = if open.contains('\'') { "a".to_string() } else { typed(rng, Ty::Bool, 1) };
+        let (open, close) = if open.contains('\'') {
+            (format!("{}{}", &open[..16], open[16..].repeat(n)), format!("{}'", close[..close.len() - 1].repeat(n)))
+        } else {
+            (open.repeat(n), close.repeat(n))
+        };
+        return format!("{open}{inner}{close}");
     }
     if rng.chance(1, 50) {
         let op = *rng.pick(&[" or ", " + ", " ** ", " =~ ", " and "]);
