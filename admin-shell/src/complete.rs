@@ -26,7 +26,8 @@ pub struct Known<'a> {
 /// and the words that may replace it, sorted.
 pub fn complete(line: &str, pos: usize, known: Known<'_>) -> (usize, Vec<String>) {
     let before = line.get(..pos).unwrap_or(line);
-    let start = before.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+    // After the last white-space character, whatever its width (a non-breaking space is two bytes).
+    let start = before.char_indices().rfind(|(_, c)| c.is_whitespace()).map_or(0, |(i, c)| i + c.len_utf8());
     let partial = &before[start..];
     let prior: Vec<&str> = before[..start].split_whitespace().collect();
     let candidates = match (prior.as_slice(), known.commands) {
@@ -228,6 +229,15 @@ mod tests {
         check("rep set cached |", true, 15, &[]);
         check("info -|", true, 5, &[]);
         check("rep set -|", true, 8, &[]);
+    }
+
+    /// Found by the fuzz harness (`admin` target): Tab after a non-breaking space (pasted text)
+    /// panicked, because the word was taken to start one byte after it, inside the character.
+    #[test]
+    fn a_word_after_a_wide_space_character_is_completed() {
+        check("cd\u{a0}po|", false, 4, &["pool1", "pool2"]);
+        check("rep\u{2003}|", true, 6, &["ls", "rm", "set"]);
+        check("mi\u{a0}|", false, 4, &[]);
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! Every wait is for an observable state (a pool answering `info`, a process exiting, a line in
 //! a log) with a deadline; nothing sleeps to let something happen. A [`Cluster`] kills whatever
 //! still runs when it is dropped and, if the test is failing, prints every pool's log first.
+//!
+//! [`fuzz`] holds the fuzz targets and their input generators (the harness binary is
+//! `src/bin/fuzz.rs`; `tests/fuzz.rs` runs a fixed-seed slice of each in `cargo test`).
+
+pub mod fuzz;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -276,14 +276,16 @@ pub fn command_line(name: &str, options: &[OptionArg], args: &[String]) -> Strin
     s
 }
 
-/// Backslash before `\`, `"`, `'`, `=`, `-` and space; `''` for the empty string.
+/// Backslash before `\`, `"`, `'`, `=`, `-` and every white-space character (the lexer splits
+/// words at any of them: a tab or a newline left bare would split a value when the stored line
+/// is read again); `''` for the empty string.
 fn escape(text: &str) -> String {
     if text.is_empty() {
         return "''".to_string();
     }
     let mut s = String::with_capacity(text.len() + 4);
     for c in text.chars() {
-        if matches!(c, '\\' | '"' | '\'' | '=' | '-' | ' ') {
+        if matches!(c, '\\' | '"' | '\'' | '=' | '-') || c.is_whitespace() {
             s.push('\\');
         }
         s.push(c);
@@ -372,6 +374,22 @@ mod tests {
             &["p"],
             r#"migration copy -storage=a\ b\"c\'d\=e\\f -- p"#,
         );
+    }
+
+    /// Found by the fuzz harness (`options` target): a value holding a tab was stored with the
+    /// tab bare, so the saved job read back with the value split into two words.
+    #[test]
+    fn stored_lines_read_back_with_any_white_space_in_values() {
+        for value in ["a\tb", "x\ny", "p\u{a0}q", "r\u{2003}s", " t ", "\r"] {
+            let options = vec![OptionArg { name: "storage".into(), value: Some(value.into()), offset: 0 }];
+            let args = vec![format!("pool{value}")];
+            let line = command_line("migration copy", &options, &args);
+            let read = Args::parse(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let positional: Vec<&str> = read.positional.iter().map(|t| t.text.as_str()).collect();
+            assert_eq!(positional, ["migration", "copy", args[0].as_str()], "{line:?}");
+            assert_eq!(read.options.len(), 1, "{line:?}");
+            assert_eq!((read.options[0].name.as_str(), read.options[0].value.as_deref()), ("storage", Some(value)));
+        }
     }
 
     #[test]
