@@ -130,7 +130,7 @@ fn job_id(rng: &mut Rng) -> JobId {
 
 fn migration_request(rng: &mut Rng) -> MigrationRequest {
     match rng.below(6) {
-        0 => MigrationRequest::PoolInfo,
+        0 => MigrationRequest::PoolInfo { job: opt(rng, job_id) },
         1 => MigrationRequest::Locate { pnfsids: (0..rng.below(20)).map(|_| pnfsid(rng)).collect() },
         2 => MigrationRequest::Copy(CopyRequest {
             attempt: AttemptId(number(rng)),
@@ -143,6 +143,7 @@ fn migration_request(rng: &mut Rng) -> MigrationRequest {
             atime: opt(rng, signed),
             force_source_mode: rng.chance(1, 2),
             meta_only: rng.chance(1, 2),
+            releases_source: rng.chance(1, 2),
         }),
         3 => MigrationRequest::Ping { attempt: AttemptId(number(rng)) },
         4 => MigrationRequest::Cancel { attempt: AttemptId(number(rng)), reason: string(rng) },
