@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use tidepool_p2p::message::{MigrationReply, MigrationRequest};
 use tidepool_p2p::model::{Checksum, EpochMillis, FileAttributes, ReplicaState, StickyMode, StickyRecord};
-use tidepool_p2p::{PnfsId, PoolName, RemoteError};
+use tidepool_p2p::{JobId, PnfsId, PoolName, RemoteError};
 use tokio_util::sync::CancellationToken;
 
 /// One replica of the local repository as the module sees it.
@@ -29,6 +29,34 @@ impl Entry {
 }
 
 pub use crate::task::Unanswered;
+
+/// The job whose delivered copies a hold protects: the pool that runs it and its id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HoldOwner {
+    pub pool: PoolName,
+    pub job: JobId,
+}
+
+impl HoldOwner {
+    /// The owner as the repository stores it: `<pool>` and `<job>` on two lines (neither holds
+    /// a line break).
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}", self.pool, self.job).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<HoldOwner> {
+        let (pool, job) = std::str::from_utf8(bytes).ok()?.split_once('\n')?;
+        Some(HoldOwner { pool: pool.parse().ok()?, job: job.parse().ok()? })
+    }
+}
+
+/// A hold found when the pool started again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedHold {
+    pub id: PnfsId,
+    pub until: EpochMillis,
+    pub owner: HoldOwner,
+}
 
 /// A new copy the target must pull from the source (reference §5.3).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +118,10 @@ pub trait Env: Send + Sync + 'static {
 
     /// Keeps these replicas from eviction until `until` (a later hold wins); a replica not
     /// here yet is covered once it arrives. Held replicas do not count as removable space.
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError>;
+    /// The hold is for `owner`'s copies and survives a restart of this pool: it becomes
+    /// durable with the next commit (a hold placed before a copy, with that copy), and the
+    /// pool hands it back to [`crate::Module::restore_holds`] when it starts again.
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError>;
 
     /// Refuses if the pool mode forbids receiving replicas from other pools.
     fn check_p2p_client(&self) -> Result<(), RemoteError>;

@@ -1029,6 +1029,65 @@ fn a_move_into_a_full_target_never_evicts_what_it_moved() {
     });
 }
 
+/// The full target of a move crashes (or loses power) while the job runs and comes back: the
+/// holds on what the job delivered come back with it (as far as they were flushed), the job's
+/// refreshes keep renewing them, and hours later nothing it moved has been evicted.
+#[test]
+fn a_full_target_that_restarts_still_never_evicts_what_a_move_delivered() {
+    run("a_full_target_that_restarts_still_never_evicts_what_a_move_delivered", SEEDS, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
+        config.pools[1].capacity = 40_000;
+        let mut sim = Sim::new(seed, config);
+        let mut filler = Vec::new();
+        for _ in 0..5 {
+            let mut spec = FileSpec::cached(4000);
+            spec.accessed_ago = 10;
+            let id = sim.add_file("p2", spec);
+            sim.unprotect(&id);
+            filler.push(id);
+        }
+        let files: Vec<PnfsId> = (0..20)
+            .map(|_| {
+                let mut spec = FileSpec::cached(3000);
+                spec.accessed_ago = 864_000;
+                sim.add_file("p1", spec)
+            })
+            .collect();
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4", "-refresh=30"], &["p2"]);
+        // The target goes down after some copies (a random number of them), for a random while.
+        let before = 3 + sim.world.random_below(8);
+        sim.wait_until(HOUR, "some copies", || {
+            info_value(&sim.info("p1", &job), "Completed")
+                .and_then(|c| c.split_whitespace().next()?.parse::<u64>().ok())
+                .is_some_and(|done| done >= before)
+        })
+        .await;
+        sim.crash("p2");
+        tokio::time::sleep(Duration::from_secs(1 + sim.world.random_below(600))).await;
+        sim.restart("p2");
+        sim.wait_until(2 * HOUR, "the target to fill up", || {
+            let info = sim.info("p1", &job);
+            info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
+                && info.contains("All target pools are full")
+        })
+        .await;
+        // Longer than a hold lasts without renewal: only the job's renewals keep them.
+        tokio::time::sleep(3 * HOUR).await;
+        assert_eq!(info_number(&sim.info("p1", &job), "Completed"), 13);
+        sim.module("p1").cancel(&job, false, "operator").unwrap();
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
+        sim.settle().await;
+        sim.assert_no_violations();
+        let evicted = sim.evicted("p2");
+        assert_eq!(evicted.iter().copied().collect::<BTreeSet<_>>(), filler.iter().copied().collect());
+        let (on_source, on_target) = (sim.repo("p1"), sim.repo("p2"));
+        for id in &files {
+            assert!(on_source.contains_key(id) ^ on_target.contains_key(id), "{id} on exactly one pool");
+        }
+        assert_eq!(on_target.len(), 13);
+    });
+}
+
 /// An operator changes sources while they move: `rep set precious`, `rep set sticky`, a new
 /// pin, `rep rm`. Every change the operator was told was done stays true of some committed
 /// replica at every moment (the checker looks after each change): a source changed after its

@@ -27,7 +27,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tidepool_migration::env::{Entry, Env, Pull, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal};
+use tidepool_migration::env::{
+    Entry, Env, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+};
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
@@ -40,7 +42,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, Pool, now_ms};
-use crate::repository::{Change, ChangeKind, Replica, RepoError};
+use crate::repository::{Change, ChangeKind, Replica, RepoError, Repository};
 use crate::transfer;
 
 /// How long a request waits for its reply (writing it included) before it counts as
@@ -171,9 +173,8 @@ impl Env for PoolEnv {
         }
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError> {
-        self.pool()?.repo.hold(ids, until, now_ms());
-        Ok(())
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError> {
+        Ok(self.pool()?.repo.hold(ids, until, &owner.encode(), now_ms())?)
     }
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
@@ -514,6 +515,25 @@ pub fn save(pool: &Pool) -> Result<String, RemoteError> {
 
 /// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
 /// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
+/// The holds the repository kept across the restart, for [`Module::restore_holds`]; a hold
+/// whose owner cannot be read still protects its replica until it ends, but no job renews it.
+pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
+    let mut unreadable = 0usize;
+    let holds = repo
+        .take_saved_holds()
+        .into_iter()
+        .filter_map(|h| {
+            let owner = HoldOwner::decode(&h.owner);
+            unreadable += usize::from(owner.is_none());
+            Some(SavedHold { id: h.id, until: h.until, owner: owner? })
+        })
+        .collect();
+    if unreadable > 0 {
+        tracing::warn!(unreadable, "holds whose job cannot be read: kept until they end, never renewed");
+    }
+    holds
+}
+
 pub fn restore(pool: &Pool) {
     let Some(module) = pool.try_migration() else { return };
     let text = match pool.repo.setting(SAVED_KEY) {

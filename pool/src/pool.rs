@@ -154,6 +154,7 @@ impl Pool {
             .migration
             .get_or_init(|| {
                 let module = Module::new(Arc::new(PoolEnv::new(self)), settings);
+                module.restore_holds(migration_env::saved_holds(&self.repo));
                 let stop = CancellationToken::new();
                 // Subscribed before the module can have a job, so no change is missed.
                 let feed = migration_env::forward_changes(self.repo.subscribe(), module.clone(), stop.clone());

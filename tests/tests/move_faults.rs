@@ -23,7 +23,7 @@ fn completed_files(info: &str) -> usize {
 /// target evicts its own cached files to make room, never the copies the move delivered
 /// (whose sources are gone, and which carry the sources' older access times). Once only those
 /// are left, the job notes "All target pools are full" and keeps waiting; every file is still
-/// on exactly one pool with its bytes.
+/// on exactly one pool with its bytes, also after the target is killed and started again.
 #[test]
 fn a_move_into_a_small_target_never_evicts_what_it_moved() {
     let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
@@ -61,6 +61,19 @@ fn a_move_into_a_small_target_never_evicts_what_it_moved() {
     let info2 = cluster.info("pool2");
     assert_eq!(info_field(&info2, "Removable"), Some("0 bytes"), "{info2}");
     assert!(info_field(&info2, "Held").is_some_and(|h| h.starts_with("1000000 bytes in 10 ")), "{info2}");
+    // The target dies and comes back: the holds were flushed with the copies, so they come back
+    // with it, and the job's next tries still take no room from what it moved.
+    cluster.kill9("pool2");
+    cluster.start("pool2");
+    let info2 = cluster.info("pool2");
+    assert_eq!(info_field(&info2, "Removable"), Some("0 bytes"), "after the restart: {info2}");
+    assert!(info_field(&info2, "Held").is_some_and(|h| h.starts_with("1000000 bytes in 10 ")), "{info2}");
+    let first = attempts(&cluster.migration_info("pool1", &job));
+    let info = wait_until("more attempts after the restart", JOB_WAIT, || {
+        let info = cluster.migration_info("pool1", &job);
+        (attempts(&info) >= first + 8).then_some(info)
+    });
+    assert_eq!(completed_files(&info), 10, "{info}");
     ok(&cluster, "pool1", &format!("migration cancel {job}\n"));
     cluster.wait_for_job("pool1", &job, "CANCELLED", JOB_WAIT);
 

@@ -63,6 +63,18 @@ impl Holds {
         Some((hold.ids.clone(), now + millis(DELIVERY_HOLD)))
     }
 
+    /// The holds the pool kept across its restart: each job's files are renewed again when the
+    /// job next speaks (counted from the oldest hold, so none runs out first).
+    pub(super) fn restore(&mut self, saved: Vec<SavedHold>, now: EpochMillis) {
+        for SavedHold { id, until, owner } in saved {
+            let renewed = until - millis(DELIVERY_HOLD);
+            let hold = self.jobs.entry((owner.pool, owner.job)).or_insert(JobHold { ids: Vec::new(), renewed });
+            hold.ids.push(id);
+            hold.renewed = hold.renewed.min(renewed);
+        }
+        self.prune(now);
+    }
+
     /// Forgets jobs whose holds all ran out.
     fn prune(&mut self, now: EpochMillis) {
         self.jobs.retain(|_, h| now - h.renewed < millis(DELIVERY_HOLD));
@@ -141,6 +153,15 @@ impl Served {
 }
 
 impl<E: Env> Module<E> {
+    /// Takes back the holds this pool kept across a restart (see [`Env::hold`]), so that the
+    /// jobs that own them renew them as before. The pool calls this once, at start.
+    pub fn restore_holds(&self, saved: Vec<SavedHold>) {
+        if !saved.is_empty() {
+            tracing::info!(replicas = saved.len(), "holds on copies delivered by moves kept across the restart");
+        }
+        self.served.lock().holds.restore(saved, self.env.now());
+    }
+
     /// Answers one request from the pool `from` (the authenticated peer).
     pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
         match req {
@@ -229,8 +250,9 @@ impl<E: Env> Module<E> {
     /// Extends the holds of a job's delivered copies when a renewal is due.
     fn renew_holds(&self, from: &PoolName, job: &JobId) {
         let renewal = self.served.lock().holds.renew(from, job, self.env.now());
+        let owner = HoldOwner { pool: from.clone(), job: job.clone() };
         if let Some((ids, until)) = renewal
-            && let Err(e) = self.env.hold(&ids, until)
+            && let Err(e) = self.env.hold(&ids, until, &owner)
         {
             tracing::warn!(%job, source = %from, "could not extend the holds of the job's copies: {}", e.message);
         }
@@ -305,7 +327,8 @@ impl<E: Env> Module<E> {
                 // Held before the copy exists: no eviction can fall between its commit and the
                 // hold, and the source is deleted only after that commit.
                 let until = served.holds.deliver(&from, &req.job, pnfsid, self.env.now());
-                if let Err(e) = self.env.hold(&[pnfsid], until) {
+                let owner = HoldOwner { pool: from.clone(), job: req.job.clone() };
+                if let Err(e) = self.env.hold(&[pnfsid], until, &owner) {
                     served.end((from.clone(), req.attempt), None);
                     return MigrationReply::Error(e);
                 }
@@ -547,5 +570,29 @@ mod tests {
         // A job silent for the whole hold is forgotten: its holds ran out in the repository too.
         assert_eq!(h.renew(&p1, &j1, 2 * RENEW + H), None);
         assert_eq!(h.held(), 0);
+    }
+
+    /// After a restart the holds the pool kept belong to their jobs again: the job's next
+    /// words renew all of them (counted from the oldest), and ran-out ones are forgotten.
+    #[test]
+    fn holds_kept_across_a_restart_are_renewed_by_their_job() {
+        let (p1, j1, j2): (PoolName, JobId, JobId) =
+            ("pool1".parse().unwrap(), "1".parse().unwrap(), "2".parse().unwrap());
+        let owner = |job: &JobId| HoldOwner { pool: p1.clone(), job: job.clone() };
+        let saved = |n: u8, until: EpochMillis, job: &JobId| SavedHold { id: id(n), until, owner: owner(job) };
+        let mut h = Holds::default();
+        // Restarted at 10 * RENEW: job 1's holds were placed at 8 and 9 * RENEW, job 2's ran out.
+        let now = 10 * RENEW;
+        h.restore(vec![saved(1, 8 * RENEW + H, &j1), saved(2, 9 * RENEW + H, &j1), saved(3, now - 1, &j2)], now);
+        assert_eq!(h.held(), 2, "job 2's hold ran out");
+        let renewed = h.renew(&p1, &j1, now).map(|(mut ids, until)| {
+            ids.sort();
+            (ids, until)
+        });
+        assert_eq!(renewed, Some((vec![id(1), id(2)], now + H)), "a renewal was due since the oldest hold");
+        assert_eq!(h.renew(&p1, &j2, now), None);
+        // An owner survives the way the repository stores it.
+        assert_eq!(HoldOwner::decode(&owner(&j1).encode()), Some(owner(&j1)));
+        assert_eq!(HoldOwner::decode(b"pool1"), None);
     }
 }

@@ -29,7 +29,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobKind, Options};
-use tidepool_migration::env::{Entry, Env, Pull, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal};
+use tidepool_migration::env::{
+    Entry, Env, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+};
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
@@ -285,8 +287,11 @@ struct Store {
     receiving: BTreeMap<PoolName, u32>,
     /// Files that must always have a committed replica somewhere: size and checksum.
     protected: BTreeMap<PnfsId, (u64, Checksum)>,
-    /// Holds (`Env::hold`): replicas kept from eviction until a time, per pool.
-    held: BTreeMap<PoolName, HashMap<PnfsId, EpochMillis>>,
+    /// Holds (`Env::hold`): replicas kept from eviction until a time, for a job, per pool.
+    held: BTreeMap<PoolName, HashMap<PnfsId, (EpochMillis, HoldOwner)>>,
+    /// The holds as of each pool's last flush: what a crash or a power cut keeps (a real pool
+    /// writes a hold without flushing it; the next commit or metadata change flushes it).
+    held_durable: BTreeMap<PoolName, HashMap<PnfsId, (EpochMillis, HoldOwner)>>,
     /// Replicas the sweeper evicted to make room, per pool.
     evicted: BTreeMap<PoolName, Vec<PnfsId>>,
     /// Changes an operator made and was told were done: some committed replica of the file
@@ -323,7 +328,13 @@ impl Store {
         r.pull.is_none()
             && r.entry.state == ReplicaState::Cached
             && !r.entry.sticky.iter().any(|s| s.is_valid(now))
-            && self.held.get(pool).and_then(|h| h.get(id)).is_none_or(|until| *until <= now)
+            && self.held.get(pool).and_then(|h| h.get(id)).is_none_or(|(until, _)| *until <= now)
+    }
+
+    /// `pool` flushed its metadata: the holds written so far are durable.
+    fn flushed(&mut self, pool: &PoolName) {
+        let live = self.held.get(pool).cloned().unwrap_or_default();
+        self.held_durable.insert(pool.clone(), live);
     }
 }
 
@@ -549,6 +560,7 @@ impl World {
         let repo = store.repos.get_mut(pool).expect("a known pool");
         let out = f(repo);
         if out.is_ok() {
+            store.flushed(pool);
             self.check(&mut store, &format!("{pool}: {what}"));
         }
         out
@@ -840,6 +852,7 @@ impl World {
             let mut store = self.store.lock();
             *store.receiving.entry(me.clone()).or_insert(1) -= 1;
             let mut stuck = false;
+            let mut committed = false;
             let (disk_fails, undo_fails) = {
                 let f = self.faults.lock();
                 (rng.unit() < f.disk_failure, rng.unit() < f.undo_failure)
@@ -886,6 +899,7 @@ impl World {
                             r.entry.sticky = sticky;
                             r.data = Arc::new(data);
                             r.data_sum = sum;
+                            committed = true;
                             Ok(())
                         }
                         _ => Err(RemoteError::new(ErrorCode::Internal, "the receiving entry went away")),
@@ -905,6 +919,9 @@ impl World {
             };
             if stuck {
                 store.stuck.insert((me.clone(), id));
+            }
+            if committed {
+                store.flushed(me);
             }
             let what = match &r {
                 Ok(()) => format!("{me}: committed {id}"),
@@ -1103,13 +1120,13 @@ impl Env for SimEnv {
         })
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis) -> Result<(), RemoteError> {
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError> {
         self.crashed()?;
         let mut store = self.world.store.lock();
         let held = store.held.entry(self.name.clone()).or_default();
         for id in ids {
-            let h = held.entry(*id).or_insert(until);
-            *h = (*h).max(until);
+            let h = held.entry(*id).or_insert((until, owner.clone()));
+            *h = (h.0.max(until), owner.clone());
         }
         Ok(())
     }
@@ -1342,16 +1359,27 @@ impl Sim {
     /// module without jobs runs over the same repository.
     pub fn restart(&mut self, name: &str) {
         let p = pool(name);
+        let saved: Vec<SavedHold>;
         {
             let mut store = self.world.store.lock();
             let repo = store.repos.get_mut(&p).expect("a known pool");
             repo.retain(|_, r| r.entry.state.is_committed());
-            // Holds live in memory: a restart forgets them.
-            store.held.remove(&p);
+            // What was flushed of the holds comes back, for replicas still there.
+            let now = self.world.now();
+            let repo = store.repos[&p].clone();
+            let mut durable = store.held_durable.get(&p).cloned().unwrap_or_default();
+            durable.retain(|id, (until, _)| *until > now && repo.contains_key(id));
+            saved = durable
+                .iter()
+                .map(|(id, (until, owner))| SavedHold { id: *id, until: *until, owner: owner.clone() })
+                .collect();
+            store.held.insert(p.clone(), durable);
             store.stuck.retain(|(pool, _)| *pool != p);
             self.world.check(&mut store, &format!("{name}: restart"));
         }
-        self.modules.insert(p.clone(), start_module(&self.world, &p));
+        let module = start_module(&self.world, &p);
+        module.restore_holds(saved);
+        self.modules.insert(p.clone(), module);
         self.world.offline.lock().remove(&p);
         self.world.trace(format!("{name} restarted"));
     }

@@ -373,6 +373,33 @@ pub fn settings_survive_restart(h: &mut dyn Harness) {
     assert_eq!(repo.setting("big").unwrap().as_deref(), Some(&big[1..]));
 }
 
+/// A hold placed before a copy commits comes back after a restart with its owner and keeps
+/// the replica out of removable space; a hold that ran out, or whose replica never came, is
+/// deleted at open.
+pub fn holds_survive_a_restart_until_they_end(h: &mut dyn Harness) {
+    let (repo, _) = open(h, 1 << 20);
+    let until = NOW + 60_000;
+    repo.hold(&[id(1), id(2)], until, b"pool1\n7", NOW).unwrap();
+    put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
+    put(&repo, id(3), 50, ReplicaState::Cached, vec![], NOW);
+    assert_eq!(repo.space(NOW).removable, 50);
+    drop(repo);
+    let (repo, _) = open(h, 1 << 20);
+    let saved = repo.take_saved_holds();
+    assert_eq!(saved, vec![SavedHold { id: id(1), until, owner: b"pool1\n7".to_vec() }], "id 2 never came");
+    assert!(repo.take_saved_holds().is_empty(), "handed out once");
+    assert_eq!(repo.space(NOW).removable, 50, "the held replica is not removable");
+    assert_eq!(repo.held_space(NOW), (1, 100));
+    drop(repo);
+    // Started after the hold ended: the replica is removable, and the hold is gone for good.
+    let (repo, _) = Repository::open(h.store(), 1 << 20, until + 1).unwrap();
+    assert!(repo.take_saved_holds().is_empty());
+    assert_eq!(repo.space(until + 1).removable, 150);
+    drop(repo);
+    let (repo, _) = open(h, 1 << 20);
+    assert!(repo.take_saved_holds().is_empty(), "an ended hold is deleted, not only skipped");
+}
+
 pub fn a_missing_checksum_is_recorded_durably_and_never_replaced(h: &mut dyn Harness) {
     let (repo, _) = open(h, 1 << 20);
     let r = put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
@@ -547,6 +574,7 @@ conformance!(
     recovery_reports_missing_and_orphan_data,
     orphans_of_a_pool_from_before_synced_flushes_are_quarantined,
     settings_survive_restart,
+    holds_survive_a_restart_until_they_end,
     a_missing_checksum_is_recorded_durably_and_never_replaced,
     conditional_sticky_drop_and_remove_see_the_records_as_they_are,
     a_whole_replica_is_checked_made_room_for_and_committed_in_one_step,
@@ -791,6 +819,24 @@ fn nothing_acknowledged_is_lost_at_a_power_cut() {
     // The cuts land inside operations, not only between them, and there was work to lose.
     assert!(interrupted >= 200, "only {interrupted} of 512 cuts interrupted an operation");
     assert!(acknowledged >= 4000, "only {acknowledged} operations were acknowledged");
+}
+
+/// A hold is durable with the commit that follows it (a move's target holds a copy before
+/// committing it, and the source deletes its replica only after that commit); a later renewal
+/// that no flush followed may be lost at a power cut, leaving the earlier hold.
+#[test]
+fn a_hold_is_made_durable_by_the_commit_that_follows_it() {
+    use crate::repository::mem_store::CutMode;
+    let store = MemStore::new();
+    let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
+    repo.hold(&[id(1)], NOW + 1000, b"o", NOW).unwrap();
+    put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
+    repo.hold(&[id(1)], NOW + 5000, b"o", NOW).unwrap();
+    let after = store.power_cut(CutMode::DurableOnly);
+    drop(repo);
+    let (repo, _) = Repository::open(after, 1 << 20, NOW).unwrap();
+    assert_eq!(repo.take_saved_holds(), vec![SavedHold { id: id(1), until: NOW + 1000, owner: b"o".to_vec() }]);
+    assert_eq!(repo.space(NOW).removable, 0);
 }
 
 /// Four cuts with one seed; returns how many interrupted an operation, and how many operations

@@ -43,8 +43,9 @@ pub struct Index {
     /// hold), soonest first.
     expiring: BTreeSet<(EpochMillis, PnfsId)>,
     /// Holds: replicas kept from eviction until a time although nothing in their record
-    /// protects them (a migration's delivered copies, see `Repository::hold`). In memory
-    /// only; a hold outlives changes of its replica's entry but not its removal.
+    /// protects them (a migration's delivered copies, see `Repository::hold`, which also
+    /// stores them so that they come back at open); a hold outlives changes of its replica's
+    /// entry but not its removal.
     held: HashMap<PnfsId, EpochMillis>,
     used: u64,
     precious: u64,

@@ -63,6 +63,7 @@ enum MetaOp {
     Put(PnfsId, Vec<u8>),
     Delete(PnfsId),
     Meta(String, Vec<u8>),
+    Hold(PnfsId, Option<Vec<u8>>),
 }
 
 /// One view of the store.
@@ -70,6 +71,7 @@ enum MetaOp {
 struct View {
     records: BTreeMap<PnfsId, Vec<u8>>,
     meta: HashMap<String, Vec<u8>>,
+    holds: BTreeMap<PnfsId, Vec<u8>>,
     incoming: HashMap<String, Blob>,
     /// Data files never change once published, so views share them.
     data: HashMap<String, Blob>,
@@ -88,6 +90,12 @@ impl View {
             MetaOp::Meta(k, v) => {
                 self.meta.insert(k.clone(), v.clone());
             }
+            MetaOp::Hold(id, Some(v)) => {
+                self.holds.insert(*id, v.clone());
+            }
+            MetaOp::Hold(id, None) => {
+                self.holds.remove(id);
+            }
         }
     }
 
@@ -101,7 +109,14 @@ impl View {
     /// A copy that shares nothing mutable with this one.
     fn copy(&self) -> View {
         let (incoming, data, quarantine) = self.data_areas();
-        View { records: self.records.clone(), meta: self.meta.clone(), incoming, data, quarantine }
+        View {
+            records: self.records.clone(),
+            meta: self.meta.clone(),
+            holds: self.holds.clone(),
+            incoming,
+            data,
+            quarantine,
+        }
     }
 }
 
@@ -445,6 +460,23 @@ impl ReplicaStore for MemStore {
         self.step("write setting")?;
         self.meta_op(MetaOp::Meta(key.to_string(), value.to_vec()));
         Ok(())
+    }
+
+    fn put_hold(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.step("write hold")?;
+        self.meta_op(MetaOp::Hold(*id, Some(value.to_vec())));
+        Ok(())
+    }
+
+    fn delete_hold(&self, id: &PnfsId) -> StoreResult<()> {
+        self.step("delete hold")?;
+        self.meta_op(MetaOp::Hold(*id, None));
+        Ok(())
+    }
+
+    fn scan_holds(&self) -> StoreResult<Vec<(PnfsId, Vec<u8>)>> {
+        self.alive("read holds")?;
+        Ok(self.st.lock().live.holds.iter().map(|(k, v)| (*k, v.clone())).collect())
     }
 
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {

@@ -311,6 +311,30 @@ pub struct Repository {
     index: Mutex<Index>,
     capacity: u64,
     changes: broadcast::Sender<Change>,
+    /// The holds found at open, until the migration module takes them
+    /// ([`Repository::take_saved_holds`]).
+    saved_holds: Mutex<Vec<SavedHold>>,
+}
+
+/// A hold kept across a restart: the replica, until when, and for whom (the opaque `owner`
+/// given to [`Repository::hold`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedHold {
+    pub id: PnfsId,
+    pub until: EpochMillis,
+    pub owner: Vec<u8>,
+}
+
+/// A stored hold: the end (big-endian milliseconds), then the owner.
+fn encode_hold(until: EpochMillis, owner: &[u8]) -> Vec<u8> {
+    let mut value = until.to_be_bytes().to_vec();
+    value.extend_from_slice(owner);
+    value
+}
+
+fn decode_hold(value: &[u8]) -> Option<(EpochMillis, Vec<u8>)> {
+    let (until, owner) = value.split_first_chunk::<8>()?;
+    Some((EpochMillis::from_be_bytes(*until), owner.to_vec()))
 }
 
 impl std::fmt::Debug for Repository {
@@ -430,6 +454,21 @@ impl Repository {
         if let Some(e) = failure {
             return Err(e);
         }
+        // Holds come back with their replicas; those that ran out, or whose replica is gone,
+        // are deleted.
+        let mut saved_holds = Vec::new();
+        for (id, value) in store.scan_holds()? {
+            match decode_hold(&value) {
+                Some((until, owner)) if until > now && index.get(&id).is_some() => {
+                    index.hold(id, until, now);
+                    saved_holds.push(SavedHold { id, until, owner });
+                }
+                _ => {
+                    store.delete_hold(&id)?;
+                    dirty = true;
+                }
+            }
+        }
         // Deletions of records first, durably; only then the files they named.
         if dirty {
             store.flush()?;
@@ -489,6 +528,7 @@ impl Repository {
             index: Mutex::new(index),
             capacity,
             changes,
+            saved_holds: Mutex::new(saved_holds),
         };
         Ok((Arc::new(repo), recovery))
     }
@@ -529,13 +569,23 @@ impl Repository {
 
     /// Keeps these replicas from eviction until `until` (a later hold wins), although nothing
     /// in their records protects them: the copies a running migration delivered (see
-    /// docs/operator-guide.md). A replica not here yet is covered once it arrives. Holds live
-    /// in memory only; removable space leaves held replicas out.
-    pub fn hold(&self, ids: &[PnfsId], until: EpochMillis, now: EpochMillis) {
+    /// docs/operator-guide.md). A replica not here yet is covered once it arrives; removable
+    /// space leaves held replicas out. Holds are stored for `owner` (opaque here) and come back
+    /// after a restart ([`Repository::take_saved_holds`]); they are not flushed here, but by the
+    /// next flush, which for a hold placed before a copy is that copy's commit.
+    pub fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &[u8], now: EpochMillis) -> RepoResult<()> {
+        let value = encode_hold(until, owner);
         let mut ix = self.index.lock();
         for id in ids {
             ix.hold(*id, until, now);
+            self.store.put_hold(id, &value)?;
         }
+        Ok(())
+    }
+
+    /// The holds found when the repository was opened (each with its owner), handed out once.
+    pub fn take_saved_holds(&self) -> Vec<SavedHold> {
+        std::mem::take(&mut *self.saved_holds.lock())
     }
 
     /// Cached replicas that only a hold keeps from eviction: count and bytes (`info` shows

@@ -33,6 +33,7 @@ const LOCK_WAITS: u32 = 60;
 pub struct SledStore {
     records: sled::Tree,
     meta: sled::Tree,
+    holds: sled::Tree,
     db: sled::Db,
     data: PathBuf,
     /// The data area, open for as long as the store: `syncfs` on it reports every write-back
@@ -79,6 +80,7 @@ impl SledStore {
         }?;
         let records = db.open_tree("replicas").map_err(|e| io_err("open replica tree", e))?;
         let meta = db.open_tree("settings").map_err(|e| io_err("open settings tree", e))?;
+        let holds = db.open_tree("holds").map_err(|e| io_err("open hold tree", e))?;
         let data_dir = File::open(&data).map_err(|e| StoreError::new(format!("open {}", data.display()), e))?;
         let log_path = dir.join("meta").join("db");
         let log = File::open(&log_path).map_err(|e| StoreError::new(format!("open {}", log_path.display()), e))?;
@@ -86,6 +88,7 @@ impl SledStore {
         let store = SledStore {
             records,
             meta,
+            holds,
             db,
             data,
             data_dir,
@@ -375,6 +378,30 @@ impl ReplicaStore for SledStore {
         self.keep_room_for_metadata(true);
         self.meta.insert(key, value).map_err(|e| io_err(format!("write setting {key}"), e))?;
         Ok(())
+    }
+
+    fn put_hold(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()> {
+        self.keep_room_for_metadata(false);
+        self.holds.insert(id.as_bytes(), value).map_err(|e| io_err(format!("write hold {id}"), e))?;
+        Ok(())
+    }
+
+    fn delete_hold(&self, id: &PnfsId) -> StoreResult<()> {
+        self.keep_room_for_metadata(false);
+        self.holds.remove(id.as_bytes()).map_err(|e| io_err(format!("delete hold {id}"), e))?;
+        Ok(())
+    }
+
+    fn scan_holds(&self) -> StoreResult<Vec<(PnfsId, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.holds.iter() {
+            let (key, value) = item.map_err(|e| io_err("read holds", e))?;
+            // A key that names no replica is no hold of ours: skipped.
+            if let Ok(id) = PnfsId::from_bytes(&key) {
+                out.push((id, value.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     fn room_for(&self, size: u64) -> StoreResult<()> {

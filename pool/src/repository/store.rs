@@ -68,6 +68,13 @@ pub trait ReplicaStore: Send + Sync + 'static {
     fn get_meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
     fn put_meta(&self, key: &str, value: &[u8]) -> StoreResult<()>;
 
+    /// Holds on replicas (what keeps a migration's delivered copies from eviction, see
+    /// `Repository::hold`), one value per replica; durable only after `flush`.
+    fn put_hold(&self, id: &PnfsId, value: &[u8]) -> StoreResult<()>;
+    fn delete_hold(&self, id: &PnfsId) -> StoreResult<()>;
+    /// Every stored hold.
+    fn scan_holds(&self) -> StoreResult<Vec<(PnfsId, Vec<u8>)>>;
+
     /// Whether the disk has room for a new replica of `size` bytes beside what the store keeps
     /// free for its metadata; a disk-full error if not (docs/durability.md, "A full disk").
     fn room_for(&self, _size: u64) -> StoreResult<()> {
