@@ -1173,6 +1173,35 @@ fn a_target_that_never_answers_is_given_up() {
 /// Targets whose disks fail the commit's sync and sometimes the undo too: a failed commit
 /// keeps nothing visible, a stuck receiving entry blocks only its own file on its own pool
 /// until that pool restarts, and the move ends with every file intact on a target.
+/// Metadata flushes fail on every pool (30% of the module's changes: states, sticky
+/// records, source removals, checksums), half of them after the change reached the disk, so
+/// the module cannot tell whether a change was made. Nothing is lost, nothing partial shows,
+/// and once the disks behave the move finishes with one copy of each file.
+#[test]
+fn metadata_flushes_that_fail_lose_nothing() {
+    run("metadata_flushes_that_fail_lose_nothing", SEEDS, |seed| async move {
+        let faults = Faults { meta_failure: 0.3, ..Faults::jitter() };
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3"], faults));
+        let files = sim.fill("p1", 24);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=4"], &["p2", "p3"]);
+        sim.wait_until(HOUR, "failed flushes of both kinds, or the end", || {
+            let stats = sim.world.stats();
+            (stats.meta_failed_made > 0 && stats.meta_failed > stats.meta_failed_made)
+                || sim.state("p1", &job).is_terminal()
+        })
+        .await;
+        assert!(sim.world.stats().meta_failed > 0, "some flushes failed");
+        sim.world.set_faults(Faults::jitter());
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.partial().is_empty(), "{:?}", sim.partial());
+        assert!(sim.repo("p1").is_empty(), "{:?}", sim.repo("p1").keys());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+    });
+}
+
 #[test]
 fn disks_that_fail_a_commit_or_its_undo_lose_nothing() {
     run("disks_that_fail_a_commit_or_its_undo_lose_nothing", SEEDS, |seed| async move {

@@ -142,6 +142,10 @@ pub struct Faults {
     /// The disk also fails the removal of what such a pull left: an invisible receiving
     /// entry stays until the pool restarts.
     pub undo_failure: f64,
+    /// A metadata change of the module's (a state, a sticky record, a removal, a checksum)
+    /// fails its flush with an I/O error; on a coin the change reached the disk anyway, so the
+    /// caller cannot tell whether it was made.
+    pub meta_failure: f64,
 }
 
 impl Faults {
@@ -157,6 +161,7 @@ impl Faults {
             pull_failure: 0.0,
             disk_failure: 0.0,
             undo_failure: 0.0,
+            meta_failure: 0.0,
         }
     }
 
@@ -272,6 +277,9 @@ pub struct Stats {
     pub pulls_committed: u64,
     pub pulls_failed: u64,
     pub bytes_committed: u64,
+    /// Metadata changes whose flush failed (`Faults::meta_failure`): not made, and made anyway.
+    pub meta_failed: u64,
+    pub meta_failed_made: u64,
     /// Pulls in progress now, and the most there ever were, per source pool.
     pub pulls_active: BTreeMap<PoolName, u64>,
     pub pulls_peak: BTreeMap<PoolName, u64>,
@@ -556,12 +564,29 @@ impl World {
         what: &str,
         f: impl FnOnce(&mut BTreeMap<PnfsId, Replica>) -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
+        let (fails, made_anyway) = {
+            let mut rng = self.rng_for(&format!("meta {pool} {what}"));
+            (rng.unit() < self.faults.lock().meta_failure, rng.unit() < 0.5)
+        };
         let mut store = self.store.lock();
         let repo = store.repos.get_mut(pool).expect("a known pool");
+        if fails {
+            let mut stats = self.stats.lock();
+            stats.meta_failed += 1;
+            stats.meta_failed_made += u64::from(made_anyway);
+        }
+        if fails && !made_anyway {
+            self.trace(format!("{pool}: {what}: the flush failed, nothing changed"));
+            return Err(RemoteError::new(ErrorCode::Io, format!("{pool}: flush metadata: I/O error (simulated)")));
+        }
         let out = f(repo);
         if out.is_ok() {
             store.flushed(pool);
             self.check(&mut store, &format!("{pool}: {what}"));
+            if fails {
+                self.trace(format!("{pool}: {what}: the flush failed after the change reached the disk"));
+                return Err(RemoteError::new(ErrorCode::Io, format!("{pool}: flush metadata: I/O error (simulated)")));
+            }
         }
         out
     }
