@@ -50,6 +50,15 @@ impl HoldOwner {
     }
 }
 
+/// Why a hold is placed ([`Env::hold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldKind {
+    /// Before a copy is made or updated: the replica may not be here yet.
+    Delivery,
+    /// Extending the holds of a job's earlier deliveries: only replicas still here.
+    Renewal,
+}
+
 /// A hold found when the pool started again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedHold {
@@ -116,12 +125,13 @@ pub trait Env: Send + Sync + 'static {
     /// Records a checksum for a replica that has none.
     fn set_checksum(&self, id: &PnfsId, checksum: Checksum) -> Result<(), RemoteError>;
 
-    /// Keeps these replicas from eviction until `until` (a later hold wins); a replica not
-    /// here yet is covered once it arrives. Held replicas do not count as removable space.
-    /// The hold is for `owner`'s copies and survives a restart of this pool: it becomes
-    /// durable with the next commit (a hold placed before a copy, with that copy), and the
-    /// pool hands it back to [`crate::Module::restore_holds`] when it starts again.
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError>;
+    /// Keeps these replicas from eviction until `until` (a later hold wins). Held replicas do
+    /// not count as removable space. The hold is for `owner`'s copies and survives a restart
+    /// of this pool, which hands it back to [`crate::Module::restore_holds`]. A hold on a
+    /// replica that is here is durable when this returns. For a [`HoldKind::Delivery`], a
+    /// replica not here yet is covered once it arrives, and its hold is durable with the
+    /// commit that brings it; a [`HoldKind::Renewal`] skips replicas that are not here.
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError>;
 
     /// Refuses if the pool mode forbids receiving replicas from other pools.
     fn check_p2p_client(&self) -> Result<(), RemoteError>;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
-use crate::env::{Entry, Env, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, pin_covered};
+use crate::env::{Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, pin_covered};
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tidepool_migration::env::{
-    Entry, Env, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_p2p::auth::{ClusterKey, Service};
@@ -173,8 +173,9 @@ impl Env for PoolEnv {
         }
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError> {
-        Ok(self.pool()?.repo.hold(ids, until, &owner.encode(), now_ms())?)
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError> {
+        let arriving = kind == HoldKind::Delivery;
+        Ok(self.pool()?.repo.hold(ids, until, &owner.encode(), arriving, now_ms())?)
     }
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
@@ -513,8 +514,6 @@ pub fn save(pool: &Pool) -> Result<String, RemoteError> {
     Ok(reply)
 }
 
-/// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
-/// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
 /// The holds the repository kept across the restart, for [`Module::restore_holds`]; a hold
 /// whose owner cannot be read still protects its replica until it ends, but no job renews it.
 pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
@@ -534,6 +533,8 @@ pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
     holds
 }
 
+/// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
+/// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
 pub fn restore(pool: &Pool) {
     let Some(module) = pool.try_migration() else { return };
     let text = match pool.repo.setting(SAVED_KEY) {

@@ -252,7 +252,7 @@ impl<E: Env> Module<E> {
         let renewal = self.served.lock().holds.renew(from, job, self.env.now());
         let owner = HoldOwner { pool: from.clone(), job: job.clone() };
         if let Some((ids, until)) = renewal
-            && let Err(e) = self.env.hold(&ids, until, &owner)
+            && let Err(e) = self.env.hold(&ids, until, &owner, HoldKind::Renewal)
         {
             tracing::warn!(%job, source = %from, "could not extend the holds of the job's copies: {}", e.message);
         }
@@ -323,16 +323,7 @@ impl<E: Env> Module<E> {
             }
             let token = self.serving.child_token();
             served.active.insert(key, token.clone());
-            if req.releases_source {
-                // Held before the copy exists: no eviction can fall between its commit and the
-                // hold, and the source is deleted only after that commit.
-                let until = served.holds.deliver(&from, &req.job, pnfsid, self.env.now());
-                let owner = HoldOwner { pool: from.clone(), job: req.job.clone() };
-                if let Err(e) = self.env.hold(&[pnfsid], until, &owner) {
-                    served.end((from.clone(), req.attempt), None);
-                    return MigrationReply::Error(e);
-                }
-            }
+            let hold = req.releases_source.then(|| served.holds.deliver(&from, &req.job, pnfsid, self.env.now()));
             let work = match served.pulling.get(&pnfsid) {
                 Some(done) => Work::After(done.clone()),
                 None if existing.is_none() => {
@@ -342,9 +333,24 @@ impl<E: Env> Module<E> {
                 }
                 None => Work::Update,
             };
-            (token, work)
+            (token, work, hold)
         };
-        let (token, work) = token;
+        let (token, work, hold) = token;
+        if let Some(until) = hold {
+            // Held before the copy is made or updated, outside the table's lock (a hold on a
+            // replica that is here is flushed): no eviction can fall between the copy's
+            // commit and the hold, and the source is deleted only after the copy is durable.
+            let owner = HoldOwner { pool: from.clone(), job: req.job.clone() };
+            if let Err(e) = self.env.hold(&[pnfsid], until, &owner, HoldKind::Delivery) {
+                let mut served = self.served.lock();
+                if let Work::Pull(done) = &work {
+                    served.pulling.remove(&pnfsid);
+                    done.cancel();
+                }
+                served.end((from.clone(), req.attempt), None);
+                return MigrationReply::Error(e);
+            }
+        }
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
         if req.releases_source {

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobKind, Options};
 use tidepool_migration::env::{
-    Entry, Env, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
 };
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
@@ -1145,13 +1145,23 @@ impl Env for SimEnv {
         })
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner) -> Result<(), RemoteError> {
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError> {
         self.crashed()?;
         let mut store = self.world.store.lock();
+        let repo = &store.repos[&self.name];
+        let here: Vec<bool> = ids.iter().map(|id| repo.contains_key(id)).collect();
         let held = store.held.entry(self.name.clone()).or_default();
-        for id in ids {
+        for (id, here) in ids.iter().zip(&here) {
+            if !here && kind == HoldKind::Renewal {
+                continue;
+            }
             let h = held.entry(*id).or_insert((until, owner.clone()));
             *h = (h.0.max(until), owner.clone());
+        }
+        // As the real pool: a hold on a replica that is here is flushed at once; one on a
+        // replica to come, with the commit that brings it.
+        if here.contains(&true) {
+            store.flushed(&self.name);
         }
         Ok(())
     }

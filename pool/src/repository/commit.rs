@@ -271,7 +271,16 @@ fn commit_batch(
         let g = ghosts.lock();
         g.iter().filter(|id| !batch.iter().any(|j| j.id == **id)).copied().collect()
     };
-    let retried: Vec<PnfsId> = retried.into_iter().filter(|id| store.delete_record(id).is_ok()).collect();
+    let retried: Vec<PnfsId> = retried
+        .into_iter()
+        .filter(|id| match store.delete_record(id) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(pnfsid = %id, error = %e, "could not delete the record of a failed commit yet; tried again later");
+                false
+            }
+        })
+        .collect();
     // 2. The records, then one flush.
     let mut unwritten = Vec::new();
     for (job, result) in batch.iter().zip(results.iter_mut()) {
@@ -393,7 +402,10 @@ fn undo_records(store: &dyn ReplicaStore, ids: &[PnfsId], ghosts: &Ghosts) {
 /// files. A record that cannot be deleted leaves its data in place: the replica comes back after
 /// a restart rather than as a record without data.
 pub(super) fn discard(store: &dyn ReplicaStore, ids: &[PnfsId]) {
-    let result = ids.iter().try_for_each(|id| store.delete_record(id)).and_then(|()| store.flush());
+    let result = ids
+        .iter()
+        .try_for_each(|id| store.delete_record(id).and_then(|()| store.delete_hold(id)))
+        .and_then(|()| store.flush());
     if let Err(e) = result {
         tracing::error!(error = %e, "could not delete the records of evicted replicas; they come back after a restart");
         return;

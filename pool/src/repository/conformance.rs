@@ -379,7 +379,7 @@ pub fn settings_survive_restart(h: &mut dyn Harness) {
 pub fn holds_survive_a_restart_until_they_end(h: &mut dyn Harness) {
     let (repo, _) = open(h, 1 << 20);
     let until = NOW + 60_000;
-    repo.hold(&[id(1), id(2)], until, b"pool1\n7", NOW).unwrap();
+    repo.hold(&[id(1), id(2)], until, b"pool1\n7", true, NOW).unwrap();
     put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
     put(&repo, id(3), 50, ReplicaState::Cached, vec![], NOW);
     assert_eq!(repo.space(NOW).removable, 50);
@@ -821,21 +821,31 @@ fn nothing_acknowledged_is_lost_at_a_power_cut() {
     assert!(acknowledged >= 4000, "only {acknowledged} operations were acknowledged");
 }
 
-/// A hold is durable with the commit that follows it (a move's target holds a copy before
-/// committing it, and the source deletes its replica only after that commit); a later renewal
-/// that no flush followed may be lost at a power cut, leaving the earlier hold.
+/// A hold on a replica still to come is durable with the commit that brings it (a move's
+/// target holds a copy before committing it, and the source deletes its replica only after
+/// that commit); a hold on a replica that is here (an update of an existing copy, a renewal)
+/// is durable when `hold` returns. A renewal skips replicas that are gone. Checked by cutting
+/// the power right after, keeping only what was flushed.
 #[test]
-fn a_hold_is_made_durable_by_the_commit_that_follows_it() {
+fn holds_are_durable_before_anyone_relies_on_them() {
     use crate::repository::mem_store::CutMode;
     let store = MemStore::new();
     let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
-    repo.hold(&[id(1)], NOW + 1000, b"o", NOW).unwrap();
+    repo.hold(&[id(1)], NOW + 1000, b"o", true, NOW).unwrap();
     put(&repo, id(1), 100, ReplicaState::Cached, vec![], NOW);
-    repo.hold(&[id(1)], NOW + 5000, b"o", NOW).unwrap();
+    put(&repo, id(2), 100, ReplicaState::Cached, vec![], NOW);
+    let flushes = store.flush_count();
+    // An existing copy held for an update, and a renewal that names a replica long gone.
+    repo.hold(&[id(2)], NOW + 2000, b"o", true, NOW).unwrap();
+    assert_eq!(store.flush_count(), flushes + 1, "a hold on a replica that is here is flushed");
+    repo.hold(&[id(1), id(9)], NOW + 5000, b"o", false, NOW).unwrap();
     let after = store.power_cut(CutMode::DurableOnly);
     drop(repo);
     let (repo, _) = Repository::open(after, 1 << 20, NOW).unwrap();
-    assert_eq!(repo.take_saved_holds(), vec![SavedHold { id: id(1), until: NOW + 1000, owner: b"o".to_vec() }]);
+    let mut saved = repo.take_saved_holds();
+    saved.sort_by_key(|h| h.id);
+    let hold = |n, until| SavedHold { id: id(n), until, owner: b"o".to_vec() };
+    assert_eq!(saved, vec![hold(1, NOW + 5000), hold(2, NOW + 2000)]);
     assert_eq!(repo.space(NOW).removable, 0);
 }
 

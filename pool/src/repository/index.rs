@@ -117,10 +117,10 @@ impl Index {
 
     /// Keeps the replica `id` from eviction until `until` (a later hold wins). The replica
     /// need not be in the index yet: a hold placed before a copy arrives covers it from the
-    /// moment it is committed.
-    pub fn hold(&mut self, id: PnfsId, until: EpochMillis, now: EpochMillis) {
+    /// moment it is committed. Returns whether the hold was placed or extended.
+    pub fn hold(&mut self, id: PnfsId, until: EpochMillis, now: EpochMillis) -> bool {
         if until <= now || self.held.get(&id).is_some_and(|h| *h >= until) {
-            return;
+            return false;
         }
         match self.detach(&id) {
             Some(entry) => {
@@ -136,6 +136,7 @@ impl Index {
             let entries = &self.entries;
             self.held.retain(|id, h| *h > now || entries.contains_key(id));
         }
+        true
     }
 
     /// The cached replicas that only a hold keeps from eviction at `now`: count and bytes.

@@ -325,18 +325,6 @@ pub struct SavedHold {
     pub owner: Vec<u8>,
 }
 
-/// A stored hold: the end (big-endian milliseconds), then the owner.
-fn encode_hold(until: EpochMillis, owner: &[u8]) -> Vec<u8> {
-    let mut value = until.to_be_bytes().to_vec();
-    value.extend_from_slice(owner);
-    value
-}
-
-fn decode_hold(value: &[u8]) -> Option<(EpochMillis, Vec<u8>)> {
-    let (until, owner) = value.split_first_chunk::<8>()?;
-    Some((EpochMillis::from_be_bytes(*until), owner.to_vec()))
-}
-
 impl std::fmt::Debug for Repository {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Repository").field("capacity", &self.capacity).finish_non_exhaustive()
@@ -458,15 +446,16 @@ impl Repository {
         // are deleted.
         let mut saved_holds = Vec::new();
         for (id, value) in store.scan_holds()? {
-            match decode_hold(&value) {
+            match record::decode_hold(&value) {
                 Some((until, owner)) if until > now && index.get(&id).is_some() => {
                     index.hold(id, until, now);
                     saved_holds.push(SavedHold { id, until, owner });
                 }
-                _ => {
-                    store.delete_hold(&id)?;
-                    dirty = true;
-                }
+                _ => match store.delete_hold(&id) {
+                    Ok(()) => dirty = true,
+                    // Housekeeping only: the hold is not loaded, so it protects nothing.
+                    Err(e) => tracing::warn!(pnfsid = %id, error = %e, "could not delete a hold that ended"),
+                },
             }
         }
         // Deletions of records first, durably; only then the files they named.
@@ -569,16 +558,40 @@ impl Repository {
 
     /// Keeps these replicas from eviction until `until` (a later hold wins), although nothing
     /// in their records protects them: the copies a running migration delivered (see
-    /// docs/operator-guide.md). A replica not here yet is covered once it arrives; removable
-    /// space leaves held replicas out. Holds are stored for `owner` (opaque here) and come back
-    /// after a restart ([`Repository::take_saved_holds`]); they are not flushed here, but by the
-    /// next flush, which for a hold placed before a copy is that copy's commit.
-    pub fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &[u8], now: EpochMillis) -> RepoResult<()> {
-        let value = encode_hold(until, owner);
-        let mut ix = self.index.lock();
-        for id in ids {
-            ix.hold(*id, until, now);
+    /// docs/operator-guide.md). Removable space leaves held replicas out. Holds are stored for
+    /// `owner` (opaque here) and come back after a restart ([`Repository::take_saved_holds`]).
+    ///
+    /// With `arriving`, a replica not here yet is held too, and covered from the moment it is
+    /// committed: its hold becomes durable with that commit's flush. A hold on a replica that is
+    /// here is flushed before this returns (a move's source may delete its replica as soon as
+    /// it hears back). Without `arriving` (a renewal), replicas not here are skipped.
+    pub fn hold(
+        &self,
+        ids: &[PnfsId],
+        until: EpochMillis,
+        owner: &[u8],
+        arriving: bool,
+        now: EpochMillis,
+    ) -> RepoResult<()> {
+        let mut placed = Vec::new();
+        let mut present = false;
+        {
+            let mut ix = self.index.lock();
+            for id in ids {
+                let here = ix.get(id).is_some();
+                if (here || arriving) && ix.hold(*id, until, now) {
+                    placed.push(*id);
+                    present |= here;
+                }
+            }
+        }
+        // Written outside the index lock: a renewal may touch every replica a job delivered.
+        let value = record::encode_hold(until, owner);
+        for id in &placed {
             self.store.put_hold(id, &value)?;
+        }
+        if present {
+            self.flush_shared()?;
         }
         Ok(())
     }
@@ -958,6 +971,7 @@ impl Repository {
             self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
         }
         self.store.delete_record(id)?;
+        self.store.delete_hold(id)?;
         self.flush_shared()?;
         fail::fail_point!("remove-before-data-delete");
         self.store.remove_data(id)?;

@@ -148,6 +148,19 @@ pub fn decode(pnfsid: PnfsId, bytes: &[u8]) -> Result<Replica, String> {
     })
 }
 
+/// A stored hold (`Repository::hold`): the end (big-endian milliseconds), then the owner.
+pub fn encode_hold(until: i64, owner: &[u8]) -> Vec<u8> {
+    let mut value = until.to_be_bytes().to_vec();
+    value.extend_from_slice(owner);
+    value
+}
+
+/// A stored hold's end and owner; `None` if it is shorter than the end.
+pub fn decode_hold(value: &[u8]) -> Option<(i64, Vec<u8>)> {
+    let (until, owner) = value.split_first_chunk::<8>()?;
+    Some((i64::from_be_bytes(*until), owner.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

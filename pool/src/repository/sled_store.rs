@@ -49,6 +49,8 @@ pub struct SledStore {
     blobs: PathBuf,
     /// The blob files already synced (sled never changes a blob once written).
     synced_blobs: parking_lot::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// The first failed sync of sled's files, after which every flush fails (`flush_and_sync`).
+    sync_failed: parking_lot::Mutex<Option<String>>,
     reserve: Arc<Reserve>,
     opened: std::time::Instant,
     /// When a record write last looked at the free space (ms after `opened`).
@@ -97,6 +99,7 @@ impl SledStore {
             log,
             blobs,
             synced_blobs: Default::default(),
+            sync_failed: Default::default(),
             reserve,
             opened: std::time::Instant::now(),
             room_checked_ms: AtomicU64::new(0),
@@ -188,10 +191,27 @@ impl SledStore {
     /// also makes the device flush its volatile write cache on file systems with barriers, the
     /// default on ext4 and XFS), and of the blob files and their directory if sled wrote any
     /// (only values over about 128 KiB go there; the records never do).
+    ///
+    /// A failed sync is final: the kernel may have dropped the pages it could not write, so a
+    /// later sync that succeeds proves nothing about them. Every later flush fails too, and
+    /// nothing more is acknowledged until the pool restarts and sled reads its log again.
     fn flush_and_sync(&self) -> StoreResult<()> {
+        if let Some(first) = self.sync_failed.lock().as_ref() {
+            return Err(StoreError::new(
+                "flush metadata",
+                io::Error::other(format!(
+                    "an earlier sync of the metadata failed ({first}); nothing more is acknowledged until the pool \
+                     restarts"
+                )),
+            ));
+        }
         self.db.flush().map_err(|e| io_err("flush metadata", e))?;
-        let sync_err =
-            |what: &Path, e: rustix::io::Errno| StoreError::new(format!("sync {}", what.display()), e.into());
+        let sync_err = |what: &Path, e: rustix::io::Errno| {
+            let err = StoreError::new(format!("sync {}", what.display()), e.into());
+            tracing::error!(error = %err, "a sync of the metadata failed: this pool acknowledges nothing more until it restarts");
+            *self.sync_failed.lock() = Some(err.to_string());
+            err
+        };
         rustix::fs::fdatasync(&self.log).map_err(|e| sync_err(&self.blobs.with_file_name("db"), e))?;
         match fs::read_dir(&self.blobs) {
             Ok(entries) => {

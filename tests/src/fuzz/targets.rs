@@ -17,7 +17,8 @@
 //!   declared types: the value has the type the checker gave.
 //! - `saved`: `Module::parse_saved`, then every readable job's id and command as restore
 //!   reads them (`pool/src/migration_env.rs`).
-//! - `record`: `record::decode` and `decode_entry`; a record that decodes in full gives the
+//! - `record`: `record::decode` and `decode_entry` (and the same bytes as a stored hold with
+//!   its owner, which must encode back to them); a record that decodes in full gives the
 //!   index the same fields, and encodes back to itself.
 
 use std::sync::OnceLock;
@@ -25,6 +26,7 @@ use std::sync::OnceLock;
 use tidepool_admin::complete::{Known, complete};
 use tidepool_admin::line::{Location, interpret};
 use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::env::HoldOwner;
 use tidepool_migration::expr::{self, Type, Value};
 use tidepool_migration::filter::{Interval, parse_sticky};
 use tidepool_migration::mode::{SourceMode, TargetMode};
@@ -446,6 +448,17 @@ fn saved(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
 }
 
 fn record_decode(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
+    // The same bytes as a stored hold, and its owner as the migration module reads it.
+    if let Some((until, owner)) = record::decode_hold(input) {
+        if record::encode_hold(until, &owner) != input {
+            return Err(format!("the hold ({until}, {owner:?}) does not encode to its bytes"));
+        }
+        if let Some(o) = HoldOwner::decode(&owner)
+            && HoldOwner::decode(&o.encode()).as_ref() != Some(&o)
+        {
+            return Err(format!("the hold owner {o:?} does not read back"));
+        }
+    }
     let id: PnfsId = "0000A1B2C3D4E5F60718293A4B5C6D7E8F90".parse().expect("a valid pnfsid");
     let full = record::decode(id, input);
     let entry = record::decode_entry(input);
