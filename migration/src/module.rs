@@ -605,6 +605,13 @@ impl<E: Env> Module<E> {
         serde_json::to_string_pretty(&list).expect("a job list always serialises")
     }
 
+    /// The report of every job, oldest first: what `migration info` shows of each (the pool's
+    /// metrics page reads these).
+    pub fn reports(&self) -> Vec<JobReport> {
+        let jobs = self.jobs.lock().list.clone();
+        jobs.iter().map(|j| self.report(j)).collect()
+    }
+
     pub fn state(&self, id: &str) -> Option<JobState> {
         self.find(id).ok().map(|j| j.s.lock().state)
     }

@@ -173,6 +173,7 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
     let cluster = read_cluster(&config.cluster_file)?;
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
+    let metrics_addr = config.metrics.as_ref().map(|m| m.listen);
     // Crash tests arm fault points here (docs/testing.md); nothing else reads it.
     let fault_points = match std::env::var(faults::ENV_VAR) {
         Ok(spec) => spec.parse().map_err(|e| anyhow::anyhow!("{}: {e}", faults::ENV_VAR))?,
@@ -196,7 +197,14 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
         let opened = Daemon::open(settings).await?;
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
         let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
+        let metrics = match metrics_addr {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("listen for metrics on {a}"))?),
+            None => None,
+        };
         let daemon = opened.serve(admin, data)?;
+        if let Some(listener) = metrics {
+            daemon.serve_metrics(listener)?;
+        }
         wait_for_signal().instrument(daemon.span().clone()).await?;
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)

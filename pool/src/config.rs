@@ -20,6 +20,9 @@
 //! # refresh_seconds = 300          # how often a job re-reads its targets' cost (-refresh)
 //! # retry_base_seconds = 10        # a failed file waits this long before its next try...
 //! # retry_cap_seconds = 600        # ...doubling on each failure, up to this
+//!
+//! # [metrics]                      # Prometheus metrics (docs/metrics.md); off without this table
+//! # listen = "127.0.0.1:9325"       # serves GET /metrics over HTTP
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -71,6 +74,18 @@ pub struct PoolConfig {
     /// The migration module's defaults (`[migration]`).
     #[serde(default)]
     pub migration: MigrationConfig,
+    /// The Prometheus metrics page (`[metrics]`); none without the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where the HTTP listener serving `GET /metrics` listens (plain HTTP, no authentication:
+    /// a loopback or management-network address).
+    pub listen: SocketAddr,
 }
 
 /// The `[migration]` table.
@@ -178,6 +193,14 @@ impl PoolConfig {
             );
         }
         c.migration.check()?;
+        if let Some(m) = &c.metrics {
+            if m.listen.port() == 0 {
+                return Err("metrics.listen needs a port (Prometheus scrapes a fixed address)".into());
+            }
+            if c.admin_listen == Some(m.listen) || c.p2p_listen == Some(m.listen) {
+                return Err(format!("metrics.listen {} is also the admin or p2p address", m.listen));
+            }
+        }
         Ok(c)
     }
 
@@ -260,5 +283,21 @@ mod tests {
         for bad in ["concurrency_default = 0", "retry_base_seconds = 0", "retry_cap_seconds = 5", "colour = 1"] {
             assert!(PoolConfig::parse(&format!("{base}[migration]\n{bad}\n"), Path::new("/")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn metrics_table_is_optional_and_checked() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        assert_eq!(PoolConfig::parse(base, Path::new("/")).unwrap().metrics, None);
+        let c = PoolConfig::parse(&format!("{base}[metrics]\nlisten = \"127.0.0.1:9325\"\n"), Path::new("/")).unwrap();
+        assert_eq!(c.metrics, Some(MetricsConfig { listen: "127.0.0.1:9325".parse().unwrap() }));
+        assert_eq!(PoolConfig::parse(&toml::to_string_pretty(&c).unwrap(), Path::new("/")).unwrap(), c);
+        let check = |table: &str| PoolConfig::parse(&format!("{base}{table}"), Path::new("/")).unwrap_err();
+        assert!(check("[metrics]\n").contains("listen"));
+        assert!(check("[metrics]\nlisten = \"localhost\"\n").contains("socket address"));
+        assert!(check("[metrics]\nlisten = \"127.0.0.1:0\"\n").contains("needs a port"));
+        assert!(check("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\"\n").contains("path"));
+        let clash = "admin_listen = \"127.0.0.1:9\"\n[metrics]\nlisten = \"127.0.0.1:9\"\n";
+        assert!(check(clash).contains("also the admin"));
     }
 }

@@ -173,6 +173,16 @@ impl Daemon {
         self.data_addr
     }
 
+    /// Serves the Prometheus metrics page (`GET /metrics`, docs/metrics.md) on an already
+    /// bound listener, until shutdown.
+    pub fn serve_metrics(&self, listener: TcpListener) -> anyhow::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let task = crate::metrics::serve(listener, self.pool.clone(), self.shutdown.clone(), self.tracker.clone());
+        self.tracker.spawn(task.instrument(self.span.clone()));
+        self.span.in_scope(|| tracing::info!("metrics at http://{addr}/metrics"));
+        Ok(addr)
+    }
+
     /// Stops the pool: end the migration jobs, cancel, wait up to the grace period (each), flush.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let span = self.span.clone();

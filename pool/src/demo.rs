@@ -5,6 +5,7 @@
 //! the cluster is written to DIR (cluster file, key, one config per pool, their data) and can
 //! be run again as separate daemons: `tidepool pool --config DIR/pool1.toml`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tidepool_p2p::model::{AccessLatency, FileAttributes, NEVER, ReplicaState, Re
 use tokio::net::TcpListener;
 
 use crate::cli::write_key;
-use crate::config::PoolConfig;
+use crate::config::{MetricsConfig, PoolConfig};
 use crate::daemon::{Daemon, Settings, blocking};
 use crate::pool::now_ms;
 use crate::repository::Repository;
@@ -58,9 +59,13 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     init_demo_logging(&dir.join("demo.log"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (daemons, cluster, key) = rt.block_on(start_cluster(&dir))?;
+    let (daemons, cluster, key, metrics) = rt.block_on(start_cluster(&dir))?;
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tidepool_admin_history"));
     let mut banner = TOUR.to_string();
+    banner.push_str("\nPrometheus metrics (docs/metrics.md):");
+    for (name, addr) in &metrics {
+        banner.push_str(&format!(" {name} http://{addr}/metrics"));
+    }
     if let Some(dir) = &keep {
         banner.push_str(&format!(
             "\nkept in {}: run it again with `tidepool pool --config {}/pool1.toml` (and pool2, pool3)",
@@ -104,12 +109,16 @@ fn init_demo_logging(path: &Path) -> anyhow::Result<()> {
 
 /// Binds the listeners, writes cluster file, key and pool configs to `dir`, starts the pools
 /// and fills pool1.
-async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, ClusterKey)> {
+/// Each pool also serves its metrics on a free loopback port (returned, by pool name).
+async fn start_cluster(
+    dir: &Path,
+) -> anyhow::Result<(Vec<Daemon>, ClusterFile, ClusterKey, Vec<(String, SocketAddr)>)> {
     let mut listeners = Vec::new();
     let mut entries = Vec::new();
     for (name, group) in POOLS {
         let admin = TcpListener::bind("127.0.0.1:0").await?;
         let data = TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await?;
         entries.push(PoolEntry {
             name: name.parse()?,
             p2p: data.local_addr()?,
@@ -118,7 +127,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             tags: [("host".to_string(), "localhost".to_string())].into(),
             hsm: if name == "pool3" { Vec::new() } else { vec!["osm".to_string()] },
         });
-        listeners.push((admin, data));
+        listeners.push((admin, data, metrics));
     }
     let cluster = ClusterFile {
         pools: entries,
@@ -131,7 +140,8 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
     write_key(&dir.join("cluster.key"), &key)?;
     std::fs::write(dir.join("cluster.toml"), cluster.to_toml())?;
     let mut daemons = Vec::new();
-    for ((name, _), (admin, data)) in POOLS.iter().zip(listeners) {
+    let mut metrics_at = Vec::new();
+    for ((name, _), (admin, data, metrics)) in POOLS.iter().zip(listeners) {
         let config = PoolConfig {
             name: name.parse()?,
             data_dir: PathBuf::from(name),
@@ -146,6 +156,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             p2p_max_outgoing: TransferSettings::default().max_outgoing,
             p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
             migration: Default::default(),
+            metrics: Some(MetricsConfig { listen: metrics.local_addr()? }),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         let settings = Settings {
@@ -160,11 +171,13 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             migration: config.migration.settings(),
             fault_points: Default::default(),
         };
-        daemons.push(Daemon::start(settings, admin, data).await?);
+        let daemon = Daemon::start(settings, admin, data).await?;
+        metrics_at.push((name.to_string(), daemon.serve_metrics(metrics)?));
+        daemons.push(daemon);
     }
     let repo = daemons[0].pool().repo.clone();
     blocking(move || fill(&repo, SAMPLE_REPLICAS)).await?;
-    Ok((daemons, cluster, key))
+    Ok((daemons, cluster, key, metrics_at))
 }
 
 /// A small deterministic generator, so every demo has the same kinds of files.

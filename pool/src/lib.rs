@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod faults;
 pub mod gate;
+pub mod metrics;
 pub mod migration_env;
 pub mod pool;
 pub mod rebalance;

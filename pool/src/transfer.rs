@@ -111,6 +111,29 @@ pub struct Finished {
     pub error: Option<RemoteError>,
 }
 
+/// Running totals of pool-to-pool transfers since start, both sides (the metrics page).
+#[derive(Debug, Default)]
+pub struct TransferStats {
+    /// Bytes received by incoming transfers that ended, whatever their outcome.
+    pub in_bytes: AtomicU64,
+    /// Incoming transfers that ended with their replica committed.
+    pub in_done: AtomicU64,
+    /// Incoming transfers that failed, by error code.
+    pub in_failed: Mutex<BTreeMap<u32, u64>>,
+    /// Bytes of replica data sent to other pools.
+    pub out_bytes: AtomicU64,
+    /// Replicas sent whole to other pools.
+    pub out_done: AtomicU64,
+    /// Outgoing transfers refused or failed with an error sent to the target, by error code.
+    pub out_failed: Mutex<BTreeMap<u32, u64>>,
+}
+
+impl TransferStats {
+    fn count(map: &Mutex<BTreeMap<u32, u64>>, e: &RemoteError) {
+        *map.lock().entry(e.code).or_default() += 1;
+    }
+}
+
 /// The target side: transfers under way and queued, and connections to sources.
 pub struct Transfers {
     next: AtomicU64,
@@ -132,6 +155,8 @@ pub struct Transfers {
     pub(crate) small: SmallFetches,
     /// Cancelled at shutdown: ends the small-file batches under way.
     pub(crate) closing: CancellationToken,
+    /// Totals since start, both sides.
+    pub stats: TransferStats,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -153,6 +178,7 @@ impl Transfers {
             idle: Mutex::new(HashMap::new()),
             connections_opened: AtomicU64::new(0),
             small: SmallFetches::default(),
+            stats: TransferStats::default(),
             closing: CancellationToken::new(),
         }
     }
@@ -210,6 +236,11 @@ impl Transfers {
     fn finish(&self, entry: &TransferEntry, error: Option<RemoteError>) {
         self.entries.lock().remove(&entry.id);
         let seconds = entry.started.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+        self.stats.in_bytes.fetch_add(entry.done.load(Ordering::Relaxed), Ordering::Relaxed);
+        match &error {
+            None => drop(self.stats.in_done.fetch_add(1, Ordering::Relaxed)),
+            Some(e) => TransferStats::count(&self.stats.in_failed, e),
+        }
         let mut recent = self.recent.lock();
         if recent.len() == RECENT {
             recent.pop_front();
@@ -611,7 +642,7 @@ where
     W: AsyncWrite + Unpin,
 {
     if let Err(e) = pool.check_mode(Activity::Fetch, force_source_mode) {
-        return writer.send(&DataReply::Error(e)).await;
+        return refuse(pool, writer, e).await;
     }
     let _pass = tokio::select! {
         pass = pool.transfers.outgoing.enter() => pass,
@@ -623,7 +654,7 @@ where
     let repo = pool.repo.clone();
     let (replica, data) = match blocking(move || repo.open_for_copy(&pnfsid)).await {
         Ok(x) => x,
-        Err(e) => return writer.send(&DataReply::Error(e.into())).await,
+        Err(e) => return refuse(pool, writer, e.into()).await,
     };
     let size = replica.attrs.size;
     writer.send(&DataReply::FetchReady { transfer, attributes: replica.attrs }).await?;
@@ -645,7 +676,7 @@ where
             ErrorCode::InvalidArgument,
             format!("offset {offset} is past the end of {pnfsid} ({size} bytes)"),
         );
-        return writer.send(&DataReply::Error(e)).await;
+        return refuse(pool, writer, e).await;
     }
     // Two buffers: the next chunk is read from disk while the current one is sent.
     let chunk = MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1);
@@ -670,12 +701,12 @@ where
                     format!("data file of {pnfsid} ends {} bytes early", size - pos - n as u64),
                 );
                 tracing::error!(%pnfsid, "{}", e.message);
-                return writer.send(&DataReply::Error(e)).await;
+                return refuse(pool, writer, e).await;
             }
             Err(e) => {
                 let e = RemoteError::new(ErrorCode::Io, format!("file {pnfsid}: read failed: {e}"));
                 tracing::error!(%pnfsid, "{}", e.message);
-                return writer.send(&DataReply::Error(e)).await;
+                return refuse(pool, writer, e).await;
             }
         };
         pos += n as u64;
@@ -693,13 +724,26 @@ where
             }
         }
         guarded(shutdown, pool.transfers.no_progress(), writer.send_data(&buf[..n])).await?;
+        pool.transfers.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
         spare = buf;
     }
     guarded(shutdown, pool.transfers.no_progress(), async {
         writer.flush().await?;
         writer.send(&DataReply::FetchEnd { transfer }).await
     })
-    .await
+    .await?;
+    pool.transfers.stats.out_done.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Sends `e` to the target of a transfer this pool serves, and counts it.
+async fn refuse<W: AsyncWrite + Unpin>(
+    pool: &Pool,
+    writer: &mut FrameWriter<W>,
+    e: RemoteError,
+) -> Result<(), WireError> {
+    TransferStats::count(&pool.transfers.stats.out_failed, &e);
+    writer.send(&DataReply::Error(e)).await
 }
 
 /// The most bytes of data a source reads for one `FetchSmall` (whatever the target asks): with
@@ -758,6 +802,9 @@ where
                     data
                 };
                 writer.send_data(&data).await?;
+                let stats = &pool.transfers.stats;
+                stats.out_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                stats.out_done.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })
@@ -828,6 +875,7 @@ fn read_small(
                     if e.code() == Some(ErrorCode::Io) {
                         tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
                     }
+                    TransferStats::count(&pool.transfers.stats.out_failed, &e);
                     (item.transfer, SmallOutcome::Refused(e), Vec::new())
                 }
             }

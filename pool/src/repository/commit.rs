@@ -45,6 +45,16 @@ const UNDO_TRIES: u32 = 3;
 /// restart recovery deletes them (their data file was turned into a failed-commit mark).
 pub(super) type Ghosts = Arc<parking_lot::Mutex<HashSet<PnfsId>>>;
 
+/// Told of every batch the commit thread ends, durable or failed: how many replicas it held
+/// and how long its sync, record writes and metadata flush took. Called on the commit thread,
+/// so it must be quick (the daemon's metrics update a histogram).
+pub trait BatchObserver: Send + Sync {
+    fn batch(&self, replicas: usize, took: std::time::Duration);
+}
+
+/// The observer of the batches, once one is set ([`Repository::observe_batches`](super::Repository::observe_batches)).
+pub(super) type Observer = Arc<std::sync::OnceLock<Box<dyn BatchObserver>>>;
+
 /// What runs on the commit thread once a job's batch is durable (or failed). It runs exactly
 /// once: a job dropped unanswered (a thread that panicked, a queue that closed) answers with an
 /// error as it goes.
@@ -97,14 +107,14 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub fn spawn(store: Arc<dyn ReplicaStore>, ghosts: Ghosts) -> StoreResult<Committer> {
+    pub fn spawn(store: Arc<dyn ReplicaStore>, ghosts: Ghosts, observer: Observer) -> StoreResult<Committer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (placed_tx, placed_rx) = mpsc::channel::<Placed>();
         let placed_count = Arc::new(AtomicU64::new(0));
         let (commit_store, commit_count) = (store.clone(), placed_count.clone());
         let commit = std::thread::Builder::new()
             .name("tidepool-commit".into())
-            .spawn(move || run(&*commit_store, placed_rx, &commit_count, &ghosts))
+            .spawn(move || run(&*commit_store, placed_rx, &commit_count, &ghosts, &observer))
             .map_err(|e| StoreError::new("start the commit thread", e))?;
         let place = std::thread::Builder::new()
             .name("tidepool-place".into())
@@ -181,7 +191,13 @@ fn place(store: &dyn ReplicaStore, rx: mpsc::Receiver<Job>, placed: mpsc::Sender
 /// A failed sync may concern any file written before it returned, including files of the next
 /// batches that the placing thread wrote meanwhile; `syncfs` reports such an error only once.
 /// So every job placed before a failed sync returned fails with it, whatever its batch.
-fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &AtomicU64, ghosts: &Ghosts) {
+fn run(
+    store: &dyn ReplicaStore,
+    rx: mpsc::Receiver<Placed>,
+    placed_count: &AtomicU64,
+    ghosts: &Ghosts,
+    observer: &Observer,
+) {
     let mut busy = false;
     // After a failed sync: the jobs placed up to this one fail with its error.
     let mut poisoned: Option<(u64, StoreError)> = None;
@@ -231,7 +247,11 @@ fn run(store: &dyn ReplicaStore, rx: mpsc::Receiver<Placed>, placed_count: &Atom
         if poisoned.as_ref().is_some_and(|(through, _)| last_seq >= *through) {
             poisoned = None;
         }
+        let started = std::time::Instant::now();
         let (results, sync_failed) = commit_batch(store, &jobs, placed, ghosts);
+        if let Some(o) = observer.get() {
+            o.batch(jobs.len(), started.elapsed());
+        }
         if let Some(e) = sync_failed {
             poisoned = Some((placed_count.load(Ordering::SeqCst), e));
         }
@@ -449,7 +469,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_the_replicas_written_while_it_ran_and_no_later_ones() {
         let store = MemStore::new();
-        let c = Committer::spawn(store.clone(), Ghosts::default()).unwrap();
+        let c = Committer::spawn(store.clone(), Ghosts::default(), Observer::default()).unwrap();
         let release = store.fail_next_sync();
         let a = whole(&c, 1);
         until("the first batch's sync", || store.is_syncing());

@@ -30,6 +30,7 @@ use tidepool_p2p::model::{
 };
 use tokio::sync::broadcast;
 
+pub use commit::BatchObserver;
 use index::{Entry, Index, sticky_until};
 pub use mem_store::{CutMode, Fault, MemStore};
 pub use sled_store::SledStore;
@@ -307,6 +308,8 @@ pub struct Repository {
     committer: commit::Committer,
     /// Records that failed commits could not delete yet: hidden from [`Repository::scan`].
     ghosts: commit::Ghosts,
+    /// Told of every group-commit batch (the daemon's metrics), once set.
+    batches: commit::Observer,
     flusher: GroupFlush,
     index: Mutex<Index>,
     capacity: u64,
@@ -508,11 +511,13 @@ impl Repository {
         recovery.loaded = index.len();
         let (changes, _) = broadcast::channel(CHANGE_FEED);
         let ghosts = commit::Ghosts::default();
-        let committer = commit::Committer::spawn(store.clone(), ghosts.clone())?;
+        let batches = commit::Observer::default();
+        let committer = commit::Committer::spawn(store.clone(), ghosts.clone(), batches.clone())?;
         let repo = Repository {
             store,
             committer,
             ghosts,
+            batches,
             flusher: GroupFlush::default(),
             index: Mutex::new(index),
             capacity,
@@ -524,6 +529,12 @@ impl Repository {
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Tells `observer` of every group-commit batch from now on; false (and `observer` unused)
+    /// if one is set already.
+    pub fn observe_batches(&self, observer: Box<dyn BatchObserver>) -> bool {
+        self.batches.set(observer).is_ok()
     }
 
     /// Subscribes to changes from now on.
