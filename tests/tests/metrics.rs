@@ -561,3 +561,58 @@ fn no_metrics_listener_unless_configured() {
     cluster.stop("pool2");
     assert!(TcpStream::connect_timeout(&spare, IO_TIMEOUT).is_err(), "the listener stopped with the pool");
 }
+
+/// The drain dashboard (docs/grafana/tidepool-drain.json) is valid JSON whose queries name only
+/// metrics that a real pool serves, and (where `promtool` is installed) every query is valid
+/// PromQL.
+#[test]
+fn the_drain_dashboard_queries_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana/tidepool-drain.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a query").to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let (mut cluster, m1, _) = two_pools_with_metrics();
+    cluster.start("pool1");
+    let page = scrape(m1);
+    let served: std::collections::BTreeSet<&str> =
+        page.families.iter().flat_map(|f| f.samples.iter().map(|s| s.name.as_str()).chain([f.name.as_str()])).collect();
+    // A family with no sample yet (a job's, a failure code's) still has its descriptors.
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("tidepool_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect();
+            assert!(served.contains(name.as_str()), "{name} (in {expr}) is not on the page:\n{}", page.text);
+            rest = &rest[at + name.len()..];
+        }
+    }
+
+    let rules: String = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.replace("$__rate_interval", "5m").replace("$source", ".*").replace("$job_id", ".*");
+            format!("  - record: panel_query_{i}\n    expr: {}\n", serde_json::to_string(&e).expect("a string"))
+        })
+        .collect();
+    let file =
+        cluster.write_file("dashboard-rules.yml", format!("groups:\n- name: dashboard\n  rules:\n{rules}").as_bytes());
+    match Command::new("promtool").arg("check").arg("rules").arg(&file).output() {
+        Err(_) => println!("note: promtool is not installed; the dashboard's PromQL was not checked"),
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
