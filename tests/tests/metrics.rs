@@ -616,3 +616,31 @@ fn the_drain_dashboard_queries_metrics_that_exist() {
         ),
     }
 }
+
+/// A transfer that the source refuses counts once on each side, under the code that the
+/// operator sees: `pp get file -wait` on pool2 from a pool1 disabled with `-strict`.
+#[test]
+fn a_refused_transfer_counts_as_a_failure_on_both_sides_by_its_code() {
+    let (mut cluster, m1, m2) = two_pools_with_metrics();
+    cluster.start("pool1");
+    cluster.start("pool2");
+    let files = cluster.put_samples("pool1", &[(5000, 1)], &[]);
+    let id = &files[0].0;
+    ok(&cluster, "pool1", "pool disable -strict\n");
+    let out = cluster.admin_in("pool2", &format!("pp get file -wait {id} pool1\n"));
+    out.assert_code(1, "pp get file -wait from a pool that refuses to be read");
+    let code = out
+        .stderr
+        .split("(rc=")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no rc in {out}"))
+        .to_string();
+    let (p1, p2) = (scrape(m1), scrape(m2));
+    assert_eq!(p2.int("tidepool_p2p_in_failures_total", &[("code", &code)]), 1, "{out}");
+    assert_eq!(p2.family("tidepool_p2p_in_failures_total").samples.len(), 1);
+    assert_eq!(p2.int("tidepool_p2p_in_transfers_total", &[]), 0);
+    assert_eq!(p1.int("tidepool_p2p_out_failures_total", &[("code", &code)]), 1, "{out}");
+    assert_eq!((p1.int("tidepool_p2p_out_transfers_total", &[]), p1.int("tidepool_p2p_out_bytes_total", &[])), (0, 0));
+    assert_eq!(p1.int("tidepool_pool_mode_flag", &[("flag", "fetch")]), 1);
+}
