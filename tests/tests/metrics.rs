@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tidepool_tests::{Cluster, create, free_ports, info_field, ok, report_field, wait_until};
+use tidepool_tests::{Cluster, binaries, create, free_ports, info_field, ok, report_field, wait_until};
 
 /// How long a small job may take to finish (a few seconds at most in a debug build).
 const JOB_WAIT: Duration = Duration::from_secs(30);
@@ -643,4 +643,61 @@ fn a_refused_transfer_counts_as_a_failure_on_both_sides_by_its_code() {
     assert_eq!(p1.int("tidepool_p2p_out_failures_total", &[("code", &code)]), 1, "{out}");
     assert_eq!((p1.int("tidepool_p2p_out_transfers_total", &[]), p1.int("tidepool_p2p_out_bytes_total", &[])), (0, 0));
     assert_eq!(p1.int("tidepool_pool_mode_flag", &[("flag", "fetch")]), 1);
+}
+
+/// `tidepool demo` serves each pool's metrics on a loopback port, prints where under its tour,
+/// and writes the address into the kept configs; the three pages answer while the demo runs,
+/// pool1's with the demo's sample replicas, and the demo stops with its shell.
+#[test]
+fn the_demo_serves_each_pools_metrics_and_says_where() {
+    use std::io::BufRead;
+    let dir = tempfile::Builder::new().prefix("tidepool-demo-test-").tempdir().expect("a temp dir");
+    let kept = dir.path().join("kept");
+    let mut demo = Command::new(&binaries().tidepool)
+        .arg("demo")
+        .arg("--keep")
+        .arg(&kept)
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tidepool demo");
+    // The banner comes before the shell reads anything, on stderr when stdin is not a
+    // terminal; a demo that fails ends its output early.
+    let mut stderr = std::io::BufReader::new(demo.stderr.take().expect("stderr"));
+    let mut banner = String::new();
+    let urls: Vec<(String, SocketAddr)> = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read the demo's output") == 0 {
+            let _ = demo.kill();
+            panic!("the demo ended without naming its metrics:\n{banner}");
+        }
+        banner.push_str(&line);
+        if let Some(list) = line.strip_prefix("Prometheus metrics (docs/metrics.md):") {
+            let words: Vec<&str> = list.split_whitespace().collect();
+            break words
+                .chunks(2)
+                .map(|w| {
+                    let addr = w[1].strip_prefix("http://").and_then(|a| a.strip_suffix("/metrics")).expect("a URL");
+                    (w[0].to_string(), addr.parse().expect("an address"))
+                })
+                .collect();
+        }
+    };
+    let names: Vec<&str> = urls.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["pool1", "pool2", "pool3"], "{banner}");
+    for (name, addr) in &urls {
+        let page = scrape(*addr);
+        let replicas: u64 = page.family("tidepool_replicas").samples.iter().map(|s| s.value as u64).sum();
+        assert_eq!(replicas > 0, name == "pool1", "{name}: only pool1 has sample replicas\n{}", page.text);
+        let config = std::fs::read_to_string(kept.join(format!("{name}.toml"))).expect("a kept config");
+        assert!(config.contains(&format!("[metrics]\nlisten = \"{addr}\"")), "{config}");
+    }
+    drop(demo.stdin.take()); // end of input: the shell exits and the demo stops its pools
+    let status = wait_until("the demo exiting", Duration::from_secs(30), || demo.try_wait().expect("try_wait"));
+    assert!(status.success(), "{status}");
+    for (_, addr) in &urls {
+        assert!(TcpStream::connect_timeout(addr, IO_TIMEOUT).is_err(), "{addr} closed with the demo");
+    }
 }
