@@ -545,7 +545,8 @@ fn mode_changes_show_and_other_paths_are_not_found() {
 }
 
 /// Without `[metrics]` a pool opens no metrics listener: nothing answers on the address it
-/// would have used, and its log says nothing of metrics. With it, the log says where.
+/// would have used, and its log says nothing of metrics. With it, the log says where, and the
+/// listener and its connections end with the pool.
 #[test]
 fn no_metrics_listener_unless_configured() {
     let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
@@ -557,8 +558,24 @@ fn no_metrics_listener_unless_configured() {
     cluster.start("pool2");
     assert!(cluster.log("pool2").contains(&format!("metrics at http://{spare}/metrics")), "{}", cluster.log("pool2"));
     scrape(spare);
-    // pool2 stops cleanly with its listener, and the port is free again.
-    cluster.stop("pool2");
+    // Scrapers that keep their connection open, idle or half-way through a request, do not
+    // hold the pool up: it stops at once (well inside its grace period), closing them and
+    // its listener.
+    let mut idle = TcpStream::connect_timeout(&spare, IO_TIMEOUT).expect("connect");
+    let mut partial = TcpStream::connect_timeout(&spare, IO_TIMEOUT).expect("connect");
+    partial.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").expect("half a request");
+    let stopping = std::time::Instant::now();
+    assert!(cluster.stop("pool2").success());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(tidepool_tests::SHUTDOWN_GRACE_SECONDS), "stopped after {took:?}");
+    let log = cluster.log("pool2");
+    assert!(log.contains("pool stopped") && !log.contains("after the grace period"), "{log}");
+    for (what, conn) in [("idle", &mut idle), ("partial", &mut partial)] {
+        conn.set_read_timeout(Some(IO_TIMEOUT)).expect("a timeout");
+        let mut rest = Vec::new();
+        let read = conn.read_to_end(&mut rest);
+        assert!(matches!(read, Ok(0)) || read.is_err(), "the {what} connection was closed: {read:?}");
+    }
     assert!(TcpStream::connect_timeout(&spare, IO_TIMEOUT).is_err(), "the listener stopped with the pool");
 }
 
