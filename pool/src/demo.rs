@@ -148,6 +148,8 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             migration: Default::default(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
+        // As `tidepool init` would: a kept demo then runs again as separate daemons.
+        crate::pool_dir::init(&dir.join(name), &config.name)?;
         let settings = Settings {
             transfers: config.transfer_settings(),
             name: config.name,
