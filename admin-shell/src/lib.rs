@@ -18,6 +18,7 @@
 //! **Invariant:** the shell links no daemon internals and reads no files but its history; the
 //! binary reads the cluster file and the key.
 
+pub mod args;
 pub mod client;
 pub mod complete;
 pub mod line;

@@ -9,33 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow};
 use clap::Parser;
 use tidepool_admin::ShellOptions;
-use tidepool_p2p::PoolName;
+use tidepool_admin::args::Args;
 use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::ClusterFile;
-
-/// The Tidepool operator shell: `cd <pool>` talks to that pool's admin endpoint.
-///
-/// Interactive when stdin is a terminal; otherwise it runs the commands on stdin (one per line,
-/// `#` comments and blank lines skipped) and exits with status 1 if any failed.
-#[derive(Debug, Parser)]
-#[command(name = "tidepool-admin", version)]
-struct Args {
-    /// The cluster file listing every pool.
-    #[arg(long, value_name = "FILE")]
-    cluster: PathBuf,
-    /// The cluster key file [default: cluster.key next to the cluster file].
-    #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// Run this command and exit; repeat to run several in order.
-    #[arg(short = 'e', long = "execute", value_name = "CMD")]
-    execute: Vec<String>,
-    /// The history file [default: $HOME/.tidepool_admin_history].
-    #[arg(long, value_name = "FILE")]
-    history: Option<PathBuf>,
-    /// Start inside this pool, as if `cd POOL` were the first command.
-    #[arg(long, value_name = "POOL")]
-    pool: Option<PoolName>,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -3,13 +3,14 @@
 //! `TIDEPOOL_FAULT_POINTS` for crash tests).
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
@@ -25,6 +26,7 @@ use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
 use crate::pool::now_ms;
+use crate::pool_dir::{self, DirError, DirState, Initialised};
 
 #[derive(Parser)]
 #[command(name = "tidepool", version, about = "Tidepool storage pool daemon and tools")]
@@ -38,6 +40,17 @@ enum Command {
     /// Run one pool daemon.
     Pool {
         /// The pool's config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the config, the cluster file, the key and the data directory, print a summary
+        /// and exit (0 if the daemon would start, 1 with the daemon's message if not).
+        #[arg(long)]
+        check: bool,
+    },
+    /// Create the pool's data directory and mark it as the pool's (a pool never creates it at
+    /// start, so a disk that is not mounted never becomes an empty pool).
+    Init {
+        /// The pool's config file (TOML); its `name` and `data_dir` are used.
         #[arg(long)]
         config: PathBuf,
     },
@@ -78,6 +91,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Write man pages or shell completion scripts for tidepool and tidepool-admin.
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// Man pages (section 1) for every command and subcommand.
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Completion scripts for one shell.
+    Completions {
+        shell: clap_complete::Shell,
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Everything the package installs: DIR/man/ and DIR/completions/{bash,zsh,fish}/.
+    All {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -93,11 +134,19 @@ struct Target {
     pool: PoolName,
 }
 
+/// The clap definition of `tidepool`, for man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Runs the command line; errors are printed by the caller.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Pool { config } => run_pool(&config),
+        Command::Pool { config, check: false } => run_pool(&config),
+        Command::Pool { config, check: true } => check_pool(&config),
+        Command::Init { config } => init_pool(&config),
+        Command::Generate { what } => generate(what),
         Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
         Command::Put { target, storage, cached: _, precious, sticky, files } => {
             block_on(put(target, storage, precious, sticky, files))
@@ -163,16 +212,106 @@ fn keygen(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
-    init_logging();
+fn read_config(config_path: &Path) -> anyhow::Result<PoolConfig> {
     let text =
         std::fs::read_to_string(config_path).with_context(|| format!("read config {}", config_path.display()))?;
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let config =
-        PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", config_path.display()))?;
+    PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", config_path.display()))
+}
+
+/// What `tidepool pool` reads and checks before it opens the repository.
+struct Resolved {
+    config: PoolConfig,
+    cluster: ClusterFile,
+    key: ClusterKey,
+    admin_addr: SocketAddr,
+    data_addr: SocketAddr,
+    dir: DirState,
+}
+
+/// Reads and checks the config, the cluster file, the key and the data directory: the one
+/// path both the daemon and `tidepool pool --check` take, so both fail with the same message.
+fn resolve(config_path: &Path) -> anyhow::Result<Resolved> {
+    let config = read_config(config_path)?;
     let cluster = read_cluster(&config.cluster_file)?;
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
+    let dir = pool_dir::inspect(&config.data_dir, &config.name).map_err(|e| dir_error(e, config_path))?;
+    Ok(Resolved { config, cluster, key, admin_addr, data_addr, dir })
+}
+
+/// A data-directory error, with the way out when `tidepool init` is it.
+fn dir_error(e: DirError, config_path: &Path) -> anyhow::Error {
+    if e.needs_init() {
+        anyhow::anyhow!(
+            "{e}; mount its disk if it is not mounted, or, for a new pool, run `tidepool init --config {}`",
+            config_path.display()
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// `tidepool pool --check`.
+fn check_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let r = resolve(config_path)?;
+    let c = &r.config;
+    let dir = match r.dir {
+        DirState::Marked => "marked",
+        DirState::Unmarked => "pool metadata without a marker; the daemon marks it at start",
+    };
+    println!("{}: ok, pool {} would start", config_path.display(), c.name);
+    println!("  capacity  {} bytes", c.capacity);
+    println!("  data_dir  {} ({dir})", c.data_dir.display());
+    println!("  cluster   {} (pools listed: {})", c.cluster_file.display(), r.cluster.pools.len());
+    println!("  key       {}", c.key_file.display());
+    println!("  admin     {}", r.admin_addr);
+    println!("  data      {}", r.data_addr);
+    if let Some(m) = &c.metrics {
+        println!("  metrics   http://{}/metrics", m.listen);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tidepool init`.
+fn init_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = read_config(config_path)?;
+    let (dir, name) = (&config.data_dir, &config.name);
+    let done = match pool_dir::init(dir, name)? {
+        Initialised::Created => "created",
+        Initialised::MarkedEmpty => "marked the existing directory",
+        Initialised::MarkedExisting => "marked the existing pool directory (its replicas are kept)",
+        Initialised::AlreadyMarked => "already initialised; nothing changed",
+    };
+    println!("{}: {done}; pool {name} can start there", dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tidepool generate`.
+fn generate(what: Generate) -> anyhow::Result<ExitCode> {
+    let (written, out) = match what {
+        Generate::Man { out } => (crate::generate::man_pages(&out), out),
+        Generate::Completions { shell, out } => (crate::generate::completions(shell, &out), out),
+        Generate::All { out } => (crate::generate::all(&out), out),
+    };
+    let written = written.with_context(|| format!("write into {}", out.display()))?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let Resolved { config, cluster, key, admin_addr, data_addr, dir } = resolve(config_path)?;
+    if dir == DirState::Unmarked {
+        pool_dir::mark(&config.data_dir, &config.name)?;
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "marked the pool directory (it held pool metadata from before markers)"
+        );
+    }
     let metrics_addr = config.metrics.as_ref().map(|m| m.listen);
     // Crash tests arm fault points here (docs/testing.md); nothing else reads it.
     let fault_points = match std::env::var(faults::ENV_VAR) {

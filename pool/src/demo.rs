@@ -159,6 +159,8 @@ async fn start_cluster(
             metrics: Some(MetricsConfig { listen: metrics.local_addr()? }),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
+        // As `tidepool init` would: a kept demo then runs again as separate daemons.
+        crate::pool_dir::init(&dir.join(name), &config.name)?;
         let settings = Settings {
             transfers: config.transfer_settings(),
             name: config.name,

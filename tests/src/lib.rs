@@ -548,8 +548,34 @@ impl Cluster {
                 name = p.name
             );
             std::fs::write(cluster.config_path(&p.name), config).expect("write a pool config");
+            cluster.init(&p.name).assert_success("tidepool init");
         }
         cluster
+    }
+
+    /// `tidepool init --config <pool>.toml`: creates and marks the pool's data directory.
+    /// [`Cluster::new`] does this for every pool.
+    pub fn init(&self, pool: &str) -> Output {
+        self.tidepool(&["init", "--config"], &[self.config_path(pool).as_os_str()])
+    }
+
+    /// `tidepool pool --check --config <pool>.toml`.
+    pub fn check(&self, pool: &str) -> Output {
+        self.tidepool(&["pool", "--check", "--config"], &[self.config_path(pool).as_os_str()])
+    }
+
+    /// Runs `tidepool pool --config <pool>.toml` in the foreground, for a pool expected to
+    /// refuse to start; a daemon that does start is killed after [`COMMAND_DEADLINE`] and the
+    /// test fails.
+    pub fn start_refused(&self, pool: &str) -> Output {
+        self.tidepool(&["pool", "--config"], &[self.config_path(pool).as_os_str()])
+    }
+
+    /// Runs `tidepool ARGS PATHS` to its end, in [`Cluster::dir`].
+    pub fn tidepool(&self, args: &[&str], paths: &[&std::ffi::OsStr]) -> Output {
+        let mut cmd = Command::new(&binaries().tidepool);
+        cmd.args(args).args(paths).current_dir(self.dir()).env("NO_COLOR", "1");
+        run(cmd, "")
     }
 
     /// Sets the pool's `capacity` (a byte size with units); it applies from the pool's next
@@ -777,6 +803,8 @@ impl Cluster {
         let dir = self.data_dir(pool);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         self.mounts.push(TinyFs::mount(&dir, mib));
+        // The mount hides the marker `tidepool init` wrote; mark the new file system.
+        self.init(pool).assert_success("tidepool init on the tmpfs");
         true
     }
 

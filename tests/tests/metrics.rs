@@ -718,3 +718,37 @@ fn the_demo_serves_each_pools_metrics_and_says_where() {
         assert!(TcpStream::connect_timeout(addr, IO_TIMEOUT).is_err(), "{addr} closed with the demo");
     }
 }
+
+/// `tidepool pool --check` names the metrics page; a bad `[metrics]` table is refused by
+/// `--check` and the daemon alike, and a daemon whose metrics address is taken refuses to
+/// start, saying which.
+#[test]
+fn check_shows_the_metrics_address_and_bad_metrics_configs_are_refused() {
+    let cluster = Cluster::new(&[("pool1", &["disk"])]);
+    let config = std::fs::read_to_string(cluster.config_path("pool1")).expect("the config");
+    let addr = free_ports(1)[0];
+    cluster.append_config("pool1", &format!("\n[metrics]\nlisten = \"{addr}\"\n"));
+    let check = cluster.check("pool1");
+    check.assert_success("tidepool pool --check");
+    assert!(check.stdout.contains(&format!("metrics   http://{addr}/metrics")), "{check}");
+
+    for (table, says) in [
+        ("[metrics]\nlisten = \"127.0.0.1:0\"\n", "metrics.listen needs a port"),
+        ("[metrics]\nlisten = \"127.0.0.1:9325\"\npath = \"/m\"\n", "unknown field `path`"),
+        ("[metrics]\n", "missing field `listen`"),
+    ] {
+        std::fs::write(cluster.config_path("pool1"), format!("{config}\n{table}")).expect("write the config");
+        let (check, daemon) = (cluster.check("pool1"), cluster.start_refused("pool1"));
+        check.assert_code(1, "tidepool pool --check");
+        daemon.assert_code(1, "tidepool pool");
+        assert!(check.stderr.contains(says) && daemon.stderr.contains(says), "{table}:\n{check}\n{daemon}");
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("its address");
+    std::fs::write(cluster.config_path("pool1"), format!("{config}\n[metrics]\nlisten = \"{taken_addr}\"\n"))
+        .expect("write the config");
+    let daemon = cluster.start_refused("pool1");
+    daemon.assert_code(1, "tidepool pool with its metrics address taken");
+    assert!(daemon.stderr.contains(&format!("listen for metrics on {taken_addr}")), "{daemon}");
+}

@@ -1022,6 +1022,9 @@ mod p2p {
                  key_file = \"cluster.key\"\nshutdown_grace_seconds = 5\n"
             );
             fs::write(dir.join(format!("{name}.toml")), config)?;
+            // What `tidepool init` does: a pool starts only in a marked directory.
+            let pool = name.parse().map_err(|e| anyhow!("{e}"))?;
+            tidepool_pool::pool_dir::init(&dir.join(name), &pool)?;
         }
         Ok(pools)
     }

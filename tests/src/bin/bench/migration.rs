@@ -1,5 +1,6 @@
 //! `migration`: the migration module between two real pool daemons on loopback, against
-//! `rsync -a` over the same files, in three parts (`--parts`, default all three):
+//! `cp -r` + `sync`, `rsync -a` and an rsync daemon over the same files, in three parts
+//! (`--parts`, default all three):
 //!
 //! - **move**: vacate the source pool of each data set (`--set`: 16 files of 256 MiB, 20,000
 //!   files of 4 KiB; the sets and their layout are those of [`p2p`](crate::p2p), and a set
@@ -9,8 +10,11 @@
 //!   info` poll (every 10 ms) that shows the job FINISHED. A moved source replica is deleted
 //!   only after its copy is committed on the target, so FINISHED means every copy is durable.
 //!   Afterwards the stopped target's records and data files are checked against the set and the
-//!   source must hold nothing. Then `rsync -a` copies `plain/` (hard links to the very same
-//!   data files) in the same round.
+//!   source must hold nothing. Each round runs the move at every `--concurrency` (default: the
+//!   job's default, which a job created without `-concurrency` gets, and 8), then `cp -r` +
+//!   `sync`, `rsync -a` and `rsync -a` to an rsync daemon copy `plain/` (hard links to the very
+//!   same data files), as in `p2p`. The summary gives the CPU per file of each daemon, each
+//!   move's throughput over each tool's per run, and whether the goals held.
 //! - **rerun**: per data set and run, `migration copy -concurrency=<c> pool2` twice on fresh
 //!   daemons and an empty target; both are timed the same way. The second finds every file on
 //!   the target already, so it should cost a small fraction of the first (the goal: < 10%).
@@ -41,8 +45,9 @@ use super::p2p::{
     list, median, proc_io, wait_quiet,
 };
 
-pub const USAGE: &str = "bench migration [--parts move,rerun,init] [--set large|small|both] [--concurrency N] \
-                         [--runs R] [--records N] [--cache cold|warm] [--dir DIR] [--keep]";
+pub const USAGE: &str = "bench migration [--parts move,rerun,init] [--set large|small|both] \
+                         [--concurrency default|N[,...]] [--runs R] [--records N] [--cache cold|warm] [--dir DIR] \
+                         [--keep]";
 
 /// The goal of the rerun: the second run of a finished copy job takes less than this share of
 /// the first's time.
@@ -55,10 +60,29 @@ enum Part {
     Init,
 }
 
+/// A job's concurrency: `-concurrency=N`, or none (the job gets the pool's default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Concurrency(Option<usize>);
+
+impl Concurrency {
+    fn label(self) -> String {
+        match self.0 {
+            Some(n) => format!("tidepool move c={n}"),
+            None => "tidepool move c=default".into(),
+        }
+    }
+
+    /// The job's options for it.
+    fn option(self) -> String {
+        self.0.map(|n| format!(" -concurrency={n}")).unwrap_or_default()
+    }
+}
+
 struct Options {
     parts: Vec<Part>,
     sets: Vec<DataSet>,
-    concurrency: usize,
+    /// The move's variants; the rerun uses 8 if listed, else the first.
+    concurrency: Vec<Concurrency>,
     runs: usize,
     records: u64,
     cache: CacheMode,
@@ -80,10 +104,20 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
         })
         .collect::<anyhow::Result<Vec<Part>>>()?;
     let sets = p2p::data_sets(args)?;
-    let concurrency: usize = flag(args, "--concurrency").unwrap_or("8").parse().context("--concurrency")?;
+    let concurrency = flag(args, "--concurrency")
+        .unwrap_or("default,8")
+        .split(',')
+        .map(|c| match c.trim() {
+            "default" => Ok(Concurrency(None)),
+            n => match n.parse::<usize>() {
+                Ok(0) | Err(_) => Err(anyhow!("--concurrency: {n:?} is neither `default` nor a number from 1")),
+                Ok(n) => Ok(Concurrency(Some(n))),
+            },
+        })
+        .collect::<anyhow::Result<Vec<Concurrency>>>()?;
     let runs: usize = flag(args, "--runs").unwrap_or("3").parse().context("--runs")?;
-    if runs == 0 || concurrency == 0 {
-        bail!("--runs and --concurrency must be at least 1");
+    if runs == 0 {
+        bail!("--runs must be at least 1");
     }
     let records: u64 = flag(args, "--records").unwrap_or("1000000").parse().context("--records")?;
     let cache = p2p::cache_option(args)?;
@@ -141,21 +175,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 fn run_set(set: DataSet, dir: &Path, bins: &Binaries, opts: &Options, rsync: bool) -> anyhow::Result<()> {
     println!("\n=== {} set: {} ({} in all) ===", set.name, set.describe(), human(set.bytes()));
     let b = p2p::open_bench(set, dir, bins, opts.cache)?;
-    let c = opts.concurrency;
+    let rerun_c = opts.concurrency.iter().copied().find(|c| c.0 == Some(8)).unwrap_or(opts.concurrency[0]);
+    let c = rerun_c.0.unwrap_or(1);
     let result = (|| {
         p2p::warm_up(&b)?;
         if opts.parts.contains(&Part::Move) {
-            let mut rounds: Vec<(Measure, Option<Measure>)> = Vec::new();
-            for run in 1..=opts.runs {
-                let m = run_move(&b, c)?;
-                println!("[{} move {run}/{}] {}", set.name, opts.runs, m.line());
-                let r = if rsync { Some(p2p::run_tool(&b, Tool::Rsync)?) } else { None };
-                if let Some(r) = &r {
-                    println!("[{} move {run}/{}] {}", set.name, opts.runs, r.line());
-                }
-                rounds.push((m, r));
+            let mut tools = vec![Tool::Cp];
+            if rsync {
+                tools.extend([Tool::Rsync, Tool::RsyncDaemon]);
             }
-            summarise_move(set, c, &rounds);
+            let mut rounds: Vec<Round> = Vec::new();
+            for run in 1..=opts.runs {
+                let mut round = Round::default();
+                for &variant in &opts.concurrency {
+                    let m = run_move(&b, variant)?;
+                    println!("[{} move {run}/{}] {}", set.name, opts.runs, m.measure.line());
+                    round.moves.push(m);
+                }
+                for &tool in &tools {
+                    let r = p2p::run_tool(&b, tool)?;
+                    println!("[{} move {run}/{}] {}", set.name, opts.runs, r.line());
+                    round.tools.push(r);
+                }
+                rounds.push(round);
+            }
+            summarise_move(set, &opts.concurrency, &rounds);
         }
         if opts.parts.contains(&Part::Rerun) {
             let mut rounds: Vec<Rerun> = Vec::new();
@@ -301,7 +345,22 @@ fn count_records(dir: &Path) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-fn run_move(b: &Bench, c: usize) -> anyhow::Result<Measure> {
+/// One move: the measure, and the CPU seconds of each daemon.
+struct Move {
+    variant: Concurrency,
+    measure: Measure,
+    cpu_source: f64,
+    cpu_target: f64,
+}
+
+/// One round of the move part: every variant, then every tool.
+#[derive(Default)]
+struct Round {
+    moves: Vec<Move>,
+    tools: Vec<Measure>,
+}
+
+fn run_move(b: &Bench, variant: Concurrency) -> anyhow::Result<Move> {
     let mut pair = start_pair(b)?;
     let (source, target) = (&pair.source, &pair.target);
     b.rt.block_on(pair.src.run("pool disable -rdonly"))?;
@@ -312,7 +371,7 @@ fn run_move(b: &Bench, c: usize) -> anyhow::Result<Measure> {
     let (disk0, busy0) = (b.disk(), busy_secs());
     let t0 = Instant::now();
     let (done, polls) = b.rt.block_on(async {
-        let job = create(&mut pair.src, &format!("migration move -concurrency={c} pool2")).await?;
+        let job = create(&mut pair.src, &format!("migration move{} pool2", variant.option())).await?;
         wait_finished(&mut pair.src, &job, t0, deadline(b.set)).await
     })?;
     let (disk, busy1) = (delta(disk0, b.disk()), busy_secs());
@@ -327,8 +386,9 @@ fn run_move(b: &Bench, c: usize) -> anyhow::Result<Measure> {
     if left != 0 || files_left != 0 {
         bail!("the vacated source still holds {left} records and {files_left} data files");
     }
-    Ok(Measure {
-        tool: format!("tidepool move c={c}"),
+    let per_file = |cpu: f64| cpu / b.set.files as f64 * 1e6;
+    let measure = Measure {
+        tool: variant.label(),
         secs: done.as_secs_f64(),
         bytes: b.set.bytes(),
         files: b.set.files as u64,
@@ -337,10 +397,13 @@ fn run_move(b: &Bench, c: usize) -> anyhow::Result<Measure> {
         rss: Some(rss),
         disk,
         note: format!(
-            "[cpu source {:.1} s, target {:.1} s, bench {:.1} s; peak RSS source {:.0} MiB, target {:.0} MiB; \
-             source read {:.0} MB from disk, target wrote {:.0} MB; {polls} polls]{}",
+            "[cpu source {:.1} s ({:.0} us/file), target {:.1} s ({:.0} us/file), bench {:.1} s; peak RSS \
+             source {:.0} MiB, target {:.0} MiB; source read {:.0} MB from disk, target wrote {:.0} MB; {polls} \
+             polls]{}",
             cpu.0,
+            per_file(cpu.0),
             cpu.1,
+            per_file(cpu.1),
             cpu.2,
             rss.0,
             rss.1,
@@ -348,7 +411,8 @@ fn run_move(b: &Bench, c: usize) -> anyhow::Result<Measure> {
             io.1 as f64 / 1e6,
             busy.map(|b| format!(" {b}")).unwrap_or_default()
         ),
-    })
+    };
+    Ok(Move { variant, measure, cpu_source: cpu.0, cpu_target: cpu.1 })
 }
 
 /// One rerun measurement: the same copy job twice.
@@ -411,11 +475,22 @@ fn run_rerun(b: &Bench, c: usize) -> anyhow::Result<Rerun> {
     Ok(Rerun { first: times[0], second: times[1], written: (written[0], written[1]), cpu: (cpu[0], cpu[1]) })
 }
 
-fn summarise_move(set: DataSet, c: usize, rounds: &[(Measure, Option<Measure>)]) {
+/// The goals of the job-engine issue, per data set: (variant, tool, at least this ratio).
+fn move_goals(set: DataSet) -> &'static [(Concurrency, &'static str, f64)] {
+    match set.name {
+        "large" => &[(Concurrency(Some(8)), "cp -r + sync", 0.9), (Concurrency(Some(8)), "rsync -a", 1.5)],
+        _ => &[(Concurrency(Some(8)), "rsync -a", 1.0), (Concurrency(None), "rsync -a", 0.5)],
+    }
+}
+
+fn summarise_move(set: DataSet, variants: &[Concurrency], rounds: &[Round]) {
     println!("\n--- move, {} set: {}, {} run(s) ---", set.name, set.describe(), rounds.len());
-    println!("| tool | wall time per run | median time | MB/s | files/s | CPU s | peak RSS source / target |");
-    println!("|---|---|---|---|---|---|---|");
-    let row = |ms: Vec<&Measure>| {
+    println!(
+        "| tool | wall time per run | median time | MB/s | files/s | CPU s | CPU per file source / target | peak \
+         RSS source / target |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let row = |ms: &[&Measure], per_file: String| {
         let Some(first) = ms.first() else { return };
         let per_run: Vec<String> =
             ms.iter().map(|m| format!("{:.2}{}", m.secs, if m.disturbed() { "*" } else { "" })).collect();
@@ -426,7 +501,7 @@ fn summarise_move(set: DataSet, c: usize, rounds: &[(Measure, Option<Measure>)])
             "–".into()
         };
         println!(
-            "| {} | {} s | {:.2} s | {:.1} | {:.0} | {:.1} | {rss} |",
+            "| {} | {} s | {:.2} s | {:.1} | {:.0} | {:.1} | {per_file} | {rss} |",
             first.tool,
             per_run.join(", "),
             median(ms.iter().map(|m| m.secs).collect()),
@@ -435,17 +510,50 @@ fn summarise_move(set: DataSet, c: usize, rounds: &[(Measure, Option<Measure>)])
             median(ms.iter().map(|m| m.cpu).collect()),
         );
     };
-    row(rounds.iter().map(|(m, _)| m).collect());
-    row(rounds.iter().filter_map(|(_, r)| r.as_ref()).collect());
+    let moves_of = |v: Concurrency| -> Vec<&Move> {
+        rounds.iter().filter_map(|r| r.moves.iter().find(|m| m.variant == v)).collect()
+    };
+    let secs_of = |round: &Round, tool: &str| -> Option<f64> {
+        round.moves.iter().map(|m| &m.measure).chain(&round.tools).find(|m| m.tool == tool).map(|m| m.secs)
+    };
+    for &v in variants {
+        let moves = moves_of(v);
+        let files = set.files as f64;
+        let per_file = format!(
+            "{:.0} / {:.0} us",
+            median(moves.iter().map(|m| m.cpu_source / files * 1e6).collect()),
+            median(moves.iter().map(|m| m.cpu_target / files * 1e6).collect())
+        );
+        row(&moves.iter().map(|m| &m.measure).collect::<Vec<_>>(), per_file);
+    }
+    let tools: Vec<String> = rounds[0].tools.iter().map(|m| m.tool.clone()).collect();
+    for t in &tools {
+        let ms: Vec<&Measure> = rounds.iter().filter_map(|r| r.tools.iter().find(|m| &m.tool == t)).collect();
+        row(&ms, "–".into());
+    }
     println!("(* other processes used more than 20% of the CPUs during that run)");
-    let ratios: Vec<f64> = rounds.iter().filter_map(|(m, r)| Some(r.as_ref()?.secs / m.secs)).collect();
-    if ratios.is_empty() {
-        println!("tidepool move c={c} / rsync -a: not measured (no rsync)");
-    } else {
+    println!("\nThroughput of each move over each tool's (the same for MB/s and files/s), per run:");
+    for &v in variants {
+        for t in &tools {
+            let ratios: Vec<f64> =
+                rounds.iter().filter_map(|r| Some(secs_of(r, t)? / secs_of(r, &v.label())?)).collect();
+            println!("  {} / {t}: {} (median {:.2})", v.label(), list(&ratios, 2), median(ratios.clone()));
+        }
+    }
+    for &(v, tool, want) in move_goals(set) {
+        let goal = format!("{} >= {want}x {tool}", v.label());
+        if !variants.contains(&v) || !tools.iter().any(|t| t == tool) {
+            println!("  goal {goal}: not measured (it did not run)");
+            continue;
+        }
+        let ratios: Vec<f64> =
+            rounds.iter().filter_map(|r| Some(secs_of(r, tool)? / secs_of(r, &v.label())?)).collect();
+        let met = ratios.iter().filter(|r| **r >= want).count();
         println!(
-            "throughput of tidepool move c={c} over rsync -a (the same for MB/s and files/s), per run: {} (median {:.2})",
-            list(&ratios, 2),
-            median(ratios.clone())
+            "  goal {goal}: median {:.2}, met in {met} of {} run(s){}",
+            median(ratios.clone()),
+            ratios.len(),
+            if median(ratios) >= want && 2 * met > rounds.len() { " (met)" } else { " (NOT met)" }
         );
     }
 }
