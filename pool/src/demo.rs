@@ -146,6 +146,7 @@ async fn start_cluster(dir: &Path) -> anyhow::Result<(Vec<Daemon>, ClusterFile, 
             p2p_max_outgoing: TransferSettings::default().max_outgoing,
             p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
             migration: Default::default(),
+            log: Default::default(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         let settings = Settings {

@@ -14,8 +14,10 @@ use tidepool_p2p::auth::ClusterKey;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::logging::LogControl;
 use crate::migration_env::{self, PoolEnv};
 use crate::repository::{Recovery, RepoError, Repository};
+use crate::service::Started;
 use crate::transfer::{TransferSettings, Transfers};
 
 /// The current time in milliseconds since the epoch.
@@ -84,6 +86,12 @@ pub struct Pool {
     #[cfg(test)]
     pub faults: crate::transfer::Faults,
     mode: Mutex<ModeState>,
+    /// The version, resolved config and start time `info` shows; set when the pool starts
+    /// serving (`daemon::Opened::serve`).
+    pub started: OnceLock<Started>,
+    /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
+    /// for pools that share a process (the demo, tests).
+    pub log: OnceLock<Arc<LogControl>>,
     /// Set once the pool is in its `Arc` ([`Pool::start_migration`]).
     migration: OnceLock<Migration>,
 }
@@ -140,6 +148,8 @@ impl Pool {
             #[cfg(test)]
             faults: Default::default(),
             mode: Mutex::new(mode),
+            started: OnceLock::new(),
+            log: OnceLock::new(),
             migration: OnceLock::new(),
         })
     }
