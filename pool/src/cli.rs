@@ -348,7 +348,9 @@ impl Reloadable {
         let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
-                tracing::error!("SIGHUP: {e:#}; nothing changed");
+                // One log line: a TOML error spans several.
+                let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!("SIGHUP: {e}; nothing changed");
                 return;
             }
             Err(e) => {
@@ -389,7 +391,10 @@ impl Reloadable {
                     );
                 }
             }
-            Ok(Err(e)) => tracing::error!("SIGHUP: {e:#}; the cluster file in force is unchanged"),
+            Ok(Err(e)) => {
+                let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!("SIGHUP: {e}; the cluster file in force is unchanged")
+            }
             Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
         }
     }
