@@ -28,7 +28,7 @@ use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
 use crate::logging::{FilterSource, LogControl, LogFormat, LogLevels, Reloaded};
-use crate::pool::now_ms;
+use crate::pool::{Pool, now_ms};
 use crate::service::{self, NofileLimit, Notifier, VERSION};
 
 #[derive(Parser)]
@@ -249,7 +249,7 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
             name: config.name.clone(),
             data_dir: config.data_dir.clone(),
             capacity: config.capacity,
-            cluster: cluster.clone(),
+            cluster,
             key,
             pin_owner_prefix: config.pin_owner_prefix.clone(),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
@@ -263,7 +263,12 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         let daemon = opened.serve(admin, data)?;
         // The repository is open and both listeners accept: ready.
         notifier.ready(&format!("serving {} on admin {admin_addr}, data {data_addr}", config.name));
-        let mut in_force = Reloadable { config_path: config_path.to_path_buf(), config, cluster, log: log_control };
+        let mut in_force = Reloadable {
+            config_path: config_path.to_path_buf(),
+            config,
+            pool: daemon.pool().clone(),
+            log: log_control,
+        };
         let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
         if let Some(w) = &watchdog {
             daemon.span().in_scope(|| tracing::info!(every = ?w.period(), "feeding the systemd watchdog"));
@@ -330,18 +335,20 @@ impl Signals {
     }
 }
 
-/// What SIGHUP compares against: the config and cluster file in force, and the log control.
+/// What SIGHUP compares against and changes: the config in force, the pool (its cluster
+/// view) and the log control.
 struct Reloadable {
     config_path: PathBuf,
     config: PoolConfig,
-    cluster: ClusterFile,
+    pool: Arc<Pool>,
     log: Arc<LogControl>,
 }
 
 impl Reloadable {
-    /// Reads the config and the cluster file again. The log filter applies at once; every other
-    /// change is logged as waiting for a restart. A file that cannot be read or parsed changes
-    /// nothing (and is logged); the pool keeps running either way.
+    /// Reads the config and the cluster file again. The log filter and the cluster file apply
+    /// at once; every other config change is logged as waiting for a restart. A file that
+    /// cannot be read or parsed changes nothing (and is logged); the pool keeps running either
+    /// way.
     async fn reload(&mut self) {
         tracing::info!(config = %self.config_path.display(), "SIGHUP received: reading the config and the cluster file again");
         let path = self.config_path.clone();
@@ -374,28 +381,45 @@ impl Reloadable {
         for key in config_changes(&self.config, &config) {
             tracing::warn!("SIGHUP: config key {key} changed; it takes effect at the next restart");
         }
-        let path = config.cluster_file.clone();
+        let path = self.config.cluster_file.clone();
         match tokio::task::spawn_blocking(move || read_cluster(&path)).await {
-            Ok(Ok(cluster)) => {
-                let changes = service::cluster_changes(&self.cluster, &cluster);
-                if changes.is_empty() {
-                    tracing::info!("SIGHUP: cluster file unchanged");
-                }
-                for change in changes {
-                    tracing::warn!("SIGHUP: cluster file: {change}; takes effect at the next restart");
-                }
-                if cluster.pool(&self.config.name).is_none() {
-                    tracing::warn!(
-                        "SIGHUP: the cluster file no longer lists this pool ({}); a restart would fail",
-                        self.config.name
-                    );
-                }
-            }
+            Ok(Ok(cluster)) => self.apply_cluster(cluster),
             Ok(Err(e)) => {
                 let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
                 tracing::error!("SIGHUP: {e}; the cluster file in force is unchanged")
             }
             Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
+        }
+    }
+
+    /// Puts the cluster file read again in force, unless it no longer lists this pool. The
+    /// pool's own addresses stay where its listeners are bound until a restart.
+    fn apply_cluster(&self, cluster: ClusterFile) {
+        let pool = &self.pool;
+        let changes = service::cluster_changes(&pool.cluster.get(), &cluster);
+        if changes.is_empty() {
+            tracing::info!("SIGHUP: cluster file unchanged");
+            return;
+        }
+        let Some(me) = cluster.pool(&pool.name) else {
+            tracing::error!(
+                "SIGHUP: the cluster file no longer lists this pool ({}); it was not applied (a restart would fail)",
+                pool.name
+            );
+            return;
+        };
+        if let Some(started) = pool.started.get()
+            && (me.p2p != started.data || me.admin.port() != started.admin.port())
+        {
+            tracing::warn!(
+                "SIGHUP: this pool's addresses changed in the cluster file; its listeners stay on admin {} and data {} until a restart",
+                started.admin,
+                started.data
+            );
+        }
+        pool.cluster.replace(cluster);
+        for change in changes {
+            tracing::info!("SIGHUP: cluster file: {change}; applied");
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
@@ -66,10 +66,38 @@ pub enum Activity {
     P2pClient,
 }
 
+/// The cluster file in force: read at start, replaced by SIGHUP ([`ClusterView::replace`]).
+/// Readers take a snapshot ([`ClusterView::get`]) and never hold the lock.
+#[derive(Debug)]
+pub struct ClusterView(parking_lot::RwLock<Arc<ClusterFile>>);
+
+impl ClusterView {
+    pub fn new(cluster: ClusterFile) -> Arc<ClusterView> {
+        Arc::new(ClusterView(parking_lot::RwLock::new(Arc::new(cluster))))
+    }
+
+    /// The cluster file in force now.
+    pub fn get(&self) -> Arc<ClusterFile> {
+        self.0.read().clone()
+    }
+
+    /// The entry of pool `name`, if the cluster file in force lists it.
+    pub fn pool(&self, name: &PoolName) -> Option<PoolEntry> {
+        self.0.read().pool(name).cloned()
+    }
+
+    /// Puts `cluster` in force; returns the one it replaces. Requests already under way keep
+    /// the addresses they started with.
+    pub fn replace(&self, cluster: ClusterFile) -> Arc<ClusterFile> {
+        std::mem::replace(&mut *self.0.write(), Arc::new(cluster))
+    }
+}
+
 pub struct Pool {
     pub name: PoolName,
     pub repo: Arc<Repository>,
-    pub cluster: ClusterFile,
+    /// The cluster file in force (SIGHUP replaces it).
+    pub cluster: Arc<ClusterView>,
     /// Authenticates this pool to other pools.
     pub key: ClusterKey,
     pub recovery: Recovery,
@@ -138,7 +166,7 @@ impl Pool {
         Ok(Pool {
             name,
             repo,
-            cluster,
+            cluster: ClusterView::new(cluster),
             key,
             recovery,
             pin_prefix,

@@ -178,13 +178,33 @@ fn sighup_during_transfers_changes_the_log_level_and_loses_nothing() {
 }
 
 #[test]
-fn sighup_logs_cluster_file_changes_and_survives_a_broken_config() {
+fn sighup_applies_cluster_file_changes_and_survives_a_broken_config() {
     let mut cluster = started(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
     let path = cluster.cluster_file();
     let text = std::fs::read_to_string(&path).expect("read cluster.toml");
     std::fs::write(&path, text.replace("groups = [\"disk\"]", "groups = [\"fast\"]")).expect("write cluster.toml");
     cluster.hangup("pool1");
-    cluster.wait_for_log_line("pool1", &["SIGHUP: cluster file: pool pool2 changed: groups disk -> fast"], WAIT);
+    cluster.wait_for_log_line(
+        "pool1",
+        &["SIGHUP: cluster file: pool pool2 changed: groups disk -> fast; applied"],
+        WAIT,
+    );
+    // The new view is in force: this pool's groups, and the members of a group.
+    assert_eq!(info_field(&cluster.info("pool1"), "Pool groups"), Some("fast"));
+    let err = refused(&cluster, "pool1", "rebalance pgroup disk");
+    assert!(err.contains("no pool group named disk"), "{err}");
+    // A cluster file without this pool is not applied.
+    let fast = std::fs::read_to_string(&path).expect("read cluster.toml");
+    std::fs::write(&path, "").expect("empty cluster.toml");
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["SIGHUP: the cluster file no longer lists this pool (pool1); it was not applied"],
+        WAIT,
+    );
+    // (The shell reads the cluster file too.)
+    std::fs::write(&path, fast).expect("write cluster.toml");
+    assert_eq!(info_field(&cluster.info("pool1"), "Pool groups"), Some("fast"));
     // A config that no longer parses changes nothing, and the pool runs on.
     cluster.append_config("pool1", "colour = \"red\"\n");
     cluster.hangup("pool1");
