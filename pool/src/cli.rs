@@ -241,7 +241,8 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let notifier = Notifier;
     rt.block_on(async move {
-        // Installed before anything else runs, so a SIGHUP during start-up is never fatal.
+        // Installed before the repository opens: a SIGHUP during restart recovery waits for
+        // the loop below instead of killing the pool.
         let mut signals = Signals::new()?;
         let transfers = config.transfer_settings();
         let settings = Settings {
