@@ -241,9 +241,11 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let notifier = Notifier;
     rt.block_on(async move {
-        // Installed before the repository opens: a SIGHUP during restart recovery waits for
-        // the loop below instead of killing the pool.
-        let mut signals = Signals::new()?;
+        // SIGHUP is caught before the repository opens: one during restart recovery waits for
+        // the loop below instead of killing the pool. SIGTERM and SIGINT keep their default
+        // action until the pool serves, so a pool stopped during a long recovery stops at once
+        // (which is safe: recovery runs again at the next start).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let transfers = config.transfer_settings();
         let settings = Settings {
             transfers,
@@ -262,6 +264,7 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
         let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
         let daemon = opened.serve(admin, data)?;
+        let mut signals = Signals::new(hup)?;
         // The repository is open and both listeners accept: ready.
         notifier.ready(&format!("serving {} on admin {admin_addr}, data {data_addr}", config.name));
         let mut in_force = Reloadable {
@@ -317,13 +320,10 @@ enum Signal {
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Signals> {
+    /// Catches SIGTERM and SIGINT from now on; `hup` catches SIGHUP already.
+    fn new(hup: tokio::signal::unix::Signal) -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup })
     }
 
     /// The next signal (cancel-safe: `Signal::recv` is).
