@@ -595,6 +595,24 @@ mod tests {
     }
 
     #[test]
+    fn the_pool_command_takes_the_log_flags() {
+        let cli = Cli::try_parse_from([
+            "tidepool",
+            "pool",
+            "--config",
+            "p.toml",
+            "--log-format",
+            "json",
+            "--log-filter",
+            "debug",
+        ])
+        .unwrap();
+        let Command::Pool { log, .. } = cli.command else { panic!("not the pool command") };
+        assert_eq!((log.log_format, log.log_filter.as_deref()), (Some(LogFormat::Json), Some("debug")));
+        assert!(Cli::try_parse_from(["tidepool", "pool", "--config", "p.toml", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
     fn config_changes_name_the_keys() {
         let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
         let a = PoolConfig::parse(base, Path::new("/")).unwrap();
