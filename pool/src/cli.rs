@@ -1,12 +1,15 @@
 //! The `tidepool` command line. This is the only layer of the daemon that reads files named
 //! on the command line (config, cluster file, key) and the environment (`RUST_LOG`, and
-//! `TIDEPOOL_FAULT_POINTS` for crash tests).
+//! `TIDEPOOL_FAULT_POINTS` for crash tests; `NOTIFY_SOCKET` and `WATCHDOG_USEC` through
+//! `service::Notifier`). It sets up the log, handles the signals (SIGTERM and SIGINT stop the
+//! pool, SIGHUP re-reads the config and the cluster file) and talks to systemd.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -25,8 +28,10 @@ use crate::client;
 use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
-use crate::pool::now_ms;
+use crate::logging::{FilterSource, LogControl, LogFormat, LogLevels, Reloaded};
+use crate::pool::{Pool, now_ms};
 use crate::pool_dir::{self, DirError, DirState, Initialised};
+use crate::service::{self, NofileLimit, Notifier, VERSION};
 
 #[derive(Parser)]
 #[command(name = "tidepool", version, about = "Tidepool storage pool daemon and tools")]
@@ -42,10 +47,13 @@ enum Command {
         /// The pool's config file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Check the config, the cluster file, the key and the data directory, print a summary
-        /// and exit (0 if the daemon would start, 1 with the daemon's message if not).
+        /// Check the config, the cluster file, the key, the log filter and the data directory,
+        /// print a summary and exit (0 if the daemon would start, 1 with the daemon's message
+        /// if not).
         #[arg(long)]
         check: bool,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// Create the pool's data directory and mark it as the pool's (a pool never creates it at
     /// start, so a disk that is not mounted never becomes an empty pool).
@@ -122,6 +130,17 @@ enum Generate {
 }
 
 #[derive(Args)]
+struct LogArgs {
+    /// Log lines as text or as JSON objects (default: the config's [log] format, else text).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// The log filter, e.g. `info,tidepool_pool::transfer=debug`; wins over RUST_LOG and the
+    /// config's [log] filter (default: warn for dependencies, info for Tidepool).
+    #[arg(long, value_name = "FILTER")]
+    log_filter: Option<String>,
+}
+
+#[derive(Args)]
 struct Target {
     /// The cluster file.
     #[arg(long)]
@@ -140,11 +159,13 @@ pub fn command() -> clap::Command {
 }
 
 /// Runs the command line; errors are printed by the caller.
+
+/// Runs the command line; errors are printed by the caller.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Pool { config, check: false } => run_pool(&config),
-        Command::Pool { config, check: true } => check_pool(&config),
+        Command::Pool { config, check: false, log } => run_pool(&config, &log),
+        Command::Pool { config, check: true, log } => check_pool(&config, &log),
         Command::Init { config } => init_pool(&config),
         Command::Generate { what } => generate(what),
         Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
@@ -167,15 +188,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The filter in force at start and where it came from: `--log-filter`, else `RUST_LOG` (an
+/// empty one counts as unset), else the config's `[log] filter` (or the default). A filter
+/// that does not parse is refused: the pool does not start with a log it was not asked for.
+fn resolve_filter(
+    flag: Option<&str>,
+    env: Option<&str>,
+    config: &LogLevels,
+) -> anyhow::Result<(LogLevels, FilterSource)> {
+    let parse = |text: &str, from: &str| {
+        text.parse::<LogLevels>().map_err(|e| anyhow::anyhow!("invalid log filter {text:?} in {from}: {e}"))
+    };
+    if let Some(text) = flag {
+        return Ok((parse(text, "--log-filter")?, FilterSource::Flag));
+    }
+    if let Some(text) = env.filter(|t| !t.trim().is_empty()) {
+        return Ok((parse(text, "RUST_LOG")?, FilterSource::Env));
+    }
+    Ok((config.clone(), FilterSource::Config))
+}
+
+/// Logs to stderr in `format`, through a filter that `log set` and SIGHUP can replace.
+fn init_logging(format: LogFormat, levels: LogLevels, source: FilterSource, config: LogLevels) -> Arc<LogControl> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(levels.env_filter());
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+    });
+    let json =
+        (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr));
+    let _ = tracing_subscriber::registry().with(filter).with(text).with(json).try_init();
+    LogControl::new(levels, source, config, move |f| handle.reload(f).map_err(|e| e.to_string()))
 }
 
 pub fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
@@ -212,11 +258,10 @@ fn keygen(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_config(config_path: &Path) -> anyhow::Result<PoolConfig> {
-    let text =
-        std::fs::read_to_string(config_path).with_context(|| format!("read config {}", config_path.display()))?;
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", config_path.display()))
+fn read_config(path: &Path) -> anyhow::Result<PoolConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
 }
 
 /// What `tidepool pool` reads and checks before it opens the repository.
@@ -227,17 +272,29 @@ struct Resolved {
     admin_addr: SocketAddr,
     data_addr: SocketAddr,
     dir: DirState,
+    /// The log filter in force at start, where it came from, and the config's own.
+    levels: LogLevels,
+    source: FilterSource,
+    config_levels: LogLevels,
 }
 
-/// Reads and checks the config, the cluster file, the key and the data directory: the one
-/// path both the daemon and `tidepool pool --check` take, so both fail with the same message.
-fn resolve(config_path: &Path) -> anyhow::Result<Resolved> {
+/// Reads and checks the config, the log filter, the cluster file, the key and the data
+/// directory: the one path both the daemon and `tidepool pool --check` take, so both fail
+/// with the same message.
+fn resolve(config_path: &Path, log: &LogArgs) -> anyhow::Result<Resolved> {
     let config = read_config(config_path)?;
+    let config_levels = config.log.levels().map_err(anyhow::Error::msg)?;
+    let env = match std::env::var("RUST_LOG") {
+        Ok(text) => Some(text),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => bail!("invalid log filter in RUST_LOG: not UTF-8"),
+    };
+    let (levels, source) = resolve_filter(log.log_filter.as_deref(), env.as_deref(), &config_levels)?;
     let cluster = read_cluster(&config.cluster_file)?;
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
     let dir = pool_dir::inspect(&config.data_dir, &config.name).map_err(|e| dir_error(e, config_path))?;
-    Ok(Resolved { config, cluster, key, admin_addr, data_addr, dir })
+    Ok(Resolved { config, cluster, key, admin_addr, data_addr, dir, levels, source, config_levels })
 }
 
 /// A data-directory error, with the way out when `tidepool init` is it.
@@ -253,9 +310,8 @@ fn dir_error(e: DirError, config_path: &Path) -> anyhow::Error {
 }
 
 /// `tidepool pool --check`.
-fn check_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
-    init_logging();
-    let r = resolve(config_path)?;
+fn check_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(config_path, log)?;
     let c = &r.config;
     let dir = match r.dir {
         DirState::Marked => "marked",
@@ -271,6 +327,7 @@ fn check_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(m) = &c.metrics {
         println!("  metrics   http://{}/metrics", m.listen);
     }
+    println!("  log       {} (from {})", r.levels, r.source);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -302,9 +359,18 @@ fn generate(what: Generate) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
-    init_logging();
-    let Resolved { config, cluster, key, admin_addr, data_addr, dir } = resolve(config_path)?;
+fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
+    let Resolved { config, cluster, key, admin_addr, data_addr, dir, levels, source, config_levels } =
+        resolve(config_path, log)?;
+    let format = log.log_format.unwrap_or(config.log.format);
+    let shown = levels.to_string();
+    let log_control = init_logging(format, levels, source, config_levels);
+    tracing::info!(version = VERSION, config = %config_path.display(), %format, filter = %shown, from = %source, "tidepool starting");
+    match service::raise_nofile_limit() {
+        Ok(NofileLimit::Raised { from, to }) => tracing::info!("open-file limit raised from {from} to {to}"),
+        Ok(NofileLimit::AlreadyAtMax(n)) => tracing::info!("open-file limit is {n}, the hard limit"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     if dir == DirState::Unmarked {
         pool_dir::mark(&config.data_dir, &config.name)?;
         tracing::info!(
@@ -319,21 +385,28 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
         Err(_) => FaultPoints::default(),
     };
     let rt = runtime()?;
+    let notifier = Notifier;
     rt.block_on(async move {
+        // SIGHUP is caught before the repository opens: one during restart recovery waits for
+        // the loop below instead of killing the pool. SIGTERM and SIGINT keep their default
+        // action until the pool serves, so a pool stopped during a long recovery stops at once
+        // (which is safe: recovery runs again at the next start).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let transfers = config.transfer_settings();
         let settings = Settings {
             transfers,
-            name: config.name,
-            data_dir: config.data_dir,
+            name: config.name.clone(),
+            data_dir: config.data_dir.clone(),
             capacity: config.capacity,
             cluster,
             key,
-            pin_owner_prefix: config.pin_owner_prefix,
+            pin_owner_prefix: config.pin_owner_prefix.clone(),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
             migration: config.migration.settings(),
             fault_points,
         };
         let opened = Daemon::open(settings).await?;
+        let _ = opened.pool().log.set(log_control.clone());
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
         let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
         let metrics = match metrics_addr {
@@ -344,21 +417,196 @@ fn run_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
         if let Some(listener) = metrics {
             daemon.serve_metrics(listener)?;
         }
-        wait_for_signal().instrument(daemon.span().clone()).await?;
+        let mut signals = Signals::new(hup)?;
+        // The repository is open and both listeners accept: ready.
+        notifier.ready(&format!("serving {} on admin {admin_addr}, data {data_addr}", config.name));
+        let mut in_force = Reloadable {
+            config_path: config_path.to_path_buf(),
+            config,
+            pool: daemon.pool().clone(),
+            log: log_control,
+        };
+        let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
+        if let Some(w) = &watchdog {
+            daemon.span().in_scope(|| tracing::info!(every = ?w.period(), "feeding the systemd watchdog"));
+        }
+        loop {
+            let tick = async {
+                match watchdog.as_mut() {
+                    Some(w) => w.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                s = signals.next() => s,
+                _ = tick => {
+                    notifier.watchdog();
+                    continue;
+                }
+            };
+            match event {
+                Signal::Stop(name) => {
+                    daemon.span().in_scope(|| tracing::info!("{name} received"));
+                    break;
+                }
+                Signal::Reload => in_force.reload().instrument(daemon.span().clone()).await,
+            }
+        }
+        notifier.stopping();
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// The signals the daemon acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+enum Signal {
+    /// SIGTERM or SIGINT: stop the pool.
+    Stop(&'static str),
+    /// SIGHUP: read the config and the cluster file again.
+    Reload,
+}
+
+impl Signals {
+    /// Catches SIGTERM and SIGINT from now on; `hup` catches SIGHUP already.
+    fn new(hup: tokio::signal::unix::Signal) -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup })
     }
-    Ok(())
+
+    /// The next signal (cancel-safe: `Signal::recv` is).
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// What SIGHUP compares against and changes: the config in force, the pool (its cluster
+/// view) and the log control.
+struct Reloadable {
+    config_path: PathBuf,
+    config: PoolConfig,
+    pool: Arc<Pool>,
+    log: Arc<LogControl>,
+}
+
+impl Reloadable {
+    /// Reads the config and the cluster file again. The log filter and the cluster file apply
+    /// at once; every other config change is logged as waiting for a restart. A file that
+    /// cannot be read or parsed changes nothing (and is logged); the pool keeps running either
+    /// way.
+    async fn reload(&mut self) {
+        tracing::info!(config = %self.config_path.display(), "SIGHUP received: reading the config and the cluster file again");
+        let path = self.config_path.clone();
+        let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                // One log line: a TOML error spans several.
+                let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!("SIGHUP: {e}; nothing changed");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: reading the config failed: {e}; nothing changed");
+                return;
+            }
+        };
+        match config
+            .log
+            .levels()
+            .map_err(anyhow::Error::msg)
+            .and_then(|l| self.log.reload(l).map_err(anyhow::Error::msg))
+        {
+            Ok(Reloaded::Applied { from, to }) => tracing::info!("SIGHUP: log filter changed from {from} to {to}"),
+            Ok(Reloaded::Unchanged) => tracing::info!("SIGHUP: log filter unchanged ({})", self.log.levels()),
+            Ok(Reloaded::Overridden(source)) => {
+                tracing::info!("SIGHUP: log filter kept: {source} overrides the config's [log] filter")
+            }
+            Err(e) => tracing::error!("SIGHUP: log filter not changed: {e:#}"),
+        }
+        for key in config_changes(&self.config, &config) {
+            tracing::warn!("SIGHUP: config key {key} changed; it takes effect at the next restart");
+        }
+        let path = self.config.cluster_file.clone();
+        match tokio::task::spawn_blocking(move || read_cluster(&path)).await {
+            Ok(Ok(cluster)) => self.apply_cluster(cluster),
+            Ok(Err(e)) => {
+                let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!("SIGHUP: {e}; the cluster file in force is unchanged")
+            }
+            Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
+        }
+    }
+
+    /// Puts the cluster file read again in force, unless it no longer lists this pool. The
+    /// pool's own addresses stay where its listeners are bound until a restart.
+    fn apply_cluster(&self, cluster: ClusterFile) {
+        let pool = &self.pool;
+        let changes = service::cluster_changes(&pool.cluster.get(), &cluster);
+        if changes.is_empty() {
+            tracing::info!("SIGHUP: cluster file unchanged");
+            return;
+        }
+        let Some(me) = cluster.pool(&pool.name) else {
+            tracing::error!(
+                "SIGHUP: the cluster file no longer lists this pool ({}); it was not applied (a restart would fail)",
+                pool.name
+            );
+            return;
+        };
+        if let Some(started) = pool.started.get()
+            && (me.p2p != started.data || me.admin.port() != started.admin.port())
+        {
+            tracing::warn!(
+                "SIGHUP: this pool's addresses changed in the cluster file; its listeners stay on admin {} and data {} until a restart",
+                started.admin,
+                started.data
+            );
+        }
+        pool.cluster.replace(cluster);
+        for change in changes {
+            tracing::info!("SIGHUP: cluster file: {change}; applied");
+        }
+    }
+}
+
+/// The config keys (`key` or `table.key`) whose values differ, except `log.filter`, which
+/// SIGHUP applies.
+fn config_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
+    fn flatten(prefix: &str, value: &toml::Value, into: &mut std::collections::BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flatten(&key, v, into);
+                }
+            }
+            other => {
+                into.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let table = |c: &PoolConfig| {
+        let mut keys = std::collections::BTreeMap::new();
+        if let Ok(v) = toml::Value::try_from(c) {
+            flatten("", &v, &mut keys);
+        }
+        keys
+    };
+    let (a, b) = (table(old), table(new));
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys.retain(|k| k != "log.filter");
+    keys
 }
 
 fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
@@ -480,6 +728,54 @@ mod tests {
         std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
         let err = read_key(&dir.path().join("bad.key")).unwrap_err().to_string();
         assert!(err.contains("bad.key") && err.contains("64 hex digits"), "{err}");
+    }
+
+    #[test]
+    fn the_log_filter_comes_from_the_flag_then_rust_log_then_the_config() {
+        let config: LogLevels = "info,sled=warn".parse().unwrap();
+        let check = |flag, env, want: &str, from| {
+            let (levels, source) = resolve_filter(flag, env, &config).unwrap();
+            assert_eq!((levels.to_string().as_str(), source), (want, from), "{flag:?} {env:?}");
+        };
+        check(None, None, "info,sled=warn", FilterSource::Config);
+        check(None, Some(""), "info,sled=warn", FilterSource::Config);
+        check(None, Some("debug"), "debug", FilterSource::Env);
+        check(Some("trace"), Some("debug"), "trace", FilterSource::Flag);
+        let err = resolve_filter(None, Some("verbose"), &config).unwrap_err().to_string();
+        assert!(err.starts_with("invalid log filter \"verbose\" in RUST_LOG: 'verbose' is not a level"), "{err}");
+        let err = resolve_filter(Some("x=loud"), None, &config).unwrap_err().to_string();
+        assert!(err.contains("in --log-filter"), "{err}");
+    }
+
+    #[test]
+    fn the_pool_command_takes_the_log_flags() {
+        let cli = Cli::try_parse_from([
+            "tidepool",
+            "pool",
+            "--config",
+            "p.toml",
+            "--log-format",
+            "json",
+            "--log-filter",
+            "debug",
+        ])
+        .unwrap();
+        let Command::Pool { log, .. } = cli.command else { panic!("not the pool command") };
+        assert_eq!((log.log_format, log.log_filter.as_deref()), (Some(LogFormat::Json), Some("debug")));
+        assert!(Cli::try_parse_from(["tidepool", "pool", "--config", "p.toml", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn config_changes_name_the_keys() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let a = PoolConfig::parse(base, Path::new("/")).unwrap();
+        let b = PoolConfig::parse(
+            &format!("{base}p2p_max_active = 3\n[migration]\nrefresh_seconds = 5\n[log]\nfilter = \"debug\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(config_changes(&a, &a), Vec::<String>::new());
+        assert_eq!(config_changes(&a, &b), ["migration.refresh_seconds", "p2p_max_active"]);
     }
 
     #[test]

@@ -23,6 +23,10 @@
 //!
 //! # [metrics]                      # Prometheus metrics (docs/metrics.md); off without this table
 //! # listen = "127.0.0.1:9325"       # serves GET /metrics over HTTP
+//! # [log]
+//! # format = "text"                # or "json": one JSON object per line
+//! # filter = "warn,tidepool_pool=debug" # default: logging::DEFAULT_FILTER; RUST_LOG and
+//! #                                # --log-filter win over it; SIGHUP re-reads it
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +36,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tidepool_p2p::PoolName;
 use tidepool_p2p::cluster::ClusterFile;
 
+use crate::logging::{DEFAULT_FILTER, LogFormat, LogLevels};
 use crate::transfer::TransferSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +79,9 @@ pub struct PoolConfig {
     /// The migration module's defaults (`[migration]`).
     #[serde(default)]
     pub migration: MigrationConfig,
+    /// The log's format and filter (`[log]`).
+    #[serde(default)]
+    pub log: LogConfig,
     /// The Prometheus metrics page (`[metrics]`); none without the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -86,6 +94,26 @@ pub struct MetricsConfig {
     /// Where the HTTP listener serving `GET /metrics` listens (plain HTTP, no authentication:
     /// a loopback or management-network address).
     pub listen: SocketAddr,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (the default) or `json` lines; `--log-format` wins over it.
+    pub format: LogFormat,
+    /// The log filter (`logging` explains the syntax); default: [`DEFAULT_FILTER`]. `RUST_LOG`
+    /// and `--log-filter` win over it. SIGHUP reads it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
+impl LogConfig {
+    /// The filter this table names, or the default.
+    pub fn levels(&self) -> Result<LogLevels, String> {
+        let text = self.filter.as_deref().unwrap_or(DEFAULT_FILTER);
+        text.parse().map_err(|e| format!("log.filter {text:?}: {e}"))
+    }
 }
 
 /// The `[migration]` table.
@@ -201,6 +229,7 @@ impl PoolConfig {
                 return Err(format!("metrics.listen {} is also the admin or p2p address", m.listen));
             }
         }
+        c.log.levels()?;
         Ok(c)
     }
 
@@ -299,5 +328,25 @@ mod tests {
         assert!(check("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\"\n").contains("path"));
         let clash = "admin_listen = \"127.0.0.1:9\"\n[metrics]\nlisten = \"127.0.0.1:9\"\n";
         assert!(check(clash).contains("also the admin"));
+    }
+
+    #[test]
+    fn log_table_has_defaults_and_refuses_bad_filters() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let c = PoolConfig::parse(base, Path::new("/")).unwrap();
+        assert_eq!(c.log, LogConfig::default());
+        assert_eq!(c.log.levels().unwrap().to_string(), DEFAULT_FILTER);
+        let c = PoolConfig::parse(
+            &format!("{base}[log]\nformat = \"json\"\nfilter = \"info,sled=warn\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.levels().unwrap().to_string(), "info,sled=warn");
+        assert_eq!(PoolConfig::parse(&toml::to_string_pretty(&c).unwrap(), Path::new("/")).unwrap(), c);
+        let err = PoolConfig::parse(&format!("{base}[log]\nfilter = \"verbose\"\n"), Path::new("/")).unwrap_err();
+        assert!(err.contains("log.filter \"verbose\"") && err.contains("'verbose' is not a level"), "{err}");
+        assert!(PoolConfig::parse(&format!("{base}[log]\nformat = \"xml\"\n"), Path::new("/")).is_err());
+        assert!(PoolConfig::parse(&format!("{base}[log]\ncolour = 1\n"), Path::new("/")).is_err());
     }
 }

@@ -39,6 +39,7 @@ use crate::admin::{self, exec};
 use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
+use crate::service::{Started, VERSION};
 use crate::transfer::{self, PEER_IDLE, TransferSettings};
 
 /// Everything a pool needs to start, resolved from its config, the cluster file and the key.
@@ -79,6 +80,10 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static)
 /// A pool whose repository is open but which does not serve yet.
 pub struct Opened {
     pool: Arc<Pool>,
+    data_dir: PathBuf,
+    capacity: u64,
+    /// When `open` began, to log and show how long start-up took.
+    began: Instant,
     key: ClusterKey,
     grace: Duration,
     span: tracing::Span,
@@ -95,6 +100,7 @@ impl Daemon {
     /// A caller that binds its listeners afterwards does not accept connections it cannot
     /// answer during a long recovery.
     pub async fn open(settings: Settings) -> anyhow::Result<Opened> {
+        let began = Instant::now();
         let span = tracing::info_span!("pool", name = %settings.name);
         let Settings {
             name,
@@ -132,14 +138,19 @@ impl Daemon {
             pool.start_migration(migration);
             crate::migration_env::restore(&pool);
         });
-        Ok(Opened { pool, key, grace: shutdown_grace, span })
+        Ok(Opened { pool, data_dir, capacity, began, key, grace: shutdown_grace, span })
     }
 }
 
 impl Opened {
+    /// The pool, before it serves (the `tidepool pool` command gives it its log control).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
     /// Step 4: accepts connections.
     pub fn serve(self, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
-        let Opened { pool, key, grace, span } = self;
+        let Opened { pool, data_dir, capacity, began, key, grace, span } = self;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let admin_addr = admin.local_addr()?;
@@ -150,7 +161,23 @@ impl Opened {
                 Ctx { pool: pool.clone(), key: key.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
             tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
         }
-        span.in_scope(|| tracing::info!(%admin_addr, %data_addr, mode = %pool.mode().mode, "pool started"));
+        let started = Started {
+            version: VERSION,
+            at: now_ms(),
+            startup: began.elapsed(),
+            data_dir,
+            capacity,
+            admin: admin_addr,
+            data: data_addr,
+        };
+        span.in_scope(|| {
+            tracing::info!(
+                %admin_addr, %data_addr, mode = %pool.mode().mode, version = VERSION,
+                data_dir = %started.data_dir.display(), capacity = started.capacity,
+                startup = ?started.startup, "pool started"
+            )
+        });
+        let _ = pool.started.set(started);
         Ok(Daemon { pool, admin_addr, data_addr, shutdown, tracker, grace, span })
     }
 }

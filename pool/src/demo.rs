@@ -157,6 +157,7 @@ async fn start_cluster(
             p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
             migration: Default::default(),
             metrics: Some(MetricsConfig { listen: metrics.local_addr()? }),
+            log: Default::default(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         // As `tidepool init` would: a kept demo then runs again as separate daemons.

@@ -41,7 +41,7 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Activity, Pool, now_ms};
+use crate::pool::{Activity, ClusterView, Pool, now_ms};
 use crate::repository::{Change, ChangeKind, Replica, RepoError, Repository};
 use crate::transfer;
 
@@ -60,7 +60,7 @@ pub struct PoolEnv {
     pool: Weak<Pool>,
     name: PoolName,
     pin_prefix: String,
-    cluster: ClusterFile,
+    cluster: Arc<ClusterView>,
     peers: Peers,
 }
 
@@ -77,7 +77,7 @@ impl PoolEnv {
             name: pool.name.clone(),
             pin_prefix: pool.pin_prefix.clone(),
             cluster: pool.cluster.clone(),
-            peers: Peers::new(pool.name.clone(), pool.key.clone(), &pool.cluster, REPLY_TIMEOUT),
+            peers: Peers::with_view(pool.name.clone(), pool.key.clone(), pool.cluster.clone(), REPLY_TIMEOUT),
         }
     }
 
@@ -229,23 +229,29 @@ impl Env for PoolEnv {
     }
 
     fn pools(&self) -> Vec<PoolName> {
-        self.cluster.pools.iter().map(|p| p.name.clone()).collect()
+        self.cluster.get().pools.iter().map(|p| p.name.clone()).collect()
     }
 
     fn pool_group(&self, group: &str) -> Vec<PoolName> {
-        self.cluster.pools.iter().filter(|p| p.groups.iter().any(|g| g == group)).map(|p| p.name.clone()).collect()
+        self.cluster
+            .get()
+            .pools
+            .iter()
+            .filter(|p| p.groups.iter().any(|g| g == group))
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     fn groups_of(&self, pool: &PoolName) -> Vec<String> {
-        self.cluster.pool(pool).map(|p| p.groups.clone()).unwrap_or_default()
+        self.cluster.pool(pool).map(|p| p.groups).unwrap_or_default()
     }
 
     fn link(&self, name: &str) -> Option<Vec<String>> {
-        self.cluster.links.iter().find(|l| l.name == name).map(|l| l.groups.clone())
+        self.cluster.get().links.iter().find(|l| l.name == name).map(|l| l.groups.clone())
     }
 
     fn hsm_pools(&self, hsm: &str) -> Vec<PoolName> {
-        self.cluster.pools.iter().filter(|p| p.hsm.iter().any(|h| h == hsm)).map(|p| p.name.clone()).collect()
+        self.cluster.get().pools.iter().filter(|p| p.hsm.iter().any(|h| h == hsm)).map(|p| p.name.clone()).collect()
     }
 
     fn request(
@@ -313,7 +319,8 @@ pub(crate) async fn forward_changes(
 pub struct Peers {
     me: PoolName,
     key: ClusterKey,
-    addresses: HashMap<PoolName, SocketAddr>,
+    /// Where the pools are (the pool's cluster view: SIGHUP may change it).
+    cluster: Arc<ClusterView>,
     reply_timeout: Duration,
     /// Kept connections per pool, the most recently used last.
     idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
@@ -338,14 +345,12 @@ impl Peers {
     /// A transport for pool `me` to the pools of `cluster`; a request without a reply within
     /// `reply_timeout` counts as unanswered ([`REPLY_TIMEOUT`] in the daemon).
     pub fn new(me: PoolName, key: ClusterKey, cluster: &ClusterFile, reply_timeout: Duration) -> Peers {
-        Peers {
-            me,
-            key,
-            addresses: cluster.pools.iter().map(|p| (p.name.clone(), p.p2p)).collect(),
-            reply_timeout,
-            idle: Mutex::new(HashMap::new()),
-            opened: AtomicU64::new(0),
-        }
+        Peers::with_view(me, key, ClusterView::new(cluster.clone()), reply_timeout)
+    }
+
+    /// [`Peers::new`] over a cluster view that may change (the pool's).
+    pub fn with_view(me: PoolName, key: ClusterKey, cluster: Arc<ClusterView>, reply_timeout: Duration) -> Peers {
+        Peers { me, key, cluster, reply_timeout, idle: Mutex::new(HashMap::new()), opened: AtomicU64::new(0) }
     }
 
     /// Connections opened so far (each one handshake).
@@ -355,7 +360,7 @@ impl Peers {
 
     /// Sends `req` to pool `to` and waits for its reply.
     pub async fn request(&self, to: &PoolName, req: MigrationRequest) -> Result<MigrationReply, Unanswered> {
-        let Some(&addr) = self.addresses.get(to) else {
+        let Some(addr) = self.cluster.pool(to).map(|p| p.p2p) else {
             tracing::warn!(pool = %to, "no pool of that name in the cluster file; migration request not sent");
             return Err(Unanswered::NotDelivered);
         };

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
@@ -14,8 +14,10 @@ use tidepool_p2p::auth::ClusterKey;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::logging::LogControl;
 use crate::migration_env::{self, PoolEnv};
 use crate::repository::{Recovery, RepoError, Repository};
+use crate::service::Started;
 use crate::transfer::{TransferSettings, Transfers};
 
 /// The current time in milliseconds since the epoch.
@@ -64,10 +66,38 @@ pub enum Activity {
     P2pClient,
 }
 
+/// The cluster file in force: read at start, replaced by SIGHUP ([`ClusterView::replace`]).
+/// Readers take a snapshot ([`ClusterView::get`]) and never hold the lock.
+#[derive(Debug)]
+pub struct ClusterView(parking_lot::RwLock<Arc<ClusterFile>>);
+
+impl ClusterView {
+    pub fn new(cluster: ClusterFile) -> Arc<ClusterView> {
+        Arc::new(ClusterView(parking_lot::RwLock::new(Arc::new(cluster))))
+    }
+
+    /// The cluster file in force now.
+    pub fn get(&self) -> Arc<ClusterFile> {
+        self.0.read().clone()
+    }
+
+    /// The entry of pool `name`, if the cluster file in force lists it.
+    pub fn pool(&self, name: &PoolName) -> Option<PoolEntry> {
+        self.0.read().pool(name).cloned()
+    }
+
+    /// Puts `cluster` in force; returns the one it replaces. Requests already under way keep
+    /// the addresses they started with.
+    pub fn replace(&self, cluster: ClusterFile) -> Arc<ClusterFile> {
+        std::mem::replace(&mut *self.0.write(), Arc::new(cluster))
+    }
+}
+
 pub struct Pool {
     pub name: PoolName,
     pub repo: Arc<Repository>,
-    pub cluster: ClusterFile,
+    /// The cluster file in force (SIGHUP replaces it).
+    pub cluster: Arc<ClusterView>,
     /// Authenticates this pool to other pools.
     pub key: ClusterKey,
     pub recovery: Recovery,
@@ -84,6 +114,12 @@ pub struct Pool {
     #[cfg(test)]
     pub faults: crate::transfer::Faults,
     mode: Mutex<ModeState>,
+    /// The version, resolved config and start time `info` shows; set when the pool starts
+    /// serving (`daemon::Opened::serve`).
+    pub started: OnceLock<Started>,
+    /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
+    /// for pools that share a process (the demo, tests).
+    pub log: OnceLock<Arc<LogControl>>,
     /// Set once the pool is in its `Arc` ([`Pool::start_migration`]).
     migration: OnceLock<Migration>,
 }
@@ -130,7 +166,7 @@ impl Pool {
         Ok(Pool {
             name,
             repo,
-            cluster,
+            cluster: ClusterView::new(cluster),
             key,
             recovery,
             pin_prefix,
@@ -140,6 +176,8 @@ impl Pool {
             #[cfg(test)]
             faults: Default::default(),
             mode: Mutex::new(mode),
+            started: OnceLock::new(),
+            log: OnceLock::new(),
             migration: OnceLock::new(),
         })
     }

@@ -214,8 +214,14 @@ fn cancelled(reply: &str) -> String {
 
 /// The pools of `group` in cluster-file order; an error if the cluster file has none.
 fn members(pool: &Pool, group: &str) -> Result<Vec<PoolName>, RemoteError> {
-    let members: Vec<PoolName> =
-        pool.cluster.pools.iter().filter(|p| p.groups.iter().any(|g| g == group)).map(|p| p.name.clone()).collect();
+    let members: Vec<PoolName> = pool
+        .cluster
+        .get()
+        .pools
+        .iter()
+        .filter(|p| p.groups.iter().any(|g| g == group))
+        .map(|p| p.name.clone())
+        .collect();
     if members.is_empty() {
         return Err(RemoteError::new(
             ErrorCode::InvalidArgument,
@@ -266,7 +272,7 @@ fn on_each(
     // The shell's client is not `Send` (its output callback is not), so the requests run as
     // local tasks on this thread, all at once, driven by the pool's runtime.
     let span = tracing::Span::current();
-    let (cluster, key) = (&pool.cluster, &pool.key);
+    let (cluster, key) = (&*pool.cluster.get(), &pool.key);
     let local = tokio::task::LocalSet::new();
     let answered = runtime.block_on(local.run_until(async move {
         let mut set = tokio::task::JoinSet::new();

@@ -826,6 +826,13 @@ impl Cluster {
         signal(child, libc::SIGCONT);
     }
 
+    /// Sends SIGHUP to a running pool (it reads its config and cluster file again).
+    #[track_caller]
+    pub fn hangup(&self, pool: &str) {
+        let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        signal(child, libc::SIGHUP);
+    }
+
     /// Sends SIGTERM and waits (up to [`STOP_DEADLINE`]) for the pool to exit; returns how it
     /// exited. A pool that does not exit in time is killed and the test fails.
     #[track_caller]

@@ -83,7 +83,13 @@ fn saved_reply(default: usize, jobs: usize) -> String {
 #[track_caller]
 fn info_migration_lines(cluster: &Cluster, pool: &str) -> Vec<String> {
     let info = cluster.info(pool);
-    info.lines().skip_while(|l| *l != INFO_SECTION).skip(1).map(str::to_string).collect()
+    // The section ends at the next one (`--- service ---`) or at the end.
+    info.lines()
+        .skip_while(|l| *l != INFO_SECTION)
+        .skip(1)
+        .take_while(|l| !l.starts_with("--- "))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Waits until `pool` holds every pnfsid of `want` (and maybe others); returns what it holds.

@@ -134,6 +134,21 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             let text = crate::migration_env::save(pool)?;
             Ok(out.write(&format!("{text}\n"))?)
         }
+        Command::LogSet { target, level } => {
+            let levels = log_control(pool)?
+                .set(&target, level)
+                .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("cannot change the log filter: {e}")))?;
+            tracing::info!(filter = %levels, "log filter changed by `log set`");
+            Ok(out.write(&format!("Log filter: {levels}\n"))?)
+        }
+        Command::LogLs => {
+            let levels = log_control(pool)?.levels();
+            let mut text = format!("{:<32} {}\n", "all", levels.default);
+            for (target, level) in &levels.targets {
+                let _ = writeln!(text, "{target:<32} {level}");
+            }
+            Ok(out.write(&text)?)
+        }
         Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
@@ -188,6 +203,17 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
 fn migration(pool: &Pool) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
     pool.try_migration()
         .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))
+}
+
+/// The run-time log control; only a pool run by `tidepool pool` has one (pools sharing a
+/// process, as in the demo, share its log).
+fn log_control(pool: &Pool) -> Result<&Arc<crate::logging::LogControl>, RemoteError> {
+    pool.log.get().ok_or_else(|| {
+        RemoteError::new(
+            ErrorCode::InvalidArgument,
+            "this pool shares its process's log (the demo, a test); run it with `tidepool pool` to change log levels",
+        )
+    })
 }
 
 /// The reason `migration cancel` gives the module (it shows in the job's notes).
@@ -431,6 +457,20 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
         for line in problems {
             let _ = writeln!(t, "restore: {line}");
         }
+    }
+    if let Some(s) = pool.started.get() {
+        let _ = writeln!(t, "--- service ---");
+        let _ = writeln!(t, "Version        : {}", s.version);
+        let uptime = now.saturating_sub(s.at) / 1000;
+        let _ = writeln!(t, "Started        : {} (up {uptime} s)", format_time(s.at));
+        let _ = writeln!(t, "Start-up took  : {:.3} s", s.startup.as_secs_f64());
+        let _ = writeln!(t, "Data directory : {}", s.data_dir.display());
+        let _ = writeln!(t, "Capacity       : {} bytes", s.capacity);
+        let _ = writeln!(t, "Admin listener : {}", s.admin);
+        let _ = writeln!(t, "Data listener  : {}", s.data);
+    }
+    if let Some(log) = pool.log.get() {
+        let _ = writeln!(t, "Log filter     : {}", log.levels());
     }
     out.write(&t)?;
     Ok(())

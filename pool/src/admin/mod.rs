@@ -13,6 +13,7 @@ use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
+use crate::logging::{Level, LogTarget};
 use crate::rebalance::{self, Metric};
 
 /// A parsed admin command.
@@ -59,6 +60,13 @@ pub enum Command {
     PpSetMaxOutgoing(usize),
     PpRemove(TransferId),
     Save,
+    /// `log set <target|all> <level>`.
+    LogSet {
+        target: LogTarget,
+        level: Level,
+    },
+    /// `log ls`.
+    LogLs,
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
     /// line (reference §6.3).
     MigrationCreate {
@@ -466,6 +474,35 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["save"],
         parse: |inv| inv.at_most(0).map(|()| Command::Save),
+    },
+    CommandSpec {
+        name: "log set",
+        args: "<target|all> <level>",
+        summary: "change the log level of a target (a Rust module path) or of all, until restart",
+        details: concat!(
+            "Levels: off, error, warn, info, debug, trace. A target is a module path and covers what is\n",
+            "below it: tidepool_pool (the daemon), tidepool_pool::transfer, tidepool_migration, sled, ...\n",
+            "`all` sets every level and forgets the per-target ones. The change holds until the next\n",
+            "`log set`, a SIGHUP that finds a changed [log] filter in the config, or a restart.\n",
+            "The reply is the filter now in force; `log ls` lists it.",
+        ),
+        options: &[],
+        examples: &["log set tidepool_pool::transfer debug", "log set all warn", "log set sled off"],
+        parse: |inv| {
+            let target = inv.parse_arg(inv.arg(0, "target")?)?;
+            let level = inv.parse_arg(inv.arg(1, "level")?)?;
+            inv.at_most(2)?;
+            Ok(Command::LogSet { target, level })
+        },
+    },
+    CommandSpec {
+        name: "log ls",
+        args: "",
+        summary: "list the log levels in force: `all` (every target not listed), then each target",
+        details: "Lines: <target> <level>, padded; `all` first, then the targets in order.",
+        options: &[],
+        examples: &["log ls"],
+        parse: |inv| inv.at_most(0).map(|()| Command::LogLs),
     },
     CommandSpec {
         name: "pp get file",
@@ -1158,6 +1195,12 @@ mod tests {
         check("pp set max active 0", Command::PpSetMaxActive(0));
         check("pp set max outgoing 4", Command::PpSetMaxOutgoing(4));
         check("pp remove 12", Command::PpRemove(TransferId(12)));
+        check("log ls", Command::LogLs);
+        check(
+            "log set tidepool_pool::transfer DEBUG",
+            Command::LogSet { target: LogTarget::Target("tidepool_pool::transfer".into()), level: Level::Debug },
+        );
+        check("log set all off", Command::LogSet { target: LogTarget::All, level: Level::Off });
         assert_eq!(parse("   "), Ok(None));
     }
 
@@ -1184,6 +1227,9 @@ mod tests {
         check_err("pp set max active -1", "unknown option -1", "-1");
         check_err("pp set max active many", "invalid digit", "many");
         check_err("pp remove x", "not a valid transfer id", "x");
+        check_err("log set tidepool_pool verbose", "'verbose' is not a level", "verbose");
+        check_err("log set a/b info", "'a/b' is not a target", "a/b");
+        check_err("log ls all", "unexpected argument", "all");
     }
 
     fn job(id: &str) -> JobId {
