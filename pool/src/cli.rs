@@ -159,8 +159,6 @@ pub fn command() -> clap::Command {
 }
 
 /// Runs the command line; errors are printed by the caller.
-
-/// Runs the command line; errors are printed by the caller.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
