@@ -46,8 +46,11 @@ pub enum ShellLine {
     Cd(PoolName),
     /// `cd ..` or `..`: back to `(local)`.
     Up,
-    /// `ls` at `(local)`: the pools of the cluster file and whether they answer.
-    Ls,
+    /// `ls` at `(local)`: the pools of the cluster file and whether they answer; with
+    /// `-json`, as one JSON array (docs/json.md).
+    Ls {
+        json: bool,
+    },
     Help(HelpRequest),
     /// `exit`, `quit` or `logoff`.
     Exit,
@@ -75,6 +78,8 @@ pub enum LineError {
     BadPoolName(#[from] IdError),
     #[error("{command} takes no arguments")]
     NoArguments { command: &'static str },
+    #[error("usage: ls [-json]")]
+    LsUsage,
     /// Longer than a pool accepts (`MAX_ADMIN_LINE`); refused before it is sent.
     #[error("{0}")]
     TooLong(String),
@@ -84,7 +89,7 @@ pub enum LineError {
 pub const LOCAL_COMMANDS: &[(&str, &str)] = &[
     ("cd <pool>", "talk to that pool's admin endpoint (the connection opens at once)"),
     ("cd .. | ..", "back to (local)"),
-    ("ls", "at (local): every pool of the cluster file, online or offline, with its groups"),
+    ("ls [-json]", "at (local): every pool of the cluster file, online or offline, with its groups (-json: as JSON)"),
     ("help", "this list; inside a pool, `help [command]` asks the pool"),
     ("exit | quit | logoff", "leave the shell (Ctrl-D too; Ctrl-C abandons the line being typed)"),
 ];
@@ -109,7 +114,11 @@ pub fn interpret(line: &str, at: &Location) -> Result<ShellLine, LineError> {
         ("exit" | "quit" | "logoff", _) => no_arguments(rest, "exit", ShellLine::Exit),
         ("..", _) => no_arguments(rest, "..", ShellLine::Up),
         ("cd", _) => cd(rest),
-        ("ls", Location::Local) => no_arguments(rest, "ls", ShellLine::Ls),
+        ("ls", Location::Local) => match rest {
+            [] => Ok(ShellLine::Ls { json: false }),
+            ["-json"] => Ok(ShellLine::Ls { json: true }),
+            _ => Err(LineError::LsUsage),
+        },
         ("help", Location::Local) => {
             let topic = (!rest.is_empty()).then(|| rest.join(" "));
             Ok(ShellLine::Help(HelpRequest::Local { topic }))
@@ -156,7 +165,8 @@ mod tests {
         check("  cd   pool1  ", local, Ok(Cd(pool("pool1"))));
         check("cd ..", local, Ok(Up));
         check("..", local, Ok(Up));
-        check("ls", local, Ok(Ls));
+        check("ls", local, Ok(Ls { json: false }));
+        check("ls -json", local, Ok(Ls { json: true }));
         check("exit", local, Ok(Exit));
         check("quit", local, Ok(Exit));
         check("logoff", local, Ok(Exit));
@@ -170,7 +180,8 @@ mod tests {
             local,
             Err("\"pool/1\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'"),
         );
-        check("ls -l", local, Err("ls takes no arguments"));
+        check("ls -l", local, Err("usage: ls [-json]"));
+        check("ls -json -json", local, Err("usage: ls [-json]"));
         check("exit now", local, Err("exit takes no arguments"));
     }
 

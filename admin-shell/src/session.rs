@@ -121,11 +121,12 @@ impl Session {
                 self.at = Location::Pool(pool);
                 Ok(())
             }
-            ShellLine::Ls => {
+            ShellLine::Ls { json } => {
                 let statuses = self.client.probe_all().await;
                 let names: Vec<(&PoolName, &[String])> =
                     self.client.cluster().pools.iter().map(|p| (&p.name, p.groups.as_slice())).collect();
-                console.print(&pool_list(&names, &statuses)).map_err(Failure::Console)
+                let text = if json { pool_list_json(&names, &statuses) } else { pool_list(&names, &statuses) };
+                console.print(&text).map_err(Failure::Console)
             }
             ShellLine::Help(HelpRequest::Local { topic }) => {
                 console.print(&local_help(topic.as_deref())?).map_err(Failure::Console)
@@ -230,9 +231,54 @@ fn pool_list(pools: &[(&PoolName, &[String])], statuses: &[PoolStatus]) -> Strin
     text
 }
 
+/// One pool of `ls -json`.
+#[derive(Debug, serde::Serialize)]
+struct PoolEntryJson<'a> {
+    pool: &'a str,
+    /// `online`, `offline` or `error`, as the text.
+    status: &'static str,
+    groups: &'a [String],
+    /// Why it is offline or unusable; `null` when online.
+    reason: Option<&'a str>,
+}
+
+/// `ls -json`: the `ls` table as one JSON array, in cluster-file order.
+fn pool_list_json(pools: &[(&PoolName, &[String])], statuses: &[PoolStatus]) -> String {
+    let list: Vec<PoolEntryJson<'_>> = pools
+        .iter()
+        .zip(statuses)
+        .map(|((name, groups), status)| PoolEntryJson {
+            pool: name.as_str(),
+            status: status.word(),
+            groups,
+            reason: status.reason(),
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&list).expect("a pool list always serialises");
+    text.push('\n');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_list_json_has_the_figures_of_the_table() {
+        let (a, b): (PoolName, PoolName) = ("pool1".parse().unwrap(), "cache-pool2".parse().unwrap());
+        let groups = ["disk".to_string(), "tape".to_string()];
+        let statuses = [PoolStatus::Online, PoolStatus::Offline { reason: "connection refused".into() }];
+        let json: serde_json::Value =
+            serde_json::from_str(&pool_list_json(&[(&a, &groups), (&b, &[])], &statuses)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"pool": "pool1", "status": "online", "groups": ["disk", "tape"], "reason": null},
+                {"pool": "cache-pool2", "status": "offline", "groups": [], "reason": "connection refused"},
+            ])
+        );
+        assert_eq!(pool_list_json(&[], &[]), "[]\n");
+    }
 
     #[test]
     fn pool_list_aligns_names_and_shows_groups_and_reasons() {

@@ -577,7 +577,8 @@ impl<E: Env> Module<E> {
         self.problems.lock().clone()
     }
 
-    pub fn ls_json(&self) -> String {
+    /// The jobs of `migration ls -json` (and of `info -json`).
+    pub fn ls_summaries(&self) -> Vec<report::JobSummary> {
         let (jobs, unrestored) = {
             let jobs = self.jobs.lock();
             let unrestored: Vec<report::JobSummary> = jobs
@@ -592,8 +593,7 @@ impl<E: Env> Module<E> {
                 .collect();
             (jobs.list.clone(), unrestored)
         };
-        let list: Vec<report::JobSummary> = jobs
-            .iter()
+        jobs.iter()
             .map(|j| report::JobSummary {
                 id: j.id.lock().to_string(),
                 state: j.s.lock().state.as_str().to_string(),
@@ -601,8 +601,11 @@ impl<E: Env> Module<E> {
                 reason: None,
             })
             .chain(unrestored)
-            .collect();
-        serde_json::to_string_pretty(&list).expect("a job list always serialises")
+            .collect()
+    }
+
+    pub fn ls_json(&self) -> String {
+        serde_json::to_string_pretty(&self.ls_summaries()).expect("a job list always serialises")
     }
 
     /// The report of every job, oldest first: what `migration info` shows of each (the pool's

@@ -15,7 +15,8 @@ pub fn summary_line(id: &str, state: JobState, command: &str) -> String {
     format!("[{id}] {:<12} {command}", state.as_str())
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One job of `migration ls -json`; `rebalance -json` reads it back from other pools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JobSummary {
     pub id: String,
     pub state: String,

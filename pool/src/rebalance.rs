@@ -17,12 +17,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use tidepool_admin::client::{ClientError, PoolClient};
 use tidepool_migration::env::{Env, Unanswered};
+use tidepool_migration::report::JobSummary;
 use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
 use crate::admin::exec::{self, Output};
+use crate::admin::json::{ErrorJson, write_document};
 use crate::pool::Pool;
 
 /// The id of the jobs `rebalance pgroup` starts (dCache's).
@@ -31,6 +34,9 @@ pub const JOB_ID: &str = "rebalance";
 pub const DEFAULT_REFRESH: u64 = 30;
 /// How every pool's `rebalance` job is cancelled: at once, half-made copies removed.
 const CANCEL_LINE: &str = "migration cancel -force rebalance";
+/// With `-json`, run after the other lines on each pool: its jobs, typed, to find its
+/// `rebalance` job.
+const LS_JSON_LINE: &str = "migration ls -json";
 /// What the migration module answers when a pool has no such job.
 const NO_JOB: &str = "Job not found";
 /// How long a pool may take to answer one admin command of a rebalance (creating a job replies
@@ -156,6 +162,7 @@ pub fn start(
     group: &str,
     metric: Metric,
     refresh: u64,
+    json: bool,
     out: &mut dyn Output,
 ) -> Result<(), RemoteError> {
     let members = members(pool, group)?;
@@ -180,6 +187,9 @@ pub fn start(
         answers.into_iter().map(|(_, name, answer)| (name, answer)).collect::<Vec<_>>()
     });
     let plan = plan(metric, refresh, &answers);
+    if json {
+        return start_json(pool, &runtime, group, metric, &plan, out);
+    }
     let mut text = String::new();
     for (name, why) in &plan.left_out {
         let _ = writeln!(text, "{name}: left out: {why}");
@@ -197,9 +207,16 @@ pub fn start(
 
 /// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
 /// one line per pool (the job's summary line, no such job, or the error).
-pub fn cancel(pool: &Arc<Pool>, group: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn cancel(pool: &Arc<Pool>, group: &str, json: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
+    if json {
+        let results = with_jobs(on_each(pool, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
+        let (pools, failed) = outcomes(&results, "cancelled", "no_job");
+        let doc = RebalanceJson { group: group.to_string(), metric: None, level: None, command: None, pools };
+        write_document(out, &doc)?;
+        return summary(group, "cancelled the rebalance jobs", &results, failed);
+    }
     let results = on_each(pool, &runtime, &members, &[CANCEL_LINE]);
     let mut text = String::new();
     let failed = report(&results, &mut text, cancelled);
@@ -367,12 +384,131 @@ fn report(
     failed
 }
 
+/// `rebalance pgroup -json` and `rebalance cancel pgroup -json` (docs/json.md).
+#[derive(Debug, Serialize)]
+pub struct RebalanceJson {
+    pub group: String,
+    /// `relative` or `free`; `null` for a cancel.
+    pub metric: Option<String>,
+    /// With `-metric=relative`, the group's used fraction F; else `null`.
+    pub level: Option<f64>,
+    /// The `migration move` line every enabled pool runs; `null` for a cancel, or when no
+    /// job was started (fewer than two enabled pools answered).
+    pub command: Option<String>,
+    /// Every pool of the group in cluster-file order (left-out pools first, as in the text).
+    pub pools: Vec<PoolOutcome>,
+}
+
+/// What became of one pool of the group.
+#[derive(Debug, Serialize)]
+pub struct PoolOutcome {
+    pub pool: String,
+    /// `left_out`, `started`, `cancelled`, `no_job` or `failed`.
+    pub outcome: &'static str,
+    /// `left_out` only: why (`disabled`, `offline (not reachable)`, ...).
+    pub reason: Option<String>,
+    /// The pool's `rebalance` job as `migration ls -json` showed it after the command.
+    pub job: Option<JobSummary>,
+    /// `failed` only.
+    pub error: Option<ErrorJson>,
+}
+
+fn start_json(
+    pool: &Arc<Pool>,
+    runtime: &tokio::runtime::Handle,
+    group: &str,
+    metric: Metric,
+    plan: &Plan,
+    out: &mut dyn Output,
+) -> Result<(), RemoteError> {
+    let mut pools: Vec<PoolOutcome> = plan
+        .left_out
+        .iter()
+        .map(|(name, why)| PoolOutcome {
+            pool: name.to_string(),
+            outcome: "left_out",
+            reason: Some(why.clone()),
+            job: None,
+            error: None,
+        })
+        .collect();
+    let mut doc = RebalanceJson {
+        group: group.to_string(),
+        metric: Some(metric.to_string()),
+        level: plan.level,
+        command: None,
+        pools: Vec::new(),
+    };
+    if let Err(e) = plan.check(group) {
+        doc.pools = pools;
+        write_document(out, &doc)?;
+        return Err(e);
+    }
+    tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
+    let results = with_jobs(on_each(pool, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
+    let (started, failed) = outcomes(&results, "started", "started");
+    pools.extend(started);
+    doc.command = Some(plan.line.clone());
+    doc.pools = pools;
+    write_document(out, &doc)?;
+    summary(group, "started the rebalance jobs", &results, failed)
+}
+
+/// Each pool's `rebalance` job, read from the output of its last line, `migration ls -json`
+/// (an answer that is not a job list is a failure of that pool).
+fn with_jobs(
+    results: Vec<(PoolName, Result<String, RemoteError>)>,
+) -> Vec<(PoolName, Result<Option<JobSummary>, RemoteError>)> {
+    results
+        .into_iter()
+        .map(|(name, result)| {
+            let job = result.and_then(|listed| {
+                let jobs: Vec<JobSummary> = serde_json::from_str(&listed).map_err(|e| {
+                    RemoteError::new(ErrorCode::Protocol, format!("`{LS_JSON_LINE}` did not answer a job list: {e}"))
+                })?;
+                Ok(jobs.into_iter().find(|j| j.id == JOB_ID && j.reason.is_none()))
+            });
+            (name, job)
+        })
+        .collect()
+}
+
+/// The outcome of each pool (`with_job` if it has a `rebalance` job, `without` if not) and
+/// how many failed.
+fn outcomes(
+    results: &[(PoolName, Result<Option<JobSummary>, RemoteError>)],
+    with_job: &'static str,
+    without: &'static str,
+) -> (Vec<PoolOutcome>, usize) {
+    let mut failed = 0;
+    let list = results
+        .iter()
+        .map(|(name, result)| {
+            let pool = name.to_string();
+            match result {
+                Ok(job) => PoolOutcome {
+                    pool,
+                    outcome: if job.is_some() { with_job } else { without },
+                    reason: None,
+                    job: job.clone(),
+                    error: None,
+                },
+                Err(e) => {
+                    failed += 1;
+                    PoolOutcome { pool, outcome: "failed", reason: None, job: None, error: Some(ErrorJson::from(e)) }
+                }
+            }
+        })
+        .collect();
+    (list, failed)
+}
+
 /// The command's end: an error (so a script sees it) if some pool failed, with the code of the
 /// first failure.
-fn summary(
+fn summary<T>(
     group: &str,
     done: &str,
-    results: &[(PoolName, Result<String, RemoteError>)],
+    results: &[(PoolName, Result<T, RemoteError>)],
     failed: usize,
 ) -> Result<(), RemoteError> {
     match results.iter().find_map(|(_, r)| r.as_ref().err()) {

@@ -65,7 +65,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
     let now = now_ms();
     match cmd {
         Command::Help { topic } => help(&topic, out),
-        Command::Info => info(pool, out),
+        Command::Info { json: false } => info(pool, out),
+        Command::Info { json: true } => super::json::write_document(out, &super::json::info(pool)),
         Command::RepLs(ls) => rep_ls(pool, &ls, out),
         Command::RepStickyLs { pnfsid } => {
             let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
@@ -109,7 +110,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::PpGetFile { pnfsids, source, wait, force_source_mode } => {
             pp_get_file(pool, pnfsids, source, wait, force_source_mode, out)
         }
-        Command::PpLs { long } => pp_ls(pool, long, out),
+        Command::PpLs { long, json: false } => pp_ls(pool, long, out),
+        Command::PpLs { long, json: true } => super::json::write_document(out, &super::json::pp_ls(pool, long)),
         Command::PpSetMaxActive(n) => {
             pool.transfers.incoming.set_limit(n);
             out.write(&format!("Max active set to {n}\n"))?;
@@ -194,8 +196,10 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::MigrationGetDefaultRefresh => {
             reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
         }
-        Command::Rebalance { group, metric, refresh } => crate::rebalance::start(pool, &group, metric, refresh, out),
-        Command::RebalanceCancel { group } => crate::rebalance::cancel(pool, &group, out),
+        Command::Rebalance { group, metric, refresh, json } => {
+            crate::rebalance::start(pool, &group, metric, refresh, json, out)
+        }
+        Command::RebalanceCancel { group, json } => crate::rebalance::cancel(pool, &group, json, out),
     }
 }
 
@@ -496,11 +500,15 @@ pub fn flags(r: &Replica, now: i64) -> String {
     format!("<{}L(0)[0]>", chars.iter().collect::<String>())
 }
 
+/// The size `rep ls` shows: 0 while it is not known yet (NEW, FROM_STORE).
+pub fn listed_size(r: &Replica) -> u64 {
+    if matches!(r.state, ReplicaState::New | ReplicaState::FromStore) { 0 } else { r.attrs.size }
+}
+
 /// One `rep ls` line, with its newline.
 pub fn rep_ls_line(r: &Replica, now: i64) -> String {
-    let size = if matches!(r.state, ReplicaState::New | ReplicaState::FromStore) { 0 } else { r.attrs.size };
     let class = r.attrs.storage_class.as_deref().unwrap_or("<unknown>");
-    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r, now), size, class)
+    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r, now), listed_size(r), class)
 }
 
 fn selected(ls: &RepLs, r: &Replica, now: i64) -> bool {
@@ -518,14 +526,15 @@ fn selected(ls: &RepLs, r: &Replica, now: i64) -> bool {
     class_ok && ls.require.iter().all(holds)
 }
 
-#[derive(Default)]
-struct ClassStats {
-    files: u64,
-    bytes: u64,
-    precious_files: u64,
-    precious_bytes: u64,
-    sticky_files: u64,
-    sticky_bytes: u64,
+/// One row of `rep ls -s`, in bytes (also its `-json` form).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ClassStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub precious_files: u64,
+    pub precious_bytes: u64,
+    pub sticky_files: u64,
+    pub sticky_bytes: u64,
 }
 
 impl ClassStats {
@@ -567,34 +576,22 @@ impl ClassStats {
     }
 }
 
-fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
-    let now = now_ms();
-    let summarise = ls.stats.is_some() || ls.sum;
-    let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
-    let mut buffer = String::new();
-    let mut visit = |r: &Replica, out: &mut dyn Output| -> Result<(), RemoteError> {
-        if !selected(ls, r, now) {
-            return Ok(());
-        }
-        if summarise {
-            let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
-            classes.entry(class).or_default().add(r, now);
-        } else {
-            buffer.push_str(&rep_ls_line(r, now));
-            if buffer.len() > 32 * 1024 {
-                out.write(&buffer)?;
-                buffer.clear();
-            }
-        }
-        Ok(())
-    };
+/// Calls `visit` for every replica `ls` selects (the listed pnfsids, or the replicas being
+/// received and then every stored one); returns the listed pnfsids the pool does not hold.
+pub fn each_selected(
+    pool: &Pool,
+    ls: &RepLs,
+    now: i64,
+    visit: &mut dyn FnMut(&Replica) -> Result<(), RemoteError>,
+) -> Result<Vec<String>, RemoteError> {
+    let mut visit = |r: &Replica| if selected(ls, r, now) { visit(r) } else { Ok(()) };
     let mut missing = Vec::new();
     if ls.pnfsids.is_empty() {
         for r in pool.repo.incoming() {
-            visit(&r, out)?;
+            visit(&r)?;
         }
         let mut stopped = Ok(());
-        pool.repo.scan(&mut |r| match visit(&r, out) {
+        pool.repo.scan(&mut |r| match visit(&r) {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => {
                 stopped = Err(e);
@@ -605,32 +602,65 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
     } else {
         for id in &ls.pnfsids {
             match pool.repo.get(id)? {
-                Some(r) => visit(&r, out)?,
+                Some(r) => visit(&r)?,
                 None => missing.push(id.to_string()),
             }
         }
     }
-    out.write(&buffer)?;
+    Ok(missing)
+}
+
+fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let now = now_ms();
+    let summarise = ls.stats.is_some() || ls.sum;
+    let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
+    let missing = if summarise {
+        each_selected(pool, ls, now, &mut |r| {
+            let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
+            classes.entry(class).or_default().add(r, now);
+            Ok(())
+        })?
+    } else if ls.json {
+        super::json::rep_ls(pool, ls, now, out)?
+    } else {
+        let mut buffer = String::new();
+        let missing = each_selected(pool, ls, now, &mut |r| {
+            buffer.push_str(&rep_ls_line(r, now));
+            if buffer.len() > 32 * 1024 {
+                out.write(&buffer)?;
+                buffer.clear();
+            }
+            Ok(())
+        })?;
+        out.write(&buffer)?;
+        missing
+    };
     if summarise {
         let unit = ls.stats.unwrap_or(super::SizeUnit::B);
         let mut total = ClassStats::default();
-        let mut text = String::new();
-        if ls.stats.is_some() {
-            text.push_str(&format!(
-                "{:<24} {:>10} {:>14} {:>10} {:>14} {:>10} {:>14}\n",
-                "storage class", "files", "bytes", "precious", "precious bytes", "sticky", "sticky bytes"
-            ));
-            for (name, s) in &classes {
-                text.push_str(&s.row(name, unit));
-            }
-        }
         for s in classes.values() {
             total.merge(s);
         }
-        if ls.sum {
-            text.push_str(&total.row("TOTAL", unit));
+        if ls.json {
+            let classes =
+                classes.into_iter().map(|(storage_class, stats)| super::json::ClassJson { storage_class, stats });
+            super::json::write_document(out, &super::json::RepStatsJson { classes: classes.collect(), total })?;
+        } else {
+            let mut text = String::new();
+            if ls.stats.is_some() {
+                text.push_str(&format!(
+                    "{:<24} {:>10} {:>14} {:>10} {:>14} {:>10} {:>14}\n",
+                    "storage class", "files", "bytes", "precious", "precious bytes", "sticky", "sticky bytes"
+                ));
+                for (name, s) in &classes {
+                    text.push_str(&s.row(name, unit));
+                }
+            }
+            if ls.sum {
+                text.push_str(&total.row("TOTAL", unit));
+            }
+            out.write(&text)?;
         }
-        out.write(&text)?;
     }
     if !missing.is_empty() {
         return Err(RemoteError::new(ErrorCode::FileNotFound, format!("not in this pool: {}", missing.join(" "))));
@@ -835,6 +865,135 @@ mod tests {
                 first, "pool1: [rebalance] CANCELLED    migration copy -permanent -id=rebalance -- pool2",
                 "{out}"
             );
+        })
+        .await
+        .unwrap();
+        pool.stop_migration(Duration::from_secs(5)).await;
+    }
+
+    /// The `-json` forms parse and carry the figures of the text forms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_forms_have_the_figures_of_the_text_forms() {
+        use crate::repository::conformance::put;
+        use serde_json::Value;
+
+        let pool = migrating_pool();
+        let p = pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let pool = &p;
+            let now = now_ms();
+            put(&pool.repo, id(1), 100, ReplicaState::Cached, vec![], now);
+            put(&pool.repo, id(2), 200, ReplicaState::Precious, vec![StickyRecord::new("alice", NEVER)], now);
+            put(&pool.repo, id(3), 300, ReplicaState::Cached, vec![], now);
+            let json = |line: &str| -> Value {
+                let text = run(pool, line).unwrap();
+                assert!(text.ends_with("}\n") || text.ends_with("]\n"), "{line}: {text}");
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{line}: {e}: {text}"))
+            };
+
+            // rep ls: one element per line, the same pnfsid, flags, size and class.
+            let text = run(pool, "rep ls").unwrap();
+            let listed = json("rep ls -json");
+            let listed = listed.as_array().unwrap();
+            assert_eq!(listed.len(), text.lines().count());
+            for (line, r) in text.lines().zip(listed) {
+                let class = r["storage_class"].as_str().unwrap();
+                let want = format!("{} {} {} si={{{class}}}", r["pnfsid"].as_str().unwrap(), r["flags"].as_str().unwrap(), r["size"]);
+                assert_eq!(line, want);
+            }
+            let precious = listed.iter().find(|r| r["pnfsid"] == id(2).to_string()).unwrap();
+            assert_eq!((precious["state"].as_str(), precious["sticky"].as_bool()), (Some("PRECIOUS"), Some(true)));
+            assert_eq!(json("rep ls -json -l=p").as_array().unwrap().len(), 1);
+            let (out, err) = run_both(pool, &format!("rep ls -json {} {}", id(1), id(9)));
+            assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(), 1, "{out}");
+            assert_eq!(err.unwrap().code, ErrorCode::FileNotFound.as_u32());
+
+            // rep ls -s: the classes and the total, in bytes.
+            let stats = json("rep ls -s -json");
+            assert_eq!(stats, json("rep ls -sum -json"));
+            let total = serde_json::json!({
+                "files": 3, "bytes": 600, "precious_files": 1, "precious_bytes": 200, "sticky_files": 1, "sticky_bytes": 200
+            });
+            assert_eq!(stats["total"], total);
+            assert_eq!(stats["classes"][0]["storage_class"], "atlas:default");
+            assert_eq!(stats["classes"][0]["bytes"], 600);
+            let row = run(pool, "rep ls -sum").unwrap();
+            assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["TOTAL", "3", "600", "1", "200", "1", "200"]);
+
+            // info: the space lines and the replica counts.
+            let text = run(pool, "info").unwrap();
+            let info = json("info -json");
+            for (field, label) in
+                [("total", "Total"), ("used", "Used"), ("free", "Free"), ("precious", "Precious"), ("removable", "Removable")]
+            {
+                let want = format!("{label:<15}: {} bytes\n", info["space"][field]);
+                assert!(text.contains(&want), "{want:?} not in {text}");
+            }
+            assert_eq!(info["space"]["used"], 600);
+            assert_eq!((info["pool"].as_str(), info["mode"].as_str(), &info["disabled"]), (Some("pool1"), Some("enabled"), &Value::Null));
+            assert_eq!(info["replicas"]["total"], 3);
+            assert!(text.contains("Replicas       : 3 (CACHED 2, PRECIOUS 1)\n"), "{text}");
+            assert_eq!(info["replicas"]["by_state"], serde_json::json!([{"state": "CACHED", "count": 2}, {"state": "PRECIOUS", "count": 1}]));
+            assert_eq!(info["groups"], serde_json::json!(["disk"]));
+            assert_eq!(info["recovery"]["clean"], true);
+            assert_eq!(info["migration"]["jobs"], serde_json::json!([]));
+            run(pool, "pool disable -rdonly 7 \"disk check\"").unwrap();
+            let info = json("info -json");
+            assert!(run(pool, "info").unwrap().contains(&format!("Mode           : {}\n", info["mode"].as_str().unwrap())));
+            assert_eq!((info["enabled"].as_bool(), &info["disabled"]), (Some(false), &serde_json::json!({"code": 7, "message": "disk check"})));
+            run(pool, "pool enable").unwrap();
+
+            // pp ls: the gates and the (empty) tables.
+            run(pool, "pp set max active 5").unwrap();
+            let pp = json("pp ls -json");
+            assert!(run(pool, "pp ls").unwrap().starts_with(&format!(
+                "incoming: 0 active of max 5, 0 queued; outgoing: 0 active of max {}, 0 queued; connections opened: 0\n",
+                pp["outgoing"]["max"]
+            )));
+            assert_eq!(pp["incoming"], serde_json::json!({"active": 0, "max": 5, "queued": 0}));
+            assert_eq!((&pp["transfers"], &pp["finished"]), (&serde_json::json!([]), &Value::Null));
+            assert_eq!(json("pp ls -l -json")["finished"], serde_json::json!([]));
+
+            // migration: info lists the jobs as `migration ls -json` does.
+            run(pool, &format!("migration copy -pnfsid={} pool2", id(1))).unwrap();
+            let jobs = json("migration ls -json");
+            assert_eq!(json("info -json")["migration"]["jobs"][0]["id"], jobs[0]["id"]);
+            assert_eq!(jobs[0]["id"], "1");
+            run(pool, "migration cancel -force 1").unwrap();
+        })
+        .await
+        .unwrap();
+        pool.stop_migration(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rebalance_json_names_every_pool() {
+        let pool = migrating_pool();
+        let p = pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let pool = &p;
+            let (out, err) = run_both(pool, "rebalance pgroup -json disk");
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                doc,
+                serde_json::json!({
+                    "group": "disk", "metric": "relative", "level": 0.0, "command": null,
+                    "pools": [{"pool": "pool2", "outcome": "left_out", "reason": "offline (not reachable)", "job": null, "error": null}],
+                })
+            );
+            assert!(err.unwrap().message.ends_with("nothing to level"));
+
+            run(pool, "migration copy -permanent -id=rebalance pool2").unwrap();
+            let (out, err) = run_both(pool, "rebalance cancel pgroup -json disk");
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!((doc["group"].as_str(), &doc["metric"]), (Some("disk"), &serde_json::Value::Null));
+            let pools = doc["pools"].as_array().unwrap();
+            assert_eq!((pools[0]["pool"].as_str(), pools[0]["outcome"].as_str()), (Some("pool1"), Some("cancelled")));
+            assert_eq!(pools[0]["job"]["id"], "rebalance");
+            assert_eq!(pools[0]["job"]["state"], "CANCELLED");
+            assert_eq!((pools[1]["pool"].as_str(), pools[1]["outcome"].as_str()), (Some("pool2"), Some("failed")));
+            assert_eq!(pools[1]["error"]["code"], ErrorCode::Offline.as_u32());
+            assert_eq!(err.unwrap().code, ErrorCode::Offline.as_u32());
         })
         .await
         .unwrap();

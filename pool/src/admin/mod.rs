@@ -2,6 +2,7 @@
 //! parsed purely into a typed [`Command`], executed separately by [`exec`].
 
 pub mod exec;
+pub mod json;
 pub mod spec;
 
 use tidepool_migration::MigrationError;
@@ -22,7 +23,10 @@ pub enum Command {
     Help {
         topic: Vec<String>,
     },
-    Info,
+    Info {
+        /// `-json`: the same figures as one JSON object (docs/json.md).
+        json: bool,
+    },
     RepLs(RepLs),
     RepStickyLs {
         pnfsid: PnfsId,
@@ -55,6 +59,7 @@ pub enum Command {
     },
     PpLs {
         long: bool,
+        json: bool,
     },
     PpSetMaxActive(usize),
     PpSetMaxOutgoing(usize),
@@ -108,10 +113,13 @@ pub enum Command {
         metric: Metric,
         /// The jobs' `-refresh`, in seconds.
         refresh: u64,
+        /// `-json`: the plan and each pool's outcome as one JSON object.
+        json: bool,
     },
     /// `rebalance cancel pgroup`.
     RebalanceCancel {
         group: String,
+        json: bool,
     },
 }
 
@@ -137,6 +145,8 @@ pub struct RepLs {
     pub stats: Option<SizeUnit>,
     /// `-sum`: totals only.
     pub sum: bool,
+    /// `-json`: the listing, or with `-s`/`-sum` the statistics, as JSON (sizes in bytes).
+    pub json: bool,
     pub pnfsids: Vec<PnfsId>,
 }
 
@@ -194,6 +204,9 @@ const fn flag(name: &'static str, help: &'static str) -> OptionSpec {
 const fn valued(name: &'static str, v: &'static str, help: &'static str) -> OptionSpec {
     OptionSpec { name, value: OptionValue::Required(v), help }
 }
+
+/// `-json` on a listing or status command; docs/json.md gives each command's schema.
+const JSON: OptionSpec = flag("json", "one JSON document instead of the text (schema: docs/json.md)");
 
 /// The options of `migration copy|move|cache` (reference §2.2-§2.5); the three commands differ
 /// only in their defaults (§2.6), which each option's help names.
@@ -325,9 +338,9 @@ pub static COMMANDS: &[CommandSpec] = &[
         args: "",
         summary: "show the pool's name, mode, space, replica counts and recovery findings",
         details: "",
-        options: &[],
-        examples: &["info"],
-        parse: |inv| inv.at_most(0).map(|()| Command::Info),
+        options: &[JSON],
+        examples: &["info", "info -json"],
+        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::Info { json: inv.flag("json")? })),
     },
     CommandSpec {
         name: "rep ls",
@@ -349,9 +362,15 @@ pub static COMMANDS: &[CommandSpec] = &[
                 help: "per-storage-class statistics instead of a listing, in the given unit (default bytes)",
             },
             flag("sum", "totals only (with -s: a total row after the classes)"),
+            flag(
+                "json",
+                "JSON instead of lines: an array of replicas, or with -s/-sum the statistics (every class and the total, in bytes; -s takes no unit)",
+            ),
         ],
         examples: &[
             "rep ls",
+            "rep ls -json",
+            "rep ls -s -json",
             "rep ls -l=sp",
             "rep ls -storage=atlas:*",
             "rep ls -s=m",
@@ -539,9 +558,9 @@ pub static COMMANDS: &[CommandSpec] = &[
         summary: "list incoming pool-to-pool transfers, active and queued",
         details: "Lines: [<id>] <pnfsid> from <pool> ACTIVE <done>/<size> bytes <MiB/s> MiB/s <age> s,\n\
                   or QUEUED <age> s. With -l, the last 50 finished transfers follow (DONE or FAILED).",
-        options: &[flag("l", "also list recently finished transfers")],
-        examples: &["pp ls", "pp ls -l"],
-        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::PpLs { long: inv.flag("l")? })),
+        options: &[flag("l", "also list recently finished transfers"), JSON],
+        examples: &["pp ls", "pp ls -l", "pp ls -l -json"],
+        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::PpLs { long: inv.flag("l")?, json: inv.flag("json")? })),
     },
     CommandSpec {
         name: "pp set max active",
@@ -817,8 +836,13 @@ pub static COMMANDS: &[CommandSpec] = &[
                 "seconds",
                 "how often each job fetches the other pools' space (default: 30); the levels are only as fresh as this",
             ),
+            JSON,
         ],
-        examples: &["rebalance pgroup disk", "rebalance pgroup -metric=free -refresh=10 disk"],
+        examples: &[
+            "rebalance pgroup disk",
+            "rebalance pgroup -metric=free -refresh=10 disk",
+            "rebalance pgroup -json disk",
+        ],
         parse: parse_rebalance,
     },
     CommandSpec {
@@ -830,12 +854,12 @@ pub static COMMANDS: &[CommandSpec] = &[
             "transfers stop and half-made copies are removed; what was moved stays moved. One line per\n",
             "pool: the job's summary line, `no rebalance job`, or `failed: <error>` (then the command fails).",
         ),
-        options: &[],
-        examples: &["rebalance cancel pgroup disk"],
+        options: &[JSON],
+        examples: &["rebalance cancel pgroup disk", "rebalance cancel pgroup -json disk"],
         parse: |inv| {
             let group = inv.arg(0, "pool group")?.text.clone();
             inv.at_most(1)?;
-            Ok(Command::RebalanceCancel { group })
+            Ok(Command::RebalanceCancel { group, json: inv.flag("json")? })
         },
     },
 ];
@@ -858,7 +882,7 @@ pub fn describe() -> Vec<CommandDescription> {
 }
 
 fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
-    let mut ls = RepLs { sum: inv.flag("sum")?, ..RepLs::default() };
+    let mut ls = RepLs { sum: inv.flag("sum")?, json: inv.flag("json")?, ..RepLs::default() };
     if let Some((spec, offset)) = inv.value("l") {
         if spec.is_empty() {
             return Err(ParseError::invalid(
@@ -904,6 +928,12 @@ fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
                 return Err(ParseError::invalid(offset, format!("-s: unknown unit {unit:?}; use b, k, m, g or t")));
             }
         });
+        if ls.json && ls.stats != Some(SizeUnit::B) {
+            return Err(ParseError::invalid(
+                offset,
+                "-s: -json gives every size in bytes, so -s takes no unit with -json (use -s or -s=b)",
+            ));
+        }
     }
     for t in &inv.args {
         ls.pnfsids.push(inv.parse_arg(t)?);
@@ -1082,7 +1112,7 @@ fn parse_rebalance(inv: &Invocation<'_>) -> Result<Command, ParseError> {
             }
         },
     };
-    Ok(Command::Rebalance { group, metric, refresh })
+    Ok(Command::Rebalance { group, metric, refresh, json: inv.flag("json")? })
 }
 
 fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
@@ -1130,8 +1160,9 @@ mod tests {
 
     #[test]
     fn good_lines() {
-        check("info", Command::Info);
-        check("  info  ", Command::Info);
+        check("info", Command::Info { json: false });
+        check("info -json", Command::Info { json: true });
+        check("  info  ", Command::Info { json: false });
         check("help rep ls", Command::Help { topic: vec!["rep".into(), "ls".into()] });
         check("rep ls", Command::RepLs(RepLs::default()));
         check(
@@ -1141,10 +1172,26 @@ mod tests {
                 storage: Some("atlas:*".into()),
                 stats: Some(SizeUnit::M),
                 sum: true,
+                json: false,
                 pnfsids: vec![],
             }),
         );
         check(&format!("rep ls {ID}"), Command::RepLs(RepLs { pnfsids: vec![id()], ..RepLs::default() }));
+        check("rep ls -json", Command::RepLs(RepLs { json: true, ..RepLs::default() }));
+        for line in ["rep ls -s -json", "rep ls -json -s=b", "rep ls -json -s=B"] {
+            check(line, Command::RepLs(RepLs { json: true, stats: Some(SizeUnit::B), ..RepLs::default() }));
+        }
+        check("rep ls -sum -json", Command::RepLs(RepLs { json: true, sum: true, ..RepLs::default() }));
+        check(
+            "rebalance pgroup -json disk",
+            Command::Rebalance {
+                group: "disk".into(),
+                metric: Metric::Relative,
+                refresh: rebalance::DEFAULT_REFRESH,
+                json: true,
+            },
+        );
+        check("rebalance cancel pgroup -json disk", Command::RebalanceCancel { group: "disk".into(), json: true });
         check(
             &format!("rep set sticky {ID} on"),
             Command::RepSetSticky { pnfsid: id(), owner: "system".into(), lifetime_ms: -1, on: true },
@@ -1191,7 +1238,8 @@ mod tests {
                 force_source_mode: false,
             },
         );
-        check("pp ls -l", Command::PpLs { long: true });
+        check("pp ls -l", Command::PpLs { long: true, json: false });
+        check("pp ls -json -l", Command::PpLs { long: true, json: true });
         check("pp set max active 0", Command::PpSetMaxActive(0));
         check("pp set max outgoing 4", Command::PpSetMaxOutgoing(4));
         check("pp remove 12", Command::PpRemove(TransferId(12)));
@@ -1289,11 +1337,12 @@ mod tests {
 
     #[test]
     fn rebalance_commands() {
-        let rebalance = |group: &str, metric, refresh| Command::Rebalance { group: group.into(), metric, refresh };
+        let rebalance =
+            |group: &str, metric, refresh| Command::Rebalance { group: group.into(), metric, refresh, json: false };
         check("rebalance pgroup disk", rebalance("disk", Metric::Relative, 30));
         check("rebalance pgroup -metric=free disk", rebalance("disk", Metric::Free, 30));
         check("rebalance pgroup -refresh=5 -metric=relative disk", rebalance("disk", Metric::Relative, 5));
-        check("rebalance cancel pgroup disk", Command::RebalanceCancel { group: "disk".into() });
+        check("rebalance cancel pgroup disk", Command::RebalanceCancel { group: "disk".into(), json: false });
 
         check_err("rebalance pgroup -metric=space disk", "\"space\" is not a metric; use relative or free", "-metric");
         check_err("rebalance pgroup -refresh=0 disk", "-refresh: \"0\" is not a refresh period", "-refresh");
@@ -1306,7 +1355,11 @@ mod tests {
         );
         check_err("rebalance pgroup disk tape", "unexpected argument", "tape");
         check_err("rebalance cancel pgroup disk tape", "unexpected argument", "tape");
-        check_err("rebalance cancel pgroup -metric=free disk", "'rebalance cancel pgroup' takes no options", "-metric");
+        check_err(
+            "rebalance cancel pgroup -metric=free disk",
+            "unknown option -metric; 'rebalance cancel pgroup' takes -json",
+            "-metric",
+        );
         check_err("rebalance pgrup disk", "did you mean 'rebalance pgroup'", "rebalance");
         for line in ["rebalance pgroup", "rebalance cancel pgroup"] {
             let err = parse(line).unwrap_err();
@@ -1561,6 +1614,28 @@ mod tests {
         for name in ["migration move", "migration cache"] {
             let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();
             assert_eq!(spec.options.len(), 32, "{name} takes the options of migration copy");
+        }
+    }
+
+    #[test]
+    fn json_is_refused_where_it_has_no_meaning() {
+        check_err("rep ls -s=m -json", "-json gives every size in bytes, so -s takes no unit with -json", "-s");
+        check_err("rep ls -json -s=k", "use -s or -s=b", "-s");
+        check_err("info -json=yes", "-json takes no value", "-json");
+        check_err("rep sticky ls -json 000000000000000000000ABC", "unknown option -json", "-json");
+        check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        let listing = [
+            "info",
+            "rep ls",
+            "pp ls",
+            "migration ls",
+            "migration info",
+            "rebalance pgroup",
+            "rebalance cancel pgroup",
+        ];
+        for spec in COMMANDS {
+            let has = spec.options.iter().any(|o| o.name == "json");
+            assert_eq!(has, listing.contains(&spec.name), "{}: -json only on listing and status commands", spec.name);
         }
     }
 

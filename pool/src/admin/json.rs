@@ -1,0 +1,372 @@
+//! The `-json` forms of the listing and status commands (`info`, `rep ls`, `pp ls`; `rebalance`
+//! builds its own in `crate::rebalance`). Each is a typed value serialised with serde, taken
+//! from the same sources as the text form, never from its text. The schemas are documented in
+//! docs/json.md; a field is added there before it is added here, and none is renamed.
+//!
+//! Conventions: sizes are integer bytes, durations are named for their unit, states are the
+//! words the text uses, absent values are `null`.
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use serde::ser::{SerializeSeq, Serializer as _};
+use tidepool_migration::report::JobSummary;
+use tidepool_p2p::model::{ReplicaState, SpaceInfo};
+use tidepool_p2p::{ErrorCode, RemoteError};
+
+use super::RepLs;
+use super::exec::{self, Gone, Output};
+use crate::pool::{Pool, now_ms};
+use crate::repository::{Recovery, Replica};
+
+/// Writes `value` as one pretty-printed JSON document and a newline.
+pub fn write_document(out: &mut dyn Output, value: &impl Serialize) -> Result<(), RemoteError> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("cannot write JSON: {e}")))?;
+    text.push('\n');
+    Ok(out.write(&text)?)
+}
+
+/// An error as the text shows it: `<message> (rc=<code>)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ErrorJson {
+    pub code: u32,
+    pub message: String,
+}
+
+impl From<&RemoteError> for ErrorJson {
+    fn from(e: &RemoteError) -> Self {
+        ErrorJson { code: e.code, message: e.message.clone() }
+    }
+}
+
+// ---- info ----
+
+/// `info -json`.
+#[derive(Debug, Serialize)]
+pub struct InfoJson {
+    pub pool: String,
+    /// As the text's `Mode`: `enabled` or `disabled(fetch,store,...)`.
+    pub mode: String,
+    pub enabled: bool,
+    /// The text's `Disabled with`; `null` while enabled.
+    pub disabled: Option<ErrorJson>,
+    /// The pool's groups in the cluster file; `null` if the cluster file does not list it.
+    pub groups: Option<Vec<String>>,
+    pub space: SpaceInfo,
+    pub held: Held,
+    pub replicas: Replicas,
+    pub recovery: RecoveryJson,
+    pub migration: MigrationJson,
+}
+
+/// Cached replicas held from eviction as copies of moves.
+#[derive(Debug, Serialize)]
+pub struct Held {
+    pub replicas: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replicas {
+    pub total: usize,
+    /// The states with at least one replica, in the text's order.
+    pub by_state: Vec<StateCount>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StateCount {
+    pub state: &'static str,
+    pub count: usize,
+}
+
+/// What restart recovery found: the count of each kind of finding and the names shown (the
+/// text's `(and N more)` is `count - shown.len()`).
+#[derive(Debug, Serialize)]
+pub struct RecoveryJson {
+    pub clean: bool,
+    pub loaded: usize,
+    pub removed_partial: Finding,
+    pub missing_data: Finding,
+    pub failed_commits: Finding,
+    pub deleted_orphans: Finding,
+    pub quarantined: Finding,
+    pub orphan_data: Finding,
+    pub corrupt: Finding,
+    /// The text's lines, as `info` prints them.
+    pub report: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Finding {
+    pub count: usize,
+    pub shown: Vec<String>,
+}
+
+impl Finding {
+    fn of<T: ToString>(count: usize, shown: &[T]) -> Self {
+        Finding { count, shown: shown.iter().map(T::to_string).collect() }
+    }
+}
+
+impl RecoveryJson {
+    fn of(r: &Recovery) -> Self {
+        RecoveryJson {
+            clean: r.is_clean(),
+            loaded: r.loaded,
+            removed_partial: Finding::of(r.removed_partial_count, &r.removed_partial),
+            missing_data: Finding::of(r.missing_data_count, &r.missing_data),
+            failed_commits: Finding::of(r.failed_commit_count, &r.failed_commits),
+            deleted_orphans: Finding::of(r.deleted_orphan_count, &r.deleted_orphans),
+            quarantined: Finding::of(r.quarantined_count, &r.quarantined),
+            orphan_data: Finding::of(r.orphan_data_count, &r.orphan_data),
+            corrupt: Finding::of(r.corrupt_count, &r.corrupt),
+            report: r.report(),
+        }
+    }
+}
+
+/// The migration section: the jobs as `migration ls -json` gives them, and the saved jobs
+/// that could not be restored (`restore:` lines).
+#[derive(Debug, Serialize)]
+pub struct MigrationJson {
+    pub jobs: Vec<JobSummary>,
+    pub restore_problems: Vec<String>,
+}
+
+pub fn info(pool: &Pool) -> InfoJson {
+    let now = now_ms();
+    let mode = pool.mode();
+    let counts: Vec<(ReplicaState, usize)> = pool.repo.counts().into_iter().filter(|(_, n)| *n > 0).collect();
+    let (held, held_bytes) = pool.repo.held_space(now);
+    let migration = pool.try_migration();
+    InfoJson {
+        pool: pool.name.to_string(),
+        mode: mode.mode.to_string(),
+        enabled: mode.mode.is_enabled(),
+        disabled: (!mode.mode.is_enabled())
+            .then(|| ErrorJson { code: mode.error_code as u32, message: mode.message.clone() }),
+        groups: pool.cluster.pool(&pool.name).map(|e| e.groups.clone()),
+        space: pool.repo.space(now),
+        held: Held { replicas: held, bytes: held_bytes },
+        replicas: Replicas {
+            total: counts.iter().map(|(_, n)| n).sum(),
+            by_state: counts.iter().map(|(s, n)| StateCount { state: s.as_str(), count: *n }).collect(),
+        },
+        recovery: RecoveryJson::of(&pool.recovery),
+        migration: MigrationJson {
+            jobs: migration.map(|m| m.ls_summaries()).unwrap_or_default(),
+            restore_problems: migration.map(|m| m.problems()).unwrap_or_default(),
+        },
+    }
+}
+
+// ---- rep ls ----
+
+/// One element of `rep ls -json`.
+#[derive(Debug, Serialize)]
+pub struct ReplicaJson {
+    pub pnfsid: String,
+    pub state: &'static str,
+    /// The text's flag field, e.g. `<C----------L(0)[0]>`.
+    pub flags: String,
+    /// As the text: 0 while the size is not known yet (NEW, FROM_STORE).
+    pub size: u64,
+    /// `null` where the text shows `<unknown>`.
+    pub storage_class: Option<String>,
+    /// Has a valid sticky record (the text's `X`).
+    pub sticky: bool,
+}
+
+impl ReplicaJson {
+    pub fn of(r: &Replica, now: i64) -> Self {
+        ReplicaJson {
+            pnfsid: r.pnfsid().to_string(),
+            state: r.state.as_str(),
+            flags: exec::flags(r, now),
+            size: exec::listed_size(r),
+            storage_class: r.attrs.storage_class.clone(),
+            sticky: r.is_sticky(now),
+        }
+    }
+}
+
+/// `rep ls -s -json` (or `-sum -json`): every storage class and the total, in bytes.
+#[derive(Debug, Serialize)]
+pub struct RepStatsJson {
+    pub classes: Vec<ClassJson>,
+    pub total: exec::ClassStats,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ClassJson {
+    /// `<unknown>` for replicas without one, as in the text.
+    pub storage_class: String,
+    #[serde(flatten)]
+    pub stats: exec::ClassStats,
+}
+
+/// How much `rep ls -json` gathers before it hands it to the client.
+const CHUNK: usize = 32 * 1024;
+
+/// Buffers serde_json's output and passes it on in chunks of whole characters.
+struct Sink<'a> {
+    out: &'a mut dyn Output,
+    buf: Vec<u8>,
+    gone: bool,
+}
+
+impl Sink<'_> {
+    /// Passes on what is buffered, up to the last whole character.
+    fn pass(&mut self) -> io::Result<()> {
+        let valid = match std::str::from_utf8(&self.buf) {
+            Ok(s) => s.len(),
+            Err(e) => e.valid_up_to(),
+        };
+        let text = std::str::from_utf8(&self.buf[..valid]).expect("checked above");
+        if self.out.write(text).is_err() {
+            self.gone = true;
+            return Err(io::Error::other("the client went away"));
+        }
+        self.buf.drain(..valid);
+        Ok(())
+    }
+}
+
+impl io::Write for Sink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > CHUNK {
+            self.pass()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.pass()
+    }
+}
+
+/// `rep ls -json` without statistics: one array, streamed (a million replicas never sit in
+/// memory at once). Returns the pnfsids asked for that the pool does not hold.
+pub fn rep_ls(pool: &Pool, ls: &RepLs, now: i64, out: &mut dyn Output) -> Result<Vec<String>, RemoteError> {
+    let mut ser = serde_json::Serializer::pretty(Sink { out, buf: Vec::new(), gone: false });
+    let failed = |e: serde_json::Error| RemoteError::new(ErrorCode::Internal, format!("cannot write JSON: {e}"));
+    let mut seq = ser.serialize_seq(None).map_err(failed)?;
+    let walked = exec::each_selected(pool, ls, now, &mut |r| {
+        seq.serialize_element(&ReplicaJson::of(r, now)).map_err(|e| if e.is_io() { Gone.into() } else { failed(e) })
+    });
+    let ended = seq.end();
+    let mut sink = ser.into_inner();
+    if sink.gone {
+        return Err(Gone.into());
+    }
+    let missing = walked?;
+    ended.map_err(failed)?;
+    sink.buf.push(b'\n');
+    io::Write::flush(&mut sink).map_err(|_| RemoteError::from(Gone))?;
+    Ok(missing)
+}
+
+// ---- pp ls ----
+
+/// `pp ls -json`.
+#[derive(Debug, Serialize)]
+pub struct PpLsJson {
+    pub incoming: GateJson,
+    pub outgoing: GateJson,
+    pub connections_opened: u64,
+    /// Incoming transfers, active and queued, by id.
+    pub transfers: Vec<TransferJson>,
+    /// With `-l`: the recently finished transfers (DONE or FAILED), oldest first; `null` without.
+    pub finished: Option<Vec<FinishedJson>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GateJson {
+    pub active: usize,
+    pub max: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransferJson {
+    pub id: u64,
+    pub pnfsid: String,
+    pub source: String,
+    /// `ACTIVE` or `QUEUED`.
+    pub state: &'static str,
+    /// Seconds since the transfer was registered.
+    pub age_seconds: u64,
+    /// ACTIVE only (else `null`): bytes received, the replica's size, the mean rate since it
+    /// started.
+    pub done_bytes: Option<u64>,
+    pub size_bytes: Option<u64>,
+    pub rate_bytes_per_second: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FinishedJson {
+    pub id: u64,
+    pub pnfsid: String,
+    pub source: String,
+    /// `DONE` or `FAILED`.
+    pub state: &'static str,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// FAILED only.
+    pub error: Option<ErrorJson>,
+}
+
+pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
+    let gate = |(active, queued, max): (usize, usize, usize)| GateJson { active, max, queued };
+    let transfers = pool
+        .transfers
+        .list()
+        .iter()
+        .map(|e| {
+            let age_seconds = e.created.elapsed().as_secs();
+            let (state, done, size, rate) = match e.started.get() {
+                Some(started) => {
+                    let done = e.done.load(Ordering::Relaxed);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    ("ACTIVE", Some(done), Some(e.size.load(Ordering::Relaxed)), Some(done as f64 / secs))
+                }
+                None => ("QUEUED", None, None, None),
+            };
+            TransferJson {
+                id: e.id.0,
+                pnfsid: e.pnfsid.to_string(),
+                source: e.source.to_string(),
+                state,
+                age_seconds,
+                done_bytes: done,
+                size_bytes: size,
+                rate_bytes_per_second: rate,
+            }
+        })
+        .collect();
+    let finished = long.then(|| {
+        pool.transfers
+            .recent()
+            .iter()
+            .map(|f| FinishedJson {
+                id: f.id.0,
+                pnfsid: f.pnfsid.to_string(),
+                source: f.source.to_string(),
+                state: if f.error.is_none() { "DONE" } else { "FAILED" },
+                bytes: f.bytes,
+                seconds: f.seconds,
+                error: f.error.as_ref().map(ErrorJson::from),
+            })
+            .collect()
+    });
+    PpLsJson {
+        incoming: gate(pool.transfers.incoming.counts()),
+        outgoing: gate(pool.transfers.outgoing.counts()),
+        connections_opened: pool.transfers.connections_opened.load(Ordering::Relaxed),
+        transfers,
+        finished,
+    }
+}
