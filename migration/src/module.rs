@@ -31,7 +31,7 @@ use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::mode::{SourceState, TargetState};
 use crate::queue::{Backoff, Queue, Removal};
-use crate::report::{self, FailureLine, JobReport, NoteLine, TaskLine};
+use crate::report::{self, FailureLine, JobReport, NoteLine, SaveMark, TaskLine};
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};
 use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers};
@@ -445,37 +445,7 @@ impl<E: Env> Module<E> {
     /// differently from the last save says `(not saved)`; a saved job that was cancelled
     /// since says that it comes back at the next start.
     pub fn ls(&self) -> Vec<String> {
-        let saved = self.saved.lock().clone();
-        let (jobs, unrestored) = {
-            let jobs = self.jobs.lock();
-            let mut unrestored: Vec<String> = jobs.unrestored.iter().map(unrestored_line).collect();
-            // Dropped, but still in the saved set until the next `save`.
-            unrestored.extend(jobs.dropped.iter().filter(|d| saved.get(&d.id) == Some(*d)).map(|d| {
-                format!(
-                    "[{}] {UNRESTORED:<12} {} (dropped: comes back at restart until the next `save`)",
-                    d.id, d.command
-                )
-            }));
-            (jobs.list.clone(), unrestored)
-        };
-        let lines: Vec<String> = jobs
-            .iter()
-            .map(|j| {
-                let mut line = self.summary(j);
-                let id = j.id.lock().to_string();
-                let state = j.s.lock().state;
-                let on_disk = saved.get(&id);
-                match self.saved_form(j) {
-                    Some(now) if on_disk != Some(&now) => line.push_str(" (not saved)"),
-                    None if on_disk.is_some() && j.def.permanent => {
-                        line.push_str(&format!(" (saved {}: comes back at restart until the next `save`)", state))
-                    }
-                    _ => {}
-                }
-                line
-            })
-            .collect();
-        lines.into_iter().chain(unrestored).collect()
+        self.ls_summaries().iter().map(report::JobSummary::line).collect()
     }
 
     /// How `save` would write the job, if it would.
@@ -577,11 +547,13 @@ impl<E: Env> Module<E> {
         self.problems.lock().clone()
     }
 
-    /// The jobs of `migration ls -json` (and of `info -json`).
+    /// The jobs of `migration ls`, `migration ls -json` and `info -json`, oldest first, then
+    /// the saved jobs that could not be restored, then those dropped since but still saved.
     pub fn ls_summaries(&self) -> Vec<report::JobSummary> {
+        let saved = self.saved.lock().clone();
         let (jobs, unrestored) = {
             let jobs = self.jobs.lock();
-            let unrestored: Vec<report::JobSummary> = jobs
+            let mut unrestored: Vec<report::JobSummary> = jobs
                 .unrestored
                 .iter()
                 .map(|u| report::JobSummary {
@@ -589,16 +561,37 @@ impl<E: Env> Module<E> {
                     state: UNRESTORED.to_string(),
                     command: u.saved.command.clone(),
                     reason: Some(u.reason.clone()),
+                    mark: None,
                 })
                 .collect();
+            unrestored.extend(jobs.dropped.iter().filter(|d| saved.get(&d.id) == Some(*d)).map(|d| {
+                report::JobSummary {
+                    id: d.id.clone(),
+                    state: UNRESTORED.to_string(),
+                    command: d.command.clone(),
+                    reason: None,
+                    mark: Some(SaveMark::DroppedButSaved),
+                }
+            }));
             (jobs.list.clone(), unrestored)
         };
         jobs.iter()
-            .map(|j| report::JobSummary {
-                id: j.id.lock().to_string(),
-                state: j.s.lock().state.as_str().to_string(),
-                command: j.command.clone(),
-                reason: None,
+            .map(|j| {
+                let id = j.id.lock().to_string();
+                let state = j.s.lock().state;
+                let on_disk = saved.get(&id);
+                let mark = match self.saved_form(j) {
+                    Some(now) if on_disk != Some(&now) => Some(SaveMark::NotSaved),
+                    None if on_disk.is_some() && j.def.permanent => Some(SaveMark::SavedButEnded),
+                    _ => None,
+                };
+                report::JobSummary {
+                    id,
+                    state: state.as_str().to_string(),
+                    command: j.command.clone(),
+                    reason: None,
+                    mark,
+                }
             })
             .chain(unrestored)
             .collect()
@@ -1843,14 +1836,6 @@ impl<E: Env> Cluster for EnvCluster<'_, E> {
 
 /// The state `migration ls` shows for a saved job that could not be restored.
 const UNRESTORED: &str = "UNRESTORED";
-
-/// `migration ls`'s line for a saved job that could not be restored.
-fn unrestored_line(u: &Unrestored) -> String {
-    format!(
-        "[{}] {UNRESTORED:<12} {} (could not be restored at start: {}; `save` keeps it, `migration cancel {}` drops it)",
-        u.saved.id, u.saved.command, u.reason, u.saved.id
-    )
-}
 
 impl Jobs {
     fn fresh_id(&mut self) -> JobId {

@@ -15,15 +15,58 @@ pub fn summary_line(id: &str, state: JobState, command: &str) -> String {
     format!("[{id}] {:<12} {command}", state.as_str())
 }
 
-/// One job of `migration ls -json`; `rebalance -json` reads it back from other pools.
+/// One job of `migration ls` and `migration ls -json` (the text line is [`JobSummary::line`],
+/// so the two forms never disagree); `rebalance -json` reads it back from other pools.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JobSummary {
     pub id: String,
     pub state: String,
     pub command: String,
-    /// Why a saved job could not be restored (state `UNRESTORED` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why a saved job could not be restored (state `UNRESTORED`, `mark` null); else null.
     pub reason: Option<String>,
+    /// How the job stands against what `save` stored, where the text puts a mark after the
+    /// command; null where it puts none.
+    pub mark: Option<SaveMark>,
+}
+
+/// The marks `migration ls` puts after a job's command about `save`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveMark {
+    /// ` (not saved)`: a permanent job that `save` has not stored as it is now.
+    NotSaved,
+    /// ` (saved <STATE>: comes back at restart until the next `save`)`: a saved permanent job
+    /// that was cancelled or ended since.
+    SavedButEnded,
+    /// ` (dropped: comes back at restart until the next `save`)`: an `UNRESTORED` job that
+    /// `migration cancel` dropped, still in the saved set.
+    DroppedButSaved,
+}
+
+impl JobSummary {
+    /// The `migration ls` line: the summary line and its mark.
+    pub fn line(&self) -> String {
+        let mut line = format!("[{}] {:<12} {}", self.id, self.state, self.command);
+        let until = "comes back at restart until the next `save`";
+        match (self.mark, &self.reason) {
+            (Some(SaveMark::NotSaved), _) => line.push_str(" (not saved)"),
+            (Some(SaveMark::SavedButEnded), _) => {
+                let _ = write!(line, " (saved {}: {until})", self.state);
+            }
+            (Some(SaveMark::DroppedButSaved), _) => {
+                let _ = write!(line, " (dropped: {until})");
+            }
+            (None, Some(reason)) => {
+                let _ = write!(
+                    line,
+                    " (could not be restored at start: {reason}; `save` keeps it, `migration cancel {}` drops it)",
+                    self.id
+                );
+            }
+            (None, None) => {}
+        }
+        line
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -196,6 +239,48 @@ impl JobReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ls_lines_and_json_come_from_one_summary() {
+        let job = |state: &str, reason: Option<&str>, mark| JobSummary {
+            id: "7".into(),
+            state: state.into(),
+            command: "migration copy -permanent -- pool2".into(),
+            reason: reason.map(String::from),
+            mark,
+        };
+        let until = "comes back at restart until the next `save`";
+        for (summary, line, json_mark) in [
+            (job("RUNNING", None, None), "[7] RUNNING      migration copy -permanent -- pool2".to_string(), "null"),
+            (
+                job("SLEEPING", None, Some(SaveMark::NotSaved)),
+                "[7] SLEEPING     migration copy -permanent -- pool2 (not saved)".to_string(),
+                "\"not_saved\"",
+            ),
+            (
+                job("CANCELLED", None, Some(SaveMark::SavedButEnded)),
+                format!("[7] CANCELLED    migration copy -permanent -- pool2 (saved CANCELLED: {until})"),
+                "\"saved_but_ended\"",
+            ),
+            (
+                job("UNRESTORED", None, Some(SaveMark::DroppedButSaved)),
+                format!("[7] UNRESTORED   migration copy -permanent -- pool2 (dropped: {until})"),
+                "\"dropped_but_saved\"",
+            ),
+            (
+                job("UNRESTORED", Some("no pool pool2"), None),
+                "[7] UNRESTORED   migration copy -permanent -- pool2 (could not be restored at start: no pool pool2; \
+                 `save` keeps it, `migration cancel 7` drops it)"
+                    .to_string(),
+                "null",
+            ),
+        ] {
+            assert_eq!(summary.line(), line);
+            let json = serde_json::to_string(&summary).unwrap();
+            assert!(json.ends_with(&format!(r#""mark":{json_mark}}}"#)), "{json}");
+            assert_eq!(serde_json::from_str::<JobSummary>(&json).unwrap(), summary, "it reads back");
+        }
+    }
 
     fn report(state: &str) -> JobReport {
         JobReport {

@@ -187,15 +187,27 @@ fn pp_ls_and_migration_json_have_the_figures_of_the_text() {
     let created = ok(&cluster, "pool1", &format!("migration copy -id=json -pnfsid={} pool2\n", ids[1..].join(",")));
     assert!(created.starts_with("[json] "), "{created}");
     let report = cluster.wait_for_job("pool1", "json", "FINISHED", WAIT);
-    let jobs = json_of(&cluster, "pool1", "migration ls -json");
-    let lines = cluster.migration_ls("pool1");
-    assert_eq!(jobs.as_array().unwrap().len(), lines.len());
-    for (line, job) in lines.iter().zip(jobs.as_array().unwrap()) {
-        assert_eq!(
-            (job["id"].as_str(), job["state"].as_str(), job["command"].as_str()),
-            (Some(line.id.as_str()), Some(line.state.as_str()), Some(line.command.as_str()))
-        );
-    }
+    // A permanent job carries the text's `(not saved)` mark until `save`.
+    ok(&cluster, "pool1", "migration copy -permanent -id=perm -pnfsid=000000000000000000000ABC pool2\n");
+    let same_jobs = |marks: &[Option<&str>]| {
+        let jobs = json_of(&cluster, "pool1", "migration ls -json");
+        let lines = cluster.migration_ls("pool1");
+        assert_eq!(jobs.as_array().unwrap().len(), lines.len());
+        for ((line, job), mark) in lines.iter().zip(jobs.as_array().unwrap()).zip(marks) {
+            let (command, text_mark) = line.saved_mark();
+            assert_eq!(
+                (job["id"].as_str(), job["state"].as_str(), job["command"].as_str()),
+                (Some(line.id.as_str()), Some(line.state.as_str()), Some(command))
+            );
+            assert_eq!((job["mark"].as_str(), text_mark), (*mark, mark.map(|m| m.replace('_', " ")).as_deref()));
+            assert_eq!(job["reason"], Value::Null);
+        }
+        jobs
+    };
+    same_jobs(&[None, Some("not_saved")]);
+    ok(&cluster, "pool1", "save\n");
+    let jobs = same_jobs(&[None, None]);
+    ok(&cluster, "pool1", "migration cancel perm\n");
     let info = json_of(&cluster, "pool1", "migration info -json json");
     assert_eq!(report_field(&report, "Command"), info["command"].as_str());
     assert_eq!(report_field(&report, "State"), info["state"].as_str());
@@ -211,7 +223,7 @@ fn pp_ls_and_migration_json_have_the_figures_of_the_text() {
     assert_eq!(report_field(&report, "Total"), Some(format!("{} bytes", info["total_bytes"]).as_str()));
     assert_eq!((info["completed_files"].as_u64(), info["completed_bytes"].as_u64()), (Some(3), Some(9000)));
     // info -json lists the same jobs.
-    assert_eq!(json_of(&cluster, "pool1", "info -json")["migration"]["jobs"], jobs);
+    assert_eq!(json_of(&cluster, "pool1", "info -json")["migration"]["jobs"][0], jobs[0]);
 }
 
 #[test]
