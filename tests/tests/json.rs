@@ -293,3 +293,62 @@ fn shell_ls_json_has_the_pools_of_the_table() {
     let out = cluster.admin("ls -l\n");
     assert!(out.stderr.contains("usage: ls [-json]"), "{out}");
 }
+
+#[test]
+fn pp_ls_json_has_the_active_and_queued_transfers_of_the_text() {
+    let mut cluster = two_pools();
+    /// Large enough that the transfer is still under way when its first bytes are seen (as in
+    /// tests/p2p.rs).
+    const BIG: usize = 64 << 20;
+    let big = cluster.put_samples("pool1", &[(BIG, 7)], &[]).remove(0).0;
+    let small = cluster.put_samples("pool1", &[(1000, 8)], &[]).remove(0).0;
+    ok(&cluster, "pool2", &format!("pp set max active 1\npp get file {big} pool1\npp get file {small} pool1\n"));
+    // The source stops while the big file is on its way: its transfer stays ACTIVE, the other
+    // QUEUED behind it.
+    wait_until("part of the big file on pool2", WAIT, || {
+        cluster.incoming("pool2").into_iter().find(|(name, len)| *name == big && *len > 0)
+    });
+    cluster.freeze("pool1");
+    assert!(cluster.incoming_len("pool2", &big).is_some(), "pool1 was frozen after the big transfer had ended");
+    let checked = wait_until("pp ls and pp ls -json agree on the bytes received", WAIT, || {
+        let text = cluster.pp_ls("pool2");
+        let pp = json_of(&cluster, "pool2", "pp ls -l -json");
+        let transfers = pp["transfers"].as_array().unwrap().clone();
+        if transfers.len() != text.transfers.len() {
+            return None;
+        }
+        for (line, t) in text.transfers.iter().zip(&transfers) {
+            assert_eq!(
+                (t["id"].as_u64(), t["pnfsid"].as_str(), t["source"].as_str()),
+                (Some(line.id), Some(line.pnfsid.as_str()), Some(line.source.as_str()))
+            );
+            match &line.state {
+                PpState::Active { done, size } => {
+                    assert_eq!(t["state"], "ACTIVE");
+                    assert_eq!(t["size_bytes"].as_u64(), Some(*size));
+                    assert!(t["rate_bytes_per_second"].as_f64().is_some(), "{t}");
+                    if t["done_bytes"].as_u64() != Some(*done) {
+                        return None; // bytes still in flight arrived between the two looks
+                    }
+                }
+                PpState::Queued => {
+                    assert_eq!(t["state"], "QUEUED");
+                    assert_eq!((&t["done_bytes"], &t["size_bytes"]), (&Value::Null, &Value::Null));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(pp["incoming"], json!({"active": text.counts.active, "max": 1, "queued": text.counts.queued}));
+        Some(transfers)
+    });
+    let states: Vec<(&str, &str)> =
+        checked.iter().map(|t| (t["pnfsid"].as_str().unwrap(), t["state"].as_str().unwrap())).collect();
+    assert_eq!(states, [(big.as_str(), "ACTIVE"), (small.as_str(), "QUEUED")]);
+    assert_eq!(checked[0]["size_bytes"], BIG as u64);
+    cluster.thaw("pool1");
+    wait_until("both transfers DONE", WAIT, || {
+        let pp = json_of(&cluster, "pool2", "pp ls -l -json");
+        let done = pp["finished"].as_array().unwrap().iter().filter(|f| f["state"] == "DONE").count();
+        (done == 2 && pp["transfers"] == json!([])).then_some(())
+    });
+}
