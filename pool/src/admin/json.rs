@@ -29,7 +29,7 @@ pub fn write_document(out: &mut dyn Output, value: &impl Serialize) -> Result<()
 }
 
 /// An error as the text shows it: `<message> (rc=<code>)`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ErrorJson {
     pub code: u32,
     pub message: String,
@@ -51,7 +51,7 @@ pub struct InfoJson {
     pub mode: String,
     pub enabled: bool,
     /// The text's `Disabled with`; `null` while enabled.
-    pub disabled: Option<ErrorJson>,
+    pub disabled: Option<Disabled>,
     /// The pool's groups in the cluster file; `null` if the cluster file does not list it.
     pub groups: Option<Vec<String>>,
     pub space: SpaceInfo,
@@ -59,6 +59,13 @@ pub struct InfoJson {
     pub replicas: Replicas,
     pub recovery: RecoveryJson,
     pub migration: MigrationJson,
+}
+
+/// `Disabled with  : [<code>] <message>`: the operator's `pool disable` code and message.
+#[derive(Debug, Serialize)]
+pub struct Disabled {
+    pub code: i32,
+    pub message: String,
 }
 
 /// Cached replicas held from eviction as copies of moves.
@@ -145,8 +152,7 @@ pub fn info(pool: &Pool) -> InfoJson {
         pool: pool.name.to_string(),
         mode: mode.mode.to_string(),
         enabled: mode.mode.is_enabled(),
-        disabled: (!mode.mode.is_enabled())
-            .then(|| ErrorJson { code: mode.error_code as u32, message: mode.message.clone() }),
+        disabled: (!mode.mode.is_enabled()).then(|| Disabled { code: mode.error_code, message: mode.message.clone() }),
         groups: pool.cluster.pool(&pool.name).map(|e| e.groups.clone()),
         space: pool.repo.space(now),
         held: Held { replicas: held, bytes: held_bytes },
@@ -368,5 +374,41 @@ pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
         connections_opened: pool.transfers.connections_opened.load(Ordering::Relaxed),
         transfers,
         finished,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sink passes on whole characters only, however serde_json's writes fall.
+    #[test]
+    fn the_sink_never_splits_a_character() {
+        let mut out = String::new();
+        let text = format!("{}é{}", "a".repeat(CHUNK), "ü".repeat(CHUNK));
+        {
+            let mut sink = Sink { out: &mut out, buf: Vec::new(), gone: false };
+            for piece in text.as_bytes().chunks(7) {
+                io::Write::write_all(&mut sink, piece).unwrap();
+            }
+            io::Write::flush(&mut sink).unwrap();
+            assert!(sink.buf.is_empty());
+        }
+        assert_eq!(out, text);
+    }
+
+    /// A reader that went away stops the listing.
+    #[test]
+    fn the_sink_reports_a_reader_that_went_away() {
+        struct Closed;
+        impl Output for Closed {
+            fn write(&mut self, _: &str) -> Result<(), Gone> {
+                Err(Gone)
+            }
+        }
+        let mut closed = Closed;
+        let mut sink = Sink { out: &mut closed, buf: Vec::new(), gone: false };
+        assert!(io::Write::write_all(&mut sink, "x".repeat(CHUNK + 1).as_bytes()).is_err());
+        assert!(sink.gone);
     }
 }
