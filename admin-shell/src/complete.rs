@@ -33,6 +33,7 @@ pub fn complete(line: &str, pos: usize, known: Known<'_>) -> (usize, Vec<String>
     let candidates = match (prior.as_slice(), known.commands) {
         ([], commands) => first_words(commands, partial),
         (["cd"], _) => pool_names(known.pools, partial),
+        (["ls"], None) => matching(["-json"], partial),
         (["help", words @ ..], Some(commands)) => next_words(commands, &plain(words), partial),
         ([first, ..], Some(commands)) if !LOCAL_WORDS.contains(first) => command_words(commands, &prior, partial),
         _ => Vec::new(),
@@ -197,6 +198,13 @@ mod tests {
         check("|", true, 0, &["..", "cd", "exit", "help", "info", "logoff", "migration", "quit", "rep"]);
         check("mi|", true, 0, &["migration"]);
         check("l|", true, 0, &["logoff"]);
+    }
+
+    #[test]
+    fn ls_at_local_takes_json() {
+        check("ls |", false, 3, &["-json"]);
+        check("ls -j|", false, 3, &["-json"]);
+        check("ls -json |", false, 9, &[]);
     }
 
     #[test]
