@@ -140,6 +140,19 @@ fn info_json_has_the_figures_of_info() {
     assert_eq!(info["recovery"]["clean"], true);
     assert!(text.contains(&format!("({} replicas loaded)", info["recovery"]["loaded"])), "{text}");
 
+    // The service section: version, start, resolved config, log filter.
+    let service = &info["service"];
+    assert_eq!(info_field(&text, "Version"), service["version"].as_str());
+    assert_eq!(info_field(&text, "Capacity"), Some(format!("{} bytes", service["capacity"]).as_str()));
+    assert_eq!(info_field(&text, "Data directory"), service["data_dir"].as_str());
+    assert_eq!(info_field(&text, "Admin listener"), service["admin_listener"].as_str());
+    assert_eq!(info_field(&text, "Data listener"), service["data_listener"].as_str());
+    assert_eq!(info_field(&text, "Log filter"), info["log_filter"].as_str());
+    assert!(
+        service["started_at"].as_i64().unwrap() > 0 && service["started"].as_str().unwrap().ends_with('Z'),
+        "{info}"
+    );
+
     // Disabled: the mode word and the reason as the text shows them.
     ok(&cluster, "pool1", "pool disable -rdonly 3 \"disk check\"\n");
     let text = cluster.info("pool1");

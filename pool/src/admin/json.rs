@@ -59,6 +59,28 @@ pub struct InfoJson {
     pub replicas: Replicas,
     pub recovery: RecoveryJson,
     pub migration: MigrationJson,
+    /// The `--- service ---` section; `null` for a pool that is not a started daemon.
+    pub service: Option<ServiceJson>,
+    /// `Log filter`, as the text shows it; `null` where the text has no such line.
+    pub log_filter: Option<String>,
+}
+
+/// The daemon's version, start and resolved config (`--- service ---`).
+#[derive(Debug, Serialize)]
+pub struct ServiceJson {
+    pub version: &'static str,
+    /// `Started`: when the pool started serving, in ms since the epoch, and as an ISO 8601 UTC
+    /// string (the text shows local time).
+    pub started_at: i64,
+    pub started: String,
+    pub uptime_seconds: i64,
+    /// `Start-up took`.
+    pub startup_seconds: f64,
+    pub data_dir: String,
+    /// `Capacity`, in bytes.
+    pub capacity: u64,
+    pub admin_listener: String,
+    pub data_listener: String,
 }
 
 /// `Disabled with  : [<code>] <message>`: the operator's `pool disable` code and message.
@@ -165,6 +187,20 @@ pub fn info(pool: &Pool) -> InfoJson {
             jobs: migration.map(|m| m.ls_summaries()).unwrap_or_default(),
             restore_problems: migration.map(|m| m.problems()).unwrap_or_default(),
         },
+        service: pool.started.get().map(|s| ServiceJson {
+            version: s.version,
+            started_at: s.at,
+            started: chrono::DateTime::from_timestamp_millis(s.at)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default(),
+            uptime_seconds: now.saturating_sub(s.at) / 1000,
+            startup_seconds: s.startup.as_secs_f64(),
+            data_dir: s.data_dir.display().to_string(),
+            capacity: s.capacity,
+            admin_listener: s.admin.to_string(),
+            data_listener: s.data.to_string(),
+        }),
+        log_filter: pool.log.get().map(|log| log.levels().to_string()),
     }
 }
 
