@@ -153,6 +153,22 @@ fn info_json_has_the_figures_of_info() {
         "{info}"
     );
 
+    // log ls: the same levels, after a change.
+    ok(&cluster, "pool1", "log set tidepool_pool::transfer debug\n");
+    let text = ok(&cluster, "pool1", "log ls\n");
+    let levels = json_of(&cluster, "pool1", "log ls -json");
+    let mut lines = vec![vec!["all".to_string(), levels["all"].as_str().unwrap().to_string()]];
+    lines.extend(
+        levels["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| vec![t["target"].as_str().unwrap().to_string(), t["level"].as_str().unwrap().to_string()]),
+    );
+    let text_lines: Vec<Vec<String>> = text.lines().map(|l| l.split_whitespace().map(String::from).collect()).collect();
+    assert_eq!(lines, text_lines);
+    assert!(text.contains("tidepool_pool::transfer"), "{text}");
+
     // Disabled: the mode word and the reason as the text shows them.
     ok(&cluster, "pool1", "pool disable -rdonly 3 \"disk check\"\n");
     let text = cluster.info("pool1");

@@ -143,7 +143,10 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             tracing::info!(filter = %levels, "log filter changed by `log set`");
             Ok(out.write(&format!("Log filter: {levels}\n"))?)
         }
-        Command::LogLs => {
+        Command::LogLs { json: true } => {
+            super::json::write_document(out, &super::json::log_ls(&log_control(pool)?.levels()))
+        }
+        Command::LogLs { json: false } => {
             let levels = log_control(pool)?.levels();
             let mut text = format!("{:<32} {}\n", "all", levels.default);
             for (target, level) in &levels.targets {

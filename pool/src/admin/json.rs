@@ -204,6 +204,35 @@ pub fn info(pool: &Pool) -> InfoJson {
     }
 }
 
+// ---- log ls ----
+
+/// `log ls -json`: the levels in force.
+#[derive(Debug, Serialize)]
+pub struct LogLsJson {
+    /// The text's `all` line: the level of every target not listed.
+    pub all: String,
+    /// The other lines, in order.
+    pub targets: Vec<TargetLevel>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetLevel {
+    pub target: String,
+    /// `off`, `error`, `warn`, `info`, `debug` or `trace`.
+    pub level: String,
+}
+
+pub fn log_ls(levels: &crate::logging::LogLevels) -> LogLsJson {
+    LogLsJson {
+        all: levels.default.to_string(),
+        targets: levels
+            .targets
+            .iter()
+            .map(|(target, level)| TargetLevel { target: target.clone(), level: level.to_string() })
+            .collect(),
+    }
+}
+
 // ---- rep ls ----
 
 /// One element of `rep ls -json`.

@@ -71,7 +71,9 @@ pub enum Command {
         level: Level,
     },
     /// `log ls`.
-    LogLs,
+    LogLs {
+        json: bool,
+    },
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
     /// line (reference §6.3).
     MigrationCreate {
@@ -519,9 +521,9 @@ pub static COMMANDS: &[CommandSpec] = &[
         args: "",
         summary: "list the log levels in force: `all` (every target not listed), then each target",
         details: "Lines: <target> <level>, padded; `all` first, then the targets in order.",
-        options: &[],
-        examples: &["log ls"],
-        parse: |inv| inv.at_most(0).map(|()| Command::LogLs),
+        options: &[JSON],
+        examples: &["log ls", "log ls -json"],
+        parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::LogLs { json: inv.flag("json")? })),
     },
     CommandSpec {
         name: "pp get file",
@@ -1243,7 +1245,8 @@ mod tests {
         check("pp set max active 0", Command::PpSetMaxActive(0));
         check("pp set max outgoing 4", Command::PpSetMaxOutgoing(4));
         check("pp remove 12", Command::PpRemove(TransferId(12)));
-        check("log ls", Command::LogLs);
+        check("log ls", Command::LogLs { json: false });
+        check("log ls -json", Command::LogLs { json: true });
         check(
             "log set tidepool_pool::transfer DEBUG",
             Command::LogSet { target: LogTarget::Target("tidepool_pool::transfer".into()), level: Level::Debug },
@@ -1628,6 +1631,7 @@ mod tests {
             "info",
             "rep ls",
             "pp ls",
+            "log ls",
             "migration ls",
             "migration info",
             "rebalance pgroup",
