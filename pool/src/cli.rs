@@ -187,12 +187,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The filter in force at start and where it came from: `--log-filter`, else `RUST_LOG` (an
-/// empty one counts as unset), else the config's `[log] filter` (or the default). A filter
-/// that does not parse is refused: the pool does not start with a log it was not asked for.
+/// empty one counts as unset), else the config's `[log] filter` if it has one (`configured`),
+/// else the default (which `config` then holds). A filter that does not parse is refused: the
+/// pool does not start with a log it was not asked for.
 fn resolve_filter(
     flag: Option<&str>,
     env: Option<&str>,
     config: &LogLevels,
+    configured: bool,
 ) -> anyhow::Result<(LogLevels, FilterSource)> {
     let parse = |text: &str, from: &str| {
         text.parse::<LogLevels>().map_err(|e| anyhow::anyhow!("invalid log filter {text:?} in {from}: {e}"))
@@ -203,7 +205,7 @@ fn resolve_filter(
     if let Some(text) = env.filter(|t| !t.trim().is_empty()) {
         return Ok((parse(text, "RUST_LOG")?, FilterSource::Env));
     }
-    Ok((config.clone(), FilterSource::Config))
+    Ok((config.clone(), if configured { FilterSource::Config } else { FilterSource::Default }))
 }
 
 /// Logs to stderr in `format`, through a filter that `log set` and SIGHUP can replace.
@@ -287,10 +289,14 @@ fn resolve(config_path: &Path, log: &LogArgs) -> anyhow::Result<Resolved> {
         Err(std::env::VarError::NotPresent) => None,
         Err(std::env::VarError::NotUnicode(_)) => bail!("invalid log filter in RUST_LOG: not UTF-8"),
     };
-    let (levels, source) = resolve_filter(log.log_filter.as_deref(), env.as_deref(), &config_levels)?;
+    let configured = config.log.filter.is_some();
+    let (levels, source) = resolve_filter(log.log_filter.as_deref(), env.as_deref(), &config_levels, configured)?;
     let cluster = read_cluster(&config.cluster_file)?;
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
+    if let Some(m) = config.metrics.as_ref().filter(|m| m.listen == admin_addr || m.listen == data_addr) {
+        bail!("config {}: metrics.listen {} is also the pool's admin or data address", config_path.display(), m.listen);
+    }
     let dir = pool_dir::inspect(&config.data_dir, &config.name).map_err(|e| dir_error(e, config_path))?;
     Ok(Resolved { config, cluster, key, admin_addr, data_addr, dir, levels, source, config_levels })
 }
@@ -340,6 +346,19 @@ fn init_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
         Initialised::AlreadyMarked => "already initialised; nothing changed",
     };
     println!("{}: {done}; pool {name} can start there", dir.display());
+    // A marker written on the root file system would let the pool start there whenever its
+    // own disk is not mounted: say so (small sites and tests may mean it).
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(d), Ok(root)) = (std::fs::metadata(dir), std::fs::metadata("/"))
+        && d.dev() == root.dev()
+    {
+        eprintln!(
+            "tidepool: note: {} is on the root file system; if the pool's disk is to be mounted there, mount it \
+             and run `tidepool init` again, or the pool would start on the root file system while the disk is \
+             not mounted",
+            dir.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -732,16 +751,18 @@ mod tests {
     fn the_log_filter_comes_from_the_flag_then_rust_log_then_the_config() {
         let config: LogLevels = "info,sled=warn".parse().unwrap();
         let check = |flag, env, want: &str, from| {
-            let (levels, source) = resolve_filter(flag, env, &config).unwrap();
+            let (levels, source) = resolve_filter(flag, env, &config, true).unwrap();
             assert_eq!((levels.to_string().as_str(), source), (want, from), "{flag:?} {env:?}");
         };
+        let (_, source) = resolve_filter(None, None, &config, false).unwrap();
+        assert_eq!(source, FilterSource::Default, "a config without [log] filter has the default");
         check(None, None, "info,sled=warn", FilterSource::Config);
         check(None, Some(""), "info,sled=warn", FilterSource::Config);
         check(None, Some("debug"), "debug", FilterSource::Env);
         check(Some("trace"), Some("debug"), "trace", FilterSource::Flag);
-        let err = resolve_filter(None, Some("verbose"), &config).unwrap_err().to_string();
+        let err = resolve_filter(None, Some("verbose"), &config, true).unwrap_err().to_string();
         assert!(err.starts_with("invalid log filter \"verbose\" in RUST_LOG: 'verbose' is not a level"), "{err}");
-        let err = resolve_filter(Some("x=loud"), None, &config).unwrap_err().to_string();
+        let err = resolve_filter(Some("x=loud"), None, &config, true).unwrap_err().to_string();
         assert!(err.contains("in --log-filter"), "{err}");
     }
 

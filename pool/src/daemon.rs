@@ -206,6 +206,7 @@ impl Daemon {
         let addr = listener.local_addr()?;
         let task = crate::metrics::serve(listener, self.pool.clone(), self.shutdown.clone(), self.tracker.clone());
         self.tracker.spawn(task.instrument(self.span.clone()));
+        let _ = self.pool.metrics_addr.set(addr);
         self.span.in_scope(|| tracing::info!("metrics at http://{addr}/metrics"));
         Ok(addr)
     }

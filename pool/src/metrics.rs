@@ -328,7 +328,7 @@ impl PoolCollector {
             let samples = reports.iter().map(|r| (id(r), ConstCounter::new(field(r))));
             family(e, name, help, MetricType::Counter, samples)?;
         }
-        let gauges: [(&str, &str, Field); 8] = [
+        let gauges: [(&str, &str, Field); 7] = [
             ("tidepool_migration_job_queued_files", "Files waiting for their turn (migration info: Queued)", |r| {
                 r.queued as u64
             }),
@@ -346,14 +346,18 @@ impl PoolCollector {
             ("tidepool_migration_job_concurrency", "Files the job copies at once (migration concurrency)", |r| {
                 r.concurrency as u64
             }),
-            ("tidepool_migration_job_eta_seconds", "Estimated time to finish at the current rate (0: unknown)", |r| {
-                r.eta_seconds.unwrap_or(0)
-            }),
         ];
         for (name, help, field) in gauges {
             let samples = reports.iter().map(|r| (id(r), ConstGauge::new(field(r))));
             family(e, name, help, MetricType::Gauge, samples)?;
         }
+        family(
+            e,
+            "tidepool_migration_job_eta_seconds",
+            "Estimated time to finish at the current rate; no sample while the job has no estimate",
+            MetricType::Gauge,
+            reports.iter().filter_map(|r| Some((id(r), ConstGauge::new(r.eta_seconds?)))),
+        )?;
         family(
             e,
             "tidepool_migration_job_rate_bytes_per_second",

@@ -117,6 +117,8 @@ pub struct Pool {
     /// The version, resolved config and start time `info` shows; set when the pool starts
     /// serving (`daemon::Opened::serve`).
     pub started: OnceLock<Started>,
+    /// Where the Prometheus page is served (`[metrics] listen`), once it is.
+    pub metrics_addr: OnceLock<std::net::SocketAddr>,
     /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
     /// for pools that share a process (the demo, tests).
     pub log: OnceLock<Arc<LogControl>>,
@@ -177,6 +179,7 @@ impl Pool {
             faults: Default::default(),
             mode: Mutex::new(mode),
             started: OnceLock::new(),
+            metrics_addr: OnceLock::new(),
             log: OnceLock::new(),
             migration: OnceLock::new(),
         })

@@ -102,6 +102,17 @@ fn rep_ls_json_has_the_replicas_and_statistics_of_the_text() {
     assert_eq!(rows, text_rows, "{text}");
     assert_eq!(stats["total"]["bytes"], 10_000);
 
+    // The sticky records of the sticky file: the same owners as the text, alice for ever.
+    let sticky = &ids[3];
+    let records = json_of(&cluster, "pool1", &format!("rep sticky ls -json {sticky}"));
+    let text = ok(&cluster, "pool1", &format!("rep sticky ls {sticky}\n"));
+    let owners: Vec<&str> = records.as_array().unwrap().iter().map(|r| r["owner"].as_str().unwrap()).collect();
+    let text_owners: Vec<&str> = text.lines().map(|l| l.split(" : ").next().unwrap()).collect();
+    assert_eq!(owners, text_owners, "{text}");
+    assert!(owners.contains(&"alice"), "{records}");
+    let alice = records.as_array().unwrap().iter().find(|r| r["owner"] == "alice").unwrap();
+    assert!(alice["expires_at"].is_null() && text.contains("alice : never expires"), "{records}\n{text}");
+
     // A unit has no JSON meaning: refused, pointing at -s.
     let out = cluster.admin_in("pool1", "rep ls -s=k -json\n");
     out.assert_code(1, "rep ls -s=k -json");

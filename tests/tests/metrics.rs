@@ -744,6 +744,16 @@ fn check_shows_the_metrics_address_and_bad_metrics_configs_are_refused() {
         assert!(check.stderr.contains(says) && daemon.stderr.contains(says), "{table}:\n{check}\n{daemon}");
     }
 
+    // The address the cluster file gives the pool for its data is refused by both alike.
+    let data_addr = cluster.spec("pool1").p2p;
+    std::fs::write(cluster.config_path("pool1"), format!("{config}\n[metrics]\nlisten = \"{data_addr}\"\n"))
+        .expect("write the config");
+    let (check, daemon) = (cluster.check("pool1"), cluster.start_refused("pool1"));
+    check.assert_code(1, "tidepool pool --check with the data address for metrics");
+    daemon.assert_code(1, "tidepool pool with the data address for metrics");
+    let says = format!("metrics.listen {data_addr} is also the pool's admin or data address");
+    assert!(check.stderr.contains(&says) && daemon.stderr.contains(&says), "{check}\n{daemon}");
+
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("its address");
     std::fs::write(cluster.config_path("pool1"), format!("{config}\n[metrics]\nlisten = \"{taken_addr}\"\n"))

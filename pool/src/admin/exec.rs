@@ -68,7 +68,11 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::Info { json: false } => info(pool, out),
         Command::Info { json: true } => super::json::write_document(out, &super::json::info(pool)),
         Command::RepLs(ls) => rep_ls(pool, &ls, out),
-        Command::RepStickyLs { pnfsid } => {
+        Command::RepStickyLs { pnfsid, json: true } => {
+            let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
+            super::json::write_document(out, &super::json::sticky_records(&r.sticky, now))
+        }
+        Command::RepStickyLs { pnfsid, json: false } => {
             let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
             for s in r.sticky.iter().filter(|s| s.is_valid(now)) {
                 if s.expire == NEVER {
@@ -475,6 +479,14 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
         let _ = writeln!(t, "Capacity       : {} bytes", s.capacity);
         let _ = writeln!(t, "Admin listener : {}", s.admin);
         let _ = writeln!(t, "Data listener  : {}", s.data);
+        match pool.metrics_addr.get() {
+            Some(a) => {
+                let _ = writeln!(t, "Metrics        : http://{a}/metrics");
+            }
+            None => {
+                let _ = writeln!(t, "Metrics        : off");
+            }
+        }
     }
     if let Some(log) = pool.log.get() {
         let _ = writeln!(t, "Log filter     : {}", log.levels());

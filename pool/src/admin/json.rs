@@ -81,6 +81,8 @@ pub struct ServiceJson {
     pub capacity: u64,
     pub admin_listener: String,
     pub data_listener: String,
+    /// `Metrics`: the page's URL, or null when off.
+    pub metrics_url: Option<String>,
 }
 
 /// `Disabled with  : [<code>] <message>`: the operator's `pool disable` code and message.
@@ -164,6 +166,53 @@ pub struct MigrationJson {
     pub restore_problems: Vec<String>,
 }
 
+/// `rep sticky ls -json`: one valid sticky record.
+#[derive(Debug, Serialize)]
+pub struct StickyJson {
+    pub owner: String,
+    /// When it expires, in ms since the epoch; null for never.
+    pub expires_at: Option<i64>,
+    /// The same as ISO 8601 in UTC; null for never.
+    pub expires: Option<String>,
+}
+
+/// The replica's sticky records valid at `now`, as `rep sticky ls` lists them.
+pub fn sticky_records(records: &[tidepool_p2p::model::StickyRecord], now: i64) -> Vec<StickyJson> {
+    records
+        .iter()
+        .filter(|s| s.is_valid(now))
+        .map(|s| {
+            let at = (s.expire != tidepool_p2p::model::NEVER).then_some(s.expire);
+            StickyJson {
+                owner: s.owner.clone(),
+                expires_at: at,
+                expires: at
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod sticky_tests {
+    use tidepool_p2p::model::{NEVER, StickyRecord};
+
+    #[test]
+    fn sticky_records_list_the_valid_ones_with_null_for_never() {
+        let records =
+            vec![StickyRecord::new("alice", NEVER), StickyRecord::new("bob", 5_000), StickyRecord::new("old", 10)];
+        let json = serde_json::to_value(super::sticky_records(&records, 1_000)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"owner": "alice", "expires_at": null, "expires": null},
+                {"owner": "bob", "expires_at": 5000, "expires": "1970-01-01T00:00:05.000Z"},
+            ])
+        );
+    }
+}
+
 pub fn info(pool: &Pool) -> InfoJson {
     let now = now_ms();
     let mode = pool.mode();
@@ -199,6 +248,7 @@ pub fn info(pool: &Pool) -> InfoJson {
             capacity: s.capacity,
             admin_listener: s.admin.to_string(),
             data_listener: s.data.to_string(),
+            metrics_url: pool.metrics_addr.get().map(|a| format!("http://{a}/metrics")),
         }),
         log_filter: pool.log.get().map(|log| log.levels().to_string()),
     }

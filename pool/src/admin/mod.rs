@@ -30,6 +30,8 @@ pub enum Command {
     RepLs(RepLs),
     RepStickyLs {
         pnfsid: PnfsId,
+        /// `-json`: the valid records as a JSON array.
+        json: bool,
     },
     RepSetSticky {
         pnfsid: PnfsId,
@@ -387,12 +389,12 @@ pub static COMMANDS: &[CommandSpec] = &[
         args: "<pnfsid>",
         summary: "list a replica's valid sticky records",
         details: "",
-        options: &[],
+        options: &[JSON],
         examples: &["rep sticky ls 0000A1B2C3D4E5F60718293A4B5C6D7E8F90"],
         parse: |inv| {
             let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
             inv.at_most(1)?;
-            Ok(Command::RepStickyLs { pnfsid })
+            Ok(Command::RepStickyLs { pnfsid, json: inv.flag("json")? })
         },
     },
     CommandSpec {
@@ -1625,11 +1627,11 @@ mod tests {
         check_err("rep ls -s=m -json", "-json gives every size in bytes, so -s takes no unit with -json", "-s");
         check_err("rep ls -json -s=k", "use -s or -s=b", "-s");
         check_err("info -json=yes", "-json takes no value", "-json");
-        check_err("rep sticky ls -json 000000000000000000000ABC", "unknown option -json", "-json");
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
         let listing = [
             "info",
             "rep ls",
+            "rep sticky ls",
             "pp ls",
             "log ls",
             "migration ls",
