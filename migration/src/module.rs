@@ -651,6 +651,7 @@ impl<E: Env> Module<E> {
                     .then(|| f.last_at.saturating_add(self.settings.backoff.delay(f.attempts).as_millis() as i64)),
                 code: f.last_error.code,
                 error: f.last_error.message.clone(),
+                size: f.size,
             })
             .collect();
         failures.sort_by(|a, b| a.pnfsid.cmp(&b.pnfsid));
@@ -661,6 +662,7 @@ impl<E: Env> Module<E> {
             command: job.command.clone(),
             state: s.state.as_str().to_string(),
             queued: s.queue.queued_count(),
+            queued_bytes: s.queue.queued_bytes(),
             waiting: s.queue.waiting(),
             attempts: stats.attempts,
             targets: online(&s).map(|t| t.name.to_string()).collect(),

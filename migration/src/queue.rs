@@ -38,6 +38,8 @@ pub struct Failure {
     pub last_at: EpochMillis,
     /// Dropped from the job for good.
     pub permanent: bool,
+    /// The file's size, in bytes.
+    pub size: u64,
 }
 
 /// Counters for `migration info`.
@@ -84,6 +86,8 @@ pub struct Queue {
     /// The sum of `sizes`, kept as files come and go (`-pause-when`/`-stop-when` read it on
     /// every scheduling pass).
     left: u64,
+    /// The sum of the sizes of the files queued now (`tickets`), kept likewise.
+    queued_bytes: u64,
 }
 
 impl Queue {
@@ -102,14 +106,15 @@ impl Queue {
         if self.sizes.contains_key(&id) {
             return false;
         }
-        self.enqueue(id);
         self.sizes.insert(id, size);
+        self.enqueue(id);
         self.stats.total += size;
         self.left += size;
         true
     }
 
     fn enqueue(&mut self, id: PnfsId) {
+        self.queued_bytes += self.sizes.get(&id).copied().unwrap_or(0);
         self.next_ticket += 1;
         self.tickets.insert(id, self.next_ticket);
         self.queued.push_back((id, self.next_ticket));
@@ -141,7 +146,9 @@ impl Queue {
         }
         let Some(size) = self.sizes.remove(id) else { return Removal::NotHere };
         self.left -= size;
-        self.tickets.remove(id);
+        if self.tickets.remove(id).is_some() {
+            self.queued_bytes -= size;
+        }
         if let Some(at) = self.due.remove(id) {
             self.retry.remove(&(at, *id));
         }
@@ -175,6 +182,7 @@ impl Queue {
         if self.tickets.remove(&id).is_none() {
             return false;
         }
+        self.queued_bytes -= self.sizes.get(&id).copied().unwrap_or(0);
         self.running.insert(id, task);
         self.stats.attempts += 1;
         self.tidy();
@@ -202,11 +210,13 @@ impl Queue {
         backoff: &Backoff,
     ) -> Option<EpochMillis> {
         self.running.remove(id)?;
+        let size = self.sizes.get(id).copied().unwrap_or(0);
         let entry = self.failures.entry(*id).or_insert(Failure {
             attempts: 0,
             last_error: error.clone(),
             last_at: now,
             permanent,
+            size,
         });
         entry.attempts += 1;
         entry.last_error = error;
@@ -247,6 +257,11 @@ impl Queue {
         self.tickets.len()
     }
 
+    /// Bytes of the files queued now.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
     /// Files waiting out a backoff.
     pub fn waiting(&self) -> usize {
         self.due.len()
@@ -281,6 +296,7 @@ impl Queue {
     pub fn clear(&mut self) {
         self.queued.clear();
         self.tickets.clear();
+        self.queued_bytes = 0;
         self.retry.clear();
         self.due.clear();
         self.sizes.retain(|id, _| self.running.contains_key(id));
@@ -307,6 +323,38 @@ mod tests {
         let delays: Vec<u64> = (1..=6).map(|n| b.delay(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60, 60]);
         assert_eq!(b.delay(1000).as_secs(), 60);
+    }
+
+    /// Queued bytes follow the files in and out of the queue, row by row; a failure keeps the
+    /// file's size.
+    #[test]
+    fn queued_bytes_follow_the_queue() {
+        let b = Backoff { base: Duration::from_secs(10), cap: Duration::from_secs(60) };
+        let mut q = Queue::default();
+        type Step = fn(&mut Queue, &Backoff);
+        let rows: [(&str, Step, u64); 9] = [
+            ("add 1 (100)", |q, _| assert!(q.add(id(1), 100)), 100),
+            ("add 2 (50)", |q, _| assert!(q.add(id(2), 50)), 150),
+            ("add 3 (7)", |q, _| assert!(q.add(id(3), 7)), 157),
+            ("start 1", |q, _| assert!(q.start(id(1), TaskId(1))), 57),
+            ("1 fails, waits", |q, b| assert!(q.failed(&id(1), false, boom(), 0, b).is_some()), 57),
+            ("1 due again", |q, _| q.wake(60_000), 157),
+            ("remove 3", |q, _| assert_eq!(q.remove(&id(3)), Removal::Dropped), 150),
+            (
+                "start 2, requeued",
+                |q, _| {
+                    assert!(q.start(id(2), TaskId(2)));
+                    q.requeue(&id(2));
+                },
+                150,
+            ),
+            ("clear", |q, _| q.clear(), 0),
+        ];
+        for (what, step, want) in rows {
+            step(&mut q, &b);
+            assert_eq!(q.queued_bytes(), want, "after {what}");
+        }
+        assert_eq!(q.failures().map(|(_, f)| f.size).collect::<Vec<_>>(), [100]);
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct FailureLine {
     pub retry_at: Option<EpochMillis>,
     pub code: u32,
     pub error: String,
+    /// The file's size, in bytes.
+    pub size: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +105,8 @@ pub struct JobReport {
     pub command: String,
     pub state: String,
     pub queued: usize,
+    /// Bytes of the queued files.
+    pub queued_bytes: u64,
     /// Files waiting out their backoff after a failure.
     pub waiting: usize,
     pub attempts: u64,
@@ -288,6 +292,7 @@ mod tests {
             command: "migration copy -pnfsid=0000A1 -- pool2".into(),
             state: state.into(),
             queued: 3,
+            queued_bytes: 300,
             waiting: 0,
             attempts: 2,
             targets: vec!["pool2".into(), "pool3".into()],
@@ -360,6 +365,7 @@ mod tests {
             retry_at: Some(10_000),
             code: 20004,
             error: "Pool pool2 failed (not reachable)".into(),
+            size: 100,
         }];
         r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
         let text = r.render();

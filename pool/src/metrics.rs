@@ -328,9 +328,18 @@ impl PoolCollector {
             let samples = reports.iter().map(|r| (id(r), ConstCounter::new(field(r))));
             family(e, name, help, MetricType::Counter, samples)?;
         }
-        let gauges: [(&str, &str, Field); 7] = [
+        let gauges: [(&str, &str, Field); 10] = [
             ("tidepool_migration_job_queued_files", "Files waiting for their turn (migration info: Queued)", |r| {
                 r.queued as u64
+            }),
+            ("tidepool_migration_job_queued_bytes", "Bytes of the files waiting for their turn", |r| r.queued_bytes),
+            (
+                "tidepool_migration_job_retrying_bytes",
+                "Bytes of the files whose last attempt failed, waiting to be tried again",
+                |r| r.failures.iter().filter(|f| f.retry_at.is_some()).map(|f| f.size).sum(),
+            ),
+            ("tidepool_migration_job_failed_bytes", "Bytes of the files the job gave up on", |r| {
+                r.failures.iter().filter(|f| f.retry_at.is_none()).map(|f| f.size).sum()
             }),
             ("tidepool_migration_job_running_files", "Files being copied now", |r| r.running.len() as u64),
             (

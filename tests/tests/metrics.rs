@@ -460,8 +460,8 @@ fn the_metrics_match_info_and_migration_info_during_a_move() {
         .collect();
     let n = sizes.len() as u64;
     let total: u64 = sizes.iter().map(|(len, _)| *len as u64).sum();
-    cluster.put_samples("pool1", &sizes[..6], &["--storage", "test:disk"]);
-    cluster.put_samples("pool1", &sizes[6..], &["--storage", "test:tape", "--precious"]);
+    let mut files = cluster.put_samples("pool1", &sizes[..6], &["--storage", "test:disk"]);
+    files.extend(cluster.put_samples("pool1", &sizes[6..], &["--storage", "test:tape", "--precious"]));
 
     let before = scrape(m1);
     assert_matches_info(&cluster, "pool1", &before);
@@ -485,6 +485,13 @@ fn the_metrics_match_info_and_migration_info_during_a_move() {
     assert_eq!(during.int("tidepool_migration_jobs", &[("state", "RUNNING")]), 1);
     assert_eq!(during.int("tidepool_migration_job_running_files", &[("job_id", &job)]), 3);
     assert_eq!(during.int("tidepool_migration_job_queued_files", &[("job_id", &job)]), n - 3);
+    // Queued bytes: every file's but the three held on pool2.
+    let held_bytes: u64 = pp
+        .transfers
+        .iter()
+        .map(|t| files.iter().find(|(id, _)| *id == t.pnfsid).map(|(_, b)| b.len() as u64).expect("a moved file"))
+        .sum();
+    assert_eq!(during.int("tidepool_migration_job_queued_bytes", &[("job_id", &job)]), total - held_bytes);
     assert_eq!(during.int("tidepool_migration_job_completed_files_total", &[("job_id", &job)]), 0);
     assert_eq!(during.int("tidepool_migration_job_total_bytes", &[("job_id", &job)]), total);
     assert_eq!(during.int("tidepool_migration_job_left_bytes", &[("job_id", &job)]), total);
@@ -506,6 +513,8 @@ fn the_metrics_match_info_and_migration_info_during_a_move() {
     assert_eq!(p1.int("tidepool_migration_job_left_bytes", &id), 0);
     assert_eq!(p1.int("tidepool_migration_job_queued_files", &id), 0);
     assert_eq!(p1.int("tidepool_migration_job_failed_files", &id), 0);
+    assert_eq!(p1.int("tidepool_migration_job_queued_bytes", &id), 0);
+    assert_eq!(p1.int("tidepool_migration_job_failed_bytes", &id), 0);
     let attempts: u64 = report_field(&info, "Attempts").and_then(|a| a.parse().ok()).expect("Attempts");
     assert_eq!(p1.int("tidepool_migration_job_attempts_total", &id), attempts);
     // The transfers: pool2 pulled every file, pool1 sent every byte.
