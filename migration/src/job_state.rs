@@ -36,6 +36,21 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order of a job's life.
+    pub const ALL: [JobState; 11] = [
+        JobState::New,
+        JobState::Initializing,
+        JobState::Running,
+        JobState::Sleeping,
+        JobState::Paused,
+        JobState::Suspended,
+        JobState::Stopping,
+        JobState::Cancelling,
+        JobState::Cancelled,
+        JobState::Finished,
+        JobState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::New => "NEW",
@@ -104,8 +119,7 @@ mod tests {
     use super::*;
     use JobState::*;
 
-    const ALL: [JobState; 11] =
-        [New, Initializing, Running, Sleeping, Paused, Suspended, Stopping, Cancelling, Cancelled, Finished, Failed];
+    const ALL: [JobState; 11] = JobState::ALL;
 
     #[test]
     fn the_transitions_of_the_reference_are_legal() {

@@ -985,47 +985,12 @@ fn a_relative_rebalance_levels_three_pools() {
 #[test]
 fn a_move_into_a_full_target_never_evicts_what_it_moved() {
     run("a_move_into_a_full_target_never_evicts_what_it_moved", SEEDS, |seed| async move {
-        let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
-        config.pools[1].capacity = 40_000;
-        let mut sim = Sim::new(seed, config);
-        let mut filler = Vec::new();
-        for _ in 0..5 {
-            let mut spec = FileSpec::cached(4000);
-            spec.accessed_ago = 10;
-            let id = sim.add_file("p2", spec);
-            sim.unprotect(&id);
-            filler.push(id);
-        }
-        let files: Vec<PnfsId> = (0..20)
-            .map(|_| {
-                let mut spec = FileSpec::cached(3000);
-                spec.accessed_ago = 864_000;
-                sim.add_file("p1", spec)
-            })
-            .collect();
-        let job = sim.create("p1", JobKind::Move, &["-concurrency=4", "-refresh=30"], &["p2"]);
-        // 40,000 bytes hold 13 of the 3,000-byte files once the filler is gone.
-        sim.wait_until(2 * HOUR, "the target to fill up", || {
-            let info = sim.info("p1", &job);
-            info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
-                && info.contains("All target pools are full")
-        })
-        .await;
+        let (mut sim, filler, files, job) = full_target_move(seed);
+        wait_full(&sim, &job).await;
         // It waits rather than making room out of what it moved: still 13 after more refreshes.
         tokio::time::sleep(30 * MINUTE).await;
-        assert_eq!(info_number(&sim.info("p1", &job), "Completed"), 13);
         assert!(!sim.state("p1", &job).is_terminal());
-        sim.module("p1").cancel(&job, false, "operator").unwrap();
-        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
-        sim.settle().await;
-        sim.assert_no_violations();
-        let evicted = sim.evicted("p2");
-        assert_eq!(evicted.iter().copied().collect::<BTreeSet<_>>(), filler.iter().copied().collect());
-        let (on_source, on_target) = (sim.repo("p1"), sim.repo("p2"));
-        for id in &files {
-            assert!(on_source.contains_key(id) ^ on_target.contains_key(id), "{id} on exactly one pool");
-        }
-        assert_eq!(on_target.len(), 13);
+        end_full_target_move(&mut sim, &filler, &files, &job).await;
     });
 }
 
@@ -1035,25 +1000,7 @@ fn a_move_into_a_full_target_never_evicts_what_it_moved() {
 #[test]
 fn a_full_target_that_restarts_still_never_evicts_what_a_move_delivered() {
     run("a_full_target_that_restarts_still_never_evicts_what_a_move_delivered", SEEDS, |seed| async move {
-        let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
-        config.pools[1].capacity = 40_000;
-        let mut sim = Sim::new(seed, config);
-        let mut filler = Vec::new();
-        for _ in 0..5 {
-            let mut spec = FileSpec::cached(4000);
-            spec.accessed_ago = 10;
-            let id = sim.add_file("p2", spec);
-            sim.unprotect(&id);
-            filler.push(id);
-        }
-        let files: Vec<PnfsId> = (0..20)
-            .map(|_| {
-                let mut spec = FileSpec::cached(3000);
-                spec.accessed_ago = 864_000;
-                sim.add_file("p1", spec)
-            })
-            .collect();
-        let job = sim.create("p1", JobKind::Move, &["-concurrency=4", "-refresh=30"], &["p2"]);
+        let (mut sim, filler, files, job) = full_target_move(seed);
         // The target goes down after some copies (a random number of them), for a random while.
         let before = 3 + sim.world.random_below(8);
         sim.wait_until(HOUR, "some copies", || {
@@ -1065,27 +1012,64 @@ fn a_full_target_that_restarts_still_never_evicts_what_a_move_delivered() {
         sim.crash("p2");
         tokio::time::sleep(Duration::from_secs(1 + sim.world.random_below(600))).await;
         sim.restart("p2");
-        sim.wait_until(2 * HOUR, "the target to fill up", || {
-            let info = sim.info("p1", &job);
-            info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
-                && info.contains("All target pools are full")
-        })
-        .await;
+        wait_full(&sim, &job).await;
         // Longer than a hold lasts without renewal: only the job's renewals keep them.
         tokio::time::sleep(3 * HOUR).await;
-        assert_eq!(info_number(&sim.info("p1", &job), "Completed"), 13);
-        sim.module("p1").cancel(&job, false, "operator").unwrap();
-        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Cancelled);
-        sim.settle().await;
-        sim.assert_no_violations();
-        let evicted = sim.evicted("p2");
-        assert_eq!(evicted.iter().copied().collect::<BTreeSet<_>>(), filler.iter().copied().collect());
-        let (on_source, on_target) = (sim.repo("p1"), sim.repo("p2"));
-        for id in &files {
-            assert!(on_source.contains_key(id) ^ on_target.contains_key(id), "{id} on exactly one pool");
-        }
-        assert_eq!(on_target.len(), 13);
+        end_full_target_move(&mut sim, &filler, &files, &job).await;
     });
+}
+
+/// p2 holds 40,000 bytes: five 4,000-byte cached files of its own (recently used, evictable)
+/// and room for 13 of the twenty 3,000-byte files that p1 moves to it (old access times, so
+/// they would be evicted first but for the holds). Returns the sim, p2's files, p1's, the job.
+fn full_target_move(seed: u64) -> (Sim, Vec<PnfsId>, Vec<PnfsId>, String) {
+    let mut config = SimConfig::new(&["p1", "p2"], Faults::jitter());
+    config.pools[1].capacity = 40_000;
+    let mut sim = Sim::new(seed, config);
+    let mut filler = Vec::new();
+    for _ in 0..5 {
+        let mut spec = FileSpec::cached(4000);
+        spec.accessed_ago = 10;
+        let id = sim.add_file("p2", spec);
+        sim.unprotect(&id);
+        filler.push(id);
+    }
+    let files: Vec<PnfsId> = (0..20)
+        .map(|_| {
+            let mut spec = FileSpec::cached(3000);
+            spec.accessed_ago = 864_000;
+            sim.add_file("p1", spec)
+        })
+        .collect();
+    let job = sim.create("p1", JobKind::Move, &["-concurrency=4", "-refresh=30"], &["p2"]);
+    (sim, filler, files, job)
+}
+
+/// Until the target holds 13 moved files and the job says why it waits.
+async fn wait_full(sim: &Sim, job: &str) {
+    sim.wait_until(2 * HOUR, "the target to fill up", || {
+        let info = sim.info("p1", job);
+        info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
+            && info.contains("All target pools are full")
+    })
+    .await;
+}
+
+/// Still 13 moved; cancel; only p2's own files were evicted, and every moved file is on
+/// exactly one pool.
+async fn end_full_target_move(sim: &mut Sim, filler: &[PnfsId], files: &[PnfsId], job: &str) {
+    assert_eq!(info_number(&sim.info("p1", job), "Completed"), 13);
+    sim.module("p1").cancel(job, false, "operator").unwrap();
+    assert_eq!(sim.wait_end("p1", job, HOUR).await, JobState::Cancelled);
+    sim.settle().await;
+    sim.assert_no_violations();
+    let evicted = sim.evicted("p2");
+    assert_eq!(evicted.iter().copied().collect::<BTreeSet<_>>(), filler.iter().copied().collect());
+    let (on_source, on_target) = (sim.repo("p1"), sim.repo("p2"));
+    for id in files {
+        assert!(on_source.contains_key(id) ^ on_target.contains_key(id), "{id} on exactly one pool");
+    }
+    assert_eq!(on_target.len(), 13);
 }
 
 /// An operator changes sources while they move: `rep set precious`, `rep set sticky`, a new

@@ -49,21 +49,6 @@ pub const MAX_CONNECTIONS: usize = 8;
 /// A scraper that has not sent its request headers within this is disconnected.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The job states, in the order of their life (every one is reported, 0 when no job is in it).
-const JOB_STATES: [&str; 11] = [
-    "NEW",
-    "INITIALIZING",
-    "RUNNING",
-    "SLEEPING",
-    "PAUSED",
-    "SUSPENDED",
-    "STOPPING",
-    "CANCELLING",
-    "CANCELLED",
-    "FINISHED",
-    "FAILED",
-];
-
 /// The mode bits, as `info` names them.
 const MODE_FLAGS: [(u32, &str); 9] = [
     (PoolMode::DISABLED, "disabled"),
@@ -287,9 +272,10 @@ impl PoolCollector {
 
     fn migration(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let reports: Vec<JobReport> = self.0.try_migration().map(|m| m.reports()).unwrap_or_default();
-        let jobs = JOB_STATES.iter().map(|state| {
-            let n = reports.iter().filter(|r| r.state == *state).count();
-            (vec![("state", state.to_string())], ConstGauge::new(n as i64))
+        // Every state is reported, 0 when no job is in it.
+        let jobs = tidepool_migration::job_state::JobState::ALL.iter().map(|state| {
+            let n = reports.iter().filter(|r| r.state == state.as_str()).count();
+            (vec![("state", state.as_str().to_string())], ConstGauge::new(n as i64))
         });
         family(
             e,
