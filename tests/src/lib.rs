@@ -775,7 +775,14 @@ impl Cluster {
     /// aborts it, say), reaps it and returns how it exited. Panics if it still runs then.
     #[track_caller]
     pub fn wait_for_exit(&mut self, pool: &str, timeout: Duration) -> ExitStatus {
-        let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        let child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        self.reap(pool, child, timeout, "")
+    }
+
+    /// Waits up to `timeout` for `child` (the pool `pool`) to exit and returns how it did;
+    /// kills it and panics (with `why` and its log) if it does not.
+    #[track_caller]
+    fn reap(&self, pool: &str, mut child: Child, timeout: Duration, why: &str) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -784,7 +791,7 @@ impl Cluster {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{pool} did not exit within {timeout:?}; its log:\n{}", self.log(pool));
+                panic!("{pool} did not exit within {timeout:?}{why}; its log:\n{}", self.log(pool));
             }
             thread::sleep(POLL_PAUSE);
         }
@@ -837,20 +844,9 @@ impl Cluster {
     /// exited. A pool that does not exit in time is killed and the test fails.
     #[track_caller]
     pub fn stop(&mut self, pool: &str) -> ExitStatus {
-        let mut child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
+        let child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
         signal(&child, libc::SIGTERM);
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{pool} did not exit within {STOP_DEADLINE:?} of SIGTERM; its log:\n{}", self.log(pool));
-            }
-            thread::sleep(POLL_PAUSE);
-        }
+        self.reap(pool, child, STOP_DEADLINE, " of SIGTERM")
     }
 
     /// Waits (up to `timeout`) until the pool's log has a line containing every one of

@@ -18,22 +18,18 @@ mod targets;
 
 pub use targets::TARGETS;
 
-/// A small deterministic generator (splitmix64): the same seed gives the same inputs on every
-/// machine, which is all a replay needs.
+/// A small deterministic generator (the migration module's SplitMix64): the same seed gives
+/// the same inputs on every machine, which is all a replay needs.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(tidepool_migration::select::SplitMix);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(tidepool_migration::select::SplitMix::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A number in `0..n` (`n > 0`).
