@@ -1,0 +1,588 @@
+//! The job decisions: what a job does with each event, inside one locked visit (`Cx`).
+
+use super::*;
+
+/// The context of one locked visit to a job.
+pub(super) struct Cx<'a, E: Env> {
+    pub(super) m: &'a Arc<Module<E>>,
+    pub(super) job: &'a Arc<Job>,
+    pub(super) s: &'a mut JobInner,
+    pub(super) actions: &'a mut Vec<Action>,
+}
+
+impl<E: Env> Cx<'_, E> {
+    pub(super) fn set_state(&mut self, to: JobState) {
+        let from = self.s.state;
+        if let Err(e) = transition(&mut self.s.state, to) {
+            tracing::error!(job = %self.job.id.lock(), "{e}");
+            return;
+        }
+        tracing::debug!(job = %self.job.id.lock(), "job {from} -> {to}");
+        if to.is_terminal() {
+            // Whatever file lock the job still holds goes (none should be left).
+            self.m.locks.lock().retain(|_, j| !Arc::ptr_eq(j, self.job));
+            self.s.queue.clear();
+            self.s.located.clear();
+            self.s.want_locate.clear();
+            self.job.stop.cancel();
+            self.job.halt.cancel();
+            tracing::info!(job = %self.job.id.lock(), state = %to, "job ended");
+        }
+    }
+
+    pub(super) fn note(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String) {
+        if self.s.notes.len() == NOTES {
+            self.s.notes.pop_front();
+        }
+        self.s.notes.push_back(NoteLine {
+            at: self.m.env.now(),
+            task: task.map(|t| t.0).unwrap_or(0),
+            pnfsid: pnfsid.map(|p| p.to_string()),
+            message,
+        });
+    }
+
+    /// The scheduler (reference §3.5), with failed files waiting out their backoff.
+    pub(super) fn schedule(&mut self) {
+        let state = self.s.state;
+        if state == JobState::Cancelling {
+            if self.s.running.is_empty() {
+                self.set_state(JobState::Cancelled);
+            }
+            return;
+        }
+        if matches!(state, JobState::New | JobState::Initializing) || state.is_terminal() {
+            return;
+        }
+        if !self.job.def.permanent && self.s.queue.is_empty() && self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+            return;
+        }
+        if state == JobState::Stopping && self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+            return;
+        }
+        if state != JobState::Running {
+            return;
+        }
+        let now = self.m.env.now();
+        self.s.queue.wake(now);
+        // The lifetime conditions come before the targets: `-stop-when='targets == 0'` must
+        // stop a job that has no usable target left.
+        if self.s.infos.is_some() && self.s.queue.queued_count() > 0 && self.lifetime_conditions() {
+            return;
+        }
+        let wait = self.job.def.deficit == DeficitMode::Wait;
+        if self.s.infos.is_none() || (wait && online(self.s).next().is_none()) {
+            // Targets not known yet, or none online: look again later.
+            self.sleep(now);
+            return;
+        }
+        let free = self.s.concurrency.saturating_sub(self.s.running.len());
+        if free > 0 {
+            let mut picked = Vec::new();
+            let mut busy = Vec::new();
+            {
+                // The file lock is claimed here, in the same critical section that finds it free,
+                // so two jobs never both start a task on one file.
+                let mut locks = self.m.locks.lock();
+                for id in self.s.queue.queued() {
+                    if picked.len() == free {
+                        break;
+                    }
+                    match locks.entry(*id) {
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(self.job.clone());
+                            picked.push(*id);
+                        }
+                        std::collections::hash_map::Entry::Occupied(o) if Arc::ptr_eq(o.get(), self.job) => {
+                            picked.push(*id)
+                        }
+                        std::collections::hash_map::Entry::Occupied(_) => busy.push(*id),
+                    }
+                }
+            }
+            for id in busy {
+                if self.s.locked_noted.insert(id) {
+                    self.note(None, Some(id), "File is locked".into());
+                }
+            }
+            let mut picked = picked.into_iter();
+            for id in picked.by_ref() {
+                self.start_task(id, now);
+                if self.s.state != JobState::Running {
+                    break;
+                }
+            }
+            // Locks claimed for files that did not start go back.
+            for id in picked {
+                self.unlock(&id);
+            }
+            if self.s.state != JobState::Running {
+                return;
+            }
+        }
+        if self.s.running.is_empty() {
+            if !self.job.def.permanent && self.s.queue.is_empty() {
+                self.set_state(JobState::Finished);
+            } else {
+                self.sleep(now);
+            }
+        } else if let Some(at) = self.s.queue.next_retry() {
+            self.wake_at(at, now);
+        }
+    }
+
+    /// `-stop-when` and `-pause-when` (reference §3.5 step 5, §3.8); true if one of them held
+    /// and the job stopped or paused.
+    pub(super) fn lifetime_conditions(&mut self) -> bool {
+        if let Some(stop) = self.job.def.stop_when.clone()
+            && self.condition(&stop, "-stop-when")
+        {
+            self.stop();
+            return true;
+        }
+        if let Some(pause) = self.job.def.pause_when.clone()
+            && self.condition(&pause, "-pause-when")
+        {
+            self.set_state(JobState::Paused);
+            self.arm_pause_check();
+            return true;
+        }
+        false
+    }
+
+    /// A PAUSED job looks again every 10 s for as long as the condition holds (dCache looked
+    /// once, §10 item 28); the stop condition is looked at first.
+    pub(super) fn pause_check(&mut self) {
+        if let Some(stop) = self.job.def.stop_when.clone()
+            && self.condition(&stop, "-stop-when")
+        {
+            self.stop();
+            return;
+        }
+        match self.job.def.pause_when.clone() {
+            Some(pause) if self.condition(&pause, "-pause-when") => self.arm_pause_check(),
+            _ => self.set_state(JobState::Running),
+        }
+    }
+
+    pub(super) fn arm_pause_check(&mut self) {
+        let now = self.m.env.now();
+        self.s.wake_at = None;
+        self.wake_at(now + self.m.settings.sleep.as_millis() as i64, now);
+    }
+
+    /// Stops the job: no new task; FINISHED once the running ones end.
+    pub(super) fn stop(&mut self) {
+        tracing::info!(job = %self.job.id.lock(), "stop condition holds; the job stops");
+        if self.s.running.is_empty() {
+            self.set_state(JobState::Finished);
+        } else {
+            self.set_state(JobState::Stopping);
+        }
+    }
+
+    /// Evaluates a lifetime condition; an error is noted and counts as false.
+    pub(super) fn condition(&mut self, e: &Expr, option: &str) -> bool {
+        let source = self.m.env.cost();
+        let name = self.m.env.name().clone();
+        let files = (self.s.queue.queued_count() + self.s.queue.waiting()) as f64;
+        let bytes = self.s.queue.bytes_left() as f64;
+        let targets = online(self.s).count() as f64;
+        let now = chrono::Local::now();
+        let values = |sym: &str| -> Option<Value> {
+            match sym {
+                "queue.files" => Some(Value::Number(files)),
+                "queue.bytes" => Some(Value::Number(bytes)),
+                "targets" => Some(Value::Number(targets)),
+                _ => sym
+                    .strip_prefix("source.")
+                    .and_then(|field| pool_value(&name, &source, field))
+                    .or_else(|| expr::time_value(sym, &now)),
+            }
+        };
+        match e.eval_bool(&values) {
+            Ok(b) => b,
+            Err(err) => {
+                self.note(None, None, format!("{option} could not be evaluated ({}); taken as false", err.message));
+                false
+            }
+        }
+    }
+
+    /// Counts a new copy against the target's figures at once, until the next refresh replaces
+    /// them: the job neither piles copies onto a pool that looked emptiest at the last refresh
+    /// nor keeps sending to a pool its `-include-when` no longer admits (a rebalance would
+    /// overfill the pools below the level).
+    pub(super) fn reserve(&mut self, target: &PoolName, size: u64) {
+        let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) else { return };
+        let Some(mut cost) = info.cost else { return };
+        cost.space.used = cost.space.used.saturating_add(size);
+        cost.space.free = cost.space.free.saturating_sub(size);
+        info.cost = Some(cost);
+        let source = self.m.env.cost();
+        let eligible = self.eligible(&source, target, &cost);
+        if let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) {
+            info.eligible = eligible;
+        }
+    }
+
+    /// Whether a target passes `-include-when` (unless `-include` was given) and
+    /// `-exclude-when` (reference §7.4); one that cannot be evaluated is left out, with a note.
+    pub(super) fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
+        let def = &self.job.def;
+        if def.include_when.is_none() && def.exclude_when.is_none() {
+            return true;
+        }
+        let source_name = self.m.env.name().clone();
+        let now = chrono::Local::now();
+        let verdict = targets::passes(
+            def.include_when.as_ref(),
+            def.exclude_when.as_ref(),
+            !def.include.is_empty(),
+            (&source_name, source),
+            (target, cost),
+            &now,
+        );
+        verdict.unwrap_or_else(|e| {
+            self.note(None, None, format!("the target filter failed for {target} ({}); it is left out", e.message));
+            false
+        })
+    }
+
+    pub(super) fn sleep(&mut self, now: EpochMillis) {
+        if self.s.state == JobState::Running {
+            self.set_state(JobState::Sleeping);
+        }
+        if self.job.def.permanent && self.s.queue.is_empty() {
+            // An idle permanent job waits for the next change of the repository, not a timer.
+            return;
+        }
+        let mut at = now + self.m.settings.sleep.as_millis() as i64;
+        if let Some(retry) = self.s.queue.next_retry() {
+            at = at.min(retry);
+        }
+        self.wake_at(at, now);
+    }
+
+    /// Arms the job's wake-up for `at` unless one is due sooner.
+    pub(super) fn wake_at(&mut self, at: EpochMillis, now: EpochMillis) {
+        if self.s.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        self.s.wake_seq += 1;
+        self.s.wake_at = Some(at);
+        let after = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+        self.actions.push(Action::Wake { seq: self.s.wake_seq, after });
+    }
+
+    /// Starts a task for a queued file whose lock the job holds (claimed in `schedule`).
+    pub(super) fn start_task(&mut self, id: PnfsId, now: EpochMillis) {
+        self.s.locked_noted.remove(&id);
+        let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
+        self.s.queue.start(id, task_id);
+        let entry = match self.m.env.entry(&id) {
+            Ok(Some(e)) if e.state.is_committed() => e,
+            Ok(_) => {
+                // Gone (or going) since the scan: nothing to do.
+                self.s.queue.cancelled(&id);
+                self.unlock(&id);
+                return;
+            }
+            Err(e) => {
+                self.note(Some(task_id), Some(id), format!("Failed to read the replica: {}", e.message));
+                self.s.queue.failed(&id, false, e, now, &self.m.settings.backoff);
+                self.unlock(&id);
+                return;
+            }
+        };
+        let def = &self.job.def;
+        let prefix = self.m.env.pin_prefix();
+        let state = match def.tmode.state {
+            TargetState::Same => entry.state,
+            TargetState::Cached => ReplicaState::Cached,
+            TargetState::Precious => ReplicaState::Precious,
+        };
+        let mut sticky: Vec<StickyRecord> = if def.tmode.state == TargetState::Same {
+            entry.sticky.iter().filter(|r| !r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        sticky.extend(self.job.tmode.iter().cloned());
+        let pins: Vec<StickyRecord> = if def.pins == Pins::Move {
+            entry.sticky.iter().filter(|r| r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let plan = TaskPlan {
+            replicas: def.replicas,
+            eager: def.eager,
+            meta_only: def.meta_only,
+            pins: !pins.is_empty(),
+            wait_for_targets: def.deficit == DeficitMode::Wait,
+            timers: self.m.settings.timers.clone(),
+        };
+        let base = self.m.epoch | ((task_id.0 & 0xfff_ffff) << 12);
+        let task = Task::new(plan, base);
+        self.s
+            .running
+            .insert(id, Running { id: task_id, task, entry, state, sticky, pins, timer_seq: 0, finishing: false });
+        self.feed(id, TaskEvent::Start);
+    }
+
+    /// Adds a file to the queue (reference §3.6); wakes a sleeping job.
+    pub(super) fn add(&mut self, id: PnfsId, size: u64) {
+        if self.s.state.is_terminal() || self.s.state == JobState::Cancelling {
+            return;
+        }
+        if self.s.queue.add(id, size) && self.s.state == JobState::Sleeping {
+            self.set_state(JobState::Running);
+        }
+    }
+
+    /// What the holders' answers mean for a task: `AlreadyDone` when enough of them hold the
+    /// file exactly as wanted and nothing else has to happen on a target (no pins to move, no
+    /// checksum to verify, a source mode that destroys nothing), else `Located`.
+    pub(super) fn located(&self, id: &PnfsId, holders: Vec<Holder>) -> TaskEvent {
+        let def = &self.job.def;
+        // Only for source modes that keep the source as protected as it is (`same`,
+        // `precious`): the answer may be a little old, and nothing is confirmed anew.
+        let shortcut = !def.verify
+            && matches!(def.smode.state, SourceState::Same | SourceState::Precious)
+            && self.s.running.get(id).is_some_and(|r| r.pins.is_empty());
+        if shortcut && let Some(r) = self.s.running.get(id) {
+            let now = self.m.env.now();
+            let sum = r.entry.attrs.checksum;
+            let settled: Vec<PoolName> = holders
+                .iter()
+                .filter(|h| {
+                    h.replica.as_ref().is_some_and(|held| {
+                        let same_data = match (held.checksum, sum) {
+                            (Some(a), Some(b)) => a == b,
+                            _ => true,
+                        };
+                        same_data
+                            && plan_update(held.state, &held.sticky, r.state, &r.sticky, now)
+                                .is_ok_and(|p| p.is_empty())
+                    })
+                })
+                .map(|h| h.pool.clone())
+                .take(def.replicas)
+                .collect();
+            if settled.len() >= def.replicas {
+                return TaskEvent::AlreadyDone { replicas: settled };
+            }
+        }
+        TaskEvent::Located { holders: holders.into_iter().map(|h| h.pool).collect() }
+    }
+
+    pub(super) fn unlock(&mut self, id: &PnfsId) {
+        let mut locks = self.m.locks.lock();
+        if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {
+            locks.remove(id);
+        }
+    }
+
+    /// Feeds an event to a file's task and carries out what it asks.
+    pub(super) fn feed(&mut self, id: PnfsId, event: TaskEvent) {
+        let mut work = VecDeque::from([event]);
+        while let Some(event) = work.pop_front() {
+            let Some(r) = self.s.running.get_mut(&id) else { return };
+            let size = r.entry.attrs.size;
+            let infos: Vec<PoolInfo> = online(self.s)
+                .filter(|t| t.cost.is_some_and(|c| c.accepts))
+                .map(|t| {
+                    let c = t.cost.expect("online pools have a cost");
+                    PoolInfo { name: t.name.clone(), space: c.space, load: c.load }
+                })
+                .collect();
+            let strategy = self.job.def.select;
+            let r = self.s.running.get_mut(&id).expect("looked up above");
+            let rng = &mut self.s.rng;
+            let rng = std::cell::RefCell::new(rng);
+            let selector = |exclude: &BTreeSet<PoolName>| -> Result<PoolName, NoTarget> {
+                let exclude: Vec<PoolName> = exclude.iter().cloned().collect();
+                let mut rng = rng.borrow_mut();
+                select::select(strategy, &infos, &exclude, size, &mut rng).map(|p| p.name.clone())
+            };
+            let effects = r.task.step(event, &selector);
+            for fx in effects {
+                self.effect(id, fx, &mut work);
+            }
+        }
+    }
+
+    pub(super) fn effect(&mut self, id: PnfsId, fx: Effect, work: &mut VecDeque<TaskEvent>) {
+        let Some(r) = self.s.running.get_mut(&id) else { return };
+        match fx {
+            Effect::Locate => {
+                // An answer asked ahead of time is used only while it is fresh: holders evict.
+                if let Some((_, holders)) = self.s.located.remove(&id).filter(|(at, _)| at.elapsed() < LOCATED_FRESH) {
+                    let event = self.located(&id, holders);
+                    work.push_back(event);
+                } else {
+                    self.s.want_locate.insert(id);
+                }
+            }
+            Effect::Copy { target, attempt, existing, pins } => {
+                let mut sticky = r.sticky.clone();
+                if pins {
+                    sticky.extend(r.pins.iter().cloned());
+                }
+                let def = &self.job.def;
+                let req = CopyRequest {
+                    attempt,
+                    job: self.job.id.lock().clone(),
+                    task: r.id,
+                    attributes: r.entry.attrs.clone(),
+                    state: r.state,
+                    sticky,
+                    verify: def.verify,
+                    atime: def.atime.then_some(r.entry.attrs.access_time),
+                    force_source_mode: def.force_source_mode,
+                    // A holder is asked to update its replica, never to make a new one: if it
+                    // no longer has the file (or only may have had it), it says so and the task
+                    // decides where a new copy goes.
+                    meta_only: def.meta_only || existing,
+                    releases_source: matches!(
+                        def.smode.state,
+                        SourceState::Cached | SourceState::Removable | SourceState::Delete
+                    ),
+                };
+                let size = r.entry.attrs.size;
+                if !existing {
+                    self.reserve(&target, size);
+                }
+                self.actions.push(Action::Copy { to: target, pnfsid: id, attempt, req: Box::new(req) });
+            }
+            Effect::Ping { target, attempt } => self.actions.push(Action::Ping { to: target, pnfsid: id, attempt }),
+            Effect::Cancel { target, attempt, reason } => {
+                self.actions.push(Action::Cancel { to: target, attempt, reason })
+            }
+            Effect::Timer { attempt, after } => {
+                r.timer_seq += 1;
+                let seq = r.timer_seq;
+                self.actions.push(Action::Timer { pnfsid: id, attempt, seq, after });
+            }
+            Effect::Finish(outcome) => self.task_ended(id, outcome),
+        }
+    }
+
+    pub(super) fn task_ended(&mut self, id: PnfsId, outcome: Outcome) {
+        let now = self.m.env.now();
+        let Some(r) = self.s.running.get_mut(&id) else { return };
+        let task = r.id;
+        self.s.want_locate.remove(&id);
+        // The file's own attempts may have changed where it is.
+        self.s.located.remove(&id);
+        if self.s.locating {
+            self.s.stale.insert(id);
+        }
+        match outcome {
+            Outcome::Done { replicas } => {
+                // The source mode comes first (§3.7); the file counts as done after it.
+                r.finishing = true;
+                if replicas.len() < self.job.def.replicas {
+                    // -target-deficit-mode=limit: the copies there could be were made; the source
+                    // mode is not applied at all (it could make the replica evictable or delete
+                    // it), and the file is listed with the failures, not counted as completed.
+                    let (n, wanted) = (replicas.len(), self.job.def.replicas);
+                    let msg = format!(
+                        "File replicas truncated at {n} due to pool availability ({wanted} requested); \
+                         the source replica was left as it is"
+                    );
+                    self.note(Some(task), Some(id), msg.clone());
+                    self.s.running.remove(&id);
+                    self.unlock(&id);
+                    let error = RemoteError::new(ErrorCode::NoTargets, msg);
+                    self.s.queue.failed(&id, true, error, now, &self.m.settings.backoff);
+                    return;
+                }
+                let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
+                let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.m.env.pin_prefix());
+                tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
+                self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins, snapshot });
+            }
+            Outcome::Failed { permanent, error } => {
+                self.s.running.remove(&id);
+                self.unlock(&id);
+                let what = if permanent { "failed for good" } else { "failed; retried later" };
+                tracing::warn!(job = %self.job.id.lock(), %task, pnfsid = %id, "file {what}: {}", error.message);
+                self.note(Some(task), Some(id), error.message.clone());
+                self.s.queue.failed(&id, permanent, error, now, &self.m.settings.backoff);
+            }
+            Outcome::Cancelled => {
+                self.s.running.remove(&id);
+                self.unlock(&id);
+                self.s.queue.cancelled(&id);
+            }
+        }
+    }
+
+    pub(super) fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
+        let Some(r) = self.s.running.remove(&id) else { return };
+        self.unlock(&id);
+        match applied {
+            Ok(Applied::Changed) => {
+                // An operator changed the source (state or sticky records) while it moved: its
+                // copies were made from what it was before. The file goes round again, so the
+                // copies are brought up to date before the source mode is applied.
+                let msg = "Source replica changed while it was copied (state or sticky records); \
+                           its copies are updated before the source mode is applied";
+                tracing::info!(job = %self.job.id.lock(), task = %r.id, pnfsid = %id, "{msg}");
+                self.note(Some(r.id), Some(id), msg.into());
+                self.s.queue.requeue(&id);
+            }
+            Ok(Applied::Done) => {
+                self.s.queue.completed(&id);
+                let size = r.entry.attrs.size;
+                let now = Instant::now();
+                self.s.recent.push_back((now, size));
+                while self.s.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                    self.s.recent.pop_front();
+                }
+            }
+            Err(e) => {
+                let error =
+                    RemoteError { code: e.code, message: format!("Failed to apply the source mode: {}", e.message) };
+                self.note(Some(r.id), Some(id), error.message.clone());
+                let now = self.m.env.now();
+                self.s.queue.failed(&id, false, error, now, &self.m.settings.backoff);
+            }
+        }
+    }
+
+    /// Sends one location question per target for the tasks waiting on one, and for the
+    /// next files of the queue, so a job asks each target about many files at once.
+    pub(super) fn maybe_locate(&mut self) {
+        if self.s.locating || self.s.want_locate.is_empty() || self.s.state.is_terminal() {
+            return;
+        }
+        let pools: Vec<PoolName> = online(self.s).map(|t| t.name.clone()).collect();
+        if pools.is_empty() {
+            // Nobody to ask: no holders (selection then finds no target either).
+            let ids: Vec<PnfsId> = std::mem::take(&mut self.s.want_locate).into_iter().collect();
+            for id in ids {
+                self.feed(id, TaskEvent::Located { holders: Vec::new() });
+            }
+            return;
+        }
+        let batch = self.m.settings.locate_batch.clamp(1, MAX_LOCATE);
+        if self.s.located.len() > 2 * batch {
+            self.s.located.retain(|_, (at, _)| at.elapsed() < LOCATED_FRESH);
+        }
+        // Never more than a target answers (a job of huge concurrency asks in several rounds).
+        let mut ids: Vec<PnfsId> = self.s.want_locate.iter().copied().take(MAX_LOCATE).collect();
+        for id in self.s.queue.queued() {
+            if ids.len() >= batch {
+                break;
+            }
+            if !self.s.located.contains_key(id) && !self.s.want_locate.contains(id) {
+                ids.push(*id);
+            }
+        }
+        self.s.locating = true;
+        self.actions.push(Action::Locate { ids, pools });
+    }
+}
