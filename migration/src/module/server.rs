@@ -249,13 +249,19 @@ impl<E: Env> Module<E> {
 
     /// Extends the holds of a job's delivered copies when a renewal is due.
     fn renew_holds(&self, from: &PoolName, job: &JobId) {
-        let renewal = self.served.lock().holds.renew(from, job, self.env.now());
+        let Some((ids, until)) = self.served.lock().holds.renew(from, job, self.env.now()) else { return };
         let owner = HoldOwner { pool: from.clone(), job: job.clone() };
-        if let Some((ids, until)) = renewal
-            && let Err(e) = self.env.hold(&ids, until, &owner, HoldKind::Renewal)
-        {
-            tracing::warn!(%job, source = %from, "could not extend the holds of the job's copies: {}", e.message);
-        }
+        let env = self.env.clone();
+        // A renewal writes every held replica of the job and flushes: off the runtime, tracked
+        // like the copies (shutdown waits for it).
+        self.copies.spawn_blocking_on(
+            move || {
+                if let Err(e) = env.hold(&ids, until, &owner, HoldKind::Renewal) {
+                    tracing::warn!(job = %owner.job, source = %owner.pool, "could not extend the holds of the job's copies: {}", e.message);
+                }
+            },
+            &self.rt,
+        );
     }
 
     /// A finished message for one of our tasks.
@@ -336,21 +342,6 @@ impl<E: Env> Module<E> {
             (token, work, hold)
         };
         let (token, work, hold) = token;
-        if let Some(until) = hold {
-            // Held before the copy is made or updated, outside the table's lock (a hold on a
-            // replica that is here is flushed): no eviction can fall between the copy's
-            // commit and the hold, and the source is deleted only after the copy is durable.
-            let owner = HoldOwner { pool: from.clone(), job: req.job.clone() };
-            if let Err(e) = self.env.hold(&[pnfsid], until, &owner, HoldKind::Delivery) {
-                let mut served = self.served.lock();
-                if let Work::Pull(done) = &work {
-                    served.pulling.remove(&pnfsid);
-                    done.cancel();
-                }
-                served.end((from.clone(), req.attempt), None);
-                return MigrationReply::Error(e);
-            }
-        }
         let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
         if req.releases_source {
@@ -362,6 +353,26 @@ impl<E: Env> Module<E> {
             tracing::Instrument::instrument(
             async move {
                 let attempt = req.attempt;
+                // Held before the copy is made or updated (a hold on a replica that is here is
+                // flushed, so off the runtime): no eviction can fall between the copy's commit
+                // and the hold, and the source is deleted only after the copy is durable.
+                if let Some(until) = hold {
+                    let (env, owner) = (m.env.clone(), HoldOwner { pool: from.clone(), job: req.job.clone() });
+                    let held = tokio::task::spawn_blocking(move || env.hold(&[pnfsid], until, &owner, HoldKind::Delivery))
+                        .await
+                        .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("placing the hold failed: {e}"))));
+                    if let Err(e) = held {
+                        if let Work::Pull(done) = &work {
+                            m.served.lock().pulling.remove(&pnfsid);
+                            done.cancel();
+                        }
+                        tracing::warn!("copy refused: could not hold it: {}", e.message);
+                        m.served.lock().end((from.clone(), attempt), Some((pnfsid, Err(e.clone()))));
+                        let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result: Err(e) };
+                        m.send_finished(&from, msg).await;
+                        return;
+                    }
+                }
                 let result = match work {
                     Work::Update => m.update_existing(&req, &token).await,
                     Work::After(done) => {
