@@ -783,16 +783,12 @@ struct Want {
     sticky: Vec<StickyRecord>,
 }
 
-/// A small seeded generator for the power-cut test.
-struct Rng(u64);
+/// The power-cut test's seeded generator (the migration module's SplitMix64).
+struct Rng(tidepool_migration::select::SplitMix);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -853,7 +849,7 @@ fn holds_are_durable_before_anyone_relies_on_them() {
 /// were acknowledged.
 fn power_cuts(seed: u64) -> (usize, usize) {
     use crate::repository::mem_store::CutMode;
-    let mut rng = Rng(seed);
+    let mut rng = Rng(tidepool_migration::select::SplitMix::new(seed));
     let mut store = MemStore::new();
     let mut acked: std::collections::BTreeMap<PnfsId, Option<Want>> = Default::default();
     let mut setting: Option<Vec<u8>> = None;

@@ -269,8 +269,8 @@ impl MemStore {
         self.dead.store(true, Ordering::SeqCst);
         let mut found = st.durable.copy();
         if let CutMode::SomeOfTheRest(seed) = mode {
-            let mut rng = SplitMix(seed);
-            let kept = (rng.next() % (st.unflushed.len() as u64 + 1)) as usize;
+            let mut rng = tidepool_migration::select::SplitMix::new(seed);
+            let kept = (rng.next_u64() % (st.unflushed.len() as u64 + 1)) as usize;
             for op in &st.unflushed[..kept] {
                 found.apply(op);
             }
@@ -284,7 +284,7 @@ impl MemStore {
             names.sort_unstable();
             names.dedup();
             let kept: Vec<String> =
-                names.into_iter().filter(|_| rng.next().is_multiple_of(2)).map(str::to_string).collect();
+                names.into_iter().filter(|_| rng.next_u64().is_multiple_of(2)).map(str::to_string).collect();
             let [incoming, data, quarantine] = live;
             for (area, from) in
                 [(&mut found.incoming, incoming), (&mut found.data, data), (&mut found.quarantine, quarantine)]
@@ -347,19 +347,6 @@ impl MemStore {
         let mut st = self.st.lock();
         st.live.apply(&op);
         st.unflushed.push(op);
-    }
-}
-
-/// A small seeded generator for the cut's choices.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }
 
