@@ -1038,8 +1038,9 @@ fn parse_pool_disable(inv: &Invocation<'_>) -> Result<Command, ParseError> {
 }
 
 /// The options of a `migration copy|move|cache` line, read by [`definition::parse`]. Flag
-/// values were checked when the line was matched to its declaration.
-struct JobOptions<'a>(&'a [OptionArg]);
+/// values were checked when the line was matched to its declaration (the fuzz harness feeds
+/// it unchecked lines too).
+pub struct JobOptions<'a>(pub &'a [OptionArg]);
 
 impl definition::Options for JobOptions<'_> {
     fn flag(&self, name: &str) -> Result<bool, MigrationError> {

@@ -25,22 +25,22 @@ use std::sync::OnceLock;
 
 use tidepool_admin::complete::{Known, complete};
 use tidepool_admin::line::{Location, interpret};
-use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::definition::{self, JobKind};
 use tidepool_migration::env::HoldOwner;
+use tidepool_migration::expr::Expr;
 use tidepool_migration::expr::{self, Type, Value};
 use tidepool_migration::filter::{Interval, parse_sticky};
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
-use tidepool_migration::{MigrationError, expr::Expr};
 use tidepool_p2p::ErrorCode;
 use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
-use tidepool_p2p::cmdline::{Args, OptionArg, point_at, tokenize};
+use tidepool_p2p::cmdline::{Args, point_at, tokenize};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
     AdminReply, AdminRequest, CommandDescription, DataReply, DataRequest, MigrationReply, MigrationRequest,
 };
 use tidepool_p2p::{JobId, PnfsId, PoolName};
-use tidepool_pool::admin::{self, Command};
+use tidepool_pool::admin::{self, Command, JobOptions};
 use tidepool_pool::migration_env::PoolEnv;
 use tidepool_pool::repository::record;
 
@@ -305,34 +305,6 @@ fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     }
 }
 
-/// The options of a line as the admin layer hands them to `definition::parse` (the same rules
-/// as `JobOptions` in `pool/src/admin/mod.rs`, without the declaration check before it, so that
-/// every value reaches the grammar).
-struct LineOptions<'a>(&'a [OptionArg]);
-
-impl Options for LineOptions<'_> {
-    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        let mut result = false;
-        for o in self.0.iter().filter(|o| o.name == name) {
-            result = match o.value.as_deref() {
-                None => true,
-                Some(v) if v.eq_ignore_ascii_case("true") => true,
-                Some(v) if v.eq_ignore_ascii_case("false") => false,
-                Some(v) => return Err(MigrationError::invalid(format!("-{name}: not a flag value {v:?}"))),
-            };
-        }
-        Ok(result)
-    }
-
-    fn values(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
-    }
-
-    fn given(&self, name: &str) -> bool {
-        self.0.iter().any(|o| o.name == name)
-    }
-}
-
 fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let line = String::from_utf8_lossy(input);
     let Ok(args) = Args::parse(&line) else { return Ok("lexer error") };
@@ -350,7 +322,7 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     }
     let targets: Vec<String> = args.positional.iter().map(|t| t.text.clone()).collect();
     for kind in [JobKind::Copy, JobKind::Move, JobKind::Cache] {
-        match definition::parse(kind, &LineOptions(&args.options), &targets) {
+        match definition::parse(kind, &JobOptions(&args.options), &targets) {
             Ok(def) => {
                 made += 1;
                 if def.replicas < 1 || def.refresh == Some(0) || (def.permanent && def.order.is_some()) {
