@@ -119,6 +119,13 @@ pub trait Env: Send + Sync + 'static {
         snapshot: &Snapshot,
     ) -> Result<SourceRemoval, RemoteError>;
 
+    /// [`Env::remove_unless`] for several moved sources at once (a batch of a job), with one
+    /// durable flush for all of them: each verdict is the one `remove_unless` would give, and
+    /// every `Removed` one is durable when this returns. The default asks one at a time.
+    fn remove_many_unless(&self, items: &[Removal<'_>]) -> Vec<Result<SourceRemoval, RemoteError>> {
+        items.iter().map(|r| self.remove_unless(r.id, r.moved, r.snapshot)).collect()
+    }
+
     /// Reads a replica whole and returns its checksum (blocking; for `-verify`).
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError>;
 
@@ -166,6 +173,24 @@ pub trait Env: Send + Sync + 'static {
     /// Pulls a new replica from `pull.source` and commits it (durably) in the wanted state;
     /// on failure or cancel nothing is left behind.
     fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), RemoteError>> + Send;
+
+    /// Pulls several small replicas from one source together (a batch of a job), each as
+    /// [`Env::pull`] would, with its own cancel and its own result (in the order given). The
+    /// pool fetches them in one exchange under one transfer place.
+    fn pull_batch(
+        &self,
+        pulls: Vec<(Pull, CancellationToken)>,
+    ) -> impl Future<Output = Vec<Result<(), RemoteError>>> + Send;
+}
+
+/// One moved source replica to remove ([`Env::remove_many_unless`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Removal<'a> {
+    pub id: &'a PnfsId,
+    /// The pins that went with the copy.
+    pub moved: &'a [StickyRecord],
+    /// What the copy was made from.
+    pub snapshot: &'a Snapshot,
 }
 
 /// What a source replica looked like when its task began, as far as its copies depend on it:

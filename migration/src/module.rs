@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tidepool_p2p::message::{CopyFinished, CopyRequest, Held, MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::message::{
+    CopyFinished, CopyRequest, Held, MAX_COPY_BATCH, MigrationReply, MigrationRequest, PoolCost,
+};
 use tidepool_p2p::model::{EpochMillis, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{AttemptId, ErrorCode, JobId, PnfsId, PoolName, RemoteError, TaskId};
 use tokio::runtime::Handle;
@@ -25,7 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
-use crate::env::{Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, pin_covered};
+use crate::env::{
+    Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
+    pin_covered,
+};
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
@@ -44,8 +49,8 @@ mod server;
 mod source_mode;
 
 use core::Cx;
-use server::Served;
-use source_mode::{Applied, apply_source_mode};
+use server::{Outbox, Served};
+use source_mode::{Applied, SourceModeItem, apply_source_modes};
 
 /// The module's settings (`[migration]` in the pool config).
 #[derive(Clone, Debug)]
@@ -64,6 +69,12 @@ pub struct Settings {
     /// For this long after a target went offline, a non-eager job treats it as a possible
     /// holder of every file: it waits for the pool (a restart) rather than copy elsewhere.
     pub offline_grace: Duration,
+    /// The most files one unit of a job's concurrency carries (a batch of small files bound
+    /// for one target); 1 sends every file on its own, as dCache does.
+    pub batch_files: usize,
+    /// The most bytes of one batch. Only files of at most [`SMALL_FILE`] bytes (and at most
+    /// this) are batched; a larger file is a unit of its own.
+    pub batch_bytes: u64,
 }
 
 impl Default for Settings {
@@ -76,9 +87,14 @@ impl Default for Settings {
             sleep: Duration::from_secs(10),
             locate_batch: 1000,
             offline_grace: Duration::from_secs(600),
+            batch_files: 64,
+            batch_bytes: 4 << 20,
         }
     }
 }
+
+/// The largest file a batch carries: the size a pool sends whole in a small-file exchange.
+pub const SMALL_FILE: u64 = 1 << 20;
 
 /// How many notes a job keeps (reference §3.1).
 const NOTES: usize = 15;
@@ -102,6 +118,8 @@ pub struct Module<E: Env> {
     locks: Mutex<HashMap<PnfsId, Arc<Job>>>,
     /// Copies this pool makes for other pools' jobs, and attempts that ended here.
     served: Mutex<Served>,
+    /// Outcomes of those copies waiting to be sent, by source pool.
+    outbox: Mutex<HashMap<PoolName, Outbox>>,
     next_task: AtomicU64,
     /// The high bits of every attempt id made by this run of the pool, so a late message
     /// from before a restart matches no attempt of this run.
@@ -177,6 +195,11 @@ struct Job {
     rescanning: AtomicBool,
     /// ...and more changes were lost while it ran: it scans once more.
     rescan_again: AtomicBool,
+    /// Every task the driver starts for the job (requests, timers, the scan, the source mode):
+    /// shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
+    /// Wakes the job's timer task when a timer sooner than all others is set.
+    timer_set: tokio::sync::Notify,
     s: Mutex<JobInner>,
 }
 
@@ -184,6 +207,14 @@ struct JobInner {
     state: JobState,
     queue: Queue,
     running: HashMap<PnfsId, Running>,
+    /// The units of the job's concurrency under way: each a batch of small files bound for
+    /// one target, or one larger file. A unit ends when every task in it has ended (its
+    /// files' source modes may still be applied).
+    units: HashMap<u64, Unit>,
+    next_unit: u64,
+    /// The tasks' timers, soonest first: (when, sequence) -> (file, attempt).
+    timers: std::collections::BTreeMap<(tokio::time::Instant, u64), (PnfsId, AttemptId)>,
+    timer_seq: u64,
     concurrency: usize,
     notes: VecDeque<NoteLine>,
     /// The targets as last seen; `None` until the first refresh answered.
@@ -229,16 +260,30 @@ struct TargetInfo {
     eligible: bool,
 }
 
+/// One unit of a job's concurrency.
+#[derive(Debug, Default)]
+struct Unit {
+    /// Its tasks not yet ended.
+    tasks: usize,
+    /// The files it started with.
+    files: usize,
+    /// Where its new copies go: the first target chosen for one of its files, kept for the
+    /// others while it has room, so that the batch goes to one pool in one request.
+    target: Option<PoolName>,
+}
+
 struct Running {
     id: TaskId,
     task: Task,
+    unit: u64,
+    /// The task's pending timer (its key in `JobInner::timers`).
+    timer: Option<(tokio::time::Instant, u64)>,
     entry: Entry,
     /// The state and records the target replica must have.
     state: ReplicaState,
     sticky: Vec<StickyRecord>,
     /// Pins that go with the copy (`-pins=move`).
     pins: Vec<StickyRecord>,
-    timer_seq: u64,
     /// Done; the source mode is being applied.
     finishing: bool,
 }
@@ -260,13 +305,41 @@ pub enum RepoChange {
 
 /// Work to start once the job's lock is released.
 enum Action {
-    Copy { to: PoolName, pnfsid: PnfsId, attempt: AttemptId, req: Box<CopyRequest> },
-    Ping { to: PoolName, pnfsid: PnfsId, attempt: AttemptId },
-    Cancel { to: PoolName, attempt: AttemptId, reason: String },
-    Timer { pnfsid: PnfsId, attempt: AttemptId, seq: u64, after: Duration },
-    Wake { seq: u64, after: Duration },
-    Locate { ids: Vec<PnfsId>, pools: Vec<PoolName> },
-    SourceMode { pnfsid: PnfsId, confirmed: usize, moved_pins: Vec<StickyRecord>, snapshot: Snapshot },
+    Copy {
+        to: PoolName,
+        unit: u64,
+        pnfsid: PnfsId,
+        attempt: AttemptId,
+        req: Box<CopyRequest>,
+    },
+    /// Several copies of one unit to one pool in one request (made of the `Copy`s of one visit).
+    CopyBatch {
+        to: PoolName,
+        items: Vec<(PnfsId, AttemptId, CopyRequest)>,
+    },
+    Ping {
+        to: PoolName,
+        pnfsid: PnfsId,
+        attempt: AttemptId,
+    },
+    Cancel {
+        to: PoolName,
+        attempt: AttemptId,
+        reason: String,
+    },
+    /// A timer sooner than every other was set: the timer task looks again.
+    TimerSet,
+    Wake {
+        seq: u64,
+        after: Duration,
+    },
+    Locate {
+        ids: Vec<PnfsId>,
+        pools: Vec<PoolName>,
+    },
+    /// The source modes of files whose copies were confirmed, applied in one blocking call
+    /// with one durable flush for the removals.
+    SourceModes(Vec<SourceModeItem>),
 }
 
 fn not_found() -> MigrationError {
@@ -293,6 +366,7 @@ impl<E: Env> Module<E> {
             jobs: Mutex::new(Jobs { list: Vec::new(), next_id: 1, unrestored: Vec::new(), dropped: Vec::new() }),
             locks: Mutex::new(HashMap::new()),
             served: Mutex::new(Served::default()),
+            outbox: Mutex::new(HashMap::new()),
             next_task: AtomicU64::new(1),
             epoch,
             shutting_down: AtomicBool::new(false),
@@ -397,10 +471,16 @@ impl<E: Env> Module<E> {
                 halt: CancellationToken::new(),
                 rescanning: AtomicBool::new(false),
                 rescan_again: AtomicBool::new(false),
+                tasks: tokio_util::task::TaskTracker::new(),
+                timer_set: tokio::sync::Notify::new(),
                 s: Mutex::new(JobInner {
                     state: JobState::New,
                     queue: Queue::default(),
                     running: HashMap::new(),
+                    units: HashMap::new(),
+                    next_unit: 0,
+                    timers: std::collections::BTreeMap::new(),
+                    timer_seq: 0,
                     concurrency,
                     notes: VecDeque::new(),
                     infos: None,
@@ -579,6 +659,8 @@ impl<E: Env> Module<E> {
             queued: s.queue.queued_count(),
             queued_bytes: s.queue.queued_bytes(),
             waiting: s.queue.waiting(),
+            units: s.units.len(),
+            batches: s.units.values().filter(|u| u.files > 1).count(),
             attempts: stats.attempts,
             targets: online(&s).map(|t| t.name.to_string()).collect(),
             completed_files: stats.completed,

@@ -177,6 +177,11 @@ impl Queue {
         self.queued.iter().filter(|e| self.current(e)).map(|(id, _)| id)
     }
 
+    /// The size of a file of the job (queued, running or waiting); 0 for another file.
+    pub fn size(&self, id: &PnfsId) -> u64 {
+        self.sizes.get(id).copied().unwrap_or(0)
+    }
+
     /// Takes a queued file for a task.
     pub fn start(&mut self, id: PnfsId, task: TaskId) -> bool {
         if self.tickets.remove(&id).is_none() {

@@ -109,6 +109,11 @@ pub struct JobReport {
     pub queued_bytes: u64,
     /// Files waiting out their backoff after a failure.
     pub waiting: usize,
+    /// Units of the job's concurrency under way (each one file, or a batch of small files
+    /// bound for one target)...
+    pub units: usize,
+    /// ...and how many of them are batches of more than one file.
+    pub batches: usize,
     pub attempts: u64,
     pub targets: Vec<String>,
     pub completed_files: u64,
@@ -181,6 +186,14 @@ impl JobReport {
         }
         if let Some(eta) = self.eta_seconds {
             let _ = writeln!(s, "ETA        : {}", duration_text(eta));
+        }
+        if self.units > 0 {
+            let files = self.running.len();
+            let _ = write!(s, "Running    : {files} files in {} units", self.units);
+            if self.batches > 0 {
+                let _ = write!(s, " ({} batches of small files)", self.batches);
+            }
+            s.push('\n');
         }
         if self.waiting > 0 {
             let _ = writeln!(s, "Waiting    : {} files, to be retried after a failure", self.waiting);
@@ -294,6 +307,8 @@ mod tests {
             queued: 3,
             queued_bytes: 300,
             waiting: 0,
+            units: 0,
+            batches: 0,
             attempts: 2,
             targets: vec!["pool2".into(), "pool3".into()],
             completed_files: 1,
@@ -370,6 +385,13 @@ mod tests {
         r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
         let text = r.render();
         assert!(text.contains("Concurrency: 2\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"), "{text}");
+        assert!(!text.contains("Running    :"), "no unit under way: no line\n{text}");
+        // Two files under way: one alone, or both in one batch.
+        r.units = 2;
+        assert!(r.render().contains("ETA        : 1:02:05\nRunning    : 2 files in 2 units\nWaiting"));
+        (r.units, r.batches) = (1, 1);
+        let text = r.render();
+        assert!(text.contains("\nRunning    : 2 files in 1 units (1 batches of small files)\n"), "{text}");
         assert!(text.contains("Failed     : 1 files (0 given up); `migration info -failed 1` lists them\n"));
         assert!(text.contains("Most recent notes:\n") && text.ends_with("[0] 0000A3: File is locked\n"), "{text}");
         let failed = r.render_failures();

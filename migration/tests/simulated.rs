@@ -366,10 +366,12 @@ fn a_locked_holder_is_skipped_and_nothing_is_lost() {
 
 // ------------------------------------------------------------------------------ the scheduler
 
-/// Pulls that take minutes, so tasks stay running long enough to be counted.
+/// Pulls that take minutes, so tasks stay running long enough to be counted; one file per
+/// unit of concurrency (no batches), so that a unit is a task, as in dCache.
 fn slow_sim(seed: u64, names: &[&str]) -> Sim {
     let mut config = SimConfig::new(names, Faults::jitter());
     config.pull_time = Duration::from_secs(100);
+    config.settings.batch_files = 1;
     Sim::new(seed, config)
 }
 
@@ -1123,6 +1125,8 @@ fn a_target_that_never_answers_is_given_up() {
     run("a_target_that_never_answers_is_given_up", SEEDS, |seed| async move {
         let mut config = SimConfig::new(&["p1", "p2", "p3"], Faults::jitter());
         config.pull_time = Duration::from_secs(600);
+        // One file per unit, so that the copies spread over both targets.
+        config.settings.batch_files = 1;
         let mut sim = Sim::new(seed, config);
         let files = sim.fill("p1", 8);
         let before = sim.repo("p1");

@@ -176,7 +176,18 @@ pub enum MigrationRequest {
     Cancel { attempt: AttemptId, reason: String },
     /// The outcome of a copy, sent by the target to the source. -> `Ack`.
     Finished(CopyFinished),
+    /// Several copies at once (a job's batch of small files bound for this pool): each is
+    /// decided on its own, exactly as if it had come alone. -> `Batch`, one answer per request
+    /// in the same order (`Accepted` or `Error`); each outcome follows as a `Finished` (or
+    /// within a `FinishedBatch`).
+    CopyBatch(Vec<CopyRequest>),
+    /// The outcomes of several copies for the asking pool's jobs, sent by the target to the
+    /// source. -> `Ack`.
+    FinishedBatch(Vec<CopyFinished>),
 }
+
+/// The most copy requests in one `CopyBatch`, and outcomes in one `FinishedBatch`.
+pub const MAX_COPY_BATCH: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRequest {
@@ -248,4 +259,6 @@ pub enum MigrationReply {
     Alive(bool),
     Ack,
     Error(RemoteError),
+    /// The answers to a `CopyBatch`, in its order.
+    Batch(Vec<MigrationReply>),
 }

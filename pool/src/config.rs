@@ -20,6 +20,8 @@
 //! # refresh_seconds = 300          # how often a job re-reads its targets' cost (-refresh)
 //! # retry_base_seconds = 10        # a failed file waits this long before its next try...
 //! # retry_cap_seconds = 600        # ...doubling on each failure, up to this
+//! # batch_files = 64               # small files per unit of a job's concurrency (1: none)
+//! # batch_bytes = "4Mi"            # bytes per batch of small files (files up to 1 MiB)
 //!
 //! # [metrics]                      # Prometheus metrics (docs/metrics.md); off without this table
 //! # listen = "127.0.0.1:9325"       # serves GET /metrics over HTTP
@@ -130,11 +132,24 @@ pub struct MigrationConfig {
     pub retry_base_seconds: u64,
     /// ...up to this.
     pub retry_cap_seconds: u64,
+    /// Small files one unit of a job's concurrency carries to one target (docs/migration.md).
+    pub batch_files: usize,
+    /// Bytes one such batch carries at most.
+    #[serde(deserialize_with = "bytes")]
+    pub batch_bytes: u64,
 }
 
 impl Default for MigrationConfig {
     fn default() -> Self {
-        MigrationConfig { concurrency_default: 1, refresh_seconds: 300, retry_base_seconds: 10, retry_cap_seconds: 600 }
+        let module = tidepool_migration::module::Settings::default();
+        MigrationConfig {
+            concurrency_default: 1,
+            refresh_seconds: 300,
+            retry_base_seconds: 10,
+            retry_cap_seconds: 600,
+            batch_files: module.batch_files,
+            batch_bytes: module.batch_bytes,
+        }
     }
 }
 
@@ -149,6 +164,13 @@ impl MigrationConfig {
         if self.retry_cap_seconds < self.retry_base_seconds {
             return Err("migration.retry_cap_seconds must be at least migration.retry_base_seconds".into());
         }
+        let most = tidepool_p2p::message::MAX_COPY_BATCH;
+        if !(1..=most).contains(&self.batch_files) {
+            return Err(format!("migration.batch_files must be from 1 to {most}, not {}", self.batch_files));
+        }
+        if self.batch_bytes == 0 {
+            return Err("migration.batch_bytes must be more than 0 bytes".into());
+        }
         Ok(())
     }
 
@@ -162,6 +184,8 @@ impl MigrationConfig {
                 base: secs(self.retry_base_seconds),
                 cap: secs(self.retry_cap_seconds),
             },
+            batch_files: self.batch_files,
+            batch_bytes: self.batch_bytes,
             ..Default::default()
         }
     }

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered,
+    source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_p2p::auth::{ClusterKey, Service};
@@ -173,6 +174,44 @@ impl Env for PoolEnv {
         }
     }
 
+    fn remove_many_unless(&self, items: &[Removal<'_>]) -> Vec<Result<SourceRemoval, RemoteError>> {
+        let pool = match self.pool() {
+            Ok(pool) => pool,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let now = now_ms();
+        let prefix = pool.pin_prefix.clone();
+        let ids: Vec<PnfsId> = items.iter().map(|r| *r.id).collect();
+        let mut kept: Vec<Option<SourceRemoval>> = vec![None; items.len()];
+        let mut at = 0;
+        fail::fail_point!("source-before-remove");
+        let results = pool.repo.remove_many_if(&ids, |id, r| {
+            // Called in the order of `ids`, once for each replica that is here.
+            while items[at].id != id {
+                at += 1;
+            }
+            let item = &items[at];
+            kept[at] = source_removal(r.state, &r.sticky, item.moved, item.snapshot, &prefix, now);
+            match kept[at] {
+                Some(_) => Err(RepoError::Protected(format!("file {id} changed or is pinned"))),
+                None => Ok(()),
+            }
+        });
+        let verdicts: Vec<Result<SourceRemoval, RemoteError>> = results
+            .into_iter()
+            .zip(kept)
+            .map(|(result, kept)| match (result, kept) {
+                (Ok(()), _) => Ok(SourceRemoval::Removed),
+                (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
+                (Err(e), _) => Err(e.into()),
+            })
+            .collect();
+        if verdicts.iter().any(|v| matches!(v, Ok(SourceRemoval::Removed))) {
+            fail::fail_point!("source-after-remove");
+        }
+        verdicts
+    }
+
     fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError> {
         let arriving = kind == HoldKind::Delivery;
         Ok(self.pool()?.repo.hold(ids, until, &owner.encode(), arriving, now_ms())?)
@@ -276,6 +315,37 @@ impl Env for PoolEnv {
             }
         };
         result.map(|_| ())
+    }
+
+    async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), RemoteError>> {
+        let pool = match self.pool() {
+            Ok(pool) => pool,
+            Err(e) => return pulls.iter().map(|_| Err(e.clone())).collect(),
+        };
+        // Each transfer is cancelled with its copy (its token is a child of the copy's), and
+        // removes its partial data before `pull_batch` returns.
+        let mut by_source: Vec<(PoolName, Vec<usize>)> = Vec::new();
+        for (i, (pull, _)) in pulls.iter().enumerate() {
+            match by_source.iter_mut().find(|(s, _)| *s == pull.source) {
+                Some((_, at)) => at.push(i),
+                None => by_source.push((pull.source.clone(), vec![i])),
+            }
+        }
+        let mut results: Vec<Option<Result<(), RemoteError>>> = pulls.iter().map(|_| None).collect();
+        for (_, at) in by_source {
+            let batch: Vec<(Arc<transfer::TransferEntry>, Pull)> = at
+                .iter()
+                .map(|i| {
+                    let (pull, cancel) = &pulls[*i];
+                    let entry = pool.transfers.register_under(pull.pnfsid, pull.source.clone(), cancel.child_token());
+                    (entry, pull.clone())
+                })
+                .collect();
+            for (i, result) in at.into_iter().zip(transfer::pull_batch(&pool, batch).await) {
+                results[i] = Some(result.map(|_| ()));
+            }
+        }
+        results.into_iter().map(|r| r.expect("every pull has its result")).collect()
     }
 }
 

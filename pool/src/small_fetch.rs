@@ -131,6 +131,44 @@ pub(crate) async fn fetch(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullReq
     }
 }
 
+/// Fetches the replicas of a batch from their one source: queued together, so that one
+/// exchange asks for all of them (up to [`MAX_SMALL_ITEMS`]). The answers are in the order
+/// given; each transfer's cancel ends its own wait.
+pub(crate) async fn fetch_many(pool: &Arc<Pool>, batch: Vec<(&TransferEntry, &PullRequest)>) -> Vec<Fetched> {
+    let Some(source) = batch.first().map(|(_, req)| req.source.clone()) else { return Vec::new() };
+    debug_assert!(batch.iter().all(|(_, req)| req.source == source), "a batch comes from one source");
+    let mut answers = Vec::with_capacity(batch.len());
+    let start = {
+        let mut queues = pool.transfers.small.queues.lock();
+        let q = queues.entry(source.clone()).or_default();
+        if q.per_file_only() {
+            return batch.iter().map(|_| Fetched::PerFile).collect();
+        }
+        for (entry, req) in &batch {
+            let (reply, answer) = oneshot::channel();
+            let item = SmallFetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
+            q.waiting.push_back(Waiter { item, reply });
+            answers.push(answer);
+        }
+        let start = q.runners < RUNNERS;
+        if start {
+            q.runners += 1;
+        }
+        start
+    };
+    if start {
+        pool.tasks.spawn(run(pool.clone(), source));
+    }
+    let mut fetched = Vec::with_capacity(batch.len());
+    for ((entry, req), answer) in batch.iter().zip(answers) {
+        fetched.push(tokio::select! {
+            r = answer => r.unwrap_or(Fetched::PerFile),
+            _ = entry.cancel.cancelled() => Fetched::Failed(cancelled(req.pnfsid)),
+        });
+    }
+    fetched
+}
+
 /// Runs exchanges with `source` while transfers wait for one.
 async fn run(pool: Arc<Pool>, source: PoolName) {
     loop {

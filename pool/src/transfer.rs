@@ -189,6 +189,11 @@ impl Transfers {
 
     /// Registers a transfer (queued until `pull` admits it).
     pub fn register(&self, pnfsid: PnfsId, source: PoolName) -> Arc<TransferEntry> {
+        self.register_under(pnfsid, source, CancellationToken::new())
+    }
+
+    /// Registers a transfer that `cancel` also cancels (`pp remove` cancels only it).
+    pub fn register_under(&self, pnfsid: PnfsId, source: PoolName, cancel: CancellationToken) -> Arc<TransferEntry> {
         let id = TransferId(self.next.fetch_add(1, Ordering::Relaxed));
         let entry = Arc::new(TransferEntry {
             id,
@@ -198,7 +203,7 @@ impl Transfers {
             started: OnceLock::new(),
             size: AtomicU64::new(0),
             done: AtomicU64::new(0),
-            cancel: CancellationToken::new(),
+            cancel,
         });
         self.entries.lock().insert(id, entry.clone());
         entry
@@ -324,6 +329,130 @@ pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest)
     });
     pool.transfers.finish(&entry, result.as_ref().err().cloned());
     result
+}
+
+/// Pulls several small replicas from one source under one transfer place (a migration job's
+/// batch): one `FetchSmall` exchange asks for all of them, each is committed on its own (one
+/// group commit usually takes them all), and each has its own result, in the order given.
+/// A replica the exchange cannot carry (it grew past one chunk, or the source does not know
+/// batches) is pulled on its own, as [`pull`] does.
+pub async fn pull_batch(
+    pool: &Arc<Pool>,
+    batch: Vec<(Arc<TransferEntry>, PullRequest)>,
+) -> Vec<Result<Replica, RemoteError>> {
+    let results = pull_batch_inner(pool, &batch).await;
+    for ((entry, req), result) in batch.iter().zip(&results) {
+        match result {
+            Ok(r) => {
+                tracing::info!(transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source, size = r.attrs.size, state = %r.state, "replica received")
+            }
+            Err(e) => {
+                tracing::warn!(transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source, "transfer failed: {}", e.message)
+            }
+        }
+        pool.transfers.finish(entry, result.as_ref().err().cloned());
+    }
+    results
+}
+
+async fn pull_batch_inner(
+    pool: &Arc<Pool>,
+    batch: &[(Arc<TransferEntry>, PullRequest)],
+) -> Vec<Result<Replica, RemoteError>> {
+    let mut results: Vec<Option<Result<Replica, RemoteError>>> = batch.iter().map(|_| None).collect();
+    if let Err(e) = pool.check_mode(Activity::P2pClient, false) {
+        return batch.iter().map(|_| Err(e.clone())).collect();
+    }
+    let mut asked: Vec<usize> = Vec::with_capacity(batch.len());
+    for (i, (_, req)) in batch.iter().enumerate() {
+        assert!(req.state.is_committed());
+        if pool.repo.contains(&req.pnfsid) {
+            let e = RemoteError::new(
+                ErrorCode::FileExists,
+                format!("replica {} already exists in {}", req.pnfsid, pool.name),
+            );
+            results[i] = Some(Err(e));
+        } else {
+            asked.push(i);
+        }
+    }
+    let transfers = &pool.transfers;
+    let all_cancelled = async {
+        for i in &asked {
+            batch[*i].0.cancel.cancelled().await;
+        }
+    };
+    let pass = tokio::select! {
+        pass = transfers.incoming.enter() => Some(pass),
+        _ = all_cancelled => None,
+    };
+    let fetched = match pass {
+        Some(_) => {
+            let now = Instant::now();
+            for i in &asked {
+                let _ = batch[*i].0.started.set(now);
+            }
+            small_fetch::fetch_many(pool, asked.iter().map(|i| (&*batch[*i].0, &batch[*i].1)).collect()).await
+        }
+        None => asked.iter().map(|i| Fetched::Failed(cancelled(batch[*i].1.pnfsid))).collect(),
+    };
+    // The place is given back once the data are here: the commits wait without it.
+    drop(pass);
+    let mut commits = Vec::new();
+    let mut alone = Vec::new();
+    for (i, got) in asked.into_iter().zip(fetched) {
+        let (entry, _) = &batch[i];
+        match got {
+            Fetched::Data { attrs, bytes } => {
+                entry.size.store(attrs.size, Ordering::Relaxed);
+                entry.done.store(bytes.len() as u64, Ordering::Relaxed);
+                commits.push((i, Received { attrs, bytes }));
+            }
+            Fetched::Failed(e) => results[i] = Some(Err(e)),
+            Fetched::PerFile => alone.push(i),
+        }
+    }
+    let committed = commit_all(pool, batch, commits).await;
+    for (i, result) in committed {
+        results[i] = Some(result);
+    }
+    for i in alone {
+        let (entry, req) = &batch[i];
+        results[i] = Some(pull_inner(pool, entry, req).await);
+    }
+    results.into_iter().map(|r| r.expect("every replica of the batch has its result")).collect()
+}
+
+/// Commits the replicas of a batch received whole, side by side (they join one group commit).
+async fn commit_all(
+    pool: &Arc<Pool>,
+    batch: &[(Arc<TransferEntry>, PullRequest)],
+    commits: Vec<(usize, Received)>,
+) -> Vec<(usize, Result<Replica, RemoteError>)> {
+    // Each commit waits in its own task so that all of them are queued at once; each task is
+    // awaited here, so none outlives the batch.
+    let handles: Vec<(usize, tokio::task::JoinHandle<Result<Replica, RemoteError>>)> = commits
+        .into_iter()
+        .map(|(i, received)| {
+            let (pool, entry, req) = (pool.clone(), batch[i].0.clone(), batch[i].1.clone());
+            let handle = tokio::spawn(async move {
+                let _committing = tokio::select! {
+                    c = pool.transfers.committing.enter() => c,
+                    _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
+                };
+                commit_small(&pool, &req, received).await
+            });
+            (i, handle)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for (i, handle) in handles {
+        let result = handle.await.unwrap_or_else(|e| {
+            Err(RemoteError::new(ErrorCode::Internal, format!("the commit ended abnormally: {e}")))
+        });
+        out.push((i, result));
+    }
+    out
 }
 
 async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Result<Replica, RemoteError> {

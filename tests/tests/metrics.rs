@@ -450,6 +450,8 @@ fn promtool_check(page: &Page) {
 #[test]
 fn the_metrics_match_info_and_migration_info_during_a_move() {
     let (mut cluster, m1, m2) = two_pools_with_metrics();
+    // One file per unit of the job's concurrency, so that three units are three transfers.
+    cluster.append_config("pool1", "\n[migration]\nbatch_files = 1\n");
     cluster.start("pool1");
     cluster.start("pool2");
     // 12 files: small ones (batched fetches) and two over one data frame.

@@ -78,44 +78,23 @@ impl<E: Env> Cx<'_, E> {
             self.sleep(now);
             return;
         }
-        let free = self.s.concurrency.saturating_sub(self.s.running.len());
+        let free = self.s.concurrency.saturating_sub(self.s.units.len());
         if free > 0 {
-            let mut picked = Vec::new();
-            let mut busy = Vec::new();
-            {
-                // The file lock is claimed here, in the same critical section that finds it free,
-                // so two jobs never both start a task on one file.
-                let mut locks = self.m.locks.lock();
-                for id in self.s.queue.queued() {
-                    if picked.len() == free {
-                        break;
-                    }
-                    match locks.entry(*id) {
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(self.job.clone());
-                            picked.push(*id);
-                        }
-                        std::collections::hash_map::Entry::Occupied(o) if Arc::ptr_eq(o.get(), self.job) => {
-                            picked.push(*id)
-                        }
-                        std::collections::hash_map::Entry::Occupied(_) => busy.push(*id),
-                    }
-                }
-            }
+            let (units, busy) = self.pick_units(free);
             for id in busy {
                 if self.s.locked_noted.insert(id) {
                     self.note(None, Some(id), "File is locked".into());
                 }
             }
-            let mut picked = picked.into_iter();
-            for id in picked.by_ref() {
-                self.start_task(id, now);
+            let mut units = units.into_iter();
+            for files in units.by_ref() {
+                self.start_unit(files, now);
                 if self.s.state != JobState::Running {
                     break;
                 }
             }
             // Locks claimed for files that did not start go back.
-            for id in picked {
+            for id in units.flatten() {
                 self.unlock(&id);
             }
             if self.s.state != JobState::Running {
@@ -130,6 +109,95 @@ impl<E: Env> Cx<'_, E> {
             }
         } else if let Some(at) = self.s.queue.next_retry() {
             self.wake_at(at, now);
+        }
+    }
+
+    /// The next units to start, at most `free`, in queue order, with the file lock of each of
+    /// their files claimed, and the queued files passed over because another job works on
+    /// them. Small files (at most [`SMALL_FILE`]) gather into batches of up to
+    /// `batch_files` files and `batch_bytes` bytes; a larger file is a unit of its own, and
+    /// closes the batch being filled, so files start in the order they were queued.
+    fn pick_units(&mut self, free: usize) -> (Vec<Vec<PnfsId>>, Vec<PnfsId>) {
+        let max_files = if self.batched() { self.m.settings.batch_files } else { 1 };
+        let max_bytes = self.m.settings.batch_bytes;
+        let mut units: Vec<Vec<PnfsId>> = Vec::new();
+        // The bytes of the last unit, while it may take more small files.
+        let mut open: Option<u64> = None;
+        let mut busy = Vec::new();
+        // The file lock is claimed here, in the same critical section that finds it free, so
+        // two jobs never both start a task on one file.
+        let mut locks = self.m.locks.lock();
+        for id in self.s.queue.queued() {
+            let size = self.s.queue.size(id);
+            let small = max_files > 1 && size <= SMALL_FILE && size <= max_bytes;
+            let joins = small
+                && open.is_some_and(|bytes| bytes + size <= max_bytes)
+                && units.last().is_some_and(|u| u.len() < max_files);
+            if !joins && units.len() == free {
+                break;
+            }
+            match locks.entry(*id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(self.job.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(o) if Arc::ptr_eq(o.get(), self.job) => {}
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    busy.push(*id);
+                    continue;
+                }
+            }
+            if joins {
+                units.last_mut().expect("an open unit").push(*id);
+                open = open.map(|bytes| bytes + size);
+            } else {
+                units.push(vec![*id]);
+                open = small.then_some(size);
+            }
+        }
+        (units, busy)
+    }
+
+    /// Starts a unit: a task for each of its files, whose locks the job holds.
+    fn start_unit(&mut self, files: Vec<PnfsId>, now: EpochMillis) {
+        let unit = self.s.next_unit;
+        self.s.next_unit += 1;
+        // Counted from the start, so a task that ends at once does not end the unit before its
+        // other files started.
+        self.s.units.insert(unit, Unit { tasks: 1, files: 0, target: None });
+        let mut files = files.into_iter();
+        for id in files.by_ref() {
+            self.start_task(id, now, unit);
+            if self.s.state != JobState::Running {
+                break;
+            }
+        }
+        for id in files {
+            self.unlock(&id);
+        }
+        self.unit_task_ended(unit);
+    }
+
+    /// Whether the job carries small files in batches. A job with a condition on the pools'
+    /// figures (`-stop-when`, `-pause-when`, `-include-when`, `-exclude-when`) starts its files
+    /// one by one, each unit held until its file's source mode is applied, so that its
+    /// conditions are looked at before every file, as they are in dCache: a rebalance stops
+    /// within a few files of its level, not a few batches.
+    pub(super) fn batched(&self) -> bool {
+        let def = &self.job.def;
+        self.m.settings.batch_files > 1
+            && def.stop_when.is_none()
+            && def.pause_when.is_none()
+            && def.include_when.is_none()
+            && def.exclude_when.is_none()
+    }
+
+    /// One task of a unit ended; the unit ends with its last.
+    fn unit_task_ended(&mut self, unit: u64) {
+        if let Some(u) = self.s.units.get_mut(&unit) {
+            u.tasks -= 1;
+            if u.tasks == 0 {
+                self.s.units.remove(&unit);
+            }
         }
     }
 
@@ -277,8 +345,9 @@ impl<E: Env> Cx<'_, E> {
         self.actions.push(Action::Wake { seq: self.s.wake_seq, after });
     }
 
-    /// Starts a task for a queued file whose lock the job holds (claimed in `schedule`).
-    pub(super) fn start_task(&mut self, id: PnfsId, now: EpochMillis) {
+    /// Starts a task of `unit` for a queued file whose lock the job holds (claimed in
+    /// `schedule`).
+    pub(super) fn start_task(&mut self, id: PnfsId, now: EpochMillis, unit: u64) {
         self.s.locked_noted.remove(&id);
         let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
         self.s.queue.start(id, task_id);
@@ -325,9 +394,12 @@ impl<E: Env> Cx<'_, E> {
         };
         let base = self.m.epoch | ((task_id.0 & 0xfff_ffff) << 12);
         let task = Task::new(plan, base);
-        self.s
-            .running
-            .insert(id, Running { id: task_id, task, entry, state, sticky, pins, timer_seq: 0, finishing: false });
+        let running = Running { id: task_id, task, unit, timer: None, entry, state, sticky, pins, finishing: false };
+        self.s.running.insert(id, running);
+        if let Some(u) = self.s.units.get_mut(&unit) {
+            u.tasks += 1;
+            u.files += 1;
+        }
         self.feed(id, TaskEvent::Start);
     }
 
@@ -399,11 +471,19 @@ impl<E: Env> Cx<'_, E> {
                 .collect();
             let strategy = self.job.def.select;
             let r = self.s.running.get_mut(&id).expect("looked up above");
+            let unit = self.s.units.get(&r.unit);
+            // The unit's target first, while it has room: a batch goes to one pool.
+            let preferred = unit.and_then(|u| u.target.as_ref()).and_then(|t| infos.iter().find(|i| i.name == *t));
             let rng = &mut self.s.rng;
             let rng = std::cell::RefCell::new(rng);
             let selector = |exclude: &BTreeSet<PoolName>| -> Result<PoolName, NoTarget> {
                 let exclude: Vec<PoolName> = exclude.iter().cloned().collect();
                 let mut rng = rng.borrow_mut();
+                if let Some(p) = preferred
+                    && let Ok(p) = select::select(strategy, std::slice::from_ref(p), &exclude, size, &mut rng)
+                {
+                    return Ok(p.name.clone());
+                }
                 select::select(strategy, &infos, &exclude, size, &mut rng).map(|p| p.name.clone())
             };
             let effects = r.task.step(event, &selector);
@@ -450,20 +530,32 @@ impl<E: Env> Cx<'_, E> {
                         SourceState::Cached | SourceState::Removable | SourceState::Delete
                     ),
                 };
-                let size = r.entry.attrs.size;
+                let (size, unit) = (r.entry.attrs.size, r.unit);
                 if !existing {
+                    if let Some(u) = self.s.units.get_mut(&unit) {
+                        u.target.get_or_insert_with(|| target.clone());
+                    }
                     self.reserve(&target, size);
                 }
-                self.actions.push(Action::Copy { to: target, pnfsid: id, attempt, req: Box::new(req) });
+                self.actions.push(Action::Copy { to: target, unit, pnfsid: id, attempt, req: Box::new(req) });
             }
             Effect::Ping { target, attempt } => self.actions.push(Action::Ping { to: target, pnfsid: id, attempt }),
             Effect::Cancel { target, attempt, reason } => {
                 self.actions.push(Action::Cancel { to: target, attempt, reason })
             }
             Effect::Timer { attempt, after } => {
-                r.timer_seq += 1;
-                let seq = r.timer_seq;
-                self.actions.push(Action::Timer { pnfsid: id, attempt, seq, after });
+                // A task has one timer: a new one replaces the one it had.
+                if let Some(old) = r.timer.take() {
+                    self.s.timers.remove(&old);
+                }
+                self.s.timer_seq += 1;
+                let key = (tokio::time::Instant::now() + after, self.s.timer_seq);
+                r.timer = Some(key);
+                let soonest = self.s.timers.first_key_value().is_none_or(|(first, _)| key < *first);
+                self.s.timers.insert(key, (id, attempt));
+                if soonest {
+                    self.actions.push(Action::TimerSet);
+                }
             }
             Effect::Finish(outcome) => self.task_ended(id, outcome),
         }
@@ -473,6 +565,17 @@ impl<E: Env> Cx<'_, E> {
         let now = self.m.env.now();
         let Some(r) = self.s.running.get_mut(&id) else { return };
         let task = r.id;
+        let unit = r.unit;
+        if let Some(timer) = r.timer.take() {
+            self.s.timers.remove(&timer);
+        }
+        // A batched job's unit is free once its tasks ended, while the source modes of its
+        // files are applied; an unbatched job's unit once its file is through.
+        let confirmed = matches!(&outcome, Outcome::Done { replicas } if replicas.len() >= self.job.def.replicas);
+        if self.batched() || !confirmed {
+            self.unit_task_ended(unit);
+        }
+        let Some(r) = self.s.running.get_mut(&id) else { return };
         self.s.want_locate.remove(&id);
         // The file's own attempts may have changed where it is.
         self.s.located.remove(&id);
@@ -502,7 +605,12 @@ impl<E: Env> Cx<'_, E> {
                 let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
                 let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.m.env.pin_prefix());
                 tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
-                self.actions.push(Action::SourceMode { pnfsid: id, confirmed: replicas.len(), moved_pins, snapshot });
+                self.actions.push(Action::SourceModes(vec![SourceModeItem {
+                    pnfsid: id,
+                    confirmed: replicas.len(),
+                    moved_pins,
+                    snapshot,
+                }]));
             }
             Outcome::Failed { permanent, error } => {
                 self.s.running.remove(&id);
@@ -523,6 +631,9 @@ impl<E: Env> Cx<'_, E> {
     pub(super) fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
         let Some(r) = self.s.running.remove(&id) else { return };
         self.unlock(&id);
+        if !self.batched() {
+            self.unit_task_ended(r.unit);
+        }
         match applied {
             Ok(Applied::Changed) => {
                 // An operator changed the source (state or sticky records) while it moved: its

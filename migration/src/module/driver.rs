@@ -22,6 +22,15 @@ impl<E: Env> Module<E> {
                 }
             }
         }
+        // Every task the jobs started (requests on their way, the source modes being applied)
+        // ends or is left, within the grace period.
+        for job in &jobs {
+            job.tasks.close();
+            if tokio::time::timeout_at(deadline, job.tasks.wait()).await.is_err() {
+                tracing::warn!(job = %job.id.lock(), tasks = job.tasks.len(), "job tasks still running at shutdown");
+                break;
+            }
+        }
         let served = self.served.lock().active.len();
         if served > 0 {
             tracing::info!(served, "copies for other pools cancelled at shutdown");
@@ -100,7 +109,7 @@ impl<E: Env> Module<E> {
                 continue;
             }
             let (m, j) = (self.clone(), job.clone());
-            self.rt.spawn(async move {
+            self.spawn_for(&job, async move {
                 let env = m.env.clone();
                 let job2 = j.clone();
                 loop {
@@ -140,7 +149,7 @@ impl<E: Env> Module<E> {
             cx.maybe_locate();
             out
         };
-        for a in actions {
+        for a in coalesce(actions) {
             self.perform(job, a);
         }
         out
@@ -155,66 +164,110 @@ impl<E: Env> Module<E> {
         if !started {
             return;
         }
+        // The tasks' timers: one task per job sleeps until the soonest.
+        let (m, j) = (self.clone(), job.clone());
+        job.tasks.spawn_on(async move { m.run_timers(&j).await }, &self.rt);
         // Refresh the targets now and then every refresh period, until the job ends.
         let (m, j) = (self.clone(), job.clone());
-        self.rt.spawn(async move {
-            loop {
-                // One refresh at a time: a wake-up may have started one.
-                let go = m.with(&j, |cx| !std::mem::replace(&mut cx.s.refreshing, true));
-                if go {
-                    m.refresh(&j).await;
+        job.tasks.spawn_on(
+            async move {
+                loop {
+                    // One refresh at a time: a wake-up may have started one.
+                    let go = m.with(&j, |cx| !std::mem::replace(&mut cx.s.refreshing, true));
+                    if go {
+                        m.refresh(&j).await;
+                    }
+                    tokio::select! {
+                        _ = j.stop.cancelled() => return,
+                        _ = tokio::time::sleep(j.refresh) => {}
+                    }
                 }
-                tokio::select! {
-                    _ = j.stop.cancelled() => return,
-                    _ = tokio::time::sleep(j.refresh) => {}
-                }
-            }
-        });
+            },
+            &self.rt,
+        );
         // The initial scan, off the runtime: a pool of a million replicas keeps answering.
         let (m, j) = (self.clone(), job.clone());
-        self.rt.spawn(async move {
-            let env = m.env.clone();
-            let job2 = j.clone();
-            // The queue is built off the job's lock too: `info` and `migration ls` take it.
-            let scanned = tokio::task::spawn_blocking(move || {
-                scan(&*env, &job2).map(|files| {
-                    let mut queue = Queue::with_capacity(files.len());
-                    for (id, size) in &files {
-                        queue.add(*id, *size);
-                    }
-                    (files, queue)
+        job.tasks.spawn_on(
+            async move {
+                let env = m.env.clone();
+                let job2 = j.clone();
+                // The queue is built off the job's lock too: `info` and `migration ls` take it.
+                let scanned = tokio::task::spawn_blocking(move || {
+                    scan(&*env, &job2).map(|files| {
+                        let mut queue = Queue::with_capacity(files.len());
+                        for (id, size) in &files {
+                            queue.add(*id, *size);
+                        }
+                        (files, queue)
+                    })
                 })
-            })
-            .await;
-            let scanned = match scanned {
-                Ok(r) => r,
-                Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
-            };
-            m.with(&j, |cx| match scanned {
-                Ok((files, queue)) => {
-                    if cx.s.state != JobState::Initializing {
-                        return;
+                .await;
+                let scanned = match scanned {
+                    Ok(r) => r,
+                    Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
+                };
+                m.with(&j, |cx| match scanned {
+                    Ok((files, queue)) => {
+                        if cx.s.state != JobState::Initializing {
+                            return;
+                        }
+                        let n = files.len();
+                        if cx.s.queue.is_empty() && cx.s.queue.stats().total == 0 {
+                            cx.s.queue = queue;
+                        } else {
+                            // A permanent job may have queued changes during the scan.
+                            for (id, size) in files {
+                                cx.s.queue.add(id, size);
+                            }
+                        }
+                        tracing::info!(job = %cx.job.id.lock(), files = n, "job initialised");
+                        cx.set_state(JobState::Running);
                     }
-                    let n = files.len();
-                    if cx.s.queue.is_empty() && cx.s.queue.stats().total == 0 {
-                        cx.s.queue = queue;
-                    } else {
-                        // A permanent job may have queued changes during the scan.
-                        for (id, size) in files {
-                            cx.s.queue.add(id, size);
+                    Err(e) => {
+                        cx.note(None, None, format!("Failed to scan the repository: {}", e.message));
+                        if cx.s.state == JobState::Initializing {
+                            cx.set_state(JobState::Failed);
                         }
                     }
-                    tracing::info!(job = %cx.job.id.lock(), files = n, "job initialised");
-                    cx.set_state(JobState::Running);
+                });
+            },
+            &self.rt,
+        );
+    }
+
+    /// Delivers the tasks' timers as they run out, until the job ends.
+    async fn run_timers(self: &Arc<Self>, job: &Arc<Job>) {
+        loop {
+            // Asked for before the soonest is read: a timer set meanwhile wakes the wait.
+            let set = job.timer_set.notified();
+            let soonest = job.s.lock().timers.first_key_value().map(|((at, _), _)| *at);
+            let sleep = async {
+                match soonest {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                Err(e) => {
-                    cx.note(None, None, format!("Failed to scan the repository: {}", e.message));
-                    if cx.s.state == JobState::Initializing {
-                        cx.set_state(JobState::Failed);
+            };
+            tokio::select! {
+                _ = job.stop.cancelled() => return,
+                _ = set => continue,
+                _ = sleep => {}
+            }
+            self.with(job, |cx| {
+                let now = tokio::time::Instant::now();
+                while let Some(entry) = cx.s.timers.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let (key, (pnfsid, attempt)) = entry.remove_entry();
+                    if let Some(r) = cx.s.running.get_mut(&pnfsid)
+                        && r.timer == Some(key)
+                    {
+                        r.timer = None;
+                        cx.feed(pnfsid, TaskEvent::Timer { attempt });
                     }
                 }
             });
-        });
+        }
     }
 
     pub(super) async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
@@ -272,92 +325,99 @@ impl<E: Env> Module<E> {
         });
     }
 
+    /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them.
+    fn spawn_for(&self, job: &Arc<Job>, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        job.tasks.spawn_on(work, &self.rt);
+    }
+
+    /// Starts one action in a task the job owns.
     pub(super) fn perform(self: &Arc<Self>, job: &Arc<Job>, action: Action) {
         let (m, j) = (self.clone(), job.clone());
         match action {
-            Action::Copy { to, pnfsid, attempt, req } => {
-                self.rt.spawn(async move {
-                    let event = match m.env.request(&to, MigrationRequest::Copy(*req)).await {
-                        Ok(MigrationReply::Accepted) => TaskEvent::CopyAccepted { attempt },
-                        Ok(MigrationReply::Error(error)) => TaskEvent::CopyRefused { attempt, error },
-                        Ok(other) => TaskEvent::CopyRefused { attempt, error: unexpected(&other) },
-                        Err(how) => TaskEvent::CopyUnanswered { attempt, how },
-                    };
-                    m.with(&j, |cx| cx.feed(pnfsid, event));
-                });
-            }
-            Action::Ping { to, pnfsid, attempt } => {
-                self.rt.spawn(async move {
-                    let event = match m.env.request(&to, MigrationRequest::Ping { attempt }).await {
-                        Ok(MigrationReply::Alive(alive)) => TaskEvent::PingAnswered { attempt, alive },
-                        Ok(_) => TaskEvent::PingAnswered { attempt, alive: false },
-                        Err(_) => TaskEvent::PingUnanswered { attempt },
-                    };
-                    m.with(&j, |cx| cx.feed(pnfsid, event));
-                });
-            }
-            Action::Cancel { to, attempt, reason } => {
-                self.rt.spawn(async move {
-                    let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
-                });
-            }
-            Action::Timer { pnfsid, attempt, seq, after } => {
-                self.rt.spawn(async move {
-                    tokio::select! {
-                        _ = j.stop.cancelled() => {}
-                        _ = tokio::time::sleep(after) => m.with(&j, |cx| {
-                            if cx.s.running.get(&pnfsid).is_some_and(|r| r.timer_seq == seq) {
-                                cx.feed(pnfsid, TaskEvent::Timer { attempt });
-                            }
-                        }),
+            Action::Copy { to, pnfsid, attempt, req, .. } => self.spawn_for(job, async move {
+                let event = match m.env.request(&to, MigrationRequest::Copy(*req)).await {
+                    Ok(reply) => copy_answer(attempt, reply),
+                    Err(how) => TaskEvent::CopyUnanswered { attempt, how },
+                };
+                m.with(&j, |cx| cx.feed(pnfsid, event));
+            }),
+            Action::CopyBatch { to, items } => self.spawn_for(job, async move {
+                let (files, reqs): (Vec<(PnfsId, AttemptId)>, Vec<CopyRequest>) =
+                    items.into_iter().map(|(pnfsid, attempt, req)| ((pnfsid, attempt), req)).unzip();
+                let n = reqs.len();
+                let events: Vec<TaskEvent> = match m.env.request(&to, MigrationRequest::CopyBatch(reqs)).await {
+                    Ok(MigrationReply::Batch(replies)) if replies.len() == n => {
+                        files.iter().zip(replies).map(|((_, attempt), reply)| copy_answer(*attempt, reply)).collect()
+                    }
+                    // One answer for the whole batch (a refusal of it, or nonsense): each file
+                    // takes it as its own.
+                    Ok(reply) => files.iter().map(|(_, attempt)| copy_answer(*attempt, reply.clone())).collect(),
+                    Err(how) => {
+                        files.iter().map(|(_, attempt)| TaskEvent::CopyUnanswered { attempt: *attempt, how }).collect()
+                    }
+                };
+                m.with(&j, |cx| {
+                    for ((pnfsid, _), event) in files.into_iter().zip(events) {
+                        cx.feed(pnfsid, event);
                     }
                 });
-            }
-            Action::Wake { seq, after } => {
-                self.rt.spawn(async move {
-                    tokio::select! {
-                        _ = j.stop.cancelled() => {}
-                        _ = tokio::time::sleep(after) => {
-                            let refresh = m.with(&j, |cx| {
-                                if cx.s.wake_seq != seq {
-                                    return false;
-                                }
-                                cx.s.wake_at = None;
-                                if cx.s.state == JobState::Sleeping {
-                                    cx.set_state(JobState::Running);
-                                }
-                                if cx.s.state == JobState::Paused {
-                                    cx.pause_check();
-                                }
-                                let none_online = online(cx.s).next().is_none();
-                                let go = none_online && !cx.s.refreshing;
-                                if go {
-                                    cx.s.refreshing = true;
-                                }
-                                go
-                            });
-                            if refresh {
-                                m.refresh(&j).await;
+            }),
+            Action::Ping { to, pnfsid, attempt } => self.spawn_for(job, async move {
+                let event = match m.env.request(&to, MigrationRequest::Ping { attempt }).await {
+                    Ok(MigrationReply::Alive(alive)) => TaskEvent::PingAnswered { attempt, alive },
+                    Ok(_) => TaskEvent::PingAnswered { attempt, alive: false },
+                    Err(_) => TaskEvent::PingUnanswered { attempt },
+                };
+                m.with(&j, |cx| cx.feed(pnfsid, event));
+            }),
+            Action::Cancel { to, attempt, reason } => self.spawn_for(job, async move {
+                let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
+            }),
+            Action::TimerSet => job.timer_set.notify_one(),
+            Action::Wake { seq, after } => self.spawn_for(job, async move {
+                tokio::select! {
+                    _ = j.stop.cancelled() => {}
+                    _ = tokio::time::sleep(after) => {
+                        let refresh = m.with(&j, |cx| {
+                            if cx.s.wake_seq != seq {
+                                return false;
                             }
+                            cx.s.wake_at = None;
+                            if cx.s.state == JobState::Sleeping {
+                                cx.set_state(JobState::Running);
+                            }
+                            if cx.s.state == JobState::Paused {
+                                cx.pause_check();
+                            }
+                            let none_online = online(cx.s).next().is_none();
+                            let go = none_online && !cx.s.refreshing;
+                            if go {
+                                cx.s.refreshing = true;
+                            }
+                            go
+                        });
+                        if refresh {
+                            m.refresh(&j).await;
                         }
                     }
-                });
-            }
-            Action::Locate { ids, pools } => {
-                self.rt.spawn(async move { m.locate(&j, ids, pools).await });
-            }
-            Action::SourceMode { pnfsid, confirmed, moved_pins, snapshot } => {
-                self.rt.spawn(async move {
-                    let env = m.env.clone();
-                    let j2 = j.clone();
-                    let applied = tokio::task::spawn_blocking(move || {
-                        apply_source_mode(&*env, &j2, &pnfsid, confirmed, &moved_pins, &snapshot)
-                    })
+                }
+            }),
+            Action::Locate { ids, pools } => self.spawn_for(job, async move { m.locate(&j, ids, pools).await }),
+            Action::SourceModes(items) => self.spawn_for(job, async move {
+                let env = m.env.clone();
+                let (j2, asked) = (j.clone(), items.clone());
+                let applied = tokio::task::spawn_blocking(move || apply_source_modes(&*env, &j2, &asked))
                     .await
-                    .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("{e}"))));
-                    m.with(&j, |cx| cx.source_mode_applied(pnfsid, applied));
+                    .unwrap_or_else(|e| {
+                        let error = RemoteError::new(ErrorCode::Internal, format!("{e}"));
+                        vec![Err(error); items.len()]
+                    });
+                m.with(&j, |cx| {
+                    for (item, applied) in items.into_iter().zip(applied) {
+                        cx.source_mode_applied(item.pnfsid, applied);
+                    }
                 });
-            }
+            }),
         }
     }
 
@@ -421,4 +481,52 @@ impl<E: Env> Module<E> {
             }
         });
     }
+}
+
+/// What a target's answer to a copy request means for the file's task.
+fn copy_answer(attempt: AttemptId, reply: MigrationReply) -> TaskEvent {
+    match reply {
+        MigrationReply::Accepted => TaskEvent::CopyAccepted { attempt },
+        MigrationReply::Error(error) => TaskEvent::CopyRefused { attempt, error },
+        other => TaskEvent::CopyRefused { attempt, error: unexpected(&other) },
+    }
+}
+
+/// The actions of one visit, with the copies of one unit to one pool made one request and the
+/// source modes one blocking call: a unit's files, located together, ask for their copies
+/// together (and the target pulls them under one transfer place), and files confirmed
+/// together are released together.
+fn coalesce(actions: Vec<Action>) -> Vec<Action> {
+    let mut out = Vec::with_capacity(actions.len());
+    type Copies = Vec<(PnfsId, AttemptId, CopyRequest)>;
+    let mut copies: Vec<((PoolName, u64), Copies)> = Vec::new();
+    let mut modes: Vec<SourceModeItem> = Vec::new();
+    for a in actions {
+        match a {
+            Action::Copy { to, unit, pnfsid, attempt, req } => {
+                match copies.iter_mut().find(|((t, u), _)| *t == to && *u == unit) {
+                    Some((_, items)) => items.push((pnfsid, attempt, *req)),
+                    None => copies.push(((to, unit), vec![(pnfsid, attempt, *req)])),
+                }
+            }
+            Action::SourceModes(items) => modes.extend(items),
+            other => out.push(other),
+        }
+    }
+    for ((to, unit), mut items) in copies {
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(MAX_COPY_BATCH));
+            let batch = std::mem::replace(&mut items, rest);
+            if batch.len() == 1 {
+                let (pnfsid, attempt, req) = batch.into_iter().next().expect("one copy");
+                out.push(Action::Copy { to: to.clone(), unit, pnfsid, attempt, req: Box::new(req) });
+            } else {
+                out.push(Action::CopyBatch { to: to.clone(), items: batch });
+            }
+        }
+    }
+    if !modes.is_empty() {
+        out.push(Action::SourceModes(modes));
+    }
+    out
 }

@@ -199,6 +199,30 @@ impl<E: Env> Module<E> {
                 }
             }
             MigrationRequest::Copy(req) => self.accept_copy(from, req),
+            MigrationRequest::CopyBatch(reqs) => {
+                if reqs.len() > MAX_COPY_BATCH {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("at most {MAX_COPY_BATCH} copy requests in one batch, not {}", reqs.len()),
+                    ));
+                }
+                self.accept_batch(from, reqs)
+            }
+            MigrationRequest::FinishedBatch(items) => {
+                if items.len() > MAX_COPY_BATCH {
+                    return MigrationReply::Error(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("at most {MAX_COPY_BATCH} outcomes in one batch, not {}", items.len()),
+                    ));
+                }
+                let (ours, others): (Vec<CopyFinished>, Vec<CopyFinished>) =
+                    items.into_iter().partition(|f| f.target == from);
+                if let Some(f) = others.first() {
+                    tracing::warn!(claimed = %f.target, peer = %from, count = others.len(), "finished messages naming another pool; ignored");
+                }
+                self.finished_batch(ours);
+                MigrationReply::Ack
+            }
             MigrationRequest::Ping { attempt } => {
                 let key = (from.clone(), attempt);
                 let ended = {
@@ -211,7 +235,10 @@ impl<E: Env> Module<E> {
                 match ended {
                     // The outcome may have been lost on its way: send it again.
                     Some((pnfsid, result)) => {
-                        self.resend_finished(from, attempt, pnfsid, result);
+                        self.send_finished(
+                            &from,
+                            CopyFinished { attempt, target: self.env.name().clone(), pnfsid, result },
+                        );
                         MigrationReply::Alive(true)
                     }
                     None => MigrationReply::Alive(false),
@@ -240,7 +267,7 @@ impl<E: Env> Module<E> {
                 if f.target != from {
                     tracing::warn!(claimed = %f.target, peer = %from, "finished message naming another pool; ignored");
                 } else {
-                    self.finished(f);
+                    self.finished_batch(vec![f]);
                 }
                 MigrationReply::Ack
             }
@@ -264,72 +291,120 @@ impl<E: Env> Module<E> {
         );
     }
 
-    /// A finished message for one of our tasks.
-    fn finished(self: &Arc<Self>, f: CopyFinished) {
-        let job = self.locks.lock().get(&f.pnfsid).cloned();
-        let Some(job) = job else {
-            tracing::debug!(pnfsid = %f.pnfsid, attempt = %f.attempt, "finished message for no running task; ignored");
-            return;
-        };
-        let event = TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result };
-        self.with(&job, |cx| cx.feed(f.pnfsid, event));
+    /// Finished messages for our tasks: each job's are fed to it in one visit.
+    fn finished_batch(self: &Arc<Self>, items: Vec<CopyFinished>) {
+        let mut by_job: Vec<(Arc<Job>, Vec<CopyFinished>)> = Vec::new();
+        {
+            let locks = self.locks.lock();
+            for f in items {
+                let Some(job) = locks.get(&f.pnfsid) else {
+                    tracing::debug!(pnfsid = %f.pnfsid, attempt = %f.attempt, "finished message for no running task; ignored");
+                    continue;
+                };
+                match by_job.iter_mut().find(|(j, _)| Arc::ptr_eq(j, job)) {
+                    Some((_, fs)) => fs.push(f),
+                    None => by_job.push((job.clone(), vec![f])),
+                }
+            }
+        }
+        for (job, fs) in by_job {
+            self.with(&job, |cx| {
+                for f in fs {
+                    let event = TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result };
+                    cx.feed(f.pnfsid, event);
+                }
+            });
+        }
     }
 
     fn accept_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest) -> MigrationReply {
+        match self.admit(&from, &req) {
+            Err(refused) => refused,
+            Ok(None) => MigrationReply::Accepted,
+            Ok(Some(admitted)) => {
+                self.spawn_copy(from, req, admitted);
+                MigrationReply::Accepted
+            }
+        }
+    }
+
+    /// A job's batch: each request is admitted (or refused) on its own; the new copies among
+    /// them are pulled together ([`Env::pull_batch`]), the others go as single requests do.
+    fn accept_batch(self: &Arc<Self>, from: PoolName, reqs: Vec<CopyRequest>) -> MigrationReply {
+        let mut replies = Vec::with_capacity(reqs.len());
+        let mut pulls = Vec::new();
+        for req in reqs {
+            match self.admit(&from, &req) {
+                Err(refused) => replies.push(refused),
+                Ok(None) => replies.push(MigrationReply::Accepted),
+                Ok(Some(admitted)) => {
+                    replies.push(MigrationReply::Accepted);
+                    match admitted.work {
+                        Work::Pull(done) => pulls.push((req, admitted.token, done, admitted.hold)),
+                        _ => self.spawn_copy(from.clone(), req, admitted),
+                    }
+                }
+            }
+        }
+        if !pulls.is_empty() {
+            self.spawn_pulls(from, pulls);
+        }
+        MigrationReply::Batch(replies)
+    }
+
+    /// Decides whether this pool takes on a copy request: `Err` is the refusal to answer,
+    /// `Ok(None)` a request already taken on (a late or duplicated one: its outcome is sent
+    /// again if it is known), `Ok(Some)` a new copy, registered, to be carried out.
+    fn admit(self: &Arc<Self>, from: &PoolName, req: &CopyRequest) -> Result<Option<Admitted>, MigrationReply> {
+        let refuse = |code, message: String| Err(MigrationReply::Error(RemoteError::new(code, message)));
         let pnfsid = req.attributes.pnfsid;
         if self.shutting_down.load(Ordering::Relaxed) {
-            return MigrationReply::Error(RemoteError::new(ErrorCode::ShuttingDown, "pool is shutting down"));
+            return refuse(ErrorCode::ShuttingDown, "pool is shutting down".into());
         }
         if let Err(e) = self.env.check_p2p_client() {
-            return MigrationReply::Error(e);
+            return Err(MigrationReply::Error(e));
         }
         if self.is_locked(&pnfsid) {
-            return MigrationReply::Error(RemoteError::new(ErrorCode::Locked, "Target file is busy"));
+            return refuse(ErrorCode::Locked, "Target file is busy".into());
         }
         if !req.state.is_committed() {
-            return MigrationReply::Error(RemoteError::new(
-                ErrorCode::InvalidArgument,
-                format!("a copy must be CACHED or PRECIOUS, not {}", req.state),
-            ));
+            return refuse(ErrorCode::InvalidArgument, format!("a copy must be CACHED or PRECIOUS, not {}", req.state));
         }
-        let existing = match self.env.entry(&pnfsid) {
-            Ok(e) => e,
-            Err(e) => return MigrationReply::Error(e),
-        };
+        let existing = self.env.entry(&pnfsid).map_err(MigrationReply::Error)?;
         if existing.is_none() && req.meta_only {
-            return MigrationReply::Error(RemoteError::new(
-                ErrorCode::FileNotFound,
-                format!("Pool does not contain {pnfsid}"),
-            ));
+            return refuse(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}"));
         }
         if existing.as_ref().is_some_and(|e| e.state == ReplicaState::Broken) {
-            return MigrationReply::Error(RemoteError::new(
+            return refuse(
                 ErrorCode::FileBroken,
                 format!("Pool {} holds a BROKEN replica of {pnfsid}", self.env.name()),
-            ));
+            );
         }
-        let token = {
+        let admitted = {
             let mut served = self.served.lock();
             let key = (from.clone(), req.attempt);
             // A late or duplicated request may have been decided meanwhile.
             match served.seen(&key) {
-                Seen::Active => return MigrationReply::Accepted,
+                Seen::Active => return Ok(None),
                 Seen::Ended(Some((_, result))) => {
                     drop(served);
-                    self.resend_finished(from, req.attempt, pnfsid, result);
-                    return MigrationReply::Accepted;
+                    self.send_finished(
+                        from,
+                        CopyFinished { attempt: req.attempt, target: self.env.name().clone(), pnfsid, result },
+                    );
+                    return Ok(None);
                 }
                 Seen::Ended(None) => {
-                    return MigrationReply::Error(RemoteError::new(
+                    return refuse(
                         ErrorCode::Cancelled,
                         format!("attempt {} was cancelled before its copy request arrived", req.attempt),
-                    ));
+                    );
                 }
                 Seen::New => {}
             }
             let token = self.serving.child_token();
             served.active.insert(key, token.clone());
-            let hold = req.releases_source.then(|| served.holds.deliver(&from, &req.job, pnfsid, self.env.now()));
+            let hold = req.releases_source.then(|| served.holds.deliver(from, &req.job, pnfsid, self.env.now()));
             let work = match served.pulling.get(&pnfsid) {
                 Some(done) => Work::After(done.clone()),
                 None if existing.is_none() => {
@@ -339,88 +414,158 @@ impl<E: Env> Module<E> {
                 }
                 None => Work::Update,
             };
-            (token, work, hold)
+            Admitted { token, work, hold }
         };
-        let (token, work, hold) = token;
-        let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
-        span.in_scope(|| tracing::info!(update = existing.is_some(), "copy accepted"));
+        tracing::info!(job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from, update = existing.is_some(), "copy accepted");
         if req.releases_source {
-            self.renew_holds(&from, &req.job);
+            self.renew_holds(from, &req.job);
         }
+        Ok(Some(admitted))
+    }
+
+    /// Carries out one admitted copy in a tracked task (shutdown waits, bounded, for cancelled
+    /// copies to remove their data).
+    fn spawn_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest, admitted: Admitted) {
+        let pnfsid = req.attributes.pnfsid;
+        let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
         let m = self.clone();
-        // Tracked, so that shutdown waits (bounded) for cancelled copies to remove their data.
+        let Admitted { token, work, hold } = admitted;
         self.copies.spawn_on(
             tracing::Instrument::instrument(
-            async move {
-                let attempt = req.attempt;
-                // Held before the copy is made or updated (a hold on a replica that is here is
-                // flushed, so off the runtime): no eviction can fall between the copy's commit
-                // and the hold, and the source is deleted only after the copy is durable.
-                if let Some(until) = hold {
-                    let (env, owner) = (m.env.clone(), HoldOwner { pool: from.clone(), job: req.job.clone() });
-                    let held = tokio::task::spawn_blocking(move || env.hold(&[pnfsid], until, &owner, HoldKind::Delivery))
-                        .await
-                        .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("placing the hold failed: {e}"))));
-                    if let Err(e) = held {
+                async move {
+                    // Held before the copy is made or updated (a hold on a replica that is here
+                    // is flushed, so off the runtime): no eviction can fall between the copy's
+                    // commit and the hold, and the source is deleted only after the copy is
+                    // durable.
+                    if let Some(until) = hold
+                        && let Err(e) = m.hold_delivered(&from, &req.job, vec![pnfsid], until).await
+                    {
                         if let Work::Pull(done) = &work {
-                            m.served.lock().pulling.remove(&pnfsid);
-                            done.cancel();
+                            m.pull_ended(&pnfsid, done);
                         }
                         tracing::warn!("copy refused: could not hold it: {}", e.message);
-                        m.served.lock().end((from.clone(), attempt), Some((pnfsid, Err(e.clone()))));
-                        let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result: Err(e) };
-                        m.send_finished(&from, msg).await;
+                        m.copy_ended(&from, req.attempt, pnfsid, Err(e));
                         return;
                     }
-                }
-                let result = match work {
-                    Work::Update => m.update_existing(&req, &token).await,
-                    Work::After(done) => {
-                        tracing::info!("another attempt is pulling this file; waiting for it, then updating");
-                        tokio::select! {
-                            _ = done.cancelled() => match m.update_existing(&req, &token).await {
-                                // The other transfer failed: this attempt is retried, not dropped.
-                                Err(e) if e.code() == Some(ErrorCode::FileNotFound) => Err(RemoteError::new(
-                                    ErrorCode::FileBusy,
-                                    "another transfer of this file to this pool failed; try again",
-                                )),
-                                other => other,
-                            },
-                            _ = token.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
+                    let result = match work {
+                        Work::Update => m.update_existing(&req, &token).await,
+                        Work::After(done) => {
+                            tracing::info!("another attempt is pulling this file; waiting for it, then updating");
+                            tokio::select! {
+                                _ = done.cancelled() => match m.update_existing(&req, &token).await {
+                                    // The other transfer failed: this attempt is retried, not dropped.
+                                    Err(e) if e.code() == Some(ErrorCode::FileNotFound) => Err(RemoteError::new(
+                                        ErrorCode::FileBusy,
+                                        "another transfer of this file to this pool failed; try again",
+                                    )),
+                                    other => other,
+                                },
+                                _ = token.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled")),
+                            }
                         }
-                    }
-                    Work::Pull(done) => {
-                        let pull = Pull {
-                            pnfsid,
-                            source: from.clone(),
-                            state: req.state,
-                            sticky: req.sticky.clone(),
-                            atime: req.atime,
-                            force_source_mode: req.force_source_mode,
-                        };
-                        let pulled = m.env.pull(pull, token.clone()).await;
-                        m.served.lock().pulling.remove(&pnfsid);
-                        done.cancel();
-                        pulled
-                    }
-                };
-                match &result {
-                    Ok(()) => tracing::info!("copy done"),
-                    Err(e) => tracing::warn!("copy failed: {}", e.message),
-                }
-                m.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
-                if m.serving.is_cancelled() {
-                    // Shutting down: the source learns from its pings that the attempt is gone.
-                    return;
-                }
-                let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
-                m.send_finished(&from, msg).await;
-            },
-            span,
+                        Work::Pull(done) => {
+                            let pulled = m.env.pull(pull_of(&from, &req), token.clone()).await;
+                            m.pull_ended(&pnfsid, &done);
+                            pulled
+                        }
+                    };
+                    m.copy_ended(&from, req.attempt, pnfsid, result);
+                },
+                span,
             ),
             &self.rt,
         );
-        MigrationReply::Accepted
+    }
+
+    /// Carries out the new copies of a batch in one tracked task: their holds placed in one
+    /// call, their data pulled together, each outcome reported on its own.
+    fn spawn_pulls(self: &Arc<Self>, from: PoolName, pulls: Vec<BatchPull>) {
+        let m = self.clone();
+        self.copies.spawn_on(
+            async move {
+                // Holds first, per job (a batch comes from one job, but nothing relies on it).
+                let mut go = Vec::with_capacity(pulls.len());
+                let mut by_job: Vec<(JobId, EpochMillis, Vec<PnfsId>)> = Vec::new();
+                for (req, _, _, hold) in &pulls {
+                    if let Some(until) = hold {
+                        match by_job.iter_mut().find(|(job, _, _)| *job == req.job) {
+                            Some((_, at, ids)) => {
+                                *at = (*at).max(*until);
+                                ids.push(req.attributes.pnfsid);
+                            }
+                            None => by_job.push((req.job.clone(), *until, vec![req.attributes.pnfsid])),
+                        }
+                    }
+                }
+                let mut unheld: HashMap<JobId, RemoteError> = HashMap::new();
+                for (job, until, ids) in by_job {
+                    if let Err(e) = m.hold_delivered(&from, &job, ids, until).await {
+                        tracing::warn!(%job, source = %from, "copies refused: could not hold them: {}", e.message);
+                        unheld.insert(job, e);
+                    }
+                }
+                for (req, token, done, hold) in pulls {
+                    let pnfsid = req.attributes.pnfsid;
+                    match unheld.get(&req.job).filter(|_| hold.is_some()) {
+                        Some(e) => {
+                            m.pull_ended(&pnfsid, &done);
+                            m.copy_ended(&from, req.attempt, pnfsid, Err(e.clone()));
+                        }
+                        None => go.push((req, token, done)),
+                    }
+                }
+                let asked: Vec<(Pull, CancellationToken)> =
+                    go.iter().map(|(req, token, _)| (pull_of(&from, req), token.clone())).collect();
+                let results = m.env.pull_batch(asked).await;
+                for ((req, _, done), result) in go.into_iter().zip(results) {
+                    let pnfsid = req.attributes.pnfsid;
+                    m.pull_ended(&pnfsid, &done);
+                    m.copy_ended(&from, req.attempt, pnfsid, result);
+                }
+            },
+            &self.rt,
+        );
+    }
+
+    /// Places the holds of delivered copies off the runtime (a hold on a replica that is here
+    /// is flushed).
+    async fn hold_delivered(
+        &self,
+        from: &PoolName,
+        job: &JobId,
+        ids: Vec<PnfsId>,
+        until: EpochMillis,
+    ) -> Result<(), RemoteError> {
+        let (env, owner) = (self.env.clone(), HoldOwner { pool: from.clone(), job: job.clone() });
+        tokio::task::spawn_blocking(move || env.hold(&ids, until, &owner, HoldKind::Delivery))
+            .await
+            .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("placing the hold failed: {e}"))))
+    }
+
+    /// A pull of `pnfsid` is over: a copy request waiting for it may go on.
+    fn pull_ended(&self, pnfsid: &PnfsId, done: &CancellationToken) {
+        self.served.lock().pulling.remove(pnfsid);
+        done.cancel();
+    }
+
+    /// An attempt ended here: remembered, and reported to the source (unless the pool is
+    /// shutting down: the source then learns from its pings that the attempt is gone).
+    fn copy_ended(
+        self: &Arc<Self>,
+        from: &PoolName,
+        attempt: AttemptId,
+        pnfsid: PnfsId,
+        result: Result<(), RemoteError>,
+    ) {
+        match &result {
+            Ok(()) => tracing::info!(%attempt, %pnfsid, source = %from, "copy done"),
+            Err(e) => tracing::warn!(%attempt, %pnfsid, source = %from, "copy failed: {}", e.message),
+        }
+        self.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
+        if self.serving.is_cancelled() {
+            return;
+        }
+        self.send_finished(from, CopyFinished { attempt, target: self.env.name().clone(), pnfsid, result });
     }
 
     /// Brings an existing replica up to what the request asks, never making it more
@@ -511,35 +656,87 @@ impl<E: Env> Module<E> {
         .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string())))
     }
 
-    fn resend_finished(
-        self: &Arc<Self>,
-        to: PoolName,
-        attempt: AttemptId,
-        pnfsid: PnfsId,
-        result: Result<(), RemoteError>,
-    ) {
-        let m = self.clone();
-        self.rt.spawn(async move {
-            let msg = CopyFinished { attempt, target: m.env.name().clone(), pnfsid, result };
-            m.send_finished(&to, msg).await;
-        });
+    /// Queues an outcome for the source `to`. One sender per source delivers what has
+    /// gathered in one message (outcomes that arrive while it sends go in the next), so a batch
+    /// of copies costs the source one finished message, not one per file.
+    fn send_finished(self: &Arc<Self>, to: &PoolName, msg: CopyFinished) {
+        let start = {
+            let mut outbox = self.outbox.lock();
+            let out = outbox.entry(to.clone()).or_default();
+            out.waiting.push(msg);
+            !std::mem::replace(&mut out.sending, true)
+        };
+        if start {
+            let (m, to) = (self.clone(), to.clone());
+            self.copies.spawn_on(async move { m.deliver_finished(to).await }, &self.rt);
+        }
     }
 
-    async fn send_finished(&self, to: &PoolName, msg: CopyFinished) {
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=FINISHED_TRIES {
-            match self.env.request(to, MigrationRequest::Finished(msg.clone())).await {
-                Ok(MigrationReply::Ack) => return,
-                other => {
-                    if attempt == FINISHED_TRIES {
-                        tracing::warn!(source = %to, "could not report the copy's outcome ({other:?}); the source will ask again");
-                        return;
+    /// Sends the outcomes gathered for `to` until none is left. An outcome that cannot be
+    /// delivered after [`FINISHED_TRIES`] is given up: the source's ping asks for it again.
+    async fn deliver_finished(self: Arc<Self>, to: PoolName) {
+        loop {
+            let items: Vec<CopyFinished> = {
+                let mut outbox = self.outbox.lock();
+                let Some(out) = outbox.get_mut(&to) else { return };
+                if out.waiting.is_empty() || self.serving.is_cancelled() {
+                    outbox.remove(&to);
+                    return;
+                }
+                let n = out.waiting.len().min(MAX_COPY_BATCH);
+                out.waiting.drain(..n).collect()
+            };
+            let n = items.len();
+            // A single outcome goes as `Finished`, which every version of the pool knows.
+            let req = if n == 1 {
+                MigrationRequest::Finished(items.into_iter().next().expect("one item"))
+            } else {
+                MigrationRequest::FinishedBatch(items)
+            };
+            let mut delay = Duration::from_millis(500);
+            for attempt in 1..=FINISHED_TRIES {
+                match self.env.request(&to, req.clone()).await {
+                    Ok(MigrationReply::Ack) => break,
+                    other => {
+                        if attempt == FINISHED_TRIES || self.serving.is_cancelled() {
+                            tracing::warn!(source = %to, copies = n, "could not report the copies' outcome ({other:?}); the source will ask again");
+                            break;
+                        }
                     }
                 }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
             }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
         }
+    }
+}
+
+/// What a source is sent, gathered while its sender is busy.
+#[derive(Default)]
+pub(super) struct Outbox {
+    waiting: Vec<CopyFinished>,
+    sending: bool,
+}
+
+/// A copy the target has taken on, and how it goes about it.
+struct Admitted {
+    token: CancellationToken,
+    work: Work,
+    /// Hold the copy until then (a move).
+    hold: Option<EpochMillis>,
+}
+
+/// A new copy of a batch: its request, its cancel, the signal of its pull, its hold.
+type BatchPull = (CopyRequest, CancellationToken, CancellationToken, Option<EpochMillis>);
+
+fn pull_of(from: &PoolName, req: &CopyRequest) -> Pull {
+    Pull {
+        pnfsid: req.attributes.pnfsid,
+        source: from.clone(),
+        state: req.state,
+        sticky: req.sticky.clone(),
+        atime: req.atime,
+        force_source_mode: req.force_source_mode,
     }
 }
 

@@ -36,7 +36,7 @@ use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
 use tidepool_migration::select::SplitMix;
-use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::message::{CopyFinished, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{
     AccessLatency, Checksum, ChecksumWriter, EpochMillis, FileAttributes, NEVER, PoolMode, ReplicaState,
     RetentionPolicy, SpaceInfo, StickyMode, StickyRecord, apply_sticky,
@@ -400,10 +400,11 @@ fn kind_of(req: &MigrationRequest) -> &'static str {
     match req {
         MigrationRequest::PoolInfo { .. } => "PoolInfo",
         MigrationRequest::Locate { .. } => "Locate",
-        MigrationRequest::Copy(_) => "Copy",
+        // A batch meets the faults of its kind: a late or lost batch is every request in it.
+        MigrationRequest::Copy(_) | MigrationRequest::CopyBatch(_) => "Copy",
         MigrationRequest::Ping { .. } => "Ping",
         MigrationRequest::Cancel { .. } => "Cancel",
-        MigrationRequest::Finished(_) => "Finished",
+        MigrationRequest::Finished(_) | MigrationRequest::FinishedBatch(_) => "Finished",
     }
 }
 
@@ -414,16 +415,29 @@ fn describe(req: &MigrationRequest) -> String {
         MigrationRequest::Copy(c) => format!("Copy {} attempt={}", c.attributes.pnfsid, c.attempt),
         MigrationRequest::Ping { attempt } => format!("Ping attempt={attempt}"),
         MigrationRequest::Cancel { attempt, .. } => format!("Cancel attempt={attempt}"),
-        MigrationRequest::Finished(f) => format!(
-            "Finished {} attempt={} {}",
-            f.pnfsid,
-            f.attempt,
-            match &f.result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("error {}", e.message),
-            }
-        ),
+        MigrationRequest::Finished(f) => describe_finished(f),
+        MigrationRequest::CopyBatch(reqs) => {
+            let each: Vec<String> =
+                reqs.iter().map(|c| format!("{} attempt={}", c.attributes.pnfsid, c.attempt)).collect();
+            format!("CopyBatch [{}]", each.join(", "))
+        }
+        MigrationRequest::FinishedBatch(items) => {
+            let each: Vec<String> = items.iter().map(describe_finished).collect();
+            format!("FinishedBatch [{}]", each.join(", "))
+        }
     }
+}
+
+fn describe_finished(f: &CopyFinished) -> String {
+    format!(
+        "Finished {} attempt={} {}",
+        f.pnfsid,
+        f.attempt,
+        match &f.result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("error {}", e.message),
+        }
+    )
 }
 
 /// How one delivery of a request ended.
@@ -1235,6 +1249,26 @@ impl Env for SimEnv {
 
     fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), RemoteError>> + Send {
         self.world.clone().pull(self.name.clone(), self.generation, pull, cancel)
+    }
+
+    fn pull_batch(
+        &self,
+        pulls: Vec<(Pull, CancellationToken)>,
+    ) -> impl Future<Output = Vec<Result<(), RemoteError>>> + Send {
+        // Side by side, as the pool's batch runs them; each answers for itself.
+        let handles: Vec<_> = pulls
+            .into_iter()
+            .map(|(pull, cancel)| {
+                tokio::spawn(self.world.clone().pull(self.name.clone(), self.generation, pull, cancel))
+            })
+            .collect();
+        async move {
+            let mut results = Vec::with_capacity(handles.len());
+            for h in handles {
+                results.push(h.await.unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string()))));
+            }
+            results
+        }
     }
 }
 

@@ -947,6 +947,66 @@ impl Repository {
         self.delete(id, allow)
     }
 
+    /// [`Repository::remove_if`] for several replicas, with one flush for all of them: each
+    /// is removed if `allow` agrees (called under the index lock, as for one); the answers are
+    /// in the order of `ids`. A failed flush fails every removal it carried.
+    pub fn remove_many_if(
+        &self,
+        ids: &[PnfsId],
+        mut allow: impl FnMut(&PnfsId, &Replica) -> RepoResult<()>,
+    ) -> Vec<RepoResult<()>> {
+        let mut answers: Vec<RepoResult<()>> = Vec::with_capacity(ids.len());
+        let mut taken = Vec::new();
+        {
+            let mut ix = self.index.lock();
+            for id in ids {
+                let replica = match self.load(&ix, id) {
+                    Err(RepoError::NotFound(_)) => {
+                        answers.push(Ok(()));
+                        continue;
+                    }
+                    Err(e) => {
+                        answers.push(Err(e));
+                        continue;
+                    }
+                    Ok(r) => r,
+                };
+                if replica.state.is_receiving() {
+                    answers.push(Err(RepoError::Busy { id: *id, state: replica.state, action: "removed" }));
+                    continue;
+                }
+                if let Err(e) = allow(id, &replica) {
+                    answers.push(Err(e));
+                    continue;
+                }
+                ix.take(id);
+                self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
+                taken.push((answers.len(), *id));
+                answers.push(Ok(()));
+            }
+        }
+        if taken.is_empty() {
+            return answers;
+        }
+        let flushed = taken
+            .iter()
+            .try_for_each(|(_, id)| {
+                self.store.delete_record(id)?;
+                self.store.delete_hold(id)
+            })
+            .and_then(|()| self.flush_shared());
+        if flushed.is_ok() {
+            fail::fail_point!("remove-before-data-delete");
+        }
+        for (at, id) in taken {
+            answers[at] = match &flushed {
+                Ok(()) => self.store.remove_data(&id).map_err(RepoError::from),
+                Err(e) => Err(e.again().into()),
+            };
+        }
+        answers
+    }
+
     /// Removes a replica on an operator's request. Without `force`, precious replicas and those
     /// with a valid sticky record are refused. Replicas being received are always refused.
     pub fn remove(&self, id: &PnfsId, force: bool, now: EpochMillis) -> RepoResult<()> {

@@ -25,6 +25,16 @@ impl StoreError {
         StoreError { op: op.into(), source }
     }
 
+    /// The same error again, for each of several operations that one failure ended (the OS
+    /// error number kept, so a full disk is still seen as one).
+    pub fn again(&self) -> StoreError {
+        let source = match self.source.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.source.kind(), self.source.to_string()),
+        };
+        StoreError { op: self.op.clone(), source }
+    }
+
     /// Whether the disk is full (ENOSPC or EDQUOT).
     pub fn is_disk_full(&self) -> bool {
         matches!(self.source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
