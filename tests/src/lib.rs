@@ -1150,6 +1150,43 @@ pub fn assert_bytes(cluster: &Cluster, pool: &str, files: &[(String, Vec<u8>)]) 
     }
 }
 
+/// [`assert_bytes`] for thousands of files: the `tidepool get`s (a process each, which
+/// verifies the checksum) run from a few threads at once, and every file that does not read
+/// back is named, not only the first.
+#[track_caller]
+pub fn assert_bytes_many(cluster: &Cluster, pool: &str, files: &[(String, Vec<u8>)]) {
+    const THREADS: usize = 4;
+    let per_thread = files.len().div_ceil(THREADS).max(1);
+    let bad: Vec<String> = thread::scope(|s| {
+        let workers: Vec<_> = files
+            .chunks(per_thread)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for (id, bytes) in part {
+                        let path = cluster.path(&format!("got-{pool}-{id}"));
+                        let _ = std::fs::remove_file(&path);
+                        let out = cluster.get(pool, id, &path);
+                        match std::fs::read(&path) {
+                            Ok(got) if out.code == Some(0) && got == *bytes => {}
+                            Ok(got) => bad.push(format!(
+                                "{id}: {} bytes that differ from the {} stored\n{out}",
+                                got.len(),
+                                bytes.len()
+                            )),
+                            Err(e) => bad.push(format!("{id}: {e}\n{out}")),
+                        }
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    bad
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a thread running `tidepool get`")).collect()
+    });
+    assert!(bad.is_empty(), "{} of {} files do not read back from {pool}:\n{}", bad.len(), files.len(), bad.join("\n"));
+}
+
 /// A tmpfs mounted by a test; unmounted when dropped (lazily if something still holds it).
 #[derive(Debug)]
 pub struct TinyFs {

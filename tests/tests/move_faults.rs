@@ -1,14 +1,16 @@
-//! Real daemons outside the happy envelope: a target that runs out of room during a move, and
-//! an operator who changes a file while it moves. Each test holds the job where it needs it
-//! (`pp set max active 0` on the target queues its transfers) and waits on states with a
-//! deadline; nothing sleeps to let a job get somewhere.
+//! Real daemons outside the happy envelope: a target that runs out of room during a move, an
+//! operator who changes a file while it moves, and a target killed in the middle of a drain.
+//! Each test holds the job where it needs it (`pp set max active 0` on the target queues its
+//! transfers, SIGSTOP freezes it mid-stream) and waits on states with a deadline; nothing
+//! sleeps to let a job get somewhere.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use tidepool_migration::task::TaskTimers;
 use tidepool_tests::{
-    CACHED, CACHED_STICKY, Cluster, PRECIOUS, assert_bytes, assert_no_partial_replica, create, info_field, ok,
-    report_field, wait_until,
+    CACHED, CACHED_STICKY, Cluster, PRECIOUS, assert_bytes, assert_bytes_many, assert_no_partial_replica, create,
+    info_field, ok, report_field, wait_until,
 };
 
 /// How long a test waits for a job to get somewhere (a few seconds in a debug build).
@@ -17,6 +19,11 @@ const SHOW_WAIT: Duration = Duration::from_secs(10);
 
 fn completed_files(info: &str) -> usize {
     report_field(info, "Completed").and_then(|c| c.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The bytes of `Completed  : 222 files; 909312 bytes; 1%`.
+fn completed_bytes(info: &str) -> u64 {
+    report_field(info, "Completed").and_then(|c| c.split_whitespace().nth(2)).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// A move into a target with room for only half the files (the demo's data-loss case): the
@@ -124,5 +131,95 @@ fn a_change_to_a_moving_file_reaches_its_copy_before_the_source_goes() {
     assert_eq!(ok(&cluster, "pool2", &format!("rep sticky ls {b}\n")), "ops : never expires\n");
     assert_eq!(flags(&b), CACHED_STICKY);
     assert_bytes(&cluster, "pool2", &files);
+    assert_no_partial_replica(&cluster, "pool2");
+}
+
+/// The size of the large files of the kill test.
+const LARGE: usize = 12 << 20;
+
+/// Issue 12: a drain whose target dies. `migration move -concurrency=8` of 2,000 small files
+/// and 4 large ones; once a few hundred have moved, the target is killed with `kill -9` while
+/// it receives one of the large files, and started again. The job carries on by itself and
+/// finishes; a second `migration move`, run as an operator would to be sure, finds nothing
+/// left. Every file is then on the target exactly once, in its state, with its bytes; the
+/// source holds none of them and the target nothing half-made.
+///
+/// Most of this test's run time (over three minutes in a debug build) is the job waiting on the
+/// copies the kill cut off: each keeps its task, and so a slot of the job's concurrency (with
+/// the kill during a stream, usually all eight: the job moves nothing meanwhile), until the job
+/// pings the target, [`TaskTimers::ping`] after the copy was accepted; the restarted target no
+/// longer knows the copy, and the job waits [`TaskTimers::dead`] more for a finished message
+/// before it tries the file again.
+#[test]
+fn a_move_whose_target_is_killed_midway_finishes_with_every_file_moved_once() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    for pool in ["pool1", "pool2"] {
+        cluster.append_config(pool, "[migration]\nretry_base_seconds = 1\nretry_cap_seconds = 1\n");
+        cluster.start(pool);
+    }
+    // 2,000 cached files of 4 KiB (in a few `put`s, each well inside its deadline) and four
+    // precious ones of 12 MiB: the state of both kinds must survive the kill.
+    let mut files = Vec::new();
+    for part in 0..4 {
+        let sizes: Vec<(usize, u64)> = (0..500).map(|i| (4096, 1000 + part * 500 + i)).collect();
+        files.extend(cluster.put_samples("pool1", &sizes, &["--storage", "test:disk"]));
+    }
+    let sizes: Vec<(usize, u64)> = (0..4).map(|i| (LARGE, 10 + i)).collect();
+    let large = cluster.put_samples("pool1", &sizes, &["--storage", "test:disk", "--precious"]);
+    let large_ids: BTreeSet<String> = large.iter().map(|(id, _)| id.clone()).collect();
+    files.extend(large);
+    let total = files.len();
+
+    let job = create(&cluster, "pool1", "migration move -refresh=2 -concurrency=8 pool2");
+    // A few hundred files in, pool2 is frozen (SIGSTOP) while part of a large file is in its
+    // incoming/, so that the kill certainly cuts a stream off. (Should all four large files
+    // have moved by then, which is rare, the kill comes at once.)
+    let cut_off = wait_until("a large file streaming into pool2, a few hundred files in", JOB_WAIT, || {
+        let info = cluster.migration_info("pool1", &job);
+        if completed_files(&info) <= 200 {
+            return None;
+        }
+        if completed_bytes(&info) >= (4 * LARGE) as u64 {
+            return Some(None);
+        }
+        let (name, _) =
+            cluster.incoming("pool2").into_iter().find(|(name, len)| large_ids.contains(name) && *len > 0)?;
+        cluster.freeze("pool2");
+        if cluster.incoming_len("pool2", &name).is_some_and(|n| n < LARGE as u64) {
+            return Some(Some(name));
+        }
+        // It arrived whole just before the freeze: wait for another.
+        cluster.thaw("pool2");
+        None
+    });
+    cluster.kill9("pool2");
+    let info = cluster.migration_info("pool1", &job);
+    assert!(completed_files(&info) < total, "the kill came before the job had moved everything: {info}");
+    if let Some(name) = &cut_off {
+        let left = cluster.incoming_len("pool2", name);
+        assert!(left.is_some_and(|n| n < LARGE as u64), "the kill left part of {name} in incoming/: {left:?}");
+    }
+
+    cluster.start("pool2");
+    // The job carries on by itself: once it has given up on the copies the kill cut off (see
+    // above), it tries those files again and moves the rest.
+    let timers = TaskTimers::default();
+    let info = cluster.wait_for_job("pool1", &job, "FINISHED", timers.ping + timers.dead + JOB_WAIT);
+    assert_eq!(completed_files(&info), total, "{info}");
+    let again = create(&cluster, "pool1", "migration move -concurrency=8 pool2");
+    let info = cluster.wait_for_job("pool1", &again, "FINISHED", JOB_WAIT);
+    assert_eq!(completed_files(&info), 0, "a second move finds nothing left to move: {info}");
+
+    assert_eq!(cluster.rep_ls("pool1"), vec![], "the source holds none of the files");
+    let on2 = cluster.rep_ls("pool2");
+    let listed: Vec<&str> = on2.iter().map(|r| r.pnfsid.as_str()).collect();
+    let mut expected: Vec<&str> = files.iter().map(|(id, _)| id.as_str()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every file is on the target exactly once, and nothing else");
+    for r in &on2 {
+        let (state, size) = if large_ids.contains(&r.pnfsid) { (PRECIOUS, LARGE) } else { (CACHED, 4096) };
+        assert_eq!((r.flags.as_str(), r.size, r.storage_class.as_str()), (state, size as u64, "test:disk"), "{r:?}");
+    }
+    assert_bytes_many(&cluster, "pool2", &files);
     assert_no_partial_replica(&cluster, "pool2");
 }
