@@ -39,7 +39,7 @@ use crate::queue::{Backoff, Queue, Removal};
 use crate::report::{self, FailureLine, JobReport, NoteLine, SaveMark, TaskLine};
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};
-use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers};
+use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers, Unanswered};
 use crate::update::plan_update;
 
 mod core;
@@ -258,6 +258,8 @@ struct TargetInfo {
     offline_since: Option<tokio::time::Instant>,
     /// Passes `-include-when` and `-exclude-when` (evaluated at each refresh).
     eligible: bool,
+    /// The pool's run as it last answered (kept while it is offline), to see a restart.
+    last_run: Option<u64>,
 }
 
 /// One unit of a job's concurrency.

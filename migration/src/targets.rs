@@ -214,7 +214,7 @@ mod tests {
 
     fn cost(free: u64, total: u64) -> PoolCost {
         let space = tidepool_p2p::model::SpaceInfo { total, used: total - free, free, precious: 0, removable: 0 };
-        PoolCost { space, load: 0, accepts: true, enabled: true }
+        PoolCost { space, load: 0, accepts: true, enabled: true, run: 0 }
     }
 
     /// The expression cases of dCache's PoolListFilterTest (reference §9).

@@ -266,6 +266,18 @@ impl Task {
         self.state
     }
 
+    /// The attempt under way, once its target accepted it (or may have: the answer was lost):
+    /// the attempt a restart of its target loses.
+    pub fn accepted_attempt(&self) -> Option<(AttemptId, &PoolName)> {
+        use TaskState::*;
+        match self.state {
+            Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage | Cancelling => {
+                self.current.as_ref().map(|a| (a.id, &a.target))
+            }
+            _ => None,
+        }
+    }
+
     /// The pool of the attempt under way.
     pub fn target(&self) -> Option<&PoolName> {
         self.current.as_ref().map(|a| &a.target)

@@ -235,6 +235,10 @@ pub struct PoolCost {
     pub accepts: bool,
     /// Whether the pool is enabled (no `pool disable` in force).
     pub enabled: bool,
+    /// The pool's run: a random value new at every start of its migration module (0 where
+    /// unknown). A job that sees it change knows the pool restarted and forgot every copy it
+    /// was making for the job.
+    pub run: u64,
 }
 
 /// A committed replica a pool holds.

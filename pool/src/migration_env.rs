@@ -262,8 +262,10 @@ impl Env for PoolEnv {
                     .unwrap_or(u32::MAX),
                 accepts: pool.check_mode(Activity::P2pClient, false).is_ok(),
                 enabled: pool.mode().mode.is_enabled(),
+                // The migration module answers for its run (`Module::serve`).
+                run: 0,
             },
-            None => PoolCost { space: SpaceInfo::default(), load: 0, accepts: false, enabled: false },
+            None => PoolCost { space: SpaceInfo::default(), load: 0, accepts: false, enabled: false, run: 0 },
         }
     }
 

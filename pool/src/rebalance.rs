@@ -534,7 +534,7 @@ mod tests {
 
     fn cost(used: u64, total: u64, enabled: bool) -> Answer {
         let space = SpaceInfo { total, used, free: total - used, precious: 0, removable: 0 };
-        Answer::Cost(PoolCost { space, load: 0, accepts: enabled, enabled })
+        Answer::Cost(PoolCost { space, load: 0, accepts: enabled, enabled, run: 0 })
     }
 
     /// The plan for `members`: its line without the fixed head, its pools and what was left out.

@@ -449,6 +449,41 @@ impl<E: Env> Cx<'_, E> {
         TaskEvent::Located { holders: holders.into_iter().map(|h| h.pool).collect() }
     }
 
+    /// A target restarted (it answered with a new run): each task whose copy it had taken on
+    /// learns that the copy is gone, at once rather than after its ping and the wait for a
+    /// finished message, and goes on as after a failed copy there. (A copy the new run took on
+    /// before the job saw the restart is given up too: its replica is found by the file's
+    /// next try, and nothing is lost.)
+    pub(super) fn target_restarted(&mut self, pool: &PoolName) {
+        let lost: Vec<(PnfsId, AttemptId)> = self
+            .s
+            .running
+            .iter()
+            .filter_map(|(id, r)| r.task.accepted_attempt().filter(|(_, t)| *t == pool).map(|(a, _)| (*id, a)))
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        let msg = format!("Pool {pool} restarted; the copies it was making were lost and are tried again");
+        tracing::info!(job = %self.job.id.lock(), %pool, files = lost.len(), "{msg}");
+        self.note(None, None, msg.clone());
+        for (id, attempt) in lost {
+            let error = RemoteError::new(ErrorCode::Offline, msg.clone());
+            self.feed(id, TaskEvent::Finished { attempt, target: pool.clone(), result: Err(error) });
+        }
+    }
+
+    /// A copy request to `pool` could not be delivered: the pool is taken as offline until a
+    /// refresh hears from it again, so the job does not send the rest of its queue there to
+    /// fail one file after another.
+    pub(super) fn unreachable(&mut self, pool: &PoolName) {
+        let Some(t) = self.s.infos.iter_mut().flatten().find(|t| t.name == *pool && t.cost.is_some()) else { return };
+        t.cost = None;
+        t.misses = t.misses.max(1);
+        t.offline_since.get_or_insert_with(tokio::time::Instant::now);
+        self.note(None, None, format!("Pool {pool} is not reachable; no copies go there until it answers again"));
+    }
+
     pub(super) fn unlock(&mut self, id: &PnfsId) {
         let mut locks = self.m.locks.lock();
         if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {

@@ -283,7 +283,7 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None, eligible: true })
+                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None, eligible: true, last_run: None })
             });
         }
         let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
@@ -317,7 +317,25 @@ impl<E: Env> Module<E> {
                     t.eligible = cx.eligible(&source, &t.name, &cost);
                 }
             }
+            // A target that answers with a new run restarted: the copies it was making for
+            // the job are gone, and no outcome of theirs will come.
+            let restarted: Vec<PoolName> = infos
+                .iter()
+                .filter(|t| {
+                    let run = |c: &Option<PoolCost>| c.map(|c| c.run).filter(|r| *r != 0);
+                    let old = before.iter().find(|o| o.name == t.name).and_then(|o| run(&o.cost).or(o.last_run));
+                    matches!((old, run(&t.cost)), (Some(a), Some(b)) if a != b)
+                })
+                .map(|t| t.name.clone())
+                .collect();
+            for t in infos.iter_mut() {
+                let old = before.iter().find(|o| o.name == t.name);
+                t.last_run = t.cost.map(|c| c.run).filter(|r| *r != 0).or(old.and_then(|o| o.last_run));
+            }
             cx.s.infos = Some(infos);
+            for pool in restarted {
+                cx.target_restarted(&pool);
+            }
             if cx.s.state == JobState::Sleeping && online(cx.s).next().is_some() {
                 // The targets are known now: no need to wait for the next look.
                 cx.set_state(JobState::Running);
@@ -339,13 +357,20 @@ impl<E: Env> Module<E> {
                     Ok(reply) => copy_answer(attempt, reply),
                     Err(how) => TaskEvent::CopyUnanswered { attempt, how },
                 };
-                m.with(&j, |cx| cx.feed(pnfsid, event));
+                m.with(&j, |cx| {
+                    if matches!(event, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. }) {
+                        cx.unreachable(&to);
+                    }
+                    cx.feed(pnfsid, event)
+                });
             }),
             Action::CopyBatch { to, items } => self.spawn_for(job, async move {
                 let (files, reqs): (Vec<(PnfsId, AttemptId)>, Vec<CopyRequest>) =
                     items.into_iter().map(|(pnfsid, attempt, req)| ((pnfsid, attempt), req)).unzip();
                 let n = reqs.len();
-                let events: Vec<TaskEvent> = match m.env.request(&to, MigrationRequest::CopyBatch(reqs)).await {
+                let answer = m.env.request(&to, MigrationRequest::CopyBatch(reqs)).await;
+                let undelivered = matches!(answer, Err(Unanswered::NotDelivered));
+                let events: Vec<TaskEvent> = match answer {
                     Ok(MigrationReply::Batch(replies)) if replies.len() == n => {
                         files.iter().zip(replies).map(|((_, attempt), reply)| copy_answer(*attempt, reply)).collect()
                     }
@@ -357,6 +382,9 @@ impl<E: Env> Module<E> {
                     }
                 };
                 m.with(&j, |cx| {
+                    if undelivered {
+                        cx.unreachable(&to);
+                    }
                     for ((pnfsid, _), event) in files.into_iter().zip(events) {
                         cx.feed(pnfsid, event);
                     }

@@ -169,7 +169,7 @@ impl<E: Env> Module<E> {
                 if let Some(job) = job {
                     self.renew_holds(&from, &job);
                 }
-                MigrationReply::PoolInfo(self.env.cost())
+                MigrationReply::PoolInfo(PoolCost { run: self.epoch >> 40, ..self.env.cost() })
             }
             MigrationRequest::Locate { pnfsids } => {
                 if pnfsids.len() > MAX_LOCATE {

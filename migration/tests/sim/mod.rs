@@ -1209,6 +1209,7 @@ impl Env for SimEnv {
             load,
             accepts: self.check_p2p_client().is_ok(),
             enabled: true,
+            run: 0,
         }
     }
 

@@ -129,40 +129,57 @@ fn job_id(rng: &mut Rng) -> JobId {
 }
 
 fn migration_request(rng: &mut Rng) -> MigrationRequest {
-    match rng.below(6) {
+    match rng.below(8) {
         0 => MigrationRequest::PoolInfo { job: opt(rng, job_id) },
         1 => MigrationRequest::Locate { pnfsids: (0..rng.below(20)).map(|_| pnfsid(rng)).collect() },
-        2 => MigrationRequest::Copy(CopyRequest {
-            attempt: AttemptId(number(rng)),
-            job: job_id(rng),
-            task: TaskId(number(rng)),
-            attributes: attributes(rng),
-            state: state(rng),
-            sticky: sticky(rng),
-            verify: rng.chance(1, 2),
-            atime: opt(rng, signed),
-            force_source_mode: rng.chance(1, 2),
-            meta_only: rng.chance(1, 2),
-            releases_source: rng.chance(1, 2),
-        }),
+        2 => MigrationRequest::Copy(copy_request(rng)),
         3 => MigrationRequest::Ping { attempt: AttemptId(number(rng)) },
         4 => MigrationRequest::Cancel { attempt: AttemptId(number(rng)), reason: string(rng) },
-        _ => MigrationRequest::Finished(CopyFinished {
-            attempt: AttemptId(number(rng)),
-            target: pool(rng),
-            pnfsid: pnfsid(rng),
-            result: if rng.chance(1, 2) { Ok(()) } else { Err(remote_error(rng)) },
-        }),
+        5 => MigrationRequest::CopyBatch((0..rng.below(5)).map(|_| copy_request(rng)).collect()),
+        6 => MigrationRequest::FinishedBatch((0..rng.below(5)).map(|_| copy_finished(rng)).collect()),
+        _ => MigrationRequest::Finished(copy_finished(rng)),
+    }
+}
+
+fn copy_request(rng: &mut Rng) -> CopyRequest {
+    CopyRequest {
+        attempt: AttemptId(number(rng)),
+        job: job_id(rng),
+        task: TaskId(number(rng)),
+        attributes: attributes(rng),
+        state: state(rng),
+        sticky: sticky(rng),
+        verify: rng.chance(1, 2),
+        atime: opt(rng, signed),
+        force_source_mode: rng.chance(1, 2),
+        meta_only: rng.chance(1, 2),
+        releases_source: rng.chance(1, 2),
+    }
+}
+
+fn copy_finished(rng: &mut Rng) -> CopyFinished {
+    CopyFinished {
+        attempt: AttemptId(number(rng)),
+        target: pool(rng),
+        pnfsid: pnfsid(rng),
+        result: if rng.chance(1, 2) { Ok(()) } else { Err(remote_error(rng)) },
     }
 }
 
 fn migration_reply(rng: &mut Rng) -> MigrationReply {
-    match rng.below(6) {
+    migration_reply_nested(rng, true)
+}
+
+/// A reply; `batch`: it may be a `Batch` (of replies that are not).
+fn migration_reply_nested(rng: &mut Rng, batch: bool) -> MigrationReply {
+    match rng.below(if batch { 7 } else { 6 }) {
+        6 => MigrationReply::Batch((0..rng.below(5)).map(|_| migration_reply_nested(rng, false)).collect()),
         0 => MigrationReply::PoolInfo(PoolCost {
             space: space(rng),
             load: rng.next_u64() as u32,
             accepts: rng.chance(1, 2),
             enabled: rng.chance(1, 2),
+            run: rng.next_u64(),
         }),
         1 => MigrationReply::Located {
             held: (0..rng.below(10))
