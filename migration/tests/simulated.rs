@@ -1215,3 +1215,151 @@ fn disks_that_fail_a_commit_or_its_undo_lose_nothing() {
         check_copies(&sim, "p1", &files, &before, 1, false);
     });
 }
+
+// ------------------------------------------------------------------------------ batches
+
+/// A config whose jobs carry at most `files` small files per unit, with pulls slow enough
+/// that batches are seen under way.
+fn batched(names: &[&str], faults: Faults, files: usize) -> SimConfig {
+    let mut config = SimConfig::new(names, faults);
+    config.settings.batch_files = files;
+    config.pull_time = Duration::from_secs(3);
+    config
+}
+
+/// A move of small and large files in one job under a network that delays, duplicates,
+/// reorders and loses messages (batches and their finished messages included): small files go
+/// in batches, large ones alone, and every file ends on exactly one target with its bytes,
+/// checksum, state and records; the source is empty and nothing was ever lost on the way.
+#[test]
+fn batches_of_mixed_sizes_move_every_file_once() {
+    run("batches_of_mixed_sizes_move_every_file_once", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, batched(&["p1", "p2", "p3", "p4"], Faults::chaos(), 8));
+        let mut files = sim.fill("p1", 40);
+        for _ in 0..3 {
+            files.push(sim.add_file("p1", FileSpec::precious(1_500_000)));
+        }
+        let before = sim.repo("p1");
+        let now = sim.world.now();
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=3"], &["p2", "p3", "p4"]);
+        let mut saw_batch = false;
+        while !sim.state("p1", &job).is_terminal() {
+            saw_batch |= sim.info("p1", &job).contains("batches of small files)");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert_eq!(sim.state("p1", &job), JobState::Finished);
+        assert!(saw_batch, "small files went in batches");
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+        for id in &files {
+            let (p, r) = &sim.holders(id)[0];
+            assert_eq!(r.state(), before[id].state(), "{id} on {p}");
+            let src_records: BTreeSet<_> =
+                before[id].sticky().iter().filter(|r| r.is_valid(now)).map(|r| (r.owner.clone(), r.expire)).collect();
+            assert_eq!(records(r.sticky()), src_records, "{id} on {p}: records (pins moved)");
+        }
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+/// Inside one batch, one file's pull breaks (twice), one is deleted by an operator while the
+/// batch is under way, and one is locked by another job of the pool: each fails or waits on
+/// its own, the rest of the batch completes, and in the end every file that still exists is
+/// moved and the deleted one is nowhere.
+#[test]
+fn one_file_of_a_batch_fails_alone() {
+    run("one_file_of_a_batch_fails_alone", SEEDS, |seed| async move {
+        let mut sim = Sim::new(seed, batched(&["p1", "p2", "p3"], Faults::jitter(), 16));
+        let files: Vec<PnfsId> = (0..16).map(|_| sim.add_file("p1", FileSpec::cached(1000))).collect();
+        let before = sim.repo("p1");
+        let (broken, deleted, locked) = (files[3], files[7], files[11]);
+        sim.fail_pulls(broken, 2);
+        // Another job copies `locked` to p3, slowly: it holds the file's lock meanwhile.
+        sim.slow_pulls("p3", Duration::from_secs(60));
+        let other = sim.create("p1", JobKind::Copy, &[&format!("-pnfsid={locked}")], &["p3"]);
+        sim.wait_until(MINUTE, "the other job to take its file", || sim.module("p1").is_locked(&locked)).await;
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=1"], &["p2"]);
+        sim.wait_until(MINUTE, "the batch under way", || sim.module("p1").is_locked(&deleted)).await;
+        sim.delete_file("p1", deleted);
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        assert_eq!(sim.wait_end("p1", &other, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        let kept: Vec<PnfsId> = files.iter().copied().filter(|f| *f != deleted).collect();
+        for id in &kept {
+            let on2 = sim.repo("p2");
+            let r = on2.get(id).unwrap_or_else(|| panic!("{id} is not on p2"));
+            assert_eq!(r.data, before[id].data, "{id}: bytes");
+            assert_eq!(r.entry.attrs.checksum, before[id].entry.attrs.checksum, "{id}: checksum");
+        }
+        assert!(sim.holders(&deleted).is_empty(), "the deleted file is nowhere");
+        let info = sim.info("p1", &job);
+        // The broken file took three tries, each a file of its own after the first.
+        assert!(info_number(&info, "Attempts") >= kept.len() as u64 + 2, "{info}");
+        assert!(info.contains("File is locked") || sim.repo("p3").contains_key(&locked), "{info}");
+    });
+}
+
+/// The target crashes after it committed part of a batch and restarts: the job sees the
+/// restart, tries the rest again, and every file ends on exactly one target once; no source
+/// was removed without its committed copy.
+#[test]
+fn a_target_crash_after_half_a_batch_loses_nothing() {
+    run("a_target_crash_after_half_a_batch_loses_nothing", SEEDS, |seed| async move {
+        let mut config = batched(&["p1", "p2", "p3"], Faults::jitter(), 20);
+        config.pull_jitter = Duration::from_secs(20);
+        config.settings.refresh = Duration::from_secs(10);
+        let mut sim = Sim::new(seed, config);
+        let files: Vec<PnfsId> = (0..20).map(|_| sim.add_file("p1", FileSpec::precious(2000))).collect();
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Move, &["-concurrency=1"], &["p2"]);
+        sim.wait_until(HOUR, "part of the batch committed on p2", || {
+            let n = sim.repo("p2").values().filter(|r| r.state().is_committed()).count();
+            n > 0 && n < files.len()
+        })
+        .await;
+        sim.crash("p2");
+        tokio::time::sleep(Duration::from_secs(5 + sim.world.random_below(60))).await;
+        sim.restart("p2");
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.repo("p1").is_empty(), "source still holds {:?}", sim.repo("p1").keys());
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 1, false);
+        for id in &files {
+            assert_eq!(sim.holders(id)[0].1.state(), ReplicaState::Precious, "{id}");
+        }
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+    });
+}
+
+/// Batches and their finished messages duplicated, delivered late and out of order, many of
+/// them: no copy is made twice on one pool, no outcome is credited to another attempt, and
+/// each file is on exactly the two distinct pools `-replicas=2` asks for.
+#[test]
+fn duplicated_and_late_batches_keep_replicas_exact() {
+    run("duplicated_and_late_batches_keep_replicas_exact", SEEDS, |seed| async move {
+        let mut faults = Faults::chaos();
+        faults.duplicate = 0.3;
+        faults.late_copy = 0.3;
+        faults.late_finished = 0.3;
+        let mut sim = Sim::new(seed, batched(&["p1", "p2", "p3", "p4"], faults, 6));
+        let files = sim.fill("p1", 30);
+        let before = sim.repo("p1");
+        let job = sim.create("p1", JobKind::Copy, &["-replicas=2", "-concurrency=2"], &["p2", "p3", "p4"]);
+        assert_eq!(sim.wait_end("p1", &job, 6 * HOUR).await, JobState::Finished);
+        sim.settle().await;
+        sim.assert_no_violations();
+        assert!(sim.partial().is_empty(), "partial replicas: {:?}", sim.partial());
+        check_copies(&sim, "p1", &files, &before, 2, false);
+        assert_eq!(sim.repo("p1").len(), files.len(), "a copy keeps its sources");
+    });
+}
