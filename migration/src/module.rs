@@ -260,6 +260,9 @@ struct TargetInfo {
     eligible: bool,
     /// The pool's run as it last answered (kept while it is offline), to see a restart.
     last_run: Option<u64>,
+    /// A copy request could not be delivered to it since the last refresh: no new copy goes
+    /// there until it answers again (it is still asked who holds what).
+    unreachable: bool,
 }
 
 /// One unit of a job's concurrency.
@@ -785,6 +788,11 @@ impl<E: Env> Module<E> {
 /// The targets online at the last refresh.
 fn online(s: &JobInner) -> impl Iterator<Item = &TargetInfo> {
     s.infos.iter().flatten().filter(|t| t.cost.is_some() && t.eligible)
+}
+
+/// The targets a new copy may go to: online, and reachable since the last refresh.
+fn usable(s: &JobInner) -> impl Iterator<Item = &TargetInfo> {
+    online(s).filter(|t| !t.unreachable)
 }
 
 fn rate(s: &JobInner) -> Option<f64> {

@@ -73,7 +73,7 @@ impl<E: Env> Cx<'_, E> {
             return;
         }
         let wait = self.job.def.deficit == DeficitMode::Wait;
-        if self.s.infos.is_none() || (wait && online(self.s).next().is_none()) {
+        if self.s.infos.is_none() || (wait && usable(self.s).next().is_none()) {
             // Targets not known yet, or none online: look again later.
             self.sleep(now);
             return;
@@ -473,15 +473,14 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    /// A copy request to `pool` could not be delivered: the pool is taken as offline until a
+    /// A copy request to `pool` could not be delivered: no new copy goes there until a
     /// refresh hears from it again, so the job does not send the rest of its queue there to
-    /// fail one file after another.
+    /// fail one file after another (a job that waits for targets sleeps if none is left). It
+    /// is still asked who holds what: a lost request does not make its replicas unknown.
     pub(super) fn unreachable(&mut self, pool: &PoolName) {
-        let Some(t) = self.s.infos.iter_mut().flatten().find(|t| t.name == *pool && t.cost.is_some()) else { return };
-        t.cost = None;
-        t.misses = t.misses.max(1);
-        t.offline_since.get_or_insert_with(tokio::time::Instant::now);
-        self.note(None, None, format!("Pool {pool} is not reachable; no copies go there until it answers again"));
+        let Some(t) = self.s.infos.iter_mut().flatten().find(|t| t.name == *pool && !t.unreachable) else { return };
+        t.unreachable = true;
+        self.note(None, None, format!("Pool {pool} is not reachable; no new copies go there until it answers again"));
     }
 
     pub(super) fn unlock(&mut self, id: &PnfsId) {
@@ -497,7 +496,7 @@ impl<E: Env> Cx<'_, E> {
         while let Some(event) = work.pop_front() {
             let Some(r) = self.s.running.get_mut(&id) else { return };
             let size = r.entry.attrs.size;
-            let infos: Vec<PoolInfo> = online(self.s)
+            let infos: Vec<PoolInfo> = usable(self.s)
                 .filter(|t| t.cost.is_some_and(|c| c.accepts))
                 .map(|t| {
                     let c = t.cost.expect("online pools have a cost");

@@ -283,7 +283,18 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (i, TargetInfo { name: pool, cost, misses: 0, offline_since: None, eligible: true, last_run: None })
+                (
+                    i,
+                    TargetInfo {
+                        name: pool,
+                        cost,
+                        misses: 0,
+                        offline_since: None,
+                        eligible: true,
+                        last_run: None,
+                        unreachable: false,
+                    },
+                )
             });
         }
         let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
@@ -301,6 +312,8 @@ impl<E: Env> Module<E> {
                         && let Some(old) = old
                     {
                         t.misses = old.misses + 1;
+                        // Still silent: it stays unreachable, whatever figures it keeps.
+                        t.unreachable = old.unreachable;
                         if t.misses < 2 {
                             t.cost = old.cost;
                         }
@@ -336,7 +349,7 @@ impl<E: Env> Module<E> {
             for pool in restarted {
                 cx.target_restarted(&pool);
             }
-            if cx.s.state == JobState::Sleeping && online(cx.s).next().is_some() {
+            if cx.s.state == JobState::Sleeping && usable(cx.s).next().is_some() {
                 // The targets are known now: no need to wait for the next look.
                 cx.set_state(JobState::Running);
             }
@@ -417,7 +430,7 @@ impl<E: Env> Module<E> {
                             if cx.s.state == JobState::Paused {
                                 cx.pause_check();
                             }
-                            let none_online = online(cx.s).next().is_none();
+                            let none_online = usable(cx.s).next().is_none();
                             let go = none_online && !cx.s.refreshing;
                             if go {
                                 cx.s.refreshing = true;
