@@ -322,6 +322,8 @@ impl<E: Env> Module<E> {
             Err(refused) => refused,
             Ok(None) => MigrationReply::Accepted,
             Ok(Some(admitted)) => {
+                let pnfsid = req.attributes.pnfsid;
+                tracing::info!(job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from, "copy accepted");
                 self.spawn_copy(from, req, admitted);
                 MigrationReply::Accepted
             }
@@ -346,6 +348,10 @@ impl<E: Env> Module<E> {
                 }
             }
         }
+        let accepted = replies.iter().filter(|r| matches!(r, MigrationReply::Accepted)).count();
+        // One line per batch: a drain of small files would log millions of lines otherwise
+        // (each file's own lines are at debug level; failures are warnings).
+        tracing::info!(source = %from, files = replies.len(), accepted, new = pulls.len(), "batch of copies accepted");
         if !pulls.is_empty() {
             self.spawn_pulls(from, pulls);
         }
@@ -416,7 +422,7 @@ impl<E: Env> Module<E> {
             };
             Admitted { token, work, hold }
         };
-        tracing::info!(job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from, update = existing.is_some(), "copy accepted");
+        tracing::debug!(job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from, update = existing.is_some(), "copy admitted");
         if req.releases_source {
             self.renew_holds(from, &req.job);
         }
@@ -444,7 +450,7 @@ impl<E: Env> Module<E> {
                             m.pull_ended(&pnfsid, done);
                         }
                         tracing::warn!("copy refused: could not hold it: {}", e.message);
-                        m.copy_ended(&from, req.attempt, pnfsid, Err(e));
+                        m.copy_ended(&from, req.attempt, pnfsid, Err(e), true);
                         return;
                     }
                     let result = match work {
@@ -469,7 +475,7 @@ impl<E: Env> Module<E> {
                             pulled
                         }
                     };
-                    m.copy_ended(&from, req.attempt, pnfsid, result);
+                    m.copy_ended(&from, req.attempt, pnfsid, result, true);
                 },
                 span,
             ),
@@ -509,7 +515,7 @@ impl<E: Env> Module<E> {
                     match unheld.get(&req.job).filter(|_| hold.is_some()) {
                         Some(e) => {
                             m.pull_ended(&pnfsid, &done);
-                            m.copy_ended(&from, req.attempt, pnfsid, Err(e.clone()));
+                            m.copy_ended(&from, req.attempt, pnfsid, Err(e.clone()), false);
                         }
                         None => go.push((req, token, done)),
                     }
@@ -517,10 +523,12 @@ impl<E: Env> Module<E> {
                 let asked: Vec<(Pull, CancellationToken)> =
                     go.iter().map(|(req, token, _)| (pull_of(&from, req), token.clone())).collect();
                 let results = m.env.pull_batch(asked).await;
+                let (n, done_ok) = (results.len(), results.iter().filter(|r| r.is_ok()).count());
+                tracing::info!(source = %from, files = n, done = done_ok, failed = n - done_ok, "batch of copies done");
                 for ((req, _, done), result) in go.into_iter().zip(results) {
                     let pnfsid = req.attributes.pnfsid;
                     m.pull_ended(&pnfsid, &done);
-                    m.copy_ended(&from, req.attempt, pnfsid, result);
+                    m.copy_ended(&from, req.attempt, pnfsid, result, false);
                 }
             },
             &self.rt,
@@ -549,16 +557,19 @@ impl<E: Env> Module<E> {
     }
 
     /// An attempt ended here: remembered, and reported to the source (unless the pool is
-    /// shutting down: the source then learns from its pings that the attempt is gone).
+    /// shutting down: the source then learns from its pings that the attempt is gone). A copy
+    /// of a batch (not `alone`) says it is done at debug level: its batch says so at info.
     fn copy_ended(
         self: &Arc<Self>,
         from: &PoolName,
         attempt: AttemptId,
         pnfsid: PnfsId,
         result: Result<(), RemoteError>,
+        alone: bool,
     ) {
         match &result {
-            Ok(()) => tracing::info!(%attempt, %pnfsid, source = %from, "copy done"),
+            Ok(()) if alone => tracing::info!(%attempt, %pnfsid, source = %from, "copy done"),
+            Ok(()) => tracing::debug!(%attempt, %pnfsid, source = %from, "copy done"),
             Err(e) => tracing::warn!(%attempt, %pnfsid, source = %from, "copy failed: {}", e.message),
         }
         self.served.lock().end((from.clone(), attempt), Some((pnfsid, result.clone())));
