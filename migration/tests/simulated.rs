@@ -310,7 +310,10 @@ fn duplicated_and_late_finished_messages_are_never_miscredited() {
     run("duplicated_and_late_finished_messages_are_never_miscredited", SEEDS, |seed| async move {
         let faults =
             Faults { duplicate: 0.5, late_finished: 0.5, late_delay: Duration::from_secs(300), ..Faults::jitter() };
-        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2", "p3", "p4", "p5"], faults));
+        let mut config = SimConfig::new(&["p1", "p2", "p3", "p4", "p5"], faults);
+        // Batches of two: enough messages that some are surely duplicated and late.
+        config.settings.batch_files = 2;
+        let mut sim = Sim::new(seed, config);
         let copied = sim.fill("p1", 10);
         let moved = sim.fill("p5", 10);
         let before_copy = sim.repo("p1");
