@@ -617,7 +617,7 @@ impl<E: Env> Module<E> {
         Ok(self.report(&*self.find(id)?).render())
     }
 
-    /// `migration info -failed <job>`: every file that failed at least once.
+    /// `migration info -failed <job>`: every file whose last try failed.
     pub fn info_failed(&self, id: &str) -> Result<String, MigrationError> {
         Ok(self.report(&*self.find(id)?).render_failures())
     }

@@ -292,7 +292,8 @@ impl Queue {
         self.stats
     }
 
-    /// Every file that failed at least once, by pnfsid.
+    /// Every file of the job whose last try failed (a file that later completes or leaves the
+    /// job leaves this list), by pnfsid.
     pub fn failures(&self) -> impl Iterator<Item = (&PnfsId, &Failure)> {
         self.failures.iter()
     }

@@ -228,7 +228,7 @@ impl JobReport {
         s
     }
 
-    /// `migration info -failed`: one line per file that failed at least once.
+    /// `migration info -failed`: one line per file whose last try failed.
     pub fn render_failures(&self) -> String {
         if self.failures.is_empty() {
             return format!("[{}] no file has failed\n", self.id);
