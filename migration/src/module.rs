@@ -48,7 +48,7 @@ mod saved;
 mod server;
 mod source_mode;
 
-use core::Cx;
+use core::{Command, JobEvent, JobView, World, decide};
 use server::{Outbox, Served};
 use source_mode::{Applied, SourceModeItem, apply_source_modes};
 
@@ -345,6 +345,12 @@ enum Action {
     /// The source modes of files whose copies were confirmed, applied in one blocking call
     /// with one durable flush for the removals.
     SourceModes(Vec<SourceModeItem>),
+    /// Ask the targets for their space and load (answered by `JobEvent::Refreshed`).
+    Refresh,
+    /// The job was cancelled: its initial scan stops at once.
+    Halt,
+    /// The job reached a terminal state: its timers, refreshes and scan stop.
+    Ended,
 }
 
 fn not_found() -> MigrationError {
@@ -683,26 +689,13 @@ impl<E: Env> Module<E> {
 
     pub fn suspend(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.with(&job, |cx| match cx.s.state {
-            JobState::Suspended => Ok(()),
-            JobState::Running | JobState::Sleeping | JobState::Paused => {
-                cx.set_state(JobState::Suspended);
-                Ok(())
-            }
-            _ => Err(MigrationError::invalid("Cannot suspend a job that does not run")),
-        })?;
+        self.visit(&job, JobEvent::Operator(Command::Suspend))?;
         Ok(self.summary(&job))
     }
 
     pub fn resume(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.with(&job, |cx| {
-            if cx.s.state != JobState::Suspended {
-                return Err(MigrationError::invalid("Cannot resume a job that does not run"));
-            }
-            cx.set_state(JobState::Running);
-            Ok(())
-        })?;
+        self.visit(&job, JobEvent::Operator(Command::Resume))?;
         Ok(self.summary(&job))
     }
 
@@ -729,26 +722,8 @@ impl<E: Env> Module<E> {
     }
 
     fn cancel_job(self: &Arc<Self>, job: &Arc<Job>, force: bool, reason: &str) {
-        self.with(job, |cx| {
-            let state = cx.s.state;
-            if state.is_terminal() {
-                return;
-            }
-            tracing::info!(job = %cx.job.id.lock(), force, "cancelling job: {reason}");
-            if state != JobState::Initializing && cx.s.running.is_empty() {
-                cx.set_state(JobState::Cancelled);
-                return;
-            }
-            cx.set_state(JobState::Cancelling);
-            cx.job.halt.cancel();
-            cx.s.queue.clear();
-            if force {
-                let ids: Vec<PnfsId> = cx.s.running.keys().copied().collect();
-                for id in ids {
-                    cx.feed(id, TaskEvent::Cancel { reason: reason.to_string() });
-                }
-            }
-        });
+        let cancel = Command::Cancel { force, reason: reason.to_string() };
+        let _ = self.visit(job, JobEvent::Operator(cancel));
     }
 
     /// `migration clear`: forgets the jobs that have ended.
@@ -758,7 +733,7 @@ impl<E: Env> Module<E> {
 
     pub fn set_concurrency(self: &Arc<Self>, id: &str, n: usize) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.with(&job, |cx| cx.s.concurrency = n);
+        self.visit(&job, JobEvent::Operator(Command::SetConcurrency(n)))?;
         Ok(format!("[{}] Concurrency set to {n}", job.id.lock()))
     }
 

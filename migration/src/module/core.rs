@@ -1,41 +1,443 @@
-//! The job decisions: what a job does with each event, inside one locked visit (`Cx`).
+//! The job core: every decision a job makes, as one function ([`decide`]) from the job's
+//! state, one event of a closed enum ([`JobEvent`]) and a read-only view of the world
+//! ([`World`]) to the actions the driver performs. No IO, no clock and no lock in here: the
+//! clocks, the local repository, the pool's figures, the task ids and the file locks come
+//! through [`World`], which the driver implements over the module and the tests over plain
+//! data.
 
 use super::*;
 
-/// The context of one locked visit to a job.
-pub(super) struct Cx<'a, E: Env> {
-    pub(super) m: &'a Arc<Module<E>>,
-    pub(super) job: &'a Arc<Job>,
-    pub(super) s: &'a mut JobInner,
-    pub(super) actions: &'a mut Vec<Action>,
+/// Everything that reaches a job: the one way its state changes.
+pub(super) enum JobEvent {
+    /// The job starts (created or restored).
+    Start,
+    /// The initial scan ended: the files found, and the queue built of them off the lock.
+    Scanned(Result<(Vec<(PnfsId, u64)>, Queue), RemoteError>),
+    /// A scan after lost repository changes found these files (permanent jobs).
+    Rescanned(Vec<(PnfsId, u64)>),
+    /// The periodic refresh of the targets is due.
+    RefreshDue,
+    /// The targets answered a refresh, in the job's target order (`None`: no answer).
+    Refreshed(Vec<(PoolName, Option<PoolCost>)>),
+    /// The answers to a location question about `ids` asked of `pools` (`None`: the pool did
+    /// not answer).
+    Located { ids: Vec<PnfsId>, pools: Vec<PoolName>, answers: HashMap<PoolName, Option<HashMap<PnfsId, Held>>> },
+    /// The answers of `to` to copy requests, one task event per file; `undelivered`: the
+    /// request never reached the pool.
+    CopyAnswered { to: PoolName, undelivered: bool, answers: Vec<(PnfsId, TaskEvent)> },
+    /// Other news for tasks: ping answers, finished messages.
+    Tasks(Vec<(PnfsId, TaskEvent)>),
+    /// The tasks' timers due by now ([`World::tick`]) run out.
+    TimersDue,
+    /// The wake-up armed with this sequence number is due.
+    Wake(u64),
+    /// The source modes of these files were applied (or not).
+    SourceModesApplied(Vec<(PnfsId, Result<Applied, RemoteError>)>),
+    /// The repository changed `id`; `entry` is what it holds now (`None`: gone).
+    RepoChanged { id: PnfsId, change: RepoChange, entry: Option<Entry> },
+    /// An operator's command (a pool shutdown is `Cancel { force: true, .. }`).
+    Operator(Command),
 }
 
-impl<E: Env> Cx<'_, E> {
-    pub(super) fn set_state(&mut self, to: JobState) {
-        let from = self.s.state;
-        if let Err(e) = transition(&mut self.s.state, to) {
-            tracing::error!(job = %self.job.id.lock(), "{e}");
-            return;
+/// An operator's command to one job.
+pub(super) enum Command {
+    Suspend,
+    Resume,
+    /// Without `force` the running tasks finish first; with it they are cancelled on their
+    /// targets too.
+    Cancel {
+        force: bool,
+        reason: String,
+    },
+    SetConcurrency(usize),
+}
+
+/// What the core sees of the world, and the few things it shares with the pool's other jobs.
+pub(super) trait World {
+    /// The wall clock: backoff, notes, filters, sticky lifetimes.
+    fn now(&self) -> EpochMillis;
+    /// The runtime's clock: task timers, freshness of location answers, offline grace.
+    fn tick(&self) -> tokio::time::Instant;
+    /// The clock of the job's rate in `migration info`.
+    fn rate_clock(&self) -> Instant;
+    /// The local time, for the `time.*` symbols of expressions.
+    fn local_time(&self) -> chrono::NaiveDateTime;
+    /// The source pool.
+    fn pool(&self) -> &PoolName;
+    fn cost(&self) -> PoolCost;
+    fn pin_prefix(&self) -> &str;
+    /// A replica of the local repository.
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError>;
+    /// A task id unique in the pool.
+    fn next_task(&mut self) -> TaskId;
+    /// Claims the file lock of `id` for the job: false if another job holds it.
+    fn claim(&mut self, id: &PnfsId) -> bool;
+    /// Gives the file lock of `id` back, if the job holds it.
+    fn release(&mut self, id: &PnfsId);
+    /// Gives back every file lock the job holds.
+    fn release_all(&mut self);
+}
+
+/// What a job is, as the core reads it: fixed for the visit.
+pub(super) struct JobView<'a> {
+    pub(super) id: JobId,
+    pub(super) def: &'a JobDefinition,
+    /// `-tmode` records with their expiry counted from the job's creation.
+    pub(super) tmode: &'a [StickyRecord],
+    pub(super) settings: &'a Settings,
+    /// The high bits of the attempt ids of this run of the pool.
+    pub(super) epoch: u64,
+}
+
+/// What one event decided: the actions to perform once the job's lock is released, and the
+/// answer to an operator's command.
+pub(super) struct Decision {
+    pub(super) actions: Vec<Action>,
+    pub(super) reply: Result<(), MigrationError>,
+}
+
+/// The job core: takes `event`, then runs the scheduler and sends the location questions due.
+pub(super) fn decide(job: &JobView<'_>, s: &mut JobInner, event: JobEvent, world: &mut impl World) -> Decision {
+    let mut cx = Cx { job, s, world, actions: Vec::new() };
+    let reply = cx.event(event);
+    cx.schedule();
+    cx.maybe_locate();
+    Decision { actions: cx.actions, reply }
+}
+
+/// The context of one decision.
+struct Cx<'a, W: World> {
+    job: &'a JobView<'a>,
+    s: &'a mut JobInner,
+    world: &'a mut W,
+    actions: Vec<Action>,
+}
+
+impl<W: World> Cx<'_, W> {
+    /// What the job does with one event, before the scheduler runs.
+    fn event(&mut self, event: JobEvent) -> Result<(), MigrationError> {
+        match event {
+            JobEvent::Start => {
+                self.set_state(JobState::Initializing);
+                self.s.started = Some(self.world.rate_clock());
+            }
+            JobEvent::Scanned(scanned) => self.scanned(scanned),
+            JobEvent::Rescanned(files) => {
+                for (id, size) in files {
+                    self.add(id, size);
+                }
+            }
+            JobEvent::RefreshDue => {
+                // One refresh at a time: a wake-up may have started one.
+                if !std::mem::replace(&mut self.s.refreshing, true) {
+                    self.actions.push(Action::Refresh);
+                }
+            }
+            JobEvent::Refreshed(answers) => self.refreshed(answers),
+            JobEvent::Located { ids, pools, answers } => self.answered(ids, pools, answers),
+            JobEvent::CopyAnswered { to, undelivered, answers } => {
+                if undelivered {
+                    self.unreachable(&to);
+                }
+                for (id, event) in answers {
+                    self.feed(id, event);
+                }
+            }
+            JobEvent::Tasks(events) => {
+                for (id, event) in events {
+                    self.feed(id, event);
+                }
+            }
+            JobEvent::TimersDue => {
+                let now = self.world.tick();
+                while let Some(entry) = self.s.timers.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    let (key, (pnfsid, attempt)) = entry.remove_entry();
+                    if let Some(r) = self.s.running.get_mut(&pnfsid)
+                        && r.timer == Some(key)
+                    {
+                        r.timer = None;
+                        self.feed(pnfsid, TaskEvent::Timer { attempt });
+                    }
+                }
+            }
+            JobEvent::Wake(seq) => {
+                if self.s.wake_seq != seq {
+                    return Ok(());
+                }
+                self.s.wake_at = None;
+                if self.s.state == JobState::Sleeping {
+                    self.set_state(JobState::Running);
+                }
+                if self.s.state == JobState::Paused {
+                    self.pause_check();
+                }
+                // No target online: look at them again now rather than at the next refresh.
+                if usable(self.s).next().is_none() && !self.s.refreshing {
+                    self.s.refreshing = true;
+                    self.actions.push(Action::Refresh);
+                }
+            }
+            JobEvent::SourceModesApplied(results) => {
+                for (id, applied) in results {
+                    self.source_mode_applied(id, applied);
+                }
+            }
+            JobEvent::RepoChanged { id, change, entry } => self.repository_changed(id, change, entry),
+            JobEvent::Operator(command) => return self.command(command),
         }
-        tracing::debug!(job = %self.job.id.lock(), "job {from} -> {to}");
-        if to.is_terminal() {
-            // Whatever file lock the job still holds goes (none should be left).
-            self.m.locks.lock().retain(|_, j| !Arc::ptr_eq(j, self.job));
-            self.s.queue.clear();
-            self.s.located.clear();
-            self.s.want_locate.clear();
-            self.job.stop.cancel();
-            self.job.halt.cancel();
-            tracing::info!(job = %self.job.id.lock(), state = %to, "job ended");
+        Ok(())
+    }
+
+    fn command(&mut self, command: Command) -> Result<(), MigrationError> {
+        match command {
+            Command::Suspend => match self.s.state {
+                JobState::Suspended => {}
+                JobState::Running | JobState::Sleeping | JobState::Paused => self.set_state(JobState::Suspended),
+                _ => return Err(MigrationError::invalid("Cannot suspend a job that does not run")),
+            },
+            Command::Resume => {
+                if self.s.state != JobState::Suspended {
+                    return Err(MigrationError::invalid("Cannot resume a job that does not run"));
+                }
+                self.set_state(JobState::Running);
+            }
+            Command::Cancel { force, reason } => {
+                let state = self.s.state;
+                if state.is_terminal() {
+                    return Ok(());
+                }
+                tracing::info!(job = %self.job.id, force, "cancelling job: {reason}");
+                if state != JobState::Initializing && self.s.running.is_empty() {
+                    self.set_state(JobState::Cancelled);
+                    return Ok(());
+                }
+                self.set_state(JobState::Cancelling);
+                self.actions.push(Action::Halt);
+                self.s.queue.clear();
+                if force {
+                    let ids: Vec<PnfsId> = self.s.running.keys().copied().collect();
+                    for id in ids {
+                        self.feed(id, TaskEvent::Cancel { reason: reason.clone() });
+                    }
+                }
+            }
+            Command::SetConcurrency(n) => self.s.concurrency = n,
+        }
+        Ok(())
+    }
+
+    /// The initial scan ended.
+    fn scanned(&mut self, scanned: Result<(Vec<(PnfsId, u64)>, Queue), RemoteError>) {
+        match scanned {
+            Ok((files, queue)) => {
+                if self.s.state != JobState::Initializing {
+                    return;
+                }
+                let n = files.len();
+                if self.s.queue.is_empty() && self.s.queue.stats().total == 0 {
+                    self.s.queue = queue;
+                } else {
+                    // A permanent job may have queued changes during the scan.
+                    for (id, size) in files {
+                        self.s.queue.add(id, size);
+                    }
+                }
+                tracing::info!(job = %self.job.id, files = n, "job initialised");
+                self.set_state(JobState::Running);
+            }
+            Err(e) => {
+                self.note(None, None, format!("Failed to scan the repository: {}", e.message));
+                if self.s.state == JobState::Initializing {
+                    self.set_state(JobState::Failed);
+                }
+            }
         }
     }
 
-    pub(super) fn note(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String) {
+    /// The targets answered a refresh: their figures, who is offline since when, who passes
+    /// `-include-when`/`-exclude-when`, and who restarted.
+    fn refreshed(&mut self, answers: Vec<(PoolName, Option<PoolCost>)>) {
+        let now = self.world.tick();
+        let source = self.world.cost();
+        self.s.refreshing = false;
+        let before = self.s.infos.take().unwrap_or_default();
+        let mut infos: Vec<TargetInfo> = answers
+            .into_iter()
+            .map(|(name, cost)| {
+                let mut t = TargetInfo {
+                    name,
+                    cost,
+                    misses: 0,
+                    offline_since: None,
+                    eligible: true,
+                    last_run: None,
+                    unreachable: false,
+                };
+                let old = before.iter().find(|o| o.name == t.name);
+                if t.cost.is_none()
+                    && let Some(old) = old
+                {
+                    t.misses = old.misses + 1;
+                    // Still silent: it stays unreachable, whatever figures it keeps.
+                    t.unreachable = old.unreachable;
+                    if t.misses < 2 {
+                        t.cost = old.cost;
+                    }
+                }
+                if t.cost.is_none() {
+                    t.offline_since = Some(old.and_then(|o| o.offline_since).unwrap_or(now));
+                }
+                t
+            })
+            .collect();
+        for t in infos.iter_mut() {
+            if let Some(cost) = t.cost {
+                t.eligible = self.eligible(&source, &t.name, &cost);
+            }
+        }
+        // A target that answers with a new run restarted: the copies it was making for
+        // the job are gone, and no outcome of theirs will come.
+        let restarted: Vec<PoolName> = infos
+            .iter()
+            .filter(|t| {
+                let run = |c: &Option<PoolCost>| c.map(|c| c.run).filter(|r| *r != 0);
+                let old = before.iter().find(|o| o.name == t.name).and_then(|o| run(&o.cost).or(o.last_run));
+                matches!((old, run(&t.cost)), (Some(a), Some(b)) if a != b)
+            })
+            .map(|t| t.name.clone())
+            .collect();
+        for t in infos.iter_mut() {
+            let old = before.iter().find(|o| o.name == t.name);
+            t.last_run = t.cost.map(|c| c.run).filter(|r| *r != 0).or(old.and_then(|o| o.last_run));
+        }
+        self.s.infos = Some(infos);
+        for pool in restarted {
+            self.target_restarted(&pool);
+        }
+        if self.s.state == JobState::Sleeping && usable(self.s).next().is_some() {
+            // The targets are known now: no need to wait for the next look.
+            self.set_state(JobState::Running);
+        }
+    }
+
+    /// The answers to a location question: the holders of each file, kept for its task (or
+    /// for a while, for a file still queued).
+    fn answered(
+        &mut self,
+        ids: Vec<PnfsId>,
+        pools: Vec<PoolName>,
+        answers: HashMap<PoolName, Option<HashMap<PnfsId, Held>>>,
+    ) {
+        let (eager, grace) = (self.job.def.eager, self.job.settings.offline_grace);
+        let tick = self.world.tick();
+        self.s.locating = false;
+        let stale = std::mem::take(&mut self.s.stale);
+        let recently_offline: Vec<PoolName> = self
+            .s
+            .infos
+            .iter()
+            .flatten()
+            .filter(|t| {
+                t.cost.is_none() && t.offline_since.is_some_and(|since| tick.saturating_duration_since(since) < grace)
+            })
+            .map(|t| t.name.clone())
+            .collect();
+        for id in ids.iter().filter(|id| !stale.contains(*id)) {
+            let mut holders: Vec<Holder> = pools
+                .iter()
+                .filter_map(|p| {
+                    let replica = answers.get(p)?.as_ref()?.get(id)?.clone();
+                    Some(Holder { pool: p.clone(), replica: Some(replica) })
+                })
+                .collect();
+            let unknown = |pool: &PoolName| Holder { pool: pool.clone(), replica: None };
+            if !eager {
+                // A pool that did not answer, or went offline only recently (a restart),
+                // may hold the file: a non-eager job asks it (and fails the file for a
+                // later retry if it still does not answer) rather than make a copy that
+                // may be one too many.
+                holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).map(unknown));
+                holders.extend(recently_offline.iter().map(unknown));
+            }
+            self.s.located.insert(*id, (tick, holders));
+        }
+        for id in ids.into_iter().filter(|id| !stale.contains(id)) {
+            if self.s.want_locate.remove(&id)
+                && self.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
+            {
+                let holders = self.s.located.remove(&id).map(|(_, h)| h).unwrap_or_default();
+                let event = self.located(&id, holders);
+                self.feed(id, event);
+            }
+        }
+    }
+
+    /// The repository changed a file (reference §6.1). A deleted file leaves the job (its
+    /// running task is cancelled); a queued file that no longer matches leaves the queue (a
+    /// running task goes on); a permanent job adds a file that has come to match.
+    fn repository_changed(&mut self, id: PnfsId, change: RepoChange, entry: Option<Entry>) {
+        let now = self.world.now();
+        let job = self.job;
+        let filter = &job.def.filter;
+        let Some(entry) = entry.as_ref().filter(|e| e.state != ReplicaState::Removed) else {
+            if let Removal::Running(_) = self.s.queue.remove(&id) {
+                self.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() });
+            }
+            return;
+        };
+        let matches = filter.accepts(&candidate(entry), now);
+        if self.s.queue.contains(&id) {
+            if !matches && !self.s.running.contains_key(&id) {
+                self.s.queue.remove(&id);
+                tracing::debug!(job = %self.job.id, %id, "file changed and no longer matches; dropped");
+            }
+            return;
+        }
+        if !job.def.permanent || !matches {
+            return;
+        }
+        let newly = match change {
+            RepoChange::State { from } => {
+                let before = Entry { state: from, ..entry.clone() };
+                !filter.accepts(&candidate(&before), now)
+            }
+            // The filter can only have changed its mind if it looks at what changed.
+            RepoChange::Sticky => filter.sticky.is_some(),
+            RepoChange::AccessTime => filter.accessed.is_some(),
+            RepoChange::Removed | RepoChange::Other => false,
+        };
+        if newly {
+            self.add(id, entry.attrs.size);
+        }
+    }
+
+    fn set_state(&mut self, to: JobState) {
+        let from = self.s.state;
+        if let Err(e) = transition(&mut self.s.state, to) {
+            tracing::error!(job = %self.job.id, "{e}");
+            return;
+        }
+        tracing::debug!(job = %self.job.id, "job {from} -> {to}");
+        if to.is_terminal() {
+            // Whatever file lock the job still holds goes (none should be left).
+            self.world.release_all();
+            self.s.queue.clear();
+            self.s.located.clear();
+            self.s.want_locate.clear();
+            self.actions.push(Action::Ended);
+            tracing::info!(job = %self.job.id, state = %to, "job ended");
+        }
+    }
+
+    fn note(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String) {
         if self.s.notes.len() == NOTES {
             self.s.notes.pop_front();
         }
         self.s.notes.push_back(NoteLine {
-            at: self.m.env.now(),
+            at: self.world.now(),
             task: task.map(|t| t.0).unwrap_or(0),
             pnfsid: pnfsid.map(|p| p.to_string()),
             message,
@@ -43,7 +445,7 @@ impl<E: Env> Cx<'_, E> {
     }
 
     /// The scheduler (reference §3.5), with failed files waiting out their backoff.
-    pub(super) fn schedule(&mut self) {
+    fn schedule(&mut self) {
         let state = self.s.state;
         if state == JobState::Cancelling {
             if self.s.running.is_empty() {
@@ -65,7 +467,7 @@ impl<E: Env> Cx<'_, E> {
         if state != JobState::Running {
             return;
         }
-        let now = self.m.env.now();
+        let now = self.world.now();
         self.s.queue.wake(now);
         // The lifetime conditions come before the targets: `-stop-when='targets == 0'` must
         // stop a job that has no usable target left.
@@ -118,15 +520,14 @@ impl<E: Env> Cx<'_, E> {
     /// `batch_files` files and `batch_bytes` bytes; a larger file is a unit of its own, and
     /// closes the batch being filled, so files start in the order they were queued.
     fn pick_units(&mut self, free: usize) -> (Vec<Vec<PnfsId>>, Vec<PnfsId>) {
-        let max_files = if self.batched() { self.m.settings.batch_files } else { 1 };
-        let max_bytes = self.m.settings.batch_bytes;
+        let max_files = if self.batched() { self.job.settings.batch_files } else { 1 };
+        let max_bytes = self.job.settings.batch_bytes;
         let mut units: Vec<Vec<PnfsId>> = Vec::new();
         // The bytes of the last unit, while it may take more small files.
         let mut open: Option<u64> = None;
         let mut busy = Vec::new();
-        // The file lock is claimed here, in the same critical section that finds it free, so
-        // two jobs never both start a task on one file.
-        let mut locks = self.m.locks.lock();
+        // The file lock is claimed here, in the same step that finds it free
+        // ([`World::claim`]), so two jobs never both start a task on one file.
         for id in self.s.queue.queued() {
             let size = self.s.queue.size(id);
             let small = max_files > 1 && size <= SMALL_FILE && size <= max_bytes;
@@ -136,15 +537,9 @@ impl<E: Env> Cx<'_, E> {
             if !joins && units.len() == free {
                 break;
             }
-            match locks.entry(*id) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(self.job.clone());
-                }
-                std::collections::hash_map::Entry::Occupied(o) if Arc::ptr_eq(o.get(), self.job) => {}
-                std::collections::hash_map::Entry::Occupied(_) => {
-                    busy.push(*id);
-                    continue;
-                }
+            if !self.world.claim(id) {
+                busy.push(*id);
+                continue;
             }
             if joins {
                 units.last_mut().expect("an open unit").push(*id);
@@ -182,9 +577,9 @@ impl<E: Env> Cx<'_, E> {
     /// one by one, each unit held until its file's source mode is applied, so that its
     /// conditions are looked at before every file, as they are in dCache: a rebalance stops
     /// within a few files of its level, not a few batches.
-    pub(super) fn batched(&self) -> bool {
+    fn batched(&self) -> bool {
         let def = &self.job.def;
-        self.m.settings.batch_files > 1
+        self.job.settings.batch_files > 1
             && def.stop_when.is_none()
             && def.pause_when.is_none()
             && def.include_when.is_none()
@@ -203,7 +598,7 @@ impl<E: Env> Cx<'_, E> {
 
     /// `-stop-when` and `-pause-when` (reference §3.5 step 5, §3.8); true if one of them held
     /// and the job stopped or paused.
-    pub(super) fn lifetime_conditions(&mut self) -> bool {
+    fn lifetime_conditions(&mut self) -> bool {
         if let Some(stop) = self.job.def.stop_when.clone()
             && self.condition(&stop, "-stop-when")
         {
@@ -222,7 +617,7 @@ impl<E: Env> Cx<'_, E> {
 
     /// A PAUSED job looks again every 10 s for as long as the condition holds (dCache looked
     /// once, §10 item 28); the stop condition is looked at first.
-    pub(super) fn pause_check(&mut self) {
+    fn pause_check(&mut self) {
         if let Some(stop) = self.job.def.stop_when.clone()
             && self.condition(&stop, "-stop-when")
         {
@@ -235,15 +630,15 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    pub(super) fn arm_pause_check(&mut self) {
-        let now = self.m.env.now();
+    fn arm_pause_check(&mut self) {
+        let now = self.world.now();
         self.s.wake_at = None;
-        self.wake_at(now + self.m.settings.sleep.as_millis() as i64, now);
+        self.wake_at(now + self.job.settings.sleep.as_millis() as i64, now);
     }
 
     /// Stops the job: no new task; FINISHED once the running ones end.
-    pub(super) fn stop(&mut self) {
-        tracing::info!(job = %self.job.id.lock(), "stop condition holds; the job stops");
+    fn stop(&mut self) {
+        tracing::info!(job = %self.job.id, "stop condition holds; the job stops");
         if self.s.running.is_empty() {
             self.set_state(JobState::Finished);
         } else {
@@ -252,13 +647,13 @@ impl<E: Env> Cx<'_, E> {
     }
 
     /// Evaluates a lifetime condition; an error is noted and counts as false.
-    pub(super) fn condition(&mut self, e: &Expr, option: &str) -> bool {
-        let source = self.m.env.cost();
-        let name = self.m.env.name().clone();
+    fn condition(&mut self, e: &Expr, option: &str) -> bool {
+        let source = self.world.cost();
+        let name = self.world.pool().clone();
         let files = (self.s.queue.queued_count() + self.s.queue.waiting()) as f64;
         let bytes = self.s.queue.bytes_left() as f64;
         let targets = online(self.s).count() as f64;
-        let now = chrono::Local::now();
+        let now = self.world.local_time();
         let values = |sym: &str| -> Option<Value> {
             match sym {
                 "queue.files" => Some(Value::Number(files)),
@@ -283,13 +678,13 @@ impl<E: Env> Cx<'_, E> {
     /// them: the job neither piles copies onto a pool that looked emptiest at the last refresh
     /// nor keeps sending to a pool its `-include-when` no longer admits (a rebalance would
     /// overfill the pools below the level).
-    pub(super) fn reserve(&mut self, target: &PoolName, size: u64) {
+    fn reserve(&mut self, target: &PoolName, size: u64) {
         let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) else { return };
         let Some(mut cost) = info.cost else { return };
         cost.space.used = cost.space.used.saturating_add(size);
         cost.space.free = cost.space.free.saturating_sub(size);
         info.cost = Some(cost);
-        let source = self.m.env.cost();
+        let source = self.world.cost();
         let eligible = self.eligible(&source, target, &cost);
         if let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) {
             info.eligible = eligible;
@@ -298,13 +693,13 @@ impl<E: Env> Cx<'_, E> {
 
     /// Whether a target passes `-include-when` (unless `-include` was given) and
     /// `-exclude-when` (reference §7.4); one that cannot be evaluated is left out, with a note.
-    pub(super) fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
+    fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
         let def = &self.job.def;
         if def.include_when.is_none() && def.exclude_when.is_none() {
             return true;
         }
-        let source_name = self.m.env.name().clone();
-        let now = chrono::Local::now();
+        let source_name = self.world.pool().clone();
+        let now = self.world.local_time();
         let verdict = targets::passes(
             def.include_when.as_ref(),
             def.exclude_when.as_ref(),
@@ -319,7 +714,7 @@ impl<E: Env> Cx<'_, E> {
         })
     }
 
-    pub(super) fn sleep(&mut self, now: EpochMillis) {
+    fn sleep(&mut self, now: EpochMillis) {
         if self.s.state == JobState::Running {
             self.set_state(JobState::Sleeping);
         }
@@ -327,7 +722,7 @@ impl<E: Env> Cx<'_, E> {
             // An idle permanent job waits for the next change of the repository, not a timer.
             return;
         }
-        let mut at = now + self.m.settings.sleep.as_millis() as i64;
+        let mut at = now + self.job.settings.sleep.as_millis() as i64;
         if let Some(retry) = self.s.queue.next_retry() {
             at = at.min(retry);
         }
@@ -335,7 +730,7 @@ impl<E: Env> Cx<'_, E> {
     }
 
     /// Arms the job's wake-up for `at` unless one is due sooner.
-    pub(super) fn wake_at(&mut self, at: EpochMillis, now: EpochMillis) {
+    fn wake_at(&mut self, at: EpochMillis, now: EpochMillis) {
         if self.s.wake_at.is_some_and(|w| w <= at) {
             return;
         }
@@ -347,11 +742,11 @@ impl<E: Env> Cx<'_, E> {
 
     /// Starts a task of `unit` for a queued file whose lock the job holds (claimed in
     /// `schedule`).
-    pub(super) fn start_task(&mut self, id: PnfsId, now: EpochMillis, unit: u64) {
+    fn start_task(&mut self, id: PnfsId, now: EpochMillis, unit: u64) {
         self.s.locked_noted.remove(&id);
-        let task_id = TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed));
+        let task_id = self.world.next_task();
         self.s.queue.start(id, task_id);
-        let entry = match self.m.env.entry(&id) {
+        let entry = match self.world.entry(&id) {
             Ok(Some(e)) if e.state.is_committed() => e,
             Ok(_) => {
                 // Gone (or going) since the scan: nothing to do.
@@ -361,13 +756,13 @@ impl<E: Env> Cx<'_, E> {
             }
             Err(e) => {
                 self.note(Some(task_id), Some(id), format!("Failed to read the replica: {}", e.message));
-                self.s.queue.failed(&id, false, e, now, &self.m.settings.backoff);
+                self.s.queue.failed(&id, false, e, now, &self.job.settings.backoff);
                 self.unlock(&id);
                 return;
             }
         };
         let def = &self.job.def;
-        let prefix = self.m.env.pin_prefix();
+        let prefix = self.world.pin_prefix();
         let state = match def.tmode.state {
             TargetState::Same => entry.state,
             TargetState::Cached => ReplicaState::Cached,
@@ -390,9 +785,9 @@ impl<E: Env> Cx<'_, E> {
             meta_only: def.meta_only,
             pins: !pins.is_empty(),
             wait_for_targets: def.deficit == DeficitMode::Wait,
-            timers: self.m.settings.timers.clone(),
+            timers: self.job.settings.timers.clone(),
         };
-        let base = self.m.epoch | ((task_id.0 & 0xfff_ffff) << 12);
+        let base = self.job.epoch | ((task_id.0 & 0xfff_ffff) << 12);
         let task = Task::new(plan, base);
         let running = Running { id: task_id, task, unit, timer: None, entry, state, sticky, pins, finishing: false };
         self.s.running.insert(id, running);
@@ -404,7 +799,7 @@ impl<E: Env> Cx<'_, E> {
     }
 
     /// Adds a file to the queue (reference §3.6); wakes a sleeping job.
-    pub(super) fn add(&mut self, id: PnfsId, size: u64) {
+    fn add(&mut self, id: PnfsId, size: u64) {
         if self.s.state.is_terminal() || self.s.state == JobState::Cancelling {
             return;
         }
@@ -416,7 +811,7 @@ impl<E: Env> Cx<'_, E> {
     /// What the holders' answers mean for a task: `AlreadyDone` when enough of them hold the
     /// file exactly as wanted and nothing else has to happen on a target (no pins to move, no
     /// checksum to verify, a source mode that destroys nothing), else `Located`.
-    pub(super) fn located(&self, id: &PnfsId, holders: Vec<Holder>) -> TaskEvent {
+    fn located(&self, id: &PnfsId, holders: Vec<Holder>) -> TaskEvent {
         let def = &self.job.def;
         // Only for source modes that keep the source as protected as it is (`same`,
         // `precious`): the answer may be a little old, and nothing is confirmed anew.
@@ -424,7 +819,7 @@ impl<E: Env> Cx<'_, E> {
             && matches!(def.smode.state, SourceState::Same | SourceState::Precious)
             && self.s.running.get(id).is_some_and(|r| r.pins.is_empty());
         if shortcut && let Some(r) = self.s.running.get(id) {
-            let now = self.m.env.now();
+            let now = self.world.now();
             let sum = r.entry.attrs.checksum;
             let settled: Vec<PoolName> = holders
                 .iter()
@@ -454,7 +849,7 @@ impl<E: Env> Cx<'_, E> {
     /// finished message, and goes on as after a failed copy there. (A copy the new run took on
     /// before the job saw the restart is given up too: its replica is found by the file's
     /// next try, and nothing is lost.)
-    pub(super) fn target_restarted(&mut self, pool: &PoolName) {
+    fn target_restarted(&mut self, pool: &PoolName) {
         let lost: Vec<(PnfsId, AttemptId)> = self
             .s
             .running
@@ -465,7 +860,7 @@ impl<E: Env> Cx<'_, E> {
             return;
         }
         let msg = format!("Pool {pool} restarted; the copies it was making were lost and are tried again");
-        tracing::info!(job = %self.job.id.lock(), %pool, files = lost.len(), "{msg}");
+        tracing::info!(job = %self.job.id, %pool, files = lost.len(), "{msg}");
         self.note(None, None, msg.clone());
         for (id, attempt) in lost {
             let error = RemoteError::new(ErrorCode::Offline, msg.clone());
@@ -477,21 +872,18 @@ impl<E: Env> Cx<'_, E> {
     /// refresh hears from it again, so the job does not send the rest of its queue there to
     /// fail one file after another (a job that waits for targets sleeps if none is left). It
     /// is still asked who holds what: a lost request does not make its replicas unknown.
-    pub(super) fn unreachable(&mut self, pool: &PoolName) {
+    fn unreachable(&mut self, pool: &PoolName) {
         let Some(t) = self.s.infos.iter_mut().flatten().find(|t| t.name == *pool && !t.unreachable) else { return };
         t.unreachable = true;
         self.note(None, None, format!("Pool {pool} is not reachable; no new copies go there until it answers again"));
     }
 
-    pub(super) fn unlock(&mut self, id: &PnfsId) {
-        let mut locks = self.m.locks.lock();
-        if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {
-            locks.remove(id);
-        }
+    fn unlock(&mut self, id: &PnfsId) {
+        self.world.release(id);
     }
 
     /// Feeds an event to a file's task and carries out what it asks.
-    pub(super) fn feed(&mut self, id: PnfsId, event: TaskEvent) {
+    fn feed(&mut self, id: PnfsId, event: TaskEvent) {
         let mut work = VecDeque::from([event]);
         while let Some(event) = work.pop_front() {
             let Some(r) = self.s.running.get_mut(&id) else { return };
@@ -527,12 +919,14 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    pub(super) fn effect(&mut self, id: PnfsId, fx: Effect, work: &mut VecDeque<TaskEvent>) {
+    fn effect(&mut self, id: PnfsId, fx: Effect, work: &mut VecDeque<TaskEvent>) {
         let Some(r) = self.s.running.get_mut(&id) else { return };
         match fx {
             Effect::Locate => {
                 // An answer asked ahead of time is used only while it is fresh: holders evict.
-                if let Some((_, holders)) = self.s.located.remove(&id).filter(|(at, _)| at.elapsed() < LOCATED_FRESH) {
+                let tick = self.world.tick();
+                let fresh = |at: &tokio::time::Instant| tick.saturating_duration_since(*at) < LOCATED_FRESH;
+                if let Some((_, holders)) = self.s.located.remove(&id).filter(|(at, _)| fresh(at)) {
                     let event = self.located(&id, holders);
                     work.push_back(event);
                 } else {
@@ -547,7 +941,7 @@ impl<E: Env> Cx<'_, E> {
                 let def = &self.job.def;
                 let req = CopyRequest {
                     attempt,
-                    job: self.job.id.lock().clone(),
+                    job: self.job.id.clone(),
                     task: r.id,
                     attributes: r.entry.attrs.clone(),
                     state: r.state,
@@ -583,7 +977,7 @@ impl<E: Env> Cx<'_, E> {
                     self.s.timers.remove(&old);
                 }
                 self.s.timer_seq += 1;
-                let key = (tokio::time::Instant::now() + after, self.s.timer_seq);
+                let key = (self.world.tick() + after, self.s.timer_seq);
                 r.timer = Some(key);
                 let soonest = self.s.timers.first_key_value().is_none_or(|(first, _)| key < *first);
                 self.s.timers.insert(key, (id, attempt));
@@ -595,8 +989,8 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    pub(super) fn task_ended(&mut self, id: PnfsId, outcome: Outcome) {
-        let now = self.m.env.now();
+    fn task_ended(&mut self, id: PnfsId, outcome: Outcome) {
+        let now = self.world.now();
         let Some(r) = self.s.running.get_mut(&id) else { return };
         let task = r.id;
         let unit = r.unit;
@@ -633,12 +1027,12 @@ impl<E: Env> Cx<'_, E> {
                     self.s.running.remove(&id);
                     self.unlock(&id);
                     let error = RemoteError::new(ErrorCode::NoTargets, msg);
-                    self.s.queue.failed(&id, true, error, now, &self.m.settings.backoff);
+                    self.s.queue.failed(&id, true, error, now, &self.job.settings.backoff);
                     return;
                 }
                 let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
-                let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.m.env.pin_prefix());
-                tracing::debug!(job = %self.job.id.lock(), %task, pnfsid = %id, replicas = ?replicas, "task done");
+                let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.world.pin_prefix());
+                tracing::debug!(job = %self.job.id, %task, pnfsid = %id, replicas = ?replicas, "task done");
                 self.actions.push(Action::SourceModes(vec![SourceModeItem {
                     pnfsid: id,
                     confirmed: replicas.len(),
@@ -650,9 +1044,9 @@ impl<E: Env> Cx<'_, E> {
                 self.s.running.remove(&id);
                 self.unlock(&id);
                 let what = if permanent { "failed for good" } else { "failed; retried later" };
-                tracing::warn!(job = %self.job.id.lock(), %task, pnfsid = %id, "file {what}: {}", error.message);
+                tracing::warn!(job = %self.job.id, %task, pnfsid = %id, "file {what}: {}", error.message);
                 self.note(Some(task), Some(id), error.message.clone());
-                self.s.queue.failed(&id, permanent, error, now, &self.m.settings.backoff);
+                self.s.queue.failed(&id, permanent, error, now, &self.job.settings.backoff);
             }
             Outcome::Cancelled => {
                 self.s.running.remove(&id);
@@ -662,7 +1056,7 @@ impl<E: Env> Cx<'_, E> {
         }
     }
 
-    pub(super) fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
+    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
         let Some(r) = self.s.running.remove(&id) else { return };
         self.unlock(&id);
         if !self.batched() {
@@ -675,14 +1069,14 @@ impl<E: Env> Cx<'_, E> {
                 // copies are brought up to date before the source mode is applied.
                 let msg = "Source replica changed while it was copied (state or sticky records); \
                            its copies are updated before the source mode is applied";
-                tracing::info!(job = %self.job.id.lock(), task = %r.id, pnfsid = %id, "{msg}");
+                tracing::info!(job = %self.job.id, task = %r.id, pnfsid = %id, "{msg}");
                 self.note(Some(r.id), Some(id), msg.into());
                 self.s.queue.requeue(&id);
             }
             Ok(Applied::Done) => {
                 self.s.queue.completed(&id);
                 let size = r.entry.attrs.size;
-                let now = Instant::now();
+                let now = self.world.rate_clock();
                 self.s.recent.push_back((now, size));
                 while self.s.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
                     self.s.recent.pop_front();
@@ -692,15 +1086,15 @@ impl<E: Env> Cx<'_, E> {
                 let error =
                     RemoteError { code: e.code, message: format!("Failed to apply the source mode: {}", e.message) };
                 self.note(Some(r.id), Some(id), error.message.clone());
-                let now = self.m.env.now();
-                self.s.queue.failed(&id, false, error, now, &self.m.settings.backoff);
+                let now = self.world.now();
+                self.s.queue.failed(&id, false, error, now, &self.job.settings.backoff);
             }
         }
     }
 
     /// Sends one location question per target for the tasks waiting on one, and for the
     /// next files of the queue, so a job asks each target about many files at once.
-    pub(super) fn maybe_locate(&mut self) {
+    fn maybe_locate(&mut self) {
         if self.s.locating || self.s.want_locate.is_empty() || self.s.state.is_terminal() {
             return;
         }
@@ -713,9 +1107,10 @@ impl<E: Env> Cx<'_, E> {
             }
             return;
         }
-        let batch = self.m.settings.locate_batch.clamp(1, MAX_LOCATE);
+        let batch = self.job.settings.locate_batch.clamp(1, MAX_LOCATE);
         if self.s.located.len() > 2 * batch {
-            self.s.located.retain(|_, (at, _)| at.elapsed() < LOCATED_FRESH);
+            let tick = self.world.tick();
+            self.s.located.retain(|_, (at, _)| tick.saturating_duration_since(*at) < LOCATED_FRESH);
         }
         // Never more than a target answers (a job of huge concurrency asks in several rounds).
         let mut ids: Vec<PnfsId> = self.s.want_locate.iter().copied().take(MAX_LOCATE).collect();

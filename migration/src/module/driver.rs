@@ -61,41 +61,8 @@ impl<E: Env> Module<E> {
             return;
         }
         let entry = if change == RepoChange::Removed { None } else { self.env.entry(&id).ok().flatten() };
-        let now = self.env.now();
         for job in jobs {
-            self.with(&job, |cx| {
-                let filter = &cx.job.def.filter;
-                let Some(entry) = entry.as_ref().filter(|e| e.state != ReplicaState::Removed) else {
-                    if let Removal::Running(_) = cx.s.queue.remove(&id) {
-                        cx.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() });
-                    }
-                    return;
-                };
-                let matches = filter.accepts(&candidate(entry), now);
-                if cx.s.queue.contains(&id) {
-                    if !matches && !cx.s.running.contains_key(&id) {
-                        cx.s.queue.remove(&id);
-                        tracing::debug!(job = %cx.job.id.lock(), %id, "file changed and no longer matches; dropped");
-                    }
-                    return;
-                }
-                if !cx.job.def.permanent || !matches {
-                    return;
-                }
-                let newly = match change {
-                    RepoChange::State { from } => {
-                        let before = Entry { state: from, ..entry.clone() };
-                        !filter.accepts(&candidate(&before), now)
-                    }
-                    // The filter can only have changed its mind if it looks at what changed.
-                    RepoChange::Sticky => filter.sticky.is_some(),
-                    RepoChange::AccessTime => filter.accessed.is_some(),
-                    RepoChange::Removed | RepoChange::Other => false,
-                };
-                if newly {
-                    cx.add(id, entry.attrs.size);
-                }
-            });
+            let _ = self.visit(&job, JobEvent::RepoChanged { id, change, entry: entry.clone() });
         }
     }
 
@@ -116,11 +83,7 @@ impl<E: Env> Module<E> {
                     j.rescan_again.store(false, Ordering::Release);
                     let (env, job2) = (env.clone(), job2.clone());
                     if let Ok(Ok(files)) = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await {
-                        m.with(&j, |cx| {
-                            for (id, size) in files {
-                                cx.add(id, size);
-                            }
-                        });
+                        let _ = m.visit(&j, JobEvent::Rescanned(files));
                     }
                     if j.rescan_again.load(Ordering::Acquire) && !j.stop.is_cancelled() {
                         continue;
@@ -138,32 +101,45 @@ impl<E: Env> Module<E> {
 
     // ---------------------------------------------------------------- the job machinery
 
-    /// Runs `f` on the job under its lock, then the scheduler, then starts the actions.
-    pub(super) fn with<T>(self: &Arc<Self>, job: &Arc<Job>, f: impl FnOnce(&mut Cx<'_, E>) -> T) -> T {
-        let mut actions = Vec::new();
-        let out = {
+    /// Takes one event to the job: decides under its lock ([`decide`]), then performs the
+    /// actions. Returns the answer to an operator's command.
+    pub(super) fn visit(self: &Arc<Self>, job: &Arc<Job>, event: JobEvent) -> Result<(), MigrationError> {
+        let (decision, refresh) = self.deliver(job, event, false);
+        debug_assert!(!refresh);
+        decision
+    }
+
+    /// Decides under the job's lock and performs the actions; with `keep_refresh`, a refresh
+    /// asked for is not started but returned, for the caller to await.
+    fn deliver(
+        self: &Arc<Self>,
+        job: &Arc<Job>,
+        event: JobEvent,
+        keep_refresh: bool,
+    ) -> (Result<(), MigrationError>, bool) {
+        let decision = {
             let mut s = job.s.lock();
-            let mut cx = Cx { m: self, job, s: &mut s, actions: &mut actions };
-            let out = f(&mut cx);
-            cx.schedule();
-            cx.maybe_locate();
-            out
+            let view = JobView {
+                id: job.id.lock().clone(),
+                def: &job.def,
+                tmode: &job.tmode,
+                settings: &self.settings,
+                epoch: self.epoch,
+            };
+            decide(&view, &mut s, event, &mut PoolWorld { m: self, job })
         };
-        for a in coalesce(actions) {
-            self.perform(job, a);
+        let mut refresh = false;
+        for a in coalesce(decision.actions) {
+            match a {
+                Action::Refresh if keep_refresh => refresh = true,
+                a => self.perform(job, a),
+            }
         }
-        out
+        (decision.reply, refresh)
     }
 
     pub(super) fn start(self: &Arc<Self>, job: &Arc<Job>) {
-        let started = self.with(job, |cx| {
-            cx.set_state(JobState::Initializing);
-            cx.s.started = Some(Instant::now());
-            true
-        });
-        if !started {
-            return;
-        }
+        let _ = self.visit(job, JobEvent::Start);
         // The tasks' timers: one task per job sleeps until the soonest.
         let (m, j) = (self.clone(), job.clone());
         job.tasks.spawn_on(async move { m.run_timers(&j).await }, &self.rt);
@@ -172,8 +148,8 @@ impl<E: Env> Module<E> {
         job.tasks.spawn_on(
             async move {
                 loop {
-                    // One refresh at a time: a wake-up may have started one.
-                    let go = m.with(&j, |cx| !std::mem::replace(&mut cx.s.refreshing, true));
+                    // Awaited here: the period counts from the end of a refresh.
+                    let (_, go) = m.deliver(&j, JobEvent::RefreshDue, true);
                     if go {
                         m.refresh(&j).await;
                     }
@@ -206,30 +182,7 @@ impl<E: Env> Module<E> {
                     Ok(r) => r,
                     Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
                 };
-                m.with(&j, |cx| match scanned {
-                    Ok((files, queue)) => {
-                        if cx.s.state != JobState::Initializing {
-                            return;
-                        }
-                        let n = files.len();
-                        if cx.s.queue.is_empty() && cx.s.queue.stats().total == 0 {
-                            cx.s.queue = queue;
-                        } else {
-                            // A permanent job may have queued changes during the scan.
-                            for (id, size) in files {
-                                cx.s.queue.add(id, size);
-                            }
-                        }
-                        tracing::info!(job = %cx.job.id.lock(), files = n, "job initialised");
-                        cx.set_state(JobState::Running);
-                    }
-                    Err(e) => {
-                        cx.note(None, None, format!("Failed to scan the repository: {}", e.message));
-                        if cx.s.state == JobState::Initializing {
-                            cx.set_state(JobState::Failed);
-                        }
-                    }
-                });
+                let _ = m.visit(&j, JobEvent::Scanned(scanned));
             },
             &self.rt,
         );
@@ -252,21 +205,7 @@ impl<E: Env> Module<E> {
                 _ = set => continue,
                 _ = sleep => {}
             }
-            self.with(job, |cx| {
-                let now = tokio::time::Instant::now();
-                while let Some(entry) = cx.s.timers.first_entry() {
-                    if entry.key().0 > now {
-                        break;
-                    }
-                    let (key, (pnfsid, attempt)) = entry.remove_entry();
-                    if let Some(r) = cx.s.running.get_mut(&pnfsid)
-                        && r.timer == Some(key)
-                    {
-                        r.timer = None;
-                        cx.feed(pnfsid, TaskEvent::Timer { attempt });
-                    }
-                }
-            });
+            let _ = self.visit(job, JobEvent::TimersDue);
         }
     }
 
@@ -283,77 +222,13 @@ impl<E: Env> Module<E> {
                     Ok(MigrationReply::PoolInfo(c)) => Some(c),
                     _ => None,
                 };
-                (
-                    i,
-                    TargetInfo {
-                        name: pool,
-                        cost,
-                        misses: 0,
-                        offline_since: None,
-                        eligible: true,
-                        last_run: None,
-                        unreachable: false,
-                    },
-                )
+                (i, (pool, cost))
             });
         }
-        let mut infos: Vec<(usize, TargetInfo)> = set.join_all().await;
-        infos.sort_by_key(|(i, _)| *i);
-        let now = tokio::time::Instant::now();
-        let source = self.env.cost();
-        self.with(job, |cx| {
-            cx.s.refreshing = false;
-            let before = cx.s.infos.take().unwrap_or_default();
-            let infos = infos
-                .into_iter()
-                .map(|(_, mut t)| {
-                    let old = before.iter().find(|o| o.name == t.name);
-                    if t.cost.is_none()
-                        && let Some(old) = old
-                    {
-                        t.misses = old.misses + 1;
-                        // Still silent: it stays unreachable, whatever figures it keeps.
-                        t.unreachable = old.unreachable;
-                        if t.misses < 2 {
-                            t.cost = old.cost;
-                        }
-                    }
-                    if t.cost.is_none() {
-                        t.offline_since = Some(old.and_then(|o| o.offline_since).unwrap_or(now));
-                    }
-                    t
-                })
-                .collect::<Vec<TargetInfo>>();
-            let mut infos = infos;
-            for t in infos.iter_mut() {
-                if let Some(cost) = t.cost {
-                    t.eligible = cx.eligible(&source, &t.name, &cost);
-                }
-            }
-            // A target that answers with a new run restarted: the copies it was making for
-            // the job are gone, and no outcome of theirs will come.
-            let restarted: Vec<PoolName> = infos
-                .iter()
-                .filter(|t| {
-                    let run = |c: &Option<PoolCost>| c.map(|c| c.run).filter(|r| *r != 0);
-                    let old = before.iter().find(|o| o.name == t.name).and_then(|o| run(&o.cost).or(o.last_run));
-                    matches!((old, run(&t.cost)), (Some(a), Some(b)) if a != b)
-                })
-                .map(|t| t.name.clone())
-                .collect();
-            for t in infos.iter_mut() {
-                let old = before.iter().find(|o| o.name == t.name);
-                t.last_run = t.cost.map(|c| c.run).filter(|r| *r != 0).or(old.and_then(|o| o.last_run));
-            }
-            cx.s.infos = Some(infos);
-            for pool in restarted {
-                cx.target_restarted(&pool);
-            }
-            if cx.s.state == JobState::Sleeping && usable(cx.s).next().is_some() {
-                // The targets are known now: no need to wait for the next look.
-                cx.set_state(JobState::Running);
-            }
-        });
+        let mut answers: Vec<(usize, (PoolName, Option<PoolCost>))> = set.join_all().await;
+        answers.sort_by_key(|(i, _)| *i);
+        let answers = answers.into_iter().map(|(_, a)| a).collect();
+        let _ = self.visit(job, JobEvent::Refreshed(answers));
     }
 
     /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them.
@@ -370,12 +245,8 @@ impl<E: Env> Module<E> {
                     Ok(reply) => copy_answer(attempt, reply),
                     Err(how) => TaskEvent::CopyUnanswered { attempt, how },
                 };
-                m.with(&j, |cx| {
-                    if matches!(event, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. }) {
-                        cx.unreachable(&to);
-                    }
-                    cx.feed(pnfsid, event)
-                });
+                let undelivered = matches!(event, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. });
+                let _ = m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers: vec![(pnfsid, event)] });
             }),
             Action::CopyBatch { to, items } => self.spawn_for(job, async move {
                 let (files, reqs): (Vec<(PnfsId, AttemptId)>, Vec<CopyRequest>) =
@@ -394,14 +265,8 @@ impl<E: Env> Module<E> {
                         files.iter().map(|(_, attempt)| TaskEvent::CopyUnanswered { attempt: *attempt, how }).collect()
                     }
                 };
-                m.with(&j, |cx| {
-                    if undelivered {
-                        cx.unreachable(&to);
-                    }
-                    for ((pnfsid, _), event) in files.into_iter().zip(events) {
-                        cx.feed(pnfsid, event);
-                    }
-                });
+                let answers = files.into_iter().map(|(pnfsid, _)| pnfsid).zip(events).collect();
+                let _ = m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers });
             }),
             Action::Ping { to, pnfsid, attempt } => self.spawn_for(job, async move {
                 let event = match m.env.request(&to, MigrationRequest::Ping { attempt }).await {
@@ -409,7 +274,7 @@ impl<E: Env> Module<E> {
                     Ok(_) => TaskEvent::PingAnswered { attempt, alive: false },
                     Err(_) => TaskEvent::PingUnanswered { attempt },
                 };
-                m.with(&j, |cx| cx.feed(pnfsid, event));
+                let _ = m.visit(&j, JobEvent::Tasks(vec![(pnfsid, event)]));
             }),
             Action::Cancel { to, attempt, reason } => self.spawn_for(job, async move {
                 let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
@@ -419,27 +284,7 @@ impl<E: Env> Module<E> {
                 tokio::select! {
                     _ = j.stop.cancelled() => {}
                     _ = tokio::time::sleep(after) => {
-                        let refresh = m.with(&j, |cx| {
-                            if cx.s.wake_seq != seq {
-                                return false;
-                            }
-                            cx.s.wake_at = None;
-                            if cx.s.state == JobState::Sleeping {
-                                cx.set_state(JobState::Running);
-                            }
-                            if cx.s.state == JobState::Paused {
-                                cx.pause_check();
-                            }
-                            let none_online = usable(cx.s).next().is_none();
-                            let go = none_online && !cx.s.refreshing;
-                            if go {
-                                cx.s.refreshing = true;
-                            }
-                            go
-                        });
-                        if refresh {
-                            m.refresh(&j).await;
-                        }
+                        let _ = m.visit(&j, JobEvent::Wake(seq));
                     }
                 }
             }),
@@ -453,12 +298,15 @@ impl<E: Env> Module<E> {
                         let error = RemoteError::new(ErrorCode::Internal, format!("{e}"));
                         vec![Err(error); items.len()]
                     });
-                m.with(&j, |cx| {
-                    for (item, applied) in items.into_iter().zip(applied) {
-                        cx.source_mode_applied(item.pnfsid, applied);
-                    }
-                });
+                let results = items.into_iter().map(|item| item.pnfsid).zip(applied).collect();
+                let _ = m.visit(&j, JobEvent::SourceModesApplied(results));
             }),
+            Action::Refresh => self.spawn_for(job, async move { m.refresh(&j).await }),
+            Action::Halt => job.halt.cancel(),
+            Action::Ended => {
+                job.stop.cancel();
+                job.halt.cancel();
+            }
         }
     }
 
@@ -480,47 +328,63 @@ impl<E: Env> Module<E> {
         }
         type Answer = Option<HashMap<PnfsId, Held>>;
         let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();
-        let eager = job.def.eager;
-        let grace = self.settings.offline_grace;
-        self.with(job, |cx| {
-            cx.s.locating = false;
-            let stale = std::mem::take(&mut cx.s.stale);
-            let recently_offline: Vec<PoolName> =
-                cx.s.infos
-                    .iter()
-                    .flatten()
-                    .filter(|t| t.cost.is_none() && t.offline_since.is_some_and(|since| since.elapsed() < grace))
-                    .map(|t| t.name.clone())
-                    .collect();
-            for id in ids.iter().filter(|id| !stale.contains(*id)) {
-                let mut holders: Vec<Holder> = pools
-                    .iter()
-                    .filter_map(|p| {
-                        let replica = answers.get(p)?.as_ref()?.get(id)?.clone();
-                        Some(Holder { pool: p.clone(), replica: Some(replica) })
-                    })
-                    .collect();
-                let unknown = |pool: &PoolName| Holder { pool: pool.clone(), replica: None };
-                if !eager {
-                    // A pool that did not answer, or went offline only recently (a restart),
-                    // may hold the file: a non-eager job asks it (and fails the file for a
-                    // later retry if it still does not answer) rather than make a copy that
-                    // may be one too many.
-                    holders.extend(pools.iter().filter(|p| matches!(answers.get(*p), Some(None))).map(unknown));
-                    holders.extend(recently_offline.iter().map(unknown));
-                }
-                cx.s.located.insert(*id, (tokio::time::Instant::now(), holders));
+        let _ = self.visit(job, JobEvent::Located { ids, pools, answers });
+    }
+}
+
+/// The driver's [`World`]: the module's pool, clocks, task ids and file locks.
+struct PoolWorld<'a, E: Env> {
+    m: &'a Module<E>,
+    job: &'a Arc<Job>,
+}
+
+impl<E: Env> World for PoolWorld<'_, E> {
+    fn now(&self) -> EpochMillis {
+        self.m.env.now()
+    }
+    fn tick(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+    fn rate_clock(&self) -> Instant {
+        Instant::now()
+    }
+    fn local_time(&self) -> chrono::NaiveDateTime {
+        chrono::Local::now().naive_local()
+    }
+    fn pool(&self) -> &PoolName {
+        self.m.env.name()
+    }
+    fn cost(&self) -> PoolCost {
+        self.m.env.cost()
+    }
+    fn pin_prefix(&self) -> &str {
+        self.m.env.pin_prefix()
+    }
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+        self.m.env.entry(id)
+    }
+    fn next_task(&mut self) -> TaskId {
+        TaskId(self.m.next_task.fetch_add(1, Ordering::Relaxed))
+    }
+    fn claim(&mut self, id: &PnfsId) -> bool {
+        // Found free and claimed in one critical section: two jobs never both start a task on
+        // one file.
+        match self.m.locks.lock().entry(*id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(self.job.clone());
+                true
             }
-            for id in ids.into_iter().filter(|id| !stale.contains(id)) {
-                if cx.s.want_locate.remove(&id)
-                    && cx.s.running.get(&id).is_some_and(|r| r.task.state() == TaskState::GettingLocations)
-                {
-                    let holders = cx.s.located.remove(&id).map(|(_, h)| h).unwrap_or_default();
-                    let event = cx.located(&id, holders);
-                    cx.feed(id, event);
-                }
-            }
-        });
+            std::collections::hash_map::Entry::Occupied(o) => Arc::ptr_eq(o.get(), self.job),
+        }
+    }
+    fn release(&mut self, id: &PnfsId) {
+        let mut locks = self.m.locks.lock();
+        if locks.get(id).is_some_and(|j| Arc::ptr_eq(j, self.job)) {
+            locks.remove(id);
+        }
+    }
+    fn release_all(&mut self) {
+        self.m.locks.lock().retain(|_, j| !Arc::ptr_eq(j, self.job));
     }
 }
 

@@ -308,12 +308,11 @@ impl<E: Env> Module<E> {
             }
         }
         for (job, fs) in by_job {
-            self.with(&job, |cx| {
-                for f in fs {
-                    let event = TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result };
-                    cx.feed(f.pnfsid, event);
-                }
-            });
+            let events = fs
+                .into_iter()
+                .map(|f| (f.pnfsid, TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result }))
+                .collect();
+            let _ = self.visit(&job, JobEvent::Tasks(events));
         }
     }
 
