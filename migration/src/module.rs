@@ -238,6 +238,34 @@ struct JobInner {
     locked_noted: BTreeSet<PnfsId>,
 }
 
+impl JobInner {
+    fn new(concurrency: usize, seed: u64) -> JobInner {
+        JobInner {
+            state: JobState::New,
+            queue: Queue::default(),
+            running: HashMap::new(),
+            units: HashMap::new(),
+            next_unit: 0,
+            timers: std::collections::BTreeMap::new(),
+            timer_seq: 0,
+            concurrency,
+            notes: VecDeque::new(),
+            infos: None,
+            refreshing: false,
+            located: HashMap::new(),
+            want_locate: BTreeSet::new(),
+            locating: false,
+            stale: BTreeSet::new(),
+            wake_seq: 0,
+            wake_at: None,
+            rng: SplitMix::new(seed),
+            recent: VecDeque::new(),
+            started: None,
+            locked_noted: BTreeSet::new(),
+        }
+    }
+}
+
 /// A pool that holds a file, or may: `replica` is what it reported (`None`: it did not answer).
 #[derive(Clone, Debug)]
 struct Holder {
@@ -484,29 +512,7 @@ impl<E: Env> Module<E> {
                 rescan_again: AtomicBool::new(false),
                 tasks: tokio_util::task::TaskTracker::new(),
                 timer_set: tokio::sync::Notify::new(),
-                s: Mutex::new(JobInner {
-                    state: JobState::New,
-                    queue: Queue::default(),
-                    running: HashMap::new(),
-                    units: HashMap::new(),
-                    next_unit: 0,
-                    timers: std::collections::BTreeMap::new(),
-                    timer_seq: 0,
-                    concurrency,
-                    notes: VecDeque::new(),
-                    infos: None,
-                    refreshing: false,
-                    located: HashMap::new(),
-                    want_locate: BTreeSet::new(),
-                    locating: false,
-                    stale: BTreeSet::new(),
-                    wake_seq: 0,
-                    wake_at: None,
-                    rng: SplitMix::new(seed),
-                    recent: VecDeque::new(),
-                    started: None,
-                    locked_noted: BTreeSet::new(),
-                }),
+                s: Mutex::new(JobInner::new(concurrency, seed)),
                 def,
             });
             jobs.list.push(job.clone());

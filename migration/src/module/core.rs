@@ -1126,3 +1126,6 @@ impl<W: World> Cx<'_, W> {
         self.actions.push(Action::Locate { ids, pools });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1011 @@
+//! The job core's tables. Each row takes a job to a given point by feeding events to
+//! [`decide`] over a [`TestWorld`] of plain data (a fixed clock, a map of replicas, a lock
+//! table), delivers one more event, and checks the job's state, figures and actions:
+//! `"STATE q=<queued> w=<waiting> r=<running> u=[<files of each unit>] | <actions>"`.
+
+use std::collections::BTreeMap;
+
+use tidepool_p2p::model::{FileAttributes, SpaceInfo};
+
+use super::*;
+use crate::definition::{JobKind, Options, parse};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const T0: EpochMillis = 1_700_000_000_000;
+
+/// Options from `-name` / `-name=value` words.
+struct Given(Vec<(String, String)>);
+
+impl Options for Given {
+    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        Ok(self.0.iter().any(|(k, v)| k == name && (v.is_empty() || v == "true")))
+    }
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    }
+    fn given(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+}
+
+fn pool(n: u32) -> PoolName {
+    format!("pool{n}").parse().unwrap()
+}
+
+fn file(n: u32) -> PnfsId {
+    let mut b = [0u8; 16];
+    b[12..].copy_from_slice(&n.to_be_bytes());
+    PnfsId::from_random(b)
+}
+
+fn cost(run: u64, used: u64) -> PoolCost {
+    let space = SpaceInfo { total: 1 << 40, used, free: (1 << 40) - used, precious: 0, removable: 0 };
+    PoolCost { space, load: 0, accepts: true, enabled: true, run }
+}
+
+fn entry(id: PnfsId, size: u64, state: ReplicaState) -> Entry {
+    let attrs = FileAttributes {
+        pnfsid: id,
+        size,
+        checksum: None,
+        storage_class: None,
+        cache_class: None,
+        access_latency: None,
+        retention_policy: None,
+        hsm: None,
+        creation_time: T0,
+        access_time: T0,
+    };
+    Entry { attrs, state, sticky: Vec::new() }
+}
+
+/// The world as plain data.
+struct TestWorld {
+    now: EpochMillis,
+    t0: tokio::time::Instant,
+    /// The runtime's clock is `t0 + after`.
+    after: Duration,
+    pool: PoolName,
+    cost: PoolCost,
+    entries: HashMap<PnfsId, Entry>,
+    /// The file locks of the pool: `true` held by the job under test, `false` by another job.
+    locks: HashMap<PnfsId, bool>,
+    next_task: u64,
+}
+
+impl World for TestWorld {
+    fn now(&self) -> EpochMillis {
+        self.now
+    }
+    fn tick(&self) -> tokio::time::Instant {
+        self.t0 + self.after
+    }
+    fn rate_clock(&self) -> Instant {
+        self.tick().into_std()
+    }
+    fn local_time(&self) -> chrono::NaiveDateTime {
+        chrono::DateTime::from_timestamp_millis(self.now).expect("a valid time").naive_utc()
+    }
+    fn pool(&self) -> &PoolName {
+        &self.pool
+    }
+    fn cost(&self) -> PoolCost {
+        self.cost
+    }
+    fn pin_prefix(&self) -> &str {
+        "pin:"
+    }
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+        Ok(self.entries.get(id).cloned())
+    }
+    fn next_task(&mut self) -> TaskId {
+        self.next_task += 1;
+        TaskId(self.next_task)
+    }
+    fn claim(&mut self, id: &PnfsId) -> bool {
+        *self.locks.entry(*id).or_insert(true)
+    }
+    fn release(&mut self, id: &PnfsId) {
+        if self.locks.get(id) == Some(&true) {
+            self.locks.remove(id);
+        }
+    }
+    fn release_all(&mut self) {
+        self.locks.retain(|_, ours| !*ours);
+    }
+}
+
+/// A job under test, with its world.
+struct TestJob {
+    def: JobDefinition,
+    settings: Settings,
+    s: JobInner,
+    w: TestWorld,
+    /// The files of the repository at the scan, in queue order, with their sizes.
+    files: Vec<(PnfsId, u64)>,
+    /// The actions of the last event.
+    last: Vec<Action>,
+    /// Every copy asked for: file -> (target, attempt).
+    copies: HashMap<PnfsId, (PoolName, AttemptId)>,
+    /// The last location question asked.
+    asked: Option<(Vec<PnfsId>, Vec<PoolName>)>,
+}
+
+impl TestJob {
+    /// A job of `words` (targets pool2 and pool3) over precious files 1.. of `sizes`, created.
+    fn new(words: &[&str], sizes: &[u64], concurrency: usize) -> TestJob {
+        let given = Given(
+            words
+                .iter()
+                .map(|w| {
+                    let w = w.trim_start_matches('-');
+                    let (k, v) = w.split_once('=').unwrap_or((w, ""));
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+        );
+        let def = parse(JobKind::Copy, &given, &["pool2".into(), "pool3".into()]).unwrap();
+        let files: Vec<(PnfsId, u64)> = sizes.iter().enumerate().map(|(i, s)| (file(i as u32 + 1), *s)).collect();
+        let entries = files.iter().map(|(id, size)| (*id, entry(*id, *size, ReplicaState::Precious))).collect();
+        let w = TestWorld {
+            now: T0,
+            t0: tokio::time::Instant::from_std(std::time::Instant::now()),
+            after: Duration::ZERO,
+            pool: pool(1),
+            cost: cost(1, 0),
+            entries,
+            locks: HashMap::new(),
+            next_task: 0,
+        };
+        let s = JobInner::new(concurrency, 1);
+        TestJob {
+            def,
+            settings: Settings::default(),
+            s,
+            w,
+            files,
+            last: Vec::new(),
+            copies: HashMap::new(),
+            asked: None,
+        }
+    }
+
+    fn batch_files(mut self, n: usize) -> TestJob {
+        self.settings.batch_files = n;
+        self
+    }
+
+    fn send(&mut self, event: JobEvent) -> Result<(), MigrationError> {
+        let view = JobView { id: "7".parse().unwrap(), def: &self.def, tmode: &[], settings: &self.settings, epoch: 0 };
+        let d = decide(&view, &mut self.s, event, &mut self.w);
+        for a in &d.actions {
+            match a {
+                Action::Copy { to, pnfsid, attempt, .. } => {
+                    self.copies.insert(*pnfsid, (to.clone(), *attempt));
+                }
+                Action::Locate { ids, pools } => self.asked = Some((ids.clone(), pools.clone())),
+                _ => {}
+            }
+        }
+        self.last = d.actions;
+        d.reply
+    }
+
+    /// Started and scanned (the files the filter accepts): RUNNING, but no target known yet
+    /// (so SLEEPING).
+    fn scanned(mut self) -> TestJob {
+        self.send(JobEvent::Start).unwrap();
+        let found: Vec<(PnfsId, u64)> = (self.files.iter())
+            .filter(|(id, _)| self.def.filter.accepts(&candidate(&self.w.entries[id]), self.w.now))
+            .copied()
+            .collect();
+        let mut queue = Queue::default();
+        for (id, size) in &found {
+            queue.add(*id, *size);
+        }
+        self.send(JobEvent::Scanned(Ok((found, queue)))).unwrap();
+        self
+    }
+
+    /// Both targets answered: the first units started and wait for a location answer.
+    fn online(mut self) -> TestJob {
+        self.send(refreshed(1, 1)).unwrap();
+        self
+    }
+
+    /// The location question answered (no target holds anything): the copies are asked for.
+    fn located(mut self) -> TestJob {
+        let (ids, pools) = self.asked.take().expect("a location question");
+        let answers = pools.iter().map(|p| (p.clone(), Some(HashMap::new()))).collect();
+        let event = JobEvent::Located { ids, pools, answers };
+        self.send(event).unwrap();
+        self
+    }
+
+    /// The targets accepted the copies asked for: every running task is Copying.
+    fn copying(mut self) -> TestJob {
+        let mut by_pool: BTreeMap<PoolName, Vec<(PnfsId, TaskEvent)>> = BTreeMap::new();
+        for a in &self.last {
+            if let Action::Copy { to, pnfsid, attempt, .. } = a {
+                by_pool.entry(to.clone()).or_default().push((*pnfsid, TaskEvent::CopyAccepted { attempt: *attempt }));
+            }
+        }
+        for (to, answers) in by_pool {
+            self.send(JobEvent::CopyAnswered { to, undelivered: false, answers }).unwrap();
+        }
+        self
+    }
+
+    /// The target of a running file's copy and its finished message.
+    fn finished(&self, n: u32, result: Result<(), RemoteError>) -> (PnfsId, TaskEvent) {
+        let (target, attempt) = self.copies[&file(n)].clone();
+        (file(n), TaskEvent::Finished { attempt, target, result })
+    }
+
+    fn done(&self, files: &[u32]) -> JobEvent {
+        JobEvent::Tasks(files.iter().map(|n| self.finished(*n, Ok(()))).collect())
+    }
+
+    /// The one pool every copy asked for so far went to.
+    fn target(&self) -> PoolName {
+        let targets: BTreeSet<&PoolName> = self.copies.values().map(|(t, _)| t).collect();
+        assert_eq!(targets.len(), 1, "the copies went to {targets:?}");
+        targets.into_iter().next().unwrap().clone()
+    }
+
+    fn figures(&self) -> String {
+        let mut units: Vec<usize> = self.s.units.values().map(|u| u.files).collect();
+        units.sort_unstable();
+        format!(
+            "{} q={} w={} r={} u={units:?}",
+            self.s.state,
+            self.s.queue.queued_count(),
+            self.s.queue.waiting(),
+            self.s.running.len()
+        )
+    }
+
+    fn notes(&self) -> Vec<String> {
+        self.s.notes.iter().map(|n| n.message.clone()).collect()
+    }
+}
+
+fn refreshed(run2: u64, run3: u64) -> JobEvent {
+    JobEvent::Refreshed(vec![(pool(2), Some(cost(run2, 0))), (pool(3), Some(cost(run3, 0)))])
+}
+
+/// The kinds of `actions` with their counts, in name order: `Copy*3 Locate(2) TimerSet`.
+fn summary(actions: &[Action]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for a in actions {
+        let kind = match a {
+            Action::Copy { .. } => "Copy".to_string(),
+            Action::CopyBatch { items, .. } => format!("CopyBatch({})", items.len()),
+            Action::Ping { .. } => "Ping".into(),
+            Action::Cancel { .. } => "Cancel".into(),
+            Action::TimerSet => "TimerSet".into(),
+            Action::Wake { after, .. } => format!("Wake+{}s", after.as_secs()),
+            Action::Locate { ids, .. } => format!("Locate({})", ids.len()),
+            Action::SourceModes(items) => format!("SourceModes({})", items.len()),
+            Action::Refresh => "Refresh".into(),
+            Action::Halt => "Halt".into(),
+            Action::Ended => "Ended".into(),
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.into_iter().map(|(k, n)| if n == 1 { k } else { format!("{k}*{n}") }).collect();
+    parts.join(" ")
+}
+
+/// One row: a job brought to a point, the event, what the job looks like after it.
+struct Row {
+    name: &'static str,
+    given: fn() -> TestJob,
+    event: fn(&mut TestJob) -> JobEvent,
+    want: &'static str,
+}
+
+/// Runs the rows; returns each row's job for further checks.
+fn check(rows: Vec<Row>) -> Vec<TestJob> {
+    rows.into_iter()
+        .map(|row| {
+            let mut job = (row.given)();
+            let event = (row.event)(&mut job);
+            let reply = job.send(event);
+            assert!(reply.is_ok(), "row {:?}: {reply:?}", row.name);
+            let got = format!("{} | {}", job.figures(), summary(&job.last));
+            assert_eq!(got, row.want, "row {:?}", row.name);
+            job
+        })
+        .collect()
+}
+
+fn small(n: usize) -> Vec<u64> {
+    vec![KIB; n]
+}
+
+#[test]
+fn units_are_batches_of_small_files_in_queue_order() {
+    fn online(words: &[&str], sizes: &[u64], concurrency: usize) -> TestJob {
+        TestJob::new(words, sizes, concurrency).scanned()
+    }
+    let rows = vec![
+        Row {
+            name: "at most 64 files a batch",
+            given: || online(&[], &small(100), 2),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=0 w=0 r=100 u=[36, 64] | Locate(100)",
+        },
+        Row {
+            name: "at most 4 MiB a batch",
+            given: || online(&[], &[MIB; 10], 1),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=6 w=0 r=4 u=[4] | Locate(10)",
+        },
+        Row {
+            name: "a large file is a unit of its own, between two batches",
+            given: || online(&[], &[KIB, KIB, 2 * MIB, KIB], 3),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=0 w=0 r=4 u=[1, 1, 2] | Locate(4)",
+        },
+        Row {
+            name: "a large file closes the batch: files start in queue order",
+            given: || online(&[], &[KIB, 2 * MIB, KIB], 1),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=2 w=0 r=1 u=[1] | Locate(3)",
+        },
+        Row {
+            name: "a job with a condition on the pools is not batched",
+            given: || online(&["-stop-when=queue.files < 0"], &small(5), 2),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=3 w=0 r=2 u=[1, 1] | Locate(5)",
+        },
+        Row {
+            name: "nor is one with -include-when",
+            given: || online(&["-include-when=target.free > 0"], &small(5), 2),
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=3 w=0 r=2 u=[1, 1] | Locate(5)",
+        },
+        Row {
+            name: "a file locked by another job is passed over, the batch takes the next",
+            given: || {
+                let mut job = online(&[], &small(5), 1);
+                job.w.locks.insert(file(2), false);
+                job
+            },
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=1 w=0 r=4 u=[4] | Locate(5)",
+        },
+        Row {
+            name: "a file deleted before its unit started is dropped, the rest of the batch starts",
+            given: || {
+                let mut job = online(&[], &small(3), 1);
+                job.w.entries.remove(&file(2));
+                job
+            },
+            event: |_| refreshed(1, 1),
+            want: "RUNNING q=0 w=0 r=2 u=[2] | Locate(2)",
+        },
+        Row {
+            name: "no concurrency: nothing starts, the job sleeps",
+            given: || online(&[], &small(3), 0),
+            event: |_| refreshed(1, 1),
+            want: "SLEEPING q=3 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "no target online: the job sleeps",
+            given: || online(&[], &small(3), 1),
+            event: |_| JobEvent::Refreshed(vec![(pool(2), None), (pool(3), None)]),
+            want: "SLEEPING q=3 w=0 r=0 u=[] | ",
+        },
+    ];
+    let jobs = check(rows);
+    // The locked file is noted once, and neither claimed nor released by this job.
+    let locked = &jobs[6];
+    assert_eq!(locked.notes(), ["File is locked"]);
+    assert_eq!(locked.w.locks.get(&file(2)), Some(&false));
+    assert_eq!(locked.w.locks.values().filter(|ours| **ours).count(), 4);
+    // The deleted file's lock went back at once.
+    assert!(!jobs[7].w.locks.contains_key(&file(2)));
+}
+
+/// Five small files, batches of three, one unit at a time: a batch of 1..=3 copying, 4 and 5
+/// queued.
+fn mid_batch() -> TestJob {
+    TestJob::new(&[], &small(5), 1).batch_files(3).scanned().online().located().copying()
+}
+
+#[test]
+fn a_batch_of_copies_goes_to_one_target_in_one_visit() {
+    let job = TestJob::new(&[], &small(5), 1).batch_files(3).scanned().online().located();
+    assert_eq!(job.figures(), "RUNNING q=2 w=0 r=3 u=[3]");
+    // One Copy per file, all to the unit's target (the driver sends them as one CopyBatch).
+    assert_eq!(summary(&job.last), "Copy*3");
+    job.target();
+}
+
+#[test]
+fn operator_commands_mid_batch() {
+    let rows = vec![
+        Row {
+            name: "suspend while a batch runs: the batch goes on, nothing new starts",
+            given: mid_batch,
+            event: |_| JobEvent::Operator(Command::Suspend),
+            want: "SUSPENDED q=2 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "a suspended job's batch ends: no new unit",
+            given: || {
+                let mut job = mid_batch();
+                job.send(JobEvent::Operator(Command::Suspend)).unwrap();
+                job
+            },
+            event: |job| job.done(&[1, 2, 3]),
+            want: "SUSPENDED q=2 w=0 r=3 u=[] | SourceModes(1)*3",
+        },
+        Row {
+            name: "resume: the next unit starts",
+            given: || {
+                let mut job = mid_batch();
+                job.send(JobEvent::Operator(Command::Suspend)).unwrap();
+                let done = job.done(&[1, 2, 3]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::Operator(Command::Resume),
+            want: "RUNNING q=0 w=0 r=5 u=[2] | Copy*2",
+        },
+        Row {
+            name: "cancel -force mid-batch: each copy is cancelled on its target",
+            given: mid_batch,
+            event: |_| JobEvent::Operator(Command::Cancel { force: true, reason: "operator".into() }),
+            want: "CANCELLING q=0 w=0 r=3 u=[3] | Cancel*3 Halt TimerSet",
+        },
+        Row {
+            name: "the targets confirm the cancel: CANCELLED",
+            given: || {
+                let mut job = mid_batch();
+                job.send(JobEvent::Operator(Command::Cancel { force: true, reason: "operator".into() })).unwrap();
+                job
+            },
+            event: |job| {
+                let gone = || Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled"));
+                JobEvent::Tasks((1..=3).map(|n| job.finished(n, gone())).collect())
+            },
+            want: "CANCELLED q=0 w=0 r=0 u=[] | Ended",
+        },
+        Row {
+            name: "cancel without force: the batch finishes first",
+            given: mid_batch,
+            event: |_| JobEvent::Operator(Command::Cancel { force: false, reason: "operator".into() }),
+            want: "CANCELLING q=0 w=0 r=3 u=[3] | Halt",
+        },
+        Row {
+            name: "cancel of a job with nothing running: CANCELLED at once",
+            given: || TestJob::new(&[], &small(3), 0).scanned().online(),
+            event: |_| JobEvent::Operator(Command::Cancel { force: false, reason: "operator".into() }),
+            want: "CANCELLED q=0 w=0 r=0 u=[] | Ended",
+        },
+        Row {
+            name: "cancel during the scan: CANCELLED, the scan halted (its result is ignored)",
+            given: || {
+                let mut job = TestJob::new(&[], &small(3), 1);
+                job.send(JobEvent::Start).unwrap();
+                job
+            },
+            event: |_| JobEvent::Operator(Command::Cancel { force: true, reason: "pool shutdown".into() }),
+            want: "CANCELLED q=0 w=0 r=0 u=[] | Ended Halt",
+        },
+        Row {
+            name: "more concurrency: a second unit starts",
+            given: mid_batch,
+            event: |_| JobEvent::Operator(Command::SetConcurrency(2)),
+            want: "RUNNING q=0 w=0 r=5 u=[2, 3] | Copy*2",
+        },
+    ];
+    let jobs = check(rows);
+    // A cancelled job holds no file lock.
+    assert!(jobs[4].w.locks.is_empty());
+    // Resume and suspend say no where they do not apply.
+    let mut job = mid_batch();
+    assert!(job.send(JobEvent::Operator(Command::Resume)).is_err());
+    job.send(JobEvent::Operator(Command::Cancel { force: true, reason: "x".into() })).unwrap();
+    assert!(job.send(JobEvent::Operator(Command::Suspend)).is_err());
+}
+
+#[test]
+fn tasks_timers_and_units() {
+    let rows = vec![
+        Row {
+            name: "one file of a batch done: its source mode, the unit goes on",
+            given: mid_batch,
+            event: |job| job.done(&[1]),
+            want: "RUNNING q=2 w=0 r=3 u=[3] | SourceModes(1)",
+        },
+        Row {
+            name: "the unit is free when its last task ends: the next starts",
+            given: || {
+                let mut job = mid_batch();
+                let done = job.done(&[1]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |job| job.done(&[2, 3]),
+            want: "RUNNING q=0 w=0 r=5 u=[2] | Copy*2 SourceModes(1)*2",
+        },
+        Row {
+            name: "source modes applied: the files are done",
+            given: || {
+                let mut job = mid_batch();
+                let done = job.done(&[1, 2, 3]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied((1..=3).map(|n| (file(n), Ok(Applied::Done))).collect()),
+            want: "RUNNING q=0 w=0 r=2 u=[2] | ",
+        },
+        Row {
+            name: "a failed file waits out its backoff; the rest of the batch goes on",
+            given: mid_batch,
+            event: |job| {
+                JobEvent::Tasks(vec![job.finished(2, Err(RemoteError::new(ErrorCode::Internal, "disk on fire")))])
+            },
+            want: "RUNNING q=2 w=1 r=2 u=[3] | ",
+        },
+        Row {
+            name: "the ping timers run out: one ping per copy",
+            given: || {
+                let mut job = mid_batch();
+                job.w.after = Duration::from_secs(121);
+                job
+            },
+            event: |_| JobEvent::TimersDue,
+            want: "RUNNING q=2 w=0 r=3 u=[3] | Ping*3",
+        },
+        Row {
+            name: "timers not yet due do nothing",
+            given: mid_batch,
+            event: |_| JobEvent::TimersDue,
+            want: "RUNNING q=2 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "a stale wake-up does nothing",
+            given: mid_batch,
+            event: |_| JobEvent::Wake(99),
+            want: "RUNNING q=2 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "an unbatched job's unit is held until its file's source mode is applied",
+            given: || {
+                TestJob::new(&["-stop-when=queue.files < 0"], &small(3), 1).scanned().online().located().copying()
+            },
+            event: |job| job.done(&[1]),
+            want: "RUNNING q=2 w=0 r=1 u=[1] | SourceModes(1)",
+        },
+        Row {
+            name: "...and then freed",
+            given: || {
+                let mut job =
+                    TestJob::new(&["-stop-when=queue.files < 0"], &small(3), 1).scanned().online().located().copying();
+                let done = job.done(&[1]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Done))]),
+            want: "RUNNING q=1 w=0 r=1 u=[1] | Copy",
+        },
+        Row {
+            name: "a source changed while it moved goes round again (queued behind the running unit)",
+            given: || {
+                let mut job = mid_batch();
+                let done = job.done(&[1, 2, 3]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Changed))]),
+            want: "RUNNING q=1 w=0 r=4 u=[2] | ",
+        },
+        Row {
+            name: "the last file done: FINISHED",
+            given: || {
+                let mut job = TestJob::new(&[], &small(2), 1).scanned().online().located().copying();
+                let done = job.done(&[1, 2]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied((1..=2).map(|n| (file(n), Ok(Applied::Done))).collect()),
+            want: "FINISHED q=0 w=0 r=0 u=[] | Ended",
+        },
+    ];
+    let jobs = check(rows);
+    assert_eq!(jobs[3].notes().len(), 1);
+    assert!(jobs[9].notes()[0].starts_with("Source replica changed"));
+    assert!(jobs[10].w.locks.is_empty());
+}
+
+#[test]
+fn targets_going_offline_mid_batch() {
+    let rows = vec![
+        Row {
+            name: "one missed refresh: the target keeps its figures, the batch goes on",
+            given: mid_batch,
+            event: |job| {
+                let t = job.target();
+                JobEvent::Refreshed(
+                    vec![(pool(2), Some(cost(1, 0))), (pool(3), Some(cost(1, 0)))]
+                        .into_iter()
+                        .map(|(p, c)| if p == t { (p, None) } else { (p, c) })
+                        .collect(),
+                )
+            },
+            want: "RUNNING q=2 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "the target restarted: the batch's copies are lost and retried later",
+            given: mid_batch,
+            event: |job| if job.target() == pool(2) { refreshed(2, 1) } else { refreshed(1, 2) },
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
+        },
+        Row {
+            name: "a restarted pool that was not in use: nothing happens",
+            given: mid_batch,
+            event: |job| if job.target() == pool(2) { refreshed(1, 2) } else { refreshed(2, 1) },
+            want: "RUNNING q=2 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "the batch's request could not be delivered: the target is offline, the files retried",
+            given: || TestJob::new(&[], &small(5), 1).batch_files(3).scanned().online().located(),
+            event: |job| {
+                let to = job.target();
+                let answers = (1..=3)
+                    .map(|n| {
+                        let attempt = job.copies[&file(n)].1;
+                        (file(n), TaskEvent::CopyUnanswered { attempt, how: Unanswered::NotDelivered })
+                    })
+                    .collect();
+                JobEvent::CopyAnswered { to, undelivered: true, answers }
+            },
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
+        },
+    ];
+    let jobs = check(rows);
+    assert!(jobs[1].notes()[0].contains("restarted"), "{:?}", jobs[1].notes());
+    // The unreachable pool gets nothing more until it answers again: the next batch goes to
+    // the other target.
+    let job = &jobs[3];
+    assert!(job.notes()[0].contains("is not reachable"), "{:?}", job.notes());
+    let gone = &job.copies[&file(1)].0;
+    let next: BTreeSet<&PoolName> = [4, 5].iter().map(|n| &job.copies[&file(*n)].0).collect();
+    assert!(!next.contains(gone), "the next batch went to {next:?}, {gone} is unreachable");
+    assert_eq!(next.len(), 1);
+}
+
+#[test]
+fn deleted_files() {
+    let rows = vec![
+        Row {
+            name: "a file of a batch deleted while it is located: its task ends, the others go on",
+            given: || TestJob::new(&[], &small(5), 1).batch_files(3).scanned().online(),
+            event: |_| JobEvent::RepoChanged { id: file(2), change: RepoChange::Removed, entry: None },
+            want: "RUNNING q=2 w=0 r=2 u=[3] | ",
+        },
+        Row {
+            name: "a file of a batch deleted while it is copied: cancelled on the target",
+            given: mid_batch,
+            event: |_| JobEvent::RepoChanged { id: file(2), change: RepoChange::Removed, entry: None },
+            want: "RUNNING q=2 w=0 r=3 u=[3] | Cancel TimerSet",
+        },
+        Row {
+            name: "a queued file deleted leaves the queue",
+            given: mid_batch,
+            event: |_| JobEvent::RepoChanged { id: file(5), change: RepoChange::Removed, entry: None },
+            want: "RUNNING q=1 w=0 r=3 u=[3] | ",
+        },
+        Row {
+            name: "a queued file that no longer matches leaves the queue",
+            given: || {
+                let mut job = TestJob::new(&["-state=precious"], &small(5), 1).batch_files(3).scanned().online();
+                job.w.entries.get_mut(&file(5)).unwrap().state = ReplicaState::Cached;
+                job
+            },
+            event: |job| {
+                let entry = job.w.entries.get(&file(5)).cloned();
+                JobEvent::RepoChanged { id: file(5), change: RepoChange::State { from: ReplicaState::Precious }, entry }
+            },
+            want: "RUNNING q=1 w=0 r=3 u=[3] | ",
+        },
+    ];
+    let jobs = check(rows);
+    // The deleted file is not asked about: the answer starts copies of the two others only.
+    let job = jobs.into_iter().next().unwrap().located();
+    assert_eq!(summary(&job.last), "Copy*2");
+    assert!(!job.copies.contains_key(&file(2)));
+    assert!(!job.w.locks.contains_key(&file(2)));
+}
+
+/// `-pause-when` and `-stop-when` on the source's used space; two units of one file each
+/// copying, three files queued.
+fn conditional(option: &str) -> TestJob {
+    let words = [option, "-stop-when=source.used > 1000"];
+    let (words, n) = if option.starts_with("-stop") { (&words[..1], 1) } else { (&words[..], 2) };
+    TestJob::new(words, &small(5), n).scanned().online().located().copying()
+}
+
+#[test]
+fn pause_and_stop_conditions() {
+    let rows = vec![
+        Row {
+            name: "the pause condition holds: PAUSED, the copies under way go on, a look in 10 s",
+            given: || conditional("-pause-when=source.used > 100"),
+            event: |job| {
+                job.w.cost = cost(1, 200);
+                JobEvent::Wake(99)
+            },
+            want: "PAUSED q=3 w=0 r=2 u=[1, 1] | Wake+10s",
+        },
+        Row {
+            name: "still holds at the look: PAUSED, the next look armed",
+            given: || {
+                let mut job = conditional("-pause-when=source.used > 100");
+                job.w.cost = cost(1, 200);
+                job.send(JobEvent::Wake(99)).unwrap();
+                job
+            },
+            event: |job| JobEvent::Wake(job.s.wake_seq),
+            want: "PAUSED q=3 w=0 r=2 u=[1, 1] | Wake+10s",
+        },
+        Row {
+            name: "no longer holds: RUNNING",
+            given: || {
+                let mut job = conditional("-pause-when=source.used > 100");
+                job.w.cost = cost(1, 200);
+                job.send(JobEvent::Wake(99)).unwrap();
+                job.w.cost = cost(1, 0);
+                job
+            },
+            event: |job| JobEvent::Wake(job.s.wake_seq),
+            want: "RUNNING q=3 w=0 r=2 u=[1, 1] | ",
+        },
+        Row {
+            name: "the stop condition holds while paused: STOPPING",
+            given: || {
+                let mut job = conditional("-pause-when=source.used > 100");
+                job.w.cost = cost(1, 200);
+                job.send(JobEvent::Wake(99)).unwrap();
+                job.w.cost = cost(1, 2000);
+                job
+            },
+            event: |job| JobEvent::Wake(job.s.wake_seq),
+            want: "STOPPING q=3 w=0 r=2 u=[1, 1] | ",
+        },
+        Row {
+            name: "the stop condition holds: STOPPING, the copy under way finishes",
+            given: || conditional("-stop-when=source.used > 100"),
+            event: |job| {
+                job.w.cost = cost(1, 200);
+                JobEvent::Wake(99)
+            },
+            want: "STOPPING q=4 w=0 r=1 u=[1] | ",
+        },
+        Row {
+            name: "a STOPPING job's last file through: FINISHED",
+            given: || {
+                let mut job = conditional("-stop-when=source.used > 100");
+                job.w.cost = cost(1, 200);
+                job.send(JobEvent::Wake(99)).unwrap();
+                let done = job.done(&[1]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Done))]),
+            want: "FINISHED q=0 w=0 r=0 u=[] | Ended",
+        },
+        Row {
+            name: "the stop condition holds with nothing running: FINISHED at once",
+            given: || {
+                let mut job = TestJob::new(&["-stop-when=source.used > 100"], &small(3), 0).scanned().online();
+                job.w.cost = cost(1, 200);
+                job
+            },
+            event: |job| JobEvent::Wake(job.s.wake_seq),
+            want: "FINISHED q=0 w=0 r=0 u=[] | Ended",
+        },
+    ];
+    check(rows);
+}
+
+/// A permanent job for cached replicas over a pool of precious ones: idle, SLEEPING.
+fn permanent() -> TestJob {
+    TestJob::new(&["-permanent", "-state=cached"], &small(3), 1).scanned().online()
+}
+
+fn cached(job: &TestJob, n: u32) -> Option<Entry> {
+    let mut e = job.w.entries.get(&file(n)).cloned()?;
+    e.state = ReplicaState::Cached;
+    Some(e)
+}
+
+#[test]
+fn permanent_jobs_receive_changes() {
+    let rows = vec![
+        Row {
+            name: "idle: SLEEPING with no wake-up (it waits for a change)",
+            given: || TestJob::new(&["-permanent", "-state=cached"], &small(3), 1).scanned(),
+            event: |_| refreshed(1, 1),
+            want: "SLEEPING q=0 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "a replica comes to match: it is queued and started",
+            given: permanent,
+            event: |job| {
+                let entry = cached(job, 1);
+                JobEvent::RepoChanged { id: file(1), change: RepoChange::State { from: ReplicaState::Precious }, entry }
+            },
+            want: "RUNNING q=0 w=0 r=1 u=[1] | Locate(1)",
+        },
+        Row {
+            name: "a change the filter does not look at: not queued",
+            given: permanent,
+            event: |job| {
+                let entry = cached(job, 1);
+                JobEvent::RepoChanged { id: file(1), change: RepoChange::Sticky, entry }
+            },
+            want: "SLEEPING q=0 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "a change to a replica that does not match: nothing",
+            given: permanent,
+            event: |job| {
+                let entry = job.w.entries.get(&file(1)).cloned();
+                JobEvent::RepoChanged { id: file(1), change: RepoChange::Other, entry }
+            },
+            want: "SLEEPING q=0 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "a rescan after lost changes queues what it found, in one batch",
+            given: permanent,
+            event: |_| JobEvent::Rescanned(vec![(file(1), KIB), (file(2), KIB)]),
+            want: "RUNNING q=0 w=0 r=2 u=[2] | Locate(2)",
+        },
+        Row {
+            name: "a file deleted while its copy runs: cancelled on the target",
+            given: || {
+                let mut job = permanent();
+                job.send(JobEvent::Rescanned(vec![(file(1), KIB), (file(2), KIB)])).unwrap();
+                job.located().copying()
+            },
+            event: |_| JobEvent::RepoChanged { id: file(1), change: RepoChange::Removed, entry: None },
+            want: "RUNNING q=0 w=0 r=2 u=[2] | Cancel TimerSet",
+        },
+        Row {
+            name: "its work done, a permanent job goes back to sleep, not to FINISHED",
+            given: || {
+                let mut job = permanent();
+                job.send(JobEvent::Rescanned(vec![(file(1), KIB)])).unwrap();
+                let mut job = job.located().copying();
+                let done = job.done(&[1]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Done))]),
+            want: "SLEEPING q=0 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "a change reaching a cancelled job: nothing",
+            given: || {
+                let mut job = permanent();
+                job.send(JobEvent::Operator(Command::Cancel { force: false, reason: "x".into() })).unwrap();
+                job
+            },
+            event: |_| JobEvent::Rescanned(vec![(file(1), KIB)]),
+            want: "CANCELLED q=0 w=0 r=0 u=[] | ",
+        },
+    ];
+    check(rows);
+}
+
+#[test]
+fn scans_refreshes_and_wake_ups() {
+    let rows = vec![
+        Row {
+            name: "the scan found the files: RUNNING, but no target known yet: SLEEPING",
+            given: || {
+                let mut job = TestJob::new(&[], &small(3), 1);
+                job.send(JobEvent::Start).unwrap();
+                job
+            },
+            event: |job| {
+                let mut queue = Queue::default();
+                for (id, size) in &job.files {
+                    queue.add(*id, *size);
+                }
+                JobEvent::Scanned(Ok((job.files.clone(), queue)))
+            },
+            want: "SLEEPING q=3 w=0 r=0 u=[] | Wake+10s",
+        },
+        Row {
+            name: "the scan failed: FAILED",
+            given: || {
+                let mut job = TestJob::new(&[], &small(3), 1);
+                job.send(JobEvent::Start).unwrap();
+                job
+            },
+            event: |_| JobEvent::Scanned(Err(RemoteError::new(ErrorCode::Internal, "disk gone"))),
+            want: "FAILED q=0 w=0 r=0 u=[] | Ended",
+        },
+        Row {
+            name: "the refresh is due",
+            given: || TestJob::new(&[], &small(3), 1).scanned(),
+            event: |_| JobEvent::RefreshDue,
+            want: "SLEEPING q=3 w=0 r=0 u=[] | Refresh",
+        },
+        Row {
+            name: "one refresh at a time",
+            given: || {
+                let mut job = TestJob::new(&[], &small(3), 1).scanned();
+                job.send(JobEvent::RefreshDue).unwrap();
+                job
+            },
+            event: |_| JobEvent::RefreshDue,
+            want: "SLEEPING q=3 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "a wake-up with no target online asks the targets again",
+            given: || TestJob::new(&[], &small(3), 1).scanned(),
+            event: |job| JobEvent::Wake(job.s.wake_seq),
+            want: "SLEEPING q=3 w=0 r=0 u=[] | Refresh Wake+10s",
+        },
+        Row {
+            name: "a holder that did not answer may hold the files: a non-eager job asks it to update",
+            given: || TestJob::new(&[], &small(3), 1).scanned().online(),
+            event: |job| {
+                let (ids, pools) = job.asked.take().unwrap();
+                let answers = [(pool(2), None), (pool(3), Some(HashMap::new()))].into_iter().collect();
+                JobEvent::Located { ids, pools, answers }
+            },
+            want: "RUNNING q=0 w=0 r=3 u=[3] | Copy*3",
+        },
+        Row {
+            name: "an eager job copies anew instead",
+            given: || TestJob::new(&["-eager"], &small(3), 1).scanned().online(),
+            event: |job| {
+                let (ids, pools) = job.asked.take().unwrap();
+                let answers = [(pool(2), None), (pool(3), Some(HashMap::new()))].into_iter().collect();
+                JobEvent::Located { ids, pools, answers }
+            },
+            want: "RUNNING q=0 w=0 r=3 u=[3] | Copy*3",
+        },
+        Row {
+            name: "a holder with the file exactly as wanted: no copy, the source mode at once",
+            given: || TestJob::new(&[], &small(3), 1).scanned().online(),
+            event: |job| {
+                let (ids, pools) = job.asked.take().unwrap();
+                let held = Held { pnfsid: file(1), state: ReplicaState::Precious, sticky: Vec::new(), checksum: None };
+                let answers =
+                    [(pool(2), Some([(file(1), held)].into_iter().collect())), (pool(3), Some(HashMap::new()))]
+                        .into_iter()
+                        .collect();
+                JobEvent::Located { ids, pools, answers }
+            },
+            want: "RUNNING q=0 w=0 r=3 u=[3] | Copy*2 SourceModes(1)",
+        },
+    ];
+    let jobs = check(rows);
+    let requests = |job: &TestJob| -> Vec<(PoolName, bool)> {
+        let mut r: Vec<(PoolName, bool)> = (job.last.iter())
+            .filter_map(|a| match a {
+                Action::Copy { to, req, .. } => Some((to.clone(), req.meta_only)),
+                _ => None,
+            })
+            .collect();
+        r.sort();
+        r.dedup();
+        r
+    };
+    // The silent pool is asked to update a replica it may hold, never to make a new one.
+    assert_eq!(requests(&jobs[5]), [(pool(2), true)]);
+    // The eager job sends the whole batch to one pool, as new copies.
+    let eager = requests(&jobs[6]);
+    assert!(eager.len() == 1 && !eager[0].1, "{eager:?}");
+}
