@@ -1009,3 +1009,37 @@ fn scans_refreshes_and_wake_ups() {
     let eager = requests(&jobs[6]);
     assert!(eager.len() == 1 && !eager[0].1, "{eager:?}");
 }
+
+/// A lost copy request keeps new copies away from the pool until it answers a refresh again,
+/// but the pool is still asked who holds what (a lost request does not make its replicas
+/// unknown).
+#[test]
+fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() {
+    let mut job = TestJob::new(&[], &small(5), 1).batch_files(3);
+    job.settings.locate_batch = 3;
+    let mut job = job.scanned().online().located();
+    let gone = job.target();
+    let answers = (1..=3)
+        .map(|n| {
+            (file(n), TaskEvent::CopyUnanswered { attempt: job.copies[&file(n)].1, how: Unanswered::NotDelivered })
+        })
+        .collect();
+    job.send(JobEvent::CopyAnswered { to: gone.clone(), undelivered: true, answers }).unwrap();
+    assert_eq!(format!("{} | {}", job.figures(), summary(&job.last)), "RUNNING q=0 w=3 r=2 u=[2] | Locate(2)");
+    let unreachable =
+        |job: &TestJob, pool: &PoolName| job.s.infos.iter().flatten().find(|t| t.name == *pool).map(|t| t.unreachable);
+    assert_eq!(unreachable(&job, &gone), Some(true));
+    assert!(job.asked.as_ref().unwrap().1.contains(&gone), "the unreachable pool is asked who holds what");
+    let mut job = job.located();
+    for n in [4, 5] {
+        assert_ne!(job.copies[&file(n)].0, gone, "file {n}: a new copy went to the unreachable pool");
+    }
+    // Still silent at the next refresh: it stays unreachable, whatever figures it keeps.
+    let answers: Vec<(PoolName, Option<PoolCost>)> =
+        [pool(2), pool(3)].into_iter().map(|p| if p == gone { (p, None) } else { (p, Some(cost(1, 0))) }).collect();
+    job.send(JobEvent::Refreshed(answers)).unwrap();
+    assert_eq!(unreachable(&job, &gone), Some(true));
+    // It answers: new copies may go there again.
+    job.send(refreshed(1, 1)).unwrap();
+    assert_eq!(unreachable(&job, &gone), Some(false));
+}
