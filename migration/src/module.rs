@@ -695,13 +695,13 @@ impl<E: Env> Module<E> {
 
     pub fn suspend(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.visit(&job, JobEvent::Operator(Command::Suspend))?;
+        self.command(&job, Command::Suspend)?;
         Ok(self.summary(&job))
     }
 
     pub fn resume(self: &Arc<Self>, id: &str) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.visit(&job, JobEvent::Operator(Command::Resume))?;
+        self.command(&job, Command::Resume)?;
         Ok(self.summary(&job))
     }
 
@@ -729,7 +729,8 @@ impl<E: Env> Module<E> {
 
     fn cancel_job(self: &Arc<Self>, job: &Arc<Job>, force: bool, reason: &str) {
         let cancel = Command::Cancel { force, reason: reason.to_string() };
-        let _ = self.visit(job, JobEvent::Operator(cancel));
+        // Always answered with Ok: a job that ended already stays as it is.
+        let _ = self.command(job, cancel);
     }
 
     /// `migration clear`: forgets the jobs that have ended.
@@ -739,7 +740,7 @@ impl<E: Env> Module<E> {
 
     pub fn set_concurrency(self: &Arc<Self>, id: &str, n: usize) -> Result<String, MigrationError> {
         let job = self.find(id)?;
-        self.visit(&job, JobEvent::Operator(Command::SetConcurrency(n)))?;
+        self.command(&job, Command::SetConcurrency(n))?;
         Ok(format!("[{}] Concurrency set to {n}", job.id.lock()))
     }
 

@@ -62,7 +62,7 @@ impl<E: Env> Module<E> {
         }
         let entry = if change == RepoChange::Removed { None } else { self.env.entry(&id).ok().flatten() };
         for job in jobs {
-            let _ = self.visit(&job, JobEvent::RepoChanged { id, change, entry: entry.clone() });
+            self.visit(&job, JobEvent::RepoChanged { id, change, entry: entry.clone() });
         }
     }
 
@@ -83,7 +83,7 @@ impl<E: Env> Module<E> {
                     j.rescan_again.store(false, Ordering::Release);
                     let (env, job2) = (env.clone(), job2.clone());
                     if let Ok(Ok(files)) = tokio::task::spawn_blocking(move || scan(&*env, &job2)).await {
-                        let _ = m.visit(&j, JobEvent::Rescanned(files));
+                        m.visit(&j, JobEvent::Rescanned(files));
                     }
                     if j.rescan_again.load(Ordering::Acquire) && !j.stop.is_cancelled() {
                         continue;
@@ -102,11 +102,15 @@ impl<E: Env> Module<E> {
     // ---------------------------------------------------------------- the job machinery
 
     /// Takes one event to the job: decides under its lock ([`decide`]), then performs the
-    /// actions. Returns the answer to an operator's command.
-    pub(super) fn visit(self: &Arc<Self>, job: &Arc<Job>, event: JobEvent) -> Result<(), MigrationError> {
-        let (decision, refresh) = self.deliver(job, event, false);
-        debug_assert!(!refresh);
-        decision
+    /// actions.
+    pub(super) fn visit(self: &Arc<Self>, job: &Arc<Job>, event: JobEvent) {
+        let _ = self.deliver(job, event, false);
+    }
+
+    /// An operator's command to the job, taken like any other event; `Err` says why it does
+    /// not apply.
+    pub(super) fn command(self: &Arc<Self>, job: &Arc<Job>, command: Command) -> Result<(), MigrationError> {
+        self.deliver(job, JobEvent::Operator(command), false).0
     }
 
     /// Decides under the job's lock and performs the actions; with `keep_refresh`, a refresh
@@ -119,6 +123,8 @@ impl<E: Env> Module<E> {
     ) -> (Result<(), MigrationError>, bool) {
         let decision = {
             let mut s = job.s.lock();
+            // The id under the job's lock, as `create_job` takes them when it renames a
+            // CANCELLING job; the file locks come after both (`PoolWorld`).
             let view = JobView {
                 id: job.id.lock().clone(),
                 def: &job.def,
@@ -139,7 +145,7 @@ impl<E: Env> Module<E> {
     }
 
     pub(super) fn start(self: &Arc<Self>, job: &Arc<Job>) {
-        let _ = self.visit(job, JobEvent::Start);
+        self.visit(job, JobEvent::Start);
         // The tasks' timers: one task per job sleeps until the soonest.
         let (m, j) = (self.clone(), job.clone());
         job.tasks.spawn_on(async move { m.run_timers(&j).await }, &self.rt);
@@ -182,7 +188,7 @@ impl<E: Env> Module<E> {
                     Ok(r) => r,
                     Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
                 };
-                let _ = m.visit(&j, JobEvent::Scanned(scanned));
+                m.visit(&j, JobEvent::Scanned(scanned));
             },
             &self.rt,
         );
@@ -205,7 +211,7 @@ impl<E: Env> Module<E> {
                 _ = set => continue,
                 _ = sleep => {}
             }
-            let _ = self.visit(job, JobEvent::TimersDue);
+            self.visit(job, JobEvent::TimersDue);
         }
     }
 
@@ -228,7 +234,7 @@ impl<E: Env> Module<E> {
         let mut answers: Vec<(usize, (PoolName, Option<PoolCost>))> = set.join_all().await;
         answers.sort_by_key(|(i, _)| *i);
         let answers = answers.into_iter().map(|(_, a)| a).collect();
-        let _ = self.visit(job, JobEvent::Refreshed(answers));
+        self.visit(job, JobEvent::Refreshed(answers));
     }
 
     /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them.
@@ -246,7 +252,7 @@ impl<E: Env> Module<E> {
                     Err(how) => TaskEvent::CopyUnanswered { attempt, how },
                 };
                 let undelivered = matches!(event, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. });
-                let _ = m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers: vec![(pnfsid, event)] });
+                m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers: vec![(pnfsid, event)] });
             }),
             Action::CopyBatch { to, items } => self.spawn_for(job, async move {
                 let (files, reqs): (Vec<(PnfsId, AttemptId)>, Vec<CopyRequest>) =
@@ -266,7 +272,7 @@ impl<E: Env> Module<E> {
                     }
                 };
                 let answers = files.into_iter().map(|(pnfsid, _)| pnfsid).zip(events).collect();
-                let _ = m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers });
+                m.visit(&j, JobEvent::CopyAnswered { to, undelivered, answers });
             }),
             Action::Ping { to, pnfsid, attempt } => self.spawn_for(job, async move {
                 let event = match m.env.request(&to, MigrationRequest::Ping { attempt }).await {
@@ -274,7 +280,7 @@ impl<E: Env> Module<E> {
                     Ok(_) => TaskEvent::PingAnswered { attempt, alive: false },
                     Err(_) => TaskEvent::PingUnanswered { attempt },
                 };
-                let _ = m.visit(&j, JobEvent::Tasks(vec![(pnfsid, event)]));
+                m.visit(&j, JobEvent::Tasks(vec![(pnfsid, event)]));
             }),
             Action::Cancel { to, attempt, reason } => self.spawn_for(job, async move {
                 let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
@@ -284,7 +290,7 @@ impl<E: Env> Module<E> {
                 tokio::select! {
                     _ = j.stop.cancelled() => {}
                     _ = tokio::time::sleep(after) => {
-                        let _ = m.visit(&j, JobEvent::Wake(seq));
+                        m.visit(&j, JobEvent::Wake(seq));
                     }
                 }
             }),
@@ -299,7 +305,7 @@ impl<E: Env> Module<E> {
                         vec![Err(error); items.len()]
                     });
                 let results = items.into_iter().map(|item| item.pnfsid).zip(applied).collect();
-                let _ = m.visit(&j, JobEvent::SourceModesApplied(results));
+                m.visit(&j, JobEvent::SourceModesApplied(results));
             }),
             Action::Refresh => self.spawn_for(job, async move { m.refresh(&j).await }),
             Action::Halt => job.halt.cancel(),
@@ -328,7 +334,7 @@ impl<E: Env> Module<E> {
         }
         type Answer = Option<HashMap<PnfsId, Held>>;
         let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();
-        let _ = self.visit(job, JobEvent::Located { ids, pools, answers });
+        self.visit(job, JobEvent::Located { ids, pools, answers });
     }
 }
 

@@ -312,7 +312,7 @@ impl<E: Env> Module<E> {
                 .into_iter()
                 .map(|f| (f.pnfsid, TaskEvent::Finished { attempt: f.attempt, target: f.target, result: f.result }))
                 .collect();
-            let _ = self.visit(&job, JobEvent::Tasks(events));
+            self.visit(&job, JobEvent::Tasks(events));
         }
     }
 
