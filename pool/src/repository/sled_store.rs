@@ -411,7 +411,7 @@ impl io::Read for UncachedRead {
 
 impl io::Seek for UncachedRead {
     fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
-        self.file.seek(pos)
+        io::Seek::seek(&mut self.file, pos)
     }
 }
 
