@@ -550,6 +550,35 @@ pub fn disk_full_fails_cleanly(h: &mut dyn Harness, fill: &dyn Fn()) {
     assert_eq!(read_all(&repo, &id(1)), content(id(1), 10), "existing replicas are untouched");
 }
 
+/// A large replica (several MiB, written a MiB at a time as a transfer does; the sled store
+/// writes it back as it goes) reads back whole, for a client and for a copy, from the start
+/// and from an offset, and the same after a restart.
+pub fn a_large_replica_written_in_chunks_reads_back_whole(h: &mut dyn Harness) {
+    use std::io::{Seek, SeekFrom};
+    let (mut repo, _) = open(h, 1 << 30);
+    let size = 3 * (1 << 20) + 12_345;
+    let data = content(id(1), size);
+    let mut inc = repo.create(attrs(id(1), size), ReplicaState::FromPool, NOW).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        inc.write(chunk).unwrap();
+    }
+    inc.commit(ReplicaState::Cached, vec![], None, NOW).unwrap();
+    for _ in 0..2 {
+        assert_eq!(read_all(&repo, &id(1)), data);
+        let (_, mut copy) = repo.open_for_copy(&id(1)).unwrap();
+        let mut whole = Vec::new();
+        copy.read_to_end(&mut whole).unwrap();
+        assert_eq!(whole, data);
+        let at = (1 << 20) + 7;
+        copy.seek(SeekFrom::Start(at)).unwrap();
+        let mut rest = Vec::new();
+        copy.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, &data[at as usize..]);
+        drop((repo, copy));
+        repo = open(h, 1 << 30).0;
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem {
@@ -578,7 +607,20 @@ conformance!(
     a_missing_checksum_is_recorded_durably_and_never_replaced,
     conditional_sticky_drop_and_remove_see_the_records_as_they_are,
     a_whole_replica_is_checked_made_room_for_and_committed_in_one_step,
+    a_large_replica_written_in_chunks_reads_back_whole,
 );
+
+/// A file system without `RWF_DONTCACHE` (tmpfs; likewise a kernel before 6.14): the sled
+/// store falls back to plain reads and writes.
+#[test]
+fn sled_store_without_uncached_io_reads_and_writes_plainly() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("note: no /dev/shm; the fallback from RWF_DONTCACHE is not tested");
+        return;
+    }
+    a_large_replica_written_in_chunks_reads_back_whole(&mut Sled(tempfile::tempdir_in(shm).unwrap()));
+}
 
 #[test]
 fn mem_disk_full_fails_cleanly() {

@@ -1051,16 +1051,19 @@ impl Repository {
 
     /// Opens a committed replica for reading and records the access.
     pub fn open_data(&self, id: &PnfsId, now: EpochMillis) -> RepoResult<(Replica, DataRead)> {
-        let opened = self.open_for_copy(id)?;
-        self.touch(id, now, now)?;
-        Ok(opened)
-    }
-
-    /// Opens a committed replica for a pool-to-pool copy. The access time is left alone: a
-    /// copy is not a use, and counting it would keep drained replicas warm in the LRU.
-    pub fn open_for_copy(&self, id: &PnfsId) -> RepoResult<(Replica, DataRead)> {
         let replica = self.committed(id)?;
         let data = self.store.open_data(id)?;
+        self.touch(id, now, now)?;
+        Ok((replica, data))
+    }
+
+    /// Opens a committed replica for a pool-to-pool copy (or a verification). The access time
+    /// is left alone: a copy is not a use, and counting it would keep drained replicas warm in
+    /// the LRU. For the same reason what it reads is kept out of the page cache where the
+    /// store can (a replica already cached stays cached).
+    pub fn open_for_copy(&self, id: &PnfsId) -> RepoResult<(Replica, DataRead)> {
+        let replica = self.committed(id)?;
+        let data = self.store.open_data_uncached(id)?;
         Ok((replica, data))
     }
 

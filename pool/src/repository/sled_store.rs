@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::io::ReadWriteFlags;
 use tidepool_p2p::PnfsId;
 
 use super::reserve::{self, MARGIN_BYTES, RESERVE_BYTES, Reserve};
@@ -307,7 +308,7 @@ fn open_db(dir: &Path) -> StoreResult<sled::Db> {
 }
 
 struct FileWriter {
-    file: io::BufWriter<File>,
+    file: io::BufWriter<IncomingFile>,
     reserve: Arc<Reserve>,
 }
 
@@ -331,6 +332,86 @@ impl DataWrite for FileWriter {
     fn finish(&mut self) -> io::Result<()> {
         let r = self.file.flush();
         self.watch(r)
+    }
+}
+
+/// `RWF_DONTCACHE` (Linux 6.14, "uncached buffered I/O"; not among rustix's named flags yet):
+/// buffered I/O whose pages leave the page cache once used. A read drops the pages it brought
+/// in (pages that were cached before stay); a write starts writing its pages back at once and
+/// drops them once written. A kernel or file system without it answers `EOPNOTSUPP`.
+const RWF_DONTCACHE: u32 = 0x80;
+
+fn dontcache() -> ReadWriteFlags {
+    ReadWriteFlags::from_bits_retain(RWF_DONTCACHE)
+}
+
+/// Writes to an incoming file before this offset are plain, later ones uncached: a small
+/// replica is written back by its batch's `syncfs` together with the others, only the data of
+/// a large one is worth writing back as it arrives.
+const UNCACHED_FROM: u64 = 1024 * 1024;
+
+/// An incoming data file. Past its first MiB its data is written with `RWF_DONTCACHE`, so
+/// write-back starts while the rest is still arriving: the disk writes during the transfer
+/// (instead of after it, in the commit), the commit's `syncfs` finds little left to write, and
+/// a large transfer leaves no pile of dirty pages in the page cache (its pages are reused for
+/// the data that follows). Durability is unchanged: nothing is acknowledged before the
+/// commit's `syncfs`, which also reports a failed early write-back (the data area's descriptor
+/// sees every write-back error since the previous sync).
+struct IncomingFile {
+    file: File,
+    written: u64,
+    /// Cleared if the kernel or the file system does not know `RWF_DONTCACHE`.
+    uncached: bool,
+}
+
+impl Write for IncomingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let uncached = self.uncached && self.written >= UNCACHED_FROM;
+        let flags = if uncached { dontcache() } else { ReadWriteFlags::empty() };
+        // Offset -1: at the file's position, which advances, as with `write`.
+        let n = match rustix::io::pwritev2(&self.file, &[io::IoSlice::new(buf)], u64::MAX, flags) {
+            Err(rustix::io::Errno::OPNOTSUPP) if uncached => {
+                self.uncached = false;
+                return self.write(buf);
+            }
+            r => r?,
+        };
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A data file read for another pool or a verification, with `RWF_DONTCACHE`: a pool being
+/// drained does not fill its page cache with replicas that leave it (nor evict what its
+/// clients read), and the pages are reused for the next reads. No buffer: its readers take
+/// a MiB at a time.
+struct UncachedRead {
+    file: File,
+    /// Cleared if the kernel or the file system does not know `RWF_DONTCACHE`.
+    uncached: bool,
+}
+
+impl io::Read for UncachedRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let flags = if self.uncached { dontcache() } else { ReadWriteFlags::empty() };
+        // Offset -1: at the file's position, which advances, as with `read`.
+        match rustix::io::preadv2(&self.file, &mut [io::IoSliceMut::new(buf)], u64::MAX, flags) {
+            Err(rustix::io::Errno::OPNOTSUPP) if self.uncached => {
+                self.uncached = false;
+                self.read(buf)
+            }
+            r => Ok(r?),
+        }
+    }
+}
+
+impl io::Seek for UncachedRead {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        io::Seek::seek(&mut self.file, pos)
     }
 }
 
@@ -431,6 +512,7 @@ impl ReplicaStore for SledStore {
     fn create_incoming(&self, id: &PnfsId) -> StoreResult<Box<dyn DataWrite>> {
         self.check_room(0)?;
         let (file, _) = self.watch("creating a data file failed", self.create_incoming_file(id))?;
+        let file = IncomingFile { file, written: 0, uncached: true };
         Ok(Box::new(FileWriter { file: io::BufWriter::with_capacity(256 * 1024, file), reserve: self.reserve.clone() }))
     }
 
@@ -474,6 +556,12 @@ impl ReplicaStore for SledStore {
         let path = self.data_path(id);
         let file = File::open(&path).map_err(|e| StoreError::new(format!("open {}", path.display()), e))?;
         Ok(Box::new(io::BufReader::with_capacity(256 * 1024, file)))
+    }
+
+    fn open_data_uncached(&self, id: &PnfsId) -> StoreResult<DataRead> {
+        let path = self.data_path(id);
+        let file = File::open(&path).map_err(|e| StoreError::new(format!("open {}", path.display()), e))?;
+        Ok(Box::new(UncachedRead { file, uncached: true }))
     }
 
     /// The file itself (it is read whole: no buffer), with `POSIX_FADV_WILLNEED`, which starts

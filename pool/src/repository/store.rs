@@ -109,6 +109,11 @@ pub trait ReplicaStore: Send + Sync + 'static {
     fn sync_data(&self) -> StoreResult<()>;
 
     fn open_data(&self, id: &PnfsId) -> StoreResult<DataRead>;
+    /// Opens a data file that is read for another pool or a verification, not for a use: the
+    /// store may keep what it reads out of its cache.
+    fn open_data_uncached(&self, id: &PnfsId) -> StoreResult<DataRead> {
+        self.open_data(id)
+    }
     /// Opens a data file that will be read whole soon: the store may start reading it now.
     fn open_data_ahead(&self, id: &PnfsId) -> StoreResult<DataRead> {
         self.open_data(id)
