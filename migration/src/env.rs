@@ -252,10 +252,12 @@ pub fn source_removal(
     pin_prefix: &str,
     now: EpochMillis,
 ) -> Option<SourceRemoval> {
-    if sticky.iter().any(|s| s.is_pin(pin_prefix) && s.is_valid(now) && !pin_covered(s, moved)) {
-        Some(SourceRemoval::Pinned)
-    } else if !snapshot.matches(state, sticky, pin_prefix) {
+    // A changed source goes round again before anything else is decided: made removable
+    // because of a pin, it would lose what changed before its copies have it.
+    if !snapshot.matches(state, sticky, pin_prefix) {
         Some(SourceRemoval::Changed)
+    } else if sticky.iter().any(|s| s.is_pin(pin_prefix) && s.is_valid(now) && !pin_covered(s, moved)) {
+        Some(SourceRemoval::Pinned)
     } else {
         None
     }
@@ -301,6 +303,8 @@ mod tests {
             // An expired pin protects nothing; a new pin that was not moved does.
             (Cached, vec![alice.clone(), r("PinManager-1", 500)], vec![], None),
             (Cached, vec![alice.clone(), r("PinManager-9", NEVER)], vec![pin.clone()], Some(SourceRemoval::Pinned)),
+            // Changed and pinned: it goes round again first.
+            (Precious, vec![alice.clone(), r("PinManager-9", NEVER)], vec![], Some(SourceRemoval::Changed)),
         ];
         for (i, (state, sticky, moved, want)) in rows.into_iter().enumerate() {
             assert_eq!(source_removal(state, &sticky, &moved, &snapshot, p, now), want, "row {i}");

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tidepool_p2p::message::{
-    CopyFinished, CopyRequest, Held, MAX_COPY_BATCH, MigrationReply, MigrationRequest, PoolCost,
+    CopyAnswer, CopyFinished, CopyRequest, Held, MAX_COPY_BATCH, MAX_COPY_BATCH_BYTES, MigrationReply,
+    MigrationRequest, PoolCost,
 };
 use tidepool_p2p::model::{EpochMillis, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{AttemptId, ErrorCode, JobId, PnfsId, PoolName, RemoteError, TaskId};

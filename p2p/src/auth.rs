@@ -25,7 +25,7 @@ use crate::frame::{FrameReader, FrameWriter, MAX_HANDSHAKE_FRAME, WireError};
 use crate::random::random_bytes;
 
 /// The protocol version this build speaks. Bumped on any incompatible message change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The first bytes of every conversation, so a stray client is recognised at once.
 pub const MAGIC: [u8; 8] = *b"TIDEPOOL";
 /// How long a peer may take to finish the handshake.

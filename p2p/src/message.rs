@@ -188,6 +188,9 @@ pub enum MigrationRequest {
 
 /// The most copy requests in one `CopyBatch`, and outcomes in one `FinishedBatch`.
 pub const MAX_COPY_BATCH: usize = 1024;
+/// The most bytes of files one `CopyBatch` may ask for (the target holds a batch's new copies
+/// in memory until they are committed).
+pub const MAX_COPY_BATCH_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRequest {
@@ -264,5 +267,12 @@ pub enum MigrationReply {
     Ack,
     Error(RemoteError),
     /// The answers to a `CopyBatch`, in its order.
-    Batch(Vec<MigrationReply>),
+    Batch(Vec<CopyAnswer>),
+}
+
+/// The answer to one request of a `CopyBatch` (not itself a reply, so a batch cannot nest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyAnswer {
+    Accepted,
+    Refused(RemoteError),
 }

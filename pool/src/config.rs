@@ -168,8 +168,12 @@ impl MigrationConfig {
         if !(1..=most).contains(&self.batch_files) {
             return Err(format!("migration.batch_files must be from 1 to {most}, not {}", self.batch_files));
         }
-        if self.batch_bytes == 0 {
-            return Err("migration.batch_bytes must be more than 0 bytes".into());
+        let most = tidepool_p2p::message::MAX_COPY_BATCH_BYTES;
+        if !(1..=most).contains(&self.batch_bytes) {
+            return Err(format!(
+                "migration.batch_bytes must be from 1 to {most} bytes (64 MiB), not {}",
+                self.batch_bytes
+            ));
         }
         Ok(())
     }

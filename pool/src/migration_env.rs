@@ -183,17 +183,12 @@ impl Env for PoolEnv {
         let prefix = pool.pin_prefix.clone();
         let ids: Vec<PnfsId> = items.iter().map(|r| *r.id).collect();
         let mut kept: Vec<Option<SourceRemoval>> = vec![None; items.len()];
-        let mut at = 0;
         fail::fail_point!("source-before-remove");
-        let results = pool.repo.remove_many_if(&ids, |id, r| {
-            // Called in the order of `ids`, once for each replica that is here.
-            while items[at].id != id {
-                at += 1;
-            }
+        let results = pool.repo.remove_many_if(&ids, |at, r| {
             let item = &items[at];
             kept[at] = source_removal(r.state, &r.sticky, item.moved, item.snapshot, &prefix, now);
             match kept[at] {
-                Some(_) => Err(RepoError::Protected(format!("file {id} changed or is pinned"))),
+                Some(_) => Err(RepoError::Protected(format!("file {} changed or is pinned", item.id))),
                 None => Ok(()),
             }
         });

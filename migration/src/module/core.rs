@@ -480,7 +480,16 @@ impl<W: World> Cx<'_, W> {
             self.sleep(now);
             return;
         }
-        let free = self.s.concurrency.saturating_sub(self.s.units.len());
+        let mut free = self.s.concurrency.saturating_sub(self.s.units.len());
+        // A batched unit is free before its files' source modes are applied, so that the next
+        // batch's copies overlap the last one's removals; but while twice as many files as the
+        // job's units can carry wait for theirs (slow or failing flushes), no new unit starts:
+        // the files under way stay within three times what the units carry.
+        let finishing = self.s.running.values().filter(|r| r.finishing).count();
+        let carried = self.s.concurrency.saturating_mul(self.job.settings.batch_files.max(1));
+        if finishing >= carried.saturating_mul(2) {
+            free = 0;
+        }
         if free > 0 {
             let (units, busy) = self.pick_units(free);
             for id in busy {

@@ -261,9 +261,21 @@ impl<E: Env> Module<E> {
                 let answer = m.env.request(&to, MigrationRequest::CopyBatch(reqs)).await;
                 let undelivered = matches!(answer, Err(Unanswered::NotDelivered));
                 let events: Vec<TaskEvent> = match answer {
-                    Ok(MigrationReply::Batch(replies)) if replies.len() == n => {
-                        files.iter().zip(replies).map(|((_, attempt), reply)| copy_answer(*attempt, reply)).collect()
-                    }
+                    Ok(MigrationReply::Batch(replies)) if replies.len() == n => files
+                        .iter()
+                        .zip(replies)
+                        .map(|((_, attempt), reply)| match reply {
+                            CopyAnswer::Accepted => TaskEvent::CopyAccepted { attempt: *attempt },
+                            CopyAnswer::Refused(error) => TaskEvent::CopyRefused { attempt: *attempt, error },
+                        })
+                        .collect(),
+                    // A batch answered for some of its copies only, or as if it were one: what
+                    // the target took on is unknown, so each file is treated as unanswered (its
+                    // copy is cancelled, and a finished message that comes is still used).
+                    Ok(MigrationReply::Batch(_) | MigrationReply::Accepted) => files
+                        .iter()
+                        .map(|(_, attempt)| TaskEvent::CopyUnanswered { attempt: *attempt, how: Unanswered::NoAnswer })
+                        .collect(),
                     // One answer for the whole batch (a refusal of it, or nonsense): each file
                     // takes it as its own.
                     Ok(reply) => files.iter().map(|(_, attempt)| copy_answer(*attempt, reply.clone())).collect(),

@@ -169,7 +169,8 @@ impl<E: Env> Module<E> {
                 if let Some(job) = job {
                     self.renew_holds(&from, &job);
                 }
-                MigrationReply::PoolInfo(PoolCost { run: self.epoch >> 40, ..self.env.cost() })
+                // Never 0, which means "unknown".
+                MigrationReply::PoolInfo(PoolCost { run: (self.epoch >> 40) + 1, ..self.env.cost() })
             }
             MigrationRequest::Locate { pnfsids } => {
                 if pnfsids.len() > MAX_LOCATE {
@@ -318,7 +319,7 @@ impl<E: Env> Module<E> {
 
     fn accept_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest) -> MigrationReply {
         match self.admit(&from, &req) {
-            Err(refused) => refused,
+            Err(refused) => MigrationReply::Error(refused),
             Ok(None) => MigrationReply::Accepted,
             Ok(Some(admitted)) => {
                 let pnfsid = req.attributes.pnfsid;
@@ -332,14 +333,22 @@ impl<E: Env> Module<E> {
     /// A job's batch: each request is admitted (or refused) on its own; the new copies among
     /// them are pulled together ([`Env::pull_batch`]), the others go as single requests do.
     fn accept_batch(self: &Arc<Self>, from: PoolName, reqs: Vec<CopyRequest>) -> MigrationReply {
+        // The new copies of a batch are held in memory together until they are committed.
+        let bytes: u64 = reqs.iter().map(|r| r.attributes.size).fold(0, u64::saturating_add);
+        if bytes > MAX_COPY_BATCH_BYTES {
+            return MigrationReply::Error(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                format!("at most {MAX_COPY_BATCH_BYTES} bytes of files in one batch of copies, not {bytes}"),
+            ));
+        }
         let mut replies = Vec::with_capacity(reqs.len());
         let mut pulls = Vec::new();
         for req in reqs {
             match self.admit(&from, &req) {
-                Err(refused) => replies.push(refused),
-                Ok(None) => replies.push(MigrationReply::Accepted),
+                Err(refused) => replies.push(CopyAnswer::Refused(refused)),
+                Ok(None) => replies.push(CopyAnswer::Accepted),
                 Ok(Some(admitted)) => {
-                    replies.push(MigrationReply::Accepted);
+                    replies.push(CopyAnswer::Accepted);
                     match admitted.work {
                         Work::Pull(done) => pulls.push((req, admitted.token, done, admitted.hold)),
                         _ => self.spawn_copy(from.clone(), req, admitted),
@@ -347,7 +356,7 @@ impl<E: Env> Module<E> {
                 }
             }
         }
-        let accepted = replies.iter().filter(|r| matches!(r, MigrationReply::Accepted)).count();
+        let accepted = replies.iter().filter(|r| matches!(r, CopyAnswer::Accepted)).count();
         // One line per batch: a drain of small files would log millions of lines otherwise
         // (each file's own lines are at debug level; failures are warnings).
         tracing::info!(source = %from, files = replies.len(), accepted, new = pulls.len(), "batch of copies accepted");
@@ -360,22 +369,20 @@ impl<E: Env> Module<E> {
     /// Decides whether this pool takes on a copy request: `Err` is the refusal to answer,
     /// `Ok(None)` a request already taken on (a late or duplicated one: its outcome is sent
     /// again if it is known), `Ok(Some)` a new copy, registered, to be carried out.
-    fn admit(self: &Arc<Self>, from: &PoolName, req: &CopyRequest) -> Result<Option<Admitted>, MigrationReply> {
-        let refuse = |code, message: String| Err(MigrationReply::Error(RemoteError::new(code, message)));
+    fn admit(self: &Arc<Self>, from: &PoolName, req: &CopyRequest) -> Result<Option<Admitted>, RemoteError> {
+        let refuse = |code, message: String| Err(RemoteError::new(code, message));
         let pnfsid = req.attributes.pnfsid;
         if self.shutting_down.load(Ordering::Relaxed) {
             return refuse(ErrorCode::ShuttingDown, "pool is shutting down".into());
         }
-        if let Err(e) = self.env.check_p2p_client() {
-            return Err(MigrationReply::Error(e));
-        }
+        self.env.check_p2p_client()?;
         if self.is_locked(&pnfsid) {
             return refuse(ErrorCode::Locked, "Target file is busy".into());
         }
         if !req.state.is_committed() {
             return refuse(ErrorCode::InvalidArgument, format!("a copy must be CACHED or PRECIOUS, not {}", req.state));
         }
-        let existing = self.env.entry(&pnfsid).map_err(MigrationReply::Error)?;
+        let existing = self.env.entry(&pnfsid)?;
         if existing.is_none() && req.meta_only {
             return refuse(ErrorCode::FileNotFound, format!("Pool does not contain {pnfsid}"));
         }

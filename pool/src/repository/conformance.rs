@@ -1009,3 +1009,42 @@ fn power_cuts(seed: u64) -> (usize, usize) {
     }
     (interrupted, acknowledged)
 }
+
+/// A migration batch's source removals: each replica is decided on its own (allowed, refused,
+/// absent, still being received), the allowed ones go with one flush, and the answers are in
+/// the order asked.
+#[test]
+fn a_batch_of_removals_decides_each_and_flushes_once() {
+    let (store, repo) = with_replicas(4);
+    let receiving = repo.create(attrs(id(9), 10), ReplicaState::FromClient, NOW).unwrap();
+    let flushes = store.flush_count();
+    let ids = [id(1), id(2), id(7), id(9), id(3)];
+    let mut seen = Vec::new();
+    let answers = repo.remove_many_if(&ids, |at, r| {
+        seen.push(at);
+        assert_eq!(r.attrs.pnfsid, ids[at], "the replica of its place");
+        if at == 1 { Err(RepoError::Protected("kept".into())) } else { Ok(()) }
+    });
+    assert_eq!(seen, vec![0, 1, 4], "asked about each replica that is here and committed, in order");
+    assert!(answers[0].is_ok() && answers[2].is_ok() && answers[4].is_ok(), "{answers:?}");
+    assert!(matches!(answers[1], Err(RepoError::Protected(_))), "{:?}", answers[1]);
+    assert!(matches!(answers[3], Err(RepoError::Busy { .. })), "{:?}", answers[3]);
+    assert_eq!(store.flush_count(), flushes + 1, "one flush for the batch");
+    let here = |n| repo.get(&id(n)).unwrap().is_some();
+    assert!(!here(1) && here(2) && !here(3) && here(4));
+    drop(receiving);
+}
+
+/// A batch of removals whose flush fails: every removal it carried fails, and nothing of them
+/// is acknowledged.
+#[test]
+fn a_batch_of_removals_whose_flush_fails_fails_each() {
+    use crate::repository::mem_store::Fault;
+    let (store, repo) = with_replicas(3);
+    store.fail(Fault::Flush, 1);
+    let answers = repo.remove_many_if(&[id(1), id(2)], |_, _| Ok(()));
+    assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+    store.fail(Fault::Flush, 0);
+    let answers = repo.remove_many_if(&[id(3)], |_, _| Ok(()));
+    assert!(answers[0].is_ok(), "{answers:?}");
+}

@@ -948,18 +948,19 @@ impl Repository {
     }
 
     /// [`Repository::remove_if`] for several replicas, with one flush for all of them: each
-    /// is removed if `allow` agrees (called under the index lock, as for one); the answers are
-    /// in the order of `ids`. A failed flush fails every removal it carried.
+    /// is removed if `allow` agrees (called under the index lock, as for one, with the place of
+    /// the replica in `ids`); the answers are in the order of `ids`. A failed flush fails every
+    /// removal it carried.
     pub fn remove_many_if(
         &self,
         ids: &[PnfsId],
-        mut allow: impl FnMut(&PnfsId, &Replica) -> RepoResult<()>,
+        mut allow: impl FnMut(usize, &Replica) -> RepoResult<()>,
     ) -> Vec<RepoResult<()>> {
         let mut answers: Vec<RepoResult<()>> = Vec::with_capacity(ids.len());
         let mut taken = Vec::new();
         {
             let mut ix = self.index.lock();
-            for id in ids {
+            for (at, id) in ids.iter().enumerate() {
                 let replica = match self.load(&ix, id) {
                     Err(RepoError::NotFound(_)) => {
                         answers.push(Ok(()));
@@ -975,7 +976,7 @@ impl Repository {
                     answers.push(Err(RepoError::Busy { id: *id, state: replica.state, action: "removed" }));
                     continue;
                 }
-                if let Err(e) = allow(id, &replica) {
+                if let Err(e) = allow(at, &replica) {
                     answers.push(Err(e));
                     continue;
                 }

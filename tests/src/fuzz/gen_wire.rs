@@ -5,8 +5,8 @@
 use tidepool_p2p::auth::{ClientAuth, HandshakeReply, Hello, MAGIC, PROTOCOL_VERSION, Service};
 use tidepool_p2p::frame::{FrameWriter, MAX_FRAME};
 use tidepool_p2p::message::{
-    AdminReply, AdminRequest, CommandDescription, CommitState, CopyFinished, CopyRequest, DataReply, DataRequest, Held,
-    MigrationReply, MigrationRequest, PoolCost, PutRequest, SmallFetch, SmallOutcome,
+    AdminReply, AdminRequest, CommandDescription, CommitState, CopyAnswer, CopyFinished, CopyRequest, DataReply,
+    DataRequest, Held, MigrationReply, MigrationRequest, PoolCost, PutRequest, SmallFetch, SmallOutcome,
 };
 use tidepool_p2p::model::{
     AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, SpaceInfo, StickyRecord,
@@ -167,13 +167,12 @@ fn copy_finished(rng: &mut Rng) -> CopyFinished {
 }
 
 fn migration_reply(rng: &mut Rng) -> MigrationReply {
-    migration_reply_nested(rng, true)
-}
-
-/// A reply; `batch`: it may be a `Batch` (of replies that are not).
-fn migration_reply_nested(rng: &mut Rng, batch: bool) -> MigrationReply {
-    match rng.below(if batch { 7 } else { 6 }) {
-        6 => MigrationReply::Batch((0..rng.below(5)).map(|_| migration_reply_nested(rng, false)).collect()),
+    match rng.below(7) {
+        6 => MigrationReply::Batch(
+            (0..rng.below(5))
+                .map(|_| if rng.chance(1, 2) { CopyAnswer::Accepted } else { CopyAnswer::Refused(remote_error(rng)) })
+                .collect(),
+        ),
         0 => MigrationReply::PoolInfo(PoolCost {
             space: space(rng),
             load: rng.next_u64() as u32,

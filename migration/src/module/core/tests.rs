@@ -535,6 +535,17 @@ fn tasks_timers_and_units() {
             want: "RUNNING q=0 w=0 r=5 u=[2] | Copy*2 SourceModes(1)*2",
         },
         Row {
+            name: "twice what the units carry waiting for their source modes: no new unit",
+            given: || {
+                let mut job = TestJob::new(&[], &small(8), 1).batch_files(2).scanned().online().located().copying();
+                let done = job.done(&[1, 2]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |job| job.done(&[3, 4]),
+            want: "RUNNING q=4 w=0 r=4 u=[] | SourceModes(1)*2",
+        },
+        Row {
             name: "source modes applied: the files are done",
             given: || {
                 let mut job = mid_batch();
@@ -619,9 +630,9 @@ fn tasks_timers_and_units() {
         },
     ];
     let jobs = check(rows);
-    assert_eq!(jobs[3].notes().len(), 1);
-    assert!(jobs[9].notes()[0].starts_with("Source replica changed"));
-    assert!(jobs[10].w.locks.is_empty());
+    assert_eq!(jobs[4].notes().len(), 1);
+    assert!(jobs[10].notes()[0].starts_with("Source replica changed"));
+    assert!(jobs[11].w.locks.is_empty());
 }
 
 #[test]
