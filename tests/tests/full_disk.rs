@@ -115,13 +115,15 @@ fn a_pool_restarts_on_a_full_disk_and_rep_rm_frees_space() {
 
 /// Two pools: pool1 on the ordinary disk with `files`, pool2 on a tmpfs of [`TMPFS_MIB`] MiB
 /// (its capacity 256 MiB). `None` when the test is skipped. Failed files are tried again after
-/// 1 s, then 2 s.
+/// 1 s, then 2 s; jobs do not batch.
 fn source_and_tiny_target(files: &[(usize, u64)]) -> Option<(Cluster, Files)> {
     let mut cluster = Cluster::new(&[("pool1", &[]), ("pool2", &[])]);
     if !cluster.mount_tmpfs("pool2", TMPFS_MIB) {
         return None;
     }
-    cluster.append_config("pool1", "[migration]\nretry_base_seconds = 1\nretry_cap_seconds = 2\n");
+    // One file per unit of the job's concurrency: the tests hold the copies a few at a time
+    // (a batch of small files would take a fifth of the files in one step).
+    cluster.append_config("pool1", "[migration]\nretry_base_seconds = 1\nretry_cap_seconds = 2\nbatch_files = 1\n");
     cluster.start("pool1");
     cluster.start("pool2");
     let stored = cluster.put_samples("pool1", files, &[]);

@@ -129,7 +129,8 @@ fn done_transfers(cluster: &Cluster, pool: &str) -> BTreeMap<String, usize> {
 fn a_saved_job_comes_back_after_kill_9_and_every_file_arrives_once() {
     let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
     // A file whose copy fails is tried again after 1 s rather than 10 s (see the end).
-    cluster.append_config("pool1", "\n[migration]\nretry_base_seconds = 1\n");
+    // One file per unit: the test counts the copies waiting on pool2 against the concurrency.
+    cluster.append_config("pool1", "\n[migration]\nretry_base_seconds = 1\nbatch_files = 1\n");
     cluster.start("pool1");
     cluster.start("pool2");
     let command = "migration copy -permanent -concurrency=3 pool2";
