@@ -680,7 +680,22 @@ impl<E: Env> Module<E> {
             units: s.units.len(),
             batches: s.units.values().filter(|u| u.files > 1).count(),
             attempts: stats.attempts,
-            targets: online(&s).map(|t| t.name.to_string()).collect(),
+            targets: usable(&s).filter(|t| t.cost.is_some_and(|c| c.accepts)).map(|t| t.name.to_string()).collect(),
+            unusable: s
+                .infos
+                .iter()
+                .flatten()
+                .filter_map(|t| {
+                    let why = match t.cost {
+                        None => "offline",
+                        Some(_) if !t.eligible => "left out by -include-when/-exclude-when",
+                        Some(c) if !c.accepts => "not accepting copies (disabled for pool-to-pool)",
+                        Some(_) if t.unreachable => "not reachable",
+                        Some(_) => return None,
+                    };
+                    Some(report::Unusable { pool: t.name.to_string(), reason: why.to_string() })
+                })
+                .collect(),
             completed_files: stats.completed,
             completed_bytes: stats.transferred,
             total_bytes: stats.total,

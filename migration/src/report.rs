@@ -69,6 +69,13 @@ impl JobSummary {
     }
 }
 
+/// A target of the job that a new copy cannot go to now.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unusable {
+    pub pool: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskLine {
     pub task: u64,
@@ -115,7 +122,10 @@ pub struct JobReport {
     /// ...and how many of them are batches of more than one file.
     pub batches: usize,
     pub attempts: u64,
+    /// The targets a new copy may go to now.
     pub targets: Vec<String>,
+    /// The job's other targets, and why none goes there now.
+    pub unusable: Vec<Unusable>,
     pub completed_files: u64,
     pub completed_bytes: u64,
     pub total_bytes: u64,
@@ -186,6 +196,10 @@ impl JobReport {
         }
         if let Some(eta) = self.eta_seconds {
             let _ = writeln!(s, "ETA        : {}", duration_text(eta));
+        }
+        if !self.unusable.is_empty() {
+            let each: Vec<String> = self.unusable.iter().map(|u| format!("{} ({})", u.pool, u.reason)).collect();
+            let _ = writeln!(s, "Unusable   : {}", each.join(", "));
         }
         if self.units > 0 {
             let files = self.running.len();
@@ -311,6 +325,7 @@ mod tests {
             batches: 0,
             attempts: 2,
             targets: vec!["pool2".into(), "pool3".into()],
+            unusable: vec![],
             completed_files: 1,
             completed_bytes: 250,
             total_bytes: 1000,
@@ -386,6 +401,13 @@ mod tests {
         let text = r.render();
         assert!(text.contains("Concurrency: 2\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"), "{text}");
         assert!(!text.contains("Running    :"), "no unit under way: no line\n{text}");
+        assert!(!text.contains("Unusable"), "every target usable: no line\n{text}");
+        r.unusable = vec![
+            Unusable { pool: "pool4".into(), reason: "offline".into() },
+            Unusable { pool: "pool5".into(), reason: "not reachable".into() },
+        ];
+        assert!(r.render().contains("ETA        : 1:02:05\nUnusable   : pool4 (offline), pool5 (not reachable)\n"));
+        r.unusable.clear();
         // Two files under way: one alone, or both in one batch.
         r.units = 2;
         assert!(r.render().contains("ETA        : 1:02:05\nRunning    : 2 files in 2 units\nWaiting"));

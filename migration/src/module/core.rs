@@ -174,10 +174,11 @@ impl<W: World> Cx<'_, W> {
                 if self.s.state == JobState::Paused {
                     self.pause_check();
                 }
-                // No target online: look at them again now rather than at the next refresh.
-                if usable(self.s).next().is_none() && !self.s.refreshing {
-                    self.s.refreshing = true;
-                    self.actions.push(Action::Refresh);
+                // No target usable, or files waiting to be tried again: look at the targets
+                // again now rather than at the next refresh, so that a target that became
+                // usable again (enabled, room made, restarted) is used within the backoff.
+                if usable(self.s).next().is_none() || self.s.queue.waiting() > 0 {
+                    self.refresh_soon();
                 }
             }
             JobEvent::SourceModesApplied(results) => {
@@ -723,6 +724,13 @@ impl<W: World> Cx<'_, W> {
         })
     }
 
+    /// Asks the targets for their figures now, unless a refresh is under way.
+    fn refresh_soon(&mut self) {
+        if !std::mem::replace(&mut self.s.refreshing, true) {
+            self.actions.push(Action::Refresh);
+        }
+    }
+
     fn sleep(&mut self, now: EpochMillis) {
         if self.s.state == JobState::Running {
             self.set_state(JobState::Sleeping);
@@ -1055,6 +1063,12 @@ impl<W: World> Cx<'_, W> {
                 let what = if permanent { "failed for good" } else { "failed; retried later" };
                 tracing::warn!(job = %self.job.id, %task, pnfsid = %id, "file {what}: {}", error.message);
                 self.note(Some(task), Some(id), error.message.clone());
+                // No target could take it (all full, offline, unreachable): the view may be
+                // stale (the job counts its own copies against figures from before they
+                // landed): the targets are asked again now, so the retry sees what they are.
+                if error.code() == Some(ErrorCode::Offline) {
+                    self.refresh_soon();
+                }
                 self.s.queue.failed(&id, permanent, error, now, &self.job.settings.backoff);
             }
             Outcome::Cancelled => {

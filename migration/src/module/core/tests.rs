@@ -656,7 +656,7 @@ fn targets_going_offline_mid_batch() {
             name: "the target restarted: the batch's copies are lost and retried later",
             given: mid_batch,
             event: |job| if job.target() == pool(2) { refreshed(2, 1) } else { refreshed(1, 2) },
-            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2 Refresh",
         },
         Row {
             name: "a restarted pool that was not in use: nothing happens",
@@ -677,7 +677,7 @@ fn targets_going_offline_mid_batch() {
                     .collect();
                 JobEvent::CopyAnswered { to, undelivered: true, answers }
             },
-            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2 Refresh",
         },
     ];
     let jobs = check(rows);
@@ -1036,7 +1036,8 @@ fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() 
         })
         .collect();
     job.send(JobEvent::CopyAnswered { to: gone.clone(), undelivered: true, answers }).unwrap();
-    assert_eq!(format!("{} | {}", job.figures(), summary(&job.last)), "RUNNING q=0 w=3 r=2 u=[2] | Locate(2)");
+    // The failures ask the targets again at once (the next refresh is not waited for).
+    assert_eq!(format!("{} | {}", job.figures(), summary(&job.last)), "RUNNING q=0 w=3 r=2 u=[2] | Locate(2) Refresh");
     let unreachable =
         |job: &TestJob, pool: &PoolName| job.s.infos.iter().flatten().find(|t| t.name == *pool).map(|t| t.unreachable);
     assert_eq!(unreachable(&job, &gone), Some(true));
