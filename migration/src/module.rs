@@ -36,8 +36,8 @@ use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::mode::{SourceState, TargetState};
-use crate::queue::{Backoff, Queue, Removal};
-use crate::report::{self, FailureLine, JobReport, NoteLine, SaveMark, TaskLine};
+use crate::queue::{AfterFailure, Backoff, Queue, Removal};
+use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};
 use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers, Unanswered};
@@ -656,15 +656,29 @@ impl<E: Env> Module<E> {
         let mut failures: Vec<FailureLine> = s
             .queue
             .failures()
-            .map(|(id, f)| FailureLine {
-                pnfsid: id.to_string(),
-                attempts: f.attempts,
-                last_at: f.last_at,
-                retry_at: (!f.permanent)
-                    .then(|| f.last_at.saturating_add(self.settings.backoff.delay(f.attempts).as_millis() as i64)),
-                code: f.last_error.code,
-                error: f.last_error.message.clone(),
-                size: f.size,
+            .map(|(id, f)| {
+                let state = match f.since {
+                    AfterFailure::Done => FailureState::DoneSince,
+                    AfterFailure::Cancelled => FailureState::NotRetried,
+                    AfterFailure::Pending if f.permanent => FailureState::GivenUp,
+                    AfterFailure::Pending
+                        if s.state.is_terminal() || matches!(s.state, JobState::Cancelling | JobState::Stopping) =>
+                    {
+                        FailureState::NotRetried
+                    }
+                    AfterFailure::Pending => FailureState::Waiting,
+                };
+                FailureLine {
+                    pnfsid: id.to_string(),
+                    attempts: f.attempts,
+                    last_at: f.last_at,
+                    retry_at: (state == FailureState::Waiting)
+                        .then(|| f.last_at.saturating_add(self.settings.backoff.delay(f.attempts).as_millis() as i64)),
+                    code: f.last_error.code,
+                    error: f.last_error.message.clone(),
+                    size: f.size,
+                    state,
+                }
             })
             .collect();
         failures.sort_by(|a, b| a.pnfsid.cmp(&b.pnfsid));

@@ -30,9 +30,10 @@ impl Backoff {
     }
 }
 
-/// A file that failed at least once.
+/// A file that failed at least once, kept for as long as the job is listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
+    /// Failed tries.
     pub attempts: u32,
     pub last_error: RemoteError,
     pub last_at: EpochMillis,
@@ -40,6 +41,19 @@ pub struct Failure {
     pub permanent: bool,
     /// The file's size, in bytes.
     pub size: u64,
+    /// What became of the file since its last failure.
+    pub since: AfterFailure,
+}
+
+/// What became of a file after its last failed try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Waiting for its retry, or tried again now (`permanent`: given up).
+    Pending,
+    /// A later try succeeded.
+    Done,
+    /// Its task was cancelled (the job was cancelled).
+    Cancelled,
 }
 
 /// Counters for `migration info`.
@@ -200,7 +214,9 @@ impl Queue {
             self.left -= size;
             self.stats.completed += 1;
             self.stats.transferred += size;
-            self.failures.remove(id);
+            if let Some(f) = self.failures.get_mut(id) {
+                f.since = AfterFailure::Done;
+            }
         }
     }
 
@@ -222,11 +238,13 @@ impl Queue {
             last_at: now,
             permanent,
             size,
+            since: AfterFailure::Pending,
         });
         entry.attempts += 1;
         entry.last_error = error;
         entry.last_at = now;
         entry.permanent = permanent;
+        entry.since = AfterFailure::Pending;
         if permanent {
             self.left -= self.sizes.remove(id).unwrap_or(0);
             return None;
@@ -249,7 +267,9 @@ impl Queue {
     pub fn cancelled(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
             self.left -= self.sizes.remove(id).unwrap_or(0);
-            self.failures.remove(id);
+            if let Some(f) = self.failures.get_mut(id) {
+                f.since = AfterFailure::Cancelled;
+            }
         }
     }
 
@@ -292,8 +312,8 @@ impl Queue {
         self.stats
     }
 
-    /// Every file of the job whose last try failed (a file that later completes or leaves the
-    /// job leaves this list), by pnfsid.
+    /// Every file that failed at least once, by pnfsid, with what became of it since (a file
+    /// that left the job, deleted or no longer selected, is no longer listed).
     pub fn failures(&self) -> impl Iterator<Item = (&PnfsId, &Failure)> {
         self.failures.iter()
     }
@@ -374,6 +394,7 @@ mod tests {
         assert_eq!(q.stats().total, 150);
         q.completed(&id(1));
         assert_eq!(q.stats(), Stats { attempts: 1, completed: 1, transferred: 100, total: 150 });
+        assert_eq!(q.failures().count(), 0, "never failed");
         assert_eq!(q.bytes_left(), 50);
         assert!(q.add(id(1), 100), "a permanent job may add a completed file again");
     }
@@ -411,6 +432,28 @@ mod tests {
         q.cancelled(&id(2));
         assert!(q.is_empty());
         assert!(q.failures().any(|(i, f)| *i == id(1) && f.permanent));
+    }
+
+    /// A file that failed and then completed, or whose task was cancelled, stays listed with
+    /// what became of it: the job's failures outlive the job.
+    #[test]
+    fn failures_are_kept_with_what_became_of_the_file() {
+        let b = Backoff::default();
+        let mut q = Queue::default();
+        for n in 1..=2 {
+            q.add(id(n), 10);
+            q.start(id(n), TaskId(n.into()));
+            q.failed(&id(n), false, boom(), 0, &b);
+            q.wake(1_000_000);
+            q.start(id(n), TaskId(10 + u64::from(n)));
+        }
+        q.completed(&id(1));
+        q.cancelled(&id(2));
+        let seen: HashMap<PnfsId, (u32, AfterFailure)> =
+            q.failures().map(|(i, f)| (*i, (f.attempts, f.since))).collect();
+        let want = HashMap::from([(id(1), (1, AfterFailure::Done)), (id(2), (1, AfterFailure::Cancelled))]);
+        assert_eq!(seen, want);
+        assert_eq!(q.stats().completed, 1);
     }
 
     #[test]

@@ -93,6 +93,31 @@ pub struct NoteLine {
     pub message: String,
 }
 
+/// What became of a file after its last failed try (`migration info -failed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureState {
+    /// It is tried again at `retry_at`.
+    Waiting,
+    /// Dropped from the job for good.
+    GivenUp,
+    /// A later try succeeded.
+    DoneSince,
+    /// Not tried again: the job was cancelled or ended.
+    NotRetried,
+}
+
+impl FailureState {
+    fn text(self) -> &'static str {
+        match self {
+            FailureState::Waiting => "waiting",
+            FailureState::GivenUp => "given up",
+            FailureState::DoneSince => "done since",
+            FailureState::NotRetried => "not retried (the job ended)",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FailureLine {
     pub pnfsid: String,
@@ -104,6 +129,7 @@ pub struct FailureLine {
     pub error: String,
     /// The file's size, in bytes.
     pub size: u64,
+    pub state: FailureState,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -213,10 +239,11 @@ impl JobReport {
             let _ = writeln!(s, "Waiting    : {} files, to be retried after a failure", self.waiting);
         }
         if !self.failures.is_empty() {
-            let dropped = self.failures.iter().filter(|f| f.retry_at.is_none()).count();
+            let count = |state| self.failures.iter().filter(|f| f.state == state).count();
+            let (dropped, done) = (count(FailureState::GivenUp), count(FailureState::DoneSince));
             let _ = writeln!(
                 s,
-                "Failed     : {} files ({dropped} given up); `migration info -failed {}` lists them",
+                "Failed     : {} files ({dropped} given up, {done} done since); `migration info -failed {}` lists them",
                 self.failures.len(),
                 self.id
             );
@@ -249,9 +276,9 @@ impl JobReport {
         }
         let mut s = String::new();
         for f in &self.failures {
-            let next = match f.retry_at {
-                Some(at) => format!("retry at {}", clock(at)),
-                None => "given up".to_string(),
+            let next = match (f.state, f.retry_at) {
+                (FailureState::Waiting, Some(at)) => format!("retry at {}", clock(at)),
+                (state, _) => state.text().to_string(),
             };
             let _ = writeln!(
                 s,
@@ -396,6 +423,7 @@ mod tests {
             code: 20004,
             error: "Pool pool2 failed (not reachable)".into(),
             size: 100,
+            state: FailureState::Waiting,
         }];
         r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
         let text = r.render();
@@ -414,7 +442,9 @@ mod tests {
         (r.units, r.batches) = (1, 1);
         let text = r.render();
         assert!(text.contains("\nRunning    : 2 files in 1 units (1 batches of small files)\n"), "{text}");
-        assert!(text.contains("Failed     : 1 files (0 given up); `migration info -failed 1` lists them\n"));
+        assert!(
+            text.contains("Failed     : 1 files (0 given up, 0 done since); `migration info -failed 1` lists them\n")
+        );
         assert!(text.contains("Most recent notes:\n") && text.ends_with("[0] 0000A3: File is locked\n"), "{text}");
         let failed = r.render_failures();
         assert!(
