@@ -695,20 +695,8 @@ impl<E: Env> Module<E> {
             batches: s.units.values().filter(|u| u.files > 1).count(),
             attempts: stats.attempts,
             targets: usable(&s).filter(|t| t.cost.is_some_and(|c| c.accepts)).map(|t| t.name.to_string()).collect(),
-            unusable: s
-                .infos
-                .iter()
-                .flatten()
-                .filter_map(|t| {
-                    let why = match t.cost {
-                        None => "offline",
-                        Some(_) if !t.eligible => "left out by -include-when/-exclude-when",
-                        Some(c) if !c.accepts => "not accepting copies (disabled for pool-to-pool)",
-                        Some(_) if t.unreachable => "not reachable",
-                        Some(_) => return None,
-                    };
-                    Some(report::Unusable { pool: t.name.to_string(), reason: why.to_string() })
-                })
+            unusable: unusable(&s)
+                .map(|(pool, why)| report::Unusable { pool: pool.to_string(), reason: why.to_string() })
                 .collect(),
             completed_files: stats.completed,
             completed_bytes: stats.transferred,
@@ -800,6 +788,20 @@ impl<E: Env> Module<E> {
 /// The targets online at the last refresh.
 fn online(s: &JobInner) -> impl Iterator<Item = &TargetInfo> {
     s.infos.iter().flatten().filter(|t| t.cost.is_some() && t.eligible)
+}
+
+/// The job's targets that no new copy goes to now, and why.
+fn unusable(s: &JobInner) -> impl Iterator<Item = (&PoolName, &'static str)> {
+    s.infos.iter().flatten().filter_map(|t| {
+        let why = match t.cost {
+            None => "offline",
+            Some(_) if !t.eligible => "left out by -include-when/-exclude-when",
+            Some(c) if !c.accepts => "not accepting copies (disabled for pool-to-pool)",
+            Some(_) if t.unreachable => "not reachable",
+            Some(_) => return None,
+        };
+        Some((&t.name, why))
+    })
 }
 
 /// The targets a new copy may go to: online, and reachable since the last refresh.

@@ -1057,9 +1057,16 @@ impl<W: World> Cx<'_, W> {
                     snapshot,
                 }]));
             }
-            Outcome::Failed { permanent, error } => {
+            Outcome::Failed { permanent, mut error } => {
                 self.s.running.remove(&id);
                 self.unlock(&id);
+                // No target could take it: the operator sees which targets were out, and why.
+                if error.code() == Some(ErrorCode::Offline) {
+                    let out: Vec<String> = unusable(self.s).map(|(pool, why)| format!("{pool} {why}")).collect();
+                    if !out.is_empty() {
+                        error.message = format!("{} (targets out: {})", error.message, out.join("; "));
+                    }
+                }
                 let what = if permanent { "failed for good" } else { "failed; retried later" };
                 tracing::warn!(job = %self.job.id, %task, pnfsid = %id, "file {what}: {}", error.message);
                 self.note(Some(task), Some(id), error.message.clone());

@@ -1041,6 +1041,9 @@ fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() 
     let unreachable =
         |job: &TestJob, pool: &PoolName| job.s.infos.iter().flatten().find(|t| t.name == *pool).map(|t| t.unreachable);
     assert_eq!(unreachable(&job, &gone), Some(true));
+    // Each failure names the targets that were out, and why.
+    let out = format!("(targets out: {gone} not reachable)");
+    assert!(job.notes().iter().filter(|n| n.contains(&out)).count() == 3, "{:?}", job.notes());
     assert!(job.asked.as_ref().unwrap().1.contains(&gone), "the unreachable pool is asked who holds what");
     let mut job = job.located();
     for n in [4, 5] {
