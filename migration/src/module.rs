@@ -108,6 +108,11 @@ const LOCATED_FRESH: Duration = Duration::from_secs(60);
 const FINISHED_TRIES: u32 = 5;
 /// The window over which `migration info` measures the rate.
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// A cancel a target did not answer is sent again after this, then twice as long each time
+/// up to [`CANCEL_RESEND_MAX`], for at most [`CANCEL_RESEND_FOR`].
+const CANCEL_RESEND_FIRST: Duration = Duration::from_secs(1);
+const CANCEL_RESEND_MAX: Duration = Duration::from_secs(30);
+const CANCEL_RESEND_FOR: Duration = Duration::from_secs(3600);
 
 /// The pool's migration module.
 pub struct Module<E: Env> {

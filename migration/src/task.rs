@@ -9,7 +9,11 @@
 //! - a `LOCKED` refusal from one holder tries the next known holder (§10 item 10);
 //! - a checksum mismatch on an existing replica falls back to the next holder or a new copy
 //!   instead of failing for ever (§10 item 22);
-//! - a cancel is always passed on to the target and ends in bounded time, in every state;
+//! - a cancel is always passed on to the target and ends the task at once, in every state:
+//!   the task never waits for the target to confirm (a frozen target would hold the file's
+//!   lock and the job in CANCELLING), and a copy of a cancelled attempt is never counted, so
+//!   no source mode is applied because of it (the driver keeps sending the cancel until the
+//!   target answers; the target refuses or stops the copy and removes its partial data);
 //! - pins travel with the copy that completes the wanted replicas, so the target's
 //!   confirmation of that copy is the confirmation that the pins are safe there (there is
 //!   no separate pin manager).
@@ -31,25 +35,23 @@ pub enum TaskState {
     /// InitiatingCopy, Failed, Cancelled.
     GettingLocations,
     /// Asking a holder to bring its replica up to the wanted state. -> Copying, itself (next
-    /// holder), InitiatingCopy, Failed, Cancelling, and on an early finish anything Copying can.
+    /// holder), InitiatingCopy, Failed, Cancelled, and on an early finish anything Copying can.
     UpdatingExistingFile,
     /// Asking a chosen pool to pull a new copy. -> Copying, WaitingForCopyFinishedMessage,
-    /// Failed, Cancelling.
+    /// Failed, Cancelled.
     InitiatingCopy,
     /// The target accepted and works; pinged periodically. -> Pinging, Done, Failed, next
-    /// replica, Cancelling.
+    /// replica, Cancelled.
     Copying,
     /// Asked the target whether it still works on the attempt. -> Copying, NoResponse,
     /// WaitingForCopyFinishedMessage, ...
     Pinging,
     /// A ping went unanswered; one more is sent after a wait, from this state. -> Copying,
-    /// WaitingForCopyFinishedMessage, Failed (the second ping unanswered too), Cancelling.
+    /// WaitingForCopyFinishedMessage, Failed (the second ping unanswered too), Cancelled.
     NoResponse,
     /// The target no longer knows the attempt (or the request's fate is unknown); a
-    /// finished message may still be on its way. -> Done, Failed (timer), Cancelling.
+    /// finished message may still be on its way. -> Done, Failed (timer), Cancelled.
     WaitingForCopyFinishedMessage,
-    /// Cancelled; waiting for the target to confirm or for the timer. -> Cancelled, Done.
-    Cancelling,
     Done,
     Failed,
     Cancelled,
@@ -190,7 +192,7 @@ pub struct TaskTimers {
     pub ping: Duration,
     /// Time in NoResponse before the second ping.
     pub no_response: Duration,
-    /// Time to wait for a finished message that may be on its way, and for a cancel.
+    /// Time to wait for a finished message that may be on its way (a cancel does not wait).
     pub dead: Duration,
 }
 
@@ -271,7 +273,7 @@ impl Task {
     pub fn accepted_attempt(&self) -> Option<(AttemptId, &PoolName)> {
         use TaskState::*;
         match self.state {
-            Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage | Cancelling => {
+            Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage => {
                 self.current.as_ref().map(|a| (a.id, &a.target))
             }
             _ => None,
@@ -406,25 +408,12 @@ impl Task {
                 UpdatingExistingFile | InitiatingCopy | Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage,
                 TaskEvent::Cancel { reason },
             ) => {
+                // The target is told, and the task ends without waiting for it to confirm: a
+                // target that does not answer must not hold the file's lock (nor the job in
+                // CANCELLING). The attempt is forgotten, so nothing it reports later (a copy
+                // that completed before the cancel reached the target) is counted: a cancelled
+                // task never leads to a source mode, and the source stays as it is.
                 self.cancel_current(reason, &mut fx);
-                self.state = Cancelling;
-                self.arm(self.plan.timers.dead, &mut fx);
-            }
-            (Cancelling, TaskEvent::Finished { target, result: Ok(()), .. }) => {
-                // The copy completed before the cancel arrived: it is a confirmed replica, and
-                // the file counts as done only if that satisfies the job (then the source mode
-                // may be applied safely: the target confirmed).
-                self.replicas.insert(target);
-                if self.current.take().is_some_and(|a| a.pins) {
-                    self.pins_moved = true;
-                }
-                if self.replicas.len() >= self.plan.replicas && !self.pins_outstanding() {
-                    self.finish(Outcome::Done { replicas: self.replicas.iter().cloned().collect() }, &mut fx);
-                } else {
-                    self.finish(Outcome::Cancelled, &mut fx);
-                }
-            }
-            (Cancelling, TaskEvent::Finished { result: Err(_), .. }) | (Cancelling, TaskEvent::Timer { .. }) => {
                 self.current = None;
                 self.finish(Outcome::Cancelled, &mut fx);
             }
@@ -717,8 +706,10 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_copy_that_carried_the_pins_and_completed_is_done() {
-        check(
+    fn a_cancelled_copy_that_carried_the_pins_and_completed_is_not_counted() {
+        // The pins stay on the source (it is not touched): a late confirmation of a cancelled
+        // attempt moves nothing.
+        let task = check(
             plan(1, false, false, true),
             &first_free,
             vec![
@@ -727,12 +718,16 @@ mod tests {
                 (TaskEvent::CopyAccepted { attempt: A1 }, vec![timer(A1, 120)]),
                 (
                     TaskEvent::Cancel { reason: "x".into() },
-                    vec![Effect::Cancel { target: pool(1), attempt: A1, reason: "x".into() }, timer(A1, 60)],
+                    vec![
+                        Effect::Cancel { target: pool(1), attempt: A1, reason: "x".into() },
+                        Effect::Finish(Outcome::Cancelled),
+                    ],
                 ),
-                (ok(A1, 1), vec![done(&[1])]),
+                (ok(A1, 1), vec![]),
             ],
-            TaskState::Done,
+            TaskState::Cancelled,
         );
+        assert!(!task.pins_moved());
     }
 
     #[test]
@@ -1005,40 +1000,82 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_reaches_the_target_and_ends_in_bounded_time() {
-        for prelude in [0, 1, 2] {
+    fn a_cancel_reaches_the_target_and_ends_the_task_at_once() {
+        // In every state in which a target may be working on the attempt: the target is told,
+        // and the task is over without waiting for it (it may be frozen).
+        let cancel = || TaskEvent::Cancel { reason: "operator".into() };
+        let told = |attempt, target| Effect::Cancel { target: pool(target), attempt, reason: "operator".into() };
+        let prelude: Vec<(&str, Vec<TaskEvent>, u32)> = vec![
+            ("InitiatingCopy", vec![TaskEvent::Located { holders: vec![] }], 1),
+            ("UpdatingExistingFile", vec![TaskEvent::Located { holders: vec![pool(4)] }], 4),
+            ("Copying", vec![TaskEvent::Located { holders: vec![] }, TaskEvent::CopyAccepted { attempt: A1 }], 1),
+            (
+                "Pinging",
+                vec![
+                    TaskEvent::Located { holders: vec![] },
+                    TaskEvent::CopyAccepted { attempt: A1 },
+                    TaskEvent::Timer { attempt: A1 },
+                ],
+                1,
+            ),
+            (
+                "NoResponse",
+                vec![
+                    TaskEvent::Located { holders: vec![] },
+                    TaskEvent::CopyAccepted { attempt: A1 },
+                    TaskEvent::Timer { attempt: A1 },
+                    TaskEvent::PingUnanswered { attempt: A1 },
+                ],
+                1,
+            ),
+            (
+                "WaitingForCopyFinishedMessage",
+                vec![
+                    TaskEvent::Located { holders: vec![] },
+                    TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer },
+                ],
+                1,
+            ),
+        ];
+        for (state, events, target) in prelude {
             let mut task = Task::new(plan(1, false, false, false), 1000);
             task.step(TaskEvent::Start, &first_free);
-            task.step(TaskEvent::Located { holders: vec![] }, &first_free);
-            if prelude >= 1 {
-                task.step(TaskEvent::CopyAccepted { attempt: A1 }, &first_free);
+            for e in events {
+                task.step(e, &first_free);
             }
-            if prelude >= 2 {
-                task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer }, &first_free);
-                task.step(TaskEvent::PingAnswered { attempt: A1, alive: false }, &first_free);
+            assert_eq!(task.state().to_string(), state);
+            let fx = task.step(cancel(), &first_free);
+            assert_eq!(fx, vec![told(A1, target), Effect::Finish(Outcome::Cancelled)], "in {state}");
+            assert_eq!(task.state(), TaskState::Cancelled);
+            assert_eq!(task.accepted_attempt(), None, "in {state}: no attempt is left to credit");
+            // What the target says afterwards changes nothing: a copy that completed before
+            // the cancel reached it is not counted, so no source mode follows.
+            for late in [
+                ok(A1, target),
+                failed(A1, target, ErrorCode::Cancelled),
+                TaskEvent::Timer { attempt: A1 },
+                TaskEvent::CopyAccepted { attempt: A1 },
+            ] {
+                assert_eq!(task.step(late, &first_free), vec![], "in {state}");
             }
-            let fx = task.step(TaskEvent::Cancel { reason: "operator".into() }, &first_free);
-            assert_eq!(
-                fx,
-                vec![Effect::Cancel { target: pool(1), attempt: A1, reason: "operator".into() }, timer(A1, 60)],
-                "prelude {prelude}"
-            );
-            assert_eq!(task.state(), TaskState::Cancelling);
-            let fx = task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
-            assert_eq!(fx, vec![Effect::Finish(Outcome::Cancelled)]);
+            assert!(task.replicas().is_empty(), "in {state}");
+            assert_eq!(task.state(), TaskState::Cancelled);
         }
         // Cancelled before anything was sent: nothing to tell anyone.
         let mut task = Task::new(plan(1, false, false, false), 1000);
-        assert_eq!(
-            task.step(TaskEvent::Cancel { reason: "x".into() }, &first_free),
-            vec![Effect::Finish(Outcome::Cancelled)]
-        );
-        // A copy that completes despite the cancel is a confirmed replica.
+        assert_eq!(task.step(cancel(), &first_free), vec![Effect::Finish(Outcome::Cancelled)]);
         let mut task = Task::new(plan(1, false, false, false), 1000);
         task.step(TaskEvent::Start, &first_free);
+        assert_eq!(task.step(cancel(), &first_free), vec![Effect::Finish(Outcome::Cancelled)]);
+        // A second replica under way when the cancel comes: the first stays confirmed on its
+        // pool, but the task ends Cancelled, not Done (the job applies no source mode).
+        let mut task = Task::new(plan(2, false, false, false), 1000);
+        task.step(TaskEvent::Start, &first_free);
         task.step(TaskEvent::Located { holders: vec![] }, &first_free);
-        task.step(TaskEvent::Cancel { reason: "x".into() }, &first_free);
-        assert_eq!(task.step(ok(A1, 1), &first_free), vec![done(&[1])]);
+        task.step(ok(A1, 1), &first_free);
+        let fx = task.step(cancel(), &first_free);
+        assert_eq!(fx, vec![told(A2, 2), Effect::Finish(Outcome::Cancelled)]);
+        assert_eq!(task.step(ok(A2, 2), &first_free), vec![]);
     }
 
     #[test]

@@ -238,6 +238,38 @@ impl<E: Env> Module<E> {
     }
 
     /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them.
+    /// Tells `to` that `attempt` is cancelled, again and again (with backoff) until it answers:
+    /// the task that sent it has already ended (a cancel never waits for its target), so this
+    /// is what makes a target that was frozen or cut off drop the copy (and remove its partial
+    /// data) once it is reachable again, or refuse the copy request if that comes later. It
+    /// belongs to the job's tasks but outlives the job's end; only the pool's shutdown (or
+    /// [`CANCEL_RESEND_FOR`] without an answer) stops it: a target that restarted meanwhile has
+    /// lost the copy anyway, and its restart recovery removes what was partial.
+    async fn send_cancel(self: Arc<Self>, to: PoolName, attempt: AttemptId, reason: String) {
+        let give_up = tokio::time::Instant::now() + CANCEL_RESEND_FOR;
+        let mut wait = CANCEL_RESEND_FIRST;
+        loop {
+            let req = MigrationRequest::Cancel { attempt, reason: reason.clone() };
+            let sent = tokio::select! {
+                _ = self.serving.cancelled() => return,
+                sent = self.env.request(&to, req) => sent,
+            };
+            if sent.is_ok() {
+                return;
+            }
+            if tokio::time::Instant::now() + wait > give_up {
+                tracing::warn!(pool = %to, %attempt, "the cancel of a copy never reached its target; given up");
+                return;
+            }
+            tracing::debug!(pool = %to, %attempt, "cancel not answered; sent again in {wait:?}");
+            tokio::select! {
+                _ = self.serving.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(CANCEL_RESEND_MAX);
+        }
+    }
+
     fn spawn_for(&self, job: &Arc<Job>, work: impl std::future::Future<Output = ()> + Send + 'static) {
         job.tasks.spawn_on(work, &self.rt);
     }
@@ -294,9 +326,9 @@ impl<E: Env> Module<E> {
                 };
                 m.visit(&j, JobEvent::Tasks(vec![(pnfsid, event)]));
             }),
-            Action::Cancel { to, attempt, reason } => self.spawn_for(job, async move {
-                let _ = m.env.request(&to, MigrationRequest::Cancel { attempt, reason }).await;
-            }),
+            Action::Cancel { to, attempt, reason } => {
+                self.spawn_for(job, async move { m.send_cancel(to, attempt, reason).await })
+            }
             Action::TimerSet => job.timer_set.notify_one(),
             Action::Wake { seq, after } => self.spawn_for(job, async move {
                 tokio::select! {

@@ -457,23 +457,34 @@ fn operator_commands_mid_batch() {
             want: "RUNNING q=0 w=0 r=5 u=[2] | Copy*2",
         },
         Row {
-            name: "cancel -force mid-batch: each copy is cancelled on its target",
+            name: "cancel -force mid-batch: each copy is cancelled on its target, CANCELLED at once",
             given: mid_batch,
             event: |_| JobEvent::Operator(Command::Cancel { force: true, reason: "operator".into() }),
-            want: "CANCELLING q=0 w=0 r=3 u=[3] | Cancel*3 Halt TimerSet",
+            want: "CANCELLED q=0 w=0 r=0 u=[] | Cancel*3 Ended Halt",
         },
         Row {
-            name: "the targets confirm the cancel: CANCELLED",
+            name: "late reports of the cancelled copies, even done ones: nothing counted, no source mode",
             given: || {
                 let mut job = mid_batch();
                 job.send(JobEvent::Operator(Command::Cancel { force: true, reason: "operator".into() })).unwrap();
                 job
             },
             event: |job| {
-                let gone = || Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled"));
-                JobEvent::Tasks((1..=3).map(|n| job.finished(n, gone())).collect())
+                let gone = Err(RemoteError::new(ErrorCode::Cancelled, "Task was cancelled"));
+                JobEvent::Tasks(vec![job.finished(1, Ok(())), job.finished(2, gone), job.finished(3, Ok(()))])
             },
-            want: "CANCELLED q=0 w=0 r=0 u=[] | Ended",
+            want: "CANCELLED q=0 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "cancel -force while one file's source mode is applied: that one is awaited, the copies are not",
+            given: || {
+                let mut job = mid_batch();
+                let done = job.done(&[1]);
+                job.send(done).unwrap();
+                job
+            },
+            event: |_| JobEvent::Operator(Command::Cancel { force: true, reason: "operator".into() }),
+            want: "CANCELLING q=0 w=0 r=1 u=[] | Cancel*2 Halt",
         },
         Row {
             name: "cancel without force: the batch finishes first",
@@ -505,8 +516,13 @@ fn operator_commands_mid_batch() {
         },
     ];
     let jobs = check(rows);
-    // A cancelled job holds no file lock.
+    // A cancelled job holds no file lock, at once even with its targets silent.
+    assert!(jobs[3].w.locks.is_empty());
     assert!(jobs[4].w.locks.is_empty());
+    assert!(jobs[7].w.locks.is_empty());
+    assert!(jobs[8].w.locks.is_empty());
+    // Only the file whose source mode is being applied keeps its lock until that is done.
+    assert_eq!(jobs[5].w.locks.keys().collect::<Vec<_>>(), vec![&file(1)]);
     // Resume and suspend say no where they do not apply.
     let mut job = mid_batch();
     assert!(job.send(JobEvent::Operator(Command::Resume)).is_err());
@@ -705,7 +721,7 @@ fn deleted_files() {
             name: "a file of a batch deleted while it is copied: cancelled on the target",
             given: mid_batch,
             event: |_| JobEvent::RepoChanged { id: file(2), change: RepoChange::Removed, entry: None },
-            want: "RUNNING q=2 w=0 r=3 u=[3] | Cancel TimerSet",
+            want: "RUNNING q=2 w=0 r=2 u=[3] | Cancel",
         },
         Row {
             name: "a queued file deleted leaves the queue",
@@ -887,7 +903,7 @@ fn permanent_jobs_receive_changes() {
                 job.located().copying()
             },
             event: |_| JobEvent::RepoChanged { id: file(1), change: RepoChange::Removed, entry: None },
-            want: "RUNNING q=0 w=0 r=2 u=[2] | Cancel TimerSet",
+            want: "RUNNING q=0 w=0 r=1 u=[2] | Cancel",
         },
         Row {
             name: "its work done, a permanent job goes back to sleep, not to FINISHED",
