@@ -219,3 +219,37 @@ fn a_move_whose_target_is_killed_midway_finishes_with_every_file_moved_once() {
     assert_bytes_many(&cluster, "pool2", &files);
     assert_no_partial_replica(&cluster, "pool2");
 }
+
+/// `migration cancel -force` of a move whose target is frozen (SIGSTOP) while it receives a
+/// large file: the job is CANCELLED within 5 seconds, without waiting for the target. Once the
+/// target runs again the cancel reaches it (the source sends it until it is answered): the
+/// copy is dropped with its partial data and never committed, and the source keeps the file,
+/// in its state, with its bytes.
+#[test]
+fn a_forced_cancel_does_not_wait_for_a_frozen_target() {
+    const BIG: usize = 64 << 20;
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    for pool in ["pool1", "pool2"] {
+        cluster.start(pool);
+    }
+    let files = cluster.put_samples("pool1", &[(BIG, 7)], &["--storage", "test:disk", "--precious"]);
+    let job = create(&cluster, "pool1", "migration move pool2");
+    let name = cluster.freeze_while_receiving("pool2", BIG as u64, JOB_WAIT);
+    assert_eq!(name, files[0].0);
+
+    let asked = std::time::Instant::now();
+    ok(&cluster, "pool1", &format!("migration cancel -force {job}\n"));
+    cluster.wait_for_job("pool1", &job, "CANCELLED", Duration::from_secs(5));
+    assert!(asked.elapsed() < Duration::from_secs(5), "CANCELLED after {:?}", asked.elapsed());
+    cluster.thaw("pool2");
+    wait_until("pool2 to drop the cancelled copy", JOB_WAIT, || {
+        let counts = cluster.pp_ls("pool2").counts;
+        (cluster.incoming("pool2").is_empty() && counts.active == 0 && counts.queued == 0).then_some(())
+    });
+    assert_no_partial_replica(&cluster, "pool2");
+    assert_eq!(cluster.rep_ls("pool2"), vec![], "no copy of the cancelled move was committed");
+    let on1 = cluster.rep_ls("pool1");
+    assert_eq!(on1.len(), 1, "{on1:?}");
+    assert_eq!((on1[0].pnfsid.as_str(), on1[0].flags.as_str()), (files[0].0.as_str(), PRECIOUS));
+    assert_bytes(&cluster, "pool1", &files);
+}

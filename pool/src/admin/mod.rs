@@ -719,11 +719,13 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "migration cancel",
         args: "<job>",
-        summary: "cancel a job: CANCELLING until its running tasks end, then CANCELLED",
+        summary: "cancel a job: CANCELLING until its running tasks end (-force: at once), then CANCELLED",
         details: concat!(
-            "Without -force running tasks finish first; with -force they are cancelled at once and\n",
-            "half-made target copies are removed. Either way the cancel ends in bounded time.\n",
-            "The reply is the summary line.",
+            "Without -force running tasks finish first, in bounded time. With -force they are\n",
+            "cancelled at once, without waiting for their targets: the job is CANCELLED within\n",
+            "seconds even if a target does not answer, its file locks are released, and no source is\n",
+            "changed for a cancelled copy. The cancel is sent again until each target answers; the\n",
+            "target then removes its half-made copy. The reply is the summary line.",
         ),
         options: &[flag("force", "cancel the running tasks too, instead of letting them finish")],
         examples: &["migration cancel 1", "migration cancel -force drain"],
