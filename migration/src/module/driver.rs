@@ -242,19 +242,17 @@ impl<E: Env> Module<E> {
     /// the task that sent it has already ended (a cancel never waits for its target), so this
     /// is what makes a target that was frozen or cut off drop the copy (and remove its partial
     /// data) once it is reachable again, or refuse the copy request if that comes later. It
-    /// belongs to the job's tasks but outlives the job's end; only the pool's shutdown (or
-    /// [`CANCEL_RESEND_FOR`] without an answer) stops it: a target that restarted meanwhile has
-    /// lost the copy anyway, and its restart recovery removes what was partial.
+    /// belongs to the job's tasks but outlives the job's end; only the pool's shutdown (after
+    /// one try) or [`CANCEL_RESEND_FOR`] without an answer stops it: a target that restarted
+    /// meanwhile has lost the copy anyway, and its restart recovery removes what was partial.
     async fn send_cancel(self: Arc<Self>, to: PoolName, attempt: AttemptId, reason: String) {
         let give_up = tokio::time::Instant::now() + CANCEL_RESEND_FOR;
         let mut wait = CANCEL_RESEND_FIRST;
         loop {
+            // Each request runs to its answer or its timeout (the first one also when the pool
+            // is shutting down: shutdown cancels its jobs, and waits for their tasks, bounded).
             let req = MigrationRequest::Cancel { attempt, reason: reason.clone() };
-            let sent = tokio::select! {
-                _ = self.serving.cancelled() => return,
-                sent = self.env.request(&to, req) => sent,
-            };
-            if sent.is_ok() {
+            if self.env.request(&to, req).await.is_ok() || self.serving.is_cancelled() {
                 return;
             }
             if tokio::time::Instant::now() + wait > give_up {
