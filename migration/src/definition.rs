@@ -130,6 +130,11 @@ fn echo(text: &str) -> std::borrow::Cow<'_, str> {
     truncate_echo(text, MAX_ECHO)
 }
 
+/// A value outside an option's fixed set, in dCache's words with the option and the set added.
+fn invalid_choice(value: &str, option: &str, choices: &str) -> MigrationError {
+    MigrationError::invalid(format!("{}: Invalid value for option -{option} (expected: {choices})", echo(value)))
+}
+
 fn last(opts: &dyn Options, name: &str) -> Option<String> {
     opts.values(name).pop()
 }
@@ -174,7 +179,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     let deficit = match last(opts, "target-deficit-mode").as_deref() {
         None | Some("wait") => DeficitMode::Wait,
         Some("limit") => DeficitMode::Limit,
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
+        Some(v) => return Err(invalid_choice(v, "target-deficit-mode", "wait or limit")),
     };
     let replicas = number::<i64>(opts, "replicas")?.unwrap_or(1);
     if replicas < 1 {
@@ -207,7 +212,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     let select = match last(opts, "select").as_deref() {
         None | Some("proportional") => Strategy::Proportional,
         Some("random") => Strategy::Random,
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
+        Some(v) => return Err(invalid_choice(v, "select", "proportional or random")),
     };
     let targets = match last(opts, "target").as_deref() {
         None | Some("pool") => {
@@ -237,7 +242,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
             }
             Targets::Hsm(targets.to_vec())
         }
-        Some(v) => return Err(MigrationError::invalid(format!("Invalid value: {}", echo(v)))),
+        Some(v) => return Err(invalid_choice(v, "target", "pool, pgroup, link or hsm")),
     };
     let id = match last(opts, "id") {
         None => None,
@@ -277,7 +282,7 @@ fn parse_filter(opts: &dyn Options) -> Result<FileFilter, MigrationError> {
         None => None,
         Some("cached") => Some(ReplicaState::Cached),
         Some("precious") => Some(ReplicaState::Precious),
-        Some(v) => return Err(MigrationError::invalid(format!("{}: Invalid state", echo(v)))),
+        Some(v) => return Err(invalid_choice(v, "state", "cached or precious")),
     };
     let pnfsids = if opts.given("pnfsid") {
         let ids = list(opts, "pnfsid")
@@ -444,7 +449,7 @@ mod tests {
     #[test]
     fn invalid_values_are_refused_with_dcaches_messages() {
         let table: &[(&[&str], &[&str], &str)] = &[
-            (&["-state=broken"], &["p"], "broken: Invalid state"),
+            (&["-state=broken"], &["p"], "broken: Invalid value for option -state (expected: cached or precious)"),
             (&["-order=age"], &["p"], "age: Invalid value for option -order"),
             (&["-pins=drop"], &["p"], "drop: Invalid value for option -pins"),
             (&["-replicas=0"], &["p"], "Number of replicas must be positive."),
@@ -454,8 +459,8 @@ mod tests {
             (&["-tmode=delete"], &["p"], "delete: Invalid value"),
             (&["-smode=same+x(-2)"], &["p"], "-2: Invalid lifetime"),
             (&["-size=5..1"], &["p"], "5..1: Invalid interval for option -size"),
-            (&["-select=best"], &["p"], "Invalid value: best"),
-            (&["-target=cell"], &["p"], "Invalid value: cell"),
+            (&["-select=best"], &["p"], "best: Invalid value for option -select (expected: proportional or random)"),
+            (&["-target=cell"], &["p"], "cell: Invalid value for option -target (expected: pool, pgroup, link or hsm)"),
             (&["-target=link"], &["l", "m"], "[l, m]: Only one target supported for -type=link"),
             (&["-target=hsm"], &[], "target(s) required when target type is hsm"),
             (&["-permanent", "-stop-when=true"], &["p"], "Permanent jobs cannot have a stop condition."),
@@ -474,7 +479,11 @@ mod tests {
                 &["p"],
                 "-pause-when: unknown symbol `target.free`\n  target.free > 0\n  ^",
             ),
-            (&["-target-deficit-mode=some"], &["p"], "Invalid value: some"),
+            (
+                &["-target-deficit-mode=some"],
+                &["p"],
+                "some: Invalid value for option -target-deficit-mode (expected: wait or limit)",
+            ),
             (&["-concurrency=-1"], &["p"], "Concurrency must not be negative."),
             (&["-refresh=0"], &["p"], "The refresh period must be at least 1 second."),
             (&[], &["pool/2"], "\"pool/2\" is not a valid pool name: may hold only letters, digits, '_', '-' and '.'"),

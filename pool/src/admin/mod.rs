@@ -392,7 +392,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[JSON],
         examples: &["rep sticky ls 0000A1B2C3D4E5F60718293A4B5C6D7E8F90"],
         parse: |inv| {
-            let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
+            let pnfsid = inv.arg_as(0, "pnfsid")?;
             inv.at_most(1)?;
             Ok(Command::RepStickyLs { pnfsid, json: inv.flag("json")? })
         },
@@ -445,7 +445,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "rep rm -force 0000A1B2C3D4E5F60718293A4B5C6D7E8F90",
         ],
         parse: |inv| {
-            let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
+            let pnfsid = inv.arg_as(0, "pnfsid")?;
             inv.at_most(1)?;
             Ok(Command::RepRm { pnfsid, force: inv.flag("force")? })
         },
@@ -512,8 +512,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["log set tidepool_pool::transfer debug", "log set all warn", "log set sled off"],
         parse: |inv| {
-            let target = inv.parse_arg(inv.arg(0, "target")?)?;
-            let level = inv.parse_arg(inv.arg(1, "level")?)?;
+            let target = inv.arg_as(0, "target")?;
+            let level = inv.arg_as(1, "level")?;
             inv.at_most(2)?;
             Ok(Command::LogSet { target, level })
         },
@@ -546,8 +546,8 @@ pub static COMMANDS: &[CommandSpec] = &[
         parse: |inv| {
             inv.arg(1, "source pool")?;
             let (last, ids) = inv.args.split_last().expect("two arguments were checked");
-            let source = inv.parse_arg(last)?;
-            let pnfsids = ids.iter().map(|t| inv.parse_arg(t)).collect::<Result<_, _>>()?;
+            let source = inv.parse_arg(last, "source pool")?;
+            let pnfsids = ids.iter().map(|t| inv.parse_arg(t, "pnfsid")).collect::<Result<_, _>>()?;
             Ok(Command::PpGetFile {
                 pnfsids,
                 source,
@@ -574,7 +574,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["pp set max active 8"],
         parse: |inv| {
-            let n = inv.parse_arg(inv.arg(0, "number")?)?;
+            let n = inv.arg_as(0, "n")?;
             inv.at_most(1)?;
             Ok(Command::PpSetMaxActive(n))
         },
@@ -587,7 +587,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["pp set max outgoing 16"],
         parse: |inv| {
-            let n = inv.parse_arg(inv.arg(0, "number")?)?;
+            let n = inv.arg_as(0, "n")?;
             inv.at_most(1)?;
             Ok(Command::PpSetMaxOutgoing(n))
         },
@@ -600,7 +600,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["pp remove 3"],
         parse: |inv| {
-            let id = inv.parse_arg(inv.arg(0, "transfer id")?)?;
+            let id = inv.arg_as(0, "transfer id")?;
             inv.at_most(1)?;
             Ok(Command::PpRemove(id))
         },
@@ -770,7 +770,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         examples: &["migration set concurrency-default 4"],
         parse: |inv| {
             let t = inv.arg(0, "concurrency")?;
-            let n: usize = inv.parse_arg(t)?;
+            let n: usize = inv.parse_arg(t, "concurrency")?;
             if n < 1 {
                 return Err(ParseError::invalid(t.offset, "Default concurrency must be positive."));
             }
@@ -800,7 +800,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         examples: &["migration set refresh-default 60"],
         parse: |inv| {
             let t = inv.arg(0, "refresh interval in seconds")?;
-            let n: u64 = inv.parse_arg(t)?;
+            let n: u64 = inv.parse_arg(t, "seconds")?;
             if n < 1 {
                 return Err(ParseError::invalid(t.offset, "Refresh interval must be positive."));
             }
@@ -942,13 +942,13 @@ fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {
         }
     }
     for t in &inv.args {
-        ls.pnfsids.push(inv.parse_arg(t)?);
+        ls.pnfsids.push(inv.parse_arg(t, "pnfsid")?);
     }
     Ok(Command::RepLs(ls))
 }
 
 fn parse_set_sticky(inv: &Invocation<'_>) -> Result<Command, ParseError> {
-    let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
+    let pnfsid = inv.arg_as(0, "pnfsid")?;
     let switch = inv.arg(1, "on|off")?;
     let on = match switch.text.as_str() {
         "on" => true,
@@ -1002,7 +1002,7 @@ fn sticky_lifetime(text: &str) -> Result<i64, String> {
 }
 
 fn parse_set_state(inv: &Invocation<'_>, state: ReplicaState) -> Result<Command, ParseError> {
-    let pnfsid = inv.parse_arg(inv.arg(0, "pnfsid")?)?;
+    let pnfsid = inv.arg_as(0, "pnfsid")?;
     inv.at_most(1)?;
     Ok(Command::RepSetState { pnfsid, state })
 }
@@ -1029,7 +1029,7 @@ fn parse_pool_disable(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     }
     let error_code = match inv.args.first() {
         None => 1,
-        Some(t) => inv.parse_arg::<i32>(t)?,
+        Some(t) => inv.parse_arg::<i32>(t, "errorCode")?,
     };
     let message = match inv.args.get(1) {
         None => "Operator intervention".to_string(),
@@ -1081,7 +1081,7 @@ fn parse_migration_job(inv: &Invocation<'_>, kind: JobKind) -> Result<Command, P
 
 /// The one argument of a command about a job.
 fn job_arg(inv: &Invocation<'_>) -> Result<JobId, ParseError> {
-    let job = inv.parse_arg(inv.arg(0, "job id")?)?;
+    let job = inv.arg_as(0, "job id")?;
     inv.at_most(1)?;
     Ok(job)
 }
@@ -1123,8 +1123,8 @@ fn parse_rebalance(inv: &Invocation<'_>) -> Result<Command, ParseError> {
 }
 
 fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
-    let job = inv.parse_arg(inv.arg(0, "job id")?)?;
-    let n = inv.parse_arg(inv.arg(1, "concurrency")?)?;
+    let job = inv.arg_as(0, "job id")?;
+    let n = inv.arg_as(1, "concurrency")?;
     inv.at_most(2)?;
     Ok(Command::MigrationSetConcurrency { job, n, deprecated })
 }
@@ -1275,13 +1275,13 @@ mod tests {
         check_err(&format!("rep rm {ID} {ID}x"), "unexpected argument", &format!("{ID}x"));
         check_err(&format!("rep rm -force=yes {ID}"), "takes no value", "-force");
         check_err("info extra", "unexpected argument", "extra");
-        check_err("pool disable -rdonly notanumber", "invalid digit", "notanumber");
+        check_err("pool disable -rdonly notanumber", "errorCode: \"notanumber\" is not a whole number", "notanumber");
         check_err("pool disable -readonly", "unknown option -readonly", "-readonly");
         check_err("rep ls \"unterminated", "unterminated quote", "\"");
         check_err(&format!("pp get file {ID} pool/2"), "not a valid pool name", "pool/2");
 
         check_err("pp set max active -1", "unknown option -1", "-1");
-        check_err("pp set max active many", "invalid digit", "many");
+        check_err("pp set max active many", "n: \"many\" is not a whole number", "many");
         check_err("pp remove x", "not a valid transfer id", "x");
         check_err("log set tidepool_pool verbose", "'verbose' is not a level", "verbose");
         check_err("log set a/b info", "'a/b' is not a target", "a/b");
@@ -1323,7 +1323,7 @@ mod tests {
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
         check_err("migration suspend 1 2", "unexpected argument", "2");
         check_err("migration cancel -force=maybe 1", "takes no value", "-force");
-        check_err("migration set concurrency 1 x", "invalid digit", "x");
+        check_err("migration set concurrency 1 x", "concurrency: \"x\" is not a whole number", "x");
         check_err("migration set concurrency-default 0", "Default concurrency must be positive.", "0");
         check_err("migration get concurrency-default 3", "unexpected argument", "3");
         check_err("migration clear 1", "unexpected argument", "1");
@@ -1331,7 +1331,7 @@ mod tests {
         check("migration get refresh-default", Command::MigrationGetDefaultRefresh);
         check_err("migration set refresh-default 0", "Refresh interval must be positive.", "0");
         check_err("migration set refresh-default -5", "unknown option -5", "-5");
-        check_err("migration set refresh-default soon", "invalid digit", "soon");
+        check_err("migration set refresh-default soon", "seconds: \"soon\" is not a whole number", "soon");
         check_err("migration set refresh-default 5 6", "unexpected argument", "6");
         check_err("migration get refresh-default 3", "unexpected argument", "3");
         for (line, what) in
@@ -1445,11 +1445,44 @@ mod tests {
         assert_eq!(err.render(line), message, "{line:?}: the message is shown as the module wrote it");
     }
 
+    /// A number that does not parse is refused at the token, as rc=4, with a message that names
+    /// the argument and shows the expected form; the parser's own text never reaches the operator.
+    #[test]
+    fn bad_numbers_name_the_argument_and_the_expected_form() {
+        let table: &[(&str, &str, &str, &str)] = &[
+            ("migration set concurrency 1 x", "concurrency", "x", "migration set concurrency <job> <n>"),
+            ("migration set concurrency 1 -- -2", "concurrency", "-2", "negative"),
+            (
+                "migration set concurrency 1 99999999999999999999999",
+                "concurrency",
+                "99999999999999999999999",
+                "too large",
+            ),
+            ("pool disable x", "errorCode", "x", "pool disable [options] [errorCode [errorMessage]]"),
+            ("pool disable 1.5 msg", "errorCode", "1.5", "whole number"),
+            ("pp set max active many", "n", "many", "pp set max active <n>"),
+            ("pp set max outgoing ''", "n", "''", "empty"),
+            ("migration set concurrency-default 2x", "concurrency", "2x", "migration set concurrency-default <n>"),
+            ("migration set refresh-default 1h", "seconds", "1h", "migration set refresh-default <seconds>"),
+        ];
+        for (line, what, at, needle) in table {
+            let err = parse(line).expect_err(line);
+            assert_eq!(err.code, tidepool_p2p::ErrorCode::InvalidArgument, "{line:?}");
+            assert!(err.message.starts_with(&format!("{what}: ")), "{line:?}: {:?} names no {what}", err.message);
+            assert!(err.message.contains(needle), "{line:?}: {:?} lacks {needle:?}", err.message);
+            assert!(!err.message.contains("invalid digit"), "{line:?}: {:?}", err.message);
+            assert_eq!(err.offset, Some(line.rfind(at).unwrap()), "{line:?}: {err:?}");
+        }
+    }
+
     #[test]
     fn invalid_job_options_are_refused_with_dcaches_messages() {
         for (line, message) in [
             ("migration copy", "target(s) required when target type is pool"),
-            ("migration move -state=broken pool2", "broken: Invalid state"),
+            (
+                "migration move -state=broken pool2",
+                "broken: Invalid value for option -state (expected: cached or precious)",
+            ),
             ("migration copy -order=age pool2", "age: Invalid value for option -order"),
             ("migration copy -pins=drop pool2", "drop: Invalid value for option -pins"),
             ("migration copy -replicas=0 pool2", "Number of replicas must be positive."),
@@ -1459,8 +1492,14 @@ mod tests {
             ("migration copy -smode=same+x(-2) pool2", "-2: Invalid lifetime"),
             ("migration copy -smode=same+x(y) pool2", "x(y): Syntax error"),
             ("migration copy -size=5..1 pool2", "5..1: Invalid interval for option -size"),
-            ("migration copy -select=best pool2", "Invalid value: best"),
-            ("migration copy -target=cell pool2", "Invalid value: cell"),
+            (
+                "migration copy -select=best pool2",
+                "best: Invalid value for option -select (expected: proportional or random)",
+            ),
+            (
+                "migration copy -target=cell pool2",
+                "cell: Invalid value for option -target (expected: pool, pgroup, link or hsm)",
+            ),
             ("migration copy -target=link l m", "[l, m]: Only one target supported for -type=link"),
             (
                 "migration move -include-when='target.free >' pool2",
@@ -1474,7 +1513,10 @@ mod tests {
                 "migration move -permanent -stop-when='targets == 0' pool2",
                 "Permanent jobs cannot have a stop condition.",
             ),
-            ("migration move -target-deficit-mode=some pool2", "Invalid value: some"),
+            (
+                "migration move -target-deficit-mode=some pool2",
+                "some: Invalid value for option -target-deficit-mode (expected: wait or limit)",
+            ),
             ("migration copy -refresh=0 pool2", "The refresh period must be at least 1 second."),
             (
                 "migration copy pool/2",
@@ -1560,7 +1602,7 @@ mod tests {
         // Parse errors are found before `exec` runs, so no job is made.
         check_err(
             "migration copy -frobnicate pool2",
-            "unknown option -frobnicate; 'migration copy' takes -id",
+            "unknown option -frobnicate; `help migration copy` lists its 32 options",
             "-frobnicate",
         );
         check_err("migration move -eager=yes pool2", "-eager takes no value (or true/false), not \"yes\"", "-eager");
@@ -1571,6 +1613,8 @@ mod tests {
     #[test]
     fn migration_copy_help_documents_every_option_and_the_defaults() {
         let help = COMMANDS.iter().find(|c| c.name == "migration copy").unwrap().help();
+        // The option texts are wrapped at 80 columns: compare them with the line breaks undone.
+        let unwrapped = help.split_whitespace().collect::<Vec<_>>().join(" ");
         for name in [
             "id",
             "permanent",
@@ -1617,7 +1661,7 @@ mod tests {
             "(default: `migration get refresh-default`, 300 unless configured)",
             "(default: wait)",
         ] {
-            assert!(help.contains(default), "help migration copy lacks {default:?}");
+            assert!(unwrapped.contains(default), "help migration copy lacks {default:?}");
         }
         for name in ["migration move", "migration cache"] {
             let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();

@@ -46,19 +46,24 @@ pub struct CommandSpec {
 
 impl CommandSpec {
     pub fn usage(&self) -> String {
-        let mut s = self.name.to_string();
+        self.usage_items().join(" ")
+    }
+
+    /// The name, each option in brackets, and the arguments: the pieces of the synopsis, which
+    /// a wrapped synopsis never breaks.
+    fn usage_items(&self) -> Vec<String> {
+        let mut items = vec![self.name.to_string()];
         for o in self.options {
-            s.push_str(&match o.value {
-                OptionValue::Flag => format!(" [-{}]", o.name),
-                OptionValue::Required(v) => format!(" [-{}={v}]", o.name),
-                OptionValue::Optional(v) => format!(" [-{}[={v}]]", o.name),
+            items.push(match o.value {
+                OptionValue::Flag => format!("[-{}]", o.name),
+                OptionValue::Required(v) => format!("[-{}={v}]", o.name),
+                OptionValue::Optional(v) => format!("[-{}[={v}]]", o.name),
             });
         }
         if !self.args.is_empty() {
-            s.push(' ');
-            s.push_str(self.args);
+            items.push(self.args.to_string());
         }
-        s
+        items
     }
 
     /// The name and arguments, for the command list.
@@ -70,11 +75,29 @@ impl CommandSpec {
 
     /// The text of `help <command>`.
     pub fn help(&self) -> String {
-        let mut s = format!("NAME\n    {} -- {}\n\nSYNOPSIS\n    {}\n", self.name, self.summary, self.usage());
+        let mut s = String::from("NAME\n");
+        let title = [self.name, "--"].into_iter().chain(self.summary.split_whitespace());
+        s.push_str(&wrap(title, "    ", "        "));
+        s.push_str("\nSYNOPSIS\n");
+        let items = self.usage_items();
+        // Continuation lines line up under the first option, unless an option would not fit there.
+        let widest = items.iter().map(|i| i.chars().count()).max().unwrap_or(0);
+        let under = 4 + self.name.len() + 1;
+        let hang = " ".repeat(if under + widest <= HELP_WIDTH { under } else { 8 });
+        s.push_str(&wrap(items.iter().map(String::as_str), "    ", &hang));
         if !self.details.is_empty() {
             s.push_str("\nDESCRIPTION\n");
+            // The details are laid out by hand; only a line too long for the width is wrapped
+            // (its continuation indented under its own indentation).
             for line in self.details.lines() {
-                s.push_str(&format!("    {line}\n"));
+                let shown = format!("    {line}");
+                if shown.chars().count() <= HELP_WIDTH {
+                    s.push_str(&shown);
+                    s.push('\n');
+                } else {
+                    let indent = &shown[..shown.len() - shown.trim_start().len()];
+                    s.push_str(&wrap(line.split_whitespace(), indent, indent));
+                }
             }
         }
         if !self.options.is_empty() {
@@ -85,7 +108,8 @@ impl CommandSpec {
                     OptionValue::Required(v) => format!("-{}={v}", o.name),
                     OptionValue::Optional(v) => format!("-{}[={v}]", o.name),
                 };
-                s.push_str(&format!("    {head}\n        {}\n", o.help));
+                s.push_str(&format!("    {head}\n"));
+                s.push_str(&wrap(o.help.split_whitespace(), "        ", "        "));
             }
         }
         if !self.examples.is_empty() {
@@ -96,6 +120,35 @@ impl CommandSpec {
         }
         s
     }
+}
+
+/// The width `help <command>` fits its synopsis and option texts into.
+pub const HELP_WIDTH: usize = 80;
+
+/// Fills lines of at most [`HELP_WIDTH`] characters with `items`, separated by a space: the
+/// first line starts with `first`, the others with `rest`. An item longer than a line gets one
+/// of its own. Each line ends with a newline.
+fn wrap<'a>(items: impl IntoIterator<Item = &'a str>, first: &str, rest: &str) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for item in items {
+        let len = line.chars().count();
+        if !empty && len + 1 + item.chars().count() > HELP_WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_string();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(item);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// A line that does not parse, with where and why.
@@ -185,14 +238,82 @@ impl Invocation<'_> {
         }
     }
 
-    /// Parses a token with `FromStr`, reporting errors at the token.
-    pub fn parse_arg<T: std::str::FromStr>(&self, t: &Token) -> Result<T, ParseError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        t.text.parse().map_err(|e: T::Err| ParseError::invalid(t.offset, e.to_string()))
+    /// Parses the argument `t`, named `what` in the error, which points at the token, says what
+    /// is wrong in the operator's terms (never the parser's own text) and shows the expected form.
+    pub fn parse_arg<T: Operand>(&self, t: &Token, what: &str) -> Result<T, ParseError> {
+        t.text.parse().map_err(|e: T::Err| {
+            ParseError::invalid(
+                t.offset,
+                format!("{} (expected: {})", T::problem(what, &t.text, &e), self.spec.usage_short()),
+            )
+        })
+    }
+
+    /// The `i`th argument after the command words, named `what`, parsed.
+    pub fn arg_as<T: Operand>(&self, i: usize, what: &str) -> Result<T, ParseError> {
+        self.parse_arg(self.arg(i, what)?, what)
     }
 }
+
+/// A type an argument is parsed into, and how a value that does not parse is described to the
+/// operator. Implemented for the integer types (whose `ParseIntError` text, "invalid digit found
+/// in string", means nothing to an operator) and for the domain types, whose errors are written
+/// for operators already; a type without an impl cannot be parsed with [`Invocation::parse_arg`].
+pub trait Operand: std::str::FromStr {
+    /// What is wrong with `text`, the value of the argument `what`.
+    fn problem(what: &str, text: &str, err: &Self::Err) -> String;
+}
+
+macro_rules! integer_operand {
+    ($($t:ty),*) => {$(
+        impl Operand for $t {
+            fn problem(what: &str, text: &str, err: &std::num::ParseIntError) -> String {
+                format!("{what}: {:?} {}", echo(text), integer_problem(text, err, <$t>::MIN, <$t>::MAX))
+            }
+        }
+    )*};
+}
+
+integer_operand!(i32, u32, u64, usize);
+
+/// Why `text` is not an integer between `min` and `max`, from the parser's error kind.
+fn integer_problem(
+    text: &str,
+    err: &std::num::ParseIntError,
+    min: impl std::fmt::Display,
+    max: impl std::fmt::Display,
+) -> String {
+    use std::num::IntErrorKind;
+    match err.kind() {
+        IntErrorKind::Empty => "is empty; give a whole number".to_string(),
+        IntErrorKind::PosOverflow => format!("is too large (at most {max})"),
+        IntErrorKind::NegOverflow => format!("is too small (at least {min})"),
+        _ if text.starts_with('-') && min.to_string() == "0" => {
+            "is negative; give a whole number, 0 or more".to_string()
+        }
+        _ => "is not a whole number".to_string(),
+    }
+}
+
+/// Domain types: their errors name the kind and the value already.
+macro_rules! domain_operand {
+    ($($t:ty),*) => {$(
+        impl Operand for $t {
+            fn problem(_what: &str, _text: &str, err: &Self::Err) -> String {
+                err.to_string()
+            }
+        }
+    )*};
+}
+
+domain_operand!(
+    tidepool_p2p::ids::PnfsId,
+    tidepool_p2p::ids::PoolName,
+    tidepool_p2p::ids::JobId,
+    tidepool_p2p::ids::TransferId,
+    crate::logging::LogTarget,
+    crate::logging::Level
+);
 
 /// Operator input as an error message repeats it: at most [`MAX_ECHO`] characters.
 pub fn echo(text: &str) -> std::borrow::Cow<'_, str> {
@@ -223,13 +344,7 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
     let consumed = spec.name.split(' ').count();
     for o in &options {
         let Some(decl) = spec.options.iter().find(|d| d.name == o.name) else {
-            let known: Vec<String> = spec.options.iter().map(|d| format!("-{}", d.name)).collect();
-            let hint = if known.is_empty() {
-                format!("'{}' takes no options", spec.name)
-            } else {
-                format!("'{}' takes {}", spec.name, known.join(" "))
-            };
-            return Err(ParseError::at(o.offset, format!("unknown option -{}; {hint}", echo(&o.name))));
+            return Err(ParseError::at(o.offset, unknown_option(spec, &o.name)));
         };
         match (decl.value, o.value.as_deref()) {
             (OptionValue::Required(v), None) => {
@@ -297,6 +412,43 @@ fn escape(text: &str) -> String {
 /// declared names; a longer one is no typo of any of them, and comparing would cost time in
 /// proportion to its length.
 const MAX_SUGGEST: usize = 64;
+
+/// The most options an unknown-option error lists; a command with more (`migration copy` has
+/// 32) is pointed at its help instead.
+const MAX_LISTED_OPTIONS: usize = 8;
+
+/// The message for an option `spec` does not declare: "did you mean" for a close one, else
+/// the options it takes (or where to find them).
+fn unknown_option(spec: &CommandSpec, typed: &str) -> String {
+    let head = format!("unknown option -{}", echo(typed));
+    if spec.options.is_empty() {
+        return format!("{head}; '{}' takes no options", spec.name);
+    }
+    if let Some(name) = closest(typed, spec.options.iter().map(|d| d.name)) {
+        return format!("{head}; did you mean -{name}? (`help {}` lists the options)", spec.name);
+    }
+    if spec.options.len() > MAX_LISTED_OPTIONS {
+        return format!("{head}; `help {}` lists its {} options", spec.name, spec.options.len());
+    }
+    let known: Vec<String> = spec.options.iter().map(|d| format!("-{}", d.name)).collect();
+    format!("{head}; '{}' takes {}", spec.name, known.join(" "))
+}
+
+/// The candidate closest to `typed` if it is close enough to be a typo of it: at most two
+/// edits, and at most one per three characters typed (so `-x` is no typo of `-l`). Nothing for
+/// a `typed` longer than [`MAX_SUGGEST`] bytes, which bounds the work.
+pub fn closest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    if typed.len() > MAX_SUGGEST {
+        return None;
+    }
+    let typed_chars = typed.chars().count();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(typed, c), c))
+        .filter(|&(d, _)| d > 0 && d <= 2 && d * 3 <= typed_chars)
+        .min()
+        .map(|(_, c)| c)
+}
 
 fn unknown_command(specs: &[CommandSpec], words: &[&str], tokens: &[Token]) -> ParseError {
     let offset = tokens.first().map(|t| t.offset).unwrap_or(0);
@@ -418,6 +570,73 @@ mod tests {
         // Exactly the limit is a line like any other (here: an unknown command).
         let line = "a".repeat(MAX_ADMIN_LINE);
         assert_eq!(parse_line(&[], &line).unwrap_err().code, ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn close_names_are_suggested() {
+        let options = ["concurrency", "storage", "state", "json", "l", "s", "sum"];
+        let table: &[(&str, Option<&str>)] = &[
+            ("concurency", Some("concurrency")),
+            ("concurrenccy", Some("concurrency")),
+            ("storag", Some("storage")),
+            ("stat", Some("state")),
+            ("jsn", Some("json")),
+            ("x", None),
+            ("ls", None),
+            ("concurrency", None),
+            ("something", None),
+        ];
+        for (typed, want) in table {
+            assert_eq!(closest(typed, options), *want, "{typed:?}");
+        }
+        assert_eq!(closest(&"c".repeat(MAX_SUGGEST + 1), ["c"]), None, "a long word is not compared");
+    }
+
+    #[test]
+    fn an_unknown_option_close_to_a_known_one_is_suggested() {
+        let commands = super::super::COMMANDS;
+        let err = parse_line(commands, "migration copy -concurency=2 pool2").unwrap_err();
+        assert_eq!((err.code, err.offset), (ErrorCode::Syntax, Some(15)));
+        assert!(err.message.contains("did you mean -concurrency?"), "{}", err.message);
+        assert!(!err.message.contains("-storage"), "no list of every option: {}", err.message);
+        // No close option: a command with many options points at its help.
+        let err = parse_line(commands, "migration copy -frobnicate pool2").unwrap_err();
+        assert!(err.message.contains("`help migration copy`"), "{}", err.message);
+        assert!(!err.message.contains("-storage"), "{}", err.message);
+        // A long unknown option is echoed shortened and not compared.
+        let line = format!("migration copy -{} pool2", "c".repeat(MAX_ADMIN_LINE / 2));
+        let started = std::time::Instant::now();
+        let err = parse_line(commands, &line).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(err.message.len() < 2 * MAX_ECHO, "{}", err.message);
+    }
+
+    /// `help <command>` fits an 80-column terminal; only a single word longer than a line
+    /// (an example, a long option name) may pass it. The synopsis keeps every option.
+    #[test]
+    fn help_fits_80_columns() {
+        for spec in super::super::COMMANDS {
+            let help = spec.help();
+            for line in help.lines() {
+                let n = line.chars().count();
+                let long_word = line.split_whitespace().any(|w| 8 + w.chars().count() > HELP_WIDTH);
+                let example = spec.examples.iter().any(|e| line.trim() == *e);
+                assert!(n <= HELP_WIDTH || long_word || example, "help {}: {n} columns: {line}", spec.name);
+            }
+            let synopsis = help.split("SYNOPSIS\n").nth(1).unwrap().split("\n\n").next().unwrap();
+            assert_eq!(synopsis.split_whitespace().collect::<Vec<_>>().join(" "), spec.usage(), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn wrapping() {
+        assert_eq!(wrap(["a", "b"], "  ", "    "), "  a b\n");
+        let long = "x".repeat(HELP_WIDTH);
+        assert_eq!(wrap(["a", &long, "b"], "  ", "    "), format!("  a\n    {long}\n    b\n"));
+        let words: Vec<String> = (0..40).map(|i| format!("w{i:02}")).collect();
+        let text = wrap(words.iter().map(String::as_str), "  ", "    ");
+        assert!(text.lines().all(|l| l.len() <= HELP_WIDTH), "{text}");
+        assert_eq!(text.split_whitespace().count(), 40);
     }
 
     #[test]
