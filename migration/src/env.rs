@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use tidepool_p2p::message::{MigrationReply, MigrationRequest};
 use tidepool_p2p::model::{Checksum, EpochMillis, FileAttributes, ReplicaState, StickyMode, StickyRecord};
-use tidepool_p2p::{JobId, PnfsId, PoolName, RemoteError};
+use tidepool_p2p::{AttemptId, JobId, PnfsId, PoolName, RemoteError, TaskId};
 use tokio_util::sync::CancellationToken;
 
 /// One replica of the local repository as the module sees it.
@@ -77,6 +77,17 @@ pub struct Pull {
     pub sticky: Vec<StickyRecord>,
     pub atime: Option<EpochMillis>,
     pub force_source_mode: bool,
+    /// The migration attempt this pull carries out (`None` for `pp get file`): the transfer's
+    /// log lines name it, so one grep follows a file across its source and its target.
+    pub copy_of: Option<CopyOf>,
+}
+
+/// The migration copy a pull is for, as the transfer's log lines name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyOf {
+    pub job: JobId,
+    pub task: TaskId,
+    pub attempt: AttemptId,
 }
 
 /// The pool around the module.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::MigrationError;
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
+    CopyOf, Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
     pin_covered,
 };
 use crate::expr::{self, Expr, Value};
@@ -118,6 +118,10 @@ const CANCEL_RESEND_FOR: Duration = Duration::from_secs(3600);
 pub struct Module<E: Env> {
     env: Arc<E>,
     rt: Handle,
+    /// The span current when the module was made (the daemon's `pool{name=...}`): every task
+    /// the module spawns, for its jobs and for the copies it makes, runs in it, so that each of
+    /// their log lines names the pool.
+    span: tracing::Span,
     settings: Settings,
     jobs: Mutex<Jobs>,
     /// Files this pool's jobs work on, and the job that does (reference §3.1 "file locks").
@@ -405,6 +409,7 @@ impl<E: Env> Module<E> {
         Arc::new(Module {
             env,
             rt: Handle::current(),
+            span: tracing::Span::current(),
             default_concurrency: AtomicUsize::new(settings.default_concurrency),
             default_refresh: AtomicU64::new(settings.refresh.as_secs().max(1)),
             settings,

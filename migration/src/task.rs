@@ -125,6 +125,24 @@ pub enum TaskEvent {
     },
 }
 
+impl TaskEvent {
+    /// The attempt the event is about, if it is about one (for the logs).
+    pub fn attempt(&self) -> Option<AttemptId> {
+        match self {
+            TaskEvent::CopyAccepted { attempt }
+            | TaskEvent::CopyRefused { attempt, .. }
+            | TaskEvent::CopyUnanswered { attempt, .. }
+            | TaskEvent::Finished { attempt, .. }
+            | TaskEvent::PingAnswered { attempt, .. }
+            | TaskEvent::PingUnanswered { attempt }
+            | TaskEvent::Timer { attempt } => Some(*attempt),
+            TaskEvent::Start | TaskEvent::Located { .. } | TaskEvent::AlreadyDone { .. } | TaskEvent::Cancel { .. } => {
+                None
+            }
+        }
+    }
+}
+
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -266,6 +284,12 @@ impl Task {
 
     pub fn state(&self) -> TaskState {
         self.state
+    }
+
+    /// The task's latest attempt: the one under way, or the last one made (`None` before the
+    /// first copy request). The job's log lines about the file name it.
+    pub fn last_attempt(&self) -> Option<AttemptId> {
+        (self.attempts > 0).then(|| AttemptId(self.attempt_base + self.attempts))
     }
 
     /// The attempt under way, once its target accepted it (or may have: the answer was lost):

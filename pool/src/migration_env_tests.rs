@@ -282,6 +282,7 @@ mod daemons {
             sticky: vec![StickyRecord::new("alice", tidepool_p2p::model::NEVER)],
             atime: None,
             force_source_mode: false,
+            copy_of: None,
         }
     }
 

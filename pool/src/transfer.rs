@@ -321,7 +321,7 @@ enum Stop {
 /// Runs a registered transfer to the end: the new replica, committed and durable, or an error
 /// with nothing left behind.
 pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest) -> Result<Replica, RemoteError> {
-    let span = tracing::info_span!("p2p", transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source);
+    let span = transfer_span(&entry, &req);
     let result = tracing::Instrument::instrument(pull_inner(pool, &entry, &req), span.clone()).await;
     span.in_scope(|| match &result {
         Ok(r) => tracing::info!(size = r.attrs.size, state = %r.state, "replica received"),
@@ -341,18 +341,41 @@ pub async fn pull_batch(
     batch: Vec<(Arc<TransferEntry>, PullRequest)>,
 ) -> Vec<Result<Replica, RemoteError>> {
     let results = pull_batch_inner(pool, &batch).await;
+    let (mut received, mut bytes) = (0usize, 0u64);
     for ((entry, req), result) in batch.iter().zip(&results) {
-        match result {
+        // Each replica's own line at debug (its failure as a warning), in its transfer's span;
+        // the batch's at info: a drain of a million files does not flood the log.
+        transfer_span(entry, req).in_scope(|| match result {
             Ok(r) => {
-                tracing::info!(transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source, size = r.attrs.size, state = %r.state, "replica received")
+                received += 1;
+                bytes += r.attrs.size;
+                tracing::debug!(size = r.attrs.size, state = %r.state, "replica received")
             }
-            Err(e) => {
-                tracing::warn!(transfer = %entry.id, pnfsid = %req.pnfsid, source = %req.source, "transfer failed: {}", e.message)
-            }
-        }
+            Err(e) => tracing::warn!("transfer failed: {}", e.message),
+        });
         pool.transfers.finish(entry, result.as_ref().err().cloned());
     }
+    if let Some((_, first)) = batch.first() {
+        let failed = batch.len() - received;
+        tracing::info!(source = %first.source, files = batch.len(), received, failed, bytes, "batch of replicas received");
+    }
     results
+}
+
+/// The span of one transfer on its target: `p2p{transfer pnfsid source}`, with the job, task
+/// and attempt of the migration copy it carries out, if any. It opens inside the caller's span
+/// (the pool's), so its lines name the pool.
+fn transfer_span(entry: &TransferEntry, req: &PullRequest) -> tracing::Span {
+    let copy = req.copy_of.as_ref();
+    tracing::info_span!(
+        "p2p",
+        transfer = %entry.id,
+        pnfsid = %req.pnfsid,
+        source = %req.source,
+        job = copy.map(|c| tracing::field::display(&c.job)),
+        task = copy.map(|c| tracing::field::display(c.task)),
+        attempt = copy.map(|c| tracing::field::display(c.attempt)),
+    )
 }
 
 async fn pull_batch_inner(

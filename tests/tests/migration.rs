@@ -399,3 +399,61 @@ fn a_forced_cancel_mid_way_leaves_no_partial_replica_and_the_job_can_run_again()
     assert_bytes(&cluster, "pool2", &files);
     assert_no_partial_replica(&cluster, "pool2");
 }
+
+/// One file's journey (docs/troubleshooting.md, "Following one file"): with the migration
+/// module at debug on both pools, every line about the file's copy, on the source and on the
+/// target, names its attempt (with the job, the task and the pnfsid) and its pool, so one grep
+/// per pool follows it from the command to the target's commit.
+#[test]
+fn one_files_journey_shares_its_attempt_id_in_the_logs_of_both_pools() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    let filter = [("RUST_LOG", "info,tidepool_migration=debug,tidepool_pool::transfer=debug")];
+    cluster.start_with_env("pool1", &filter);
+    cluster.start_with_env("pool2", &filter);
+    // Two small files (copied in one batch) and a large one (copied on its own).
+    let files = cluster.put_samples("pool1", &[(10_000, 1), (20_000, 2), (1_500_000, 3)], &["--storage", "test:disk"]);
+    let job = create(&cluster, "pool1", "migration move pool2");
+    cluster.wait_for_job("pool1", &job, "FINISHED", JOB_WAIT);
+    let (source, target) = (cluster.log("pool1"), cluster.log("pool2"));
+    for id in [&files[0].0, &files[2].0] {
+        follow(&job, id, &source, &target);
+    }
+}
+
+/// One grep for the attempt of `id` per pool finds each step of its copy, and every line
+/// names its pool, job, task and pnfsid.
+#[track_caller]
+fn follow(job: &str, id: &str, source: &str, target: &str) {
+    let sent = source
+        .lines()
+        .find(|l| l.contains("copy sent") && l.contains(&format!("pnfsid={id} ")))
+        .unwrap_or_else(|| panic!("no `copy sent` line for {id} in the source's log:\n{source}"));
+    let attempt = sent.split("attempt=").nth(1).and_then(|rest| rest.split(' ').next()).expect("an attempt field");
+    let needle = format!("attempt={attempt}");
+    for (pool, log, steps) in [
+        (
+            "pool1",
+            source,
+            &["copy sent", "copy accepted", "finished received: copy done", "task done", "source mode applied"][..],
+        ),
+        ("pool2", target, &["copy admitted", "replica received", "copy done"][..]),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&needle)).collect();
+        for step in steps {
+            assert!(lines.iter().any(|l| l.contains(step)), "{pool}: no `{step}` line for {needle}:\n{log}");
+        }
+        for line in &lines {
+            assert!(
+                line.contains(&format!("pool{{name={pool}}}"))
+                    && line.contains(&format!("job={job}"))
+                    && line.contains("task=")
+                    && line.contains(&format!("pnfsid={id}")),
+                "{pool}: a line of {needle} without its pool, job, task or pnfsid: {line}"
+            );
+        }
+        // Every line about the file names its pool, whatever it is about.
+        for line in log.lines().filter(|l| l.contains(id)) {
+            assert!(line.contains(&format!("pool{{name={pool}}}")), "{pool}: a line without its pool: {line}");
+        }
+    }
+}

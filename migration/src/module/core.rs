@@ -929,6 +929,10 @@ impl<W: World> Cx<'_, W> {
                 }
                 select::select(strategy, &infos, &exclude, size, &mut rng).map(|p| p.name.clone())
             };
+            if !r.finishing {
+                // (A finishing task's file is being removed or released: its cancel is moot.)
+                log_event(&self.job.id, r.id, id, &event);
+            }
             let effects = r.task.step(event, &selector);
             for fx in effects {
                 self.effect(id, fx, &mut work);
@@ -982,10 +986,15 @@ impl<W: World> Cx<'_, W> {
                     }
                     self.reserve(&target, size);
                 }
+                tracing::debug!(job = %self.job.id, task = %req.task, %attempt, pnfsid = %id, %target, existing, "copy sent");
                 self.actions.push(Action::Copy { to: target, unit, pnfsid: id, attempt, req: Box::new(req) });
             }
-            Effect::Ping { target, attempt } => self.actions.push(Action::Ping { to: target, pnfsid: id, attempt }),
+            Effect::Ping { target, attempt } => {
+                tracing::debug!(job = %self.job.id, task = %r.id, %attempt, pnfsid = %id, %target, "ping sent");
+                self.actions.push(Action::Ping { to: target, pnfsid: id, attempt })
+            }
             Effect::Cancel { target, attempt, reason } => {
+                tracing::debug!(job = %self.job.id, task = %r.id, %attempt, pnfsid = %id, %target, "cancel sent: {reason}");
                 self.actions.push(Action::Cancel { to: target, attempt, reason })
             }
             Effect::Timer { attempt, after } => {
@@ -1011,6 +1020,7 @@ impl<W: World> Cx<'_, W> {
         let Some(r) = self.s.running.get_mut(&id) else { return };
         let task = r.id;
         let unit = r.unit;
+        let attempt = r.task.last_attempt().map(tracing::field::display);
         if let Some(timer) = r.timer.take() {
             self.s.timers.remove(&timer);
         }
@@ -1049,7 +1059,7 @@ impl<W: World> Cx<'_, W> {
                 }
                 let moved_pins = if r.task.pins_moved() { r.pins.clone() } else { Vec::new() };
                 let snapshot = Snapshot::of(r.entry.state, &r.entry.sticky, self.world.pin_prefix());
-                tracing::debug!(job = %self.job.id, %task, pnfsid = %id, replicas = ?replicas, "task done");
+                tracing::debug!(job = %self.job.id, %task, attempt, pnfsid = %id, replicas = ?replicas, "task done");
                 self.actions.push(Action::SourceModes(vec![SourceModeItem {
                     pnfsid: id,
                     confirmed: replicas.len(),
@@ -1068,7 +1078,7 @@ impl<W: World> Cx<'_, W> {
                     }
                 }
                 let what = if permanent { "failed for good" } else { "failed; retried later" };
-                tracing::warn!(job = %self.job.id, %task, pnfsid = %id, "file {what}: {}", error.message);
+                tracing::warn!(job = %self.job.id, %task, attempt, pnfsid = %id, rc = error.code, "file {what}: {}", error.message);
                 self.note(Some(task), Some(id), error.message.clone());
                 // No target could take it (all full, offline, unreachable): the view may be
                 // stale (the job counts its own copies against figures from before they
@@ -1088,6 +1098,7 @@ impl<W: World> Cx<'_, W> {
 
     fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
         let Some(r) = self.s.running.remove(&id) else { return };
+        let attempt = r.task.last_attempt().map(tracing::field::display);
         self.unlock(&id);
         if !self.batched() {
             self.unit_task_ended(r.unit);
@@ -1099,11 +1110,12 @@ impl<W: World> Cx<'_, W> {
                 // copies are brought up to date before the source mode is applied.
                 let msg = "Source replica changed while it was copied (state or sticky records); \
                            its copies are updated before the source mode is applied";
-                tracing::info!(job = %self.job.id, task = %r.id, pnfsid = %id, "{msg}");
+                tracing::info!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "{msg}");
                 self.note(Some(r.id), Some(id), msg.into());
                 self.s.queue.requeue(&id);
             }
             Ok(Applied::Done) => {
+                tracing::debug!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "source mode applied; file done");
                 self.s.queue.completed(&id);
                 let size = r.entry.attrs.size;
                 let now = self.world.rate_clock();
@@ -1115,6 +1127,7 @@ impl<W: World> Cx<'_, W> {
             Err(e) => {
                 let error =
                     RemoteError { code: e.code, message: format!("Failed to apply the source mode: {}", e.message) };
+                tracing::warn!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, rc = error.code, "file failed; retried later: {}", error.message);
                 self.note(Some(r.id), Some(id), error.message.clone());
                 let now = self.world.now();
                 self.s.queue.failed(&id, false, error, now, &self.job.settings.backoff);
@@ -1154,6 +1167,38 @@ impl<W: World> Cx<'_, W> {
         }
         self.s.locating = true;
         self.actions.push(Action::Locate { ids, pools });
+    }
+}
+
+/// The job's debug line for an event of one file's task, with the job, the task, the attempt
+/// (when the event is about one) and the pnfsid: one grep for the attempt or the pnfsid in
+/// the source's log follows the file (docs/troubleshooting.md, "Following one file"). At
+/// debug: a drain of a million files logs one info line per batch, not per file.
+fn log_event(job: &JobId, task: TaskId, pnfsid: PnfsId, event: &TaskEvent) {
+    let attempt = event.attempt().map(tracing::field::display);
+    match event {
+        TaskEvent::Start => tracing::debug!(%job, %task, %pnfsid, "task started"),
+        TaskEvent::Located { holders } => tracing::debug!(%job, %task, %pnfsid, ?holders, "holders located"),
+        TaskEvent::AlreadyDone { replicas } => {
+            tracing::debug!(%job, %task, %pnfsid, ?replicas, "already on the targets as wanted")
+        }
+        TaskEvent::CopyAccepted { .. } => tracing::debug!(%job, %task, attempt, %pnfsid, "copy accepted"),
+        TaskEvent::CopyRefused { error, .. } => {
+            tracing::debug!(%job, %task, attempt, %pnfsid, rc = error.code, "copy refused: {}", error.message)
+        }
+        TaskEvent::CopyUnanswered { how, .. } => {
+            tracing::debug!(%job, %task, attempt, %pnfsid, ?how, "copy request unanswered")
+        }
+        TaskEvent::Finished { target, result: Ok(()), .. } => {
+            tracing::debug!(%job, %task, attempt, %pnfsid, %target, "finished received: copy done")
+        }
+        TaskEvent::Finished { target, result: Err(e), .. } => {
+            tracing::debug!(%job, %task, attempt, %pnfsid, %target, rc = e.code, "finished received: {}", e.message)
+        }
+        TaskEvent::PingAnswered { alive, .. } => tracing::debug!(%job, %task, attempt, %pnfsid, alive, "ping answered"),
+        TaskEvent::PingUnanswered { .. } => tracing::debug!(%job, %task, attempt, %pnfsid, "ping unanswered"),
+        TaskEvent::Timer { .. } => tracing::trace!(%job, %task, attempt, %pnfsid, "timer ran out"),
+        TaskEvent::Cancel { reason } => tracing::debug!(%job, %task, %pnfsid, "cancel asked: {reason}"),
     }
 }
 

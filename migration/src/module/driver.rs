@@ -2,6 +2,7 @@
 //! ending tasks), feeds repository changes to the jobs, and shuts the module down.
 
 use super::*;
+use tracing::Instrument;
 
 impl<E: Env> Module<E> {
     /// Pool shutdown: every job is cancelled with force ("pool shutdown") and every copy
@@ -148,7 +149,7 @@ impl<E: Env> Module<E> {
         self.visit(job, JobEvent::Start);
         // The tasks' timers: one task per job sleeps until the soonest.
         let (m, j) = (self.clone(), job.clone());
-        job.tasks.spawn_on(async move { m.run_timers(&j).await }, &self.rt);
+        job.tasks.spawn_on(async move { m.run_timers(&j).await }.instrument(self.span.clone()), &self.rt);
         // Refresh the targets now and then every refresh period, until the job ends.
         let (m, j) = (self.clone(), job.clone());
         job.tasks.spawn_on(
@@ -164,7 +165,8 @@ impl<E: Env> Module<E> {
                         _ = tokio::time::sleep(j.refresh) => {}
                     }
                 }
-            },
+            }
+            .instrument(self.span.clone()),
             &self.rt,
         );
         // The initial scan, off the runtime: a pool of a million replicas keeps answering.
@@ -189,7 +191,8 @@ impl<E: Env> Module<E> {
                     Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
                 };
                 m.visit(&j, JobEvent::Scanned(scanned));
-            },
+            }
+            .instrument(self.span.clone()),
             &self.rt,
         );
     }
@@ -223,13 +226,16 @@ impl<E: Env> Module<E> {
             let pool = pool.clone();
             // Naming the job keeps the copies it delivered held on the target (a move).
             let req = MigrationRequest::PoolInfo { job: Some(id.clone()) };
-            set.spawn(async move {
-                let cost = match m.env.request(&pool, req).await {
-                    Ok(MigrationReply::PoolInfo(c)) => Some(c),
-                    _ => None,
-                };
-                (i, (pool, cost))
-            });
+            set.spawn(
+                async move {
+                    let cost = match m.env.request(&pool, req).await {
+                        Ok(MigrationReply::PoolInfo(c)) => Some(c),
+                        _ => None,
+                    };
+                    (i, (pool, cost))
+                }
+                .in_current_span(),
+            );
         }
         let mut answers: Vec<(usize, (PoolName, Option<PoolCost>))> = set.join_all().await;
         answers.sort_by_key(|(i, _)| *i);
@@ -237,7 +243,6 @@ impl<E: Env> Module<E> {
         self.visit(job, JobEvent::Refreshed(answers));
     }
 
-    /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them.
     /// Tells `to` that `attempt` is cancelled, again and again (with backoff) until it answers:
     /// the task that sent it has already ended (a cancel never waits for its target), so this
     /// is what makes a target that was frozen or cut off drop the copy (and remove its partial
@@ -268,8 +273,10 @@ impl<E: Env> Module<E> {
         }
     }
 
+    /// Runs `work` in a task the job owns: shutdown waits (bounded) for every one of them. It
+    /// runs in the pool's span, so its log lines name the pool.
     fn spawn_for(&self, job: &Arc<Job>, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        job.tasks.spawn_on(work, &self.rt);
+        job.tasks.spawn_on(work.instrument(self.span.clone()), &self.rt);
     }
 
     /// Starts one action in a task the job owns.
@@ -364,15 +371,18 @@ impl<E: Env> Module<E> {
         for pool in pools.iter().cloned() {
             let m = self.clone();
             let req = MigrationRequest::Locate { pnfsids: ids.clone() };
-            set.spawn(async move {
-                let answer = match m.env.request(&pool, req).await {
-                    Ok(MigrationReply::Located { held }) => {
-                        Some(held.into_iter().map(|h| (h.pnfsid, h)).collect::<HashMap<_, _>>())
-                    }
-                    _ => None,
-                };
-                (pool, answer)
-            });
+            set.spawn(
+                async move {
+                    let answer = match m.env.request(&pool, req).await {
+                        Ok(MigrationReply::Located { held }) => {
+                            Some(held.into_iter().map(|h| (h.pnfsid, h)).collect::<HashMap<_, _>>())
+                        }
+                        _ => None,
+                    };
+                    (pool, answer)
+                }
+                .in_current_span(),
+            );
         }
         type Answer = Option<HashMap<PnfsId, Held>>;
         let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();

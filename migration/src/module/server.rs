@@ -2,6 +2,7 @@
 //! jobs, with ping and cancel by (requesting pool, attempt), and the outcome reported back.
 
 use super::*;
+use tracing::Instrument;
 
 /// How long a target remembers an attempt that ended, and at most how many.
 const ENDED_MEMORY: Duration = Duration::from_secs(600);
@@ -439,7 +440,7 @@ impl<E: Env> Module<E> {
     /// copies to remove their data).
     fn spawn_copy(self: &Arc<Self>, from: PoolName, req: CopyRequest, admitted: Admitted) {
         let pnfsid = req.attributes.pnfsid;
-        let span = tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from);
+        let span = copy_span(&from, &req);
         let m = self.clone();
         let Admitted { token, work, hold } = admitted;
         self.copies.spawn_on(
@@ -521,7 +522,8 @@ impl<E: Env> Module<E> {
                     match unheld.get(&req.job).filter(|_| hold.is_some()) {
                         Some(e) => {
                             m.pull_ended(&pnfsid, &done);
-                            m.copy_ended(&from, req.attempt, pnfsid, Err(e.clone()), false);
+                            copy_span(&from, &req)
+                                .in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, Err(e.clone()), false));
                         }
                         None => go.push((req, token, done)),
                     }
@@ -534,9 +536,10 @@ impl<E: Env> Module<E> {
                 for ((req, _, done), result) in go.into_iter().zip(results) {
                     let pnfsid = req.attributes.pnfsid;
                     m.pull_ended(&pnfsid, &done);
-                    m.copy_ended(&from, req.attempt, pnfsid, result, false);
+                    copy_span(&from, &req).in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result, false));
                 }
-            },
+            }
+            .instrument(self.span.clone()),
             &self.rt,
         );
     }
@@ -685,7 +688,7 @@ impl<E: Env> Module<E> {
         };
         if start {
             let (m, to) = (self.clone(), to.clone());
-            self.copies.spawn_on(async move { m.deliver_finished(to).await }, &self.rt);
+            self.copies.spawn_on(async move { m.deliver_finished(to).await }.instrument(self.span.clone()), &self.rt);
         }
     }
 
@@ -746,6 +749,14 @@ struct Admitted {
 /// A new copy of a batch: its request, its cancel, the signal of its pull, its hold.
 type BatchPull = (CopyRequest, CancellationToken, CancellationToken, Option<EpochMillis>);
 
+/// The span of one copy made here for another pool's job (`migration{job task attempt pnfsid
+/// source}`): every line about the copy is in it, inside the pool's span, so one grep for the
+/// attempt or the pnfsid in this pool's log finds them (docs/troubleshooting.md).
+fn copy_span(from: &PoolName, req: &CopyRequest) -> tracing::Span {
+    let pnfsid = req.attributes.pnfsid;
+    tracing::info_span!("migration", job = %req.job, task = %req.task, attempt = %req.attempt, %pnfsid, source = %from)
+}
+
 fn pull_of(from: &PoolName, req: &CopyRequest) -> Pull {
     Pull {
         pnfsid: req.attributes.pnfsid,
@@ -754,6 +765,7 @@ fn pull_of(from: &PoolName, req: &CopyRequest) -> Pull {
         sticky: req.sticky.clone(),
         atime: req.atime,
         force_source_mode: req.force_source_mode,
+        copy_of: Some(CopyOf { job: req.job.clone(), task: req.task, attempt: req.attempt }),
     }
 }
 

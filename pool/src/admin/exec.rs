@@ -280,6 +280,7 @@ fn pp_get_file(
             sticky: Vec::new(),
             atime: None,
             force_source_mode,
+            copy_of: None,
         };
         let task_pool = pool.clone();
         let progress = entry.clone();
