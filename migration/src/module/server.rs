@@ -536,7 +536,13 @@ impl<E: Env> Module<E> {
                 for ((req, _, done), result) in go.into_iter().zip(results) {
                     let pnfsid = req.attributes.pnfsid;
                     m.pull_ended(&pnfsid, &done);
-                    copy_span(&from, &req).in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result, false));
+                    // As for the transfers: a span only where a line is written.
+                    let span = if result.is_err() || tracing::enabled!(tracing::Level::DEBUG) {
+                        copy_span(&from, &req)
+                    } else {
+                        tracing::Span::none()
+                    };
+                    span.in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result, false));
                 }
             }
             .instrument(self.span.clone()),
