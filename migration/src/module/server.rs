@@ -701,6 +701,7 @@ impl<E: Env> Module<E> {
     /// Sends the outcomes gathered for `to` until none is left. An outcome that cannot be
     /// delivered after [`FINISHED_TRIES`] is given up: the source's ping asks for it again.
     async fn deliver_finished(self: Arc<Self>, to: PoolName) {
+        let _unwind = SenderMark { outbox: &self.outbox, to: &to };
         loop {
             let items: Vec<CopyFinished> = {
                 let mut outbox = self.outbox.lock();
@@ -733,6 +734,23 @@ impl<E: Env> Module<E> {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
+        }
+    }
+}
+
+/// A source's sender mark, cleared if the sender panics, so that the next outcome for the
+/// source starts a new sender instead of waiting for ever behind a dead one.
+struct SenderMark<'a> {
+    outbox: &'a Mutex<HashMap<PoolName, Outbox>>,
+    to: &'a PoolName,
+}
+
+impl Drop for SenderMark<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(out) = self.outbox.lock().get_mut(self.to)
+        {
+            out.sending = false;
         }
     }
 }
