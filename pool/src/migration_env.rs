@@ -152,26 +152,10 @@ impl Env for PoolEnv {
         moved: &[StickyRecord],
         snapshot: &Snapshot,
     ) -> Result<SourceRemoval, RemoteError> {
-        let pool = self.pool()?;
-        let now = now_ms();
-        let prefix = pool.pin_prefix.clone();
-        let mut kept = None;
-        fail::fail_point!("source-before-remove");
-        let result = pool.repo.remove_if(id, |r| {
-            kept = source_removal(r.state, &r.sticky, moved, snapshot, &prefix, now);
-            match kept {
-                Some(_) => Err(RepoError::Protected(format!("file {id} changed or is pinned"))),
-                None => Ok(()),
-            }
-        });
-        match (result, kept) {
-            (Ok(()), _) => {
-                fail::fail_point!("source-after-remove");
-                Ok(SourceRemoval::Removed)
-            }
-            (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
-            (Err(e), _) => Err(e.into()),
-        }
+        // One removal is a batch of one: the same check, under the same lock, one flush.
+        let item = Removal { id, moved, snapshot };
+        let mut verdicts = self.remove_many_unless(std::slice::from_ref(&item));
+        verdicts.pop().unwrap_or(Ok(SourceRemoval::Removed))
     }
 
     fn remove_many_unless(&self, items: &[Removal<'_>]) -> Vec<Result<SourceRemoval, RemoteError>> {

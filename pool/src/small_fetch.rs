@@ -102,33 +102,10 @@ impl std::fmt::Debug for SmallFetches {
     }
 }
 
-/// Fetches one replica within a batch from its source, or says why not.
+/// Fetches one replica within a batch from its source, or says why not: a batch of one,
+/// which waits with the other transfers from the same source.
 pub(crate) async fn fetch(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Fetched {
-    let (reply, answer) = oneshot::channel();
-    let item = SmallFetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
-    let start = {
-        let mut queues = pool.transfers.small.queues.lock();
-        let q = queues.entry(req.source.clone()).or_default();
-        if q.per_file_only() {
-            return Fetched::PerFile;
-        }
-        q.waiting.push_back(Waiter { item, reply });
-        let start = q.runners < RUNNERS;
-        if start {
-            q.runners += 1;
-        }
-        start
-    };
-    if start {
-        pool.tasks.spawn(run(pool.clone(), req.source.clone()));
-    }
-    tokio::select! {
-        // A runner that went away without answering (shutdown) leaves the per-file exchange,
-        // which sees the cancel.
-        r = answer => r.unwrap_or(Fetched::PerFile),
-        // The waiter stays queued; the runner skips it, or drops its answer.
-        _ = entry.cancel.cancelled() => Fetched::Failed(cancelled(req.pnfsid)),
-    }
+    fetch_many(pool, vec![(entry, req)]).await.pop().unwrap_or(Fetched::PerFile)
 }
 
 /// Fetches the replicas of a batch from their one source: queued together, so that one
@@ -162,7 +139,10 @@ pub(crate) async fn fetch_many(pool: &Arc<Pool>, batch: Vec<(&TransferEntry, &Pu
     let mut fetched = Vec::with_capacity(batch.len());
     for ((entry, req), answer) in batch.iter().zip(answers) {
         fetched.push(tokio::select! {
+            // A runner that went away without answering (shutdown) leaves the per-file
+            // exchange, which sees the cancel.
             r = answer => r.unwrap_or(Fetched::PerFile),
+            // The waiter stays queued; the runner skips it, or drops its answer.
             _ = entry.cancel.cancelled() => Fetched::Failed(cancelled(req.pnfsid)),
         });
     }

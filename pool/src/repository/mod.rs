@@ -1029,25 +1029,12 @@ impl Repository {
     }
 
     fn delete(&self, id: &PnfsId, allow: impl FnOnce(&Replica) -> RepoResult<()>) -> RepoResult<()> {
-        {
-            let mut ix = self.index.lock();
-            let replica = match self.load(&ix, id) {
-                Err(RepoError::NotFound(_)) => return Ok(()),
-                other => other?,
-            };
-            if replica.state.is_receiving() {
-                return Err(RepoError::Busy { id: *id, state: replica.state, action: "removed" });
-            }
-            allow(&replica)?;
-            ix.take(id);
-            self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
-        }
-        self.store.delete_record(id)?;
-        self.store.delete_hold(id)?;
-        self.flush_shared()?;
-        fail::fail_point!("remove-before-data-delete");
-        self.store.remove_data(id)?;
-        Ok(())
+        let mut allow = Some(allow);
+        let mut answers = self.remove_many_if(std::slice::from_ref(id), |_, r| match allow.take() {
+            Some(allow) => allow(r),
+            None => Ok(()),
+        });
+        answers.pop().unwrap_or(Ok(()))
     }
 
     /// Opens a committed replica for reading and records the access.
