@@ -1426,3 +1426,54 @@ fn duplicated_and_late_batches_keep_replicas_exact() {
         assert_eq!(sim.repo("p1").len(), files.len(), "a copy keeps its sources");
     });
 }
+
+/// A target refuses a batch of copies that asks for more than it holds in memory at once
+/// (`MAX_COPY_BATCH_BYTES`), and takes on none of its copies; a batch within the bound is
+/// answered one answer per request.
+#[test]
+fn a_batch_of_copies_too_large_is_refused_whole() {
+    use tidepool_p2p::message::{CopyAnswer, CopyRequest, MAX_COPY_BATCH_BYTES, MigrationReply, MigrationRequest};
+    use tidepool_p2p::model::FileAttributes;
+    use tidepool_p2p::{AttemptId, ErrorCode, TaskId};
+    run("a_batch_of_copies_too_large_is_refused_whole", 1, |seed| async move {
+        let mut sim = Sim::new(seed, SimConfig::new(&["p1", "p2"], Faults::none()));
+        let files: Vec<PnfsId> = (0..3).map(|_| sim.add_file("p1", FileSpec::cached(100))).collect();
+        let request = |n: usize, size: u64| CopyRequest {
+            attempt: AttemptId(n as u64 + 1),
+            job: "1".parse().unwrap(),
+            task: TaskId(n as u64 + 1),
+            attributes: FileAttributes {
+                pnfsid: files[n],
+                size,
+                checksum: None,
+                storage_class: None,
+                cache_class: None,
+                access_latency: None,
+                retention_policy: None,
+                hsm: None,
+                creation_time: 0,
+                access_time: 0,
+            },
+            state: ReplicaState::Cached,
+            sticky: vec![],
+            verify: false,
+            atime: None,
+            force_source_mode: false,
+            meta_only: false,
+            releases_source: false,
+        };
+        let half = MAX_COPY_BATCH_BYTES / 2;
+        let big = vec![request(0, half), request(1, half), request(2, 1)];
+        match sim.module("p2").serve(pool("p1"), MigrationRequest::CopyBatch(big)).await {
+            MigrationReply::Error(e) => assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e:?}"),
+            other => panic!("a batch over the bound is refused whole, not {other:?}"),
+        }
+        sim.settle().await;
+        assert!(sim.repo("p2").is_empty(), "none of its copies was taken on");
+        let fits = vec![request(0, 100), request(1, 100)];
+        match sim.module("p2").serve(pool("p1"), MigrationRequest::CopyBatch(fits)).await {
+            MigrationReply::Batch(answers) => assert_eq!(answers, vec![CopyAnswer::Accepted, CopyAnswer::Accepted]),
+            other => panic!("a batch within the bound is answered per request, not {other:?}"),
+        }
+    });
+}
