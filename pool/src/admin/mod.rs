@@ -746,7 +746,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "migration set concurrency",
         args: "<job> <n>",
-        summary: "change how many files a job transfers at once (0 starts no new task)",
+        summary: "change how many units (files or batches) a job has under way at once (0 starts none)",
         details: "Applies at once. The reply is `[<id>] Concurrency set to <n>`.",
         options: &[],
         examples: &["migration set concurrency 1 8"],
