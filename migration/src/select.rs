@@ -48,29 +48,8 @@ impl fmt::Display for NoTarget {
     }
 }
 
-/// A small, seeded generator (SplitMix64): reproducible simulations need a seed, and target
-/// choice needs nothing stronger.
-#[derive(Clone, Debug)]
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A float in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+/// Target choice draws from the seeded generator of `tidepool_p2p::random`.
+pub use tidepool_p2p::random::SplitMix;
 
 /// Picks a target for a file of `size` bytes among `candidates`, skipping `exclude`.
 pub fn select<'a>(

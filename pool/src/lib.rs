@@ -16,7 +16,9 @@ pub mod migration_env;
 pub mod pool;
 pub mod pool_dir;
 pub mod rebalance;
-pub mod repository;
 pub mod service;
 pub mod small_fetch;
 pub mod transfer;
+
+/// The replica repository (crate `tidepool-repository`), under the name the pool's code uses.
+pub use tidepool_repository as repository;

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use tidepool_pool::repository::{ReplicaStore, SledStore};
+use tidepool_repository::{ReplicaStore, SledStore};
 use tidepool_tests::{
     CACHED, Cluster, JobLine, PpState, assert_bytes, assert_no_partial_replica, create, ok, report_field, started,
     stored, wait_until,

@@ -46,12 +46,6 @@ impl From<Gone> for RemoteError {
     }
 }
 
-impl From<RepoError> for RemoteError {
-    fn from(e: RepoError) -> Self {
-        RemoteError::new(e.code(), e.to_string())
-    }
-}
-
 /// Parses and runs one line.
 pub fn run_line(pool: &Arc<Pool>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
     match super::parse(line) {
@@ -687,7 +681,7 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repository::conformance::{NOW, attrs, id};
+    use crate::repository::testing::{NOW, attrs, id};
     use tidepool_p2p::model::FileAttributes;
 
     fn replica(state: ReplicaState, sticky: bool) -> Replica {
@@ -890,7 +884,7 @@ mod tests {
     /// The `-json` forms parse and carry the figures of the text forms.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn json_forms_have_the_figures_of_the_text_forms() {
-        use crate::repository::conformance::put;
+        use crate::repository::testing::put;
         use serde_json::Value;
 
         let pool = migrating_pool();

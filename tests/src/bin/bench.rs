@@ -31,7 +31,7 @@ use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord};
 use tidepool_pool::admin::exec::{self, Gone, Output};
 use tidepool_pool::pool::Pool;
-use tidepool_pool::repository::{Replica, ReplicaStore, Repository, SledStore, record};
+use tidepool_repository::{Replica, ReplicaStore, Repository, SledStore, record};
 
 /// In `bench/migration.rs`: this file is a crate root, whose modules would sit beside it.
 #[path = "bench/migration.rs"]
@@ -246,7 +246,7 @@ mod p2p {
     use tidepool_p2p::conn::Connection;
     use tidepool_p2p::message::{AdminReply, AdminRequest};
     use tidepool_p2p::model::{AccessLatency, Checksum, ChecksumWriter, FileAttributes, ReplicaState, RetentionPolicy};
-    use tidepool_pool::repository::{Replica, ReplicaStore, SledStore, record};
+    use tidepool_repository::{Replica, ReplicaStore, SledStore, record};
 
     use super::{chrono_now, flag};
 

@@ -12,7 +12,7 @@ use tidepool_p2p::model::{
     AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, SpaceInfo, StickyRecord,
 };
 use tidepool_p2p::{AttemptId, JobId, PnfsId, PoolName, RemoteError, TaskId, TransferId};
-use tidepool_pool::repository::{Replica, record};
+use tidepool_repository::{Replica, record};
 
 use super::{Ctx, Rng, mutate};
 

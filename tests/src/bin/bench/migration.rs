@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use tidepool_p2p::PnfsId;
-use tidepool_pool::repository::{ReplicaStore, SledStore};
+use tidepool_repository::{ReplicaStore, SledStore};
 use tidepool_tests::report_field;
 
 use super::flag;

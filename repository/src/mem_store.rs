@@ -269,7 +269,7 @@ impl MemStore {
         self.dead.store(true, Ordering::SeqCst);
         let mut found = st.durable.copy();
         if let CutMode::SomeOfTheRest(seed) = mode {
-            let mut rng = tidepool_migration::select::SplitMix::new(seed);
+            let mut rng = tidepool_p2p::random::SplitMix::new(seed);
             let kept = (rng.next_u64() % (st.unflushed.len() as u64 + 1)) as usize;
             for op in &st.unflushed[..kept] {
                 found.apply(op);

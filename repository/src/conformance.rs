@@ -5,12 +5,10 @@ use std::io::Read;
 use std::sync::Arc;
 
 use tidepool_p2p::PnfsId;
-use tidepool_p2p::model::{
-    AccessLatency, Checksum, ChecksumWriter, FileAttributes, NEVER, ReplicaState, RetentionPolicy, StickyMode,
-    StickyRecord,
-};
+use tidepool_p2p::model::{Checksum, ChecksumWriter, NEVER, ReplicaState, StickyMode, StickyRecord};
 
 use super::*;
+use crate::testing::*;
 
 /// A place a repository lives across restarts.
 pub trait Harness {
@@ -67,50 +65,6 @@ impl Harness for Sled {
         names.sort();
         names
     }
-}
-
-pub const NOW: i64 = 1_700_000_000_000;
-
-pub fn id(n: u32) -> PnfsId {
-    let mut b = [0u8; 16];
-    b[12..].copy_from_slice(&n.to_be_bytes());
-    PnfsId::from_random(b)
-}
-
-pub fn attrs(id: PnfsId, size: u64) -> FileAttributes {
-    FileAttributes {
-        pnfsid: id,
-        size,
-        checksum: None,
-        storage_class: Some("atlas:default".into()),
-        cache_class: None,
-        access_latency: Some(AccessLatency::Online),
-        retention_policy: Some(RetentionPolicy::Replica),
-        hsm: None,
-        creation_time: NOW,
-        access_time: NOW,
-    }
-}
-
-pub fn content(id: PnfsId, size: u64) -> Vec<u8> {
-    let seed = id.as_bytes().iter().fold(7u8, |a, b| a.wrapping_mul(31).wrapping_add(*b));
-    (0..size).map(|i| seed.wrapping_add((i % 251) as u8)).collect()
-}
-
-/// Stores a complete replica with the given state and sticky records.
-pub fn put(
-    repo: &Arc<Repository>,
-    id: PnfsId,
-    size: u64,
-    state: ReplicaState,
-    sticky: Vec<StickyRecord>,
-    now: i64,
-) -> Replica {
-    let mut a = attrs(id, size);
-    a.access_time = now;
-    let mut inc = repo.create(a, ReplicaState::FromClient, now).unwrap();
-    inc.write(&content(id, size)).unwrap();
-    inc.commit(state, sticky, None, now).unwrap()
 }
 
 fn read_all(repo: &Repository, id: &PnfsId) -> Vec<u8> {
@@ -722,7 +676,7 @@ fn try_put(repo: &Arc<Repository>, n: u32) -> RepoResult<Replica> {
 /// marked it BROKEN, and BROKEN blocked every later copy).
 #[test]
 fn a_failed_commit_whose_undo_fails_leaves_nothing_and_blocks_no_later_copy() {
-    use crate::repository::mem_store::Fault;
+    use crate::mem_store::Fault;
     let store = MemStore::new();
     let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
     try_put(&repo, 1).unwrap();
@@ -757,7 +711,7 @@ fn a_failed_commit_whose_undo_fails_leaves_nothing_and_blocks_no_later_copy() {
 /// BROKEN, and the same files can be copied again.
 #[test]
 fn records_left_by_a_failed_commit_are_removed_at_restart() {
-    use crate::repository::mem_store::Fault;
+    use crate::mem_store::Fault;
     let store = MemStore::new();
     let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
     store.fail(Fault::Flush, u32::MAX);
@@ -785,7 +739,7 @@ fn records_left_by_a_failed_commit_are_removed_at_restart() {
 /// them, so the next start deletes them as orphans.
 #[test]
 fn data_left_by_a_failed_sync_is_deleted_at_restart() {
-    use crate::repository::mem_store::Fault;
+    use crate::mem_store::Fault;
     let store = MemStore::new();
     let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
     store.fail(Fault::SyncData, 1);
@@ -826,7 +780,7 @@ struct Want {
 }
 
 /// The power-cut test's seeded generator (the migration module's SplitMix64).
-struct Rng(tidepool_migration::select::SplitMix);
+struct Rng(tidepool_p2p::random::SplitMix);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -866,7 +820,7 @@ fn nothing_acknowledged_is_lost_at_a_power_cut() {
 /// the power right after, keeping only what was flushed.
 #[test]
 fn holds_are_durable_before_anyone_relies_on_them() {
-    use crate::repository::mem_store::CutMode;
+    use crate::mem_store::CutMode;
     let store = MemStore::new();
     let (repo, _) = Repository::open(store.clone(), 1 << 20, NOW).unwrap();
     repo.hold(&[id(1)], NOW + 1000, b"o", true, NOW).unwrap();
@@ -890,8 +844,8 @@ fn holds_are_durable_before_anyone_relies_on_them() {
 /// Four cuts with one seed; returns how many interrupted an operation, and how many operations
 /// were acknowledged.
 fn power_cuts(seed: u64) -> (usize, usize) {
-    use crate::repository::mem_store::CutMode;
-    let mut rng = Rng(tidepool_migration::select::SplitMix::new(seed));
+    use crate::mem_store::CutMode;
+    let mut rng = Rng(tidepool_p2p::random::SplitMix::new(seed));
     let mut store = MemStore::new();
     let mut acked: std::collections::BTreeMap<PnfsId, Option<Want>> = Default::default();
     let mut setting: Option<Vec<u8>> = None;
@@ -1039,7 +993,7 @@ fn a_batch_of_removals_decides_each_and_flushes_once() {
 /// is acknowledged.
 #[test]
 fn a_batch_of_removals_whose_flush_fails_fails_each() {
-    use crate::repository::mem_store::Fault;
+    use crate::mem_store::Fault;
     let (store, repo) = with_replicas(3);
     store.fail(Fault::Flush, 1);
     let answers = repo.remove_many_if(&[id(1), id(2)], |_, _| Ok(()));

@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tidepool_p2p::ErrorCode;
+use tidepool_p2p::{ErrorCode, RemoteError};
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{
     Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, SpaceInfo, StickyMode, StickyRecord,
@@ -115,6 +115,13 @@ pub enum RepoError {
 impl From<StoreError> for RepoError {
     fn from(e: StoreError) -> Self {
         if e.is_disk_full() { RepoError::DiskFull(e) } else { RepoError::Store(e) }
+    }
+}
+
+/// How a repository error crosses the wire: its stable code and its message.
+impl From<RepoError> for RemoteError {
+    fn from(e: RepoError) -> Self {
+        RemoteError::new(e.code(), e.to_string())
     }
 }
 
@@ -1235,4 +1242,6 @@ impl Drop for Incoming {
 }
 
 #[cfg(test)]
-pub(crate) mod conformance;
+mod conformance;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

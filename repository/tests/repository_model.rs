@@ -10,7 +10,7 @@ use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{
     AccessLatency, ChecksumWriter, FileAttributes, NEVER, ReplicaState, StickyMode, StickyRecord, apply_sticky,
 };
-use tidepool_pool::repository::{MemStore, ReplicaStore, RepoError, Repository, SledStore};
+use tidepool_repository::{MemStore, ReplicaStore, RepoError, Repository, SledStore};
 
 const NOW: i64 = 1_700_000_000_000;
 

@@ -442,7 +442,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::repository::MemStore;
+    use crate::MemStore;
 
     fn id(n: u8) -> PnfsId {
         PnfsId::from_random([n; 16])

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{ChecksumWriter, FileAttributes, ReplicaState, StickyRecord};
 use tidepool_p2p::random::random_bytes;
-use tidepool_pool::repository::{Repository, SledStore};
+use tidepool_repository::{Repository, SledStore};
 
 const CHILD_ENV: &str = "CRASH_CHILD_DIR";
 
