@@ -37,9 +37,10 @@ use tracing::Instrument;
 
 use crate::admin::{self, exec};
 use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
+use crate::io::{blocking, read_full};
 use crate::pool::{Activity, Pool, now_ms};
+use crate::process::service::{Started, VERSION};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
-use crate::service::{Started, VERSION};
 use crate::transfer::{self, PEER_IDLE, TransferSettings};
 
 /// Everything a pool needs to start, resolved from its config, the cluster file and the key.
@@ -66,15 +67,6 @@ pub struct Daemon {
     tracker: TaskTracker,
     grace: Duration,
     span: tracing::Span,
-}
-
-/// Runs a blocking closure on the blocking pool, inside the caller's span.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let span = tracing::Span::current();
-    match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 /// A pool whose repository is open but which does not serve yet.
@@ -657,20 +649,6 @@ async fn get(pnfsid: PnfsId, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireE
     }
     writer.flush().await?;
     writer.send(&DataReply::GetEnd).await
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-pub(crate) fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

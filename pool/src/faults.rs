@@ -152,9 +152,12 @@ mod tests {
 
     #[test]
     fn every_point_is_in_the_code() {
-        let sources =
-            [include_str!("../../repository/src/commit.rs"), include_str!("../../repository/src/lib.rs"), include_str!("migration_env.rs")]
-                .concat();
+        let sources = [
+            include_str!("../../repository/src/commit.rs"),
+            include_str!("../../repository/src/lib.rs"),
+            include_str!("migration_env.rs"),
+        ]
+        .concat();
         for p in ABORT_POINTS.iter().chain(FAIL_POINTS) {
             assert!(sources.contains(&format!("fail_point!(\"{p}\"")), "{p} is declared but not placed");
         }

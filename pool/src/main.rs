@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    tidepool_pool::cli::main()
+    tidepool_pool::process::cli::main()
 }

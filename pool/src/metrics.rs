@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::daemon::blocking;
+use crate::io::blocking;
 use crate::pool::{Pool, now_ms};
 use crate::repository::BatchObserver;
 

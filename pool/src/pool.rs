@@ -14,10 +14,10 @@ use tidepool_p2p::auth::ClusterKey;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::logging::LogControl;
 use crate::migration_env::{self, PoolEnv};
+use crate::process::logging::LogControl;
+use crate::process::service::Started;
 use crate::repository::{Recovery, RepoError, Repository};
-use crate::service::Started;
 use crate::transfer::{TransferSettings, Transfers};
 
 /// The current time in milliseconds since the epoch.

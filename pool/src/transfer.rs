@@ -39,8 +39,8 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::blocking;
 use crate::gate::Gate;
+use crate::io::blocking;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, Replica};
 use crate::small_fetch::{self, Fetched, SmallFetches};
@@ -1010,7 +1010,7 @@ fn read_small(
     let read = |attrs: FileAttributes, mut data: crate::repository::DataRead| {
         let (id, size) = (attrs.pnfsid, attrs.size);
         let mut bytes = vec![0u8; size as usize];
-        let n = crate::daemon::read_full(&mut data, &mut bytes)
+        let n = crate::io::read_full(&mut data, &mut bytes)
             .map_err(|e| RemoteError::new(ErrorCode::Io, format!("file {id}: read failed: {e}")))?;
         if n as u64 != size {
             return Err(RemoteError::new(
@@ -1056,7 +1056,7 @@ fn read_ahead(
             if let Some(at) = seek {
                 std::io::Seek::seek(&mut data, std::io::SeekFrom::Start(at))?;
             }
-            crate::daemon::read_full(&mut data, &mut buf[..want])
+            crate::io::read_full(&mut data, &mut buf[..want])
         })();
         (data, buf, result)
     })

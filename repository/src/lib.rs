@@ -22,12 +22,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tidepool_p2p::{ErrorCode, RemoteError};
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{
     Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, SpaceInfo, StickyMode, StickyRecord,
     apply_sticky,
 };
+use tidepool_p2p::{ErrorCode, RemoteError};
 use tokio::sync::broadcast;
 
 pub use commit::BatchObserver;

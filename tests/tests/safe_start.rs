@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-use tidepool_pool::pool_dir::MARKER;
+use tidepool_pool::process::pool_dir::MARKER;
 use tidepool_tests::{Cluster, Output};
 
 /// A command's error message: its standard error from the `tidepool: ` line on (a message may

@@ -212,7 +212,7 @@ fn migration(pool: &Pool) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
 
 /// The run-time log control; only a pool run by `tidepool pool` has one (pools sharing a
 /// process, as in the demo, share its log).
-fn log_control(pool: &Pool) -> Result<&Arc<crate::logging::LogControl>, RemoteError> {
+fn log_control(pool: &Pool) -> Result<&Arc<crate::process::logging::LogControl>, RemoteError> {
     pool.log.get().ok_or_else(|| {
         RemoteError::new(
             ErrorCode::InvalidArgument,

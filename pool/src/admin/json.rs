@@ -272,7 +272,7 @@ pub struct TargetLevel {
     pub level: String,
 }
 
-pub fn log_ls(levels: &crate::logging::LogLevels) -> LogLsJson {
+pub fn log_ls(levels: &crate::process::logging::LogLevels) -> LogLsJson {
     LogLsJson {
         all: levels.default.to_string(),
         targets: levels

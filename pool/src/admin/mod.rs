@@ -14,7 +14,7 @@ use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
-use crate::logging::{Level, LogTarget};
+use crate::process::logging::{Level, LogTarget};
 use crate::rebalance::{self, Metric};
 
 /// A parsed admin command.

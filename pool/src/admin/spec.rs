@@ -311,8 +311,8 @@ domain_operand!(
     tidepool_p2p::ids::PoolName,
     tidepool_p2p::ids::JobId,
     tidepool_p2p::ids::TransferId,
-    crate::logging::LogTarget,
-    crate::logging::Level
+    crate::process::logging::LogTarget,
+    crate::process::logging::Level
 );
 
 /// Operator input as an error message repeats it: at most [`MAX_ECHO`] characters.

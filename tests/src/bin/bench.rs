@@ -1024,7 +1024,7 @@ mod p2p {
             fs::write(dir.join(format!("{name}.toml")), config)?;
             // What `tidepool init` does: a pool starts only in a marked directory.
             let pool = name.parse().map_err(|e| anyhow!("{e}"))?;
-            tidepool_pool::pool_dir::init(&dir.join(name), &pool)?;
+            tidepool_pool::process::pool_dir::init(&dir.join(name), &pool)?;
         }
         Ok(pools)
     }

@@ -1,5 +1,5 @@
 //! `tidepool generate`: man pages and shell completion scripts, written from the clap
-//! definitions of `tidepool` ([`crate::cli::command`]) and `tidepool-admin`
+//! definitions of `tidepool` ([`crate::process::args::command`]) and `tidepool-admin`
 //! ([`tidepool_admin::args::command`]), so they never disagree with the programs. The Debian
 //! package takes them from `target/release/generated/` (docs/operator-guide.md, "Packaging").
 
@@ -14,7 +14,7 @@ pub const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
 
 /// Both programs' clap definitions.
 fn programs() -> [clap::Command; 2] {
-    [crate::cli::command(), tidepool_admin::args::command()]
+    [crate::process::args::command(), tidepool_admin::args::command()]
 }
 
 /// Writes a man page (section 1) for each program and each of its subcommands into `out`

@@ -38,7 +38,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tidepool_p2p::PoolName;
 use tidepool_p2p::cluster::ClusterFile;
 
-use crate::logging::{DEFAULT_FILTER, LogFormat, LogLevels};
+use crate::process::logging::{DEFAULT_FILTER, LogFormat, LogLevels};
 use crate::transfer::TransferSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

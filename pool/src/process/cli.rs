@@ -4,16 +4,14 @@
 //! `service::Notifier`). It sets up the log, handles the signals (SIGTERM and SIGINT stop the
 //! pool, SIGHUP re-reads the config and the cluster file) and talks to systemd.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::Parser;
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
@@ -24,139 +22,16 @@ use tidepool_p2p::{PnfsId, PoolName};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use super::args::{Cli, Command, Generate, LogArgs, Target};
+use super::files::{keygen, read_cluster, read_config, read_key};
 use crate::client;
-use crate::config::PoolConfig;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
-use crate::logging::{FilterSource, LogControl, LogFormat, LogLevels, Reloaded};
 use crate::pool::{Pool, now_ms};
-use crate::pool_dir::{self, DirError, DirState, Initialised};
-use crate::service::{self, NofileLimit, Notifier, VERSION};
-
-#[derive(Parser)]
-#[command(name = "tidepool", version, about = "Tidepool storage pool daemon and tools")]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run one pool daemon.
-    Pool {
-        /// The pool's config file (TOML).
-        #[arg(long)]
-        config: PathBuf,
-        /// Check the config, the cluster file, the key, the log filter and the data directory,
-        /// print a summary and exit (0 if the daemon would start, 1 with the daemon's message
-        /// if not).
-        #[arg(long)]
-        check: bool,
-        #[command(flatten)]
-        log: LogArgs,
-    },
-    /// Create the pool's data directory and mark it as the pool's (a pool never creates it at
-    /// start, so a disk that is not mounted never becomes an empty pool).
-    Init {
-        /// The pool's config file (TOML); its `name` and `data_dir` are used.
-        #[arg(long)]
-        config: PathBuf,
-    },
-    /// Write a new random cluster key file, readable by its owner only.
-    Keygen {
-        #[arg(default_value = "cluster.key")]
-        path: PathBuf,
-    },
-    /// Store files in a pool and print their new PnfsIds, one `<pnfsid> <file>` line each.
-    Put {
-        #[command(flatten)]
-        target: Target,
-        /// Storage class of the new replicas, e.g. atlas:default.
-        #[arg(long)]
-        storage: Option<String>,
-        /// Store as CACHED (the default).
-        #[arg(long, conflicts_with = "precious")]
-        cached: bool,
-        /// Store as PRECIOUS.
-        #[arg(long)]
-        precious: bool,
-        /// Add a sticky record OWNER, for ever or for SECONDS (repeatable).
-        #[arg(long, value_name = "OWNER[:SECONDS]")]
-        sticky: Vec<String>,
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Read a replica into a file, verifying its checksum.
-    Get {
-        #[command(flatten)]
-        target: Target,
-        pnfsid: PnfsId,
-        out: PathBuf,
-    },
-    /// Start a three-pool demo cluster with sample data and open the admin shell.
-    Demo {
-        /// Keep the cluster in DIR (new or empty) so it can run again as separate daemons.
-        #[arg(long, value_name = "DIR")]
-        keep: Option<PathBuf>,
-    },
-    /// Write man pages or shell completion scripts for tidepool and tidepool-admin.
-    Generate {
-        #[command(subcommand)]
-        what: Generate,
-    },
-}
-
-#[derive(Subcommand)]
-enum Generate {
-    /// Man pages (section 1) for every command and subcommand.
-    Man {
-        /// The directory to write them into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-    /// Completion scripts for one shell.
-    Completions {
-        shell: clap_complete::Shell,
-        /// The directory to write them into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-    /// Everything the package installs: DIR/man/ and DIR/completions/{bash,zsh,fish}/.
-    All {
-        /// The directory to write into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct LogArgs {
-    /// Log lines as text or as JSON objects (default: the config's [log] format, else text).
-    #[arg(long, value_name = "FORMAT")]
-    log_format: Option<LogFormat>,
-    /// The log filter, e.g. `info,tidepool_pool::transfer=debug`; wins over RUST_LOG and the
-    /// config's [log] filter (default: warn for dependencies, info for Tidepool).
-    #[arg(long, value_name = "FILTER")]
-    log_filter: Option<String>,
-}
-
-#[derive(Args)]
-struct Target {
-    /// The cluster file.
-    #[arg(long)]
-    cluster: PathBuf,
-    /// The cluster key file (default: cluster.key beside the cluster file).
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// The pool to talk to.
-    #[arg(long)]
-    pool: PoolName,
-}
-
-/// The clap definition of `tidepool`, for man pages and completions.
-pub fn command() -> clap::Command {
-    Cli::command()
-}
+use crate::process::config::PoolConfig;
+use crate::process::logging::{FilterSource, LogControl, LogFormat, LogLevels, Reloaded};
+use crate::process::pool_dir::{self, DirError, DirState, Initialised};
+use crate::process::service::{self, NofileLimit, Notifier, VERSION};
 
 /// Runs the command line; errors are printed by the caller.
 pub fn main() -> ExitCode {
@@ -171,7 +46,7 @@ pub fn main() -> ExitCode {
             block_on(put(target, storage, precious, sticky, files))
         }
         Command::Get { target, pnfsid, out } => block_on(get(target, pnfsid, out)),
-        Command::Demo { keep } => crate::demo::run(keep),
+        Command::Demo { keep } => crate::process::demo::run(keep),
     };
     match result {
         Ok(code) => code,
@@ -222,46 +97,6 @@ fn init_logging(format: LogFormat, levels: LogLevels, source: FilterSource, conf
         (format == LogFormat::Json).then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr));
     let _ = tracing_subscriber::registry().with(filter).with(text).with(json).try_init();
     LogControl::new(levels, source, config, move |f| handle.reload(f).map_err(|e| e.to_string()))
-}
-
-pub fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read cluster file {}", path.display()))?;
-    ClusterFile::parse(&text).map_err(|e| anyhow::anyhow!("cluster file {}: {e}", path.display()))
-}
-
-pub fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read cluster key file {}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(file = %path.display(), "cluster key file is readable by others; `chmod 600` it");
-    }
-    ClusterKey::parse(&text).map_err(|e| anyhow::anyhow!("cluster key file {}: {e}", path.display()))
-}
-
-/// Writes a new key file with mode 0600; refuses to overwrite one.
-pub fn write_key(path: &Path, key: &ClusterKey) -> anyhow::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create key file {} (an existing key is never overwritten)", path.display()))?;
-    file.write_all(key.to_file_text().as_bytes())?;
-    file.sync_all()?;
-    Ok(())
-}
-
-fn keygen(path: &Path) -> anyhow::Result<()> {
-    write_key(path, &ClusterKey::generate()?)?;
-    println!("wrote a new cluster key to {} (mode 0600); copy it to every pool host and the shell", path.display());
-    Ok(())
-}
-
-fn read_config(path: &Path) -> anyhow::Result<PoolConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    PoolConfig::parse(&text, base).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
 }
 
 /// What `tidepool pool` reads and checks before it opens the repository.
@@ -365,9 +200,9 @@ fn init_pool(config_path: &Path) -> anyhow::Result<ExitCode> {
 /// `tidepool generate`.
 fn generate(what: Generate) -> anyhow::Result<ExitCode> {
     let (written, out) = match what {
-        Generate::Man { out } => (crate::generate::man_pages(&out), out),
-        Generate::Completions { shell, out } => (crate::generate::completions(shell, &out), out),
-        Generate::All { out } => (crate::generate::all(&out), out),
+        Generate::Man { out } => (crate::process::generate::man_pages(&out), out),
+        Generate::Completions { shell, out } => (crate::process::generate::completions(shell, &out), out),
+        Generate::All { out } => (crate::process::generate::all(&out), out),
     };
     let written = written.with_context(|| format!("write into {}", out.display()))?;
     for path in written {
@@ -730,22 +565,6 @@ async fn get(target: Target, pnfsid: PnfsId, out: PathBuf) -> anyhow::Result<Exi
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_files_are_private_and_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.key");
-        let key = ClusterKey::generate().unwrap();
-        write_key(&path, &key).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let before = std::fs::read(&path).unwrap();
-        assert!(write_key(&path, &ClusterKey::generate().unwrap()).is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), before, "an existing key is left alone");
-        assert!(read_key(&path).is_ok());
-        std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
-        let err = read_key(&dir.path().join("bad.key")).unwrap_err().to_string();
-        assert!(err.contains("bad.key") && err.contains("64 hex digits"), "{err}");
-    }
 
     #[test]
     fn the_log_filter_comes_from_the_flag_then_rust_log_then_the_config() {

@@ -18,10 +18,11 @@ use tidepool_p2p::cluster::{ClusterFile, LinkEntry, PoolEntry};
 use tidepool_p2p::model::{AccessLatency, FileAttributes, NEVER, ReplicaState, RetentionPolicy, StickyRecord};
 use tokio::net::TcpListener;
 
-use crate::cli::write_key;
-use crate::config::{MetricsConfig, PoolConfig};
-use crate::daemon::{Daemon, Settings, blocking};
+use crate::daemon::{Daemon, Settings};
+use crate::io::blocking;
 use crate::pool::now_ms;
+use crate::process::config::{MetricsConfig, PoolConfig};
+use crate::process::files::write_key;
 use crate::repository::Repository;
 use crate::transfer::TransferSettings;
 
@@ -161,7 +162,7 @@ async fn start_cluster(
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
         // As `tidepool init` would: a kept demo then runs again as separate daemons.
-        crate::pool_dir::init(&dir.join(name), &config.name)?;
+        crate::process::pool_dir::init(&dir.join(name), &config.name)?;
         let settings = Settings {
             transfers: config.transfer_settings(),
             name: config.name,
