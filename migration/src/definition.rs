@@ -90,6 +90,8 @@ pub struct JobDefinition {
     pub exclude: Vec<String>,
     /// Seconds; `None`: the module's default.
     pub refresh: Option<u64>,
+    /// `-rate`: bytes per second, 0 unlimited; `None`: not given (unlimited).
+    pub rate: Option<u64>,
     /// Target filters (§7.4); `include_when` is ignored when `-include` is given.
     pub include_when: Option<Expr>,
     pub exclude_when: Option<Expr>,
@@ -193,6 +195,10 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         Some(r) if r < 1 => return Err(MigrationError::invalid("The refresh period must be at least 1 second.")),
         r => r.map(|r| r as u64),
     };
+    let rate = match last(opts, "rate") {
+        None => None,
+        Some(v) => Some(v.parse::<crate::rate::ByteRate>().map_err(|e| MigrationError::invalid(format!("-{e}")))?.0),
+    };
     let (default_smode, default_tmode, default_pins, default_on) = match kind {
         JobKind::Copy => ("same", "same", Pins::Keep, false),
         JobKind::Move => ("delete", "same", Pins::Move, true),
@@ -269,6 +275,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         include: list(opts, "include"),
         exclude: list(opts, "exclude"),
         refresh,
+        rate,
         include_when,
         exclude_when,
         pause_when,

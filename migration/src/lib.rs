@@ -11,6 +11,7 @@ pub mod job_state;
 pub mod mode;
 pub mod module;
 pub mod queue;
+pub mod rate;
 pub mod report;
 pub mod select;
 pub mod targets;

@@ -37,6 +37,7 @@ use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::mode::{SourceState, TargetState};
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
+use crate::rate::{ByteRate, RateLimit};
 use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};
@@ -158,6 +159,14 @@ pub struct SavedJob {
     pub command: String,
     pub concurrency: usize,
     pub created: EpochMillis,
+    /// Bytes per second, 0 unlimited (`-rate`, `migration set rate`); absent from what a pool
+    /// saved before it had rate limits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What [`Module::parse_saved`] read.
@@ -197,6 +206,10 @@ struct Job {
     /// The target pools, in cluster-file order.
     targets: Vec<PoolName>,
     refresh: Duration,
+    /// The job's byte-rate limit, which the pool's fetch server draws from for the files the
+    /// job holds the lock of ([`Module::rate_limits`]). Not a decision of the core: it shapes
+    /// bytes on the wire, not the job's states.
+    rate: Arc<RateLimit>,
     /// Cancelled when the job reaches a terminal state: stops its timers and refreshes.
     stop: CancellationToken,
     /// Cancelled when the job is cancelled (or ends): stops its initial scan at once.
@@ -437,7 +450,7 @@ impl<E: Env> Module<E> {
     pub fn create(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<String, MigrationError> {
         let warn = def.permanent && def.eager;
         let id = def.id.clone();
-        let job = self.create_job(def, command, id, None, self.env.now())?;
+        let job = self.create_job(def, command, id, None, None, self.env.now())?;
         let mut reply = self.summary(&job);
         if warn {
             reply.push_str(
@@ -448,12 +461,19 @@ impl<E: Env> Module<E> {
         Ok(reply)
     }
 
-    /// Recreates a job saved with [`Module::save_text`] (pool start): its saved id, concurrency
-    /// and creation time; sticky lifetimes count from now.
+    /// Recreates a job saved with [`Module::save_text`] (pool start): its saved id, concurrency,
+    /// rate limit and creation time; sticky lifetimes count from now.
     pub fn restore(self: &Arc<Self>, saved: &SavedJob, def: JobDefinition) -> Result<String, MigrationError> {
         let id: JobId =
             saved.id.parse().map_err(|e: tidepool_p2p::ids::IdError| MigrationError::invalid(e.to_string()))?;
-        let job = self.create_job(def, saved.command.clone(), Some(id), Some(saved.concurrency), saved.created)?;
+        let job = self.create_job(
+            def,
+            saved.command.clone(),
+            Some(id),
+            Some(saved.concurrency),
+            Some(saved.rate),
+            saved.created,
+        )?;
         Ok(self.summary(&job))
     }
 
@@ -463,6 +483,7 @@ impl<E: Env> Module<E> {
         command: String,
         id: Option<JobId>,
         concurrency: Option<usize>,
+        rate: Option<u64>,
         created: EpochMillis,
     ) -> Result<Arc<Job>, MigrationError> {
         if self.shutting_down.load(Ordering::Relaxed) {
@@ -517,6 +538,7 @@ impl<E: Env> Module<E> {
                 tmode,
                 targets,
                 refresh,
+                rate: Arc::new(RateLimit::new(rate.or(def.rate).unwrap_or(0))),
                 stop: CancellationToken::new(),
                 halt: CancellationToken::new(),
                 rescanning: AtomicBool::new(false),
@@ -713,6 +735,7 @@ impl<E: Env> Module<E> {
             total_bytes: stats.total,
             bytes_left: left,
             concurrency: s.concurrency,
+            rate_limit_bytes_per_second: job.rate.rate(),
             rate_bytes_per_second: rate,
             eta_seconds: rate.filter(|r| *r > 0.0 && left > 0).map(|r| (left as f64 / r).ceil() as u64),
             running,
@@ -770,6 +793,22 @@ impl<E: Env> Module<E> {
         let job = self.find(id)?;
         self.command(&job, Command::SetConcurrency(n))?;
         Ok(format!("[{}] Concurrency set to {n}", job.id.lock()))
+    }
+
+    /// `migration set rate`: the job's byte-rate limit from now on (0: unlimited); the
+    /// transfers of its files take it up at once, even those waiting for bytes.
+    pub fn set_rate(&self, id: &str, rate: u64) -> Result<String, MigrationError> {
+        let job = self.find(id)?;
+        job.rate.set(rate);
+        tracing::info!(job = %job.id.lock(), rate = %ByteRate(rate), "rate limit set");
+        Ok(format!("[{}] Rate limit set to {}", job.id.lock(), ByteRate(rate)))
+    }
+
+    /// The rate limit of the job that works on each file, if one does: what the pool's fetch
+    /// server draws the bytes it sends for the file from. One look at the lock table for all.
+    pub fn rate_limits<'a>(&self, ids: impl IntoIterator<Item = &'a PnfsId>) -> Vec<Option<Arc<RateLimit>>> {
+        let locks = self.locks.lock();
+        ids.into_iter().map(|id| locks.get(id).map(|job| job.rate.clone())).collect()
     }
 
     /// `migration set refresh-default`: the refresh period of jobs created without `-refresh`.

@@ -157,6 +157,8 @@ pub struct JobReport {
     pub total_bytes: u64,
     pub bytes_left: u64,
     pub concurrency: usize,
+    /// The job's byte-rate limit (`-rate`, `migration set rate`); 0: unlimited.
+    pub rate_limit_bytes_per_second: u64,
     pub rate_bytes_per_second: Option<f64>,
     pub eta_seconds: Option<u64>,
     pub running: Vec<TaskLine>,
@@ -217,6 +219,7 @@ impl JobReport {
             }
         }
         let _ = writeln!(s, "Concurrency: {}", self.concurrency);
+        let _ = writeln!(s, "Rate limit : {}", crate::rate::ByteRate(self.rate_limit_bytes_per_second));
         if let Some(rate) = self.rate_bytes_per_second {
             let _ = writeln!(s, "Rate       : {}", rate_text(rate));
         }
@@ -358,6 +361,7 @@ mod tests {
             total_bytes: 1000,
             bytes_left: 750,
             concurrency: 2,
+            rate_limit_bytes_per_second: 0,
             rate_bytes_per_second: None,
             eta_seconds: None,
             running: vec![
@@ -394,6 +398,7 @@ mod tests {
              Completed  : 1 files; 250 bytes; 25%\n\
              Total      : 1000 bytes\n\
              Concurrency: 2\n\
+             Rate limit : unlimited\n\
              Running tasks:\n\
              [7] 0000A1: TASK.Copying -> [pool2@local]\n\
              [9] 0000A2: TASK.GettingLocations\n"
@@ -427,7 +432,13 @@ mod tests {
         }];
         r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
         let text = r.render();
-        assert!(text.contains("Concurrency: 2\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"), "{text}");
+        assert!(
+            text.contains("Concurrency: 2\nRate limit : unlimited\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"),
+            "{text}"
+        );
+        r.rate_limit_bytes_per_second = 50 << 20;
+        assert!(r.render().contains("Concurrency: 2\nRate limit : 50 MiB/s\nRate       : 12.3 MB/s\n"));
+        assert_eq!(serde_json::to_value(&r).unwrap()["rate_limit_bytes_per_second"], 50 << 20);
         assert!(!text.contains("Running    :"), "no unit under way: no line\n{text}");
         assert!(!text.contains("Unusable"), "every target usable: no line\n{text}");
         r.unusable = vec![

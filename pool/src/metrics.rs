@@ -314,7 +314,7 @@ impl PoolCollector {
             let samples = reports.iter().map(|r| (id(r), ConstCounter::new(field(r))));
             family(e, name, help, MetricType::Counter, samples)?;
         }
-        let gauges: [(&str, &str, Field); 10] = [
+        let gauges: [(&str, &str, Field); 11] = [
             ("tidepool_migration_job_queued_files", "Files waiting for their turn (migration info: Queued)", |r| {
                 r.queued as u64
             }),
@@ -341,6 +341,11 @@ impl PoolCollector {
             ("tidepool_migration_job_concurrency", "Files the job copies at once (migration concurrency)", |r| {
                 r.concurrency as u64
             }),
+            (
+                "tidepool_migration_job_rate_limit_bytes_per_second",
+                "The job's byte-rate limit (migration set rate); 0: unlimited",
+                |r| r.rate_limit_bytes_per_second,
+            ),
         ];
         for (name, help, field) in gauges {
             let samples = reports.iter().map(|r| (id(r), ConstGauge::new(field(r))));

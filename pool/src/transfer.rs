@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use tidepool_migration::rate::RateLimit;
 use tidepool_p2p::auth::Service;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
@@ -837,6 +838,9 @@ where
         );
         return refuse(pool, writer, e).await;
     }
+    // The rate limit of the migration job that copies the file, if one does (one look per
+    // file; unlimited costs one atomic load per chunk after that).
+    let limit = pool.try_migration().and_then(|m| m.rate_limits([&pnfsid]).pop().flatten());
     // Two buffers: the next chunk is read from disk while the current one is sent.
     let chunk = MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1);
     let mut spare = vec![0u8; chunk];
@@ -882,7 +886,12 @@ where
                 tokio::time::sleep(pause).await;
             }
         }
-        guarded(shutdown, pool.transfers.no_progress(), writer.send_data(&buf[..n])).await?;
+        match &limit {
+            Some(limit) if limit.is_limited() => {
+                send_limited(limit, reader, writer, shutdown, pool.transfers.no_progress(), &buf[..n]).await?
+            }
+            _ => guarded(shutdown, pool.transfers.no_progress(), writer.send_data(&buf[..n])).await?,
+        }
         pool.transfers.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
         spare = buf;
     }
@@ -893,6 +902,48 @@ where
     .await?;
     pool.transfers.stats.out_done.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Sends `data` under a migration job's rate limit: in pieces of the limit's grain, each once
+/// its bytes were taken from the job's bucket, and flushed, so that the target sees steady
+/// progress (docs/admin-commands.md, "migration set rate").
+async fn send_limited<R, W>(
+    limit: &RateLimit,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+    shutdown: &CancellationToken,
+    no_progress: Duration,
+    data: &[u8],
+) -> Result<(), WireError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    for piece in data.chunks(limit.grain() as usize) {
+        wait_for_rate(limit, reader, shutdown, piece.len() as u64).await?;
+        guarded(shutdown, no_progress, async {
+            writer.send_data(piece).await?;
+            writer.flush().await
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until a job's rate limit lets `n` bytes go. The wait ends at shutdown, or when the
+/// target hangs up or says anything (it sends nothing while it receives): a cancelled copy
+/// never waits here for its bytes.
+async fn wait_for_rate<R: AsyncRead + Unpin>(
+    limit: &RateLimit,
+    reader: &mut FrameReader<R>,
+    shutdown: &CancellationToken,
+    n: u64,
+) -> Result<(), WireError> {
+    tokio::select! {
+        () = limit.acquire(n) => Ok(()),
+        _ = shutdown.cancelled() => Err(WireError::Closed),
+        _ = reader.next() => Err(WireError::Closed),
+    }
 }
 
 /// Sends `e` to the target of a transfer this pool serves, and counts it.
@@ -942,11 +993,26 @@ where
     // Each answer (with its data) gets its own `no_progress` to be taken, as each chunk of a
     // single transfer does.
     let limit = pool.transfers.no_progress();
+    // The rate limits of the jobs that copy the files sent, in order (one look at the module's
+    // lock table for the batch).
+    let mut rates = match pool.try_migration() {
+        Some(m) => m.rate_limits(answers.iter().filter_map(|(_, outcome, _)| match outcome {
+            SmallOutcome::Sent(attrs) => Some(&attrs.pnfsid),
+            _ => None,
+        })),
+        None => Vec::new(),
+    }
+    .into_iter();
     for (transfer, outcome, data) in answers {
         let sent = match &outcome {
             SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
             _ => None,
         };
+        if let Some(rate) = sent.and_then(|_| rates.next().flatten()).filter(|r| r.is_limited()) {
+            // What was queued goes out before the wait.
+            guarded(shutdown, limit, writer.flush()).await?;
+            wait_for_rate(&rate, reader, shutdown, data.len() as u64).await?;
+        }
         guarded(shutdown, limit, async {
             writer.queue(&DataReply::SmallItem { transfer, outcome }).await?;
             if let Some(_pnfsid) = sent {

@@ -16,6 +16,7 @@ impl<E: Env> Module<E> {
             command: job.command.clone(),
             concurrency: s.concurrency,
             created: job.created,
+            rate: job.rate.rate(),
         })
     }
 

@@ -183,6 +183,7 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             let text = migration(pool)?.set_concurrency(job.as_str(), n);
             reply(out, text.map(|t| if deprecated { format!("{t}{DEPRECATED_CONCURRENCY}") } else { t }))
         }
+        Command::MigrationSetRate { job, rate } => reply(out, migration(pool)?.set_rate(job.as_str(), rate)),
         Command::MigrationSetDefaultConcurrency(n) => {
             migration(pool)?.set_default_concurrency(n);
             reply(out, Ok(format!("Default concurrency set to {n}")))

@@ -7,6 +7,7 @@ pub mod spec;
 
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobDefinition, JobKind};
+use tidepool_migration::rate::ByteRate;
 use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::message::CommandDescription;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, check_storage_class};
@@ -105,6 +106,11 @@ pub enum Command {
         job: JobId,
         n: usize,
         deprecated: bool,
+    },
+    /// `migration set rate`: bytes per second, 0 unlimited.
+    MigrationSetRate {
+        job: JobId,
+        rate: u64,
     },
     MigrationSetDefaultConcurrency(usize),
     MigrationGetDefaultConcurrency,
@@ -298,6 +304,11 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
         "refresh",
         "seconds",
         "how often the targets' space and load are fetched again (default: `migration get refresh-default`, 300 unless configured)",
+    ),
+    valued(
+        "rate",
+        "bytes/s",
+        "the most bytes per second the job's transfers send together, with a unit (50M, 1Gi; at least 64Ki), 0 for unlimited (default: 0); `migration set rate` changes it",
     ),
     valued(
         "include-when",
@@ -751,6 +762,25 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["migration set concurrency 1 8"],
         parse: |inv| parse_set_concurrency(inv, false),
+    },
+    CommandSpec {
+        name: "migration set rate",
+        args: "<job> <rate>",
+        summary: "change the most bytes per second a job's transfers send together (0: unlimited)",
+        details: concat!(
+            "The rate is bytes per second with an optional unit: k M G T (powers of 1000) or Ki Mi Gi Ti\n",
+            "(powers of 1024), a trailing B or /s allowed; at least 64Ki, or 0 for unlimited. It applies\n",
+            "within a second, to the transfers under way too. The reply is `[<id>] Rate limit set to <rate>`;\n",
+            "`migration info` shows it (`Rate limit :`) and `save` keeps it.",
+        ),
+        options: &[],
+        examples: &["migration set rate 1 50Mi", "migration set rate drain 0"],
+        parse: |inv| {
+            let job = inv.arg_as(0, "job id")?;
+            let rate: ByteRate = inv.arg_as(1, "rate")?;
+            inv.at_most(2)?;
+            Ok(Command::MigrationSetRate { job, rate: rate.0 })
+        },
     },
     CommandSpec {
         name: "migration concurrency",
@@ -1318,6 +1348,9 @@ mod tests {
         );
         check("migration concurrency 1 0", Command::MigrationSetConcurrency { job: job("1"), n: 0, deprecated: true });
         check("migration set concurrency-default 4", Command::MigrationSetDefaultConcurrency(4));
+        check("migration set rate 1 50Mi", Command::MigrationSetRate { job: job("1"), rate: 50 << 20 });
+        check("migration set rate drain 1GB/s", Command::MigrationSetRate { job: job("drain"), rate: 1_000_000_000 });
+        check("migration set rate 1 0", Command::MigrationSetRate { job: job("1"), rate: 0 });
         check("migration get concurrency-default", Command::MigrationGetDefaultConcurrency);
 
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
@@ -1464,6 +1497,9 @@ mod tests {
             ("pp set max outgoing ''", "n", "''", "empty"),
             ("migration set concurrency-default 2x", "concurrency", "2x", "migration set concurrency-default <n>"),
             ("migration set refresh-default 1h", "seconds", "1h", "migration set refresh-default <seconds>"),
+            ("migration set rate 1 x", "rate", "x", "migration set rate <job> <rate>"),
+            ("migration set rate 1 10X", "rate", "10X", "is not a byte rate"),
+            ("migration set rate 1 1k", "rate", "1k", "below the least limit, 64 KiB/s"),
         ];
         for (line, what, at, needle) in table {
             let err = parse(line).expect_err(line);
@@ -1479,6 +1515,15 @@ mod tests {
     fn invalid_job_options_are_refused_with_dcaches_messages() {
         for (line, message) in [
             ("migration copy", "target(s) required when target type is pool"),
+            (
+                "migration copy -rate=fast pool2",
+                "-rate: \"fast\" is not a byte rate; give bytes per second with an optional unit (50M, 1Gi, \
+                 500MiB), or 0 for unlimited",
+            ),
+            (
+                "migration move -rate=1000 pool2",
+                "-rate: \"1000\" is below the least limit, 64 KiB/s (65536 bytes per second); give 0 for unlimited",
+            ),
             (
                 "migration move -state=broken pool2",
                 "broken: Invalid value for option -state (expected: cached or precious)",

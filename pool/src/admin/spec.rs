@@ -312,7 +312,8 @@ domain_operand!(
     tidepool_p2p::ids::JobId,
     tidepool_p2p::ids::TransferId,
     crate::process::logging::LogTarget,
-    crate::process::logging::Level
+    crate::process::logging::Level,
+    tidepool_migration::rate::ByteRate
 );
 
 /// Operator input as an error message repeats it: at most [`MAX_ECHO`] characters.

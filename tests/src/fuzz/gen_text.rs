@@ -650,6 +650,7 @@ pub fn saved_text(rng: &mut Rng, _ctx: &super::Ctx) -> Vec<u8> {
                     command,
                     concurrency: rng.below(5) * if rng.chance(1, 20) { usize::MAX / 4 } else { 1 },
                     created: rng.next_u64() as i64,
+                    rate: rng.below(3) as u64 * (1 << 20),
                 };
                 format!("job {}", serde_json::to_string(&job).expect("a saved job serialises"))
             }
