@@ -60,7 +60,7 @@ impl std::fmt::Display for ByteRate {
         if self.0 == 0 {
             return f.write_str("unlimited");
         }
-        match UNITS.iter().find(|(u, _)| self.0 % u == 0) {
+        match UNITS.iter().find(|(u, _)| self.0.is_multiple_of(*u)) {
             Some((u, name)) => write!(f, "{} {name}/s", self.0 / u),
             None => write!(f, "{} B/s", self.0),
         }
@@ -253,7 +253,8 @@ mod tests {
         }
         use Want::*;
         let rate = 1_000_000; // 1 MB/s: a grain of 20,000 bytes, a capacity of 250,000.
-        let rows: &[(&str, u64, &[(u64, u64, Want)])] = &[
+        type Row = (&'static str, u64, &'static [(u64, u64, Want)]);
+        let rows: &[Row] = &[
             ("a new bucket holds one grain", rate, &[(0, 20_000, Take), (0, 1, Wait(1))]),
             ("it fills at the rate", rate, &[(0, 20_000, Take), (10, 10_000, Take), (10, 10_000, Wait(10))]),
             ("the wait is for what is missing", rate, &[(0, 20_000, Take), (0, 20_000, Wait(20))]),
