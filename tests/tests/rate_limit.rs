@@ -114,8 +114,16 @@ fn a_jobs_rate_limit_holds_changes_live_and_survives_a_restart() {
     let info = cluster.migration_info("pool1", &job);
     assert_eq!(report_field(&info, "Rate limit"), Some("2 MiB/s"), "{info}");
 
-    // `save` keeps the limit: after a restart the job comes back with it.
+    // `save` keeps the limit: after a restart the job comes back with it. A limit changed after
+    // the last `save` marks the job as not saved.
+    let mark = |cluster: &Cluster| {
+        let jobs = cluster.migration_ls("pool1");
+        let line = jobs.iter().find(|j| j.id == job).expect("the job is listed");
+        line.saved_mark().1.map(str::to_string)
+    };
+    assert_eq!(mark(&cluster).as_deref(), Some("not saved"));
     ok(&cluster, "pool1", "save\n");
+    assert_eq!(mark(&cluster), None, "saved as it is");
     cluster.stop("pool1");
     cluster.start("pool1");
     let info = cluster.migration_info("pool1", &job);
@@ -126,6 +134,7 @@ fn a_jobs_rate_limit_holds_changes_live_and_survives_a_restart() {
         ok(&cluster, "pool1", &format!("migration set rate {job} 64Ki\n")),
         format!("[{job}] Rate limit set to 64 KiB/s\n")
     );
+    assert_eq!(mark(&cluster).as_deref(), Some("not saved"), "the limit changed since the save");
     let before = received(&cluster, "pool2");
     wait_until("pool2 receiving at 64 KiB/s", SHOW_WAIT, || (received(&cluster, "pool2") > before).then_some(()));
     let asked = Instant::now();

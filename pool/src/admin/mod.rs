@@ -1647,7 +1647,7 @@ mod tests {
         // Parse errors are found before `exec` runs, so no job is made.
         check_err(
             "migration copy -frobnicate pool2",
-            "unknown option -frobnicate; `help migration copy` lists its 32 options",
+            "unknown option -frobnicate; `help migration copy` lists its 33 options",
             "-frobnicate",
         );
         check_err("migration move -eager=yes pool2", "-eager takes no value (or true/false), not \"yes\"", "-eager");
@@ -1688,6 +1688,7 @@ mod tests {
             "include",
             "exclude",
             "refresh",
+            "rate",
             "include-when",
             "exclude-when",
             "pause-when",
@@ -1710,7 +1711,7 @@ mod tests {
         }
         for name in ["migration move", "migration cache"] {
             let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();
-            assert_eq!(spec.options.len(), 32, "{name} takes the options of migration copy");
+            assert_eq!(spec.options.len(), 33, "{name} takes the options of migration copy");
         }
     }
 
