@@ -1,13 +1,16 @@
 //! The cluster key and the handshake every connection starts with.
 //!
 //! ```text
-//! server -> client  Hello       { magic, version, pool, service, server nonce }
-//! client -> server  ClientAuth  { version, client name, service, client nonce,
-//!                                 HMAC(key, "client" | server nonce | client nonce | service | name) }
-//! server -> client  Welcome     { HMAC(key, "server" | client nonce | server nonce) }
+//! server -> client  Hello       { magic, version, pool, service, server nonce, server features }
+//! client -> server  ClientAuth  { version, client name, service, client nonce, client features,
+//!                                 HMAC(key, "client" | server nonce | client nonce | service | name
+//!                                           | server features | client features) }
+//! server -> client  Welcome     { HMAC(key, "server" | client nonce | server nonce | agreed features) }
 //!                or Refused     { error }
 //! ```
-//! Both sides prove they hold the key; neither sends it. The server gives the client a bounded
+//! Both sides prove they hold the key; neither sends it. The optional parts of the protocol
+//! ([`Features`]) are agreed here, once per connection: both sides use those both offered, and
+//! the MACs cover the offers, so nobody on the way can take a feature away. The server gives the client a bounded
 //! time to finish, and reads no frame longer than [`MAX_HANDSHAKE_FRAME`] until the client has
 //! proved it; a client that does not, or that proves a different key, is dropped with a
 //! warning on the pool (rate-limited there) and a clear `Refused` message on the client.
@@ -24,8 +27,9 @@ use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{FrameReader, FrameWriter, MAX_HANDSHAKE_FRAME, WireError};
 use crate::random::random_bytes;
 
-/// The protocol version this build speaks. Bumped on any incompatible message change.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol version this build speaks. Bumped on any incompatible message change; an
+/// optional addition is a new [`Features`] bit instead.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The first bytes of every conversation, so a stray client is recognised at once.
 pub const MAGIC: [u8; 8] = *b"TIDEPOOL";
 /// How long a peer may take to finish the handshake.
@@ -79,6 +83,43 @@ impl ClusterKey {
     }
 }
 
+/// The optional parts of the protocol a side offers. The handshake agrees on the intersection;
+/// a side uses a feature only where the connection's agreed set contains it (never "try it and
+/// see if the peer complains").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Features(u32);
+
+impl Features {
+    /// Nothing optional.
+    pub const NONE: Features = Features(0);
+    /// `DataRequest::FetchSmall`: a batch of small replicas in one exchange.
+    pub const FETCH_SMALL: Features = Features(1);
+    /// `MigrationRequest::CopyBatch` and `FinishedBatch`: a migration job's copies to one pool
+    /// in one request, and their outcomes in one message.
+    pub const COPY_BATCH: Features = Features(1 << 1);
+    /// Everything this build offers.
+    pub const ALL: Features = Features(Self::FETCH_SMALL.0 | Self::COPY_BATCH.0);
+
+    /// Whether every feature of `other` is in `self`.
+    pub fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The features both sets have.
+    pub fn and(self, other: Features) -> Features {
+        Features(self.0 & other.0)
+    }
+
+    /// This set without `other`'s features.
+    pub fn without(self, other: Features) -> Features {
+        Features(self.0 & !other.0)
+    }
+
+    fn bytes(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+}
+
 /// The endpoint a client wants; a pool answers each on its own listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Service {
@@ -104,6 +145,7 @@ pub struct Hello {
     pub pool: String,
     pub service: Service,
     pub nonce: [u8; 32],
+    pub features: Features,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,6 +154,7 @@ pub struct ClientAuth {
     pub client: String,
     pub service: Service,
     pub nonce: [u8; 32],
+    pub features: Features,
     pub mac: [u8; 32],
 }
 
@@ -125,6 +168,17 @@ pub enum HandshakeReply {
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
     pub name: String,
+    /// The features both sides offered.
+    pub features: Features,
+}
+
+/// What the client learned about the pool it connected to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcomed {
+    /// The pool's name as it introduced itself.
+    pub pool: String,
+    /// The features both sides offered.
+    pub features: Features,
 }
 
 /// How much of a client's self-chosen name a refusal repeats.
@@ -139,6 +193,7 @@ pub async fn accept<R, W>(
     key: &ClusterKey,
     pool: &str,
     service: Service,
+    offered: Features,
 ) -> Result<PeerInfo, WireError>
 where
     R: AsyncRead + Unpin,
@@ -148,7 +203,15 @@ where
     reader.set_max(limit.min(MAX_HANDSHAKE_FRAME));
     let work = async {
         let nonce: [u8; 32] = random_bytes()?;
-        writer.send(&Hello { magic: MAGIC, version: PROTOCOL_VERSION, pool: pool.to_string(), service, nonce }).await?;
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            pool: pool.to_string(),
+            service,
+            nonce,
+            features: offered,
+        };
+        writer.send(&hello).await?;
         let auth: ClientAuth = reader.recv().await?;
         let refuse = |code, msg: String| HandshakeReply::Refused(RemoteError::new(code, msg));
         if auth.version != PROTOCOL_VERSION {
@@ -164,16 +227,25 @@ where
             writer.send(&refuse(ErrorCode::Protocol, msg.clone())).await?;
             return Err(WireError::Handshake(msg));
         }
-        let proof = key.mac(&[b"client", &nonce, &auth.nonce, service.tag(), auth.client.as_bytes()]);
+        let proof = key.mac(&[
+            b"client",
+            &nonce,
+            &auth.nonce,
+            service.tag(),
+            auth.client.as_bytes(),
+            &offered.bytes(),
+            &auth.features.bytes(),
+        ]);
         if proof.verify_slice(&auth.mac).is_err() {
             let client = crate::error::truncate_echo(&auth.client, MAX_NAME_ECHO);
             let msg = format!("authentication failed: {client} does not hold the cluster key of pool {pool}");
             writer.send(&refuse(ErrorCode::AuthFailed, msg.clone())).await?;
             return Err(WireError::Handshake(msg));
         }
-        let mac = key.mac(&[b"server", &auth.nonce, &nonce]).finalize().into_bytes().into();
+        let features = offered.and(auth.features);
+        let mac = key.mac(&[b"server", &auth.nonce, &nonce, &features.bytes()]).finalize().into_bytes().into();
         writer.send(&HandshakeReply::Welcome { mac }).await?;
-        Ok(PeerInfo { name: auth.client })
+        Ok(PeerInfo { name: auth.client, features })
     };
     let peer =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, work).await.map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))??;
@@ -181,14 +253,15 @@ where
     Ok(peer)
 }
 
-/// Runs the client side of the handshake; returns the pool's name.
+/// Runs the client side of the handshake; returns the pool's name and the agreed features.
 pub async fn connect<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
     key: &ClusterKey,
     client: &str,
     service: Service,
-) -> Result<String, WireError>
+    offered: Features,
+) -> Result<Welcomed, WireError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -199,26 +272,36 @@ where
             return Err(WireError::Handshake("the peer is not a Tidepool pool".into()));
         }
         let nonce: [u8; 32] = random_bytes()?;
-        let mac = key.mac(&[b"client", &hello.nonce, &nonce, service.tag(), client.as_bytes()]);
+        let mac = key.mac(&[
+            b"client",
+            &hello.nonce,
+            &nonce,
+            service.tag(),
+            client.as_bytes(),
+            &hello.features.bytes(),
+            &offered.bytes(),
+        ]);
         let auth = ClientAuth {
             version: PROTOCOL_VERSION,
             client: client.to_string(),
             service,
             nonce,
+            features: offered,
             mac: mac.finalize().into_bytes().into(),
         };
         writer.send(&auth).await?;
         match reader.recv::<HandshakeReply>().await? {
             HandshakeReply::Refused(err) => Err(WireError::Remote(err)),
             HandshakeReply::Welcome { mac } => {
-                let proof = key.mac(&[b"server", &nonce, &hello.nonce]);
+                let features = hello.features.and(offered);
+                let proof = key.mac(&[b"server", &nonce, &hello.nonce, &features.bytes()]);
                 if proof.verify_slice(&mac).is_err() {
                     return Err(WireError::Handshake(format!(
                         "pool {} could not prove it holds our cluster key",
                         hello.pool
                     )));
                 }
-                Ok(hello.pool)
+                Ok(Welcomed { pool: hello.pool, features })
             }
         }
     };
@@ -233,19 +316,28 @@ mod tests {
     async fn run(
         server_key: ClusterKey,
         client_key: ClusterKey,
-    ) -> (Result<PeerInfo, WireError>, Result<String, WireError>) {
+    ) -> (Result<PeerInfo, WireError>, Result<Welcomed, WireError>) {
+        offering(server_key, Features::ALL, client_key, Features::ALL).await
+    }
+
+    async fn offering(
+        server_key: ClusterKey,
+        server_offers: Features,
+        client_key: ClusterKey,
+        client_offers: Features,
+    ) -> (Result<PeerInfo, WireError>, Result<Welcomed, WireError>) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (ar, aw) = tokio::io::split(a);
         let (br, bw) = tokio::io::split(b);
         let server = async move {
             let mut r = FrameReader::new(ar, MAX_FRAME);
             let mut w = FrameWriter::new(aw);
-            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin).await
+            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin, server_offers).await
         };
         let client = async move {
             let mut r = FrameReader::new(br, MAX_FRAME);
             let mut w = FrameWriter::new(bw);
-            connect(&mut r, &mut w, &client_key, "shell", Service::Admin).await
+            connect(&mut r, &mut w, &client_key, "shell", Service::Admin, client_offers).await
         };
         tokio::join!(server, client)
     }
@@ -254,8 +346,73 @@ mod tests {
     async fn same_key_is_accepted_both_ways() {
         let key = ClusterKey::generate().unwrap();
         let (s, c) = run(key.clone(), key).await;
-        assert_eq!(s.unwrap().name, "shell");
-        assert_eq!(c.unwrap(), "pool1");
+        let s = s.unwrap();
+        assert_eq!((s.name.as_str(), s.features), ("shell", Features::ALL));
+        assert_eq!(c.unwrap(), Welcomed { pool: "pool1".into(), features: Features::ALL });
+    }
+
+    /// Both sides use only what both offered: an older build that lacks a feature is never sent
+    /// it, and the newer side learns so in the handshake, not from an error later.
+    #[tokio::test]
+    async fn the_agreed_features_are_those_both_sides_offer() {
+        let key = ClusterKey::generate().unwrap();
+        let older = Features::ALL.without(Features::COPY_BATCH);
+        for (server, client) in [(Features::ALL, older), (older, Features::ALL), (Features::NONE, Features::ALL)] {
+            let (s, c) = offering(key.clone(), server, key.clone(), client).await;
+            let want = server.and(client);
+            assert_eq!(s.unwrap().features, want);
+            assert_eq!(c.unwrap().features, want);
+            assert_eq!(
+                want.contains(Features::COPY_BATCH),
+                server.contains(Features::COPY_BATCH) && client.contains(Features::COPY_BATCH)
+            );
+        }
+    }
+
+    /// Someone on the way who takes a feature out of the server's offer (to force a weaker
+    /// exchange) is caught: the client's proof covers the offer it saw, and the server refuses.
+    #[tokio::test]
+    async fn an_offer_altered_on_the_way_fails_the_handshake() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ar, aw) = tokio::io::split(a);
+        let (br, bw) = tokio::io::split(b);
+        let server_key = key.clone();
+        let server = async move {
+            let mut r = FrameReader::new(ar, MAX_FRAME);
+            let mut w = FrameWriter::new(aw);
+            accept(&mut r, &mut w, &server_key, "pool1", Service::Data, Features::ALL).await
+        };
+        let client = async move {
+            let mut r = FrameReader::new(br, MAX_FRAME);
+            let mut w = FrameWriter::new(bw);
+            // The client side by hand, as if the Hello had been altered before it arrived.
+            let mut hello: Hello = r.recv().await.unwrap();
+            hello.features = Features::NONE;
+            let nonce = [9u8; 32];
+            let mac = key.mac(&[
+                b"client",
+                &hello.nonce,
+                &nonce,
+                Service::Data.tag(),
+                b"pool2",
+                &hello.features.bytes(),
+                &Features::ALL.bytes(),
+            ]);
+            let auth = ClientAuth {
+                version: PROTOCOL_VERSION,
+                client: "pool2".into(),
+                service: Service::Data,
+                nonce,
+                features: Features::ALL,
+                mac: mac.finalize().into_bytes().into(),
+            };
+            w.send(&auth).await.unwrap();
+            r.recv::<HandshakeReply>().await.unwrap()
+        };
+        let (s, reply) = tokio::join!(server, client);
+        assert!(s.is_err());
+        assert!(matches!(reply, HandshakeReply::Refused(_)), "{reply:?}");
     }
 
     #[tokio::test]
@@ -296,7 +453,7 @@ mod tests {
             c
         };
         let server = async {
-            let got = accept(&mut r, &mut w, &key, "pool1", Service::Admin).await;
+            let got = accept(&mut r, &mut w, &key, "pool1", Service::Admin, Features::ALL).await;
             // Hang up, as the pool does, so that the hostile side sees the end.
             w.shutdown().await.unwrap();
             got
@@ -318,10 +475,10 @@ mod tests {
         let client = async move {
             let mut cr = FrameReader::new(br, MAX_FRAME);
             let mut cw = FrameWriter::new(bw);
-            connect(&mut cr, &mut cw, &client_key, "shell", Service::Admin).await
+            connect(&mut cr, &mut cw, &client_key, "shell", Service::Admin, Features::ALL).await
         };
-        let (s, c) = tokio::join!(accept(&mut r, &mut w, &key, "pool1", Service::Admin), client);
-        assert_eq!((s.unwrap().name, c.unwrap()), ("shell".to_string(), "pool1".to_string()));
+        let (s, c) = tokio::join!(accept(&mut r, &mut w, &key, "pool1", Service::Admin, Features::ALL), client);
+        assert_eq!((s.unwrap().name, c.unwrap().pool), ("shell".to_string(), "pool1".to_string()));
         assert_eq!(r.max(), MAX_FRAME);
     }
 
@@ -334,12 +491,13 @@ mod tests {
         let server = async move {
             let mut r = FrameReader::new(ar, MAX_FRAME);
             let mut w = FrameWriter::new(aw);
-            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin).await
+            accept(&mut r, &mut w, &server_key, "pool1", Service::Admin, Features::ALL).await
         };
         let client = async move {
             let mut r = FrameReader::new(br, MAX_FRAME);
             let mut w = FrameWriter::new(bw);
-            connect(&mut r, &mut w, &ClusterKey::generate().unwrap(), &"n".repeat(3000), Service::Admin).await
+            connect(&mut r, &mut w, &ClusterKey::generate().unwrap(), &"n".repeat(3000), Service::Admin, Features::ALL)
+                .await
         };
         let (s, c) = tokio::join!(server, client);
         assert!(s.is_err());

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::auth::{self, ClusterKey, Service};
+use crate::auth::{self, ClusterKey, Features, Service};
 use crate::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError};
 
 /// How long to wait for a TCP connection to a pool.
@@ -20,11 +20,31 @@ pub struct Connection {
     pub writer: FrameWriter<OwnedWriteHalf>,
     /// The pool's name as it introduced itself.
     pub pool: String,
+    /// The optional parts of the protocol both sides offered.
+    pub features: Features,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("pool", &self.pool).field("features", &self.features).finish_non_exhaustive()
+    }
 }
 
 impl Connection {
-    /// Connects to `addr` and authenticates as `client` for `service`.
+    /// Connects to `addr` and authenticates as `client` for `service`, offering every feature
+    /// this build has.
     pub async fn open(addr: SocketAddr, key: &ClusterKey, client: &str, service: Service) -> Result<Self, WireError> {
+        Self::open_offering(addr, key, client, service, Features::ALL).await
+    }
+
+    /// [`Connection::open`], offering only `offered` (tests play older builds this way).
+    pub async fn open_offering(
+        addr: SocketAddr,
+        key: &ClusterKey,
+        client: &str,
+        service: Service,
+        offered: Features,
+    ) -> Result<Self, WireError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout(CONNECT_TIMEOUT))??;
@@ -32,8 +52,8 @@ impl Connection {
         let (r, w) = stream.into_split();
         let mut reader = FrameReader::new(r, MAX_FRAME);
         let mut writer = FrameWriter::new(w);
-        let pool = auth::connect(&mut reader, &mut writer, key, client, service).await?;
-        Ok(Connection { reader, writer, pool })
+        let welcomed = auth::connect(&mut reader, &mut writer, key, client, service, offered).await?;
+        Ok(Connection { reader, writer, pool: welcomed.pool, features: welcomed.features })
     }
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
@@ -46,5 +66,13 @@ impl Connection {
 
     pub async fn next_frame(&mut self) -> Result<Frame, WireError> {
         self.reader.expect().await
+    }
+
+    /// Whether a connection that sat idle can still carry a request: the pool has neither
+    /// closed it nor sent anything unasked. Looks once, without waiting (the reader's `next`
+    /// is cancel-safe, so nothing is lost by looking).
+    pub async fn still_open(&mut self) -> bool {
+        let mut next = std::pin::pin!(self.reader.next());
+        std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx).is_pending())).await
     }
 }

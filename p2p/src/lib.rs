@@ -12,6 +12,7 @@ pub mod frame;
 pub mod ids;
 pub mod message;
 pub mod model;
+pub mod peer;
 pub mod random;
 pub mod units;
 

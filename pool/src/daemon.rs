@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_p2p::auth::{self, ClusterKey, Service};
+use tidepool_p2p::auth::{self, ClusterKey, Features, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
@@ -316,19 +316,20 @@ async fn serve(
     // `auth::accept` reads at most handshake-sized frames until the peer is authenticated.
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
-    let client = match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service).await {
-        Ok(p) => p.name,
-        Err(e) => {
-            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
-            if let WireError::Timeout(t) = e {
-                // Tell a slow client why it is dropped, if it still listens.
-                let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
-                let refusal = auth::HandshakeReply::Refused(RemoteError::new(ErrorCode::Timeout, msg));
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&refusal)).await;
+    let client =
+        match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service, Features::ALL).await {
+            Ok(p) => p.name,
+            Err(e) => {
+                admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
+                if let WireError::Timeout(t) = e {
+                    // Tell a slow client why it is dropped, if it still listens.
+                    let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
+                    let refusal = auth::HandshakeReply::Refused(RemoteError::new(ErrorCode::Timeout, msg));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&refusal)).await;
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     drop(permit);
     let mut writer = FrameWriter::new(writer.into_inner());
     tracing::debug!(%peer, %client, ?service, "connection authenticated");

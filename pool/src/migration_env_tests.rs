@@ -61,7 +61,16 @@ async fn server(
                 let (r, w) = stream.into_split();
                 let mut reader = FrameReader::new(r, MAX_FRAME);
                 let mut writer = FrameWriter::new(w);
-                let Ok(peer) = auth::accept(&mut reader, &mut writer, &key, name, Service::Data).await else {
+                let Ok(peer) = auth::accept(
+                    &mut reader,
+                    &mut writer,
+                    &key,
+                    name,
+                    Service::Data,
+                    tidepool_p2p::auth::Features::ALL,
+                )
+                .await
+                else {
                     return;
                 };
                 let _ = tx.send(Event::Connected(peer.name));

@@ -500,9 +500,16 @@ async fn fake_source(
     let (stream, _) = listener.accept().await.unwrap();
     let (r, w) = stream.into_split();
     let (mut reader, mut writer) = (FrameReader::new(r, MAX_FRAME), FrameWriter::new(w));
-    tidepool_p2p::auth::accept(&mut reader, &mut writer, &key, "pool1", tidepool_p2p::auth::Service::Data)
-        .await
-        .unwrap();
+    tidepool_p2p::auth::accept(
+        &mut reader,
+        &mut writer,
+        &key,
+        "pool1",
+        tidepool_p2p::auth::Service::Data,
+        tidepool_p2p::auth::Features::ALL,
+    )
+    .await
+    .unwrap();
     let DataRequest::FetchSmall { items, .. } = reader.recv::<DataRequest>().await.unwrap() else {
         panic!("expected a FetchSmall");
     };

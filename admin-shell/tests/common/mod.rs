@@ -71,7 +71,7 @@ async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> 
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::new(w);
-    auth::accept(&mut reader, &mut writer, &key, &name, Service::Admin).await?;
+    auth::accept(&mut reader, &mut writer, &key, &name, Service::Admin, tidepool_p2p::auth::Features::ALL).await?;
     loop {
         // `FrameReader::next` is cancel-safe.
         let frame = tokio::select! {

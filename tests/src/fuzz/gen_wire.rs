@@ -2,7 +2,7 @@
 //! records, valid first and then mutated (length fields, kind bytes, truncation, splicing,
 //! byte edits), plus purely random bytes.
 
-use tidepool_p2p::auth::{ClientAuth, HandshakeReply, Hello, MAGIC, PROTOCOL_VERSION, Service};
+use tidepool_p2p::auth::{ClientAuth, Features, HandshakeReply, Hello, MAGIC, PROTOCOL_VERSION, Service};
 use tidepool_p2p::frame::{FrameWriter, MAX_FRAME};
 use tidepool_p2p::message::{
     AdminReply, AdminRequest, CommandDescription, CommitState, CopyAnswer, CopyFinished, CopyRequest, DataReply,
@@ -273,7 +273,12 @@ fn hello(rng: &mut Rng) -> Hello {
         pool: string(rng),
         service: service(rng),
         nonce: nonce(rng),
+        features: features(rng),
     }
+}
+
+fn features(rng: &mut Rng) -> Features {
+    *rng.pick(&[Features::ALL, Features::NONE, Features::FETCH_SMALL, Features::COPY_BATCH])
 }
 
 fn client_auth(rng: &mut Rng, service_wanted: Service) -> ClientAuth {
@@ -282,6 +287,7 @@ fn client_auth(rng: &mut Rng, service_wanted: Service) -> ClientAuth {
         client: string(rng),
         service: if rng.chance(7, 8) { service_wanted } else { service(rng) },
         nonce: nonce(rng),
+        features: features(rng),
         mac: nonce(rng),
     }
 }

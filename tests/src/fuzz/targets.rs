@@ -33,7 +33,7 @@ use tidepool_migration::filter::{Interval, parse_sticky};
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
 use tidepool_p2p::ErrorCode;
-use tidepool_p2p::auth::{ClientAuth, ClusterKey, HandshakeReply, Hello, Service, accept, connect};
+use tidepool_p2p::auth::{ClientAuth, ClusterKey, Features, HandshakeReply, Hello, Service, accept, connect};
 use tidepool_p2p::cmdline::{Args, point_at, tokenize};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
@@ -203,9 +203,9 @@ fn handshake(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
         let mut reader = FrameReader::new(peer, MAX_FRAME);
         let mut writer = FrameWriter::new(tokio::io::sink());
         let outcome = if side & 1 == 1 {
-            accept(&mut reader, &mut writer, &key, "pool1", service).await.map(|p| p.name)
+            accept(&mut reader, &mut writer, &key, "pool1", service, Features::ALL).await.map(|p| p.name)
         } else {
-            connect(&mut reader, &mut writer, &key, "shell", service).await
+            connect(&mut reader, &mut writer, &key, "shell", service, Features::ALL).await.map(|w| w.pool)
         };
         match outcome {
             Ok(name) => Err(format!("authenticated {name:?}, a peer that does not hold the cluster key")),
