@@ -35,7 +35,7 @@ const TOUR: &str = "\
 Tidepool demo: pool1, pool2 (group disk) and pool3 (group cache_pools) are running; pool1 holds sample replicas.
 try: cd pool1; info; rep ls; rep ls -s; rep ls -l=s; help rep set sticky
      rep set sticky -o=alice <pnfsid> on; rep sticky ls <pnfsid>; pool disable -rdonly; pool enable
-     migration move -concurrency=8 pool2; migration ls; migration info 1; help migration copy
+     migration move -concurrency=2 -rate=1M pool2; migration ls; migration info 1; help migration copy
      .. goes back; ls lists the pools; exit (or Ctrl-D) stops the demo";
 
 /// Runs the demo; returns the shell's exit code.
