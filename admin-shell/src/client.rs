@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidepool_p2p::PoolName;
@@ -18,6 +19,7 @@ use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription, line_too_long};
+use tidepool_p2p::peer::{DialError, Dialer, Origin};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -86,21 +88,19 @@ impl PoolStatus {
     }
 }
 
-/// Where a checked-out connection came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Reused,
-    Opened,
-}
-
 /// The shell's connections to the pools of one cluster file.
 pub struct PoolClient {
     cluster: ClusterFile,
     key: ClusterKey,
-    name: String,
     reply_timeout: Duration,
-    connections: HashMap<PoolName, Connection>,
+    /// One connection per pool, kept between commands for as long as the pool keeps it open.
+    dialer: Arc<Dialer>,
     commands: HashMap<PoolName, Vec<CommandDescription>>,
+}
+
+/// The shell keeps its one connection to a pool for as long as the pool keeps it open.
+fn dialer(name: String, key: ClusterKey) -> Arc<Dialer> {
+    Arc::new(Dialer::new(name, key, Service::Admin).keeping(Duration::MAX, 1))
 }
 
 impl PoolClient {
@@ -108,10 +108,9 @@ impl PoolClient {
     pub fn new(cluster: ClusterFile, key: ClusterKey) -> Self {
         PoolClient {
             cluster,
+            dialer: dialer(format!("tidepool-admin[{}]", std::process::id()), key.clone()),
             key,
-            name: format!("tidepool-admin[{}]", std::process::id()),
             reply_timeout: REPLY_TIMEOUT,
-            connections: HashMap::new(),
             commands: HashMap::new(),
         }
     }
@@ -119,7 +118,7 @@ impl PoolClient {
     /// Introduces itself to pools as `name` instead (a pool that runs commands on other pools
     /// names itself, so their logs say who asked).
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
+        self.dialer = dialer(name.into(), self.key.clone());
         self
     }
 
@@ -136,7 +135,7 @@ impl PoolClient {
     /// Makes sure a working connection to `pool` is open, opening one if needed.
     pub async fn connect(&mut self, pool: &PoolName) -> Result<(), ClientError> {
         let (conn, _) = self.checkout(pool).await?;
-        self.connections.insert(pool.clone(), conn);
+        self.dialer.give_back(pool, conn);
         Ok(())
     }
 
@@ -156,7 +155,7 @@ impl PoolClient {
             match self.next_reply(pool, &mut conn).await? {
                 AdminReply::Output(text) => output(&text).map_err(ClientError::Output)?,
                 AdminReply::Finished { error } => {
-                    self.connections.insert(pool.clone(), conn);
+                    self.dialer.give_back(pool, conn);
                     return Ok(error);
                 }
                 AdminReply::Commands(_) => return Err(unexpected(pool, "a command list")),
@@ -172,7 +171,7 @@ impl PoolClient {
         let mut conn = self.send_request(pool, &AdminRequest::Describe).await?;
         match self.next_reply(pool, &mut conn).await? {
             AdminReply::Commands(commands) => {
-                self.connections.insert(pool.clone(), conn);
+                self.dialer.give_back(pool, conn);
                 self.commands.insert(pool.clone(), commands.clone());
                 Ok(commands)
             }
@@ -186,8 +185,8 @@ impl PoolClient {
     pub async fn probe_all(&self) -> Vec<PoolStatus> {
         let mut probes = JoinSet::new();
         for (index, entry) in self.cluster.pools.iter().enumerate() {
-            let (key, name, pool, addr) = (self.key.clone(), self.name.clone(), entry.name.clone(), entry.admin);
-            probes.spawn(async move { (index, probe(&key, &name, &pool, addr).await) });
+            let (dialer, pool, addr) = (self.dialer.clone(), entry.name.clone(), entry.admin);
+            probes.spawn(async move { (index, probe(&dialer, &pool, addr).await) });
         }
         let mut statuses = vec![None; self.cluster.pools.len()];
         while let Some(done) = probes.join_next().await {
@@ -205,7 +204,7 @@ impl PoolClient {
         let (mut conn, origin) = self.checkout(pool).await?;
         match self.send(&mut conn, request).await {
             Ok(()) => return Ok(conn),
-            Err(source) if origin == Origin::Opened => return Err(send_failed(pool, source)),
+            Err(source) if origin == Origin::New => return Err(send_failed(pool, source)),
             Err(_) => {}
         }
         let mut conn = self.open(pool).await?;
@@ -225,51 +224,45 @@ impl PoolClient {
         }
     }
 
-    /// Takes the open connection to `pool` if it still looks alive, or opens a new one.
+    /// Takes the kept connection to `pool` if it still looks alive, or opens a new one.
     async fn checkout(&mut self, pool: &PoolName) -> Result<(Connection, Origin), ClientError> {
-        if let Some(mut conn) = self.connections.remove(pool)
-            && looks_alive(&mut conn).await
-        {
-            return Ok((conn, Origin::Reused));
-        }
-        Ok((self.open(pool).await?, Origin::Opened))
+        let addr = self.address(pool)?;
+        self.dialer.checkout(pool, addr).await.map_err(dial_error)
     }
 
     async fn open(&self, pool: &PoolName) -> Result<Connection, ClientError> {
-        let entry = self.cluster.pool(pool).ok_or_else(|| ClientError::UnknownPool(pool.clone()))?;
-        open(&self.key, &self.name, pool, entry.admin).await
+        let addr = self.address(pool)?;
+        self.dialer.open(pool, addr).await.map_err(dial_error)
+    }
+
+    fn address(&self, pool: &PoolName) -> Result<SocketAddr, ClientError> {
+        Ok(self.cluster.pool(pool).ok_or_else(|| ClientError::UnknownPool(pool.clone()))?.admin)
     }
 }
 
-async fn open(key: &ClusterKey, name: &str, pool: &PoolName, addr: SocketAddr) -> Result<Connection, ClientError> {
-    let conn =
-        Connection::open(addr, key, name, Service::Admin).await.map_err(|source| connect_error(pool, addr, source))?;
-    if conn.pool != pool.as_str() {
-        return Err(ClientError::WrongPool { pool: pool.clone(), addr, actual: conn.pool });
-    }
-    Ok(conn)
-}
-
-async fn probe(key: &ClusterKey, name: &str, pool: &PoolName, addr: SocketAddr) -> PoolStatus {
-    match timeout(PROBE_TIMEOUT, open(key, name, pool, addr)).await {
+/// Connects and logs in; the connection is kept for the next command.
+async fn probe(dialer: &Dialer, pool: &PoolName, addr: SocketAddr) -> PoolStatus {
+    match timeout(PROBE_TIMEOUT, dialer.open(pool, addr)).await {
         Err(_) => PoolStatus::Offline { reason: format!("no answer within {PROBE_TIMEOUT:?}") },
-        Ok(Ok(_conn)) => PoolStatus::Online,
-        Ok(Err(ClientError::Offline { reason, .. })) => PoolStatus::Offline { reason },
-        Ok(Err(ClientError::Refused { error, .. })) => PoolStatus::Unusable { reason: error.render() },
-        Ok(Err(ClientError::Handshake { source, .. })) => PoolStatus::Unusable { reason: source.to_string() },
-        Ok(Err(other)) => PoolStatus::Unusable { reason: other.to_string() },
+        Ok(Ok(conn)) => {
+            dialer.give_back(pool, conn);
+            PoolStatus::Online
+        }
+        Ok(Err(e)) => match dial_error(e) {
+            ClientError::Offline { reason, .. } => PoolStatus::Offline { reason },
+            ClientError::Refused { error, .. } => PoolStatus::Unusable { reason: error.render() },
+            ClientError::Handshake { source, .. } => PoolStatus::Unusable { reason: source.to_string() },
+            other => PoolStatus::Unusable { reason: other.to_string() },
+        },
     }
 }
 
-/// Whether an idle connection can still carry a request: not closed by the pool, and with no
-/// unrequested frame waiting. A pool that went away since the last command is noticed here,
-/// before anything is sent, instead of after the next command was sent (when the shell could
-/// no longer tell whether it ran). `FrameReader::next` is cancel-safe, so polling it once loses
-/// nothing. The yield first lets the runtime take in socket events that arrived while the shell
-/// sat idle outside it (insurance: tokio keeps a seen end-of-stream sticky anyway).
-async fn looks_alive(conn: &mut Connection) -> bool {
-    tokio::task::yield_now().await;
-    timeout(Duration::ZERO, conn.reader.next()).await.is_err()
+fn dial_error(e: DialError) -> ClientError {
+    match e {
+        DialError::Unreachable { pool, addr, source } => connect_error(&pool, addr, source),
+        DialError::Refused { pool, addr, error } => ClientError::Refused { pool, addr, error },
+        DialError::WrongPool { pool, addr, actual } => ClientError::WrongPool { pool, addr, actual },
+    }
 }
 
 fn connect_error(pool: &PoolName, addr: SocketAddr, source: WireError) -> ClientError {

@@ -94,11 +94,8 @@ impl Features {
     pub const NONE: Features = Features(0);
     /// `DataRequest::FetchSmall`: a batch of small replicas in one exchange.
     pub const FETCH_SMALL: Features = Features(1);
-    /// `MigrationRequest::CopyBatch` and `FinishedBatch`: a migration job's copies to one pool
-    /// in one request, and their outcomes in one message.
-    pub const COPY_BATCH: Features = Features(1 << 1);
     /// Everything this build offers.
-    pub const ALL: Features = Features(Self::FETCH_SMALL.0 | Self::COPY_BATCH.0);
+    pub const ALL: Features = Self::FETCH_SMALL;
 
     /// Whether every feature of `other` is in `self`.
     pub fn contains(self, other: Features) -> bool {
@@ -356,15 +353,15 @@ mod tests {
     #[tokio::test]
     async fn the_agreed_features_are_those_both_sides_offer() {
         let key = ClusterKey::generate().unwrap();
-        let older = Features::ALL.without(Features::COPY_BATCH);
+        let older = Features::ALL.without(Features::FETCH_SMALL);
         for (server, client) in [(Features::ALL, older), (older, Features::ALL), (Features::NONE, Features::ALL)] {
             let (s, c) = offering(key.clone(), server, key.clone(), client).await;
             let want = server.and(client);
             assert_eq!(s.unwrap().features, want);
             assert_eq!(c.unwrap().features, want);
             assert_eq!(
-                want.contains(Features::COPY_BATCH),
-                server.contains(Features::COPY_BATCH) && client.contains(Features::COPY_BATCH)
+                want.contains(Features::FETCH_SMALL),
+                server.contains(Features::FETCH_SMALL) && client.contains(Features::FETCH_SMALL)
             );
         }
     }

@@ -69,9 +69,13 @@ impl Connection {
     }
 
     /// Whether a connection that sat idle can still carry a request: the pool has neither
-    /// closed it nor sent anything unasked. Looks once, without waiting (the reader's `next`
-    /// is cancel-safe, so nothing is lost by looking).
+    /// closed it nor sent anything unasked. A pool that went away is noticed here, before
+    /// anything is sent, not after a request was sent (when the caller could no longer tell
+    /// whether it ran). Looks once, without waiting: the reader's `next` is cancel-safe, so
+    /// nothing is lost by looking. The yield first lets the runtime take in socket events that
+    /// arrived while the caller sat idle.
     pub async fn still_open(&mut self) -> bool {
+        tokio::task::yield_now().await;
         let mut next = std::pin::pin!(self.reader.next());
         std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx).is_pending())).await
     }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_p2p::auth::{self, ClusterKey, Features, Service};
+use tidepool_p2p::auth::{self, ClusterKey, Features, PeerInfo, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
@@ -317,8 +317,10 @@ async fn serve(
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
     let client =
-        match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service, Features::ALL).await {
-            Ok(p) => p.name,
+        match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service, offered(&ctx.pool))
+            .await
+        {
+            Ok(p) => p,
             Err(e) => {
                 admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
                 if let WireError::Timeout(t) = e {
@@ -332,10 +334,11 @@ async fn serve(
         };
     drop(permit);
     let mut writer = FrameWriter::new(writer.into_inner());
-    tracing::debug!(%peer, %client, ?service, "connection authenticated");
+    let PeerInfo { name: client, features } = client;
+    tracing::debug!(%peer, %client, ?service, ?features, "connection authenticated");
     let result = match service {
         Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
-        Service::Data => serve_data(&mut reader, &mut writer, &client, &ctx).await,
+        Service::Data => serve_data(&mut reader, &mut writer, &client, features, &ctx).await,
     };
     if let Err(e) = result {
         tracing::warn!(%peer, %client, "closing connection: {e}");
@@ -439,7 +442,24 @@ async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Optio
     Ok(result.err())
 }
 
-async fn serve_data(reader: &mut Reader, writer: &mut Writer, client: &str, ctx: &Ctx) -> Result<(), WireError> {
+/// The optional parts of the protocol this pool offers in its handshakes (a test plays a pool
+/// built without small-file batches).
+fn offered(pool: &Pool) -> Features {
+    #[cfg(test)]
+    if pool.faults.before_batches() {
+        return Features::ALL.without(Features::FETCH_SMALL);
+    }
+    let _ = pool;
+    Features::ALL
+}
+
+async fn serve_data(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    client: &str,
+    features: Features,
+    ctx: &Ctx,
+) -> Result<(), WireError> {
     // Migration requests speak for the authenticated peer, never for a pool they name.
     let peer = client.parse::<PoolName>();
     loop {
@@ -455,10 +475,9 @@ async fn serve_data(reader: &mut Reader, writer: &mut Writer, client: &str, ctx:
                 transfer::serve_fetch(reader, writer, &ctx.pool, &ctx.shutdown, transfer, pnfsid, force_source_mode)
                     .await?
             }
-            // A pool built before `FetchSmall` cannot decode it (test hook).
-            #[cfg(test)]
-            DataRequest::FetchSmall { .. } if ctx.pool.faults.before_batches() => {
-                return Err(WireError::Malformed("unknown variant index 7".into()));
+            // Only what the handshake agreed on.
+            DataRequest::FetchSmall { .. } if !features.contains(Features::FETCH_SMALL) => {
+                return Err(WireError::Unexpected { expected: "a request agreed in the handshake", got: "FetchSmall" });
             }
             DataRequest::FetchSmall { items, max_size, max_bytes } => {
                 transfer::serve_fetch_small(reader, writer, &ctx.pool, &ctx.shutdown, items, max_size, max_bytes)

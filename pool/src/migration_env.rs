@@ -16,17 +16,14 @@
 //! idle connection) is noticed before the request is written and replaced, so a restart of a
 //! peer does not turn the next request into a `NoAnswer`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::Poll;
-use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
 use tidepool_migration::env::{
     Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered,
     source_removal,
@@ -38,6 +35,7 @@ use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
+use tidepool_p2p::peer::{DialError, Dialer, REUSE_IDLE};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -49,9 +47,6 @@ use crate::transfer;
 /// How long a request waits for its reply (writing it included) before it counts as
 /// [`Unanswered::NoAnswer`].
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Kept connections idle longer than this are closed instead of reused (the other pool
-/// closes them after [`crate::transfer::PEER_IDLE`]).
-const REUSE_IDLE: Duration = Duration::from_secs(30);
 /// Kept connections per pool; more are closed when they come back.
 const MAX_IDLE: usize = 8;
 
@@ -369,13 +364,11 @@ pub(crate) async fn forward_changes(
 /// Requests to other pools' migration modules, over kept authenticated data connections.
 pub struct Peers {
     me: PoolName,
-    key: ClusterKey,
     /// Where the pools are (the pool's cluster view: SIGHUP may change it).
     cluster: Arc<ClusterView>,
     reply_timeout: Duration,
-    /// Kept connections per pool, the most recently used last.
-    idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
-    opened: AtomicU64,
+    /// Connections to the other pools' data service: made, checked and kept for reuse.
+    dialer: Dialer,
 }
 
 impl std::fmt::Debug for Peers {
@@ -401,12 +394,18 @@ impl Peers {
 
     /// [`Peers::new`] over a cluster view that may change (the pool's).
     pub fn with_view(me: PoolName, key: ClusterKey, cluster: Arc<ClusterView>, reply_timeout: Duration) -> Peers {
-        Peers { me, key, cluster, reply_timeout, idle: Mutex::new(HashMap::new()), opened: AtomicU64::new(0) }
+        let dialer = Dialer::new(me.as_str(), key, Service::Data).keeping(REUSE_IDLE, MAX_IDLE);
+        Peers { me, cluster, reply_timeout, dialer }
+    }
+
+    /// The connections this transport makes and keeps.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Connections opened so far (each one handshake).
     pub fn connections_opened(&self) -> u64 {
-        self.opened.load(Ordering::Relaxed)
+        self.dialer.connections_opened()
     }
 
     /// Sends `req` to pool `to` and waits for its reply.
@@ -418,7 +417,7 @@ impl Peers {
         let msg = DataRequest::Migration(req);
         let mut fresh_only = false;
         loop {
-            let kept = if fresh_only { None } else { self.take_idle(to).await };
+            let kept = if fresh_only { None } else { self.dialer.take_idle(to).await };
             let reused = kept.is_some();
             let mut conn = match kept {
                 Some(c) => c,
@@ -426,7 +425,7 @@ impl Peers {
             };
             match self.exchange(&mut conn, &msg).await {
                 Ok(DataReply::Migration(reply)) => {
-                    self.give_back(to, conn);
+                    self.dialer.give_back(to, conn);
                     return Ok(reply);
                 }
                 // The other pool could not read the request (it may speak an older version);
@@ -477,60 +476,20 @@ impl Peers {
     }
 
     async fn open(&self, to: &PoolName, addr: SocketAddr) -> Result<Connection, Unanswered> {
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        match Connection::open(addr, &self.key, self.me.as_str(), Service::Data).await {
-            Ok(conn) if conn.pool == to.as_str() => Ok(conn),
-            Ok(conn) => {
-                tracing::warn!(pool = %to, %addr, "the pool at {addr} calls itself {}; check the cluster file", conn.pool);
-                Err(Unanswered::NotDelivered)
+        self.dialer.open(to, addr).await.map_err(|e| {
+            match &e {
+                DialError::Unreachable { .. } => tracing::debug!(pool = %to, %addr, "cannot connect: {e}"),
+                DialError::Refused { .. } | DialError::WrongPool { .. } => tracing::warn!(pool = %to, %addr, "{e}"),
             }
-            Err(WireError::Remote(e)) => {
-                tracing::warn!(pool = %to, %addr, "pool refused the connection: {}", e.render());
-                Err(Unanswered::NotDelivered)
-            }
-            Err(e) => {
-                tracing::debug!(pool = %to, %addr, "cannot connect: {e}");
-                Err(Unanswered::NotDelivered)
-            }
-        }
-    }
-
-    /// A kept connection to `to` that is still open, if there is one.
-    async fn take_idle(&self, to: &PoolName) -> Option<Connection> {
-        loop {
-            let (mut conn, _) = {
-                let mut idle = self.idle.lock();
-                let list = idle.get_mut(to)?;
-                list.retain(|(_, since)| since.elapsed() < REUSE_IDLE);
-                list.pop()?
-            };
-            if still_open(&mut conn).await {
-                return Some(conn);
-            }
-        }
-    }
-
-    fn give_back(&self, to: &PoolName, conn: Connection) {
-        let mut idle = self.idle.lock();
-        let list = idle.entry(to.clone()).or_default();
-        if list.len() >= MAX_IDLE {
-            list.remove(0);
-        }
-        list.push((conn, Instant::now()));
+            Unanswered::NotDelivered
+        })
     }
 
     /// Kept connections to `to` (open or not).
     #[cfg(test)]
     fn idle_count(&self, to: &PoolName) -> usize {
-        self.idle.lock().get(to).map_or(0, Vec::len)
+        self.dialer.idle_count(to)
     }
-}
-
-/// Whether an idle connection is still usable: the other pool has neither closed it nor sent
-/// anything unasked. Looks once, without waiting (`next` is cancel-safe).
-async fn still_open(conn: &mut Connection) -> bool {
-    let mut next = std::pin::pin!(conn.reader.next());
-    std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx).is_pending())).await
 }
 
 #[cfg(test)]

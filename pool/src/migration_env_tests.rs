@@ -13,7 +13,7 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::{Peers, still_open};
+use super::Peers;
 
 /// How the test server reports a file it says it holds.
 fn held(pnfsid: PnfsId) -> tidepool_p2p::message::Held {
@@ -216,15 +216,10 @@ async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is
     assert_eq!(peers.idle_count(&to), 1);
     assert_eq!(events.recv().await, Some(Event::Connected("pool1".into())));
     assert_eq!(events.recv().await, Some(Event::Closed));
-    // This side learns of the close through the reactor; let it run until it has.
-    loop {
-        let kept = peers.idle.lock().get_mut(&to).and_then(|l| l.pop());
-        let Some((mut conn, since)) = kept else { panic!("the kept connection vanished") };
-        let open = still_open(&mut conn).await;
-        peers.idle.lock().entry(to.clone()).or_default().push((conn, since));
-        if !open {
-            break;
-        }
+    // This side learns of the close through the reactor; until it has, the kept connection
+    // still looks open. Once it has, the dialer drops it instead of handing it out.
+    while let Some(conn) = peers.dialer().take_idle(&to).await {
+        peers.dialer().give_back(&to, conn);
         tokio::task::yield_now().await;
     }
     assert_eq!(peers.request(&to, MigrationRequest::PoolInfo { job: None }).await, Ok(MigrationReply::Ack));

@@ -10,7 +10,8 @@ use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
 use tidepool_migration::module::{Module, Settings as MigrationSettings};
-use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::peer::Dialer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -165,6 +166,7 @@ impl Pool {
                 }
             },
         };
+        let dialer = Dialer::new(name.as_str(), key.clone(), Service::Data);
         Ok(Pool {
             name,
             repo,
@@ -172,7 +174,7 @@ impl Pool {
             key,
             recovery,
             pin_prefix,
-            transfers: Transfers::new(transfers),
+            transfers: Transfers::new(transfers, dialer),
             runtime: tokio::runtime::Handle::try_current().ok(),
             tasks: TaskTracker::new(),
             #[cfg(test)]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tidepool_p2p::auth::Features;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, MAX_DATA_CHUNK, WireError};
 use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
@@ -60,8 +61,9 @@ struct Waiter {
 struct Queue {
     waiting: VecDeque<Waiter>,
     runners: usize,
-    /// When the source answered `FetchSmall` with a protocol error (a pool built before it):
-    /// for [`UNSUPPORTED_FOR`] after that, transfers from it use the per-file exchange.
+    /// When a connection to the source was made without the `FETCH_SMALL` feature (a pool
+    /// built without it, see `docs/protocol.md`): for [`UNSUPPORTED_FOR`] after that,
+    /// transfers from it use the per-file exchange.
     unsupported: Option<Instant>,
 }
 
@@ -270,26 +272,25 @@ async fn ask(
             }
         };
     }
+    // Batches only where the handshake agreed on them.
+    if !conn.features.contains(Features::FETCH_SMALL) {
+        tracing::info!(%source, "source does not take small-file batches; fetching one file at a time");
+        if let Some(q) = transfers.small.queues.lock().get_mut(source) {
+            q.unsupported = Some(Instant::now());
+        }
+        return Err(Stop::PerFile);
+    }
     transfers.small.exchanges.fetch_add(1, Ordering::Relaxed);
     transfers.small.asked.fetch_add(pending.len() as u64, Ordering::Relaxed);
     let items = pending.iter().map(|w| w.item.clone()).collect();
     let request = DataRequest::FetchSmall { items, max_size: MAX_DATA_CHUNK as u64, max_bytes: BATCH_BYTES };
     conn.send(&request).await.map_err(broken)?;
-    let mut first = true;
     let mut sent_any = false;
     while let Some((transfer, pnfsid)) = pending.front().map(|w| (w.item.transfer, w.item.pnfsid)) {
         let outcome = match next!(conn.recv::<DataReply>()) {
             DataReply::SmallItem { transfer: t, outcome } if t == transfer => outcome,
-            DataReply::Error(e) if first && e.code() == Some(ErrorCode::Protocol) => {
-                tracing::info!(%source, "source does not take small-file batches ({}); fetching one file at a time", e.message);
-                if let Some(q) = transfers.small.queues.lock().get_mut(source) {
-                    q.unsupported = Some(Instant::now());
-                }
-                return Err(Stop::PerFile);
-            }
             other => return Err(protocol(format!("expected the answer for transfer {transfer}, got {other:?}"))),
         };
-        first = false;
         let data = match &outcome {
             SmallOutcome::Sent(attrs) if attrs.pnfsid != pnfsid => {
                 return Err(protocol(format!("answered for {} when asked for {pnfsid}", attrs.pnfsid)));

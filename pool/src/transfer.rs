@@ -22,7 +22,7 @@
 //! `small_fetch.rs`, served here by [`serve_fetch_small`]); only a replica larger than one
 //! chunk, or a source that does not know batches, takes the exchange above.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,11 +31,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tidepool_migration::rate::RateLimit;
-use tidepool_p2p::auth::Service;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
 use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
 use tidepool_p2p::model::{FileAttributes, ReplicaState};
+use tidepool_p2p::peer::{DialError, Dialer};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -67,9 +67,6 @@ impl Default for TransferSettings {
 /// warning-level "slow transfer" line.
 const RATE_REPORT: Duration = Duration::from_secs(10);
 const SLOW_RATE: f64 = 1024.0 * 1024.0;
-/// Idle connections older than this are not reused (the source drops them after
-/// [`PEER_IDLE`]).
-const REUSE_IDLE: Duration = Duration::from_secs(30);
 /// A source closes a pool-to-pool connection that sends nothing for this long.
 pub const PEER_IDLE: Duration = Duration::from_secs(120);
 /// How many times a broken connection is replaced within one transfer.
@@ -149,9 +146,8 @@ pub struct Transfers {
     /// Outgoing streams (`pp set max outgoing`).
     pub outgoing: Gate,
     no_progress: Duration,
-    idle: Mutex<HashMap<PoolName, Vec<(Connection, Instant)>>>,
-    /// Connections opened to sources so far (each one handshake).
-    pub connections_opened: AtomicU64,
+    /// Connections to sources: made, checked and kept for reuse.
+    dialer: Dialer,
     /// Transfers waiting for a small-file batch, per source.
     pub(crate) small: SmallFetches,
     /// Cancelled at shutdown: ends the small-file batches under way.
@@ -167,7 +163,9 @@ impl std::fmt::Debug for Transfers {
 }
 
 impl Transfers {
-    pub fn new(settings: &TransferSettings) -> Transfers {
+    /// The transfers of a pool that fetches from sources through `dialer` (the pool's own name
+    /// and credentials, for the data service).
+    pub fn new(settings: &TransferSettings, dialer: Dialer) -> Transfers {
         Transfers {
             next: AtomicU64::new(1),
             entries: Mutex::new(BTreeMap::new()),
@@ -176,8 +174,7 @@ impl Transfers {
             committing: Gate::new(COMMIT_BACKLOG),
             outgoing: Gate::new(settings.max_outgoing),
             no_progress: settings.no_progress,
-            idle: Mutex::new(HashMap::new()),
-            connections_opened: AtomicU64::new(0),
+            dialer,
             small: SmallFetches::default(),
             stats: TransferStats::default(),
             closing: CancellationToken::new(),
@@ -261,49 +258,35 @@ impl Transfers {
         });
     }
 
+    /// A connection to `source` for a fetch: a kept one that is still open, else a new one.
     pub(crate) async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, RemoteError> {
-        let reusable = {
-            let mut idle = self.idle.lock();
-            let list = idle.entry(source.clone()).or_default();
-            list.retain(|(_, since)| since.elapsed() < REUSE_IDLE);
-            list.pop()
-        };
-        if let Some((conn, _)) = reusable {
-            return Ok(conn);
-        }
         let entry = pool.cluster.pool(source).ok_or_else(|| {
             RemoteError::new(ErrorCode::InvalidArgument, format!("no pool named {source} in the cluster file"))
         })?;
-        self.connections_opened.fetch_add(1, Ordering::Relaxed);
-        let conn =
-            Connection::open(entry.p2p, &pool.key, pool.name.as_str(), Service::Data).await.map_err(|e| match e {
-                WireError::Remote(r) => r,
-                other => RemoteError::new(
-                    ErrorCode::Offline,
-                    format!("source pool {source} is offline: {other} at {}", entry.p2p),
-                ),
-            })?;
-        if conn.pool != source.as_str() {
-            return Err(RemoteError::new(
-                ErrorCode::InvalidArgument,
-                format!("the pool at {} calls itself {}, not {source}; check the cluster file", entry.p2p, conn.pool),
-            ));
+        match self.dialer.checkout(source, entry.p2p).await {
+            Ok((conn, _)) => Ok(conn),
+            Err(DialError::Refused { error, .. }) => Err(error),
+            Err(DialError::Unreachable { addr, source: e, .. }) => {
+                Err(RemoteError::new(ErrorCode::Offline, format!("source pool {source} is offline: {e} at {addr}")))
+            }
+            Err(e @ DialError::WrongPool { .. }) => Err(RemoteError::new(ErrorCode::InvalidArgument, e.to_string())),
         }
-        Ok(conn)
     }
 
     /// Drops the kept connections to `source`: one of them broke, so the source has probably
     /// restarted and the others are dead too.
     pub(crate) fn forget_idle(&self, source: &PoolName) {
-        self.idle.lock().remove(source);
+        self.dialer.forget(source);
     }
 
+    /// Keeps a connection whose exchange ended cleanly, for the next fetch from `source`.
     pub(crate) fn give_back(&self, source: &PoolName, conn: Connection) {
-        let mut idle = self.idle.lock();
-        let list = idle.entry(source.clone()).or_default();
-        if list.len() < 64 {
-            list.push((conn, Instant::now()));
-        }
+        self.dialer.give_back(source, conn);
+    }
+
+    /// Connections opened to sources so far (each one handshake).
+    pub fn connections_opened(&self) -> u64 {
+        self.dialer.connections_opened()
     }
 }
 
@@ -1150,7 +1133,7 @@ pub struct Faults {
     corrupt: Mutex<Option<PnfsId>>,
     /// A pause after every chunk sent: a slow source.
     pause: Mutex<Option<Duration>>,
-    /// Answer `FetchSmall` as a pool built before it would.
+    /// Offer no `FETCH_SMALL` in the handshake, as a pool built without it would.
     before_batches: std::sync::atomic::AtomicBool,
 }
 

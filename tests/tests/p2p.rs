@@ -243,7 +243,8 @@ fn kill_9_of_the_source_mid_stream_fails_the_transfer_cleanly() {
     );
 
     // pool2 keeps the connection of that transfer for the next one. When pool1 dies between
-    // two transfers, the kept connection is dead: the next pull replaces it and succeeds.
+    // two transfers, the kept connection is dead: the next pull sees so before it asks
+    // (p2p::peer::Dialer looks at a kept connection first), replaces it and succeeds.
     let (small, small_bytes) = put_into_pool1(&cluster, 100_000, 22, &[]);
     cluster.kill9("pool1");
     cluster.start("pool1");
@@ -253,7 +254,6 @@ fn kill_9_of_the_source_mid_stream_fails_the_transfer_cleanly() {
     assert!(cluster.get_bytes("pool2", &small) == small_bytes, "pool2 serves the same bytes as pool1");
     let counts = cluster.pp_ls("pool2").counts;
     assert_eq!(counts.connections_opened, opened + 1, "one new connection replaced the dead one: {counts:?}");
-    cluster.wait_for_log_line("pool2", &["WARN", "connection to the source broke", &small], LOG_WAIT);
 }
 
 #[test]

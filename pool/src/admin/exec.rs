@@ -334,7 +334,7 @@ fn pp_get_file(
 fn pp_ls(pool: &Pool, long: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
     let (active, queued, limit) = pool.transfers.incoming.counts();
     let (outgoing, out_queued, out_limit) = pool.transfers.outgoing.counts();
-    let opened = pool.transfers.connections_opened.load(Ordering::Relaxed);
+    let opened = pool.transfers.connections_opened();
     let mut t = format!(
         "incoming: {active} active of max {limit}, {queued} queued; outgoing: {outgoing} active of max {out_limit}, {out_queued} queued; connections opened: {opened}\n"
     );

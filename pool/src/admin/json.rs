@@ -486,7 +486,7 @@ pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
     PpLsJson {
         incoming: gate(pool.transfers.incoming.counts()),
         outgoing: gate(pool.transfers.outgoing.counts()),
-        connections_opened: pool.transfers.connections_opened.load(Ordering::Relaxed),
+        connections_opened: pool.transfers.connections_opened(),
         transfers,
         finished,
     }

@@ -278,7 +278,7 @@ fn hello(rng: &mut Rng) -> Hello {
 }
 
 fn features(rng: &mut Rng) -> Features {
-    *rng.pick(&[Features::ALL, Features::NONE, Features::FETCH_SMALL, Features::COPY_BATCH])
+    *rng.pick(&[Features::ALL, Features::NONE, Features::FETCH_SMALL])
 }
 
 fn client_auth(rng: &mut Rng, service_wanted: Service) -> ClientAuth {
