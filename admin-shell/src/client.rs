@@ -17,7 +17,8 @@ use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
-use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription, line_too_long};
+use tidepool_p2p::ErrorCode;
+use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDetail, decode_details, line_too_long};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -100,7 +101,7 @@ pub struct PoolClient {
     name: String,
     reply_timeout: Duration,
     connections: HashMap<PoolName, Connection>,
-    commands: HashMap<PoolName, Vec<CommandDescription>>,
+    commands: HashMap<PoolName, Vec<CommandDetail>>,
 }
 
 impl PoolClient {
@@ -159,23 +160,53 @@ impl PoolClient {
                     self.connections.insert(pool.clone(), conn);
                     return Ok(error);
                 }
-                AdminReply::Commands(_) => return Err(unexpected(pool, "a command list")),
+                AdminReply::Commands(_) | AdminReply::CommandDetails(_) => {
+                    return Err(unexpected(pool, "a command list"));
+                }
             }
         }
     }
 
-    /// The commands `pool` declares, asked once per pool and then remembered.
-    pub async fn commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDescription>, ClientError> {
+    /// The commands `pool` declares, with their options' values and their arguments' kinds,
+    /// asked once per pool and then remembered. A pool that does not know
+    /// `AdminRequest::DescribeDetails` (an older one: it answers with a protocol error and
+    /// hangs up) is asked for the plain list on a new connection; completion then offers its
+    /// option names as before, without values.
+    pub async fn commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
         if let Some(known) = self.commands.get(pool) {
             return Ok(known.clone());
         }
+        let mut conn = self.send_request(pool, &AdminRequest::DescribeDetails).await?;
+        let details = match self.next_reply(pool, &mut conn).await? {
+            AdminReply::CommandDetails(json) => {
+                let details = decode_details(&json).ok();
+                self.connections.insert(pool.clone(), conn);
+                details
+            }
+            // The older pool closes this connection; it is dropped here.
+            AdminReply::Finished { error: Some(e) } if e.code() == Some(ErrorCode::Protocol) => None,
+            AdminReply::Output(_) => return Err(unexpected(pool, "output")),
+            AdminReply::Finished { .. } => return Err(unexpected(pool, "a command result")),
+            AdminReply::Commands(_) => return Err(unexpected(pool, "a plain command list")),
+        };
+        let details = match details {
+            Some(details) => details,
+            None => self.plain_commands(pool).await?,
+        };
+        self.commands.insert(pool.clone(), details.clone());
+        Ok(details)
+    }
+
+    /// The commands of a pool older than `AdminRequest::DescribeDetails`: names and option
+    /// names only.
+    async fn plain_commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
         let mut conn = self.send_request(pool, &AdminRequest::Describe).await?;
         match self.next_reply(pool, &mut conn).await? {
             AdminReply::Commands(commands) => {
                 self.connections.insert(pool.clone(), conn);
-                self.commands.insert(pool.clone(), commands.clone());
-                Ok(commands)
+                Ok(commands.iter().map(CommandDetail::from).collect())
             }
+            AdminReply::CommandDetails(_) => Err(unexpected(pool, "command details")),
             AdminReply::Output(_) => Err(unexpected(pool, "output")),
             AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
         }

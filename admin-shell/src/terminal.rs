@@ -80,8 +80,10 @@ fn editor(session: &mut Session) -> Result<Editor<ShellHelper, DefaultHistory>, 
         .completion_type(CompletionType::List)
         .build();
     let mut editor = Editor::with_config(config)?;
-    let pools = session.client_mut().cluster().pools.iter().map(|p| p.name.clone()).collect();
-    editor.set_helper(Some(ShellHelper::new(pools)));
+    let cluster = session.client_mut().cluster();
+    let pools = cluster.pools.iter().map(|p| p.name.clone()).collect();
+    let groups = cluster.groups();
+    editor.set_helper(Some(ShellHelper::new(pools, groups)));
     Ok(editor)
 }
 

@@ -369,6 +369,10 @@ async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx
     while let Some(body) = next_request(reader, ctx).await? {
         match decode::<AdminRequest>(&body)? {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
+            AdminRequest::DescribeDetails => {
+                let json = tidepool_p2p::message::encode_details(&admin::describe_details());
+                writer.send(&AdminReply::CommandDetails(json)).await?
+            }
             AdminRequest::Run { line } => {
                 let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
                 tracing::info!(%client, command = %shown, "admin command");

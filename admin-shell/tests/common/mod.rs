@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tidepool_p2p::auth::{self, ClusterKey, Service};
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription};
+use tidepool_p2p::message::{
+    AdminReply, AdminRequest, ArgDetail, CommandDescription, CommandDetail, Takes, Values, encode_details,
+};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -28,6 +30,9 @@ pub const FAIL_MESSAGE: &str = "fail was told to fail";
 pub struct Counts {
     pub connections: AtomicUsize,
     pub describes: AtomicUsize,
+    pub detail_requests: AtomicUsize,
+    /// Answer `DescribeDetails` as a pool older than it does: a protocol error, then hang up.
+    pub old: std::sync::atomic::AtomicBool,
 }
 
 pub struct FakePool {
@@ -90,6 +95,15 @@ async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> 
                 ends.counts.describes.fetch_add(1, Ordering::SeqCst);
                 writer.send(&AdminReply::Commands(commands())).await?;
             }
+            AdminRequest::DescribeDetails => {
+                ends.counts.detail_requests.fetch_add(1, Ordering::SeqCst);
+                if ends.counts.old.load(Ordering::SeqCst) {
+                    let error = RemoteError::new(ErrorCode::Protocol, "malformed message; closing the connection");
+                    writer.send(&AdminReply::Finished { error: Some(error) }).await?;
+                    return Ok(());
+                }
+                writer.send(&AdminReply::CommandDetails(encode_details(&details()))).await?;
+            }
             AdminRequest::Run { line } => answer(&mut writer, &line).await?,
         }
     }
@@ -127,6 +141,16 @@ pub fn commands() -> Vec<CommandDescription> {
         options: options.iter().map(|o| o.to_string()).collect(),
     };
     vec![command("rep ls", &["l", "s"]), command("rep set sticky", &["o"]), command("info", &[])]
+}
+
+/// What the fake pool answers to `DescribeDetails`: [`commands`] with values and arguments.
+pub fn details() -> Vec<CommandDetail> {
+    let mut details: Vec<CommandDetail> = commands().iter().map(CommandDetail::from).collect();
+    details[0].options[0].takes = Takes::Required;
+    details[0].options[1].takes = Takes::Optional;
+    details[0].options[1].values = Values::OneOf { words: vec!["b".into(), "k".into()], continues: false };
+    details[0].args = vec![ArgDetail { name: "pnfsid".into(), values: Values::PnfsId, repeats: true }];
+    details
 }
 
 /// An address where nothing listens: bound once, then released.
