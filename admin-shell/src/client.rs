@@ -11,13 +11,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tidepool_p2p::ErrorCode;
 use tidepool_p2p::PoolName;
 use tidepool_p2p::RemoteError;
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
-use tidepool_p2p::ErrorCode;
 use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDetail, decode_details, line_too_long};
 use tokio::task::JoinSet;
 use tokio::time::timeout;

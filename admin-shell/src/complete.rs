@@ -45,7 +45,9 @@ pub fn complete(line: &str, pos: usize, known: Known<'_>) -> (usize, Vec<String>
         (["cd"], _) => (0, pool_names(known.pools, partial)),
         (["ls"], None) => (0, matching(["-json"], partial)),
         (["help", words @ ..], Some(commands)) => (0, next_words(commands, &plain(words), partial)),
-        ([first, ..], Some(commands)) if !LOCAL_WORDS.contains(first) => command_words(commands, &prior, partial, known),
+        ([first, ..], Some(commands)) if !LOCAL_WORDS.contains(first) => {
+            command_words(commands, &prior, partial, known)
+        }
         _ => (0, Vec::new()),
     };
     (start + skip, candidates)
@@ -102,12 +104,7 @@ fn command_named<'a>(commands: &'a [CommandDetail], typed: &[&str]) -> Option<&'
 /// not replace. A `-name=...` gets the option's values; a word starting with `-` gets options;
 /// another word gets more of the command's name if there is more, else the values of the
 /// argument in its position; an empty word with none of those gets the options.
-fn command_words(
-    commands: &[CommandDetail],
-    prior: &[&str],
-    partial: &str,
-    known: Known<'_>,
-) -> (usize, Vec<String>) {
+fn command_words(commands: &[CommandDetail], prior: &[&str], partial: &str, known: Known<'_>) -> (usize, Vec<String>) {
     let typed = plain(prior);
     let command = command_named(commands, &typed);
     if let Some((name, value)) = partial.strip_prefix('-').and_then(|rest| rest.split_once('=')) {
@@ -297,7 +294,11 @@ mod tests {
             command("rebalance pgroup", vec![], vec![arg(Values::PoolGroup, false)]),
             command("pp get file", vec![], vec![arg(Values::PnfsId, true), arg(Values::Pool, false)]),
             // As an older pool describes a command: option names only.
-            command("old", vec![OptionDetail { name: "x".into(), takes: Takes::Unknown, values: Values::Free }], vec![]),
+            command(
+                "old",
+                vec![OptionDetail { name: "x".into(), takes: Takes::Unknown, values: Values::Free }],
+                vec![],
+            ),
             command("info", vec![], vec![]),
             command("help", vec![], vec![]),
         ]
@@ -328,7 +329,12 @@ mod tests {
         check("l|", false, 0, &["logoff", "ls"]);
         check("  c|", false, 2, &["cd"]);
         check("r|", false, 0, &[]);
-        check("|", true, 0, &["..", "cd", "exit", "help", "info", "logoff", "migration", "old", "pp", "quit", "rebalance", "rep"]);
+        check(
+            "|",
+            true,
+            0,
+            &["..", "cd", "exit", "help", "info", "logoff", "migration", "old", "pp", "quit", "rebalance", "rep"],
+        );
         check("mi|", true, 0, &["migration"]);
         check("l|", true, 0, &["logoff"]);
     }
@@ -424,7 +430,11 @@ mod tests {
             ("migration move -target=pgroup |", 30, &["disk", "dmz", "tape"]),
             ("migration copy -target=pgroup d|", 30, &["disk", "dmz"]),
             ("migration copy -target=pgroup disk |", 35, &["dmz", "tape"]),
-            ("migration copy -target=link |", 28, &["-concurrency=", "-pins=", "-select=", "-smode=", "-state=", "-storage=", "-tmode=", "-verify"]),
+            (
+                "migration copy -target=link |",
+                28,
+                &["-concurrency=", "-pins=", "-select=", "-smode=", "-state=", "-storage=", "-tmode=", "-verify"],
+            ),
             ("migration copy -target=link x|", 28, &[]),
             ("migration copy -target=pgroup -target=pool p|", 43, &["pool1", "pool2"]),
             ("migration move nosuch|", 15, &[]),

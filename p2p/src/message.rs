@@ -40,7 +40,9 @@ pub enum AdminRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AdminReply {
     Output(String),
-    Finished { error: Option<RemoteError> },
+    Finished {
+        error: Option<RemoteError>,
+    },
     Commands(Vec<CommandDescription>),
     /// The answer to [`AdminRequest::DescribeDetails`]: a JSON array of [`CommandDetail`] (see
     /// [`encode_details`]). JSON rather than postcard so that either side may add fields and
@@ -129,11 +131,7 @@ pub enum Values {
     /// Depends on the value of another option of the same line: `cases` pairs that option's
     /// values with what the argument then is, `otherwise` applies when it is not given (e.g. the
     /// targets of `migration copy` are pools, or pool groups with `-target=pgroup`).
-    ByOption {
-        option: String,
-        cases: Vec<(String, Values)>,
-        otherwise: Box<Values>,
-    },
+    ByOption { option: String, cases: Vec<(String, Values)>, otherwise: Box<Values> },
     /// A kind this build does not know (sent by a newer pool).
     #[serde(other)]
     Unknown,

@@ -111,18 +111,7 @@ impl CommandSpec {
         s.push_str(&wrap(items.iter().map(String::as_str), "    ", &hang));
         if !self.details.is_empty() {
             s.push_str("\nDESCRIPTION\n");
-            // The details are laid out by hand; only a line too long for the width is wrapped
-            // (its continuation indented under its own indentation).
-            for line in self.details.lines() {
-                let shown = format!("    {line}");
-                if shown.chars().count() <= HELP_WIDTH {
-                    s.push_str(&shown);
-                    s.push('\n');
-                } else {
-                    let indent = &shown[..shown.len() - shown.trim_start().len()];
-                    s.push_str(&wrap(line.split_whitespace(), indent, indent));
-                }
-            }
+            s.push_str(&details_text(self.details));
         }
         if !self.options.is_empty() {
             s.push_str("\nOPTIONS\n");
@@ -162,7 +151,8 @@ pub fn form_values(form: &str) -> Values {
             Some(rest) => (true, rest),
             None => (false, alt),
         };
-        let end = rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
+        let end =
+            rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
         let (word, tail) = rest.split_at(end);
         if !word.starts_with(|c: char| c.is_ascii_lowercase()) || !(tail.is_empty() || tail.starts_with('[')) {
             return Values::Free;
@@ -235,6 +225,43 @@ fn placeholder_values(name: &str, options: &[OptionSpec]) -> Values {
 
 /// The width `help <command>` fits its synopsis and option texts into.
 pub const HELP_WIDTH: usize = 80;
+
+/// The details as `help` shows them, indented by four. They are laid out by hand: a run of
+/// unindented lines (prose) that all fit the width is kept as written; a run with a line too
+/// long is filled as one paragraph (wrapping each line alone would leave a stub of a line after
+/// each). An indented line (an example, a list item) stands alone; if it does not fit, its
+/// continuation is indented under it.
+fn details_text(details: &str) -> String {
+    let mut out = String::new();
+    let mut prose: Vec<&str> = Vec::new();
+    let flush = |prose: &mut Vec<&str>, out: &mut String| {
+        if prose.iter().all(|l| 4 + l.chars().count() <= HELP_WIDTH) {
+            for l in prose.iter() {
+                out.push_str(&format!("    {l}\n"));
+            }
+        } else if !prose.is_empty() {
+            out.push_str(&wrap(prose.iter().flat_map(|l| l.split_whitespace()), "    ", "    "));
+        }
+        prose.clear();
+    };
+    for line in details.lines() {
+        if !line.starts_with(char::is_whitespace) && !line.is_empty() {
+            prose.push(line);
+            continue;
+        }
+        flush(&mut prose, &mut out);
+        let shown = format!("    {line}");
+        if shown.chars().count() <= HELP_WIDTH {
+            out.push_str(shown.trim_end());
+            out.push('\n');
+        } else {
+            let indent = &shown[..shown.len() - shown.trim_start().len()];
+            out.push_str(&wrap(line.split_whitespace(), indent, indent));
+        }
+    }
+    flush(&mut prose, &mut out);
+    out
+}
 
 /// Fills lines of at most [`HELP_WIDTH`] characters with `items`, separated by a space: the
 /// first line starts with `first`, the others with `rest`. An item longer than a line gets one
@@ -740,6 +767,19 @@ mod tests {
         }
     }
 
+    /// Prose that does not fit is filled as a paragraph, not wrapped line by line; prose that
+    /// fits and indented lines keep their layout.
+    #[test]
+    fn details_are_filled_as_paragraphs() {
+        let long = "word ".repeat(20);
+        let text = details_text(&format!("{long}\nend of it.\n  an example line\nshort\nlines"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.chars().count() <= HELP_WIDTH), "{text}");
+        assert_eq!(lines[lines.len() - 3..], ["      an example line", "    short", "    lines"], "{text}");
+        // The long line's overflow runs on with the next line of its paragraph.
+        assert_eq!(lines[1], "    word word word word word end of it.", "{text}");
+    }
+
     #[test]
     fn wrapping() {
         assert_eq!(wrap(["a", "b"], "  ", "    "), "  a b\n");
@@ -828,11 +868,7 @@ mod tests {
             ("migration copy", "al", one_of(&["online", "nearline"], false)),
             ("migration copy", "rp", one_of(&["custodial", "replica", "output"], false)),
             ("migration copy", "order", one_of(&["size", "-size", "lru", "-lru"], false)),
-            (
-                "migration copy",
-                "smode",
-                one_of(&["same", "cached", "precious", "removable", "delete"], true),
-            ),
+            ("migration copy", "smode", one_of(&["same", "cached", "precious", "removable", "delete"], true)),
             ("migration copy", "tmode", one_of(&["same", "cached", "precious"], true)),
             ("migration copy", "target-deficit-mode", one_of(&["wait", "limit"], false)),
             ("migration copy", "storage", Values::Free),

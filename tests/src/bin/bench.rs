@@ -1181,7 +1181,9 @@ mod p2p {
                     AdminReply::Finished { error: Some(e) } => {
                         bail!("a `pp get file` failed: {} (rc={})", e.message, e.code)
                     }
-                    AdminReply::Commands(_) | AdminReply::CommandDetails(_) => bail!("unexpected reply to `pp get file`"),
+                    AdminReply::Commands(_) | AdminReply::CommandDetails(_) => {
+                        bail!("unexpected reply to `pp get file`")
+                    }
                 }
             }
             all_queued.set(true);
