@@ -26,6 +26,9 @@ pub struct Known<'a> {
     pub pools: &'a [PoolName],
     /// Every pool group of the cluster file.
     pub groups: &'a [String],
+    /// The pool the shell is in: not offered where a command wants another pool (the targets
+    /// of a migration job, the source of `pp get file`), though `cd` offers it.
+    pub here: Option<&'a PoolName>,
     /// The commands of the pool the shell is in; `None` at `(local)`.
     pub commands: Option<&'a [CommandDetail]>,
 }
@@ -166,7 +169,7 @@ fn arg_values(args: &[ArgDetail], position: usize) -> Vec<&Values> {
 fn value_words(values: &Values, prior: &[&str], partial: &str, known: Known<'_>) -> Vec<String> {
     match values {
         Values::OneOf { words, .. } => matching(words.iter().map(String::as_str), partial),
-        Values::Pool => matching(known.pools.iter().map(PoolName::as_str), partial),
+        Values::Pool => matching(known.pools.iter().filter(|p| Some(*p) != known.here).map(PoolName::as_str), partial),
         Values::PoolGroup => matching(known.groups.iter().map(String::as_str), partial),
         Values::ByOption { option, cases, otherwise } => {
             let prefix = format!("-{option}=");
@@ -187,16 +190,18 @@ fn value_words(values: &Values, prior: &[&str], partial: &str, known: Known<'_>)
 pub struct ShellHelper {
     pools: Vec<PoolName>,
     groups: Vec<String>,
+    here: Option<PoolName>,
     commands: Option<Vec<CommandDetail>>,
 }
 
 impl ShellHelper {
     pub fn new(pools: Vec<PoolName>, groups: Vec<String>) -> Self {
-        ShellHelper { pools, groups, commands: None }
+        ShellHelper { pools, groups, here: None, commands: None }
     }
 
-    /// The commands of the pool the shell is now in; `None` at `(local)`.
-    pub fn set_commands(&mut self, commands: Option<Vec<CommandDetail>>) {
+    /// The pool the shell is now in and its commands; `None` at `(local)`.
+    pub fn set_pool(&mut self, here: Option<PoolName>, commands: Option<Vec<CommandDetail>>) {
+        self.here = here;
         self.commands = commands;
     }
 }
@@ -205,7 +210,12 @@ impl Completer for ShellHelper {
     type Candidate = Pair;
 
     fn complete(&self, line: &str, pos: usize, _ctx: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let known = Known { pools: &self.pools, groups: &self.groups, commands: self.commands.as_deref() };
+        let known = Known {
+            pools: &self.pools,
+            groups: &self.groups,
+            here: self.here.as_ref(),
+            commands: self.commands.as_deref(),
+        };
         let (start, words) = complete(line, pos, known);
         let pairs = words.into_iter().map(|w| Pair { replacement: replacement(&w), display: w }).collect();
         Ok((start, pairs))
@@ -318,7 +328,8 @@ mod tests {
         let text = line.replace('|', "");
         let commands = pool_commands();
         let (pools, groups) = (pools(), groups());
-        let known = Known { pools: &pools, groups: &groups, commands: in_pool.then_some(commands.as_slice()) };
+        let known =
+            Known { pools: &pools, groups: &groups, here: None, commands: in_pool.then_some(commands.as_slice()) };
         let (start, got) = complete(&text, pos, known);
         assert_eq!((start, got), (expected_start, expected.iter().map(|s| s.to_string()).collect()), "line {line:?}");
     }
@@ -467,6 +478,24 @@ mod tests {
         check("help |", true, 5, &["help", "info", "migration", "old", "pp", "rebalance", "rep"]);
         check("help rep set |", true, 13, &["cached", "sticky"]);
         check("help |", false, 5, &[]);
+    }
+
+    /// The pool the shell is in is no target of its own jobs, nor the source of its fetches;
+    /// `cd` still offers it.
+    #[test]
+    fn the_current_pool_is_not_offered_as_another_pool() {
+        let commands = pool_commands();
+        let (pools, groups) = (pools(), groups());
+        let known = Known { pools: &pools, groups: &groups, here: Some(&pools[0]), commands: Some(&commands) };
+        let table: &[(&str, &[&str])] = &[
+            ("migration move ", &["cache1", "pool2"]),
+            ("pp get file 0000A1 ", &["cache1", "pool2"]),
+            ("migration move -target=pgroup ", &["disk", "dmz", "tape"]),
+            ("cd ", &["..", "cache1", "pool1", "pool2"]),
+        ];
+        for (line, want) in table {
+            assert_eq!(complete(line, line.len(), known).1, want.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+        }
     }
 
     #[test]

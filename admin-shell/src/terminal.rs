@@ -120,7 +120,8 @@ fn refresh_completion(
     editor: &mut Editor<ShellHelper, DefaultHistory>,
     console: &mut Console,
 ) -> Result<(), ShellError> {
-    let commands = match session.location().pool().cloned() {
+    let here = session.location().pool().cloned();
+    let commands = match here.clone() {
         None => None,
         Some(pool) => match rt.block_on(session.client_mut().commands(&pool)) {
             Ok(commands) => Some(commands),
@@ -131,7 +132,7 @@ fn refresh_completion(
         },
     };
     if let Some(helper) = editor.helper_mut() {
-        helper.set_commands(commands);
+        helper.set_pool(here, commands);
     }
     Ok(())
 }

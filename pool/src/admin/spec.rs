@@ -933,7 +933,7 @@ mod tests {
         let details = super::super::describe_details();
         let pools: Vec<tidepool_p2p::PoolName> = ["pool1", "pool2"].iter().map(|p| p.parse().unwrap()).collect();
         let groups = vec!["disk".to_string(), "tape".to_string()];
-        let known = Known { pools: &pools, groups: &groups, commands: Some(&details) };
+        let known = Known { pools: &pools, groups: &groups, here: None, commands: Some(&details) };
         let table: &[(&str, &[&str])] = &[
             ("migration copy -sto", &["-stop-when=", "-storage="]),
             ("migration copy -stor", &["-storage="]),

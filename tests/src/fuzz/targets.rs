@@ -271,11 +271,11 @@ fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
         cursor -= 1;
     }
     for pos in [line.len(), cursor] {
-        let (start, _) = complete(&line, pos, Known { pools, groups, commands: Some(commands) });
+        let (start, _) = complete(&line, pos, Known { pools, groups, here: Some(&pools[0]), commands: Some(commands) });
         if start > pos {
             return Err(format!("completion at {pos} replaces a word that starts at {start}, after the cursor"));
         }
-        let _ = complete(&line, pos, Known { pools, groups, commands: None });
+        let _ = complete(&line, pos, Known { pools, groups, here: None, commands: None });
     }
     match tokenize(&line) {
         Ok(tokens) => {
