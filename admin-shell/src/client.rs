@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tidepool_p2p::PoolName;
 use tidepool_p2p::RemoteError;
-use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::auth::{ClusterKey, Features, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
-use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription, line_too_long};
+use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDetail, decode_details, line_too_long};
 use tidepool_p2p::peer::{DialError, Dialer, Origin};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
@@ -52,6 +52,8 @@ pub enum ClientError {
     Unexpected { pool: PoolName, got: &'static str },
     #[error("cannot write the output: {0}")]
     Output(io::Error),
+    #[error("{pool} described its commands in a form this shell cannot read: {reason}")]
+    Details { pool: PoolName, reason: String },
     /// A line longer than a pool accepts; nothing was sent.
     #[error("{0}")]
     LineTooLong(String),
@@ -95,7 +97,7 @@ pub struct PoolClient {
     reply_timeout: Duration,
     /// One connection per pool, kept between commands for as long as the pool keeps it open.
     dialer: Arc<Dialer>,
-    commands: HashMap<PoolName, Vec<CommandDescription>>,
+    commands: HashMap<PoolName, Vec<CommandDetail>>,
 }
 
 /// The shell keeps its one connection to a pool for as long as the pool keeps it open.
@@ -158,23 +160,52 @@ impl PoolClient {
                     self.dialer.give_back(pool, conn);
                     return Ok(error);
                 }
-                AdminReply::Commands(_) => return Err(unexpected(pool, "a command list")),
+                AdminReply::Commands(_) | AdminReply::CommandDetails(_) => {
+                    return Err(unexpected(pool, "a command list"));
+                }
             }
         }
     }
 
-    /// The commands `pool` declares, asked once per pool and then remembered.
-    pub async fn commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDescription>, ClientError> {
+    /// The commands `pool` declares, with their options' values and their arguments' kinds,
+    /// asked once per pool and then remembered. A pool whose handshake did not offer
+    /// `Features::COMMAND_DETAILS` (an older one) is asked for the plain list; completion then
+    /// offers its option names as before, without values.
+    pub async fn commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
         if let Some(known) = self.commands.get(pool) {
             return Ok(known.clone());
         }
+        let (conn, _) = self.checkout(pool).await?;
+        let detailed = conn.features.contains(Features::COMMAND_DETAILS);
+        self.dialer.give_back(pool, conn);
+        let details = if detailed { self.detailed_commands(pool).await? } else { self.plain_commands(pool).await? };
+        self.commands.insert(pool.clone(), details.clone());
+        Ok(details)
+    }
+
+    async fn detailed_commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
+        let mut conn = self.send_request(pool, &AdminRequest::DescribeDetails).await?;
+        match self.next_reply(pool, &mut conn).await? {
+            AdminReply::CommandDetails(json) => {
+                self.dialer.give_back(pool, conn);
+                decode_details(&json).map_err(|e| ClientError::Details { pool: pool.clone(), reason: e.to_string() })
+            }
+            AdminReply::Output(_) => Err(unexpected(pool, "output")),
+            AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
+            AdminReply::Commands(_) => Err(unexpected(pool, "a plain command list")),
+        }
+    }
+
+    /// The commands of a pool that does not offer `COMMAND_DETAILS`: names and option names
+    /// only.
+    async fn plain_commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
         let mut conn = self.send_request(pool, &AdminRequest::Describe).await?;
         match self.next_reply(pool, &mut conn).await? {
             AdminReply::Commands(commands) => {
                 self.dialer.give_back(pool, conn);
-                self.commands.insert(pool.clone(), commands.clone());
-                Ok(commands)
+                Ok(commands.iter().map(CommandDetail::from).collect())
             }
+            AdminReply::CommandDetails(_) => Err(unexpected(pool, "command details")),
             AdminReply::Output(_) => Err(unexpected(pool, "output")),
             AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
         }

@@ -80,8 +80,10 @@ fn editor(session: &mut Session) -> Result<Editor<ShellHelper, DefaultHistory>, 
         .completion_type(CompletionType::List)
         .build();
     let mut editor = Editor::with_config(config)?;
-    let pools = session.client_mut().cluster().pools.iter().map(|p| p.name.clone()).collect();
-    editor.set_helper(Some(ShellHelper::new(pools)));
+    let cluster = session.client_mut().cluster();
+    let pools = cluster.pools.iter().map(|p| p.name.clone()).collect();
+    let groups = cluster.groups();
+    editor.set_helper(Some(ShellHelper::new(pools, groups)));
     Ok(editor)
 }
 
@@ -118,7 +120,8 @@ fn refresh_completion(
     editor: &mut Editor<ShellHelper, DefaultHistory>,
     console: &mut Console,
 ) -> Result<(), ShellError> {
-    let commands = match session.location().pool().cloned() {
+    let here = session.location().pool().cloned();
+    let commands = match here.clone() {
         None => None,
         Some(pool) => match rt.block_on(session.client_mut().commands(&pool)) {
             Ok(commands) => Some(commands),
@@ -129,7 +132,7 @@ fn refresh_completion(
         },
     };
     if let Some(helper) = editor.helper_mut() {
-        helper.set_commands(commands);
+        helper.set_pool(here, commands);
     }
     Ok(())
 }

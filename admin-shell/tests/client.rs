@@ -15,6 +15,7 @@ use tidepool_admin::client::{ClientError, PoolClient, PoolStatus};
 use tidepool_admin::line::Location;
 use tidepool_admin::session::{Console, Mode, Session, Step};
 use tidepool_admin::{ShellError, ShellOptions};
+use tidepool_p2p::message::{CommandDetail, Takes};
 
 /// A fake pool `pool1`, and a client whose cluster file also lists `pool2` where nobody
 /// listens.
@@ -42,12 +43,31 @@ async fn one_connection_is_reused_and_commands_are_asked_once() {
         assert_eq!(run(&mut client, word).await.unwrap(), (format!("echo: {word}"), None));
     }
     for _ in 0..2 {
-        assert_eq!(client.commands(&pool_name("pool1")).await.unwrap(), common::commands());
+        assert_eq!(client.commands(&pool_name("pool1")).await.unwrap(), common::details());
     }
     let (_, error) = run(&mut client, "fail").await.unwrap();
     assert_eq!(error.unwrap().message, FAIL_MESSAGE);
     assert_eq!(pool.counts.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.counts.detail_requests.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.counts.describes.load(Ordering::SeqCst), 0);
+}
+
+/// A pool older than `DescribeDetails` does not offer it in the handshake: the shell never
+/// sends it, asks for the plain list (option names only, as before) on the same connection, and
+/// goes on working.
+#[tokio::test]
+async fn a_pool_without_details_gets_asked_for_the_plain_list() {
+    let (pool, mut client) = setup().await;
+    pool.counts.old.store(true, Ordering::SeqCst);
+    let plain: Vec<CommandDetail> = common::commands().iter().map(CommandDetail::from).collect();
+    for _ in 0..2 {
+        assert_eq!(client.commands(&pool_name("pool1")).await.unwrap(), plain);
+    }
+    assert!(plain[0].options.iter().all(|o| o.takes == Takes::Unknown));
+    assert_eq!(run(&mut client, "a").await.unwrap(), ("echo: a".to_string(), None));
+    assert_eq!(pool.counts.detail_requests.load(Ordering::SeqCst), 0);
     assert_eq!(pool.counts.describes.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.counts.connections.load(Ordering::SeqCst), 1);
 }
 
 /// The pool closes the connection while the shell is idle, as when it restarts between two

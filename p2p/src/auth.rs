@@ -94,8 +94,11 @@ impl Features {
     pub const NONE: Features = Features(0);
     /// `DataRequest::FetchSmall`: a batch of small replicas in one exchange.
     pub const FETCH_SMALL: Features = Features(1);
+    /// `AdminRequest::DescribeDetails`: the commands with their options' values and their
+    /// arguments' kinds, for the shell's completion.
+    pub const COMMAND_DETAILS: Features = Features(1 << 1);
     /// Everything this build offers.
-    pub const ALL: Features = Self::FETCH_SMALL;
+    pub const ALL: Features = Features(Self::FETCH_SMALL.0 | Self::COMMAND_DETAILS.0);
 
     /// Whether every feature of `other` is in `self`.
     pub fn contains(self, other: Features) -> bool {

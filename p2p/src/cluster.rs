@@ -100,6 +100,12 @@ impl ClusterFile {
         self.pools.iter().find(|p| &p.name == name)
     }
 
+    /// Every pool group some pool belongs to, sorted, each once.
+    pub fn groups(&self) -> Vec<String> {
+        let groups: std::collections::BTreeSet<&String> = self.pools.iter().flat_map(|p| &p.groups).collect();
+        groups.into_iter().cloned().collect()
+    }
+
     /// Pools of any of the given groups, in file order.
     pub fn pools_in_groups<'a>(&'a self, groups: &'a [String]) -> impl Iterator<Item = &'a PoolEntry> + 'a {
         self.pools.iter().filter(move |p| p.groups.iter().any(|g| groups.contains(g)))

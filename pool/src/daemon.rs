@@ -337,7 +337,7 @@ async fn serve(
     let PeerInfo { name: client, features } = client;
     tracing::debug!(%peer, %client, ?service, ?features, "connection authenticated");
     let result = match service {
-        Service::Admin => serve_admin(&mut reader, &mut writer, &client, &ctx).await,
+        Service::Admin => serve_admin(&mut reader, &mut writer, &client, features, &ctx).await,
         Service::Data => serve_data(&mut reader, &mut writer, &client, features, &ctx).await,
     };
     if let Err(e) = result {
@@ -369,10 +369,27 @@ async fn next_request(reader: &mut Reader, ctx: &Ctx) -> Result<Option<bytes::By
     }
 }
 
-async fn serve_admin(reader: &mut Reader, writer: &mut Writer, client: &str, ctx: &Ctx) -> Result<(), WireError> {
+async fn serve_admin(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    client: &str,
+    features: Features,
+    ctx: &Ctx,
+) -> Result<(), WireError> {
     while let Some(body) = next_request(reader, ctx).await? {
         match decode::<AdminRequest>(&body)? {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
+            // Only what the handshake agreed on.
+            AdminRequest::DescribeDetails if !features.contains(Features::COMMAND_DETAILS) => {
+                return Err(WireError::Unexpected {
+                    expected: "a request agreed in the handshake",
+                    got: "DescribeDetails",
+                });
+            }
+            AdminRequest::DescribeDetails => {
+                let json = tidepool_p2p::message::encode_details(&admin::describe_details());
+                writer.send(&AdminReply::CommandDetails(json)).await?
+            }
             AdminRequest::Run { line } => {
                 let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
                 tracing::info!(%client, command = %shown, "admin command");

@@ -152,3 +152,31 @@ async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
     }
     daemon.shutdown().await.unwrap();
 }
+
+/// The shell asks for the commands with their details; the plain list (what an older shell
+/// asks) is still answered, on the same connection, with the same commands.
+#[tokio::test]
+async fn commands_are_described_plain_and_in_detail() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate().unwrap();
+    let daemon = start(dir.path(), &key).await;
+    let mut conn = Connection::open(daemon.admin_addr(), &key, "test", Service::Admin).await.unwrap();
+    conn.send(&AdminRequest::DescribeDetails).await.unwrap();
+    let details = match conn.recv::<AdminReply>().await.unwrap() {
+        AdminReply::CommandDetails(json) => tidepool_p2p::message::decode_details(&json).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(details, tidepool_pool::admin::describe_details());
+    let copy = details.iter().find(|c| c.name == "migration copy").expect("migration copy described");
+    let state = copy.options.iter().find(|o| o.name == "state").expect("-state described");
+    assert_eq!(state.takes, tidepool_p2p::message::Takes::Required);
+    conn.send(&AdminRequest::Describe).await.unwrap();
+    match conn.recv::<AdminReply>().await.unwrap() {
+        AdminReply::Commands(plain) => {
+            let names: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, details.iter().map(|c| c.name.as_str()).collect::<Vec<_>>());
+        }
+        other => panic!("{other:?}"),
+    }
+    daemon.shutdown().await.unwrap();
+}

@@ -13,10 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tidepool_p2p::auth::{self, ClusterKey, Service};
+use tidepool_p2p::auth::{self, ClusterKey, Features, Service};
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
-use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDescription};
+use tidepool_p2p::message::{
+    AdminReply, AdminRequest, ArgDetail, CommandDescription, CommandDetail, Takes, Values, encode_details,
+};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -28,6 +30,10 @@ pub const FAIL_MESSAGE: &str = "fail was told to fail";
 pub struct Counts {
     pub connections: AtomicUsize,
     pub describes: AtomicUsize,
+    pub detail_requests: AtomicUsize,
+    /// Act as a pool older than `DescribeDetails`: offer no `COMMAND_DETAILS` in the handshake,
+    /// and answer the request, if it comes anyway, with a protocol error and hang up.
+    pub old: std::sync::atomic::AtomicBool,
 }
 
 pub struct FakePool {
@@ -71,7 +77,12 @@ async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> 
     let (r, w) = stream.into_split();
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::new(w);
-    auth::accept(&mut reader, &mut writer, &key, &name, Service::Admin, tidepool_p2p::auth::Features::ALL).await?;
+    let offered = if ends.counts.old.load(Ordering::SeqCst) {
+        Features::ALL.without(Features::COMMAND_DETAILS)
+    } else {
+        Features::ALL
+    };
+    auth::accept(&mut reader, &mut writer, &key, &name, Service::Admin, offered).await?;
     loop {
         // `FrameReader::next` is cancel-safe.
         let frame = tokio::select! {
@@ -89,6 +100,15 @@ async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> 
             AdminRequest::Describe => {
                 ends.counts.describes.fetch_add(1, Ordering::SeqCst);
                 writer.send(&AdminReply::Commands(commands())).await?;
+            }
+            AdminRequest::DescribeDetails => {
+                ends.counts.detail_requests.fetch_add(1, Ordering::SeqCst);
+                if ends.counts.old.load(Ordering::SeqCst) {
+                    let error = RemoteError::new(ErrorCode::Protocol, "malformed message; closing the connection");
+                    writer.send(&AdminReply::Finished { error: Some(error) }).await?;
+                    return Ok(());
+                }
+                writer.send(&AdminReply::CommandDetails(encode_details(&details()))).await?;
             }
             AdminRequest::Run { line } => answer(&mut writer, &line).await?,
         }
@@ -127,6 +147,16 @@ pub fn commands() -> Vec<CommandDescription> {
         options: options.iter().map(|o| o.to_string()).collect(),
     };
     vec![command("rep ls", &["l", "s"]), command("rep set sticky", &["o"]), command("info", &[])]
+}
+
+/// What the fake pool answers to `DescribeDetails`: [`commands`] with values and arguments.
+pub fn details() -> Vec<CommandDetail> {
+    let mut details: Vec<CommandDetail> = commands().iter().map(CommandDetail::from).collect();
+    details[0].options[0].takes = Takes::Required;
+    details[0].options[1].takes = Takes::Optional;
+    details[0].options[1].values = Values::OneOf { words: vec!["b".into(), "k".into()], continues: false };
+    details[0].args = vec![ArgDetail { name: "pnfsid".into(), values: Values::PnfsId, repeats: true }];
+    details
 }
 
 /// An address where nothing listens: bound once, then released.

@@ -9,7 +9,7 @@ use tidepool_migration::MigrationError;
 use tidepool_migration::definition::{self, JobDefinition, JobKind};
 use tidepool_migration::rate::ByteRate;
 use tidepool_p2p::cmdline::OptionArg;
-use tidepool_p2p::message::CommandDescription;
+use tidepool_p2p::message::{CommandDescription, CommandDetail};
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 
@@ -915,6 +915,11 @@ pub fn describe() -> Vec<CommandDescription> {
             options: c.options.iter().map(|o| o.name.to_string()).collect(),
         })
         .collect()
+}
+
+/// The declarations with what completion needs (`AdminRequest::DescribeDetails`).
+pub fn describe_details() -> Vec<CommandDetail> {
+    COMMANDS.iter().map(CommandSpec::detail).collect()
 }
 
 fn parse_rep_ls(inv: &Invocation<'_>) -> Result<Command, ParseError> {

@@ -6,7 +6,7 @@ use tidepool_p2p::ErrorCode;
 use tidepool_p2p::cmdline::{self, Args, OptionArg, Token};
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
 
-use tidepool_p2p::message::line_too_long;
+use tidepool_p2p::message::{ArgDetail, CommandDetail, OptionDetail, Takes, Values, line_too_long};
 
 use super::Command;
 
@@ -66,6 +66,30 @@ impl CommandSpec {
         items
     }
 
+    /// What the shell's completion needs to know about this command, read from this
+    /// declaration alone (so a new option or argument needs nothing on the shell's side):
+    /// each option's value form (see [`form_values`]) and each argument's kind (see
+    /// [`arg_details`]).
+    pub fn detail(&self) -> CommandDetail {
+        CommandDetail {
+            name: self.name.to_string(),
+            summary: self.summary.to_string(),
+            options: self
+                .options
+                .iter()
+                .map(|o| {
+                    let (takes, values) = match o.value {
+                        OptionValue::Flag => (Takes::Flag, Values::Free),
+                        OptionValue::Required(form) => (Takes::Required, form_values(form)),
+                        OptionValue::Optional(form) => (Takes::Optional, form_values(form)),
+                    };
+                    OptionDetail { name: o.name.to_string(), takes, values }
+                })
+                .collect(),
+            args: arg_details(self.args, self.options),
+        }
+    }
+
     /// The name and arguments, for the command list.
     pub fn usage_short(&self) -> String {
         let opts = if self.options.is_empty() { "" } else { " [options]" };
@@ -87,18 +111,7 @@ impl CommandSpec {
         s.push_str(&wrap(items.iter().map(String::as_str), "    ", &hang));
         if !self.details.is_empty() {
             s.push_str("\nDESCRIPTION\n");
-            // The details are laid out by hand; only a line too long for the width is wrapped
-            // (its continuation indented under its own indentation).
-            for line in self.details.lines() {
-                let shown = format!("    {line}");
-                if shown.chars().count() <= HELP_WIDTH {
-                    s.push_str(&shown);
-                    s.push('\n');
-                } else {
-                    let indent = &shown[..shown.len() - shown.trim_start().len()];
-                    s.push_str(&wrap(line.split_whitespace(), indent, indent));
-                }
-            }
+            s.push_str(&details_text(self.details));
         }
         if !self.options.is_empty() {
             s.push_str("\nOPTIONS\n");
@@ -122,8 +135,133 @@ impl CommandSpec {
     }
 }
 
+/// The words a value form offers: `a|b|c`, two or more alternatives, each a lower-case word
+/// (`[a-z][a-z0-9-]*`), optionally preceded by `[-]` (both the word and `-word`) and optionally
+/// followed by a bracketed continuation (`delete[+owner[(lifetime)]]...`: the value may go on).
+/// Any other form (`n`, `class`, `n|[n]..[m]`, `glob[,glob...]`) is [`Values::Free`].
+pub fn form_values(form: &str) -> Values {
+    let alternatives: Vec<&str> = form.split('|').collect();
+    if alternatives.len() < 2 {
+        return Values::Free;
+    }
+    let mut words = Vec::new();
+    let mut continues = false;
+    for alt in alternatives {
+        let (negatable, rest) = match alt.strip_prefix("[-]") {
+            Some(rest) => (true, rest),
+            None => (false, alt),
+        };
+        let end =
+            rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(end);
+        if !word.starts_with(|c: char| c.is_ascii_lowercase()) || !(tail.is_empty() || tail.starts_with('[')) {
+            return Values::Free;
+        }
+        continues |= !tail.is_empty();
+        words.push(word.to_string());
+        if negatable {
+            words.push(format!("-{word}"));
+        }
+    }
+    Values::OneOf { words, continues }
+}
+
+/// The positional arguments of a usage such as `<pnfsid>... <sourcePool>` or `[target...]`:
+/// one per word, `...` marking one that repeats. A bare `a|b` is a set of literal words (as in
+/// `rep set sticky <pnfsid> on|off`); a placeholder's kind comes from its name: `pnfsid`, `job`,
+/// `group` (a pool group), `pool` or `sourcePool`, and `target`, which follows the command's
+/// `-target` option (its `pool` and `pgroup` words; pools without it). Others are free.
+pub fn arg_details(usage: &str, options: &[OptionSpec]) -> Vec<ArgDetail> {
+    usage
+        .split_whitespace()
+        .map(|word| {
+            let placeholder = word.contains('<');
+            let name: String = word.chars().filter(|c| !"<>[]".contains(*c)).collect();
+            let repeats = name.ends_with("...");
+            let name = name.trim_end_matches("...").to_string();
+            let values = if name.contains('|') {
+                if placeholder { Values::Free } else { form_values(&name) }
+            } else {
+                placeholder_values(&name, options)
+            };
+            ArgDetail { name, values, repeats }
+        })
+        .collect()
+}
+
+fn placeholder_values(name: &str, options: &[OptionSpec]) -> Values {
+    match name {
+        "pnfsid" => Values::PnfsId,
+        "job" => Values::Job,
+        "group" => Values::PoolGroup,
+        "pool" | "sourcePool" => Values::Pool,
+        "target" => {
+            let target = options.iter().find(|o| o.name == "target").map(|o| match o.value {
+                OptionValue::Required(form) | OptionValue::Optional(form) => form_values(form),
+                OptionValue::Flag => Values::Free,
+            });
+            match target {
+                Some(Values::OneOf { words, .. }) => Values::ByOption {
+                    option: "target".to_string(),
+                    cases: words
+                        .into_iter()
+                        .map(|w| {
+                            let kind = match w.as_str() {
+                                "pool" => Values::Pool,
+                                "pgroup" => Values::PoolGroup,
+                                _ => Values::Free,
+                            };
+                            (w, kind)
+                        })
+                        .collect(),
+                    otherwise: Box::new(Values::Pool),
+                },
+                _ => Values::Pool,
+            }
+        }
+        _ => Values::Free,
+    }
+}
+
 /// The width `help <command>` fits its synopsis and option texts into.
 pub const HELP_WIDTH: usize = 80;
+
+/// The details as `help` shows them, indented by four. They are laid out by hand: a run of
+/// unindented lines (prose) that all fit the width is kept as written; a run with a line too
+/// long is filled as one paragraph (wrapping each line alone would leave a stub of a line after
+/// each). An indented line (an example, a list item) stands alone; if it does not fit, its
+/// continuation is indented under it.
+fn details_text(details: &str) -> String {
+    let mut out = String::new();
+    let mut prose: Vec<&str> = Vec::new();
+    let flush = |prose: &mut Vec<&str>, out: &mut String| {
+        if prose.iter().all(|l| 4 + l.chars().count() <= HELP_WIDTH) {
+            for l in prose.iter() {
+                out.push_str(&format!("    {l}\n"));
+            }
+        } else if !prose.is_empty() {
+            out.push_str(&wrap(prose.iter().flat_map(|l| l.split_whitespace()), "    ", "    "));
+        }
+        prose.clear();
+    };
+    for line in details.lines() {
+        if !line.starts_with(char::is_whitespace) && !line.is_empty() {
+            prose.push(line);
+            continue;
+        }
+        flush(&mut prose, &mut out);
+        let shown = format!("    {line}");
+        if shown.chars().count() <= HELP_WIDTH {
+            out.push_str(shown.trim_end());
+            out.push('\n');
+        } else {
+            let indent = &shown[..shown.len() - shown.trim_start().len()];
+            out.push_str(&wrap(line.split_whitespace(), indent, indent));
+        }
+    }
+    flush(&mut prose, &mut out);
+    out
+}
 
 /// Fills lines of at most [`HELP_WIDTH`] characters with `items`, separated by a space: the
 /// first line starts with `first`, the others with `rest`. An item longer than a line gets one
@@ -629,6 +767,19 @@ mod tests {
         }
     }
 
+    /// Prose that does not fit is filled as a paragraph, not wrapped line by line; prose that
+    /// fits and indented lines keep their layout.
+    #[test]
+    fn details_are_filled_as_paragraphs() {
+        let long = "word ".repeat(20);
+        let text = details_text(&format!("{long}\nend of it.\n  an example line\nshort\nlines"));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.chars().count() <= HELP_WIDTH), "{text}");
+        assert_eq!(lines[lines.len() - 3..], ["      an example line", "    short", "    lines"], "{text}");
+        // The long line's overflow runs on with the next line of its paragraph.
+        assert_eq!(lines[1], "    word word word word word end of it.", "{text}");
+    }
+
     #[test]
     fn wrapping() {
         assert_eq!(wrap(["a", "b"], "  ", "    "), "  a b\n");
@@ -638,6 +789,189 @@ mod tests {
         let text = wrap(words.iter().map(String::as_str), "  ", "    ");
         assert!(text.lines().all(|l| l.len() <= HELP_WIDTH), "{text}");
         assert_eq!(text.split_whitespace().count(), 40);
+    }
+
+    fn one_of(words: &[&str], continues: bool) -> Values {
+        Values::OneOf { words: words.iter().map(|w| w.to_string()).collect(), continues }
+    }
+
+    #[test]
+    fn value_forms() {
+        let table: &[(&str, Values)] = &[
+            ("cached|precious", one_of(&["cached", "precious"], false)),
+            ("pool|pgroup|link|hsm", one_of(&["pool", "pgroup", "link", "hsm"], false)),
+            ("b|k|m|g|t", one_of(&["b", "k", "m", "g", "t"], false)),
+            ("[-]size|[-]lru", one_of(&["size", "-size", "lru", "-lru"], false)),
+            ("same|cached|precious[+owner[(lifetime)]]...", one_of(&["same", "cached", "precious"], true)),
+            ("p2p-client|x2", one_of(&["p2p-client", "x2"], false)),
+            ("n", Values::Free),
+            ("class", Values::Free),
+            ("n|[n]..[m]", Values::Free),
+            ("glob[,glob...]", Values::Free),
+            ("[-]owner[,...]", Values::Free),
+            ("Pool|pgroup", Values::Free),
+            ("a b|c", Values::Free),
+            ("|a", Values::Free),
+            ("", Values::Free),
+        ];
+        for (form, want) in table {
+            assert_eq!(form_values(form), *want, "{form:?}");
+        }
+    }
+
+    /// The descriptions the shell completes from are generated from [`super::super::COMMANDS`]:
+    /// every option is there with whether it takes a value, and every option whose form lists
+    /// alternatives gives them as a set (a form the grammar of [`form_values`] does not read
+    /// must be named here as open, so a typo in a form cannot silently end its completion).
+    #[test]
+    fn descriptions_cover_every_option_with_its_kind() {
+        const OPEN_ALTERNATIVES: &[&str] = &["n|[n]..[m]", "s|p|l|nc|e..."];
+        for spec in super::super::COMMANDS {
+            let detail = spec.detail();
+            assert_eq!(detail.name, spec.name);
+            assert_eq!(detail.options.len(), spec.options.len(), "{}", spec.name);
+            for (o, d) in spec.options.iter().zip(&detail.options) {
+                assert_eq!(d.name, o.name, "{}", spec.name);
+                let form = match o.value {
+                    OptionValue::Flag => {
+                        assert_eq!((d.takes, &d.values), (Takes::Flag, &Values::Free), "{} -{}", spec.name, o.name);
+                        continue;
+                    }
+                    OptionValue::Required(form) => {
+                        assert_eq!(d.takes, Takes::Required, "{} -{}", spec.name, o.name);
+                        form
+                    }
+                    OptionValue::Optional(form) => {
+                        assert_eq!(d.takes, Takes::Optional, "{} -{}", spec.name, o.name);
+                        form
+                    }
+                };
+                if form.contains('|') && !OPEN_ALTERNATIVES.contains(&form) {
+                    assert!(
+                        matches!(d.values, Values::OneOf { .. }),
+                        "{} -{}={form}: alternatives the completion cannot read",
+                        spec.name,
+                        o.name
+                    );
+                }
+            }
+        }
+        let kind = |command: &str, option: &str| {
+            let spec = super::super::COMMANDS.iter().find(|s| s.name == command).expect(command);
+            spec.detail().options.into_iter().find(|o| o.name == option).expect(option).values
+        };
+        let table: &[(&str, &str, Values)] = &[
+            ("migration copy", "state", one_of(&["cached", "precious"], false)),
+            ("migration move", "target", one_of(&["pool", "pgroup", "link", "hsm"], false)),
+            ("migration cache", "select", one_of(&["proportional", "random"], false)),
+            ("migration copy", "pins", one_of(&["keep", "move"], false)),
+            ("migration copy", "al", one_of(&["online", "nearline"], false)),
+            ("migration copy", "rp", one_of(&["custodial", "replica", "output"], false)),
+            ("migration copy", "order", one_of(&["size", "-size", "lru", "-lru"], false)),
+            ("migration copy", "smode", one_of(&["same", "cached", "precious", "removable", "delete"], true)),
+            ("migration copy", "tmode", one_of(&["same", "cached", "precious"], true)),
+            ("migration copy", "target-deficit-mode", one_of(&["wait", "limit"], false)),
+            ("migration copy", "storage", Values::Free),
+            ("migration copy", "concurrency", Values::Free),
+            ("migration copy", "size", Values::Free),
+            ("rep ls", "s", one_of(&["b", "k", "m", "g", "t"], false)),
+        ];
+        for (command, option, want) in table {
+            assert_eq!(kind(command, option), *want, "{command} -{option}");
+        }
+    }
+
+    /// The kinds of positional arguments, read from the usages; any placeholder naming a pool
+    /// or a group completes as one.
+    #[test]
+    fn descriptions_give_argument_kinds() {
+        let args = |command: &str| {
+            let spec = super::super::COMMANDS.iter().find(|s| s.name == command).expect(command);
+            spec.detail().args.into_iter().map(|a| (a.values, a.repeats)).collect::<Vec<_>>()
+        };
+        let targets = Values::ByOption {
+            option: "target".into(),
+            cases: vec![
+                ("pool".into(), Values::Pool),
+                ("pgroup".into(), Values::PoolGroup),
+                ("link".into(), Values::Free),
+                ("hsm".into(), Values::Free),
+            ],
+            otherwise: Box::new(Values::Pool),
+        };
+        let table: &[(&str, Vec<(Values, bool)>)] = &[
+            ("migration copy", vec![(targets.clone(), true)]),
+            ("migration move", vec![(targets, true)]),
+            ("rebalance pgroup", vec![(Values::PoolGroup, false)]),
+            ("migration info", vec![(Values::Job, false)]),
+            ("rep ls", vec![(Values::PnfsId, true)]),
+            ("rep set sticky", vec![(Values::PnfsId, false), (one_of(&["on", "off"], false), false)]),
+            ("pp get file", vec![(Values::PnfsId, true), (Values::Pool, false)]),
+            ("pool disable", vec![(Values::Free, false), (Values::Free, false)]),
+            ("info", vec![]),
+        ];
+        for (command, want) in table {
+            assert_eq!(args(command), *want, "{command}");
+        }
+        for spec in super::super::COMMANDS {
+            for a in spec.detail().args {
+                let name = a.name.to_ascii_lowercase();
+                if name.contains("pool") {
+                    assert_eq!(a.values, Values::Pool, "{}: {}", spec.name, a.name);
+                }
+                if name.contains("group") {
+                    assert_eq!(a.values, Values::PoolGroup, "{}: {}", spec.name, a.name);
+                }
+            }
+        }
+    }
+
+    /// The shell's completion over the pool's real declarations.
+    #[test]
+    fn shell_completion_of_the_real_commands() {
+        use tidepool_admin::complete::{Known, complete};
+        let details = super::super::describe_details();
+        let pools: Vec<tidepool_p2p::PoolName> = ["pool1", "pool2"].iter().map(|p| p.parse().unwrap()).collect();
+        let groups = vec!["disk".to_string(), "tape".to_string()];
+        let known = Known { pools: &pools, groups: &groups, here: None, commands: Some(&details) };
+        let table: &[(&str, &[&str])] = &[
+            ("migration copy -sto", &["-stop-when=", "-storage="]),
+            ("migration copy -stor", &["-storage="]),
+            ("migration copy -stat", &["-state="]),
+            ("migration copy -state=pre", &["precious"]),
+            ("migration copy -target=", &["hsm", "link", "pgroup", "pool"]),
+            ("migration move -select=r", &["random"]),
+            ("migration move -smode=de", &["delete"]),
+            ("migration move -verify", &["-verify"]),
+            ("migration move ", &["pool1", "pool2"]),
+            ("migration move -target=pgroup ", &["disk", "tape"]),
+            ("rebalance pgroup ", &["disk", "tape"]),
+            ("migration copy -nosuch=", &[]),
+            ("migration copy -frobnicate", &[]),
+            ("rep ls -s=", &["b", "g", "k", "m", "t"]),
+            ("rep set sticky 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 o", &["off", "on"]),
+        ];
+        for (line, want) in table {
+            let (_, got) = complete(line, line.len(), known);
+            assert_eq!(got, want.iter().map(|w| w.to_string()).collect::<Vec<_>>(), "{line:?}");
+        }
+    }
+
+    /// An older shell reads only `AdminReply::Commands`; the details travel as JSON that a newer
+    /// pool may extend: unknown fields are ignored, unknown kinds read as unknown.
+    #[test]
+    fn details_survive_json_and_tolerate_additions() {
+        use tidepool_p2p::message::{decode_details, encode_details};
+        let details = super::super::describe_details();
+        assert_eq!(decode_details(&encode_details(&details)).unwrap(), details);
+        let newer = r#"[{"name":"x y","future":1,"options":[{"name":"a","takes":"repeated","values":{"kind":"colour"}},
+            {"name":"b","takes":"required","values":{"kind":"one-of","words":["p"],"more":true}}],
+            "args":[{"values":{"kind":"pool"},"hint":"?"}]}]"#;
+        let read = decode_details(newer).unwrap();
+        assert_eq!(read[0].options[0].takes, Takes::Unknown);
+        assert_eq!(read[0].options[0].values, Values::Unknown);
+        assert_eq!(read[0].options[1].values, one_of(&["p"], false));
+        assert_eq!(read[0].args[0].values, Values::Pool);
     }
 
     #[test]

@@ -988,7 +988,7 @@ mod p2p {
                     AdminReply::Output(text) => out.push_str(&text),
                     AdminReply::Finished { error: None } => return Ok(out),
                     AdminReply::Finished { error: Some(e) } => bail!("`{line}`: {} (rc={})", e.message, e.code),
-                    AdminReply::Commands(_) => bail!("`{line}`: unexpected reply"),
+                    AdminReply::Commands(_) | AdminReply::CommandDetails(_) => bail!("`{line}`: unexpected reply"),
                 }
             }
         }
@@ -1181,7 +1181,9 @@ mod p2p {
                     AdminReply::Finished { error: Some(e) } => {
                         bail!("a `pp get file` failed: {} (rc={})", e.message, e.code)
                     }
-                    AdminReply::Commands(_) => bail!("unexpected reply to `pp get file`"),
+                    AdminReply::Commands(_) | AdminReply::CommandDetails(_) => {
+                        bail!("unexpected reply to `pp get file`")
+                    }
                 }
             }
             all_queued.set(true);

@@ -325,11 +325,12 @@ pub fn encode_data(ctx: &Ctx, chunk: &[u8]) -> Vec<u8> {
 fn any_frame(rng: &mut Rng, ctx: &Ctx) -> Vec<u8> {
     match rng.below(10) {
         0 => encode(ctx, &AdminRequest::Run { line: string(rng) }),
-        1 => encode(ctx, &AdminRequest::Describe),
+        1 => encode(ctx, if rng.below(2) == 0 { &AdminRequest::Describe } else { &AdminRequest::DescribeDetails }),
         2 => encode(
             ctx,
-            &match rng.below(3) {
+            &match rng.below(4) {
                 0 => AdminReply::Output(string(rng)),
+                3 => AdminReply::CommandDetails(string(rng)),
                 1 => AdminReply::Finished { error: opt(rng, remote_error) },
                 _ => AdminReply::Commands(
                     (0..rng.below(5))

@@ -37,7 +37,7 @@ use tidepool_p2p::auth::{ClientAuth, ClusterKey, Features, HandshakeReply, Hello
 use tidepool_p2p::cmdline::{Args, point_at, tokenize};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
-    AdminReply, AdminRequest, CommandDescription, DataReply, DataRequest, MigrationReply, MigrationRequest,
+    AdminReply, AdminRequest, CommandDetail, DataReply, DataRequest, MigrationReply, MigrationRequest,
 };
 use tidepool_p2p::{JobId, PnfsId, PoolName};
 use tidepool_pool::admin::{self, Command, JobOptions};
@@ -248,19 +248,20 @@ fn stored_form_reads_back(command: &Command) -> Result<(), String> {
     }
 }
 
-/// What the shell's completion knows in the admin target: two pools and the declared commands.
-fn shell_knows() -> &'static (Vec<PoolName>, Vec<CommandDescription>) {
-    static KNOWN: OnceLock<(Vec<PoolName>, Vec<CommandDescription>)> = OnceLock::new();
+/// What the shell's completion knows in the admin target: two pools, two groups and the
+/// declared commands.
+fn shell_knows() -> &'static (Vec<PoolName>, Vec<String>, Vec<CommandDetail>) {
+    static KNOWN: OnceLock<(Vec<PoolName>, Vec<String>, Vec<CommandDetail>)> = OnceLock::new();
     KNOWN.get_or_init(|| {
         let pools = ["pool1", "pool2"].iter().map(|p| p.parse().expect("a valid pool name")).collect();
-        (pools, admin::describe())
+        (pools, vec!["disk".into(), "tape".into()], admin::describe_details())
     })
 }
 
 fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let line = String::from_utf8_lossy(input);
     // The shell first: what the operator types is interpreted and completed there.
-    let (pools, commands) = shell_knows();
+    let (pools, groups, commands) = shell_knows();
     let _ = interpret(&line, &Location::Local).map_err(|e| e.to_string());
     let _ = interpret(&line, &Location::Pool(pools[0].clone())).map_err(|e| e.to_string());
     // A cursor inside the line, on a character boundary as the line editor gives it.
@@ -270,11 +271,11 @@ fn admin_line(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
         cursor -= 1;
     }
     for pos in [line.len(), cursor] {
-        let (start, _) = complete(&line, pos, Known { pools, commands: Some(commands) });
+        let (start, _) = complete(&line, pos, Known { pools, groups, here: Some(&pools[0]), commands: Some(commands) });
         if start > pos {
             return Err(format!("completion at {pos} replaces a word that starts at {start}, after the cursor"));
         }
-        let _ = complete(&line, pos, Known { pools, commands: None });
+        let _ = complete(&line, pos, Known { pools, groups, here: None, commands: None });
     }
     match tokenize(&line) {
         Ok(tokens) => {
