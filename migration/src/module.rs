@@ -36,6 +36,8 @@ use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::mode::{SourceState, TargetState};
+use crate::completion::{CompletionReport, Counts, FileLine};
+use crate::ledger::{Fate, Placed};
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
 use crate::rate::{ByteRate, RateLimit};
 use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
@@ -665,6 +667,45 @@ impl<E: Env> Module<E> {
     /// `migration info -failed <job>`: every file whose last try failed.
     pub fn info_failed(&self, id: &str) -> Result<String, MigrationError> {
         Ok(self.report(&*self.find(id)?).render_failures())
+    }
+
+    /// `migration report <job>` (docs/admin-commands.md): every file the job selected and what
+    /// became of it; only the files not done or already in place unless `all`.
+    pub fn completion(&self, id: &str, all: bool) -> Result<CompletionReport, MigrationError> {
+        let job = self.find(id)?;
+        let s = job.s.lock();
+        let ledger = s.queue.ledger();
+        let failures: HashMap<&PnfsId, &crate::queue::Failure> = s.queue.failures().collect();
+        let mut file_lines: Vec<FileLine> = ledger
+            .iter()
+            .filter(|(_, r)| all || !matches!(r.fate, Fate::Done | Fate::InPlace))
+            .map(|(id, r)| {
+                let placed = matches!(r.fate, Fate::Done | Fate::InPlace);
+                let failure = failures.get(id);
+                FileLine {
+                    pnfsid: id.to_string(),
+                    fate: r.fate.as_str(),
+                    targets: ledger.targets(r).iter().map(|t| t.to_string()).collect(),
+                    target_state: placed.then(|| r.state.to_string()),
+                    checksum_matched: placed.then_some(r.checksum_matched),
+                    failed_attempts: failure.map(|f| f.attempts).unwrap_or(0),
+                    code: failure.map(|f| f.last_error.code),
+                    error: failure.map(|f| f.last_error.message.clone()),
+                }
+            })
+            .collect();
+        file_lines.sort_by(|a, b| a.pnfsid.cmp(&b.pnfsid));
+        let counts = Counts::of(|f| ledger.count(f));
+        Ok(CompletionReport {
+            id: job.id.lock().to_string(),
+            state: s.state.as_str().to_string(),
+            ended: s.state.is_terminal() && counts.queued + counts.running + counts.waiting == 0,
+            files: ledger.len(),
+            counts,
+            failed_at_least_once: failures.len() as u64,
+            all,
+            file_lines,
+        })
     }
 
     pub fn info_json(&self, id: &str) -> Result<String, MigrationError> {

@@ -384,7 +384,7 @@ impl<W: World> Cx<'_, W> {
         let job = self.job;
         let filter = &job.def.filter;
         let Some(entry) = entry.as_ref().filter(|e| e.state != ReplicaState::Removed) else {
-            if let Removal::Running(_) = self.s.queue.remove(&id) {
+            if let Removal::Running(_) = self.s.queue.remove_because(&id, Fate::GoneFromSource) {
                 self.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() });
             }
             return;
@@ -766,8 +766,8 @@ impl<W: World> Cx<'_, W> {
         let entry = match self.world.entry(&id) {
             Ok(Some(e)) if e.state.is_committed() => e,
             Ok(_) => {
-                // Gone (or going) since the scan: nothing to do.
-                self.s.queue.cancelled(&id);
+                // Gone (or going) since the scan: nothing to do (reported as gone from source).
+                self.s.queue.gone(&id);
                 self.unlock(&id);
                 return;
             }
@@ -1116,7 +1116,17 @@ impl<W: World> Cx<'_, W> {
             }
             Ok(Applied::Done) => {
                 tracing::debug!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "source mode applied; file done");
-                self.s.queue.completed(&id);
+                // The completion report: where its copies are, and whether the targets
+                // compared the data with the source's checksum (docs/admin-commands.md).
+                let in_place = r.task.last_attempt().is_none();
+                let def = &self.job.def;
+                let placed = Placed {
+                    targets: r.task.replicas().iter().cloned().collect(),
+                    state: r.state,
+                    checksum_matched: r.entry.attrs.checksum.is_some() && !in_place && (def.verify || !def.meta_only),
+                    in_place,
+                };
+                self.s.queue.completed_as(&id, placed);
                 let size = r.entry.attrs.size;
                 let now = self.world.rate_clock();
                 self.s.recent.push_back((now, size));

@@ -1074,3 +1074,150 @@ fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() 
     job.send(refreshed(1, 1)).unwrap();
     assert_eq!(unreachable(&job, &gone), Some(false));
 }
+
+/// The completion report's counts (docs/admin-commands.md, `migration report`):
+/// `done in_place gone unselected given_up cancelled not_tried | queued running waiting`.
+fn accounted(job: &TestJob) -> String {
+    let l = job.s.queue.ledger();
+    let n = |f| l.count(f);
+    let sum: u64 = crate::ledger::Fate::ALL.iter().map(|f| l.count(*f)).sum();
+    assert_eq!(sum, l.len(), "the counts add up to the files");
+    use crate::ledger::Fate::*;
+    format!(
+        "{} {} {} {} {} {} {} | {} {} {}",
+        n(Done),
+        n(InPlace),
+        n(GoneFromSource),
+        n(NoLongerSelected),
+        n(GivenUp),
+        n(Cancelled),
+        n(NotTried),
+        n(Queued),
+        n(Running),
+        n(Waiting)
+    )
+}
+
+impl TestJob {
+    /// The source modes asked for by the last event applied.
+    fn applied(&mut self) {
+        let items: Vec<PnfsId> = (self.last.iter())
+            .filter_map(|a| if let Action::SourceModes(items) = a { Some(items) } else { None })
+            .flatten()
+            .map(|i| i.pnfsid)
+            .collect();
+        let results = items.into_iter().map(|id| (id, Ok(Applied::Done))).collect();
+        self.send(JobEvent::SourceModesApplied(results)).unwrap();
+    }
+}
+
+/// Every file the job selected is accounted for, once, whatever became of it; the counts add
+/// up to the files selected at every step.
+#[test]
+fn completion_report_accounts_for_every_file() {
+    type Given = fn() -> TestJob;
+    let rows: Vec<(&str, Given, &str, &str)> = vec![
+        (
+            "all three copied",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).scanned().online().located().copying();
+                job.send(job.done(&[1, 2, 3])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "3 0 0 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "the targets already hold the first file as wanted: nothing sent for it",
+            || {
+                let mut job = TestJob::new(&[], &small(2), 1).scanned().online();
+                let (ids, pools) = job.asked.take().unwrap();
+                let held = Held { pnfsid: file(1), state: ReplicaState::Precious, sticky: Vec::new(), checksum: None };
+                let mut answers: HashMap<PoolName, Option<HashMap<PnfsId, Held>>> =
+                    pools.iter().map(|p| (p.clone(), Some(HashMap::new()))).collect();
+                answers.insert(pool(2), Some(HashMap::from([(file(1), held)])));
+                job.send(JobEvent::Located { ids, pools, answers }).unwrap();
+                job.applied();
+                job = job.copying();
+                job.send(job.done(&[2])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "1 1 0 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "one deleted while queued, one deleted while copied, one gone before its turn",
+            || {
+                let mut job = TestJob::new(&[], &small(4), 1).batch_files(2).scanned();
+                job.w.entries.remove(&file(4));
+                job = job.online().located().copying();
+                for n in [1, 3] {
+                    job.w.entries.remove(&file(n));
+                    job.send(JobEvent::RepoChanged { id: file(n), change: RepoChange::Removed, entry: None }).unwrap();
+                }
+                job.send(job.done(&[2])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "1 0 3 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "one that changed while queued and no longer matches",
+            || {
+                let mut job = TestJob::new(&["-state=precious"], &small(3), 1).batch_files(1).scanned().online();
+                job.w.entries.get_mut(&file(3)).unwrap().state = ReplicaState::Cached;
+                let entry = job.w.entries.get(&file(3)).cloned();
+                let from = ReplicaState::Precious;
+                job.send(JobEvent::RepoChanged { id: file(3), change: RepoChange::State { from }, entry }).unwrap();
+                job
+            },
+            "RUNNING",
+            "0 0 0 1 0 0 0 | 1 1 0",
+        ),
+        (
+            "given up (the target says the source file does not exist) and failed, waiting",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).scanned().online().located().copying();
+                let gone = RemoteError::new(ErrorCode::FileNotFound, "no such file");
+                let full = RemoteError::new(ErrorCode::Timeout, "no room");
+                let events = vec![job.finished(1, Err(gone)), job.finished(2, Err(full)), job.finished(3, Ok(()))];
+                job.send(JobEvent::Tasks(events)).unwrap();
+                job.applied();
+                job
+            },
+            "SLEEPING",
+            "1 0 0 0 1 0 0 | 0 0 1",
+        ),
+        (
+            "cancelled with -force: the running file cancelled, the queued ones not tried",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).batch_files(1).scanned().online().located().copying();
+                let cancel = Command::Cancel { force: true, reason: "test".into() };
+                job.send(JobEvent::Operator(cancel)).unwrap();
+                job
+            },
+            "CANCELLED",
+            "0 0 0 0 0 1 2 | 0 0 0",
+        ),
+        (
+            "cancelled while a failed file waits (the next one running): not tried again",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).batch_files(1).scanned().online().located().copying();
+                let full = RemoteError::new(ErrorCode::Timeout, "no room");
+                job.send(JobEvent::Tasks(vec![job.finished(1, Err(full))])).unwrap();
+                let cancel = Command::Cancel { force: true, reason: "test".into() };
+                job.send(JobEvent::Operator(cancel)).unwrap();
+                job
+            },
+            "CANCELLED",
+            "0 0 0 0 0 1 2 | 0 0 0",
+        ),
+    ];
+    for (name, given, state, want) in rows {
+        let job = given();
+        assert_eq!((job.s.state.as_str(), accounted(&job).as_str()), (state, want), "row {name:?}");
+    }
+}
