@@ -261,7 +261,30 @@ struct JobInner {
     started: Option<Instant>,
     /// Files passed over because another job works on them, noted once each.
     locked_noted: BTreeSet<PnfsId>,
+    /// The targets' figures as the job sees them: when they last answered, and whether the
+    /// job counted copies of its own against them since (`Cx::reserve`).
+    room: RoomView,
 }
+
+/// How fresh the job's view of its targets' room is: a job never decides that no target has
+/// room (and notes "All target pools are full") on figures it has changed itself or that are
+/// older than [`ROOM_FRESH`]; it asks the targets again first, at most once per
+/// [`ROOM_FRESH`] (docs/operator-guide.md, "Full targets").
+#[derive(Debug, Default)]
+struct RoomView {
+    /// When the targets last answered a refresh.
+    answered_at: Option<EpochMillis>,
+    /// Copies counted against the figures since that answer.
+    reserved: bool,
+    /// When the job last asked again because its view showed no room.
+    asked_at: Option<EpochMillis>,
+    /// That question is unanswered: no new unit starts until it is.
+    awaiting: bool,
+}
+
+/// How long a refresh's figures count as fresh for deciding that no target has room, and the
+/// least time between two refreshes asked for that reason.
+const ROOM_FRESH: Duration = Duration::from_secs(2);
 
 impl JobInner {
     fn new(concurrency: usize, seed: u64) -> JobInner {
@@ -287,6 +310,7 @@ impl JobInner {
             recent: VecDeque::new(),
             started: None,
             locked_noted: BTreeSet::new(),
+            room: RoomView::default(),
         }
     }
 }

@@ -672,7 +672,7 @@ fn targets_going_offline_mid_batch() {
             name: "the target restarted: the batch's copies are lost and retried later",
             given: mid_batch,
             event: |job| if job.target() == pool(2) { refreshed(2, 1) } else { refreshed(1, 2) },
-            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2 Refresh",
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
         },
         Row {
             name: "a restarted pool that was not in use: nothing happens",
@@ -1220,4 +1220,90 @@ fn completion_report_accounts_for_every_file() {
         let job = given();
         assert_eq!((job.s.state.as_str(), accounted(&job).as_str()), (state, want), "row {name:?}");
     }
+}
+
+/// pool2 with `free` bytes of room, pool3 full.
+fn room(free: u64) -> JobEvent {
+    let with = |free: u64| {
+        let total = 1 << 40;
+        let space = SpaceInfo { total, used: total - free, free, precious: 0, removable: 0 };
+        Some(PoolCost { space, load: 0, accepts: true, enabled: true, run: 1 })
+    };
+    JobEvent::Refreshed(vec![(pool(2), with(free)), (pool(3), with(0))])
+}
+
+/// Files of 2 MiB (a unit each), `n` at a time; pool2 had room for two of them at the
+/// refresh; the first one or two copied there, their source modes under way: the job's
+/// view of pool2 is its own count, with no room left.
+fn counted_full(concurrency: usize) -> TestJob {
+    let mut job = TestJob::new(&[], &[2 * MIB; 4], concurrency).scanned();
+    job.send(room(concurrency as u64 * 2 * MIB + MIB / 2)).unwrap();
+    job = job.located().copying();
+    job
+}
+
+/// A job never decides that no target has room on a stale view: it asks the targets again
+/// first (one refresh at a time, at most one per 2 s), and decides on their answer.
+#[test]
+fn no_room_is_decided_on_a_fresh_view_only() {
+    let rows = vec![
+        Row {
+            name: "no room as the job counted its own copies: the targets are asked first, nothing starts",
+            given: || counted_full(1),
+            event: |job| job.done(&[1]),
+            want: "RUNNING q=3 w=0 r=1 u=[] | Refresh SourceModes(1)",
+        },
+        Row {
+            name: "while the question is out, nothing starts and nothing more is asked",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Done))]),
+            want: "RUNNING q=3 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "the fresh answer shows room: the next file starts at once",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| room(3 * MIB),
+            want: "RUNNING q=2 w=0 r=2 u=[1] | Copy",
+        },
+        Row {
+            name: "the fresh answer still says full: the file is tried and fails for want of room, noted; no refresh again",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| room(MIB),
+            want: "RUNNING q=2 w=1 r=1 u=[] | ",
+        },
+        Row {
+            name: "stale again within 2 s of the last question: a wake-up when the next may go",
+            given: || {
+                let mut job = counted_full(2);
+                job.send(job.done(&[1])).unwrap();
+                job.send(room(3 * MIB)).unwrap();
+                job = job.copying();
+                job.w.now += 500;
+                job
+            },
+            event: |job| job.done(&[2]),
+            want: "RUNNING q=1 w=0 r=3 u=[1] | SourceModes(1) Wake+1s",
+        },
+        Row {
+            name: "a batch takes no more bytes than the targets have room for as last seen",
+            given: || TestJob::new(&[], &small(10), 1).scanned(),
+            event: |_| room(3 * KIB + KIB / 2),
+            want: "RUNNING q=7 w=0 r=3 u=[3] | Locate(10)",
+        },
+    ];
+    let jobs = check(rows);
+    assert!(jobs[0].notes().is_empty(), "nothing noted on a stale view: {:?}", jobs[0].notes());
+    assert_eq!(jobs[3].notes(), ["No targets available: All target pools are full."]);
 }
