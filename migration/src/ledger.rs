@@ -28,7 +28,7 @@ pub enum Fate {
     Waiting,
     /// Copied (or brought up to date) on its targets, and the source mode applied.
     Done,
-    /// The targets already held it exactly as wanted: nothing was sent.
+    /// The targets already held it: no new replica was made (at most an update in place).
     InPlace,
     /// It left the source (deleted) while queued or running, or was gone when its turn came.
     GoneFromSource,
@@ -92,7 +92,7 @@ pub struct Placed {
     /// The targets compared the data with the source's checksum (a new copy of a file with a
     /// checksum, or `-verify`).
     pub checksum_matched: bool,
-    /// Nothing was sent: the targets held it as wanted.
+    /// No new replica was made: the targets held it (as wanted, or updated in place).
     pub in_place: bool,
 }
 
@@ -222,35 +222,42 @@ mod tests {
         let p2: PoolName = "pool2".parse().unwrap();
         type Step = fn(&mut Ledger, PoolName);
         let rows: [(&str, Step, [(Fate, u64); 3]); 6] = [
-            ("add 1, 2", |l, _| (1..=2).for_each(|n| l.set(id(n), Fate::Queued)), [
-                (Fate::Queued, 2),
-                (Fate::Running, 0),
-                (Fate::Done, 0),
-            ]),
+            (
+                "add 1, 2",
+                |l, _| (1..=2).for_each(|n| l.set(id(n), Fate::Queued)),
+                [(Fate::Queued, 2), (Fate::Running, 0), (Fate::Done, 0)],
+            ),
             ("start 1", |l, _| l.set(id(1), Fate::Running), [(Fate::Queued, 1), (Fate::Running, 1), (Fate::Done, 0)]),
             (
                 "1 done on pool2",
                 |l, p| {
-                    l.placed(id(1), Placed {
-                        targets: vec![p],
-                        state: ReplicaState::Cached,
-                        checksum_matched: true,
-                        in_place: false,
-                    })
+                    l.placed(
+                        id(1),
+                        Placed {
+                            targets: vec![p],
+                            state: ReplicaState::Cached,
+                            checksum_matched: true,
+                            in_place: false,
+                        },
+                    )
                 },
                 [(Fate::Queued, 1), (Fate::Running, 0), (Fate::Done, 1)],
             ),
-            ("set_if from the wrong fate changes nothing", |l, _| l.set_if(&id(2), Fate::Running, Fate::Cancelled), [
-                (Fate::Queued, 1),
-                (Fate::Running, 0),
-                (Fate::Done, 1),
-            ]),
-            ("2 again queued", |l, _| l.set(id(2), Fate::Queued), [(Fate::Queued, 1), (Fate::Running, 0), (Fate::Done, 1)]),
-            ("1 queued again (a permanent job)", |l, _| l.set(id(1), Fate::Queued), [
-                (Fate::Queued, 2),
-                (Fate::Running, 0),
-                (Fate::Done, 0),
-            ]),
+            (
+                "set_if from the wrong fate changes nothing",
+                |l, _| l.set_if(&id(2), Fate::Running, Fate::Cancelled),
+                [(Fate::Queued, 1), (Fate::Running, 0), (Fate::Done, 1)],
+            ),
+            (
+                "2 again queued",
+                |l, _| l.set(id(2), Fate::Queued),
+                [(Fate::Queued, 1), (Fate::Running, 0), (Fate::Done, 1)],
+            ),
+            (
+                "1 queued again (a permanent job)",
+                |l, _| l.set(id(1), Fate::Queued),
+                [(Fate::Queued, 2), (Fate::Running, 0), (Fate::Done, 0)],
+            ),
         ];
         for (what, step, want) in rows {
             step(&mut l, p2.clone());

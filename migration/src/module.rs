@@ -27,6 +27,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
+use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
     CopyOf, Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
@@ -35,9 +36,8 @@ use crate::env::{
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
-use crate::mode::{SourceState, TargetState};
-use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::ledger::{Fate, Placed};
+use crate::mode::{SourceState, TargetState};
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
 use crate::rate::{ByteRate, RateLimit};
 use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
@@ -269,7 +269,7 @@ struct JobInner {
 /// How fresh the job's view of its targets' room is: a job never decides that no target has
 /// room (and notes "All target pools are full") on figures it has changed itself or that are
 /// older than [`ROOM_FRESH`]; it asks the targets again first, at most once per
-/// [`ROOM_FRESH`] (docs/operator-guide.md, "Full targets").
+/// [`ROOM_FRESH`] (docs/operator-guide.md, "Space and the sweeper").
 #[derive(Debug, Default)]
 struct RoomView {
     /// When the targets last answered a refresh.

@@ -1184,12 +1184,15 @@ impl<W: World> Cx<'_, W> {
                 tracing::debug!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "source mode applied; file done");
                 // The completion report: where its copies are, and whether the targets
                 // compared the data with the source's checksum (docs/admin-commands.md).
-                let in_place = r.task.last_attempt().is_none();
-                let def = &self.job.def;
+                // A file already on its targets (left as it was, or its replicas updated in
+                // place) is `already in place`; a new copy's data were checked against the
+                // source's checksum by its target, an existing replica's only with -verify.
+                let in_place = !r.task.made_new_copy();
+                let checked = !in_place || self.job.def.verify;
                 let placed = Placed {
                     targets: r.task.replicas().iter().cloned().collect(),
                     state: r.state,
-                    checksum_matched: r.entry.attrs.checksum.is_some() && !in_place && (def.verify || !def.meta_only),
+                    checksum_matched: r.entry.attrs.checksum.is_some() && checked,
                     in_place,
                 };
                 self.s.queue.completed_as(&id, placed);

@@ -727,10 +727,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "target state, whether the checksum was compared, failed tries and last error. Kept until\n",
             "`migration clear`; a permanent job counts every distinct file seen so far.",
         ),
-        options: &[
-            flag("all", "list every file, the done ones too"),
-            flag("json", "the report as one JSON object"),
-        ],
+        options: &[flag("all", "list every file, the done ones too"), flag("json", "the report as one JSON object")],
         examples: &["migration report 1", "migration report -all drain", "migration report -json -all 1"],
         parse: |inv| {
             let job = job_arg(inv)?;
