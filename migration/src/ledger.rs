@@ -116,6 +116,9 @@ pub struct Ledger {
     counts: [u64; Fate::ALL.len()],
     sets: Vec<Box<[PoolName]>>,
     interned: HashMap<Box<[PoolName]>, u32>,
+    /// Running files that left the job (deleted, no longer selected) and whose task is being
+    /// cancelled: the fate they get when it ends ([`crate::queue::Queue::cancelled`]).
+    pub(crate) leaving: HashMap<PnfsId, Fate>,
 }
 
 impl Ledger {
@@ -221,7 +224,8 @@ mod tests {
         let mut l = Ledger::default();
         let p2: PoolName = "pool2".parse().unwrap();
         type Step = fn(&mut Ledger, PoolName);
-        let rows: [(&str, Step, [(Fate, u64); 3]); 6] = [
+        type Want = [(Fate, u64); 3];
+        let rows: [(&str, Step, Want); 6] = [
             (
                 "add 1, 2",
                 |l, _| (1..=2).for_each(|n| l.set(id(n), Fate::Queued)),

@@ -104,11 +104,9 @@ pub struct Queue {
     left: u64,
     /// The sum of the sizes of the files queued now (`tickets`), kept likewise.
     queued_bytes: u64,
-    /// What became of every file ever added: the completion report.
-    ledger: Ledger,
-    /// Running files that left the job (deleted, no longer selected) and whose task is being
-    /// cancelled: the fate they get when it ends.
-    leaving: HashMap<PnfsId, Fate>,
+    /// What became of every file ever added: the completion report (boxed: a queue travels in
+    /// a job event).
+    ledger: Box<Ledger>,
 }
 
 impl Queue {
@@ -172,7 +170,7 @@ impl Queue {
     /// [`Fate::NoLongerSelected`]); a running file gets it when its task ends cancelled.
     pub fn remove_because(&mut self, id: &PnfsId, fate: Fate) -> Removal {
         if let Some(task) = self.running.get(id) {
-            self.leaving.insert(*id, fate);
+            self.ledger.leaving.insert(*id, fate);
             return Removal::Running(*task);
         }
         if self.sizes.contains_key(id) {
@@ -233,7 +231,7 @@ impl Queue {
     pub fn completed(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
             self.ledger.set(*id, Fate::Done);
-            self.leaving.remove(id);
+            self.ledger.leaving.remove(id);
             let size = self.sizes.remove(id).unwrap_or(0);
             self.left -= size;
             self.stats.completed += 1;
@@ -277,7 +275,7 @@ impl Queue {
         entry.last_at = now;
         entry.permanent = permanent;
         entry.since = AfterFailure::Pending;
-        self.leaving.remove(id);
+        self.ledger.leaving.remove(id);
         if permanent {
             self.left -= self.sizes.remove(id).unwrap_or(0);
             self.ledger.set(*id, Fate::GivenUp);
@@ -301,7 +299,7 @@ impl Queue {
 
     /// A cancelled task's file leaves the job (§3.7).
     pub fn cancelled(&mut self, id: &PnfsId) {
-        let fate = self.leaving.remove(id).unwrap_or(Fate::Cancelled);
+        let fate = self.ledger.leaving.remove(id).unwrap_or(Fate::Cancelled);
         self.cancelled_as(id, fate);
     }
 
