@@ -1754,6 +1754,7 @@ mod tests {
             "log ls",
             "migration ls",
             "migration info",
+            "migration report",
             "rebalance pgroup",
             "rebalance cancel pgroup",
         ];
