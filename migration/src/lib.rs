@@ -3,11 +3,13 @@
 //! **Invariant:** this crate never names sled and opens no sockets; it works through the
 //! repository and transport traits the pool daemon implements.
 
+pub mod completion;
 pub mod definition;
 pub mod env;
 pub mod expr;
 pub mod filter;
 pub mod job_state;
+pub mod ledger;
 pub mod mode;
 pub mod module;
 pub mod queue;

@@ -27,6 +27,7 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use crate::MigrationError;
+use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
     CopyOf, Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
@@ -35,6 +36,7 @@ use crate::env::{
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
+use crate::ledger::{Fate, Placed};
 use crate::mode::{SourceState, TargetState};
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
 use crate::rate::{ByteRate, RateLimit};
@@ -259,7 +261,30 @@ struct JobInner {
     started: Option<Instant>,
     /// Files passed over because another job works on them, noted once each.
     locked_noted: BTreeSet<PnfsId>,
+    /// The targets' figures as the job sees them: when they last answered, and whether the
+    /// job counted copies of its own against them since (`Cx::reserve`).
+    room: RoomView,
 }
+
+/// How fresh the job's view of its targets' room is: a job never decides that no target has
+/// room (and notes "All target pools are full") on figures it has changed itself or that are
+/// older than [`ROOM_FRESH`]; it asks the targets again first, at most once per
+/// [`ROOM_FRESH`] (docs/operator-guide.md, "Space and the sweeper").
+#[derive(Debug, Default)]
+struct RoomView {
+    /// When the targets last answered a refresh.
+    answered_at: Option<EpochMillis>,
+    /// Copies counted against the figures since that answer.
+    reserved: bool,
+    /// When the job last asked again because its view showed no room.
+    asked_at: Option<EpochMillis>,
+    /// That question is unanswered: no new unit starts until it is.
+    awaiting: bool,
+}
+
+/// How long a refresh's figures count as fresh for deciding that no target has room, and the
+/// least time between two refreshes asked for that reason.
+const ROOM_FRESH: Duration = Duration::from_secs(2);
 
 impl JobInner {
     fn new(concurrency: usize, seed: u64) -> JobInner {
@@ -285,6 +310,7 @@ impl JobInner {
             recent: VecDeque::new(),
             started: None,
             locked_noted: BTreeSet::new(),
+            room: RoomView::default(),
         }
     }
 }
@@ -665,6 +691,45 @@ impl<E: Env> Module<E> {
     /// `migration info -failed <job>`: every file whose last try failed.
     pub fn info_failed(&self, id: &str) -> Result<String, MigrationError> {
         Ok(self.report(&*self.find(id)?).render_failures())
+    }
+
+    /// `migration report <job>` (docs/admin-commands.md): every file the job selected and what
+    /// became of it; only the files not done or already in place unless `all`.
+    pub fn completion(&self, id: &str, all: bool) -> Result<CompletionReport, MigrationError> {
+        let job = self.find(id)?;
+        let s = job.s.lock();
+        let ledger = s.queue.ledger();
+        let failures: HashMap<&PnfsId, &crate::queue::Failure> = s.queue.failures().collect();
+        let mut file_lines: Vec<FileLine> = ledger
+            .iter()
+            .filter(|(_, r)| all || !matches!(r.fate, Fate::Done | Fate::InPlace))
+            .map(|(id, r)| {
+                let placed = matches!(r.fate, Fate::Done | Fate::InPlace);
+                let failure = failures.get(id);
+                FileLine {
+                    pnfsid: id.to_string(),
+                    fate: r.fate.as_str(),
+                    targets: ledger.targets(r).iter().map(|t| t.to_string()).collect(),
+                    target_state: placed.then(|| r.state.to_string()),
+                    checksum_matched: placed.then_some(r.checksum_matched),
+                    failed_attempts: failure.map(|f| f.attempts).unwrap_or(0),
+                    code: failure.map(|f| f.last_error.code),
+                    error: failure.map(|f| f.last_error.message.clone()),
+                }
+            })
+            .collect();
+        file_lines.sort_by(|a, b| a.pnfsid.cmp(&b.pnfsid));
+        let counts = Counts::of(|f| ledger.count(f));
+        Ok(CompletionReport {
+            id: job.id.lock().to_string(),
+            state: s.state.as_str().to_string(),
+            ended: s.state.is_terminal() && counts.queued + counts.running + counts.waiting == 0,
+            files: ledger.len(),
+            counts,
+            failed_at_least_once: failures.len() as u64,
+            all,
+            file_lines,
+        })
     }
 
     pub fn info_json(&self, id: &str) -> Result<String, MigrationError> {

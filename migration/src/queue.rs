@@ -10,6 +10,8 @@ use std::time::Duration;
 use tidepool_p2p::model::EpochMillis;
 use tidepool_p2p::{PnfsId, RemoteError, TaskId};
 
+use crate::ledger::{Fate, Ledger, Placed};
+
 /// How long a failed file waits before its next try: `base * 2^(failures-1)`, at most `cap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -102,6 +104,9 @@ pub struct Queue {
     left: u64,
     /// The sum of the sizes of the files queued now (`tickets`), kept likewise.
     queued_bytes: u64,
+    /// What became of every file ever added: the completion report (boxed: a queue travels in
+    /// a job event).
+    ledger: Box<Ledger>,
 }
 
 impl Queue {
@@ -122,6 +127,7 @@ impl Queue {
         }
         self.sizes.insert(id, size);
         self.enqueue(id);
+        self.ledger.set(id, Fate::Queued);
         self.stats.total += size;
         self.left += size;
         true
@@ -154,9 +160,21 @@ impl Queue {
         self.sizes.contains_key(id)
     }
 
+    /// Takes a file out of the job: it no longer matches the selection. See
+    /// [`Queue::remove_because`].
     pub fn remove(&mut self, id: &PnfsId) -> Removal {
+        self.remove_because(id, Fate::NoLongerSelected)
+    }
+
+    /// Takes a file out of the job, to be reported with `fate` ([`Fate::GoneFromSource`],
+    /// [`Fate::NoLongerSelected`]); a running file gets it when its task ends cancelled.
+    pub fn remove_because(&mut self, id: &PnfsId, fate: Fate) -> Removal {
         if let Some(task) = self.running.get(id) {
+            self.ledger.leaving.insert(*id, fate);
             return Removal::Running(*task);
+        }
+        if self.sizes.contains_key(id) {
+            self.ledger.set(*id, fate);
         }
         let Some(size) = self.sizes.remove(id) else { return Removal::NotHere };
         self.left -= size;
@@ -182,6 +200,7 @@ impl Queue {
             if self.due.get(&id) == Some(&at) {
                 self.due.remove(&id);
                 self.enqueue(id);
+                self.ledger.set(id, Fate::Queued);
             }
         }
     }
@@ -203,6 +222,7 @@ impl Queue {
         }
         self.queued_bytes -= self.sizes.get(&id).copied().unwrap_or(0);
         self.running.insert(id, task);
+        self.ledger.set(id, Fate::Running);
         self.stats.attempts += 1;
         self.tidy();
         true
@@ -210,6 +230,8 @@ impl Queue {
 
     pub fn completed(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
+            self.ledger.set(*id, Fate::Done);
+            self.ledger.leaving.remove(id);
             let size = self.sizes.remove(id).unwrap_or(0);
             self.left -= size;
             self.stats.completed += 1;
@@ -217,6 +239,14 @@ impl Queue {
             if let Some(f) = self.failures.get_mut(id) {
                 f.since = AfterFailure::Done;
             }
+        }
+    }
+
+    /// A running file completed, with where and how its copies are (the report).
+    pub fn completed_as(&mut self, id: &PnfsId, placed: Placed) {
+        if self.running.contains_key(id) {
+            self.completed(id);
+            self.ledger.placed(*id, placed);
         }
     }
 
@@ -245,10 +275,13 @@ impl Queue {
         entry.last_at = now;
         entry.permanent = permanent;
         entry.since = AfterFailure::Pending;
+        self.ledger.leaving.remove(id);
         if permanent {
             self.left -= self.sizes.remove(id).unwrap_or(0);
+            self.ledger.set(*id, Fate::GivenUp);
             return None;
         }
+        self.ledger.set(*id, Fate::Waiting);
         let at = now.saturating_add(backoff.delay(entry.attempts).as_millis() as i64);
         self.retry.insert((at, *id));
         self.due.insert(*id, at);
@@ -260,12 +293,24 @@ impl Queue {
     pub fn requeue(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
             self.enqueue(*id);
+            self.ledger.set(*id, Fate::Queued);
         }
     }
 
     /// A cancelled task's file leaves the job (§3.7).
     pub fn cancelled(&mut self, id: &PnfsId) {
+        let fate = self.ledger.leaving.remove(id).unwrap_or(Fate::Cancelled);
+        self.cancelled_as(id, fate);
+    }
+
+    /// A running file was found gone from the source when its turn came: it leaves the job.
+    pub fn gone(&mut self, id: &PnfsId) {
+        self.cancelled_as(id, Fate::GoneFromSource);
+    }
+
+    fn cancelled_as(&mut self, id: &PnfsId, fate: Fate) {
         if self.running.remove(id).is_some() {
+            self.ledger.set(*id, fate);
             self.left -= self.sizes.remove(id).unwrap_or(0);
             if let Some(f) = self.failures.get_mut(id) {
                 f.since = AfterFailure::Cancelled;
@@ -318,8 +363,17 @@ impl Queue {
         self.failures.iter()
     }
 
-    /// Drops everything still to do (a job reaching a terminal state).
+    /// What became of every file the job selected (`migration report`).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Drops everything still to do (a job reaching a terminal state): the files queued or
+    /// waiting are reported as not tried.
     pub fn clear(&mut self) {
+        for id in self.tickets.keys().chain(self.due.keys()) {
+            self.ledger.set(*id, Fate::NotTried);
+        }
         self.queued.clear();
         self.tickets.clear();
         self.queued_bytes = 0;

@@ -241,6 +241,8 @@ pub struct Task {
     attempts: u64,
     /// A confirmed copy carried the pins.
     pins_moved: bool,
+    /// A new replica (not an update of one a target held) was confirmed.
+    new_copy: bool,
     /// The first holder that did not answer.
     silent_holder: Option<PoolName>,
     /// Why the last holder could not bring its replica up to date (a failed `-verify`, ...):
@@ -277,6 +279,7 @@ impl Task {
             attempt_base,
             attempts: 0,
             pins_moved: false,
+            new_copy: false,
             silent_holder: None,
             holder_error: None,
         }
@@ -284,6 +287,12 @@ impl Task {
 
     pub fn state(&self) -> TaskState {
         self.state
+    }
+
+    /// Whether a new replica was made (else the file was already on its targets, updated in
+    /// place or left as it was): the completion report's `done` against `already in place`.
+    pub fn made_new_copy(&self) -> bool {
+        self.new_copy
     }
 
     /// The task's latest attempt: the one under way, or the last one made (`None` before the
@@ -567,6 +576,7 @@ impl Task {
         match result {
             Ok(()) => {
                 let pins = self.current.as_ref().is_some_and(|a| a.pins);
+                self.new_copy |= !existing;
                 self.replicas.insert(target);
                 if pins {
                     self.pins_moved = true;

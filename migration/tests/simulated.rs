@@ -1477,3 +1477,38 @@ fn a_batch_of_copies_too_large_is_refused_whole() {
         }
     });
 }
+
+/// A copy whose copies land cached (evictable) on a target with room for 13 of its 20 files:
+/// the job's own count of what it sent says the target is full, while the target can make
+/// room for every one. The job asks the target again before deciding there is no room, so it
+/// never notes "All target pools are full" and no file fails or waits a backoff for want of
+/// room: each file goes as soon as the one before it landed (docs/operator-guide.md, "Full
+/// targets").
+#[test]
+fn a_job_asks_again_before_it_decides_that_no_target_has_room() {
+    run("a_job_asks_again_before_it_decides_that_no_target_has_room", SEEDS / 4, |seed| async move {
+        const SIZE: usize = 2_000_000;
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::none());
+        config.pools[1].capacity = 13 * SIZE as u64 + SIZE as u64 / 2;
+        let mut sim = Sim::new(seed, config);
+        let files: Vec<PnfsId> = (0..20).map(|_| sim.add_file("p1", FileSpec::cached(SIZE))).collect();
+        for id in &files {
+            sim.unprotect(id);
+        }
+        let start = tokio::time::Instant::now();
+        let job = sim.create("p1", JobKind::Copy, &["-tmode=cached", "-concurrency=1", "-refresh=300"], &["p2"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        let took = start.elapsed();
+        let info = sim.info("p1", &job);
+        assert_eq!(info_number(&info, "Completed"), 20, "{info}");
+        assert!(!info.contains("All target pools are full"), "decided on a stale view:\n{info}");
+        let failed = sim.module("p1").info_failed(&job).unwrap();
+        assert!(!failed.contains("attempts="), "no file failed:\n{failed}");
+        // Twenty copies of about two seconds each, one at a time, and a refresh round trip
+        // now and then; far from the 300 s to the next periodic refresh.
+        assert!(took < Duration::from_secs(120), "the job took {took:?}");
+        assert_eq!(sim.evicted("p2").len(), 7, "the target made room by evicting its cached copies");
+        sim.settle().await;
+        sim.assert_no_violations();
+    });
+}

@@ -264,6 +264,8 @@ impl<W: World> Cx<'_, W> {
         let now = self.world.tick();
         let source = self.world.cost();
         self.s.refreshing = false;
+        let asked_at = self.s.room.asked_at;
+        self.s.room = RoomView { answered_at: Some(self.world.now()), reserved: false, asked_at, awaiting: false };
         let before = self.s.infos.take().unwrap_or_default();
         let mut infos: Vec<TargetInfo> = answers
             .into_iter()
@@ -384,7 +386,7 @@ impl<W: World> Cx<'_, W> {
         let job = self.job;
         let filter = &job.def.filter;
         let Some(entry) = entry.as_ref().filter(|e| e.state != ReplicaState::Removed) else {
-            if let Removal::Running(_) = self.s.queue.remove(&id) {
+            if let Removal::Running(_) = self.s.queue.remove_because(&id, Fate::GoneFromSource) {
                 self.feed(id, TaskEvent::Cancel { reason: "replica deleted".into() });
             }
             return;
@@ -491,6 +493,11 @@ impl<W: World> Cx<'_, W> {
         if finishing >= carried.saturating_mul(2) {
             free = 0;
         }
+        if free > 0 && self.room_stale(now) {
+            // No target has room for the next file as the job sees them, but the view is
+            // stale: the targets are asked again, and the job decides on their answer.
+            return;
+        }
         if free > 0 {
             let (units, busy) = self.pick_units(free);
             for id in busy {
@@ -536,10 +543,20 @@ impl<W: World> Cx<'_, W> {
         // The bytes of the last unit, while it may take more small files.
         let mut open: Option<u64> = None;
         let mut busy = Vec::new();
+        // No more bytes than the targets have room for as the job sees them (beyond the first
+        // file): the files past that wait for the targets' next answer (`room_stale`) rather
+        // than fail for want of room on figures the job counted itself.
+        let room: u64 = usable(self.s)
+            .filter_map(|t| t.cost.filter(|c| c.accepts))
+            .fold(0u64, |sum, c| sum.saturating_add(c.space.free.saturating_add(c.space.removable)));
+        let mut taken = 0u64;
         // The file lock is claimed here, in the same step that finds it free
         // ([`World::claim`]), so two jobs never both start a task on one file.
         for id in self.s.queue.queued() {
             let size = self.s.queue.size(id);
+            if taken > 0 && taken.saturating_add(size) > room {
+                break;
+            }
             let small = max_files > 1 && size <= SMALL_FILE && size <= max_bytes;
             let joins = small
                 && open.is_some_and(|bytes| bytes + size <= max_bytes)
@@ -551,6 +568,7 @@ impl<W: World> Cx<'_, W> {
                 busy.push(*id);
                 continue;
             }
+            taken = taken.saturating_add(size.max(1));
             if joins {
                 units.last_mut().expect("an open unit").push(*id);
                 open = open.map(|bytes| bytes + size);
@@ -684,6 +702,51 @@ impl<W: World> Cx<'_, W> {
         }
     }
 
+    /// Whether the job must ask its targets again before it decides that none has room: the
+    /// next queued file fits on no usable target as the job sees them, and those figures are
+    /// stale (the job counted copies of its own against them since they came, or they are
+    /// older than [`ROOM_FRESH`]). Asks (one refresh at a time, at most one per
+    /// [`ROOM_FRESH`], else a wake-up when the next may go) and returns true: the scheduler
+    /// starts nothing until the answer.
+    fn room_stale(&mut self, now: EpochMillis) -> bool {
+        let Some(size) = self.s.queue.queued().next().map(|id| self.s.queue.size(id)) else { return false };
+        let (mut open, mut room) = (false, false);
+        for c in usable(self.s).filter_map(|t| t.cost.filter(|c| c.accepts)) {
+            open = true;
+            room |= c.space.free.saturating_add(c.space.removable) >= size.max(1);
+        }
+        // No target at all (offline, disabled) is not a question of room.
+        if !open || room {
+            return false;
+        }
+        if self.room_fresh(now) {
+            return false;
+        }
+        let fresh_ms = ROOM_FRESH.as_millis() as i64;
+        let room = &self.s.room;
+        if room.awaiting {
+            return true;
+        }
+        if let Some(asked) = room.asked_at
+            && now.saturating_sub(asked) < fresh_ms
+        {
+            self.wake_at(asked + fresh_ms, now);
+            return true;
+        }
+        tracing::debug!(job = %self.job.id, size, "no target has room as last seen; asking them again first");
+        self.s.room.asked_at = Some(now);
+        self.s.room.awaiting = true;
+        self.refresh_soon();
+        true
+    }
+
+    /// Whether the targets' figures are their own answer of less than [`ROOM_FRESH`] ago, with
+    /// no copy of the job counted against them since.
+    fn room_fresh(&self, now: EpochMillis) -> bool {
+        let room = &self.s.room;
+        !room.reserved && room.answered_at.is_some_and(|at| now.saturating_sub(at) < ROOM_FRESH.as_millis() as i64)
+    }
+
     /// Counts a new copy against the target's figures at once, until the next refresh replaces
     /// them: the job neither piles copies onto a pool that looked emptiest at the last refresh
     /// nor keeps sending to a pool its `-include-when` no longer admits (a rebalance would
@@ -691,6 +754,7 @@ impl<W: World> Cx<'_, W> {
     fn reserve(&mut self, target: &PoolName, size: u64) {
         let Some(info) = self.s.infos.iter_mut().flatten().find(|t| t.name == *target) else { return };
         let Some(mut cost) = info.cost else { return };
+        self.s.room.reserved = true;
         cost.space.used = cost.space.used.saturating_add(size);
         cost.space.free = cost.space.free.saturating_sub(size);
         info.cost = Some(cost);
@@ -766,8 +830,8 @@ impl<W: World> Cx<'_, W> {
         let entry = match self.world.entry(&id) {
             Ok(Some(e)) if e.state.is_committed() => e,
             Ok(_) => {
-                // Gone (or going) since the scan: nothing to do.
-                self.s.queue.cancelled(&id);
+                // Gone (or going) since the scan: nothing to do (reported as gone from source).
+                self.s.queue.gone(&id);
                 self.unlock(&id);
                 return;
             }
@@ -1083,7 +1147,9 @@ impl<W: World> Cx<'_, W> {
                 // No target could take it (all full, offline, unreachable): the view may be
                 // stale (the job counts its own copies against figures from before they
                 // landed): the targets are asked again now, so the retry sees what they are.
-                if error.code() == Some(ErrorCode::Offline) {
+                // (Not when the view is fresh: the failure was decided on the targets' own
+                // answer, and a refresh per failed file would flood them.)
+                if error.code() == Some(ErrorCode::Offline) && !self.room_fresh(self.world.now()) {
                     self.refresh_soon();
                 }
                 self.s.queue.failed(&id, permanent, error, now, &self.job.settings.backoff);
@@ -1116,7 +1182,20 @@ impl<W: World> Cx<'_, W> {
             }
             Ok(Applied::Done) => {
                 tracing::debug!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "source mode applied; file done");
-                self.s.queue.completed(&id);
+                // The completion report: where its copies are, and whether the targets
+                // compared the data with the source's checksum (docs/admin-commands.md).
+                // A file already on its targets (left as it was, or its replicas updated in
+                // place) is `already in place`; a new copy's data were checked against the
+                // source's checksum by its target, an existing replica's only with -verify.
+                let in_place = !r.task.made_new_copy();
+                let checked = !in_place || self.job.def.verify;
+                let placed = Placed {
+                    targets: r.task.replicas().iter().cloned().collect(),
+                    state: r.state,
+                    checksum_matched: r.entry.attrs.checksum.is_some() && checked,
+                    in_place,
+                };
+                self.s.queue.completed_as(&id, placed);
                 let size = r.entry.attrs.size;
                 let now = self.world.rate_clock();
                 self.s.recent.push_back((now, size));

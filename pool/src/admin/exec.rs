@@ -170,6 +170,13 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             };
             reply(out, text)
         }
+        Command::MigrationReport { job, all, json } => {
+            let report = migration(pool)?.completion(job.as_str(), all);
+            let text = report.map(|r| {
+                if json { serde_json::to_string_pretty(&r).expect("a report always serialises") } else { r.render() }
+            });
+            reply(out, text)
+        }
         Command::MigrationSuspend { job } => reply(out, migration(pool)?.suspend(job.as_str())),
         Command::MigrationResume { job } => reply(out, migration(pool)?.resume(job.as_str())),
         Command::MigrationCancel { job, force } => {

@@ -90,6 +90,13 @@ pub enum Command {
         job: JobId,
         view: InfoView,
     },
+    /// `migration report`: every file the job selected and what became of it.
+    MigrationReport {
+        job: JobId,
+        /// `-all`: the done files too.
+        all: bool,
+        json: bool,
+    },
     MigrationSuspend {
         job: JobId,
     },
@@ -708,6 +715,24 @@ pub static COMMANDS: &[CommandSpec] = &[
         ],
         examples: &["migration info 1", "migration info -failed drain", "migration info -json 1"],
         parse: parse_migration_info,
+    },
+    CommandSpec {
+        name: "migration report",
+        args: "<job>",
+        summary: "account for every file a job selected: done, already in place, skipped, failed",
+        details: concat!(
+            "Counts of the job's files by fate (done, already in place, gone from source, no longer\n",
+            "selected, given up, cancelled, not tried, queued, running, waiting); they add up to the\n",
+            "files selected. Then one line per file not done (with -all: per file): its fate, targets,\n",
+            "target state, whether the checksum was compared, failed tries and last error. Kept until\n",
+            "`migration clear`; a permanent job counts every distinct file seen so far.",
+        ),
+        options: &[flag("all", "list every file, the done ones too"), flag("json", "the report as one JSON object")],
+        examples: &["migration report 1", "migration report -all drain", "migration report -json -all 1"],
+        parse: |inv| {
+            let job = job_arg(inv)?;
+            Ok(Command::MigrationReport { job, all: inv.flag("all")?, json: inv.flag("json")? })
+        },
     },
     CommandSpec {
         name: "migration suspend",
@@ -1734,6 +1759,7 @@ mod tests {
             "log ls",
             "migration ls",
             "migration info",
+            "migration report",
             "rebalance pgroup",
             "rebalance cancel pgroup",
         ];

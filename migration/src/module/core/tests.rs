@@ -672,7 +672,7 @@ fn targets_going_offline_mid_batch() {
             name: "the target restarted: the batch's copies are lost and retried later",
             given: mid_batch,
             event: |job| if job.target() == pool(2) { refreshed(2, 1) } else { refreshed(1, 2) },
-            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2 Refresh",
+            want: "RUNNING q=0 w=3 r=2 u=[2] | Copy*2",
         },
         Row {
             name: "a restarted pool that was not in use: nothing happens",
@@ -1073,4 +1073,237 @@ fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() 
     // It answers: new copies may go there again.
     job.send(refreshed(1, 1)).unwrap();
     assert_eq!(unreachable(&job, &gone), Some(false));
+}
+
+/// The completion report's counts (docs/admin-commands.md, `migration report`):
+/// `done in_place gone unselected given_up cancelled not_tried | queued running waiting`.
+fn accounted(job: &TestJob) -> String {
+    let l = job.s.queue.ledger();
+    let n = |f| l.count(f);
+    let sum: u64 = crate::ledger::Fate::ALL.iter().map(|f| l.count(*f)).sum();
+    assert_eq!(sum, l.len(), "the counts add up to the files");
+    use crate::ledger::Fate::*;
+    format!(
+        "{} {} {} {} {} {} {} | {} {} {}",
+        n(Done),
+        n(InPlace),
+        n(GoneFromSource),
+        n(NoLongerSelected),
+        n(GivenUp),
+        n(Cancelled),
+        n(NotTried),
+        n(Queued),
+        n(Running),
+        n(Waiting)
+    )
+}
+
+impl TestJob {
+    /// The source modes asked for by the last event applied.
+    fn applied(&mut self) {
+        let items: Vec<PnfsId> = (self.last.iter())
+            .filter_map(|a| if let Action::SourceModes(items) = a { Some(items) } else { None })
+            .flatten()
+            .map(|i| i.pnfsid)
+            .collect();
+        let results = items.into_iter().map(|id| (id, Ok(Applied::Done))).collect();
+        self.send(JobEvent::SourceModesApplied(results)).unwrap();
+    }
+}
+
+/// Every file the job selected is accounted for, once, whatever became of it; the counts add
+/// up to the files selected at every step.
+#[test]
+fn completion_report_accounts_for_every_file() {
+    type Given = fn() -> TestJob;
+    let rows: Vec<(&str, Given, &str, &str)> = vec![
+        (
+            "all three copied",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).scanned().online().located().copying();
+                job.send(job.done(&[1, 2, 3])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "3 0 0 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "the targets already hold the first file as wanted: nothing sent for it",
+            || {
+                let mut job = TestJob::new(&[], &small(2), 1).scanned().online();
+                let (ids, pools) = job.asked.take().unwrap();
+                let held = Held { pnfsid: file(1), state: ReplicaState::Precious, sticky: Vec::new(), checksum: None };
+                let mut answers: HashMap<PoolName, Option<HashMap<PnfsId, Held>>> =
+                    pools.iter().map(|p| (p.clone(), Some(HashMap::new()))).collect();
+                answers.insert(pool(2), Some(HashMap::from([(file(1), held)])));
+                job.send(JobEvent::Located { ids, pools, answers }).unwrap();
+                job.applied();
+                job = job.copying();
+                job.send(job.done(&[2])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "1 1 0 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "one deleted while queued, one deleted while copied, one gone before its turn",
+            || {
+                let mut job = TestJob::new(&[], &small(4), 1).batch_files(2).scanned();
+                job.w.entries.remove(&file(4));
+                job = job.online().located().copying();
+                for n in [1, 3] {
+                    job.w.entries.remove(&file(n));
+                    job.send(JobEvent::RepoChanged { id: file(n), change: RepoChange::Removed, entry: None }).unwrap();
+                }
+                job.send(job.done(&[2])).unwrap();
+                job.applied();
+                job
+            },
+            "FINISHED",
+            "1 0 3 0 0 0 0 | 0 0 0",
+        ),
+        (
+            "one that changed while queued and no longer matches",
+            || {
+                let mut job = TestJob::new(&["-state=precious"], &small(3), 1).batch_files(1).scanned().online();
+                job.w.entries.get_mut(&file(3)).unwrap().state = ReplicaState::Cached;
+                let entry = job.w.entries.get(&file(3)).cloned();
+                let from = ReplicaState::Precious;
+                job.send(JobEvent::RepoChanged { id: file(3), change: RepoChange::State { from }, entry }).unwrap();
+                job
+            },
+            "RUNNING",
+            "0 0 0 1 0 0 0 | 1 1 0",
+        ),
+        (
+            "given up (the target says the source file does not exist) and failed, waiting",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).scanned().online().located().copying();
+                let gone = RemoteError::new(ErrorCode::FileNotFound, "no such file");
+                let full = RemoteError::new(ErrorCode::Timeout, "no room");
+                let events = vec![job.finished(1, Err(gone)), job.finished(2, Err(full)), job.finished(3, Ok(()))];
+                job.send(JobEvent::Tasks(events)).unwrap();
+                job.applied();
+                job
+            },
+            "SLEEPING",
+            "1 0 0 0 1 0 0 | 0 0 1",
+        ),
+        (
+            "cancelled with -force: the running file cancelled, the queued ones not tried",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).batch_files(1).scanned().online().located().copying();
+                let cancel = Command::Cancel { force: true, reason: "test".into() };
+                job.send(JobEvent::Operator(cancel)).unwrap();
+                job
+            },
+            "CANCELLED",
+            "0 0 0 0 0 1 2 | 0 0 0",
+        ),
+        (
+            "cancelled while a failed file waits (the next one running): not tried again",
+            || {
+                let mut job = TestJob::new(&[], &small(3), 1).batch_files(1).scanned().online().located().copying();
+                let full = RemoteError::new(ErrorCode::Timeout, "no room");
+                job.send(JobEvent::Tasks(vec![job.finished(1, Err(full))])).unwrap();
+                let cancel = Command::Cancel { force: true, reason: "test".into() };
+                job.send(JobEvent::Operator(cancel)).unwrap();
+                job
+            },
+            "CANCELLED",
+            "0 0 0 0 0 1 2 | 0 0 0",
+        ),
+    ];
+    for (name, given, state, want) in rows {
+        let job = given();
+        assert_eq!((job.s.state.as_str(), accounted(&job).as_str()), (state, want), "row {name:?}");
+    }
+}
+
+/// pool2 with `free` bytes of room, pool3 full.
+fn room(free: u64) -> JobEvent {
+    let with = |free: u64| {
+        let total = 1 << 40;
+        let space = SpaceInfo { total, used: total - free, free, precious: 0, removable: 0 };
+        Some(PoolCost { space, load: 0, accepts: true, enabled: true, run: 1 })
+    };
+    JobEvent::Refreshed(vec![(pool(2), with(free)), (pool(3), with(0))])
+}
+
+/// Files of 2 MiB (a unit each), `n` at a time; pool2 had room for two of them at the
+/// refresh; the first one or two copied there, their source modes under way: the job's
+/// view of pool2 is its own count, with no room left.
+fn counted_full(concurrency: usize) -> TestJob {
+    let mut job = TestJob::new(&[], &[2 * MIB; 4], concurrency).scanned();
+    job.send(room(concurrency as u64 * 2 * MIB + MIB / 2)).unwrap();
+    job = job.located().copying();
+    job
+}
+
+/// A job never decides that no target has room on a stale view: it asks the targets again
+/// first (one refresh at a time, at most one per 2 s), and decides on their answer.
+#[test]
+fn no_room_is_decided_on_a_fresh_view_only() {
+    let rows = vec![
+        Row {
+            name: "no room as the job counted its own copies: the targets are asked first, nothing starts",
+            given: || counted_full(1),
+            event: |job| job.done(&[1]),
+            want: "RUNNING q=3 w=0 r=1 u=[] | Refresh SourceModes(1)",
+        },
+        Row {
+            name: "while the question is out, nothing starts and nothing more is asked",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| JobEvent::SourceModesApplied(vec![(file(1), Ok(Applied::Done))]),
+            want: "RUNNING q=3 w=0 r=0 u=[] | ",
+        },
+        Row {
+            name: "the fresh answer shows room: the next file starts at once",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| room(3 * MIB),
+            want: "RUNNING q=2 w=0 r=2 u=[1] | Copy",
+        },
+        Row {
+            name: "the fresh answer still says full: the file is tried and fails for want of room, noted; no refresh again",
+            given: || {
+                let mut job = counted_full(1);
+                job.send(job.done(&[1])).unwrap();
+                job
+            },
+            event: |_| room(MIB),
+            want: "RUNNING q=2 w=1 r=1 u=[] | ",
+        },
+        Row {
+            name: "stale again within 2 s of the last question: a wake-up when the next may go",
+            given: || {
+                let mut job = counted_full(2);
+                job.send(job.done(&[1])).unwrap();
+                job.send(room(3 * MIB)).unwrap();
+                job = job.copying();
+                job.w.now += 500;
+                job
+            },
+            event: |job| job.done(&[2]),
+            want: "RUNNING q=1 w=0 r=3 u=[1] | SourceModes(1) Wake+1s",
+        },
+        Row {
+            name: "a batch takes no more bytes than the targets have room for as last seen",
+            given: || TestJob::new(&[], &small(10), 1).scanned(),
+            event: |_| room(3 * KIB + KIB / 2),
+            want: "RUNNING q=7 w=0 r=3 u=[3] | Locate(10)",
+        },
+    ];
+    let jobs = check(rows);
+    assert!(jobs[0].notes().is_empty(), "nothing noted on a stale view: {:?}", jobs[0].notes());
+    assert_eq!(jobs[3].notes(), ["No targets available: All target pools are full."]);
 }
