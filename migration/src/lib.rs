@@ -10,6 +10,7 @@ pub mod filter;
 pub mod job_state;
 pub mod mode;
 pub mod module;
+pub mod plan;
 pub mod queue;
 pub mod rate;
 pub mod report;

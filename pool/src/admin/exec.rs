@@ -153,6 +153,10 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             Ok(out.write(&text)?)
         }
         Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
+        Command::MigrationDryRun { def, command, json } => {
+            let plan = migration(pool)?.dry_run_blocking(*def, command);
+            reply(out, plan.map(|p| if json { p.to_json() } else { p.render() }))
+        }
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
             for line in migration(pool)?.ls() {

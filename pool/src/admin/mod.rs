@@ -83,6 +83,12 @@ pub enum Command {
         def: Box<JobDefinition>,
         command: String,
     },
+    /// `migration copy|move|cache -dry-run`: the plan of the job, which is not made.
+    MigrationDryRun {
+        def: Box<JobDefinition>,
+        command: String,
+        json: bool,
+    },
     MigrationLs {
         json: bool,
     },
@@ -330,6 +336,16 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
         "expression",
         "when the expression holds, start no new task and finish once the running ones end (STOPPING); symbols as -pause-when; not with -permanent",
     ),
+    flag(
+        "dry-run",
+        "create no job: print the plan (files selected, where each would go, what is in place, skipped or not placed, and why); nothing is transferred or changed",
+    ),
+    valued(
+        "seed",
+        "n",
+        "seed of the target choice, for testing and to run a job as its dry run planned it (default: a seed of the moment; a dry run prints the one it used)",
+    ),
+    flag("json", "with -dry-run: the plan as one JSON document (schema: docs/json.md)"),
     valued(
         "target-deficit-mode",
         "wait|limit",
@@ -1103,9 +1119,20 @@ impl definition::Options for JobOptions<'_> {
 /// bad line is refused here and no job is made.
 fn parse_migration_job(inv: &Invocation<'_>, kind: JobKind) -> Result<Command, ParseError> {
     let targets: Vec<String> = inv.args.iter().map(|t| t.text.clone()).collect();
+    let (dry_run, json) = (inv.flag("dry-run")?, inv.flag("json")?);
+    if json && !dry_run {
+        let (_, at) = inv.value("json").expect("-json was given");
+        return Err(ParseError::invalid(at, "-json only goes with -dry-run (a new job's reply is its summary line)"));
+    }
     let def = definition::parse(kind, &JobOptions(&inv.options), &targets)
         .map_err(|e| ParseError::invalid_line(e.to_string()))?;
-    let command = spec::command_line(inv.spec.name, &inv.options, &targets);
+    // The job's command as the real job would store it: without the options of the dry run.
+    let options: Vec<OptionArg> =
+        inv.options.iter().filter(|o| o.name != "dry-run" && o.name != "json").cloned().collect();
+    let command = spec::command_line(inv.spec.name, &options, &targets);
+    if dry_run {
+        return Ok(Command::MigrationDryRun { def: Box::new(def), command, json });
+    }
     Ok(Command::MigrationCreate { def: Box::new(def), command })
 }
 
