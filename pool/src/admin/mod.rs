@@ -1674,7 +1674,7 @@ mod tests {
         // Parse errors are found before `exec` runs, so no job is made.
         check_err(
             "migration copy -frobnicate pool2",
-            "unknown option -frobnicate; `help migration copy` lists its 33 options",
+            "unknown option -frobnicate; `help migration copy` lists its 36 options",
             "-frobnicate",
         );
         check_err("migration move -eager=yes pool2", "-eager takes no value (or true/false), not \"yes\"", "-eager");
