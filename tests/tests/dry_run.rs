@@ -122,3 +122,35 @@ fn a_bad_dry_run_is_refused_and_changes_nothing() {
     assert!(cluster.migration_ls("pool1").is_empty());
     assert!(cluster.rep_ls("pool2").is_empty());
 }
+
+/// `rebalance pgroup -dry-run`: each enabled pool prints the plan of its `rebalance` job (a
+/// pool above the group's level gives files away until it would be at the level); no job is
+/// cancelled or started, and no replica moves.
+#[test]
+fn a_rebalance_dry_run_plans_per_source_pool_and_starts_nothing() {
+    let pools = ["pool1", "pool2", "pool3"];
+    let cluster = started(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["disk"])]);
+    let seeds: Vec<(usize, u64)> = (0..8).map(|i| (200_000, 300 + i)).collect();
+    cluster.put_samples("pool1", &seeds, &["--storage", "test:disk"]);
+    let before = snapshot(&cluster, &pools);
+
+    let text = ok(&cluster, "pool1", "rebalance pgroup -dry-run disk\n");
+    let json = ok(&cluster, "pool2", "rebalance pgroup -dry-run -json disk\n");
+    assert_eq!(snapshot(&cluster, &pools), before, "a dry run moves nothing");
+    for p in pools {
+        assert!(cluster.migration_ls(p).is_empty(), "{p} has no job");
+    }
+    for p in pools {
+        assert!(text.contains(&format!("{p}: Dry run    : migration move -id=rebalance")), "{p} planned:\n{text}");
+    }
+    let doc: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let plans = doc["pools"].as_array().unwrap();
+    assert_eq!(plans.len(), 3, "{json}");
+    assert!(plans.iter().all(|p| p["outcome"] == "planned"), "{json}");
+    let first = &plans[0]["plan"];
+    assert_eq!((plans[0]["pool"].as_str(), first["selected"]["files"].as_u64()), (Some("pool1"), Some(8)));
+    let placed = first["placed"]["files"].as_u64().unwrap();
+    assert!((1..8).contains(&placed), "pool1 gives some of its files, not all: {placed}\n{json}");
+    assert_eq!(first["skipped"]["files"].as_u64(), Some(8 - placed), "the rest are left when the level is reached");
+    assert_eq!(plans[1]["plan"]["selected"]["files"], 0);
+}

@@ -202,8 +202,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::MigrationGetDefaultRefresh => {
             reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
         }
-        Command::Rebalance { group, metric, refresh, json } => {
-            crate::rebalance::start(pool, &group, metric, refresh, json, out)
+        Command::Rebalance { group, metric, refresh, json, dry_run } => {
+            crate::rebalance::start(pool, &group, metric, refresh, json, dry_run, out)
         }
         Command::RebalanceCancel { group, json } => crate::rebalance::cancel(pool, &group, json, out),
     }

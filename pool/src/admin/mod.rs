@@ -131,6 +131,8 @@ pub enum Command {
         refresh: u64,
         /// `-json`: the plan and each pool's outcome as one JSON object.
         json: bool,
+        /// `-dry-run`: no job cancelled nor started; each enabled pool prints its job's plan.
+        dry_run: bool,
     },
     /// `rebalance cancel pgroup`.
     RebalanceCancel {
@@ -889,11 +891,16 @@ pub static COMMANDS: &[CommandSpec] = &[
                 "how often each job fetches the other pools' space (default: 30); the levels are only as fresh as this",
             ),
             JSON,
+            flag(
+                "dry-run",
+                "cancel and start nothing: each enabled pool prints the plan of its job (`migration move -dry-run`)",
+            ),
         ],
         examples: &[
             "rebalance pgroup disk",
             "rebalance pgroup -metric=free -refresh=10 disk",
             "rebalance pgroup -json disk",
+            "rebalance pgroup -dry-run disk",
         ],
         parse: parse_rebalance,
     },
@@ -1176,7 +1183,7 @@ fn parse_rebalance(inv: &Invocation<'_>) -> Result<Command, ParseError> {
             }
         },
     };
-    Ok(Command::Rebalance { group, metric, refresh, json: inv.flag("json")? })
+    Ok(Command::Rebalance { group, metric, refresh, json: inv.flag("json")?, dry_run: inv.flag("dry-run")? })
 }
 
 fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
@@ -1253,6 +1260,7 @@ mod tests {
                 metric: Metric::Relative,
                 refresh: rebalance::DEFAULT_REFRESH,
                 json: true,
+                dry_run: false,
             },
         );
         check("rebalance cancel pgroup -json disk", Command::RebalanceCancel { group: "disk".into(), json: true });
@@ -1405,9 +1413,18 @@ mod tests {
 
     #[test]
     fn rebalance_commands() {
-        let rebalance =
-            |group: &str, metric, refresh| Command::Rebalance { group: group.into(), metric, refresh, json: false };
+        let rebalance = |group: &str, metric, refresh| Command::Rebalance {
+            group: group.into(),
+            metric,
+            refresh,
+            json: false,
+            dry_run: false,
+        };
         check("rebalance pgroup disk", rebalance("disk", Metric::Relative, 30));
+        check(
+            "rebalance pgroup -dry-run disk",
+            Command::Rebalance { dry_run: true, ..rebalance("disk", Metric::Relative, 30) },
+        );
         check("rebalance pgroup -metric=free disk", rebalance("disk", Metric::Free, 30));
         check("rebalance pgroup -refresh=5 -metric=relative disk", rebalance("disk", Metric::Relative, 5));
         check("rebalance cancel pgroup disk", Command::RebalanceCancel { group: "disk".into(), json: false });
