@@ -1423,7 +1423,13 @@ mod tests {
         check("rebalance pgroup disk", rebalance("disk", Metric::Relative, 30));
         check(
             "rebalance pgroup -dry-run disk",
-            Command::Rebalance { dry_run: true, ..rebalance("disk", Metric::Relative, 30) },
+            Command::Rebalance {
+                group: "disk".into(),
+                metric: Metric::Relative,
+                refresh: 30,
+                json: false,
+                dry_run: true,
+            },
         );
         check("rebalance pgroup -metric=free disk", rebalance("disk", Metric::Free, 30));
         check("rebalance pgroup -refresh=5 -metric=relative disk", rebalance("disk", Metric::Relative, 5));
