@@ -1389,6 +1389,7 @@ mod tests {
         check("migration get concurrency-default", Command::MigrationGetDefaultConcurrency);
 
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        check_err("migration copy -json pool2", "-json only goes with -dry-run", "-json");
         check_err("migration suspend 1 2", "unexpected argument", "2");
         check_err("migration cancel -force=maybe 1", "takes no value", "-force");
         check_err("migration set concurrency 1 x", "concurrency: \"x\" is not a whole number", "x");
@@ -1744,6 +1745,9 @@ mod tests {
             "pause-when",
             "stop-when",
             "target-deficit-mode",
+            "dry-run",
+            "seed",
+            "json",
         ] {
             assert!(help.contains(&format!("\n    -{name}")), "help migration copy lacks -{name}:\n{help}");
         }
@@ -1761,7 +1765,7 @@ mod tests {
         }
         for name in ["migration move", "migration cache"] {
             let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();
-            assert_eq!(spec.options.len(), 33, "{name} takes the options of migration copy");
+            assert_eq!(spec.options.len(), 36, "{name} takes the options of migration copy");
         }
     }
 
@@ -1771,6 +1775,7 @@ mod tests {
         check_err("rep ls -json -s=k", "use -s or -s=b", "-s");
         check_err("info -json=yes", "-json takes no value", "-json");
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        check_err("migration copy -json pool2", "-json only goes with -dry-run", "-json");
         let listing = [
             "info",
             "rep ls",
@@ -1781,6 +1786,10 @@ mod tests {
             "migration info",
             "rebalance pgroup",
             "rebalance cancel pgroup",
+            // With -dry-run only: the plan is a status of what the job would do.
+            "migration copy",
+            "migration move",
+            "migration cache",
         ];
         for spec in COMMANDS {
             let has = spec.options.iter().any(|o| o.name == "json");
