@@ -99,6 +99,9 @@ pub struct JobDefinition {
     pub pause_when: Option<Expr>,
     pub stop_when: Option<Expr>,
     pub deficit: DeficitMode,
+    /// `-seed`: the seed of the job's target choice (for testing, and to run a job as its dry
+    /// run planned it, docs/admin-commands.md); `None`: a seed of the moment.
+    pub seed: Option<u64>,
 }
 
 /// The options of one command line, as the admin layer parsed them.
@@ -250,6 +253,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         }
         Some(v) => return Err(invalid_choice(v, "target", "pool, pgroup, link or hsm")),
     };
+    let seed = number::<u64>(opts, "seed")?;
     let id = match last(opts, "id") {
         None => None,
         Some(v) => Some(v.parse::<JobId>().map_err(|e| MigrationError::invalid(e.to_string()))?),
@@ -281,6 +285,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
         pause_when,
         stop_when,
         deficit,
+        seed,
     })
 }
 
@@ -439,10 +444,13 @@ mod tests {
                 "-include=pool*",
                 "-refresh=30",
                 "-target=pgroup",
+                "-seed=18446744073709551615",
             ],
             &["disk"],
         );
         assert_eq!(d.id.as_ref().map(|i| i.as_str()), Some("drain"));
+        assert_eq!(d.seed, Some(u64::MAX));
+        assert_eq!(ok(JobKind::Copy, &[], &["p"]).seed, None);
         assert_eq!(d.filter.state, Some(ReplicaState::Precious));
         assert_eq!(d.filter.cache_class, Some(String::new()));
         assert_eq!(d.filter.pnfsids.as_ref().map(|v| v.len()), Some(2));
@@ -461,6 +469,8 @@ mod tests {
             (&["-pins=drop"], &["p"], "drop: Invalid value for option -pins"),
             (&["-replicas=0"], &["p"], "Number of replicas must be positive."),
             (&["-replicas=x"], &["p"], "x: Invalid value for option -replicas"),
+            (&["-seed=x"], &["p"], "x: Invalid value for option -seed"),
+            (&["-seed=-1"], &["p"], "-1: Invalid value for option -seed"),
             (&["-permanent", "-order=size"], &["p"], "Permanent jobs cannot be ordered"),
             (&[], &[], "target(s) required when target type is pool"),
             (&["-tmode=delete"], &["p"], "delete: Invalid value"),

@@ -76,32 +76,83 @@ pub struct Candidate<'a> {
     pub sticky: &'a [StickyRecord],
 }
 
+/// The criterion of a [`FileFilter`] a replica fails (the first, in the order of the options'
+/// help), as a dry run reports the replicas a job leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// Not CACHED or PRECIOUS (or not the `-state` asked for).
+    State,
+    Storage,
+    Cache,
+    Pnfsid,
+    AccessLatency,
+    RetentionPolicy,
+    Size,
+    Accessed,
+    Sticky,
+}
+
+impl Criterion {
+    /// The option (or, for the state, the rule) as the operator knows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Criterion::State => "-state",
+            Criterion::Storage => "-storage",
+            Criterion::Cache => "-cache",
+            Criterion::Pnfsid => "-pnfsid",
+            Criterion::AccessLatency => "-al",
+            Criterion::RetentionPolicy => "-rp",
+            Criterion::Size => "-size",
+            Criterion::Accessed => "-accessed",
+            Criterion::Sticky => "-sticky",
+        }
+    }
+}
+
 impl FileFilter {
     pub fn accepts(&self, c: &Candidate<'_>, now: EpochMillis) -> bool {
+        self.miss(c, now).is_none()
+    }
+
+    /// The first criterion `c` fails; `None`: the filter selects it.
+    pub fn miss(&self, c: &Candidate<'_>, now: EpochMillis) -> Option<Criterion> {
         let state_ok = match self.state {
             Some(s) => c.state == s,
             None => c.state.is_committed(),
         };
         let a = c.attrs;
-        state_ok
-            && self.storage_class.as_ref().is_none_or(|s| a.storage_class.as_deref() == Some(s.as_str()))
-            && self.cache_class.as_ref().is_none_or(|s| match (s.as_str(), a.cache_class.as_deref()) {
-                ("", None) => true,
-                (want, Some(have)) => want == have,
-                _ => false,
-            })
-            && self.pnfsids.as_ref().is_none_or(|ids| ids.contains(&a.pnfsid))
-            && self.access_latency.is_none_or(|al| a.access_latency == Some(al))
-            && self.retention_policy.is_none_or(|rp| a.retention_policy == Some(rp))
-            && self.size.is_none_or(|i| i64::try_from(a.size).is_ok_and(|s| i.contains(s)))
-            && self.accessed.is_none_or(|i| i.contains((now - a.access_time) / 1000))
-            && self.sticky.as_ref().is_none_or(|f| match f {
-                StickyFilter::Any => !c.sticky.is_empty(),
-                StickyFilter::Owners { required, forbidden } => {
-                    let has = |o: &String| c.sticky.iter().any(|r| &r.owner == o);
-                    required.iter().all(has) && !forbidden.iter().any(has)
-                }
-            })
+        let checks = [
+            (Criterion::State, state_ok),
+            (
+                Criterion::Storage,
+                self.storage_class.as_ref().is_none_or(|s| a.storage_class.as_deref() == Some(s.as_str())),
+            ),
+            (
+                Criterion::Cache,
+                self.cache_class.as_ref().is_none_or(|s| match (s.as_str(), a.cache_class.as_deref()) {
+                    ("", None) => true,
+                    (want, Some(have)) => want == have,
+                    _ => false,
+                }),
+            ),
+            (Criterion::Pnfsid, self.pnfsids.as_ref().is_none_or(|ids| ids.contains(&a.pnfsid))),
+            (Criterion::AccessLatency, self.access_latency.is_none_or(|al| a.access_latency == Some(al))),
+            (Criterion::RetentionPolicy, self.retention_policy.is_none_or(|rp| a.retention_policy == Some(rp))),
+            (Criterion::Size, self.size.is_none_or(|i| i64::try_from(a.size).is_ok_and(|s| i.contains(s)))),
+            (Criterion::Accessed, self.accessed.is_none_or(|i| i.contains((now - a.access_time) / 1000))),
+            (
+                Criterion::Sticky,
+                self.sticky.as_ref().is_none_or(|f| match f {
+                    StickyFilter::Any => !c.sticky.is_empty(),
+                    StickyFilter::Owners { required, forbidden } => {
+                        let has = |o: &String| c.sticky.iter().any(|r| &r.owner == o);
+                        required.iter().all(has) && !forbidden.iter().any(has)
+                    }
+                }),
+            ),
+        ];
+        checks.into_iter().find(|(_, ok)| !ok).map(|(why, _)| why)
     }
 }
 
@@ -178,6 +229,28 @@ mod tests {
         let a = attrs();
         let c = Candidate { attrs: &a, state, sticky };
         assert_eq!(filter.accepts(&c, NOW), want, "{filter:?} on {state} {sticky:?}");
+    }
+
+    #[test]
+    fn a_miss_names_the_first_criterion_that_fails() {
+        use ReplicaState::*;
+        let a = attrs();
+        let pin = [StickyRecord { owner: "alice".into(), expire: -1 }];
+        let none = FileFilter::default();
+        let sticky = FileFilter { sticky: Some(parse_sticky("-alice").unwrap()), ..none.clone() };
+        let small = FileFilter { size: Some(Interval::parse("..10").unwrap()), ..sticky.clone() };
+        let table: &[(&FileFilter, ReplicaState, &[StickyRecord], Option<Criterion>)] = &[
+            (&none, Cached, &[], None),
+            (&none, Broken, &[], Some(Criterion::State)),
+            (&sticky, Precious, &pin, Some(Criterion::Sticky)),
+            (&sticky, Precious, &[], None),
+            (&small, Precious, &pin, Some(Criterion::Size)),
+        ];
+        for (filter, state, sticky, want) in table {
+            let c = Candidate { attrs: &a, state: *state, sticky };
+            assert_eq!(filter.miss(&c, NOW), *want, "{filter:?} on {state} {sticky:?}");
+            assert_eq!(filter.accepts(&c, NOW), want.is_none());
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod job_state;
 pub mod ledger;
 pub mod mode;
 pub mod module;
+pub mod plan;
 pub mod queue;
 pub mod rate;
 pub mod report;

@@ -48,6 +48,7 @@ use crate::update::plan_update;
 
 mod core;
 mod driver;
+mod dry;
 mod saved;
 mod server;
 mod source_mode;
@@ -515,22 +516,9 @@ impl<E: Env> Module<E> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(MigrationError::invalid("the pool is shutting down"));
         }
-        let cluster = EnvCluster(&*self.env);
-        let targets = targets::resolve(&cluster, self.env.name(), &def.targets, &def.include, &def.exclude)?;
-        if def.replicas > targets.len() {
-            // dCache accepted this and retried for ever.
-            return Err(MigrationError::invalid(format!(
-                "-replicas={} needs as many target pools, but there are {} ({})",
-                def.replicas,
-                targets.len(),
-                targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
-            )));
-        }
+        let targets = self.job_targets(&def)?;
         let now = self.env.now();
-        let smode = def.smode.records.iter().map(|r| r.at(now)).collect();
-        let tmode = def.tmode.records.iter().map(|r| r.at(now)).collect();
         let concurrency = concurrency.or(def.concurrency).unwrap_or_else(|| self.default_concurrency());
-        let refresh = Duration::from_secs(def.refresh.unwrap_or_else(|| self.default_refresh()));
         let job = {
             let mut jobs = self.jobs.lock();
             let id = match &id {
@@ -555,30 +543,69 @@ impl<E: Env> Module<E> {
                 }
                 None => jobs.fresh_id(),
             };
-            let seed = now as u64 ^ self.next_task.load(Ordering::Relaxed).rotate_left(17);
-            let job = Arc::new(Job {
-                id: Mutex::new(id),
-                command,
-                created,
-                smode,
-                tmode,
-                targets,
-                refresh,
-                rate: Arc::new(RateLimit::new(rate.or(def.rate).unwrap_or(0))),
-                stop: CancellationToken::new(),
-                halt: CancellationToken::new(),
-                rescanning: AtomicBool::new(false),
-                rescan_again: AtomicBool::new(false),
-                tasks: tokio_util::task::TaskTracker::new(),
-                timer_set: tokio::sync::Notify::new(),
-                s: Mutex::new(JobInner::new(concurrency, seed)),
-                def,
-            });
+            let seed = self.seed(&def, now);
+            let rate = rate.or(def.rate).unwrap_or(0);
+            let job = Arc::new(self.new_job(id, def, command, created, targets, concurrency, rate, seed));
             jobs.list.push(job.clone());
             job
         };
         self.start(&job);
         Ok(job)
+    }
+
+    /// A job's target pools, checked against its `-replicas` (a new job and a dry run alike).
+    fn job_targets(&self, def: &JobDefinition) -> Result<Vec<PoolName>, MigrationError> {
+        let cluster = EnvCluster(&*self.env);
+        let targets = targets::resolve(&cluster, self.env.name(), &def.targets, &def.include, &def.exclude)?;
+        if def.replicas > targets.len() {
+            // dCache accepted this and retried for ever.
+            return Err(MigrationError::invalid(format!(
+                "-replicas={} needs as many target pools, but there are {} ({})",
+                def.replicas,
+                targets.len(),
+                targets.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",")
+            )));
+        }
+        Ok(targets)
+    }
+
+    /// The seed of a job's target choice: `-seed`, else one of the moment.
+    fn seed(&self, def: &JobDefinition, now: EpochMillis) -> u64 {
+        def.seed.unwrap_or_else(|| now as u64 ^ self.next_task.load(Ordering::Relaxed).rotate_left(17))
+    }
+
+    /// A job, not yet listed nor started (a dry run never lists nor starts its own).
+    #[allow(clippy::too_many_arguments)]
+    fn new_job(
+        &self,
+        id: JobId,
+        def: JobDefinition,
+        command: String,
+        created: EpochMillis,
+        targets: Vec<PoolName>,
+        concurrency: usize,
+        rate: u64,
+        seed: u64,
+    ) -> Job {
+        let now = self.env.now();
+        Job {
+            id: Mutex::new(id),
+            command,
+            created,
+            smode: def.smode.records.iter().map(|r| r.at(now)).collect(),
+            tmode: def.tmode.records.iter().map(|r| r.at(now)).collect(),
+            targets,
+            refresh: Duration::from_secs(def.refresh.unwrap_or_else(|| self.default_refresh())),
+            rate: Arc::new(RateLimit::new(rate)),
+            stop: CancellationToken::new(),
+            halt: CancellationToken::new(),
+            rescanning: AtomicBool::new(false),
+            rescan_again: AtomicBool::new(false),
+            tasks: tokio_util::task::TaskTracker::new(),
+            timer_set: tokio::sync::Notify::new(),
+            s: Mutex::new(JobInner::new(concurrency, seed)),
+            def,
+        }
     }
 
     fn find(&self, id: &str) -> Result<Arc<Job>, MigrationError> {
@@ -987,14 +1014,24 @@ impl Jobs {
 
 /// The initial scan: every replica the filter accepts, in `-order` if one was given.
 fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
+    scan_noting(env, job, &mut |_, _| {})
+}
+
+/// [`scan`], telling `left_out` of every replica the filter leaves out and why (a dry run).
+fn scan_noting<E: Env>(
+    env: &E,
+    job: &Job,
+    left_out: &mut dyn FnMut(&Entry, crate::filter::Criterion),
+) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
     let now = env.now();
     let mut found: Vec<(PnfsId, u64, EpochMillis)> = Vec::new();
     env.scan(&mut |e: Entry| {
         if job.halt.is_cancelled() {
             return ControlFlow::Break(());
         }
-        if job.def.filter.accepts(&candidate(&e), now) {
-            found.push((e.attrs.pnfsid, e.attrs.size, e.attrs.access_time));
+        match job.def.filter.miss(&candidate(&e), now) {
+            None => found.push((e.attrs.pnfsid, e.attrs.size, e.attrs.access_time)),
+            Some(why) => left_out(&e, why),
         }
         ControlFlow::Continue(())
     })?;

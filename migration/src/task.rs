@@ -318,6 +318,11 @@ impl Task {
         self.current.as_ref().map(|a| &a.target)
     }
 
+    /// Whether the attempt under way asks a holder to update its replica (not a new copy).
+    pub fn updating(&self) -> bool {
+        self.current.as_ref().is_some_and(|a| a.existing)
+    }
+
     pub fn replicas(&self) -> &BTreeSet<PoolName> {
         &self.replicas
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, info_number, info_value, pool, run, running_tasks};
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::job_state::JobState;
+use tidepool_migration::plan::{Outcome, Reason};
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyRecord};
 
@@ -1510,5 +1511,67 @@ fn a_job_asks_again_before_it_decides_that_no_target_has_room() {
         assert_eq!(sim.evicted("p2").len(), 7, "the target made room by evicting its cached copies");
         sim.settle().await;
         sim.assert_no_violations();
+    });
+}
+
+/// A dry run of a move with `-stop-when` plans the files the move makes before it stops, and
+/// the job (one file at a time, the same seed) then moves exactly those; the rest are skipped
+/// because the condition holds first. The dry run itself changes nothing.
+#[test]
+fn a_dry_run_plans_where_a_move_stops_and_the_job_agrees() {
+    run("a_dry_run_plans_where_a_move_stops_and_the_job_agrees", 5, |seed| async move {
+        let config = SimConfig::new(&["p1", "p2", "p3"], Faults::none());
+        let mut sim = Sim::new(seed, config);
+        let files: Vec<PnfsId> = (0..20).map(|_| sim.add_file("p1", FileSpec::cached(10_000))).collect();
+        let words = ["-stop-when=source.used <= 100000", "-concurrency=1", "-seed=3"];
+        let look = |sim: &Sim| -> Vec<Vec<(PnfsId, ReplicaState)>> {
+            ["p1", "p2", "p3"].iter().map(|p| sim.repo(p).iter().map(|(id, r)| (*id, r.state())).collect()).collect()
+        };
+        let before = look(&sim);
+        let plan = sim.dry_run("p1", JobKind::Move, &words, &["p2", "p3"]).await.expect("a plan");
+        assert_eq!(look(&sim), before, "a dry run changes nothing");
+        assert_eq!(plan.selected.files, 20);
+        assert_eq!(plan.placed.files + plan.skipped.files, 20);
+        assert!((10..=11).contains(&plan.placed.files), "placed {}", plan.placed.files);
+        for f in plan.files.iter().filter(|f| !matches!(f.outcome, Outcome::Placed)) {
+            assert_eq!(f.outcome, Outcome::Skipped { reason: Reason::Stopped }, "{f:?}");
+        }
+        let job = sim.create("p1", JobKind::Move, &words, &["p2", "p3"]);
+        assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
+        sim.settle().await;
+        for f in &plan.files {
+            let want: BTreeSet<String> = f.copies.iter().map(|c| c.pool.to_string()).collect();
+            let got: BTreeSet<String> =
+                ["p2", "p3"].into_iter().filter(|p| sim.repo(p).contains_key(&f.pnfsid)).map(String::from).collect();
+            assert_eq!(got, want, "{}: the job put it where the plan did", f.pnfsid);
+        }
+        assert_eq!(sim.repo("p1").len() + plan.placed.files as usize, files.len());
+        sim.assert_no_violations();
+    });
+}
+
+/// A target without room for every file: the plan counts the bytes it already gave the target,
+/// so the files that no longer fit are unplaced, with the job's reason.
+#[test]
+fn a_dry_run_counts_what_it_gave_each_target() {
+    run("a_dry_run_counts_what_it_gave_each_target", 3, |seed| async move {
+        let mut config = SimConfig::new(&["p1", "p2"], Faults::none());
+        config.pools[1].capacity = 6000;
+        let mut sim = Sim::new(seed, config);
+        for _ in 0..3 {
+            sim.add_file("p1", FileSpec::cached(4000));
+        }
+        let plan = sim.dry_run("p1", JobKind::Copy, &[], &["p2"]).await.expect("a plan");
+        assert_eq!((plan.placed.files, plan.unplaced.files), (1, 2), "{}", plan.render());
+        assert_eq!((plan.targets[0].files, plan.targets[0].bytes), (1, 4000));
+        for f in plan.files.iter().filter(|f| f.copies.is_empty()) {
+            let Outcome::Unplaced { reason: Reason::Failed { permanent: false, message, .. } } = &f.outcome else {
+                panic!("{f:?}")
+            };
+            assert!(message.contains("All target pools are full"), "{message}");
+        }
+        assert!(sim.repo("p2").is_empty());
+        let err = sim.dry_run("p1", JobKind::Copy, &["-replicas=2"], &["p2"]).await.unwrap_err();
+        assert!(err.to_string().contains("-replicas=2 needs as many target pools"), "{err}");
     });
 }

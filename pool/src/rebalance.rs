@@ -155,14 +155,25 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The dry run of [`Plan::line`] (`-json`: its JSON form).
+    pub fn dry_line(&self, json: bool) -> String {
+        let options = if json { "-dry-run -json " } else { "-dry-run " };
+        self.line.replacen("migration move ", &format!("migration move {options}"), 1)
+    }
+}
+
 /// `rebalance pgroup <group>`: writes one line per pool of the group (left out, the new job's
-/// summary line, or the error), in cluster-file order. Fails if any enabled pool failed.
+/// summary line, or the error), in cluster-file order. Fails if any enabled pool failed. With
+/// `dry_run`, no job is cancelled nor started: each enabled pool prints the plan of its job
+/// (`migration move -dry-run`).
 pub fn start(
     pool: &Arc<Pool>,
     group: &str,
     metric: Metric,
     refresh: u64,
     json: bool,
+    dry_run: bool,
     out: &mut dyn Output,
 ) -> Result<(), RemoteError> {
     let members = members(pool, group)?;
@@ -187,6 +198,9 @@ pub fn start(
         answers.into_iter().map(|(_, name, answer)| (name, answer)).collect::<Vec<_>>()
     });
     let plan = plan(metric, refresh, &answers);
+    if dry_run {
+        return dry_run_plans(pool, &runtime, group, metric, &plan, json, out);
+    }
     if json {
         return start_json(pool, &runtime, group, metric, &plan, out);
     }
@@ -452,6 +466,105 @@ fn start_json(
     doc.pools = pools;
     write_document(out, &doc)?;
     summary(group, "started the rebalance jobs", &results, failed)
+}
+
+/// `rebalance pgroup -dry-run`: the plan of each enabled pool's job, nothing cancelled nor
+/// started. Text: `<pool>: left out: <why>`, then `<pool>: <its plan>` (indented) or
+/// `<pool>: failed: <error>`; `-json`: [`RebalanceDryJson`].
+fn dry_run_plans(
+    pool: &Arc<Pool>,
+    runtime: &tokio::runtime::Handle,
+    group: &str,
+    metric: Metric,
+    plan: &Plan,
+    json: bool,
+    out: &mut dyn Output,
+) -> Result<(), RemoteError> {
+    let checked = plan.check(group);
+    let line = plan.dry_line(json);
+    let results = if checked.is_ok() { on_each(pool, runtime, &plan.pools, &[&line]) } else { Vec::new() };
+    if json {
+        let mut pools: Vec<PoolPlan> = plan
+            .left_out
+            .iter()
+            .map(|(name, why)| PoolPlan {
+                pool: name.to_string(),
+                outcome: "left_out",
+                reason: Some(why.clone()),
+                plan: None,
+                error: None,
+            })
+            .collect();
+        let mut failed = 0;
+        for (name, result) in &results {
+            let parsed = result.as_ref().map_err(Clone::clone).and_then(|text| {
+                serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                    RemoteError::new(ErrorCode::Protocol, format!("the dry run did not answer a plan: {e}"))
+                })
+            });
+            pools.push(match parsed {
+                Ok(plan) => {
+                    PoolPlan { pool: name.to_string(), outcome: "planned", reason: None, plan: Some(plan), error: None }
+                }
+                Err(e) => {
+                    failed += 1;
+                    PoolPlan {
+                        pool: name.to_string(),
+                        outcome: "failed",
+                        reason: None,
+                        plan: None,
+                        error: Some(ErrorJson::from(&e)),
+                    }
+                }
+            });
+        }
+        let command = checked.is_ok().then(|| plan.line.clone());
+        let doc = RebalanceDryJson {
+            group: group.to_string(),
+            metric: metric.to_string(),
+            level: plan.level,
+            command,
+            pools,
+        };
+        write_document(out, &doc)?;
+        checked?;
+        return summary(group, "planned the rebalance jobs", &results, failed);
+    }
+    let mut text = String::new();
+    for (name, why) in &plan.left_out {
+        let _ = writeln!(text, "{name}: left out: {why}");
+    }
+    if let Err(e) = checked {
+        out.write(&text)?;
+        return Err(e);
+    }
+    let failed = report(&results, &mut text, |reply| reply.to_string());
+    out.write(&text)?;
+    summary(group, "planned the rebalance jobs", &results, failed)
+}
+
+/// `rebalance pgroup -dry-run -json` (docs/json.md).
+#[derive(Debug, Serialize)]
+pub struct RebalanceDryJson {
+    pub group: String,
+    pub metric: String,
+    pub level: Option<f64>,
+    /// The `migration move` line each enabled pool would run; `null` when fewer than two
+    /// enabled pools answered.
+    pub command: Option<String>,
+    pub pools: Vec<PoolPlan>,
+}
+
+/// One pool of a rebalance dry run.
+#[derive(Debug, Serialize)]
+pub struct PoolPlan {
+    pub pool: String,
+    /// `left_out`, `planned` or `failed`.
+    pub outcome: &'static str,
+    pub reason: Option<String>,
+    /// `planned`: the plan of its job, as `migration move -dry-run -json` gives it.
+    pub plan: Option<serde_json::Value>,
+    pub error: Option<ErrorJson>,
 }
 
 /// Each pool's `rebalance` job, read from the output of its last line, `migration ls -json`

@@ -219,13 +219,24 @@ impl<E: Env> Module<E> {
     }
 
     pub(super) async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
-        let mut set = tokio::task::JoinSet::new();
+        // Naming the job keeps the copies it delivered held on the target (a move).
         let id = job.id.lock().clone();
-        for (i, pool) in job.targets.iter().enumerate() {
+        let answers = self.ask_targets(&job.targets, Some(id)).await;
+        self.visit(job, JobEvent::Refreshed(answers));
+    }
+
+    /// Every target's figures, in `targets` order (`None`: no answer). Read-only on the
+    /// targets, but for the holds of the job named (a dry run names none).
+    pub(super) async fn ask_targets(
+        self: &Arc<Self>,
+        targets: &[PoolName],
+        job: Option<JobId>,
+    ) -> Vec<(PoolName, Option<PoolCost>)> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, pool) in targets.iter().enumerate() {
             let m = self.clone();
             let pool = pool.clone();
-            // Naming the job keeps the copies it delivered held on the target (a move).
-            let req = MigrationRequest::PoolInfo { job: Some(id.clone()) };
+            let req = MigrationRequest::PoolInfo { job: job.clone() };
             set.spawn(
                 async move {
                     let cost = match m.env.request(&pool, req).await {
@@ -239,8 +250,7 @@ impl<E: Env> Module<E> {
         }
         let mut answers: Vec<(usize, (PoolName, Option<PoolCost>))> = set.join_all().await;
         answers.sort_by_key(|(i, _)| *i);
-        let answers = answers.into_iter().map(|(_, a)| a).collect();
-        self.visit(job, JobEvent::Refreshed(answers));
+        answers.into_iter().map(|(_, a)| a).collect()
     }
 
     /// Tells `to` that `attempt` is cancelled, again and again (with backoff) until it answers:
@@ -367,10 +377,20 @@ impl<E: Env> Module<E> {
 
     /// Asks every online target which of `ids` it holds: one request per pool.
     pub(super) async fn locate(self: &Arc<Self>, job: &Arc<Job>, ids: Vec<PnfsId>, pools: Vec<PoolName>) {
+        let answers = self.ask_holders(&ids, &pools).await;
+        self.visit(job, JobEvent::Located { ids, pools, answers });
+    }
+
+    /// Which of `ids` each of `pools` holds (`None`: no answer); read-only on the pools.
+    pub(super) async fn ask_holders(
+        self: &Arc<Self>,
+        ids: &[PnfsId],
+        pools: &[PoolName],
+    ) -> HashMap<PoolName, Option<HashMap<PnfsId, Held>>> {
         let mut set = tokio::task::JoinSet::new();
         for pool in pools.iter().cloned() {
             let m = self.clone();
-            let req = MigrationRequest::Locate { pnfsids: ids.clone() };
+            let req = MigrationRequest::Locate { pnfsids: ids.to_vec() };
             set.spawn(
                 async move {
                     let answer = match m.env.request(&pool, req).await {
@@ -384,9 +404,7 @@ impl<E: Env> Module<E> {
                 .in_current_span(),
             );
         }
-        type Answer = Option<HashMap<PnfsId, Held>>;
-        let answers: HashMap<PoolName, Answer> = set.join_all().await.into_iter().collect();
-        self.visit(job, JobEvent::Located { ids, pools, answers });
+        set.join_all().await.into_iter().collect()
     }
 }
 

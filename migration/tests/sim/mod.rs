@@ -1680,6 +1680,20 @@ impl Sim {
         line.trim_start_matches('[').split(']').next().expect("a summary line").to_string()
     }
 
+    /// The dry run of a job on `on` from an admin command's words (`-dry-run` left out).
+    pub async fn dry_run(
+        &self,
+        on: &str,
+        kind: JobKind,
+        words: &[&str],
+        targets: &[&str],
+    ) -> Result<tidepool_migration::plan::Plan, MigrationError> {
+        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
+        let def = definition::parse(kind, &Given::new(words), &t)?;
+        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
+        self.module(on).dry_run(def, command).await
+    }
+
     pub fn state(&self, on: &str, job: &str) -> JobState {
         self.module(on).state(job).expect("a job that exists")
     }

@@ -153,6 +153,10 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             Ok(out.write(&text)?)
         }
         Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
+        Command::MigrationDryRun { def, command, json } => {
+            let plan = migration(pool)?.dry_run_blocking(*def, command);
+            reply(out, plan.map(|p| if json { p.to_json() } else { p.render() }))
+        }
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
             for line in migration(pool)?.ls() {
@@ -205,8 +209,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::MigrationGetDefaultRefresh => {
             reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
         }
-        Command::Rebalance { group, metric, refresh, json } => {
-            crate::rebalance::start(pool, &group, metric, refresh, json, out)
+        Command::Rebalance { group, metric, refresh, json, dry_run } => {
+            crate::rebalance::start(pool, &group, metric, refresh, json, dry_run, out)
         }
         Command::RebalanceCancel { group, json } => crate::rebalance::cancel(pool, &group, json, out),
     }

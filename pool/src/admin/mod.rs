@@ -83,6 +83,12 @@ pub enum Command {
         def: Box<JobDefinition>,
         command: String,
     },
+    /// `migration copy|move|cache -dry-run`: the plan of the job, which is not made.
+    MigrationDryRun {
+        def: Box<JobDefinition>,
+        command: String,
+        json: bool,
+    },
     MigrationLs {
         json: bool,
     },
@@ -132,6 +138,8 @@ pub enum Command {
         refresh: u64,
         /// `-json`: the plan and each pool's outcome as one JSON object.
         json: bool,
+        /// `-dry-run`: no job cancelled nor started; each enabled pool prints its job's plan.
+        dry_run: bool,
     },
     /// `rebalance cancel pgroup`.
     RebalanceCancel {
@@ -337,6 +345,16 @@ static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
         "expression",
         "when the expression holds, start no new task and finish once the running ones end (STOPPING); symbols as -pause-when; not with -permanent",
     ),
+    flag(
+        "dry-run",
+        "create no job: print the plan (files selected, where each would go, what is in place, skipped or not placed, and why); nothing is transferred or changed",
+    ),
+    valued(
+        "seed",
+        "n",
+        "seed of the target choice, for testing and to run a job as its dry run planned it (default: a seed of the moment; a dry run prints the one it used)",
+    ),
+    flag("json", "with -dry-run: the plan as one JSON document (schema: docs/json.md)"),
     valued(
         "target-deficit-mode",
         "wait|limit",
@@ -898,11 +916,16 @@ pub static COMMANDS: &[CommandSpec] = &[
                 "how often each job fetches the other pools' space (default: 30); the levels are only as fresh as this",
             ),
             JSON,
+            flag(
+                "dry-run",
+                "cancel and start nothing: each enabled pool prints the plan of its job (`migration move -dry-run`)",
+            ),
         ],
         examples: &[
             "rebalance pgroup disk",
             "rebalance pgroup -metric=free -refresh=10 disk",
             "rebalance pgroup -json disk",
+            "rebalance pgroup -dry-run disk",
         ],
         parse: parse_rebalance,
     },
@@ -1133,9 +1156,20 @@ impl definition::Options for JobOptions<'_> {
 /// bad line is refused here and no job is made.
 fn parse_migration_job(inv: &Invocation<'_>, kind: JobKind) -> Result<Command, ParseError> {
     let targets: Vec<String> = inv.args.iter().map(|t| t.text.clone()).collect();
+    let (dry_run, json) = (inv.flag("dry-run")?, inv.flag("json")?);
+    if json && !dry_run {
+        let (_, at) = inv.value("json").expect("-json was given");
+        return Err(ParseError::invalid(at, "-json only goes with -dry-run (a new job's reply is its summary line)"));
+    }
     let def = definition::parse(kind, &JobOptions(&inv.options), &targets)
         .map_err(|e| ParseError::invalid_line(e.to_string()))?;
-    let command = spec::command_line(inv.spec.name, &inv.options, &targets);
+    // The job's command as the real job would store it: without the options of the dry run.
+    let options: Vec<OptionArg> =
+        inv.options.iter().filter(|o| o.name != "dry-run" && o.name != "json").cloned().collect();
+    let command = spec::command_line(inv.spec.name, &options, &targets);
+    if dry_run {
+        return Ok(Command::MigrationDryRun { def: Box::new(def), command, json });
+    }
     Ok(Command::MigrationCreate { def: Box::new(def), command })
 }
 
@@ -1179,7 +1213,7 @@ fn parse_rebalance(inv: &Invocation<'_>) -> Result<Command, ParseError> {
             }
         },
     };
-    Ok(Command::Rebalance { group, metric, refresh, json: inv.flag("json")? })
+    Ok(Command::Rebalance { group, metric, refresh, json: inv.flag("json")?, dry_run: inv.flag("dry-run")? })
 }
 
 fn parse_set_concurrency(inv: &Invocation<'_>, deprecated: bool) -> Result<Command, ParseError> {
@@ -1256,6 +1290,7 @@ mod tests {
                 metric: Metric::Relative,
                 refresh: rebalance::DEFAULT_REFRESH,
                 json: true,
+                dry_run: false,
             },
         );
         check("rebalance cancel pgroup -json disk", Command::RebalanceCancel { group: "disk".into(), json: true });
@@ -1384,6 +1419,7 @@ mod tests {
         check("migration get concurrency-default", Command::MigrationGetDefaultConcurrency);
 
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        check_err("migration copy -json pool2", "-json only goes with -dry-run", "-json");
         check_err("migration suspend 1 2", "unexpected argument", "2");
         check_err("migration cancel -force=maybe 1", "takes no value", "-force");
         check_err("migration set concurrency 1 x", "concurrency: \"x\" is not a whole number", "x");
@@ -1408,9 +1444,24 @@ mod tests {
 
     #[test]
     fn rebalance_commands() {
-        let rebalance =
-            |group: &str, metric, refresh| Command::Rebalance { group: group.into(), metric, refresh, json: false };
+        let rebalance = |group: &str, metric, refresh| Command::Rebalance {
+            group: group.into(),
+            metric,
+            refresh,
+            json: false,
+            dry_run: false,
+        };
         check("rebalance pgroup disk", rebalance("disk", Metric::Relative, 30));
+        check(
+            "rebalance pgroup -dry-run disk",
+            Command::Rebalance {
+                group: "disk".into(),
+                metric: Metric::Relative,
+                refresh: 30,
+                json: false,
+                dry_run: true,
+            },
+        );
         check("rebalance pgroup -metric=free disk", rebalance("disk", Metric::Free, 30));
         check("rebalance pgroup -refresh=5 -metric=relative disk", rebalance("disk", Metric::Relative, 5));
         check("rebalance cancel pgroup disk", Command::RebalanceCancel { group: "disk".into(), json: false });
@@ -1677,7 +1728,7 @@ mod tests {
         // Parse errors are found before `exec` runs, so no job is made.
         check_err(
             "migration copy -frobnicate pool2",
-            "unknown option -frobnicate; `help migration copy` lists its 33 options",
+            "unknown option -frobnicate; `help migration copy` lists its 36 options",
             "-frobnicate",
         );
         check_err("migration move -eager=yes pool2", "-eager takes no value (or true/false), not \"yes\"", "-eager");
@@ -1724,6 +1775,9 @@ mod tests {
             "pause-when",
             "stop-when",
             "target-deficit-mode",
+            "dry-run",
+            "seed",
+            "json",
         ] {
             assert!(help.contains(&format!("\n    -{name}")), "help migration copy lacks -{name}:\n{help}");
         }
@@ -1741,7 +1795,7 @@ mod tests {
         }
         for name in ["migration move", "migration cache"] {
             let spec = COMMANDS.iter().find(|c| c.name == name).unwrap();
-            assert_eq!(spec.options.len(), 33, "{name} takes the options of migration copy");
+            assert_eq!(spec.options.len(), 36, "{name} takes the options of migration copy");
         }
     }
 
@@ -1751,6 +1805,7 @@ mod tests {
         check_err("rep ls -json -s=k", "use -s or -s=b", "-s");
         check_err("info -json=yes", "-json takes no value", "-json");
         check_err("migration info -failed -json 1", "give -failed or -json, not both", "-json");
+        check_err("migration copy -json pool2", "-json only goes with -dry-run", "-json");
         let listing = [
             "info",
             "rep ls",
@@ -1762,6 +1817,10 @@ mod tests {
             "migration report",
             "rebalance pgroup",
             "rebalance cancel pgroup",
+            // With -dry-run only: the plan is a status of what the job would do.
+            "migration copy",
+            "migration move",
+            "migration cache",
         ];
         for spec in COMMANDS {
             let has = spec.options.iter().any(|o| o.name == "json");
