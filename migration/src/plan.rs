@@ -59,7 +59,7 @@ impl Reason {
             Reason::Locked => "another job of this pool works on the file".into(),
             Reason::Stopped => "-stop-when holds before its turn".into(),
             Reason::Paused => "-pause-when holds before its turn".into(),
-            Reason::NoTarget => "no usable target (see Targets)".into(),
+            Reason::NoTarget => "no usable target with room for it (see Targets)".into(),
             Reason::Failed { message, .. } => message.clone(),
             Reason::Gone => "the replica is gone".into(),
         }

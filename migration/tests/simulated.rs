@@ -1564,11 +1564,10 @@ fn a_dry_run_counts_what_it_gave_each_target() {
         let plan = sim.dry_run("p1", JobKind::Copy, &[], &["p2"]).await.expect("a plan");
         assert_eq!((plan.placed.files, plan.unplaced.files), (1, 2), "{}", plan.render());
         assert_eq!((plan.targets[0].files, plan.targets[0].bytes), (1, 4000));
+        // The job never starts a file its targets have no room for (it asks them again and
+        // waits), so the plan leaves these unplaced for want of a target with room.
         for f in plan.files.iter().filter(|f| f.copies.is_empty()) {
-            let Outcome::Unplaced { reason: Reason::Failed { permanent: false, message, .. } } = &f.outcome else {
-                panic!("{f:?}")
-            };
-            assert!(message.contains("All target pools are full"), "{message}");
+            assert_eq!(f.outcome, Outcome::Unplaced { reason: Reason::NoTarget }, "{f:?}");
         }
         assert!(sim.repo("p2").is_empty());
         let err = sim.dry_run("p1", JobKind::Copy, &["-replicas=2"], &["p2"]).await.unwrap_err();
