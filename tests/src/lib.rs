@@ -267,7 +267,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
     }
 }
 
-/// One migration job's summary line (reference §8.1), as `migration ls`, `migration copy`,
+/// One migration job's summary line (docs/dcache-compatibility.md#output), as `migration ls`, `migration copy`,
 /// `suspend`, `resume` and `cancel` print it: `[<id>] <STATE padded to 12> <command>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobLine {
@@ -314,7 +314,7 @@ impl JobLine {
 
 /// A value of a `key: value` report such as `migration info` (`State      : RUNNING`,
 /// `Concurrency: 1`): the key is what comes before the first `:`, trimmed, as the REST frontend
-/// of dCache reads it (reference §8.2).
+/// of dCache reads it (docs/dcache-compatibility.md#output).
 pub fn report_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
@@ -1105,7 +1105,7 @@ pub fn create(cluster: &Cluster, pool: &str, command: &str) -> String {
 }
 
 /// The stored form of a command line without escapes: options as given, then `--` and the
-/// targets (reference §6.3).
+/// targets (docs/dcache-compatibility.md#permanent-jobs-and-save).
 pub fn stored(command: &str) -> String {
     let words: Vec<&str> = command.split(' ').collect();
     let (name, rest) = words.split_at(2);
