@@ -1,5 +1,5 @@
-//! `migration copy|move|cache [options] [target...]` turned into a job definition (reference
-//! §2.2-§2.7), with the defaults of each command (§2.6) and dCache's messages. Every invalid
+//! `migration copy|move|cache [options] [target...]` turned into a job definition with the
+//! options and defaults of each command (docs/dcache-compatibility.md#job-options) and dCache's messages. Every invalid
 //! value is refused here, before a job exists.
 
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
@@ -62,7 +62,8 @@ pub enum DeficitMode {
     /// Wait (retry) until enough targets can take it.
     Wait,
     /// Make as many replicas as possible now, and note the shortfall. A destructive source
-    /// mode (delete, removable) is never applied to such a file (dCache did, §10 item 25).
+    /// mode (delete, removable) is never applied to such a file (dCache did,
+    /// docs/dcache-compatibility.md#dcache-defects-not-reproduced).
     Limit,
 }
 
@@ -92,10 +93,11 @@ pub struct JobDefinition {
     pub refresh: Option<u64>,
     /// `-rate`: bytes per second, 0 unlimited; `None`: not given (unlimited).
     pub rate: Option<u64>,
-    /// Target filters (§7.4); `include_when` is ignored when `-include` is given.
+    /// Target filters (docs/dcache-compatibility.md#the-expression-language); `include_when` is ignored when
+    /// `-include` is given.
     pub include_when: Option<Expr>,
     pub exclude_when: Option<Expr>,
-    /// Lifetime conditions (§3.5, §3.8).
+    /// Lifetime conditions (docs/dcache-compatibility.md#scheduling).
     pub pause_when: Option<Expr>,
     pub stop_when: Option<Expr>,
     pub deficit: DeficitMode,

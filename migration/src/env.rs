@@ -67,7 +67,7 @@ pub struct SavedHold {
     pub owner: HoldOwner,
 }
 
-/// A new copy the target must pull from the source (reference §5.3).
+/// A new copy the target must pull from the source (docs/dcache-compatibility.md#the-target-side).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pull {
     pub pnfsid: PnfsId,

@@ -1,4 +1,4 @@
-//! Which source replicas a job selects (reference §2.3). All given criteria must hold; with
+//! Which source replicas a job selects (docs/dcache-compatibility.md#job-options). All given criteria must hold; with
 //! none, every CACHED or PRECIOUS replica matches. Replicas in any other state never do.
 
 use tidepool_p2p::PnfsId;

@@ -1,4 +1,4 @@
-//! The job state machine (reference §3.2, §3.4): one enum, one function that validates and
+//! The job state machine (docs/dcache-compatibility.md#job-states): one enum, one function that validates and
 //! performs every transition.
 
 use std::fmt;
@@ -16,8 +16,8 @@ pub enum JobState {
     /// CANCELLING/CANCELLED, FINISHED, FAILED.
     Sleeping,
     /// The pause expression holds; re-checked every 10 s for as long as it does (dCache
-    /// checked once, §10 item 28). Leaves to RUNNING, SUSPENDED, STOPPING, FINISHED,
-    /// CANCELLING/CANCELLED.
+    /// checked once, docs/dcache-compatibility.md#dcache-defects-not-reproduced). Leaves to RUNNING,
+    /// SUSPENDED, STOPPING, FINISHED, CANCELLING/CANCELLED.
     Paused,
     /// Suspended by the operator: no new tasks. Leaves to RUNNING (resume), FINISHED,
     /// CANCELLING/CANCELLED.

@@ -1,4 +1,4 @@
-//! The `-smode` and `-tmode` grammar (reference §2.4):
+//! The `-smode` and `-tmode` grammar (docs/dcache-compatibility.md#job-options):
 //! `STATE[+OWNER[(LIFETIME)]]...`, STATE a keyword, OWNER `[A-Za-z0-9_]+`, LIFETIME an
 //! optionally negative 32-bit number of seconds (`-1` or absent: never expires; `0`: already
 //! expired, which removes the owner's record where it is applied with overwrite).
@@ -10,7 +10,7 @@ use tidepool_p2p::model::{EpochMillis, NEVER, StickyRecord};
 
 use crate::MigrationError;
 
-/// What becomes of the source replica after a successful copy (§4.7).
+/// What becomes of the source replica after a successful copy (docs/dcache-compatibility.md#source-and-target-modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceState {
     Same,

@@ -1,10 +1,11 @@
-//! The migration module of one pool: the jobs it runs as a source (reference §3-§4) and the
-//! copies it makes as a target for other pools' jobs (§5).
+//! The migration module of one pool: the jobs it runs as a source (docs/dcache-compatibility.md#scheduling,
+//! docs/dcache-compatibility.md#tasks) and the copies it makes as a target for other pools' jobs
+//! (docs/dcache-compatibility.md#the-target-side).
 //!
 //! A job is plain state behind one lock. Everything that happens to it (a reply, a finished
 //! message, a timer, an operator command, a repository change) takes the lock, feeds the task
-//! state machines ([`crate::task`]), runs the scheduler (§3.5) and collects `Action`s; the
-//! actions (messages, timers, disk work) are started after the lock is released and report
+//! state machines ([`crate::task`]), runs the scheduler (docs/dcache-compatibility.md#scheduling) and
+//! collects `Action`s; the actions (messages, timers, disk work) are started after the lock is released and report
 //! back the same way. Nothing awaits while holding a lock.
 //!
 //! Lock order: the job list, then a job, then the file locks. The target side takes only its
@@ -101,7 +102,7 @@ impl Default for Settings {
 /// The largest file a batch carries: the size a pool sends whole in a small-file exchange.
 pub const SMALL_FILE: u64 = 1 << 20;
 
-/// How many notes a job keeps (reference §3.1).
+/// How many notes a job keeps (docs/dcache-compatibility.md#scheduling).
 const NOTES: usize = 15;
 /// The largest location question a target answers.
 const MAX_LOCATE: usize = 10_000;
@@ -128,7 +129,7 @@ pub struct Module<E: Env> {
     span: tracing::Span,
     settings: Settings,
     jobs: Mutex<Jobs>,
-    /// Files this pool's jobs work on, and the job that does (reference §3.1 "file locks").
+    /// Files this pool's jobs work on, and the job that does (docs/dcache-compatibility.md#scheduling).
     locks: Mutex<HashMap<PnfsId, Arc<Job>>>,
     /// Copies this pool makes for other pools' jobs, and attempts that ended here.
     served: Mutex<Served>,
@@ -710,7 +711,7 @@ impl<E: Env> Module<E> {
         self.find(id).ok().map(|j| j.s.lock().state)
     }
 
-    /// `migration info <job>` (reference §8.2, plus rate, ETA and failures).
+    /// `migration info <job>` (docs/dcache-compatibility.md#output, plus rate, ETA and failures).
     pub fn info(&self, id: &str) -> Result<String, MigrationError> {
         Ok(self.report(&*self.find(id)?).render())
     }

@@ -1,8 +1,8 @@
 //! A job's files: queued, running, waiting to be retried, and what happened to them
-//! (reference §3.1, §3.6, §3.7), with two fixes over dCache: a file that failed waits a
+//! (docs/dcache-compatibility.md#scheduling), with two fixes over dCache: a file that failed waits a
 //! capped, exponentially growing time before its next try instead of being retried at once
-//! in a hot loop (§10 item 9), and the last error of every failing file is kept for
-//! `migration info`.
+//! in a hot loop (docs/dcache-compatibility.md#dcache-defects-not-reproduced), and the last error of every
+//! failing file is kept for `migration info`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -120,7 +120,7 @@ impl Queue {
         }
     }
 
-    /// Adds a file unless it is already queued, running or waiting (§3.6).
+    /// Adds a file unless it is already queued, running or waiting (docs/dcache-compatibility.md#scheduling).
     pub fn add(&mut self, id: PnfsId, size: u64) -> bool {
         if self.sizes.contains_key(&id) {
             return false;
@@ -297,7 +297,7 @@ impl Queue {
         }
     }
 
-    /// A cancelled task's file leaves the job (§3.7).
+    /// A cancelled task's file leaves the job (docs/dcache-compatibility.md#scheduling).
     pub fn cancelled(&mut self, id: &PnfsId) {
         let fate = self.ledger.leaving.remove(id).unwrap_or(Fate::Cancelled);
         self.cancelled_as(id, fate);
@@ -348,7 +348,7 @@ impl Queue {
     }
 
     /// Bytes still to transfer (queued, running and waiting files): what dCache meant by
-    /// `queue.bytes` (§10 item 27).
+    /// `queue.bytes` (docs/dcache-compatibility.md#dcache-defects-not-reproduced).
     pub fn bytes_left(&self) -> u64 {
         self.left
     }

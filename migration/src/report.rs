@@ -1,4 +1,4 @@
-//! What `migration ls` and `migration info` print (reference §8.1-§8.2), from one snapshot of
+//! What `migration ls` and `migration info` print (docs/dcache-compatibility.md#output), from one snapshot of
 //! a job that also serialises as JSON (`-json`), so the text and the machine-readable form
 //! never disagree.
 
@@ -190,7 +190,7 @@ fn duration_text(seconds: u64) -> String {
 }
 
 impl JobReport {
-    /// The `migration info` text. The lines of reference §8.2 come first and unchanged
+    /// The `migration info` text. The lines of docs/dcache-compatibility.md#output come first and unchanged
     /// (scripts parse them as `key: value`); Tidepool's additions follow `Concurrency`.
     pub fn render(&self) -> String {
         let mut s = String::new();

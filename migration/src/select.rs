@@ -1,7 +1,7 @@
-//! Choosing the target pool of a new copy (reference §4.4), with two deliberate differences
-//! from dCache: a pool that cannot hold the file (free + removable < its size) is never
-//! chosen, and pools are excluded by bare name (§10 item 26: dCache compared cell paths with
-//! names, so a pool could be chosen twice).
+//! Choosing the target pool of a new copy (docs/dcache-compatibility.md#target-selection), with two
+//! deliberate differences from dCache: a pool that cannot hold the file (free + removable < its size) is never
+//! chosen, and pools are excluded by bare name (docs/dcache-compatibility.md#dcache-defects-not-reproduced;
+//! dCache compared cell paths with names, so a pool could be chosen twice).
 
 use std::fmt;
 

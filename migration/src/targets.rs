@@ -1,4 +1,4 @@
-//! A job's target set (reference §2.5, Appendix A): pools by name or the pools of pool groups,
+//! A job's target set (docs/dcache-compatibility.md#job-options): pools by name or the pools of pool groups,
 //! narrowed by `-include`/`-exclude` globs, never the source itself. Resolved once, when the
 //! job is created, against the cluster file; a name the cluster file does not know is refused
 //! there rather than left to sleep for ever.
@@ -45,8 +45,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// `source.<field>` or `target.<field>` of a pool (reference §7.3). `cpuCost` is the number of
-/// transfers the pool is receiving (Tidepool has no cost module).
+/// `source.<field>` or `target.<field>` of a pool (docs/dcache-compatibility.md#the-expression-language).
+/// `cpuCost` is the number of transfers the pool is receiving (Tidepool has no cost module).
 pub fn pool_value(name: &PoolName, cost: &PoolCost, field: &str) -> Option<Value> {
     let n = |v: u64| Some(Value::Number(v as f64));
     match field {
@@ -60,10 +60,10 @@ pub fn pool_value(name: &PoolName, cost: &PoolCost, field: &str) -> Option<Value
     }
 }
 
-/// Whether an online target passes the expression filters (reference §7.4): excluded if
-/// `-exclude-when` holds; included if `-include-when` holds, unless `-include` globs were given
-/// (then the globs alone decide, in [`resolve`]). An expression that cannot be evaluated is an
-/// error (the caller leaves the pool out).
+/// Whether an online target passes the expression filters
+/// (docs/dcache-compatibility.md#the-expression-language): excluded if `-exclude-when` holds; included if
+/// `-include-when` holds, unless `-include` globs were given (then the globs alone decide, in [`resolve`]).
+/// An expression that cannot be evaluated is an error (the caller leaves the pool out).
 pub fn passes(
     include_when: Option<&Expr>,
     exclude_when: Option<&Expr>,
@@ -217,7 +217,8 @@ mod tests {
         PoolCost { space, load: 0, accepts: true, enabled: true, run: 0 }
     }
 
-    /// The expression cases of dCache's PoolListFilterTest (reference §9).
+    /// The expression cases dCache's own pool-list filter tests check
+    /// (docs/dcache-compatibility.md#the-expression-language).
     #[test]
     fn expression_filters() {
         let e = |text: &str| expr::parse_boolean(text, &expr::target_symbols).unwrap();

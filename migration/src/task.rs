@@ -1,14 +1,16 @@
-//! The task state machine: one file of one job (reference §4.5), as a pure function from
+//! The task state machine: one file of one job (docs/dcache-compatibility.md#tasks), as a pure function from
 //! (state, event) to (state, effects). The job's driver performs the effects (messages,
 //! timers) and feeds back what happened; nothing here does IO, so every row is table-tested.
 //!
-//! Departures from dCache, all deliberate (BRIEF "Where Tidepool goes beyond"):
+//! Departures from dCache, all deliberate (docs/dcache-compatibility.md#deliberate-differences):
 //! - every copy request is one *attempt* with its own [`AttemptId`]; replies and finished
-//!   messages of any other attempt are never credited to the current target (§10 item 24);
+//!   messages of any other attempt are never credited to the current target
+//!   (docs/dcache-compatibility.md#dcache-defects-not-reproduced);
 //! - confirmed replicas are a set of pool names, so `-replicas=N` counts distinct pools;
-//! - a `LOCKED` refusal from one holder tries the next known holder (§10 item 10);
+//! - a `LOCKED` refusal from one holder tries the next known holder
+//!   (docs/dcache-compatibility.md#dcache-defects-not-reproduced);
 //! - a checksum mismatch on an existing replica falls back to the next holder or a new copy
-//!   instead of failing for ever (§10 item 22);
+//!   instead of failing for ever (docs/dcache-compatibility.md#dcache-defects-not-reproduced);
 //! - a cancel is always passed on to the target and ends the task at once, in every state:
 //!   the task never waits for the target to confirm (a frozen target would hold the file's
 //!   lock and the job in CANCELLING), and a copy of a cancelled attempt is never counted, so

@@ -1,5 +1,6 @@
-//! What a target does to a replica it already holds when a job asks it to hold one (reference
-//! §5.2), as a pure plan: never make a replica more volatile (BRIEF safety rule 3). CACHED may
+//! What a target does to a replica it already holds when a job asks it to hold one (see
+//! docs/dcache-compatibility.md#source-and-target-modes), as a pure plan: never make a replica more volatile
+//! (an existing replica only gains, so a job can never weaken what another job or a user put there). CACHED may
 //! become PRECIOUS, never the reverse; sticky records are only added or extended; nothing is
 //! removed; the access time is left alone. Only CACHED or PRECIOUS replicas can be updated.
 

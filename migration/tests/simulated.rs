@@ -767,7 +767,7 @@ fn a_cancel_that_overtakes_its_copy_still_stops_it() {
     });
 }
 
-// Permanent jobs (reference §6.1-§6.2).
+// Permanent jobs (docs/dcache-compatibility.md#permanent-jobs-and-save).
 
 /// A permanent copy keeps copying the files of its storage class that arrive after it
 /// started, ignores other classes, drops a queued file that is deleted, never finishes, and
@@ -849,7 +849,7 @@ fn targets_restarting_together_cause_no_extra_copies_for_a_non_eager_job() {
     });
 }
 
-// Lifetime conditions and the deficit mode (reference §3.5, §3.8; issue 5).
+// Lifetime conditions and the deficit mode (docs/dcache-compatibility.md#scheduling; issue 5).
 
 /// `-pause-when` pauses the job while the condition holds, keeps checking every 10 s (dCache
 /// checked once), and resumes when it no longer holds.
@@ -944,7 +944,7 @@ fn deficit_limit_never_deletes_a_source_short_of_its_copies() {
     });
 }
 
-/// What `rebalance pgroup` starts (reference §2.9, relative metric) levels three pools of
+/// What `rebalance pgroup` starts (docs/dcache-compatibility.md#rebalance, relative metric) levels three pools of
 /// unequal fill, also with two pools below the level: each job counts the copies it sends
 /// against its targets' figures at once, so a pool below the level is not overfilled between
 /// two refreshes. Every file ends on exactly one pool.

@@ -2,8 +2,9 @@
 //! space; `-flag` and `-name=value` options anywhere on the line; values may be quoted with
 //! `"..."` (backslash escapes `\\ \" \n \t \'`) or `'...'` (literal); outside quotes a
 //! backslash makes the next character plain (`pool\-a`, `a\ b`; a word starting `\-` is not
-//! an option), which is how stored migration command lines are written (reference §6.3);
-//! `--` ends the options. Every token keeps its byte offset so errors can point at it.
+//! an option), which is how stored migration command lines are written
+//! (docs/dcache-compatibility.md#permanent-jobs-and-save); `--` ends the options. Every token keeps its byte
+//! offset so errors can point at it.
 
 use nom::branch::alt;
 use nom::bytes::complete::{escaped_transform, is_not, take_while1};

@@ -1,5 +1,5 @@
 //! The replica model shared by every process: states, sticky records, file attributes, pool
-//! modes and space figures (reference §1). These types cross process boundaries on purpose and
+//! modes and space figures (docs/dcache-compatibility.md#replicas). These types cross process boundaries on purpose and
 //! are therefore serialisable.
 
 use std::fmt;
@@ -38,7 +38,7 @@ pub fn check_storage_class(class: &str) -> Result<(), StorageClassError> {
     Ok(())
 }
 
-/// The life cycle of a replica in a pool's repository (reference §1.2).
+/// The life cycle of a replica in a pool's repository (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReplicaState {
     /// Entry just created, nothing written yet.
@@ -98,7 +98,7 @@ impl ReplicaState {
         matches!(self, ReplicaState::Cached | ReplicaState::Precious)
     }
 
-    /// Whether an explicit state change from `self` to `to` is allowed (reference §1.2):
+    /// Whether an explicit state change from `self` to `to` is allowed (docs/dcache-compatibility.md#replicas):
     /// from CACHED, PRECIOUS or BROKEN to any of REMOVED, CACHED, PRECIOUS, BROKEN. Receiving
     /// states reach CACHED/PRECIOUS only through the repository's commit, never through this.
     pub fn may_change_to(self, to: ReplicaState) -> bool {
@@ -129,7 +129,7 @@ impl FromStr for ReplicaState {
 /// Expiry value meaning "never expires".
 pub const NEVER: EpochMillis = -1;
 
-/// One sticky flag on a replica: an owner and an expiry (reference §1.3).
+/// One sticky flag on a replica: an owner and an expiry (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StickyRecord {
     pub owner: String,
@@ -148,13 +148,13 @@ impl StickyRecord {
     }
 
     /// A pin is a sticky record owned by the pin manager: its owner starts with the configured
-    /// prefix (reference §1.3, §10 item 20).
+    /// prefix (docs/dcache-compatibility.md#replicas, docs/dcache-compatibility.md#dcache-defects-not-reproduced).
     pub fn is_pin(&self, pin_prefix: &str) -> bool {
         self.owner.starts_with(pin_prefix)
     }
 }
 
-/// How a sticky flag is set (reference §1.3).
+/// How a sticky flag is set (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StickyMode {
     /// The owner's record is replaced; an expiry in the past removes it.
@@ -213,7 +213,7 @@ pub fn apply_sticky(records: &mut Vec<StickyRecord>, new: StickyRecord, mode: St
     }
 }
 
-/// Whether a replica must be kept online (reference §1.4).
+/// Whether a replica must be kept online (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AccessLatency {
     Online,
@@ -246,7 +246,7 @@ impl FromStr for AccessLatency {
     }
 }
 
-/// Whether a file must also live on tape (reference §1.4).
+/// Whether a file must also live on tape (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetentionPolicy {
     Custodial,
@@ -331,7 +331,7 @@ impl ChecksumWriter {
     }
 }
 
-/// The attributes of a file that travel with its replica (reference §1.4).
+/// The attributes of a file that travel with its replica (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileAttributes {
     pub pnfsid: PnfsId,
@@ -348,7 +348,7 @@ pub struct FileAttributes {
     pub access_time: EpochMillis,
 }
 
-/// A pool's mode: a bit set (reference §1.5).
+/// A pool's mode: a bit set (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PoolMode(u32);
 

@@ -1,5 +1,5 @@
 //! Byte quantities with dCache's units: `k K M G T P` are powers of 1000, `Ki Mi Gi Ti Pi`
-//! powers of 1024 (reference §7.1). A trailing `B` is allowed: `10GiB`, `500M`.
+//! powers of 1024 (docs/dcache-compatibility.md#the-expression-language). A trailing `B` is allowed: `10GiB`, `500M`.
 
 /// The multiplier of a unit suffix, if it is one.
 pub fn unit_multiplier(unit: &str) -> Option<u64> {

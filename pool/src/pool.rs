@@ -26,7 +26,7 @@ pub fn now_ms() -> EpochMillis {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// A pool mode with the operator's reason (reference §1.5).
+/// A pool mode with the operator's reason (docs/dcache-compatibility.md#replicas).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModeState {
     pub mode: PoolMode,

@@ -1,5 +1,5 @@
 //! `rebalance pgroup`: levels the space use of a pool group in one command, as dCache's
-//! PoolManager does (reference §2.9). Any pool accepts it. It asks every pool of the group for
+//! PoolManager does (docs/dcache-compatibility.md#rebalance). Any pool accepts it. It asks every pool of the group for
 //! its cost (`PoolInfo`), leaves out the disabled pools and those that do not answer, and on
 //! each enabled pool force-cancels the job called `rebalance` and starts
 //! `migration move -id=rebalance` towards all the enabled pools of the group, with a target

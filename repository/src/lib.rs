@@ -854,7 +854,7 @@ impl Repository {
         Ok(true)
     }
 
-    /// Changes a replica's state (reference §1.2). REMOVED deletes the replica; asking for it
+    /// Changes a replica's state (docs/dcache-compatibility.md#replicas). REMOVED deletes the replica; asking for it
     /// on a missing replica is a no-op. Durable when this returns.
     pub fn set_state(&self, id: &PnfsId, to: ReplicaState, now: EpochMillis) -> RepoResult<()> {
         if to == ReplicaState::Removed {

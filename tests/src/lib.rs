@@ -27,6 +27,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use rustix::process::Signal;
+
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 
@@ -265,7 +267,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> O
     }
 }
 
-/// One migration job's summary line (reference §8.1), as `migration ls`, `migration copy`,
+/// One migration job's summary line (docs/dcache-compatibility.md#output), as `migration ls`, `migration copy`,
 /// `suspend`, `resume` and `cancel` print it: `[<id>] <STATE padded to 12> <command>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobLine {
@@ -312,7 +314,7 @@ impl JobLine {
 
 /// A value of a `key: value` report such as `migration info` (`State      : RUNNING`,
 /// `Concurrency: 1`): the key is what comes before the first `:`, trimmed, as the REST frontend
-/// of dCache reads it (reference §8.2).
+/// of dCache reads it (docs/dcache-compatibility.md#output).
 pub fn report_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
@@ -468,17 +470,14 @@ pub struct Memory {
 /// Reads [`Memory`] of process `pid`. Panics if `/proc` does not say (Linux only).
 #[track_caller]
 pub fn memory(pid: u32) -> Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    let status = i32::try_from(pid)
+        .map_err(|e| e.to_string())
+        .and_then(|pid| procfs::process::Process::new(pid).and_then(|p| p.status()).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().strip_suffix("kB"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+    let field = |name: &str, value: Option<u64>| -> u64 {
+        value.unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status: {status:?}"))
     };
-    Memory { rss_kib: field("VmRSS:"), peak_kib: field("VmHWM:") }
+    Memory { rss_kib: field("VmRSS", status.vmrss), peak_kib: field("VmHWM", status.vmhwm) }
 }
 
 /// One pool of a [`Cluster`].
@@ -823,21 +822,21 @@ impl Cluster {
     #[track_caller]
     pub fn freeze(&mut self, pool: &str) {
         let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
-        signal(child, libc::SIGSTOP);
+        signal(child, Signal::STOP);
     }
 
     /// Resumes a pool stopped with [`Cluster::freeze`] (SIGCONT).
     #[track_caller]
     pub fn thaw(&mut self, pool: &str) {
         let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
-        signal(child, libc::SIGCONT);
+        signal(child, Signal::CONT);
     }
 
     /// Sends SIGHUP to a running pool (it reads its config and cluster file again).
     #[track_caller]
     pub fn hangup(&self, pool: &str) {
         let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
-        signal(child, libc::SIGHUP);
+        signal(child, Signal::HUP);
     }
 
     /// Sends SIGTERM and waits (up to [`STOP_DEADLINE`]) for the pool to exit; returns how it
@@ -845,7 +844,7 @@ impl Cluster {
     #[track_caller]
     pub fn stop(&mut self, pool: &str) -> ExitStatus {
         let child = self.running.remove(pool).unwrap_or_else(|| panic!("{pool} is not running"));
-        signal(&child, libc::SIGTERM);
+        signal(&child, Signal::TERM);
         self.reap(pool, child, STOP_DEADLINE, " of SIGTERM")
     }
 
@@ -1106,7 +1105,7 @@ pub fn create(cluster: &Cluster, pool: &str, command: &str) -> String {
 }
 
 /// The stored form of a command line without escapes: options as given, then `--` and the
-/// targets (reference §6.3).
+/// targets (docs/dcache-compatibility.md#permanent-jobs-and-save).
 pub fn stored(command: &str) -> String {
     let words: Vec<&str> = command.split(' ').collect();
     let (name, rest) = words.split_at(2);
@@ -1225,10 +1224,8 @@ impl Drop for TinyFs {
 }
 
 /// Whether this process runs as root (and so may mount file systems).
-#[allow(unsafe_code)]
 pub fn is_root() -> bool {
-    // SAFETY: geteuid(2) takes nothing, touches no memory and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Writes zeros into a new file `path` until the file system is full; returns how many bytes
@@ -1242,7 +1239,7 @@ pub fn fill_disk(path: &Path) -> u64 {
         match file.write(&chunk) {
             Ok(0) => break,
             Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => break,
             Err(e) => panic!("fill {}: {e}", path.display()),
         }
     }
@@ -1254,14 +1251,10 @@ pub fn fill_disk(path: &Path) -> u64 {
 }
 
 /// Sends `sig` to a child that has not been reaped, so its pid cannot have been reused.
-#[allow(unsafe_code)]
 #[track_caller]
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
-    // SAFETY: kill(2) takes two integers and touches no memory of ours; the pid is our own
-    // un-reaped child, so it names that process and no other.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill -{sig} {pid}: {}", std::io::Error::last_os_error());
+pub fn signal(child: &Child, sig: Signal) {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, sig).unwrap_or_else(|e| panic!("kill -{} {}: {e}", sig.as_raw(), child.id()));
 }
 
 impl Drop for Cluster {

@@ -31,7 +31,11 @@ fn crash_at(cluster: &mut Cluster, pool: &str, points: &str, abort_at: &str, tri
     cluster.start_with_env(pool, &[(ENV, points)]);
     trigger(cluster);
     let status = cluster.wait_for_exit(pool, CRASH_WAIT);
-    assert_eq!(status.signal(), Some(libc::SIGABRT), "{pool} aborted at {abort_at}: {status}");
+    assert_eq!(
+        status.signal(),
+        Some(rustix::process::Signal::ABORT.as_raw()),
+        "{pool} aborted at {abort_at}: {status}"
+    );
     let needle = format!("fault point {abort_at} reached: aborting");
     assert!(cluster.log(pool).contains(&needle), "the log of {pool} says it reached {abort_at}");
     cluster.start(pool);

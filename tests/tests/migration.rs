@@ -31,9 +31,9 @@ fn sorted(mut lines: Vec<RepLine>) -> Vec<RepLine> {
     lines
 }
 
-/// The dCache book's session (reference §2.1, §2.8, §8.1, §8.2): create a copy job, list it,
-/// suspend and resume it, follow it to FINISHED, then the commands on a finished job, `clear`,
-/// and the concurrency commands.
+/// The dCache book's session (docs/dcache-compatibility.md#commands, docs/dcache-compatibility.md#output):
+/// create a copy job, list it, suspend and resume it, follow it to FINISHED, then the commands on a finished
+/// job, `clear`, and the concurrency commands.
 #[test]
 fn the_dcache_book_session() {
     let cluster = two_pools();
@@ -75,8 +75,8 @@ fn the_dcache_book_session() {
     ok(&cluster, "pool2", "pp set max active 8\n");
 
     let info = cluster.wait_for_job("pool1", "1", "FINISHED", JOB_WAIT);
-    // The §8.2 layout: these lines first and in this order (Tidepool's additions come after
-    // Concurrency), then the running tasks (none).
+    // The layout of docs/dcache-compatibility.md#output: these lines first and in this order (Tidepool's
+    // additions come after Concurrency), then the running tasks (none).
     let size = files[0].1.len();
     let head: Vec<&str> = info.lines().take(8).collect();
     assert_eq!(

@@ -3,7 +3,7 @@
 //! `migration move -id=rebalance` on every enabled pool of the group, and the pools end level.
 //! Every wait polls `migration info`, `migration ls` or `pp ls` for a state, with a deadline.
 //!
-//! How level the pools end is worked out from the algorithm (reference §2.9), not measured:
+//! How level the pools end is worked out from the algorithm (docs/dcache-compatibility.md#rebalance), not measured:
 //! with `-metric=relative`, F = sum(used) / sum(total). A source evaluates its `-stop-when`
 //! (`source.used <= F * source.total`) with its live used space before each new task; with the
 //! pools' default concurrency of 1, a source stops at the first file that takes it to F or

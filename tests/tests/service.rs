@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use procfs::process::LimitValue;
 use tidepool_tests::*;
 
 /// How long any awaited state may take.
@@ -289,11 +290,7 @@ fn readiness_comes_once_the_pool_answers_then_the_watchdog_and_stopping() {
         assert!(Instant::now() < deadline, "no WATCHDOG=1 within {WAIT:?}");
     }
 
-    let pid = libc::pid_t::try_from(daemon.0.id()).expect("a pid");
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) touches no memory of ours; the pid is our un-reaped child.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    tidepool_tests::signal(&daemon.0, Signal::TERM);
     loop {
         let n = next_notification(&socket);
         if n.lines().any(|l| l == "STOPPING=1") {
@@ -314,10 +311,13 @@ fn readiness_comes_once_the_pool_answers_then_the_watchdog_and_stopping() {
 
 /// The soft and hard limit on open files of a process, from `/proc/<pid>/limits`.
 fn nofile_limits(pid: u32) -> (String, String) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/<pid>/limits");
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
-    let mut words = line["Max open files".len()..].split_whitespace();
-    (words.next().expect("soft").to_string(), words.next().expect("hard").to_string())
+    let pid = i32::try_from(pid).expect("a pid");
+    let limits = procfs::process::Process::new(pid).and_then(|p| p.limits()).expect("read /proc/<pid>/limits");
+    let text = |v: LimitValue| match v {
+        LimitValue::Unlimited => "unlimited".to_string(),
+        LimitValue::Value(n) => n.to_string(),
+    };
+    (text(limits.max_open_files.soft_limit), text(limits.max_open_files.hard_limit))
 }
 
 #[test]

@@ -1,6 +1,6 @@
-//! The type rules of reference §7.2, with `==`/`!=` defined on every type (dCache's boolean
-//! `==` was always true, §10 item 30). Each error points at the offending operand: a literal
-//! or name, or the operator that produced the offending value.
+//! The type rules of docs/dcache-compatibility.md#the-expression-language, with `==`/`!=` defined on every
+//! type (dCache's boolean `==` was always true, docs/dcache-compatibility.md#dcache-defects-not-reproduced).
+//! Each error points at the offending operand: a literal or name, or the operator that produced the offending value.
 
 use super::parse::{BinOp, Kind, Link, Node};
 use super::regex::Regex;

@@ -1,6 +1,6 @@
-//! Evaluation of a checked tree (reference §7.2): IEEE double arithmetic (`/` by zero gives
-//! ±∞ or NaN, `%` is the floating remainder, `**` is `powf`), short-circuit `and`/`or`, and
-//! only the chosen branch of `? :` is evaluated.
+//! Evaluation of a checked tree (docs/dcache-compatibility.md#the-expression-language): IEEE double
+//! arithmetic (`/` by zero gives ±∞ or NaN, `%` is the floating remainder, `**` is `powf`), short-circuit
+//! `and`/`or`, and only the chosen branch of `? :` is evaluated.
 
 use super::parse::{BinOp, Kind, Link, Node};
 use super::regex::Regex;

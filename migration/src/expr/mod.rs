@@ -1,6 +1,6 @@
 //! The expression language of `-include-when`, `-exclude-when`, `-pause-when` and
-//! `-stop-when` (reference §7): parsed with nom, type-checked against the symbols of its
-//! context when the job is created, evaluated whenever pool information changes.
+//! `-stop-when` (docs/dcache-compatibility.md#the-expression-language): parsed with nom, type-checked
+//! against the symbols of its context when the job is created, evaluated whenever pool information changes.
 //!
 //! ```text
 //! If             := Disjunction [ '?' If ':' If ]           right-associative
@@ -22,7 +22,8 @@
 //! see `regex.rs`). Binary operators are left-associative.
 //!
 //! Differences from dCache, all deliberate:
-//! - `==` on booleans compares them (dCache's was always true, §10 item 30);
+//! - `==` on booleans compares them (dCache's was always true,
+//!   docs/dcache-compatibility.md#dcache-defects-not-reproduced);
 //! - whitespace before the first token is accepted;
 //! - keywords are whole words: `notx` is the name `notx`, not `not x`;
 //! - a unit may carry a trailing `B` (`10GiB`), as in every other Tidepool size;
@@ -137,7 +138,7 @@ pub fn parse(text: &str, symbols: &dyn Fn(&str) -> Option<Type>) -> Result<Expr,
 }
 
 /// Parses `text`, checks it against `symbols` and requires a BOOLEAN: what every `-*-when`
-/// option needs (reference §7: checked when the job is created).
+/// option needs (checked when the job is created: docs/dcache-compatibility.md#the-expression-language).
 pub fn parse_boolean(text: &str, symbols: &dyn Fn(&str) -> Option<Type>) -> Result<Expr, ExprError> {
     let expr = parse(text, symbols)?;
     if expr.ty != Type::Boolean {
@@ -197,7 +198,7 @@ impl PartialEq for Expr {
 
 impl Eq for Expr {}
 
-/// The fields of a pool bound to `source.` or `target.` (reference §7.3).
+/// The fields of a pool bound to `source.` or `target.` (docs/dcache-compatibility.md#the-expression-language).
 pub const POOL_FIELDS: &[(&str, Type)] = &[
     ("name", Type::String),
     ("cpuCost", Type::Number),

@@ -1,4 +1,5 @@
-//! The grammar of reference §7.1, written with nom 8, producing an untyped syntax tree.
+//! The grammar of docs/dcache-compatibility.md#the-expression-language, written with nom 8, producing an
+//! untyped syntax tree.
 //!
 //! Every level is a method of [`Grammar`], which knows the whole text so that each node and
 //! each error carries a byte offset. Decisions are LL(1): once a token has committed the parser

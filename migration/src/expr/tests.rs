@@ -184,7 +184,7 @@ fn comparisons() {
 
 #[test]
 fn boolean_equality_compares_its_operands() {
-    // dCache §10 item 30: `==` on booleans was always true.
+    // docs/dcache-compatibility.md#dcache-defects-not-reproduced: `==` on booleans was always true.
     check_values(&[
         ("true == false", boolean(false)),
         ("false == true", boolean(false)),
@@ -399,7 +399,7 @@ fn eval_in(text: &str, symbols: &dyn Fn(&str) -> Option<Type>, values: &HashMap<
 
 #[test]
 fn rebalance_expressions() {
-    // The expressions `rebalance pgroup` sends (reference §2.9).
+    // The expressions `rebalance pgroup` sends (docs/dcache-compatibility.md#rebalance).
     let pools = |source_used: f64, target_used: f64, targets: f64| {
         pool_values(&[
             ("source.name", string("pool1")),

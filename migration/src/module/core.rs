@@ -378,8 +378,8 @@ impl<W: World> Cx<'_, W> {
         }
     }
 
-    /// The repository changed a file (reference §6.1). A deleted file leaves the job (its
-    /// running task is cancelled); a queued file that no longer matches leaves the queue (a
+    /// The repository changed a file (docs/dcache-compatibility.md#permanent-jobs-and-save). A deleted file
+    /// leaves the job (its running task is cancelled); a queued file that no longer matches leaves the queue (a
     /// running task goes on); a permanent job adds a file that has come to match.
     fn repository_changed(&mut self, id: PnfsId, change: RepoChange, entry: Option<Entry>) {
         let now = self.world.now();
@@ -447,7 +447,7 @@ impl<W: World> Cx<'_, W> {
         });
     }
 
-    /// The scheduler (reference §3.5), with failed files waiting out their backoff.
+    /// The scheduler (docs/dcache-compatibility.md#scheduling), with failed files waiting out their backoff.
     fn schedule(&mut self) {
         let state = self.s.state;
         if state == JobState::Cancelling {
@@ -624,7 +624,7 @@ impl<W: World> Cx<'_, W> {
         }
     }
 
-    /// `-stop-when` and `-pause-when` (reference §3.5 step 5, §3.8); true if one of them held
+    /// `-stop-when` and `-pause-when` (docs/dcache-compatibility.md#scheduling); true if one of them held
     /// and the job stopped or paused.
     fn lifetime_conditions(&mut self) -> bool {
         if let Some(stop) = self.job.def.stop_when.clone()
@@ -644,7 +644,7 @@ impl<W: World> Cx<'_, W> {
     }
 
     /// A PAUSED job looks again every 10 s for as long as the condition holds (dCache looked
-    /// once, §10 item 28); the stop condition is looked at first.
+    /// once, docs/dcache-compatibility.md#dcache-defects-not-reproduced); the stop condition is looked at first.
     fn pause_check(&mut self) {
         if let Some(stop) = self.job.def.stop_when.clone()
             && self.condition(&stop, "-stop-when")
@@ -766,7 +766,8 @@ impl<W: World> Cx<'_, W> {
     }
 
     /// Whether a target passes `-include-when` (unless `-include` was given) and
-    /// `-exclude-when` (reference §7.4); one that cannot be evaluated is left out, with a note.
+    /// `-exclude-when` (docs/dcache-compatibility.md#the-expression-language); one that cannot be evaluated
+    /// is left out, with a note.
     fn eligible(&mut self, source: &PoolCost, target: &PoolName, cost: &PoolCost) -> bool {
         let def = &self.job.def;
         if def.include_when.is_none() && def.exclude_when.is_none() {
@@ -879,7 +880,7 @@ impl<W: World> Cx<'_, W> {
         self.feed(id, TaskEvent::Start);
     }
 
-    /// Adds a file to the queue (reference §3.6); wakes a sleeping job.
+    /// Adds a file to the queue (docs/dcache-compatibility.md#scheduling); wakes a sleeping job.
     fn add(&mut self, id: PnfsId, size: u64) {
         if self.s.state.is_terminal() || self.s.state == JobState::Cancelling {
             return;
@@ -1103,7 +1104,8 @@ impl<W: World> Cx<'_, W> {
         }
         match outcome {
             Outcome::Done { replicas } => {
-                // The source mode comes first (§3.7); the file counts as done after it.
+                // The source mode comes first (docs/dcache-compatibility.md#scheduling); the file counts as
+                // done after it.
                 r.finishing = true;
                 if replicas.len() < self.job.def.replicas {
                     // -target-deficit-mode=limit: the copies there could be were made; the source

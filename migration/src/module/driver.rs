@@ -47,8 +47,8 @@ impl<E: Env> Module<E> {
 
     // ---------------------------------------------------------------- repository changes
 
-    /// The repository announced a change to `id` (reference §6.1). A deleted file leaves every
-    /// job (its running task is cancelled); a queued file that no longer matches leaves the
+    /// The repository announced a change to `id` (docs/dcache-compatibility.md#permanent-jobs-and-save). A
+    /// deleted file leaves every job (its running task is cancelled); a queued file that no longer matches leaves the
     /// queue (a running task goes on); a permanent job adds a file that has come to match.
     pub fn repository_changed(self: &Arc<Self>, id: PnfsId, change: RepoChange) {
         let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();

@@ -1,5 +1,5 @@
-//! The target side of the migration module (reference §5): copy requests from other pools'
-//! jobs, with ping and cancel by (requesting pool, attempt), and the outcome reported back.
+//! The target side of the migration module (docs/dcache-compatibility.md#the-target-side): copy requests
+//! from other pools' jobs, with ping and cancel by (requesting pool, attempt), and the outcome reported back.
 
 use super::*;
 use tracing::Instrument;
@@ -595,7 +595,7 @@ impl<E: Env> Module<E> {
     }
 
     /// Brings an existing replica up to what the request asks, never making it more
-    /// volatile (§5.2).
+    /// volatile (docs/dcache-compatibility.md#source-and-target-modes).
     async fn update_existing(
         self: &Arc<Self>,
         req: &CopyRequest,

@@ -1,5 +1,5 @@
-//! The source mode (reference §4.7): what becomes of the source replica once its copies are
-//! confirmed, never losing a pin and never destroying a source short of its copies.
+//! The source mode (docs/dcache-compatibility.md#source-and-target-modes): what becomes of the source
+//! replica once its copies are confirmed, never losing a pin and never destroying a source short of its copies.
 
 use super::*;
 
@@ -15,10 +15,10 @@ pub(super) struct SourceModeItem {
     pub(super) snapshot: Snapshot,
 }
 
-/// Applies the source mode to files whose copies were confirmed (reference §4.7), each on its
-/// own, with the deletions of all of them in one step that flushes once
-/// ([`Env::remove_many_unless`]). A pinned replica is never deleted: `delete` becomes
-/// `removable` while a pin stays; pins that went with the copy are cleared here, after the
+/// Applies the source mode to files whose copies were confirmed
+/// (docs/dcache-compatibility.md#source-and-target-modes), each on its own, with the deletions of all of
+/// them in one step that flushes once ([`Env::remove_many_unless`]). A pinned replica is never deleted:
+/// `delete` becomes `removable` while a pin stays; pins that went with the copy are cleared here, after the
 /// target confirmed them.
 ///
 /// A source that an operator changed after its task began (`snapshot`: a new state or sticky

@@ -502,7 +502,7 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
     Ok(())
 }
 
-/// The `rep ls` flag field: `<F1..F5-F7..F10-L(0)[0]>` (reference §8.3).
+/// The `rep ls` flag field: `<F1..F5-F7..F10-L(0)[0]>` (docs/dcache-compatibility.md#output).
 pub fn flags(r: &Replica, now: i64) -> String {
     let s = r.state;
     let f = |on: bool, c: char| if on { c } else { '-' };

@@ -78,7 +78,7 @@ pub enum Command {
         json: bool,
     },
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
-    /// line (reference §6.3).
+    /// line (docs/dcache-compatibility.md#permanent-jobs-and-save).
     MigrationCreate {
         def: Box<JobDefinition>,
         command: String,
@@ -151,7 +151,7 @@ pub enum Command {
 /// What `migration info` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InfoView {
-    /// The report of reference §8.2, with rate, ETA and the latest failures.
+    /// The report of docs/dcache-compatibility.md#output, with rate, ETA and the latest failures.
     Report,
     /// `-failed`: every file that failed, with its last error.
     Failed,
@@ -233,8 +233,8 @@ const fn valued(name: &'static str, v: &'static str, help: &'static str) -> Opti
 /// `-json` on a listing or status command; docs/json.md gives each command's schema.
 const JSON: OptionSpec = flag("json", "one JSON document instead of the text (schema: docs/json.md)");
 
-/// The options of `migration copy|move|cache` (reference §2.2-§2.5); the three commands differ
-/// only in their defaults (§2.6), which each option's help names.
+/// The options of `migration copy|move|cache` (docs/dcache-compatibility.md#job-options); the three commands differ
+/// only in their defaults (docs/dcache-compatibility.md#job-options), which each option's help names.
 static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
     valued(
         "id",

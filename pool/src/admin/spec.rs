@@ -502,8 +502,8 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
     (spec.parse)(&inv).map(Some)
 }
 
-/// The stored form of a command line (reference §6.3), as `migration ls` shows a job's command
-/// and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
+/// The stored form of a command line (docs/dcache-compatibility.md#permanent-jobs-and-save), as `migration
+/// ls` shows a job's command and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
 /// order given, a literal `--`, then the positional arguments. Names, values and arguments are
 /// escaped by `escape`. A line with neither options nor arguments is just the name.
 ///

@@ -329,8 +329,7 @@ pub fn target(name: &str) -> Option<&'static Target> {
 
 /// The peak resident memory of this process so far (`VmHWM` of /proc/self/status), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    procfs::process::Process::myself().and_then(|p| p.status()).ok()?.vmhwm
 }
 
 #[cfg(test)]

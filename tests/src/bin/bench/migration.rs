@@ -39,11 +39,12 @@ use tidepool_p2p::PnfsId;
 use tidepool_repository::{ReplicaStore, SledStore};
 use tidepool_tests::report_field;
 
-use super::flag;
-use super::p2p::{
-    self, Admin, Bench, Binaries, CacheMode, DataSet, Measure, POLL, Proc, Tool, busy_secs, cpu_secs, delta, human,
-    list, median, proc_io, wait_quiet,
-};
+use crate::dataset::{self, Bench, CacheMode, DataSet};
+use crate::flag;
+use crate::process::{self, Admin, Binaries, POLL, Proc};
+use crate::report::{Measure, human, list, median};
+use crate::system::{self, Who, busy_secs, cpu_secs, delta, proc_io, wait_quiet};
+use crate::tools::{self, Tool};
 
 pub const USAGE: &str = "bench migration [--parts move,rerun,init] [--set large|small|both] \
                          [--concurrency default|N[,...]] [--runs R] [--records N] [--cache cold|warm] [--dir DIR] \
@@ -92,7 +93,7 @@ struct Options {
 
 fn options(args: &[String]) -> anyhow::Result<Options> {
     let takes_value = ["--parts", "--set", "--concurrency", "--runs", "--records", "--cache", "--dir"];
-    p2p::check_args(args, &takes_value, USAGE)?;
+    dataset::check_args(args, &takes_value, USAGE)?;
     let parts = flag(args, "--parts")
         .unwrap_or("move,rerun,init")
         .split(',')
@@ -103,7 +104,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
             other => Err(anyhow!("--parts: unknown part {other:?}; use move, rerun, init")),
         })
         .collect::<anyhow::Result<Vec<Part>>>()?;
-    let sets = p2p::data_sets(args)?;
+    let sets = dataset::data_sets(args)?;
     let concurrency = flag(args, "--concurrency")
         .unwrap_or("default,8")
         .split(',')
@@ -120,7 +121,7 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
         bail!("--runs must be at least 1");
     }
     let records: u64 = flag(args, "--records").unwrap_or("1000000").parse().context("--records")?;
-    let cache = p2p::cache_option(args)?;
+    let cache = dataset::cache_option(args)?;
     Ok(Options {
         parts,
         sets,
@@ -136,8 +137,8 @@ fn options(args: &[String]) -> anyhow::Result<Options> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut opts = options(args)?;
     let bins = Binaries::find()?;
-    opts.cache = p2p::cache_mode(opts.cache);
-    let rsync = p2p::have_rsync("the `rsync -a` comparison is skipped");
+    opts.cache = dataset::cache_mode(opts.cache);
+    let rsync = tools::have_rsync("the `rsync -a` comparison is skipped");
     let temp;
     let base = match &opts.dir {
         Some(d) => d.clone(),
@@ -148,7 +149,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
     let base = base.canonicalize()?;
-    p2p::print_machine(&bins, &base, opts.cache);
+    system::print_machine(&bins, &base, opts.cache);
     let sets_wanted = opts.parts.iter().any(|p| matches!(p, Part::Move | Part::Rerun));
     for set in opts.sets.iter().filter(|_| sets_wanted) {
         let dir = base.join(set.name);
@@ -174,11 +175,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 fn run_set(set: DataSet, dir: &Path, bins: &Binaries, opts: &Options, rsync: bool) -> anyhow::Result<()> {
     println!("\n=== {} set: {} ({} in all) ===", set.name, set.describe(), human(set.bytes()));
-    let b = p2p::open_bench(set, dir, bins, opts.cache)?;
+    let b = dataset::open_bench(set, dir, bins, opts.cache)?;
     let rerun_c = opts.concurrency.iter().copied().find(|c| c.0 == Some(8)).unwrap_or(opts.concurrency[0]);
     let c = rerun_c.0.unwrap_or(1);
     let result = (|| {
-        p2p::warm_up(&b)?;
+        tools::warm_up(&b)?;
         if opts.parts.contains(&Part::Move) {
             let mut tools = vec![Tool::Cp];
             if rsync {
@@ -193,7 +194,7 @@ fn run_set(set: DataSet, dir: &Path, bins: &Binaries, opts: &Options, rsync: boo
                     round.moves.push(m);
                 }
                 for &tool in &tools {
-                    let r = p2p::run_tool(&b, tool)?;
+                    let r = tools::run_tool(&b, tool)?;
                     println!("[{} move {run}/{}] {}", set.name, opts.runs, r.line());
                     round.tools.push(r);
                 }
@@ -274,9 +275,9 @@ struct Pair {
 
 fn start_pair(b: &Bench) -> anyhow::Result<Pair> {
     restore_source(b)?;
-    let [(src_admin, _), (tgt_admin, _)] = p2p::write_cluster(&b.dir)?;
-    let (source, src) = p2p::start_pool(b, "pool1", src_admin)?;
-    let (target, _tgt) = p2p::start_pool(b, "pool2", tgt_admin)?;
+    let [(src_admin, _), (tgt_admin, _)] = process::write_cluster(&b.dir)?;
+    let (source, src) = process::start_pool(b, "pool1", src_admin)?;
+    let (target, _tgt) = process::start_pool(b, "pool2", tgt_admin)?;
     Ok(Pair { source, src, target })
 }
 
@@ -366,8 +367,8 @@ fn run_move(b: &Bench, variant: Concurrency) -> anyhow::Result<Move> {
     b.rt.block_on(pair.src.run("pool disable -rdonly"))?;
     let busy = wait_quiet();
     b.settle()?;
-    let cpu0 = (source.cpu(), target.cpu(), cpu_secs("self", false));
-    let io0 = (proc_io(&source.pid()).0, proc_io(&target.pid()).1);
+    let cpu0 = (source.cpu(), target.cpu(), cpu_secs(Who::Me, false));
+    let io0 = (proc_io(source.who()).0, proc_io(target.who()).1);
     let (disk0, busy0) = (b.disk(), busy_secs());
     let t0 = Instant::now();
     let (done, polls) = b.rt.block_on(async {
@@ -375,11 +376,11 @@ fn run_move(b: &Bench, variant: Concurrency) -> anyhow::Result<Move> {
         wait_finished(&mut pair.src, &job, t0, deadline(b.set)).await
     })?;
     let (disk, busy1) = (delta(disk0, b.disk()), busy_secs());
-    let cpu = (source.cpu() - cpu0.0, target.cpu() - cpu0.1, cpu_secs("self", false) - cpu0.2);
-    let io = (proc_io(&source.pid()).0 - io0.0, proc_io(&target.pid()).1 - io0.1);
+    let cpu = (source.cpu() - cpu0.0, target.cpu() - cpu0.1, cpu_secs(Who::Me, false) - cpu0.2);
+    let io = (proc_io(source.who()).0 - io0.0, proc_io(target.who()).1 - io0.1);
     let rss = (source.peak_rss_mib(), target.peak_rss_mib());
     pair.stop()?;
-    p2p::verify_pool(&b.dir.join("pool2"), &b.manifest, b.set.size as u64)?;
+    dataset::verify_pool(&b.dir.join("pool2"), &b.manifest, b.set.size as u64)?;
     fs::remove_dir_all(b.dir.join("pool2"))?;
     let left = count_records(&b.dir.join("pool1"))?;
     let files_left = fs::read_dir(b.dir.join("pool1").join("data"))?.count();
@@ -456,18 +457,18 @@ fn run_rerun(b: &Bench, c: usize) -> anyhow::Result<Rerun> {
         b.settle()?;
         let (source, target) = (&pair.source, &pair.target);
         let cpu0 = source.cpu() + target.cpu();
-        let w0 = proc_io(&target.pid()).1;
+        let w0 = proc_io(target.who()).1;
         let t0 = Instant::now();
         let (done, _) = b.rt.block_on(async {
             let job = create(&mut pair.src, &command).await?;
             wait_finished(&mut pair.src, &job, t0, deadline(b.set)).await
         })?;
         times.push(done.as_secs_f64());
-        written.push(proc_io(&pair.target.pid()).1 - w0);
+        written.push(proc_io(pair.target.who()).1 - w0);
         cpu.push(pair.source.cpu() + pair.target.cpu() - cpu0);
     }
     pair.stop()?;
-    p2p::verify_pool(&b.dir.join("pool2"), &b.manifest, b.set.size as u64)?;
+    dataset::verify_pool(&b.dir.join("pool2"), &b.manifest, b.set.size as u64)?;
     fs::remove_dir_all(b.dir.join("pool2"))?;
     if count_records(&b.dir.join("pool1"))? != b.manifest.len() {
         bail!("a copy job changed the number of the source's records");
@@ -588,7 +589,7 @@ fn run_init(dir: &Path, bins: &Binaries, records: u64) -> anyhow::Result<()> {
         }
         fs::create_dir_all(dir)?;
         let t = Instant::now();
-        super::fill(&pool, records)?;
+        crate::repo::fill(&pool, records)?;
         let status = Command::new("sync").status()?;
         if !status.success() {
             bail!("sync failed");
@@ -600,13 +601,13 @@ fn run_init(dir: &Path, bins: &Binaries, records: u64) -> anyhow::Result<()> {
     if target.exists() {
         fs::remove_dir_all(&target)?;
     }
-    let key = p2p::cluster_key(dir, bins)?;
+    let key = process::cluster_key(dir, bins)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let [(src_admin, _), (tgt_admin, _)] = p2p::write_cluster(dir)?;
+    let [(src_admin, _), (tgt_admin, _)] = process::write_cluster(dir)?;
     let t = Instant::now();
-    let (source, mut src) = p2p::start_pool_in(dir, bins, &rt, &key, "pool1", src_admin)?;
+    let (source, mut src) = process::start_pool_in(dir, bins, &rt, &key, "pool1", src_admin)?;
     println!("pool1 started (repository opened, restart recovery included) in {:.2} s", t.elapsed().as_secs_f64());
-    let (target, _tgt) = p2p::start_pool_in(dir, bins, &rt, &key, "pool2", tgt_admin)?;
+    let (target, _tgt) = process::start_pool_in(dir, bins, &rt, &key, "pool2", tgt_admin)?;
     let rss_before = source.peak_rss_mib();
     let mut poll = rt.block_on(Admin::open(src_admin, &key))?;
     let busy = wait_quiet();
