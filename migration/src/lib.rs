@@ -27,10 +27,21 @@ pub enum MigrationError {
     /// An option value or combination is invalid (the message is dCache's where it has one).
     #[error("{0}")]
     Invalid(String),
+    /// No job of this pool has the id (dCache's message).
+    #[error("Job not found")]
+    JobNotFound,
 }
 
 impl MigrationError {
     pub fn invalid(msg: impl Into<String>) -> Self {
         MigrationError::Invalid(msg.into())
+    }
+
+    /// The stable code an operator sees.
+    pub fn code(&self) -> tidepool_p2p::ErrorCode {
+        match self {
+            MigrationError::Invalid(_) => tidepool_p2p::ErrorCode::InvalidArgument,
+            MigrationError::JobNotFound => tidepool_p2p::ErrorCode::JobNotFound,
+        }
     }
 }

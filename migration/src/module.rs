@@ -433,7 +433,7 @@ enum Action {
 }
 
 fn not_found() -> MigrationError {
-    MigrationError::invalid("Job not found")
+    MigrationError::JobNotFound
 }
 
 impl<E: Env> Module<E> {

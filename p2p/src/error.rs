@@ -54,6 +54,7 @@ error_codes! {
     FileBroken = 10011, "the pool holds a damaged (BROKEN) replica of the file; check it, then `rep rm -force` it";
     Locked = 10020, "the target pool's own migration job works on this file; it is retried later";
     NoTargets = 10025, "no target pool is online with room; check the targets with `migration info`";
+    JobNotFound = 10030, "no migration job of this pool has that id; `migration ls` lists them";
     PoolDisabled = 104, "the pool mode forbids this; see `info` and `pool enable`";
     AuthFailed = 20001, "every pool and the shell must use the same cluster key file";
     Protocol = 20002, "the peer speaks another protocol version or sent a malformed frame";

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admin::output::{Gone, Output};
 use crate::admin::{self, exec};
 use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::io::{blocking, read_full};
@@ -128,7 +129,7 @@ impl Daemon {
         // 3. Start the migration module and recreate the saved permanent jobs.
         span.in_scope(|| {
             pool.start_migration(migration);
-            crate::migration_env::restore(&pool);
+            crate::migration_env::restore(&pool, admin::parse_job);
         });
         Ok(Opened { pool, data_dir, capacity, began, key, grace: shutdown_grace, span })
     }
@@ -426,8 +427,8 @@ const OUTPUT_CHUNK: usize = 64 * 1024;
 /// Streams a command's output to the client as it is produced.
 struct ChannelOutput(mpsc::Sender<String>);
 
-impl exec::Output for ChannelOutput {
-    fn write(&mut self, text: &str) -> Result<(), exec::Gone> {
+impl Output for ChannelOutput {
+    fn write(&mut self, text: &str) -> Result<(), Gone> {
         // Keep every frame well under the frame limit, whatever a command writes at once.
         let mut rest = text;
         while !rest.is_empty() {
@@ -435,7 +436,7 @@ impl exec::Output for ChannelOutput {
             while !rest.is_char_boundary(cut) {
                 cut -= 1;
             }
-            self.0.blocking_send(rest[..cut].to_string()).map_err(|_| exec::Gone)?;
+            self.0.blocking_send(rest[..cut].to_string()).map_err(|_| Gone)?;
             rest = &rest[cut..];
         }
         Ok(())

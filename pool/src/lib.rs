@@ -5,14 +5,11 @@ pub mod admission;
 pub mod client;
 pub mod daemon;
 pub mod faults;
-pub mod gate;
 pub mod io;
 pub mod metrics;
 pub mod migration_env;
 pub mod pool;
 pub mod process;
-pub mod rebalance;
-pub mod small_fetch;
 pub mod transfer;
 
 /// The replica repository (crate `tidepool-repository`), under the name the pool's code uses.

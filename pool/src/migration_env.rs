@@ -24,6 +24,7 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tidepool_migration::definition::JobDefinition;
 use tidepool_migration::env::{
     Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered,
     source_removal,
@@ -550,7 +551,9 @@ pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
 
 /// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
 /// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
-pub fn restore(pool: &Pool) {
+/// `parse` reads a saved job's command line into its definition (the admin grammar's, handed in
+/// by the daemon, so that this adapter does not depend on the admin language).
+pub fn restore(pool: &Pool, parse: impl Fn(&str) -> Result<JobDefinition, String>) {
     let Some(module) = pool.try_migration() else { return };
     let text = match pool.repo.setting(SAVED_KEY) {
         Ok(None) => return,
@@ -594,12 +597,7 @@ pub fn restore(pool: &Pool) {
             ));
             continue;
         }
-        let def = match crate::admin::parse(&job.command) {
-            Ok(Some(crate::admin::Command::MigrationCreate { def, .. })) => Ok(*def),
-            Ok(_) => Err("not a migration copy, move or cache command".to_string()),
-            Err(e) => Err(e.message),
-        };
-        match def.and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
+        match parse(&job.command).and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
             Ok(line) => tracing::info!("restored migration job {line}"),
             Err(e) => {
                 module.report_problem(format!(

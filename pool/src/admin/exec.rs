@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,36 +14,15 @@ use tidepool_migration::module::Module;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 
-use super::{COMMANDS, Command, InfoView, Property, RepLs};
+use super::output::Output;
+use super::rep_ls::{ClassStats, each_selected, rep_ls_line};
+use super::{COMMANDS, Command, InfoView, RepLs};
 use crate::migration_env::PoolEnv;
 use crate::pool::{ModeState, Pool, now_ms};
-use crate::repository::{Replica, RepoError};
+use crate::repository::RepoError;
 use crate::transfer::{self, PullRequest};
 /// Whole-string glob match with `*` and `?` (the same globs as `migration -include/-exclude`).
 pub use tidepool_migration::targets::glob_match;
-
-/// Where a command's output goes.
-pub trait Output {
-    /// Appends text; `Err` when the reader is gone and the command should stop.
-    fn write(&mut self, text: &str) -> Result<(), Gone>;
-}
-
-/// The reader of the output went away.
-#[derive(Debug)]
-pub struct Gone;
-
-impl Output for String {
-    fn write(&mut self, text: &str) -> Result<(), Gone> {
-        self.push_str(text);
-        Ok(())
-    }
-}
-
-impl From<Gone> for RemoteError {
-    fn from(_: Gone) -> Self {
-        RemoteError::new(ErrorCode::Internal, "the client went away")
-    }
-}
 
 /// Parses and runs one line.
 pub fn run_line(pool: &Arc<Pool>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
@@ -209,10 +187,19 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
         Command::MigrationGetDefaultRefresh => {
             reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
         }
-        Command::Rebalance { group, metric, refresh, json, dry_run } => {
-            crate::rebalance::start(pool, &group, metric, refresh, json, dry_run, out)
+        Command::Rebalance { group, metric, refresh, json, dry_run } => super::rebalance::start(
+            pool,
+            &|line, out| run_line(pool, line, out),
+            &group,
+            metric,
+            refresh,
+            json,
+            dry_run,
+            out,
+        ),
+        Command::RebalanceCancel { group, json } => {
+            super::rebalance::cancel(pool, &|line, out| run_line(pool, line, out), &group, json, out)
         }
-        Command::RebalanceCancel { group, json } => crate::rebalance::cancel(pool, &group, json, out),
     }
 }
 
@@ -239,10 +226,11 @@ const CANCEL_REASON: &str = "by the operator";
 /// dCache's suffix to the reply of `migration concurrency`.
 const DEPRECATED_CONCURRENCY: &str = " (Warning: this command is deprecated, please use 'migration set concurrency')";
 
-/// Writes the migration module's reply, ending with a newline; its refusals (an unknown job, a
-/// state that does not allow the command) become `InvalidArgument` with the module's message.
+/// Writes the migration module's reply, ending with a newline; its refusals become their code
+/// (`JobNotFound` for an unknown job, `InvalidArgument` for a state that does not allow the
+/// command) with the module's message.
 fn reply(out: &mut dyn Output, result: Result<String, MigrationError>) -> Result<(), RemoteError> {
-    let mut text = result.map_err(|e| RemoteError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+    let mut text = result.map_err(|e| RemoteError::new(e.code(), e.to_string()))?;
     if !text.ends_with('\n') {
         text.push('\n');
     }
@@ -502,136 +490,6 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
     Ok(())
 }
 
-/// The `rep ls` flag field: `<F1..F5-F7..F10-L(0)[0]>` (docs/dcache-compatibility.md#output).
-pub fn flags(r: &Replica, now: i64) -> String {
-    let s = r.state;
-    let f = |on: bool, c: char| if on { c } else { '-' };
-    let chars = [
-        f(s == ReplicaState::Cached, 'C'),
-        f(s == ReplicaState::Precious, 'P'),
-        f(s == ReplicaState::FromClient, 'C'),
-        f(s == ReplicaState::FromStore, 'S'),
-        f(s == ReplicaState::FromPool, 'M'),
-        '-',
-        f(s == ReplicaState::Removed, 'R'),
-        f(s == ReplicaState::Destroyed, 'D'),
-        f(r.is_sticky(now), 'X'),
-        f(s == ReplicaState::Broken, 'E'),
-        '-',
-    ];
-    format!("<{}L(0)[0]>", chars.iter().collect::<String>())
-}
-
-/// The size `rep ls` shows: 0 while it is not known yet (NEW, FROM_STORE).
-pub fn listed_size(r: &Replica) -> u64 {
-    if matches!(r.state, ReplicaState::New | ReplicaState::FromStore) { 0 } else { r.attrs.size }
-}
-
-/// One `rep ls` line, with its newline.
-pub fn rep_ls_line(r: &Replica, now: i64) -> String {
-    let class = r.attrs.storage_class.as_deref().unwrap_or("<unknown>");
-    format!("{} {} {} si={{{}}}\n", r.pnfsid(), flags(r, now), listed_size(r), class)
-}
-
-fn selected(ls: &RepLs, r: &Replica, now: i64) -> bool {
-    let holds = |p: &Property| match p {
-        Property::Sticky => r.is_sticky(now),
-        Property::Precious => r.state == ReplicaState::Precious,
-        Property::Locked => r.state.is_receiving(),
-        Property::NotCached => r.state != ReplicaState::Cached,
-        Property::Error => r.state == ReplicaState::Broken,
-    };
-    let class_ok = match &ls.storage {
-        None => true,
-        Some(g) => glob_match(g, r.attrs.storage_class.as_deref().unwrap_or("<unknown>")),
-    };
-    class_ok && ls.require.iter().all(holds)
-}
-
-/// One row of `rep ls -s`, in bytes (also its `-json` form).
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct ClassStats {
-    pub files: u64,
-    pub bytes: u64,
-    pub precious_files: u64,
-    pub precious_bytes: u64,
-    pub sticky_files: u64,
-    pub sticky_bytes: u64,
-}
-
-impl ClassStats {
-    fn add(&mut self, r: &Replica, now: i64) {
-        let size = r.attrs.size;
-        self.files += 1;
-        self.bytes += size;
-        if r.state == ReplicaState::Precious {
-            self.precious_files += 1;
-            self.precious_bytes += size;
-        }
-        if r.is_sticky(now) {
-            self.sticky_files += 1;
-            self.sticky_bytes += size;
-        }
-    }
-
-    fn merge(&mut self, o: &ClassStats) {
-        self.files += o.files;
-        self.bytes += o.bytes;
-        self.precious_files += o.precious_files;
-        self.precious_bytes += o.precious_bytes;
-        self.sticky_files += o.sticky_files;
-        self.sticky_bytes += o.sticky_bytes;
-    }
-
-    fn row(&self, name: &str, unit: super::SizeUnit) -> String {
-        let b = |v: u64| format!("{}{}", v / unit.divisor(), unit.suffix());
-        format!(
-            "{:<24} {:>10} {:>14} {:>10} {:>14} {:>10} {:>14}\n",
-            name,
-            self.files,
-            b(self.bytes),
-            self.precious_files,
-            b(self.precious_bytes),
-            self.sticky_files,
-            b(self.sticky_bytes)
-        )
-    }
-}
-
-/// Calls `visit` for every replica `ls` selects (the listed pnfsids, or the replicas being
-/// received and then every stored one); returns the listed pnfsids the pool does not hold.
-pub fn each_selected(
-    pool: &Pool,
-    ls: &RepLs,
-    now: i64,
-    visit: &mut dyn FnMut(&Replica) -> Result<(), RemoteError>,
-) -> Result<Vec<String>, RemoteError> {
-    let mut visit = |r: &Replica| if selected(ls, r, now) { visit(r) } else { Ok(()) };
-    let mut missing = Vec::new();
-    if ls.pnfsids.is_empty() {
-        for r in pool.repo.incoming() {
-            visit(&r)?;
-        }
-        let mut stopped = Ok(());
-        pool.repo.scan(&mut |r| match visit(&r) {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                stopped = Err(e);
-                ControlFlow::Break(())
-            }
-        })?;
-        stopped?;
-    } else {
-        for id in &ls.pnfsids {
-            match pool.repo.get(id)? {
-                Some(r) => visit(&r)?,
-                None => missing.push(id.to_string()),
-            }
-        }
-    }
-    Ok(missing)
-}
-
 fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
     let now = now_ms();
     let summarise = ls.stats.is_some() || ls.sum;
@@ -693,6 +551,8 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::rep_ls::flags;
+    use crate::repository::Replica;
     use crate::repository::testing::{NOW, attrs, id};
     use tidepool_p2p::model::FileAttributes;
 
@@ -804,10 +664,17 @@ mod tests {
                 run(pool, "migration concurrency 1 6").unwrap(),
                 "[1] Concurrency set to 6 (Warning: this command is deprecated, please use 'migration set concurrency')\n"
             );
-            for line in ["migration info 9", "migration suspend 9", "migration resume 9", "migration cancel 9"] {
-                assert_eq!(refused(pool, line), "Job not found", "{line}");
+            for line in [
+                "migration info 9",
+                "migration suspend 9",
+                "migration resume 9",
+                "migration cancel 9",
+                "migration set concurrency 9 1",
+            ] {
+                let err = run(pool, line).expect_err(line);
+                assert_eq!(err.code, ErrorCode::JobNotFound.as_u32(), "{line:?}: {err:?}");
+                assert_eq!(err.message, "Job not found", "dCache's message: {line}");
             }
-            assert_eq!(refused(pool, "migration set concurrency 9 1"), "Job not found");
 
             // Bad lines make no job, whether the parser or the module refuses them.
             assert_eq!(refused(pool, "migration copy -replicas=0 pool2"), "Number of replicas must be positive.");

@@ -1,5 +1,5 @@
 //! The `-json` forms of the listing and status commands (`info`, `rep ls`, `pp ls`; `rebalance`
-//! builds its own in `crate::rebalance`). Each is a typed value serialised with serde, taken
+//! builds its own in `rebalance.rs`). Each is a typed value serialised with serde, taken
 //! from the same sources as the text form, never from its text. The schemas are documented in
 //! docs/json.md; a field is added there before it is added here, and none is renamed.
 //!
@@ -16,7 +16,8 @@ use tidepool_p2p::model::{ReplicaState, SpaceInfo};
 use tidepool_p2p::{ErrorCode, RemoteError};
 
 use super::RepLs;
-use super::exec::{self, Gone, Output};
+use super::output::{Gone, Output};
+use super::rep_ls;
 use crate::pool::{Pool, now_ms};
 use crate::repository::{Recovery, Replica};
 
@@ -305,8 +306,8 @@ impl ReplicaJson {
         ReplicaJson {
             pnfsid: r.pnfsid().to_string(),
             state: r.state.as_str(),
-            flags: exec::flags(r, now),
-            size: exec::listed_size(r),
+            flags: rep_ls::flags(r, now),
+            size: rep_ls::listed_size(r),
             storage_class: r.attrs.storage_class.clone(),
             sticky: r.is_sticky(now),
         }
@@ -317,7 +318,7 @@ impl ReplicaJson {
 #[derive(Debug, Serialize)]
 pub struct RepStatsJson {
     pub classes: Vec<ClassJson>,
-    pub total: exec::ClassStats,
+    pub total: rep_ls::ClassStats,
 }
 
 #[derive(Debug, Serialize)]
@@ -325,7 +326,7 @@ pub struct ClassJson {
     /// `<unknown>` for replicas without one, as in the text.
     pub storage_class: String,
     #[serde(flatten)]
-    pub stats: exec::ClassStats,
+    pub stats: rep_ls::ClassStats,
 }
 
 /// How much `rep ls -json` gathers before it hands it to the client.
@@ -375,7 +376,7 @@ pub fn rep_ls(pool: &Pool, ls: &RepLs, now: i64, out: &mut dyn Output) -> Result
     let mut ser = serde_json::Serializer::pretty(Sink { out, buf: Vec::new(), gone: false });
     let failed = |e: serde_json::Error| RemoteError::new(ErrorCode::Internal, format!("cannot write JSON: {e}"));
     let mut seq = ser.serialize_seq(None).map_err(failed)?;
-    let walked = exec::each_selected(pool, ls, now, &mut |r| {
+    let walked = rep_ls::each_selected(pool, ls, now, &mut |r| {
         seq.serialize_element(&ReplicaJson::of(r, now)).map_err(|e| if e.is_io() { Gone.into() } else { failed(e) })
     });
     let ended = seq.end();

@@ -3,6 +3,9 @@
 
 pub mod exec;
 pub mod json;
+pub mod output;
+pub mod rebalance;
+pub mod rep_ls;
 pub mod spec;
 
 use tidepool_migration::MigrationError;
@@ -16,7 +19,7 @@ use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
 use spec::{CommandSpec, Invocation, OptionSpec, OptionValue, ParseError};
 
 use crate::process::logging::{Level, LogTarget};
-use crate::rebalance::{self, Metric};
+use rebalance::Metric;
 
 /// A parsed admin command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -951,6 +954,16 @@ pub static COMMANDS: &[CommandSpec] = &[
 /// Parses a line against [`COMMANDS`]; `Ok(None)` for a blank line.
 pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     spec::parse_line(COMMANDS, line)
+}
+
+/// A saved job's command line (`migration copy|move|cache ...`) read into its definition, or why
+/// it cannot be.
+pub fn parse_job(line: &str) -> Result<JobDefinition, String> {
+    match parse(line) {
+        Ok(Some(Command::MigrationCreate { def, .. })) => Ok(*def),
+        Ok(_) => Err("not a migration copy, move or cache command".to_string()),
+        Err(e) => Err(e.message),
+    }
 }
 
 /// The declarations as the shell sees them.

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord};
-use tidepool_pool::admin::exec::{self, Gone, Output};
+use tidepool_pool::admin::exec;
+use tidepool_pool::admin::output::{Gone, Output};
 use tidepool_pool::pool::Pool;
 use tidepool_repository::{Replica, ReplicaStore, Repository, SledStore, record};
 

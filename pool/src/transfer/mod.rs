@@ -19,8 +19,11 @@
 //! concurrent outgoing streams (`pp set max outgoing`).
 //!
 //! Every transfer first asks for its replica within a small-file batch (`FetchSmall`, see
-//! `small_fetch.rs`, served here by [`serve_fetch_small`]); only a replica larger than one
+//! `small.rs`, served here by [`serve_fetch_small`]); only a replica larger than one
 //! chunk, or a source that does not know batches, takes the exchange above.
+
+pub mod gate;
+pub mod small;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -40,11 +43,11 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError, TransferId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::gate::Gate;
 use crate::io::blocking;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, Replica};
-use crate::small_fetch::{self, Fetched, SmallFetches};
+use gate::Gate;
+use small::{Fetched, SmallFetches};
 
 /// Tunables of pool-to-pool transfers.
 #[derive(Clone, Debug)]
@@ -406,7 +409,7 @@ async fn pull_batch_inner(
             for i in &asked {
                 let _ = batch[*i].0.started.set(now);
             }
-            small_fetch::fetch_many(pool, asked.iter().map(|i| (&*batch[*i].0, &batch[*i].1)).collect()).await
+            small::fetch_many(pool, asked.iter().map(|i| (&*batch[*i].0, &batch[*i].1)).collect()).await
         }
         None => asked.iter().map(|i| Fetched::Failed(cancelled(batch[*i].1.pnfsid))).collect(),
     };
@@ -484,7 +487,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
         _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
     };
     let _ = entry.started.set(Instant::now());
-    match small_fetch::fetch(pool, entry, req).await {
+    match small::fetch(pool, entry, req).await {
         Fetched::Data { attrs, bytes } => {
             entry.size.store(attrs.size, Ordering::Relaxed);
             entry.done.store(bytes.len() as u64, Ordering::Relaxed);
@@ -1169,5 +1172,4 @@ impl Faults {
 }
 
 #[cfg(test)]
-#[path = "transfer_tests.rs"]
 pub(crate) mod tests;

@@ -24,9 +24,13 @@ use tidepool_migration::report::JobSummary;
 use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
-use crate::admin::exec::{self, Output};
-use crate::admin::json::{ErrorJson, write_document};
+use super::json::{ErrorJson, write_document};
+use super::output::Output;
 use crate::pool::Pool;
+
+/// Runs one admin line on this pool: the executor's `run_line`, handed in by the executor that
+/// runs `rebalance`, so that this module does not depend on it.
+pub type RunHere<'a> = &'a dyn Fn(&str, &mut dyn Output) -> Result<(), RemoteError>;
 
 /// The id of the jobs `rebalance pgroup` starts (dCache's).
 pub const JOB_ID: &str = "rebalance";
@@ -37,8 +41,6 @@ const CANCEL_LINE: &str = "migration cancel -force rebalance";
 /// With `-json`, run after the other lines on each pool: its jobs, typed, to find its
 /// `rebalance` job.
 const LS_JSON_LINE: &str = "migration ls -json";
-/// What the migration module answers when a pool has no such job.
-const NO_JOB: &str = "Job not found";
 /// How long a pool may take to answer one admin command of a rebalance (creating a job replies
 /// at once; the job's work comes after).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -169,6 +171,7 @@ impl Plan {
 /// (`migration move -dry-run`).
 pub fn start(
     pool: &Arc<Pool>,
+    run: RunHere<'_>,
     group: &str,
     metric: Metric,
     refresh: u64,
@@ -199,10 +202,10 @@ pub fn start(
     });
     let plan = plan(metric, refresh, &answers);
     if dry_run {
-        return dry_run_plans(pool, &runtime, group, metric, &plan, json, out);
+        return dry_run_plans(pool, run, &runtime, group, metric, &plan, json, out);
     }
     if json {
-        return start_json(pool, &runtime, group, metric, &plan, out);
+        return start_json(pool, run, &runtime, group, metric, &plan, out);
     }
     let mut text = String::new();
     for (name, why) in &plan.left_out {
@@ -213,7 +216,7 @@ pub fn start(
         return Err(e);
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = on_each(pool, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
+    let results = on_each(pool, run, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
     let failed = report(&results, &mut text, |reply| reply.to_string());
     out.write(&text)?;
     summary(group, "started the rebalance jobs", &results, failed)
@@ -221,17 +224,23 @@ pub fn start(
 
 /// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
 /// one line per pool (the job's summary line, no such job, or the error).
-pub fn cancel(pool: &Arc<Pool>, group: &str, json: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn cancel(
+    pool: &Arc<Pool>,
+    run: RunHere<'_>,
+    group: &str,
+    json: bool,
+    out: &mut dyn Output,
+) -> Result<(), RemoteError> {
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
     if json {
-        let results = with_jobs(on_each(pool, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
+        let results = with_jobs(on_each(pool, run, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
         let (pools, failed) = outcomes(&results, "cancelled", "no_job");
         let doc = RebalanceJson { group: group.to_string(), metric: None, level: None, command: None, pools };
         write_document(out, &doc)?;
         return summary(group, "cancelled the rebalance jobs", &results, failed);
     }
-    let results = on_each(pool, &runtime, &members, &[CANCEL_LINE]);
+    let results = on_each(pool, run, &runtime, &members, &[CANCEL_LINE]);
     let mut text = String::new();
     let failed = report(&results, &mut text, cancelled);
     out.write(&text)?;
@@ -283,6 +292,7 @@ async fn ask(env: &impl Env, name: &PoolName) -> Answer {
 /// one (the pool had no such job: the output is then empty).
 fn on_each(
     pool: &Arc<Pool>,
+    run: RunHere<'_>,
     runtime: &tokio::runtime::Handle,
     pools: &[PoolName],
     lines: &[&str],
@@ -294,7 +304,7 @@ fn on_each(
         if *name == pool.name {
             results[i] = Some(run_lines(&lines, |line| {
                 let mut text = String::new();
-                exec::run_line(pool, line, &mut text).map(|()| text)
+                run(line, &mut text).map(|()| text)
             }));
         } else {
             remote.push((i, name.clone()));
@@ -339,7 +349,7 @@ fn run_lines(
     for line in lines {
         last = match run(line) {
             Ok(text) => text,
-            Err(e) if line == CANCEL_LINE && e.message == NO_JOB => String::new(),
+            Err(e) if line == CANCEL_LINE && e.code() == Some(ErrorCode::JobNotFound) => String::new(),
             Err(e) => return Err(e),
         };
     }
@@ -358,7 +368,7 @@ async fn run_remote(mut client: PoolClient, name: &PoolName, lines: &[String]) -
             .await;
         last = match result {
             Ok(None) => text,
-            Ok(Some(e)) if line == CANCEL_LINE && e.message == NO_JOB => String::new(),
+            Ok(Some(e)) if line == CANCEL_LINE && e.code() == Some(ErrorCode::JobNotFound) => String::new(),
             Ok(Some(e)) => return Err(e),
             Err(e) => return Err(client_error(e)),
         };
@@ -429,6 +439,7 @@ pub struct PoolOutcome {
 
 fn start_json(
     pool: &Arc<Pool>,
+    run: RunHere<'_>,
     runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
@@ -459,7 +470,7 @@ fn start_json(
         return Err(e);
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = with_jobs(on_each(pool, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
+    let results = with_jobs(on_each(pool, run, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
     let (started, failed) = outcomes(&results, "started", "started");
     pools.extend(started);
     doc.command = Some(plan.line.clone());
@@ -473,6 +484,7 @@ fn start_json(
 /// `<pool>: failed: <error>`; `-json`: [`RebalanceDryJson`].
 fn dry_run_plans(
     pool: &Arc<Pool>,
+    run: RunHere<'_>,
     runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
@@ -482,7 +494,7 @@ fn dry_run_plans(
 ) -> Result<(), RemoteError> {
     let checked = plan.check(group);
     let line = plan.dry_line(json);
-    let results = if checked.is_ok() { on_each(pool, runtime, &plan.pools, &[&line]) } else { Vec::new() };
+    let results = if checked.is_ok() { on_each(pool, run, runtime, &plan.pools, &[&line]) } else { Vec::new() };
     if json {
         let mut pools: Vec<PoolPlan> = plan
             .left_out
@@ -764,7 +776,7 @@ mod tests {
     #[test]
     fn run_lines_takes_a_missing_job_as_nothing_to_cancel() {
         let lines = vec![CANCEL_LINE.to_string(), "migration move x".to_string()];
-        let not_found = || RemoteError::new(ErrorCode::InvalidArgument, NO_JOB);
+        let not_found = || RemoteError::new(ErrorCode::JobNotFound, "Job not found");
         let r = run_lines(&lines, |l| if l == CANCEL_LINE { Err(not_found()) } else { Ok("[rebalance] NEW\n".into()) });
         assert_eq!(r, Ok("[rebalance] NEW\n".to_string()));
         // The same message from the second line is an error.

@@ -8,7 +8,7 @@
 //! which checks size and checksum and joins a group commit), so cancel, `pp ls` and the
 //! error of each file stay per transfer. A file the batch cannot carry (larger than one chunk,
 //! or from a source that does not know `FetchSmall`) goes through the per-file exchange in
-//! `transfer.rs`. A connection that breaks is replaced and the unanswered files asked again,
+//! `mod.rs`. A connection that breaks is replaced and the unanswered files asked again,
 //! as the per-file exchange resumes.
 //!
 //! At most `RUNNERS` exchanges per source are under way; while they are, new transfers
