@@ -188,8 +188,7 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
         }
         Command::Rebalance { group, metric, refresh, json, dry_run } => super::rebalance::start(
-            pool,
-            &|line, out| run_line(pool, line, out),
+            super::rebalance::Here { pool, run: &|line, out| run_line(pool, line, out) },
             &group,
             metric,
             refresh,
@@ -197,9 +196,12 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             dry_run,
             out,
         ),
-        Command::RebalanceCancel { group, json } => {
-            super::rebalance::cancel(pool, &|line, out| run_line(pool, line, out), &group, json, out)
-        }
+        Command::RebalanceCancel { group, json } => super::rebalance::cancel(
+            super::rebalance::Here { pool, run: &|line, out| run_line(pool, line, out) },
+            &group,
+            json,
+            out,
+        ),
     }
 }
 

@@ -32,6 +32,13 @@ use crate::pool::Pool;
 /// runs `rebalance`, so that this module does not depend on it.
 pub type RunHere<'a> = &'a dyn Fn(&str, &mut dyn Output) -> Result<(), RemoteError>;
 
+/// The pool a rebalance command runs in, and how it runs a line on itself.
+#[derive(Clone, Copy)]
+pub struct Here<'a> {
+    pub pool: &'a Arc<Pool>,
+    pub run: RunHere<'a>,
+}
+
 /// The id of the jobs `rebalance pgroup` starts (dCache's).
 pub const JOB_ID: &str = "rebalance";
 /// `-refresh` when not given, in seconds (dCache's default for `rebalance pgroup`).
@@ -170,8 +177,7 @@ impl Plan {
 /// `dry_run`, no job is cancelled nor started: each enabled pool prints the plan of its job
 /// (`migration move -dry-run`).
 pub fn start(
-    pool: &Arc<Pool>,
-    run: RunHere<'_>,
+    here: Here<'_>,
     group: &str,
     metric: Metric,
     refresh: u64,
@@ -179,6 +185,7 @@ pub fn start(
     dry_run: bool,
     out: &mut dyn Output,
 ) -> Result<(), RemoteError> {
+    let pool = here.pool;
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
     let module = pool
@@ -202,10 +209,10 @@ pub fn start(
     });
     let plan = plan(metric, refresh, &answers);
     if dry_run {
-        return dry_run_plans(pool, run, &runtime, group, metric, &plan, json, out);
+        return dry_run_plans(here, &runtime, group, metric, &plan, json, out);
     }
     if json {
-        return start_json(pool, run, &runtime, group, metric, &plan, out);
+        return start_json(here, &runtime, group, metric, &plan, out);
     }
     let mut text = String::new();
     for (name, why) in &plan.left_out {
@@ -216,7 +223,7 @@ pub fn start(
         return Err(e);
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = on_each(pool, run, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
+    let results = on_each(here, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
     let failed = report(&results, &mut text, |reply| reply.to_string());
     out.write(&text)?;
     summary(group, "started the rebalance jobs", &results, failed)
@@ -224,23 +231,18 @@ pub fn start(
 
 /// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
 /// one line per pool (the job's summary line, no such job, or the error).
-pub fn cancel(
-    pool: &Arc<Pool>,
-    run: RunHere<'_>,
-    group: &str,
-    json: bool,
-    out: &mut dyn Output,
-) -> Result<(), RemoteError> {
+pub fn cancel(here: Here<'_>, group: &str, json: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let pool = here.pool;
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
     if json {
-        let results = with_jobs(on_each(pool, run, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
+        let results = with_jobs(on_each(here, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
         let (pools, failed) = outcomes(&results, "cancelled", "no_job");
         let doc = RebalanceJson { group: group.to_string(), metric: None, level: None, command: None, pools };
         write_document(out, &doc)?;
         return summary(group, "cancelled the rebalance jobs", &results, failed);
     }
-    let results = on_each(pool, run, &runtime, &members, &[CANCEL_LINE]);
+    let results = on_each(here, &runtime, &members, &[CANCEL_LINE]);
     let mut text = String::new();
     let failed = report(&results, &mut text, cancelled);
     out.write(&text)?;
@@ -291,12 +293,12 @@ async fn ask(env: &impl Env, name: &PoolName) -> Answer {
 /// its last line, or the first error; the error `Job not found` from the cancel line is not
 /// one (the pool had no such job: the output is then empty).
 fn on_each(
-    pool: &Arc<Pool>,
-    run: RunHere<'_>,
+    here: Here<'_>,
     runtime: &tokio::runtime::Handle,
     pools: &[PoolName],
     lines: &[&str],
 ) -> Vec<(PoolName, Result<String, RemoteError>)> {
+    let Here { pool, run } = here;
     let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
     let mut remote = Vec::new();
@@ -438,8 +440,7 @@ pub struct PoolOutcome {
 }
 
 fn start_json(
-    pool: &Arc<Pool>,
-    run: RunHere<'_>,
+    here: Here<'_>,
     runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
@@ -470,7 +471,7 @@ fn start_json(
         return Err(e);
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = with_jobs(on_each(pool, run, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
+    let results = with_jobs(on_each(here, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
     let (started, failed) = outcomes(&results, "started", "started");
     pools.extend(started);
     doc.command = Some(plan.line.clone());
@@ -483,8 +484,7 @@ fn start_json(
 /// started. Text: `<pool>: left out: <why>`, then `<pool>: <its plan>` (indented) or
 /// `<pool>: failed: <error>`; `-json`: [`RebalanceDryJson`].
 fn dry_run_plans(
-    pool: &Arc<Pool>,
-    run: RunHere<'_>,
+    here: Here<'_>,
     runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
@@ -494,7 +494,7 @@ fn dry_run_plans(
 ) -> Result<(), RemoteError> {
     let checked = plan.check(group);
     let line = plan.dry_line(json);
-    let results = if checked.is_ok() { on_each(pool, run, runtime, &plan.pools, &[&line]) } else { Vec::new() };
+    let results = if checked.is_ok() { on_each(here, runtime, &plan.pools, &[&line]) } else { Vec::new() };
     if json {
         let mut pools: Vec<PoolPlan> = plan
             .left_out
