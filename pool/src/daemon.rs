@@ -39,10 +39,11 @@ use crate::admin::output::{Gone, Output};
 use crate::admin::{self, exec};
 use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::io::{blocking, read_full};
+use crate::node::Node;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::process::service::{Started, VERSION};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
-use crate::transfer::{self, PEER_IDLE, TransferSettings};
+use crate::transfer::{self, PEER_IDLE, TransferSettings, Transfers};
 
 /// Everything a pool needs to start, resolved from its config, the cluster file and the key.
 pub struct Settings {
@@ -61,7 +62,7 @@ pub struct Settings {
 
 /// A running pool daemon.
 pub struct Daemon {
-    pool: Arc<Pool>,
+    node: Arc<Node>,
     admin_addr: SocketAddr,
     data_addr: SocketAddr,
     shutdown: CancellationToken,
@@ -72,7 +73,7 @@ pub struct Daemon {
 
 /// A pool whose repository is open but which does not serve yet.
 pub struct Opened {
-    pool: Arc<Pool>,
+    node: Arc<Node>,
     data_dir: PathBuf,
     capacity: u64,
     /// When `open` began, to log and show how long start-up took.
@@ -125,25 +126,27 @@ impl Daemon {
             }
         });
         // 2. Restore the pool mode.
-        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix, &transfers)?);
+        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix)?);
+        let node = Arc::new(Node::new(Arc::new(Transfers::new(pool, &transfers))));
         // 3. Start the migration module and recreate the saved permanent jobs.
         span.in_scope(|| {
-            pool.start_migration(migration);
-            crate::migration_env::restore(&pool, admin::parse_job);
+            let module = node.start_migration(migration);
+            crate::migration_env::restore(&node.pool.repo, module, admin::parse_job);
         });
-        Ok(Opened { pool, data_dir, capacity, began, key, grace: shutdown_grace, span })
+        Ok(Opened { node, data_dir, capacity, began, key, grace: shutdown_grace, span })
     }
 }
 
 impl Opened {
     /// The pool, before it serves (the `tidepool pool` command gives it its log control).
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+        &self.node.pool
     }
 
     /// Step 4: accepts connections.
     pub fn serve(self, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
-        let Opened { pool, data_dir, capacity, began, key, grace, span } = self;
+        let Opened { node, data_dir, capacity, began, key, grace, span } = self;
+        let pool = &node.pool;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let admin_addr = admin.local_addr()?;
@@ -151,7 +154,7 @@ impl Opened {
         let key = Arc::new(key);
         for (listener, service) in [(admin, Service::Admin), (data, Service::Data)] {
             let ctx =
-                Ctx { pool: pool.clone(), key: key.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
+                Ctx { node: node.clone(), key: key.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
             tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
         }
         let started = Started {
@@ -171,13 +174,18 @@ impl Opened {
             )
         });
         let _ = pool.started.set(started);
-        Ok(Daemon { pool, admin_addr, data_addr, shutdown, tracker, grace, span })
+        Ok(Daemon { node, admin_addr, data_addr, shutdown, tracker, grace, span })
     }
 }
 
 impl Daemon {
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+        &self.node.pool
+    }
+
+    /// The pool with its transfers and migration module.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
     }
 
     /// The span (`pool{name=...}`) every log line of this pool is in.
@@ -197,9 +205,9 @@ impl Daemon {
     /// bound listener, until shutdown.
     pub fn serve_metrics(&self, listener: TcpListener) -> anyhow::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        let task = crate::metrics::serve(listener, self.pool.clone(), self.shutdown.clone(), self.tracker.clone());
+        let task = crate::metrics::serve(listener, self.node.clone(), self.shutdown.clone(), self.tracker.clone());
         self.tracker.spawn(task.instrument(self.span.clone()));
-        let _ = self.pool.metrics_addr.set(addr);
+        let _ = self.node.pool.metrics_addr.set(addr);
         self.span.in_scope(|| tracing::info!("metrics at http://{addr}/metrics"));
         Ok(addr)
     }
@@ -209,19 +217,19 @@ impl Daemon {
         let span = self.span.clone();
         async move {
             tracing::info!("pool stopping");
-            self.pool.stop_migration(self.grace).await;
+            self.node.stop_migration(self.grace).await;
             self.shutdown.cancel();
-            self.pool.transfers.cancel_all();
+            self.node.transfers.cancel_all();
             self.tracker.close();
-            self.pool.tasks.close();
+            self.node.pool.tasks.close();
             let everything = async {
                 self.tracker.wait().await;
-                self.pool.tasks.wait().await;
+                self.node.pool.tasks.wait().await;
             };
             if tokio::time::timeout(self.grace, everything).await.is_err() {
                 tracing::warn!(grace = ?self.grace, "connections still open after the grace period; abandoning them");
             }
-            let repo = self.pool.repo.clone();
+            let repo = self.node.pool.repo.clone();
             blocking(move || repo.flush()).await?;
             tracing::info!("pool stopped");
             Ok(())
@@ -233,7 +241,7 @@ impl Daemon {
 
 #[derive(Clone)]
 struct Ctx {
-    pool: Arc<Pool>,
+    node: Arc<Node>,
     key: Arc<ClusterKey>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -317,22 +325,28 @@ async fn serve(
     // `auth::accept` reads at most handshake-sized frames until the peer is authenticated.
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
-    let client =
-        match auth::accept(&mut reader, &mut writer, &ctx.key, ctx.pool.name.as_str(), service, offered(&ctx.pool))
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
-                if let WireError::Timeout(t) = e {
-                    // Tell a slow client why it is dropped, if it still listens.
-                    let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
-                    let refusal = auth::HandshakeReply::Refused(RemoteError::new(ErrorCode::Timeout, msg));
-                    let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&refusal)).await;
-                }
-                return;
+    let client = match auth::accept(
+        &mut reader,
+        &mut writer,
+        &ctx.key,
+        ctx.node.pool.name.as_str(),
+        service,
+        offered(&ctx.node.transfers),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
+            if let WireError::Timeout(t) = e {
+                // Tell a slow client why it is dropped, if it still listens.
+                let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
+                let refusal = auth::HandshakeReply::Refused(RemoteError::new(ErrorCode::Timeout, msg));
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.send(&refusal)).await;
             }
-        };
+            return;
+        }
+    };
     drop(permit);
     let mut writer = FrameWriter::new(writer.into_inner());
     let PeerInfo { name: client, features } = client;
@@ -445,10 +459,10 @@ impl Output for ChannelOutput {
 
 async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Option<RemoteError>, WireError> {
     let (tx, mut rx) = mpsc::channel(4);
-    let pool = ctx.pool.clone();
+    let node = ctx.node.clone();
     // The command ends when it returns (dropping `tx`); forwarding ends when `tx` is gone or the
     // client is (dropping `rx`, which makes the command's next write fail with `Gone`).
-    let work = blocking(move || exec::run_line(&pool, &line, &mut ChannelOutput(tx)));
+    let work = blocking(move || exec::run_line(&node, &line, &mut ChannelOutput(tx)));
     let forward = async move {
         while let Some(text) = rx.recv().await {
             writer.send(&AdminReply::Output(text)).await?;
@@ -462,12 +476,12 @@ async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Optio
 
 /// The optional parts of the protocol this pool offers in its handshakes (a test plays a pool
 /// built without small-file batches).
-fn offered(pool: &Pool) -> Features {
+fn offered(transfers: &Transfers) -> Features {
     #[cfg(test)]
-    if pool.faults.before_batches() {
+    if transfers.faults.before_batches() {
         return Features::ALL.without(Features::FETCH_SMALL);
     }
-    let _ = pool;
+    let _ = transfers;
     Features::ALL
 }
 
@@ -490,20 +504,36 @@ async fn serve_data(
             DataRequest::Put(req) => put(req, reader, writer, ctx).await?,
             DataRequest::Get { pnfsid } => get(pnfsid, writer, ctx).await?,
             DataRequest::Fetch { transfer, pnfsid, force_source_mode } => {
-                transfer::serve_fetch(reader, writer, &ctx.pool, &ctx.shutdown, transfer, pnfsid, force_source_mode)
-                    .await?
+                transfer::serve_fetch(
+                    reader,
+                    writer,
+                    &ctx.node.transfers,
+                    &ctx.shutdown,
+                    transfer,
+                    pnfsid,
+                    force_source_mode,
+                )
+                .await?
             }
             // Only what the handshake agreed on.
             DataRequest::FetchSmall { .. } if !features.contains(Features::FETCH_SMALL) => {
                 return Err(WireError::Unexpected { expected: "a request agreed in the handshake", got: "FetchSmall" });
             }
             DataRequest::FetchSmall { items, max_size, max_bytes } => {
-                transfer::serve_fetch_small(reader, writer, &ctx.pool, &ctx.shutdown, items, max_size, max_bytes)
-                    .await?
+                transfer::serve_fetch_small(
+                    reader,
+                    writer,
+                    &ctx.node.transfers,
+                    &ctx.shutdown,
+                    items,
+                    max_size,
+                    max_bytes,
+                )
+                .await?
             }
             DataRequest::Migration(req) => {
                 let reply = match &peer {
-                    Ok(from) => ctx.pool.migration().serve(from.clone(), req).await,
+                    Ok(from) => ctx.node.migration().serve(from.clone(), req).await,
                     Err(e) => MigrationReply::Error(RemoteError::new(
                         ErrorCode::InvalidArgument,
                         format!("migration requests come from pools only ({e})"),
@@ -526,7 +556,7 @@ async fn discard(incoming: Incoming) {
 }
 
 async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
-    if let Err(e) = ctx.pool.check_mode(Activity::Store, false) {
+    if let Err(e) = ctx.node.pool.check_mode(Activity::Store, false) {
         return writer.send(&DataReply::Error(e)).await;
     }
     if let Some(class) = &req.storage_class
@@ -549,7 +579,7 @@ async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ct
         creation_time: now,
         access_time: now,
     };
-    let repo = ctx.pool.repo.clone();
+    let repo = ctx.node.pool.repo.clone();
     let mut incoming = match blocking(move || repo.create(attrs, ReplicaState::FromClient, now)).await {
         Ok(i) => i,
         Err(e) => return writer.send(&DataReply::Error(e.into())).await,
@@ -644,10 +674,10 @@ async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ct
 }
 
 async fn get(pnfsid: PnfsId, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
-    if let Err(e) = ctx.pool.check_mode(Activity::Fetch, false) {
+    if let Err(e) = ctx.node.pool.check_mode(Activity::Fetch, false) {
         return writer.send(&DataReply::Error(e)).await;
     }
-    let repo = ctx.pool.repo.clone();
+    let repo = ctx.node.pool.repo.clone();
     let (replica, mut data) = match blocking(move || repo.open_data(&pnfsid, now_ms())).await {
         Ok(x) => x,
         Err(e) => return writer.send(&DataReply::Error(e.into())).await,

@@ -8,6 +8,7 @@ pub mod faults;
 pub mod io;
 pub mod metrics;
 pub mod migration_env;
+pub mod node;
 pub mod pool;
 pub mod process;
 pub mod transfer;

@@ -41,7 +41,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::io::blocking;
-use crate::pool::{Pool, now_ms};
+use crate::node::Node;
+use crate::pool::now_ms;
 use crate::repository::BatchObserver;
 
 /// Scrapers served at once; a further connection is closed at once.
@@ -84,7 +85,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Builds the registry of `pool` and starts feeding its commit histograms.
-    pub fn new(pool: &Arc<Pool>) -> Metrics {
+    pub fn new(node: &Arc<Node>) -> Metrics {
         let mut registry = Registry::default();
         registry.register(
             "tidepool_build",
@@ -107,10 +108,10 @@ impl Metrics {
             "How long a group-commit batch took to become durable: data sync, record writes, metadata flush",
             batches.seconds.clone(),
         );
-        if !pool.repo.observe_batches(Box::new(batches)) {
+        if !node.pool.repo.observe_batches(Box::new(batches)) {
             tracing::warn!("the commit batches are already observed; the batch histograms stay empty");
         }
-        registry.register_collector(Box::new(PoolCollector(pool.clone())));
+        registry.register_collector(Box::new(PoolCollector(node.clone())));
         Metrics { registry }
     }
 
@@ -124,11 +125,11 @@ impl Metrics {
 }
 
 /// Reads the pool's figures on each scrape.
-struct PoolCollector(Arc<Pool>);
+struct PoolCollector(Arc<Node>);
 
 impl std::fmt::Debug for PoolCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("PoolCollector").field(&self.0.name).finish()
+        f.debug_tuple("PoolCollector").field(&self.0.pool.name).finish()
     }
 }
 
@@ -168,7 +169,7 @@ type Labels = Vec<(&'static str, String)>;
 
 impl Collector for PoolCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let pool = &self.0;
+        let pool = &self.0.pool;
         let e = &mut e;
         // Space, as `info` shows it.
         let space = pool.repo.space(now_ms());
@@ -369,8 +370,8 @@ impl PoolCollector {
 }
 
 /// Serves the page on `listener` until `shutdown`; each connection is a task of `tracker`.
-pub async fn serve(listener: TcpListener, pool: Arc<Pool>, shutdown: CancellationToken, tracker: TaskTracker) {
-    let metrics = Arc::new(Metrics::new(&pool));
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let metrics = Arc::new(Metrics::new(&node));
     let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {

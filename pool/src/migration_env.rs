@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, ClusterView, Pool, now_ms};
 use crate::repository::{Change, ChangeKind, Replica, RepoError, Repository};
-use crate::transfer;
+use crate::transfer::{self, Transfers};
 
 /// How long a request waits for its reply (writing it included) before it counts as
 /// [`Unanswered::NoAnswer`].
@@ -54,7 +54,9 @@ const MAX_IDLE: usize = 8;
 /// The pool around the migration module. It holds the pool weakly: the pool owns the module,
 /// which owns this.
 pub struct PoolEnv {
-    pool: Weak<Pool>,
+    /// The pool's transfers, which hold the pool (weakly: the root object owns the module,
+    /// which owns this).
+    transfers: Weak<Transfers>,
     name: PoolName,
     pin_prefix: String,
     cluster: Arc<ClusterView>,
@@ -68,9 +70,10 @@ impl std::fmt::Debug for PoolEnv {
 }
 
 impl PoolEnv {
-    pub fn new(pool: &Arc<Pool>) -> PoolEnv {
+    pub fn new(transfers: &Arc<Transfers>) -> PoolEnv {
+        let pool = &transfers.pool;
         PoolEnv {
-            pool: Arc::downgrade(pool),
+            transfers: Arc::downgrade(transfers),
             name: pool.name.clone(),
             pin_prefix: pool.pin_prefix.clone(),
             cluster: pool.cluster.clone(),
@@ -83,10 +86,14 @@ impl PoolEnv {
         &self.peers
     }
 
-    fn pool(&self) -> Result<Arc<Pool>, RemoteError> {
-        self.pool
+    fn transfers(&self) -> Result<Arc<Transfers>, RemoteError> {
+        self.transfers
             .upgrade()
             .ok_or_else(|| RemoteError::new(ErrorCode::ShuttingDown, format!("pool {} is shutting down", self.name)))
+    }
+
+    fn pool(&self) -> Result<Arc<Pool>, RemoteError> {
+        Ok(self.transfers()?.pool.clone())
     }
 }
 
@@ -229,14 +236,14 @@ impl Env for PoolEnv {
     }
 
     fn cost(&self) -> PoolCost {
-        match self.pool.upgrade() {
-            Some(pool) => PoolCost {
-                space: pool.repo.space(now_ms()),
+        match self.transfers.upgrade() {
+            Some(transfers) => PoolCost {
+                space: transfers.pool.repo.space(now_ms()),
                 // Transfers receiving data and received ones waiting for their commit.
-                load: u32::try_from(pool.transfers.incoming.counts().0 + pool.transfers.committing.counts().0)
+                load: u32::try_from(transfers.incoming.counts().0 + transfers.committing.counts().0)
                     .unwrap_or(u32::MAX),
-                accepts: pool.check_mode(Activity::P2pClient, false).is_ok(),
-                enabled: pool.mode().mode.is_enabled(),
+                accepts: transfers.pool.check_mode(Activity::P2pClient, false).is_ok(),
+                enabled: transfers.pool.mode().mode.is_enabled(),
                 // The migration module answers for its run (`Module::serve`).
                 run: 0,
             },
@@ -279,9 +286,9 @@ impl Env for PoolEnv {
     }
 
     async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
-        let pool = self.pool()?;
-        let entry = pool.transfers.register(pull.pnfsid, pull.source.clone());
-        let mut transfer = std::pin::pin!(transfer::pull(&pool, entry.clone(), pull));
+        let transfers = self.transfers()?;
+        let entry = transfers.register(pull.pnfsid, pull.source.clone());
+        let mut transfer = std::pin::pin!(transfer::pull(&transfers, entry.clone(), pull));
         let result = tokio::select! {
             r = &mut transfer => r,
             _ = cancel.cancelled() => {
@@ -295,8 +302,8 @@ impl Env for PoolEnv {
     }
 
     async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), RemoteError>> {
-        let pool = match self.pool() {
-            Ok(pool) => pool,
+        let transfers = match self.transfers() {
+            Ok(transfers) => transfers,
             Err(e) => return pulls.iter().map(|_| Err(e.clone())).collect(),
         };
         // Each transfer is cancelled with its copy (its token is a child of the copy's), and
@@ -314,11 +321,11 @@ impl Env for PoolEnv {
                 .iter()
                 .map(|i| {
                     let (pull, cancel) = &pulls[*i];
-                    let entry = pool.transfers.register_under(pull.pnfsid, pull.source.clone(), cancel.child_token());
+                    let entry = transfers.register_under(pull.pnfsid, pull.source.clone(), cancel.child_token());
                     (entry, pull.clone())
                 })
                 .collect();
-            for (i, result) in at.into_iter().zip(transfer::pull_batch(&pool, batch).await) {
+            for (i, result) in at.into_iter().zip(transfer::pull_batch(&transfers, batch).await) {
                 results[i] = Some(result.map(|_| ()));
             }
         }
@@ -503,13 +510,10 @@ const SAVED_KEY: &str = "migration-saved";
 
 /// `save`: stores the module's settings and permanent jobs durably, replacing the previous
 /// set in one write. Returns the reply.
-pub fn save(pool: &Pool) -> Result<String, RemoteError> {
-    let module = pool
-        .try_migration()
-        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "the migration module is not running"))?;
+pub fn save(repo: &Repository, module: &Module<PoolEnv>) -> Result<String, RemoteError> {
     let (text, jobs) = module.save_text();
     fail::fail_point!("save-before-write");
-    pool.repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
+    repo.put_setting(SAVED_KEY, text.as_bytes()).map_err(RemoteError::from)?;
     fail::fail_point!("save-after-write");
     let n = jobs.len();
     let idle = module.unrestored_count();
@@ -553,9 +557,12 @@ pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
 /// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
 /// `parse` reads a saved job's command line into its definition (the admin grammar's, handed in
 /// by the daemon, so that this adapter does not depend on the admin language).
-pub fn restore(pool: &Pool, parse: impl Fn(&str) -> Result<JobDefinition, String>) {
-    let Some(module) = pool.try_migration() else { return };
-    let text = match pool.repo.setting(SAVED_KEY) {
+pub fn restore(
+    repo: &Repository,
+    module: &Arc<Module<PoolEnv>>,
+    parse: impl Fn(&str) -> Result<JobDefinition, String>,
+) {
+    let text = match repo.setting(SAVED_KEY) {
         Ok(None) => return,
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => {

@@ -252,7 +252,8 @@ mod daemons {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::pool::{ModeState, Pool};
+    use crate::node::Node;
+    use crate::pool::ModeState;
 
     use crate::transfer::tests::Cluster;
 
@@ -274,8 +275,8 @@ mod daemons {
     }
 
     /// Stores a precious replica directly in a pool's repository.
-    async fn put(pool: &Arc<Pool>, size: usize) -> PnfsId {
-        crate::transfer::tests::put(pool, size, ReplicaState::Precious, vec![]).await
+    async fn put(node: &Arc<Node>, size: usize) -> PnfsId {
+        crate::transfer::tests::put(node, size, ReplicaState::Precious, vec![]).await
     }
 
     fn pull(id: PnfsId, source: &str) -> Pull {
@@ -330,6 +331,7 @@ mod daemons {
         }
         // A pool disabled for p2p-client says so.
         c.pool(2)
+            .pool
             .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::P2P_CLIENT), error_code: 1, message: "x".into() })
             .unwrap();
         assert!(!env2.cost().accepts);
@@ -360,15 +362,15 @@ mod daemons {
         let (source, target) = (c.pool(1), c.pool(2));
         let small = put(source, 4096).await;
         c.env(2).pull(pull(small, "pool1"), CancellationToken::new()).await.unwrap();
-        let got = target.repo.get(&small).unwrap().unwrap();
+        let got = target.pool.repo.get(&small).unwrap().unwrap();
         assert_eq!(got.state, ReplicaState::Cached);
         assert_eq!(got.sticky, vec![StickyRecord::new("alice", tidepool_p2p::model::NEVER)]);
-        assert_eq!(got.attrs.checksum, source.repo.get(&small).unwrap().unwrap().attrs.checksum);
+        assert_eq!(got.attrs.checksum, source.pool.repo.get(&small).unwrap().unwrap().attrs.checksum);
         assert_eq!(c.env(2).compute_checksum(&small), Ok(got.attrs.checksum.unwrap()));
 
         // A slow source; the cancel comes mid-transfer.
         let large = put(source, 8 << 20).await;
-        source.faults.slow_down(Some(Duration::from_millis(200)));
+        source.transfers.faults.slow_down(Some(Duration::from_millis(200)));
         let cancel = CancellationToken::new();
         let env = c.env(2).clone();
         let running = tokio::spawn({
@@ -379,10 +381,10 @@ mod daemons {
         cancel.cancel();
         let err = running.await.unwrap().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Cancelled), "{err:?}");
-        assert!(target.repo.get(&large).unwrap().is_none());
-        assert!(target.repo.incoming().is_empty(), "no partial replica");
+        assert!(target.pool.repo.get(&large).unwrap().is_none());
+        assert!(target.pool.repo.incoming().is_empty(), "no partial replica");
         assert!(target.transfers.list().is_empty());
-        source.faults.slow_down(None);
+        source.transfers.faults.slow_down(None);
         c.stop().await;
     }
 }

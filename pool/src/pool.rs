@@ -1,25 +1,21 @@
-//! The state of one running pool that admin commands and endpoints share: its name, its
-//! repository, its mode, what recovery found at start, and its migration module.
+//! The pool's own state, which the endpoints, the transfers, the migration adapter and the
+//! admin commands share: its name, its repository, its mode, its cluster view and what recovery
+//! found at start. The transfers and the migration module are owned by the root object
+//! (`node.rs`), not by the pool.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
-use tidepool_migration::module::{Module, Settings as MigrationSettings};
-use tidepool_p2p::auth::{ClusterKey, Service};
-use tidepool_p2p::peer::Dialer;
-use tokio_util::sync::CancellationToken;
+use tidepool_p2p::auth::ClusterKey;
 use tokio_util::task::TaskTracker;
 
-use crate::migration_env::{self, PoolEnv};
 use crate::process::logging::LogControl;
 use crate::process::service::Started;
 use crate::repository::{Recovery, RepoError, Repository};
-use crate::transfer::{TransferSettings, Transfers};
 
 /// The current time in milliseconds since the epoch.
 pub fn now_ms() -> EpochMillis {
@@ -104,16 +100,12 @@ pub struct Pool {
     pub recovery: Recovery,
     /// Owners starting with this are pins.
     pub pin_prefix: String,
-    /// Pool-to-pool transfers, both directions.
-    pub transfers: Transfers,
     /// The runtime that admin commands (which run on blocking threads) start async work on;
     /// `None` for a pool used without a daemon (the benchmark harness).
     pub runtime: Option<tokio::runtime::Handle>,
     /// Background work started by admin commands (transfers queued with `pp get file`);
     /// shutdown waits for it.
     pub tasks: TaskTracker,
-    #[cfg(test)]
-    pub faults: crate::transfer::Faults,
     mode: Mutex<ModeState>,
     /// The version, resolved config and start time `info` shows; set when the pool starts
     /// serving (`daemon::Opened::serve`).
@@ -123,15 +115,6 @@ pub struct Pool {
     /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
     /// for pools that share a process (the demo, tests).
     pub log: OnceLock<Arc<LogControl>>,
-    /// Set once the pool is in its `Arc` ([`Pool::start_migration`]).
-    migration: OnceLock<Migration>,
-}
-
-/// The migration module and the feed of repository changes into it.
-struct Migration {
-    module: Arc<Module<PoolEnv>>,
-    /// Ends the feed.
-    stop: CancellationToken,
 }
 
 impl std::fmt::Debug for Pool {
@@ -150,7 +133,6 @@ impl Pool {
         cluster: ClusterFile,
         key: ClusterKey,
         pin_prefix: String,
-        transfers: &TransferSettings,
     ) -> Result<Pool, RepoError> {
         let mode = match repo.setting(MODE_KEY)? {
             None => ModeState::enabled(),
@@ -166,7 +148,6 @@ impl Pool {
                 }
             },
         };
-        let dialer = Dialer::new(name.as_str(), key.clone(), Service::Data);
         Ok(Pool {
             name,
             repo,
@@ -174,59 +155,13 @@ impl Pool {
             key,
             recovery,
             pin_prefix,
-            transfers: Transfers::new(transfers, dialer),
             runtime: tokio::runtime::Handle::try_current().ok(),
             tasks: TaskTracker::new(),
-            #[cfg(test)]
-            faults: Default::default(),
             mode: Mutex::new(mode),
             started: OnceLock::new(),
             metrics_addr: OnceLock::new(),
             log: OnceLock::new(),
-            migration: OnceLock::new(),
         })
-    }
-
-    /// Creates the pool's migration module and starts feeding it the repository's changes (a
-    /// task in [`Pool::tasks`], ended by [`Pool::stop_migration`]). The daemon calls this
-    /// right after wrapping the pool in its `Arc`; a test or tool that builds a `Pool` by hand
-    /// calls it too if it needs `migration`. Must run inside the tokio runtime. A second call
-    /// returns the module of the first.
-    pub fn start_migration(self: &Arc<Self>, settings: MigrationSettings) -> &Arc<Module<PoolEnv>> {
-        &self
-            .migration
-            .get_or_init(|| {
-                let module = Module::new(Arc::new(PoolEnv::new(self)), settings);
-                module.restore_holds(migration_env::saved_holds(&self.repo));
-                let stop = CancellationToken::new();
-                // Subscribed before the module can have a job, so no change is missed.
-                let feed = migration_env::forward_changes(self.repo.subscribe(), module.clone(), stop.clone());
-                self.tasks.spawn(tracing::Instrument::instrument(feed, tracing::Span::current()));
-                Migration { module, stop }
-            })
-            .module
-    }
-
-    /// The migration module.
-    ///
-    /// # Panics
-    /// If [`Pool::start_migration`] was not called (the daemon always calls it).
-    pub fn migration(&self) -> &Arc<Module<PoolEnv>> {
-        self.try_migration().expect("the migration module is started with the pool (Pool::start_migration)")
-    }
-
-    /// The migration module, if started.
-    pub fn try_migration(&self) -> Option<&Arc<Module<PoolEnv>>> {
-        self.migration.get().map(|m| &m.module)
-    }
-
-    /// Shutdown: force-cancels every migration job and every copy this pool serves as a
-    /// target, waiting at most `grace` for them, then ends the feed of changes.
-    pub async fn stop_migration(&self, grace: Duration) {
-        if let Some(m) = self.migration.get() {
-            m.module.shutdown(grace).await;
-            m.stop.cancel();
-        }
     }
 
     pub fn mode(&self) -> ModeState {

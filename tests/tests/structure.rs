@@ -267,12 +267,6 @@ fn roots(src: &Path) -> Vec<PathBuf> {
     roots
 }
 
-/// Circles known and not yet broken, each as its crate and its sorted modules. The test fails if
-/// one of them changes or a new one appears, so none can grow unseen; each entry is removed when
-/// its circle is broken. `pool`: the `Pool` still owns the transfers and the migration module,
-/// which use it (ARCHITECTURE.md, "Known debts").
-const KNOWN: &[(&str, &str)] = &[("pool", "migration_env, pool, transfer, transfer::small")];
-
 #[test]
 fn no_crate_has_an_import_circle_between_its_files() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
@@ -282,9 +276,6 @@ fn no_crate_has_an_import_circle_between_its_files() {
         for root in roots(&src) {
             let files = load(&root);
             for component in cycles(&edges(&files)) {
-                if KNOWN.contains(&(*krate, show(&component).as_str())) {
-                    continue;
-                }
                 let paths: Vec<String> = component.iter().map(|m| files[m].path.display().to_string()).collect();
                 circles.push(format!("{krate} ({}): {} [{}]", root.display(), show(&component), paths.join(" ")));
             }

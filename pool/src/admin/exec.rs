@@ -18,27 +18,29 @@ use super::output::Output;
 use super::rep_ls::{ClassStats, each_selected, rep_ls_line};
 use super::{COMMANDS, Command, InfoView, RepLs};
 use crate::migration_env::PoolEnv;
+use crate::node::Node;
 use crate::pool::{ModeState, Pool, now_ms};
 use crate::repository::RepoError;
-use crate::transfer::{self, PullRequest};
+use crate::transfer::{self, PullRequest, Transfers};
 /// Whole-string glob match with `*` and `?` (the same globs as `migration -include/-exclude`).
 pub use tidepool_migration::targets::glob_match;
 
 /// Parses and runs one line.
-pub fn run_line(pool: &Arc<Pool>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn run_line(node: &Arc<Node>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
     match super::parse(line) {
         Ok(None) => Ok(()),
-        Ok(Some(cmd)) => execute(pool, cmd, out),
+        Ok(Some(cmd)) => execute(node, cmd, out),
         Err(e) => Err(RemoteError::new(e.code, e.render(line))),
     }
 }
 
-pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let pool = &node.pool;
     let now = now_ms();
     match cmd {
         Command::Help { topic } => help(&topic, out),
-        Command::Info { json: false } => info(pool, out),
-        Command::Info { json: true } => super::json::write_document(out, &super::json::info(pool)),
+        Command::Info { json: false } => info(node, out),
+        Command::Info { json: true } => super::json::write_document(out, &super::json::info(node)),
         Command::RepLs(ls) => rep_ls(pool, &ls, out),
         Command::RepStickyLs { pnfsid, json: true } => {
             let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
@@ -84,22 +86,24 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             Ok(())
         }
         Command::PpGetFile { pnfsids, source, wait, force_source_mode } => {
-            pp_get_file(pool, pnfsids, source, wait, force_source_mode, out)
+            pp_get_file(node, pnfsids, source, wait, force_source_mode, out)
         }
-        Command::PpLs { long, json: false } => pp_ls(pool, long, out),
-        Command::PpLs { long, json: true } => super::json::write_document(out, &super::json::pp_ls(pool, long)),
+        Command::PpLs { long, json: false } => pp_ls(&node.transfers, long, out),
+        Command::PpLs { long, json: true } => {
+            super::json::write_document(out, &super::json::pp_ls(&node.transfers, long))
+        }
         Command::PpSetMaxActive(n) => {
-            pool.transfers.incoming.set_limit(n);
+            node.transfers.incoming.set_limit(n);
             out.write(&format!("Max active set to {n}\n"))?;
             Ok(())
         }
         Command::PpSetMaxOutgoing(n) => {
-            pool.transfers.outgoing.set_limit(n);
+            node.transfers.outgoing.set_limit(n);
             out.write(&format!("Max outgoing set to {n}\n"))?;
             Ok(())
         }
         Command::PpRemove(id) => {
-            if !pool.transfers.cancel(id) {
+            if !node.transfers.cancel(id) {
                 return Err(RemoteError::new(
                     ErrorCode::InvalidArgument,
                     format!("no transfer {id}; `pp ls` lists them"),
@@ -109,7 +113,7 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             Ok(())
         }
         Command::Save => {
-            let text = crate::migration_env::save(pool)?;
+            let text = crate::migration_env::save(&pool.repo, migration(node)?)?;
             Ok(out.write(&format!("{text}\n"))?)
         }
         Command::LogSet { target, level } => {
@@ -130,21 +134,21 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             }
             Ok(out.write(&text)?)
         }
-        Command::MigrationCreate { def, command } => reply(out, migration(pool)?.create(*def, command)),
+        Command::MigrationCreate { def, command } => reply(out, migration(node)?.create(*def, command)),
         Command::MigrationDryRun { def, command, json } => {
-            let plan = migration(pool)?.dry_run_blocking(*def, command);
+            let plan = migration(node)?.dry_run_blocking(*def, command);
             reply(out, plan.map(|p| if json { p.to_json() } else { p.render() }))
         }
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
-            for line in migration(pool)?.ls() {
+            for line in migration(node)?.ls() {
                 let _ = writeln!(text, "{line}");
             }
             Ok(out.write(&text)?)
         }
-        Command::MigrationLs { json: true } => reply(out, Ok(migration(pool)?.ls_json())),
+        Command::MigrationLs { json: true } => reply(out, Ok(migration(node)?.ls_json())),
         Command::MigrationInfo { job, view } => {
-            let m = migration(pool)?;
+            let m = migration(node)?;
             let text = match view {
                 InfoView::Report => m.info(job.as_str()),
                 InfoView::Failed => m.info_failed(job.as_str()),
@@ -153,42 +157,42 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             reply(out, text)
         }
         Command::MigrationReport { job, all, json } => {
-            let report = migration(pool)?.completion(job.as_str(), all);
+            let report = migration(node)?.completion(job.as_str(), all);
             let text = report.map(|r| {
                 if json { serde_json::to_string_pretty(&r).expect("a report always serialises") } else { r.render() }
             });
             reply(out, text)
         }
-        Command::MigrationSuspend { job } => reply(out, migration(pool)?.suspend(job.as_str())),
-        Command::MigrationResume { job } => reply(out, migration(pool)?.resume(job.as_str())),
+        Command::MigrationSuspend { job } => reply(out, migration(node)?.suspend(job.as_str())),
+        Command::MigrationResume { job } => reply(out, migration(node)?.resume(job.as_str())),
         Command::MigrationCancel { job, force } => {
-            reply(out, migration(pool)?.cancel(job.as_str(), force, CANCEL_REASON))
+            reply(out, migration(node)?.cancel(job.as_str(), force, CANCEL_REASON))
         }
         Command::MigrationClear => {
-            migration(pool)?.clear();
+            migration(node)?.clear();
             Ok(())
         }
         Command::MigrationSetConcurrency { job, n, deprecated } => {
-            let text = migration(pool)?.set_concurrency(job.as_str(), n);
+            let text = migration(node)?.set_concurrency(job.as_str(), n);
             reply(out, text.map(|t| if deprecated { format!("{t}{DEPRECATED_CONCURRENCY}") } else { t }))
         }
-        Command::MigrationSetRate { job, rate } => reply(out, migration(pool)?.set_rate(job.as_str(), rate)),
+        Command::MigrationSetRate { job, rate } => reply(out, migration(node)?.set_rate(job.as_str(), rate)),
         Command::MigrationSetDefaultConcurrency(n) => {
-            migration(pool)?.set_default_concurrency(n);
+            migration(node)?.set_default_concurrency(n);
             reply(out, Ok(format!("Default concurrency set to {n}")))
         }
         Command::MigrationGetDefaultConcurrency => {
-            reply(out, Ok(format!("Current default concurrency: {}", migration(pool)?.default_concurrency())))
+            reply(out, Ok(format!("Current default concurrency: {}", migration(node)?.default_concurrency())))
         }
         Command::MigrationSetDefaultRefresh(n) => {
-            migration(pool)?.set_default_refresh(n);
+            migration(node)?.set_default_refresh(n);
             reply(out, Ok(format!("Default refresh interval set to {n}")))
         }
         Command::MigrationGetDefaultRefresh => {
-            reply(out, Ok(format!("Current default refresh interval: {}", migration(pool)?.default_refresh())))
+            reply(out, Ok(format!("Current default refresh interval: {}", migration(node)?.default_refresh())))
         }
         Command::Rebalance { group, metric, refresh, json, dry_run } => super::rebalance::start(
-            super::rebalance::Here { pool, run: &|line, out| run_line(pool, line, out) },
+            super::rebalance::Here { node, run: &|line, out| run_line(node, line, out) },
             &group,
             metric,
             refresh,
@@ -197,7 +201,7 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
             out,
         ),
         Command::RebalanceCancel { group, json } => super::rebalance::cancel(
-            super::rebalance::Here { pool, run: &|line, out| run_line(pool, line, out) },
+            super::rebalance::Here { node, run: &|line, out| run_line(node, line, out) },
             &group,
             json,
             out,
@@ -206,8 +210,8 @@ pub fn execute(pool: &Arc<Pool>, cmd: Command, out: &mut dyn Output) -> Result<(
 }
 
 /// The pool's migration module; the daemon always starts it, a bare [`Pool`] (in tests) may not.
-fn migration(pool: &Pool) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
-    pool.try_migration()
+fn migration(node: &Node) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
+    node.try_migration()
         .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))
 }
 
@@ -243,13 +247,14 @@ fn reply(out: &mut dyn Output, result: Result<String, MigrationError>) -> Result
 const WAIT_REPORT: Duration = Duration::from_secs(10);
 
 fn pp_get_file(
-    pool: &Arc<Pool>,
+    node: &Arc<Node>,
     pnfsids: Vec<PnfsId>,
     source: PoolName,
     wait: bool,
     force_source_mode: bool,
     out: &mut dyn Output,
 ) -> Result<(), RemoteError> {
+    let pool = &node.pool;
     let Some(runtime) = pool.runtime.clone() else {
         return Err(RemoteError::new(ErrorCode::Internal, "this pool has no runtime to transfer with"));
     };
@@ -267,7 +272,7 @@ fn pp_get_file(
     let mut started = Vec::with_capacity(pnfsids.len());
     let mut queued = String::new();
     for pnfsid in pnfsids {
-        let entry = pool.transfers.register(pnfsid, source.clone());
+        let entry = node.transfers.register(pnfsid, source.clone());
         let id = entry.id;
         let req = PullRequest {
             pnfsid,
@@ -278,9 +283,9 @@ fn pp_get_file(
             force_source_mode,
             copy_of: None,
         };
-        let task_pool = pool.clone();
+        let transfers = node.transfers.clone();
         let progress = entry.clone();
-        let work = async move { transfer::pull(&task_pool, entry, req).await };
+        let work = async move { transfer::pull(&transfers, entry, req).await };
         let task = pool.tasks.spawn_on(tracing::Instrument::instrument(work, span.clone()), &runtime);
         let _ = writeln!(queued, "[{id}] {pnfsid} from {source}: queued");
         started.push((id, pnfsid, progress, task));
@@ -332,14 +337,14 @@ fn pp_get_file(
     }
 }
 
-fn pp_ls(pool: &Pool, long: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
-    let (active, queued, limit) = pool.transfers.incoming.counts();
-    let (outgoing, out_queued, out_limit) = pool.transfers.outgoing.counts();
-    let opened = pool.transfers.connections_opened();
+fn pp_ls(transfers: &Transfers, long: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let (active, queued, limit) = transfers.incoming.counts();
+    let (outgoing, out_queued, out_limit) = transfers.outgoing.counts();
+    let opened = transfers.connections_opened();
     let mut t = format!(
         "incoming: {active} active of max {limit}, {queued} queued; outgoing: {outgoing} active of max {out_limit}, {out_queued} queued; connections opened: {opened}\n"
     );
-    for e in pool.transfers.list() {
+    for e in transfers.list() {
         let age = e.created.elapsed().as_secs();
         match e.started.get() {
             Some(started) => {
@@ -359,7 +364,7 @@ fn pp_ls(pool: &Pool, long: bool, out: &mut dyn Output) -> Result<(), RemoteErro
         }
     }
     if long {
-        for f in pool.transfers.recent() {
+        for f in transfers.recent() {
             match &f.error {
                 None => {
                     let _ = writeln!(
@@ -414,7 +419,8 @@ fn help(topic: &[String], out: &mut dyn Output) -> Result<(), RemoteError> {
     }
 }
 
-fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
+fn info(node: &Node, out: &mut dyn Output) -> Result<(), RemoteError> {
+    let pool = &node.pool;
     let now = now_ms();
     let space = pool.repo.space(now);
     let mode = pool.mode();
@@ -455,8 +461,8 @@ fn info(pool: &Pool, out: &mut dyn Output) -> Result<(), RemoteError> {
             let _ = writeln!(t, "{line}");
         }
     }
-    let jobs = pool.try_migration().map(|m| m.ls()).unwrap_or_default();
-    let problems = pool.try_migration().map(|m| m.problems()).unwrap_or_default();
+    let jobs = node.try_migration().map(|m| m.ls()).unwrap_or_default();
+    let problems = node.try_migration().map(|m| m.problems()).unwrap_or_default();
     if !jobs.is_empty() || !problems.is_empty() {
         let _ = writeln!(t, "--- migration (Replica migration module client) ---");
         for line in jobs {
@@ -584,7 +590,7 @@ mod tests {
 
     /// A pool in a cluster of two whose other pool, `pool2`, is offline; its migration module
     /// is started.
-    fn migrating_pool() -> Arc<Pool> {
+    fn migrating_pool() -> Arc<Node> {
         use crate::repository::{MemStore, Repository};
         use tidepool_p2p::auth::ClusterKey;
         use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
@@ -607,20 +613,19 @@ mod tests {
             cluster,
             ClusterKey::generate().unwrap(),
             "PinManager".into(),
-            &Default::default(),
         )
         .unwrap();
-        let pool = Arc::new(pool);
-        pool.start_migration(Default::default());
-        pool
+        let node = Arc::new(Node::new(Arc::new(Transfers::new(Arc::new(pool), &Default::default()))));
+        node.start_migration(Default::default());
+        node
     }
 
-    fn run(pool: &Arc<Pool>, line: &str) -> Result<String, RemoteError> {
+    fn run(pool: &Arc<Node>, line: &str) -> Result<String, RemoteError> {
         let mut out = String::new();
         run_line(pool, line, &mut out).map(|()| out)
     }
 
-    fn refused(pool: &Arc<Pool>, line: &str) -> String {
+    fn refused(pool: &Arc<Node>, line: &str) -> String {
         let err = run(pool, line).expect_err(line);
         assert_eq!(err.code, ErrorCode::InvalidArgument.as_u32(), "{line:?}: {err:?}");
         err.message
@@ -632,7 +637,7 @@ mod tests {
         let p = pool.clone();
         tokio::task::spawn_blocking(move || {
             let pool = &p;
-            let ls = |pool: &Arc<Pool>| run(pool, "migration ls").unwrap();
+            let ls = |pool: &Arc<Node>| run(pool, "migration ls").unwrap();
             assert_eq!(run(pool, "migration get concurrency-default").unwrap(), "Current default concurrency: 1\n");
             assert_eq!(run(pool, "migration set concurrency-default 3").unwrap(), "Default concurrency set to 3\n");
             assert_eq!(run(pool, "migration get concurrency-default").unwrap(), "Current default concurrency: 3\n");
@@ -704,7 +709,7 @@ mod tests {
     }
 
     /// Runs `line`, returning its output and, if it failed, its error.
-    fn run_both(pool: &Arc<Pool>, line: &str) -> (String, Option<RemoteError>) {
+    fn run_both(pool: &Arc<Node>, line: &str) -> (String, Option<RemoteError>) {
         let mut out = String::new();
         let result = run_line(pool, line, &mut out);
         (out, result.err())
@@ -773,9 +778,9 @@ mod tests {
         tokio::task::spawn_blocking(move || {
             let pool = &p;
             let now = now_ms();
-            put(&pool.repo, id(1), 100, ReplicaState::Cached, vec![], now);
-            put(&pool.repo, id(2), 200, ReplicaState::Precious, vec![StickyRecord::new("alice", NEVER)], now);
-            put(&pool.repo, id(3), 300, ReplicaState::Cached, vec![], now);
+            put(&pool.pool.repo, id(1), 100, ReplicaState::Cached, vec![], now);
+            put(&pool.pool.repo, id(2), 200, ReplicaState::Precious, vec![StickyRecord::new("alice", NEVER)], now);
+            put(&pool.pool.repo, id(3), 300, ReplicaState::Cached, vec![], now);
             let json = |line: &str| -> Value {
                 let text = run(pool, line).unwrap();
                 assert!(text.ends_with("}\n") || text.ends_with("]\n"), "{line}: {text}");

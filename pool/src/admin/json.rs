@@ -18,8 +18,10 @@ use tidepool_p2p::{ErrorCode, RemoteError};
 use super::RepLs;
 use super::output::{Gone, Output};
 use super::rep_ls;
+use crate::node::Node;
 use crate::pool::{Pool, now_ms};
 use crate::repository::{Recovery, Replica};
+use crate::transfer::Transfers;
 
 /// Writes `value` as one pretty-printed JSON document and a newline.
 pub fn write_document(out: &mut dyn Output, value: &impl Serialize) -> Result<(), RemoteError> {
@@ -214,12 +216,13 @@ mod sticky_tests {
     }
 }
 
-pub fn info(pool: &Pool) -> InfoJson {
+pub fn info(node: &Node) -> InfoJson {
+    let pool = &node.pool;
     let now = now_ms();
     let mode = pool.mode();
     let counts: Vec<(ReplicaState, usize)> = pool.repo.counts().into_iter().filter(|(_, n)| *n > 0).collect();
     let (held, held_bytes) = pool.repo.held_space(now);
-    let migration = pool.try_migration();
+    let migration = node.try_migration();
     InfoJson {
         pool: pool.name.to_string(),
         mode: mode.mode.to_string(),
@@ -441,10 +444,9 @@ pub struct FinishedJson {
     pub error: Option<ErrorJson>,
 }
 
-pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
+pub fn pp_ls(transfers: &Transfers, long: bool) -> PpLsJson {
     let gate = |(active, queued, max): (usize, usize, usize)| GateJson { active, max, queued };
-    let transfers = pool
-        .transfers
+    let listed = transfers
         .list()
         .iter()
         .map(|e| {
@@ -470,7 +472,7 @@ pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
         })
         .collect();
     let finished = long.then(|| {
-        pool.transfers
+        transfers
             .recent()
             .iter()
             .map(|f| FinishedJson {
@@ -485,10 +487,10 @@ pub fn pp_ls(pool: &Pool, long: bool) -> PpLsJson {
             .collect()
     });
     PpLsJson {
-        incoming: gate(pool.transfers.incoming.counts()),
-        outgoing: gate(pool.transfers.outgoing.counts()),
-        connections_opened: pool.transfers.connections_opened(),
-        transfers,
+        incoming: gate(transfers.incoming.counts()),
+        outgoing: gate(transfers.outgoing.counts()),
+        connections_opened: transfers.connections_opened(),
+        transfers: listed,
         finished,
     }
 }

@@ -26,6 +26,7 @@ use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
 use super::json::{ErrorJson, write_document};
 use super::output::Output;
+use crate::node::Node;
 use crate::pool::Pool;
 
 /// Runs one admin line on this pool: the executor's `run_line`, handed in by the executor that
@@ -35,7 +36,7 @@ pub type RunHere<'a> = &'a dyn Fn(&str, &mut dyn Output) -> Result<(), RemoteErr
 /// The pool a rebalance command runs in, and how it runs a line on itself.
 #[derive(Clone, Copy)]
 pub struct Here<'a> {
-    pub pool: &'a Arc<Pool>,
+    pub node: &'a Arc<Node>,
     pub run: RunHere<'a>,
 }
 
@@ -185,10 +186,11 @@ pub fn start(
     dry_run: bool,
     out: &mut dyn Output,
 ) -> Result<(), RemoteError> {
-    let pool = here.pool;
+    let pool = &here.node.pool;
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
-    let module = pool
+    let module = here
+        .node
         .try_migration()
         .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))?;
     let env = module.env().clone();
@@ -232,7 +234,7 @@ pub fn start(
 /// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
 /// one line per pool (the job's summary line, no such job, or the error).
 pub fn cancel(here: Here<'_>, group: &str, json: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
-    let pool = here.pool;
+    let pool = &here.node.pool;
     let members = members(pool, group)?;
     let runtime = runtime(pool)?;
     if json {
@@ -298,7 +300,7 @@ fn on_each(
     pools: &[PoolName],
     lines: &[&str],
 ) -> Vec<(PoolName, Result<String, RemoteError>)> {
-    let Here { pool, run } = here;
+    let (pool, run) = (&here.node.pool, here.run);
     let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
     let mut remote = Vec::new();

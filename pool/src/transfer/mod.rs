@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tidepool_migration::rate::RateLimit;
+use tidepool_p2p::auth::Service;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, WireError, decode};
 use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
@@ -65,6 +66,9 @@ impl Default for TransferSettings {
         TransferSettings { max_active: 8, max_outgoing: 16, no_progress: Duration::from_secs(120) }
     }
 }
+
+/// Finds the rate limit of the migration job that copies each file, if one does.
+pub type RateLimits = Box<dyn Fn(&[&PnfsId]) -> Vec<Option<Arc<RateLimit>>> + Send + Sync>;
 
 /// How often a running transfer reports its rate; below [`SLOW_RATE`] the report is a
 /// warning-level "slow transfer" line.
@@ -149,8 +153,15 @@ pub struct Transfers {
     /// Outgoing streams (`pp set max outgoing`).
     pub outgoing: Gate,
     no_progress: Duration,
+    /// The pool these are the transfers of.
+    pub pool: Arc<Pool>,
     /// Connections to sources: made, checked and kept for reuse.
     dialer: Dialer,
+    /// The rate limit of the migration job that copies each file, if one does (set when the
+    /// module starts, `Node::start_migration`).
+    rate_limits: OnceLock<RateLimits>,
+    #[cfg(test)]
+    pub faults: Faults,
     /// Transfers waiting for a small-file batch, per source.
     pub(crate) small: SmallFetches,
     /// Cancelled at shutdown: ends the small-file batches under way.
@@ -166,10 +177,14 @@ impl std::fmt::Debug for Transfers {
 }
 
 impl Transfers {
-    /// The transfers of a pool that fetches from sources through `dialer` (the pool's own name
-    /// and credentials, for the data service).
-    pub fn new(settings: &TransferSettings, dialer: Dialer) -> Transfers {
+    /// The transfers of `pool`, which fetches from sources under its own name and credentials.
+    pub fn new(pool: Arc<Pool>, settings: &TransferSettings) -> Transfers {
+        let dialer = Dialer::new(pool.name.as_str(), pool.key.clone(), Service::Data);
         Transfers {
+            pool,
+            rate_limits: OnceLock::new(),
+            #[cfg(test)]
+            faults: Faults::default(),
             next: AtomicU64::new(1),
             entries: Mutex::new(BTreeMap::new()),
             recent: Mutex::new(VecDeque::new()),
@@ -181,6 +196,19 @@ impl Transfers {
             small: SmallFetches::default(),
             stats: TransferStats::default(),
             closing: CancellationToken::new(),
+        }
+    }
+
+    /// Where the rate limits of the files' migration jobs come from (once).
+    pub fn set_rate_limits(&self, limits: RateLimits) {
+        let _ = self.rate_limits.set(limits);
+    }
+
+    /// The rate limit of the job that copies each of `ids`, if one does.
+    fn rate_limits_of(&self, ids: &[&PnfsId]) -> Vec<Option<Arc<RateLimit>>> {
+        match self.rate_limits.get() {
+            Some(limits) => limits(ids),
+            None => vec![None; ids.len()],
         }
     }
 
@@ -307,14 +335,18 @@ enum Stop {
 
 /// Runs a registered transfer to the end: the new replica, committed and durable, or an error
 /// with nothing left behind.
-pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest) -> Result<Replica, RemoteError> {
+pub async fn pull(
+    transfers: &Arc<Transfers>,
+    entry: Arc<TransferEntry>,
+    req: PullRequest,
+) -> Result<Replica, RemoteError> {
     let span = transfer_span(&entry, &req);
-    let result = tracing::Instrument::instrument(pull_inner(pool, &entry, &req), span.clone()).await;
+    let result = tracing::Instrument::instrument(pull_inner(transfers, &entry, &req), span.clone()).await;
     span.in_scope(|| match &result {
         Ok(r) => tracing::info!(size = r.attrs.size, state = %r.state, "replica received"),
         Err(e) => tracing::warn!("transfer failed: {}", e.message),
     });
-    pool.transfers.finish(&entry, result.as_ref().err().cloned());
+    transfers.finish(&entry, result.as_ref().err().cloned());
     result
 }
 
@@ -324,10 +356,10 @@ pub async fn pull(pool: &Arc<Pool>, entry: Arc<TransferEntry>, req: PullRequest)
 /// A replica the exchange cannot carry (it grew past one chunk, or the source does not know
 /// batches) is pulled on its own, as [`pull`] does.
 pub async fn pull_batch(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     batch: Vec<(Arc<TransferEntry>, PullRequest)>,
 ) -> Vec<Result<Replica, RemoteError>> {
-    let results = pull_batch_inner(pool, &batch).await;
+    let results = pull_batch_inner(transfers, &batch).await;
     let (mut received, mut bytes) = (0usize, 0u64);
     for ((entry, req), result) in batch.iter().zip(&results) {
         // Each replica's own line at debug (its failure as a warning), in its transfer's span;
@@ -347,7 +379,7 @@ pub async fn pull_batch(
             }
             Err(e) => tracing::warn!("transfer failed: {}", e.message),
         });
-        pool.transfers.finish(entry, result.as_ref().err().cloned());
+        transfers.finish(entry, result.as_ref().err().cloned());
     }
     if let Some((_, first)) = batch.first() {
         let failed = batch.len() - received;
@@ -373,9 +405,10 @@ fn transfer_span(entry: &TransferEntry, req: &PullRequest) -> tracing::Span {
 }
 
 async fn pull_batch_inner(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     batch: &[(Arc<TransferEntry>, PullRequest)],
 ) -> Vec<Result<Replica, RemoteError>> {
+    let pool = &transfers.pool;
     let mut results: Vec<Option<Result<Replica, RemoteError>>> = batch.iter().map(|_| None).collect();
     if let Err(e) = pool.check_mode(Activity::P2pClient, false) {
         return batch.iter().map(|_| Err(e.clone())).collect();
@@ -393,7 +426,6 @@ async fn pull_batch_inner(
             asked.push(i);
         }
     }
-    let transfers = &pool.transfers;
     let all_cancelled = async {
         for i in &asked {
             batch[*i].0.cancel.cancelled().await;
@@ -409,7 +441,7 @@ async fn pull_batch_inner(
             for i in &asked {
                 let _ = batch[*i].0.started.set(now);
             }
-            small::fetch_many(pool, asked.iter().map(|i| (&*batch[*i].0, &batch[*i].1)).collect()).await
+            small::fetch_many(transfers, asked.iter().map(|i| (&*batch[*i].0, &batch[*i].1)).collect()).await
         }
         None => asked.iter().map(|i| Fetched::Failed(cancelled(batch[*i].1.pnfsid))).collect(),
     };
@@ -429,20 +461,20 @@ async fn pull_batch_inner(
             Fetched::PerFile => alone.push(i),
         }
     }
-    let committed = commit_all(pool, batch, commits).await;
+    let committed = commit_all(transfers, batch, commits).await;
     for (i, result) in committed {
         results[i] = Some(result);
     }
     for i in alone {
         let (entry, req) = &batch[i];
-        results[i] = Some(pull_inner(pool, entry, req).await);
+        results[i] = Some(pull_inner(transfers, entry, req).await);
     }
     results.into_iter().map(|r| r.expect("every replica of the batch has its result")).collect()
 }
 
 /// Commits the replicas of a batch received whole, side by side (they join one group commit).
 async fn commit_all(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     batch: &[(Arc<TransferEntry>, PullRequest)],
     commits: Vec<(usize, Received)>,
 ) -> Vec<(usize, Result<Replica, RemoteError>)> {
@@ -451,13 +483,13 @@ async fn commit_all(
     let handles: Vec<(usize, tokio::task::JoinHandle<Result<Replica, RemoteError>>)> = commits
         .into_iter()
         .map(|(i, received)| {
-            let (pool, entry, req) = (pool.clone(), batch[i].0.clone(), batch[i].1.clone());
+            let (transfers, entry, req) = (transfers.clone(), batch[i].0.clone(), batch[i].1.clone());
             let handle = tokio::spawn(async move {
                 let _committing = tokio::select! {
-                    c = pool.transfers.committing.enter() => c,
+                    c = transfers.committing.enter() => c,
                     _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
                 };
-                commit_small(&pool, &req, received).await
+                commit_small(&transfers, &req, received).await
             });
             (i, handle)
         })
@@ -472,7 +504,12 @@ async fn commit_all(
     out
 }
 
-async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Result<Replica, RemoteError> {
+async fn pull_inner(
+    transfers: &Arc<Transfers>,
+    entry: &TransferEntry,
+    req: &PullRequest,
+) -> Result<Replica, RemoteError> {
+    let pool = &transfers.pool;
     assert!(req.state.is_committed());
     pool.check_mode(Activity::P2pClient, false)?;
     if pool.repo.contains(&req.pnfsid) {
@@ -481,13 +518,12 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
             format!("replica {} already exists in {}", req.pnfsid, pool.name),
         ));
     }
-    let transfers = &pool.transfers;
     let pass = tokio::select! {
         pass = transfers.incoming.enter() => pass,
         _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
     };
     let _ = entry.started.set(Instant::now());
-    match small::fetch(pool, entry, req).await {
+    match small::fetch(transfers, entry, req).await {
         Fetched::Data { attrs, bytes } => {
             entry.size.store(attrs.size, Ordering::Relaxed);
             entry.done.store(bytes.len() as u64, Ordering::Relaxed);
@@ -497,7 +533,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
                 _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
             };
             drop(pass);
-            return commit_small(pool, req, Received { attrs, bytes }).await;
+            return commit_small(transfers, req, Received { attrs, bytes }).await;
         }
         Fetched::Failed(e) => return Err(e),
         Fetched::PerFile => {}
@@ -514,7 +550,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
             Ok(c) => c,
             Err(e) => break Err(e),
         };
-        match attempt(pool, entry, req, &mut conn, &mut incoming, &mut source_attrs).await {
+        match attempt(transfers, entry, req, &mut conn, &mut incoming, &mut source_attrs).await {
             Ok(Some(received)) => {
                 // A small replica, received whole: its commit waits without a transfer place.
                 transfers.give_back(&req.source, conn);
@@ -523,7 +559,7 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
                     _ = entry.cancel.cancelled() => return Err(cancelled(req.pnfsid)),
                 };
                 drop(pass);
-                return commit_small(pool, req, received).await;
+                return commit_small(transfers, req, received).await;
             }
             Ok(None) => {
                 transfers.give_back(&req.source, conn);
@@ -567,14 +603,15 @@ async fn pull_inner(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) 
 /// One exchange over one connection: from `Fetch` to `FetchEnd`. A replica of at most one
 /// chunk comes back committed (`Some`); a larger one is left written in `incoming`.
 async fn attempt(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     entry: &TransferEntry,
     req: &PullRequest,
     conn: &mut Connection,
     incoming: &mut Option<Incoming>,
     source_attrs: &mut Option<FileAttributes>,
 ) -> Result<Option<Received>, Stop> {
-    let no_progress = pool.transfers.no_progress();
+    let pool = &transfers.pool;
+    let no_progress = transfers.no_progress();
     let fetch = DataRequest::Fetch { transfer: entry.id, pnfsid: req.pnfsid, force_source_mode: req.force_source_mode };
     conn.send(&fetch).await.map_err(|e| broken(req, e))?;
     let ready = tokio::select! {
@@ -634,7 +671,7 @@ async fn attempt(
             *source_attrs = Some(attrs.clone());
         }
     }
-    receive(pool, entry, req, conn, incoming, attrs.size).await.map(|()| None)
+    receive(transfers, entry, req, conn, incoming, attrs.size).await.map(|()| None)
 }
 
 /// A replica of at most one chunk: its bytes are received into memory first, then handed to
@@ -669,7 +706,12 @@ async fn receive_small(
 
 /// Stores a small replica received whole. The group committer writes and commits it, so no
 /// thread waits here for the batch's sync.
-async fn commit_small(pool: &Arc<Pool>, req: &PullRequest, received: Received) -> Result<Replica, RemoteError> {
+async fn commit_small(
+    transfers: &Arc<Transfers>,
+    req: &PullRequest,
+    received: Received,
+) -> Result<Replica, RemoteError> {
+    let pool = &transfers.pool;
     let Received { attrs, bytes } = received;
     let now = now_ms();
     let expected = attrs.checksum;
@@ -682,16 +724,17 @@ async fn commit_small(pool: &Arc<Pool>, req: &PullRequest, received: Received) -
 }
 
 async fn receive(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     entry: &TransferEntry,
     req: &PullRequest,
     conn: &mut Connection,
     slot: &mut Option<Incoming>,
     size: u64,
 ) -> Result<(), Stop> {
+    let pool = &transfers.pool;
     let written = |slot: &Option<Incoming>| slot.as_ref().map(|i| i.written()).unwrap_or(0);
     let offset = written(slot);
-    let no_progress = pool.transfers.no_progress();
+    let no_progress = transfers.no_progress();
     conn.send(&DataRequest::FetchStart { transfer: entry.id, offset }).await.map_err(|e| broken(req, e))?;
     let mut report = Instant::now();
     let mut reported_bytes = offset;
@@ -777,7 +820,7 @@ pub(crate) fn protocol(msg: String) -> RemoteError {
 pub async fn serve_fetch<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     shutdown: &CancellationToken,
     transfer: TransferId,
     pnfsid: PnfsId,
@@ -787,11 +830,12 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let pool = &transfers.pool;
     if let Err(e) = pool.check_mode(Activity::Fetch, force_source_mode) {
-        return refuse(pool, writer, e).await;
+        return refuse(transfers, writer, e).await;
     }
     let _pass = tokio::select! {
-        pass = pool.transfers.outgoing.enter() => pass,
+        pass = transfers.outgoing.enter() => pass,
         _ = shutdown.cancelled() => return Err(WireError::Closed),
         // The target sends nothing while it waits; anything (usually its hanging up) means it
         // gave up, and its place in the queue goes to the next.
@@ -800,7 +844,7 @@ where
     let repo = pool.repo.clone();
     let (replica, data) = match blocking(move || repo.open_for_copy(&pnfsid)).await {
         Ok(x) => x,
-        Err(e) => return refuse(pool, writer, e.into()).await,
+        Err(e) => return refuse(transfers, writer, e.into()).await,
     };
     let size = replica.attrs.size;
     writer.send(&DataReply::FetchReady { transfer, attributes: replica.attrs }).await?;
@@ -822,11 +866,11 @@ where
             ErrorCode::InvalidArgument,
             format!("offset {offset} is past the end of {pnfsid} ({size} bytes)"),
         );
-        return refuse(pool, writer, e).await;
+        return refuse(transfers, writer, e).await;
     }
     // The rate limit of the migration job that copies the file, if one does (one look per
     // file; unlimited costs one atomic load per chunk after that).
-    let limit = pool.try_migration().and_then(|m| m.rate_limits([&pnfsid]).pop().flatten());
+    let limit = transfers.rate_limits_of(&[&pnfsid]).pop().flatten();
     // Two buffers: the next chunk is read from disk while the current one is sent.
     let chunk = MAX_DATA_CHUNK.min(size.saturating_sub(offset) as usize).max(1);
     let mut spare = vec![0u8; chunk];
@@ -850,12 +894,12 @@ where
                     format!("data file of {pnfsid} ends {} bytes early", size - pos - n as u64),
                 );
                 tracing::error!(%pnfsid, "{}", e.message);
-                return refuse(pool, writer, e).await;
+                return refuse(transfers, writer, e).await;
             }
             Err(e) => {
                 let e = RemoteError::new(ErrorCode::Io, format!("file {pnfsid}: read failed: {e}"));
                 tracing::error!(%pnfsid, "{}", e.message);
-                return refuse(pool, writer, e).await;
+                return refuse(transfers, writer, e).await;
             }
         };
         pos += n as u64;
@@ -867,26 +911,26 @@ where
         let mut buf = buf;
         #[cfg(test)]
         {
-            pool.faults.apply(&pnfsid, &mut buf[..n]);
-            if let Some(pause) = pool.faults.pause() {
+            transfers.faults.apply(&pnfsid, &mut buf[..n]);
+            if let Some(pause) = transfers.faults.pause() {
                 tokio::time::sleep(pause).await;
             }
         }
         match &limit {
             Some(limit) if limit.is_limited() => {
-                send_limited(limit, reader, writer, shutdown, pool.transfers.no_progress(), &buf[..n]).await?
+                send_limited(limit, reader, writer, shutdown, transfers.no_progress(), &buf[..n]).await?
             }
-            _ => guarded(shutdown, pool.transfers.no_progress(), writer.send_data(&buf[..n])).await?,
+            _ => guarded(shutdown, transfers.no_progress(), writer.send_data(&buf[..n])).await?,
         }
-        pool.transfers.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        transfers.stats.out_bytes.fetch_add(n as u64, Ordering::Relaxed);
         spare = buf;
     }
-    guarded(shutdown, pool.transfers.no_progress(), async {
+    guarded(shutdown, transfers.no_progress(), async {
         writer.flush().await?;
         writer.send(&DataReply::FetchEnd { transfer }).await
     })
     .await?;
-    pool.transfers.stats.out_done.fetch_add(1, Ordering::Relaxed);
+    transfers.stats.out_done.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -934,11 +978,11 @@ async fn wait_for_rate<R: AsyncRead + Unpin>(
 
 /// Sends `e` to the target of a transfer this pool serves, and counts it.
 async fn refuse<W: AsyncWrite + Unpin>(
-    pool: &Pool,
+    transfers: &Transfers,
     writer: &mut FrameWriter<W>,
     e: RemoteError,
 ) -> Result<(), WireError> {
-    TransferStats::count(&pool.transfers.stats.out_failed, &e);
+    TransferStats::count(&transfers.stats.out_failed, &e);
     writer.send(&DataReply::Error(e)).await
 }
 
@@ -952,7 +996,7 @@ const SMALL_BATCH_BYTES_LIMIT: u64 = 4 * 1024 * 1024;
 pub async fn serve_fetch_small<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     shutdown: &CancellationToken,
     items: Vec<SmallFetch>,
     max_size: u64,
@@ -968,27 +1012,27 @@ where
         return Err(WireError::Unexpected { expected: "a FetchSmall within its limits", got: "too many items" });
     }
     let _pass = tokio::select! {
-        pass = pool.transfers.outgoing.enter() => pass,
+        pass = transfers.outgoing.enter() => pass,
         _ = shutdown.cancelled() => return Err(WireError::Closed),
         _ = reader.next() => return Err(WireError::Closed),
     };
     let max_size = max_size.min(MAX_DATA_CHUNK as u64);
     let budget = max_bytes.min(SMALL_BATCH_BYTES_LIMIT);
-    let source = pool.clone();
+    let source = transfers.clone();
     let answers = blocking(move || read_small(&source, items, max_size, budget)).await;
     // Each answer (with its data) gets its own `no_progress` to be taken, as each chunk of a
     // single transfer does.
-    let limit = pool.transfers.no_progress();
+    let limit = transfers.no_progress();
     // The rate limits of the jobs that copy the files sent, in order (one look at the module's
     // lock table for the batch).
-    let mut rates = match pool.try_migration() {
-        Some(m) => m.rate_limits(answers.iter().filter_map(|(_, outcome, _)| match outcome {
+    let sent: Vec<&PnfsId> = answers
+        .iter()
+        .filter_map(|(_, outcome, _)| match outcome {
             SmallOutcome::Sent(attrs) => Some(&attrs.pnfsid),
             _ => None,
-        })),
-        None => Vec::new(),
-    }
-    .into_iter();
+        })
+        .collect();
+    let mut rates = transfers.rate_limits_of(&sent).into_iter();
     for (transfer, outcome, data) in answers {
         let sent = match &outcome {
             SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
@@ -1005,15 +1049,15 @@ where
                 #[cfg(test)]
                 let data = {
                     let mut data = data;
-                    pool.faults.apply(&_pnfsid, &mut data);
-                    if let Some(pause) = pool.faults.pause() {
+                    transfers.faults.apply(&_pnfsid, &mut data);
+                    if let Some(pause) = transfers.faults.pause() {
                         writer.flush().await?;
                         tokio::time::sleep(pause).await;
                     }
                     data
                 };
                 writer.send_data(&data).await?;
-                let stats = &pool.transfers.stats;
+                let stats = &transfers.stats;
                 stats.out_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 stats.out_done.fetch_add(1, Ordering::Relaxed);
             }
@@ -1030,11 +1074,12 @@ where
 /// operating system) before any is read, so the disk serves the batch's reads together rather
 /// than one after another.
 fn read_small(
-    pool: &Pool,
+    transfers: &Transfers,
     items: Vec<SmallFetch>,
     max_size: u64,
     budget: u64,
 ) -> Vec<(TransferId, SmallOutcome, Vec<u8>)> {
+    let pool = &transfers.pool;
     enum Step {
         Answer(SmallOutcome),
         Read(Box<FileAttributes>, crate::repository::DataRead),
@@ -1086,7 +1131,7 @@ fn read_small(
                     if e.code() == Some(ErrorCode::Io) {
                         tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
                     }
-                    TransferStats::count(&pool.transfers.stats.out_failed, &e);
+                    TransferStats::count(&transfers.stats.out_failed, &e);
                     (item.transfer, SmallOutcome::Refused(e), Vec::new())
                 }
             }

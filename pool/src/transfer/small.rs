@@ -30,8 +30,7 @@ use tidepool_p2p::model::FileAttributes;
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::sync::oneshot;
 
-use crate::pool::Pool;
-use crate::transfer::{PullRequest, RESUMES, TransferEntry, cancelled, connection_broke, protocol, stalled};
+use crate::transfer::{PullRequest, RESUMES, TransferEntry, Transfers, cancelled, connection_broke, protocol, stalled};
 
 /// Exchanges under way per source at once.
 const RUNNERS: usize = 2;
@@ -106,19 +105,20 @@ impl std::fmt::Debug for SmallFetches {
 
 /// Fetches one replica within a batch from its source, or says why not: a batch of one,
 /// which waits with the other transfers from the same source.
-pub(crate) async fn fetch(pool: &Arc<Pool>, entry: &TransferEntry, req: &PullRequest) -> Fetched {
-    fetch_many(pool, vec![(entry, req)]).await.pop().unwrap_or(Fetched::PerFile)
+pub(crate) async fn fetch(transfers: &Arc<Transfers>, entry: &TransferEntry, req: &PullRequest) -> Fetched {
+    fetch_many(transfers, vec![(entry, req)]).await.pop().unwrap_or(Fetched::PerFile)
 }
 
 /// Fetches the replicas of a batch from their one source: queued together, so that one
 /// exchange asks for all of them (up to [`MAX_SMALL_ITEMS`]). The answers are in the order
 /// given; each transfer's cancel ends its own wait.
-pub(crate) async fn fetch_many(pool: &Arc<Pool>, batch: Vec<(&TransferEntry, &PullRequest)>) -> Vec<Fetched> {
+pub(crate) async fn fetch_many(transfers: &Arc<Transfers>, batch: Vec<(&TransferEntry, &PullRequest)>) -> Vec<Fetched> {
+    let pool = &transfers.pool;
     let Some(source) = batch.first().map(|(_, req)| req.source.clone()) else { return Vec::new() };
     debug_assert!(batch.iter().all(|(_, req)| req.source == source), "a batch comes from one source");
     let mut answers = Vec::with_capacity(batch.len());
     let start = {
-        let mut queues = pool.transfers.small.queues.lock();
+        let mut queues = transfers.small.queues.lock();
         let q = queues.entry(source.clone()).or_default();
         if q.per_file_only() {
             return batch.iter().map(|_| Fetched::PerFile).collect();
@@ -136,7 +136,7 @@ pub(crate) async fn fetch_many(pool: &Arc<Pool>, batch: Vec<(&TransferEntry, &Pu
         start
     };
     if start {
-        pool.tasks.spawn(run(pool.clone(), source));
+        pool.tasks.spawn(run(transfers.clone(), source));
     }
     let mut fetched = Vec::with_capacity(batch.len());
     for ((entry, req), answer) in batch.iter().zip(answers) {
@@ -152,10 +152,10 @@ pub(crate) async fn fetch_many(pool: &Arc<Pool>, batch: Vec<(&TransferEntry, &Pu
 }
 
 /// Runs exchanges with `source` while transfers wait for one.
-async fn run(pool: Arc<Pool>, source: PoolName) {
+async fn run(transfers: Arc<Transfers>, source: PoolName) {
     loop {
         let batch: Vec<Waiter> = {
-            let mut queues = pool.transfers.small.queues.lock();
+            let mut queues = transfers.small.queues.lock();
             let Some(q) = queues.get_mut(&source) else { return };
             q.waiting.retain(|w| !w.reply.is_closed());
             if q.per_file_only() {
@@ -172,9 +172,9 @@ async fn run(pool: Arc<Pool>, source: PoolName) {
             let n = q.waiting.len().min(MAX_SMALL_ITEMS);
             q.waiting.drain(..n).collect()
         };
-        let later = exchange(&pool, &source, batch).await;
+        let later = exchange(&transfers, &source, batch).await;
         if !later.is_empty() {
-            let mut queues = pool.transfers.small.queues.lock();
+            let mut queues = transfers.small.queues.lock();
             if let Some(q) = queues.get_mut(&source) {
                 for w in later.into_iter().rev() {
                     q.waiting.push_front(w);
@@ -205,8 +205,8 @@ enum Stop {
 /// Asks `source` for every waiter of `batch`. Each is answered, except the ones the source put
 /// off for lack of room in the exchange, which are returned to be asked again. A connection
 /// that breaks is replaced (at most [`RESUMES`] times) and the unanswered rest asked again.
-async fn exchange(pool: &Arc<Pool>, source: &PoolName, batch: Vec<Waiter>) -> Vec<Waiter> {
-    let transfers = &pool.transfers;
+async fn exchange(transfers: &Arc<Transfers>, source: &PoolName, batch: Vec<Waiter>) -> Vec<Waiter> {
+    let pool = &transfers.pool;
     let mut pending: VecDeque<Waiter> = batch.into();
     let mut later = Vec::new();
     let mut breaks = 0;
@@ -226,7 +226,7 @@ async fn exchange(pool: &Arc<Pool>, source: &PoolName, batch: Vec<Waiter>) -> Ve
                 return later;
             }
         };
-        match ask(pool, source, &mut conn, &mut pending, &mut later).await {
+        match ask(transfers, source, &mut conn, &mut pending, &mut later).await {
             Ok(()) => {
                 transfers.give_back(source, conn);
                 return later;
@@ -252,13 +252,12 @@ async fn exchange(pool: &Arc<Pool>, source: &PoolName, batch: Vec<Waiter>) -> Ve
 /// One `FetchSmall` exchange over `conn` for the waiters of `pending`, which are taken off it
 /// as they are answered (or put into `later`).
 async fn ask(
-    pool: &Arc<Pool>,
+    transfers: &Arc<Transfers>,
     source: &PoolName,
     conn: &mut Connection,
     pending: &mut VecDeque<Waiter>,
     later: &mut Vec<Waiter>,
 ) -> Result<(), Stop> {
-    let transfers = &pool.transfers;
     let broken = |e: WireError| Stop::Broken(connection_broke(source, e));
     let no_progress = transfers.no_progress();
     let stalled = || Stop::Fatal(stalled(no_progress, source));

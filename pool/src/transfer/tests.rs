@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use super::TransferSettings;
 use crate::admin::exec;
 use crate::daemon::{Daemon, Settings};
-use crate::pool::{ModeState, Pool, now_ms};
+use crate::node::Node;
+use crate::pool::{ModeState, now_ms};
 
 /// Pool daemons in this process on loopback, sharing a cluster file and key (the migration
 /// module's tests use them too).
@@ -89,8 +90,9 @@ impl Cluster {
         self.daemons[n - 1].as_ref().unwrap_or_else(|| panic!("pool{n} is played by the test"))
     }
 
-    pub(crate) fn pool(&self, n: usize) -> &Arc<Pool> {
-        self.daemon(n).pool()
+    /// Pool `n` with its transfers and migration module.
+    pub(crate) fn pool(&self, n: usize) -> &Arc<Node> {
+        self.daemon(n).node()
     }
 
     /// The data endpoint of pool `n`.
@@ -119,8 +121,8 @@ fn content(id: &PnfsId, size: usize) -> Vec<u8> {
 }
 
 /// Stores a replica directly in a pool's repository.
-pub(crate) async fn put(pool: &Arc<Pool>, size: usize, state: ReplicaState, sticky: Vec<StickyRecord>) -> PnfsId {
-    let repo = pool.repo.clone();
+pub(crate) async fn put(node: &Arc<Node>, size: usize, state: ReplicaState, sticky: Vec<StickyRecord>) -> PnfsId {
+    let repo = node.pool.repo.clone();
     tokio::task::spawn_blocking(move || {
         let id = PnfsId::from_random(tidepool_p2p::random::random_bytes().unwrap());
         let now = now_ms();
@@ -146,18 +148,19 @@ pub(crate) async fn put(pool: &Arc<Pool>, size: usize, state: ReplicaState, stic
 }
 
 /// Runs an admin line on a pool as the admin endpoint would.
-async fn admin(pool: &Arc<Pool>, line: &str) -> Result<String, RemoteError> {
-    let pool = pool.clone();
+async fn admin(node: &Arc<Node>, line: &str) -> Result<String, RemoteError> {
+    let node = node.clone();
     let line = line.to_string();
     tokio::task::spawn_blocking(move || {
         let mut out = String::new();
-        exec::run_line(&pool, &line, &mut out).map(|()| out)
+        exec::run_line(&node, &line, &mut out).map(|()| out)
     })
     .await
     .unwrap()
 }
 
-async fn read(pool: &Arc<Pool>, id: PnfsId) -> Vec<u8> {
+async fn read(node: &Arc<Node>, id: PnfsId) -> Vec<u8> {
+    let pool = &node.pool;
     let repo = pool.repo.clone();
     tokio::task::spawn_blocking(move || {
         let (_, mut data) = repo.open_data(&id, now_ms()).unwrap();
@@ -185,7 +188,8 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Nothing of `id` is on `pool`: no replica, nothing being received, space back to `used`.
-fn nothing_of(pool: &Pool, id: PnfsId) {
+fn nothing_of(node: &Node, id: PnfsId) {
+    let pool = &node.pool;
     assert!(pool.repo.get(&id).unwrap().is_none(), "{id} must not be on {}", pool.name);
     assert!(pool.repo.incoming().is_empty(), "no partial replica on {}", pool.name);
 }
@@ -200,7 +204,7 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
     for _ in 0..10 {
         small.push(put(source, 4096, ReplicaState::Cached, vec![StickyRecord::new("alice", NEVER)]).await);
     }
-    let before = source.repo.get(&large).unwrap().unwrap();
+    let before = source.pool.repo.get(&large).unwrap().unwrap();
     let reply = admin(target, &format!("pp get file -wait {large} pool1")).await.unwrap();
     assert!(reply.contains(&format!("{large} from pool1: done, {} bytes", 5 * 1024 * 1024 + 17)), "{reply}");
     let opened = || target.transfers.connections_opened();
@@ -212,8 +216,8 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
     assert_eq!(reply.matches(": done, ").count(), 10, "{reply}");
     assert!(opened() <= 8, "at most one connection per transfer running at once (max active 8)");
     for id in small.iter().chain([&large, &empty]) {
-        let mine = target.repo.get(id).unwrap().unwrap();
-        let theirs = source.repo.get(id).unwrap().unwrap();
+        let mine = target.pool.repo.get(id).unwrap().unwrap();
+        let theirs = source.pool.repo.get(id).unwrap().unwrap();
         assert_eq!(mine.state, ReplicaState::Cached, "pp get file makes CACHED replicas");
         assert!(mine.sticky.is_empty(), "sticky records are not copied by pp get file");
         assert_eq!(mine.attrs.size, theirs.attrs.size);
@@ -223,7 +227,7 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
         assert_eq!(Some(checksum(&bytes)), theirs.attrs.checksum);
         assert!(bytes == content(id, theirs.attrs.size as usize));
     }
-    assert_eq!(source.repo.get(&large).unwrap().unwrap(), before, "the source is unchanged, access time included");
+    assert_eq!(source.pool.repo.get(&large).unwrap().unwrap(), before, "the source is unchanged, access time included");
 
     let ls = admin(target, "pp ls -l").await.unwrap();
     assert!(ls.contains("0 active of max 8, 0 queued"), "{ls}");
@@ -234,7 +238,7 @@ async fn large_and_small_replicas_arrive_intact_over_one_connection() {
     let err = admin(target, &format!("pp get file -wait {more} {missing} pool1")).await.unwrap_err();
     assert_eq!(err.message, "1 of 2 transfers failed");
     assert_eq!(err.code(), Some(ErrorCode::FileNotFound));
-    assert!(target.repo.get(&more).unwrap().is_some());
+    assert!(target.pool.repo.get(&more).unwrap().is_some());
     c.stop().await;
 }
 
@@ -243,19 +247,19 @@ async fn a_corrupted_byte_is_detected_and_nothing_is_committed() {
     let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
     let (source, target) = (c.pool(1), c.pool(2));
     let id = put(source, 3 * 1024 * 1024, ReplicaState::Cached, vec![]).await;
-    let used = target.repo.space(now_ms()).used;
-    source.faults.corrupt_next(id);
+    let used = target.pool.repo.space(now_ms()).used;
+    source.transfers.faults.corrupt_next(id);
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err:?}");
     assert!(err.message.contains("checksum mismatch"), "{}", err.message);
     nothing_of(target, id);
-    assert_eq!(target.repo.space(now_ms()).used, used);
+    assert_eq!(target.pool.repo.space(now_ms()).used, used);
     // The source's replica was never damaged: a second try succeeds.
     admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
     assert!(read(target, id).await == content(&id, 3 * 1024 * 1024));
     // The same for a replica small enough to be received whole before it is written.
     let small = put(source, 1000, ReplicaState::Cached, vec![]).await;
-    source.faults.corrupt_next(small);
+    source.transfers.faults.corrupt_next(small);
     let err = admin(target, &format!("pp get file -wait {small} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err:?}");
     nothing_of(target, small);
@@ -272,8 +276,8 @@ async fn a_small_target_evicts_removable_replicas_or_refuses() {
     let precious = put(target, 40_000, ReplicaState::Precious, vec![]).await;
     let wanted = put(source, 50_000, ReplicaState::Cached, vec![]).await;
     admin(target, &format!("pp get file -wait {wanted} pool1")).await.unwrap();
-    assert!(target.repo.get(&old).unwrap().is_none(), "the cached replica made room");
-    assert!(target.repo.get(&precious).unwrap().is_some(), "the precious one stays");
+    assert!(target.pool.repo.get(&old).unwrap().is_none(), "the cached replica made room");
+    assert!(target.pool.repo.get(&precious).unwrap().is_some(), "the precious one stays");
     assert!(read(target, wanted).await == content(&wanted, 50_000));
     // Now only precious data and the new (cached, removable) copy: 60,000 cannot fit.
     let big = put(source, 70_000, ReplicaState::Cached, vec![]).await;
@@ -292,14 +296,16 @@ async fn modes_and_missing_replicas_are_refused_clearly() {
     let id = put(source, 1000, ReplicaState::Cached, vec![]).await;
 
     target
+        .pool
         .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::RDONLY), error_code: 1, message: "x".into() })
         .unwrap();
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PoolDisabled));
     assert!(err.message.contains("p2p-client"), "{}", err.message);
-    target.set_mode(ModeState::enabled()).unwrap();
+    target.pool.set_mode(ModeState::enabled()).unwrap();
 
     source
+        .pool
         .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::STRICT), error_code: 1, message: "x".into() })
         .unwrap();
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
@@ -307,8 +313,8 @@ async fn modes_and_missing_replicas_are_refused_clearly() {
     assert!(err.message.contains("fetch"), "{}", err.message);
     nothing_of(target, id);
     admin(target, &format!("pp get file -wait -force-source-mode {id} pool1")).await.unwrap();
-    assert!(target.repo.get(&id).unwrap().is_some());
-    source.set_mode(ModeState::enabled()).unwrap();
+    assert!(target.pool.repo.get(&id).unwrap().is_some());
+    source.pool.set_mode(ModeState::enabled()).unwrap();
 
     let missing = PnfsId::from_random([7; 16]);
     let err = admin(target, &format!("pp get file -wait {missing} pool1")).await.unwrap_err();
@@ -328,7 +334,7 @@ async fn a_cancel_ends_the_transfer_quickly_and_leaves_nothing() {
     let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
     let (source, target) = (c.pool(1), c.pool(2));
     let id = put(source, 8 * 1024 * 1024, ReplicaState::Cached, vec![]).await;
-    source.faults.slow_down(Some(Duration::from_millis(200)));
+    source.transfers.faults.slow_down(Some(Duration::from_millis(200)));
     let reply = admin(target, &format!("pp get file {id} pool1")).await.unwrap();
     assert!(reply.starts_with("[1] "), "{reply}");
     until("some data to arrive", || {
@@ -347,7 +353,7 @@ async fn a_cancel_ends_the_transfer_quickly_and_leaves_nothing() {
     until("the source to stop sending", || source.transfers.outgoing.counts().0 == 0).await;
     let err = admin(target, "pp remove 1").await.unwrap_err();
     assert!(err.message.contains("no transfer 1"), "{}", err.message);
-    source.faults.slow_down(None);
+    source.transfers.faults.slow_down(None);
     admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
     assert!(read(target, id).await == content(&id, 8 * 1024 * 1024), "and it can be repeated");
     c.stop().await;
@@ -373,7 +379,7 @@ async fn a_stalled_transfer_fails_with_no_progress_and_queues_respect_max_active
     // One at a time on the target: the others queue, in order.
     admin(target, "pp set max active 1").await.unwrap();
     admin(source, "pp set max outgoing 16").await.unwrap();
-    source.faults.slow_down(Some(Duration::from_millis(300)));
+    source.transfers.faults.slow_down(Some(Duration::from_millis(300)));
     for id in &ids {
         admin(target, &format!("pp get file {id} pool1")).await.unwrap();
     }
@@ -381,8 +387,8 @@ async fn a_stalled_transfer_fails_with_no_progress_and_queues_respect_max_active
     assert_eq!(ls.lines().count(), 4, "a header and three transfers: {ls}");
     assert!(ls.matches(" ACTIVE ").count() <= 1, "{ls}");
     assert!(ls.matches(" QUEUED ").count() >= 2, "{ls}");
-    source.faults.slow_down(None);
-    until("all three to arrive", || ids.iter().all(|id| target.repo.get(id).unwrap().is_some())).await;
+    source.transfers.faults.slow_down(None);
+    until("all three to arrive", || ids.iter().all(|id| target.pool.repo.get(id).unwrap().is_some())).await;
     c.stop().await;
 }
 
@@ -401,7 +407,7 @@ async fn small_replicas_share_exchanges_and_a_bad_one_fails_alone() {
         ids.push(put(source, *size, ReplicaState::Cached, vec![]).await);
     }
     let corrupt = ids[60];
-    source.faults.corrupt_next(corrupt);
+    source.transfers.faults.corrupt_next(corrupt);
     let missing = PnfsId::from_random([5; 16]);
     let mut line = String::from("pp get file -wait");
     for id in ids.iter().take(90).chain([&missing]).chain(&ids[90..]) {
@@ -410,11 +416,11 @@ async fn small_replicas_share_exchanges_and_a_bad_one_fails_alone() {
     let err = admin(target, &format!("{line} pool1")).await.unwrap_err();
     assert_eq!(err.message, format!("2 of {} transfers failed", ids.len() + 1), "{err:?}");
     nothing_of(target, corrupt);
-    assert!(target.repo.get(&missing).unwrap().is_none());
+    assert!(target.pool.repo.get(&missing).unwrap().is_none());
     for (id, size) in ids.iter().zip(&sizes).filter(|(id, _)| **id != corrupt) {
-        let mine = target.repo.get(id).unwrap().unwrap();
+        let mine = target.pool.repo.get(id).unwrap().unwrap();
         assert_eq!(mine.state, ReplicaState::Cached);
-        assert_eq!(mine.attrs.checksum, source.repo.get(id).unwrap().unwrap().attrs.checksum);
+        assert_eq!(mine.attrs.checksum, source.pool.repo.get(id).unwrap().unwrap().attrs.checksum);
         assert!(read(target, *id).await == content(id, *size), "{id} ({size} bytes) arrived intact");
     }
     let small = &target.transfers.small;
@@ -437,7 +443,7 @@ async fn small_replicas_share_exchanges_and_a_bad_one_fails_alone() {
 async fn a_source_that_does_not_know_batches_is_read_one_file_at_a_time() {
     let c = Cluster::start(&[1 << 30, 1 << 30], TransferSettings::default()).await;
     let (source, target) = (c.pool(1), c.pool(2));
-    source.faults.act_as_before_batches(true);
+    source.transfers.faults.act_as_before_batches(true);
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(put(source, 3000, ReplicaState::Cached, vec![]).await);
@@ -477,7 +483,7 @@ async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
     until("every transfer to be in an exchange or waiting", || asked() + small.waiting() == 24).await;
     admin(source, "pp set max outgoing 16").await.unwrap();
     until("every replica to arrive", || {
-        ids.iter().all(|id| target.repo.get(id).unwrap().is_some_and(|r| r.state == ReplicaState::Cached))
+        ids.iter().all(|id| target.pool.repo.get(id).unwrap().is_some_and(|r| r.state == ReplicaState::Cached))
     })
     .await;
     for id in &ids {
@@ -576,7 +582,7 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err:?}");
         assert!(err.message.contains(expected), "{expected}: {}", err.message);
         nothing_of(target, id);
-        assert!(target.repo.get(&PnfsId::from_random([8; 16])).unwrap().is_none());
+        assert!(target.pool.repo.get(&PnfsId::from_random([8; 16])).unwrap().is_none());
         c.stop().await;
         source.abort();
     }

@@ -15,7 +15,9 @@ use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord};
 use tidepool_pool::admin::exec;
 use tidepool_pool::admin::output::{Gone, Output};
+use tidepool_pool::node::Node;
 use tidepool_pool::pool::Pool;
+use tidepool_pool::transfer::Transfers;
 use tidepool_repository::{Replica, ReplicaStore, Repository, SledStore, record};
 
 use crate::system::{Who, peak_rss_mib, rss_mib};
@@ -131,17 +133,17 @@ pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
         ClusterFile { pools: vec![], links: vec![] },
         tidepool_p2p::auth::ClusterKey::generate()?,
         "PinManager".into(),
-        &Default::default(),
     )?);
+    let node = Arc::new(Node::new(Arc::new(Transfers::new(pool, &Default::default()))));
     let t = Instant::now();
     let mut out = Count(0);
-    exec::run_line(&pool, "rep ls", &mut out).map_err(|e| anyhow::anyhow!(e.render()))?;
+    exec::run_line(&node, "rep ls", &mut out).map_err(|e| anyhow::anyhow!(e.render()))?;
     let ls_s = t.elapsed().as_secs_f64();
     println!("rep ls: {} bytes of output in {ls_s:.2} s, peak RSS {:.0} MiB", out.0, peak_rss_mib(Who::Me));
 
     let t = Instant::now();
     let mut stats = String::new();
-    exec::run_line(&pool, "rep ls -s -sum", &mut stats).map_err(|e| anyhow::anyhow!(e.render()))?;
+    exec::run_line(&node, "rep ls -s -sum", &mut stats).map_err(|e| anyhow::anyhow!(e.render()))?;
     println!("rep ls -s -sum: {:.2} s, peak RSS {:.0} MiB", t.elapsed().as_secs_f64(), peak_rss_mib(Who::Me));
     std::io::stdout().flush().context("flush")?;
     print!("{stats}");
