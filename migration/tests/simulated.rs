@@ -8,7 +8,7 @@ mod sim;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, info_number, info_value, pool, run, running_tasks};
+use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, pool, run};
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::plan::{Outcome, Reason};
@@ -103,8 +103,8 @@ fn copy_job_places_the_wanted_replicas_on_distinct_pools() {
                 }
             }
         }
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -170,8 +170,8 @@ fn move_job_under_faults_never_loses_a_file() {
             }
             assert!(!sim.module("p1").is_locked(id));
         }
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -257,8 +257,8 @@ fn rerunning_a_copy_job_transfers_nothing() {
         sim.settle().await;
         let now = sim.world.stats();
         assert_eq!((now.pulls_started, now.bytes_committed), (stats.pulls_started, stats.bytes_committed));
-        let info = sim.info("p1", &again);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &again);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
         sim.assert_no_violations();
     });
 }
@@ -330,8 +330,8 @@ fn duplicated_and_late_finished_messages_are_never_miscredited() {
         check_copies(&sim, "p5", &moved, &before_move, 2, false);
         assert!(sim.repo("p5").is_empty());
         for (on, job, n) in [("p1", &copy, copied.len()), ("p5", &mv, moved.len())] {
-            let info = sim.info(on, job);
-            assert_eq!(info_number(&info, "Completed"), n as u64, "{info}");
+            let report = sim.report(on, job);
+            assert_eq!(report.completed_files, n as u64, "{report:?}");
         }
     });
 }
@@ -362,8 +362,8 @@ fn a_locked_holder_is_skipped_and_nothing_is_lost() {
         if seed % 2 == 0 {
             assert!(holders.contains(&"p4".to_string()), "the locked holder was skipped for p4: {holders:?}");
         } else {
-            let info = sim.info("p1", &ours);
-            assert!(info_number(&info, "Attempts") >= 2, "a locked holder fails the task for a retry:\n{info}");
+            let report = sim.report("p1", &ours);
+            assert!(report.attempts >= 2, "a locked holder fails the task for a retry:\n{report:?}");
         }
     });
 }
@@ -387,7 +387,7 @@ fn scheduler_concurrency_limits_running_tasks_and_can_be_raised() {
         let job = sim.create("p1", JobKind::Copy, &["-concurrency=3"], &["p2", "p3"]);
         let mut most = 0;
         for _ in 0..150 {
-            let running = running_tasks(&sim.info("p1", &job));
+            let running = sim.report("p1", &job).running.len();
             assert!(running <= 3, "{}", sim.info("p1", &job));
             most = most.max(running);
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -395,11 +395,11 @@ fn scheduler_concurrency_limits_running_tasks_and_can_be_raised() {
         assert_eq!(most, 3, "concurrency 3 runs 3 tasks");
         assert_eq!(sim.world.stats().pulls_peak.get(&pool("p1")).copied(), Some(3));
         sim.module("p1").set_concurrency(&job, 5).expect("the job exists");
-        sim.wait_until(MINUTE, "5 running tasks", || running_tasks(&sim.info("p1", &job)) == 5).await;
+        sim.wait_until(MINUTE, "5 running tasks", || sim.report("p1", &job).running.len() == 5).await;
         assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
         assert!(sim.world.stats().pulls_peak[&pool("p1")] <= 5);
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -409,19 +409,19 @@ fn scheduler_suspend_stops_new_tasks_and_resume_restarts() {
         let mut sim = slow_sim(seed, &["p1", "p2", "p3"]);
         let files = sim.fill("p1", 8);
         let job = sim.create("p1", JobKind::Copy, &["-concurrency=2"], &["p2", "p3"]);
-        sim.wait_until(MINUTE, "2 running tasks", || running_tasks(&sim.info("p1", &job)) == 2).await;
+        sim.wait_until(MINUTE, "2 running tasks", || sim.report("p1", &job).running.len() == 2).await;
         sim.module("p1").suspend(&job).expect("the job exists");
         assert_eq!(sim.state("p1", &job), JobState::Suspended);
-        sim.wait_until(10 * MINUTE, "running tasks to finish", || running_tasks(&sim.info("p1", &job)) == 0).await;
+        sim.wait_until(10 * MINUTE, "running tasks to finish", || sim.report("p1", &job).running.len() == 0).await;
         let started = sim.world.stats().pulls_started;
         tokio::time::sleep(10 * MINUTE).await;
         assert_eq!(sim.state("p1", &job), JobState::Suspended);
         assert_eq!(sim.world.stats().pulls_started, started, "a suspended job starts nothing");
-        assert!(info_number(&sim.info("p1", &job), "Queued") > 0);
+        assert!(sim.report("p1", &job).queued > 0);
         sim.module("p1").resume(&job).expect("the job exists");
         assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -434,7 +434,7 @@ fn scheduler_a_job_with_nothing_to_do_finishes() {
         sim.add_file("p3", FileSpec::cached(10));
         let unmatched = sim.create("p3", JobKind::Copy, &["-state=precious"], &["p2"]);
         assert_eq!(sim.wait_end("p3", &unmatched, MINUTE).await, JobState::Finished);
-        assert_eq!(info_number(&sim.info("p3", &unmatched), "Attempts"), 0);
+        assert_eq!(sim.report("p3", &unmatched).attempts, 0);
         assert_eq!(sim.world.stats().pulls_started, 0);
     });
 }
@@ -474,14 +474,14 @@ fn scheduler_a_failed_file_is_retried_after_its_backoff() {
         assert!(failed.starts_with(&x.to_string()), "{failed}");
         assert!(failed.contains("Transfer to p2 failed (connection to p1 broke)"), "{failed}");
         assert!(failed.contains("retry at"), "{failed}");
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Attempts"), 2, "{info}");
-        assert!(info.contains("Waiting    : 1 files"), "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.attempts, 2, "{report:?}");
+        assert_eq!(report.waiting, 1, "{report:?}");
 
         assert_eq!(sim.wait_end("p1", &job, 10 * MINUTE).await, JobState::Finished);
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Attempts"), 3, "{info}");
-        assert_eq!(info_number(&info, "Completed"), 1, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.attempts, 3, "{report:?}");
+        assert_eq!(report.completed_files, 1, "{report:?}");
         let starts = sim.world.stats().pull_starts[&x].clone();
         assert_eq!(starts.len(), 3, "{starts:?}");
         // Each pull breaks after half of at most 3 s; the waits are 10 s and 20 s.
@@ -804,8 +804,8 @@ fn a_permanent_job_follows_the_pool() {
         sim.settle().await;
         assert!(!sim.repo("p2").contains_key(&doomed), "a deleted file is never copied");
         assert!(!sim.state("p1", &job).is_terminal(), "a permanent job never finishes by itself");
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Queued"), 0, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.queued, 0, "{report:?}");
         sim.assert_no_violations();
     });
 }
@@ -835,8 +835,8 @@ fn targets_restarting_together_cause_no_extra_copies_for_a_non_eager_job() {
         sim.restart("p2");
         sim.restart("p3");
         sim.wait_until(6 * HOUR, "every file looked at", || {
-            let info = sim.info("p1", &again);
-            info_number(&info, "Queued") == 0 && running_tasks(&info) == 0 && !info.contains("Waiting    :")
+            let report = sim.report("p1", &again);
+            report.queued == 0 && report.running.is_empty() && report.waiting == 0
         })
         .await;
         sim.settle().await;
@@ -894,8 +894,8 @@ fn stop_when_ends_a_move_at_its_threshold() {
         assert!(left >= 10 - 3, "it stopped soon after: only the running tasks went on ({left} left)");
         assert_eq!(left + moved, files.len(), "every file is in exactly one place");
         assert!(sim.partial().is_empty(), "no half-made replica: {:?}", sim.partial());
-        let info = sim.info("p1", &job);
-        assert_eq!(running_tasks(&info), 0, "{info}");
+        let report = sim.report("p1", &job);
+        assert!(report.running.is_empty(), "{report:?}");
         sim.assert_no_violations();
     });
 }
@@ -1013,12 +1013,7 @@ fn a_full_target_that_restarts_still_never_evicts_what_a_move_delivered() {
         let (mut sim, filler, files, job) = full_target_move(seed);
         // The target goes down after some copies (a random number of them), for a random while.
         let before = 3 + sim.world.random_below(8);
-        sim.wait_until(HOUR, "some copies", || {
-            info_value(&sim.info("p1", &job), "Completed")
-                .and_then(|c| c.split_whitespace().next()?.parse::<u64>().ok())
-                .is_some_and(|done| done >= before)
-        })
-        .await;
+        sim.wait_until(HOUR, "some copies", || sim.report("p1", &job).completed_files >= before).await;
         sim.crash("p2");
         tokio::time::sleep(Duration::from_secs(1 + sim.world.random_below(600))).await;
         sim.restart("p2");
@@ -1058,9 +1053,8 @@ fn full_target_move(seed: u64) -> (Sim, Vec<PnfsId>, Vec<PnfsId>, String) {
 /// Until the target holds 13 moved files and the job says why it waits.
 async fn wait_full(sim: &Sim, job: &str) {
     sim.wait_until(2 * HOUR, "the target to fill up", || {
-        let info = sim.info("p1", job);
-        info_value(&info, "Completed").is_some_and(|c| c.starts_with("13 files"))
-            && info.contains("All target pools are full")
+        let report = sim.report("p1", job);
+        report.completed_files == 13 && report.notes.iter().any(|n| n.message.contains("All target pools are full"))
     })
     .await;
 }
@@ -1068,7 +1062,7 @@ async fn wait_full(sim: &Sim, job: &str) {
 /// Still 13 moved; cancel; only p2's own files were evicted, and every moved file is on
 /// exactly one pool.
 async fn end_full_target_move(sim: &mut Sim, filler: &[PnfsId], files: &[PnfsId], job: &str) {
-    assert_eq!(info_number(&sim.info("p1", job), "Completed"), 13);
+    assert_eq!(sim.report("p1", job).completed_files, 13);
     sim.module("p1").cancel(job, false, "operator").unwrap();
     assert_eq!(sim.wait_end("p1", job, HOUR).await, JobState::Cancelled);
     sim.settle().await;
@@ -1140,9 +1134,8 @@ fn a_target_that_never_answers_is_given_up() {
         let before = sim.repo("p1");
         let job = sim.create("p1", JobKind::Move, &["-concurrency=8"], &["p2", "p3"]);
         let copying = |target: &str| {
-            let info = sim.info("p1", &job);
-            let want = format!("TASK.Copying -> [{target}@local]");
-            info.lines().filter(|l| l.ends_with(&want)).count()
+            let report = sim.report("p1", &job);
+            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some(target)).count()
         };
         sim.wait_until(HOUR, "copies under way", || copying("p2") + copying("p3") == 8).await;
         assert!(copying("p3") > 0, "some copies go to the target that will freeze");
@@ -1185,9 +1178,8 @@ fn a_forced_cancel_does_not_wait_for_a_frozen_target() {
         let before = sim.repo("p1");
         let job = sim.create("p1", JobKind::Move, &["-concurrency=8"], &["p2", "p3"]);
         let copying = |target: &str| {
-            let info = sim.info("p1", &job);
-            let want = format!("TASK.Copying -> [{target}@local]");
-            info.lines().filter(|l| l.ends_with(&want)).count()
+            let report = sim.report("p1", &job);
+            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some(target)).count()
         };
         sim.wait_until(HOUR, "copies under way", || copying("p2") + copying("p3") == 8).await;
         assert!(copying("p3") > 0, "some copies go to the target that will freeze");
@@ -1197,7 +1189,8 @@ fn a_forced_cancel_does_not_wait_for_a_frozen_target() {
         // The locks went with the tasks: another job may take the files at once.
         let again = sim.create("p1", JobKind::Copy, &["-concurrency=8"], &["p2"]);
         sim.wait_until(MINUTE, "the second job starts its copies", || {
-            sim.info("p1", &again).lines().filter(|l| l.ends_with("TASK.Copying -> [p2@local]")).count() == 8
+            let report = sim.report("p1", &again);
+            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some("p2")).count() == 8
         })
         .await;
         sim.module("p1").cancel(&again, true, "operator").unwrap();
@@ -1306,7 +1299,7 @@ fn batches_of_mixed_sizes_move_every_file_once() {
         let job = sim.create("p1", JobKind::Move, &["-concurrency=3"], &["p2", "p3", "p4"]);
         let mut saw_batch = false;
         while !sim.state("p1", &job).is_terminal() {
-            saw_batch |= sim.info("p1", &job).contains("batches of small files)");
+            saw_batch |= sim.report("p1", &job).batches > 0;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         assert_eq!(sim.state("p1", &job), JobState::Finished);
@@ -1323,8 +1316,8 @@ fn batches_of_mixed_sizes_move_every_file_once() {
                 before[id].sticky().iter().filter(|r| r.is_valid(now)).map(|r| (r.owner.clone(), r.expire)).collect();
             assert_eq!(records(r.sticky()), src_records, "{id} on {p}: records (pins moved)");
         }
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -1361,10 +1354,11 @@ fn one_file_of_a_batch_fails_alone() {
             assert_eq!(r.entry.attrs.checksum, before[id].entry.attrs.checksum, "{id}: checksum");
         }
         assert!(sim.holders(&deleted).is_empty(), "the deleted file is nowhere");
-        let info = sim.info("p1", &job);
+        let report = sim.report("p1", &job);
         // The broken file took three tries, each a file of its own after the first.
-        assert!(info_number(&info, "Attempts") >= kept.len() as u64 + 2, "{info}");
-        assert!(info.contains("File is locked") || sim.repo("p3").contains_key(&locked), "{info}");
+        assert!(report.attempts >= kept.len() as u64 + 2, "{report:?}");
+        let locked_noted = report.notes.iter().any(|n| n.message.contains("File is locked"));
+        assert!(locked_noted || sim.repo("p3").contains_key(&locked), "{report:?}");
     });
 }
 
@@ -1400,8 +1394,8 @@ fn a_target_crash_after_half_a_batch_loses_nothing() {
         for id in &files {
             assert_eq!(sim.holders(id)[0].1.state(), ReplicaState::Precious, "{id}");
         }
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), files.len() as u64, "{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, files.len() as u64, "{report:?}");
     });
 }
 
@@ -1500,9 +1494,12 @@ fn a_job_asks_again_before_it_decides_that_no_target_has_room() {
         let job = sim.create("p1", JobKind::Copy, &["-tmode=cached", "-concurrency=1", "-refresh=300"], &["p2"]);
         assert_eq!(sim.wait_end("p1", &job, HOUR).await, JobState::Finished);
         let took = start.elapsed();
-        let info = sim.info("p1", &job);
-        assert_eq!(info_number(&info, "Completed"), 20, "{info}");
-        assert!(!info.contains("All target pools are full"), "decided on a stale view:\n{info}");
+        let report = sim.report("p1", &job);
+        assert_eq!(report.completed_files, 20, "{report:?}");
+        assert!(
+            !report.notes.iter().any(|n| n.message.contains("All target pools are full")),
+            "decided on a stale view:\n{report:?}"
+        );
         let failed = sim.module("p1").info_failed(&job).unwrap();
         assert!(!failed.contains("attempts="), "no file failed:\n{failed}");
         // Twenty copies of about two seconds each, one at a time, and a refresh round trip

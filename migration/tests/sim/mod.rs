@@ -1702,6 +1702,11 @@ impl Sim {
         self.module(on).info(job).expect("a job that exists")
     }
 
+    /// The typed report of job `job` on pool `on` (what `migration info` renders).
+    pub fn report(&self, on: &str, job: &str) -> tidepool_migration::report::JobReport {
+        self.module(on).reports().into_iter().find(|r| r.id == job).expect("a job that exists")
+    }
+
     /// Waits (in simulated time, polling every simulated second) until the job's state
     /// satisfies `want`; panics after `limit`.
     pub async fn wait(&self, on: &str, job: &str, limit: Duration, want: impl Fn(JobState) -> bool) -> JobState {
@@ -1736,29 +1741,4 @@ fn start_module(world: &Arc<World>, name: &PoolName) -> Arc<Module<SimEnv>> {
     let module = Module::new(env, world.config.settings.clone());
     world.modules.lock().insert(name.clone(), Arc::downgrade(&module));
     module
-}
-
-/// The number of tasks under `Running tasks:` in a `migration info` text.
-pub fn running_tasks(info: &str) -> usize {
-    info.lines()
-        .skip_while(|l| *l != "Running tasks:")
-        .skip(1)
-        .take_while(|l| *l != "Most recent notes:")
-        .filter(|l| l.starts_with('['))
-        .count()
-}
-
-/// A `key: value` line of a `migration info` text (`Attempts`, `Queued`, ...).
-pub fn info_value<'a>(info: &'a str, key: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim())
-    })
-}
-
-pub fn info_number(info: &str, key: &str) -> u64 {
-    info_value(info, key)
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number for {key} in:\n{info}"))
 }
