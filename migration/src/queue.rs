@@ -293,6 +293,7 @@ impl Queue {
     pub fn requeue(&mut self, id: &PnfsId) {
         if self.running.remove(id).is_some() {
             self.enqueue(*id);
+            self.ledger.leaving.remove(id);
             self.ledger.set(*id, Fate::Queued);
         }
     }

@@ -245,6 +245,9 @@ pub struct Task {
     pins_moved: bool,
     /// A new replica (not an update of one a target held) was confirmed.
     new_copy: bool,
+    /// A replica a target already held was confirmed (updated in place): its data were not
+    /// compared with the source's checksum unless the job has `-verify`.
+    kept_existing: bool,
     /// The first holder that did not answer.
     silent_holder: Option<PoolName>,
     /// Why the last holder could not bring its replica up to date (a failed `-verify`, ...):
@@ -282,6 +285,7 @@ impl Task {
             attempts: 0,
             pins_moved: false,
             new_copy: false,
+            kept_existing: false,
             silent_holder: None,
             holder_error: None,
         }
@@ -295,6 +299,11 @@ impl Task {
     /// place or left as it was): the completion report's `done` against `already in place`.
     pub fn made_new_copy(&self) -> bool {
         self.new_copy
+    }
+
+    /// Whether one of the confirmed replicas was one a target already held (updated in place).
+    pub fn kept_existing(&self) -> bool {
+        self.kept_existing
     }
 
     /// The task's latest attempt: the one under way, or the last one made (`None` before the
@@ -584,6 +593,7 @@ impl Task {
             Ok(()) => {
                 let pins = self.current.as_ref().is_some_and(|a| a.pins);
                 self.new_copy |= !existing;
+                self.kept_existing |= existing;
                 self.replicas.insert(target);
                 if pins {
                     self.pins_moved = true;

@@ -412,7 +412,7 @@ fn scheduler_suspend_stops_new_tasks_and_resume_restarts() {
         sim.wait_until(MINUTE, "2 running tasks", || sim.report("p1", &job).running.len() == 2).await;
         sim.module("p1").suspend(&job).expect("the job exists");
         assert_eq!(sim.state("p1", &job), JobState::Suspended);
-        sim.wait_until(10 * MINUTE, "running tasks to finish", || sim.report("p1", &job).running.len() == 0).await;
+        sim.wait_until(10 * MINUTE, "running tasks to finish", || sim.report("p1", &job).running.is_empty()).await;
         let started = sim.world.stats().pulls_started;
         tokio::time::sleep(10 * MINUTE).await;
         assert_eq!(sim.state("p1", &job), JobState::Suspended);

@@ -51,8 +51,8 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Kept connections per pool; more are closed when they come back.
 const MAX_IDLE: usize = 8;
 
-/// The pool around the migration module. It holds the pool weakly: the pool owns the module,
-/// which owns this.
+/// The pool around the migration module. It holds the pool's transfers (and through them the
+/// pool) weakly: the root object (`node.rs`) owns the module, which owns this.
 pub struct PoolEnv {
     /// The pool's transfers, which hold the pool (weakly: the root object owns the module,
     /// which owns this).

@@ -21,7 +21,7 @@ struct File {
 }
 
 /// The crates of the workspace whose library and binary sources are checked.
-const CRATES: &[&str] = &["p2p", "migration", "pool", "admin-shell", "tests"];
+const CRATES: &[&str] = &["p2p", "repository", "migration", "pool", "admin-shell", "tests"];
 
 fn is_test_module(name: &str) -> bool {
     name == "tests" || name.ends_with("_tests") || name == "conformance"
@@ -256,12 +256,18 @@ fn show(component: &[ModPath]) -> String {
         .join(", ")
 }
 
-/// The roots of a crate: its library, its main binary and each `src/bin/*.rs`.
+/// The roots of a crate: its library, its main binary and each binary under `src/bin/`.
 fn roots(src: &Path) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = ["lib.rs", "main.rs"].iter().map(|f| src.join(f)).filter(|p| p.exists()).collect();
+    // `src/bin/NAME.rs`, or `src/bin/NAME/main.rs` for a binary of several files.
     if let Ok(bins) = std::fs::read_dir(src.join("bin")) {
-        roots
-            .extend(bins.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "rs")));
+        for path in bins.filter_map(|e| e.ok()).map(|e| e.path()) {
+            if path.extension().is_some_and(|x| x == "rs") {
+                roots.push(path);
+            } else if path.join("main.rs").exists() {
+                roots.push(path.join("main.rs"));
+            }
+        }
     }
     roots.sort();
     roots

@@ -1188,9 +1188,10 @@ impl<W: World> Cx<'_, W> {
                 // compared the data with the source's checksum (docs/admin-commands.md).
                 // A file already on its targets (left as it was, or its replicas updated in
                 // place) is `already in place`; a new copy's data were checked against the
-                // source's checksum by its target, an existing replica's only with -verify.
+                // source's checksum by its target, an existing replica's only with -verify: the
+                // file counts as checked only if every one of its replicas was.
                 let in_place = !r.task.made_new_copy();
-                let checked = !in_place || self.job.def.verify;
+                let checked = self.job.def.verify || (!in_place && !r.task.kept_existing());
                 let placed = Placed {
                     targets: r.task.replicas().iter().cloned().collect(),
                     state: r.state,

@@ -40,6 +40,9 @@ pub struct Here<'a> {
     pub run: RunHere<'a>,
 }
 
+/// How every rebalance line starts (its options follow).
+const MOVE: &str = "migration move ";
+
 /// The id of the jobs `rebalance pgroup` starts (dCache's).
 pub const JOB_ID: &str = "rebalance";
 /// `-refresh` when not given, in seconds (dCache's default for `rebalance pgroup`).
@@ -138,7 +141,7 @@ pub fn plan(metric: Metric, refresh: u64, members: &[(PoolName, Answer)]) -> Pla
     };
     let names: Vec<&str> = pools.iter().map(PoolName::as_str).collect();
     let line = format!(
-        "migration move -id={JOB_ID} -refresh={refresh} -include-when='{include}' -stop-when='{stop}' -target=pool -- {}",
+        "{MOVE}-id={JOB_ID} -refresh={refresh} -include-when='{include}' -stop-when='{stop}' -target=pool -- {}",
         names.join(" ")
     );
     Plan { line, pools, left_out, level }
@@ -169,7 +172,9 @@ impl Plan {
     /// The dry run of [`Plan::line`] (`-json`: its JSON form).
     pub fn dry_line(&self, json: bool) -> String {
         let options = if json { "-dry-run -json " } else { "-dry-run " };
-        self.line.replacen("migration move ", &format!("migration move {options}"), 1)
+        // `plan` writes the line; a line of another shape must never run as the real move.
+        let rest = self.line.strip_prefix(MOVE).expect("a rebalance line is a migration move");
+        format!("{MOVE}{options}{rest}")
     }
 }
 

@@ -1033,15 +1033,23 @@ where
         })
         .collect();
     let mut rates = transfers.rate_limits_of(&sent).into_iter();
-    for (transfer, outcome, data) in answers {
-        let sent = match &outcome {
+    for (transfer, mut outcome, data) in answers {
+        let mut sent = match &outcome {
             SmallOutcome::Sent(attrs) => Some(attrs.pnfsid),
             _ => None,
         };
         if let Some(rate) = sent.and_then(|_| rates.next().flatten()).filter(|r| r.is_limited()) {
-            // What was queued goes out before the wait.
-            guarded(shutdown, limit, writer.flush()).await?;
-            wait_for_rate(&rate, reader, shutdown, data.len() as u64).await?;
+            if data.len() as u64 > rate.grain() {
+                // More than one piece of the job's rate: waiting for all of it here would leave
+                // the target without progress for long at a low rate (and every transfer of the
+                // job shares the rate). The per-file exchange sends it in pieces instead.
+                outcome = SmallOutcome::TooLarge { size: data.len() as u64 };
+                sent = None;
+            } else {
+                // What was queued goes out before the wait.
+                guarded(shutdown, limit, writer.flush()).await?;
+                wait_for_rate(&rate, reader, shutdown, data.len() as u64).await?;
+            }
         }
         guarded(shutdown, limit, async {
             writer.queue(&DataReply::SmallItem { transfer, outcome }).await?;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::model::{AccessLatency, Checksum, ChecksumWriter, FileAttributes, ReplicaState, RetentionPolicy};
 use tidepool_repository::{Replica, ReplicaStore, SledStore, record};
 
-use crate::process::{Binaries, cluster_key, run_ok};
+use crate::process::{Admin, Binaries, Proc, cluster_key, run_ok, start_pool_in};
 use crate::report::human;
 use crate::system::{disk_bytes, drop_page_cache};
 use crate::{chrono_now, flag};
@@ -52,13 +53,7 @@ impl DataSet {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CacheMode {
-    /// `sync` and drop the page cache before each timed run: every tool reads from disk.
-    Cold,
-    /// `sync` and read every source file before each timed run: every tool reads from memory.
-    Warm,
-}
+pub(crate) use crate::system::CacheMode;
 
 /// Refuses arguments other than `takes_value` (each followed by its value) and `--keep`.
 pub(crate) fn check_args(args: &[String], takes_value: &[&str], usage: &str) -> anyhow::Result<()> {
@@ -119,6 +114,14 @@ pub(crate) struct Bench<'a> {
     pub(crate) key: ClusterKey,
     pub(crate) manifest: Vec<(PnfsId, Checksum)>,
     pub(crate) rt: tokio::runtime::Runtime,
+}
+
+impl Bench<'_> {
+    /// Starts a pool daemon of this data set's cluster and returns it with an admin connection
+    /// once it answers `info`.
+    pub(crate) fn start_pool(&self, name: &str, admin: SocketAddr) -> anyhow::Result<(Proc, Admin)> {
+        start_pool_in(&self.dir, self.bins, &self.rt, &self.key, name, admin)
+    }
 }
 
 /// Fills the set (see [`prepare`]) and makes a cluster key for it unless there is one.

@@ -149,7 +149,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
     let base = base.canonicalize()?;
-    system::print_machine(&bins, &base, opts.cache);
+    system::print_machine(&bins.tidepool, &base, opts.cache);
     let sets_wanted = opts.parts.iter().any(|p| matches!(p, Part::Move | Part::Rerun));
     for set in opts.sets.iter().filter(|_| sets_wanted) {
         let dir = base.join(set.name);
@@ -276,8 +276,8 @@ struct Pair {
 fn start_pair(b: &Bench) -> anyhow::Result<Pair> {
     restore_source(b)?;
     let [(src_admin, _), (tgt_admin, _)] = process::write_cluster(&b.dir)?;
-    let (source, src) = process::start_pool(b, "pool1", src_admin)?;
-    let (target, _tgt) = process::start_pool(b, "pool2", tgt_admin)?;
+    let (source, src) = b.start_pool("pool1", src_admin)?;
+    let (target, _tgt) = b.start_pool("pool2", tgt_admin)?;
     Ok(Pair { source, src, target })
 }
 

@@ -42,7 +42,7 @@ use crate::dataset::{
     Bench, CacheMode, DataSet, cache_mode, cache_option, check_args, data_sets, open_bench, verify_pool,
 };
 use crate::flag;
-use crate::process::{Admin, Binaries, POLL, start_pool, write_cluster};
+use crate::process::{Admin, Binaries, POLL, write_cluster};
 use crate::report::{Measure, human, list, median};
 use crate::system::{DISTURBED, Who, busy_secs, cpu_secs, delta, print_machine, proc_io, wait_quiet};
 use crate::tools::{Tool, have_rsync, run_tool, warm_up};
@@ -109,7 +109,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
     let base = base.canonicalize()?;
-    print_machine(&bins, &base, opts.cache);
+    print_machine(&bins.tidepool, &base, opts.cache);
     for set in &opts.sets {
         let concurrency = opts.concurrency.clone().unwrap_or_else(|| vec![set.concurrency]);
         let variants: Vec<Variant> = concurrency
@@ -207,8 +207,8 @@ fn run_tidepool(b: &Bench, variant: Variant) -> anyhow::Result<Measure> {
         fs::remove_dir_all(&target_dir)?;
     }
     let [(src_admin, _), (tgt_admin, _)] = write_cluster(&b.dir)?;
-    let (source, mut src) = start_pool(b, "pool1", src_admin)?;
-    let (target, mut tgt) = start_pool(b, "pool2", tgt_admin)?;
+    let (source, mut src) = b.start_pool("pool1", src_admin)?;
+    let (target, mut tgt) = b.start_pool("pool2", tgt_admin)?;
     b.rt.block_on(tgt.run(&format!("pp set max active {concurrency}")))?;
     b.rt.block_on(src.run(&format!("pp set max outgoing {}", concurrency.max(16))))?;
     let pipe = b.rt.block_on(Connection::open(tgt_admin, &b.key, "bench", Service::Admin))?;

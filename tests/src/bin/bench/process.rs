@@ -14,7 +14,6 @@ use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::message::{AdminReply, AdminRequest};
 
-use crate::dataset::Bench;
 use crate::system;
 
 /// How long a daemon (or the rsync daemon) may take to answer after it was started.
@@ -205,12 +204,8 @@ pub(crate) fn write_cluster(dir: &Path) -> anyhow::Result<[(SocketAddr, SocketAd
     Ok(pools)
 }
 
-/// Starts a pool daemon and returns it with an admin connection once it answers `info`.
-pub(crate) fn start_pool(b: &Bench, name: &str, admin: SocketAddr) -> anyhow::Result<(Proc, Admin)> {
-    start_pool_in(&b.dir, b.bins, &b.rt, &b.key, name, admin)
-}
-
-/// [`start_pool`] for a pool whose config (from [`write_cluster`]) is in `dir`.
+/// Starts a pool daemon whose config (from [`write_cluster`]) is in `dir` and returns it with an
+/// admin connection once it answers `info`.
 pub(crate) fn start_pool_in(
     dir: &Path,
     bins: &Binaries,

@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 use procfs::process::Process;
 use procfs::{Current, CurrentSI};
 
-use crate::dataset::CacheMode;
-use crate::process::Binaries;
-
 /// Other processes may use this much CPU (in CPUs) before a timed run starts...
 const QUIET_CPU: f64 = 0.15;
 
@@ -23,7 +20,15 @@ const QUIET_WAIT: Duration = Duration::from_secs(300);
 /// (Tidepool's own runs show about 10%: kernel threads writing back and moving packets).
 pub(crate) const DISTURBED: f64 = 0.2;
 
-pub(crate) fn print_machine(bins: &Binaries, base: &Path, cache: CacheMode) {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CacheMode {
+    /// `sync` and drop the page cache before each timed run: every tool reads from disk.
+    Cold,
+    /// `sync` and read every source file before each timed run: every tool reads from memory.
+    Warm,
+}
+
+pub(crate) fn print_machine(tidepool: &Path, base: &Path, cache: CacheMode) {
     let mem = procfs::Meminfo::current()
         .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
         .unwrap_or_else(|_| "?".into());
@@ -47,8 +52,8 @@ pub(crate) fn print_machine(bins: &Binaries, base: &Path, cache: CacheMode) {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    println!("tidepool: {} (workspace at {head})", bins.tidepool.display());
-    if let Some(note) = stale(&bins.tidepool, root) {
+    println!("tidepool: {} (workspace at {head})", tidepool.display());
+    if let Some(note) = stale(tidepool, root) {
         println!("{note}");
     }
 }
