@@ -175,40 +175,20 @@ impl PoolClient {
         if let Some(known) = self.commands.get(pool) {
             return Ok(known.clone());
         }
-        let (conn, _) = self.checkout(pool).await?;
-        let detailed = conn.features.contains(Features::COMMAND_DETAILS);
+        // Which request depends on the connection it goes out on: its handshake says whether
+        // the pool knows `DescribeDetails`.
+        let mut conn = self.send_chosen(pool, describe_request).await?;
+        let details = match self.next_reply(pool, &mut conn).await? {
+            AdminReply::CommandDetails(json) => {
+                decode_details(&json).map_err(|e| ClientError::Details { pool: pool.clone(), reason: e.to_string() })?
+            }
+            AdminReply::Commands(commands) => commands.iter().map(CommandDetail::from).collect(),
+            AdminReply::Output(_) => return Err(unexpected(pool, "output")),
+            AdminReply::Finished { .. } => return Err(unexpected(pool, "a command result")),
+        };
         self.dialer.give_back(pool, conn);
-        let details = if detailed { self.detailed_commands(pool).await? } else { self.plain_commands(pool).await? };
         self.commands.insert(pool.clone(), details.clone());
         Ok(details)
-    }
-
-    async fn detailed_commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
-        let mut conn = self.send_request(pool, &AdminRequest::DescribeDetails).await?;
-        match self.next_reply(pool, &mut conn).await? {
-            AdminReply::CommandDetails(json) => {
-                self.dialer.give_back(pool, conn);
-                decode_details(&json).map_err(|e| ClientError::Details { pool: pool.clone(), reason: e.to_string() })
-            }
-            AdminReply::Output(_) => Err(unexpected(pool, "output")),
-            AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
-            AdminReply::Commands(_) => Err(unexpected(pool, "a plain command list")),
-        }
-    }
-
-    /// The commands of a pool that does not offer `COMMAND_DETAILS`: names and option names
-    /// only.
-    async fn plain_commands(&mut self, pool: &PoolName) -> Result<Vec<CommandDetail>, ClientError> {
-        let mut conn = self.send_request(pool, &AdminRequest::Describe).await?;
-        match self.next_reply(pool, &mut conn).await? {
-            AdminReply::Commands(commands) => {
-                self.dialer.give_back(pool, conn);
-                Ok(commands.iter().map(CommandDetail::from).collect())
-            }
-            AdminReply::CommandDetails(_) => Err(unexpected(pool, "command details")),
-            AdminReply::Output(_) => Err(unexpected(pool, "output")),
-            AdminReply::Finished { .. } => Err(unexpected(pool, "a command result")),
-        }
     }
 
     /// Probes every pool of the cluster file at once (connect and handshake, at most
@@ -232,14 +212,25 @@ impl PoolClient {
     /// Sends `request` on a working connection and returns that connection, which the caller
     /// owns until the terminal reply. A reused connection that fails the send is replaced once.
     async fn send_request(&mut self, pool: &PoolName, request: &AdminRequest) -> Result<Connection, ClientError> {
+        self.send_chosen(pool, |_| request.clone()).await
+    }
+
+    /// [`PoolClient::send_request`] with the request chosen for the connection it goes out on.
+    async fn send_chosen(
+        &mut self,
+        pool: &PoolName,
+        request: impl Fn(&Connection) -> AdminRequest,
+    ) -> Result<Connection, ClientError> {
         let (mut conn, origin) = self.checkout(pool).await?;
-        match self.send(&mut conn, request).await {
+        let first = request(&conn);
+        match self.send(&mut conn, &first).await {
             Ok(()) => return Ok(conn),
             Err(source) if origin == Origin::New => return Err(send_failed(pool, source)),
             Err(_) => {}
         }
         let mut conn = self.open(pool).await?;
-        self.send(&mut conn, request).await.map_err(|source| send_failed(pool, source))?;
+        let again = request(&conn);
+        self.send(&mut conn, &again).await.map_err(|source| send_failed(pool, source))?;
         Ok(conn)
     }
 
@@ -285,6 +276,16 @@ async fn probe(dialer: &Dialer, pool: &PoolName, addr: SocketAddr) -> PoolStatus
             ClientError::Handshake { source, .. } => PoolStatus::Unusable { reason: source.to_string() },
             other => PoolStatus::Unusable { reason: other.to_string() },
         },
+    }
+}
+
+/// How to ask for a pool's commands on `conn`: with their details where its handshake agreed on
+/// `COMMAND_DETAILS`, else the plain list.
+fn describe_request(conn: &Connection) -> AdminRequest {
+    if conn.features.contains(Features::COMMAND_DETAILS) {
+        AdminRequest::DescribeDetails
+    } else {
+        AdminRequest::Describe
     }
 }
 
