@@ -1133,10 +1133,7 @@ fn a_target_that_never_answers_is_given_up() {
         let files = sim.fill("p1", 8);
         let before = sim.repo("p1");
         let job = sim.create("p1", JobKind::Move, &["-concurrency=8"], &["p2", "p3"]);
-        let copying = |target: &str| {
-            let report = sim.report("p1", &job);
-            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some(target)).count()
-        };
+        let copying = |target: &str| sim.copying("p1", &job, target);
         sim.wait_until(HOUR, "copies under way", || copying("p2") + copying("p3") == 8).await;
         assert!(copying("p3") > 0, "some copies go to the target that will freeze");
         sim.freeze("p3", true);
@@ -1177,10 +1174,7 @@ fn a_forced_cancel_does_not_wait_for_a_frozen_target() {
         let files = sim.fill("p1", 8);
         let before = sim.repo("p1");
         let job = sim.create("p1", JobKind::Move, &["-concurrency=8"], &["p2", "p3"]);
-        let copying = |target: &str| {
-            let report = sim.report("p1", &job);
-            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some(target)).count()
-        };
+        let copying = |target: &str| sim.copying("p1", &job, target);
         sim.wait_until(HOUR, "copies under way", || copying("p2") + copying("p3") == 8).await;
         assert!(copying("p3") > 0, "some copies go to the target that will freeze");
         sim.freeze("p3", true);
@@ -1188,11 +1182,7 @@ fn a_forced_cancel_does_not_wait_for_a_frozen_target() {
         assert_eq!(sim.wait_end("p1", &job, Duration::from_secs(5)).await, JobState::Cancelled);
         // The locks went with the tasks: another job may take the files at once.
         let again = sim.create("p1", JobKind::Copy, &["-concurrency=8"], &["p2"]);
-        sim.wait_until(MINUTE, "the second job starts its copies", || {
-            let report = sim.report("p1", &again);
-            report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some("p2")).count() == 8
-        })
-        .await;
+        sim.wait_until(MINUTE, "the second job starts its copies", || sim.copying("p1", &again, "p2") == 8).await;
         sim.module("p1").cancel(&again, true, "operator").unwrap();
         assert_eq!(sim.wait_end("p1", &again, Duration::from_secs(5)).await, JobState::Cancelled);
         // The target stays frozen for a while (longer than a request's timeout), then thaws

@@ -1707,6 +1707,12 @@ impl Sim {
         self.module(on).reports().into_iter().find(|r| r.id == job).expect("a job that exists")
     }
 
+    /// How many of job `job`'s tasks on pool `on` are copying to `target`.
+    pub fn copying(&self, on: &str, job: &str, target: &str) -> usize {
+        let report = self.report(on, job);
+        report.running.iter().filter(|t| t.state == "Copying" && t.target.as_deref() == Some(target)).count()
+    }
+
     /// Waits (in simulated time, polling every simulated second) until the job's state
     /// satisfies `want`; panics after `limit`.
     pub async fn wait(&self, on: &str, job: &str, limit: Duration, want: impl Fn(JobState) -> bool) -> JobState {
