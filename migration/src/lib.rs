@@ -8,6 +8,7 @@ pub mod definition;
 pub mod env;
 pub mod expr;
 pub mod filter;
+pub mod grammar;
 pub mod job_state;
 pub mod ledger;
 pub mod mode;

@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
-use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::definition::JobKind;
 use tidepool_migration::env::{
     Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
 };
+use tidepool_migration::grammar;
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
@@ -1273,40 +1274,6 @@ impl Env for SimEnv {
     }
 }
 
-// ------------------------------------------------------------------------------ options
-
-/// Options from `-name` / `-name=value` words, as the admin layer would give them.
-pub struct Given(HashMap<String, Vec<String>>);
-
-impl Given {
-    pub fn new(words: &[&str]) -> Given {
-        let mut m: HashMap<String, Vec<String>> = HashMap::new();
-        for w in words {
-            let w = w.trim_start_matches('-');
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            m.entry(k.to_string()).or_default().push(v.to_string());
-        }
-        Given(m)
-    }
-}
-
-impl Options for Given {
-    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        match self.0.get(name).and_then(|v| v.last()).map(String::as_str) {
-            None => Ok(false),
-            Some("" | "true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(v) => Err(MigrationError::invalid(format!("{v}: Invalid value"))),
-        }
-    }
-    fn values(&self, name: &str) -> Vec<String> {
-        self.0.get(name).cloned().unwrap_or_default()
-    }
-    fn given(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-}
-
 // ------------------------------------------------------------------------------ the cluster
 
 /// What a new file looks like.
@@ -1672,9 +1639,8 @@ impl Sim {
 
     /// Creates a job on `on` from an admin command's words; returns its id.
     pub fn create(&self, on: &str, kind: JobKind, words: &[&str], targets: &[&str]) -> String {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        let def = definition::parse(kind, &Given::new(words), &t).unwrap_or_else(|e| panic!("{words:?}: {e}"));
-        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
+        let job = grammar::parse_words(kind, words, targets).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+        let (def, command) = (job.def, job.command);
         let line = self.module(on).create(def, command).unwrap_or_else(|e| panic!("create on {on}: {e}"));
         self.world.trace(format!("{on}: created {line}"));
         line.trim_start_matches('[').split(']').next().expect("a summary line").to_string()
@@ -1688,10 +1654,8 @@ impl Sim {
         words: &[&str],
         targets: &[&str],
     ) -> Result<tidepool_migration::plan::Plan, MigrationError> {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        let def = definition::parse(kind, &Given::new(words), &t)?;
-        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
-        self.module(on).dry_run(def, command).await
+        let job = grammar::parse_words(kind, words, targets).map_err(|e| MigrationError::invalid(e.message))?;
+        self.module(on).dry_run(job.def, job.command).await
     }
 
     pub fn state(&self, on: &str, job: &str) -> JobState {

@@ -30,6 +30,7 @@ use tidepool_migration::env::HoldOwner;
 use tidepool_migration::expr::Expr;
 use tidepool_migration::expr::{self, Type, Value};
 use tidepool_migration::filter::{Interval, parse_sticky};
+use tidepool_migration::grammar;
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
 use tidepool_p2p::ErrorCode;
@@ -40,7 +41,7 @@ use tidepool_p2p::message::{
     AdminReply, AdminRequest, CommandDetail, DataReply, DataRequest, MigrationReply, MigrationRequest,
 };
 use tidepool_p2p::{JobId, PnfsId, PoolName};
-use tidepool_pool::admin::{self, Command, JobOptions};
+use tidepool_pool::admin::{self, Command};
 use tidepool_pool::migration_env::PoolEnv;
 use tidepool_pool::repository::record;
 
@@ -323,7 +324,7 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     }
     let targets: Vec<String> = args.positional.iter().map(|t| t.text.clone()).collect();
     for kind in [JobKind::Copy, JobKind::Move, JobKind::Cache] {
-        match definition::parse(kind, &JobOptions(&args.options), &targets) {
+        match definition::parse(kind, &grammar::Options(&args.options), &targets) {
             Ok(def) => {
                 made += 1;
                 if def.replicas < 1 || def.refresh == Some(0) || (def.permanent && def.order.is_some()) {
