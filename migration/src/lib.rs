@@ -17,6 +17,7 @@ pub mod plan;
 pub mod queue;
 pub mod rate;
 pub mod report;
+pub mod safety;
 pub mod select;
 pub mod targets;
 pub mod task;

@@ -25,10 +25,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered,
-    source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
+use tidepool_migration::safety::pin_clearable;
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
@@ -144,7 +144,7 @@ impl Env for PoolEnv {
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         let pool = self.pool()?;
         let prefix = pool.pin_prefix.clone();
-        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin.is_pin(&prefix) && pin_covered(pin, moved))?;
+        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin_clearable(pin, &prefix, moved))?;
         Ok(())
     }
 

@@ -30,12 +30,13 @@ use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
 use tidepool_migration::grammar;
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
+use tidepool_migration::safety::pin_clearable;
 use tidepool_migration::select::SplitMix;
 use tidepool_p2p::message::{CopyFinished, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{
@@ -1097,7 +1098,7 @@ impl Env for SimEnv {
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         self.crashed()?;
-        let covered = |pin: &StickyRecord| pin.is_pin(PIN_PREFIX) && pin_covered(pin, moved);
+        let covered = |pin: &StickyRecord| pin_clearable(pin, PIN_PREFIX, moved);
         let mut changed = false;
         self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
             if let Some(r) = repo.get_mut(id) {
