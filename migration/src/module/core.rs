@@ -846,7 +846,7 @@ impl<W: World> Cx<'_, W> {
         let def = &self.job.def;
         let prefix = self.world.pin_prefix();
         let (state, sticky) =
-            crate::update::target_request(def.tmode.state, &self.job.tmode, entry.state, &entry.sticky, prefix, now);
+            crate::update::target_request(def.tmode.state, self.job.tmode, entry.state, &entry.sticky, prefix, now);
         let pins: Vec<StickyRecord> = if def.pins == Pins::Move {
             entry.sticky.iter().filter(|r| r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
         } else {
