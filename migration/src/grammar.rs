@@ -269,9 +269,10 @@ fn job_args(kind: JobKind, args: Args) -> Result<JobLine, GrammarError> {
             let decl = JOB_OPTIONS.iter().find(|d| d.name == o.name);
             let message = problem.message(decl, o).unwrap_or_else(|| {
                 format!(
-                    "unknown option -{}; `help migration {}` lists its options",
+                    "unknown option -{}; `help migration {}` lists its {} options",
                     truncate_echo(&o.name, MAX_ECHO),
-                    kind.as_str()
+                    kind.as_str(),
+                    JOB_OPTIONS.len()
                 )
             });
             return Err(match problem {
@@ -337,7 +338,12 @@ mod tests {
     #[test]
     fn mistakes_point_at_the_token() {
         let table: &[(&str, GrammarErrorKind, Option<&str>, &str)] = &[
-            ("-frobnicate p", GrammarErrorKind::Syntax, Some("-frobnicate"), "unknown option -frobnicate;"),
+            (
+                "-frobnicate p",
+                GrammarErrorKind::Syntax,
+                Some("-frobnicate"),
+                "unknown option -frobnicate; `help migration copy` lists its 36 options",
+            ),
             ("-storage p", GrammarErrorKind::Syntax, Some("-storage"), "option -storage needs a value"),
             ("-eager=yes p", GrammarErrorKind::Invalid, Some("-eager"), "-eager takes no value"),
             ("-json p", GrammarErrorKind::Invalid, Some("-json"), "-json only goes with -dry-run"),

@@ -14,6 +14,21 @@
 //! blocking work (`spawn_blocking`) still runs on real threads, so a rerun with the same seed
 //! follows the same faults but not always the same interleaving.
 //!
+//! The rules are the pool's: a job is read by the module's grammar
+//! (`tidepool_migration::grammar::parse_words`), and the safety decisions on a replica (pin
+//! coverage, removal of a moved source, what a target is asked for and does to a replica it
+//! holds) are the functions of `tidepool_migration::safety` and `update` that the pool's
+//! `PoolEnv` calls; states change and sticky records are set by the p2p model's
+//! `may_change_to` and `apply_sticky`, as in the repository. The repository itself is still
+//! the simulator's own [`Store`], not `tidepool-repository` over its `MemStore`: its faults are
+//! drawn per step from the run's seed under the store lock, next to the invariant checker (a
+//! metadata flush that fails with the change made or not, a failed undo that leaves a receiving
+//! entry stuck, bit rot planted in one replica, holds durable only at the next flush, eviction
+//! when a pull needs room), and `MemStore` models faults with switches of its own. The
+//! repository's calls would stay deterministic here (`Incoming::commit` and the metadata
+//! updates return once durable); what is left is re-expressing these faults over `MemStore`
+//! (docs/testing.md).
+//!
 //! Knobs: `SIM_SEED=<n>` runs only that seed; `SIM_SEEDS=<n>` runs seeds `1..=n` (to search
 //! for a failure); `SIM_VERBOSE=1` prints every run's last events, counters and job reports
 //! (a failing run always prints them).

@@ -336,8 +336,26 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
             }
         }
         let whole = format!("migration {} {line}", kind.as_str());
-        if let Ok(Some(command)) = admin::parse(&whole) {
-            stored_form_reads_back(&command)?;
+        let by_admin = admin::parse(&whole);
+        if let Ok(Some(command)) = &by_admin {
+            stored_form_reads_back(command)?;
+        }
+        // The admin command and the grammar (saved jobs, tests) read a job line alike.
+        let by_grammar = grammar::parse_args(kind, &line);
+        if let Err(e) = &by_grammar
+            && let Some(offset) = e.offset
+        {
+            offset_ok(&line, offset, "job grammar error")?;
+        }
+        let admin_made =
+            matches!(by_admin, Ok(Some(Command::MigrationCreate { .. } | Command::MigrationDryRun { .. })));
+        let too_long = tidepool_p2p::message::line_too_long(whole.len()).is_some();
+        if !too_long && admin_made != by_grammar.is_ok() {
+            return Err(format!(
+                "the admin command {} and the job grammar {} the line",
+                if admin_made { "took" } else { "refused" },
+                if by_grammar.is_ok() { "took" } else { "refused" }
+            ));
         }
     }
     Ok(if made > 0 { "job defined" } else { "refused" })
