@@ -2,6 +2,7 @@
 //! options and defaults of each command (docs/dcache-compatibility.md#job-options) and dCache's messages. Every invalid
 //! value is refused here, before a job exists.
 
+use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
 use tidepool_p2p::model::{ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName};
@@ -9,7 +10,6 @@ use tidepool_p2p::{JobId, PnfsId, PoolName};
 use crate::MigrationError;
 use crate::expr::{self, Expr};
 use crate::filter::{FileFilter, Interval, parse_sticky};
-use crate::grammar::Options;
 use crate::mode::{SourceMode, TargetMode};
 use crate::select::Strategy;
 
@@ -105,6 +105,52 @@ pub struct JobDefinition {
     /// `-seed`: the seed of the job's target choice (for testing, and to run a job as its dry
     /// run planned it, docs/admin-commands.md); `None`: a seed of the moment.
     pub seed: Option<u64>,
+}
+
+/// The options of one command line, as [`parse`] reads them (split and matched to their
+/// declarations by [`crate::grammar`]). Flags take `-name`,
+/// `-name=true` or `-name=false` (any case); list options may be repeated and hold commas.
+pub struct Options<'a>(pub &'a [OptionArg]);
+
+impl Options<'_> {
+    /// `-name`, `-name=true|false`; the last one given counts.
+    pub fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        let mut result = false;
+        for o in self.0.iter().filter(|o| o.name == name) {
+            result = match o.value.as_deref() {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(v) => {
+                    return Err(MigrationError::invalid(format!(
+                        "-{name} takes no value (or true/false), not {:?}",
+                        truncate_echo(v, MAX_ECHO)
+                    )));
+                }
+            };
+        }
+        Ok(result)
+    }
+
+    /// Every value given for `-name=...`, in order (a bare `-name` gives the empty string).
+    pub fn values(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
+    }
+
+    /// The last value given for `-name`.
+    pub fn last(&self, name: &str) -> Option<String> {
+        self.0.iter().rev().find(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default())
+    }
+
+    /// The values of a list option: every value given, split at commas, empty items dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.values(name).iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+
+    /// Whether the option was given at all.
+    pub fn given(&self, name: &str) -> bool {
+        self.0.iter().any(|o| o.name == name)
+    }
 }
 
 /// Parses and type-checks an expression option; an error names the option and points at the

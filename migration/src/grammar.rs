@@ -14,6 +14,7 @@ pub use tidepool_p2p::cmdline::{OptionSpec, OptionValue};
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
 
 use crate::MigrationError;
+pub use crate::definition::Options;
 use crate::definition::{self, JobDefinition, JobKind};
 
 const fn flag(name: &'static str, help: &'static str) -> OptionSpec {
@@ -195,51 +196,6 @@ impl GrammarError {
 impl From<MigrationError> for GrammarError {
     fn from(e: MigrationError) -> Self {
         GrammarError::invalid(None, e.to_string())
-    }
-}
-
-/// The options of one command line, as [`definition::parse`] reads them. Flags take `-name`,
-/// `-name=true` or `-name=false` (any case); list options may be repeated and hold commas.
-pub struct Options<'a>(pub &'a [OptionArg]);
-
-impl Options<'_> {
-    /// `-name`, `-name=true|false`; the last one given counts.
-    pub fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        let mut result = false;
-        for o in self.0.iter().filter(|o| o.name == name) {
-            result = match o.value.as_deref() {
-                None => true,
-                Some(v) if v.eq_ignore_ascii_case("true") => true,
-                Some(v) if v.eq_ignore_ascii_case("false") => false,
-                Some(v) => {
-                    return Err(MigrationError::invalid(format!(
-                        "-{name} takes no value (or true/false), not {:?}",
-                        truncate_echo(v, MAX_ECHO)
-                    )));
-                }
-            };
-        }
-        Ok(result)
-    }
-
-    /// Every value given for `-name=...`, in order (a bare `-name` gives the empty string).
-    pub fn values(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
-    }
-
-    /// The last value given for `-name`.
-    pub fn last(&self, name: &str) -> Option<String> {
-        self.0.iter().rev().find(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default())
-    }
-
-    /// The values of a list option: every value given, split at commas, empty items dropped.
-    pub fn list(&self, name: &str) -> Vec<String> {
-        self.values(name).iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect()
-    }
-
-    /// Whether the option was given at all.
-    pub fn given(&self, name: &str) -> bool {
-        self.0.iter().any(|o| o.name == name)
     }
 }
 
