@@ -2,6 +2,7 @@
 //! options and defaults of each command (docs/dcache-compatibility.md#job-options) and dCache's messages. Every invalid
 //! value is refused here, before a job exists.
 
+use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
 use tidepool_p2p::model::{ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName};
@@ -106,21 +107,56 @@ pub struct JobDefinition {
     pub seed: Option<u64>,
 }
 
-/// The options of one command line, as the admin layer parsed them.
-pub trait Options {
-    /// `-name`, `-name=true|false`.
-    fn flag(&self, name: &str) -> Result<bool, MigrationError>;
-    /// Every value given for `-name=...` (list options may be repeated; values are split at
-    /// commas by the caller of `Options::list`).
-    fn values(&self, name: &str) -> Vec<String>;
+/// The options of one command line, as [`parse`] reads them (split and matched to their
+/// declarations by [`crate::grammar`]). Flags take `-name`,
+/// `-name=true` or `-name=false` (any case); list options may be repeated and hold commas.
+pub struct Options<'a>(pub &'a [OptionArg]);
+
+impl Options<'_> {
+    /// `-name`, `-name=true|false`; the last one given counts.
+    pub fn flag(&self, name: &str) -> Result<bool, MigrationError> {
+        let mut result = false;
+        for o in self.0.iter().filter(|o| o.name == name) {
+            result = match o.value.as_deref() {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(v) => {
+                    return Err(MigrationError::invalid(format!(
+                        "-{name} takes no value (or true/false), not {:?}",
+                        truncate_echo(v, MAX_ECHO)
+                    )));
+                }
+            };
+        }
+        Ok(result)
+    }
+
+    /// Every value given for `-name=...`, in order (a bare `-name` gives the empty string).
+    pub fn values(&self, name: &str) -> Vec<String> {
+        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
+    }
+
+    /// The last value given for `-name`.
+    pub fn last(&self, name: &str) -> Option<String> {
+        self.0.iter().rev().find(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default())
+    }
+
+    /// The values of a list option: every value given, split at commas, empty items dropped.
+    pub fn list(&self, name: &str) -> Vec<String> {
+        self.values(name).iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+
     /// Whether the option was given at all.
-    fn given(&self, name: &str) -> bool;
+    pub fn given(&self, name: &str) -> bool {
+        self.0.iter().any(|o| o.name == name)
+    }
 }
 
 /// Parses and type-checks an expression option; an error names the option and points at the
 /// offending token of the expression.
 fn expression(
-    opts: &dyn Options,
+    opts: &Options<'_>,
     name: &str,
     symbols: &dyn Fn(&str) -> Option<expr::Type>,
 ) -> Result<Option<Expr>, MigrationError> {
@@ -142,15 +178,15 @@ fn invalid_choice(value: &str, option: &str, choices: &str) -> MigrationError {
     MigrationError::invalid(format!("{}: Invalid value for option -{option} (expected: {choices})", echo(value)))
 }
 
-fn last(opts: &dyn Options, name: &str) -> Option<String> {
-    opts.values(name).pop()
+fn last(opts: &Options<'_>, name: &str) -> Option<String> {
+    opts.last(name)
 }
 
-fn list(opts: &dyn Options, name: &str) -> Vec<String> {
-    opts.values(name).iter().flat_map(|v| v.split(',')).filter(|s| !s.is_empty()).map(String::from).collect()
+fn list(opts: &Options<'_>, name: &str) -> Vec<String> {
+    opts.list(name)
 }
 
-fn number<T: std::str::FromStr>(opts: &dyn Options, name: &str) -> Result<Option<T>, MigrationError> {
+fn number<T: std::str::FromStr>(opts: &Options<'_>, name: &str) -> Result<Option<T>, MigrationError> {
     match last(opts, name) {
         None => Ok(None),
         Some(v) => v
@@ -160,8 +196,9 @@ fn number<T: std::str::FromStr>(opts: &dyn Options, name: &str) -> Result<Option
     }
 }
 
-/// Builds the definition; `targets` are the positional arguments.
-pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<JobDefinition, MigrationError> {
+/// Builds the definition from options read by [`crate::grammar`]; `targets` are the positional
+/// arguments.
+pub fn parse(kind: JobKind, opts: &Options<'_>, targets: &[String]) -> Result<JobDefinition, MigrationError> {
     let permanent = opts.flag("permanent")?;
     let order = match last(opts, "order") {
         None => None,
@@ -291,7 +328,7 @@ pub fn parse(kind: JobKind, opts: &dyn Options, targets: &[String]) -> Result<Jo
     })
 }
 
-fn parse_filter(opts: &dyn Options) -> Result<FileFilter, MigrationError> {
+fn parse_filter(opts: &Options<'_>) -> Result<FileFilter, MigrationError> {
     let state = match last(opts, "state").as_deref() {
         None => None,
         Some("cached") => Some(ReplicaState::Cached),
@@ -352,46 +389,14 @@ fn parse_filter(opts: &dyn Options) -> Result<FileFilter, MigrationError> {
 mod tests {
     use super::*;
     use crate::mode::{SourceState, TargetState};
-    use std::collections::HashMap;
 
-    /// Options from `-name` / `-name=value` words, as the admin layer would give them.
-    struct Given(HashMap<String, Vec<String>>);
-
-    fn given(words: &[&str]) -> Given {
-        let mut m: HashMap<String, Vec<String>> = HashMap::new();
-        for w in words {
-            let w = w.trim_start_matches('-');
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            m.entry(k.to_string()).or_default().push(v.to_string());
-        }
-        Given(m)
-    }
-
-    impl Options for Given {
-        fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-            match self.0.get(name).and_then(|v| v.last()).map(String::as_str) {
-                None => Ok(false),
-                Some("" | "true") => Ok(true),
-                Some("false") => Ok(false),
-                Some(v) => Err(MigrationError::invalid(format!("{v}: Invalid value"))),
-            }
-        }
-        fn values(&self, name: &str) -> Vec<String> {
-            self.0.get(name).cloned().unwrap_or_default()
-        }
-        fn given(&self, name: &str) -> bool {
-            self.0.contains_key(name)
-        }
-    }
-
+    /// Through the one grammar, as every caller reads a job (crate::grammar).
     fn ok(kind: JobKind, words: &[&str], targets: &[&str]) -> JobDefinition {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        parse(kind, &given(words), &t).unwrap_or_else(|e| panic!("{words:?}: {e}"))
+        crate::grammar::parse_words(kind, words, targets).unwrap_or_else(|e| panic!("{words:?}: {e}")).def
     }
 
     fn bad(kind: JobKind, words: &[&str], targets: &[&str]) -> String {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        parse(kind, &given(words), &t).unwrap_err().to_string()
+        crate::grammar::parse_words(kind, words, targets).unwrap_err().to_string()
     }
 
     #[test]

@@ -32,16 +32,16 @@ use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
     CopyOf, Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
-    pin_covered,
 };
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
 use crate::job_state::{JobState, transition};
 use crate::ledger::{Fate, Placed};
-use crate::mode::{SourceState, TargetState};
+use crate::mode::SourceState;
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
 use crate::rate::{ByteRate, RateLimit};
 use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
+use crate::safety;
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};
 use crate::task::{Effect, Outcome, Task, TaskEvent, TaskPlan, TaskState, TaskTimers, Unanswered};

@@ -3,9 +3,13 @@
 //! (an existing replica only gains, so a job can never weaken what another job or a user put there). CACHED may
 //! become PRECIOUS, never the reverse; sticky records are only added or extended; nothing is
 //! removed; the access time is left alone. Only CACHED or PRECIOUS replicas can be updated.
+//! [`target_request`] decides what a new copy is asked to be. Both are the "never more volatile"
+//! rule of crate::safety.
 
 use tidepool_p2p::model::{EpochMillis, ReplicaState, StickyMode, StickyRecord, apply_sticky};
 use tidepool_p2p::{ErrorCode, RemoteError};
+
+use crate::mode::TargetState;
 
 /// The changes to make, each to be applied in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +47,33 @@ pub fn plan_update(
         .cloned()
         .collect();
     Ok(UpdatePlan { new_state, sticky })
+}
+
+/// What a new copy is asked to be on its target: `-tmode=same` gives it the source's state and
+/// the source's valid sticky records other than pins (pins travel only with `-pins=move`);
+/// `cached` or `precious` that state and no source records. The job's `-tmode` records
+/// (`job_records`) are added in every case. With [`plan_update`] on the target, a target thus
+/// never ends up weaker than the source asked for.
+pub fn target_request(
+    tmode: TargetState,
+    job_records: &[StickyRecord],
+    source_state: ReplicaState,
+    source_sticky: &[StickyRecord],
+    pin_prefix: &str,
+    now: EpochMillis,
+) -> (ReplicaState, Vec<StickyRecord>) {
+    let state = match tmode {
+        TargetState::Same => source_state,
+        TargetState::Cached => ReplicaState::Cached,
+        TargetState::Precious => ReplicaState::Precious,
+    };
+    let mut sticky: Vec<StickyRecord> = if tmode == TargetState::Same {
+        source_sticky.iter().filter(|r| !r.is_pin(pin_prefix) && r.is_valid(now)).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    sticky.extend(job_records.iter().cloned());
+    (state, sticky)
 }
 
 #[cfg(test)]
@@ -93,5 +124,22 @@ mod tests {
         let longer = plan_update(Cached, &have, Cached, &[rec("alice", NEVER)], NOW).unwrap();
         assert_eq!(longer.sticky, vec![rec("alice", NEVER)]);
         assert!(plan_update(Precious, &have, Cached, &[rec("alice", NOW + 1)], NOW).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_copy_is_asked_for_at_least_what_the_source_has() {
+        let (p, now) = ("PinManager", NOW);
+        let source = [rec("alice", NEVER), rec("old", NOW - 1), rec("PinManager-1", NEVER)];
+        let job = [rec("job", NOW + 60_000)];
+        // (tmode, source state) -> (state asked, records asked)
+        let rows: &[(TargetState, ReplicaState, ReplicaState, Vec<StickyRecord>)] = &[
+            (TargetState::Same, Precious, Precious, vec![rec("alice", NEVER), rec("job", NOW + 60_000)]),
+            (TargetState::Same, Cached, Cached, vec![rec("alice", NEVER), rec("job", NOW + 60_000)]),
+            (TargetState::Cached, Precious, Cached, vec![rec("job", NOW + 60_000)]),
+            (TargetState::Precious, Cached, Precious, vec![rec("job", NOW + 60_000)]),
+        ];
+        for (i, (tmode, have, state, sticky)) in rows.iter().enumerate() {
+            assert_eq!(target_request(*tmode, &job, *have, &source, p, now), (*state, sticky.clone()), "row {i}");
+        }
     }
 }

@@ -157,6 +157,133 @@ impl Token {
     }
 }
 
+impl Args {
+    /// Words already split (as a program's argument vector is): each word is one token, taken
+    /// as written (no quotes or escapes), an option if it starts with `-`, until a `--` word.
+    /// Offsets count as if the words were joined by one space.
+    pub fn from_words<S: AsRef<str>>(words: &[S]) -> Args {
+        let mut offset = 0;
+        let tokens = words
+            .iter()
+            .map(|w| {
+                let text = w.as_ref().to_string();
+                let token = Token { dash: text.starts_with('-'), text, offset };
+                offset += token.text.len() + 1;
+                token
+            })
+            .collect();
+        Args::from_tokens(tokens)
+    }
+}
+
+/// Whether an option takes a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionValue {
+    /// `-name`, `-name=true` or `-name=false`.
+    Flag,
+    /// `-name=VALUE`; the string names the value in help.
+    Required(&'static str),
+    /// `-name` or `-name=VALUE`.
+    Optional(&'static str),
+}
+
+/// One declared option of a command: its name, the form of its value, and its help.
+#[derive(Debug)]
+pub struct OptionSpec {
+    pub name: &'static str,
+    pub value: OptionValue,
+    pub help: &'static str,
+}
+
+/// Why an option as written does not fit the declarations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionProblem {
+    /// No declaration has its name (the caller words the message: it knows the command).
+    Unknown,
+    /// `-name` without the value it requires.
+    NeedsValue,
+    /// A flag given a value other than true or false.
+    NotAFlagValue,
+}
+
+/// Matches `o` with its declaration in `decls`. The one check of an option's presence and
+/// value form, for every command line (the admin commands, and the job grammar of the
+/// migration module).
+pub fn check_option<'a>(decls: &'a [OptionSpec], o: &OptionArg) -> Result<&'a OptionSpec, OptionProblem> {
+    let Some(decl) = decls.iter().find(|d| d.name == o.name) else { return Err(OptionProblem::Unknown) };
+    match (decl.value, o.value.as_deref()) {
+        (OptionValue::Required(_), None) => Err(OptionProblem::NeedsValue),
+        (OptionValue::Flag, Some(v)) if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") => {
+            Err(OptionProblem::NotAFlagValue)
+        }
+        _ => Ok(decl),
+    }
+}
+
+impl OptionProblem {
+    /// The message for [`OptionProblem::NeedsValue`] and [`OptionProblem::NotAFlagValue`];
+    /// `None` for [`OptionProblem::Unknown`], which the caller words.
+    pub fn message(&self, decl: Option<&OptionSpec>, o: &OptionArg) -> Option<String> {
+        match (self, decl.map(|d| d.value)) {
+            (OptionProblem::NeedsValue, Some(OptionValue::Required(v))) => {
+                Some(format!("option -{} needs a value: -{}={v}", o.name, o.name))
+            }
+            (OptionProblem::NotAFlagValue, _) => Some(format!(
+                "-{} takes no value (or true/false), not {:?}",
+                o.name,
+                crate::error::truncate_echo(o.value.as_deref().unwrap_or(""), MAX_ECHO)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The stored form of a command line (docs/dcache-compatibility.md#permanent-jobs-and-save), as `migration
+/// ls` shows a job's command and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
+/// order given, a literal `--`, then the positional arguments. Names, values and arguments are
+/// escaped by `escape`, so that [`tokenize`] reads the same words back. A line with neither
+/// options nor arguments is just the name.
+///
+/// One difference from dCache: an empty option value is written `-name=''` (dCache writes
+/// `-name`), so that `-cache=` keeps its meaning when the line is read again.
+pub fn command_line(name: &str, options: &[OptionArg], args: &[String]) -> String {
+    let mut s = name.to_string();
+    if options.is_empty() && args.is_empty() {
+        return s;
+    }
+    for o in options {
+        s.push_str(" -");
+        s.push_str(&escape(&o.name));
+        if let Some(v) = &o.value {
+            s.push('=');
+            s.push_str(&escape(v));
+        }
+    }
+    s.push_str(" --");
+    for a in args {
+        s.push(' ');
+        s.push_str(&escape(a));
+    }
+    s
+}
+
+/// Backslash before `\`, `"`, `'`, `=`, `-` and every white-space character (the lexer splits
+/// words at any of them: a tab or a newline left bare would split a value when the stored line
+/// is read again); `''` for the empty string.
+fn escape(text: &str) -> String {
+    if text.is_empty() {
+        return "''".to_string();
+    }
+    let mut s = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '\\' | '"' | '\'' | '=' | '-') || c.is_whitespace() {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
 /// Renders `line` with a caret under byte `offset`, for error messages. A line longer than
 /// [`MAX_ECHO`] characters is shown as a window of that many around the offset, with `...`
 /// where it was cut, so that an error never repeats a whole long line.

@@ -131,7 +131,7 @@ impl Daemon {
         // 3. Start the migration module and recreate the saved permanent jobs.
         span.in_scope(|| {
             let module = node.start_migration(migration);
-            crate::migration_env::restore(&node.pool.repo, module, admin::parse_job);
+            crate::migration_env::restore(&node.pool.repo, module);
         });
         Ok(Opened { node, data_dir, capacity, began, key, grace: shutdown_grace, span })
     }

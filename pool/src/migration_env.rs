@@ -24,12 +24,11 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tidepool_migration::definition::JobDefinition;
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered,
-    source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
+use tidepool_migration::safety::pin_clearable;
 use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
@@ -145,7 +144,7 @@ impl Env for PoolEnv {
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         let pool = self.pool()?;
         let prefix = pool.pin_prefix.clone();
-        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin.is_pin(&prefix) && pin_covered(pin, moved))?;
+        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin_clearable(pin, &prefix, moved))?;
         Ok(())
     }
 
@@ -555,13 +554,9 @@ pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
 
 /// Pool start: recreates the saved permanent jobs with their ids and concurrency. A job that
 /// cannot be recreated is reported (log and `info`) and skipped; the pool starts anyway.
-/// `parse` reads a saved job's command line into its definition (the admin grammar's, handed in
-/// by the daemon, so that this adapter does not depend on the admin language).
-pub fn restore(
-    repo: &Repository,
-    module: &Arc<Module<PoolEnv>>,
-    parse: impl Fn(&str) -> Result<JobDefinition, String>,
-) {
+/// A saved job's command line is read by the migration module's job grammar
+/// ([`tidepool_migration::grammar::parse_command`]), not by the admin command table.
+pub fn restore(repo: &Repository, module: &Arc<Module<PoolEnv>>) {
     let text = match repo.setting(SAVED_KEY) {
         Ok(None) => return,
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
@@ -604,7 +599,11 @@ pub fn restore(
             ));
             continue;
         }
-        match parse(&job.command).and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
+        match tidepool_migration::grammar::parse_command(&job.command)
+            .map(|line| line.def)
+            .map_err(|e| e.to_string())
+            .and_then(|d| module.restore(&job, d).map_err(|e| e.to_string()))
+        {
             Ok(line) => tracing::info!("restored migration job {line}"),
             Err(e) => {
                 module.report_problem(format!(

@@ -845,17 +845,8 @@ impl<W: World> Cx<'_, W> {
         };
         let def = &self.job.def;
         let prefix = self.world.pin_prefix();
-        let state = match def.tmode.state {
-            TargetState::Same => entry.state,
-            TargetState::Cached => ReplicaState::Cached,
-            TargetState::Precious => ReplicaState::Precious,
-        };
-        let mut sticky: Vec<StickyRecord> = if def.tmode.state == TargetState::Same {
-            entry.sticky.iter().filter(|r| !r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
-        } else {
-            Vec::new()
-        };
-        sticky.extend(self.job.tmode.iter().cloned());
+        let (state, sticky) =
+            crate::update::target_request(def.tmode.state, self.job.tmode, entry.state, &entry.sticky, prefix, now);
         let pins: Vec<StickyRecord> = if def.pins == Pins::Move {
             entry.sticky.iter().filter(|r| r.is_pin(prefix) && r.is_valid(now)).cloned().collect()
         } else {
@@ -1091,7 +1082,7 @@ impl<W: World> Cx<'_, W> {
         }
         // A batched job's unit is free once its tasks ended, while the source modes of its
         // files are applied; an unbatched job's unit once its file is through.
-        let confirmed = matches!(&outcome, Outcome::Done { replicas } if replicas.len() >= self.job.def.replicas);
+        let confirmed = matches!(&outcome, Outcome::Done { replicas } if safety::source_mode_due(replicas.len(), self.job.def.replicas));
         if self.batched() || !confirmed {
             self.unit_task_ended(unit);
         }
@@ -1107,7 +1098,7 @@ impl<W: World> Cx<'_, W> {
                 // The source mode comes first (docs/dcache-compatibility.md#scheduling); the file counts as
                 // done after it.
                 r.finishing = true;
-                if replicas.len() < self.job.def.replicas {
+                if !safety::source_mode_due(replicas.len(), self.job.def.replicas) {
                     // -target-deficit-mode=limit: the copies there could be were made; the source
                     // mode is not applied at all (it could make the replica evictable or delete
                     // it), and the file is listed with the failures, not counted as completed.

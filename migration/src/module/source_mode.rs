@@ -100,11 +100,11 @@ fn prepare<E: Env>(env: &E, job: &Job, item: &SourceModeItem) -> Result<Step, Re
     }
     // A source pin is cleared only if the pin the target got covers it (same owner, expiring
     // no earlier): a pin extended on the source during the copy stays.
-    if entry.sticky.iter().any(|r| r.is_pin(prefix) && pin_covered(r, moved_pins)) {
+    if entry.sticky.iter().any(|r| safety::pin_clearable(r, prefix, moved_pins)) {
         env.clear_covered_pins(id, moved_pins)?;
     }
-    let pinned = entry.sticky.iter().any(|r| r.is_pin(prefix) && r.is_valid(now) && !pin_covered(r, moved_pins));
-    if item.confirmed < job.def.replicas {
+    let pinned = entry.sticky.iter().any(|r| safety::pin_keeps_source(r, prefix, now, moved_pins));
+    if !safety::source_mode_due(item.confirmed, job.def.replicas) {
         // Never reached (a file short of its copies leaves the job before), and kept so: no
         // source mode for a file that is not fully copied.
         return Ok(Step::Applied(Applied::Done));

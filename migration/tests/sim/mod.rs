@@ -14,6 +14,21 @@
 //! blocking work (`spawn_blocking`) still runs on real threads, so a rerun with the same seed
 //! follows the same faults but not always the same interleaving.
 //!
+//! The rules are the pool's: a job is read by the module's grammar
+//! (`tidepool_migration::grammar::parse_words`), and the safety decisions on a replica (pin
+//! coverage, removal of a moved source, what a target is asked for and does to a replica it
+//! holds) are the functions of `tidepool_migration::safety` and `update` that the pool's
+//! `PoolEnv` calls; states change and sticky records are set by the p2p model's
+//! `may_change_to` and `apply_sticky`, as in the repository. The repository itself is still
+//! the simulator's own [`Store`], not `tidepool-repository` over its `MemStore`: its faults are
+//! drawn per step from the run's seed under the store lock, next to the invariant checker (a
+//! metadata flush that fails with the change made or not, a failed undo that leaves a receiving
+//! entry stuck, bit rot planted in one replica, holds durable only at the next flush, eviction
+//! when a pull needs room), and `MemStore` models faults with switches of its own. The
+//! repository's calls would stay deterministic here (`Incoming::commit` and the metadata
+//! updates return once durable); what is left is re-expressing these faults over `MemStore`
+//! (docs/testing.md).
+//!
 //! Knobs: `SIM_SEED=<n>` runs only that seed; `SIM_SEEDS=<n>` runs seeds `1..=n` (to search
 //! for a failure); `SIM_VERBOSE=1` prints every run's last events, counters and job reports
 //! (a failing run always prints them).
@@ -28,13 +43,15 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
-use tidepool_migration::definition::{self, JobKind, Options};
+use tidepool_migration::definition::JobKind;
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, pin_covered, source_removal,
+    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
+use tidepool_migration::grammar;
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::module::{Module, RepoChange, Settings};
 use tidepool_migration::queue::Backoff;
+use tidepool_migration::safety::pin_clearable;
 use tidepool_migration::select::SplitMix;
 use tidepool_p2p::message::{CopyFinished, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{
@@ -1096,7 +1113,7 @@ impl Env for SimEnv {
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
         self.crashed()?;
-        let covered = |pin: &StickyRecord| pin.is_pin(PIN_PREFIX) && pin_covered(pin, moved);
+        let covered = |pin: &StickyRecord| pin_clearable(pin, PIN_PREFIX, moved);
         let mut changed = false;
         self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
             if let Some(r) = repo.get_mut(id) {
@@ -1270,40 +1287,6 @@ impl Env for SimEnv {
             }
             results
         }
-    }
-}
-
-// ------------------------------------------------------------------------------ options
-
-/// Options from `-name` / `-name=value` words, as the admin layer would give them.
-pub struct Given(HashMap<String, Vec<String>>);
-
-impl Given {
-    pub fn new(words: &[&str]) -> Given {
-        let mut m: HashMap<String, Vec<String>> = HashMap::new();
-        for w in words {
-            let w = w.trim_start_matches('-');
-            let (k, v) = w.split_once('=').unwrap_or((w, ""));
-            m.entry(k.to_string()).or_default().push(v.to_string());
-        }
-        Given(m)
-    }
-}
-
-impl Options for Given {
-    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        match self.0.get(name).and_then(|v| v.last()).map(String::as_str) {
-            None => Ok(false),
-            Some("" | "true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(v) => Err(MigrationError::invalid(format!("{v}: Invalid value"))),
-        }
-    }
-    fn values(&self, name: &str) -> Vec<String> {
-        self.0.get(name).cloned().unwrap_or_default()
-    }
-    fn given(&self, name: &str) -> bool {
-        self.0.contains_key(name)
     }
 }
 
@@ -1672,9 +1655,8 @@ impl Sim {
 
     /// Creates a job on `on` from an admin command's words; returns its id.
     pub fn create(&self, on: &str, kind: JobKind, words: &[&str], targets: &[&str]) -> String {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        let def = definition::parse(kind, &Given::new(words), &t).unwrap_or_else(|e| panic!("{words:?}: {e}"));
-        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
+        let job = grammar::parse_words(kind, words, targets).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+        let (def, command) = (job.def, job.command);
         let line = self.module(on).create(def, command).unwrap_or_else(|e| panic!("create on {on}: {e}"));
         self.world.trace(format!("{on}: created {line}"));
         line.trim_start_matches('[').split(']').next().expect("a summary line").to_string()
@@ -1688,10 +1670,8 @@ impl Sim {
         words: &[&str],
         targets: &[&str],
     ) -> Result<tidepool_migration::plan::Plan, MigrationError> {
-        let t: Vec<String> = targets.iter().map(|s| s.to_string()).collect();
-        let def = definition::parse(kind, &Given::new(words), &t)?;
-        let command = format!("migration {} {} {}", kind.as_str(), words.join(" "), targets.join(" "));
-        self.module(on).dry_run(def, command).await
+        let job = grammar::parse_words(kind, words, targets).map_err(|e| MigrationError::invalid(e.message))?;
+        self.module(on).dry_run(job.def, job.command).await
     }
 
     pub fn state(&self, on: &str, job: &str) -> JobState {

@@ -8,10 +8,9 @@ pub mod rebalance;
 pub mod rep_ls;
 pub mod spec;
 
-use tidepool_migration::MigrationError;
-use tidepool_migration::definition::{self, JobDefinition, JobKind};
+use tidepool_migration::definition::{JobDefinition, JobKind};
+use tidepool_migration::grammar;
 use tidepool_migration::rate::ByteRate;
-use tidepool_p2p::cmdline::OptionArg;
 use tidepool_p2p::message::{CommandDescription, CommandDetail};
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, check_storage_class};
 use tidepool_p2p::{JobId, PnfsId, PoolName, TransferId};
@@ -235,135 +234,6 @@ const fn valued(name: &'static str, v: &'static str, help: &'static str) -> Opti
 
 /// `-json` on a listing or status command; docs/json.md gives each command's schema.
 const JSON: OptionSpec = flag("json", "one JSON document instead of the text (schema: docs/json.md)");
-
-/// The options of `migration copy|move|cache` (docs/dcache-compatibility.md#job-options); the three commands differ
-/// only in their defaults (docs/dcache-compatibility.md#job-options), which each option's help names.
-static MIGRATION_JOB_OPTIONS: &[OptionSpec] = &[
-    valued(
-        "id",
-        "id",
-        "job id (default: the next free number); a FINISHED, FAILED or CANCELLED job of that id is replaced",
-    ),
-    flag(
-        "permanent",
-        "keep running: also migrate replicas that arrive or change later (not with -order or -stop-when)",
-    ),
-    valued("state", "cached|precious", "only replicas in this state (default: both)"),
-    valued("storage", "class", "only replicas of exactly this storage class"),
-    valued("cache", "class", "only replicas of exactly this cache class; -cache= selects those without one"),
-    valued("pnfsid", "pnfsid[,pnfsid...]", "only these files"),
-    valued("al", "online|nearline", "only replicas with this access latency"),
-    valued("rp", "custodial|replica|output", "only replicas with this retention policy"),
-    valued(
-        "size",
-        "n|[n]..[m]",
-        "only replicas of exactly n bytes, or in the closed range (n.. at least n, ..m at most m)",
-    ),
-    valued(
-        "accessed",
-        "n|[n]..[m]",
-        "only replicas last accessed that many seconds ago (..60: in the last minute; 60..: not in it)",
-    ),
-    OptionSpec {
-        name: "sticky",
-        value: OptionValue::Optional("[-]owner[,...]"),
-        help: "bare: only sticky replicas; with owners: each owner must have a record, and -owner must have none",
-    },
-    valued(
-        "concurrency",
-        "n",
-        "files transferred at once (default: the pool's, see `migration get concurrency-default`)",
-    ),
-    valued(
-        "order",
-        "[-]size|[-]lru",
-        "sort the initial queue by size or by last access, least recent first; '-' reverses (default: none)",
-    ),
-    valued(
-        "pins",
-        "keep|move",
-        "after a copy, keep the pins on the source or move them to the target (default: keep; move for move)",
-    ),
-    valued(
-        "smode",
-        "same|cached|precious|removable|delete[+owner[(lifetime)]]...",
-        "what becomes of the source replica after success; +owner(seconds) adds a sticky record, -1 or none for ever (default: same; delete for move)",
-    ),
-    valued(
-        "tmode",
-        "same|cached|precious[+owner[(lifetime)]]...",
-        "the target replica's state (same: the source's) and sticky records (default: same; cached for cache)",
-    ),
-    flag("atime", "give a new target replica the source's last access time (default: off; on for move)"),
-    flag(
-        "verify",
-        "have the target verify the checksum of an existing replica before it is reused (default: off; on for move)",
-    ),
-    flag("force-source-mode", "copy even if this pool is disabled for fetch"),
-    valued(
-        "target",
-        "pool|pgroup|link|hsm",
-        "the targets are pools; pool groups (none named: this pool's own group); the pool groups of one link; or the pools attached to the named HSMs (default: pool)",
-    ),
-    valued(
-        "select",
-        "proportional|random",
-        "how the target of a new copy is chosen: weighted by free space and load, or uniformly (default: proportional)",
-    ),
-    valued("replicas", "n", "replicas wanted on distinct target pools, existing ones counted (default: 1)"),
-    flag(
-        "eager",
-        "if a target holding a replica does not answer, copy elsewhere instead of waiting; ignore offline pools' replicas",
-    ),
-    flag("meta-only", "create no new replica, only update existing ones on the targets (others are skipped)"),
-    valued("include", "glob[,glob...]", "only target pools whose name matches a glob (* and ?)"),
-    valued("exclude", "glob[,glob...]", "no target pool whose name matches a glob; this pool is always excluded"),
-    valued(
-        "refresh",
-        "seconds",
-        "how often the targets' space and load are fetched again (default: `migration get refresh-default`, 300 unless configured)",
-    ),
-    valued(
-        "rate",
-        "bytes/s",
-        "the most bytes per second the job's transfers send together, with a unit (50M, 1Gi; at least 64Ki), 0 for unlimited (default: 0); `migration set rate` changes it",
-    ),
-    valued(
-        "include-when",
-        "expression",
-        "only target pools for which the expression holds; symbols source.* and target.* (name cpuCost free total removable used), time.hour, time.weekday (default: true; ignored with -include)",
-    ),
-    valued(
-        "exclude-when",
-        "expression",
-        "no target pool for which the expression holds; symbols as -include-when (default: false)",
-    ),
-    valued(
-        "pause-when",
-        "expression",
-        "start no new task while the expression holds (PAUSED, checked every 10 s); symbols source.*, queue.files, queue.bytes, targets, time.hour, time.weekday",
-    ),
-    valued(
-        "stop-when",
-        "expression",
-        "when the expression holds, start no new task and finish once the running ones end (STOPPING); symbols as -pause-when; not with -permanent",
-    ),
-    flag(
-        "dry-run",
-        "create no job: print the plan (files selected, where each would go, what is in place, skipped or not placed, and why); nothing is transferred or changed",
-    ),
-    valued(
-        "seed",
-        "n",
-        "seed of the target choice, for testing and to run a job as its dry run planned it (default: a seed of the moment; a dry run prints the one it used)",
-    ),
-    flag("json", "with -dry-run: the plan as one JSON document (schema: docs/json.md)"),
-    valued(
-        "target-deficit-mode",
-        "wait|limit",
-        "with fewer usable targets than -replicas: wait for more, or make as many copies as possible now and note the shortfall; limit never deletes or releases a source short of its copies (default: wait)",
-    ),
-];
 
 /// Every admin command of a pool.
 pub static COMMANDS: &[CommandSpec] = &[
@@ -663,7 +533,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "configured); `migration info -failed` shows the last error of each. `migration ls` and\n",
             "`migration info` follow the job.",
         ),
-        options: MIGRATION_JOB_OPTIONS,
+        options: grammar::JOB_OPTIONS,
         examples: &[
             "migration copy -pnfsid=0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool2",
             "migration copy -state=precious -storage=atlas:raw -concurrency=4 pool2 pool3",
@@ -684,7 +554,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "then `migration move -target=pgroup` or `migration move <pools...>`.\n",
             "See `help migration copy` for the filters, the targets and the retries.",
         ),
-        options: MIGRATION_JOB_OPTIONS,
+        options: grammar::JOB_OPTIONS,
         examples: &[
             "migration move -target=pgroup",
             "migration move -id=drain -concurrency=8 -eager pool2 pool3",
@@ -702,7 +572,7 @@ pub static COMMANDS: &[CommandSpec] = &[
             "-pins=keep, -verify and -atime off). Spreads popular files over cache pools.\n",
             "See `help migration copy` for the filters, the targets and the retries.",
         ),
-        options: MIGRATION_JOB_OPTIONS,
+        options: grammar::JOB_OPTIONS,
         examples: &[
             "migration cache -accessed=..3600 -target=pgroup -select=random",
             "migration cache -replicas=3 -include=cache* -target=pgroup cache",
@@ -956,16 +826,6 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     spec::parse_line(COMMANDS, line)
 }
 
-/// A saved job's command line (`migration copy|move|cache ...`) read into its definition, or why
-/// it cannot be.
-pub fn parse_job(line: &str) -> Result<JobDefinition, String> {
-    match parse(line) {
-        Ok(Some(Command::MigrationCreate { def, .. })) => Ok(*def),
-        Ok(_) => Err("not a migration copy, move or cache command".to_string()),
-        Err(e) => Err(e.message),
-    }
-}
-
 /// The declarations as the shell sees them.
 pub fn describe() -> Vec<CommandDescription> {
     COMMANDS
@@ -1135,55 +995,19 @@ fn parse_pool_disable(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     Ok(Command::PoolDisable { bits: bits | PoolMode::DISABLED, error_code, message })
 }
 
-/// The options of a `migration copy|move|cache` line, read by [`definition::parse`]. Flag
-/// values were checked when the line was matched to its declaration (the fuzz harness feeds
-/// it unchecked lines too).
-pub struct JobOptions<'a>(pub &'a [OptionArg]);
-
-impl definition::Options for JobOptions<'_> {
-    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        let mut result = false;
-        for o in self.0.iter().filter(|o| o.name == name) {
-            result = match o.value.as_deref() {
-                None => true,
-                Some(v) if v.eq_ignore_ascii_case("true") => true,
-                Some(v) if v.eq_ignore_ascii_case("false") => false,
-                Some(v) => {
-                    return Err(MigrationError::invalid(format!("-{name} takes no value (or true/false), not {v:?}")));
-                }
-            };
-        }
-        Ok(result)
-    }
-
-    fn values(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|o| o.name == name).map(|o| o.value.clone().unwrap_or_default()).collect()
-    }
-
-    fn given(&self, name: &str) -> bool {
-        self.0.iter().any(|o| o.name == name)
-    }
-}
-
-/// `migration copy|move|cache`: the module checks the options (with dCache's messages), so a
-/// bad line is refused here and no job is made.
+/// `migration copy|move|cache`: the migration module's grammar reads the options (with
+/// dCache's messages), so a bad line is refused here and no job is made.
 fn parse_migration_job(inv: &Invocation<'_>, kind: JobKind) -> Result<Command, ParseError> {
     let targets: Vec<String> = inv.args.iter().map(|t| t.text.clone()).collect();
-    let (dry_run, json) = (inv.flag("dry-run")?, inv.flag("json")?);
-    if json && !dry_run {
-        let (_, at) = inv.value("json").expect("-json was given");
-        return Err(ParseError::invalid(at, "-json only goes with -dry-run (a new job's reply is its summary line)"));
+    let line = grammar::job(kind, &inv.options, &targets).map_err(|e| match e.offset {
+        Some(at) => ParseError::invalid(at, e.message),
+        None => ParseError::invalid_line(e.message),
+    })?;
+    let (def, command) = (Box::new(line.def), line.command);
+    if line.dry_run {
+        return Ok(Command::MigrationDryRun { def, command, json: line.json });
     }
-    let def = definition::parse(kind, &JobOptions(&inv.options), &targets)
-        .map_err(|e| ParseError::invalid_line(e.to_string()))?;
-    // The job's command as the real job would store it: without the options of the dry run.
-    let options: Vec<OptionArg> =
-        inv.options.iter().filter(|o| o.name != "dry-run" && o.name != "json").cloned().collect();
-    let command = spec::command_line(inv.spec.name, &options, &targets);
-    if dry_run {
-        return Ok(Command::MigrationDryRun { def: Box::new(def), command, json });
-    }
-    Ok(Command::MigrationCreate { def: Box::new(def), command })
+    Ok(Command::MigrationCreate { def, command })
 }
 
 /// The one argument of a command about a job.

@@ -3,30 +3,13 @@
 //! offending token. Help and completion are generated from the same declarations.
 
 use tidepool_p2p::ErrorCode;
-use tidepool_p2p::cmdline::{self, Args, OptionArg, Token};
+use tidepool_p2p::cmdline::{self, Args, OptionArg, OptionProblem, Token, check_option};
+pub use tidepool_p2p::cmdline::{OptionSpec, OptionValue, command_line};
 use tidepool_p2p::error::{MAX_ECHO, truncate_echo};
 
 use tidepool_p2p::message::{ArgDetail, CommandDetail, OptionDetail, Takes, Values, line_too_long};
 
 use super::Command;
-
-/// Whether an option takes a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OptionValue {
-    /// `-name`, `-name=true` or `-name=false`.
-    Flag,
-    /// `-name=VALUE`; the string names the value in help.
-    Required(&'static str),
-    /// `-name` or `-name=VALUE`.
-    Optional(&'static str),
-}
-
-#[derive(Debug)]
-pub struct OptionSpec {
-    pub name: &'static str,
-    pub value: OptionValue,
-    pub help: &'static str,
-}
 
 /// One admin command's declaration.
 pub struct CommandSpec {
@@ -482,69 +465,19 @@ pub fn parse_line(specs: &[CommandSpec], line: &str) -> Result<Option<Command>, 
     };
     let consumed = spec.name.split(' ').count();
     for o in &options {
-        let Some(decl) = spec.options.iter().find(|d| d.name == o.name) else {
-            return Err(ParseError::at(o.offset, unknown_option(spec, &o.name)));
-        };
-        match (decl.value, o.value.as_deref()) {
-            (OptionValue::Required(v), None) => {
-                return Err(ParseError::at(o.offset, format!("option -{} needs a value: -{}={v}", o.name, o.name)));
-            }
-            (OptionValue::Flag, Some(v)) if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") => {
-                return Err(ParseError::invalid(
-                    o.offset,
-                    format!("-{} takes no value (or true/false), not {:?}", o.name, echo(v)),
-                ));
-            }
-            _ => {}
+        if let Err(problem) = check_option(spec.options, o) {
+            let decl = spec.options.iter().find(|d| d.name == o.name);
+            return Err(match problem {
+                OptionProblem::Unknown => ParseError::at(o.offset, unknown_option(spec, &o.name)),
+                OptionProblem::NeedsValue => ParseError::at(o.offset, problem.message(decl, o).unwrap_or_default()),
+                OptionProblem::NotAFlagValue => {
+                    ParseError::invalid(o.offset, problem.message(decl, o).unwrap_or_default())
+                }
+            });
         }
     }
     let inv = Invocation { spec, line, args: positional[consumed..].to_vec(), options };
     (spec.parse)(&inv).map(Some)
-}
-
-/// The stored form of a command line (docs/dcache-compatibility.md#permanent-jobs-and-save), as `migration
-/// ls` shows a job's command and as dCache writes it: the command name, each option as `-name` or `-name=value` in the
-/// order given, a literal `--`, then the positional arguments. Names, values and arguments are
-/// escaped by `escape`. A line with neither options nor arguments is just the name.
-///
-/// One difference from dCache: an empty option value is written `-name=''` (dCache writes
-/// `-name`), so that `-cache=` keeps its meaning when the line is read again.
-pub fn command_line(name: &str, options: &[OptionArg], args: &[String]) -> String {
-    let mut s = name.to_string();
-    if options.is_empty() && args.is_empty() {
-        return s;
-    }
-    for o in options {
-        s.push_str(" -");
-        s.push_str(&escape(&o.name));
-        if let Some(v) = &o.value {
-            s.push('=');
-            s.push_str(&escape(v));
-        }
-    }
-    s.push_str(" --");
-    for a in args {
-        s.push(' ');
-        s.push_str(&escape(a));
-    }
-    s
-}
-
-/// Backslash before `\`, `"`, `'`, `=`, `-` and every white-space character (the lexer splits
-/// words at any of them: a tab or a newline left bare would split a value when the stored line
-/// is read again); `''` for the empty string.
-fn escape(text: &str) -> String {
-    if text.is_empty() {
-        return "''".to_string();
-    }
-    let mut s = String::with_capacity(text.len() + 4);
-    for c in text.chars() {
-        if matches!(c, '\\' | '"' | '\'' | '=' | '-') || c.is_whitespace() {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s
 }
 
 /// The longest typed command (its first words, in bytes) that "did you mean" compares with the

@@ -30,6 +30,7 @@ use tidepool_migration::env::HoldOwner;
 use tidepool_migration::expr::Expr;
 use tidepool_migration::expr::{self, Type, Value};
 use tidepool_migration::filter::{Interval, parse_sticky};
+use tidepool_migration::grammar;
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
 use tidepool_p2p::ErrorCode;
@@ -40,7 +41,7 @@ use tidepool_p2p::message::{
     AdminReply, AdminRequest, CommandDetail, DataReply, DataRequest, MigrationReply, MigrationRequest,
 };
 use tidepool_p2p::{JobId, PnfsId, PoolName};
-use tidepool_pool::admin::{self, Command, JobOptions};
+use tidepool_pool::admin::{self, Command};
 use tidepool_pool::migration_env::PoolEnv;
 use tidepool_pool::repository::record;
 
@@ -323,7 +324,7 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     }
     let targets: Vec<String> = args.positional.iter().map(|t| t.text.clone()).collect();
     for kind in [JobKind::Copy, JobKind::Move, JobKind::Cache] {
-        match definition::parse(kind, &JobOptions(&args.options), &targets) {
+        match definition::parse(kind, &grammar::Options(&args.options), &targets) {
             Ok(def) => {
                 made += 1;
                 if def.replicas < 1 || def.refresh == Some(0) || (def.permanent && def.order.is_some()) {
@@ -335,8 +336,26 @@ fn job_options(_: &Ctx, input: &[u8]) -> Result<&'static str, String> {
             }
         }
         let whole = format!("migration {} {line}", kind.as_str());
-        if let Ok(Some(command)) = admin::parse(&whole) {
-            stored_form_reads_back(&command)?;
+        let by_admin = admin::parse(&whole);
+        if let Ok(Some(command)) = &by_admin {
+            stored_form_reads_back(command)?;
+        }
+        // The admin command and the grammar (saved jobs, tests) read a job line alike.
+        let by_grammar = grammar::parse_args(kind, &line);
+        if let Err(e) = &by_grammar
+            && let Some(offset) = e.offset
+        {
+            offset_ok(&line, offset, "job grammar error")?;
+        }
+        let admin_made =
+            matches!(by_admin, Ok(Some(Command::MigrationCreate { .. } | Command::MigrationDryRun { .. })));
+        let too_long = tidepool_p2p::message::line_too_long(whole.len()).is_some();
+        if !too_long && admin_made != by_grammar.is_ok() {
+            return Err(format!(
+                "the admin command {} and the job grammar {} the line",
+                if admin_made { "took" } else { "refused" },
+                if by_grammar.is_ok() { "took" } else { "refused" }
+            ));
         }
     }
     Ok(if made > 0 { "job defined" } else { "refused" })

@@ -8,26 +8,11 @@ use std::collections::BTreeMap;
 use tidepool_p2p::model::{FileAttributes, SpaceInfo};
 
 use super::*;
-use crate::definition::{JobKind, Options, parse};
+use crate::definition::JobKind;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const T0: EpochMillis = 1_700_000_000_000;
-
-/// Options from `-name` / `-name=value` words.
-struct Given(Vec<(String, String)>);
-
-impl Options for Given {
-    fn flag(&self, name: &str) -> Result<bool, MigrationError> {
-        Ok(self.0.iter().any(|(k, v)| k == name && (v.is_empty() || v == "true")))
-    }
-    fn values(&self, name: &str) -> Vec<String> {
-        self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
-    }
-    fn given(&self, name: &str) -> bool {
-        self.0.iter().any(|(k, _)| k == name)
-    }
-}
 
 fn pool(n: u32) -> PoolName {
     format!("pool{n}").parse().unwrap()
@@ -135,17 +120,7 @@ struct TestJob {
 impl TestJob {
     /// A job of `words` (targets pool2 and pool3) over precious files 1.. of `sizes`, created.
     fn new(words: &[&str], sizes: &[u64], concurrency: usize) -> TestJob {
-        let given = Given(
-            words
-                .iter()
-                .map(|w| {
-                    let w = w.trim_start_matches('-');
-                    let (k, v) = w.split_once('=').unwrap_or((w, ""));
-                    (k.to_string(), v.to_string())
-                })
-                .collect(),
-        );
-        let def = parse(JobKind::Copy, &given, &["pool2".into(), "pool3".into()]).unwrap();
+        let def = crate::grammar::parse_words(JobKind::Copy, words, &["pool2", "pool3"]).unwrap().def;
         let files: Vec<(PnfsId, u64)> = sizes.iter().enumerate().map(|(i, s)| (file(i as u32 + 1), *s)).collect();
         let entries = files.iter().map(|(id, size)| (*id, entry(*id, *size, ReplicaState::Precious))).collect();
         let w = TestWorld {
