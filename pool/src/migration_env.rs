@@ -232,7 +232,7 @@ impl Env for PoolEnv {
     }
 
     fn check_p2p_client(&self) -> Result<(), RemoteError> {
-        self.pool()?.check_mode(Activity::P2pClient, false)
+        Ok(self.pool()?.check_mode(Activity::P2pClient, false)?)
     }
 
     fn cost(&self) -> PoolCost {
@@ -288,7 +288,7 @@ impl Env for PoolEnv {
     async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
         let transfers = self.transfers()?;
         let entry = transfers.register(pull.pnfsid, pull.source.clone());
-        let mut transfer = std::pin::pin!(transfer::pull(&transfers, entry.clone(), pull));
+        let mut transfer = std::pin::pin!(transfer::run(&transfers, entry.clone(), pull));
         let result = tokio::select! {
             r = &mut transfer => r,
             _ = cancel.cancelled() => {
@@ -298,7 +298,8 @@ impl Env for PoolEnv {
                 transfer.await
             }
         };
-        result.map(|_| ())
+        // The outcome goes to the copy's source in its `Finished`: here it becomes the wire's.
+        result.map(|_| ()).map_err(RemoteError::from)
     }
 
     async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), RemoteError>> {
@@ -326,7 +327,7 @@ impl Env for PoolEnv {
                 })
                 .collect();
             for (i, result) in at.into_iter().zip(transfer::pull_batch(&transfers, batch).await) {
-                results[i] = Some(result.map(|_| ()));
+                results[i] = Some(result.map(|_| ()).map_err(RemoteError::from));
             }
         }
         results.into_iter().map(|r| r.expect("every pull has its result")).collect()

@@ -22,15 +22,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tidepool_p2p::PoolName;
 use tidepool_p2p::auth::Features;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, MAX_DATA_CHUNK, WireError};
 use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
 use tidepool_p2p::model::FileAttributes;
-use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::sync::oneshot;
 
-use crate::transfer::{PullRequest, RESUMES, TransferEntry, Transfers, cancelled, connection_broke, protocol, stalled};
+use crate::transfer::{
+    PullRequest, RESUMES, TransferEntry, TransferError, Transfers, cancelled, connection_broke, protocol, stalled,
+};
 
 /// Exchanges under way per source at once.
 const RUNNERS: usize = 2;
@@ -48,7 +50,7 @@ pub(crate) enum Fetched {
     /// know `FetchSmall`, or the pool is shutting down.
     PerFile,
     /// The transfer failed (the source refused this file, a stall, a protocol error).
-    Failed(RemoteError),
+    Failed(TransferError),
 }
 
 struct Waiter {
@@ -195,9 +197,9 @@ fn answer_all(rest: impl IntoIterator<Item = Waiter>, what: impl Fn() -> Fetched
 /// Why an exchange ended before every item was answered.
 enum Stop {
     /// The connection broke: the rest may be asked again on a new one.
-    Broken(RemoteError),
+    Broken(TransferError),
     /// The rest fail with this error.
-    Fatal(RemoteError),
+    Fatal(TransferError),
     /// The rest use the per-file exchange (the source does not know batches, or shutdown).
     PerFile,
 }
@@ -217,7 +219,7 @@ async fn exchange(transfers: &Arc<Transfers>, source: &PoolName, batch: Vec<Wait
         }
         let connected = tokio::select! {
             c = transfers.connection(pool, source) => c,
-            _ = transfers.closing.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "pool shutting down")),
+            _ = transfers.closing.cancelled() => Err(TransferError::ShuttingDown),
         };
         let mut conn = match connected {
             Ok(c) => c,
@@ -235,7 +237,7 @@ async fn exchange(transfers: &Arc<Transfers>, source: &PoolName, batch: Vec<Wait
                 breaks += 1;
                 transfers.forget_idle(source);
                 let pnfsids = pending.iter().map(|w| w.item.pnfsid.to_string()).collect::<Vec<_>>().join(" ");
-                tracing::warn!(%source, files = pending.len(), %pnfsids, "connection to the source broke ({}); trying a new one", e.message);
+                tracing::warn!(%source, files = pending.len(), %pnfsids, "connection to the source broke ({e}); trying a new one");
             }
             Err(Stop::Broken(e) | Stop::Fatal(e)) => {
                 answer_all(pending, || Fetched::Failed(e.clone()));
@@ -317,9 +319,7 @@ async fn ask(
                 later.push(w);
                 continue;
             }
-            (SmallOutcome::Refused(e), _) => {
-                Fetched::Failed(RemoteError { code: e.code, message: format!("source {source}: {}", e.message) })
-            }
+            (SmallOutcome::Refused(e), _) => Fetched::Failed(TransferError::Source { from: source.clone(), error: e }),
             (SmallOutcome::TooLarge { .. } | SmallOutcome::Sent(_), _) => Fetched::PerFile,
         };
         let _ = w.reply.send(answer);
