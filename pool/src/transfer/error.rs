@@ -44,9 +44,9 @@ pub enum TransferError {
     /// Nothing arrived from the source for the `no_progress` time.
     #[error("no progress for {} s (source {from})", after.as_secs())]
     Stalled { from: PoolName, after: Duration },
-    /// The source broke the protocol.
-    #[error("{0}")]
-    Protocol(String),
+    /// The source broke the protocol: which rule.
+    #[error("source {from}: {breach}")]
+    Protocol { from: PoolName, breach: Breach },
     /// The source's replica changed between two connections of one transfer.
     #[error("replica {pnfsid} changed on {from} during the transfer")]
     Changed { pnfsid: PnfsId, from: PoolName },
@@ -74,6 +74,26 @@ pub enum TransferError {
     Internal(String),
 }
 
+/// The rule of the transfer protocol (docs/protocol.md) a source broke.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Breach {
+    /// It sent the attributes or the data of another replica.
+    #[error("answered for {answered} when asked for {asked}")]
+    WrongReplica { asked: PnfsId, answered: PnfsId },
+    /// It sent a message that does not belong here (shown in its debug form).
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: String, got: String },
+    /// It sent more data than the replica's announced size.
+    #[error("sent more than {size} bytes")]
+    TooMuchData { size: u64 },
+    /// A replica of a batch did not come as one frame of its size.
+    #[error("the data of {pnfsid} is not one frame of {size} bytes")]
+    NotOneFrame { pnfsid: PnfsId, size: u64 },
+    /// It put a replica of a batch off before it had sent any (nothing would ever come).
+    #[error("put off {pnfsid} without sending anything first")]
+    PutOffFirst { pnfsid: PnfsId },
+}
+
 impl From<RepoError> for TransferError {
     fn from(e: RepoError) -> Self {
         TransferError::Repository(Arc::new(e))
@@ -93,7 +113,7 @@ impl TransferError {
                 e.code().unwrap_or(ErrorCode::Internal)
             }
             TransferError::Stalled { .. } => ErrorCode::Timeout,
-            TransferError::Protocol(_) => ErrorCode::Protocol,
+            TransferError::Protocol { .. } => ErrorCode::Protocol,
             TransferError::Changed { .. } => ErrorCode::ChecksumMismatch,
             TransferError::Cancelled(_) | TransferError::ShuttingDown => ErrorCode::Cancelled,
             TransferError::Repository(e) => e.code(),
@@ -160,6 +180,10 @@ mod tests {
             (TransferError::Changed { pnfsid: id, from: pool.clone() }, ErrorCode::ChecksumMismatch),
             (TransferError::Cancelled(id), ErrorCode::Cancelled),
             (TransferError::ShuttingDown, ErrorCode::Cancelled),
+            (
+                TransferError::Protocol { from: pool.clone(), breach: Breach::PutOffFirst { pnfsid: id } },
+                ErrorCode::Protocol,
+            ),
             (RepoError::PoolFull { needed: 2, free: 1, removable: 0, total: 1 }.into(), ErrorCode::PoolFull),
             (TransferError::DataShort { pnfsid: id, missing: 3 }, ErrorCode::Io),
         ];

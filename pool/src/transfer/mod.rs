@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::io::blocking;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, Replica};
-pub use error::TransferError;
+pub use error::{Breach, TransferError};
 use gate::Gate;
 use small::{Fetched, SmallFetches};
 
@@ -630,17 +630,15 @@ async fn attempt(
         Ok(Err(e)) => return Err(broken(req, e)),
         Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => {
             if attributes.pnfsid != req.pnfsid {
-                return Err(Stop::Fatal(protocol(format!(
-                    "{} answered for {} when asked for {}",
-                    req.source, attributes.pnfsid, req.pnfsid
-                ))));
+                let breach = Breach::WrongReplica { asked: req.pnfsid, answered: attributes.pnfsid };
+                return Err(Stop::Fatal(protocol(&req.source, breach)));
             }
             attributes
         }
         Ok(Ok(DataReply::Error(e))) => {
             return Err(Stop::Fatal(TransferError::Source { from: req.source.clone(), error: e }));
         }
-        Ok(Ok(other)) => return Err(Stop::Fatal(protocol(format!("expected FetchReady, got {other:?}")))),
+        Ok(Ok(other)) => return Err(Stop::Fatal(protocol(&req.source, unexpected("FetchReady", &other)))),
     };
     match source_attrs {
         Some(before) if before.size != attrs.size || before.checksum != attrs.checksum => {
@@ -691,7 +689,7 @@ async fn receive_small(
         match next_frame(conn, entry, req, no_progress).await? {
             Frame::Data(chunk) => {
                 if bytes.len() + chunk.len() > attrs.size as usize {
-                    return Err(Stop::Fatal(protocol(format!("{} sent more than {} bytes", req.source, attrs.size))));
+                    return Err(Stop::Fatal(protocol(&req.source, Breach::TooMuchData { size: attrs.size })));
                 }
                 bytes.extend_from_slice(&chunk);
                 entry.done.store(bytes.len() as u64, Ordering::Relaxed);
@@ -803,7 +801,7 @@ fn end_of_data(entry: &TransferEntry, req: &PullRequest, body: &[u8]) -> Result<
     match decode::<DataReply>(body) {
         Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => Ok(()),
         Ok(DataReply::Error(e)) => Err(Stop::Fatal(TransferError::Source { from: req.source.clone(), error: e })),
-        Ok(other) => Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
+        Ok(other) => Err(Stop::Fatal(protocol(&req.source, unexpected("data or FetchEnd", &other)))),
         Err(e) => Err(broken(req, e)),
     }
 }
@@ -812,8 +810,13 @@ pub(crate) fn stalled(no_progress: Duration, source: &PoolName) -> TransferError
     TransferError::Stalled { from: source.clone(), after: no_progress }
 }
 
-pub(crate) fn protocol(msg: String) -> TransferError {
-    TransferError::Protocol(msg)
+pub(crate) fn protocol(source: &PoolName, breach: Breach) -> TransferError {
+    TransferError::Protocol { from: source.clone(), breach }
+}
+
+/// A message from a source where `expected` belongs.
+pub(crate) fn unexpected(expected: &str, got: &DataReply) -> Breach {
+    Breach::Unexpected { expected: expected.to_string(), got: format!("{got:?}") }
 }
 
 /// The source side of one transfer, on a data connection whose request was
@@ -1002,8 +1005,11 @@ where
     W: AsyncWrite + Unpin,
 {
     if items.len() > MAX_SMALL_ITEMS {
-        let e = protocol(format!("a FetchSmall carries at most {MAX_SMALL_ITEMS} items, not {}", items.len()));
-        writer.send(&DataReply::Error(e.into())).await?;
+        let e = RemoteError::new(
+            ErrorCode::Protocol,
+            format!("a FetchSmall carries at most {MAX_SMALL_ITEMS} items, not {}", items.len()),
+        );
+        writer.send(&DataReply::Error(e)).await?;
         return Err(WireError::Unexpected { expected: "a FetchSmall within its limits", got: "too many items" });
     }
     let _pass = tokio::select! {

@@ -31,7 +31,8 @@ use tidepool_p2p::model::FileAttributes;
 use tokio::sync::oneshot;
 
 use crate::transfer::{
-    PullRequest, RESUMES, TransferEntry, TransferError, Transfers, cancelled, connection_broke, protocol, stalled,
+    Breach, PullRequest, RESUMES, TransferEntry, TransferError, Transfers, cancelled, connection_broke, protocol,
+    stalled, unexpected,
 };
 
 /// Exchanges under way per source at once.
@@ -263,7 +264,7 @@ async fn ask(
     let broken = |e: WireError| Stop::Broken(connection_broke(source, e));
     let no_progress = transfers.no_progress();
     let stalled = || Stop::Fatal(stalled(no_progress, source));
-    let protocol = |msg: String| Stop::Fatal(protocol(format!("source {source}: {msg}")));
+    let protocol = |breach: Breach| Stop::Fatal(protocol(source, breach));
     // The next message or frame from the source, within `no_progress`, or why not.
     macro_rules! next {
         ($what:expr) => {
@@ -290,20 +291,20 @@ async fn ask(
     while let Some((transfer, pnfsid)) = pending.front().map(|w| (w.item.transfer, w.item.pnfsid)) {
         let outcome = match next!(conn.recv::<DataReply>()) {
             DataReply::SmallItem { transfer: t, outcome } if t == transfer => outcome,
-            other => return Err(protocol(format!("expected the answer for transfer {transfer}, got {other:?}"))),
+            other => return Err(protocol(unexpected(&format!("the answer for transfer {transfer}"), &other))),
         };
         let data = match &outcome {
             SmallOutcome::Sent(attrs) if attrs.pnfsid != pnfsid => {
-                return Err(protocol(format!("answered for {} when asked for {pnfsid}", attrs.pnfsid)));
+                return Err(protocol(Breach::WrongReplica { asked: pnfsid, answered: attrs.pnfsid }));
             }
             SmallOutcome::Sent(attrs) => match next!(conn.next_frame()) {
                 Frame::Data(bytes) if bytes.len() as u64 == attrs.size => Some(bytes),
-                _ => return Err(protocol(format!("the data of {pnfsid} is not one frame of {} bytes", attrs.size))),
+                _ => return Err(protocol(Breach::NotOneFrame { pnfsid, size: attrs.size })),
             },
             // Only a batch that has sent something may put the rest off; otherwise nothing
             // would ever come.
             SmallOutcome::Later if !sent_any => {
-                return Err(protocol(format!("put off {pnfsid} without sending anything first")));
+                return Err(protocol(Breach::PutOffFirst { pnfsid }));
             }
             _ => None,
         };
@@ -326,6 +327,6 @@ async fn ask(
     }
     match next!(conn.recv::<DataReply>()) {
         DataReply::FetchSmallEnd => Ok(()),
-        other => Err(protocol(format!("expected the end of the batch, got {other:?}"))),
+        other => Err(protocol(unexpected("the end of the batch", &other))),
     }
 }

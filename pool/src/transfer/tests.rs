@@ -10,7 +10,7 @@ use tidepool_p2p::model::{ChecksumWriter, FileAttributes, NEVER, PoolMode, Repli
 use tidepool_p2p::{ErrorCode, PnfsId, RemoteError};
 use tokio::net::TcpListener;
 
-use super::{PullRequest, TransferError, TransferSettings};
+use super::{Breach, PullRequest, TransferError, TransferSettings};
 use crate::admin::exec;
 use crate::daemon::{Daemon, Settings};
 use crate::node::Node;
@@ -589,25 +589,35 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         access_time: 0,
     };
     type Script = fn(&tidepool_p2p::message::SmallFetch, &dyn Fn(PnfsId, u64) -> FileAttributes) -> Vec<FakeReply>;
-    let cases: [(&str, Script); 3] = [
-        ("answered for", |item, attrs| {
-            let other = PnfsId::from_random([8; 16]);
-            let sent = SmallOutcome::Sent(attrs(other, 10));
-            vec![
-                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
-                FakeReply::Data(vec![1; 10]),
-            ]
-        }),
-        ("without sending anything first", |item, _| {
-            vec![FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: SmallOutcome::Later })]
-        }),
-        ("is not one frame of 10 bytes", |item, attrs| {
-            let sent = SmallOutcome::Sent(attrs(item.pnfsid, 10));
-            vec![
-                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
-                FakeReply::Data(vec![1; 9]),
-            ]
-        }),
+    type Expected = fn(&Breach) -> bool;
+    let cases: [(Expected, Script); 3] = [
+        (
+            |b| matches!(b, Breach::WrongReplica { .. }),
+            |item, attrs| {
+                let other = PnfsId::from_random([8; 16]);
+                let sent = SmallOutcome::Sent(attrs(other, 10));
+                vec![
+                    FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                    FakeReply::Data(vec![1; 10]),
+                ]
+            },
+        ),
+        (
+            |b| matches!(b, Breach::PutOffFirst { .. }),
+            |item, _| {
+                vec![FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: SmallOutcome::Later })]
+            },
+        ),
+        (
+            |b| matches!(b, Breach::NotOneFrame { size: 10, .. }),
+            |item, attrs| {
+                let sent = SmallOutcome::Sent(attrs(item.pnfsid, 10));
+                vec![
+                    FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                    FakeReply::Data(vec![1; 9]),
+                ]
+            },
+        ),
     ];
     for (expected, script) in cases {
         let (c, mut fakes) =
@@ -616,8 +626,8 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         let source = tokio::spawn(fake_source(fakes.remove(0), c.key.clone(), move |items| script(&items[0], &attrs)));
         let id = PnfsId::from_random([4; 16]);
         let err = fetch(target, id, "pool1").await.unwrap_err();
-        // The message names the rule the source broke (docs/troubleshooting.md).
-        assert!(matches!(&err, TransferError::Protocol(why) if why.contains(expected)), "{expected}: {err:?}");
+        assert!(matches!(&err, TransferError::Protocol { breach, .. } if expected(breach)), "{err:?}");
+        assert_eq!(RemoteError::from(&err).code(), Some(ErrorCode::Protocol));
         nothing_of(target, id);
         assert!(target.pool.repo.get(&PnfsId::from_random([8; 16])).unwrap().is_none());
         c.stop().await;
