@@ -1133,7 +1133,9 @@ impl<W: World> Cx<'_, W> {
                     snapshot,
                 }]));
             }
-            Outcome::Failed { permanent, mut error } => {
+            Outcome::Failed { permanent, error } => {
+                // As `migration info` lists it: dCache's text, with the code.
+                let mut error = RemoteError::from(&error);
                 self.s.running.remove(&id);
                 self.unlock(&id);
                 // No target could take it: the operator sees which targets were out, and why.
