@@ -186,7 +186,7 @@ pub enum Outcome {
     /// Retry later (`permanent: false`) or drop the file.
     Failed {
         permanent: bool,
-        error: Failure,
+        error: TaskFailure,
     },
     Cancelled,
 }
@@ -194,7 +194,7 @@ pub enum Outcome {
 /// Why a task failed. Its `Display` is dCache's text for it (the one place that text is made);
 /// a target's answer is kept as it came, with the target's code.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub enum TaskFailure {
     /// The target refused the copy request.
     Refused { target: PoolName, error: RemoteError },
     /// The target stopped answering (or never answered) about the attempt.
@@ -206,13 +206,13 @@ pub enum Failure {
     /// A holder could not bring its replica up to date (a failed `-verify`, `LOCKED`, ...).
     Holder { target: PoolName, error: RemoteError },
     /// No target is left for a new copy; `holder` is why the last holder failed, if one did.
-    NoTarget { reason: NoTarget, holder: Option<Box<Failure>> },
+    NoTarget { reason: NoTarget, holder: Option<Box<TaskFailure>> },
     /// The target reported that its copy failed; `last`: it will not be retried (the source
     /// is gone).
     Transfer { target: PoolName, error: RemoteError, last: bool },
 }
 
-impl Failure {
+impl TaskFailure {
     /// The stable code an operator sees with it (docs/errors.md), if it is one of ours (a
     /// target's answer keeps the target's code).
     pub fn code(&self) -> Option<ErrorCode> {
@@ -222,32 +222,34 @@ impl Failure {
     /// The code's number, as it crosses the wire.
     fn number(&self) -> u32 {
         match self {
-            Failure::Refused { error, .. } | Failure::Holder { error, .. } | Failure::Transfer { error, .. } => {
-                error.code
-            }
-            Failure::NoResponse { .. } => ErrorCode::Timeout.as_u32(),
-            Failure::NotReachable { .. } => ErrorCode::Offline.as_u32(),
-            Failure::TooFewReplicas { .. } => ErrorCode::FileNotFound.as_u32(),
-            Failure::NoTarget { holder: Some(h), .. } => h.number(),
-            Failure::NoTarget { holder: None, .. } => ErrorCode::Offline.as_u32(),
+            TaskFailure::Refused { error, .. }
+            | TaskFailure::Holder { error, .. }
+            | TaskFailure::Transfer { error, .. } => error.code,
+            TaskFailure::NoResponse { .. } => ErrorCode::Timeout.as_u32(),
+            TaskFailure::NotReachable { .. } => ErrorCode::Offline.as_u32(),
+            TaskFailure::TooFewReplicas { .. } => ErrorCode::FileNotFound.as_u32(),
+            TaskFailure::NoTarget { holder: Some(h), .. } => h.number(),
+            TaskFailure::NoTarget { holder: None, .. } => ErrorCode::Offline.as_u32(),
         }
     }
 }
 
-impl fmt::Display for Failure {
+impl fmt::Display for TaskFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Refused { target, error } => write!(f, "Pool {target} failed ({})", error.message),
-            Failure::NoResponse { target } => write!(f, "Pool {target} failed (no response)"),
-            Failure::NotReachable { target } => write!(f, "Pool {target} failed (not reachable)"),
-            Failure::TooFewReplicas { have: 0, .. } => f.write_str("File skipped because it has no existing replicas"),
-            Failure::TooFewReplicas { have, wanted } => {
+            TaskFailure::Refused { target, error } => write!(f, "Pool {target} failed ({})", error.message),
+            TaskFailure::NoResponse { target } => write!(f, "Pool {target} failed (no response)"),
+            TaskFailure::NotReachable { target } => write!(f, "Pool {target} failed (not reachable)"),
+            TaskFailure::TooFewReplicas { have: 0, .. } => {
+                f.write_str("File skipped because it has no existing replicas")
+            }
+            TaskFailure::TooFewReplicas { have, wanted } => {
                 write!(f, "File skipped because it does not have enough existing replicas ({have} of {wanted})")
             }
-            Failure::Holder { target, error } => write!(f, "Replica on {target} failed ({})", error.message),
-            Failure::NoTarget { reason, holder: Some(h) } => write!(f, "{h}; no other target: {reason}"),
-            Failure::NoTarget { reason, holder: None } => write!(f, "No targets available: {reason}"),
-            Failure::Transfer { target, error, last } => {
+            TaskFailure::Holder { target, error } => write!(f, "Replica on {target} failed ({})", error.message),
+            TaskFailure::NoTarget { reason, holder: Some(h) } => write!(f, "{h}; no other target: {reason}"),
+            TaskFailure::NoTarget { reason, holder: None } => write!(f, "No targets available: {reason}"),
+            TaskFailure::Transfer { target, error, last } => {
                 write!(f, "Transfer to {target} failed ({})", error.message)?;
                 if *last { f.write_str("; will not be retried") } else { Ok(()) }
             }
@@ -256,8 +258,8 @@ impl fmt::Display for Failure {
 }
 
 /// How a failure is listed (`migration info`) and crosses the wire: its code and dCache's text.
-impl From<&Failure> for RemoteError {
-    fn from(e: &Failure) -> Self {
+impl From<&TaskFailure> for RemoteError {
+    fn from(e: &TaskFailure) -> Self {
         RemoteError { code: e.number(), message: e.to_string() }
     }
 }
@@ -323,7 +325,7 @@ pub struct Task {
     silent_holder: Option<PoolName>,
     /// Why the last holder could not bring its replica up to date (a failed `-verify`, ...):
     /// the reason a task that finds no other target reports.
-    holder_error: Option<Failure>,
+    holder_error: Option<TaskFailure>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -461,7 +463,7 @@ impl Task {
             (UpdatingExistingFile, TaskEvent::CopyRefused { error, .. }) => self.holder_failed(error, select, &mut fx),
             (InitiatingCopy, TaskEvent::CopyRefused { error, .. }) => {
                 let target = self.target_name();
-                self.fail(false, Failure::Refused { target, error }, &mut fx)
+                self.fail(false, TaskFailure::Refused { target, error }, &mut fx)
             }
             (UpdatingExistingFile, TaskEvent::CopyUnanswered { how, .. }) => {
                 let target = self.target_name();
@@ -475,12 +477,12 @@ impl Task {
                 } else if self.plan.eager && !self.plan.meta_only {
                     self.initiate(select, &mut fx);
                 } else {
-                    self.fail(false, Failure::NoResponse { target }, &mut fx);
+                    self.fail(false, TaskFailure::NoResponse { target }, &mut fx);
                 }
             }
             (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. }) => {
                 let target = self.target_name();
-                self.fail(false, Failure::NotReachable { target }, &mut fx)
+                self.fail(false, TaskFailure::NotReachable { target }, &mut fx)
             }
             (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NoAnswer, .. }) => {
                 // The request may have arrived: tell the target to drop it, and wait for a
@@ -514,7 +516,7 @@ impl Task {
             (NoResponse, TaskEvent::PingUnanswered { .. })
             | (WaitingForCopyFinishedMessage, TaskEvent::Timer { .. }) => {
                 let target = self.target_name();
-                self.fail(false, Failure::NoResponse { target }, &mut fx)
+                self.fail(false, TaskFailure::NoResponse { target }, &mut fx)
             }
             (
                 UpdatingExistingFile | InitiatingCopy | Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage,
@@ -580,7 +582,7 @@ impl Task {
         } else if !self.plan.meta_only {
             self.initiate(select, fx);
         } else {
-            let failure = Failure::TooFewReplicas { have: self.replicas.len(), wanted: self.plan.replicas };
+            let failure = TaskFailure::TooFewReplicas { have: self.replicas.len(), wanted: self.plan.replicas };
             self.fail(true, failure, fx);
         }
     }
@@ -613,7 +615,7 @@ impl Task {
                 self.current = None;
                 // What the operator must see is why the holder failed, not only that no other
                 // pool was left.
-                let error = Failure::NoTarget { reason, holder: self.holder_error.take().map(Box::new) };
+                let error = TaskFailure::NoTarget { reason, holder: self.holder_error.take().map(Box::new) };
                 self.fail(false, error, fx);
             }
         }
@@ -623,17 +625,17 @@ impl Task {
     fn holder_failed(&mut self, error: RemoteError, select: Selector<'_>, fx: &mut Vec<Effect>) {
         let target = self.target_name();
         self.tried.insert(target.clone());
-        self.holder_error = Some(Failure::Holder { target: target.clone(), error: error.clone() });
+        self.holder_error = Some(TaskFailure::Holder { target: target.clone(), error: error.clone() });
         if !self.locations.is_empty() {
             self.update_next(fx);
         } else if let Some(silent) = self.silent_holder.clone().filter(|_| !self.plan.eager) {
             // A holder that did not answer may well still hold the file: a non-eager job
             // waits for it rather than make a copy that may be one too many.
-            self.fail(false, Failure::NoResponse { target: silent }, fx);
+            self.fail(false, TaskFailure::NoResponse { target: silent }, fx);
         } else if !self.plan.meta_only {
             self.initiate(select, fx);
         } else {
-            self.fail(false, Failure::Transfer { target, error, last: false }, fx);
+            self.fail(false, TaskFailure::Transfer { target, error, last: false }, fx);
         }
     }
 
@@ -658,16 +660,16 @@ impl Task {
                 self.next(select, fx);
             }
             Err(e) if e.code() == Some(ErrorCode::FileNotFound) && !existing => {
-                self.fail(true, Failure::Transfer { target, error: e, last: true }, fx)
+                self.fail(true, TaskFailure::Transfer { target, error: e, last: true }, fx)
             }
             // An existing replica that cannot be brought up to date (locked, corrupt, busy):
             // try another holder or a new copy rather than this one again.
             Err(e) if existing => self.holder_failed(e, select, fx),
-            Err(e) => self.fail(false, Failure::Transfer { target, error: e, last: false }, fx),
+            Err(e) => self.fail(false, TaskFailure::Transfer { target, error: e, last: false }, fx),
         }
     }
 
-    fn fail(&mut self, permanent: bool, error: Failure, fx: &mut Vec<Effect>) {
+    fn fail(&mut self, permanent: bool, error: TaskFailure, fx: &mut Vec<Effect>) {
         self.finish(Outcome::Failed { permanent, error }, fx);
     }
 
@@ -737,54 +739,55 @@ mod tests {
         Effect::Finish(Outcome::Done { replicas: pools.iter().map(|p| pool(*p)).collect() })
     }
 
-    fn transient(want: Failure) -> impl Fn(&Effect) -> bool {
+    fn transient(want: TaskFailure) -> impl Fn(&Effect) -> bool {
         move |e| matches!(e, Effect::Finish(Outcome::Failed { permanent: false, error }) if *error == want)
     }
 
-    fn no_response(target: u32) -> Failure {
-        Failure::NoResponse { target: pool(target) }
+    fn no_response(target: u32) -> TaskFailure {
+        TaskFailure::NoResponse { target: pool(target) }
     }
 
     #[test]
     fn each_failure_is_shown_in_dcache_words_with_its_code() {
         let boom = RemoteError::new(ErrorCode::PoolFull, "boom");
-        let holder = Failure::Holder { target: pool(2), error: RemoteError::new(ErrorCode::ChecksumMismatch, "bad") };
-        let table: Vec<(Failure, &str, ErrorCode)> = vec![
+        let holder =
+            TaskFailure::Holder { target: pool(2), error: RemoteError::new(ErrorCode::ChecksumMismatch, "bad") };
+        let table: Vec<(TaskFailure, &str, ErrorCode)> = vec![
             (
-                Failure::Refused { target: pool(1), error: boom.clone() },
+                TaskFailure::Refused { target: pool(1), error: boom.clone() },
                 "Pool pool1 failed (boom)",
                 ErrorCode::PoolFull,
             ),
             (no_response(1), "Pool pool1 failed (no response)", ErrorCode::Timeout),
-            (Failure::NotReachable { target: pool(1) }, "Pool pool1 failed (not reachable)", ErrorCode::Offline),
+            (TaskFailure::NotReachable { target: pool(1) }, "Pool pool1 failed (not reachable)", ErrorCode::Offline),
             (
-                Failure::TooFewReplicas { have: 0, wanted: 1 },
+                TaskFailure::TooFewReplicas { have: 0, wanted: 1 },
                 "File skipped because it has no existing replicas",
                 ErrorCode::FileNotFound,
             ),
             (
-                Failure::TooFewReplicas { have: 1, wanted: 2 },
+                TaskFailure::TooFewReplicas { have: 1, wanted: 2 },
                 "File skipped because it does not have enough existing replicas (1 of 2)",
                 ErrorCode::FileNotFound,
             ),
             (holder.clone(), "Replica on pool2 failed (bad)", ErrorCode::ChecksumMismatch),
             (
-                Failure::NoTarget { reason: NoTarget::AllFull, holder: None },
+                TaskFailure::NoTarget { reason: NoTarget::AllFull, holder: None },
                 "No targets available: All target pools are full.",
                 ErrorCode::Offline,
             ),
             (
-                Failure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) },
+                TaskFailure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) },
                 "Replica on pool2 failed (bad); no other target: No pools available.",
                 ErrorCode::ChecksumMismatch,
             ),
             (
-                Failure::Transfer { target: pool(1), error: boom.clone(), last: false },
+                TaskFailure::Transfer { target: pool(1), error: boom.clone(), last: false },
                 "Transfer to pool1 failed (boom)",
                 ErrorCode::PoolFull,
             ),
             (
-                Failure::Transfer { target: pool(1), error: boom, last: true },
+                TaskFailure::Transfer { target: pool(1), error: boom, last: true },
                 "Transfer to pool1 failed (boom); will not be retried",
                 ErrorCode::PoolFull,
             ),
@@ -961,7 +964,7 @@ mod tests {
         task.step(TaskEvent::Start, &first_free);
         let fx = task.step(TaskEvent::Located { holders: vec![] }, &first_free);
         assert!(matches!(&fx[..], [Effect::Finish(Outcome::Failed { permanent: true, error })]
-            if *error == Failure::TooFewReplicas { have: 0, wanted: 1 }));
+            if *error == TaskFailure::TooFewReplicas { have: 0, wanted: 1 }));
     }
 
     #[test]
@@ -977,7 +980,10 @@ mod tests {
         task.step(TaskEvent::Located { holders: vec![] }, &first_free);
         let fx = task.step(failed(A1, 1, ErrorCode::PoolFull), &first_free);
         let boom = RemoteError::new(ErrorCode::PoolFull, "boom");
-        assert!(fx.iter().any(transient(Failure::Transfer { target: pool(1), error: boom, last: false })), "{fx:?}");
+        assert!(
+            fx.iter().any(transient(TaskFailure::Transfer { target: pool(1), error: boom, last: false })),
+            "{fx:?}"
+        );
         assert!(
             matches!(&fx[..], [Effect::Finish(Outcome::Failed { error, .. })] if error.code() == Some(ErrorCode::PoolFull))
         );
@@ -1013,7 +1019,7 @@ mod tests {
         let mut task = Task::new(plan(1, false, false, false), 1000);
         task.step(TaskEvent::Start, &none);
         let fx = task.step(TaskEvent::Located { holders: vec![] }, &none);
-        let want = Failure::NoTarget { reason: NoTarget::AllFull, holder: None };
+        let want = TaskFailure::NoTarget { reason: NoTarget::AllFull, holder: None };
         assert!(fx.iter().any(transient(want)), "{fx:?}");
     }
 
@@ -1140,8 +1146,8 @@ mod tests {
         assert_eq!(task.state(), TaskState::Failed);
         match fx.as_slice() {
             [Effect::Finish(Outcome::Failed { permanent: false, error })] => {
-                let holder = Failure::Holder { target: pool(2), error: damaged.clone() };
-                assert_eq!(error, &Failure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) });
+                let holder = TaskFailure::Holder { target: pool(2), error: damaged.clone() };
+                assert_eq!(error, &TaskFailure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) });
                 assert_eq!(error.code(), Some(ErrorCode::ChecksumMismatch));
             }
             other => panic!("{other:?}"),
@@ -1246,7 +1252,7 @@ mod tests {
                     failed(A2, 1, ErrorCode::Io),
                     vec![Effect::Finish(Outcome::Failed {
                         permanent: false,
-                        error: Failure::Transfer {
+                        error: TaskFailure::Transfer {
                             target: pool(1),
                             error: RemoteError::new(ErrorCode::Io, "boom"),
                             last: false,
