@@ -42,7 +42,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, ClusterView, Pool, now_ms};
-use crate::repository::{Change, ChangeKind, Replica, RepoError, Repository};
+use crate::repository::{Change, ChangeKind, Protection, Replica, RepoError, Repository};
 use crate::transfer::{self, Transfers};
 
 /// How long a request waits for its reply (writing it included) before it counts as
@@ -175,7 +175,7 @@ impl Env for PoolEnv {
             let item = &items[at];
             kept[at] = source_removal(r.state, &r.sticky, item.moved, item.snapshot, &prefix, now);
             match kept[at] {
-                Some(_) => Err(RepoError::Protected(format!("file {} changed or is pinned", item.id))),
+                Some(_) => Err(RepoError::Protected { id: *item.id, why: Protection::Changed }),
                 None => Ok(()),
             }
         });
@@ -184,7 +184,7 @@ impl Env for PoolEnv {
             .zip(kept)
             .map(|(result, kept)| match (result, kept) {
                 (Ok(()), _) => Ok(SourceRemoval::Removed),
-                (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
+                (Err(RepoError::Protected { .. }), Some(verdict)) => Ok(verdict),
                 (Err(e), _) => Err(e.into()),
             })
             .collect();
