@@ -40,7 +40,7 @@ use crate::ledger::{Fate, Placed};
 use crate::mode::SourceState;
 use crate::queue::{AfterFailure, Backoff, Queue, Removal};
 use crate::rate::{ByteRate, RateLimit};
-use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, SaveMark, TaskLine};
+use crate::report::{self, FailureLine, FailureState, JobReport, NoteLine, Noted, SaveMark, TaskLine};
 use crate::safety;
 use crate::select::{self, NoTarget, PoolInfo, SplitMix};
 use crate::targets::{self, Cluster, pool_value};

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 
 use chrono::TimeZone;
 use serde::Serialize;
+use tidepool_p2p::PoolName;
 use tidepool_p2p::model::EpochMillis;
 
 use crate::job_state::JobState;
+use crate::task::TaskFailure;
 
 /// `[<id>] <STATE padded to 12> <command>`.
 pub fn summary_line(id: &str, state: JobState, command: &str) -> String {
@@ -91,6 +93,27 @@ pub struct NoteLine {
     pub task: u64,
     pub pnfsid: Option<String>,
     pub message: String,
+    /// What the note is about, for code that acts on it; `message` says it to the operator.
+    #[serde(skip)]
+    pub about: Noted,
+}
+
+/// What a note of a job is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Noted {
+    /// A file the job wants is locked by another job of this pool.
+    FileLocked,
+    /// A file's task failed.
+    Failed(Box<TaskFailure>),
+    /// A file's source changed while it was copied: it goes round again.
+    SourceChanged,
+    /// A target restarted: the copies it was making are tried again.
+    TargetRestarted(PoolName),
+    /// A copy request could not be delivered to a target: no new copies go there for now.
+    TargetUnreachable(PoolName),
+    /// Anything else: the message says what.
+    #[default]
+    Other,
 }
 
 /// What became of a file after its last failed try (`migration info -failed`).
@@ -430,7 +453,13 @@ mod tests {
             size: 100,
             state: FailureState::Waiting,
         }];
-        r.notes = vec![NoteLine { at: 0, task: 0, pnfsid: Some("0000A3".into()), message: "File is locked".into() }];
+        r.notes = vec![NoteLine {
+            at: 0,
+            task: 0,
+            pnfsid: Some("0000A3".into()),
+            message: "File is locked".into(),
+            about: Noted::FileLocked,
+        }];
         let text = r.render();
         assert!(
             text.contains("Concurrency: 2\nRate limit : unlimited\nRate       : 12.3 MB/s\nETA        : 1:02:05\n"),

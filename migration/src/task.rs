@@ -186,9 +186,82 @@ pub enum Outcome {
     /// Retry later (`permanent: false`) or drop the file.
     Failed {
         permanent: bool,
-        error: RemoteError,
+        error: TaskFailure,
     },
     Cancelled,
+}
+
+/// Why a task failed. Its `Display` is dCache's text for it (the one place that text is made);
+/// a target's answer is kept as it came, with the target's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskFailure {
+    /// The target refused the copy request.
+    Refused { target: PoolName, error: RemoteError },
+    /// The target stopped answering (or never answered) about the attempt.
+    NoResponse { target: PoolName },
+    /// The copy request could not be delivered to the target.
+    NotReachable { target: PoolName },
+    /// A meta-only job (`-meta-only`) finds fewer holders than it wants replicas.
+    TooFewReplicas { have: usize, wanted: usize },
+    /// A holder could not bring its replica up to date (a failed `-verify`, `LOCKED`, ...).
+    Holder { target: PoolName, error: RemoteError },
+    /// No target is left for a new copy; `holder` is why the last holder failed, if one did.
+    NoTarget { reason: NoTarget, holder: Option<Box<TaskFailure>> },
+    /// The target reported that its copy failed; `last`: it will not be retried (the source
+    /// is gone).
+    Transfer { target: PoolName, error: RemoteError, last: bool },
+}
+
+impl TaskFailure {
+    /// The stable code an operator sees with it (docs/errors.md), if it is one of ours (a
+    /// target's answer keeps the target's code).
+    pub fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u32(self.number())
+    }
+
+    /// The code's number, as it crosses the wire.
+    fn number(&self) -> u32 {
+        match self {
+            TaskFailure::Refused { error, .. }
+            | TaskFailure::Holder { error, .. }
+            | TaskFailure::Transfer { error, .. } => error.code,
+            TaskFailure::NoResponse { .. } => ErrorCode::Timeout.as_u32(),
+            TaskFailure::NotReachable { .. } => ErrorCode::Offline.as_u32(),
+            TaskFailure::TooFewReplicas { .. } => ErrorCode::FileNotFound.as_u32(),
+            TaskFailure::NoTarget { holder: Some(h), .. } => h.number(),
+            TaskFailure::NoTarget { holder: None, .. } => ErrorCode::Offline.as_u32(),
+        }
+    }
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskFailure::Refused { target, error } => write!(f, "Pool {target} failed ({})", error.message),
+            TaskFailure::NoResponse { target } => write!(f, "Pool {target} failed (no response)"),
+            TaskFailure::NotReachable { target } => write!(f, "Pool {target} failed (not reachable)"),
+            TaskFailure::TooFewReplicas { have: 0, .. } => {
+                f.write_str("File skipped because it has no existing replicas")
+            }
+            TaskFailure::TooFewReplicas { have, wanted } => {
+                write!(f, "File skipped because it does not have enough existing replicas ({have} of {wanted})")
+            }
+            TaskFailure::Holder { target, error } => write!(f, "Replica on {target} failed ({})", error.message),
+            TaskFailure::NoTarget { reason, holder: Some(h) } => write!(f, "{h}; no other target: {reason}"),
+            TaskFailure::NoTarget { reason, holder: None } => write!(f, "No targets available: {reason}"),
+            TaskFailure::Transfer { target, error, last } => {
+                write!(f, "Transfer to {target} failed ({})", error.message)?;
+                if *last { f.write_str("; will not be retried") } else { Ok(()) }
+            }
+        }
+    }
+}
+
+/// How a failure is listed (`migration info`) and crosses the wire: its code and dCache's text.
+impl From<&TaskFailure> for RemoteError {
+    fn from(e: &TaskFailure) -> Self {
+        RemoteError { code: e.number(), message: e.to_string() }
+    }
 }
 
 /// The task's fixed parameters.
@@ -252,7 +325,7 @@ pub struct Task {
     silent_holder: Option<PoolName>,
     /// Why the last holder could not bring its replica up to date (a failed `-verify`, ...):
     /// the reason a task that finds no other target reports.
-    holder_error: Option<RemoteError>,
+    holder_error: Option<TaskFailure>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,10 +339,6 @@ struct Attempt {
 
 /// Chooses a pool for a new copy, never one of `exclude`.
 pub type Selector<'a> = &'a dyn Fn(&BTreeSet<PoolName>) -> Result<PoolName, NoTarget>;
-
-fn err(code: ErrorCode, msg: impl Into<String>) -> RemoteError {
-    RemoteError::new(code, msg)
-}
 
 impl Task {
     /// A task whose attempt ids are `attempt_base + 1, + 2, ...` (unique within the pool).
@@ -394,7 +463,7 @@ impl Task {
             (UpdatingExistingFile, TaskEvent::CopyRefused { error, .. }) => self.holder_failed(error, select, &mut fx),
             (InitiatingCopy, TaskEvent::CopyRefused { error, .. }) => {
                 let target = self.target_name();
-                self.fail(false, err_code(&error, format!("Pool {target} failed ({})", error.message)), &mut fx)
+                self.fail(false, TaskFailure::Refused { target, error }, &mut fx)
             }
             (UpdatingExistingFile, TaskEvent::CopyUnanswered { how, .. }) => {
                 let target = self.target_name();
@@ -408,12 +477,12 @@ impl Task {
                 } else if self.plan.eager && !self.plan.meta_only {
                     self.initiate(select, &mut fx);
                 } else {
-                    self.fail(false, err(ErrorCode::Timeout, format!("Pool {target} failed (no response)")), &mut fx);
+                    self.fail(false, TaskFailure::NoResponse { target }, &mut fx);
                 }
             }
             (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NotDelivered, .. }) => {
                 let target = self.target_name();
-                self.fail(false, err(ErrorCode::Offline, format!("Pool {target} failed (not reachable)")), &mut fx)
+                self.fail(false, TaskFailure::NotReachable { target }, &mut fx)
             }
             (InitiatingCopy, TaskEvent::CopyUnanswered { how: Unanswered::NoAnswer, .. }) => {
                 // The request may have arrived: tell the target to drop it, and wait for a
@@ -447,7 +516,7 @@ impl Task {
             (NoResponse, TaskEvent::PingUnanswered { .. })
             | (WaitingForCopyFinishedMessage, TaskEvent::Timer { .. }) => {
                 let target = self.target_name();
-                self.fail(false, err(ErrorCode::Timeout, format!("Pool {target} failed (no response)")), &mut fx)
+                self.fail(false, TaskFailure::NoResponse { target }, &mut fx)
             }
             (
                 UpdatingExistingFile | InitiatingCopy | Copying | Pinging | NoResponse | WaitingForCopyFinishedMessage,
@@ -513,16 +582,8 @@ impl Task {
         } else if !self.plan.meta_only {
             self.initiate(select, fx);
         } else {
-            let have = self.replicas.len();
-            let msg = if have == 0 {
-                "File skipped because it has no existing replicas".to_string()
-            } else {
-                format!(
-                    "File skipped because it does not have enough existing replicas ({have} of {})",
-                    self.plan.replicas
-                )
-            };
-            self.fail(true, err(ErrorCode::FileNotFound, msg), fx);
+            let failure = TaskFailure::TooFewReplicas { have: self.replicas.len(), wanted: self.plan.replicas };
+            self.fail(true, failure, fx);
         }
     }
 
@@ -552,12 +613,9 @@ impl Task {
             }
             Err(reason) => {
                 self.current = None;
-                let error = match self.holder_error.take() {
-                    // What the operator must see is why the holder failed, not only that no
-                    // other pool was left.
-                    Some(e) => err_code(&e, format!("{}; no other target: {reason}", e.message)),
-                    None => err(ErrorCode::Offline, format!("No targets available: {reason}")),
-                };
+                // What the operator must see is why the holder failed, not only that no other
+                // pool was left.
+                let error = TaskFailure::NoTarget { reason, holder: self.holder_error.take().map(Box::new) };
                 self.fail(false, error, fx);
             }
         }
@@ -567,17 +625,17 @@ impl Task {
     fn holder_failed(&mut self, error: RemoteError, select: Selector<'_>, fx: &mut Vec<Effect>) {
         let target = self.target_name();
         self.tried.insert(target.clone());
-        self.holder_error = Some(err_code(&error, format!("Replica on {target} failed ({})", error.message)));
+        self.holder_error = Some(TaskFailure::Holder { target: target.clone(), error: error.clone() });
         if !self.locations.is_empty() {
             self.update_next(fx);
         } else if let Some(silent) = self.silent_holder.clone().filter(|_| !self.plan.eager) {
             // A holder that did not answer may well still hold the file: a non-eager job
             // waits for it rather than make a copy that may be one too many.
-            self.fail(false, err(ErrorCode::Timeout, format!("Pool {silent} failed (no response)")), fx);
+            self.fail(false, TaskFailure::NoResponse { target: silent }, fx);
         } else if !self.plan.meta_only {
             self.initiate(select, fx);
         } else {
-            self.fail(false, err_code(&error, format!("Transfer to {target} failed ({})", error.message)), fx);
+            self.fail(false, TaskFailure::Transfer { target, error, last: false }, fx);
         }
     }
 
@@ -601,19 +659,17 @@ impl Task {
                 self.current = None;
                 self.next(select, fx);
             }
-            Err(e) if e.code() == Some(ErrorCode::FileNotFound) && !existing => self.fail(
-                true,
-                err_code(&e, format!("Transfer to {target} failed ({}); will not be retried", e.message)),
-                fx,
-            ),
+            Err(e) if e.code() == Some(ErrorCode::FileNotFound) && !existing => {
+                self.fail(true, TaskFailure::Transfer { target, error: e, last: true }, fx)
+            }
             // An existing replica that cannot be brought up to date (locked, corrupt, busy):
             // try another holder or a new copy rather than this one again.
             Err(e) if existing => self.holder_failed(e, select, fx),
-            Err(e) => self.fail(false, err_code(&e, format!("Transfer to {target} failed ({})", e.message)), fx),
+            Err(e) => self.fail(false, TaskFailure::Transfer { target, error: e, last: false }, fx),
         }
     }
 
-    fn fail(&mut self, permanent: bool, error: RemoteError, fx: &mut Vec<Effect>) {
+    fn fail(&mut self, permanent: bool, error: TaskFailure, fx: &mut Vec<Effect>) {
         self.finish(Outcome::Failed { permanent, error }, fx);
     }
 
@@ -625,11 +681,6 @@ impl Task {
         };
         fx.push(Effect::Finish(outcome));
     }
-}
-
-/// An error with `e`'s code and a new message.
-fn err_code(e: &RemoteError, message: String) -> RemoteError {
-    RemoteError { code: e.code, message }
 }
 
 #[cfg(test)]
@@ -688,8 +739,62 @@ mod tests {
         Effect::Finish(Outcome::Done { replicas: pools.iter().map(|p| pool(*p)).collect() })
     }
 
-    fn transient(msg: &str) -> impl Fn(&Effect) -> bool + '_ {
-        move |e| matches!(e, Effect::Finish(Outcome::Failed { permanent: false, error }) if error.message.contains(msg))
+    fn transient(want: TaskFailure) -> impl Fn(&Effect) -> bool {
+        move |e| matches!(e, Effect::Finish(Outcome::Failed { permanent: false, error }) if *error == want)
+    }
+
+    fn no_response(target: u32) -> TaskFailure {
+        TaskFailure::NoResponse { target: pool(target) }
+    }
+
+    #[test]
+    fn each_failure_is_shown_in_dcache_words_with_its_code() {
+        let boom = RemoteError::new(ErrorCode::PoolFull, "boom");
+        let holder =
+            TaskFailure::Holder { target: pool(2), error: RemoteError::new(ErrorCode::ChecksumMismatch, "bad") };
+        let table: Vec<(TaskFailure, &str, ErrorCode)> = vec![
+            (
+                TaskFailure::Refused { target: pool(1), error: boom.clone() },
+                "Pool pool1 failed (boom)",
+                ErrorCode::PoolFull,
+            ),
+            (no_response(1), "Pool pool1 failed (no response)", ErrorCode::Timeout),
+            (TaskFailure::NotReachable { target: pool(1) }, "Pool pool1 failed (not reachable)", ErrorCode::Offline),
+            (
+                TaskFailure::TooFewReplicas { have: 0, wanted: 1 },
+                "File skipped because it has no existing replicas",
+                ErrorCode::FileNotFound,
+            ),
+            (
+                TaskFailure::TooFewReplicas { have: 1, wanted: 2 },
+                "File skipped because it does not have enough existing replicas (1 of 2)",
+                ErrorCode::FileNotFound,
+            ),
+            (holder.clone(), "Replica on pool2 failed (bad)", ErrorCode::ChecksumMismatch),
+            (
+                TaskFailure::NoTarget { reason: NoTarget::AllFull, holder: None },
+                "No targets available: All target pools are full.",
+                ErrorCode::Offline,
+            ),
+            (
+                TaskFailure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) },
+                "Replica on pool2 failed (bad); no other target: No pools available.",
+                ErrorCode::ChecksumMismatch,
+            ),
+            (
+                TaskFailure::Transfer { target: pool(1), error: boom.clone(), last: false },
+                "Transfer to pool1 failed (boom)",
+                ErrorCode::PoolFull,
+            ),
+            (
+                TaskFailure::Transfer { target: pool(1), error: boom, last: true },
+                "Transfer to pool1 failed (boom); will not be retried",
+                ErrorCode::PoolFull,
+            ),
+        ];
+        for (failure, text, code) in table {
+            assert_eq!(RemoteError::from(&failure), RemoteError::new(code, text));
+        }
     }
 
     #[test]
@@ -859,7 +964,7 @@ mod tests {
         task.step(TaskEvent::Start, &first_free);
         let fx = task.step(TaskEvent::Located { holders: vec![] }, &first_free);
         assert!(matches!(&fx[..], [Effect::Finish(Outcome::Failed { permanent: true, error })]
-            if error.message == "File skipped because it has no existing replicas"));
+            if *error == TaskFailure::TooFewReplicas { have: 0, wanted: 1 }));
     }
 
     #[test]
@@ -874,7 +979,11 @@ mod tests {
         task.step(TaskEvent::Start, &first_free);
         task.step(TaskEvent::Located { holders: vec![] }, &first_free);
         let fx = task.step(failed(A1, 1, ErrorCode::PoolFull), &first_free);
-        assert!(fx.iter().any(transient("Transfer to pool1 failed (boom)")), "{fx:?}");
+        let boom = RemoteError::new(ErrorCode::PoolFull, "boom");
+        assert!(
+            fx.iter().any(transient(TaskFailure::Transfer { target: pool(1), error: boom, last: false })),
+            "{fx:?}"
+        );
         assert!(
             matches!(&fx[..], [Effect::Finish(Outcome::Failed { error, .. })] if error.code() == Some(ErrorCode::PoolFull))
         );
@@ -910,7 +1019,8 @@ mod tests {
         let mut task = Task::new(plan(1, false, false, false), 1000);
         task.step(TaskEvent::Start, &none);
         let fx = task.step(TaskEvent::Located { holders: vec![] }, &none);
-        assert!(fx.iter().any(transient("No targets available: All target pools are full.")), "{fx:?}");
+        let want = TaskFailure::NoTarget { reason: NoTarget::AllFull, holder: None };
+        assert!(fx.iter().any(transient(want)), "{fx:?}");
     }
 
     #[test]
@@ -942,7 +1052,7 @@ mod tests {
         task.step(TaskEvent::Located { holders: vec![] }, &first_free);
         task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NoAnswer }, &first_free);
         let fx = task.step(TaskEvent::Timer { attempt: A1 }, &first_free);
-        assert!(fx.iter().any(transient("Pool pool1 failed (no response)")), "{fx:?}");
+        assert!(fx.iter().any(transient(no_response(1))), "{fx:?}");
     }
 
     #[test]
@@ -952,7 +1062,7 @@ mod tests {
         lazy.step(TaskEvent::Start, &first_free);
         lazy.step(TaskEvent::Located { holders: vec![pool(4)] }, &first_free);
         let fx = lazy.step(unanswered.clone(), &first_free);
-        assert!(fx.iter().any(transient("Pool pool4 failed (no response)")), "{fx:?}");
+        assert!(fx.iter().any(transient(no_response(4))), "{fx:?}");
 
         check(
             plan(1, true, false, false),
@@ -975,7 +1085,7 @@ mod tests {
         let fx = task.step(TaskEvent::CopyUnanswered { attempt: A1, how: Unanswered::NotDelivered }, &first_free);
         assert_eq!(fx, vec![copy(5, A2, true, false)]);
         let fx = task.step(TaskEvent::CopyRefused { attempt: A2, error: refused.clone() }, &first_free);
-        assert!(fx.iter().any(transient("Pool pool4 failed (no response)")), "{fx:?}");
+        assert!(fx.iter().any(transient(no_response(4))), "{fx:?}");
 
         // An eager job copies elsewhere.
         let mut task = Task::new(plan(1, true, false, false), 1000);
@@ -1005,7 +1115,7 @@ mod tests {
         // instead of pinging a dead target for ever.
         let fx = task.step(TaskEvent::PingUnanswered { attempt: A1 }, &first_free);
         assert_eq!(task.state(), TaskState::Failed);
-        assert!(fx.iter().any(transient("Pool pool1 failed (no response)")), "{fx:?}");
+        assert!(fx.iter().any(transient(no_response(1))), "{fx:?}");
 
         // A late answer to the second ping still counts.
         for (alive, state, timer_s) in
@@ -1036,9 +1146,9 @@ mod tests {
         assert_eq!(task.state(), TaskState::Failed);
         match fx.as_slice() {
             [Effect::Finish(Outcome::Failed { permanent: false, error })] => {
-                assert_eq!(error.code(), Some(ErrorCode::ChecksumMismatch), "{error:?}");
-                assert!(error.message.contains("Replica on pool2 failed"), "{}", error.message);
-                assert!(error.message.contains("marked BROKEN"), "{}", error.message);
+                let holder = TaskFailure::Holder { target: pool(2), error: damaged.clone() };
+                assert_eq!(error, &TaskFailure::NoTarget { reason: NoTarget::NoPools, holder: Some(Box::new(holder)) });
+                assert_eq!(error.code(), Some(ErrorCode::ChecksumMismatch));
             }
             other => panic!("{other:?}"),
         }
@@ -1142,7 +1252,11 @@ mod tests {
                     failed(A2, 1, ErrorCode::Io),
                     vec![Effect::Finish(Outcome::Failed {
                         permanent: false,
-                        error: RemoteError::new(ErrorCode::Io, "Transfer to pool1 failed (boom)"),
+                        error: TaskFailure::Transfer {
+                            target: pool(1),
+                            error: RemoteError::new(ErrorCode::Io, "boom"),
+                            last: false,
+                        },
                     })],
                 ),
             ],

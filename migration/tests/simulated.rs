@@ -12,6 +12,9 @@ use sim::{Faults, FileSpec, PIN_PREFIX, Sim, SimConfig, pool, run};
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::job_state::JobState;
 use tidepool_migration::plan::{Outcome, Reason};
+use tidepool_migration::report::{NoteLine, Noted};
+use tidepool_migration::select::NoTarget;
+use tidepool_migration::task::TaskFailure;
 use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyRecord};
 
@@ -1050,11 +1053,16 @@ fn full_target_move(seed: u64) -> (Sim, Vec<PnfsId>, Vec<PnfsId>, String) {
     (sim, filler, files, job)
 }
 
+/// A note that a file found every target full.
+fn all_full(note: &NoteLine) -> bool {
+    matches!(&note.about, Noted::Failed(f) if matches!(**f, TaskFailure::NoTarget { reason: NoTarget::AllFull, .. }))
+}
+
 /// Until the target holds 13 moved files and the job says why it waits.
 async fn wait_full(sim: &Sim, job: &str) {
     sim.wait_until(2 * HOUR, "the target to fill up", || {
         let report = sim.report("p1", job);
-        report.completed_files == 13 && report.notes.iter().any(|n| n.message.contains("All target pools are full"))
+        report.completed_files == 13 && report.notes.iter().any(all_full)
     })
     .await;
 }
@@ -1347,7 +1355,7 @@ fn one_file_of_a_batch_fails_alone() {
         let report = sim.report("p1", &job);
         // The broken file took three tries, each a file of its own after the first.
         assert!(report.attempts >= kept.len() as u64 + 2, "{report:?}");
-        let locked_noted = report.notes.iter().any(|n| n.message.contains("File is locked"));
+        let locked_noted = report.notes.iter().any(|n| n.about == Noted::FileLocked);
         assert!(locked_noted || sim.repo("p3").contains_key(&locked), "{report:?}");
     });
 }
@@ -1486,10 +1494,7 @@ fn a_job_asks_again_before_it_decides_that_no_target_has_room() {
         let took = start.elapsed();
         let report = sim.report("p1", &job);
         assert_eq!(report.completed_files, 20, "{report:?}");
-        assert!(
-            !report.notes.iter().any(|n| n.message.contains("All target pools are full")),
-            "decided on a stale view:\n{report:?}"
-        );
+        assert!(!report.notes.iter().any(all_full), "decided on a stale view:\n{report:?}");
         let failed = sim.module("p1").info_failed(&job).unwrap();
         assert!(!failed.contains("attempts="), "no file failed:\n{failed}");
         // Twenty copies of about two seconds each, one at a time, and a refresh round trip

@@ -220,12 +220,12 @@ where
                 auth.version
             );
             writer.send(&refuse(ErrorCode::Protocol, msg.clone())).await?;
-            return Err(WireError::Handshake(msg));
+            return Err(WireError::Handshake(RemoteError::new(ErrorCode::Protocol, msg)));
         }
         if auth.service != service {
             let msg = format!("this is the {service:?} endpoint of pool {pool}, not {:?}", auth.service);
             writer.send(&refuse(ErrorCode::Protocol, msg.clone())).await?;
-            return Err(WireError::Handshake(msg));
+            return Err(WireError::Handshake(RemoteError::new(ErrorCode::Protocol, msg)));
         }
         let proof = key.mac(&[
             b"client",
@@ -240,7 +240,7 @@ where
             let client = crate::error::truncate_echo(&auth.client, MAX_NAME_ECHO);
             let msg = format!("authentication failed: {client} does not hold the cluster key of pool {pool}");
             writer.send(&refuse(ErrorCode::AuthFailed, msg.clone())).await?;
-            return Err(WireError::Handshake(msg));
+            return Err(WireError::Handshake(RemoteError::new(ErrorCode::AuthFailed, msg)));
         }
         let features = offered.and(auth.features);
         let mac = key.mac(&[b"server", &auth.nonce, &nonce, &features.bytes()]).finalize().into_bytes().into();
@@ -269,7 +269,7 @@ where
     let work = async {
         let hello: Hello = reader.recv().await?;
         if hello.magic != MAGIC {
-            return Err(WireError::Handshake("the peer is not a Tidepool pool".into()));
+            return Err(WireError::Handshake(RemoteError::new(ErrorCode::Protocol, "the peer is not a Tidepool pool")));
         }
         let nonce: [u8; 32] = random_bytes()?;
         let mac = key.mac(&[
@@ -296,9 +296,9 @@ where
                 let features = hello.features.and(offered);
                 let proof = key.mac(&[b"server", &nonce, &hello.nonce, &features.bytes()]);
                 if proof.verify_slice(&mac).is_err() {
-                    return Err(WireError::Handshake(format!(
-                        "pool {} could not prove it holds our cluster key",
-                        hello.pool
+                    return Err(WireError::Handshake(RemoteError::new(
+                        ErrorCode::AuthFailed,
+                        format!("pool {} could not prove it holds our cluster key", hello.pool),
                     )));
                 }
                 Ok(Welcomed { pool: hello.pool, features })
@@ -418,8 +418,11 @@ mod tests {
     #[tokio::test]
     async fn wrong_key_is_refused_with_a_clear_message() {
         let (s, c) = run(ClusterKey::generate().unwrap(), ClusterKey::generate().unwrap()).await;
-        assert!(s.is_err());
-        let msg = c.unwrap_err().to_string();
+        assert!(matches!(&s, Err(WireError::Handshake(e)) if e.code() == Some(ErrorCode::AuthFailed)), "{s:?}");
+        let c = c.unwrap_err();
+        assert!(matches!(&c, WireError::Remote(e) if e.code() == Some(ErrorCode::AuthFailed)), "{c:?}");
+        // What the operator reads.
+        let msg = c.to_string();
         assert!(msg.contains("authentication failed"), "{msg}");
     }
 

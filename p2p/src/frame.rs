@@ -43,8 +43,9 @@ pub enum WireError {
     Timeout(std::time::Duration),
     #[error("{}", .0.render())]
     Remote(RemoteError),
-    #[error("{0}")]
-    Handshake(String),
+    /// The handshake failed on this side: why, with the code the peer was told (or would be).
+    #[error("{}", .0.message)]
+    Handshake(RemoteError),
 }
 
 /// One frame as read.

@@ -557,7 +557,7 @@ async fn discard(incoming: Incoming) {
 
 async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
     if let Err(e) = ctx.node.pool.check_mode(Activity::Store, false) {
-        return writer.send(&DataReply::Error(e)).await;
+        return writer.send(&DataReply::Error(e.into())).await;
     }
     if let Some(class) = &req.storage_class
         && let Err(e) = check_storage_class(class)
@@ -675,7 +675,7 @@ async fn put(req: PutRequest, reader: &mut Reader, writer: &mut Writer, ctx: &Ct
 
 async fn get(pnfsid: PnfsId, writer: &mut Writer, ctx: &Ctx) -> Result<(), WireError> {
     if let Err(e) = ctx.node.pool.check_mode(Activity::Fetch, false) {
-        return writer.send(&DataReply::Error(e)).await;
+        return writer.send(&DataReply::Error(e.into())).await;
     }
     let repo = ctx.node.pool.repo.clone();
     let (replica, mut data) = match blocking(move || repo.open_data(&pnfsid, now_ms())).await {

@@ -41,7 +41,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::pool::{Activity, ClusterView, Pool, now_ms};
-use crate::repository::{Change, ChangeKind, Replica, RepoError, Repository};
+use crate::repository::{Change, ChangeKind, Protection, Replica, RepoError, Repository};
 use crate::transfer::{self, Transfers};
 
 /// How long a request waits for its reply (writing it included) before it counts as
@@ -174,7 +174,7 @@ impl Env for PoolEnv {
             let item = &items[at];
             kept[at] = source_removal(r.state, &r.sticky, item.moved, item.snapshot, &prefix, now);
             match kept[at] {
-                Some(_) => Err(RepoError::Protected(format!("file {} changed or is pinned", item.id))),
+                Some(_) => Err(RepoError::Protected { id: *item.id, why: Protection::Changed }),
                 None => Ok(()),
             }
         });
@@ -183,7 +183,7 @@ impl Env for PoolEnv {
             .zip(kept)
             .map(|(result, kept)| match (result, kept) {
                 (Ok(()), _) => Ok(SourceRemoval::Removed),
-                (Err(RepoError::Protected(_)), Some(verdict)) => Ok(verdict),
+                (Err(RepoError::Protected { .. }), Some(verdict)) => Ok(verdict),
                 (Err(e), _) => Err(e.into()),
             })
             .collect();
@@ -231,7 +231,7 @@ impl Env for PoolEnv {
     }
 
     fn check_p2p_client(&self) -> Result<(), RemoteError> {
-        self.pool()?.check_mode(Activity::P2pClient, false)
+        Ok(self.pool()?.check_mode(Activity::P2pClient, false)?)
     }
 
     fn cost(&self) -> PoolCost {
@@ -287,7 +287,7 @@ impl Env for PoolEnv {
     async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
         let transfers = self.transfers()?;
         let entry = transfers.register(pull.pnfsid, pull.source.clone());
-        let mut transfer = std::pin::pin!(transfer::pull(&transfers, entry.clone(), pull));
+        let mut transfer = std::pin::pin!(transfer::run(&transfers, entry.clone(), pull));
         let result = tokio::select! {
             r = &mut transfer => r,
             _ = cancel.cancelled() => {
@@ -297,7 +297,8 @@ impl Env for PoolEnv {
                 transfer.await
             }
         };
-        result.map(|_| ())
+        // The outcome goes to the copy's source in its `Finished`: here it becomes the wire's.
+        result.map(|_| ()).map_err(RemoteError::from)
     }
 
     async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), RemoteError>> {
@@ -325,7 +326,7 @@ impl Env for PoolEnv {
                 })
                 .collect();
             for (i, result) in at.into_iter().zip(transfer::pull_batch(&transfers, batch).await) {
-                results[i] = Some(result.map(|_| ()));
+                results[i] = Some(result.map(|_| ()).map_err(RemoteError::from));
             }
         }
         results.into_iter().map(|r| r.expect("every pull has its result")).collect()

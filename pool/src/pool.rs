@@ -53,7 +53,7 @@ impl ModeState {
 const MODE_KEY: &str = "pool-mode";
 
 /// Something a pool mode forbids.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activity {
     /// A client writes a new replica.
     Store,
@@ -177,23 +177,56 @@ impl Pool {
     }
 
     /// Refuses `activity` if the mode forbids it.
-    pub fn check_mode(&self, activity: Activity, force_source_mode: bool) -> Result<(), RemoteError> {
+    pub fn check_mode(&self, activity: Activity, force_source_mode: bool) -> Result<(), ModeRefused> {
         let m = self.mode();
-        let (bit, what) = match activity {
-            Activity::Store => (PoolMode::STORE, "store"),
-            Activity::Fetch => (PoolMode::FETCH, "fetch"),
-            Activity::P2pClient => (PoolMode::P2P_CLIENT, "p2p-client"),
+        let bit = match activity {
+            Activity::Store => PoolMode::STORE,
+            Activity::Fetch => PoolMode::FETCH,
+            Activity::P2pClient => PoolMode::P2P_CLIENT,
         };
         let forced = force_source_mode && matches!(activity, Activity::Fetch);
         if !m.mode.is_enabled() && m.mode.bits() & bit != 0 && !forced {
-            let reason =
-                if m.message.is_empty() { String::new() } else { format!(": [{}] {}", m.error_code, m.message) };
-            return Err(RemoteError::new(
-                ErrorCode::PoolDisabled,
-                format!("Pool is disabled: {} is disabled for {what}{reason}", self.name),
-            ));
+            return Err(ModeRefused {
+                pool: self.name.clone(),
+                activity,
+                error_code: m.error_code,
+                message: m.message.clone(),
+            });
         }
         Ok(())
+    }
+}
+
+impl Activity {
+    /// The word of the mode that forbids it (`pool disable -fetch`, ...).
+    fn word(self) -> &'static str {
+        match self {
+            Activity::Store => "store",
+            Activity::Fetch => "fetch",
+            Activity::P2pClient => "p2p-client",
+        }
+    }
+}
+
+/// The pool's mode forbids an activity: which, and the operator's reason if one was given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Pool is disabled: {pool} is disabled for {}{}",
+    activity.word(),
+    if message.is_empty() { String::new() } else { format!(": [{error_code}] {message}") }
+)]
+pub struct ModeRefused {
+    pub pool: PoolName,
+    pub activity: Activity,
+    /// The operator's code and reason (`pool disable <code> <message>`).
+    pub error_code: i32,
+    pub message: String,
+}
+
+/// How a refusal crosses the wire (docs/errors.md: `PoolDisabled`).
+impl From<ModeRefused> for RemoteError {
+    fn from(e: ModeRefused) -> Self {
+        RemoteError::new(ErrorCode::PoolDisabled, e.to_string())
     }
 }
 

@@ -78,6 +78,11 @@ async fn a_wrong_service_is_refused() {
     let key = ClusterKey::generate().unwrap();
     let daemon = start(dir.path(), &key).await;
     let err = Connection::open(daemon.admin_addr(), &key, "test", Service::Data).await.err().unwrap();
+    assert!(
+        matches!(&err, tidepool_p2p::frame::WireError::Remote(e) if e.code() == Some(ErrorCode::Protocol)),
+        "{err:?}"
+    );
+    // The refusal names the endpoint the client reached.
     assert!(err.to_string().contains("not Data"), "{err}");
     daemon.shutdown().await.unwrap();
 }

@@ -348,9 +348,14 @@ fn injected(op: &str) -> StoreError {
     StoreError::new(op, std::io::Error::other("injected by a fault point"))
 }
 
-/// The same error again (an `io::Error` cannot be cloned).
+/// The same error again (an `io::Error` cannot be cloned), with its OS error number if it
+/// has one.
 fn copy(e: &StoreError) -> StoreError {
-    StoreError::new(e.op.clone(), std::io::Error::new(e.source.kind(), e.source.to_string()))
+    let source = match e.source.raw_os_error() {
+        Some(n) => std::io::Error::from_raw_os_error(n),
+        None => std::io::Error::new(e.source.kind(), e.source.to_string()),
+    };
+    StoreError::new(e.op.clone(), source)
 }
 
 /// Tries an undo step up to [`UNDO_TRIES`] times.
@@ -479,7 +484,7 @@ mod tests {
         release.send(()).unwrap();
         for outcome in [a, b] {
             let err = outcome.recv().unwrap().unwrap_err();
-            assert!(err.to_string().contains("Input/output error"), "{err}");
+            assert_eq!(err.source.raw_os_error(), Some(libc::EIO), "{err}");
         }
         for n in [1, 2] {
             assert!(!store.has_data(&id(n).to_string()), "nothing of a failed replica is kept");

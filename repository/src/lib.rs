@@ -90,12 +90,16 @@ pub enum RepoError {
     Busy { id: PnfsId, state: ReplicaState, action: &'static str },
     #[error("file {id} is {state}, not CACHED or PRECIOUS: it cannot be read")]
     NotCommitted { id: PnfsId, state: ReplicaState },
-    /// Refused because the replica is precious or sticky.
-    #[error("{0}")]
-    Protected(String),
-    /// Refused for another reason given in the message.
-    #[error("{0}")]
-    Refused(String),
+    /// Refused because the replica is protected: precious, sticky, or (for a removal that
+    /// checks) changed.
+    #[error("file {id} {why}")]
+    Protected { id: PnfsId, why: Protection },
+    /// A BROKEN replica without its data file cannot be made readable by a state change.
+    #[error("file {0} has no data file; a state change cannot repair it (remove it with rep rm -force)")]
+    NoDataFile(PnfsId),
+    /// A replica's recorded checksum is never replaced by another.
+    #[error("file {id} already has checksum {known}; {given} does not replace it")]
+    ChecksumKnown { id: PnfsId, known: Checksum, given: Checksum },
     #[error("pool full: {needed} bytes needed, {free} free and {removable} removable of {total}")]
     PoolFull { needed: u64, free: u64, removable: u64, total: u64 },
     #[error("file {id}: received {got} bytes of {expected}")]
@@ -126,6 +130,14 @@ impl From<RepoError> for RemoteError {
 }
 
 impl RepoError {
+    /// The operating system's error number, if a storage call failed with one.
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            RepoError::Store(e) | RepoError::DiskFull(e) => e.source.raw_os_error(),
+            _ => None,
+        }
+    }
+
     /// The stable code an operator sees.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -134,8 +146,8 @@ impl RepoError {
             RepoError::IllegalTransition { .. } => ErrorCode::IllegalTransition,
             RepoError::Busy { .. } => ErrorCode::FileBusy,
             RepoError::NotCommitted { .. } => ErrorCode::NotCommitted,
-            RepoError::Protected(_) => ErrorCode::FileProtected,
-            RepoError::Refused(_) => ErrorCode::InvalidArgument,
+            RepoError::Protected { .. } => ErrorCode::FileProtected,
+            RepoError::NoDataFile(_) | RepoError::ChecksumKnown { .. } => ErrorCode::InvalidArgument,
             RepoError::PoolFull { .. } | RepoError::DiskFull(_) => ErrorCode::PoolFull,
             RepoError::Short { .. } | RepoError::TooLong { .. } => ErrorCode::ShortTransfer,
             RepoError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
@@ -145,6 +157,18 @@ impl RepoError {
 }
 
 pub type RepoResult<T> = Result<T, RepoError>;
+
+/// Why a replica is protected from a removal.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Protection {
+    #[error("is precious; use -force to remove it anyway")]
+    Precious,
+    #[error("is sticky (owner {owner}); use -force to remove it anyway")]
+    Sticky { owner: String },
+    /// The caller's check found it changed (or pinned) since it decided to remove it.
+    #[error("changed or is pinned")]
+    Changed,
+}
 
 /// What restart recovery found. Names are kept for the first [`Recovery::KEEP`] of each kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -869,9 +893,7 @@ impl Repository {
                 return Err(RepoError::IllegalTransition { id: *id, from, to });
             }
             if from == ReplicaState::Broken && to.is_committed() && self.store.open_data(id).is_err() {
-                return Err(RepoError::Refused(format!(
-                    "file {id} has no data file; a state change cannot repair it (remove it with rep rm -force)"
-                )));
+                return Err(RepoError::NoDataFile(*id));
             }
             r.state = to;
             Ok(Some(ChangeKind::State { from, to }))
@@ -929,9 +951,7 @@ impl Repository {
                 Ok(Some(ChangeKind::Checksum(checksum)))
             }
             Some(known) if known == checksum => Ok(None),
-            Some(known) => Err(RepoError::Refused(format!(
-                "file {id} already has checksum {known}; {checksum} does not replace it"
-            ))),
+            Some(known) => Err(RepoError::ChecksumKnown { id: *id, known, given: checksum }),
         })?;
         if changed {
             self.flush_shared()?;
@@ -1023,13 +1043,10 @@ impl Repository {
                 return Ok(());
             }
             if r.state == ReplicaState::Precious {
-                return Err(RepoError::Protected(format!("file {id} is precious; use -force to remove it anyway")));
+                return Err(RepoError::Protected { id: *id, why: Protection::Precious });
             }
             if let Some(s) = r.sticky.iter().find(|s| s.is_valid(now)) {
-                return Err(RepoError::Protected(format!(
-                    "file {id} is sticky (owner {}); use -force to remove it anyway",
-                    s.owner
-                )));
+                return Err(RepoError::Protected { id: *id, why: Protection::Sticky { owner: s.owner.clone() } });
             }
             Ok(())
         })

@@ -278,6 +278,8 @@ fn open_db(dir: &Path) -> StoreResult<sled::Db> {
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
+            // sled tells a held lock from other failures only in its message (its kind is
+            // `Other`): a text comparison on a dependency's error, the only way to tell.
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if attempts >= LOCK_WAITS {
                     return Err(StoreError::new(

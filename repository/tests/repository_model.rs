@@ -188,7 +188,7 @@ fn step(repo: &Arc<Repository>, model: &mut BTreeMap<u8, Model>, op: &Op) -> Res
                 Some(m) => {
                     let protected = m.state == ReplicaState::Precious || m.sticky.iter().any(|s| s.is_valid(NOW));
                     if protected && !force {
-                        prop_assert!(matches!(got, Err(RepoError::Protected(_))), "{got:?}");
+                        prop_assert!(matches!(got, Err(RepoError::Protected { .. })), "{got:?}");
                     } else {
                         prop_assert!(got.is_ok(), "{got:?}");
                         model.remove(&id);

@@ -189,6 +189,11 @@ pub fn free_ports(n: usize) -> Vec<SocketAddr> {
 }
 
 /// `len` bytes of deterministic, varied content (xorshift64*), different for each `seed`.
+/// How an error's code appears in what the shell and `tidepool` print: `(rc=N)`.
+pub fn rc(code: tidepool_p2p::ErrorCode) -> String {
+    format!("(rc={})", code.as_u32())
+}
+
 pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use tidepool_tests::{Cluster, RepLine, info_field, parse_put, parse_rep_ls, sample_bytes};
+use tidepool_p2p::ErrorCode;
+use tidepool_tests::{Cluster, RepLine, info_field, parse_put, parse_rep_ls, rc, sample_bytes};
 
 const CACHED: &str = "<C----------L(0)[0]>";
 const CACHED_STICKY: &str = "<C-------X--L(0)[0]>";
@@ -180,7 +181,7 @@ fn restart_keeps_replicas_flags_and_mode() {
     let file = cluster.write_file("after-restart.dat", b"refused");
     let out = cluster.put("pool1", &[&file], &[]);
     out.assert_code(1, "put to a pool disabled before the restart");
-    assert!(out.stderr.contains("disabled"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::PoolDisabled)), "{out}");
     assert_eq!(cluster.rep_ls("pool1"), before);
 }
 
@@ -194,7 +195,7 @@ fn wrong_cluster_key_is_refused_and_changes_nothing() {
 
     let out = cluster.admin_with_key(&other_key, &format!("cd pool1\nrep ls\nrep set sticky {plain} on\n"));
     out.assert_code(1, "the shell with the wrong key");
-    assert!(out.stderr.contains("authentication failed"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::AuthFailed)), "{out}");
     assert_eq!(out.stdout, "", "{out}");
     let refused =
         cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "authentication failed"], LOG_WAIT);
@@ -203,7 +204,7 @@ fn wrong_cluster_key_is_refused_and_changes_nothing() {
     let file = cluster.write_file("intruder.dat", &sample_bytes(4096, 9));
     let out = cluster.put_with_key(Some(&other_key), "pool1", &[&file], &[]);
     out.assert_code(1, "put with the wrong key");
-    assert!(out.stderr.contains("authentication failed"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::AuthFailed)), "{out}");
     assert_eq!(out.stdout, "", "no pnfsid is printed for a file not stored\n{out}");
     cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "Data", "authentication failed"], LOG_WAIT);
 
@@ -229,7 +230,7 @@ fn put_to_a_read_only_pool_is_refused_until_enabled() {
     let file = cluster.write_file("late.dat", &sample_bytes(5000, 10));
     let out = cluster.put("pool1", &[&file], &["--storage", "test:disk"]);
     out.assert_code(1, "put to a disabled pool");
-    assert!(out.stderr.contains("disabled"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::PoolDisabled)), "{out}");
     assert_eq!(out.stdout, "", "{out}");
 
     assert_eq!(cluster.rep_ls("pool1"), before);

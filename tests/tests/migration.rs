@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
+use tidepool_p2p::ErrorCode;
 use tidepool_tests::{
     CACHED, CACHED_STICKY, Cluster, JobLine, PRECIOUS, PRECIOUS_STICKY, RepLine, assert_bytes,
-    assert_no_partial_replica, create, info_field, ok, refused, report_field, started, wait_until,
+    assert_no_partial_replica, create, info_field, ok, rc, refused, report_field, started, wait_until,
 };
 
 /// How long a small job may take to finish (a few seconds at most in a debug build).
@@ -129,12 +130,12 @@ fn the_dcache_book_session() {
     );
     assert_eq!(ok(&cluster, "pool1", "migration set concurrency 1 3\n"), "[1] Concurrency set to 3\n");
     let err = refused(&cluster, "pool1", "migration info 7");
-    assert!(err.contains("Job not found"), "{err}");
+    assert!(err.contains(&rc(ErrorCode::JobNotFound)), "{err}");
 
     assert_eq!(ok(&cluster, "pool1", "migration clear\n"), "");
     assert_eq!(cluster.migration_ls("pool1"), vec![]);
     let err = refused(&cluster, "pool1", "migration info 1");
-    assert!(err.contains("Job not found"), "{err}");
+    assert!(err.contains(&rc(ErrorCode::JobNotFound)), "{err}");
 
     // The default concurrency applies to jobs created afterwards.
     assert_eq!(

@@ -12,9 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use tidepool_p2p::ErrorCode;
 use tidepool_repository::{ReplicaStore, SledStore};
 use tidepool_tests::{
-    CACHED, Cluster, JobLine, PpState, assert_bytes, assert_no_partial_replica, create, ok, report_field, started,
+    CACHED, Cluster, JobLine, PpState, assert_bytes, assert_no_partial_replica, create, ok, rc, report_field, started,
     stored, wait_until,
 };
 
@@ -331,7 +332,7 @@ fn a_job_created_after_the_last_save_is_marked_and_gone_after_a_restart() {
     assert_eq!(report_field(&info, "Concurrency"), Some("1"), "the concurrency saved, not the later one\n{info}");
     let out = cluster.admin_in("pool1", &format!("migration info {unsaved}\n"));
     out.assert_code(1, "migration info of the unsaved job");
-    assert!(out.stderr.contains("Job not found"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::JobNotFound)), "{out}");
     // The next job gets an id no restored job has.
     let next = create(&cluster, "pool1", "migration copy -permanent -storage=test:d pool2");
     assert_ne!(next, saved);

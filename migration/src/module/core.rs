@@ -436,6 +436,10 @@ impl<W: World> Cx<'_, W> {
     }
 
     fn note(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String) {
+        self.note_about(task, pnfsid, message, Noted::Other);
+    }
+
+    fn note_about(&mut self, task: Option<TaskId>, pnfsid: Option<PnfsId>, message: String, about: Noted) {
         if self.s.notes.len() == NOTES {
             self.s.notes.pop_front();
         }
@@ -444,6 +448,7 @@ impl<W: World> Cx<'_, W> {
             task: task.map(|t| t.0).unwrap_or(0),
             pnfsid: pnfsid.map(|p| p.to_string()),
             message,
+            about,
         });
     }
 
@@ -502,7 +507,7 @@ impl<W: World> Cx<'_, W> {
             let (units, busy) = self.pick_units(free);
             for id in busy {
                 if self.s.locked_noted.insert(id) {
-                    self.note(None, Some(id), "File is locked".into());
+                    self.note_about(None, Some(id), "File is locked".into(), Noted::FileLocked);
                 }
             }
             let mut units = units.into_iter();
@@ -934,7 +939,7 @@ impl<W: World> Cx<'_, W> {
         }
         let msg = format!("Pool {pool} restarted; the copies it was making were lost and are tried again");
         tracing::info!(job = %self.job.id, %pool, files = lost.len(), "{msg}");
-        self.note(None, None, msg.clone());
+        self.note_about(None, None, msg.clone(), Noted::TargetRestarted(pool.clone()));
         for (id, attempt) in lost {
             let error = RemoteError::new(ErrorCode::Offline, msg.clone());
             self.feed(id, TaskEvent::Finished { attempt, target: pool.clone(), result: Err(error) });
@@ -948,7 +953,8 @@ impl<W: World> Cx<'_, W> {
     fn unreachable(&mut self, pool: &PoolName) {
         let Some(t) = self.s.infos.iter_mut().flatten().find(|t| t.name == *pool && !t.unreachable) else { return };
         t.unreachable = true;
-        self.note(None, None, format!("Pool {pool} is not reachable; no new copies go there until it answers again"));
+        let msg = format!("Pool {pool} is not reachable; no new copies go there until it answers again");
+        self.note_about(None, None, msg, Noted::TargetUnreachable(pool.clone()));
     }
 
     fn unlock(&mut self, id: &PnfsId) {
@@ -1124,7 +1130,9 @@ impl<W: World> Cx<'_, W> {
                     snapshot,
                 }]));
             }
-            Outcome::Failed { permanent, mut error } => {
+            Outcome::Failed { permanent, error: failure } => {
+                // As `migration info` lists it: dCache's text, with the code.
+                let mut error = RemoteError::from(&failure);
                 self.s.running.remove(&id);
                 self.unlock(&id);
                 // No target could take it: the operator sees which targets were out, and why.
@@ -1136,7 +1144,7 @@ impl<W: World> Cx<'_, W> {
                 }
                 let what = if permanent { "failed for good" } else { "failed; retried later" };
                 tracing::warn!(job = %self.job.id, %task, attempt, pnfsid = %id, rc = error.code, "file {what}: {}", error.message);
-                self.note(Some(task), Some(id), error.message.clone());
+                self.note_about(Some(task), Some(id), error.message.clone(), Noted::Failed(Box::new(failure)));
                 // No target could take it (all full, offline, unreachable): the view may be
                 // stale (the job counts its own copies against figures from before they
                 // landed): the targets are asked again now, so the retry sees what they are.
@@ -1170,7 +1178,7 @@ impl<W: World> Cx<'_, W> {
                 let msg = "Source replica changed while it was copied (state or sticky records); \
                            its copies are updated before the source mode is applied";
                 tracing::info!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, "{msg}");
-                self.note(Some(r.id), Some(id), msg.into());
+                self.note_about(Some(r.id), Some(id), msg.into(), Noted::SourceChanged);
                 self.s.queue.requeue(&id);
             }
             Ok(Applied::Done) => {

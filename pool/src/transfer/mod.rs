@@ -22,6 +22,7 @@
 //! `small.rs`, served here by [`serve_fetch_small`]); only a replica larger than one
 //! chunk, or a source that does not know batches, takes the exchange above.
 
+pub mod error;
 pub mod gate;
 pub mod small;
 
@@ -47,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::io::blocking;
 use crate::pool::{Activity, Pool, now_ms};
 use crate::repository::{Incoming, Replica};
+pub use error::{Breach, TransferError};
 use gate::Gate;
 use small::{Fetched, SmallFetches};
 
@@ -113,6 +115,7 @@ pub struct Finished {
     pub source: PoolName,
     pub bytes: u64,
     pub seconds: f64,
+    /// How it failed, as `pp ls -l` shows it (code and message).
     pub error: Option<RemoteError>,
 }
 
@@ -134,8 +137,8 @@ pub struct TransferStats {
 }
 
 impl TransferStats {
-    fn count(map: &Mutex<BTreeMap<u32, u64>>, e: &RemoteError) {
-        *map.lock().entry(e.code).or_default() += 1;
+    fn count(map: &Mutex<BTreeMap<u32, u64>>, e: &TransferError) {
+        *map.lock().entry(RemoteError::from(e).code).or_default() += 1;
     }
 }
 
@@ -267,14 +270,16 @@ impl Transfers {
         }
     }
 
-    fn finish(&self, entry: &TransferEntry, error: Option<RemoteError>) {
+    fn finish(&self, entry: &TransferEntry, error: Option<&TransferError>) {
         self.entries.lock().remove(&entry.id);
         let seconds = entry.started.get().map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
         self.stats.in_bytes.fetch_add(entry.done.load(Ordering::Relaxed), Ordering::Relaxed);
-        match &error {
+        match error {
             None => drop(self.stats.in_done.fetch_add(1, Ordering::Relaxed)),
             Some(e) => TransferStats::count(&self.stats.in_failed, e),
         }
+        // Kept as `pp ls -l` shows it.
+        let error = error.map(RemoteError::from);
         let mut recent = self.recent.lock();
         if recent.len() == RECENT {
             recent.pop_front();
@@ -290,17 +295,17 @@ impl Transfers {
     }
 
     /// A connection to `source` for a fetch: a kept one that is still open, else a new one.
-    pub(crate) async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, RemoteError> {
-        let entry = pool.cluster.pool(source).ok_or_else(|| {
-            RemoteError::new(ErrorCode::InvalidArgument, format!("no pool named {source} in the cluster file"))
-        })?;
+    pub(crate) async fn connection(&self, pool: &Pool, source: &PoolName) -> Result<Connection, TransferError> {
+        let entry = pool.cluster.pool(source).ok_or_else(|| TransferError::UnknownPool(source.clone()))?;
         match self.dialer.checkout(source, entry.p2p).await {
             Ok((conn, _)) => Ok(conn),
-            Err(DialError::Refused { error, .. }) => Err(error),
+            Err(DialError::Refused { error, .. }) => Err(TransferError::Refused(error)),
             Err(DialError::Unreachable { addr, source: e, .. }) => {
-                Err(RemoteError::new(ErrorCode::Offline, format!("source pool {source} is offline: {e} at {addr}")))
+                Err(TransferError::Offline { from: source.clone(), addr: addr.to_string(), reason: Arc::new(e) })
             }
-            Err(e @ DialError::WrongPool { .. }) => Err(RemoteError::new(ErrorCode::InvalidArgument, e.to_string())),
+            Err(DialError::WrongPool { addr, actual, .. }) => {
+                Err(TransferError::WrongPool { from: source.clone(), addr: addr.to_string(), actual })
+            }
         }
     }
 
@@ -321,33 +326,43 @@ impl Transfers {
     }
 }
 
-pub(crate) fn cancelled(id: PnfsId) -> RemoteError {
-    RemoteError::new(ErrorCode::Cancelled, format!("transfer of {id} cancelled; partial data removed"))
+pub(crate) fn cancelled(id: PnfsId) -> TransferError {
+    TransferError::Cancelled(id)
 }
 
 /// Why one attempt over one connection ended without the whole file.
 enum Stop {
     /// Give up: the error is final.
-    Fatal(RemoteError),
+    Fatal(TransferError),
     /// The connection broke; a new one may resume at the written offset.
-    Broken(RemoteError),
+    Broken(TransferError),
 }
 
 /// Runs a registered transfer to the end: the new replica, committed and durable, or an error
 /// with nothing left behind.
+pub async fn run(
+    transfers: &Arc<Transfers>,
+    entry: Arc<TransferEntry>,
+    req: PullRequest,
+) -> Result<Replica, TransferError> {
+    let span = transfer_span(&entry, &req);
+    let result = tracing::Instrument::instrument(pull_inner(transfers, &entry, &req), span.clone()).await;
+    span.in_scope(|| match &result {
+        Ok(r) => tracing::info!(size = r.attrs.size, state = %r.state, "replica received"),
+        Err(e) => tracing::warn!("transfer failed: {e}"),
+    });
+    transfers.finish(&entry, result.as_ref().err());
+    result
+}
+
+/// [`run`] for `pp get file`, whose result goes to the operator: the error as the shell shows
+/// it (code and message).
 pub async fn pull(
     transfers: &Arc<Transfers>,
     entry: Arc<TransferEntry>,
     req: PullRequest,
 ) -> Result<Replica, RemoteError> {
-    let span = transfer_span(&entry, &req);
-    let result = tracing::Instrument::instrument(pull_inner(transfers, &entry, &req), span.clone()).await;
-    span.in_scope(|| match &result {
-        Ok(r) => tracing::info!(size = r.attrs.size, state = %r.state, "replica received"),
-        Err(e) => tracing::warn!("transfer failed: {}", e.message),
-    });
-    transfers.finish(&entry, result.as_ref().err().cloned());
-    result
+    run(transfers, entry, req).await.map_err(RemoteError::from)
 }
 
 /// Pulls several small replicas from one source under one transfer place (a migration job's
@@ -358,7 +373,7 @@ pub async fn pull(
 pub async fn pull_batch(
     transfers: &Arc<Transfers>,
     batch: Vec<(Arc<TransferEntry>, PullRequest)>,
-) -> Vec<Result<Replica, RemoteError>> {
+) -> Vec<Result<Replica, TransferError>> {
     let results = pull_batch_inner(transfers, &batch).await;
     let (mut received, mut bytes) = (0usize, 0u64);
     for ((entry, req), result) in batch.iter().zip(&results) {
@@ -377,9 +392,9 @@ pub async fn pull_batch(
                 bytes += r.attrs.size;
                 tracing::debug!(size = r.attrs.size, state = %r.state, "replica received")
             }
-            Err(e) => tracing::warn!("transfer failed: {}", e.message),
+            Err(e) => tracing::warn!("transfer failed: {e}"),
         });
-        transfers.finish(entry, result.as_ref().err().cloned());
+        transfers.finish(entry, result.as_ref().err());
     }
     if let Some((_, first)) = batch.first() {
         let failed = batch.len() - received;
@@ -407,21 +422,17 @@ fn transfer_span(entry: &TransferEntry, req: &PullRequest) -> tracing::Span {
 async fn pull_batch_inner(
     transfers: &Arc<Transfers>,
     batch: &[(Arc<TransferEntry>, PullRequest)],
-) -> Vec<Result<Replica, RemoteError>> {
+) -> Vec<Result<Replica, TransferError>> {
     let pool = &transfers.pool;
-    let mut results: Vec<Option<Result<Replica, RemoteError>>> = batch.iter().map(|_| None).collect();
+    let mut results: Vec<Option<Result<Replica, TransferError>>> = batch.iter().map(|_| None).collect();
     if let Err(e) = pool.check_mode(Activity::P2pClient, false) {
-        return batch.iter().map(|_| Err(e.clone())).collect();
+        return batch.iter().map(|_| Err(e.clone().into())).collect();
     }
     let mut asked: Vec<usize> = Vec::with_capacity(batch.len());
     for (i, (_, req)) in batch.iter().enumerate() {
         assert!(req.state.is_committed());
         if pool.repo.contains(&req.pnfsid) {
-            let e = RemoteError::new(
-                ErrorCode::FileExists,
-                format!("replica {} already exists in {}", req.pnfsid, pool.name),
-            );
-            results[i] = Some(Err(e));
+            results[i] = Some(Err(TransferError::Exists { pnfsid: req.pnfsid, pool: pool.name.clone() }));
         } else {
             asked.push(i);
         }
@@ -477,10 +488,10 @@ async fn commit_all(
     transfers: &Arc<Transfers>,
     batch: &[(Arc<TransferEntry>, PullRequest)],
     commits: Vec<(usize, Received)>,
-) -> Vec<(usize, Result<Replica, RemoteError>)> {
+) -> Vec<(usize, Result<Replica, TransferError>)> {
     // Each commit waits in its own task so that all of them are queued at once; each task is
     // awaited here, so none outlives the batch.
-    let handles: Vec<(usize, tokio::task::JoinHandle<Result<Replica, RemoteError>>)> = commits
+    let handles: Vec<(usize, tokio::task::JoinHandle<Result<Replica, TransferError>>)> = commits
         .into_iter()
         .map(|(i, received)| {
             let (transfers, entry, req) = (transfers.clone(), batch[i].0.clone(), batch[i].1.clone());
@@ -496,9 +507,8 @@ async fn commit_all(
         .collect();
     let mut out = Vec::with_capacity(handles.len());
     for (i, handle) in handles {
-        let result = handle.await.unwrap_or_else(|e| {
-            Err(RemoteError::new(ErrorCode::Internal, format!("the commit ended abnormally: {e}")))
-        });
+        let result =
+            handle.await.unwrap_or_else(|e| Err(TransferError::Internal(format!("the commit ended abnormally: {e}"))));
         out.push((i, result));
     }
     out
@@ -508,15 +518,12 @@ async fn pull_inner(
     transfers: &Arc<Transfers>,
     entry: &TransferEntry,
     req: &PullRequest,
-) -> Result<Replica, RemoteError> {
+) -> Result<Replica, TransferError> {
     let pool = &transfers.pool;
     assert!(req.state.is_committed());
     pool.check_mode(Activity::P2pClient, false)?;
     if pool.repo.contains(&req.pnfsid) {
-        return Err(RemoteError::new(
-            ErrorCode::FileExists,
-            format!("replica {} already exists in {}", req.pnfsid, pool.name),
-        ));
+        return Err(TransferError::Exists { pnfsid: req.pnfsid, pool: pool.name.clone() });
     }
     let pass = tokio::select! {
         pass = transfers.incoming.enter() => pass,
@@ -571,7 +578,7 @@ async fn pull_inner(
                 breaks += 1;
                 transfers.forget_idle(&req.source);
                 let at = incoming.as_ref().map(|i| i.written()).unwrap_or(0);
-                tracing::warn!(offset = at, "connection to the source broke ({}); trying a new one", e.message);
+                tracing::warn!(offset = at, "connection to the source broke ({e}); trying a new one");
             }
             Err(Stop::Broken(e) | Stop::Fatal(e)) => break Err(e),
         }
@@ -583,7 +590,7 @@ async fn pull_inner(
         return Err(e);
     }
     let (Some(incoming), Some(attrs)) = (incoming, source_attrs) else {
-        return Err(RemoteError::new(ErrorCode::Internal, "transfer ended without data"));
+        return Err(TransferError::Internal("transfer ended without data".into()));
     };
     let (state, sticky) = (req.state, req.sticky.clone());
     // The data is all here: the next transfer may start while this one waits for its commit.
@@ -623,27 +630,19 @@ async fn attempt(
         Ok(Err(e)) => return Err(broken(req, e)),
         Ok(Ok(DataReply::FetchReady { transfer, attributes })) if transfer == entry.id => {
             if attributes.pnfsid != req.pnfsid {
-                return Err(Stop::Fatal(protocol(format!(
-                    "{} answered for {} when asked for {}",
-                    req.source, attributes.pnfsid, req.pnfsid
-                ))));
+                let breach = Breach::WrongReplica { asked: req.pnfsid, answered: attributes.pnfsid };
+                return Err(Stop::Fatal(protocol(&req.source, breach)));
             }
             attributes
         }
         Ok(Ok(DataReply::Error(e))) => {
-            return Err(Stop::Fatal(RemoteError {
-                code: e.code,
-                message: format!("source {}: {}", req.source, e.message),
-            }));
+            return Err(Stop::Fatal(TransferError::Source { from: req.source.clone(), error: e }));
         }
-        Ok(Ok(other)) => return Err(Stop::Fatal(protocol(format!("expected FetchReady, got {other:?}")))),
+        Ok(Ok(other)) => return Err(Stop::Fatal(protocol(&req.source, unexpected("FetchReady", &other)))),
     };
     match source_attrs {
         Some(before) if before.size != attrs.size || before.checksum != attrs.checksum => {
-            return Err(Stop::Fatal(RemoteError::new(
-                ErrorCode::ChecksumMismatch,
-                format!("replica {} changed on {} during the transfer", req.pnfsid, req.source),
-            )));
+            return Err(Stop::Fatal(TransferError::Changed { pnfsid: req.pnfsid, from: req.source.clone() }));
         }
         Some(_) => {}
         None if attrs.size <= MAX_DATA_CHUNK as u64 => {
@@ -690,7 +689,7 @@ async fn receive_small(
         match next_frame(conn, entry, req, no_progress).await? {
             Frame::Data(chunk) => {
                 if bytes.len() + chunk.len() > attrs.size as usize {
-                    return Err(Stop::Fatal(protocol(format!("{} sent more than {} bytes", req.source, attrs.size))));
+                    return Err(Stop::Fatal(protocol(&req.source, Breach::TooMuchData { size: attrs.size })));
                 }
                 bytes.extend_from_slice(&chunk);
                 entry.done.store(bytes.len() as u64, Ordering::Relaxed);
@@ -710,7 +709,7 @@ async fn commit_small(
     transfers: &Arc<Transfers>,
     req: &PullRequest,
     received: Received,
-) -> Result<Replica, RemoteError> {
+) -> Result<Replica, TransferError> {
     let pool = &transfers.pool;
     let Received { attrs, bytes } = received;
     let now = now_ms();
@@ -720,7 +719,7 @@ async fn commit_small(
     pool.repo
         .store_whole(mine, ReplicaState::FromPool, bytes, req.state, req.sticky.clone(), expected, now)
         .await
-        .map_err(RemoteError::from)
+        .map_err(TransferError::from)
 }
 
 async fn receive(
@@ -743,7 +742,7 @@ async fn receive(
             Frame::Data(chunk) => {
                 // Move the entry to a blocking thread for the write, and back.
                 let Some(mut inc) = slot.take() else {
-                    return Err(Stop::Fatal(RemoteError::new(ErrorCode::Internal, "no entry to write into")));
+                    return Err(Stop::Fatal(TransferError::Internal("no entry to write into".into())));
                 };
                 let (back, result) = blocking(move || {
                     let r = inc.write(&chunk);
@@ -776,8 +775,8 @@ fn broken(req: &PullRequest, e: WireError) -> Stop {
     Stop::Broken(connection_broke(&req.source, e))
 }
 
-pub(crate) fn connection_broke(source: &PoolName, e: WireError) -> RemoteError {
-    RemoteError::new(ErrorCode::Offline, format!("connection to {source}: {e}"))
+pub(crate) fn connection_broke(source: &PoolName, e: WireError) -> TransferError {
+    TransferError::ConnectionBroke { from: source.clone(), error: Arc::new(e) }
 }
 
 /// The next frame of a transfer's data, or why there is none: a cancel, a stall or a break.
@@ -801,18 +800,23 @@ async fn next_frame(
 fn end_of_data(entry: &TransferEntry, req: &PullRequest, body: &[u8]) -> Result<(), Stop> {
     match decode::<DataReply>(body) {
         Ok(DataReply::FetchEnd { transfer }) if transfer == entry.id => Ok(()),
-        Ok(DataReply::Error(e)) => Err(Stop::Fatal(e)),
-        Ok(other) => Err(Stop::Fatal(protocol(format!("expected data or FetchEnd, got {other:?}")))),
+        Ok(DataReply::Error(e)) => Err(Stop::Fatal(TransferError::Source { from: req.source.clone(), error: e })),
+        Ok(other) => Err(Stop::Fatal(protocol(&req.source, unexpected("data or FetchEnd", &other)))),
         Err(e) => Err(broken(req, e)),
     }
 }
 
-pub(crate) fn stalled(no_progress: Duration, source: &PoolName) -> RemoteError {
-    RemoteError::new(ErrorCode::Timeout, format!("no progress for {} s (source {source})", no_progress.as_secs()))
+pub(crate) fn stalled(no_progress: Duration, source: &PoolName) -> TransferError {
+    TransferError::Stalled { from: source.clone(), after: no_progress }
 }
 
-pub(crate) fn protocol(msg: String) -> RemoteError {
-    RemoteError::new(ErrorCode::Protocol, msg)
+pub(crate) fn protocol(source: &PoolName, breach: Breach) -> TransferError {
+    TransferError::Protocol { from: source.clone(), breach }
+}
+
+/// A message from a source where `expected` belongs.
+pub(crate) fn unexpected(expected: &str, got: &DataReply) -> Breach {
+    Breach::Unexpected { expected: expected.to_string(), got: format!("{got:?}") }
 }
 
 /// The source side of one transfer, on a data connection whose request was
@@ -832,7 +836,7 @@ where
 {
     let pool = &transfers.pool;
     if let Err(e) = pool.check_mode(Activity::Fetch, force_source_mode) {
-        return refuse(transfers, writer, e).await;
+        return refuse(transfers, writer, e.into()).await;
     }
     let _pass = tokio::select! {
         pass = transfers.outgoing.enter() => pass,
@@ -862,11 +866,7 @@ where
         }
     };
     if offset > size {
-        let e = RemoteError::new(
-            ErrorCode::InvalidArgument,
-            format!("offset {offset} is past the end of {pnfsid} ({size} bytes)"),
-        );
-        return refuse(transfers, writer, e).await;
+        return refuse(transfers, writer, TransferError::OffsetPastEnd { pnfsid, offset, size }).await;
     }
     // The rate limit of the migration job that copies the file, if one does (one look per
     // file; unlimited costs one atomic load per chunk after that).
@@ -889,16 +889,13 @@ where
         let n = match result {
             Ok(n) if n == want => n,
             Ok(n) => {
-                let e = RemoteError::new(
-                    ErrorCode::Io,
-                    format!("data file of {pnfsid} ends {} bytes early", size - pos - n as u64),
-                );
-                tracing::error!(%pnfsid, "{}", e.message);
+                let e = TransferError::DataShort { pnfsid, missing: size - pos - n as u64 };
+                tracing::error!(%pnfsid, "{e}");
                 return refuse(transfers, writer, e).await;
             }
             Err(e) => {
-                let e = RemoteError::new(ErrorCode::Io, format!("file {pnfsid}: read failed: {e}"));
-                tracing::error!(%pnfsid, "{}", e.message);
+                let e = TransferError::ReadFailed { pnfsid, error: Arc::new(e) };
+                tracing::error!(%pnfsid, "{e}");
                 return refuse(transfers, writer, e).await;
             }
         };
@@ -976,14 +973,15 @@ async fn wait_for_rate<R: AsyncRead + Unpin>(
     }
 }
 
-/// Sends `e` to the target of a transfer this pool serves, and counts it.
+/// Sends `e` to the target of a transfer this pool serves, and counts it: here the error
+/// becomes the wire's.
 async fn refuse<W: AsyncWrite + Unpin>(
     transfers: &Transfers,
     writer: &mut FrameWriter<W>,
-    e: RemoteError,
+    e: TransferError,
 ) -> Result<(), WireError> {
     TransferStats::count(&transfers.stats.out_failed, &e);
-    writer.send(&DataReply::Error(e)).await
+    writer.send(&DataReply::Error(e.into())).await
 }
 
 /// The most bytes of data a source reads for one `FetchSmall` (whatever the target asks): with
@@ -1007,7 +1005,10 @@ where
     W: AsyncWrite + Unpin,
 {
     if items.len() > MAX_SMALL_ITEMS {
-        let e = protocol(format!("a FetchSmall carries at most {MAX_SMALL_ITEMS} items, not {}", items.len()));
+        let e = RemoteError::new(
+            ErrorCode::Protocol,
+            format!("a FetchSmall carries at most {MAX_SMALL_ITEMS} items, not {}", items.len()),
+        );
         writer.send(&DataReply::Error(e)).await?;
         return Err(WireError::Unexpected { expected: "a FetchSmall within its limits", got: "too many items" });
     }
@@ -1094,7 +1095,7 @@ fn read_small(
     }
     let mut used = 0u64;
     let mut full = false;
-    let mut open = |item: &SmallFetch| -> Result<Step, RemoteError> {
+    let mut open = |item: &SmallFetch| -> Result<Step, TransferError> {
         if full {
             return Ok(Step::Answer(SmallOutcome::Later));
         }
@@ -1111,17 +1112,14 @@ fn read_small(
         used += size;
         Ok(Step::Read(Box::new(replica.attrs), data))
     };
-    let opened: Vec<Result<Step, RemoteError>> = items.iter().map(&mut open).collect();
+    let opened: Vec<Result<Step, TransferError>> = items.iter().map(&mut open).collect();
     let read = |attrs: FileAttributes, mut data: crate::repository::DataRead| {
         let (id, size) = (attrs.pnfsid, attrs.size);
         let mut bytes = vec![0u8; size as usize];
         let n = crate::io::read_full(&mut data, &mut bytes)
-            .map_err(|e| RemoteError::new(ErrorCode::Io, format!("file {id}: read failed: {e}")))?;
+            .map_err(|e| TransferError::ReadFailed { pnfsid: id, error: Arc::new(e) })?;
         if n as u64 != size {
-            return Err(RemoteError::new(
-                ErrorCode::Io,
-                format!("data file of {id} ends {} bytes early", size - n as u64),
-            ));
+            return Err(TransferError::DataShort { pnfsid: id, missing: size - n as u64 });
         }
         Ok((SmallOutcome::Sent(attrs), bytes))
     };
@@ -1136,11 +1134,11 @@ fn read_small(
             match answer {
                 Ok((outcome, bytes)) => (item.transfer, outcome, bytes),
                 Err(e) => {
-                    if e.code() == Some(ErrorCode::Io) {
-                        tracing::error!(pnfsid = %item.pnfsid, "{}", e.message);
+                    if e.code() == ErrorCode::Io {
+                        tracing::error!(pnfsid = %item.pnfsid, "{e}");
                     }
                     TransferStats::count(&transfers.stats.out_failed, &e);
-                    (item.transfer, SmallOutcome::Refused(e), Vec::new())
+                    (item.transfer, SmallOutcome::Refused(e.into()), Vec::new())
                 }
             }
         })

@@ -22,15 +22,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tidepool_p2p::PoolName;
 use tidepool_p2p::auth::Features;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{Frame, MAX_DATA_CHUNK, WireError};
 use tidepool_p2p::message::{DataReply, DataRequest, MAX_SMALL_ITEMS, SmallFetch, SmallOutcome};
 use tidepool_p2p::model::FileAttributes;
-use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::sync::oneshot;
 
-use crate::transfer::{PullRequest, RESUMES, TransferEntry, Transfers, cancelled, connection_broke, protocol, stalled};
+use crate::transfer::{
+    Breach, PullRequest, RESUMES, TransferEntry, TransferError, Transfers, cancelled, connection_broke, protocol,
+    stalled, unexpected,
+};
 
 /// Exchanges under way per source at once.
 const RUNNERS: usize = 2;
@@ -48,7 +51,7 @@ pub(crate) enum Fetched {
     /// know `FetchSmall`, or the pool is shutting down.
     PerFile,
     /// The transfer failed (the source refused this file, a stall, a protocol error).
-    Failed(RemoteError),
+    Failed(TransferError),
 }
 
 struct Waiter {
@@ -195,9 +198,9 @@ fn answer_all(rest: impl IntoIterator<Item = Waiter>, what: impl Fn() -> Fetched
 /// Why an exchange ended before every item was answered.
 enum Stop {
     /// The connection broke: the rest may be asked again on a new one.
-    Broken(RemoteError),
+    Broken(TransferError),
     /// The rest fail with this error.
-    Fatal(RemoteError),
+    Fatal(TransferError),
     /// The rest use the per-file exchange (the source does not know batches, or shutdown).
     PerFile,
 }
@@ -217,7 +220,7 @@ async fn exchange(transfers: &Arc<Transfers>, source: &PoolName, batch: Vec<Wait
         }
         let connected = tokio::select! {
             c = transfers.connection(pool, source) => c,
-            _ = transfers.closing.cancelled() => Err(RemoteError::new(ErrorCode::Cancelled, "pool shutting down")),
+            _ = transfers.closing.cancelled() => Err(TransferError::ShuttingDown),
         };
         let mut conn = match connected {
             Ok(c) => c,
@@ -235,7 +238,7 @@ async fn exchange(transfers: &Arc<Transfers>, source: &PoolName, batch: Vec<Wait
                 breaks += 1;
                 transfers.forget_idle(source);
                 let pnfsids = pending.iter().map(|w| w.item.pnfsid.to_string()).collect::<Vec<_>>().join(" ");
-                tracing::warn!(%source, files = pending.len(), %pnfsids, "connection to the source broke ({}); trying a new one", e.message);
+                tracing::warn!(%source, files = pending.len(), %pnfsids, "connection to the source broke ({e}); trying a new one");
             }
             Err(Stop::Broken(e) | Stop::Fatal(e)) => {
                 answer_all(pending, || Fetched::Failed(e.clone()));
@@ -261,7 +264,7 @@ async fn ask(
     let broken = |e: WireError| Stop::Broken(connection_broke(source, e));
     let no_progress = transfers.no_progress();
     let stalled = || Stop::Fatal(stalled(no_progress, source));
-    let protocol = |msg: String| Stop::Fatal(protocol(format!("source {source}: {msg}")));
+    let protocol = |breach: Breach| Stop::Fatal(protocol(source, breach));
     // The next message or frame from the source, within `no_progress`, or why not.
     macro_rules! next {
         ($what:expr) => {
@@ -288,20 +291,20 @@ async fn ask(
     while let Some((transfer, pnfsid)) = pending.front().map(|w| (w.item.transfer, w.item.pnfsid)) {
         let outcome = match next!(conn.recv::<DataReply>()) {
             DataReply::SmallItem { transfer: t, outcome } if t == transfer => outcome,
-            other => return Err(protocol(format!("expected the answer for transfer {transfer}, got {other:?}"))),
+            other => return Err(protocol(unexpected(&format!("the answer for transfer {transfer}"), &other))),
         };
         let data = match &outcome {
             SmallOutcome::Sent(attrs) if attrs.pnfsid != pnfsid => {
-                return Err(protocol(format!("answered for {} when asked for {pnfsid}", attrs.pnfsid)));
+                return Err(protocol(Breach::WrongReplica { asked: pnfsid, answered: attrs.pnfsid }));
             }
             SmallOutcome::Sent(attrs) => match next!(conn.next_frame()) {
                 Frame::Data(bytes) if bytes.len() as u64 == attrs.size => Some(bytes),
-                _ => return Err(protocol(format!("the data of {pnfsid} is not one frame of {} bytes", attrs.size))),
+                _ => return Err(protocol(Breach::NotOneFrame { pnfsid, size: attrs.size })),
             },
             // Only a batch that has sent something may put the rest off; otherwise nothing
             // would ever come.
             SmallOutcome::Later if !sent_any => {
-                return Err(protocol(format!("put off {pnfsid} without sending anything first")));
+                return Err(protocol(Breach::PutOffFirst { pnfsid }));
             }
             _ => None,
         };
@@ -317,15 +320,13 @@ async fn ask(
                 later.push(w);
                 continue;
             }
-            (SmallOutcome::Refused(e), _) => {
-                Fetched::Failed(RemoteError { code: e.code, message: format!("source {source}: {}", e.message) })
-            }
+            (SmallOutcome::Refused(e), _) => Fetched::Failed(TransferError::Source { from: source.clone(), error: e }),
             (SmallOutcome::TooLarge { .. } | SmallOutcome::Sent(_), _) => Fetched::PerFile,
         };
         let _ = w.reply.send(answer);
     }
     match next!(conn.recv::<DataReply>()) {
         DataReply::FetchSmallEnd => Ok(()),
-        other => Err(protocol(format!("expected the end of the batch, got {other:?}"))),
+        other => Err(protocol(unexpected("the end of the batch", &other))),
     }
 }

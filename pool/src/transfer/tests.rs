@@ -10,11 +10,12 @@ use tidepool_p2p::model::{ChecksumWriter, FileAttributes, NEVER, PoolMode, Repli
 use tidepool_p2p::{ErrorCode, PnfsId, RemoteError};
 use tokio::net::TcpListener;
 
-use super::TransferSettings;
+use super::{Breach, PullRequest, TransferError, TransferSettings};
 use crate::admin::exec;
 use crate::daemon::{Daemon, Settings};
 use crate::node::Node;
-use crate::pool::{ModeState, now_ms};
+use crate::pool::{Activity, ModeRefused, ModeState, now_ms};
+use crate::repository::{Replica, RepoError};
 
 /// Pool daemons in this process on loopback, sharing a cluster file and key (the migration
 /// module's tests use them too).
@@ -159,6 +160,22 @@ async fn admin(node: &Arc<Node>, line: &str) -> Result<String, RemoteError> {
     .unwrap()
 }
 
+/// A transfer of `id` from `source` as `pp get file` makes it, with its typed outcome.
+async fn fetch(node: &Arc<Node>, id: PnfsId, source: &str) -> Result<Replica, TransferError> {
+    let source: tidepool_p2p::PoolName = source.parse().unwrap();
+    let entry = node.transfers.register(id, source.clone());
+    let req = PullRequest {
+        pnfsid: id,
+        source,
+        state: ReplicaState::Cached,
+        sticky: Vec::new(),
+        atime: None,
+        force_source_mode: false,
+        copy_of: None,
+    };
+    super::run(&node.transfers, entry, req).await
+}
+
 async fn read(node: &Arc<Node>, id: PnfsId) -> Vec<u8> {
     let pool = &node.pool;
     let repo = pool.repo.clone();
@@ -249,9 +266,8 @@ async fn a_corrupted_byte_is_detected_and_nothing_is_committed() {
     let id = put(source, 3 * 1024 * 1024, ReplicaState::Cached, vec![]).await;
     let used = target.pool.repo.space(now_ms()).used;
     source.transfers.faults.corrupt_next(id);
-    let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err:?}");
-    assert!(err.message.contains("checksum mismatch"), "{}", err.message);
+    let err = fetch(target, id, "pool1").await.unwrap_err();
+    assert!(matches!(err.repo(), Some(RepoError::ChecksumMismatch { .. })), "{err:?}");
     nothing_of(target, id);
     assert_eq!(target.pool.repo.space(now_ms()).used, used);
     // The source's replica was never damaged: a second try succeeds.
@@ -282,9 +298,11 @@ async fn a_small_target_evicts_removable_replicas_or_refuses() {
     // Now only precious data and the new (cached, removable) copy: 60,000 cannot fit.
     let big = put(source, 70_000, ReplicaState::Cached, vec![]).await;
     admin(target, &format!("rep set precious {wanted}")).await.unwrap();
+    let err = fetch(target, big, "pool1").await.unwrap_err();
+    assert!(matches!(err.repo(), Some(RepoError::PoolFull { .. })), "{err:?}");
+    // As the operator sees it.
     let err = admin(target, &format!("pp get file -wait {big} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PoolFull), "{err:?}");
-    assert!(err.message.starts_with("pool full"), "{}", err.message);
     nothing_of(target, big);
     c.stop().await;
 }
@@ -301,7 +319,11 @@ async fn modes_and_missing_replicas_are_refused_clearly() {
         .unwrap();
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PoolDisabled));
-    assert!(err.message.contains("p2p-client"), "{}", err.message);
+    let err = fetch(target, id, "pool1").await.unwrap_err();
+    assert!(
+        matches!(err, TransferError::Mode(ModeRefused { activity: Activity::P2pClient, .. })),
+        "the target refuses: {err:?}"
+    );
     target.pool.set_mode(ModeState::enabled()).unwrap();
 
     source
@@ -310,7 +332,11 @@ async fn modes_and_missing_replicas_are_refused_clearly() {
         .unwrap();
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::PoolDisabled));
-    assert!(err.message.contains("fetch"), "{}", err.message);
+    let err = fetch(target, id, "pool1").await.unwrap_err();
+    assert!(
+        matches!(&err, TransferError::Source { from, error } if from.as_str() == "pool1" && error.code() == Some(ErrorCode::PoolDisabled)),
+        "the source refuses: {err:?}"
+    );
     nothing_of(target, id);
     admin(target, &format!("pp get file -wait -force-source-mode {id} pool1")).await.unwrap();
     assert!(target.pool.repo.get(&id).unwrap().is_some());
@@ -319,13 +345,21 @@ async fn modes_and_missing_replicas_are_refused_clearly() {
     let missing = PnfsId::from_random([7; 16]);
     let err = admin(target, &format!("pp get file -wait {missing} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::FileNotFound), "{err:?}");
+    let err = fetch(target, missing, "pool1").await.unwrap_err();
+    assert!(matches!(err.remote().and_then(|e| e.code()), Some(ErrorCode::FileNotFound)), "{err:?}");
 
     let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::FileExists), "{err:?}");
+    let err = fetch(target, id, "pool1").await.unwrap_err();
+    assert!(matches!(err, TransferError::Exists { pnfsid, .. } if pnfsid == id), "{err:?}");
+    // The admin command checks its source before any transfer starts (its own message).
     let err = admin(target, &format!("pp get file -wait {id} pool2")).await.unwrap_err();
-    assert!(err.message.contains("this pool"), "{}", err.message);
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err:?}");
     let err = admin(target, &format!("pp get file -wait {id} pool9")).await.unwrap_err();
-    assert!(err.message.contains("no pool named pool9"), "{}", err.message);
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err:?}");
+    let other = PnfsId::from_random([6; 16]);
+    let err = fetch(target, other, "pool9").await.unwrap_err();
+    assert!(matches!(&err, TransferError::UnknownPool(p) if p.as_str() == "pool9"), "{err:?}");
     c.stop().await;
 }
 
@@ -352,7 +386,7 @@ async fn a_cancel_ends_the_transfer_quickly_and_leaves_nothing() {
     // The source noticed too: its outgoing stream ended.
     until("the source to stop sending", || source.transfers.outgoing.counts().0 == 0).await;
     let err = admin(target, "pp remove 1").await.unwrap_err();
-    assert!(err.message.contains("no transfer 1"), "{}", err.message);
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "no transfer 1: {err:?}");
     source.transfers.faults.slow_down(None);
     admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap();
     assert!(read(target, id).await == content(&id, 8 * 1024 * 1024), "and it can be repeated");
@@ -371,9 +405,12 @@ async fn a_stalled_transfer_fails_with_no_progress_and_queues_respect_max_active
     ];
     // A source that lets nobody read: the transfer waits, then gives up.
     admin(source, "pp set max outgoing 0").await.unwrap();
-    let err = admin(target, &format!("pp get file -wait {} pool1", ids[0])).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::Timeout));
-    assert_eq!(err.message, "no progress for 1 s (source pool1)");
+    let err = fetch(target, ids[0], "pool1").await.unwrap_err();
+    assert!(
+        matches!(&err, TransferError::Stalled { from, after } if from.as_str() == "pool1" && *after == Duration::from_secs(1)),
+        "{err:?}"
+    );
+    assert_eq!(RemoteError::from(&err).code(), Some(ErrorCode::Timeout));
     nothing_of(target, ids[0]);
 
     // One at a time on the target: the others queue, in order.
@@ -552,25 +589,35 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         access_time: 0,
     };
     type Script = fn(&tidepool_p2p::message::SmallFetch, &dyn Fn(PnfsId, u64) -> FileAttributes) -> Vec<FakeReply>;
-    let cases: [(&str, Script); 3] = [
-        ("answered for", |item, attrs| {
-            let other = PnfsId::from_random([8; 16]);
-            let sent = SmallOutcome::Sent(attrs(other, 10));
-            vec![
-                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
-                FakeReply::Data(vec![1; 10]),
-            ]
-        }),
-        ("without sending anything first", |item, _| {
-            vec![FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: SmallOutcome::Later })]
-        }),
-        ("is not one frame of 10 bytes", |item, attrs| {
-            let sent = SmallOutcome::Sent(attrs(item.pnfsid, 10));
-            vec![
-                FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
-                FakeReply::Data(vec![1; 9]),
-            ]
-        }),
+    type Expected = fn(&Breach) -> bool;
+    let cases: [(Expected, Script); 3] = [
+        (
+            |b| matches!(b, Breach::WrongReplica { .. }),
+            |item, attrs| {
+                let other = PnfsId::from_random([8; 16]);
+                let sent = SmallOutcome::Sent(attrs(other, 10));
+                vec![
+                    FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                    FakeReply::Data(vec![1; 10]),
+                ]
+            },
+        ),
+        (
+            |b| matches!(b, Breach::PutOffFirst { .. }),
+            |item, _| {
+                vec![FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: SmallOutcome::Later })]
+            },
+        ),
+        (
+            |b| matches!(b, Breach::NotOneFrame { size: 10, .. }),
+            |item, attrs| {
+                let sent = SmallOutcome::Sent(attrs(item.pnfsid, 10));
+                vec![
+                    FakeReply::Message(DataReply::SmallItem { transfer: item.transfer, outcome: sent }),
+                    FakeReply::Data(vec![1; 9]),
+                ]
+            },
+        ),
     ];
     for (expected, script) in cases {
         let (c, mut fakes) =
@@ -578,9 +625,9 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         let target = c.pool(2);
         let source = tokio::spawn(fake_source(fakes.remove(0), c.key.clone(), move |items| script(&items[0], &attrs)));
         let id = PnfsId::from_random([4; 16]);
-        let err = admin(target, &format!("pp get file -wait {id} pool1")).await.unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err:?}");
-        assert!(err.message.contains(expected), "{expected}: {}", err.message);
+        let err = fetch(target, id, "pool1").await.unwrap_err();
+        assert!(matches!(&err, TransferError::Protocol { breach, .. } if expected(breach)), "{err:?}");
+        assert_eq!(RemoteError::from(&err).code(), Some(ErrorCode::Protocol));
         nothing_of(target, id);
         assert!(target.pool.repo.get(&PnfsId::from_random([8; 16])).unwrap().is_none());
         c.stop().await;

@@ -213,8 +213,15 @@ fn handshake(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
             Err(e) => {
                 let _ = e.to_string();
                 Ok(match e {
-                    WireError::Handshake(m) if m.contains("authentication failed") => "refused: wrong key",
-                    WireError::Handshake(m) if m.contains("could not prove") => "refused: pool without the key",
+                    // This side found the key wrong: the pool refuses the client, the client
+                    // refuses a pool that cannot prove it.
+                    WireError::Handshake(e) if e.code() == Some(ErrorCode::AuthFailed) => {
+                        if side & 1 == 1 {
+                            "refused: wrong key"
+                        } else {
+                            "refused: pool without the key"
+                        }
+                    }
                     WireError::Handshake(_) => "refused: version, service or magic",
                     WireError::Remote(_) => "refused by the pool",
                     WireError::Malformed(_) | WireError::Unexpected { .. } => "malformed",

@@ -9,6 +9,7 @@ use tidepool_p2p::model::{FileAttributes, SpaceInfo};
 
 use super::*;
 use crate::definition::JobKind;
+use crate::task::TaskFailure;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -241,8 +242,14 @@ impl TestJob {
         )
     }
 
+    /// The notes as the operator reads them.
     fn notes(&self) -> Vec<String> {
         self.s.notes.iter().map(|n| n.message.clone()).collect()
+    }
+
+    /// What the notes are about.
+    fn noted(&self) -> Vec<Noted> {
+        self.s.notes.iter().map(|n| n.about.clone()).collect()
     }
 }
 
@@ -378,7 +385,7 @@ fn units_are_batches_of_small_files_in_queue_order() {
     let jobs = check(rows);
     // The locked file is noted once, and neither claimed nor released by this job.
     let locked = &jobs[6];
-    assert_eq!(locked.notes(), ["File is locked"]);
+    assert_eq!(locked.noted(), [Noted::FileLocked]);
     assert_eq!(locked.w.locks.get(&file(2)), Some(&false));
     assert_eq!(locked.w.locks.values().filter(|ours| **ours).count(), 4);
     // The deleted file's lock went back at once.
@@ -622,7 +629,7 @@ fn tasks_timers_and_units() {
     ];
     let jobs = check(rows);
     assert_eq!(jobs[4].notes().len(), 1);
-    assert!(jobs[10].notes()[0].starts_with("Source replica changed"));
+    assert_eq!(jobs[10].noted(), [Noted::SourceChanged]);
     assert!(jobs[11].w.locks.is_empty());
 }
 
@@ -672,12 +679,12 @@ fn targets_going_offline_mid_batch() {
         },
     ];
     let jobs = check(rows);
-    assert!(jobs[1].notes()[0].contains("restarted"), "{:?}", jobs[1].notes());
+    assert!(matches!(jobs[1].noted()[0], Noted::TargetRestarted(_)), "{:?}", jobs[1].notes());
     // The unreachable pool gets nothing more until it answers again: the next batch goes to
     // the other target.
     let job = &jobs[3];
-    assert!(job.notes()[0].contains("is not reachable"), "{:?}", job.notes());
     let gone = &job.copies[&file(1)].0;
+    assert_eq!(job.noted()[0], Noted::TargetUnreachable(gone.clone()), "{:?}", job.notes());
     let next: BTreeSet<&PoolName> = [4, 5].iter().map(|n| &job.copies[&file(*n)].0).collect();
     assert!(!next.contains(gone), "the next batch went to {next:?}, {gone} is unreachable");
     assert_eq!(next.len(), 1);
@@ -1280,5 +1287,6 @@ fn no_room_is_decided_on_a_fresh_view_only() {
     ];
     let jobs = check(rows);
     assert!(jobs[0].notes().is_empty(), "nothing noted on a stale view: {:?}", jobs[0].notes());
-    assert_eq!(jobs[3].notes(), ["No targets available: All target pools are full."]);
+    let all_full = TaskFailure::NoTarget { reason: NoTarget::AllFull, holder: None };
+    assert_eq!(jobs[3].noted(), [Noted::Failed(Box::new(all_full))]);
 }
