@@ -21,7 +21,6 @@ use crate::plan::{self, Facts, Plan, PlannedCopy};
 const EVENTS_PER_FILE: usize = 64;
 
 impl<E: Env> Module<E> {
-
     /// The plan of the job `def` would make, without making it.
     pub async fn dry_run(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<Plan, MigrationError> {
         let span = tracing::info_span!("dry_run");

@@ -7,7 +7,6 @@ use tidepool_migration::MigrationError;
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError, TransferId};
 
 use super::output::Gone;
-use super::rebalance::RebalanceError;
 use crate::repository::RepoError;
 
 /// Why an admin command failed.
@@ -108,6 +107,40 @@ impl From<RemoteError> for AdminError {
 impl From<AdminError> for RemoteError {
     fn from(e: AdminError) -> Self {
         e.to_remote()
+    }
+}
+
+/// Why `rebalance` as a whole failed (each pool's own failure is on its line of the reply).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RebalanceError {
+    #[error("no pool group named {0} in the cluster file")]
+    UnknownGroup(String),
+    /// No enabled pool answered; `all_disabled` if every pool answered, disabled.
+    #[error("no pool of pool group {group} is enabled and answers")]
+    NoPool { group: String, all_disabled: bool },
+    #[error("{pool} is the only enabled pool of pool group {group} that answers: nothing to level")]
+    OnlyOne { pool: PoolName, group: String },
+    /// Some pools failed; `first` is the code of the first failure.
+    #[error("pool group {group}: {failed} of {total} pools failed (see above); {done} on the others")]
+    PoolsFailed { group: String, failed: usize, total: usize, done: &'static str, first: u32 },
+}
+
+impl RebalanceError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RebalanceError::UnknownGroup(_) | RebalanceError::OnlyOne { .. } => ErrorCode::InvalidArgument,
+            RebalanceError::NoPool { all_disabled: true, .. } => ErrorCode::PoolDisabled,
+            RebalanceError::NoPool { all_disabled: false, .. } => ErrorCode::Offline,
+            RebalanceError::PoolsFailed { first, .. } => ErrorCode::from_u32(*first).unwrap_or(ErrorCode::Internal),
+        }
+    }
+
+    /// The wire form (the code of a failed pool as that pool gave it).
+    pub fn to_remote(&self) -> RemoteError {
+        match self {
+            RebalanceError::PoolsFailed { first, .. } => RemoteError { code: *first, message: self.to_string() },
+            other => RemoteError::new(other.code(), other.to_string()),
+        }
     }
 }
 

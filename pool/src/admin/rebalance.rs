@@ -26,7 +26,7 @@ use tidepool_migration::report::JobSummary;
 use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
-use super::error::AdminError;
+use super::error::{AdminError, RebalanceError};
 use super::json::{ErrorJson, write_document};
 use super::output::Output;
 use super::remote::Pools;
@@ -45,40 +45,6 @@ pub type RunHere = fn(Arc<Node>, String) -> Running;
 pub struct Here<'a> {
     pub node: &'a Arc<Node>,
     pub run: RunHere,
-}
-
-/// Why `rebalance` as a whole failed (each pool's own failure is on its line of the reply).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RebalanceError {
-    #[error("no pool group named {0} in the cluster file")]
-    UnknownGroup(String),
-    /// No enabled pool answered; `all_disabled` if every pool answered, disabled.
-    #[error("no pool of pool group {group} is enabled and answers")]
-    NoPool { group: String, all_disabled: bool },
-    #[error("{pool} is the only enabled pool of pool group {group} that answers: nothing to level")]
-    OnlyOne { pool: PoolName, group: String },
-    /// Some pools failed; `first` is the code of the first failure.
-    #[error("pool group {group}: {failed} of {total} pools failed (see above); {done} on the others")]
-    PoolsFailed { group: String, failed: usize, total: usize, done: &'static str, first: u32 },
-}
-
-impl RebalanceError {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            RebalanceError::UnknownGroup(_) | RebalanceError::OnlyOne { .. } => ErrorCode::InvalidArgument,
-            RebalanceError::NoPool { all_disabled: true, .. } => ErrorCode::PoolDisabled,
-            RebalanceError::NoPool { all_disabled: false, .. } => ErrorCode::Offline,
-            RebalanceError::PoolsFailed { first, .. } => ErrorCode::from_u32(*first).unwrap_or(ErrorCode::Internal),
-        }
-    }
-
-    /// The wire form (the code of a failed pool as that pool gave it).
-    pub fn to_remote(&self) -> RemoteError {
-        match self {
-            RebalanceError::PoolsFailed { first, .. } => RemoteError { code: *first, message: self.to_string() },
-            other => RemoteError::new(other.code(), other.to_string()),
-        }
-    }
 }
 
 /// How every rebalance line starts (its options follow).
