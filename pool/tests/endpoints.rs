@@ -258,3 +258,33 @@ fn a_waiting_command_holds_no_thread_and_other_sessions_go_on() {
         daemon.shutdown().await.unwrap();
     });
 }
+
+/// What `rebalance` uses to run a line on another pool: over the peer-connection layer, the
+/// output and the pool's refusal typed apart; a pool that refuses the key, or is not in the
+/// cluster file, is a typed failure with its code.
+#[tokio::test]
+async fn a_line_runs_on_another_pool_over_the_peer_layer() {
+    use tidepool_pool::admin::remote::{PeerError, Pools};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate().unwrap();
+    let daemon = start(dir.path(), &key).await;
+    let cluster = daemon.pool().cluster.get();
+    let pool1: PoolName = "pool1".parse().unwrap();
+    let pools = Pools::new(cluster.clone(), key.clone(), "pool9/rebalance".into(), Duration::from_secs(30));
+
+    let (text, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
+    assert_eq!((text.as_str(), refused), ("Max active set to 3\n", None));
+    let (text, refused) = pools.run(&pool1, "migration cancel -force rebalance").await.unwrap();
+    assert_eq!(text, "");
+    assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::JobNotFound));
+    assert!(matches!(pools.run(&"pool7".parse().unwrap(), "info").await, Err(PeerError::UnknownPool(_))));
+
+    let stranger =
+        Pools::new(cluster, ClusterKey::generate().unwrap(), "pool9/rebalance".into(), Duration::from_secs(30));
+    match stranger.run(&pool1, "info").await {
+        Err(e @ PeerError::Refused { .. }) => assert_eq!(e.code(), ErrorCode::AuthFailed, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    daemon.shutdown().await.unwrap();
+}

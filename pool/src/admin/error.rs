@@ -38,9 +38,10 @@ pub enum AdminError {
     NoTransfer(TransferId),
     #[error("not in this pool: {}", .0.join(" "))]
     NotInPool(Vec<String>),
-    /// `pp get file -wait` with several files, some of which failed (each is listed above).
+    /// `pp get file -wait` with several files, some of which failed (each is listed above);
+    /// `first` is the code of the first failure, as its layer (or the source pool) gave it.
     #[error("{failures} of {count} transfers failed")]
-    TransfersFailed { failures: usize, count: usize, first: ErrorCode },
+    TransfersFailed { failures: usize, count: usize, first: u32 },
     #[error("transfer task failed: {0}")]
     TransferTask(String),
     #[error("this pool has no migration module running")]
@@ -70,7 +71,7 @@ impl AdminError {
             | AdminError::NoTransfer(_)
             | AdminError::SharedLog => ErrorCode::InvalidArgument,
             AdminError::NotInPool(_) => ErrorCode::FileNotFound,
-            AdminError::TransfersFailed { first, .. } => *first,
+            AdminError::TransfersFailed { first, .. } => ErrorCode::from_u32(*first).unwrap_or(ErrorCode::Internal),
             AdminError::Gone
             | AdminError::TransferTask(_)
             | AdminError::NoMigration
@@ -86,6 +87,7 @@ impl AdminError {
             // Keeps a code this build does not know, as it came.
             AdminError::Remote(e) => e.clone(),
             AdminError::Rebalance(e) => e.to_remote(),
+            AdminError::TransfersFailed { first, .. } => RemoteError { code: *first, message: self.to_string() },
             other => RemoteError::new(other.code(), other.to_string()),
         }
     }
@@ -160,7 +162,7 @@ mod tests {
             (AdminError::NoTransfer(TransferId(7)), ErrorCode::InvalidArgument, "no transfer 7; `pp ls` lists them"),
             (AdminError::NotInPool(vec!["a".into(), "b".into()]), ErrorCode::FileNotFound, "not in this pool: a b"),
             (
-                AdminError::TransfersFailed { failures: 1, count: 2, first: ErrorCode::Offline },
+                AdminError::TransfersFailed { failures: 1, count: 2, first: ErrorCode::Offline.as_u32() },
                 ErrorCode::Offline,
                 "1 of 2 transfers failed",
             ),

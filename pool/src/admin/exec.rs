@@ -326,7 +326,7 @@ async fn pp_get_file(
                 out.write(&format!("[{id}] {pnfsid} from {source}: failed: {} (rc={})\n", shown.message, shown.code))
                     .await?;
                 failures += 1;
-                first_error.get_or_insert(e.code());
+                first_error.get_or_insert(shown.code);
             }
         }
     }
