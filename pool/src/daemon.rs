@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::admin::output::{Gone, Output};
+use crate::admin::output::Output;
 use crate::admin::{self, exec};
 use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
 use crate::io::{blocking, read_full};
@@ -435,34 +435,19 @@ fn bounded(mut error: RemoteError) -> RemoteError {
     error
 }
 
-/// The largest piece of command output sent in one frame.
-const OUTPUT_CHUNK: usize = 64 * 1024;
-
-/// Streams a command's output to the client as it is produced.
-struct ChannelOutput(mpsc::Sender<String>);
-
-impl Output for ChannelOutput {
-    fn write(&mut self, text: &str) -> Result<(), Gone> {
-        // Keep every frame well under the frame limit, whatever a command writes at once.
-        let mut rest = text;
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(OUTPUT_CHUNK);
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            self.0.blocking_send(rest[..cut].to_string()).map_err(|_| Gone)?;
-            rest = &rest[cut..];
-        }
-        Ok(())
-    }
-}
-
+/// Runs one admin line on this connection's task and streams its output to the client as it
+/// is produced (in pieces well under the frame limit, `admin::output`). The command's error is
+/// typed until here, where it becomes the reply's `RemoteError`.
 async fn run_admin(line: String, writer: &mut Writer, ctx: &Ctx) -> Result<Option<RemoteError>, WireError> {
     let (tx, mut rx) = mpsc::channel(4);
-    let node = ctx.node.clone();
-    // The command ends when it returns (dropping `tx`); forwarding ends when `tx` is gone or the
-    // client is (dropping `rx`, which makes the command's next write fail with `Gone`).
-    let work = blocking(move || exec::run_line(&node, &line, &mut ChannelOutput(tx)));
+    let node = &ctx.node;
+    // The command ends when it returns (dropping its output and so `tx`); forwarding ends when
+    // `tx` is gone or the client is (dropping `rx`, which makes the command's next write fail
+    // with `Gone`).
+    let work = async move {
+        let mut out = Output::channel(tx);
+        exec::run_line(node, &line, &mut out).await.map_err(|e| e.to_remote())
+    };
     let forward = async move {
         while let Some(text) = rx.recv().await {
             writer.send(&AdminReply::Output(text)).await?;

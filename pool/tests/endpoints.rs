@@ -12,20 +12,28 @@ use tidepool_pool::daemon::{Daemon, Settings};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn start(dir: &std::path::Path, key: &ClusterKey) -> Daemon {
+    start_with(dir, key, &[]).await
+}
+
+/// `pool1`, in a cluster file that also names `others` (at port 1 on loopback: offline).
+async fn start_with(dir: &std::path::Path, key: &ClusterKey, others: &[&str]) -> Daemon {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let name: PoolName = "pool1".parse().unwrap();
-    let cluster = ClusterFile {
-        pools: vec![PoolEntry {
-            name: name.clone(),
-            p2p: data.local_addr().unwrap(),
-            admin: admin.local_addr().unwrap(),
-            groups: vec!["disk".into()],
-            tags: Default::default(),
-            hsm: vec![],
-        }],
-        links: vec![],
+    let entry = |name: PoolName, p2p, admin| PoolEntry {
+        name,
+        p2p,
+        admin,
+        groups: vec!["disk".into()],
+        tags: Default::default(),
+        hsm: vec![],
     };
+    let mut pools = vec![entry(name.clone(), data.local_addr().unwrap(), admin.local_addr().unwrap())];
+    for other in others {
+        let offline = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        pools.push(entry(other.parse().unwrap(), offline, offline));
+    }
+    let cluster = ClusterFile { pools, links: vec![] };
     let settings = Settings {
         name,
         data_dir: dir.to_path_buf(),
@@ -181,6 +189,106 @@ async fn commands_are_described_plain_and_in_detail() {
             let names: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
             assert_eq!(names, details.iter().map(|c| c.name.as_str()).collect::<Vec<_>>());
         }
+        other => panic!("{other:?}"),
+    }
+    daemon.shutdown().await.unwrap();
+}
+
+/// Runs `line` on an admin connection: its output and its error, if any.
+async fn admin_run(conn: &mut Connection, line: &str) -> (String, Option<tidepool_p2p::RemoteError>) {
+    conn.send(&AdminRequest::Run { line: line.into() }).await.unwrap();
+    finished(conn).await
+}
+
+/// Reads a command's replies up to its end.
+async fn finished(conn: &mut Connection) -> (String, Option<tidepool_p2p::RemoteError>) {
+    let mut text = String::new();
+    loop {
+        match conn.recv::<AdminReply>().await.unwrap() {
+            AdminReply::Output(piece) => text.push_str(&piece),
+            AdminReply::Finished { error } => return (text, error),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// `pp get file -wait` of a transfer that cannot start (incoming transfers paused) waits
+/// without holding a thread: with one blocking thread in the whole runtime, another session's
+/// `pp ls`, `rep ls` (which walks the repository on that thread) and `info` are answered
+/// meanwhile, and `pp remove` ends the wait.
+#[test]
+fn a_waiting_command_holds_no_thread_and_other_sessions_go_on() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let key = ClusterKey::generate().unwrap();
+        let daemon = start_with(dir.path(), &key, &["pool2"]).await;
+        let bound = Duration::from_secs(60);
+        let mut waiting = Connection::open(daemon.admin_addr(), &key, "a", Service::Admin).await.unwrap();
+        let mut other = Connection::open(daemon.admin_addr(), &key, "b", Service::Admin).await.unwrap();
+        assert_eq!(admin_run(&mut waiting, "pp set max active 0").await.1, None);
+        let line = "pp get file -wait 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool2";
+        waiting.send(&AdminRequest::Run { line: line.into() }).await.unwrap();
+
+        // The transfer is queued: the other session sees it.
+        let listed = tokio::time::timeout(bound, async {
+            loop {
+                let (text, error) = admin_run(&mut other, "pp ls").await;
+                assert_eq!(error, None, "{text}");
+                if let Some(row) = text.lines().find(|l| l.contains(" QUEUED ")) {
+                    return row.to_string();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the transfer shows in `pp ls` while the other session waits");
+        let id = listed.trim_start_matches('[').split(']').next().unwrap().to_string();
+
+        // The listing runs on the one blocking thread: free, since the wait holds none.
+        for line in ["rep ls", "rep ls -s", "info"] {
+            let (text, error) = tokio::time::timeout(bound, admin_run(&mut other, line)).await.expect(line);
+            assert_eq!(error, None, "{line}: {text}");
+        }
+
+        let (text, error) = admin_run(&mut other, &format!("pp remove {id}")).await;
+        assert_eq!(error, None, "{text}");
+        let (_, error) = tokio::time::timeout(bound, finished(&mut waiting)).await.expect("the wait ends");
+        assert!(error.is_some(), "a cancelled transfer is a failed `pp get file -wait`");
+        daemon.shutdown().await.unwrap();
+    });
+}
+
+/// What `rebalance` uses to run a line on another pool: over the peer-connection layer, the
+/// output and the pool's refusal typed apart; a pool that refuses the key, or is not in the
+/// cluster file, is a typed failure with its code.
+#[tokio::test]
+async fn a_line_runs_on_another_pool_over_the_peer_layer() {
+    use tidepool_pool::admin::remote::{PeerError, Pools};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate().unwrap();
+    let daemon = start(dir.path(), &key).await;
+    let cluster = daemon.pool().cluster.get();
+    let pool1: PoolName = "pool1".parse().unwrap();
+    let pools = Pools::new(cluster.clone(), key.clone(), "pool9/rebalance".into(), Duration::from_secs(30));
+
+    let (text, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
+    assert_eq!((text.as_str(), refused), ("Max active set to 3\n", None));
+    let (text, refused) = pools.run(&pool1, "migration cancel -force rebalance").await.unwrap();
+    assert_eq!(text, "");
+    assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::JobNotFound));
+    assert!(matches!(pools.run(&"pool7".parse().unwrap(), "info").await, Err(PeerError::UnknownPool(_))));
+
+    let stranger =
+        Pools::new(cluster, ClusterKey::generate().unwrap(), "pool9/rebalance".into(), Duration::from_secs(30));
+    match stranger.run(&pool1, "info").await {
+        Err(e @ PeerError::Refused { .. }) => assert_eq!(e.code(), ErrorCode::AuthFailed, "{e}"),
         other => panic!("{other:?}"),
     }
     daemon.shutdown().await.unwrap();

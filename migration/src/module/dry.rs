@@ -21,11 +21,6 @@ use crate::plan::{self, Facts, Plan, PlannedCopy};
 const EVENTS_PER_FILE: usize = 64;
 
 impl<E: Env> Module<E> {
-    /// [`Module::dry_run`] from a thread outside the runtime (the admin command's).
-    pub fn dry_run_blocking(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<Plan, MigrationError> {
-        self.rt.block_on(self.dry_run(def, command))
-    }
-
     /// The plan of the job `def` would make, without making it.
     pub async fn dry_run(self: &Arc<Self>, def: JobDefinition, command: String) -> Result<Plan, MigrationError> {
         let span = tracing::info_span!("dry_run");

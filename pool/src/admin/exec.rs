@@ -1,6 +1,9 @@
-//! Executes parsed admin commands against a pool. Runs on a blocking thread: output goes to an
-//! [`Output`] that may block until the client has taken what came before (so `rep ls` over a
-//! million replicas streams in bounded memory), and stops early when the client went away.
+//! Executes parsed admin commands against a pool. Commands are async functions on the pool's
+//! runtime (the connection's task runs them): output goes to an [`Output`] whose writes wait
+//! until the client has taken what came before (so `rep ls` over a million replicas streams in
+//! bounded memory), and fail when the client went away, which stops the command. Only the
+//! replica listing, which walks the whole repository, runs on a blocking thread
+//! ([`Output::from_blocking`]); `pp get file -wait` and `rebalance` wait without holding one.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,8 +15,9 @@ use chrono::TimeZone;
 use tidepool_migration::MigrationError;
 use tidepool_migration::module::Module;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyMode, StickyRecord};
-use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
+use tidepool_p2p::{PnfsId, PoolName};
 
+use super::error::AdminError;
 use super::output::Output;
 use super::rep_ls::{ClassStats, each_selected, rep_ls_line};
 use super::{COMMANDS, Command, InfoView, RepLs};
@@ -26,36 +30,46 @@ use crate::transfer::{self, PullRequest, Transfers};
 pub use tidepool_migration::targets::glob_match;
 
 /// Parses and runs one line.
-pub fn run_line(node: &Arc<Node>, line: &str, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub async fn run_line(node: &Arc<Node>, line: &str, out: &mut Output) -> Result<(), AdminError> {
     match super::parse(line) {
         Ok(None) => Ok(()),
-        Ok(Some(cmd)) => execute(node, cmd, out),
-        Err(e) => Err(RemoteError::new(e.code, e.render(line))),
+        Ok(Some(cmd)) => execute(node, cmd, out).await,
+        Err(e) => Err(AdminError::Syntax { code: e.code, message: e.render(line) }),
     }
 }
 
-pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(), RemoteError> {
+/// [`run_line`] into a buffer, boxed: how `rebalance` runs a line on its own pool (the box
+/// ends the recursion of a command that runs commands).
+pub fn run_here(node: Arc<Node>, line: String) -> super::rebalance::Running {
+    Box::pin(async move {
+        let mut out = Output::buffer();
+        run_line(&node, &line, &mut out).await.map(|()| out.into_text())
+    })
+}
+
+pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result<(), AdminError> {
     let pool = &node.pool;
     let now = now_ms();
     match cmd {
-        Command::Help { topic } => help(&topic, out),
-        Command::Info { json: false } => info(node, out),
-        Command::Info { json: true } => super::json::write_document(out, &super::json::info(node)),
-        Command::RepLs(ls) => rep_ls(pool, &ls, out),
+        Command::Help { topic } => help(&topic, out).await,
+        Command::Info { json: false } => info(node, out).await,
+        Command::Info { json: true } => super::json::write_document(out, &super::json::info(node)).await,
+        Command::RepLs(ls) => rep_ls(pool, ls, out).await,
         Command::RepStickyLs { pnfsid, json: true } => {
             let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
-            super::json::write_document(out, &super::json::sticky_records(&r.sticky, now))
+            super::json::write_document(out, &super::json::sticky_records(&r.sticky, now)).await
         }
         Command::RepStickyLs { pnfsid, json: false } => {
             let r = pool.repo.get(&pnfsid)?.ok_or(RepoError::NotFound(pnfsid))?;
+            let mut text = String::new();
             for s in r.sticky.iter().filter(|s| s.is_valid(now)) {
                 if s.expire == NEVER {
-                    out.write(&format!("{} : never expires\n", s.owner))?;
+                    let _ = writeln!(text, "{} : never expires", s.owner);
                 } else {
-                    out.write(&format!("{} : expires {}\n", s.owner, format_time(s.expire)))?;
+                    let _ = writeln!(text, "{} : expires {}", s.owner, format_time(s.expire));
                 }
             }
-            Ok(())
+            Ok(out.write(&text).await?)
         }
         Command::RepSetSticky { pnfsid, owner, lifetime_ms, on } => {
             let expire = match (on, lifetime_ms) {
@@ -71,60 +85,57 @@ pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(
             if pool.repo.get(&pnfsid)?.is_none() {
                 return Err(RepoError::NotFound(pnfsid).into());
             }
-            pool.repo.remove(&pnfsid, force, now)?;
-            out.write(&format!("Removed {pnfsid}\n"))?;
+            // Deletes the data file: on the blocking pool.
+            let repo = pool.repo.clone();
+            crate::io::blocking(move || repo.remove(&pnfsid, force, now)).await?;
+            out.write(&format!("Removed {pnfsid}\n")).await?;
             Ok(())
         }
         Command::PoolDisable { bits, error_code, message } => {
             pool.set_mode(ModeState { mode: PoolMode::from_bits(bits), error_code, message })?;
-            out.write("Pool disabled\n")?;
+            out.write("Pool disabled\n").await?;
             Ok(())
         }
         Command::PoolEnable => {
             pool.set_mode(ModeState::enabled())?;
-            out.write("Pool enabled\n")?;
+            out.write("Pool enabled\n").await?;
             Ok(())
         }
         Command::PpGetFile { pnfsids, source, wait, force_source_mode } => {
-            pp_get_file(node, pnfsids, source, wait, force_source_mode, out)
+            pp_get_file(node, pnfsids, source, wait, force_source_mode, out).await
         }
-        Command::PpLs { long, json: false } => pp_ls(&node.transfers, long, out),
+        Command::PpLs { long, json: false } => pp_ls(&node.transfers, long, out).await,
         Command::PpLs { long, json: true } => {
-            super::json::write_document(out, &super::json::pp_ls(&node.transfers, long))
+            super::json::write_document(out, &super::json::pp_ls(&node.transfers, long)).await
         }
         Command::PpSetMaxActive(n) => {
             node.transfers.incoming.set_limit(n);
-            out.write(&format!("Max active set to {n}\n"))?;
+            out.write(&format!("Max active set to {n}\n")).await?;
             Ok(())
         }
         Command::PpSetMaxOutgoing(n) => {
             node.transfers.outgoing.set_limit(n);
-            out.write(&format!("Max outgoing set to {n}\n"))?;
+            out.write(&format!("Max outgoing set to {n}\n")).await?;
             Ok(())
         }
         Command::PpRemove(id) => {
             if !node.transfers.cancel(id) {
-                return Err(RemoteError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("no transfer {id}; `pp ls` lists them"),
-                ));
+                return Err(AdminError::NoTransfer(id));
             }
-            out.write(&format!("Cancelling transfer {id}; `pp ls -l` shows how it ended\n"))?;
+            out.write(&format!("Cancelling transfer {id}; `pp ls -l` shows how it ended\n")).await?;
             Ok(())
         }
         Command::Save => {
             let text = crate::migration_env::save(&pool.repo, migration(node)?)?;
-            Ok(out.write(&format!("{text}\n"))?)
+            Ok(out.write(&format!("{text}\n")).await?)
         }
         Command::LogSet { target, level } => {
-            let levels = log_control(pool)?
-                .set(&target, level)
-                .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("cannot change the log filter: {e}")))?;
+            let levels = log_control(pool)?.set(&target, level).map_err(|e| AdminError::LogFilter(e.to_string()))?;
             tracing::info!(filter = %levels, "log filter changed by `log set`");
-            Ok(out.write(&format!("Log filter: {levels}\n"))?)
+            Ok(out.write(&format!("Log filter: {levels}\n")).await?)
         }
         Command::LogLs { json: true } => {
-            super::json::write_document(out, &super::json::log_ls(&log_control(pool)?.levels()))
+            super::json::write_document(out, &super::json::log_ls(&log_control(pool)?.levels())).await
         }
         Command::LogLs { json: false } => {
             let levels = log_control(pool)?.levels();
@@ -132,21 +143,21 @@ pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(
             for (target, level) in &levels.targets {
                 let _ = writeln!(text, "{target:<32} {level}");
             }
-            Ok(out.write(&text)?)
+            Ok(out.write(&text).await?)
         }
-        Command::MigrationCreate { def, command } => reply(out, migration(node)?.create(*def, command)),
+        Command::MigrationCreate { def, command } => reply(out, migration(node)?.create(*def, command)).await,
         Command::MigrationDryRun { def, command, json } => {
-            let plan = migration(node)?.dry_run_blocking(*def, command);
-            reply(out, plan.map(|p| if json { p.to_json() } else { p.render() }))
+            let plan = migration(node)?.dry_run(*def, command).await;
+            reply(out, plan.map(|p| if json { p.to_json() } else { p.render() })).await
         }
         Command::MigrationLs { json: false } => {
             let mut text = String::new();
             for line in migration(node)?.ls() {
                 let _ = writeln!(text, "{line}");
             }
-            Ok(out.write(&text)?)
+            Ok(out.write(&text).await?)
         }
-        Command::MigrationLs { json: true } => reply(out, Ok(migration(node)?.ls_json())),
+        Command::MigrationLs { json: true } => reply(out, Ok(migration(node)?.ls_json())).await,
         Command::MigrationInfo { job, view } => {
             let m = migration(node)?;
             let text = match view {
@@ -154,19 +165,19 @@ pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(
                 InfoView::Failed => m.info_failed(job.as_str()),
                 InfoView::Json => m.info_json(job.as_str()),
             };
-            reply(out, text)
+            reply(out, text).await
         }
         Command::MigrationReport { job, all, json } => {
             let report = migration(node)?.completion(job.as_str(), all);
             let text = report.map(|r| {
                 if json { serde_json::to_string_pretty(&r).expect("a report always serialises") } else { r.render() }
             });
-            reply(out, text)
+            reply(out, text).await
         }
-        Command::MigrationSuspend { job } => reply(out, migration(node)?.suspend(job.as_str())),
-        Command::MigrationResume { job } => reply(out, migration(node)?.resume(job.as_str())),
+        Command::MigrationSuspend { job } => reply(out, migration(node)?.suspend(job.as_str())).await,
+        Command::MigrationResume { job } => reply(out, migration(node)?.resume(job.as_str())).await,
         Command::MigrationCancel { job, force } => {
-            reply(out, migration(node)?.cancel(job.as_str(), force, CANCEL_REASON))
+            reply(out, migration(node)?.cancel(job.as_str(), force, CANCEL_REASON)).await
         }
         Command::MigrationClear => {
             migration(node)?.clear();
@@ -174,56 +185,43 @@ pub fn execute(node: &Arc<Node>, cmd: Command, out: &mut dyn Output) -> Result<(
         }
         Command::MigrationSetConcurrency { job, n, deprecated } => {
             let text = migration(node)?.set_concurrency(job.as_str(), n);
-            reply(out, text.map(|t| if deprecated { format!("{t}{DEPRECATED_CONCURRENCY}") } else { t }))
+            reply(out, text.map(|t| if deprecated { format!("{t}{DEPRECATED_CONCURRENCY}") } else { t })).await
         }
-        Command::MigrationSetRate { job, rate } => reply(out, migration(node)?.set_rate(job.as_str(), rate)),
+        Command::MigrationSetRate { job, rate } => reply(out, migration(node)?.set_rate(job.as_str(), rate)).await,
         Command::MigrationSetDefaultConcurrency(n) => {
             migration(node)?.set_default_concurrency(n);
-            reply(out, Ok(format!("Default concurrency set to {n}")))
+            reply(out, Ok(format!("Default concurrency set to {n}"))).await
         }
         Command::MigrationGetDefaultConcurrency => {
-            reply(out, Ok(format!("Current default concurrency: {}", migration(node)?.default_concurrency())))
+            reply(out, Ok(format!("Current default concurrency: {}", migration(node)?.default_concurrency()))).await
         }
         Command::MigrationSetDefaultRefresh(n) => {
             migration(node)?.set_default_refresh(n);
-            reply(out, Ok(format!("Default refresh interval set to {n}")))
+            reply(out, Ok(format!("Default refresh interval set to {n}"))).await
         }
         Command::MigrationGetDefaultRefresh => {
-            reply(out, Ok(format!("Current default refresh interval: {}", migration(node)?.default_refresh())))
+            reply(out, Ok(format!("Current default refresh interval: {}", migration(node)?.default_refresh()))).await
         }
-        Command::Rebalance { group, metric, refresh, json, dry_run } => super::rebalance::start(
-            super::rebalance::Here { node, run: &|line, out| run_line(node, line, out) },
-            &group,
-            metric,
-            refresh,
-            json,
-            dry_run,
-            out,
-        ),
-        Command::RebalanceCancel { group, json } => super::rebalance::cancel(
-            super::rebalance::Here { node, run: &|line, out| run_line(node, line, out) },
-            &group,
-            json,
-            out,
-        ),
+        Command::Rebalance { group, metric, refresh, json, dry_run } => {
+            let here = super::rebalance::Here { node, run: run_here };
+            super::rebalance::start(here, &group, metric, refresh, json, dry_run, out).await
+        }
+        Command::RebalanceCancel { group, json } => {
+            let here = super::rebalance::Here { node, run: run_here };
+            super::rebalance::cancel(here, &group, json, out).await
+        }
     }
 }
 
 /// The pool's migration module; the daemon always starts it, a bare [`Pool`] (in tests) may not.
-fn migration(node: &Node) -> Result<&Arc<Module<PoolEnv>>, RemoteError> {
-    node.try_migration()
-        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))
+fn migration(node: &Node) -> Result<&Arc<Module<PoolEnv>>, AdminError> {
+    node.try_migration().ok_or(AdminError::NoMigration)
 }
 
 /// The run-time log control; only a pool run by `tidepool pool` has one (pools sharing a
 /// process, as in the demo, share its log).
-fn log_control(pool: &Pool) -> Result<&Arc<crate::process::logging::LogControl>, RemoteError> {
-    pool.log.get().ok_or_else(|| {
-        RemoteError::new(
-            ErrorCode::InvalidArgument,
-            "this pool shares its process's log (the demo, a test); run it with `tidepool pool` to change log levels",
-        )
-    })
+fn log_control(pool: &Pool) -> Result<&Arc<crate::process::logging::LogControl>, AdminError> {
+    pool.log.get().ok_or(AdminError::SharedLog)
 }
 
 /// The reason `migration cancel` gives the module (it shows in the job's notes).
@@ -235,37 +233,34 @@ const DEPRECATED_CONCURRENCY: &str = " (Warning: this command is deprecated, ple
 /// Writes the migration module's reply, ending with a newline; its refusals become their code
 /// (`JobNotFound` for an unknown job, `InvalidArgument` for a state that does not allow the
 /// command) with the module's message.
-fn reply(out: &mut dyn Output, result: Result<String, MigrationError>) -> Result<(), RemoteError> {
-    let mut text = result.map_err(|e| RemoteError::new(e.code(), e.to_string()))?;
+async fn reply(out: &mut Output, result: Result<String, MigrationError>) -> Result<(), AdminError> {
+    let mut text = result?;
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    Ok(out.write(&text)?)
+    Ok(out.write(&text).await?)
 }
 
 /// How often `pp get file -wait` reports progress (it also keeps the shell's connection busy).
 const WAIT_REPORT: Duration = Duration::from_secs(10);
 
-fn pp_get_file(
+async fn pp_get_file(
     node: &Arc<Node>,
     pnfsids: Vec<PnfsId>,
     source: PoolName,
     wait: bool,
     force_source_mode: bool,
-    out: &mut dyn Output,
-) -> Result<(), RemoteError> {
+    out: &mut Output,
+) -> Result<(), AdminError> {
     let pool = &node.pool;
     let Some(runtime) = pool.runtime.clone() else {
-        return Err(RemoteError::new(ErrorCode::Internal, "this pool has no runtime to transfer with"));
+        return Err(AdminError::NoRuntime);
     };
     if source == pool.name {
-        return Err(RemoteError::new(ErrorCode::InvalidArgument, format!("{source} is this pool; name another pool")));
+        return Err(AdminError::SourceIsHere(source));
     }
     if pool.cluster.pool(&source).is_none() {
-        return Err(RemoteError::new(
-            ErrorCode::InvalidArgument,
-            format!("no pool named {source} in the cluster file"),
-        ));
+        return Err(AdminError::UnknownPool(source));
     }
     // In the pool's span (this runs inside it), so the transfers' log lines name the pool.
     let span = tracing::Span::current();
@@ -291,7 +286,7 @@ fn pp_get_file(
         started.push((id, pnfsid, progress, task));
     }
     if !wait {
-        out.write(&queued)?;
+        out.write(&queued).await?;
         return Ok(());
     }
     let clock = std::time::Instant::now();
@@ -300,17 +295,18 @@ fn pp_get_file(
     let mut failures = 0;
     for (id, pnfsid, progress, mut task) in started {
         let result = loop {
-            match runtime.block_on(async { tokio::time::timeout(WAIT_REPORT, &mut task).await }) {
+            // Waits on the connection's task; no thread is held meanwhile.
+            match tokio::time::timeout(WAIT_REPORT, &mut task).await {
                 Ok(joined) => {
                     break joined
-                        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("transfer task failed: {e}")))
-                        .and_then(|r| r);
+                        .map_err(|e| AdminError::TransferTask(e.to_string()))
+                        .and_then(|r| r.map_err(AdminError::from));
                 }
                 Err(_) => {
                     let done = progress.done.load(Ordering::Relaxed);
                     let size = progress.size.load(Ordering::Relaxed);
                     // If the client left, the transfers go on; `pp ls` still shows them.
-                    out.write(&format!("[{id}] {pnfsid} from {source}: {done}/{size} bytes\n"))?;
+                    out.write(&format!("[{id}] {pnfsid} from {source}: {done}/{size} bytes\n")).await?;
                 }
             }
         };
@@ -321,23 +317,26 @@ fn pp_get_file(
                 out.write(&format!(
                     "[{id}] {pnfsid} from {source}: done, {} bytes, {checksum}, {secs:.1} s\n",
                     replica.attrs.size
-                ))?;
+                ))
+                .await?;
             }
             Err(e) if count == 1 => return Err(e),
             Err(e) => {
-                out.write(&format!("[{id}] {pnfsid} from {source}: failed: {} (rc={})\n", e.message, e.code))?;
+                let shown = e.to_remote();
+                out.write(&format!("[{id}] {pnfsid} from {source}: failed: {} (rc={})\n", shown.message, shown.code))
+                    .await?;
                 failures += 1;
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(shown.code);
             }
         }
     }
     match first_error {
         None => Ok(()),
-        Some(e) => Err(RemoteError { code: e.code, message: format!("{failures} of {count} transfers failed") }),
+        Some(first) => Err(AdminError::TransfersFailed { failures, count, first }),
     }
 }
 
-fn pp_ls(transfers: &Transfers, long: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+async fn pp_ls(transfers: &Transfers, long: bool, out: &mut Output) -> Result<(), AdminError> {
     let (active, queued, limit) = transfers.incoming.counts();
     let (outgoing, out_queued, out_limit) = transfers.outgoing.counts();
     let opened = transfers.connections_opened();
@@ -380,7 +379,7 @@ fn pp_ls(transfers: &Transfers, long: bool, out: &mut dyn Output) -> Result<(), 
             }
         }
     }
-    out.write(&t)?;
+    out.write(&t).await?;
     Ok(())
 }
 
@@ -392,34 +391,32 @@ fn format_time(ms: i64) -> String {
     }
 }
 
-fn help(topic: &[String], out: &mut dyn Output) -> Result<(), RemoteError> {
+async fn help(topic: &[String], out: &mut Output) -> Result<(), AdminError> {
     if topic.is_empty() {
         let mut text = String::new();
         for c in COMMANDS {
             let _ = writeln!(text, "{:<44} # {}", c.usage_short(), c.summary);
         }
-        out.write(&text)?;
+        out.write(&text).await?;
         return Ok(());
     }
     let wanted = topic.join(" ");
     let matching: Vec<_> =
         COMMANDS.iter().filter(|c| c.name == wanted || c.name.starts_with(&format!("{wanted} "))).collect();
     match matching.as_slice() {
-        [] => Err(RemoteError::new(
-            ErrorCode::UnknownCommand,
-            format!("no command '{}'; `help` lists them", super::spec::echo(&wanted)),
-        )),
-        [one] => Ok(out.write(&one.help())?),
+        [] => Err(AdminError::UnknownTopic(super::spec::echo(&wanted).into_owned())),
+        [one] => Ok(out.write(&one.help()).await?),
         many => {
+            let mut text = String::new();
             for c in many {
-                out.write(&format!("{:<44} # {}\n", c.usage_short(), c.summary))?;
+                let _ = writeln!(text, "{:<44} # {}", c.usage_short(), c.summary);
             }
-            Ok(())
+            Ok(out.write(&text).await?)
         }
     }
 }
 
-fn info(node: &Node, out: &mut dyn Output) -> Result<(), RemoteError> {
+async fn info(node: &Node, out: &mut Output) -> Result<(), AdminError> {
     let pool = &node.pool;
     let now = now_ms();
     let space = pool.repo.space(now);
@@ -494,35 +491,45 @@ fn info(node: &Node, out: &mut dyn Output) -> Result<(), RemoteError> {
     if let Some(log) = pool.log.get() {
         let _ = writeln!(t, "Log filter     : {}", log.levels());
     }
-    out.write(&t)?;
+    out.write(&t).await?;
     Ok(())
 }
 
-fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteError> {
+/// `rep ls`: the walk over the repository runs on a blocking thread (a pool holds millions of
+/// replicas), streaming its lines back through `out`; the summary is written here.
+async fn rep_ls(pool: &Arc<Pool>, ls: RepLs, out: &mut Output) -> Result<(), AdminError> {
     let now = now_ms();
     let summarise = ls.stats.is_some() || ls.sum;
-    let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
-    let missing = if summarise {
-        each_selected(pool, ls, now, &mut |r| {
-            let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
-            classes.entry(class).or_default().add(r, now);
-            Ok(())
-        })?
-    } else if ls.json {
-        super::json::rep_ls(pool, ls, now, out)?
-    } else {
-        let mut buffer = String::new();
-        let missing = each_selected(pool, ls, now, &mut |r| {
-            buffer.push_str(&rep_ls_line(r, now));
-            if buffer.len() > 32 * 1024 {
+    let (p, listing) = (pool.clone(), ls.clone());
+    let walked = out
+        .from_blocking(move |out| -> Result<_, AdminError> {
+            let (pool, ls) = (&*p, &listing);
+            let mut classes: BTreeMap<String, ClassStats> = BTreeMap::new();
+            let missing = if summarise {
+                each_selected(pool, ls, now, &mut |r| {
+                    let class = r.attrs.storage_class.clone().unwrap_or_else(|| "<unknown>".into());
+                    classes.entry(class).or_default().add(r, now);
+                    Ok(())
+                })?
+            } else if ls.json {
+                super::json::rep_ls(pool, ls, now, out)?
+            } else {
+                let mut buffer = String::new();
+                let missing = each_selected(pool, ls, now, &mut |r| {
+                    buffer.push_str(&rep_ls_line(r, now));
+                    if buffer.len() > 32 * 1024 {
+                        out.write(&buffer)?;
+                        buffer.clear();
+                    }
+                    Ok(())
+                })?;
                 out.write(&buffer)?;
-                buffer.clear();
-            }
-            Ok(())
-        })?;
-        out.write(&buffer)?;
-        missing
-    };
+                missing
+            };
+            Ok((classes, missing))
+        })
+        .await?;
+    let (classes, missing) = walked?;
     if summarise {
         let unit = ls.stats.unwrap_or(super::SizeUnit::B);
         let mut total = ClassStats::default();
@@ -532,7 +539,7 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
         if ls.json {
             let classes =
                 classes.into_iter().map(|(storage_class, stats)| super::json::ClassJson { storage_class, stats });
-            super::json::write_document(out, &super::json::RepStatsJson { classes: classes.collect(), total })?;
+            super::json::write_document(out, &super::json::RepStatsJson { classes: classes.collect(), total }).await?;
         } else {
             let mut text = String::new();
             if ls.stats.is_some() {
@@ -547,11 +554,11 @@ fn rep_ls(pool: &Pool, ls: &RepLs, out: &mut dyn Output) -> Result<(), RemoteErr
             if ls.sum {
                 text.push_str(&total.row("TOTAL", unit));
             }
-            out.write(&text)?;
+            out.write(&text).await?;
         }
     }
     if !missing.is_empty() {
-        return Err(RemoteError::new(ErrorCode::FileNotFound, format!("not in this pool: {}", missing.join(" "))));
+        return Err(AdminError::NotInPool(missing));
     }
     Ok(())
 }
@@ -563,6 +570,7 @@ mod tests {
     use crate::repository::Replica;
     use crate::repository::testing::{NOW, attrs, id};
     use tidepool_p2p::model::FileAttributes;
+    use tidepool_p2p::{ErrorCode, RemoteError};
 
     fn replica(state: ReplicaState, sticky: bool) -> Replica {
         let a: FileAttributes = attrs(id(1), 5242880);
@@ -620,9 +628,13 @@ mod tests {
         node
     }
 
+    /// Runs `line` as the admin endpoint would, from a blocking thread of the test.
     fn run(pool: &Arc<Node>, line: &str) -> Result<String, RemoteError> {
-        let mut out = String::new();
-        run_line(pool, line, &mut out).map(|()| out)
+        let (out, err) = run_both(pool, line);
+        match err {
+            None => Ok(out),
+            Some(e) => Err(e),
+        }
     }
 
     fn refused(pool: &Arc<Node>, line: &str) -> String {
@@ -710,9 +722,9 @@ mod tests {
 
     /// Runs `line`, returning its output and, if it failed, its error.
     fn run_both(pool: &Arc<Node>, line: &str) -> (String, Option<RemoteError>) {
-        let mut out = String::new();
-        let result = run_line(pool, line, &mut out);
-        (out, result.err())
+        let mut out = Output::buffer();
+        let result = tokio::runtime::Handle::current().block_on(run_line(pool, line, &mut out));
+        (out.into_text(), result.err().map(|e| e.to_remote()))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,12 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer as _};
 use tidepool_migration::report::JobSummary;
+use tidepool_p2p::RemoteError;
 use tidepool_p2p::model::{ReplicaState, SpaceInfo};
-use tidepool_p2p::{ErrorCode, RemoteError};
 
 use super::RepLs;
-use super::output::{Gone, Output};
+use super::error::AdminError;
+use super::output::{Gone, Output, SyncOutput};
 use super::rep_ls;
 use crate::node::Node;
 use crate::pool::{Pool, now_ms};
@@ -24,11 +25,10 @@ use crate::repository::{Recovery, Replica};
 use crate::transfer::Transfers;
 
 /// Writes `value` as one pretty-printed JSON document and a newline.
-pub fn write_document(out: &mut dyn Output, value: &impl Serialize) -> Result<(), RemoteError> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("cannot write JSON: {e}")))?;
+pub async fn write_document(out: &mut Output, value: &impl Serialize) -> Result<(), AdminError> {
+    let mut text = serde_json::to_string_pretty(value).map_err(|e| AdminError::Json(e.to_string()))?;
     text.push('\n');
-    Ok(out.write(&text)?)
+    Ok(out.write(&text).await?)
 }
 
 /// An error as the text shows it: `<message> (rc=<code>)`.
@@ -337,7 +337,7 @@ const CHUNK: usize = 32 * 1024;
 
 /// Buffers serde_json's output and passes it on in chunks of whole characters.
 struct Sink<'a> {
-    out: &'a mut dyn Output,
+    out: &'a mut dyn SyncOutput,
     buf: Vec<u8>,
     gone: bool,
 }
@@ -375,9 +375,10 @@ impl io::Write for Sink<'_> {
 
 /// `rep ls -json` without statistics: one array, streamed (a million replicas never sit in
 /// memory at once). Returns the pnfsids asked for that the pool does not hold.
-pub fn rep_ls(pool: &Pool, ls: &RepLs, now: i64, out: &mut dyn Output) -> Result<Vec<String>, RemoteError> {
+/// Runs on the blocking thread of the walk (`Output::from_blocking`).
+pub fn rep_ls(pool: &Pool, ls: &RepLs, now: i64, out: &mut dyn SyncOutput) -> Result<Vec<String>, AdminError> {
     let mut ser = serde_json::Serializer::pretty(Sink { out, buf: Vec::new(), gone: false });
-    let failed = |e: serde_json::Error| RemoteError::new(ErrorCode::Internal, format!("cannot write JSON: {e}"));
+    let failed = |e: serde_json::Error| AdminError::Json(e.to_string());
     let mut seq = ser.serialize_seq(None).map_err(failed)?;
     let walked = rep_ls::each_selected(pool, ls, now, &mut |r| {
         seq.serialize_element(&ReplicaJson::of(r, now)).map_err(|e| if e.is_io() { Gone.into() } else { failed(e) })
@@ -390,7 +391,7 @@ pub fn rep_ls(pool: &Pool, ls: &RepLs, now: i64, out: &mut dyn Output) -> Result
     let missing = walked?;
     ended.map_err(failed)?;
     sink.buf.push(b'\n');
-    io::Write::flush(&mut sink).map_err(|_| RemoteError::from(Gone))?;
+    io::Write::flush(&mut sink).map_err(|_| AdminError::Gone)?;
     Ok(missing)
 }
 
@@ -519,7 +520,7 @@ mod tests {
     #[test]
     fn the_sink_reports_a_reader_that_went_away() {
         struct Closed;
-        impl Output for Closed {
+        impl SyncOutput for Closed {
             fn write(&mut self, _: &str) -> Result<(), Gone> {
                 Err(Gone)
             }

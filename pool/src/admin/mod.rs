@@ -1,10 +1,12 @@
 //! The pool's admin commands: declared once in [`COMMANDS`] (name, options, help, examples),
 //! parsed purely into a typed [`Command`], executed separately by [`exec`].
 
+pub mod error;
 pub mod exec;
 pub mod json;
 pub mod output;
 pub mod rebalance;
+pub mod remote;
 pub mod rep_ls;
 pub mod spec;
 

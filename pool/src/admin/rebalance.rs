@@ -7,37 +7,44 @@
 //! pools below it until each is at the level.
 //!
 //! What to run where is a pure function of the pools' answers ([`plan`]); [`start`] and
-//! [`cancel`] are the thin effects around it. The pool reaches the other pools of the group
-//! through their admin endpoints, as an admin client with the cluster key, and runs the same
-//! lines on itself through its own command interpreter: every pool runs the same text, which
-//! `migration ls` shows.
+//! [`cancel`] are the thin async effects around it. The costs come through the migration
+//! transport (`PoolInfo`); the lines run on the other pools of the group through their admin
+//! endpoints over the peer-connection layer ([`super::remote`]), and on this pool through its
+//! own command interpreter: every pool runs the same text, which `migration ls` shows. Nothing
+//! here holds a thread while it waits.
 
 use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tidepool_admin::client::{ClientError, PoolClient};
 use tidepool_migration::env::{Env, Unanswered};
 use tidepool_migration::report::JobSummary;
 use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
+use super::error::{AdminError, RebalanceError};
 use super::json::{ErrorJson, write_document};
 use super::output::Output;
+use super::remote::Pools;
 use crate::node::Node;
 use crate::pool::Pool;
 
-/// Runs one admin line on this pool: the executor's `run_line`, handed in by the executor that
+/// A line running on this pool: its output, or why it failed.
+pub type Running = Pin<Box<dyn Future<Output = Result<String, AdminError>> + Send>>;
+
+/// Runs one admin line on this pool: the executor's `run_here`, handed in by the executor that
 /// runs `rebalance`, so that this module does not depend on it.
-pub type RunHere<'a> = &'a dyn Fn(&str, &mut dyn Output) -> Result<(), RemoteError>;
+pub type RunHere = fn(Arc<Node>, String) -> Running;
 
 /// The pool a rebalance command runs in, and how it runs a line on itself.
 #[derive(Clone, Copy)]
 pub struct Here<'a> {
     pub node: &'a Arc<Node>,
-    pub run: RunHere<'a>,
+    pub run: RunHere,
 }
 
 /// How every rebalance line starts (its options follow).
@@ -97,6 +104,23 @@ pub enum Answer {
     None(String),
 }
 
+/// Why a pool was left out of the rebalance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeftOut {
+    Disabled,
+    /// It did not say its cost; why.
+    NoAnswer(String),
+}
+
+impl fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeftOut::Disabled => f.write_str("disabled"),
+            LeftOut::NoAnswer(why) => f.write_str(why),
+        }
+    }
+}
+
 /// What `rebalance pgroup` does, worked out from the pools' answers.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -105,7 +129,7 @@ pub struct Plan {
     /// The enabled pools, in cluster-file order: each runs `line` and is a target of the others.
     pub pools: Vec<PoolName>,
     /// The pools left out, with why (disabled, or no answer).
-    pub left_out: Vec<(PoolName, String)>,
+    pub left_out: Vec<(PoolName, LeftOut)>,
     /// With [`Metric::Relative`], the group's used fraction F.
     pub level: Option<f64>,
 }
@@ -122,8 +146,8 @@ pub fn plan(metric: Metric, refresh: u64, members: &[(PoolName, Answer)]) -> Pla
                 used += u128::from(cost.space.used);
                 total += u128::from(cost.space.total);
             }
-            Answer::Cost(_) => left_out.push((name.clone(), "disabled".to_string())),
-            Answer::None(why) => left_out.push((name.clone(), why.clone())),
+            Answer::Cost(_) => left_out.push((name.clone(), LeftOut::Disabled)),
+            Answer::None(why) => left_out.push((name.clone(), LeftOut::NoAnswer(why.clone()))),
         }
     }
     let (include, stop, level) = match metric {
@@ -149,20 +173,13 @@ pub fn plan(metric: Metric, refresh: u64, members: &[(PoolName, Answer)]) -> Pla
 
 impl Plan {
     /// Refuses a plan with fewer than two enabled pools: there is nothing to level.
-    pub fn check(&self, group: &str) -> Result<(), RemoteError> {
+    pub fn check(&self, group: &str) -> Result<(), RebalanceError> {
         match self.pools.as_slice() {
-            [] => {
-                let code = if self.left_out.iter().all(|(_, why)| why == "disabled") {
-                    ErrorCode::PoolDisabled
-                } else {
-                    ErrorCode::Offline
-                };
-                Err(RemoteError::new(code, format!("no pool of pool group {group} is enabled and answers")))
-            }
-            [one] => Err(RemoteError::new(
-                ErrorCode::InvalidArgument,
-                format!("{one} is the only enabled pool of pool group {group} that answers: nothing to level"),
-            )),
+            [] => Err(RebalanceError::NoPool {
+                group: group.to_string(),
+                all_disabled: self.left_out.iter().all(|(_, why)| *why == LeftOut::Disabled),
+            }),
+            [one] => Err(RebalanceError::OnlyOne { pool: one.clone(), group: group.to_string() }),
             _ => Ok(()),
         }
     }
@@ -182,77 +199,70 @@ impl Plan {
 /// summary line, or the error), in cluster-file order. Fails if any enabled pool failed. With
 /// `dry_run`, no job is cancelled nor started: each enabled pool prints the plan of its job
 /// (`migration move -dry-run`).
-pub fn start(
+pub async fn start(
     here: Here<'_>,
     group: &str,
     metric: Metric,
     refresh: u64,
     json: bool,
     dry_run: bool,
-    out: &mut dyn Output,
-) -> Result<(), RemoteError> {
+    out: &mut Output,
+) -> Result<(), AdminError> {
     let pool = &here.node.pool;
     let members = members(pool, group)?;
-    let runtime = runtime(pool)?;
-    let module = here
-        .node
-        .try_migration()
-        .ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no migration module running"))?;
+    let module = here.node.try_migration().ok_or(AdminError::NoMigration)?;
     let env = module.env().clone();
     let me = pool.name.clone();
-    let answers = runtime.block_on(async move {
-        let mut asked = tokio::task::JoinSet::new();
-        for (i, name) in members.into_iter().enumerate() {
-            let env = env.clone();
-            let me = me.clone();
-            asked.spawn(async move {
-                let answer = if name == me { Answer::Cost(env.cost()) } else { ask(&*env, &name).await };
-                (i, name, answer)
-            });
-        }
-        let mut answers = asked.join_all().await;
-        answers.sort_by_key(|(i, _, _)| *i);
-        answers.into_iter().map(|(_, name, answer)| (name, answer)).collect::<Vec<_>>()
-    });
+    let mut asked = tokio::task::JoinSet::new();
+    for (i, name) in members.into_iter().enumerate() {
+        let env = env.clone();
+        let me = me.clone();
+        asked.spawn(async move {
+            let answer = if name == me { Answer::Cost(env.cost()) } else { ask(&*env, &name).await };
+            (i, name, answer)
+        });
+    }
+    let mut answers = asked.join_all().await;
+    answers.sort_by_key(|(i, _, _)| *i);
+    let answers: Vec<(PoolName, Answer)> = answers.into_iter().map(|(_, name, answer)| (name, answer)).collect();
     let plan = plan(metric, refresh, &answers);
     if dry_run {
-        return dry_run_plans(here, &runtime, group, metric, &plan, json, out);
+        return dry_run_plans(here, group, metric, &plan, json, out).await;
     }
     if json {
-        return start_json(here, &runtime, group, metric, &plan, out);
+        return start_json(here, group, metric, &plan, out).await;
     }
     let mut text = String::new();
     for (name, why) in &plan.left_out {
         let _ = writeln!(text, "{name}: left out: {why}");
     }
     if let Err(e) = plan.check(group) {
-        out.write(&text)?;
-        return Err(e);
+        out.write(&text).await?;
+        return Err(e.into());
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = on_each(here, &runtime, &plan.pools, &[CANCEL_LINE, &plan.line]);
+    let results = on_each(here, &plan.pools, &[CANCEL_LINE, &plan.line]).await;
     let failed = report(&results, &mut text, |reply| reply.to_string());
-    out.write(&text)?;
+    out.write(&text).await?;
     summary(group, "started the rebalance jobs", &results, failed)
 }
 
 /// `rebalance cancel pgroup <group>`: cancels the `rebalance` job on every pool of the group;
 /// one line per pool (the job's summary line, no such job, or the error).
-pub fn cancel(here: Here<'_>, group: &str, json: bool, out: &mut dyn Output) -> Result<(), RemoteError> {
+pub async fn cancel(here: Here<'_>, group: &str, json: bool, out: &mut Output) -> Result<(), AdminError> {
     let pool = &here.node.pool;
     let members = members(pool, group)?;
-    let runtime = runtime(pool)?;
     if json {
-        let results = with_jobs(on_each(here, &runtime, &members, &[CANCEL_LINE, LS_JSON_LINE]));
+        let results = with_jobs(on_each(here, &members, &[CANCEL_LINE, LS_JSON_LINE]).await);
         let (pools, failed) = outcomes(&results, "cancelled", "no_job");
         let doc = RebalanceJson { group: group.to_string(), metric: None, level: None, command: None, pools };
-        write_document(out, &doc)?;
+        write_document(out, &doc).await?;
         return summary(group, "cancelled the rebalance jobs", &results, failed);
     }
-    let results = on_each(here, &runtime, &members, &[CANCEL_LINE]);
+    let results = on_each(here, &members, &[CANCEL_LINE]).await;
     let mut text = String::new();
     let failed = report(&results, &mut text, cancelled);
-    out.write(&text)?;
+    out.write(&text).await?;
     summary(group, "cancelled the rebalance jobs", &results, failed)
 }
 
@@ -262,7 +272,7 @@ fn cancelled(reply: &str) -> String {
 }
 
 /// The pools of `group` in cluster-file order; an error if the cluster file has none.
-fn members(pool: &Pool, group: &str) -> Result<Vec<PoolName>, RemoteError> {
+fn members(pool: &Pool, group: &str) -> Result<Vec<PoolName>, RebalanceError> {
     let members: Vec<PoolName> = pool
         .cluster
         .get()
@@ -272,16 +282,9 @@ fn members(pool: &Pool, group: &str) -> Result<Vec<PoolName>, RemoteError> {
         .map(|p| p.name.clone())
         .collect();
     if members.is_empty() {
-        return Err(RemoteError::new(
-            ErrorCode::InvalidArgument,
-            format!("no pool group named {group} in the cluster file"),
-        ));
+        return Err(RebalanceError::UnknownGroup(group.to_string()));
     }
     Ok(members)
-}
-
-fn runtime(pool: &Pool) -> Result<tokio::runtime::Handle, RemoteError> {
-    pool.runtime.clone().ok_or_else(|| RemoteError::new(ErrorCode::Internal, "this pool has no runtime to work with"))
 }
 
 /// Asks another pool for its cost.
@@ -295,49 +298,56 @@ async fn ask(env: &impl Env, name: &PoolName) -> Answer {
     }
 }
 
-/// Runs `lines` in order on each pool of `pools` (this pool through its own interpreter, the
-/// others at the same time through their admin endpoints). A pool's result is the output of
-/// its last line, or the first error; the error `Job not found` from the cancel line is not
-/// one (the pool had no such job: the output is then empty).
-fn on_each(
-    here: Here<'_>,
-    runtime: &tokio::runtime::Handle,
-    pools: &[PoolName],
-    lines: &[&str],
-) -> Vec<(PoolName, Result<String, RemoteError>)> {
-    let (pool, run) = (&here.node.pool, here.run);
-    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-    let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
-    let mut remote = Vec::new();
-    for (i, name) in pools.iter().enumerate() {
-        if *name == pool.name {
-            results[i] = Some(run_lines(&lines, |line| {
-                let mut text = String::new();
-                run(line, &mut text).map(|()| text)
-            }));
-        } else {
-            remote.push((i, name.clone()));
+/// Where one pool's lines run: this pool's own interpreter, or another pool's admin endpoint.
+enum Target {
+    Here(Arc<Node>, RunHere),
+    There(Pools, PoolName),
+    /// Tests: a script of replies.
+    #[cfg(test)]
+    Scripted(fn(&str) -> Result<String, RemoteError>),
+}
+
+impl Target {
+    /// Runs one line; its output, or the error as the pool's line of the reply shows it.
+    async fn run(&mut self, line: &str) -> Result<String, RemoteError> {
+        match self {
+            Target::Here(node, run) => run(node.clone(), line.to_string()).await.map_err(|e| e.to_remote()),
+            Target::There(pools, name) => match pools.run(name, line).await {
+                Ok((text, None)) => Ok(text),
+                Ok((_, Some(refused))) => Err(refused),
+                Err(e) => Err(RemoteError::new(e.code(), e.to_string())),
+            },
+            #[cfg(test)]
+            Target::Scripted(reply) => reply(line),
         }
     }
-    // The shell's client is not `Send` (its output callback is not), so the requests run as
-    // local tasks on this thread, all at once, driven by the pool's runtime.
+}
+
+/// Runs `lines` in order on each pool of `pools`, all pools at once (this pool through its own
+/// interpreter, the others through their admin endpoints). A pool's result is the output of
+/// its last line, or the first error; the error `Job not found` from the cancel line is not
+/// one (the pool had no such job: the output is then empty).
+async fn on_each(here: Here<'_>, pools: &[PoolName], lines: &[&str]) -> Vec<(PoolName, Result<String, RemoteError>)> {
+    let pool = &here.node.pool;
+    let lines: Arc<[String]> = lines.iter().map(|l| l.to_string()).collect();
+    let others = Pools::new(pool.cluster.get(), pool.key.clone(), format!("{}/rebalance", pool.name), COMMAND_TIMEOUT);
     let span = tracing::Span::current();
-    let (cluster, key) = (&*pool.cluster.get(), &pool.key);
-    let local = tokio::task::LocalSet::new();
-    let answered = runtime.block_on(local.run_until(async move {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, name) in remote {
-            let client = PoolClient::new(cluster.clone(), key.clone())
-                .with_name(format!("{}/rebalance", pool.name))
-                .with_reply_timeout(COMMAND_TIMEOUT);
-            let lines = lines.clone();
-            let work = async move { (i, run_remote(client, &name, &lines).await) };
-            set.spawn_local(tracing::Instrument::instrument(work, span.clone()));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, name) in pools.iter().enumerate() {
+        let mut target = if *name == pool.name {
+            Target::Here(here.node.clone(), here.run)
+        } else {
+            Target::There(others.clone(), name.clone())
+        };
+        let lines = lines.clone();
+        let work = async move { (i, run_lines(&lines, &mut target).await) };
+        set.spawn(tracing::Instrument::instrument(work, span.clone()));
+    }
+    let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
+    while let Some(done) = set.join_next().await {
+        if let Ok((i, result)) = done {
+            results[i] = Some(result);
         }
-        set.join_all().await
-    }));
-    for (i, result) in answered {
-        results[i] = Some(result);
     }
     pools
         .iter()
@@ -349,51 +359,17 @@ fn on_each(
         .collect()
 }
 
-/// The lines of [`on_each`] with `run` doing one line.
-fn run_lines(
-    lines: &[String],
-    mut run: impl FnMut(&str) -> Result<String, RemoteError>,
-) -> Result<String, RemoteError> {
+/// The lines of [`on_each`] on one pool. Matches on the code, never the message.
+async fn run_lines(lines: &[String], target: &mut Target) -> Result<String, RemoteError> {
     let mut last = String::new();
     for line in lines {
-        last = match run(line) {
+        last = match target.run(line).await {
             Ok(text) => text,
             Err(e) if line == CANCEL_LINE && e.code() == Some(ErrorCode::JobNotFound) => String::new(),
             Err(e) => return Err(e),
         };
     }
     Ok(last)
-}
-
-async fn run_remote(mut client: PoolClient, name: &PoolName, lines: &[String]) -> Result<String, RemoteError> {
-    let mut last = String::new();
-    for line in lines {
-        let mut text = String::new();
-        let result = client
-            .run(name, line, &mut |chunk| {
-                text.push_str(chunk);
-                Ok(())
-            })
-            .await;
-        last = match result {
-            Ok(None) => text,
-            Ok(Some(e)) if line == CANCEL_LINE && e.code() == Some(ErrorCode::JobNotFound) => String::new(),
-            Ok(Some(e)) => return Err(e),
-            Err(e) => return Err(client_error(e)),
-        };
-    }
-    Ok(last)
-}
-
-/// A failure to reach a pool, as an error with a code.
-fn client_error(e: ClientError) -> RemoteError {
-    let code = match &e {
-        ClientError::Offline { .. } | ClientError::SendFailed { .. } | ClientError::Lost { .. } => ErrorCode::Offline,
-        ClientError::NoReply { .. } => ErrorCode::Timeout,
-        ClientError::Refused { error, .. } => error.code().unwrap_or(ErrorCode::Protocol),
-        _ => ErrorCode::Protocol,
-    };
-    RemoteError::new(code, e.to_string())
 }
 
 /// Writes `<pool>: <what>` per result (`show` turns a reply into `what`; further lines of a
@@ -446,21 +422,20 @@ pub struct PoolOutcome {
     pub error: Option<ErrorJson>,
 }
 
-fn start_json(
+async fn start_json(
     here: Here<'_>,
-    runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
     plan: &Plan,
-    out: &mut dyn Output,
-) -> Result<(), RemoteError> {
+    out: &mut Output,
+) -> Result<(), AdminError> {
     let mut pools: Vec<PoolOutcome> = plan
         .left_out
         .iter()
         .map(|(name, why)| PoolOutcome {
             pool: name.to_string(),
             outcome: "left_out",
-            reason: Some(why.clone()),
+            reason: Some(why.to_string()),
             job: None,
             error: None,
         })
@@ -474,34 +449,33 @@ fn start_json(
     };
     if let Err(e) = plan.check(group) {
         doc.pools = pools;
-        write_document(out, &doc)?;
-        return Err(e);
+        write_document(out, &doc).await?;
+        return Err(e.into());
     }
     tracing::info!(group, %metric, level = ?plan.level, pools = plan.pools.len(), "rebalance pgroup: starting {}", plan.line);
-    let results = with_jobs(on_each(here, runtime, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]));
+    let results = with_jobs(on_each(here, &plan.pools, &[CANCEL_LINE, &plan.line, LS_JSON_LINE]).await);
     let (started, failed) = outcomes(&results, "started", "started");
     pools.extend(started);
     doc.command = Some(plan.line.clone());
     doc.pools = pools;
-    write_document(out, &doc)?;
+    write_document(out, &doc).await?;
     summary(group, "started the rebalance jobs", &results, failed)
 }
 
 /// `rebalance pgroup -dry-run`: the plan of each enabled pool's job, nothing cancelled nor
 /// started. Text: `<pool>: left out: <why>`, then `<pool>: <its plan>` (indented) or
 /// `<pool>: failed: <error>`; `-json`: [`RebalanceDryJson`].
-fn dry_run_plans(
+async fn dry_run_plans(
     here: Here<'_>,
-    runtime: &tokio::runtime::Handle,
     group: &str,
     metric: Metric,
     plan: &Plan,
     json: bool,
-    out: &mut dyn Output,
-) -> Result<(), RemoteError> {
+    out: &mut Output,
+) -> Result<(), AdminError> {
     let checked = plan.check(group);
     let line = plan.dry_line(json);
-    let results = if checked.is_ok() { on_each(here, runtime, &plan.pools, &[&line]) } else { Vec::new() };
+    let results = if checked.is_ok() { on_each(here, &plan.pools, &[&line]).await } else { Vec::new() };
     if json {
         let mut pools: Vec<PoolPlan> = plan
             .left_out
@@ -509,7 +483,7 @@ fn dry_run_plans(
             .map(|(name, why)| PoolPlan {
                 pool: name.to_string(),
                 outcome: "left_out",
-                reason: Some(why.clone()),
+                reason: Some(why.to_string()),
                 plan: None,
                 error: None,
             })
@@ -545,7 +519,7 @@ fn dry_run_plans(
             command,
             pools,
         };
-        write_document(out, &doc)?;
+        write_document(out, &doc).await?;
         checked?;
         return summary(group, "planned the rebalance jobs", &results, failed);
     }
@@ -554,11 +528,11 @@ fn dry_run_plans(
         let _ = writeln!(text, "{name}: left out: {why}");
     }
     if let Err(e) = checked {
-        out.write(&text)?;
-        return Err(e);
+        out.write(&text).await?;
+        return Err(e.into());
     }
     let failed = report(&results, &mut text, |reply| reply.to_string());
-    out.write(&text)?;
+    out.write(&text).await?;
     summary(group, "planned the rebalance jobs", &results, failed)
 }
 
@@ -639,19 +613,20 @@ fn outcomes(
 /// first failure.
 fn summary<T>(
     group: &str,
-    done: &str,
+    done: &'static str,
     results: &[(PoolName, Result<T, RemoteError>)],
     failed: usize,
-) -> Result<(), RemoteError> {
+) -> Result<(), AdminError> {
     match results.iter().find_map(|(_, r)| r.as_ref().err()) {
         None => Ok(()),
-        Some(first) => Err(RemoteError {
-            code: first.code,
-            message: format!(
-                "pool group {group}: {failed} of {} pools failed (see above); {done} on the others",
-                results.len()
-            ),
-        }),
+        Some(first) => Err(RebalanceError::PoolsFailed {
+            group: group.to_string(),
+            failed,
+            total: results.len(),
+            done,
+            first: first.code,
+        }
+        .into()),
     }
 }
 
@@ -683,7 +658,9 @@ mod tests {
         assert_eq!(p.line.strip_prefix(head), Some(want_line), "{members:?}");
         assert_eq!(p.pools, want_pools.iter().map(|n| name(n)).collect::<Vec<_>>());
         let out: Vec<(PoolName, String)> = want_out.iter().map(|(n, w)| (name(n), w.to_string())).collect();
-        assert_eq!(p.left_out, out);
+        let left_out: Vec<(PoolName, String)> =
+            p.left_out.iter().map(|(n, why)| (n.clone(), why.to_string())).collect();
+        assert_eq!(left_out, out);
     }
 
     #[test]
@@ -769,29 +746,51 @@ mod tests {
             answers.into_iter().enumerate().map(|(i, a)| (name(&format!("p{i}")), a)).collect()
         };
         let p = plan(Metric::Relative, 30, &members(vec![cost(1, 10, true), cost(1, 10, false)]));
-        let e = p.check("disk").unwrap_err();
+        let e = p.check("disk").unwrap_err().to_remote();
         assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
         assert_eq!(e.message, "p0 is the only enabled pool of pool group disk that answers: nothing to level");
         let p = plan(Metric::Relative, 30, &members(vec![cost(1, 10, false)]));
-        assert_eq!(p.check("disk").unwrap_err().code(), Some(ErrorCode::PoolDisabled));
+        assert_eq!(p.check("disk").unwrap_err().to_remote().code(), Some(ErrorCode::PoolDisabled));
         let p = plan(Metric::Free, 30, &members(vec![cost(1, 10, false), Answer::None("offline".into())]));
-        assert_eq!(p.check("disk").unwrap_err().code(), Some(ErrorCode::Offline));
+        assert_eq!(p.check("disk").unwrap_err().to_remote().code(), Some(ErrorCode::Offline));
         let p = plan(Metric::Free, 30, &members(vec![cost(1, 10, true), cost(1, 10, true)]));
         assert_eq!(p.check("disk"), Ok(()));
     }
 
-    #[test]
-    fn run_lines_takes_a_missing_job_as_nothing_to_cancel() {
+    #[tokio::test]
+    async fn run_lines_takes_a_missing_job_as_nothing_to_cancel() {
         let lines = vec![CANCEL_LINE.to_string(), "migration move x".to_string()];
         let not_found = || RemoteError::new(ErrorCode::JobNotFound, "Job not found");
-        let r = run_lines(&lines, |l| if l == CANCEL_LINE { Err(not_found()) } else { Ok("[rebalance] NEW\n".into()) });
+        let script = |reply: fn(&str) -> Result<String, RemoteError>| Target::Scripted(reply);
+        let r = run_lines(
+            &lines,
+            &mut script(|l| {
+                if l == CANCEL_LINE {
+                    Err(RemoteError::new(ErrorCode::JobNotFound, "Job not found"))
+                } else {
+                    Ok("[rebalance] NEW\n".into())
+                }
+            }),
+        )
+        .await;
         assert_eq!(r, Ok("[rebalance] NEW\n".to_string()));
         // The same message from the second line is an error.
-        let r = run_lines(&lines, |l| if l == CANCEL_LINE { Ok(String::new()) } else { Err(not_found()) });
+        let r = run_lines(
+            &lines,
+            &mut script(|l| {
+                if l == CANCEL_LINE {
+                    Ok(String::new())
+                } else {
+                    Err(RemoteError::new(ErrorCode::JobNotFound, "Job not found"))
+                }
+            }),
+        )
+        .await;
         assert_eq!(r, Err(not_found()));
         let other = RemoteError::new(ErrorCode::Internal, "boom");
-        let r = run_lines(&lines, |_| Err(other.clone()));
+        let r = run_lines(&lines, &mut script(|_| Err(RemoteError::new(ErrorCode::Internal, "boom")))).await;
         assert_eq!(r, Err(other));
-        assert_eq!(run_lines(&lines[..1], |_| Err(not_found())), Ok(String::new()));
+        let mut missing = script(|_| Err(RemoteError::new(ErrorCode::JobNotFound, "Job not found")));
+        assert_eq!(run_lines(&lines[..1], &mut missing).await, Ok(String::new()));
     }
 }

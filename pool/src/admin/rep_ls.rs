@@ -3,9 +3,9 @@
 
 use std::ops::ControlFlow;
 
-use tidepool_p2p::RemoteError;
 use tidepool_p2p::model::ReplicaState;
 
+use super::error::AdminError;
 use super::{Property, RepLs};
 use crate::pool::Pool;
 use crate::repository::Replica;
@@ -113,8 +113,8 @@ pub fn each_selected(
     pool: &Pool,
     ls: &RepLs,
     now: i64,
-    visit: &mut dyn FnMut(&Replica) -> Result<(), RemoteError>,
-) -> Result<Vec<String>, RemoteError> {
+    visit: &mut dyn FnMut(&Replica) -> Result<(), AdminError>,
+) -> Result<Vec<String>, AdminError> {
     let mut visit = |r: &Replica| if selected(ls, r, now) { visit(r) } else { Ok(()) };
     let mut missing = Vec::new();
     if ls.pnfsids.is_empty() {

@@ -150,14 +150,8 @@ pub(crate) async fn put(node: &Arc<Node>, size: usize, state: ReplicaState, stic
 
 /// Runs an admin line on a pool as the admin endpoint would.
 async fn admin(node: &Arc<Node>, line: &str) -> Result<String, RemoteError> {
-    let node = node.clone();
-    let line = line.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut out = String::new();
-        exec::run_line(&node, &line, &mut out).map(|()| out)
-    })
-    .await
-    .unwrap()
+    let mut out = crate::admin::output::Output::buffer();
+    exec::run_line(node, line, &mut out).await.map(|()| out.into_text()).map_err(|e| e.to_remote())
 }
 
 /// A transfer of `id` from `source` as `pp get file` makes it, with its typed outcome.

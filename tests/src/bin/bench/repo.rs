@@ -14,7 +14,7 @@ use tidepool_p2p::PnfsId;
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::model::{AccessLatency, Checksum, FileAttributes, ReplicaState, RetentionPolicy, StickyRecord};
 use tidepool_pool::admin::exec;
-use tidepool_pool::admin::output::{Gone, Output};
+use tidepool_pool::admin::output::Output;
 use tidepool_pool::node::Node;
 use tidepool_pool::pool::Pool;
 use tidepool_pool::transfer::Transfers;
@@ -92,13 +92,28 @@ pub(crate) fn fill(dir: &Path, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Count(u64);
-
-impl Output for Count {
-    fn write(&mut self, text: &str) -> Result<(), Gone> {
-        self.0 += text.len() as u64;
-        Ok(())
-    }
+/// Runs `line` as the admin endpoint does (its output streamed through a small channel, in
+/// bounded memory) and returns how many bytes it wrote, and its text if `keep`.
+fn run_streamed(node: &Arc<Node>, line: &str, keep: bool) -> anyhow::Result<(u64, String)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        let reader = tokio::spawn(async move {
+            let (mut bytes, mut text) = (0u64, String::new());
+            while let Some(piece) = rx.recv().await {
+                bytes += piece.len() as u64;
+                if keep {
+                    text.push_str(&piece);
+                }
+            }
+            (bytes, text)
+        });
+        let mut out = Output::channel(tx);
+        let ran = exec::run_line(node, line, &mut out).await;
+        drop(out);
+        ran.map_err(|e| anyhow::anyhow!(e.to_remote().render()))?;
+        Ok(reader.await?)
+    })
 }
 
 pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
@@ -136,14 +151,12 @@ pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
     )?);
     let node = Arc::new(Node::new(Arc::new(Transfers::new(pool, &Default::default()))));
     let t = Instant::now();
-    let mut out = Count(0);
-    exec::run_line(&node, "rep ls", &mut out).map_err(|e| anyhow::anyhow!(e.render()))?;
+    let (written, _) = run_streamed(&node, "rep ls", false)?;
     let ls_s = t.elapsed().as_secs_f64();
-    println!("rep ls: {} bytes of output in {ls_s:.2} s, peak RSS {:.0} MiB", out.0, peak_rss_mib(Who::Me));
+    println!("rep ls: {written} bytes of output in {ls_s:.2} s, peak RSS {:.0} MiB", peak_rss_mib(Who::Me));
 
     let t = Instant::now();
-    let mut stats = String::new();
-    exec::run_line(&node, "rep ls -s -sum", &mut stats).map_err(|e| anyhow::anyhow!(e.render()))?;
+    let (_, stats) = run_streamed(&node, "rep ls -s -sum", true)?;
     println!("rep ls -s -sum: {:.2} s, peak RSS {:.0} MiB", t.elapsed().as_secs_f64(), peak_rss_mib(Who::Me));
     std::io::stdout().flush().context("flush")?;
     print!("{stats}");
