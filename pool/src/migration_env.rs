@@ -534,6 +534,16 @@ pub fn save(repo: &Repository, module: &Module<PoolEnv>) -> Result<String, Remot
     Ok(reply)
 }
 
+/// A saved job's command read back into its definition, or why it cannot be. `save` never
+/// stores `-dry-run` or `-json`: a line with them was edited by hand, and is not a job.
+pub(crate) fn restorable(command: &str) -> Result<tidepool_migration::definition::JobDefinition, String> {
+    let line = tidepool_migration::grammar::parse_command(command).map_err(|e| e.to_string())?;
+    if line.dry_run || line.json {
+        return Err("a dry run (-dry-run or -json) is not a job".to_string());
+    }
+    Ok(line.def)
+}
+
 /// The holds the repository kept across the restart, for [`Module::restore_holds`]; a hold
 /// whose owner cannot be read still protects its replica until it ends, but no job renews it.
 pub fn saved_holds(repo: &Repository) -> Vec<SavedHold> {
@@ -600,11 +610,7 @@ pub fn restore(repo: &Repository, module: &Arc<Module<PoolEnv>>) {
             ));
             continue;
         }
-        match tidepool_migration::grammar::parse_command(&job.command)
-            .map(|line| line.def)
-            .map_err(|e| e.to_string())
-            .and_then(|d| module.restore(&job, d).map_err(|e| e.to_string()))
-        {
+        match restorable(&job.command).and_then(|d| module.restore(&job, d).map_err(|e| e.to_string())) {
             Ok(line) => tracing::info!("restored migration job {line}"),
             Err(e) => {
                 module.report_problem(format!(

@@ -388,3 +388,18 @@ mod daemons {
         c.stop().await;
     }
 }
+
+/// A saved line is read back by the job grammar; one edited to hold `-dry-run` or `-json` is
+/// refused rather than started as a real job.
+#[test]
+fn a_saved_dry_run_line_is_not_restored_as_a_job() {
+    for (command, job) in [
+        ("migration copy -permanent -- pool2", true),
+        ("migration move -storage=test:a -- pool2", true),
+        ("migration copy -dry-run -- pool2", false),
+        ("migration move -dry-run -json -- pool2", false),
+        ("migration copy -no-such-option -- pool2", false),
+    ] {
+        assert_eq!(super::restorable(command).is_ok(), job, "{command}");
+    }
+}

@@ -19,6 +19,8 @@ use crate::plan::{self, Facts, Plan, PlannedCopy};
 
 /// The most events a dry run takes per selected file, as a guard against a loop.
 const EVENTS_PER_FILE: usize = 64;
+/// Events a dry run decides between two yields to the runtime.
+const YIELD_EVERY: usize = 256;
 
 impl<E: Env> Module<E> {
     /// The plan of the job `def` would make, without making it.
@@ -67,7 +69,15 @@ impl<E: Env> Module<E> {
         let mut events: VecDeque<JobEvent> =
             VecDeque::from([JobEvent::Start, JobEvent::RefreshDue, JobEvent::Scanned(Ok((files.clone(), queue)))]);
         let mut budget = files.len().saturating_mul(EVENTS_PER_FILE).saturating_add(1024);
+        let mut decided = 0usize;
         while let Some(event) = events.pop_front() {
+            // The plan is worked out on the command's task: let the runtime's other tasks
+            // (transfers, handshakes) in between, on a pool of millions of files.
+            decided += 1;
+            if decided == YIELD_EVERY {
+                decided = 0;
+                tokio::task::yield_now().await;
+            }
             budget = budget.saturating_sub(1);
             if budget == 0 {
                 tracing::warn!(job = %id, "dry run stopped: too many events");
@@ -132,26 +142,34 @@ impl<E: Env> Module<E> {
             }
         }
 
-        let s = job.s.lock();
-        facts.end = Some(s.state);
-        let unusable: HashMap<&PoolName, &'static str> = unusable(&s).collect();
-        facts.targets = job.targets.iter().map(|t| (t.clone(), unusable.get(t).map(|w| w.to_string()))).collect();
-        for (id, f) in s.queue.failures() {
-            if !facts.done.contains_key(id) {
-                facts.failed.insert(*id, (f.permanent, f.last_error.clone()));
-            }
-        }
-        facts.locked = s.locked_noted.clone();
-        drop(s);
-        // A file no task ended: gone if the repository no longer has it committed.
-        for (id, _) in &files {
-            if !facts.done.contains_key(id) && !facts.failed.contains_key(id) && !facts.locked.contains(id) {
-                let gone = !matches!(self.env.entry(id), Ok(Some(e)) if e.state.is_committed());
-                if gone {
-                    facts.gone.insert(*id);
+        {
+            let s = job.s.lock();
+            facts.end = Some(s.state);
+            let unusable: HashMap<&PoolName, &'static str> = unusable(&s).collect();
+            facts.targets = job.targets.iter().map(|t| (t.clone(), unusable.get(t).map(|w| w.to_string()))).collect();
+            for (id, f) in s.queue.failures() {
+                if !facts.done.contains_key(id) {
+                    facts.failed.insert(*id, (f.permanent, f.last_error.clone()));
                 }
             }
+            facts.locked = s.locked_noted.clone();
         }
+        // A file no task ended: gone if the repository no longer has it committed. One
+        // record read per such file: on the blocking pool.
+        let env = self.env.clone();
+        let facts = tokio::task::spawn_blocking(move || {
+            for (id, _) in &files {
+                if !facts.done.contains_key(id) && !facts.failed.contains_key(id) && !facts.locked.contains(id) {
+                    let gone = !matches!(env.entry(id), Ok(Some(e)) if e.state.is_committed());
+                    if gone {
+                        facts.gone.insert(*id);
+                    }
+                }
+            }
+            facts
+        })
+        .await
+        .map_err(|e| MigrationError::invalid(format!("Failed to read the repository: {e}")))?;
         Ok(plan::assemble(facts))
     }
 }

@@ -77,10 +77,17 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
                 (true, NEVER) => NEVER,
                 (true, l) => now.saturating_add(l),
             };
-            pool.repo.set_sticky(&pnfsid, StickyRecord::new(owner, expire), StickyMode::Overwrite, now)?;
+            // A change waits for a shared flush (an fsync), which may queue behind a job's:
+            // on the blocking pool, like every other disk wait of a command.
+            let repo = pool.repo.clone();
+            let record = StickyRecord::new(owner, expire);
+            crate::io::blocking(move || repo.set_sticky(&pnfsid, record, StickyMode::Overwrite, now)).await?;
             Ok(())
         }
-        Command::RepSetState { pnfsid, state } => Ok(pool.repo.set_state(&pnfsid, state, now)?),
+        Command::RepSetState { pnfsid, state } => {
+            let repo = pool.repo.clone();
+            Ok(crate::io::blocking(move || repo.set_state(&pnfsid, state, now)).await?)
+        }
         Command::RepRm { pnfsid, force } => {
             if pool.repo.get(&pnfsid)?.is_none() {
                 return Err(RepoError::NotFound(pnfsid).into());
@@ -92,12 +99,15 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
             Ok(())
         }
         Command::PoolDisable { bits, error_code, message } => {
-            pool.set_mode(ModeState { mode: PoolMode::from_bits(bits), error_code, message })?;
+            let p = pool.clone();
+            let mode = ModeState { mode: PoolMode::from_bits(bits), error_code, message };
+            crate::io::blocking(move || p.set_mode(mode)).await?;
             out.write("Pool disabled\n").await?;
             Ok(())
         }
         Command::PoolEnable => {
-            pool.set_mode(ModeState::enabled())?;
+            let p = pool.clone();
+            crate::io::blocking(move || p.set_mode(ModeState::enabled())).await?;
             out.write("Pool enabled\n").await?;
             Ok(())
         }
@@ -126,7 +136,8 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
             Ok(())
         }
         Command::Save => {
-            let text = crate::migration_env::save(&pool.repo, migration(node)?)?;
+            let (repo, module) = (pool.repo.clone(), migration(node)?.clone());
+            let text = crate::io::blocking(move || crate::migration_env::save(&repo, &module)).await?;
             Ok(out.write(&format!("{text}\n")).await?)
         }
         Command::LogSet { target, level } => {

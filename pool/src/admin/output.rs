@@ -84,7 +84,14 @@ impl Output {
         }
         // The walk sees a closed channel at its next write.
         drop(rx);
-        let result = task.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let result = match task.await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled (the runtime is shutting down): nobody is left to read the rest.
+                Err(_) => return Err(Gone),
+            },
+        };
         if gone { Err(Gone) } else { Ok(result) }
     }
 }

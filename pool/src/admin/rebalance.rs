@@ -345,8 +345,10 @@ async fn on_each(here: Here<'_>, pools: &[PoolName], lines: &[&str]) -> Vec<(Poo
     }
     let mut results: Vec<Option<Result<String, RemoteError>>> = vec![None; pools.len()];
     while let Some(done) = set.join_next().await {
-        if let Ok((i, result)) = done {
-            results[i] = Some(result);
+        match done {
+            Ok((i, result)) => results[i] = Some(result),
+            // Its line is left as `None` below; the task may have sent a line before it ended.
+            Err(e) => tracing::error!(error = %e, "a rebalance task ended abnormally"),
         }
     }
     pools
@@ -354,7 +356,12 @@ async fn on_each(here: Here<'_>, pools: &[PoolName], lines: &[&str]) -> Vec<(Poo
         .cloned()
         .zip(results)
         .map(|(name, r)| {
-            (name, r.unwrap_or_else(|| Err(RemoteError::new(ErrorCode::Internal, "the command did not run"))))
+            (
+                name,
+                r.unwrap_or_else(|| {
+                    Err(RemoteError::new(ErrorCode::Internal, "ended abnormally; it may have partly run (see the log)"))
+                }),
+            )
         })
         .collect()
 }
