@@ -31,7 +31,7 @@ use crate::MigrationError;
 use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
-    CopyOf, Entry, Env, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
+    CopyOf, Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
 };
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;
@@ -1014,7 +1014,7 @@ impl Jobs {
 }
 
 /// The initial scan: every replica the filter accepts, in `-order` if one was given.
-fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
+fn scan<E: Env>(env: &E, job: &Job) -> Result<Vec<(PnfsId, u64)>, EnvError> {
     scan_noting(env, job, &mut |_, _| {})
 }
 
@@ -1023,7 +1023,7 @@ fn scan_noting<E: Env>(
     env: &E,
     job: &Job,
     left_out: &mut dyn FnMut(&Entry, crate::filter::Criterion),
-) -> Result<Vec<(PnfsId, u64)>, RemoteError> {
+) -> Result<Vec<(PnfsId, u64)>, EnvError> {
     let now = env.now();
     let mut found: Vec<(PnfsId, u64, EpochMillis)> = Vec::new();
     env.scan(&mut |e: Entry| {

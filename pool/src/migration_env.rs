@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
+    Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_migration::safety::pin_clearable;
@@ -40,9 +40,9 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Activity, ClusterView, Pool, now_ms};
+use crate::pool::{Activity, ClusterView, ModeRefused, Pool, now_ms};
 use crate::repository::{Change, ChangeKind, Protection, Replica, RepoError, Repository};
-use crate::transfer::{self, Transfers};
+use crate::transfer::{self, TransferError, Transfers};
 
 /// How long a request waits for its reply (writing it included) before it counts as
 /// [`Unanswered::NoAnswer`].
@@ -85,19 +85,39 @@ impl PoolEnv {
         &self.peers
     }
 
-    fn transfers(&self) -> Result<Arc<Transfers>, RemoteError> {
-        self.transfers
-            .upgrade()
-            .ok_or_else(|| RemoteError::new(ErrorCode::ShuttingDown, format!("pool {} is shutting down", self.name)))
+    fn transfers(&self) -> Result<Arc<Transfers>, EnvError> {
+        self.transfers.upgrade().ok_or_else(|| EnvError::ShuttingDown(self.name.clone()))
     }
 
-    fn pool(&self) -> Result<Arc<Pool>, RemoteError> {
+    fn pool(&self) -> Result<Arc<Pool>, EnvError> {
         Ok(self.transfers()?.pool.clone())
     }
 }
 
 fn entry(r: Replica) -> Entry {
     Entry { attrs: r.attrs, state: r.state, sticky: r.sticky }
+}
+
+/// The repository's refusal or failure as the module gets it: its code, and the `RepoError`
+/// itself (the module's callers in this pool may downcast it).
+fn repo(e: RepoError) -> EnvError {
+    EnvError::repository(e.code(), e)
+}
+
+/// The pool mode's refusal as the module gets it, kept whole.
+impl From<ModeRefused> for EnvError {
+    fn from(e: ModeRefused) -> Self {
+        EnvError::Mode(Arc::new(e))
+    }
+}
+
+/// A pull's failure as the module gets it: the transfer's error kept whole, with the code it
+/// crosses the wire with (a source's answer keeps the source's code).
+impl From<TransferError> for EnvError {
+    fn from(e: TransferError) -> Self {
+        let code = RemoteError::from(&e).code;
+        EnvError::Transfer { code, cause: Arc::new(e) }
+    }
 }
 
 impl Env for PoolEnv {
@@ -113,38 +133,38 @@ impl Env for PoolEnv {
         &self.pin_prefix
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), RemoteError> {
+    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), EnvError> {
         let pool = self.pool()?;
-        pool.repo.scan(&mut |r| visit(entry(r)))?;
+        pool.repo.scan(&mut |r| visit(entry(r))).map_err(repo)?;
         Ok(())
     }
 
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
-        Ok(self.pool()?.repo.get(id)?.map(entry))
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
+        Ok(self.pool()?.repo.get(id).map_err(repo)?.map(entry))
     }
 
-    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), RemoteError> {
-        Ok(self.pool()?.repo.set_state(id, state, now_ms())?)
+    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), EnvError> {
+        self.pool()?.repo.set_state(id, state, now_ms()).map_err(repo)
     }
 
-    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), RemoteError> {
-        self.pool()?.repo.set_sticky(id, record, mode, now_ms())?;
+    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), EnvError> {
+        self.pool()?.repo.set_sticky(id, record, mode, now_ms()).map_err(repo)?;
         Ok(())
     }
 
-    fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
+    fn remove(&self, id: &PnfsId) -> Result<(), EnvError> {
         // The migration decides (a moved precious or pinned replica goes once its target is
         // confirmed): no protection applies here.
         fail::fail_point!("source-before-remove");
-        self.pool()?.repo.remove(id, true, now_ms())?;
+        self.pool()?.repo.remove(id, true, now_ms()).map_err(repo)?;
         fail::fail_point!("source-after-remove");
         Ok(())
     }
 
-    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
+    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), EnvError> {
         let pool = self.pool()?;
         let prefix = pool.pin_prefix.clone();
-        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin_clearable(pin, &prefix, moved))?;
+        pool.repo.drop_sticky_if(id, now_ms(), |pin| pin_clearable(pin, &prefix, moved)).map_err(repo)?;
         Ok(())
     }
 
@@ -153,14 +173,14 @@ impl Env for PoolEnv {
         id: &PnfsId,
         moved: &[StickyRecord],
         snapshot: &Snapshot,
-    ) -> Result<SourceRemoval, RemoteError> {
+    ) -> Result<SourceRemoval, EnvError> {
         // One removal is a batch of one: the same check, under the same lock, one flush.
         let item = Removal { id, moved, snapshot };
         let mut verdicts = self.remove_many_unless(std::slice::from_ref(&item));
         verdicts.pop().unwrap_or(Ok(SourceRemoval::Removed))
     }
 
-    fn remove_many_unless(&self, items: &[Removal<'_>]) -> Vec<Result<SourceRemoval, RemoteError>> {
+    fn remove_many_unless(&self, items: &[Removal<'_>]) -> Vec<Result<SourceRemoval, EnvError>> {
         let pool = match self.pool() {
             Ok(pool) => pool,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
@@ -178,13 +198,13 @@ impl Env for PoolEnv {
                 None => Ok(()),
             }
         });
-        let verdicts: Vec<Result<SourceRemoval, RemoteError>> = results
+        let verdicts: Vec<Result<SourceRemoval, EnvError>> = results
             .into_iter()
             .zip(kept)
             .map(|(result, kept)| match (result, kept) {
                 (Ok(()), _) => Ok(SourceRemoval::Removed),
                 (Err(RepoError::Protected { .. }), Some(verdict)) => Ok(verdict),
-                (Err(e), _) => Err(e.into()),
+                (Err(e), _) => Err(repo(e)),
             })
             .collect();
         if verdicts.iter().any(|v| matches!(v, Ok(SourceRemoval::Removed))) {
@@ -193,17 +213,15 @@ impl Env for PoolEnv {
         verdicts
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError> {
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), EnvError> {
         let arriving = kind == HoldKind::Delivery;
-        Ok(self.pool()?.repo.hold(ids, until, &owner.encode(), arriving, now_ms())?)
+        self.pool()?.repo.hold(ids, until, &owner.encode(), arriving, now_ms()).map_err(repo)
     }
 
-    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
+    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, EnvError> {
         // A verification is not a use: the access time stays.
-        let (replica, mut data) = self.pool()?.repo.open_for_copy(id)?;
-        let io = |e: std::io::Error| {
-            RemoteError::new(ErrorCode::Io, format!("I/O error during checksum calculation of {id}: {e}"))
-        };
+        let (replica, mut data) = self.pool()?.repo.open_for_copy(id).map_err(repo)?;
+        let io = |e: std::io::Error| EnvError::ChecksumRead { id: *id, error: Arc::new(e) };
         let mut sum = ChecksumWriter::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -218,19 +236,16 @@ impl Env for PoolEnv {
             total += n as u64;
         }
         if total != replica.attrs.size {
-            return Err(RemoteError::new(
-                ErrorCode::Io,
-                format!("data file of {id} holds {total} bytes; its record says {}", replica.attrs.size),
-            ));
+            return Err(EnvError::DataSize { id: *id, found: total, recorded: replica.attrs.size });
         }
         Ok(sum.finish())
     }
 
-    fn set_checksum(&self, id: &PnfsId, checksum: Checksum) -> Result<(), RemoteError> {
-        Ok(self.pool()?.repo.set_checksum(id, checksum, now_ms())?)
+    fn set_checksum(&self, id: &PnfsId, checksum: Checksum) -> Result<(), EnvError> {
+        self.pool()?.repo.set_checksum(id, checksum, now_ms()).map_err(repo)
     }
 
-    fn check_p2p_client(&self) -> Result<(), RemoteError> {
+    fn check_p2p_client(&self) -> Result<(), EnvError> {
         Ok(self.pool()?.check_mode(Activity::P2pClient, false)?)
     }
 
@@ -284,7 +299,7 @@ impl Env for PoolEnv {
         self.peers.request(to, req)
     }
 
-    async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), RemoteError> {
+    async fn pull(&self, pull: Pull, cancel: CancellationToken) -> Result<(), EnvError> {
         let transfers = self.transfers()?;
         let entry = transfers.register(pull.pnfsid, pull.source.clone());
         let mut transfer = std::pin::pin!(transfer::run(&transfers, entry.clone(), pull));
@@ -297,11 +312,11 @@ impl Env for PoolEnv {
                 transfer.await
             }
         };
-        // The outcome goes to the copy's source in its `Finished`: here it becomes the wire's.
-        result.map(|_| ()).map_err(RemoteError::from)
+        // The transfer's error, kept whole; the module makes the source's `Finished` of it.
+        result.map(|_| ()).map_err(EnvError::from)
     }
 
-    async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), RemoteError>> {
+    async fn pull_batch(&self, pulls: Vec<(Pull, CancellationToken)>) -> Vec<Result<(), EnvError>> {
         let transfers = match self.transfers() {
             Ok(transfers) => transfers,
             Err(e) => return pulls.iter().map(|_| Err(e.clone())).collect(),
@@ -315,7 +330,7 @@ impl Env for PoolEnv {
                 None => by_source.push((pull.source.clone(), vec![i])),
             }
         }
-        let mut results: Vec<Option<Result<(), RemoteError>>> = pulls.iter().map(|_| None).collect();
+        let mut results: Vec<Option<Result<(), EnvError>>> = pulls.iter().map(|_| None).collect();
         for (_, at) in by_source {
             let batch: Vec<(Arc<transfer::TransferEntry>, Pull)> = at
                 .iter()
@@ -326,7 +341,7 @@ impl Env for PoolEnv {
                 })
                 .collect();
             for (i, result) in at.into_iter().zip(transfer::pull_batch(&transfers, batch).await) {
-                results[i] = Some(result.map(|_| ()).map_err(RemoteError::from));
+                results[i] = Some(result.map(|_| ()).map_err(EnvError::from));
             }
         }
         results.into_iter().map(|r| r.expect("every pull has its result")).collect()

@@ -246,14 +246,16 @@ mod daemons {
     use std::sync::atomic::Ordering;
     use std::time::Instant;
 
-    use tidepool_migration::env::{Env, Pull};
+    use tidepool_migration::env::{Env, EnvError, Pull};
     use tidepool_p2p::conn::Connection;
     use tidepool_p2p::model::{PoolMode, ReplicaState, StickyRecord};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::node::Node;
-    use crate::pool::ModeState;
+    use crate::pool::{Activity, ModeRefused, ModeState};
+    use crate::repository::RepoError;
+    use crate::transfer::TransferError;
 
     use crate::transfer::tests::Cluster;
 
@@ -335,7 +337,14 @@ mod daemons {
             .set_mode(ModeState { mode: PoolMode::disabled(PoolMode::P2P_CLIENT), error_code: 1, message: "x".into() })
             .unwrap();
         assert!(!env2.cost().accepts);
-        assert!(env2.check_p2p_client().is_err());
+        // The refusal is the pool's own, kept whole; its wire form is docs/errors.md's.
+        let refused = env2.check_p2p_client().unwrap_err();
+        assert!(matches!(refused, EnvError::Mode(_)), "{refused:?}");
+        let mode = refused.cause().and_then(|c| c.downcast_ref::<ModeRefused>()).expect("the pool's refusal");
+        assert_eq!((mode.activity, mode.error_code), (Activity::P2pClient, 1));
+        let wire = RemoteError::from(&refused);
+        assert_eq!(wire.code(), Some(ErrorCode::PoolDisabled));
+        assert_eq!(wire.message, "Pool is disabled: pool2 is disabled for p2p-client: [1] x");
         assert_eq!(env1.peers().connections_opened(), 1, "both requests on one connection");
         c.stop().await;
     }
@@ -366,7 +375,19 @@ mod daemons {
         assert_eq!(got.state, ReplicaState::Cached);
         assert_eq!(got.sticky, vec![StickyRecord::new("alice", tidepool_p2p::model::NEVER)]);
         assert_eq!(got.attrs.checksum, source.pool.repo.get(&small).unwrap().unwrap().attrs.checksum);
-        assert_eq!(c.env(2).compute_checksum(&small), Ok(got.attrs.checksum.unwrap()));
+        assert_eq!(c.env(2).compute_checksum(&small).unwrap(), got.attrs.checksum.unwrap());
+
+        // The repository's refusals reach the module typed: a code to decide on, the
+        // `RepoError` itself, and the text operators saw before.
+        let absent = PnfsId::from_random([9; 16]);
+        let err = c.env(2).set_state(&absent, ReplicaState::Cached).unwrap_err();
+        assert!(matches!(err, EnvError::Repository { code: ErrorCode::FileNotFound, .. }), "{err:?}");
+        assert!(err.replica_gone());
+        let repo = err.cause().and_then(|c| c.downcast_ref::<RepoError>()).expect("the repository's error");
+        assert!(matches!(repo, RepoError::NotFound(id) if *id == absent), "{repo:?}");
+        assert_eq!(RemoteError::from(&err), RemoteError::new(ErrorCode::FileNotFound, repo.to_string()));
+        let err = c.env(2).compute_checksum(&absent).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::FileNotFound), "{err:?}");
 
         // A slow source; the cancel comes mid-transfer.
         let large = put(source, 8 << 20).await;
@@ -381,6 +402,8 @@ mod daemons {
         cancel.cancel();
         let err = running.await.unwrap().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Cancelled), "{err:?}");
+        let transfer = err.cause().and_then(|c| c.downcast_ref::<TransferError>()).expect("the transfer's error");
+        assert!(matches!(transfer, TransferError::Cancelled(id) if *id == large), "{transfer:?}");
         assert!(target.pool.repo.get(&large).unwrap().is_none());
         assert!(target.pool.repo.incoming().is_empty(), "no partial replica");
         assert!(target.transfers.list().is_empty());

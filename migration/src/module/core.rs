@@ -12,7 +12,7 @@ pub(super) enum JobEvent {
     /// The job starts (created or restored).
     Start,
     /// The initial scan ended: the files found, and the queue built of them off the lock.
-    Scanned(Result<(Vec<(PnfsId, u64)>, Queue), RemoteError>),
+    Scanned(Result<(Vec<(PnfsId, u64)>, Queue), EnvError>),
     /// A scan after lost repository changes found these files (permanent jobs).
     Rescanned(Vec<(PnfsId, u64)>),
     /// The periodic refresh of the targets is due.
@@ -32,7 +32,7 @@ pub(super) enum JobEvent {
     /// The wake-up armed with this sequence number is due.
     Wake(u64),
     /// The source modes of these files were applied (or not).
-    SourceModesApplied(Vec<(PnfsId, Result<Applied, RemoteError>)>),
+    SourceModesApplied(Vec<(PnfsId, Result<Applied, EnvError>)>),
     /// The repository changed `id`; `entry` is what it holds now (`None`: gone).
     RepoChanged { id: PnfsId, change: RepoChange, entry: Option<Entry> },
     /// An operator's command (a pool shutdown is `Cancel { force: true, .. }`).
@@ -67,7 +67,7 @@ pub(super) trait World {
     fn cost(&self) -> PoolCost;
     fn pin_prefix(&self) -> &str;
     /// A replica of the local repository.
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError>;
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError>;
     /// A task id unique in the pool.
     fn next_task(&mut self) -> TaskId;
     /// Claims the file lock of `id` for the job: false if another job holds it.
@@ -231,7 +231,7 @@ impl<W: World> Cx<'_, W> {
     }
 
     /// The initial scan ended.
-    fn scanned(&mut self, scanned: Result<(Vec<(PnfsId, u64)>, Queue), RemoteError>) {
+    fn scanned(&mut self, scanned: Result<(Vec<(PnfsId, u64)>, Queue), EnvError>) {
         match scanned {
             Ok((files, queue)) => {
                 if self.s.state != JobState::Initializing {
@@ -250,7 +250,7 @@ impl<W: World> Cx<'_, W> {
                 self.set_state(JobState::Running);
             }
             Err(e) => {
-                self.note(None, None, format!("Failed to scan the repository: {}", e.message));
+                self.note(None, None, format!("Failed to scan the repository: {e}"));
                 if self.s.state == JobState::Initializing {
                     self.set_state(JobState::Failed);
                 }
@@ -842,8 +842,9 @@ impl<W: World> Cx<'_, W> {
                 return;
             }
             Err(e) => {
-                self.note(Some(task_id), Some(id), format!("Failed to read the replica: {}", e.message));
-                self.s.queue.failed(&id, false, e, now, &self.job.settings.backoff);
+                self.note(Some(task_id), Some(id), format!("Failed to read the replica: {e}"));
+                // The failure as `migration info` lists it.
+                self.s.queue.failed(&id, false, RemoteError::from(e), now, &self.job.settings.backoff);
                 self.unlock(&id);
                 return;
             }
@@ -1163,7 +1164,7 @@ impl<W: World> Cx<'_, W> {
         }
     }
 
-    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, RemoteError>) {
+    fn source_mode_applied(&mut self, id: PnfsId, applied: Result<Applied, EnvError>) {
         let Some(r) = self.s.running.remove(&id) else { return };
         let attempt = r.task.last_attempt().map(tracing::field::display);
         self.unlock(&id);
@@ -1206,8 +1207,8 @@ impl<W: World> Cx<'_, W> {
                 }
             }
             Err(e) => {
-                let error =
-                    RemoteError { code: e.code, message: format!("Failed to apply the source mode: {}", e.message) };
+                // The failure as `migration info` lists it.
+                let error = RemoteError { code: e.number(), message: format!("Failed to apply the source mode: {e}") };
                 tracing::warn!(job = %self.job.id, task = %r.id, attempt, pnfsid = %id, rc = error.code, "file failed; retried later: {}", error.message);
                 self.note(Some(r.id), Some(id), error.message.clone());
                 let now = self.world.now();

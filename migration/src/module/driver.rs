@@ -188,7 +188,7 @@ impl<E: Env> Module<E> {
                 .await;
                 let scanned = match scanned {
                     Ok(r) => r,
-                    Err(e) => Err(RemoteError::new(ErrorCode::Internal, format!("scan failed: {e}"))),
+                    Err(e) => Err(EnvError::Internal(format!("scan failed: {e}"))),
                 };
                 m.visit(&j, JobEvent::Scanned(scanned));
             }
@@ -360,7 +360,7 @@ impl<E: Env> Module<E> {
                 let applied = tokio::task::spawn_blocking(move || apply_source_modes(&*env, &j2, &asked))
                     .await
                     .unwrap_or_else(|e| {
-                        let error = RemoteError::new(ErrorCode::Internal, format!("{e}"));
+                        let error = EnvError::Internal(format!("{e}"));
                         vec![Err(error); items.len()]
                     });
                 let results = items.into_iter().map(|item| item.pnfsid).zip(applied).collect();
@@ -436,7 +436,7 @@ impl<E: Env> World for PoolWorld<'_, E> {
     fn pin_prefix(&self) -> &str {
         self.m.env.pin_prefix()
     }
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
         self.m.env.entry(id)
     }
     fn next_task(&mut self) -> TaskId {

@@ -45,12 +45,12 @@ impl<E: Env> Module<E> {
         let scanned = tokio::task::spawn_blocking(move || {
             let mut left_out = BTreeMap::new();
             let files = scan_noting(&*env, &j, &mut |_, why| *left_out.entry(why).or_insert(0u64) += 1)?;
-            Ok::<_, RemoteError>((files, left_out))
+            Ok::<_, EnvError>((files, left_out))
         })
         .await
         .map_err(|e| MigrationError::invalid(format!("Failed to scan the repository: {e}")))?;
         let (files, left_out) =
-            scanned.map_err(|e| MigrationError::invalid(format!("Failed to scan the repository: {}", e.message)))?;
+            scanned.map_err(|e| MigrationError::invalid(format!("Failed to scan the repository: {e}")))?;
         let mut queue = Queue::with_capacity(files.len());
         for (id, size) in &files {
             queue.add(*id, *size);
@@ -232,7 +232,7 @@ impl<E: Env> World for DryWorld<'_, E> {
     fn pin_prefix(&self) -> &str {
         self.m.env.pin_prefix()
     }
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
         self.m.env.entry(id)
     }
     fn next_task(&mut self) -> TaskId {

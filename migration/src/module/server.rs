@@ -286,7 +286,7 @@ impl<E: Env> Module<E> {
         self.copies.spawn_blocking_on(
             move || {
                 if let Err(e) = env.hold(&ids, until, &owner, HoldKind::Renewal) {
-                    tracing::warn!(job = %owner.job, source = %owner.pool, "could not extend the holds of the job's copies: {}", e.message);
+                    tracing::warn!(job = %owner.job, source = %owner.pool, "could not extend the holds of the job's copies: {e}");
                 }
             },
             &self.rt,
@@ -479,7 +479,8 @@ impl<E: Env> Module<E> {
                         Work::Pull(done) => {
                             let pulled = m.env.pull(pull_of(&from, &req), token.clone()).await;
                             m.pull_ended(&pnfsid, &done);
-                            pulled
+                            // The outcome goes to the source in its `Finished`.
+                            pulled.map_err(RemoteError::from)
                         }
                     };
                     m.copy_ended(&from, req.attempt, pnfsid, result, true);
@@ -542,7 +543,7 @@ impl<E: Env> Module<E> {
                     } else {
                         tracing::Span::none()
                     };
-                    span.in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result, false));
+                    span.in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result.map_err(RemoteError::from), false));
                 }
             }
             .instrument(self.span.clone()),
@@ -551,7 +552,7 @@ impl<E: Env> Module<E> {
     }
 
     /// Places the holds of delivered copies off the runtime (a hold on a replica that is here
-    /// is flushed).
+    /// is flushed). A failure is the answer the copies get.
     async fn hold_delivered(
         &self,
         from: &PoolName,
@@ -562,7 +563,8 @@ impl<E: Env> Module<E> {
         let (env, owner) = (self.env.clone(), HoldOwner { pool: from.clone(), job: job.clone() });
         tokio::task::spawn_blocking(move || env.hold(&ids, until, &owner, HoldKind::Delivery))
             .await
-            .unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, format!("placing the hold failed: {e}"))))
+            .unwrap_or_else(|e| Err(EnvError::Internal(format!("placing the hold failed: {e}"))))
+            .map_err(RemoteError::from)
     }
 
     /// A pull of `pnfsid` is over: a copy request waiting for it may go on.
@@ -619,7 +621,7 @@ impl<E: Env> Module<E> {
                     let broken = env.set_state(&pnfsid, ReplicaState::Broken);
                     let what = match broken {
                         Ok(()) => "marked BROKEN".to_string(),
-                        Err(e) => format!("could not be marked BROKEN: {}", e.message),
+                        Err(e) => format!("could not be marked BROKEN: {e}"),
                     };
                     tracing::error!(%pnfsid, %computed, %recorded, "replica failed verification; {what}");
                     return Err(RemoteError::new(

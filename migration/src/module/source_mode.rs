@@ -28,8 +28,8 @@ pub(super) fn apply_source_modes<E: Env>(
     env: &E,
     job: &Job,
     items: &[SourceModeItem],
-) -> Vec<Result<Applied, RemoteError>> {
-    let mut results: Vec<Option<Result<Applied, RemoteError>>> = Vec::with_capacity(items.len());
+) -> Vec<Result<Applied, EnvError>> {
+    let mut results: Vec<Option<Result<Applied, EnvError>>> = Vec::with_capacity(items.len());
     // The files to delete, by their place in `items`, with the replica as read before.
     let mut deletions: Vec<(usize, Entry)> = Vec::new();
     for (at, item) in items.iter().enumerate() {
@@ -68,7 +68,7 @@ pub(super) fn apply_source_modes<E: Env>(
         .into_iter()
         .map(|r| match r.expect("every file has its result") {
             // The replica went away or is changing under us: nothing left to do.
-            Err(e) if matches!(e.code(), Some(ErrorCode::FileNotFound | ErrorCode::IllegalTransition)) => {
+            Err(e) if e.replica_gone() => {
                 Ok(Applied::Done)
             }
             other => other,
@@ -84,7 +84,7 @@ enum Step {
 }
 
 /// The source mode of one file, up to its deletion (done for the whole batch at once).
-fn prepare<E: Env>(env: &E, job: &Job, item: &SourceModeItem) -> Result<Step, RemoteError> {
+fn prepare<E: Env>(env: &E, job: &Job, item: &SourceModeItem) -> Result<Step, EnvError> {
     let id = &item.pnfsid;
     let moved_pins = &item.moved_pins[..];
     let Some(entry) = env.entry(id)? else { return Ok(Step::Applied(Applied::Done)) };
@@ -131,7 +131,7 @@ fn prepare<E: Env>(env: &E, job: &Job, item: &SourceModeItem) -> Result<Step, Re
 }
 
 /// Sets the `-smode` records of the job on the source.
-fn set_listed<E: Env>(env: &E, job: &Job, id: &PnfsId) -> Result<(), RemoteError> {
+fn set_listed<E: Env>(env: &E, job: &Job, id: &PnfsId) -> Result<(), EnvError> {
     for r in &job.smode {
         env.set_sticky(id, r.clone(), StickyMode::Overwrite)?;
     }
@@ -140,7 +140,7 @@ fn set_listed<E: Env>(env: &E, job: &Job, id: &PnfsId) -> Result<(), RemoteError
 
 /// Makes the source removable: the job's `-smode` records set, every other record but the
 /// pins cleared, CACHED.
-fn make_removable<E: Env>(env: &E, job: &Job, id: &PnfsId, entry: &Entry) -> Result<(), RemoteError> {
+fn make_removable<E: Env>(env: &E, job: &Job, id: &PnfsId, entry: &Entry) -> Result<(), EnvError> {
     let prefix = env.pin_prefix();
     set_listed(env, job, id)?;
     let listed = |owner: &str| job.smode.iter().any(|r| r.owner == owner);

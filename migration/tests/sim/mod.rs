@@ -45,7 +45,7 @@ use parking_lot::Mutex;
 use tidepool_migration::MigrationError;
 use tidepool_migration::definition::JobKind;
 use tidepool_migration::env::{
-    Entry, Env, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
+    Entry, Env, EnvError, HoldKind, HoldOwner, Pull, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
 };
 use tidepool_migration::grammar;
 use tidepool_migration::job_state::JobState;
@@ -1024,6 +1024,34 @@ fn not_here(pool: &PoolName, id: &PnfsId) -> RemoteError {
     RemoteError::new(ErrorCode::FileNotFound, format!("Pool {pool} does not contain {id}"))
 }
 
+/// A simulated refusal of the pool (its repository, its mode, its transfers), as the module
+/// gets it.
+#[derive(Debug)]
+struct Simulated(String);
+
+impl std::fmt::Display for Simulated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Simulated {}
+
+/// The simulated repository's refusal, with its code.
+fn local(e: RemoteError) -> EnvError {
+    EnvError::repository(e.code().unwrap_or(ErrorCode::Internal), Simulated(e.message))
+}
+
+/// A simulated transfer's failure, with its code (a source's answer keeps the source's).
+fn transfer(e: RemoteError) -> EnvError {
+    EnvError::Transfer { code: e.code, cause: Arc::new(Simulated(e.message)) }
+}
+
+/// The pool crashed: as the module sees it, it is shutting down.
+fn down(pool: &PoolName) -> impl Fn(RemoteError) -> EnvError + '_ {
+    move |_| EnvError::ShuttingDown(pool.clone())
+}
+
 impl Env for SimEnv {
     fn name(&self) -> &PoolName {
         &self.name
@@ -1037,8 +1065,8 @@ impl Env for SimEnv {
         PIN_PREFIX
     }
 
-    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let entries: Vec<Entry> = {
             let store = self.world.store.lock();
             // Like the pool's repository, the scan leaves out replicas being received.
@@ -1052,13 +1080,13 @@ impl Env for SimEnv {
         Ok(())
     }
 
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
-        self.crashed()?;
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         Ok(self.world.store.lock().repos[&self.name].get(id).map(|r| r.entry.clone()))
     }
 
-    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let removed = state == ReplicaState::Removed;
         let mut from = state;
         self.world.mutate(&self.name, &format!("{id} -> {state}"), |repo| {
@@ -1076,15 +1104,16 @@ impl Env for SimEnv {
                 r.entry.state = state;
             }
             Ok(())
-        })?;
+        })
+        .map_err(local)?;
         self.world.trace(format!("{}: {id} -> {state}", self.name));
         let change = if removed { RepoChange::Removed } else { RepoChange::State { from } };
         self.world.note_change(&self.name, *id, change);
         Ok(())
     }
 
-    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let now = self.world.now();
         let what = format!("{id} sticky {}={} ({mode:?})", record.owner, record.expire);
         let mut changed = false;
@@ -1092,7 +1121,8 @@ impl Env for SimEnv {
             let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
             changed = apply_sticky(&mut r.entry.sticky, record, mode, now);
             Ok(())
-        })?;
+        })
+        .map_err(local)?;
         self.world.trace(format!("{}: {what}", self.name));
         if changed {
             // Like the pool's repository: only a real change is announced.
@@ -1101,18 +1131,19 @@ impl Env for SimEnv {
         Ok(())
     }
 
-    fn remove(&self, id: &PnfsId) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn remove(&self, id: &PnfsId) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         self.world.mutate(&self.name, &format!("removed {id}"), |repo| {
             repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
-        })?;
+        })
+        .map_err(local)?;
         self.world.trace(format!("{}: removed {id}", self.name));
         self.world.note_change(&self.name, *id, RepoChange::Removed);
         Ok(())
     }
 
-    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let covered = |pin: &StickyRecord| pin_clearable(pin, PIN_PREFIX, moved);
         let mut changed = false;
         self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
@@ -1122,7 +1153,8 @@ impl Env for SimEnv {
                 changed = r.entry.sticky.len() != before;
             }
             Ok(())
-        })?;
+        })
+        .map_err(local)?;
         if changed {
             self.world.note_change(&self.name, *id, RepoChange::Sticky);
         }
@@ -1134,8 +1166,8 @@ impl Env for SimEnv {
         id: &PnfsId,
         moved: &[StickyRecord],
         snapshot: &Snapshot,
-    ) -> Result<SourceRemoval, RemoteError> {
-        self.crashed()?;
+    ) -> Result<SourceRemoval, EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let now = self.world.now();
         let mut verdict = SourceRemoval::Removed;
         self.world.mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo| {
@@ -1149,7 +1181,8 @@ impl Env for SimEnv {
                 }
             }
             Ok(())
-        })?;
+        })
+        .map_err(local)?;
         if verdict == SourceRemoval::Removed {
             self.world.trace(format!("{}: removed {id}", self.name));
             self.world.note_change(&self.name, *id, RepoChange::Removed);
@@ -1157,27 +1190,28 @@ impl Env for SimEnv {
         Ok(verdict)
     }
 
-    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, RemoteError> {
-        self.crashed()?;
+    fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let replica = self.world.store.lock().repos[&self.name].get(id).cloned();
-        let replica = replica.ok_or_else(|| not_here(&self.name, id))?;
+        let replica = replica.ok_or_else(|| local(not_here(&self.name, id)))?;
         if !replica.entry.state.is_committed() {
-            return Err(RemoteError::new(ErrorCode::NotCommitted, format!("{id} is {}", replica.entry.state)));
+            return Err(local(RemoteError::new(ErrorCode::NotCommitted, format!("{id} is {}", replica.entry.state))));
         }
         Ok(checksum(&replica.data))
     }
 
-    fn set_checksum(&self, id: &PnfsId, sum: Checksum) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn set_checksum(&self, id: &PnfsId, sum: Checksum) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         self.world.mutate(&self.name, &format!("{id} checksum {sum}"), |repo| {
             let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
             r.entry.attrs.checksum = Some(sum);
             Ok(())
         })
+        .map_err(local)
     }
 
-    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let mut store = self.world.store.lock();
         let repo = &store.repos[&self.name];
         let here: Vec<bool> = ids.iter().map(|id| repo.contains_key(id)).collect();
@@ -1197,11 +1231,11 @@ impl Env for SimEnv {
         Ok(())
     }
 
-    fn check_p2p_client(&self) -> Result<(), RemoteError> {
-        self.crashed()?;
+    fn check_p2p_client(&self) -> Result<(), EnvError> {
+        self.crashed().map_err(down(&self.name))?;
         let mode = self.mode();
         if !mode.is_enabled() && mode.bits() & PoolMode::P2P_CLIENT != 0 {
-            return Err(RemoteError::new(ErrorCode::PoolDisabled, "Pool is disabled"));
+            return Err(EnvError::Mode(Arc::new(Simulated("Pool is disabled".into()))));
         }
         Ok(())
     }
@@ -1265,14 +1299,15 @@ impl Env for SimEnv {
         }
     }
 
-    fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), RemoteError>> + Send {
-        self.world.clone().pull(self.name.clone(), self.generation, pull, cancel)
+    fn pull(&self, pull: Pull, cancel: CancellationToken) -> impl Future<Output = Result<(), EnvError>> + Send {
+        let pulled = self.world.clone().pull(self.name.clone(), self.generation, pull, cancel);
+        async move { pulled.await.map_err(transfer) }
     }
 
     fn pull_batch(
         &self,
         pulls: Vec<(Pull, CancellationToken)>,
-    ) -> impl Future<Output = Vec<Result<(), RemoteError>>> + Send {
+    ) -> impl Future<Output = Vec<Result<(), EnvError>>> + Send {
         // Side by side, as the pool's batch runs them; each answers for itself.
         let handles: Vec<_> = pulls
             .into_iter()
@@ -1283,7 +1318,7 @@ impl Env for SimEnv {
         async move {
             let mut results = Vec::with_capacity(handles.len());
             for h in handles {
-                results.push(h.await.unwrap_or_else(|e| Err(RemoteError::new(ErrorCode::Internal, e.to_string()))));
+                results.push(h.await.map_err(|e| EnvError::Internal(e.to_string())).and_then(|r| r.map_err(transfer)));
             }
             results
         }

@@ -82,7 +82,7 @@ impl World for TestWorld {
     fn pin_prefix(&self) -> &str {
         "pin:"
     }
-    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, RemoteError> {
+    fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
         Ok(self.entries.get(id).cloned())
     }
     fn next_task(&mut self) -> TaskId {
@@ -940,7 +940,7 @@ fn scans_refreshes_and_wake_ups() {
                 job.send(JobEvent::Start).unwrap();
                 job
             },
-            event: |_| JobEvent::Scanned(Err(RemoteError::new(ErrorCode::Internal, "disk gone"))),
+            event: |_| JobEvent::Scanned(Err(EnvError::Internal("disk gone".into()))),
             want: "FAILED q=0 w=0 r=0 u=[] | Ended",
         },
         Row {
