@@ -273,10 +273,7 @@ impl EnvError {
     /// The repository holds no such replica, or it is changing state under us: the replica
     /// went away.
     pub fn replica_gone(&self) -> bool {
-        matches!(
-            self,
-            EnvError::Repository { code: ErrorCode::FileNotFound | ErrorCode::IllegalTransition, .. }
-        )
+        matches!(self, EnvError::Repository { code: ErrorCode::FileNotFound | ErrorCode::IllegalTransition, .. })
     }
 }
 
@@ -335,7 +332,11 @@ mod tests {
         let table: Vec<(EnvError, u32, String)> = vec![
             (EnvError::repository(ErrorCode::FileNotFound, Cause("file gone")), 10001, "file gone".into()),
             (EnvError::Mode(Arc::new(Cause("Pool is disabled"))), 104, "Pool is disabled".into()),
-            (EnvError::Transfer { code: 777, cause: Arc::new(Cause("source pool2: odd")) }, 777, "source pool2: odd".into()),
+            (
+                EnvError::Transfer { code: 777, cause: Arc::new(Cause("source pool2: odd")) },
+                777,
+                "source pool2: odd".into(),
+            ),
             (EnvError::ShuttingDown(pool), 20005, "pool pool1 is shutting down".into()),
             (
                 EnvError::DataSize { id, found: 3, recorded: 4 },

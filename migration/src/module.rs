@@ -31,7 +31,8 @@ use crate::MigrationError;
 use crate::completion::{CompletionReport, Counts, FileLine};
 use crate::definition::{DeficitMode, JobDefinition, Order, Pins};
 use crate::env::{
-    CopyOf, Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot, SourceRemoval,
+    CopyOf, Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal as SourceRemovalItem, SavedHold, Snapshot,
+    SourceRemoval,
 };
 use crate::expr::{self, Expr, Value};
 use crate::filter::Candidate;

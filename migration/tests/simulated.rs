@@ -15,8 +15,8 @@ use tidepool_migration::plan::{Outcome, Reason};
 use tidepool_migration::report::{NoteLine, Noted};
 use tidepool_migration::select::NoTarget;
 use tidepool_migration::task::TaskFailure;
-use tidepool_p2p::PnfsId;
 use tidepool_p2p::model::{NEVER, PoolMode, ReplicaState, StickyRecord};
+use tidepool_p2p::{ErrorCode, PnfsId};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -512,7 +512,7 @@ fn pool_modes_are_respected() {
         sim.set_mode("p2", PoolMode::ENABLED);
         let refused = sim.create("p1", JobKind::Copy, &["-replicas=2", "-concurrency=6"], &["p2", "p3"]);
         sim.wait_until(5 * MINUTE, "failures", || {
-            sim.module("p1").info_failed(&refused).unwrap().contains("Pool is disabled")
+            sim.report("p1", &refused).failures.iter().any(|f| f.code == ErrorCode::PoolDisabled.as_u32())
         })
         .await;
         sim.module("p1").cancel(&refused, true, "test").unwrap();
@@ -609,9 +609,12 @@ fn a_damaged_existing_replica_is_not_trusted() {
             .await;
         assert!(sim.repo("p1").contains_key(&y), "the only good copy stays");
         assert_eq!(sim.repo("p2")[&y].state(), ReplicaState::Broken);
-        let failed = sim.module("p1").info_failed(&stuck).unwrap();
-        assert!(failed.contains("BROKEN"), "the reason is the damaged replica: {failed}");
-        assert!(!failed.contains("No pools available"), "{failed}");
+        let report = sim.report("p1", &stuck);
+        let failed = report.failures.iter().find(|f| f.pnfsid == y.to_string()).expect("the file failed");
+        let damaged = [ErrorCode::ChecksumMismatch.as_u32(), ErrorCode::FileBroken.as_u32()];
+        assert!(damaged.contains(&failed.code), "the reason is the damaged replica: {failed:?}");
+        let no_pools = |n: &NoteLine| matches!(&n.about, Noted::Failed(f) if matches!(**f, TaskFailure::NoTarget { reason: NoTarget::NoPools, .. }));
+        assert!(!report.notes.iter().any(no_pools), "{:?}", report.notes);
         sim.module("p1").cancel(&stuck, true, "test").unwrap();
         assert_eq!(sim.wait_end("p1", &stuck, 5 * MINUTE).await, JobState::Cancelled);
         assert!(sim.repo("p1").contains_key(&y));

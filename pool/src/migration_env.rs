@@ -25,7 +25,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tidepool_migration::env::{
-    Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered, source_removal,
+    Entry, Env, EnvError, HoldKind, HoldOwner, Pull, Removal, SavedHold, Snapshot, SourceRemoval, Unanswered,
+    source_removal,
 };
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_migration::safety::pin_clearable;

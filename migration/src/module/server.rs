@@ -543,7 +543,9 @@ impl<E: Env> Module<E> {
                     } else {
                         tracing::Span::none()
                     };
-                    span.in_scope(|| m.copy_ended(&from, req.attempt, pnfsid, result.map_err(RemoteError::from), false));
+                    span.in_scope(|| {
+                        m.copy_ended(&from, req.attempt, pnfsid, result.map_err(RemoteError::from), false)
+                    });
                 }
             }
             .instrument(self.span.clone()),

@@ -68,9 +68,7 @@ pub(super) fn apply_source_modes<E: Env>(
         .into_iter()
         .map(|r| match r.expect("every file has its result") {
             // The replica went away or is changing under us: nothing left to do.
-            Err(e) if e.replica_gone() => {
-                Ok(Applied::Done)
-            }
+            Err(e) if e.replica_gone() => Ok(Applied::Done),
             other => other,
         })
         .collect()

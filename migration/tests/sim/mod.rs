@@ -1089,23 +1089,24 @@ impl Env for SimEnv {
         self.crashed().map_err(down(&self.name))?;
         let removed = state == ReplicaState::Removed;
         let mut from = state;
-        self.world.mutate(&self.name, &format!("{id} -> {state}"), |repo| {
-            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-            if !r.entry.state.may_change_to(state) {
-                return Err(RemoteError::new(
-                    ErrorCode::IllegalTransition,
-                    format!("{id}: {} -> {state} is not allowed", r.entry.state),
-                ));
-            }
-            from = r.entry.state;
-            if removed {
-                repo.remove(id);
-            } else {
-                r.entry.state = state;
-            }
-            Ok(())
-        })
-        .map_err(local)?;
+        self.world
+            .mutate(&self.name, &format!("{id} -> {state}"), |repo| {
+                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+                if !r.entry.state.may_change_to(state) {
+                    return Err(RemoteError::new(
+                        ErrorCode::IllegalTransition,
+                        format!("{id}: {} -> {state} is not allowed", r.entry.state),
+                    ));
+                }
+                from = r.entry.state;
+                if removed {
+                    repo.remove(id);
+                } else {
+                    r.entry.state = state;
+                }
+                Ok(())
+            })
+            .map_err(local)?;
         self.world.trace(format!("{}: {id} -> {state}", self.name));
         let change = if removed { RepoChange::Removed } else { RepoChange::State { from } };
         self.world.note_change(&self.name, *id, change);
@@ -1117,12 +1118,13 @@ impl Env for SimEnv {
         let now = self.world.now();
         let what = format!("{id} sticky {}={} ({mode:?})", record.owner, record.expire);
         let mut changed = false;
-        self.world.mutate(&self.name, &what, |repo| {
-            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-            changed = apply_sticky(&mut r.entry.sticky, record, mode, now);
-            Ok(())
-        })
-        .map_err(local)?;
+        self.world
+            .mutate(&self.name, &what, |repo| {
+                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+                changed = apply_sticky(&mut r.entry.sticky, record, mode, now);
+                Ok(())
+            })
+            .map_err(local)?;
         self.world.trace(format!("{}: {what}", self.name));
         if changed {
             // Like the pool's repository: only a real change is announced.
@@ -1133,10 +1135,11 @@ impl Env for SimEnv {
 
     fn remove(&self, id: &PnfsId) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        self.world.mutate(&self.name, &format!("removed {id}"), |repo| {
-            repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
-        })
-        .map_err(local)?;
+        self.world
+            .mutate(&self.name, &format!("removed {id}"), |repo| {
+                repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
+            })
+            .map_err(local)?;
         self.world.trace(format!("{}: removed {id}", self.name));
         self.world.note_change(&self.name, *id, RepoChange::Removed);
         Ok(())
@@ -1146,15 +1149,16 @@ impl Env for SimEnv {
         self.crashed().map_err(down(&self.name))?;
         let covered = |pin: &StickyRecord| pin_clearable(pin, PIN_PREFIX, moved);
         let mut changed = false;
-        self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
-            if let Some(r) = repo.get_mut(id) {
-                let before = r.entry.sticky.len();
-                r.entry.sticky.retain(|s| !covered(s));
-                changed = r.entry.sticky.len() != before;
-            }
-            Ok(())
-        })
-        .map_err(local)?;
+        self.world
+            .mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
+                if let Some(r) = repo.get_mut(id) {
+                    let before = r.entry.sticky.len();
+                    r.entry.sticky.retain(|s| !covered(s));
+                    changed = r.entry.sticky.len() != before;
+                }
+                Ok(())
+            })
+            .map_err(local)?;
         if changed {
             self.world.note_change(&self.name, *id, RepoChange::Sticky);
         }
@@ -1170,19 +1174,20 @@ impl Env for SimEnv {
         self.crashed().map_err(down(&self.name))?;
         let now = self.world.now();
         let mut verdict = SourceRemoval::Removed;
-        self.world.mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo| {
-            let kept = repo
-                .get(id)
-                .and_then(|r| source_removal(r.entry.state, &r.entry.sticky, moved, snapshot, PIN_PREFIX, now));
-            match kept {
-                Some(v) => verdict = v,
-                None => {
-                    repo.remove(id);
+        self.world
+            .mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo| {
+                let kept = repo
+                    .get(id)
+                    .and_then(|r| source_removal(r.entry.state, &r.entry.sticky, moved, snapshot, PIN_PREFIX, now));
+                match kept {
+                    Some(v) => verdict = v,
+                    None => {
+                        repo.remove(id);
+                    }
                 }
-            }
-            Ok(())
-        })
-        .map_err(local)?;
+                Ok(())
+            })
+            .map_err(local)?;
         if verdict == SourceRemoval::Removed {
             self.world.trace(format!("{}: removed {id}", self.name));
             self.world.note_change(&self.name, *id, RepoChange::Removed);
@@ -1202,12 +1207,13 @@ impl Env for SimEnv {
 
     fn set_checksum(&self, id: &PnfsId, sum: Checksum) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        self.world.mutate(&self.name, &format!("{id} checksum {sum}"), |repo| {
-            let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-            r.entry.attrs.checksum = Some(sum);
-            Ok(())
-        })
-        .map_err(local)
+        self.world
+            .mutate(&self.name, &format!("{id} checksum {sum}"), |repo| {
+                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
+                r.entry.attrs.checksum = Some(sum);
+                Ok(())
+            })
+            .map_err(local)
     }
 
     fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), EnvError> {
