@@ -10,7 +10,7 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use tidepool_p2p::message::{MigrationReply, MigrationRequest};
+use tidepool_p2p::message::{MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{Checksum, EpochMillis, FileAttributes, ReplicaState, StickyMode, StickyRecord};
 use tidepool_p2p::{AttemptId, ErrorCode, JobId, PnfsId, PoolName, RemoteError, TaskId};
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,14 @@ pub trait Env: Send + Sync + 'static {
 
     /// The pools attached to an HSM instance, in cluster-file order.
     fn hsm_pools(&self, hsm: &str) -> Vec<PoolName>;
+
+    /// The latest costs the membership publishes for `pools`, in that order, read at once
+    /// (etcd: one range read); `None` when it publishes none or cannot be read now: the job
+    /// asks each target (docs/operator-guide.md, "Membership").
+    fn costs(&self, pools: &[PoolName]) -> impl Future<Output = Option<Vec<(PoolName, Option<PoolCost>)>>> + Send {
+        let _ = pools;
+        async { None }
+    }
 
     /// Sends a request to another pool and waits (bounded) for its reply.
     fn request(

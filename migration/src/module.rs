@@ -119,6 +119,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 const CANCEL_RESEND_FIRST: Duration = Duration::from_secs(1);
 const CANCEL_RESEND_MAX: Duration = Duration::from_secs(30);
 const CANCEL_RESEND_FOR: Duration = Duration::from_secs(3600);
+/// A job that refreshes from published costs (etcd) still asks its targets themselves this
+/// often: that renews the holds of the copies it delivered (`DELIVERY_HOLD`, an hour).
+const ASK_DIRECTLY_EVERY: Duration = Duration::from_secs(600);
 
 /// The pool's migration module.
 pub struct Module<E: Env> {
@@ -208,8 +211,12 @@ struct Job {
     /// `-smode`/`-tmode` records with their expiry counted from the job's creation.
     smode: Vec<StickyRecord>,
     tmode: Vec<StickyRecord>,
-    /// The target pools, in cluster-file order.
-    targets: Vec<PoolName>,
+    /// The target pools, in cluster-file order: resolved again from the membership at each
+    /// refresh, so a pool added to a target group becomes a target (`Module::refresh`).
+    targets: Mutex<Vec<PoolName>>,
+    /// When the job last asked its targets themselves for their figures (a refresh from
+    /// published costs does not renew the holds of its copies on them).
+    asked_directly: Mutex<Option<tokio::time::Instant>>,
     refresh: Duration,
     /// The job's byte-rate limit, which the pool's fetch server draws from for the files the
     /// job holds the lock of ([`Module::rate_limits`]). Not a decision of the core: it shapes
@@ -596,7 +603,8 @@ impl<E: Env> Module<E> {
             created,
             smode: def.smode.records.iter().map(|r| r.at(now)).collect(),
             tmode: def.tmode.records.iter().map(|r| r.at(now)).collect(),
-            targets,
+            targets: Mutex::new(targets),
+            asked_directly: Mutex::new(None),
             refresh: Duration::from_secs(def.refresh.unwrap_or_else(|| self.default_refresh())),
             rate: Arc::new(RateLimit::new(rate)),
             stop: CancellationToken::new(),

@@ -62,6 +62,8 @@ error_codes! {
     Offline = 20004, "the pool does not answer; check that its daemon runs";
     ShuttingDown = 20005, "the pool is stopping; retry once it is back";
     Cancelled = 20006, "the transfer was cancelled (pp remove, or the pool stopped); nothing was kept";
+    MembershipUnavailable = 20007, "etcd does not answer; check [membership] endpoints and etcd's health (docs/operator-guide.md)";
+    MembershipReadOnly = 20008, "the membership comes from the cluster file: edit it on every host, then `psu reload` or SIGHUP";
     Internal = 99, "a bug in Tidepool: please report it with the pool log";
 }
 

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod ids;
+pub mod membership;
 pub mod message;
 pub mod model;
 pub mod peer;

@@ -34,6 +34,7 @@ use tidepool_p2p::auth::{ClusterKey, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
+use tidepool_p2p::membership::Membership;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
 use tidepool_p2p::peer::{DialError, Dialer, REUSE_IDLE};
@@ -41,7 +42,7 @@ use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{Activity, ClusterView, ModeRefused, Pool, now_ms};
+use crate::pool::{Activity, ModeRefused, Pool, now_ms};
 use crate::repository::{Change, ChangeKind, Protection, Replica, RepoError, Repository};
 use crate::transfer::{self, TransferError, Transfers};
 
@@ -59,7 +60,7 @@ pub struct PoolEnv {
     transfers: Weak<Transfers>,
     name: PoolName,
     pin_prefix: String,
-    cluster: Arc<ClusterView>,
+    cluster: Arc<Membership>,
     peers: Peers,
 }
 
@@ -292,6 +293,10 @@ impl Env for PoolEnv {
         self.cluster.get().pools.iter().filter(|p| p.hsm.iter().any(|h| h == hsm)).map(|p| p.name.clone()).collect()
     }
 
+    fn costs(&self, pools: &[PoolName]) -> impl Future<Output = Option<Vec<(PoolName, Option<PoolCost>)>>> + Send {
+        self.cluster.costs(pools)
+    }
+
     fn request(
         &self,
         to: &PoolName,
@@ -389,10 +394,30 @@ pub(crate) async fn forward_changes(
 pub struct Peers {
     me: PoolName,
     /// Where the pools are (the pool's cluster view: SIGHUP may change it).
-    cluster: Arc<ClusterView>,
+    cluster: Arc<Membership>,
     reply_timeout: Duration,
     /// Connections to the other pools' data service: made, checked and kept for reuse.
     dialer: Dialer,
+}
+
+/// Tells the module of every change of the membership (its jobs look at their targets again)
+/// until `stop`.
+pub async fn forward_membership(
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    module: Arc<Module<PoolEnv>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                module.membership_changed();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Peers {
@@ -413,11 +438,11 @@ impl Peers {
     /// A transport for pool `me` to the pools of `cluster`; a request without a reply within
     /// `reply_timeout` counts as unanswered ([`REPLY_TIMEOUT`] in the daemon).
     pub fn new(me: PoolName, key: ClusterKey, cluster: &ClusterFile, reply_timeout: Duration) -> Peers {
-        Peers::with_view(me, key, ClusterView::new(cluster.clone()), reply_timeout)
+        Peers::with_view(me, key, Membership::file(cluster.clone()), reply_timeout)
     }
 
     /// [`Peers::new`] over a cluster view that may change (the pool's).
-    pub fn with_view(me: PoolName, key: ClusterKey, cluster: Arc<ClusterView>, reply_timeout: Duration) -> Peers {
+    pub fn with_view(me: PoolName, key: ClusterKey, cluster: Arc<Membership>, reply_timeout: Duration) -> Peers {
         let dialer = Dialer::new(me.as_str(), key, Service::Data).keeping(REUSE_IDLE, MAX_IDLE);
         Peers { me, cluster, reply_timeout, dialer }
     }

@@ -65,6 +65,8 @@ impl Node {
                 // Subscribed before the module can have a job, so no change is missed.
                 let feed = migration_env::forward_changes(pool.repo.subscribe(), module.clone(), stop.clone());
                 pool.tasks.spawn(tracing::Instrument::instrument(feed, tracing::Span::current()));
+                let news = migration_env::forward_membership(pool.cluster.subscribe(), module.clone(), stop.clone());
+                pool.tasks.spawn(tracing::Instrument::instrument(news, tracing::Span::current()));
                 Migration { module, stop }
             })
             .module

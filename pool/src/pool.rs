@@ -6,7 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::membership::Membership;
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
@@ -63,38 +64,12 @@ pub enum Activity {
     P2pClient,
 }
 
-/// The cluster file in force: read at start, replaced by SIGHUP ([`ClusterView::replace`]).
-/// Readers take a snapshot ([`ClusterView::get`]) and never hold the lock.
-#[derive(Debug)]
-pub struct ClusterView(parking_lot::RwLock<Arc<ClusterFile>>);
-
-impl ClusterView {
-    pub fn new(cluster: ClusterFile) -> Arc<ClusterView> {
-        Arc::new(ClusterView(parking_lot::RwLock::new(Arc::new(cluster))))
-    }
-
-    /// The cluster file in force now.
-    pub fn get(&self) -> Arc<ClusterFile> {
-        self.0.read().clone()
-    }
-
-    /// The entry of pool `name`, if the cluster file in force lists it.
-    pub fn pool(&self, name: &PoolName) -> Option<PoolEntry> {
-        self.0.read().pool(name).cloned()
-    }
-
-    /// Puts `cluster` in force; returns the one it replaces. Requests already under way keep
-    /// the addresses they started with.
-    pub fn replace(&self, cluster: ClusterFile) -> Arc<ClusterFile> {
-        std::mem::replace(&mut *self.0.write(), Arc::new(cluster))
-    }
-}
-
 pub struct Pool {
     pub name: PoolName,
     pub repo: Arc<Repository>,
-    /// The cluster file in force (SIGHUP replaces it).
-    pub cluster: Arc<ClusterView>,
+    /// The membership in force: pools, groups, links, liveness, costs (the cluster file, which
+    /// SIGHUP and `psu reload` read again, or etcd).
+    pub cluster: Arc<Membership>,
     /// Authenticates this pool to other pools.
     pub key: ClusterKey,
     pub recovery: Recovery,
@@ -112,6 +87,8 @@ pub struct Pool {
     pub started: OnceLock<Started>,
     /// Where the Prometheus page is served (`[metrics] listen`), once it is.
     pub metrics_addr: OnceLock<std::net::SocketAddr>,
+    /// etcd, where the membership comes from it (the `psu` commands change it); set at start.
+    pub etcd: OnceLock<tidepool_etcd::Etcd>,
     /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
     /// for pools that share a process (the demo, tests).
     pub log: OnceLock<Arc<LogControl>>,
@@ -151,7 +128,7 @@ impl Pool {
         Ok(Pool {
             name,
             repo,
-            cluster: ClusterView::new(cluster),
+            cluster: Membership::file(cluster),
             key,
             recovery,
             pin_prefix,
@@ -161,6 +138,7 @@ impl Pool {
             started: OnceLock::new(),
             metrics_addr: OnceLock::new(),
             log: OnceLock::new(),
+            etcd: OnceLock::new(),
         })
     }
 

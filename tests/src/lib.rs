@@ -14,6 +14,7 @@
 //! [`fuzz`] holds the fuzz targets and their input generators (the harness binary is
 //! `src/bin/fuzz.rs`; `tests/fuzz.rs` runs a fixed-seed slice of each in `cargo test`).
 
+pub mod etcd;
 pub mod fuzz;
 
 use std::collections::BTreeMap;
@@ -835,6 +836,45 @@ impl Cluster {
     pub fn thaw(&mut self, pool: &str) {
         let child = self.running.get(pool).unwrap_or_else(|| panic!("{pool} is not running"));
         signal(child, Signal::CONT);
+    }
+
+    /// Moves the membership of every pool to etcd at `endpoint` under `prefix`: each config
+    /// gets its addresses and a `[membership]` table (a lease of `lease_seconds`, the cost
+    /// published every second), and `tidepool membership import` writes the cluster file into
+    /// etcd. The shell and `tidepool put` keep using the cluster file for the addresses.
+    pub fn use_etcd(&self, endpoint: &str, prefix: &str, lease_seconds: u64) {
+        for p in &self.pools {
+            self.append_config(
+                &p.name,
+                &format!(
+                    "admin_listen = \"{}\"\np2p_listen = \"{}\"\n[membership]\nbackend = \"etcd\"\n\
+                     endpoints = [\"{endpoint}\"]\nprefix = \"{prefix}\"\nlease_seconds = {lease_seconds}\n\
+                     publish_seconds = 1\n",
+                    p.admin, p.p2p
+                ),
+            );
+        }
+        let out = self.tidepool(
+            &["membership", "import", "--endpoints", endpoint, "--prefix", prefix],
+            &[self.cluster_file().as_os_str()],
+        );
+        out.assert_success("tidepool membership import");
+    }
+
+    /// Rewrites the cluster file with `pool` in `groups` (every pool and the shell read the
+    /// same file; a running pool takes it up on SIGHUP or `psu reload`).
+    pub fn set_groups(&mut self, pool: &str, groups: &[&str]) {
+        let path = self.cluster_file();
+        let text = std::fs::read_to_string(&path).expect("read cluster.toml");
+        let mut file = ClusterFile::parse(&text).expect("a valid cluster.toml");
+        let name: tidepool_p2p::PoolName = pool.parse().expect("a pool name");
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let entry = file.pools.iter_mut().find(|p| p.name == name).unwrap_or_else(|| panic!("no pool {pool}"));
+        entry.groups = groups.clone();
+        std::fs::write(&path, file.to_toml()).expect("write cluster.toml");
+        if let Some(spec) = self.pools.iter_mut().find(|p| p.name == pool) {
+            spec.groups = groups;
+        }
     }
 
     /// Sends SIGHUP to a running pool (it reads its config and cluster file again).

@@ -21,7 +21,7 @@ struct File {
 }
 
 /// The crates of the workspace whose library and binary sources are checked.
-const CRATES: &[&str] = &["p2p", "repository", "migration", "pool", "admin-shell", "tests"];
+const CRATES: &[&str] = &["p2p", "repository", "migration", "etcd", "pool", "admin-shell", "tests"];
 
 fn is_test_module(name: &str) -> bool {
     name == "tests" || name.ends_with("_tests") || name == "conformance"

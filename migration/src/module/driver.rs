@@ -219,10 +219,58 @@ impl<E: Env> Module<E> {
     }
 
     pub(super) async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
-        // Naming the job keeps the copies it delivered held on the target (a move).
-        let id = job.id.lock().clone();
-        let answers = self.ask_targets(&job.targets, Some(id)).await;
+        let targets = self.resolve_again(job);
+        // The costs the membership publishes (etcd), in one read; the targets themselves when
+        // it publishes none or cannot be read, and at least every `ASK_DIRECTLY_EVERY`:
+        // naming the job keeps the copies it delivered held on the target (a move).
+        let due = job.asked_directly.lock().is_none_or(|at| at.elapsed() >= ASK_DIRECTLY_EVERY);
+        let published = if due { None } else { self.env.costs(&targets).await };
+        let answers = match published {
+            Some(answers) => answers,
+            None => {
+                let id = job.id.lock().clone();
+                let answers = self.ask_targets(&targets, Some(id)).await;
+                *job.asked_directly.lock() = Some(tokio::time::Instant::now());
+                answers
+            }
+        };
         self.visit(job, JobEvent::Refreshed(answers));
+    }
+
+    /// The job's targets resolved again from the membership in force: a pool that joined a
+    /// target group is a target from now on, one that left it is not. A definition that no
+    /// longer resolves (its group is gone) keeps the targets it had.
+    fn resolve_again(self: &Arc<Self>, job: &Arc<Job>) -> Vec<PoolName> {
+        let def = &job.def;
+        let id = job.id.lock().clone();
+        let fresh =
+            targets::resolve(&EnvCluster(&*self.env), self.env.name(), &def.targets, &def.include, &def.exclude);
+        let mut targets = job.targets.lock();
+        match fresh {
+            Ok(fresh) if fresh != *targets => {
+                let added: Vec<&str> = fresh.iter().filter(|p| !targets.contains(p)).map(|p| p.as_str()).collect();
+                let gone: Vec<&str> = targets.iter().filter(|p| !fresh.contains(p)).map(|p| p.as_str()).collect();
+                tracing::info!(
+                    job = %id,
+                    "targets changed with the membership: added [{}], removed [{}]",
+                    added.join(", "),
+                    gone.join(", ")
+                );
+                *targets = fresh;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(job = %id, "targets kept: {e}"),
+        }
+        targets.clone()
+    }
+
+    /// The membership changed (a pool or group added or removed, a pool came or went): every
+    /// running job looks at its targets again now rather than at its next refresh.
+    pub fn membership_changed(self: &Arc<Self>) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().list.clone();
+        for job in jobs.into_iter().filter(|j| !j.stop.is_cancelled()) {
+            self.visit(&job, JobEvent::RefreshDue);
+        }
     }
 
     /// Every target's figures, in `targets` order (`None`: no answer). Read-only on the

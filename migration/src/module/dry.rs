@@ -100,7 +100,8 @@ impl<E: Env> Module<E> {
                     // the copies that would have landed.
                     Action::Refresh if !refreshed => {
                         refreshed = true;
-                        let answers = self.ask_targets(&job.targets, None).await;
+                        let targets = job.targets.lock().clone();
+                        let answers = self.ask_targets(&targets, None).await;
                         events.push_front(JobEvent::Refreshed(answers));
                     }
                     // A location question is answered before the copies that were sent: they
@@ -146,7 +147,8 @@ impl<E: Env> Module<E> {
             let s = job.s.lock();
             facts.end = Some(s.state);
             let unusable: HashMap<&PoolName, &'static str> = unusable(&s).collect();
-            facts.targets = job.targets.iter().map(|t| (t.clone(), unusable.get(t).map(|w| w.to_string()))).collect();
+            facts.targets =
+                job.targets.lock().iter().map(|t| (t.clone(), unusable.get(t).map(|w| w.to_string()))).collect();
             for (id, f) in s.queue.failures() {
                 if !facts.done.contains_key(id) {
                     facts.failed.insert(*id, (f.permanent, f.last_error.clone()));

@@ -163,6 +163,12 @@ impl<E: Env> Module<E> {
         self.served.lock().holds.restore(saved, self.env.now());
     }
 
+    /// This pool's figures as `PoolInfo` answers them, and as the pool publishes them in etcd:
+    /// the run says whether it restarted (never 0, which means "unknown").
+    pub fn cost(&self) -> PoolCost {
+        PoolCost { run: (self.epoch >> 40) + 1, ..self.env.cost() }
+    }
+
     /// Answers one request from the pool `from` (the authenticated peer).
     pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
         match req {
@@ -170,8 +176,7 @@ impl<E: Env> Module<E> {
                 if let Some(job) = job {
                     self.renew_holds(&from, &job);
                 }
-                // Never 0, which means "unknown".
-                MigrationReply::PoolInfo(PoolCost { run: (self.epoch >> 40) + 1, ..self.env.cost() })
+                MigrationReply::PoolInfo(self.cost())
             }
             MigrationRequest::Locate { pnfsids } => {
                 if pnfsids.len() > MAX_LOCATE {

@@ -22,6 +22,9 @@ pub enum AdminError {
     Migration(#[from] MigrationError),
     #[error(transparent)]
     Rebalance(#[from] RebalanceError),
+    /// A `psu` command (the membership) refused or could not reach etcd.
+    #[error(transparent)]
+    Psu(#[from] super::psu::PsuError),
     /// An error another layer (the transfers, the pool's mode) returns in its wire form.
     #[error("{}", .0.message)]
     Remote(RemoteError),
@@ -64,6 +67,7 @@ impl AdminError {
             AdminError::Repo(e) => e.code(),
             AdminError::Migration(e) => e.code(),
             AdminError::Rebalance(e) => e.code(),
+            AdminError::Psu(e) => e.code(),
             AdminError::Remote(e) => e.code().unwrap_or(ErrorCode::Internal),
             AdminError::UnknownTopic(_) => ErrorCode::UnknownCommand,
             AdminError::SourceIsHere(_)

@@ -221,6 +221,7 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
             let here = super::rebalance::Here { node, run: run_here };
             super::rebalance::cancel(here, &group, json, out).await
         }
+        Command::Psu(p) => Ok(super::psu::execute(node, p, out).await?),
     }
 }
 
@@ -442,6 +443,8 @@ async fn info(node: &Node, out: &mut Output) -> Result<(), AdminError> {
     if let Some(entry) = pool.cluster.pool(&pool.name) {
         let _ = writeln!(t, "Pool groups    : {}", entry.groups.join(","));
     }
+    let stale = if pool.cluster.is_stale() { " (stale: etcd cannot be reached; the last view is used)" } else { "" };
+    let _ = writeln!(t, "Membership     : {}{stale}", pool.cluster.backend());
     let _ = writeln!(t, "--- space ---");
     let _ = writeln!(t, "Total          : {} bytes", space.total);
     let _ = writeln!(t, "Used           : {} bytes", space.used);

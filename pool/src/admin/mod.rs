@@ -5,6 +5,7 @@ pub mod error;
 pub mod exec;
 pub mod json;
 pub mod output;
+pub mod psu;
 pub mod rebalance;
 pub mod remote;
 pub mod rep_ls;
@@ -81,6 +82,8 @@ pub enum Command {
     LogLs {
         json: bool,
     },
+    /// `psu ...`: the membership (pool groups, pools, links).
+    Psu(psu::Psu),
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
     /// line (docs/dcache-compatibility.md#permanent-jobs-and-save).
     MigrationCreate {
@@ -437,6 +440,95 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[JSON],
         examples: &["log ls", "log ls -json"],
         parse: |inv| inv.at_most(0).and_then(|()| Ok(Command::LogLs { json: inv.flag("json")? })),
+    },
+    CommandSpec {
+        name: "psu reload",
+        args: "",
+        summary: "read the membership again now (the cluster file, or etcd), and say what changed",
+        details: concat!(
+            "With the cluster file: reads it again, as SIGHUP does; a file that cannot be read or no\n",
+            "longer lists this pool changes nothing. With etcd: one full read (the watch keeps the view\n",
+            "up to date anyway). Running jobs look at their targets again at once.",
+        ),
+        options: &[],
+        examples: &["psu reload"],
+        parse: |inv| inv.at_most(0).map(|()| Command::Psu(psu::Psu::Reload)),
+    },
+    CommandSpec {
+        name: "psu create pgroup",
+        args: "<group>",
+        summary: "create a pool group in etcd (the membership must be etcd)",
+        details: "A group without pools is kept; `psu addto pgroup` puts pools in it.",
+        options: &[],
+        examples: &["psu create pgroup disk"],
+        parse: psu::parse_create,
+    },
+    CommandSpec {
+        name: "psu remove pgroup",
+        args: "<group>",
+        summary: "remove an empty pool group that no link names (etcd)",
+        details: "",
+        options: &[],
+        examples: &["psu remove pgroup old-disk"],
+        parse: psu::parse_remove,
+    },
+    CommandSpec {
+        name: "psu addto pgroup",
+        args: "<group> <pool>",
+        summary: "add a registered pool to a pool group (etcd); running -target=pgroup jobs take it up",
+        details: concat!(
+            "The pool must have registered in etcd (it has started once, or `tidepool membership import`\n",
+            "wrote it). Every pool's view follows within a moment; running jobs whose targets are the\n",
+            "group use the pool from their next look at the targets, which the change starts at once.",
+        ),
+        options: &[],
+        examples: &["psu addto pgroup disk pool7"],
+        parse: psu::parse_addto,
+    },
+    CommandSpec {
+        name: "psu removefrom pgroup",
+        args: "<group> <pool>",
+        summary: "take a pool out of a pool group (etcd); it is no new target of the group's jobs",
+        details: "Nothing on the pool is deleted or copied again; copies already made stay.",
+        options: &[],
+        examples: &["psu removefrom pgroup disk pool7"],
+        parse: psu::parse_removefrom,
+    },
+    CommandSpec {
+        name: "psu set link",
+        args: "<link> [<group>...]",
+        summary: "make a link name these pool groups (etcd); no group removes the link",
+        details: "",
+        options: &[],
+        examples: &["psu set link disk-link disk", "psu set link old-link"],
+        parse: psu::parse_set_link,
+    },
+    CommandSpec {
+        name: "psu ls pgroup",
+        args: "",
+        summary: "list the pool groups with their pools: <group> : <pool>, ...",
+        details: "",
+        options: &[],
+        examples: &["psu ls pgroup"],
+        parse: |inv| inv.at_most(0).map(|()| Command::Psu(psu::Psu::LsGroup)),
+    },
+    CommandSpec {
+        name: "psu ls pool",
+        args: "",
+        summary: "list the pools: name, addresses, groups, and with etcd whether each is alive",
+        details: "A last line says so when the view is stale (etcd cannot be reached).",
+        options: &[],
+        examples: &["psu ls pool"],
+        parse: |inv| inv.at_most(0).map(|()| Command::Psu(psu::Psu::LsPool)),
+    },
+    CommandSpec {
+        name: "psu ls link",
+        args: "",
+        summary: "list the links: <link> : <group>, ...",
+        details: "",
+        options: &[],
+        examples: &["psu ls link"],
+        parse: |inv| inv.at_most(0).map(|()| Command::Psu(psu::Psu::LsLink)),
     },
     CommandSpec {
         name: "pp get file",

@@ -68,6 +68,11 @@ pub(super) enum Command {
         pnfsid: PnfsId,
         out: PathBuf,
     },
+    /// Membership through etcd (docs/operator-guide.md, "Membership through etcd").
+    Membership {
+        #[command(subcommand)]
+        what: MembershipCommand,
+    },
     /// Start a three-pool demo cluster with sample data and open the admin shell.
     Demo {
         /// Keep the cluster in DIR (new or empty) so it can run again as separate daemons.
@@ -78,6 +83,27 @@ pub(super) enum Command {
     Generate {
         #[command(subcommand)]
         what: Generate,
+    },
+}
+
+/// `tidepool membership ...`.
+#[derive(Debug, Subcommand)]
+pub(super) enum MembershipCommand {
+    /// Write every pool (addresses, tags, HSMs), pool group, group membership and link of a
+    /// cluster file into etcd; what etcd holds besides stays. Prints what it wrote.
+    Import {
+        /// The cluster file to import.
+        cluster: PathBuf,
+        /// A pool config whose [membership] table says how to reach etcd (endpoints, prefix,
+        /// user, TLS).
+        #[arg(long, conflicts_with_all = ["endpoints", "prefix"], required_unless_present = "endpoints")]
+        config: Option<PathBuf>,
+        /// etcd's client URLs, comma-separated (instead of --config).
+        #[arg(long, value_delimiter = ',')]
+        endpoints: Vec<String>,
+        /// The key prefix of this cluster of pools (with --endpoints).
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 

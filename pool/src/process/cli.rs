@@ -13,25 +13,28 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use tidepool_p2p::auth::{ClusterKey, Service};
-use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
-use tidepool_p2p::message::{CommitState, PutRequest};
+use tidepool_p2p::membership::{Backend, Source, SourceFuture};
+use tidepool_p2p::message::{CommitState, PoolCost, PutRequest};
 use tidepool_p2p::model::{NEVER, StickyRecord};
 use tidepool_p2p::{PnfsId, PoolName};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use super::args::{Cli, Command, Generate, LogArgs, Target};
+use super::args::{Cli, Command, Generate, LogArgs, MembershipCommand, Target};
 use super::files::{keygen, read_cluster, read_config, read_key};
 use crate::client;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
+use crate::migration_env::PoolEnv;
 use crate::pool::{Pool, now_ms};
-use crate::process::config::PoolConfig;
+use crate::process::config::{MembershipBackend, MembershipConfig, PoolConfig};
 use crate::process::logging::{FilterSource, LogControl, LogFormat, LogLevels, Reloaded};
 use crate::process::pool_dir::{self, DirError, DirState, Initialised};
 use crate::process::service::{self, NofileLimit, Notifier, VERSION};
+use tidepool_etcd::EtcdSource;
 
 /// Runs the command line; errors are printed by the caller.
 pub fn main() -> ExitCode {
@@ -47,6 +50,9 @@ pub fn main() -> ExitCode {
         }
         Command::Get { target, pnfsid, out } => block_on(get(target, pnfsid, out)),
         Command::Demo { keep } => crate::process::demo::run(keep),
+        Command::Membership { what: MembershipCommand::Import { cluster, config, endpoints, prefix } } => {
+            block_on(import(cluster, config, endpoints, prefix))
+        }
     };
     match result {
         Ok(code) => code,
@@ -126,7 +132,12 @@ fn resolve(config_path: &Path, log: &LogArgs) -> anyhow::Result<Resolved> {
     };
     let configured = config.log.filter.is_some();
     let (levels, source) = resolve_filter(log.log_filter.as_deref(), env.as_deref(), &config_levels, configured)?;
-    let cluster = read_cluster(&config.cluster_file)?;
+    // With etcd the membership is read once the runtime runs (`run_pool`); the listen
+    // addresses are the config's own.
+    let cluster = match &config.cluster_file {
+        Some(path) if config.membership.backend == MembershipBackend::File => read_cluster(path)?,
+        _ => ClusterFile { pools: Vec::new(), links: Vec::new() },
+    };
     let key = read_key(&config.key_file)?;
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
     if let Some(m) = config.metrics.as_ref().filter(|m| m.listen == admin_addr || m.listen == data_addr) {
@@ -159,7 +170,12 @@ fn check_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     println!("{}: ok, pool {} would start", config_path.display(), c.name);
     println!("  capacity  {} bytes", c.capacity);
     println!("  data_dir  {} ({dir})", c.data_dir.display());
-    println!("  cluster   {} (pools listed: {})", c.cluster_file.display(), r.cluster.pools.len());
+    match (&c.cluster_file, c.membership.backend) {
+        (Some(file), MembershipBackend::File) => {
+            println!("  cluster   {} (pools listed: {})", file.display(), r.cluster.pools.len())
+        }
+        _ => println!("  cluster   etcd at {} (prefix {})", c.membership.endpoints.join(","), c.membership.prefix),
+    }
     println!("  key       {}", c.key_file.display());
     println!("  admin     {}", r.admin_addr);
     println!("  data      {}", r.data_addr);
@@ -244,6 +260,15 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         // action until the pool serves, so a pool stopped during a long recovery stops at once
         // (which is safe: recovery runs again at the next start).
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // etcd: reached before the repository opens; unreachable is a clear error
+        // (docs/operator-guide.md, "When etcd is lost").
+        let (cluster, etcd) = match config.membership.backend {
+            MembershipBackend::File => (cluster, None),
+            MembershipBackend::Etcd => {
+                let (cluster, etcd) = connect_etcd(&config, admin_addr, data_addr).await?;
+                (cluster, Some(etcd))
+            }
+        };
         let transfers = config.transfer_settings();
         let settings = Settings {
             transfers,
@@ -259,6 +284,20 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         };
         let opened = Daemon::open(settings).await?;
         let _ = opened.pool().log.set(log_control.clone());
+        let pool = opened.pool().clone();
+        match (&etcd, &config.cluster_file) {
+            (Some((etcd, _)), _) => {
+                let _ = pool.etcd.set(etcd.clone());
+                pool.cluster.set_source(Arc::new(EtcdSource::new(etcd.clone(), &pool.cluster)))
+            }
+            (None, Some(path)) => {
+                pool.cluster.set_source(Arc::new(FileSource { path: path.clone(), pool: Arc::downgrade(&pool) }))
+            }
+            (None, None) => {}
+        }
+        if let Some((_, alive)) = &etcd {
+            pool.cluster.set_alive(alive.clone());
+        }
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
         let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
         let metrics = match metrics_addr {
@@ -269,6 +308,29 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         if let Some(listener) = metrics {
             daemon.serve_metrics(listener)?;
         }
+        // In etcd: registered under a lease, the cost published, the membership watched.
+        let registration = etcd.map(|(etcd, _)| {
+            let node = daemon.node().clone();
+            let entry = PoolEntry {
+                name: config.name.clone(),
+                p2p: data_addr,
+                admin: admin_addr,
+                groups: Vec::new(),
+                tags: config.membership.tags.clone(),
+                hsm: config.membership.hsm.clone(),
+            };
+            let cost = Box::new(move || match node.try_migration() {
+                Some(m) => m.cost(),
+                None => tidepool_migration::env::Env::cost(&PoolEnv::new(&node.transfers)),
+            });
+            let stop = tokio_util::sync::CancellationToken::new();
+            let me = tidepool_etcd::Registration { entry, cost };
+            let task = tokio::spawn(
+                tidepool_etcd::run(etcd, daemon.pool().cluster.clone(), me, stop.clone())
+                    .instrument(daemon.span().clone()),
+            );
+            (stop, task)
+        });
         let mut signals = Signals::new(hup)?;
         // The repository is open and both listeners accept: ready.
         notifier.ready(&format!("serving {} on admin {admin_addr}, data {data_addr}", config.name));
@@ -305,9 +367,104 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
             }
         }
         notifier.stopping();
+        // Out of etcd first: the other pools stop choosing this one at once.
+        if let Some((stop, task)) = registration {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `tidepool membership import`: a cluster file into etcd.
+async fn import(
+    cluster: PathBuf,
+    config: Option<PathBuf>,
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let file = read_cluster(&cluster)?;
+    let settings = match config {
+        Some(path) => etcd_settings(&read_config(&path)?.membership)?,
+        None => {
+            let mut s = tidepool_etcd::EtcdSettings::new(endpoints);
+            if let Some(p) = prefix {
+                s.prefix = p;
+            }
+            s
+        }
+    };
+    let etcd = tidepool_etcd::Etcd::connect(&settings).await?;
+    let lines = etcd.import(&file).await?;
+    for l in &lines {
+        println!("{l}");
+    }
+    println!(
+        "imported {} into etcd at {} (prefix {}): {} pools, {} pool groups, {} links; {} keys written",
+        cluster.display(),
+        settings.endpoints.join(","),
+        settings.prefix,
+        file.pools.len(),
+        file.groups().len(),
+        file.links.len(),
+        lines.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to etcd as `[membership]` says, registers this pool's addresses and reads the
+/// membership: the view and the pools alive. A clear error if etcd cannot be reached.
+async fn connect_etcd(
+    config: &PoolConfig,
+    admin: SocketAddr,
+    data: SocketAddr,
+) -> anyhow::Result<(ClusterFile, (tidepool_etcd::Etcd, std::collections::BTreeSet<PoolName>))> {
+    let settings = etcd_settings(&config.membership)?;
+    let etcd = tidepool_etcd::Etcd::connect(&settings).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; the pool does not start without its membership (docs/operator-guide.md, \"When etcd is lost\")"
+        )
+    })?;
+    let entry = PoolEntry {
+        name: config.name.clone(),
+        p2p: data,
+        admin,
+        groups: Vec::new(),
+        tags: config.membership.tags.clone(),
+        hsm: config.membership.hsm.clone(),
+    };
+    etcd.put_pool(&entry).await?;
+    let snap = etcd.load().await?;
+    tracing::info!(
+        endpoints = %settings.endpoints.join(","),
+        pools = snap.cluster.pools.len(),
+        alive = snap.alive.len(),
+        "membership read from etcd"
+    );
+    Ok((snap.cluster, (etcd, snap.alive)))
+}
+
+/// The etcd settings of a `[membership]` table, with the password and TLS files read.
+pub fn etcd_settings(m: &MembershipConfig) -> anyhow::Result<tidepool_etcd::EtcdSettings> {
+    let read = |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("read {what} {}", p.display()));
+    let mut s = tidepool_etcd::EtcdSettings::new(m.endpoints.clone());
+    s.prefix = m.prefix.clone();
+    s.lease = Duration::from_secs(m.lease_seconds);
+    s.publish = Duration::from_secs(m.publish_seconds);
+    if let (Some(user), Some(file)) = (&m.user, &m.password_file) {
+        let password = String::from_utf8(read(file, "membership.password_file")?)
+            .map_err(|_| anyhow::anyhow!("membership.password_file {} is not UTF-8", file.display()))?;
+        s.user = Some((user.clone(), password.trim_end_matches(['\n', '\r']).to_string()));
+    }
+    if let Some(ca) = &m.ca_file {
+        let identity = match (&m.cert_file, &m.key_file) {
+            (Some(c), Some(k)) => Some((read(c, "membership.cert_file")?, read(k, "membership.key_file")?)),
+            _ => None,
+        };
+        s.tls = Some(tidepool_etcd::TlsFiles { ca: read(ca, "membership.ca_file")?, identity });
+    }
+    Ok(s)
 }
 
 /// The signals the daemon acts on.
@@ -387,9 +544,15 @@ impl Reloadable {
         for key in config_changes(&self.config, &config) {
             tracing::warn!("SIGHUP: config key {key} changed; it takes effect at the next restart");
         }
-        let path = self.config.cluster_file.clone();
+        let Some(path) = self.config.cluster_file.clone().filter(|_| self.pool.cluster.backend() == Backend::File)
+        else {
+            tracing::info!("SIGHUP: the membership comes from etcd; `psu reload` reads it again");
+            return;
+        };
         match tokio::task::spawn_blocking(move || read_cluster(&path)).await {
-            Ok(Ok(cluster)) => self.apply_cluster(cluster),
+            Ok(Ok(cluster)) => {
+                let _ = apply_cluster(&self.pool, cluster, "SIGHUP");
+            }
             Ok(Err(e)) => {
                 let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
                 tracing::error!("SIGHUP: {e}; the cluster file in force is unchanged")
@@ -397,36 +560,72 @@ impl Reloadable {
             Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
         }
     }
+}
 
-    /// Puts the cluster file read again in force, unless it no longer lists this pool. The
-    /// pool's own addresses stay where its listeners are bound until a restart.
-    fn apply_cluster(&self, cluster: ClusterFile) {
-        let pool = &self.pool;
-        let changes = service::cluster_changes(&pool.cluster.get(), &cluster);
-        if changes.is_empty() {
-            tracing::info!("SIGHUP: cluster file unchanged");
-            return;
-        }
-        let Some(me) = cluster.pool(&pool.name) else {
-            tracing::error!(
-                "SIGHUP: the cluster file no longer lists this pool ({}); it was not applied (a restart would fail)",
-                pool.name
-            );
-            return;
-        };
-        if let Some(started) = pool.started.get()
-            && (me.p2p != started.data || me.admin.port() != started.admin.port())
-        {
-            tracing::warn!(
-                "SIGHUP: this pool's addresses changed in the cluster file; its listeners stay on admin {} and data {} until a restart",
-                started.admin,
-                started.data
-            );
-        }
-        pool.cluster.replace(cluster);
-        for change in changes {
-            tracing::info!("SIGHUP: cluster file: {change}; applied");
-        }
+/// Puts the cluster file read again in force, unless it no longer lists this pool, and logs
+/// what changed, each line starting with `why` (`SIGHUP`, `psu reload`). The pool's own
+/// addresses stay where its listeners are bound until a restart. The lines of what changed, or
+/// why nothing was applied.
+fn apply_cluster(pool: &Pool, cluster: ClusterFile, why: &str) -> Result<Vec<String>, String> {
+    let changes = tidepool_p2p::membership::cluster_changes(&pool.cluster.get(), &cluster);
+    if changes.is_empty() {
+        tracing::info!("{why}: cluster file unchanged");
+        return Ok(changes);
+    }
+    let Some(me) = cluster.pool(&pool.name) else {
+        let e = format!(
+            "the cluster file no longer lists this pool ({}); it was not applied (a restart would fail)",
+            pool.name
+        );
+        tracing::error!("{why}: {e}");
+        return Err(e);
+    };
+    if let Some(started) = pool.started.get()
+        && (me.p2p != started.data || me.admin.port() != started.admin.port())
+    {
+        tracing::warn!(
+            "{why}: this pool's addresses changed in the cluster file; its listeners stay on admin {} and data {} until a restart",
+            started.admin,
+            started.data
+        );
+    }
+    pool.cluster.replace(cluster);
+    for change in &changes {
+        tracing::info!("{why}: cluster file: {change}; applied");
+    }
+    Ok(changes)
+}
+
+/// The cluster file as the pool's membership source: `psu reload` reads it again (as SIGHUP
+/// does); costs are asked of the pools themselves.
+struct FileSource {
+    path: PathBuf,
+    pool: std::sync::Weak<Pool>,
+}
+
+impl Source for FileSource {
+    fn backend(&self) -> Backend {
+        Backend::File
+    }
+
+    #[allow(clippy::type_complexity)] // the shape of a job's refresh answers
+    fn costs<'a>(&'a self, _pools: &'a [PoolName]) -> SourceFuture<'a, Option<Vec<(PoolName, Option<PoolCost>)>>> {
+        Box::pin(async { None })
+    }
+
+    fn reload(&self) -> SourceFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let Some(pool) = self.pool.upgrade() else {
+                return Err("the pool is shutting down".into());
+            };
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || read_cluster(&path)).await;
+            match read {
+                Ok(Ok(cluster)) => apply_cluster(&pool, cluster, "psu reload"),
+                Ok(Err(e)) => Err(format!("{e:#}; the cluster file in force is unchanged")),
+                Err(e) => Err(format!("reading the cluster file failed: {e}")),
+            }
+        })
     }
 }
 

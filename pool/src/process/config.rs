@@ -5,7 +5,7 @@
 //! name = "pool1"                   # must be listed in the cluster file
 //! data_dir = "pool1"               # relative paths are relative to this file
 //! capacity = "10Gi"                # bytes, or a number with a unit (k M G T, Ki Mi Gi Ti)
-//! cluster_file = "cluster.toml"
+//! cluster_file = "cluster.toml"   # membership from this file (or [membership] backend = "etcd")
 //! key_file = "cluster.key"
 //! # admin_listen = "0.0.0.0:22225" # default: loopback, on the cluster file's admin port
 //! # p2p_listen = "0.0.0.0:22125"   # default: the cluster file's p2p address
@@ -23,6 +23,19 @@
 //! # batch_files = 64               # small files per unit of a job's concurrency (1: none)
 //! # batch_bytes = "4Mi"            # bytes per batch of small files (files up to 1 MiB)
 //!
+//! # [membership]                   # docs/operator-guide.md, "Membership through etcd"
+//! # backend = "etcd"               # default "file": the cluster_file above
+//! # endpoints = ["http://127.0.0.1:2379"]
+//! # prefix = "/tidepool/"          # one cluster of pools per prefix
+//! # user = "tidepool"              # with password_file, if etcd has authentication on
+//! # password_file = "etcd.password"
+//! # ca_file = "etcd-ca.pem"        # https endpoints: the CA, and a client certificate and key
+//! # cert_file = "etcd-client.pem"  # if etcd asks for one
+//! # key_file = "etcd-client.key"
+//! # lease_seconds = 10             # a pool silent this long is no longer alive
+//! # publish_seconds = 3            # how often a pool renews its lease and publishes its cost
+//! # tags = { host = "node1" }      # this pool's tags and HSMs, registered in etcd
+//! # hsm = ["osm"]
 //! # [metrics]                      # Prometheus metrics (docs/metrics.md); off without this table
 //! # listen = "127.0.0.1:9325"       # serves GET /metrics over HTTP
 //! # [log]
@@ -51,8 +64,10 @@ pub struct PoolConfig {
     /// The pool's size in bytes (a number, or a string with a unit such as "10Gi").
     #[serde(deserialize_with = "bytes")]
     pub capacity: u64,
-    /// The cluster file shared by every pool and the shell.
-    pub cluster_file: PathBuf,
+    /// The cluster file shared by every pool and the shell; required unless the membership
+    /// comes from etcd (`[membership]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_file: Option<PathBuf>,
     /// The cluster key file (`tidepool keygen` writes one).
     pub key_file: PathBuf,
     /// Where the admin endpoint listens; default: 127.0.0.1 on the cluster file's admin port.
@@ -84,6 +99,9 @@ pub struct PoolConfig {
     /// The log's format and filter (`[log]`).
     #[serde(default)]
     pub log: LogConfig,
+    /// Where the membership comes from (`[membership]`): the cluster file, or etcd.
+    #[serde(default)]
+    pub membership: MembershipConfig,
     /// The Prometheus metrics page (`[metrics]`); none without the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
@@ -96,6 +114,121 @@ pub struct MetricsConfig {
     /// Where the HTTP listener serving `GET /metrics` listens (plain HTTP, no authentication:
     /// a loopback or management-network address).
     pub listen: SocketAddr,
+}
+
+/// Where the membership comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipBackend {
+    /// The cluster file (`cluster_file`).
+    #[default]
+    File,
+    /// etcd (`endpoints`).
+    Etcd,
+}
+
+/// The `[membership]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    /// `file` (the default) or `etcd`.
+    pub backend: MembershipBackend,
+    /// etcd's client URLs (`http://host:2379`, or `https://` with `ca_file`).
+    pub endpoints: Vec<String>,
+    /// The prefix of every key of this cluster of pools.
+    pub prefix: String,
+    /// etcd's user, if etcd has authentication on (the password is in `password_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// The CA that signed etcd's certificate (PEM), for `https://` endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// This pool's client certificate and key (PEM), if etcd asks for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// A pool that has not renewed its lease for this long is no longer alive.
+    pub lease_seconds: u64,
+    /// How often a pool renews its lease and publishes its cost.
+    pub publish_seconds: u64,
+    /// This pool's tags (host, rack, ...), registered in etcd.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// The HSM instances attached to this pool, registered in etcd.
+    pub hsm: Vec<String>,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            backend: MembershipBackend::File,
+            endpoints: Vec::new(),
+            prefix: "/tidepool/".into(),
+            user: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            lease_seconds: 10,
+            publish_seconds: 3,
+            tags: Default::default(),
+            hsm: Vec::new(),
+        }
+    }
+}
+
+impl MembershipConfig {
+    fn check(&self, c: &PoolConfig) -> Result<(), String> {
+        match self.backend {
+            MembershipBackend::File => {
+                if c.cluster_file.is_none() {
+                    return Err("cluster_file is missing (or set [membership] backend = \"etcd\")".into());
+                }
+            }
+            MembershipBackend::Etcd => {
+                if self.endpoints.is_empty() {
+                    return Err(
+                        "membership.endpoints: give etcd's client URLs, such as [\"http://127.0.0.1:2379\"]".into()
+                    );
+                }
+                if let Some(e) = self.endpoints.iter().find(|e| !e.starts_with("http://") && !e.starts_with("https://"))
+                {
+                    return Err(format!("membership.endpoints: {e:?} is not an http:// or https:// URL"));
+                }
+                for (what, addr) in [("admin_listen", c.admin_listen), ("p2p_listen", c.p2p_listen)] {
+                    match addr {
+                        None => {
+                            return Err(format!(
+                                "{what} is needed with [membership] backend = \"etcd\": the address other pools and the shell use"
+                            ));
+                        }
+                        Some(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                            return Err(format!(
+                                "{what} {a}: with etcd it is the address other pools use; give a real address and port"
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if self.user.is_some() != self.password_file.is_some() {
+                    return Err("membership.user and membership.password_file go together".into());
+                }
+                if self.cert_file.is_some() != self.key_file.is_some() {
+                    return Err("membership.cert_file and membership.key_file go together".into());
+                }
+                if self.lease_seconds < 2 || self.publish_seconds == 0 || self.publish_seconds * 2 > self.lease_seconds
+                {
+                    return Err(
+                        "membership.lease_seconds must be at least 2 and at least twice membership.publish_seconds (at least 1)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[log]` table.
@@ -232,7 +365,9 @@ impl PoolConfig {
     /// Parses the file's text; relative paths are resolved against `base` (the file's folder).
     pub fn parse(text: &str, base: &Path) -> Result<PoolConfig, String> {
         let mut c: PoolConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        for p in [&mut c.data_dir, &mut c.cluster_file, &mut c.key_file] {
+        let m = &mut c.membership;
+        let optional = [&mut c.cluster_file, &mut m.password_file, &mut m.ca_file, &mut m.cert_file, &mut m.key_file];
+        for p in [&mut c.data_dir, &mut c.key_file].into_iter().chain(optional.into_iter().flatten()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -249,6 +384,7 @@ impl PoolConfig {
             );
         }
         c.migration.check()?;
+        c.membership.check(&c)?;
         if let Some(m) = &c.metrics {
             if m.listen.port() == 0 {
                 return Err("metrics.listen needs a port (Prometheus scrapes a fixed address)".into());
@@ -269,11 +405,17 @@ impl PoolConfig {
         }
     }
 
-    /// The listen addresses, from this file or the cluster file.
+    /// The listen addresses, from this file or the cluster file (with etcd, this file's).
     pub fn listen_addresses(&self, cluster: &ClusterFile) -> Result<(SocketAddr, SocketAddr), String> {
-        let entry = cluster.pool(&self.name).ok_or_else(|| {
-            format!("pool {} is not listed in the cluster file {}", self.name, self.cluster_file.display())
-        })?;
+        if let (Some(admin), Some(p2p)) = (self.admin_listen, self.p2p_listen)
+            && self.membership.backend == MembershipBackend::Etcd
+        {
+            return Ok((admin, p2p));
+        }
+        let file = self.cluster_file.as_deref().unwrap_or(Path::new(""));
+        let entry = cluster
+            .pool(&self.name)
+            .ok_or_else(|| format!("pool {} is not listed in the cluster file {}", self.name, file.display()))?;
         let admin = self.admin_listen.unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, entry.admin.port())));
         let p2p = self.p2p_listen.unwrap_or(entry.p2p);
         Ok((admin, p2p))

@@ -147,7 +147,7 @@ async fn start_cluster(
             name: name.parse()?,
             data_dir: PathBuf::from(name),
             capacity: CAPACITY,
-            cluster_file: PathBuf::from("cluster.toml"),
+            cluster_file: Some(PathBuf::from("cluster.toml")),
             key_file: PathBuf::from("cluster.key"),
             admin_listen: None,
             p2p_listen: None,
@@ -157,6 +157,7 @@ async fn start_cluster(
             p2p_max_outgoing: TransferSettings::default().max_outgoing,
             p2p_no_progress_seconds: TransferSettings::default().no_progress.as_secs(),
             migration: Default::default(),
+            membership: Default::default(),
             metrics: Some(MetricsConfig { listen: metrics.local_addr()? }),
             log: Default::default(),
         };

@@ -1,7 +1,6 @@
 //! Running as a site service: what the daemon says about itself at start and in `info`
 //! ([`Started`]), systemd's notification protocol ([`Notifier`]: readiness, the watchdog,
-//! stopping), the open-file limit ([`raise_nofile_limit`]), and what a SIGHUP found changed
-//! in the cluster file ([`cluster_changes`]).
+//! stopping), the open-file limit ([`raise_nofile_limit`]).
 //!
 //! Only `cli.rs` calls [`Notifier`] and [`raise_nofile_limit`]: the `sd-notify` crate reads
 //! `NOTIFY_SOCKET` and `WATCHDOG_USEC` from the environment, which nothing else below the
@@ -12,7 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::EpochMillis;
 
 /// The build's version, as `tidepool --version` prints it.
@@ -90,106 +88,9 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
     Ok(NofileLimit::Raised { from: soft, to: hard })
 }
 
-/// One line per difference between the cluster file as it was and as it is now: pools added,
-/// removed or changed (addresses, groups, tags, HSMs) and links added, removed or changed.
-pub fn cluster_changes(old: &ClusterFile, new: &ClusterFile) -> Vec<String> {
-    let mut lines = Vec::new();
-    for p in &new.pools {
-        match old.pool(&p.name) {
-            None => lines.push(format!("pool {} added (p2p {}, admin {})", p.name, p.p2p, p.admin)),
-            Some(before) if before != p => lines.push(format!("pool {} changed: {}", p.name, pool_diff(before, p))),
-            Some(_) => {}
-        }
-    }
-    for p in &old.pools {
-        if new.pool(&p.name).is_none() {
-            lines.push(format!("pool {} removed", p.name));
-        }
-    }
-    for l in &new.links {
-        match old.links.iter().find(|o| o.name == l.name) {
-            None => lines.push(format!("link {} added (groups {})", l.name, l.groups.join(","))),
-            Some(before) if before.groups != l.groups => lines.push(format!(
-                "link {} changed: groups {} -> {}",
-                l.name,
-                before.groups.join(","),
-                l.groups.join(",")
-            )),
-            Some(_) => {}
-        }
-    }
-    for l in &old.links {
-        if !new.links.iter().any(|n| n.name == l.name) {
-            lines.push(format!("link {} removed", l.name));
-        }
-    }
-    lines
-}
-
-fn pool_diff(a: &PoolEntry, b: &PoolEntry) -> String {
-    let mut parts = Vec::new();
-    if a.p2p != b.p2p {
-        parts.push(format!("p2p {} -> {}", a.p2p, b.p2p));
-    }
-    if a.admin != b.admin {
-        parts.push(format!("admin {} -> {}", a.admin, b.admin));
-    }
-    if a.groups != b.groups {
-        parts.push(format!("groups {} -> {}", a.groups.join(","), b.groups.join(",")));
-    }
-    if a.tags != b.tags {
-        parts.push(format!("tags {:?} -> {:?}", a.tags, b.tags));
-    }
-    if a.hsm != b.hsm {
-        parts.push(format!("hsm {} -> {}", a.hsm.join(","), b.hsm.join(",")));
-    }
-    parts.join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const BEFORE: &str = r#"
-[[pool]]
-name = "pool1"
-p2p = "127.0.0.1:1001"
-admin = "127.0.0.1:2001"
-groups = ["disk"]
-
-[[pool]]
-name = "pool2"
-p2p = "127.0.0.1:1002"
-admin = "127.0.0.1:2002"
-groups = ["disk"]
-
-[[link]]
-name = "l"
-groups = ["disk"]
-"#;
-
-    #[test]
-    fn cluster_changes_name_every_difference() {
-        let old = ClusterFile::parse(BEFORE).unwrap();
-        assert_eq!(cluster_changes(&old, &old), Vec::<String>::new());
-        let new = ClusterFile::parse(
-            &BEFORE
-                .replace("127.0.0.1:1002", "127.0.0.1:1102")
-                .replace("name = \"pool1\"", "name = \"pool3\"")
-                .replace("name = \"l\"", "name = \"m\""),
-        )
-        .unwrap();
-        assert_eq!(
-            cluster_changes(&old, &new),
-            [
-                "pool pool3 added (p2p 127.0.0.1:1001, admin 127.0.0.1:2001)",
-                "pool pool2 changed: p2p 127.0.0.1:1002 -> 127.0.0.1:1102",
-                "pool pool1 removed",
-                "link m added (groups disk)",
-                "link l removed",
-            ]
-        );
-    }
 
     #[test]
     fn the_open_file_limit_ends_at_the_hard_limit() {

@@ -1,0 +1,114 @@
+//! A private etcd for a test: Debian's `etcd` binary (package `etcd-server`) on a free
+//! loopback port with its data in a temporary directory, stopped (and its data removed) when
+//! dropped. Where no `etcd` binary is installed, [`Etcd::start`] prints a note and returns
+//! `None`, and the test skips; CI installs the package (`.ci/run`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_ports;
+
+/// How long etcd may take to answer its health check.
+const READY: Duration = Duration::from_secs(30);
+
+/// A running (or stopped) etcd of one test.
+pub struct Etcd {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client: SocketAddr,
+    peer: SocketAddr,
+    child: Option<Child>,
+}
+
+/// The `etcd` binary on the PATH (or in /usr/bin), if any.
+pub fn binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/bin")]).map(|d| d.join("etcd")).find(|p| p.is_file())
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy; `None` (with a note on stderr) if no etcd
+    /// binary is installed.
+    pub fn start(test: &str) -> Option<Etcd> {
+        let Some(binary) = binary() else {
+            eprintln!("SKIPPED {test}: no etcd binary here (Debian: apt-get install etcd-server)");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("tidepool-test-etcd-").tempdir().expect("create a temp dir");
+        let ports = free_ports(2);
+        let mut etcd = Etcd { binary, dir, client: ports[0], peer: ports[1], child: None };
+        etcd.restart();
+        Some(etcd)
+    }
+
+    /// The client URL (`http://127.0.0.1:port`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// Starts it again after [`Etcd::stop`], on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd is running");
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).expect("create etcd's log");
+        let (client, peer) = (format!("http://{}", self.client), format!("http://{}", self.peer));
+        let child = Command::new(&self.binary)
+            .arg("--name=tidepool-test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=tidepool-test={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + READY;
+        while !self.healthy() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("etcd exited at start ({status}); its log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "etcd not healthy within {READY:?}; its log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops it (SIGKILL: as a crash would), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// `GET /health` answers `"health":"true"`.
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.client, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,268 @@
+//! Membership (docs/operator-guide.md, "Membership"): the cluster file read again on SIGHUP and
+//! `psu reload`, and etcd (pools registered under leases, groups changed live with `psu`).
+//! The etcd tests start their own etcd on a free loopback port ([`tidepool_tests::etcd`]) and
+//! skip with a note where no `etcd` binary is installed.
+
+use std::time::Duration;
+
+use tidepool_tests::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A job of pool1 over the group `disk`, whose only other member takes nothing, sleeps; the
+/// cluster file puts pool3 in the group and SIGHUP reads it: the running job copies to pool3.
+#[test]
+fn the_cluster_file_reloaded_on_sighup_adds_a_pool_that_a_running_pgroup_job_uses() {
+    let mut cluster = started(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["spare"])]);
+    ok(&cluster, "pool2", "pool disable -p2p-client\n");
+    let files = cluster.put_samples("pool1", &[(20_000, 1), (300_000, 2), (5_000, 3)], &[]);
+    let job = create(&cluster, "pool1", "migration copy -target=pgroup disk");
+    cluster.wait_for_job("pool1", &job, "SLEEPING", WAIT);
+
+    cluster.set_groups("pool3", &["disk"]);
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["SIGHUP: cluster file: pool pool3 changed: groups spare -> disk; applied"],
+        WAIT,
+    );
+    cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
+    assert_bytes(&cluster, "pool3", &files);
+    assert!(cluster.rep_ls("pool2").is_empty(), "pool2 takes nothing");
+    assert!(cluster.log("pool1").contains("targets changed with the membership: added [pool3]"));
+}
+
+/// `psu reload` reads the cluster file as SIGHUP does and says what changed; `psu ls` shows
+/// the view; a `psu` change of a file membership is refused with its code.
+#[test]
+fn psu_reload_reads_the_cluster_file_and_psu_changes_need_etcd() {
+    let mut cluster = started(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    assert_eq!(ok(&cluster, "pool1", "psu reload\n"), "membership unchanged\n");
+    cluster.set_groups("pool2", &["disk", "tape"]);
+    assert_eq!(ok(&cluster, "pool1", "psu reload\n"), "pool pool2 changed: groups disk -> disk,tape\n");
+    assert_eq!(ok(&cluster, "pool1", "psu ls pgroup\n"), "disk : pool1, pool2\ntape : pool2\n");
+    let pools = ok(&cluster, "pool1", "psu ls pool\n");
+    assert!(pools.starts_with("pool1 p2p=") && pools.contains("groups=[disk,tape]"), "{pools}");
+    let err = refused(&cluster, "pool1", "psu create pgroup fast");
+    assert!(err.contains("rc=20008") && err.contains("cluster file"), "{err}");
+    let err = refused(&cluster, "pool1", "psu addto pgroup bad/name pool2");
+    assert!(err.contains("pool group \"bad/name\""), "{err}");
+    assert_eq!(info_field(&cluster.info("pool1"), "Membership"), Some("file"));
+}
+
+/// How a conformance test changes the membership of its backend.
+trait Backend {
+    /// Puts `pool` in `group` too, so that every pool's view has it there.
+    fn add_to_group(&self, cluster: &mut Cluster, group: &str, pool: &str);
+    /// The name `info` shows.
+    fn name(&self) -> &'static str;
+    /// Whether the view says which pools are alive.
+    fn knows_liveness(&self) -> bool;
+}
+
+struct File;
+
+impl Backend for File {
+    fn add_to_group(&self, cluster: &mut Cluster, group: &str, pool: &str) {
+        let mut groups = cluster.spec(pool).groups.clone();
+        groups.push(group.to_string());
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        cluster.set_groups(pool, &groups);
+        for p in ["pool1", "pool2", "pool3"] {
+            ok(cluster, p, "psu reload\n");
+        }
+    }
+    fn name(&self) -> &'static str {
+        "file"
+    }
+    fn knows_liveness(&self) -> bool {
+        false
+    }
+}
+
+struct Etcd;
+
+impl Backend for Etcd {
+    fn add_to_group(&self, cluster: &mut Cluster, group: &str, pool: &str) {
+        let out = ok(cluster, "pool2", &format!("psu addto pgroup {group} {pool}\n"));
+        assert_eq!(out, format!("pool {pool} added to pool group {group}\n"));
+    }
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+    fn knows_liveness(&self) -> bool {
+        true
+    }
+}
+
+/// One suite both backends pass: every pool's view lists the pools with their addresses and
+/// groups, says which are alive where it knows, takes up a change of a group on every pool,
+/// and a job over the group resolves its new member.
+fn conformance(cluster: &mut Cluster, backend: &dyn Backend) {
+    let names = ["pool1", "pool2", "pool3"];
+    for p in names {
+        let listed = ok(cluster, p, "psu ls pool\n");
+        for q in names {
+            let spec = cluster.spec(q);
+            let alive = if backend.knows_liveness() { " alive" } else { "" };
+            let line = format!("{q} p2p={} admin={} groups=[{}]{alive}", spec.p2p, spec.admin, spec.groups.join(","));
+            assert!(listed.lines().any(|l| l == line), "{p} lists {line:?}:\n{listed}");
+        }
+        assert_eq!(ok(cluster, p, "psu ls pgroup\n"), "disk : pool1, pool2\nspare : pool3\n", "on {p}");
+        let info = cluster.info(p);
+        assert_eq!(info_field(&info, "Membership"), Some(backend.name()), "{info}");
+    }
+    backend.add_to_group(cluster, "disk", "pool3");
+    for p in names {
+        wait_until(&format!("pool3 in disk on {p}"), WAIT, || {
+            (ok(cluster, p, "psu ls pgroup\n") == "disk : pool1, pool2, pool3\nspare : pool3\n").then_some(())
+        });
+        // The order of a pool's groups is the file's, or etcd's (sorted).
+        let mut groups: Vec<String> =
+            info_field(&cluster.info(p), "Pool groups").unwrap_or("").split(',').map(str::to_string).collect();
+        groups.sort();
+        assert_eq!(groups, if p == "pool3" { vec!["disk", "spare"] } else { vec!["disk"] }, "on {p}");
+    }
+    // A new job over the group counts pool3 among its targets: three replicas need the
+    // three pools other than... the source is never a target, so two from pool1's view.
+    let plan = ok(cluster, "pool1", "migration copy -target=pgroup -dry-run disk\n");
+    assert!(plan.contains("pool3"), "{plan}");
+}
+
+#[test]
+fn the_cluster_file_passes_the_membership_conformance_suite() {
+    let mut cluster = started(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["spare"])]);
+    cluster.put_samples("pool1", &[(1000, 1)], &[]);
+    conformance(&mut cluster, &File);
+}
+
+#[test]
+fn etcd_passes_the_membership_conformance_suite() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("etcd_passes_the_membership_conformance_suite") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["spare"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/conformance/", 4);
+    for p in ["pool1", "pool2", "pool3"] {
+        cluster.start(p);
+    }
+    // Every pool registered: alive on every view.
+    wait_until("every pool alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 3).then_some(())
+    });
+    cluster.put_samples("pool1", &[(1000, 1)], &[]);
+    conformance(&mut cluster, &Etcd);
+    // The etcd-only commands: groups without pools, links, and refusals that change nothing.
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast exists already\n");
+    assert_eq!(ok(&cluster, "pool1", "psu set link fast-link fast disk\n"), "link fast-link -> fast, disk\n");
+    wait_until("the link on pool3", WAIT, || {
+        (ok(&cluster, "pool3", "psu ls link\n") == "fast-link : fast, disk\n").then_some(())
+    });
+    let err = refused(&cluster, "pool1", "psu remove pgroup fast");
+    assert!(err.contains("link fast-link names pool group fast"), "{err}");
+    let err = refused(&cluster, "pool1", "psu addto pgroup nosuch pool2");
+    assert!(err.contains("no pool group named nosuch"), "{err}");
+    let err = refused(&cluster, "pool1", "psu addto pgroup fast pool9");
+    assert!(err.contains("no pool named pool9"), "{err}");
+    assert_eq!(ok(&cluster, "pool1", "psu set link fast-link\n"), "link fast-link removed\n");
+    assert_eq!(ok(&cluster, "pool1", "psu remove pgroup fast\n"), "pool group fast removed\n");
+    assert_eq!(
+        ok(&cluster, "pool1", "psu removefrom pgroup disk pool3\n"),
+        "pool pool3 removed from pool group disk\n"
+    );
+    wait_until("pool3 out of disk on pool2", WAIT, || {
+        (ok(&cluster, "pool2", "psu ls pgroup\n") == "disk : pool1, pool2\nspare : pool3\n").then_some(())
+    });
+}
+
+/// A pool added to the group through the shell becomes a target of a job that runs already,
+/// with no restart and no reload.
+#[test]
+fn a_pool_added_through_the_shell_becomes_a_target_of_a_running_pgroup_job() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_pool_added_through_the_shell") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["spare"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/added/", 4);
+    for p in ["pool1", "pool2", "pool3"] {
+        cluster.start(p);
+    }
+    ok(&cluster, "pool2", "pool disable -p2p-client\n");
+    let files = cluster.put_samples("pool1", &[(20_000, 1), (300_000, 2), (5_000, 3)], &[]);
+    let job = create(&cluster, "pool1", "migration copy -target=pgroup disk");
+    cluster.wait_for_job("pool1", &job, "SLEEPING", WAIT);
+    let out = cluster.admin("cd pool2\npsu addto pgroup disk pool3\n");
+    out.assert_success("psu addto pgroup");
+    cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
+    assert_bytes(&cluster, "pool3", &files);
+    assert!(cluster.rep_ls("pool2").is_empty(), "pool2 takes nothing");
+}
+
+/// A pool killed with `kill -9` leaves the live set within its lease time (and the watch's
+/// moment), and a job started then never chooses it: its files go to the live pool. (The job
+/// is `-eager`: without it a job waits for a pool that went offline lately, which may hold a
+/// replica already, as dCache's does; docs/operator-guide.md.)
+#[test]
+fn a_pool_killed_leaves_the_live_set_within_the_lease_and_is_not_chosen() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_pool_killed_leaves_the_live_set") else {
+        return;
+    };
+    const LEASE: u64 = 4;
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/killed/", LEASE);
+    for p in ["pool1", "pool2", "pool3"] {
+        cluster.start(p);
+    }
+    wait_until("every pool alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 3).then_some(())
+    });
+    cluster.kill9("pool3");
+    // The lease lapses at most LEASE seconds after the last renewal; the watch tells pool1
+    // at once. Two seconds of slack for a busy machine.
+    wait_until("pool3 not alive on pool1", Duration::from_secs(LEASE + 2), || {
+        ok(&cluster, "pool1", "psu ls pool\n")
+            .lines()
+            .any(|l| l.starts_with("pool3 ") && l.ends_with(" not-alive"))
+            .then_some(())
+    });
+    let sizes: Vec<(usize, u64)> = (0..12).map(|i| (5_000 + i * 7_000, i as u64)).collect();
+    let files = cluster.put_samples("pool1", &sizes, &[]);
+    let job = create(&cluster, "pool1", "migration copy -target=pgroup -eager -concurrency=4 disk");
+    let info = cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
+    assert_bytes(&cluster, "pool2", &files);
+    // No copy was tried on pool3: no file failed on it.
+    assert!(!info.contains("Pool pool3 failed"), "{info}");
+    assert!(info.contains("Failed     : 0 files") || !info.contains("Failed     :"), "{info}");
+}
+
+/// etcd stopped in the middle of a move: the pools keep their view (stale in `info`), the
+/// job asks its targets directly, and the move finishes with every file moved; etcd back,
+/// the view is fresh again.
+#[test]
+fn etcd_stopped_mid_move_the_move_finishes() {
+    let Some(mut etcd) = tidepool_tests::etcd::Etcd::start("etcd_stopped_mid_move") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/stopped/", 4);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    let sizes: Vec<(usize, u64)> = (0..16).map(|i| (100_000 + i * 10_000, i as u64)).collect();
+    let files = cluster.put_samples("pool1", &sizes, &[]);
+    // Slow enough that etcd is gone while it runs (2.4 MB at 400 KiB/s: some 6 s).
+    let job = create(&cluster, "pool1", "migration move -target=pgroup -rate=400KiB disk");
+    cluster.wait_for_job("pool1", &job, "RUNNING", WAIT);
+    etcd.stop();
+    wait_until("pool1's view stale", WAIT, || {
+        info_field(&cluster.info("pool1"), "Membership").filter(|m| m.contains("stale")).map(|_| ())
+    });
+    cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
+    assert_bytes(&cluster, "pool2", &files);
+    assert!(cluster.rep_ls("pool1").is_empty(), "every file moved");
+    etcd.restart();
+    wait_until("pool1's view fresh again", WAIT, || {
+        (info_field(&cluster.info("pool1"), "Membership") == Some("etcd")).then_some(())
+    });
+}
