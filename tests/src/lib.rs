@@ -843,6 +843,16 @@ impl Cluster {
     /// published every second), and `tidepool membership import` writes the cluster file into
     /// etcd. The shell and `tidepool put` keep using the cluster file for the addresses.
     pub fn use_etcd(&self, endpoint: &str, prefix: &str, lease_seconds: u64) {
+        self.etcd_configs(endpoint, prefix, lease_seconds);
+        let out = self.tidepool(
+            &["membership", "import", "--endpoints", endpoint, "--prefix", prefix],
+            &[self.cluster_file().as_os_str()],
+        );
+        out.assert_success("tidepool membership import");
+    }
+
+    /// The config part of [`Cluster::use_etcd`], without the import.
+    pub fn etcd_configs(&self, endpoint: &str, prefix: &str, lease_seconds: u64) {
         for p in &self.pools {
             self.append_config(
                 &p.name,
@@ -854,11 +864,6 @@ impl Cluster {
                 ),
             );
         }
-        let out = self.tidepool(
-            &["membership", "import", "--endpoints", endpoint, "--prefix", prefix],
-            &[self.cluster_file().as_os_str()],
-        );
-        out.assert_success("tidepool membership import");
     }
 
     /// Rewrites the cluster file with `pool` in `groups` (every pool and the shell read the

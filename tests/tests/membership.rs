@@ -266,3 +266,56 @@ fn etcd_stopped_mid_move_the_move_finishes() {
         (info_field(&cluster.info("pool1"), "Membership") == Some("etcd")).then_some(())
     });
 }
+
+/// etcd unreachable at start: the pool does not start, and says why and where to read on.
+#[test]
+fn etcd_unreachable_at_start_is_a_clear_error() {
+    let cluster = Cluster::new(&[("pool1", &["disk"])]);
+    let nobody = free_ports(1)[0];
+    cluster.etcd_configs(&format!("http://{nobody}"), "/nobody/", 4);
+    let out = cluster.start_refused("pool1");
+    out.assert_code(1, "tidepool pool without etcd");
+    assert!(out.stderr.contains(&format!("etcd at http://{nobody}")), "{out}");
+    assert!(out.stderr.contains("the pool does not start without its membership"), "{out}");
+}
+
+/// etcd down for longer than the leases, then back: every pool comes back to a fresh view
+/// without a storm of pools going offline and online (docs/operator-guide.md, "When etcd is
+/// lost").
+#[test]
+fn etcd_back_after_the_leases_no_storm_of_offline_and_online() {
+    let Some(mut etcd) = tidepool_tests::etcd::Etcd::start("etcd_back_after_the_leases") else {
+        return;
+    };
+    const LEASE: u64 = 3;
+    let names = ["pool1", "pool2", "pool3"];
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"]), ("pool3", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/storm/", LEASE);
+    for p in names {
+        cluster.start(p);
+    }
+    for p in names {
+        wait_until(&format!("every pool alive on {p}"), WAIT, || {
+            (ok(&cluster, p, "psu ls pool\n").matches(" alive").count() == 3).then_some(())
+        });
+    }
+    etcd.stop();
+    for p in names {
+        cluster.wait_for_log_line(p, &["etcd lost"], WAIT);
+    }
+    // Longer than the leases: on the server they lapse once it is back, unless renewed.
+    std::thread::sleep(Duration::from_secs(LEASE + 1));
+    etcd.restart();
+    for p in names {
+        wait_until(&format!("{p}'s view fresh again"), WAIT, || {
+            (info_field(&cluster.info(p), "Membership") == Some("etcd")).then_some(())
+        });
+    }
+    // Two more lease times: whatever lapses has lapsed, whatever re-registers has.
+    std::thread::sleep(Duration::from_secs(2 * LEASE));
+    for p in names {
+        assert_eq!(ok(&cluster, p, "psu ls pool\n").matches(" alive").count(), 3, "on {p}");
+        let log = cluster.log(p);
+        assert!(!log.contains("no longer alive"), "{p} saw pools go:\n{log}");
+    }
+}
