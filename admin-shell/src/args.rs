@@ -14,9 +14,16 @@ use tidepool_p2p::PoolName;
 #[command(name = "tidepool-admin", version)]
 pub struct Args {
     /// The cluster file listing every pool.
-    #[arg(long, value_name = "FILE")]
-    pub cluster: PathBuf,
-    /// The cluster key file [default: cluster.key next to the cluster file].
+    #[arg(long, value_name = "FILE", required_unless_present = "etcd")]
+    pub cluster: Option<PathBuf>,
+    /// Find the pools in etcd instead (client URLs, comma-separated; the membership of pools
+    /// configured with `[membership] backend = "etcd"`).
+    #[arg(long, value_name = "URLS", value_delimiter = ',', conflicts_with = "cluster")]
+    pub etcd: Vec<String>,
+    /// The key prefix of the cluster of pools in etcd.
+    #[arg(long, value_name = "PREFIX", default_value = "/tidepool/")]
+    pub etcd_prefix: String,
+    /// The cluster key file [default: cluster.key next to the cluster file; needed with --etcd].
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Run this command and exit; repeat to run several in order.

@@ -28,8 +28,13 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 }
 
 fn options(args: Args) -> anyhow::Result<ShellOptions> {
-    let cluster = read_cluster(&args.cluster)?;
-    let key_path = args.key.unwrap_or_else(|| default_key_path(&args.cluster));
+    let (cluster, key_path) = match &args.cluster {
+        Some(file) => (read_cluster(file)?, args.key.unwrap_or_else(|| default_key_path(file))),
+        None => {
+            let key = args.key.context("--key is needed with --etcd (there is no cluster file to find it next to)")?;
+            (read_etcd(&args.etcd, &args.etcd_prefix)?, key)
+        }
+    };
     let key = read_key(&key_path)?;
     let history = args.history.or_else(default_history);
     Ok(ShellOptions { cluster, key, commands: args.execute, history, banner: None, start_in: args.pool })
@@ -39,6 +44,18 @@ fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read the cluster file {}", path.display()))?;
     ClusterFile::parse(&text).map_err(|e| anyhow!("{} is not a valid cluster file: {e}", path.display()))
+}
+
+/// The pools as etcd lists them (docs/operator-guide.md, "Membership through etcd").
+fn read_etcd(endpoints: &[String], prefix: &str) -> anyhow::Result<ClusterFile> {
+    let mut settings = tidepool_etcd::EtcdSettings::new(endpoints.to_vec());
+    settings.prefix = prefix.to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let snap = runtime.block_on(async {
+        let etcd = tidepool_etcd::Etcd::connect(&settings).await?;
+        etcd.load().await
+    })?;
+    Ok(snap.cluster)
 }
 
 fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {

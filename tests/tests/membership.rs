@@ -147,9 +147,11 @@ fn etcd_passes_the_membership_conformance_suite() {
         cluster.start(p);
     }
     // Every pool registered: alive on every view.
-    wait_until("every pool alive on pool1", WAIT, || {
-        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 3).then_some(())
-    });
+    for p in ["pool1", "pool2", "pool3"] {
+        wait_until(&format!("every pool alive on {p}"), WAIT, || {
+            (ok(&cluster, p, "psu ls pool\n").matches(" alive").count() == 3).then_some(())
+        });
+    }
     cluster.put_samples("pool1", &[(1000, 1)], &[]);
     conformance(&mut cluster, &Etcd);
     // The etcd-only commands: groups without pools, links, and refusals that change nothing.
@@ -192,8 +194,18 @@ fn a_pool_added_through_the_shell_becomes_a_target_of_a_running_pgroup_job() {
     let files = cluster.put_samples("pool1", &[(20_000, 1), (300_000, 2), (5_000, 3)], &[]);
     let job = create(&cluster, "pool1", "migration copy -target=pgroup disk");
     cluster.wait_for_job("pool1", &job, "SLEEPING", WAIT);
-    let out = cluster.admin("cd pool2\npsu addto pgroup disk pool3\n");
-    out.assert_success("psu addto pgroup");
+    // The shell finds the pools through etcd too, with no cluster file.
+    let mut shell = std::process::Command::new(&binaries().admin);
+    shell.args(["--etcd", &etcd.endpoint(), "--etcd-prefix", "/added/", "--key"]).arg(cluster.path("cluster.key"));
+    shell.args(["--history"]).arg(cluster.path("etcd-history")).args([
+        "-e",
+        "cd pool2",
+        "-e",
+        "psu addto pgroup disk pool3",
+    ]);
+    let out = run(shell, "");
+    out.assert_success("psu addto pgroup through a shell on etcd");
+    assert_eq!(out.stdout, "pool pool3 added to pool group disk\n", "{out}");
     cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
     assert_bytes(&cluster, "pool3", &files);
     assert!(cluster.rep_ls("pool2").is_empty(), "pool2 takes nothing");
