@@ -7,9 +7,9 @@
 //! - the pool tries again, with a growing pause (1 s to 10 s, with jitter, so that many pools
 //!   do not come back in step);
 //! - once etcd answers again the pool renews its old lease if it still lives, else takes a
-//!   new one and registers again; and for one lease time it still counts as alive every pool
-//!   that was alive before etcd was lost, so that pools which have not yet registered again
-//!   do not go offline and online in a storm.
+//!   new one and registers again; and for one lease time plus the longest pause between tries
+//!   it still counts as alive every pool that was alive before etcd was lost, so that pools
+//!   which have not yet registered again do not go offline and online in a storm.
 //!
 //! A pool whose lease lapsed is "not alive": not a new target for anyone. Nothing is deleted
 //! or copied again because of it.
@@ -140,7 +140,8 @@ async fn session(
         Ok(w) => w,
         Err(e) => return lost(etcd.err(e)),
     };
-    let grace_until = held.as_ref().map(|_| Instant::now() + etcd.settings.lease);
+    // Every other pool tries etcd again within PAUSE_MAX (and a jitter), then registers.
+    let grace_until = held.as_ref().map(|_| Instant::now() + etcd.settings.lease + PAUSE_MAX + Duration::from_secs(1));
     match etcd.load().await {
         Ok(snap) => {
             apply(membership, snap, held.as_ref(), "etcd");
