@@ -101,7 +101,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(frame));
             }
             self.make_room();
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = match self.inner.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // TLS reports a close without its close_notify as an unexpected end. Between
+                // frames that is a peer hanging up (the shell and clients just close); inside a
+                // frame it is a cut, as below. Every frame carries its length, so a cut is seen.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(WireError::Closed) };
             }
