@@ -16,9 +16,16 @@ pub struct Args {
     /// The cluster file listing every pool.
     #[arg(long, value_name = "FILE")]
     pub cluster: PathBuf,
-    /// The cluster key file [default: cluster.key next to the cluster file].
+    /// Our admin certificate [default: admin.admin.crt next to the cluster file].
     #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    /// Its private key [default: the certificate's path ending in .key].
+    #[arg(long, value_name = "FILE")]
+    pub cert_key: Option<PathBuf>,
+    /// A CA certificate to trust pools from, repeatable [default: ca.crt next to the cluster
+    /// file].
+    #[arg(long, value_name = "FILE")]
+    pub trust: Vec<PathBuf>,
     /// Run this command and exit; repeat to run several in order.
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
     pub execute: Vec<String>,

@@ -10,7 +10,7 @@ use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
-use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::tls::Credentials;
 use tokio_util::task::TaskTracker;
 
 use crate::process::logging::LogControl;
@@ -95,8 +95,9 @@ pub struct Pool {
     pub repo: Arc<Repository>,
     /// The cluster file in force (SIGHUP replaces it).
     pub cluster: Arc<ClusterView>,
-    /// Authenticates this pool to other pools.
-    pub key: ClusterKey,
+    /// This pool's certificate, key and trust anchors: every connection it accepts or opens
+    /// (`docs/security.md`); SIGHUP reloads them in place.
+    pub credentials: Credentials,
     pub recovery: Recovery,
     /// Owners starting with this are pins.
     pub pin_prefix: String,
@@ -131,7 +132,7 @@ impl Pool {
         repo: Arc<Repository>,
         recovery: Recovery,
         cluster: ClusterFile,
-        key: ClusterKey,
+        credentials: Credentials,
         pin_prefix: String,
     ) -> Result<Pool, RepoError> {
         let mode = match repo.setting(MODE_KEY)? {
@@ -152,7 +153,7 @@ impl Pool {
             name,
             repo,
             cluster: ClusterView::new(cluster),
-            key,
+            credentials,
             recovery,
             pin_prefix,
             runtime: tokio::runtime::Handle::try_current().ok(),
