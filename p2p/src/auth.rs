@@ -135,6 +135,13 @@ pub fn permitted(service: Service, identity: &Identity, claimed: &str) -> Result
         (Service::Data, Role::Admin) => forbidden(format!(
             "{identity} may not use the data endpoint: an admin certificate runs admin commands only"
         )),
+        (Service::Admin, Role::Pool)
+            if claimed != identity.name
+                && claimed.strip_prefix(identity.name.as_str()).is_none_or(|r| !r.starts_with('/')) =>
+        {
+            let claimed = crate::error::truncate_echo(claimed, MAX_NAME_ECHO);
+            forbidden(format!("{identity} may not speak as {claimed}: a pool speaks only under its certificate's name"))
+        }
         (Service::Data, Role::Pool) if claimed != identity.name => {
             let claimed = crate::error::truncate_echo(claimed, MAX_NAME_ECHO);
             forbidden(format!(
@@ -289,6 +296,9 @@ mod tests {
         let rows = [
             (Service::Admin, Role::Admin, "alice", true),
             (Service::Admin, Role::Pool, "pool2/rebalance", true),
+            (Service::Admin, Role::Pool, "pool2", true),
+            (Service::Admin, Role::Pool, "pool3/rebalance", false),
+            (Service::Admin, Role::Pool, "pool22/rebalance", false),
             (Service::Admin, Role::Client, "bob", false),
             (Service::Data, Role::Client, "bob", true),
             (Service::Data, Role::Admin, "alice", false),

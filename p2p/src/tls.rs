@@ -185,6 +185,12 @@ impl Credentials {
         *self.0.write() = new;
     }
 
+    /// Whether the deny list in force names `name`: checked before every request, so a name
+    /// denied by a reload loses its open connections' rights at their next request.
+    pub fn denies(&self, name: &str) -> bool {
+        self.0.read().deny.iter().any(|d| d == name)
+    }
+
     /// Who these credentials say we are.
     pub fn identity(&self) -> Identity {
         self.0.read().info.identity.clone()
@@ -307,19 +313,26 @@ fn build(
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(|e| invalid("trust", e))?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid("TLS", e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), private.clone_key())
         .map_err(|e| invalid(key.0, format!("does not fit {}: {e}", cert.0)))?;
-    let client = ClientConfig::builder_with_provider(provider.clone())
+    let mut client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid("TLS", e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PoolVerifier { roots, provider }))
         .with_client_auth_cert(chain, private)
         .map_err(|e| invalid(key.0, format!("does not fit {}: {e}", cert.0)))?;
+    // No session resumption: a resumed session would reuse the peer's certificate as it was
+    // checked the first time, so an expired certificate could go on connecting. Every
+    // connection checks the chain, the expiry and the deny list afresh; connections are long
+    // lived, so the full handshake costs little.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    client.resumption = rustls::client::Resumption::disabled();
     Ok(Loaded { info, client: Arc::new(client), server: Arc::new(server), deny: deny.to_vec() })
 }
 

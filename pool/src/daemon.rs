@@ -406,6 +406,16 @@ async fn next_request(reader: &mut Reader, ctx: &Ctx) -> Result<Option<bytes::By
     }
 }
 
+/// A name put on the deny list by a reload loses its open connections at their next request
+/// (`docs/security.md`, "Revoking").
+fn still_admitted(identity: &Identity, ctx: &Ctx) -> Result<(), RemoteError> {
+    if !ctx.credentials.denies(&identity.name) {
+        return Ok(());
+    }
+    tracing::warn!(%identity, "closed a connection: its name is now on the deny list");
+    Err(RemoteError::new(ErrorCode::AuthFailed, format!("authentication failed: {identity} is on the deny list")))
+}
+
 /// A pool may speak to this pool only if the cluster file in force lists it (`docs/security.md`).
 fn known_pool(node: &Node, who: &Identity) -> Result<(), RemoteError> {
     let listed = || who.name.parse::<PoolName>().ok().and_then(|name| node.pool.cluster.pool(&name)).is_some();
@@ -427,7 +437,12 @@ async fn serve_admin(
     ctx: &Ctx,
 ) -> Result<(), WireError> {
     while let Some(body) = next_request(reader, ctx).await? {
-        match decode::<AdminRequest>(&body)? {
+        let request = decode::<AdminRequest>(&body)?;
+        if let Err(e) = still_admitted(identity, ctx) {
+            writer.send(&AdminReply::Finished { error: Some(e) }).await?;
+            return Ok(());
+        }
+        match request {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
             // Only what the handshake agreed on.
             AdminRequest::DescribeDetails if !features.contains(Features::COMMAND_DETAILS) => {
@@ -442,6 +457,18 @@ async fn serve_admin(
             }
             AdminRequest::Run { line } => {
                 let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
+                if identity.role == Role::Pool && !admin::a_pool_may_run(&line) {
+                    tracing::warn!(%identity, %client, command = %shown, "refused admin command from a pool");
+                    let error = RemoteError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "{identity} may not run this command: a pool certificate runs only the migration \
+                             commands of `rebalance` (migration move, ls, cancel)"
+                        ),
+                    );
+                    writer.send(&AdminReply::Finished { error: Some(error) }).await?;
+                    continue;
+                }
                 tracing::info!(%identity, %client, command = %shown, "admin command");
                 let error = run_admin(line, writer, ctx).await?.map(bounded);
                 writer.send(&AdminReply::Finished { error }).await?;
@@ -521,6 +548,14 @@ async fn serve_data(
         };
         let Some(body) = next? else { return Ok(()) };
         let request = decode::<DataRequest>(&body)?;
+        if let Err(e) = still_admitted(identity, ctx) {
+            let reply = match request {
+                DataRequest::Migration(_) => DataReply::Migration(MigrationReply::Error(e)),
+                _ => DataReply::Error(e),
+            };
+            writer.send(&reply).await?;
+            return Ok(());
+        }
         if let Err(e) = may_ask(identity, &request) {
             tracing::warn!(%identity, "refused request: {}", e.message);
             let reply = match request {

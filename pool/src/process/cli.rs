@@ -508,13 +508,23 @@ async fn connect(
     client: &str,
 ) -> anyhow::Result<Connection> {
     let entry = cluster.pool(pool).ok_or_else(|| anyhow::anyhow!("no pool named {pool} in the cluster file"))?;
-    Connection::open(entry.p2p, creds, client, Service::Data).await.map_err(|e| match e {
+    let conn = Connection::open(entry.p2p, creds, client, Service::Data).await.map_err(|e| match e {
         // The pool answered and refused us: not offline.
         WireError::Remote(_) | WireError::Handshake(_) => {
             anyhow::anyhow!("{pool} at {} refused the connection: {e}", entry.p2p)
         }
         _ => anyhow::anyhow!("{pool} is offline: {e} at {}", entry.p2p),
-    })
+    })?;
+    // Another pool's certificate at that address is not the pool we meant: nothing is sent
+    // to it or taken from it.
+    if conn.pool != pool.as_str() {
+        anyhow::bail!(
+            "{} answered at {}, not {pool}: check the cluster file's address for {pool}",
+            conn.pool,
+            entry.p2p
+        );
+    }
+    Ok(conn)
 }
 
 /// The cluster file and our client credentials: `--cert`, `--cert-key` and `--trust`, or by
