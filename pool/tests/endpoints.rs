@@ -286,8 +286,12 @@ async fn a_line_runs_on_another_pool_over_the_peer_layer() {
     let pool1: PoolName = "pool1".parse().unwrap();
     let pools = Pools::new(cluster.clone(), testing::pool("pool9"), "pool9/rebalance".into(), Duration::from_secs(30));
 
-    let (text, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
-    assert_eq!((text.as_str(), refused), ("Max active set to 3\n", None));
+    let (text, refused) = pools.run(&pool1, "migration ls -json").await.unwrap();
+    assert_eq!(refused, None, "{text}");
+    assert!(text.trim_start().starts_with('['), "the jobs as JSON: {text}");
+    // A pool's certificate runs only rebalance's migration lines on another pool.
+    let (_, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
+    assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::Forbidden));
     let (text, refused) = pools.run(&pool1, "migration cancel -force rebalance").await.unwrap();
     assert_eq!(text, "");
     assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::JobNotFound));
