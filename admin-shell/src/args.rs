@@ -23,9 +23,17 @@ pub struct Args {
     /// The key prefix of the cluster of pools in etcd.
     #[arg(long, value_name = "PREFIX", default_value = "/tidepool/")]
     pub etcd_prefix: String,
-    /// The cluster key file [default: cluster.key next to the cluster file; needed with --etcd].
+    /// Our admin certificate [default: admin.admin.crt next to the cluster file; needed with
+    /// --etcd].
     #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    /// Its private key [default: the certificate's path ending in .key].
+    #[arg(long, value_name = "FILE")]
+    pub cert_key: Option<PathBuf>,
+    /// A CA certificate to trust pools from, repeatable [default: ca.crt next to the cluster
+    /// file].
+    #[arg(long, value_name = "FILE")]
+    pub trust: Vec<PathBuf>,
     /// Run this command and exit; repeat to run several in order.
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
     pub execute: Vec<String>,

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use tidepool_p2p::PoolName;
 use tidepool_p2p::RemoteError;
-use tidepool_p2p::auth::{ClusterKey, Features, Service};
+use tidepool_p2p::auth::{Features, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{AdminReply, AdminRequest, CommandDetail, decode_details, line_too_long};
 use tidepool_p2p::peer::{DialError, Dialer, Origin};
+use tidepool_p2p::tls::Credentials;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -67,7 +68,7 @@ pub enum PoolStatus {
     Offline {
         reason: String,
     },
-    /// Something answers but the shell cannot log in (wrong key, wrong pool, another protocol).
+    /// Something answers but the shell cannot log in (a certificate it refuses, wrong pool, another protocol).
     Unusable {
         reason: String,
     },
@@ -93,7 +94,7 @@ impl PoolStatus {
 /// The shell's connections to the pools of one cluster file.
 pub struct PoolClient {
     cluster: ClusterFile,
-    key: ClusterKey,
+    credentials: Credentials,
     reply_timeout: Duration,
     /// One connection per pool, kept between commands for as long as the pool keeps it open.
     dialer: Arc<Dialer>,
@@ -101,17 +102,17 @@ pub struct PoolClient {
 }
 
 /// The shell keeps its one connection to a pool for as long as the pool keeps it open.
-fn dialer(name: String, key: ClusterKey) -> Arc<Dialer> {
-    Arc::new(Dialer::new(name, key, Service::Admin).keeping(Duration::MAX, 1))
+fn dialer(name: String, credentials: Credentials) -> Arc<Dialer> {
+    Arc::new(Dialer::new(name, credentials, Service::Admin).keeping(Duration::MAX, 1))
 }
 
 impl PoolClient {
     /// A client that introduces itself to pools as `tidepool-admin[<pid>]`.
-    pub fn new(cluster: ClusterFile, key: ClusterKey) -> Self {
+    pub fn new(cluster: ClusterFile, credentials: Credentials) -> Self {
         PoolClient {
             cluster,
-            dialer: dialer(format!("tidepool-admin[{}]", std::process::id()), key.clone()),
-            key,
+            dialer: dialer(format!("tidepool-admin[{}]", std::process::id()), credentials.clone()),
+            credentials,
             reply_timeout: REPLY_TIMEOUT,
             commands: HashMap::new(),
         }
@@ -120,7 +121,7 @@ impl PoolClient {
     /// Introduces itself to pools as `name` instead (a pool that runs commands on other pools
     /// names itself, so their logs say who asked).
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
-        self.dialer = dialer(name.into(), self.key.clone());
+        self.dialer = dialer(name.into(), self.credentials.clone());
         self
     }
 

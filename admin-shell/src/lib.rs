@@ -16,7 +16,7 @@
 //! runtime of its own, so it can be called from any plain thread.
 //!
 //! **Invariant:** the shell links no daemon internals and reads no files but its history; the
-//! binary reads the cluster file and the key.
+//! binary reads the cluster file and the credentials.
 
 pub mod args;
 pub mod client;
@@ -30,8 +30,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tidepool_p2p::PoolName;
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::tls::Credentials;
 
 use crate::client::PoolClient;
 use crate::session::{Console, Mode, Session, Step};
@@ -41,8 +41,9 @@ use crate::session::{Console, Mode, Session, Step};
 pub struct ShellOptions {
     /// The pools the shell can `cd` to.
     pub cluster: ClusterFile,
-    /// The cluster key every admin connection authenticates with.
-    pub key: ClusterKey,
+    /// The admin certificate, key and trust anchors every admin connection uses
+    /// (`docs/security.md`).
+    pub credentials: Credentials,
     /// Commands to run in order instead of reading any (`-e`); the shell then exits.
     pub commands: Vec<String>,
     /// The history file of the interactive shell, loaded at start and saved at exit.
@@ -78,7 +79,7 @@ pub fn run(opts: ShellOptions) -> Result<ExitCode, ShellError> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ShellError::Runtime)?;
     let mode = if opts.commands.is_empty() && io::stdin().is_terminal() { Mode::Interactive } else { Mode::Scripted };
-    let mut session = Session::new(PoolClient::new(opts.cluster, opts.key), mode);
+    let mut session = Session::new(PoolClient::new(opts.cluster, opts.credentials), mode);
     let mut console = Console::std();
     if let Some(banner) = &opts.banner {
         show_banner(banner, mode, &mut console).map_err(ShellError::Output)?;

@@ -1,4 +1,4 @@
-//! `tidepool-admin`: reads the cluster file and the key, then hands over to the shell.
+//! `tidepool-admin`: reads the cluster file and the credentials, then hands over to the shell.
 //!
 //! Exit status: 0 when every command succeeded, 1 when a scripted command failed, 2 when the
 //! shell could not start (bad arguments, unreadable or invalid files).
@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use tidepool_admin::ShellOptions;
 use tidepool_admin::args::Args;
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::tls::{Credentials, Role, TlsFiles};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -28,16 +28,13 @@ fn fail(e: &anyhow::Error) -> ExitCode {
 }
 
 fn options(args: Args) -> anyhow::Result<ShellOptions> {
-    let (cluster, key_path) = match &args.cluster {
-        Some(file) => (read_cluster(file)?, args.key.unwrap_or_else(|| default_key_path(file))),
-        None => {
-            let key = args.key.context("--key is needed with --etcd (there is no cluster file to find it next to)")?;
-            (read_etcd(&args.etcd, &args.etcd_prefix)?, key)
-        }
+    let cluster = match &args.cluster {
+        Some(file) => read_cluster(file)?,
+        None => read_etcd(&args.etcd, &args.etcd_prefix)?,
     };
-    let key = read_key(&key_path)?;
+    let credentials = read_credentials(&args)?;
     let history = args.history.or_else(default_history);
-    Ok(ShellOptions { cluster, key, commands: args.execute, history, banner: None, start_in: args.pool })
+    Ok(ShellOptions { cluster, credentials, commands: args.execute, history, banner: None, start_in: args.pool })
 }
 
 fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
@@ -58,14 +55,33 @@ fn read_etcd(endpoints: &[String], prefix: &str) -> anyhow::Result<ClusterFile> 
     Ok(snap.cluster)
 }
 
-fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the cluster key file {} (--key names another)", path.display()))?;
-    ClusterKey::parse(&text).map_err(|e| anyhow!("{} is not a valid cluster key file: {e}", path.display()))
-}
-
-fn default_key_path(cluster: &Path) -> PathBuf {
-    cluster.parent().unwrap_or(Path::new("")).join("cluster.key")
+/// `--cert`, `--cert-key` and `--trust`, or by default `admin.admin.crt`, `admin.admin.key`
+/// and `ca.crt` next to the cluster file (`docs/security.md`). With `--etcd` there is no
+/// cluster file to find them next to: `--cert` and `--trust` are needed.
+fn read_credentials(args: &Args) -> anyhow::Result<Credentials> {
+    let beside = match &args.cluster {
+        Some(file) => file.parent().unwrap_or(Path::new("")).to_path_buf(),
+        None => {
+            if args.cert.is_none() || args.trust.is_empty() {
+                bail!(
+                    "--cert and --trust are needed with --etcd (there is no cluster file to find the credentials next to)"
+                );
+            }
+            PathBuf::new()
+        }
+    };
+    let mut files = TlsFiles::in_dir(&beside, Role::Admin, "admin");
+    if let Some(cert) = &args.cert {
+        files.cert = cert.clone();
+        files.key = cert.with_extension("key");
+    }
+    if let Some(key) = &args.cert_key {
+        files.key = key.clone();
+    }
+    if !args.trust.is_empty() {
+        files.trust = args.trust.clone();
+    }
+    Credentials::load(&files).map_err(|e| anyhow!("credentials (--cert, --cert-key, --trust name others): {e}"))
 }
 
 fn default_history() -> Option<PathBuf> {

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{FAIL_MESSAGE, cluster, dead_address, key};
-use tidepool_p2p::auth::ClusterKey;
+use common::{FAIL_MESSAGE, cluster, dead_address};
+use tidepool_p2p::tls::{Role, testing};
 use tidepool_p2p::{ErrorCode, RemoteError};
 
-/// A running fake pool and a directory holding `cluster.toml` and `cluster.key`.
+/// A running fake pool and a directory holding `cluster.toml`, `ca.crt` and the shell's
+/// `admin.admin.crt` and `.key`.
 struct Setup {
     _server: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
@@ -21,17 +22,26 @@ struct Setup {
 }
 
 impl Setup {
-    /// The shell gets `shell_key`; the pool holds its own key unless `shell_key` is `None`.
-    fn new(shell_key: Option<ClusterKey>) -> Setup {
-        let pool_key = key();
+    /// The shell's certificate is from the pool's CA, or from another one if `stranger`.
+    fn new(stranger: bool) -> Setup {
         let server = tokio::runtime::Runtime::new().expect("server runtime");
-        let pool = server.block_on(common::start(pool_key.clone(), "pool1"));
+        let pool = server.block_on(common::start("pool1"));
         let pool2 = dead_address();
         let dir = tempfile::tempdir().expect("temp dir");
         let file = cluster(&[("pool1", pool.addr, &["disk"]), ("pool2", pool2, &["disk", "tape"])]);
         std::fs::write(dir.path().join("cluster.toml"), file.to_toml()).expect("write cluster file");
-        let key_text = shell_key.unwrap_or(pool_key).to_file_text();
-        std::fs::write(dir.path().join("cluster.key"), key_text).expect("write key file");
+        let ca = testing::authority();
+        let issued = if stranger {
+            common::stranger().0.issue(Role::Admin, "admin", 1)
+        } else {
+            ca.issue(Role::Admin, "admin", 1)
+        };
+        let issued = issued.expect("issue the shell's certificate");
+        for (name, text) in
+            [("ca.crt", ca.cert_pem()), ("admin.admin.crt", issued.cert_pem), ("admin.admin.key", issued.key_pem)]
+        {
+            std::fs::write(dir.path().join(name), text).expect("write a credentials file");
+        }
         Setup { _server: server, dir, pool1: pool.addr, pool2 }
     }
 
@@ -39,8 +49,8 @@ impl Setup {
         self.dir.path().join(name)
     }
 
-    /// Runs the shell with `args` after `--cluster`, feeding `stdin`. The key is found next to
-    /// the cluster file; the history goes to the temp dir.
+    /// Runs the shell with `args` after `--cluster`, feeding `stdin`. The credentials are found
+    /// next to the cluster file; the history goes to the temp dir.
     fn shell(&self, args: &[&str], stdin: &str) -> Result {
         shell(&self.path("cluster.toml"), &self.path("history"), args, stdin)
     }
@@ -77,7 +87,7 @@ fn shell(cluster: &Path, history: &Path, args: &[&str], stdin: &str) -> Result {
 
 #[test]
 fn scripted_session_prints_replies_and_fails_when_a_command_failed() {
-    let setup = Setup::new(None);
+    let setup = Setup::new(false);
     let commands = "# a comment\n\nls\ncd pool1\nhello  world\nfail\ncd ..\ncd pool2\ncd nosuch\nrep ls\n";
     let out = setup.shell(&[], commands);
 
@@ -99,7 +109,7 @@ fn scripted_session_prints_replies_and_fails_when_a_command_failed() {
 
 #[test]
 fn execute_commands_run_in_order_and_succeed() {
-    let setup = Setup::new(None);
+    let setup = Setup::new(false);
     let out = setup.shell(&["-e", "cd pool1", "-e", "hello", "-e", "cd ..", "-e", "help"], "ignored\n");
     assert_eq!(out.stderr, "");
     assert!(out.stdout.starts_with("echo: hello\nlocal commands:\n  cd <pool>"), "{}", out.stdout);
@@ -115,34 +125,29 @@ fn execute_commands_run_in_order_and_succeed() {
 }
 
 #[test]
-fn a_wrong_key_is_a_clear_authentication_error() {
-    let setup = Setup::new(Some(key()));
+fn a_certificate_from_another_ca_is_a_clear_authentication_error() {
+    let setup = Setup::new(true);
     let out = setup.shell(&[], "cd pool1\n");
     let expected = format!("pool1 at {} refused the shell: authentication failed: ", setup.pool1);
     assert!(out.stderr.starts_with(&expected), "{}", out.stderr);
-    assert!(
-        out.stderr.contains("(rc=20001)\nhint: every pool and the shell must use the same cluster key file"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("(rc=20001)\nhint: the peer's certificate was not accepted"), "{}", out.stderr);
     assert_eq!(out.stdout, "");
     assert_eq!(out.code, Some(1));
 }
 
 #[test]
 fn unreadable_or_invalid_files_are_named() {
-    let setup = Setup::new(None);
+    let setup = Setup::new(false);
     let missing = setup.path("missing.toml");
     let out = shell(&missing, &setup.path("history"), &[], "");
     assert!(out.stderr.contains(&format!("cannot read the cluster file {}", missing.display())), "{}", out.stderr);
     assert_eq!(out.code, Some(2));
 
-    std::fs::write(setup.path("bad.key"), "not a key\n").expect("write bad key");
-    let out = setup.shell(&["--key", setup.path("bad.key").to_str().expect("utf-8 path")], "");
-    let expected = format!(
-        "{} is not a valid cluster key file: a cluster key file holds exactly 64 hex digits",
-        setup.path("bad.key").display()
-    );
+    std::fs::write(setup.path("bad.crt"), "not a certificate\n").expect("write a bad certificate");
+    let (cert, key) = (setup.path("bad.crt"), setup.path("admin.admin.key"));
+    let out =
+        setup.shell(&["--cert", cert.to_str().expect("utf-8 path"), "--cert-key", key.to_str().expect("utf-8")], "");
+    let expected = format!("{}: holds no certificate", setup.path("bad.crt").display());
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
     assert_eq!(out.code, Some(2));
 }

@@ -1,24 +1,27 @@
-//! An authenticated TCP connection, client side.
+//! An authenticated connection, client side: TCP, then TLS 1.3 with our certificate
+//! (`tls.rs`), then the handshake (`auth.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::auth::{self, ClusterKey, Features, Service};
+use crate::auth::{self, Features, Service};
+use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError};
+use crate::tls::{ClientStream, Credentials, Identity, Role};
 
 /// How long to wait for a TCP connection to a pool.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection to a pool that has passed the handshake.
 pub struct Connection {
-    pub reader: FrameReader<OwnedReadHalf>,
-    pub writer: FrameWriter<OwnedWriteHalf>,
-    /// The pool's name as it introduced itself.
+    pub reader: FrameReader<ReadHalf<ClientStream>>,
+    pub writer: FrameWriter<WriteHalf<ClientStream>>,
+    /// The pool's name, as its certificate and its handshake both say.
     pub pool: String,
     /// The optional parts of the protocol both sides offered.
     pub features: Features,
@@ -31,16 +34,21 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and authenticates as `client` for `service`, offering every feature
-    /// this build has.
-    pub async fn open(addr: SocketAddr, key: &ClusterKey, client: &str, service: Service) -> Result<Self, WireError> {
-        Self::open_offering(addr, key, client, service, Features::ALL).await
+    /// Connects to `addr` with `creds` and introduces itself as `client` for `service`,
+    /// offering every feature this build has.
+    pub async fn open(
+        addr: SocketAddr,
+        creds: &Credentials,
+        client: &str,
+        service: Service,
+    ) -> Result<Self, WireError> {
+        Self::open_offering(addr, creds, client, service, Features::ALL).await
     }
 
     /// [`Connection::open`], offering only `offered` (tests play older builds this way).
     pub async fn open_offering(
         addr: SocketAddr,
-        key: &ClusterKey,
+        creds: &Credentials,
         client: &str,
         service: Service,
         offered: Features,
@@ -49,11 +57,17 @@ impl Connection {
             .await
             .map_err(|_| WireError::Timeout(CONNECT_TIMEOUT))??;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (tls, identity) = tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, creds.connect(addr, stream))
+            .await
+            .map_err(|_| WireError::Timeout(auth::HANDSHAKE_TIMEOUT))??;
+        let (r, w) = tokio::io::split(tls);
         let mut reader = FrameReader::new(r, MAX_FRAME);
         let mut writer = FrameWriter::new(w);
-        let welcomed = auth::connect(&mut reader, &mut writer, key, client, service, offered).await?;
-        Ok(Connection { reader, writer, pool: welcomed.pool, features: welcomed.features })
+        // A pool that refuses our certificate says so in TLS, seen at the first read.
+        let welcomed =
+            auth::connect(&mut reader, &mut writer, client, service, offered).await.map_err(crate::tls::clarify)?;
+        check_pool(&identity, &welcomed.pool)?;
+        Ok(Connection { reader, writer, pool: identity.name, features: welcomed.features })
     }
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {
@@ -79,4 +93,18 @@ impl Connection {
         let mut next = std::pin::pin!(self.reader.next());
         std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx).is_pending())).await
     }
+}
+
+/// The pool's certificate must carry role `pool` and the name the pool gives.
+fn check_pool(identity: &Identity, hello_name: &str) -> Result<(), WireError> {
+    if identity.role != Role::Pool {
+        let msg = format!("the peer's certificate is {identity}, not a pool's");
+        return Err(WireError::Handshake(RemoteError::new(ErrorCode::AuthFailed, msg)));
+    }
+    if identity.name != hello_name {
+        let shown = crate::error::truncate_echo(hello_name, 64);
+        let msg = format!("the pool's certificate names {}, but it calls itself {shown}", identity.name);
+        return Err(WireError::Handshake(RemoteError::new(ErrorCode::AuthFailed, msg)));
+    }
+    Ok(())
 }

@@ -56,14 +56,15 @@ error_codes! {
     NoTargets = 10025, "no target pool is online with room; check the targets with `migration info`";
     JobNotFound = 10030, "no migration job of this pool has that id; `migration ls` lists them";
     PoolDisabled = 104, "the pool mode forbids this; see `info` and `pool enable`";
-    AuthFailed = 20001, "every pool and the shell must use the same cluster key file";
+    AuthFailed = 20001, "the peer's certificate was not accepted: check its CA, its expiry and the deny list (docs/security.md)";
     Protocol = 20002, "the peer speaks another protocol version or sent a malformed frame";
     Timeout = 20003, "the peer did not answer in time; check that it runs and is reachable";
     Offline = 20004, "the pool does not answer; check that its daemon runs";
     ShuttingDown = 20005, "the pool is stopping; retry once it is back";
     Cancelled = 20006, "the transfer was cancelled (pp remove, or the pool stopped); nothing was kept";
-    MembershipUnavailable = 20007, "etcd does not answer; check [membership] endpoints and etcd's health (docs/operator-guide.md)";
-    MembershipReadOnly = 20008, "the membership comes from the cluster file: edit it on every host, then `psu reload` or SIGHUP";
+    Forbidden = 20007, "the certificate's role does not allow this; see the roles in docs/security.md";
+    MembershipUnavailable = 20008, "etcd does not answer; check [membership] endpoints and etcd's health (docs/operator-guide.md)";
+    MembershipReadOnly = 20009, "the membership comes from the cluster file: edit it on every host, then `psu reload` or SIGHUP";
     Internal = 99, "a bug in Tidepool: please report it with the pool log";
 }
 

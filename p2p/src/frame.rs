@@ -16,7 +16,7 @@ pub const MAX_DATA_CHUNK: usize = 1024 * 1024;
 pub const MAX_FRAME: usize = MAX_DATA_CHUNK + 64;
 /// The frame limit while a peer is not yet authenticated (see `docs/protocol.md`): the
 /// handshake's frames are about a hundred bytes plus the client's name, so nothing larger is
-/// read from a peer that has not proved it holds the cluster key.
+/// read from a peer the pool has not admitted yet.
 pub const MAX_HANDSHAKE_FRAME: usize = 4 * 1024;
 /// What a reader makes room for while it waits for a frame header (at most its limit plus the
 /// 4 length bytes): a connection that sends nothing, or is still in its handshake, holds no
@@ -101,7 +101,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(frame));
             }
             self.make_room();
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = match self.inner.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                // TLS reports a close without its close_notify as an unexpected end. Between
+                // frames that is a peer hanging up (the shell and clients just close); inside a
+                // frame it is a cut, as below. Every frame carries its length, so a cut is seen.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(WireError::Closed) };
             }

@@ -9,12 +9,14 @@ pub mod cmdline;
 pub mod conn;
 pub mod error;
 pub mod frame;
+pub mod identity;
 pub mod ids;
 pub mod membership;
 pub mod message;
 pub mod model;
 pub mod peer;
 pub mod random;
+pub mod tls;
 pub mod units;
 
 pub use error::{ErrorCode, RemoteError};

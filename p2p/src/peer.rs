@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::auth::{ClusterKey, Features, Service};
+use crate::auth::{Features, Service};
 use crate::conn::Connection;
 use crate::error::RemoteError;
 use crate::frame::WireError;
 use crate::ids::PoolName;
+use crate::tls::Credentials;
 
 /// How long a kept connection may sit idle and still be reused. A pool closes a connection
 /// that sends nothing for much longer than this, so a kept one is never reused just as it is
@@ -32,7 +33,8 @@ pub enum DialError {
     /// Nothing answered, or the connection broke before the handshake finished.
     #[error("pool {pool} is unreachable at {addr}: {source}")]
     Unreachable { pool: PoolName, addr: SocketAddr, source: WireError },
-    /// The pool answered and refused the connection (a wrong key, a protocol it does not speak).
+    /// The pool answered and refused the connection (our certificate, our role, a protocol it
+    /// does not speak).
     #[error("pool {pool} at {addr} refused the connection: {}", .error.render())]
     Refused { pool: PoolName, addr: SocketAddr, error: RemoteError },
     /// Another pool answers at the address: the cluster file is wrong on one side.
@@ -53,7 +55,7 @@ pub enum Origin {
 pub struct Dialer {
     /// Our name in the handshake.
     me: String,
-    key: ClusterKey,
+    creds: Credentials,
     service: Service,
     offered: Features,
     reuse_idle: Duration,
@@ -75,10 +77,10 @@ impl std::fmt::Debug for Dialer {
 impl Dialer {
     /// A dialer that introduces itself as `me`, offers every feature of this build and keeps
     /// idle connections for [`REUSE_IDLE`], at most [`MAX_IDLE`] per pool.
-    pub fn new(me: impl Into<String>, key: ClusterKey, service: Service) -> Self {
+    pub fn new(me: impl Into<String>, creds: Credentials, service: Service) -> Self {
         Dialer {
             me: me.into(),
-            key,
+            creds,
             service,
             offered: Features::ALL,
             reuse_idle: REUSE_IDLE,
@@ -106,10 +108,11 @@ impl Dialer {
         &self.me
     }
 
-    /// A new connection to `pool` at `addr`, authenticated, with the pool's identity checked.
+    /// A new connection to `pool` at `addr`, authenticated, with the pool's identity (its
+    /// certificate's name) checked.
     pub async fn open(&self, pool: &PoolName, addr: SocketAddr) -> Result<Connection, DialError> {
         self.opened.fetch_add(1, Ordering::Relaxed);
-        match Connection::open_offering(addr, &self.key, &self.me, self.service, self.offered).await {
+        match Connection::open_offering(addr, &self.creds, &self.me, self.service, self.offered).await {
             Ok(conn) if conn.pool == pool.as_str() => Ok(conn),
             Ok(conn) => Err(DialError::WrongPool { pool: pool.clone(), addr, actual: conn.pool }),
             Err(WireError::Remote(error)) => Err(DialError::Refused { pool: pool.clone(), addr, error }),
@@ -181,11 +184,13 @@ mod tests {
     use super::*;
     use crate::auth;
     use crate::frame::{FrameReader, FrameWriter, MAX_FRAME};
+    use crate::tls::{Authority, Role, testing};
 
     /// A pool named `name` on loopback that authenticates with `key` and answers every `u32` it
     /// reads with the same number plus one. `close_after` requests it hangs up. Returns its
     /// address and the count of connections it accepted.
-    async fn echo_pool(name: &'static str, key: ClusterKey, close_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    async fn echo_pool(name: &'static str, close_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let creds = testing::pool(name);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -193,12 +198,17 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let key = key.clone();
+                let creds = creds.clone();
                 tokio::spawn(async move {
-                    let (r, w) = stream.into_split();
+                    let Ok((tls, peer)) = creds.accept(stream).await else { return };
+                    let (r, w) = tokio::io::split(tls);
                     let mut reader = FrameReader::new(r, MAX_FRAME);
                     let mut writer = FrameWriter::new(w);
-                    if auth::accept(&mut reader, &mut writer, &key, name, Service::Data, Features::ALL).await.is_err() {
+                    let admit = |_: &_, _: &_| Ok(());
+                    if auth::accept(&mut reader, &mut writer, name, Service::Data, Features::ALL, &peer, admit)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     for _ in 0..close_after {
@@ -224,9 +234,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_given_back_is_reused_and_a_closed_one_is_not() {
-        let key = ClusterKey::generate().unwrap();
-        let (addr, accepted) = echo_pool("pool1", key.clone(), 1).await;
-        let dialer = Dialer::new("pool2", key, Service::Data);
+        let (addr, accepted) = echo_pool("pool1", 1).await;
+        let dialer = Dialer::new("pool2", testing::pool("pool2"), Service::Data);
         let pool1 = name("pool1");
 
         let (mut conn, origin) = dialer.checkout(&pool1, addr).await.unwrap();
@@ -253,9 +262,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_open_connection_is_reused_until_it_has_been_idle_too_long() {
-        let key = ClusterKey::generate().unwrap();
-        let (addr, accepted) = echo_pool("pool1", key.clone(), usize::MAX).await;
+        let (addr, accepted) = echo_pool("pool1", usize::MAX).await;
         let pool1 = name("pool1");
+        let key = testing::pool("pool2");
         let dialer = Dialer::new("pool2", key.clone(), Service::Data);
         let (mut conn, _) = dialer.checkout(&pool1, addr).await.unwrap();
         assert_eq!(ask(&mut conn, 1).await.unwrap(), 2);
@@ -275,10 +284,9 @@ mod tests {
 
     #[tokio::test]
     async fn at_most_max_idle_are_kept_per_pool() {
-        let key = ClusterKey::generate().unwrap();
-        let (addr, _) = echo_pool("pool1", key.clone(), usize::MAX).await;
+        let (addr, _) = echo_pool("pool1", usize::MAX).await;
         let pool1 = name("pool1");
-        let dialer = Dialer::new("pool2", key, Service::Data).keeping(REUSE_IDLE, 2);
+        let dialer = Dialer::new("pool2", testing::pool("pool2"), Service::Data).keeping(REUSE_IDLE, 2);
         for _ in 0..3 {
             let conn = dialer.open(&pool1, addr).await.unwrap();
             dialer.give_back(&pool1, conn);
@@ -289,14 +297,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_wrong_pool_a_wrong_key_and_no_pool_are_told_apart() {
-        let key = ClusterKey::generate().unwrap();
-        let (addr, _) = echo_pool("pool1", key.clone(), usize::MAX).await;
-        let dialer = Dialer::new("pool2", key, Service::Data);
+    async fn the_wrong_pool_a_wrong_ca_and_no_pool_are_told_apart() {
+        let (addr, _) = echo_pool("pool1", usize::MAX).await;
+        let dialer = Dialer::new("pool2", testing::pool("pool2"), Service::Data);
         let err = dialer.open(&name("pool9"), addr).await.unwrap_err();
         assert!(matches!(&err, DialError::WrongPool { actual, .. } if actual == "pool1"), "{err}");
 
-        let stranger = Dialer::new("pool2", ClusterKey::generate().unwrap(), Service::Data);
+        // A certificate from another CA, which trusts the pool's CA: the pool refuses it.
+        let other = Authority::new("other CA", time::OffsetDateTime::now_utc() + time::Duration::days(1)).unwrap();
+        let issued = other.issue(Role::Pool, "pool2", 1).unwrap();
+        let ca = testing::authority().cert_pem();
+        let creds = Credentials::from_pem(
+            ("cert", issued.cert_pem.as_bytes()),
+            ("key", issued.key_pem.as_bytes()),
+            &[("ca", ca.as_bytes())],
+            &[],
+        )
+        .unwrap();
+        let stranger = Dialer::new("pool2", creds, Service::Data);
         let err = stranger.open(&name("pool1"), addr).await.unwrap_err();
         assert!(
             matches!(&err, DialError::Refused { error, .. } if error.code() == Some(crate::ErrorCode::AuthFailed)),
@@ -311,10 +329,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_features_of_a_connection_are_those_both_offered() {
-        let key = ClusterKey::generate().unwrap();
-        let (addr, _) = echo_pool("pool1", key.clone(), usize::MAX).await;
+        let (addr, _) = echo_pool("pool1", usize::MAX).await;
         let older = Features::ALL.without(Features::FETCH_SMALL);
-        let dialer = Dialer::new("pool2", key, Service::Data).offering(older);
+        let dialer = Dialer::new("pool2", testing::pool("pool2"), Service::Data).offering(older);
         let conn = dialer.open(&name("pool1"), addr).await.unwrap();
         assert_eq!(conn.features, older);
         assert!(!conn.features.contains(Features::FETCH_SMALL));

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 /// The most connections one listener (admin or data) holds in their handshake at once. A
-/// connection accepted while this many are still proving the cluster key is closed at once,
+/// connection accepted while this many are still in TLS or the handshake is closed at once,
 /// before anything is read from it; authenticated connections do not count.
 pub const MAX_UNAUTHENTICATED: usize = 64;
 

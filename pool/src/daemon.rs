@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_p2p::auth::{self, ClusterKey, Features, PeerInfo, Service};
+use tidepool_p2p::auth::{self, Features, PeerInfo, Service};
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_DATA_CHUNK, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
@@ -27,8 +27,9 @@ use tidepool_p2p::message::{
 };
 use tidepool_p2p::model::{FileAttributes, ReplicaState, check_storage_class};
 use tidepool_p2p::random::random_bytes;
+use tidepool_p2p::tls::{Credentials, Identity, Role, ServerStream};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -45,13 +46,14 @@ use crate::process::service::{Started, VERSION};
 use crate::repository::{Incoming, RepoError, Repository, SledStore};
 use crate::transfer::{self, PEER_IDLE, TransferSettings, Transfers};
 
-/// Everything a pool needs to start, resolved from its config, the cluster file and the key.
+/// Everything a pool needs to start, resolved from its config, the cluster file and its
+/// credentials.
 pub struct Settings {
     pub name: PoolName,
     pub data_dir: PathBuf,
     pub capacity: u64,
     pub cluster: ClusterFile,
-    pub key: ClusterKey,
+    pub credentials: Credentials,
     pub pin_owner_prefix: String,
     pub shutdown_grace: Duration,
     pub transfers: TransferSettings,
@@ -78,7 +80,7 @@ pub struct Opened {
     capacity: u64,
     /// When `open` began, to log and show how long start-up took.
     began: Instant,
-    key: ClusterKey,
+    credentials: Credentials,
     grace: Duration,
     span: tracing::Span,
 }
@@ -101,7 +103,7 @@ impl Daemon {
             data_dir,
             capacity,
             cluster,
-            key,
+            credentials,
             pin_owner_prefix,
             shutdown_grace,
             transfers,
@@ -126,14 +128,14 @@ impl Daemon {
             }
         });
         // 2. Restore the pool mode.
-        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, key.clone(), pin_owner_prefix)?);
+        let pool = Arc::new(Pool::new(name, repo, recovery, cluster, credentials.clone(), pin_owner_prefix)?);
         let node = Arc::new(Node::new(Arc::new(Transfers::new(pool, &transfers))));
         // 3. Start the migration module and recreate the saved permanent jobs.
         span.in_scope(|| {
             let module = node.start_migration(migration);
             crate::migration_env::restore(&node.pool.repo, module);
         });
-        Ok(Opened { node, data_dir, capacity, began, key, grace: shutdown_grace, span })
+        Ok(Opened { node, data_dir, capacity, began, credentials, grace: shutdown_grace, span })
     }
 }
 
@@ -145,16 +147,19 @@ impl Opened {
 
     /// Step 4: accepts connections.
     pub fn serve(self, admin: TcpListener, data: TcpListener) -> anyhow::Result<Daemon> {
-        let Opened { node, data_dir, capacity, began, key, grace, span } = self;
+        let Opened { node, data_dir, capacity, began, credentials, grace, span } = self;
         let pool = &node.pool;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let admin_addr = admin.local_addr()?;
         let data_addr = data.local_addr()?;
-        let key = Arc::new(key);
         for (listener, service) in [(admin, Service::Admin), (data, Service::Data)] {
-            let ctx =
-                Ctx { node: node.clone(), key: key.clone(), shutdown: shutdown.clone(), tracker: tracker.clone() };
+            let ctx = Ctx {
+                node: node.clone(),
+                credentials: credentials.clone(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+            };
             tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
         }
         let started = Started {
@@ -242,7 +247,7 @@ impl Daemon {
 #[derive(Clone)]
 struct Ctx {
     node: Arc<Node>,
-    key: Arc<ClusterKey>,
+    credentials: Credentials,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -306,8 +311,8 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
 /// An upload that sends nothing for this long is aborted and its reserved space released.
 const UPLOAD_IDLE: Duration = Duration::from_secs(120);
 
-type Reader = FrameReader<OwnedReadHalf>;
-type Writer = FrameWriter<OwnedWriteHalf>;
+type Reader = FrameReader<ReadHalf<ServerStream>>;
+type Writer = FrameWriter<WriteHalf<ServerStream>>;
 
 /// The write buffer of a connection in its handshake (the handshake's frames are small).
 const HANDSHAKE_WRITE_BUFFER: usize = 1024;
@@ -321,23 +326,40 @@ async fn serve(
     admission: &Admission,
 ) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    // `auth::accept` reads at most handshake-sized frames until the peer is authenticated.
+    // TLS first (a certificate from a trusted CA, unexpired, not denied), then the handshake;
+    // both within the handshake time and under the admission permit.
+    let tls = match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, ctx.credentials.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
+            return;
+        }
+        Err(_) => {
+            let e = WireError::Timeout(auth::HANDSHAKE_TIMEOUT);
+            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: TLS handshake {e}{note}"));
+            return;
+        }
+    };
+    let (tls, identity) = tls;
+    let (r, w) = tokio::io::split(tls);
+    // `auth::accept` reads at most handshake-sized frames until the peer is admitted.
     let mut reader = FrameReader::new(r, MAX_FRAME);
     let mut writer = FrameWriter::with_capacity(w, HANDSHAKE_WRITE_BUFFER);
+    let node = ctx.node.clone();
     let client = match auth::accept(
         &mut reader,
         &mut writer,
-        &ctx.key,
         ctx.node.pool.name.as_str(),
         service,
         offered(&ctx.node.transfers),
+        &identity,
+        |who, _| known_pool(&node, who),
     )
     .await
     {
         Ok(p) => p,
         Err(e) => {
-            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
+            admission.warn(|note| tracing::warn!(%peer, %identity, ?service, "refused connection: {e}{note}"));
             if let WireError::Timeout(t) = e {
                 // Tell a slow client why it is dropped, if it still listens.
                 let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
@@ -349,14 +371,14 @@ async fn serve(
     };
     drop(permit);
     let mut writer = FrameWriter::new(writer.into_inner());
-    let PeerInfo { name: client, features } = client;
-    tracing::debug!(%peer, %client, ?service, ?features, "connection authenticated");
+    let PeerInfo { name: client, identity, features } = client;
+    tracing::debug!(%peer, %identity, %client, ?service, ?features, "connection authenticated");
     let result = match service {
-        Service::Admin => serve_admin(&mut reader, &mut writer, &client, features, &ctx).await,
-        Service::Data => serve_data(&mut reader, &mut writer, &client, features, &ctx).await,
+        Service::Admin => serve_admin(&mut reader, &mut writer, &identity, &client, features, &ctx).await,
+        Service::Data => serve_data(&mut reader, &mut writer, &identity, features, &ctx).await,
     };
     if let Err(e) = result {
-        tracing::warn!(%peer, %client, "closing connection: {e}");
+        tracing::warn!(%peer, %identity, %client, "closing connection: {e}");
         if matches!(e, WireError::Oversized { .. } | WireError::Malformed(_) | WireError::Unexpected { .. }) {
             // Say why before hanging up; nothing the frame asked for was done.
             let err = RemoteError::new(ErrorCode::Protocol, format!("{e}; closing the connection"));
@@ -384,15 +406,43 @@ async fn next_request(reader: &mut Reader, ctx: &Ctx) -> Result<Option<bytes::By
     }
 }
 
+/// A name put on the deny list by a reload loses its open connections at their next request
+/// (`docs/security.md`, "Revoking").
+fn still_admitted(identity: &Identity, ctx: &Ctx) -> Result<(), RemoteError> {
+    if !ctx.credentials.denies(&identity.name) {
+        return Ok(());
+    }
+    tracing::warn!(%identity, "closed a connection: its name is now on the deny list");
+    Err(RemoteError::new(ErrorCode::AuthFailed, format!("authentication failed: {identity} is on the deny list")))
+}
+
+/// A pool may speak to this pool only if the cluster file in force lists it (`docs/security.md`).
+fn known_pool(node: &Node, who: &Identity) -> Result<(), RemoteError> {
+    let listed = || who.name.parse::<PoolName>().ok().and_then(|name| node.pool.cluster.pool(&name)).is_some();
+    if who.role != Role::Pool || listed() {
+        return Ok(());
+    }
+    Err(RemoteError::new(
+        ErrorCode::Forbidden,
+        format!("{who} is not in the cluster file of pool {}; pools not listed there are refused", node.pool.name),
+    ))
+}
+
 async fn serve_admin(
     reader: &mut Reader,
     writer: &mut Writer,
+    identity: &Identity,
     client: &str,
     features: Features,
     ctx: &Ctx,
 ) -> Result<(), WireError> {
     while let Some(body) = next_request(reader, ctx).await? {
-        match decode::<AdminRequest>(&body)? {
+        let request = decode::<AdminRequest>(&body)?;
+        if let Err(e) = still_admitted(identity, ctx) {
+            writer.send(&AdminReply::Finished { error: Some(e) }).await?;
+            return Ok(());
+        }
+        match request {
             AdminRequest::Describe => writer.send(&AdminReply::Commands(admin::describe())).await?,
             // Only what the handshake agreed on.
             AdminRequest::DescribeDetails if !features.contains(Features::COMMAND_DETAILS) => {
@@ -407,7 +457,19 @@ async fn serve_admin(
             }
             AdminRequest::Run { line } => {
                 let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
-                tracing::info!(%client, command = %shown, "admin command");
+                if identity.role == Role::Pool && !admin::a_pool_may_run(&line) {
+                    tracing::warn!(%identity, %client, command = %shown, "refused admin command from a pool");
+                    let error = RemoteError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "{identity} may not run this command: a pool certificate runs only the migration \
+                             commands of `rebalance` (migration move, ls, cancel)"
+                        ),
+                    );
+                    writer.send(&AdminReply::Finished { error: Some(error) }).await?;
+                    continue;
+                }
+                tracing::info!(%identity, %client, command = %shown, "admin command");
                 let error = run_admin(line, writer, ctx).await?.map(bounded);
                 writer.send(&AdminReply::Finished { error }).await?;
             }
@@ -473,19 +535,37 @@ fn offered(transfers: &Transfers) -> Features {
 async fn serve_data(
     reader: &mut Reader,
     writer: &mut Writer,
-    client: &str,
+    identity: &Identity,
     features: Features,
     ctx: &Ctx,
 ) -> Result<(), WireError> {
-    // Migration requests speak for the authenticated peer, never for a pool they name.
-    let peer = client.parse::<PoolName>();
+    // Migration requests speak for the certificate's pool, never for a pool they name.
+    let peer = identity.name.parse::<PoolName>();
     loop {
         // Pool-to-pool connections idle between transfers; one idle for long is closed.
         let Ok(next) = tokio::time::timeout(PEER_IDLE, next_request(reader, ctx)).await else {
             return Ok(());
         };
         let Some(body) = next? else { return Ok(()) };
-        match decode::<DataRequest>(&body)? {
+        let request = decode::<DataRequest>(&body)?;
+        if let Err(e) = still_admitted(identity, ctx) {
+            let reply = match request {
+                DataRequest::Migration(_) => DataReply::Migration(MigrationReply::Error(e)),
+                _ => DataReply::Error(e),
+            };
+            writer.send(&reply).await?;
+            return Ok(());
+        }
+        if let Err(e) = may_ask(identity, &request) {
+            tracing::warn!(%identity, "refused request: {}", e.message);
+            let reply = match request {
+                DataRequest::Migration(_) => DataReply::Migration(MigrationReply::Error(e)),
+                _ => DataReply::Error(e),
+            };
+            writer.send(&reply).await?;
+            continue;
+        }
+        match request {
             DataRequest::Put(req) => put(req, reader, writer, ctx).await?,
             DataRequest::Get { pnfsid } => get(pnfsid, writer, ctx).await?,
             DataRequest::Fetch { transfer, pnfsid, force_source_mode } => {
@@ -533,6 +613,21 @@ async fn serve_data(
             }
         }
     }
+}
+
+/// Whether the peer's role may make `request` (`docs/security.md`, "Roles"): clients store and
+/// read replicas; only pools fetch from other pools and make migration requests.
+fn may_ask(identity: &Identity, request: &DataRequest) -> Result<(), RemoteError> {
+    let (needed, what) = match request {
+        DataRequest::Put(_) | DataRequest::Get { .. } => (Role::Client, "store or read replicas"),
+        DataRequest::Fetch { .. } | DataRequest::FetchSmall { .. } => (Role::Pool, "make pool-to-pool requests"),
+        DataRequest::Migration(_) => (Role::Pool, "make migration requests"),
+        DataRequest::PutEnd { .. } | DataRequest::FetchStart { .. } | DataRequest::FetchAbort { .. } => return Ok(()),
+    };
+    if identity.role == needed {
+        return Ok(());
+    }
+    Err(RemoteError::new(ErrorCode::Forbidden, format!("{identity} may not {what}: only a {needed} certificate may")))
 }
 
 /// Drops a partial replica on the blocking pool (its clean-up deletes a file).

@@ -30,7 +30,7 @@ use tidepool_migration::env::{
 };
 use tidepool_migration::module::{Module, RepoChange};
 use tidepool_migration::safety::pin_clearable;
-use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::auth::Service;
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
@@ -38,6 +38,7 @@ use tidepool_p2p::membership::Membership;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{Checksum, ChecksumWriter, EpochMillis, ReplicaState, SpaceInfo, StickyMode, StickyRecord};
 use tidepool_p2p::peer::{DialError, Dialer, REUSE_IDLE};
+use tidepool_p2p::tls::Credentials;
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,7 @@ impl PoolEnv {
             name: pool.name.clone(),
             pin_prefix: pool.pin_prefix.clone(),
             cluster: pool.cluster.clone(),
-            peers: Peers::with_view(pool.name.clone(), pool.key.clone(), pool.cluster.clone(), REPLY_TIMEOUT),
+            peers: Peers::with_view(pool.name.clone(), pool.credentials.clone(), pool.cluster.clone(), REPLY_TIMEOUT),
         }
     }
 
@@ -437,12 +438,12 @@ enum Failed {
 impl Peers {
     /// A transport for pool `me` to the pools of `cluster`; a request without a reply within
     /// `reply_timeout` counts as unanswered ([`REPLY_TIMEOUT`] in the daemon).
-    pub fn new(me: PoolName, key: ClusterKey, cluster: &ClusterFile, reply_timeout: Duration) -> Peers {
+    pub fn new(me: PoolName, key: Credentials, cluster: &ClusterFile, reply_timeout: Duration) -> Peers {
         Peers::with_view(me, key, Membership::file(cluster.clone()), reply_timeout)
     }
 
     /// [`Peers::new`] over a cluster view that may change (the pool's).
-    pub fn with_view(me: PoolName, key: ClusterKey, cluster: Arc<Membership>, reply_timeout: Duration) -> Peers {
+    pub fn with_view(me: PoolName, key: Credentials, cluster: Arc<Membership>, reply_timeout: Duration) -> Peers {
         let dialer = Dialer::new(me.as_str(), key, Service::Data).keeping(REUSE_IDLE, MAX_IDLE);
         Peers { me, cluster, reply_timeout, dialer }
     }

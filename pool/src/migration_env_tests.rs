@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tidepool_migration::env::Unanswered;
-use tidepool_p2p::auth::{self, ClusterKey, Service};
+use tidepool_p2p::auth::{Features, Service};
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
-use tidepool_p2p::frame::{FrameReader, FrameWriter, MAX_FRAME};
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest, PoolCost};
+use tidepool_p2p::tls::{Authority, Credentials, Role, testing};
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -47,7 +47,7 @@ enum Event {
 
 /// A pool named `name` on a loopback port; reports what happens on `Event`s.
 async fn server(
-    key: ClusterKey,
+    key: Credentials,
     name: &'static str,
     behaviour: Behaviour,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Event>) {
@@ -58,19 +58,8 @@ async fn server(
         while let Ok((stream, _)) = listener.accept().await {
             let (tx, key) = (tx.clone(), key.clone());
             tokio::spawn(async move {
-                let (r, w) = stream.into_split();
-                let mut reader = FrameReader::new(r, MAX_FRAME);
-                let mut writer = FrameWriter::new(w);
-                let Ok(peer) = auth::accept(
-                    &mut reader,
-                    &mut writer,
-                    &key,
-                    name,
-                    Service::Data,
-                    tidepool_p2p::auth::Features::ALL,
-                )
-                .await
-                else {
+                let accepted = testing::accept(&key, stream, name, Service::Data, Features::ALL).await;
+                let Ok(((mut reader, mut writer), peer)) = accepted else {
                     return;
                 };
                 let _ = tx.send(Event::Connected(peer.name));
@@ -137,9 +126,9 @@ async fn dead_address() -> SocketAddr {
 
 #[tokio::test]
 async fn requests_run_side_by_side_and_reuse_kept_connections() {
-    let key = ClusterKey::generate().unwrap();
-    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::Answer).await;
-    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let (addr, mut events) = server(testing::pool("pool2"), "pool2", Behaviour::Answer).await;
+    let peers =
+        Peers::new(pool("pool1"), testing::pool("pool1"), &cluster(&[("pool2", addr)]), Duration::from_secs(30));
     let to = pool("pool2");
     // Two at once: each on its own connection, each reply to its own request.
     let (a, b) = tokio::join!(peers.request(&to, locate(&[id(1)])), peers.request(&to, locate(&[id(2), id(3)])));
@@ -161,12 +150,13 @@ async fn requests_run_side_by_side_and_reuse_kept_connections() {
 
 #[tokio::test]
 async fn an_unknown_pool_a_dead_address_or_an_impostor_is_not_delivered() {
-    let key = ClusterKey::generate().unwrap();
-    let (impostor, _events) = server(key.clone(), "pool4", Behaviour::Answer).await;
-    let (other_key, _other) = server(ClusterKey::generate().unwrap(), "pool5", Behaviour::Answer).await;
+    let (impostor, _events) = server(testing::pool("pool4"), "pool4", Behaviour::Answer).await;
+    let other_ca = Authority::new("another CA", time::OffsetDateTime::now_utc() + time::Duration::days(1)).unwrap();
+    let (other_ca, _other) =
+        server(other_ca.credentials(Role::Pool, "pool5").unwrap(), "pool5", Behaviour::Answer).await;
     let dead = dead_address().await;
-    let cluster = cluster(&[("pool2", dead), ("pool3", impostor), ("pool5", other_key)]);
-    let peers = Peers::new(pool("pool1"), key, &cluster, Duration::from_secs(30));
+    let cluster = cluster(&[("pool2", dead), ("pool3", impostor), ("pool5", other_ca)]);
+    let peers = Peers::new(pool("pool1"), testing::pool("pool1"), &cluster, Duration::from_secs(30));
     assert_eq!(
         peers.request(&pool("pool9"), MigrationRequest::PoolInfo { job: None }).await,
         Err(Unanswered::NotDelivered)
@@ -181,7 +171,7 @@ async fn an_unknown_pool_a_dead_address_or_an_impostor_is_not_delivered() {
         peers.request(&pool("pool3"), MigrationRequest::PoolInfo { job: None }).await,
         Err(Unanswered::NotDelivered)
     );
-    // Another cluster key: the handshake fails.
+    // A certificate from a CA we do not trust: TLS fails.
     assert_eq!(
         peers.request(&pool("pool5"), MigrationRequest::PoolInfo { job: None }).await,
         Err(Unanswered::NotDelivered)
@@ -194,9 +184,9 @@ async fn an_unknown_pool_a_dead_address_or_an_impostor_is_not_delivered() {
 
 #[tokio::test]
 async fn a_pool_that_never_answers_gives_no_answer_and_its_connection_is_dropped() {
-    let key = ClusterKey::generate().unwrap();
-    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::Silent).await;
-    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_millis(200));
+    let (addr, mut events) = server(testing::pool("pool2"), "pool2", Behaviour::Silent).await;
+    let peers =
+        Peers::new(pool("pool1"), testing::pool("pool1"), &cluster(&[("pool2", addr)]), Duration::from_millis(200));
     let to = pool("pool2");
     let ping = MigrationRequest::Ping { attempt: tidepool_p2p::AttemptId(7) };
     assert_eq!(peers.request(&to, ping.clone()).await, Err(Unanswered::NoAnswer));
@@ -208,9 +198,9 @@ async fn a_pool_that_never_answers_gives_no_answer_and_its_connection_is_dropped
 
 #[tokio::test]
 async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is_written() {
-    let key = ClusterKey::generate().unwrap();
-    let (addr, mut events) = server(key.clone(), "pool2", Behaviour::AnswerOnce).await;
-    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let (addr, mut events) = server(testing::pool("pool2"), "pool2", Behaviour::AnswerOnce).await;
+    let peers =
+        Peers::new(pool("pool1"), testing::pool("pool1"), &cluster(&[("pool2", addr)]), Duration::from_secs(30));
     let to = pool("pool2");
     assert_eq!(peers.request(&to, MigrationRequest::PoolInfo { job: None }).await, Ok(MigrationReply::Ack));
     assert_eq!(peers.idle_count(&to), 1);
@@ -229,9 +219,9 @@ async fn a_kept_connection_the_pool_has_closed_is_replaced_before_the_request_is
 
 #[tokio::test]
 async fn a_pool_that_cannot_read_the_request_answers_with_its_error() {
-    let key = ClusterKey::generate().unwrap();
-    let (addr, _events) = server(key.clone(), "pool2", Behaviour::Refuse).await;
-    let peers = Peers::new(pool("pool1"), key, &cluster(&[("pool2", addr)]), Duration::from_secs(30));
+    let (addr, _events) = server(testing::pool("pool2"), "pool2", Behaviour::Refuse).await;
+    let peers =
+        Peers::new(pool("pool1"), testing::pool("pool1"), &cluster(&[("pool2", addr)]), Duration::from_secs(30));
     let to = pool("pool2");
     match peers.request(&to, MigrationRequest::PoolInfo { job: None }).await {
         Ok(MigrationReply::Error(e)) => assert_eq!(e.code(), Some(ErrorCode::Protocol)),
@@ -353,12 +343,12 @@ mod daemons {
     async fn a_client_that_is_not_a_pool_gets_an_error() {
         let c = start(1).await;
         let addr = c.data_addr(1);
-        let mut conn = Connection::open(addr, &c.key, "not a pool!", Service::Data).await.unwrap();
+        let client = testing::credentials(Role::Client, "alice");
+        let mut conn = Connection::open(addr, &client, "not a pool!", Service::Data).await.unwrap();
         conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo { job: None })).await.unwrap();
         match conn.recv::<DataReply>().await.unwrap() {
             DataReply::Migration(MigrationReply::Error(e)) => {
-                assert_eq!(e.code(), Some(ErrorCode::InvalidArgument));
-                assert!(e.message.contains("from pools only"), "{}", e.message);
+                assert_eq!(e.code(), Some(ErrorCode::Forbidden));
             }
             other => panic!("expected an error, got {other:?}"),
         }

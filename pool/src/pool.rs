@@ -11,7 +11,7 @@ use tidepool_p2p::membership::Membership;
 use tidepool_p2p::model::{EpochMillis, PoolMode};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 
-use tidepool_p2p::auth::ClusterKey;
+use tidepool_p2p::tls::Credentials;
 use tokio_util::task::TaskTracker;
 
 use crate::process::logging::LogControl;
@@ -70,8 +70,9 @@ pub struct Pool {
     /// The membership in force: pools, groups, links, liveness, costs (the cluster file, which
     /// SIGHUP and `psu reload` read again, or etcd).
     pub cluster: Arc<Membership>,
-    /// Authenticates this pool to other pools.
-    pub key: ClusterKey,
+    /// This pool's certificate, key and trust anchors: every connection it accepts or opens
+    /// (`docs/security.md`); SIGHUP reloads them in place.
+    pub credentials: Credentials,
     pub recovery: Recovery,
     /// Owners starting with this are pins.
     pub pin_prefix: String,
@@ -108,7 +109,7 @@ impl Pool {
         repo: Arc<Repository>,
         recovery: Recovery,
         cluster: ClusterFile,
-        key: ClusterKey,
+        credentials: Credentials,
         pin_prefix: String,
     ) -> Result<Pool, RepoError> {
         let mode = match repo.setting(MODE_KEY)? {
@@ -129,7 +130,7 @@ impl Pool {
             name,
             repo,
             cluster: Membership::file(cluster),
-            key,
+            credentials,
             recovery,
             pin_prefix,
             runtime: tokio::runtime::Handle::try_current().ok(),

@@ -2,21 +2,22 @@
 
 use std::time::{Duration, Instant};
 
-use tidepool_p2p::auth::{ClusterKey, HANDSHAKE_TIMEOUT, HandshakeReply, Hello, Service};
+use tidepool_p2p::auth::{HANDSHAKE_TIMEOUT, HandshakeReply, Hello, Service};
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::{FrameReader, MAX_FRAME};
 use tidepool_p2p::message::{AdminReply, AdminRequest};
+use tidepool_p2p::tls::{ClientStream, Credentials, Role, testing};
 use tidepool_p2p::{ErrorCode, PoolName};
 use tidepool_pool::daemon::{Daemon, Settings};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn start(dir: &std::path::Path, key: &ClusterKey) -> Daemon {
-    start_with(dir, key, &[]).await
+async fn start(dir: &std::path::Path) -> Daemon {
+    start_with(dir, &[]).await
 }
 
 /// `pool1`, in a cluster file that also names `others` (at port 1 on loopback: offline).
-async fn start_with(dir: &std::path::Path, key: &ClusterKey, others: &[&str]) -> Daemon {
+async fn start_with(dir: &std::path::Path, others: &[&str]) -> Daemon {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let data = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let name: PoolName = "pool1".parse().unwrap();
@@ -39,7 +40,7 @@ async fn start_with(dir: &std::path::Path, key: &ClusterKey, others: &[&str]) ->
         data_dir: dir.to_path_buf(),
         capacity: 1 << 30,
         cluster,
-        key: key.clone(),
+        credentials: testing::pool("pool1"),
         pin_owner_prefix: "PinManager".into(),
         shutdown_grace: Duration::from_secs(5),
         transfers: Default::default(),
@@ -49,13 +50,26 @@ async fn start_with(dir: &std::path::Path, key: &ClusterKey, others: &[&str]) ->
     Daemon::start(settings, admin, data).await.unwrap()
 }
 
+fn admin() -> Credentials {
+    testing::credentials(Role::Admin, "test")
+}
+
+fn client() -> Credentials {
+    testing::credentials(Role::Client, "test")
+}
+
+/// A connection to `addr` past TLS, before the pool's handshake.
+async fn tls_to(addr: std::net::SocketAddr) -> FrameReader<ClientStream> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (tls, _) = admin().connect(addr, stream).await.unwrap();
+    FrameReader::new(tls, MAX_FRAME)
+}
+
 #[tokio::test]
 async fn a_client_that_stalls_the_handshake_is_told_and_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
-    let stream = TcpStream::connect(daemon.admin_addr()).await.unwrap();
-    let mut reader = FrameReader::new(stream, MAX_FRAME);
+    let daemon = start(dir.path()).await;
+    let mut reader = tls_to(daemon.admin_addr()).await;
     let started = Instant::now();
     let _hello: Hello = reader.recv().await.unwrap();
     // Say nothing; the pool gives up after its handshake timeout and says why.
@@ -71,7 +85,7 @@ async fn a_client_that_stalls_the_handshake_is_told_and_dropped() {
     assert!(reader.next().await.map(|f| f.is_none()).unwrap_or(true), "then the connection is closed");
 
     // The pool still serves a well-behaved client.
-    let mut conn = Connection::open(daemon.admin_addr(), &key, "test", Service::Admin).await.unwrap();
+    let mut conn = Connection::open(daemon.admin_addr(), &admin(), "test", Service::Admin).await.unwrap();
     conn.send(&AdminRequest::Run { line: "info".into() }).await.unwrap();
     match conn.recv::<AdminReply>().await.unwrap() {
         AdminReply::Output(text) => assert!(text.contains("Pool name      : pool1"), "{text}"),
@@ -83,9 +97,8 @@ async fn a_client_that_stalls_the_handshake_is_told_and_dropped() {
 #[tokio::test]
 async fn a_wrong_service_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
-    let err = Connection::open(daemon.admin_addr(), &key, "test", Service::Data).await.err().unwrap();
+    let daemon = start(dir.path()).await;
+    let err = Connection::open(daemon.admin_addr(), &admin(), "test", Service::Data).await.err().unwrap();
     assert!(
         matches!(&err, tidepool_p2p::frame::WireError::Remote(e) if e.code() == Some(ErrorCode::Protocol)),
         "{err:?}"
@@ -101,9 +114,8 @@ async fn a_wrong_service_is_refused() {
 async fn an_upload_with_an_over_long_storage_class_is_refused() {
     use tidepool_p2p::message::{CommitState, DataReply, DataRequest, PutRequest};
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
-    let mut conn = Connection::open(daemon.data_addr(), &key, "test", Service::Data).await.unwrap();
+    let daemon = start(dir.path()).await;
+    let mut conn = Connection::open(daemon.data_addr(), &client(), "test", Service::Data).await.unwrap();
     let put = |class: String| PutRequest {
         size: 0,
         storage_class: Some(class),
@@ -136,13 +148,11 @@ async fn an_upload_with_an_over_long_storage_class_is_refused() {
 async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
     use tidepool_pool::admission::MAX_UNAUTHENTICATED;
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
+    let daemon = start(dir.path()).await;
     // Each silent client has its Hello: the pool holds it in its handshake.
     let mut silent = Vec::new();
     for _ in 0..MAX_UNAUTHENTICATED {
-        let stream = TcpStream::connect(daemon.admin_addr()).await.unwrap();
-        let mut reader = FrameReader::new(stream, MAX_FRAME);
+        let mut reader = tls_to(daemon.admin_addr()).await;
         let _hello: Hello = reader.recv().await.unwrap();
         silent.push(reader);
     }
@@ -151,12 +161,12 @@ async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
     let closed = tokio::time::timeout(Duration::from_secs(2), reader.next()).await.expect("closed at once, not held");
     assert!(matches!(closed, Ok(None) | Err(_)), "no Hello for a connection over the limit: {closed:?}");
     // The data listener has places of its own.
-    Connection::open(daemon.data_addr(), &key, "test", Service::Data).await.unwrap();
+    Connection::open(daemon.data_addr(), &client(), "test", Service::Data).await.unwrap();
     drop(silent);
     // Once the silent peers are gone, a client logs in again (the pool notices each close).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match Connection::open(daemon.admin_addr(), &key, "test", Service::Admin).await {
+        match Connection::open(daemon.admin_addr(), &admin(), "test", Service::Admin).await {
             Ok(_) => break,
             // Poll again after a pause (the pool frees a place when it sees a peer's close).
             Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -171,9 +181,8 @@ async fn connections_beyond_the_unauthenticated_limit_are_closed_at_once() {
 #[tokio::test]
 async fn commands_are_described_plain_and_in_detail() {
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
-    let mut conn = Connection::open(daemon.admin_addr(), &key, "test", Service::Admin).await.unwrap();
+    let daemon = start(dir.path()).await;
+    let mut conn = Connection::open(daemon.admin_addr(), &admin(), "test", Service::Admin).await.unwrap();
     conn.send(&AdminRequest::DescribeDetails).await.unwrap();
     let details = match conn.recv::<AdminReply>().await.unwrap() {
         AdminReply::CommandDetails(json) => tidepool_p2p::message::decode_details(&json).unwrap(),
@@ -226,11 +235,10 @@ fn a_waiting_command_holds_no_thread_and_other_sessions_go_on() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let key = ClusterKey::generate().unwrap();
-        let daemon = start_with(dir.path(), &key, &["pool2"]).await;
+        let daemon = start_with(dir.path(), &["pool2"]).await;
         let bound = Duration::from_secs(60);
-        let mut waiting = Connection::open(daemon.admin_addr(), &key, "a", Service::Admin).await.unwrap();
-        let mut other = Connection::open(daemon.admin_addr(), &key, "b", Service::Admin).await.unwrap();
+        let mut waiting = Connection::open(daemon.admin_addr(), &admin(), "a", Service::Admin).await.unwrap();
+        let mut other = Connection::open(daemon.admin_addr(), &admin(), "b", Service::Admin).await.unwrap();
         assert_eq!(admin_run(&mut waiting, "pp set max active 0").await.1, None);
         let line = "pp get file -wait 0000A1B2C3D4E5F60718293A4B5C6D7E8F90 pool2";
         waiting.send(&AdminRequest::Run { line: line.into() }).await.unwrap();
@@ -265,28 +273,43 @@ fn a_waiting_command_holds_no_thread_and_other_sessions_go_on() {
 }
 
 /// What `rebalance` uses to run a line on another pool: over the peer-connection layer, the
-/// output and the pool's refusal typed apart; a pool that refuses the key, or is not in the
-/// cluster file, is a typed failure with its code.
+/// output and the pool's refusal typed apart; a pool that refuses the certificate, or is not in
+/// the cluster file, is a typed failure with its code.
 #[tokio::test]
 async fn a_line_runs_on_another_pool_over_the_peer_layer() {
     use tidepool_pool::admin::remote::{PeerError, Pools};
 
     let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate().unwrap();
-    let daemon = start(dir.path(), &key).await;
+    // pool9 is in pool1's cluster file (offline), so its certificate is admitted.
+    let daemon = start_with(dir.path(), &["pool9"]).await;
     let cluster = daemon.pool().cluster.get();
     let pool1: PoolName = "pool1".parse().unwrap();
-    let pools = Pools::new(cluster.clone(), key.clone(), "pool9/rebalance".into(), Duration::from_secs(30));
+    let pools = Pools::new(cluster.clone(), testing::pool("pool9"), "pool9/rebalance".into(), Duration::from_secs(30));
 
-    let (text, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
-    assert_eq!((text.as_str(), refused), ("Max active set to 3\n", None));
+    let (text, refused) = pools.run(&pool1, "migration ls -json").await.unwrap();
+    assert_eq!(refused, None, "{text}");
+    assert!(text.trim_start().starts_with('['), "the jobs as JSON: {text}");
+    // A pool's certificate runs only rebalance's migration lines on another pool.
+    let (_, refused) = pools.run(&pool1, "pp set max active 3").await.unwrap();
+    assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::Forbidden));
     let (text, refused) = pools.run(&pool1, "migration cancel -force rebalance").await.unwrap();
     assert_eq!(text, "");
     assert_eq!(refused.and_then(|e| e.code()), Some(ErrorCode::JobNotFound));
     assert!(matches!(pools.run(&"pool7".parse().unwrap(), "info").await, Err(PeerError::UnknownPool(_))));
 
-    let stranger =
-        Pools::new(cluster, ClusterKey::generate().unwrap(), "pool9/rebalance".into(), Duration::from_secs(30));
+    // A certificate from another CA.
+    let other =
+        tidepool_p2p::tls::Authority::new("another CA", time::OffsetDateTime::now_utc() + time::Duration::days(1));
+    let issued = other.unwrap().issue(Role::Pool, "pool9", 1).unwrap();
+    let ca = testing::authority().cert_pem();
+    let foreign = Credentials::from_pem(
+        ("cert", issued.cert_pem.as_bytes()),
+        ("key", issued.key_pem.as_bytes()),
+        &[("ca", ca.as_bytes())],
+        &[],
+    )
+    .unwrap();
+    let stranger = Pools::new(cluster, foreign, "pool9/rebalance".into(), Duration::from_secs(30));
     match stranger.run(&pool1, "info").await {
         Err(e @ PeerError::Refused { .. }) => assert_eq!(e.code(), ErrorCode::AuthFailed, "{e}"),
         other => panic!("{other:?}"),

@@ -1007,6 +1007,12 @@ impl Repository {
                     answers.push(Err(e));
                     continue;
                 }
+                // Under the index lock, as every record write: a deletion that fails leaves the
+                // replica in the index too (it was not removed), never a record the index lost.
+                if let Err(e) = self.store.delete_record(id) {
+                    answers.push(Err(e.into()));
+                    continue;
+                }
                 ix.take(id);
                 self.announce(*id, ChangeKind::State { from: replica.state, to: ReplicaState::Removed });
                 taken.push((answers.len(), *id));
@@ -1016,13 +1022,8 @@ impl Repository {
         if taken.is_empty() {
             return answers;
         }
-        let flushed = taken
-            .iter()
-            .try_for_each(|(_, id)| {
-                self.store.delete_record(id)?;
-                self.store.delete_hold(id)
-            })
-            .and_then(|()| self.flush_shared());
+        let flushed =
+            taken.iter().try_for_each(|(_, id)| self.store.delete_hold(id)).and_then(|()| self.flush_shared());
         if flushed.is_ok() {
             fail::fail_point!("remove-before-data-delete");
         }

@@ -239,6 +239,16 @@ impl MemStore {
         self.st.lock().live.data.remove(&id.to_string());
     }
 
+    /// Flips the bits of the first byte of a data file behind the repository's back (bit rot,
+    /// for verification tests): its record keeps the checksum of the bytes as they were.
+    pub fn damage_data(&self, id: &PnfsId) {
+        if let Some(blob) = self.st.lock().live.data.get(&id.to_string())
+            && let Some(b) = blob.lock().first_mut()
+        {
+            *b ^= 0xff;
+        }
+    }
+
     /// How many calls that change something were made so far (the steps of
     /// [`MemStore::cut_power_after`]).
     pub fn steps(&self) -> u64 {

@@ -495,10 +495,12 @@ pub struct PoolSpec {
     pub groups: Vec<String>,
 }
 
-/// Pools described by a cluster file, key and config files in a temporary directory, each run
-/// as a `tidepool pool` child process on demand.
+/// Pools described by a cluster file, credentials and config files in a temporary directory,
+/// each run as a `tidepool pool` child process on demand; every connection runs over TLS.
 ///
-/// Layout of [`Cluster::dir`]: `cluster.toml`, `cluster.key` (from `tidepool keygen`),
+/// Layout of [`Cluster::dir`]: `cluster.toml`, a CA from `tidepool ca init` (`ca.crt`,
+/// `ca.key`) and credentials from `tidepool ca issue`: `<pool>.pool.crt`/`.key` for each pool,
+/// `admin.admin.crt`/`.key` for the shell and `client.client.crt`/`.key` for put and get,
 /// `<pool>.toml`, the pool's data in `<pool>/`, its log (stdout and stderr, every run
 /// appended) in `<pool>.log`.
 pub struct Cluster {
@@ -541,14 +543,18 @@ impl Cluster {
         };
         std::fs::write(dir.path().join("cluster.toml"), file.to_toml()).expect("write cluster.toml");
         let cluster = Cluster { mounts: Vec::new(), dir, pools: specs, running: BTreeMap::new() };
-        cluster.keygen(&cluster.path("cluster.key")).assert_success("tidepool keygen");
+        let dir = cluster.dir().to_str().expect("a UTF-8 temp dir").to_string();
+        cluster.tidepool(&["ca", "init", &dir], &[]).assert_success("tidepool ca init");
+        for (role, name) in [("admin", "admin"), ("client", "client")] {
+            cluster.issue(role, name, &dir);
+        }
         for p in &cluster.pools {
+            cluster.issue("pool", &p.name, &dir);
             let config = format!(
                 "name = \"{name}\"\n\
                  data_dir = \"{name}\"\n\
                  capacity = \"{CAPACITY}\"\n\
                  cluster_file = \"cluster.toml\"\n\
-                 key_file = \"cluster.key\"\n\
                  shutdown_grace_seconds = {SHUTDOWN_GRACE_SECONDS}\n",
                 name = p.name
             );
@@ -686,11 +692,23 @@ impl Cluster {
         path
     }
 
-    /// `tidepool keygen PATH`.
-    pub fn keygen(&self, path: &Path) -> Output {
-        let mut cmd = Command::new(&binaries().tidepool);
-        cmd.arg("keygen").arg(path);
-        run(cmd, "")
+    /// A certificate for `name` with `role` from another CA (made in `other-ca/` on first use),
+    /// which the cluster's pools do not trust; its key is beside it. Returns the certificate.
+    #[track_caller]
+    pub fn foreign_cert(&self, role: &str, name: &str) -> PathBuf {
+        let dir = self.path("other-ca");
+        let text = dir.to_str().expect("a UTF-8 temp dir").to_string();
+        if !dir.join("ca.crt").exists() {
+            self.tidepool(&["ca", "init", &text], &[]).assert_success("tidepool ca init");
+        }
+        self.issue(role, name, &text);
+        dir.join(format!("{name}.{role}.crt"))
+    }
+
+    /// `tidepool ca issue --role ROLE --name NAME DIR`; panics unless it succeeds.
+    #[track_caller]
+    pub fn issue(&self, role: &str, name: &str, dir: &str) {
+        self.tidepool(&["ca", "issue", "--role", role, "--name", name, dir], &[]).assert_success("tidepool ca issue");
     }
 
     /// Starts the pool's daemon and waits until it answers `info` through `tidepool-admin`.
@@ -916,15 +934,16 @@ impl Cluster {
         }
     }
 
-    /// Runs `tidepool-admin` with the cluster's key, the script on stdin.
+    /// Runs `tidepool-admin` with the cluster's admin credentials, the script on stdin.
     pub fn admin(&self, script: &str) -> Output {
         self.admin_args(&[], script)
     }
 
-    /// Runs `tidepool-admin --key KEY` with the script on stdin.
-    pub fn admin_with_key(&self, key: &Path, script: &str) -> Output {
-        let key = key.to_str().expect("a UTF-8 key path");
-        self.admin_args(&["--key", key], script)
+    /// Runs `tidepool-admin --cert CERT` (its key beside it, ending in `.key`) with the script
+    /// on stdin.
+    pub fn admin_with_cert(&self, cert: &Path, script: &str) -> Output {
+        let cert = cert.to_str().expect("a UTF-8 certificate path");
+        self.admin_args(&["--cert", cert], script)
     }
 
     /// Runs `tidepool-admin --cluster <file> --history <dir>/history ARGS`, `stdin` as input.
@@ -1027,20 +1046,20 @@ impl Cluster {
 
     /// `tidepool put --cluster <file> --pool POOL ARGS... FILES...`.
     pub fn put(&self, pool: &str, files: &[&Path], args: &[&str]) -> Output {
-        self.put_with_key(None, pool, files, args)
+        self.put_with_cert(None, pool, files, args)
     }
 
-    /// [`Cluster::put`] with `--key KEY` when given.
-    pub fn put_with_key(&self, key: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Output {
-        run(self.put_command(key, pool, files, args), "")
+    /// [`Cluster::put`] with `--cert CERT` (its key beside it) when given.
+    pub fn put_with_cert(&self, cert: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Output {
+        run(self.put_command(cert, pool, files, args), "")
     }
 
     /// The `tidepool put` command line, for a test that runs it itself.
-    pub fn put_command(&self, key: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Command {
+    pub fn put_command(&self, cert: Option<&Path>, pool: &str, files: &[&Path], args: &[&str]) -> Command {
         let mut cmd = Command::new(&binaries().tidepool);
         cmd.arg("put").arg("--cluster").arg(self.cluster_file()).arg("--pool").arg(pool);
-        if let Some(key) = key {
-            cmd.arg("--key").arg(key);
+        if let Some(cert) = cert {
+            cmd.arg("--cert").arg(cert);
         }
         cmd.args(args).arg("--").args(files);
         cmd

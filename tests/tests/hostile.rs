@@ -104,11 +104,12 @@ fn a_thousand_unauthenticated_connections_per_endpoint_keep_the_pool_small_and_s
 /// Runs `lines` one after the other on one authenticated admin connection to `addr`, and
 /// returns each one's error (`None`: it succeeded) and output. Any broken connection panics.
 fn run_on_one_connection(cluster: &Cluster, addr: SocketAddr, lines: &[String]) -> Vec<(Option<String>, String)> {
-    use tidepool_p2p::auth::{ClusterKey, Service};
+    use tidepool_p2p::auth::Service;
     use tidepool_p2p::conn::Connection;
     use tidepool_p2p::message::{AdminReply, AdminRequest};
-    let key = std::fs::read_to_string(cluster.path("cluster.key")).expect("read the cluster key");
-    let key = ClusterKey::parse(&key).expect("a valid cluster key");
+    use tidepool_p2p::tls::{Credentials, Role, TlsFiles};
+    let files = TlsFiles::in_dir(cluster.dir(), Role::Admin, "admin");
+    let key = Credentials::load(&files).expect("the cluster's admin credentials");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     rt.block_on(async {
         let mut conn = Connection::open(addr, &key, "hostile-test", Service::Admin).await.expect("log in");

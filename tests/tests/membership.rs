@@ -44,7 +44,7 @@ fn psu_reload_reads_the_cluster_file_and_psu_changes_need_etcd() {
     let pools = ok(&cluster, "pool1", "psu ls pool\n");
     assert!(pools.starts_with("pool1 p2p=") && pools.contains("groups=[disk,tape]"), "{pools}");
     let err = refused(&cluster, "pool1", "psu create pgroup fast");
-    assert!(err.contains("rc=20008") && err.contains("cluster file"), "{err}");
+    assert!(err.contains("rc=20009") && err.contains("cluster file"), "{err}");
     let err = refused(&cluster, "pool1", "psu addto pgroup bad/name pool2");
     assert!(err.contains("pool group \"bad/name\""), "{err}");
     assert_eq!(info_field(&cluster.info("pool1"), "Membership"), Some("file"));
@@ -194,16 +194,20 @@ fn a_pool_added_through_the_shell_becomes_a_target_of_a_running_pgroup_job() {
     let files = cluster.put_samples("pool1", &[(20_000, 1), (300_000, 2), (5_000, 3)], &[]);
     let job = create(&cluster, "pool1", "migration copy -target=pgroup disk");
     cluster.wait_for_job("pool1", &job, "SLEEPING", WAIT);
-    // The shell finds the pools through etcd too, with no cluster file.
-    let mut shell = std::process::Command::new(&binaries().admin);
-    shell.args(["--etcd", &etcd.endpoint(), "--etcd-prefix", "/added/", "--key"]).arg(cluster.path("cluster.key"));
-    shell.args(["--history"]).arg(cluster.path("etcd-history")).args([
-        "-e",
-        "cd pool2",
-        "-e",
-        "psu addto pgroup disk pool3",
-    ]);
-    let out = run(shell, "");
+    // The shell finds the pools through etcd too, with no cluster file: its credentials are
+    // named, since there is no cluster file to find them beside.
+    let shell_on_etcd = |cert: &str, line: &str| {
+        let mut shell = std::process::Command::new(&binaries().admin);
+        shell.args(["--etcd", &etcd.endpoint(), "--etcd-prefix", "/added/"]);
+        shell.arg("--cert").arg(cluster.path(cert)).arg("--trust").arg(cluster.path("ca.crt"));
+        shell.args(["--history"]).arg(cluster.path("etcd-history")).args(["-e", "cd pool2", "-e", line]);
+        run(shell, "")
+    };
+    // A pool's certificate may not change the membership: psu is an admin command.
+    let out = shell_on_etcd("pool1.pool.crt", "psu addto pgroup disk pool3");
+    out.assert_code(1, "psu with a pool certificate");
+    assert!(out.stderr.contains("(rc=20007)"), "{out}");
+    let out = shell_on_etcd("admin.admin.crt", "psu addto pgroup disk pool3");
     out.assert_success("psu addto pgroup through a shell on etcd");
     assert_eq!(out.stdout, "pool pool3 added to pool group disk\n", "{out}");
     cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);

@@ -97,7 +97,9 @@ fn info_migration_lines(cluster: &Cluster, pool: &str) -> Vec<String> {
 #[track_caller]
 fn wait_holds(cluster: &Cluster, pool: &str, want: &BTreeSet<String>, timeout: Duration) -> BTreeSet<String> {
     wait_until(&format!("{pool} holding all {} files", want.len()), timeout, || {
-        let held: BTreeSet<String> = cluster.rep_ls(pool).into_iter().map(|r| r.pnfsid).collect();
+        // Only committed replicas (cached or precious): one still arriving cannot be read yet.
+        let committed = |r: &tidepool_tests::RepLine| r.flags.starts_with("<C") || r.flags.starts_with("<-P");
+        let held: BTreeSet<String> = cluster.rep_ls(pool).into_iter().filter(committed).map(|r| r.pnfsid).collect();
         held.is_superset(want).then_some(held)
     })
 }

@@ -42,11 +42,11 @@ fn check_accepts_a_good_config_and_refuses_a_bad_one_with_the_daemons_message() 
     assert!(ok.stdout.contains(&cluster.spec("pool1").p2p.to_string()), "{ok}");
 
     let config = fs::read_to_string(cluster.config_path("pool1")).unwrap();
-    let key = fs::read_to_string(cluster.path("cluster.key")).unwrap();
+    let cert = fs::read_to_string(cluster.path("pool1.pool.crt")).unwrap();
     let members = fs::read_to_string(cluster.cluster_file()).unwrap();
     let restore = |cluster: &Cluster| {
         fs::write(cluster.config_path("pool1"), &config).unwrap();
-        fs::write(cluster.path("cluster.key"), &key).unwrap();
+        fs::write(cluster.path("pool1.pool.crt"), &cert).unwrap();
         fs::write(cluster.cluster_file(), &members).unwrap();
     };
     cluster.set_capacity("pool1", "0");
@@ -55,8 +55,12 @@ fn check_accepts_a_good_config_and_refuses_a_bad_one_with_the_daemons_message() 
     cluster.append_config("pool1", "colour = \"red\"\n");
     assert!(refused_alike(&cluster, "pool1").contains("colour"));
     restore(&cluster);
-    fs::write(cluster.path("cluster.key"), "not a key\n").unwrap();
-    assert!(refused_alike(&cluster, "pool1").contains("cluster key file"));
+    fs::write(cluster.path("pool1.pool.crt"), "not a certificate\n").unwrap();
+    assert!(refused_alike(&cluster, "pool1").contains("pool1.pool.crt: holds no certificate"));
+    restore(&cluster);
+    // An admin's certificate: the pool would speak as someone else.
+    cluster.append_config("pool1", "[tls]\ncert = \"admin.admin.crt\"\n");
+    assert!(refused_alike(&cluster, "pool1").contains("is admin:admin, not pool:pool1"));
     restore(&cluster);
     fs::write(
         cluster.cluster_file(),
@@ -165,14 +169,14 @@ fn generated_man_pages_and_completions_name_the_commands() {
     };
     let man = read("man/tidepool.1");
     assert!(man.starts_with(".ie") || man.contains(".TH"), "roff: {man}");
-    for sub in ["pool", "init", "keygen", "put", "get", "demo", "generate"] {
+    for sub in ["pool", "init", "ca", "put", "get", "demo", "generate"] {
         assert!(man.contains(sub), "tidepool.1 names {sub}");
     }
     assert!(read("man/tidepool-pool.1").contains("check"));
     assert!(read("man/tidepool-init.1").contains("config"));
     assert!(read("man/tidepool-admin.1").contains("cluster"));
     let bash = read("completions/bash/tidepool");
-    for sub in ["pool", "init", "keygen", "put", "get", "demo", "generate", "--check", "--config"] {
+    for sub in ["pool", "init", "ca", "put", "get", "demo", "generate", "--check", "--config"] {
         assert!(bash.contains(sub), "the bash completion names {sub}");
     }
     assert!(read("completions/bash/tidepool-admin").contains("--cluster"));

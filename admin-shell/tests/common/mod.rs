@@ -13,12 +13,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tidepool_p2p::auth::{self, ClusterKey, Features, Service};
+use tidepool_p2p::auth::{Features, Service};
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
-use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
+use tidepool_p2p::frame::{Frame, FrameWriter, WireError, decode};
 use tidepool_p2p::message::{
     AdminReply, AdminRequest, ArgDetail, CommandDescription, CommandDetail, Takes, Values, encode_details,
 };
+use tidepool_p2p::tls::{Authority, Credentials, Role, ServerStream, testing};
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -45,8 +46,14 @@ pub struct FakePool {
     pub closed: mpsc::UnboundedReceiver<()>,
 }
 
-/// Starts a fake pool called `name` on 127.0.0.1:0 in the current runtime.
-pub async fn start(key: ClusterKey, name: &str) -> FakePool {
+/// Starts a fake pool called `name` on 127.0.0.1:0 in the current runtime, with a pool
+/// certificate for `name` from the test CA.
+pub async fn start(name: &str) -> FakePool {
+    start_as(testing::pool(name), name).await
+}
+
+/// As [`start`], with these credentials.
+pub async fn start_as(key: Credentials, name: &str) -> FakePool {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake pool");
     let addr = listener.local_addr().expect("fake pool address");
     let counts = Arc::new(Counts::default());
@@ -73,16 +80,13 @@ struct Ends {
     closed: mpsc::UnboundedSender<()>,
 }
 
-async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> Result<(), WireError> {
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, MAX_FRAME);
-    let mut writer = FrameWriter::new(w);
+async fn serve(stream: TcpStream, key: Credentials, name: String, ends: Ends) -> Result<(), WireError> {
     let offered = if ends.counts.old.load(Ordering::SeqCst) {
         Features::ALL.without(Features::COMMAND_DETAILS)
     } else {
         Features::ALL
     };
-    auth::accept(&mut reader, &mut writer, &key, &name, Service::Admin, offered).await?;
+    let ((mut reader, mut writer), _) = testing::accept(&key, stream, &name, Service::Admin, offered).await?;
     loop {
         // `FrameReader::next` is cancel-safe.
         let frame = tokio::select! {
@@ -116,7 +120,7 @@ async fn serve(stream: TcpStream, key: ClusterKey, name: String, ends: Ends) -> 
 }
 
 /// Answers one line.
-async fn answer(writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>, line: &str) -> Result<(), WireError> {
+async fn answer(writer: &mut FrameWriter<tokio::io::WriteHalf<ServerStream>>, line: &str) -> Result<(), WireError> {
     let finished = |error| AdminReply::Finished { error };
     match line.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["fail"] => {
@@ -186,6 +190,23 @@ pub fn cluster(pools: &[(&str, SocketAddr, &[&str])]) -> ClusterFile {
     ClusterFile { pools, links: Vec::new() }
 }
 
-pub fn key() -> ClusterKey {
-    ClusterKey::generate().expect("generate a cluster key")
+/// Admin credentials from the test CA.
+pub fn key() -> Credentials {
+    testing::credentials(Role::Admin, "shell")
+}
+
+/// Another CA, and admin credentials from it that trust the test CA: a pool of the test CA
+/// refuses them.
+pub fn stranger() -> (Authority, Credentials) {
+    let other = Authority::new("another CA", time::OffsetDateTime::now_utc() + time::Duration::days(1)).unwrap();
+    let issued = other.issue(Role::Admin, "shell", 1).unwrap();
+    let ca = testing::authority().cert_pem();
+    let creds = Credentials::from_pem(
+        ("cert", issued.cert_pem.as_bytes()),
+        ("key", issued.key_pem.as_bytes()),
+        &[("ca", ca.as_bytes())],
+        &[],
+    )
+    .unwrap();
+    (other, creds)
 }

@@ -1,5 +1,5 @@
-//! A simulated cluster for the migration module: several pools, each with an in-memory
-//! repository (real bytes, real checksums), a pool mode, a capacity and its own
+//! A simulated cluster for the migration module: several pools, each with the real
+//! repository over an in-memory store (real bytes, real checksums), a pool mode, a capacity and its own
 //! [`Module<SimEnv>`]; a seeded network between them that delays, reorders, duplicates and
 //! drops messages and can take pools offline; and a checker that asserts, after every change
 //! to any repository, that no protected file was lost and that no incomplete replica is
@@ -9,25 +9,38 @@
 //! (pings, sleeps, backoff) pass instantly; tests wait on states, never on real time.
 //!
 //! Reproducibility: every fault decision is drawn from a generator seeded with the run's seed
-//! and the message itself (sender, receiver, content, and how often that same message was
-//! sent before), so it does not depend on how unrelated messages interleave. The module's own
-//! blocking work (`spawn_blocking`) still runs on real threads, so a rerun with the same seed
-//! follows the same faults but not always the same interleaving.
+//! and the message or call itself (sender, receiver, content, and how often that same message
+//! was sent before), so it does not depend on how unrelated messages interleave. The module's
+//! own blocking work (`spawn_blocking`) and the repository's commit thread still run on real
+//! threads, so a rerun with the same seed follows the same faults but not always the same
+//! interleaving: the replicas and the job's report come out the same, the target a file lands
+//! on not always (`the_same_seed_gives_the_same_run`).
 //!
 //! The rules are the pool's: a job is read by the module's grammar
 //! (`tidepool_migration::grammar::parse_words`), and the safety decisions on a replica (pin
 //! coverage, removal of a moved source, what a target is asked for and does to a replica it
 //! holds) are the functions of `tidepool_migration::safety` and `update` that the pool's
-//! `PoolEnv` calls; states change and sticky records are set by the p2p model's
-//! `may_change_to` and `apply_sticky`, as in the repository. The repository itself is still
-//! the simulator's own [`Store`], not `tidepool-repository` over its `MemStore`: its faults are
-//! drawn per step from the run's seed under the store lock, next to the invariant checker (a
-//! metadata flush that fails with the change made or not, a failed undo that leaves a receiving
-//! entry stuck, bit rot planted in one replica, holds durable only at the next flush, eviction
-//! when a pull needs room), and `MemStore` models faults with switches of its own. The
-//! repository's calls would stay deterministic here (`Incoming::commit` and the metadata
-//! updates return once durable); what is left is re-expressing these faults over `MemStore`
-//! (docs/testing.md).
+//! `PoolEnv` calls. The repository is the real one: each pool keeps its replicas in a
+//! `tidepool_repository::Repository` over a `MemStore`, called as `PoolEnv` calls it, so records,
+//! states, sticky records and pins, checksums, space, holds and eviction are the repository's.
+//! Every call that writes runs under the simulator's store lock, and the checker looks after it.
+//!
+//! Faults are drawn per call from the seed (under that lock, so none meets another call) and
+//! set as the store's fault switches for that one call: a metadata change whose record write
+//! fails (nothing changed) or whose flush fails after the change was made (`Fault::PutRecord`
+//! and `DeleteRecord`, or `Flush`); a pull's commit whose sync fails (`SyncData`: nothing kept)
+//! or whose flush and undo flushes fail (`Flush` four times: the record stays hidden, a ghost,
+//! until a later commit or the restart deletes it; [`Sim::stuck`]); bit rot planted in a stored
+//! data file (`MemStore::damage_data`). A crash cuts the pool's store to its durable view
+//! (`MemStore::power_cut`), so holds written but not flushed are lost, and the repository's
+//! restart recovery opens it.
+//!
+//! Still modelled here, because the repository has no part in them: the network and the
+//! transfers (a pull is a timed sleep, then the source's bytes are written into the target's
+//! `Incoming` and committed; the wire and `transfer::pull` are the pool's), pool modes, the
+//! change announcements the module hears (sent by the simulator after each call, as the pool
+//! forwards the repository's), and the checker, which trusts the repository's checksum of what
+//! a commit wrote instead of reading every data file after every change (the suite's time).
 //!
 //! Knobs: `SIM_SEED=<n>` runs only that seed; `SIM_SEEDS=<n>` runs seeds `1..=n` (to search
 //! for a failure); `SIM_VERBOSE=1` prints every run's last events, counters and job reports
@@ -37,6 +50,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -56,10 +70,14 @@ use tidepool_migration::select::SplitMix;
 use tidepool_p2p::message::{CopyFinished, MigrationReply, MigrationRequest, PoolCost};
 use tidepool_p2p::model::{
     AccessLatency, Checksum, ChecksumWriter, EpochMillis, FileAttributes, NEVER, PoolMode, ReplicaState,
-    RetentionPolicy, SpaceInfo, StickyMode, StickyRecord, apply_sticky,
+    RetentionPolicy, StickyMode, StickyRecord,
 };
 use tidepool_p2p::{ErrorCode, PnfsId, PoolName, RemoteError};
-use tokio::sync::mpsc;
+use tidepool_repository::store::ReplicaStore;
+use tidepool_repository::{
+    Change, ChangeKind, CutMode, Fault, MemStore, Protection, RepoError, RepoResult, Repository,
+};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -259,15 +277,17 @@ pub fn pool(name: &str) -> PoolName {
 
 // ------------------------------------------------------------------------------ the world
 
-/// One replica in a simulated repository.
+/// One replica in a simulated repository, as the test helpers show it.
 #[derive(Clone, Debug)]
 pub struct Replica {
     pub entry: Entry,
+    /// Its data as stored (empty where the checker looked: it needs only length and sum).
     pub data: Arc<Vec<u8>>,
-    /// The checksum of `data`, computed when the bytes were written.
+    /// The length and checksum of the data as stored.
+    pub data_len: u64,
     pub data_sum: Checksum,
-    /// The pull that is writing this (receiving) replica.
-    pub pull: Option<u64>,
+    /// Being received (a pull under way), never visible as a copy.
+    pub receiving: bool,
     /// Planted by a test: its bytes differ from its checksum (bit rot).
     pub corrupt: bool,
 }
@@ -304,27 +324,74 @@ pub struct Stats {
     pub pull_starts: BTreeMap<PnfsId, Vec<Duration>>,
 }
 
+/// One simulated pool's repository: the real [`Repository`] over a [`MemStore`], whose fault
+/// switches the simulator sets for one call at a time (`World::mutate`, `World::pull_inner`).
+struct PoolRepo {
+    repo: Arc<Repository>,
+    mem: Arc<MemStore>,
+    /// The repository's change feed, read for the replicas its sweeper evicted.
+    changes: broadcast::Receiver<Change>,
+    /// The checker's last view of this repository (data left out), and the store's step
+    /// count it was taken at: every change to a repository is a step of its store.
+    seen: Option<(u64, Arc<BTreeMap<PnfsId, Replica>>)>,
+}
+
+impl PoolRepo {
+    fn open(mem: Arc<MemStore>, capacity: u64, now: EpochMillis) -> PoolRepo {
+        let (repo, _recovery) = Repository::open(mem.clone(), capacity, now).expect("open a simulated repository");
+        let changes = repo.subscribe();
+        PoolRepo { repo, mem, changes, seen: None }
+    }
+
+    /// The replicas the repository announced as evicted since the feed was last read.
+    fn drain_evicted(&mut self, except: &PnfsId) -> Vec<PnfsId> {
+        let mut evicted = Vec::new();
+        loop {
+            match self.changes.try_recv() {
+                Ok(Change { pnfsid, kind: ChangeKind::State { to: ReplicaState::Removed, .. } })
+                    if pnfsid != *except =>
+                {
+                    evicted.push(pnfsid)
+                }
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return evicted,
+            }
+        }
+    }
+
+    /// Records the store holds that the repository does not know: those of failed commits
+    /// whose undo could not delete them (hidden, deleted by a later batch or at restart).
+    fn stuck(&self) -> Vec<PnfsId> {
+        let mut stuck = Vec::new();
+        let _ = self.mem.scan_records(&mut |key, _| {
+            if let Ok(id) = PnfsId::from_bytes(key)
+                && !self.repo.contains(&id)
+            {
+                stuck.push(id);
+            }
+            ControlFlow::Continue(())
+        });
+        stuck
+    }
+}
+
 #[derive(Default)]
 struct Store {
-    repos: BTreeMap<PoolName, BTreeMap<PnfsId, Replica>>,
+    repos: BTreeMap<PoolName, PoolRepo>,
     modes: BTreeMap<PoolName, PoolMode>,
-    /// Pulls each pool is receiving now.
-    receiving: BTreeMap<PoolName, u32>,
     /// Files that must always have a committed replica somewhere: size and checksum.
     protected: BTreeMap<PnfsId, (u64, Checksum)>,
-    /// Holds (`Env::hold`): replicas kept from eviction until a time, for a job, per pool.
-    held: BTreeMap<PoolName, HashMap<PnfsId, (EpochMillis, HoldOwner)>>,
-    /// The holds as of each pool's last flush: what a crash or a power cut keeps (a real pool
-    /// writes a hold without flushing it; the next commit or metadata change flushes it).
-    held_durable: BTreeMap<PoolName, HashMap<PnfsId, (EpochMillis, HoldOwner)>>,
+    /// The size and checksum of each data file as read from the store, by pool, replica and
+    /// the replica's creation time (a data file never changes once published).
+    sums: HashMap<(PoolName, PnfsId), (EpochMillis, u64, Checksum)>,
+    /// Replicas whose bytes a test damaged (bit rot planted in the store).
+    corrupt: BTreeSet<(PoolName, PnfsId)>,
     /// Replicas the sweeper evicted to make room, per pool.
     evicted: BTreeMap<PoolName, Vec<PnfsId>>,
     /// Changes an operator made and was told were done: some committed replica of the file
     /// must keep them (a PRECIOUS state, sticky records at least this long).
     acked: BTreeMap<PnfsId, Acked>,
-    /// Receiving entries whose removal failed (a disk that failed the undo): invisible, and
-    /// gone at the pool's restart.
-    stuck: BTreeSet<(PoolName, PnfsId)>,
     violations: Vec<String>,
 }
 
@@ -347,19 +414,82 @@ impl Acked {
 }
 
 impl Store {
-    /// Whether a replica on `pool` is removable now: cached, committed, no valid sticky
-    /// record, not held. The pool's sweeper evicts these, least recently used first.
-    fn removable(&self, pool: &PoolName, id: &PnfsId, r: &Replica, now: EpochMillis) -> bool {
-        r.pull.is_none()
-            && r.entry.state == ReplicaState::Cached
-            && !r.entry.sticky.iter().any(|s| s.is_valid(now))
-            && self.held.get(pool).and_then(|h| h.get(id)).is_none_or(|(until, _)| *until <= now)
+    fn repo(&self, pool: &PoolName) -> &Arc<Repository> {
+        &self.repos.get(pool).expect("a known pool").repo
     }
 
-    /// `pool` flushed its metadata: the holds written so far are durable.
-    fn flushed(&mut self, pool: &PoolName) {
-        let live = self.held.get(pool).cloned().unwrap_or_default();
-        self.held_durable.insert(pool.clone(), live);
+    /// One pool's replicas as the repository has them: its records (what a listing shows)
+    /// with their data as stored (read only `with_data`: the checker needs only the data's
+    /// size and checksum, cached), and the entries being received (no data yet).
+    fn view(&mut self, pool: &PoolName, with_data: bool) -> BTreeMap<PnfsId, Replica> {
+        let PoolRepo { repo, mem, .. } = self.repos.get(pool).expect("a known pool");
+        let mut records = Vec::new();
+        // A dead store (a crashed pool's, until its restart) shows nothing.
+        let _ = repo.scan(&mut |r| {
+            records.push(r);
+            ControlFlow::Continue(())
+        });
+        let read = |id: &PnfsId| {
+            let mut data = Vec::new();
+            if let Ok(mut read) = mem.open_data(id) {
+                let _ = read.read_to_end(&mut data);
+            }
+            data
+        };
+        let mut view = BTreeMap::new();
+        for r in records {
+            let id = r.pnfsid();
+            let key = (pool.clone(), id);
+            let cached = self.sums.get(&key).filter(|(created, _, _)| *created == r.attrs.creation_time);
+            let (data, size, sum) = match cached {
+                Some((_, size, sum)) => (if with_data { read(&id) } else { Vec::new() }, *size, *sum),
+                None => {
+                    let data = read(&id);
+                    let (size, sum) = (data.len() as u64, checksum(&data));
+                    self.sums.insert(key.clone(), (r.attrs.creation_time, size, sum));
+                    (if with_data { data } else { Vec::new() }, size, sum)
+                }
+            };
+            let corrupt = self.corrupt.contains(&key);
+            let entry = Entry { attrs: r.attrs, state: r.state, sticky: r.sticky };
+            view.insert(
+                id,
+                Replica { entry, data: Arc::new(data), data_len: size, data_sum: sum, receiving: false, corrupt },
+            );
+        }
+        for r in repo.incoming() {
+            let entry = Entry { attrs: r.attrs, state: r.state, sticky: r.sticky };
+            let replica = Replica {
+                entry,
+                data: Arc::new(Vec::new()),
+                data_len: 0,
+                data_sum: checksum(&[]),
+                receiving: true,
+                corrupt: false,
+            };
+            view.insert(replica.entry.attrs.pnfsid, replica);
+        }
+        view
+    }
+
+    /// Every pool's replicas without their data (for the checker), each view taken again
+    /// only if its store changed since.
+    fn views(&mut self) -> BTreeMap<PoolName, Arc<BTreeMap<PnfsId, Replica>>> {
+        let pools: Vec<PoolName> = self.repos.keys().cloned().collect();
+        let mut views = BTreeMap::new();
+        for p in pools {
+            let steps = self.repos[&p].mem.steps();
+            let view = match &self.repos[&p].seen {
+                Some((at, view)) if *at == steps => view.clone(),
+                _ => {
+                    let view = Arc::new(self.view(&p, false));
+                    self.repos.get_mut(&p).expect("a known pool").seen = Some((steps, view.clone()));
+                    view
+                }
+            };
+            views.insert(p, view);
+        }
+        views
     }
 }
 
@@ -395,7 +525,6 @@ pub struct World {
     /// Each pool's current incarnation; a crash starts a new one and the old one's
     /// environment stops working.
     generations: Mutex<HashMap<PoolName, u64>>,
-    next_pull: std::sync::atomic::AtomicU64,
 }
 
 fn fnv(text: &str, seed: u64) -> u64 {
@@ -547,17 +676,16 @@ impl World {
     fn check(&self, store: &mut Store, after: &str) {
         let t = self.elapsed().as_secs_f64();
         let mut found = Vec::new();
+        let views = store.views();
         for (id, (size, sum)) in &store.protected {
-            let held = store.repos.values().any(|repo| {
-                repo.get(id)
-                    .is_some_and(|r| r.entry.state.is_committed() && r.data.len() as u64 == *size && r.data_sum == *sum)
+            let held = views.values().any(|repo| {
+                repo.get(id).is_some_and(|r| r.entry.state.is_committed() && r.data_len == *size && r.data_sum == *sum)
             });
             if !held {
                 found.push(format!("t={t:.3}s: {id} has no committed replica anywhere after {after}"));
             }
             if let Some(acked) = store.acked.get(id) {
-                let kept = store
-                    .repos
+                let kept = views
                     .values()
                     .any(|repo| repo.get(id).is_some_and(|r| r.entry.state.is_committed() && acked.kept_by(r)));
                 if !kept {
@@ -567,17 +695,15 @@ impl World {
                 }
             }
         }
-        for (pool, repo) in &store.repos {
-            for (id, r) in repo {
+        for (pool, repo) in &views {
+            for (id, r) in repo.iter() {
                 if r.entry.state.is_committed()
                     && !r.corrupt
-                    && (r.data.len() as u64 != r.entry.attrs.size || Some(r.data_sum) != r.entry.attrs.checksum)
+                    && (r.data_len != r.entry.attrs.size || Some(r.data_sum) != r.entry.attrs.checksum)
                 {
                     found.push(format!(
                         "t={t:.3}s: {pool} shows {id} as {} but holds {} of {} bytes (after {after})",
-                        r.entry.state,
-                        r.data.len(),
-                        r.entry.attrs.size
+                        r.entry.state, r.data_len, r.entry.attrs.size
                     ));
                 }
             }
@@ -588,38 +714,51 @@ impl World {
         store.violations.extend(found);
     }
 
-    /// Changes one pool's repository under the store lock, then checks the invariants.
+    /// Changes one pool's repository under the store lock, then checks the invariants. On a
+    /// draw from the seed (`Faults::meta_failure`) the store fails this call's metadata write:
+    /// its record write (nothing changed) or, on a coin, its flush (the change was made).
     fn mutate<T>(
         &self,
         pool: &PoolName,
         what: &str,
-        f: impl FnOnce(&mut BTreeMap<PnfsId, Replica>) -> Result<T, RemoteError>,
-    ) -> Result<T, RemoteError> {
+        f: impl FnOnce(&Arc<Repository>, EpochMillis) -> RepoResult<T>,
+    ) -> Result<T, EnvError> {
         let (fails, made_anyway) = {
             let mut rng = self.rng_for(&format!("meta {pool} {what}"));
             (rng.unit() < self.faults.lock().meta_failure, rng.unit() < 0.5)
         };
+        let now = self.now();
         let mut store = self.store.lock();
-        let repo = store.repos.get_mut(pool).expect("a known pool");
-        if fails {
+        let PoolRepo { repo, mem, .. } = store.repos.get(pool).expect("a known pool");
+        let (repo, mem) = (repo.clone(), mem.clone());
+        let faults: &[Fault] = match (fails, made_anyway) {
+            (false, _) => &[],
+            (true, true) => &[Fault::Flush],
+            (true, false) => &[Fault::PutRecord, Fault::DeleteRecord],
+        };
+        for fault in faults {
+            mem.fail(*fault, 1);
+        }
+        let out = f(&repo, now);
+        for fault in faults {
+            mem.fail(*fault, 0);
+        }
+        // Only a call that reached the disk can fail there (one that changed nothing did not).
+        let failed = fails && matches!(out, Err(RepoError::Store(_)));
+        if failed {
             let mut stats = self.stats.lock();
             stats.meta_failed += 1;
             stats.meta_failed_made += u64::from(made_anyway);
-        }
-        if fails && !made_anyway {
-            self.trace(format!("{pool}: {what}: the flush failed, nothing changed"));
-            return Err(RemoteError::new(ErrorCode::Io, format!("{pool}: flush metadata: I/O error (simulated)")));
-        }
-        let out = f(repo);
-        if out.is_ok() {
-            store.flushed(pool);
-            self.check(&mut store, &format!("{pool}: {what}"));
-            if fails {
+            if made_anyway {
                 self.trace(format!("{pool}: {what}: the flush failed after the change reached the disk"));
-                return Err(RemoteError::new(ErrorCode::Io, format!("{pool}: flush metadata: I/O error (simulated)")));
+            } else {
+                self.trace(format!("{pool}: {what}: the write failed, nothing changed"));
             }
         }
-        out
+        if out.is_ok() || failed {
+            self.check(&mut store, &format!("{pool}: {what}"));
+        }
+        out.map_err(stored)
     }
 
     // -------------------------------------------------------------- the network
@@ -788,8 +927,6 @@ impl World {
     ) -> Result<(), RemoteError> {
         let id = pull.pnfsid;
         let src = &pull.source;
-        let tag = self.next_pull.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut evicted = Vec::new();
         let crashed = || RemoteError::new(ErrorCode::ShuttingDown, "the pool crashed");
         if self.generation(me) != generation {
             return Err(crashed());
@@ -798,77 +935,33 @@ impl World {
             return Err(RemoteError::new(ErrorCode::Offline, format!("pool {src} is not reachable")));
         }
         let now = self.now();
-        // Start: the source must hold the file and allow it to be read; the target makes a
-        // receiving entry (never visible as a copy).
-        let attrs = {
+        // Start: the source must hold the file and allow it to be read; the target's
+        // repository makes a receiving entry (never visible as a copy), evicting what it must.
+        let (mut incoming, evicted, expected_sum) = {
             let mut store = self.store.lock();
-            let source = store.repos.get(src).and_then(|r| r.get(&id)).cloned();
+            let source = store.repo(src).get(&id).ok().flatten();
             let Some(source) = source else {
                 return Err(RemoteError::new(ErrorCode::FileNotFound, format!("Pool {src} does not contain {id}")));
             };
-            if !source.entry.state.is_committed() {
-                return Err(RemoteError::new(
-                    ErrorCode::NotCommitted,
-                    format!("{id} on {src} is {}", source.entry.state),
-                ));
+            if !source.state.is_committed() {
+                return Err(RemoteError::new(ErrorCode::NotCommitted, format!("{id} on {src} is {}", source.state)));
             }
             let mode = store.modes.get(src).copied().unwrap_or_default();
             if !mode.is_enabled() && mode.bits() & PoolMode::FETCH != 0 && !pull.force_source_mode {
                 return Err(RemoteError::new(ErrorCode::PoolDisabled, "Pool is disabled"));
             }
-            let capacity = self.config.pools.iter().find(|p| p.name == *me).map_or(0, |p| p.capacity);
-            let repo = store.repos.get_mut(me).expect("a known pool");
-            if repo.contains_key(&id) {
-                return Err(RemoteError::new(ErrorCode::FileExists, "Replica already exists"));
-            }
-            let used: u64 = repo.values().map(|r| r.entry.attrs.size).sum();
-            let size = source.entry.attrs.size;
-            if used + size > capacity {
-                // Like the pool's sweeper: evict removable replicas, least recently used
-                // first, only as many as needed, or none if that cannot make room.
-                let repo = &store.repos[me];
-                let mut candidates: Vec<(EpochMillis, PnfsId, u64)> = repo
-                    .iter()
-                    .filter(|(id, r)| store.removable(me, id, r, now))
-                    .map(|(id, r)| (r.entry.attrs.access_time, *id, r.entry.attrs.size))
-                    .collect();
-                candidates.sort();
-                let mut free = capacity.saturating_sub(used);
-                let mut victims = Vec::new();
-                for (_, id, sz) in candidates {
-                    if free >= size {
-                        break;
-                    }
-                    free += sz;
-                    victims.push(id);
-                }
-                if free < size {
-                    return Err(RemoteError::new(ErrorCode::PoolFull, format!("pool {me} is full")));
-                }
-                let repo = store.repos.get_mut(me).expect("a known pool");
-                for id in &victims {
-                    repo.remove(id);
-                }
-                self.trace(format!("{me}: evicted {victims:?} to make room for {id}"));
-                store.evicted.entry(me.clone()).or_default().extend(victims.iter().copied());
-                evicted = victims;
-            }
-            let repo = store.repos.get_mut(me).expect("a known pool");
-            let mut attrs = source.entry.attrs.clone();
+            let mut attrs = source.attrs.clone();
             attrs.access_time = pull.atime.unwrap_or(now);
-            repo.insert(
-                id,
-                Replica {
-                    entry: Entry { attrs: attrs.clone(), state: ReplicaState::FromPool, sticky: Vec::new() },
-                    data: Arc::new(Vec::new()),
-                    data_sum: checksum(&[]),
-                    pull: Some(tag),
-                    corrupt: false,
-                },
-            );
-            *store.receiving.entry(me.clone()).or_insert(0) += 1;
+            let target = store.repos.get_mut(me).expect("a known pool");
+            target.drain_evicted(&id);
+            let incoming = target.repo.create(attrs, ReplicaState::FromPool, now)?;
+            let evicted = target.drain_evicted(&id);
+            if !evicted.is_empty() {
+                self.trace(format!("{me}: evicted {evicted:?} to make room for {id}"));
+                store.evicted.entry(me.clone()).or_default().extend(evicted.iter().copied());
+            }
             self.check(&mut store, &format!("{me}: receiving {id}"));
-            attrs
+            (incoming, evicted, source.attrs.checksum)
         };
         for victim in evicted {
             self.note_change(me, victim, RepoChange::Removed);
@@ -889,7 +982,7 @@ impl World {
         let slow = self.hooks.lock().slow.get(me).copied().unwrap_or_default();
         let mut took = self.config.pull_time
             + Duration::from_micros((rng.unit() * self.config.pull_jitter.as_micros() as f64) as u64)
-            + Duration::from_micros(attrs.size.saturating_mul(1_000_000) / self.config.bandwidth.max(1))
+            + Duration::from_micros(incoming.expected_size().saturating_mul(1_000_000) / self.config.bandwidth.max(1))
             + slow;
         if breaks {
             took /= 2;
@@ -902,18 +995,16 @@ impl World {
                 Ok(())
             },
         };
-        // End: copy the bytes, verify them against the source's checksum, commit; or remove
-        // the partial replica.
+        // End: the source's bytes into the receiving entry, committed by the repository (it
+        // checks their size and the source's checksum); or the partial replica dropped.
+        let size = incoming.expected_size();
         let result = {
             let mut store = self.store.lock();
-            *store.receiving.entry(me.clone()).or_insert(1) -= 1;
-            let mut stuck = false;
-            let mut committed = false;
             let (disk_fails, undo_fails) = {
                 let f = self.faults.lock();
                 (rng.unit() < f.disk_failure, rng.unit() < f.undo_failure)
             };
-            let outcome = outcome.and_then(|()| {
+            let data = outcome.and_then(|()| {
                 if self.generation(me) != generation {
                     return Err(crashed());
                 }
@@ -923,69 +1014,53 @@ impl World {
                 if !self.reachable(me, src) {
                     return Err(RemoteError::new(ErrorCode::Io, format!("connection to {src} lost")));
                 }
-                let source = store.repos.get(src).and_then(|r| r.get(&id));
-                let Some(source) = source.filter(|s| s.entry.state.is_committed()) else {
-                    return Err(RemoteError::new(ErrorCode::FileNotFound, format!("{id} vanished from {src}")));
-                };
-                let data: Vec<u8> = source.data.as_ref().clone();
-                let sum = checksum(&data);
-                if data.len() as u64 != attrs.size {
-                    return Err(RemoteError::new(ErrorCode::ShortTransfer, "size differs"));
-                }
-                if Some(sum) != attrs.checksum {
-                    return Err(RemoteError::new(ErrorCode::ChecksumMismatch, "checksum differs"));
-                }
-                if disk_fails {
-                    return Err(RemoteError::new(ErrorCode::Io, format!("{me}: the disk failed the commit's sync")));
-                }
-                Ok((data, sum))
+                let vanished = || RemoteError::new(ErrorCode::FileNotFound, format!("{id} vanished from {src}"));
+                let (_, mut read) = store.repo(src).open_for_copy(&id).map_err(|_| vanished())?;
+                let mut data = Vec::new();
+                read.read_to_end(&mut data).map_err(|e| RemoteError::new(ErrorCode::Io, e.to_string()))?;
+                Ok(data)
             });
-            let repo = store.repos.get_mut(me).expect("a known pool");
-            let r = match outcome {
-                Ok((data, sum)) => {
-                    let now = self.now();
-                    let mut sticky = Vec::new();
-                    for rec in &pull.sticky {
-                        apply_sticky(&mut sticky, rec.clone(), StickyMode::Overwrite, now);
+            let r = match data {
+                Ok(data) => {
+                    let mem = store.repos[me].mem.clone();
+                    // The disk fails the commit's sync (nothing of it is kept), or its flush and
+                    // every try of the undo's flush: the record stays, hidden, until a later
+                    // batch or the restart deletes it.
+                    let faults: &[(Fault, u32)] = match (disk_fails, undo_fails) {
+                        (false, _) => &[],
+                        (true, false) => &[(Fault::SyncData, 1)],
+                        (true, true) => &[(Fault::Flush, 4)],
+                    };
+                    for (fault, times) in faults {
+                        mem.fail(*fault, *times);
                     }
-                    match repo.get_mut(&id) {
-                        Some(r) if r.pull == Some(tag) => {
-                            r.pull = None;
-                            r.entry.state = pull.state;
-                            r.entry.sticky = sticky;
-                            r.data = Arc::new(data);
-                            r.data_sum = sum;
-                            committed = true;
-                            Ok(())
-                        }
-                        _ => Err(RemoteError::new(ErrorCode::Internal, "the receiving entry went away")),
+                    // A short or damaged copy is the repository's to refuse (size, checksum).
+                    let committed = incoming
+                        .write(&data)
+                        .and_then(|()| incoming.commit(pull.state, pull.sticky.clone(), expected_sum, self.now()));
+                    for (fault, _) in faults {
+                        mem.fail(*fault, 0);
                     }
+                    committed
+                        .map(|made| {
+                            // The data file holds what was written: the repository's sum of it.
+                            let sum = made.attrs.checksum.expect("a committed replica has a checksum");
+                            store.sums.insert((me.clone(), id), (made.attrs.creation_time, made.attrs.size, sum));
+                        })
+                        .map_err(RemoteError::from)
                 }
                 Err(e) => {
-                    if repo.get(&id).is_some_and(|r| r.pull == Some(tag)) {
-                        if undo_fails && e.code() == Some(ErrorCode::Io) {
-                            // The entry stays, still receiving (never visible), until a restart.
-                            stuck = true;
-                        } else {
-                            repo.remove(&id);
-                        }
-                    }
+                    drop(incoming);
                     Err(e)
                 }
             };
-            if stuck {
-                store.stuck.insert((me.clone(), id));
-            }
-            if committed {
-                store.flushed(me);
-            }
             let what = match &r {
                 Ok(()) => format!("{me}: committed {id}"),
                 Err(_) => format!("{me}: dropped the partial {id}"),
             };
             self.check(&mut store, &what);
             if r.is_ok() {
-                self.stats.lock().bytes_committed += attrs.size;
+                self.stats.lock().bytes_committed += size;
             }
             r
         };
@@ -1018,10 +1093,15 @@ impl SimEnv {
     fn mode(&self) -> PoolMode {
         self.world.store.lock().modes.get(&self.name).copied().unwrap_or_default()
     }
+
+    /// This pool's repository.
+    fn repo(&self) -> Arc<Repository> {
+        self.world.store.lock().repo(&self.name).clone()
+    }
 }
 
-fn not_here(pool: &PoolName, id: &PnfsId) -> RemoteError {
-    RemoteError::new(ErrorCode::FileNotFound, format!("Pool {pool} does not contain {id}"))
+fn entry(r: tidepool_repository::Replica) -> Entry {
+    Entry { attrs: r.attrs, state: r.state, sticky: r.sticky }
 }
 
 /// A simulated refusal of the pool (its repository, its mode, its transfers), as the module
@@ -1047,6 +1127,11 @@ fn transfer(e: RemoteError) -> EnvError {
     EnvError::Transfer { code: e.code, cause: Arc::new(Simulated(e.message)) }
 }
 
+/// The repository's refusal or failure, with its stable code (as the pool's `PoolEnv` makes it).
+fn stored(e: RepoError) -> EnvError {
+    EnvError::repository(e.code(), e)
+}
+
 /// The pool crashed: as the module sees it, it is shutting down.
 fn down(pool: &PoolName) -> impl Fn(RemoteError) -> EnvError + '_ {
     move |_| EnvError::ShuttingDown(pool.clone())
@@ -1067,11 +1152,15 @@ impl Env for SimEnv {
 
     fn scan(&self, visit: &mut dyn FnMut(Entry) -> ControlFlow<()>) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let entries: Vec<Entry> = {
-            let store = self.world.store.lock();
-            // Like the pool's repository, the scan leaves out replicas being received.
-            store.repos[&self.name].values().filter(|r| r.pull.is_none()).map(|r| r.entry.clone()).collect()
-        };
+        // Collected first, so the visitor runs without the store lock (as the pool's scan
+        // leaves out replicas being received).
+        let mut entries = Vec::new();
+        self.repo()
+            .scan(&mut |r| {
+                entries.push(entry(r));
+                ControlFlow::Continue(())
+            })
+            .map_err(stored)?;
         for e in entries {
             if visit(e).is_break() {
                 break;
@@ -1082,31 +1171,17 @@ impl Env for SimEnv {
 
     fn entry(&self, id: &PnfsId) -> Result<Option<Entry>, EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        Ok(self.world.store.lock().repos[&self.name].get(id).map(|r| r.entry.clone()))
+        Ok(self.repo().get(id).map_err(stored)?.map(entry))
     }
 
     fn set_state(&self, id: &PnfsId, state: ReplicaState) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
         let removed = state == ReplicaState::Removed;
         let mut from = state;
-        self.world
-            .mutate(&self.name, &format!("{id} -> {state}"), |repo| {
-                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-                if !r.entry.state.may_change_to(state) {
-                    return Err(RemoteError::new(
-                        ErrorCode::IllegalTransition,
-                        format!("{id}: {} -> {state} is not allowed", r.entry.state),
-                    ));
-                }
-                from = r.entry.state;
-                if removed {
-                    repo.remove(id);
-                } else {
-                    r.entry.state = state;
-                }
-                Ok(())
-            })
-            .map_err(local)?;
+        self.world.mutate(&self.name, &format!("{id} -> {state}"), |repo, now| {
+            from = repo.get(id)?.map_or(state, |r| r.state);
+            repo.set_state(id, state, now)
+        })?;
         self.world.trace(format!("{}: {id} -> {state}", self.name));
         let change = if removed { RepoChange::Removed } else { RepoChange::State { from } };
         self.world.note_change(&self.name, *id, change);
@@ -1115,16 +1190,8 @@ impl Env for SimEnv {
 
     fn set_sticky(&self, id: &PnfsId, record: StickyRecord, mode: StickyMode) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let now = self.world.now();
         let what = format!("{id} sticky {}={} ({mode:?})", record.owner, record.expire);
-        let mut changed = false;
-        self.world
-            .mutate(&self.name, &what, |repo| {
-                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-                changed = apply_sticky(&mut r.entry.sticky, record, mode, now);
-                Ok(())
-            })
-            .map_err(local)?;
+        let changed = self.world.mutate(&self.name, &what, |repo, now| repo.set_sticky(id, record, mode, now))?;
         self.world.trace(format!("{}: {what}", self.name));
         if changed {
             // Like the pool's repository: only a real change is announced.
@@ -1135,11 +1202,8 @@ impl Env for SimEnv {
 
     fn remove(&self, id: &PnfsId) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        self.world
-            .mutate(&self.name, &format!("removed {id}"), |repo| {
-                repo.remove(id).map(|_| ()).ok_or_else(|| not_here(&self.name, id))
-            })
-            .map_err(local)?;
+        // As the pool's: the migration decides, no protection applies here.
+        self.world.mutate(&self.name, &format!("removed {id}"), |repo, now| repo.remove(id, true, now))?;
         self.world.trace(format!("{}: removed {id}", self.name));
         self.world.note_change(&self.name, *id, RepoChange::Removed);
         Ok(())
@@ -1147,18 +1211,12 @@ impl Env for SimEnv {
 
     fn clear_covered_pins(&self, id: &PnfsId, moved: &[StickyRecord]) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let covered = |pin: &StickyRecord| pin_clearable(pin, PIN_PREFIX, moved);
-        let mut changed = false;
-        self.world
-            .mutate(&self.name, &format!("{id} moved pins cleared"), |repo| {
-                if let Some(r) = repo.get_mut(id) {
-                    let before = r.entry.sticky.len();
-                    r.entry.sticky.retain(|s| !covered(s));
-                    changed = r.entry.sticky.len() != before;
-                }
-                Ok(())
-            })
-            .map_err(local)?;
+        let changed = self.world.mutate(&self.name, &format!("{id} moved pins cleared"), |repo, now| {
+            match repo.drop_sticky_if(id, now, |pin| pin_clearable(pin, PIN_PREFIX, moved)) {
+                Err(RepoError::NotFound(_)) => Ok(false),
+                other => other,
+            }
+        })?;
         if changed {
             self.world.note_change(&self.name, *id, RepoChange::Sticky);
         }
@@ -1172,22 +1230,25 @@ impl Env for SimEnv {
         snapshot: &Snapshot,
     ) -> Result<SourceRemoval, EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let now = self.world.now();
-        let mut verdict = SourceRemoval::Removed;
-        self.world
-            .mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo| {
-                let kept = repo
-                    .get(id)
-                    .and_then(|r| source_removal(r.entry.state, &r.entry.sticky, moved, snapshot, PIN_PREFIX, now));
-                match kept {
-                    Some(v) => verdict = v,
-                    None => {
-                        repo.remove(id);
+        let mut kept = None;
+        let removed =
+            self.world.mutate(&self.name, &format!("removed {id} unless pinned or changed"), |repo, now| {
+                let allow = |r: &tidepool_repository::Replica| {
+                    kept = source_removal(r.state, &r.sticky, moved, snapshot, PIN_PREFIX, now);
+                    match kept {
+                        Some(_) => Err(RepoError::Protected { id: *id, why: Protection::Changed }),
+                        None => Ok(()),
                     }
+                };
+                match repo.remove_if(id, allow) {
+                    Err(RepoError::Protected { .. }) => Ok(false),
+                    other => other.map(|()| true),
                 }
-                Ok(())
-            })
-            .map_err(local)?;
+            })?;
+        let verdict = match kept {
+            Some(verdict) if !removed => verdict,
+            _ => SourceRemoval::Removed,
+        };
         if verdict == SourceRemoval::Removed {
             self.world.trace(format!("{}: removed {id}", self.name));
             self.world.note_change(&self.name, *id, RepoChange::Removed);
@@ -1197,44 +1258,30 @@ impl Env for SimEnv {
 
     fn compute_checksum(&self, id: &PnfsId) -> Result<Checksum, EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let replica = self.world.store.lock().repos[&self.name].get(id).cloned();
-        let replica = replica.ok_or_else(|| local(not_here(&self.name, id)))?;
-        if !replica.entry.state.is_committed() {
-            return Err(local(RemoteError::new(ErrorCode::NotCommitted, format!("{id} is {}", replica.entry.state))));
+        // A verification is not a use: the access time stays.
+        let (replica, mut read) = self.repo().open_for_copy(id).map_err(stored)?;
+        let mut data = Vec::new();
+        read.read_to_end(&mut data).map_err(|e| EnvError::ChecksumRead { id: *id, error: Arc::new(e) })?;
+        if data.len() as u64 != replica.attrs.size {
+            return Err(EnvError::DataSize { id: *id, found: data.len() as u64, recorded: replica.attrs.size });
         }
-        Ok(checksum(&replica.data))
+        Ok(checksum(&data))
     }
 
     fn set_checksum(&self, id: &PnfsId, sum: Checksum) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        self.world
-            .mutate(&self.name, &format!("{id} checksum {sum}"), |repo| {
-                let r = repo.get_mut(id).ok_or_else(|| not_here(&self.name, id))?;
-                r.entry.attrs.checksum = Some(sum);
-                Ok(())
-            })
-            .map_err(local)
+        self.world.mutate(&self.name, &format!("{id} checksum {sum}"), |repo, now| repo.set_checksum(id, sum, now))
     }
 
     fn hold(&self, ids: &[PnfsId], until: EpochMillis, owner: &HoldOwner, kind: HoldKind) -> Result<(), EnvError> {
         self.crashed().map_err(down(&self.name))?;
-        let mut store = self.world.store.lock();
-        let repo = &store.repos[&self.name];
-        let here: Vec<bool> = ids.iter().map(|id| repo.contains_key(id)).collect();
-        let held = store.held.entry(self.name.clone()).or_default();
-        for (id, here) in ids.iter().zip(&here) {
-            if !here && kind == HoldKind::Renewal {
-                continue;
-            }
-            let h = held.entry(*id).or_insert((until, owner.clone()));
-            *h = (h.0.max(until), owner.clone());
-        }
-        // As the real pool: a hold on a replica that is here is flushed at once; one on a
-        // replica to come, with the commit that brings it.
-        if here.contains(&true) {
-            store.flushed(&self.name);
-        }
-        Ok(())
+        // As the pool's: a hold on a replica that is here is flushed at once; one on a replica
+        // to come, with the commit that brings it.
+        let arriving = kind == HoldKind::Delivery;
+        let now = self.world.now();
+        // Under the store lock, so that no fault the simulator set for another call meets it.
+        let store = self.world.store.lock();
+        store.repo(&self.name).hold(ids, until, &owner.encode(), arriving, now).map_err(stored)
     }
 
     fn check_p2p_client(&self) -> Result<(), EnvError> {
@@ -1247,23 +1294,10 @@ impl Env for SimEnv {
     }
 
     fn cost(&self) -> PoolCost {
-        let now = self.world.now();
-        let store = self.world.store.lock();
-        let repo = &store.repos[&self.name];
-        let total = self.world.config.pools.iter().find(|p| p.name == self.name).map_or(0, |p| p.capacity);
-        let used: u64 = repo.values().map(|r| r.entry.attrs.size).sum();
-        let precious: u64 =
-            repo.values().filter(|r| r.entry.state == ReplicaState::Precious).map(|r| r.entry.attrs.size).sum();
-        let removable: u64 = repo
-            .iter()
-            .filter(|(id, r)| store.removable(&self.name, id, r, now))
-            .map(|(_, r)| r.entry.attrs.size)
-            .sum();
-        let load = store.receiving.get(&self.name).copied().unwrap_or(0);
-        drop(store);
+        let repo = self.repo();
         PoolCost {
-            space: SpaceInfo { total, used, free: total.saturating_sub(used), precious, removable },
-            load,
+            space: repo.space(self.world.now()),
+            load: repo.incoming().len() as u32,
             accepts: self.check_p2p_client().is_ok(),
             enabled: true,
             run: 0,
@@ -1398,7 +1432,7 @@ impl Sim {
         let (tx, mut rx) = mpsc::unbounded_channel::<(PoolName, PnfsId, RepoChange)>();
         let mut store = Store::default();
         for p in &config.pools {
-            store.repos.insert(p.name.clone(), BTreeMap::new());
+            store.repos.insert(p.name.clone(), PoolRepo::open(MemStore::new(), p.capacity, EPOCH));
             store.modes.insert(p.name.clone(), PoolMode::ENABLED);
         }
         let world = Arc::new(World {
@@ -1415,7 +1449,6 @@ impl Sim {
             changes: tx,
             rng: Mutex::new(SplitMix::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED)),
             generations: Mutex::new(HashMap::new()),
-            next_pull: std::sync::atomic::AtomicU64::new(1),
             config,
         });
         let mut modules = BTreeMap::new();
@@ -1436,8 +1469,10 @@ impl Sim {
     }
 
     /// The pool crashes: it is offline, its module's environment stops working (requests go
-    /// nowhere, the repository refuses everything, pulls under way commit nothing), and the
-    /// module keeps no state that matters.
+    /// nowhere, pulls under way commit nothing), and the module keeps no state that matters.
+    /// Its store keeps only what was made durable (a power cut: holds written but not yet
+    /// flushed are lost), and the repository's restart recovery runs on it at once (so the
+    /// checker sees what the disk holds while the pool is down).
     pub fn crash(&mut self, name: &str) {
         let p = pool(name);
         *self.world.generations.lock().entry(p.clone()).or_insert(0) += 1;
@@ -1446,31 +1481,33 @@ impl Sim {
         if let Some(m) = self.modules.remove(&p) {
             self.crashed.push(m);
         }
+        {
+            let now = self.world.now();
+            let mut store = self.world.store.lock();
+            let capacity = store.repos[&p].repo.capacity();
+            let found = store.repos[&p].mem.power_cut(CutMode::DurableOnly);
+            store.repos.insert(p.clone(), PoolRepo::open(found, capacity, now));
+            store.sums.retain(|(pool, _), _| *pool != p);
+            self.world.check(&mut store, &format!("{name}: crash"));
+        }
         self.world.trace(format!("{name} CRASHED"));
     }
 
-    /// The crashed pool starts again: partial replicas are removed (safety rule 4), and a new
-    /// module without jobs runs over the same repository.
+    /// The crashed pool starts again: a new module without jobs runs over the repository
+    /// that restart recovery opened, and takes back the holds that were flushed.
     pub fn restart(&mut self, name: &str) {
         let p = pool(name);
-        let saved: Vec<SavedHold>;
-        {
-            let mut store = self.world.store.lock();
-            let repo = store.repos.get_mut(&p).expect("a known pool");
-            repo.retain(|_, r| r.entry.state.is_committed());
-            // What was flushed of the holds comes back, for replicas still there.
-            let now = self.world.now();
-            let repo = store.repos[&p].clone();
-            let mut durable = store.held_durable.get(&p).cloned().unwrap_or_default();
-            durable.retain(|id, (until, _)| *until > now && repo.contains_key(id));
-            saved = durable
-                .iter()
-                .map(|(id, (until, owner))| SavedHold { id: *id, until: *until, owner: owner.clone() })
-                .collect();
-            store.held.insert(p.clone(), durable);
-            store.stuck.retain(|(pool, _)| *pool != p);
-            self.world.check(&mut store, &format!("{name}: restart"));
-        }
+        let now = self.world.now();
+        let saved: Vec<SavedHold> = {
+            let store = self.world.store.lock();
+            store.repos[&p]
+                .repo
+                .take_saved_holds()
+                .into_iter()
+                .filter(|h| h.until > now)
+                .filter_map(|h| Some(SavedHold { id: h.id, until: h.until, owner: HoldOwner::decode(&h.owner)? }))
+                .collect()
+        };
         let module = start_module(&self.world, &p);
         module.restore_holds(saved);
         self.modules.insert(p.clone(), module);
@@ -1535,9 +1572,10 @@ impl Sim {
         self.world.trace(format!("{name} is now {}", if frozen { "FROZEN" } else { "thawed" }));
     }
 
-    /// Invisible receiving entries left by failed undos, per pool.
+    /// Records of failed commits that their undo could not delete (hidden from listings, and
+    /// deleted by a later commit or at the pool's restart), in all pools.
     pub fn stuck(&self) -> usize {
-        self.world.store.lock().stuck.len()
+        self.world.store.lock().repos.values().map(|r| r.stuck().len()).sum()
     }
 
     /// A file that may be lost (evicted) like any cached replica: filler, not under test.
@@ -1571,18 +1609,19 @@ impl Sim {
             creation_time: now - spec.accessed_ago * 1000 - 1000,
             access_time: now - spec.accessed_ago * 1000,
         };
-        let replica = Replica {
-            entry: Entry { attrs, state: spec.state, sticky: spec.sticky },
-            data: Arc::new(data),
-            data_sum: sum,
-            pull: None,
-            corrupt: false,
-        };
-        let size = replica.entry.attrs.size;
         {
             let mut store = self.world.store.lock();
-            store.repos.get_mut(&pool(on)).expect("a known pool").insert(id, replica);
-            store.protected.insert(id, (size, sum));
+            let target = store.repos.get_mut(&pool(on)).expect("a known pool");
+            target.drain_evicted(&id);
+            let mut incoming = target.repo.create(attrs, ReplicaState::FromClient, now).expect("room for a new file");
+            let evicted = target.drain_evicted(&id);
+            assert!(evicted.is_empty(), "{on} made room for {id} by evicting {evicted:?}: give it more capacity");
+            incoming.write(&data).expect("write a new file");
+            let made = incoming.commit(spec.state, spec.sticky, Some(sum), now).expect("commit a new file");
+            // The bytes written are the data file's (no need to read them back).
+            store.sums.insert((pool(on), id), (made.attrs.creation_time, data.len() as u64, sum));
+            store.protected.insert(id, (data.len() as u64, sum));
+            self.world.check(&mut store, &format!("{on}: put {id}"));
         }
         // The repository announces a new replica, as the pool's does.
         self.world.note_change(&pool(on), id, RepoChange::State { from: ReplicaState::FromClient });
@@ -1609,46 +1648,63 @@ impl Sim {
     }
 
     /// Puts a replica of an existing file on another pool whose bytes are damaged but whose
-    /// record still carries the right checksum (what `-verify` is for).
+    /// record still carries the right checksum (what `-verify` is for): the bytes rot in the
+    /// store after the commit.
     pub fn add_corrupt_replica(&mut self, on: &str, id: PnfsId, spec: FileSpec) {
-        let mut data = self.holders(&id).first().map(|(_, r)| r.data.as_ref().clone()).expect("a file that exists");
-        data[0] ^= 0xff;
-        let good = self.world.store.lock().protected[&id];
+        let data = self.holders(&id).first().map(|(_, r)| r.data.as_ref().clone()).expect("a file that exists");
         self.put(on, id, data, spec);
         let mut store = self.world.store.lock();
-        store.protected.insert(id, good);
-        let r = store.repos.get_mut(&pool(on)).and_then(|r| r.get_mut(&id)).expect("just put");
-        r.entry.attrs.checksum = Some(good.1);
-        r.corrupt = true;
+        let target = store.repos.get_mut(&pool(on)).expect("a known pool");
+        target.mem.damage_data(&id);
+        // Not a step of the store: the checker's view is taken again.
+        target.seen = None;
+        store.sums.remove(&(pool(on), id));
+        store.corrupt.insert((pool(on), id));
     }
 
     /// A copy of one pool's repository.
     pub fn repo(&self, on: &str) -> BTreeMap<PnfsId, Replica> {
-        self.world.store.lock().repos[&pool(on)].clone()
+        self.world.store.lock().view(&pool(on), true)
     }
 
     /// The pools holding a committed replica of `id`, with the replica.
     pub fn holders(&self, id: &PnfsId) -> Vec<(PoolName, Replica)> {
-        let store = self.world.store.lock();
-        store
-            .repos
-            .iter()
-            .filter_map(|(p, repo)| {
-                repo.get(id).filter(|r| r.entry.state.is_committed()).map(|r| (p.clone(), r.clone()))
+        let mut store = self.world.store.lock();
+        let pools: Vec<PoolName> = store.repos.keys().cloned().collect();
+        pools
+            .into_iter()
+            .filter_map(|p| {
+                let PoolRepo { repo, mem, .. } = &store.repos[&p];
+                let r = repo.get(id).ok().flatten().filter(|r| r.state.is_committed())?;
+                let mut data = Vec::new();
+                if let Ok(mut read) = mem.open_data(id) {
+                    let _ = read.read_to_end(&mut data);
+                }
+                let key = (p.clone(), *id);
+                let (data_len, data_sum) = match store.sums.get(&key) {
+                    Some((created, len, sum)) if *created == r.attrs.creation_time => (*len, *sum),
+                    _ => {
+                        let (len, sum) = (data.len() as u64, checksum(&data));
+                        store.sums.insert(key.clone(), (r.attrs.creation_time, len, sum));
+                        (len, sum)
+                    }
+                };
+                let corrupt = store.corrupt.contains(&key);
+                let entry = Entry { attrs: r.attrs, state: r.state, sticky: r.sticky };
+                Some((p, Replica { entry, data: Arc::new(data), data_len, data_sum, receiving: false, corrupt }))
             })
             .collect()
     }
 
     /// Replicas that are not committed (partial copies), anywhere.
     pub fn partial(&self) -> Vec<(PoolName, PnfsId, ReplicaState)> {
-        let store = self.world.store.lock();
-        store
-            .repos
+        let views = self.world.store.lock().views();
+        views
             .iter()
             .flat_map(|(p, repo)| {
                 repo.iter()
                     .filter(|(_, r)| !r.entry.state.is_committed())
-                    .map(|(id, r)| (p.clone(), *id, r.entry.state))
+                    .map(move |(id, r)| (p.clone(), *id, r.entry.state))
             })
             .collect()
     }

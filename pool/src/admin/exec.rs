@@ -428,6 +428,18 @@ async fn help(topic: &[String], out: &mut Output) -> Result<(), AdminError> {
     }
 }
 
+/// `pool:pool1, valid until 2027-01-31 (420 days)`, with a warning when it expires within
+/// [`EXPIRY_WARNING`] (`docs/security.md`, "Rotation").
+fn certificate_line(cert: &tidepool_p2p::tls::CertInfo, now_secs: i64) -> String {
+    let left = cert.not_after - now_secs;
+    let until = cert.expiry_date();
+    let mut line = format!("{}, valid until {until} ({} days)", cert.identity, left.div_euclid(86_400));
+    if left < tidepool_p2p::tls::EXPIRY_WARNING.as_secs() as i64 {
+        line.push_str(" -- EXPIRES SOON: issue a new certificate and reload it (SIGHUP)");
+    }
+    line
+}
+
 async fn info(node: &Node, out: &mut Output) -> Result<(), AdminError> {
     let pool = &node.pool;
     let now = now_ms();
@@ -445,6 +457,7 @@ async fn info(node: &Node, out: &mut Output) -> Result<(), AdminError> {
     }
     let stale = if pool.cluster.is_stale() { " (stale: etcd cannot be reached; the last view is used)" } else { "" };
     let _ = writeln!(t, "Membership     : {}{stale}", pool.cluster.backend());
+    let _ = writeln!(t, "Certificate    : {}", certificate_line(&pool.credentials.info(), now / 1000));
     let _ = writeln!(t, "--- space ---");
     let _ = writeln!(t, "Total          : {} bytes", space.total);
     let _ = writeln!(t, "Used           : {} bytes", space.used);
@@ -614,7 +627,6 @@ mod tests {
     /// is started.
     fn migrating_pool() -> Arc<Node> {
         use crate::repository::{MemStore, Repository};
-        use tidepool_p2p::auth::ClusterKey;
         use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 
         let entry = |name: &str, port: u16| PoolEntry {
@@ -633,13 +645,24 @@ mod tests {
             repo,
             recovery,
             cluster,
-            ClusterKey::generate().unwrap(),
+            tidepool_p2p::tls::testing::pool("pool1"),
             "PinManager".into(),
         )
         .unwrap();
         let node = Arc::new(Node::new(Arc::new(Transfers::new(Arc::new(pool), &Default::default()))));
         node.start_migration(Default::default());
         node
+    }
+
+    /// `info`'s certificate line, and its warning within the last 14 days.
+    #[test]
+    fn the_certificate_line_warns_before_expiry() {
+        use tidepool_p2p::tls::{CertInfo, Identity, Role};
+        let cert = CertInfo { identity: Identity { role: Role::Pool, name: "pool1".into() }, not_after: 86_400 * 400 };
+        assert_eq!(certificate_line(&cert, 86_400 * 35), "pool:pool1, valid until 1971-02-05 (365 days)");
+        let soon = certificate_line(&cert, 86_400 * 390);
+        assert!(soon.starts_with("pool:pool1, valid until 1971-02-05 (10 days) -- EXPIRES SOON"), "{soon}");
+        assert!(certificate_line(&cert, 86_400 * 401).contains("(-1 days) -- EXPIRES SOON"));
     }
 
     /// Runs `line` as the admin endpoint would, from a blocking thread of the test.

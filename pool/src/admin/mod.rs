@@ -920,6 +920,21 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     spec::parse_line(COMMANDS, line)
 }
 
+/// Whether a pool's certificate may run `line` here: only what `rebalance` sends to the
+/// other pools of its group (a move, its dry run, `migration ls`, `migration cancel`), so a
+/// pool's key cannot remove replicas or change modes elsewhere (`docs/security.md`).
+pub fn a_pool_may_run(line: &str) -> bool {
+    matches!(
+        parse(line),
+        Ok(Some(
+            Command::MigrationCreate { .. }
+                | Command::MigrationDryRun { .. }
+                | Command::MigrationLs { .. }
+                | Command::MigrationCancel { .. }
+        ))
+    )
+}
+
 /// The declarations as the shell sees them.
 pub fn describe() -> Vec<CommandDescription> {
     COMMANDS
@@ -1174,6 +1189,26 @@ mod tests {
         assert!(err.message.contains(needle), "{line:?}: {:?} lacks {needle:?}", err.message);
         let want = line.find(at).unwrap_or_else(|| panic!("{at:?} not in {line:?}"));
         assert_eq!(err.offset, Some(want), "{line:?}: {err:?} should point at {at:?}");
+    }
+
+    /// A pool's certificate runs what `rebalance` sends, and nothing that removes replicas,
+    /// changes a mode or starts a transfer of its choosing.
+    #[test]
+    fn a_pool_runs_only_the_lines_of_rebalance() {
+        for (line, allowed) in [
+            ("migration move -target=pgroup -id=rebalance -permanent -- disk", true),
+            ("migration move -dry-run -json -- pool2", true),
+            ("migration ls -json", true),
+            ("migration cancel -force rebalance", true),
+            ("rep rm -force 0000000000000000000000000001", false),
+            ("pool disable -rdonly", false),
+            ("pp get file 0000000000000000000000000001 pool2", false),
+            ("rep set sticky 0000000000000000000000000001 on", false),
+            ("save", false),
+            ("not a command", false),
+        ] {
+            assert_eq!(a_pool_may_run(line), allowed, "{line}");
+        }
     }
 
     #[test]

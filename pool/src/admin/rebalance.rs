@@ -330,7 +330,8 @@ impl Target {
 async fn on_each(here: Here<'_>, pools: &[PoolName], lines: &[&str]) -> Vec<(PoolName, Result<String, RemoteError>)> {
     let pool = &here.node.pool;
     let lines: Arc<[String]> = lines.iter().map(|l| l.to_string()).collect();
-    let others = Pools::new(pool.cluster.get(), pool.key.clone(), format!("{}/rebalance", pool.name), COMMAND_TIMEOUT);
+    let others =
+        Pools::new(pool.cluster.get(), pool.credentials.clone(), format!("{}/rebalance", pool.name), COMMAND_TIMEOUT);
     let span = tracing::Span::current();
     let mut set = tokio::task::JoinSet::new();
     for (i, name) in pools.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! Runs admin lines on the other pools of the cluster, for `rebalance`: over the
 //! peer-connection layer (`tidepool_p2p::peer::Dialer`, the admin service, authenticated with
-//! the cluster key, the pool's identity checked, the handshake's features agreed), with the
+//! this pool's certificate (TLS; `docs/security.md`), the pool's identity checked, the handshake's features agreed), with the
 //! typed requests and replies of `docs/protocol.md` (`AdminRequest::Run`, then `Output` pieces
 //! and one `Finished`). Failures to reach a pool are typed ([`PeerError`]); a pool's own
 //! refusal arrives as the wire's `RemoteError`, which the caller matches on by code.
@@ -9,12 +9,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::auth::Service;
 use tidepool_p2p::cluster::ClusterFile;
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{AdminReply, AdminRequest};
 use tidepool_p2p::peer::{DialError, Dialer, Origin};
+use tidepool_p2p::tls::Credentials;
 use tidepool_p2p::{ErrorCode, PoolName, RemoteError};
 use tokio::time::timeout;
 
@@ -26,7 +27,7 @@ pub enum PeerError {
     /// Nothing answers at its admin address.
     #[error("{pool} is offline: {reason} at {addr}")]
     Offline { pool: PoolName, addr: SocketAddr, reason: String },
-    /// It answered and refused the connection (another key, a protocol it does not speak).
+    /// It answered and refused the connection (our certificate, a protocol it does not speak).
     #[error("{pool} at {addr} refused the connection: {}", .error.render())]
     Refused { pool: PoolName, addr: SocketAddr, error: RemoteError },
     #[error("cannot log in to {pool} at {addr}: {reason}")]
@@ -100,8 +101,8 @@ pub struct Pools {
 impl Pools {
     /// `me` introduces itself in the handshake (a pool's name and what it does, e.g.
     /// `pool1/rebalance`, which the other pool's log shows).
-    pub fn new(cluster: Arc<ClusterFile>, key: ClusterKey, me: String, reply_timeout: Duration) -> Pools {
-        let dialer = Dialer::new(me, key, Service::Admin);
+    pub fn new(cluster: Arc<ClusterFile>, credentials: Credentials, me: String, reply_timeout: Duration) -> Pools {
+        let dialer = Dialer::new(me, credentials, Service::Admin);
         Pools { cluster, dialer: Arc::new(dialer), reply_timeout }
     }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use tidepool_p2p::tls::Role;
 use tidepool_p2p::{PnfsId, PoolName};
 
 use super::logging::LogFormat;
@@ -22,7 +23,7 @@ pub(super) enum Command {
         /// The pool's config file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// Check the config, the cluster file, the key, the log filter and the data directory,
+        /// Check the config, the cluster file, the credentials, the log filter and the data directory,
         /// print a summary and exit (0 if the daemon would start, 1 with the daemon's message
         /// if not).
         #[arg(long)]
@@ -37,10 +38,10 @@ pub(super) enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Write a new random cluster key file, readable by its owner only.
-    Keygen {
-        #[arg(default_value = "cluster.key")]
-        path: PathBuf,
+    /// A small cluster CA: make one, issue pool, admin and client credentials from it.
+    Ca {
+        #[command(subcommand)]
+        what: Ca,
     },
     /// Store files in a pool and print their new PnfsIds, one `<pnfsid> <file>` line each.
     Put {
@@ -108,6 +109,25 @@ pub(super) enum MembershipCommand {
 }
 
 #[derive(Subcommand)]
+pub(super) enum Ca {
+    /// Make a new CA in DIR: ca.crt (the trust anchor to copy everywhere) and ca.key (0600).
+    Init { dir: PathBuf },
+    /// Issue a credential from the CA in DIR: DIR/<name>.<role>.crt and .key (0600).
+    Issue {
+        /// pool, admin or client.
+        #[arg(long)]
+        role: Role,
+        /// The name the certificate carries (a pool's name for role pool).
+        #[arg(long)]
+        name: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = super::ca::DEFAULT_DAYS)]
+        days: u32,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 pub(super) enum Generate {
     /// Man pages (section 1) for every command and subcommand.
     Man {
@@ -146,9 +166,16 @@ pub(super) struct Target {
     /// The cluster file.
     #[arg(long)]
     pub(super) cluster: PathBuf,
-    /// The cluster key file (default: cluster.key beside the cluster file).
-    #[arg(long)]
-    pub(super) key: Option<PathBuf>,
+    /// Our certificate (default: client.client.crt beside the cluster file).
+    #[arg(long, value_name = "FILE")]
+    pub(super) cert: Option<PathBuf>,
+    /// Its private key (default: the certificate's path ending in .key).
+    #[arg(long, value_name = "FILE")]
+    pub(super) cert_key: Option<PathBuf>,
+    /// A CA certificate to trust pools from, repeatable (default: ca.crt beside the cluster
+    /// file).
+    #[arg(long, value_name = "FILE")]
+    pub(super) trust: Vec<PathBuf>,
     /// The pool to talk to.
     #[arg(long)]
     pub(super) pool: PoolName,

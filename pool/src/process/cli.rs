@@ -1,8 +1,8 @@
 //! The `tidepool` command line. This is the only layer of the daemon that reads files named
-//! on the command line (config, cluster file, key) and the environment (`RUST_LOG`, and
+//! on the command line (config, cluster file, credentials) and the environment (`RUST_LOG`, and
 //! `TIDEPOOL_FAULT_POINTS` for crash tests; `NOTIFY_SOCKET` and `WATCHDOG_USEC` through
 //! `service::Notifier`). It sets up the log, handles the signals (SIGTERM and SIGINT stop the
-//! pool, SIGHUP re-reads the config and the cluster file) and talks to systemd.
+//! pool, SIGHUP re-reads the config, the cluster file and the credentials) and talks to systemd.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,19 +12,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::auth::Service;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::frame::WireError;
 use tidepool_p2p::membership::{Backend, Source, SourceFuture};
 use tidepool_p2p::message::{CommitState, PoolCost, PutRequest};
 use tidepool_p2p::model::{NEVER, StickyRecord};
+use tidepool_p2p::tls::{Credentials, Role, TlsFiles};
 use tidepool_p2p::{PnfsId, PoolName};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use super::args::{Cli, Command, Generate, LogArgs, MembershipCommand, Target};
-use super::files::{keygen, read_cluster, read_config, read_key};
+use super::args::{Ca, Cli, Command, Generate, LogArgs, MembershipCommand, Target};
+use super::files::{read_cluster, read_config, read_credentials, warn_if_expiring};
 use crate::client;
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
@@ -44,7 +45,10 @@ pub fn main() -> ExitCode {
         Command::Pool { config, check: true, log } => check_pool(&config, &log),
         Command::Init { config } => init_pool(&config),
         Command::Generate { what } => generate(what),
-        Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
+        Command::Ca { what: Ca::Init { dir } } => crate::process::ca::run_init(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Ca { what: Ca::Issue { role, name, days, dir } } => {
+            crate::process::ca::run_issue(&dir, role, &name, days).map(|()| ExitCode::SUCCESS)
+        }
         Command::Put { target, storage, cached: _, precious, sticky, files } => {
             block_on(put(target, storage, precious, sticky, files))
         }
@@ -109,7 +113,7 @@ fn init_logging(format: LogFormat, levels: LogLevels, source: FilterSource, conf
 struct Resolved {
     config: PoolConfig,
     cluster: ClusterFile,
-    key: ClusterKey,
+    credentials: Credentials,
     admin_addr: SocketAddr,
     data_addr: SocketAddr,
     dir: DirState,
@@ -119,7 +123,7 @@ struct Resolved {
     config_levels: LogLevels,
 }
 
-/// Reads and checks the config, the log filter, the cluster file, the key and the data
+/// Reads and checks the config, the log filter, the cluster file, the credentials and the data
 /// directory: the one path both the daemon and `tidepool pool --check` take, so both fail
 /// with the same message.
 fn resolve(config_path: &Path, log: &LogArgs) -> anyhow::Result<Resolved> {
@@ -138,13 +142,23 @@ fn resolve(config_path: &Path, log: &LogArgs) -> anyhow::Result<Resolved> {
         Some(path) if config.membership.backend == MembershipBackend::File => read_cluster(path)?,
         _ => ClusterFile { pools: Vec::new(), links: Vec::new() },
     };
-    let key = read_key(&config.key_file)?;
+    let credentials = read_credentials(&config.tls.files())?;
+    let ours = credentials.identity();
+    if ours.role != Role::Pool || ours.name != config.name.as_str() {
+        bail!(
+            "config {}: the certificate {} is {ours}, not pool:{}; issue one with `tidepool ca issue --role pool --name {}`",
+            config_path.display(),
+            config.tls.cert.display(),
+            config.name,
+            config.name
+        );
+    }
     let (admin_addr, data_addr) = config.listen_addresses(&cluster).map_err(anyhow::Error::msg)?;
     if let Some(m) = config.metrics.as_ref().filter(|m| m.listen == admin_addr || m.listen == data_addr) {
         bail!("config {}: metrics.listen {} is also the pool's admin or data address", config_path.display(), m.listen);
     }
     let dir = pool_dir::inspect(&config.data_dir, &config.name).map_err(|e| dir_error(e, config_path))?;
-    Ok(Resolved { config, cluster, key, admin_addr, data_addr, dir, levels, source, config_levels })
+    Ok(Resolved { config, cluster, credentials, admin_addr, data_addr, dir, levels, source, config_levels })
 }
 
 /// A data-directory error, with the way out when `tidepool init` is it.
@@ -176,7 +190,11 @@ fn check_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         }
         _ => println!("  cluster   etcd at {} (prefix {})", c.membership.endpoints.join(","), c.membership.prefix),
     }
-    println!("  key       {}", c.key_file.display());
+    let info = r.credentials.info();
+    println!("  cert      {} ({}, valid until {})", c.tls.cert.display(), info.identity, info.expiry_date());
+    for t in &c.tls.trust {
+        println!("  trust     {}", t.display());
+    }
     println!("  admin     {}", r.admin_addr);
     println!("  data      {}", r.data_addr);
     if let Some(m) = &c.metrics {
@@ -228,7 +246,7 @@ fn generate(what: Generate) -> anyhow::Result<ExitCode> {
 }
 
 fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
-    let Resolved { config, cluster, key, admin_addr, data_addr, dir, levels, source, config_levels } =
+    let Resolved { config, cluster, credentials, admin_addr, data_addr, dir, levels, source, config_levels } =
         resolve(config_path, log)?;
     let format = log.log_format.unwrap_or(config.log.format);
     let shown = levels.to_string();
@@ -276,7 +294,7 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
             data_dir: config.data_dir.clone(),
             capacity: config.capacity,
             cluster,
-            key,
+            credentials,
             pin_owner_prefix: config.pin_owner_prefix.clone(),
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
             migration: config.migration.settings(),
@@ -544,6 +562,23 @@ impl Reloadable {
         for key in config_changes(&self.config, &config) {
             tracing::warn!("SIGHUP: config key {key} changed; it takes effect at the next restart");
         }
+        // New credentials (a renewed certificate, another trust anchor during a change of CA,
+        // a longer deny list) apply to the connections made from now on.
+        let files = config.tls.files();
+        match tokio::task::spawn_blocking(move || Credentials::load(&files)).await {
+            Ok(Ok(creds)) if creds.identity() == self.pool.credentials.identity() => {
+                self.pool.credentials.reload(&creds);
+                warn_if_expiring(&creds);
+                tracing::info!(identity = %creds.identity(), "SIGHUP: credentials reloaded");
+            }
+            Ok(Ok(creds)) => tracing::error!(
+                "SIGHUP: the new certificate is {}, not {}; the credentials in force are unchanged",
+                creds.identity(),
+                self.pool.credentials.identity()
+            ),
+            Ok(Err(e)) => tracing::error!("SIGHUP: credentials: {e}; the credentials in force are unchanged"),
+            Err(e) => tracing::error!("SIGHUP: reading the credentials failed: {e}"),
+        }
         let Some(path) = self.config.cluster_file.clone().filter(|_| self.pool.cluster.backend() == Backend::File)
         else {
             tracing::info!("SIGHUP: the membership comes from etcd; `psu reload` reads it again");
@@ -656,7 +691,7 @@ fn config_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<String> {
     let mut keys: Vec<String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
     keys.sort();
     keys.dedup();
-    keys.retain(|k| k != "log.filter");
+    keys.retain(|k| k != "log.filter" && !k.starts_with("tls."));
     keys
 }
 
@@ -665,21 +700,50 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> a
 }
 
 /// Opens a data connection to the target pool.
-async fn connect(cluster: &ClusterFile, key: &ClusterKey, pool: &PoolName, client: &str) -> anyhow::Result<Connection> {
+async fn connect(
+    cluster: &ClusterFile,
+    creds: &Credentials,
+    pool: &PoolName,
+    client: &str,
+) -> anyhow::Result<Connection> {
     let entry = cluster.pool(pool).ok_or_else(|| anyhow::anyhow!("no pool named {pool} in the cluster file"))?;
-    Connection::open(entry.p2p, key, client, Service::Data).await.map_err(|e| match e {
+    let conn = Connection::open(entry.p2p, creds, client, Service::Data).await.map_err(|e| match e {
         // The pool answered and refused us: not offline.
         WireError::Remote(_) | WireError::Handshake(_) => {
             anyhow::anyhow!("{pool} at {} refused the connection: {e}", entry.p2p)
         }
         _ => anyhow::anyhow!("{pool} is offline: {e} at {}", entry.p2p),
-    })
+    })?;
+    // Another pool's certificate at that address is not the pool we meant: nothing is sent
+    // to it or taken from it.
+    if conn.pool != pool.as_str() {
+        anyhow::bail!(
+            "{} answered at {}, not {pool}: check the cluster file's address for {pool}",
+            conn.pool,
+            entry.p2p
+        );
+    }
+    Ok(conn)
 }
 
-fn load_target(t: &Target) -> anyhow::Result<(ClusterFile, ClusterKey)> {
+/// The cluster file and our client credentials: `--cert`, `--cert-key` and `--trust`, or by
+/// default `client.client.crt`, `client.client.key` and `ca.crt` beside the cluster file
+/// (`docs/security.md`).
+fn load_target(t: &Target) -> anyhow::Result<(ClusterFile, Credentials)> {
     let cluster = read_cluster(&t.cluster)?;
-    let key_path = t.key.clone().unwrap_or_else(|| t.cluster.with_file_name("cluster.key"));
-    Ok((cluster, read_key(&key_path)?))
+    let beside = t.cluster.parent().unwrap_or(Path::new(""));
+    let mut files = TlsFiles::in_dir(beside, Role::Client, "client");
+    if let Some(cert) = &t.cert {
+        files.cert = cert.clone();
+        files.key = cert.with_extension("key");
+    }
+    if let Some(key) = &t.cert_key {
+        files.key = key.clone();
+    }
+    if !t.trust.is_empty() {
+        files.trust = t.trust.clone();
+    }
+    Ok((cluster, read_credentials(&files)?))
 }
 
 fn parse_sticky(spec: &str) -> anyhow::Result<StickyRecord> {
@@ -804,7 +868,7 @@ mod tests {
 
     #[test]
     fn config_changes_name_the_keys() {
-        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\n";
         let a = PoolConfig::parse(base, Path::new("/")).unwrap();
         let b = PoolConfig::parse(
             &format!("{base}p2p_max_active = 3\n[migration]\nrefresh_seconds = 5\n[log]\nfilter = \"debug\"\n"),

@@ -6,7 +6,11 @@
 //! data_dir = "pool1"               # relative paths are relative to this file
 //! capacity = "10Gi"                # bytes, or a number with a unit (k M G T, Ki Mi Gi Ti)
 //! cluster_file = "cluster.toml"   # membership from this file (or [membership] backend = "etcd")
-//! key_file = "cluster.key"
+//! # [tls]                          # this pool's credentials (docs/security.md)
+//! # cert = "pool1.pool.crt"        # default: <name>.pool.crt beside this file
+//! # key = "pool1.pool.key"         # default: the cert's path ending in .key
+//! # trust = ["ca.crt"]             # CAs whose certificates are accepted; default: ca.crt
+//! # deny = ["old-admin"]           # names refused although their certificates are valid
 //! # admin_listen = "0.0.0.0:22225" # default: loopback, on the cluster file's admin port
 //! # p2p_listen = "0.0.0.0:22125"   # default: the cluster file's p2p address
 //! # pin_owner_prefix = "PinManager"
@@ -50,6 +54,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 use tidepool_p2p::PoolName;
 use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::tls::{Role, TlsFiles};
 
 use crate::process::logging::{DEFAULT_FILTER, LogFormat, LogLevels};
 use crate::transfer::TransferSettings;
@@ -68,8 +73,6 @@ pub struct PoolConfig {
     /// comes from etcd (`[membership]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_file: Option<PathBuf>,
-    /// The cluster key file (`tidepool keygen` writes one).
-    pub key_file: PathBuf,
     /// Where the admin endpoint listens; default: 127.0.0.1 on the cluster file's admin port.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
@@ -102,9 +105,34 @@ pub struct PoolConfig {
     /// Where the membership comes from (`[membership]`): the cluster file, or etcd.
     #[serde(default)]
     pub membership: MembershipConfig,
+    /// This pool's certificate, key, trust anchors and deny list (`[tls]`).
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// The Prometheus metrics page (`[metrics]`); none without the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[tls]` table (`docs/security.md`). Empty paths take the defaults of
+/// [`PoolConfig::parse`]: `<name>.pool.crt`, its `.key`, and `ca.crt`, beside the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The pool's certificate (PEM; intermediates may follow it). Its CN must be the pool's
+    /// name and its role `pool`.
+    pub cert: PathBuf,
+    /// The certificate's private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificates whose certificates are accepted (several during a change of CA).
+    pub trust: Vec<PathBuf>,
+    /// Names refused although their certificates are valid (revoked credentials).
+    pub deny: Vec<String>,
+}
+
+impl TlsConfig {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles { cert: self.cert.clone(), key: self.key.clone(), trust: self.trust.clone(), deny: self.deny.clone() }
+    }
 }
 
 /// The `[metrics]` table.
@@ -365,9 +393,20 @@ impl PoolConfig {
     /// Parses the file's text; relative paths are resolved against `base` (the file's folder).
     pub fn parse(text: &str, base: &Path) -> Result<PoolConfig, String> {
         let mut c: PoolConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if c.tls.cert.as_os_str().is_empty() {
+            c.tls.cert = TlsFiles::in_dir(Path::new(""), Role::Pool, c.name.as_str()).cert;
+        }
+        if c.tls.key.as_os_str().is_empty() {
+            c.tls.key = c.tls.cert.with_extension("key");
+        }
+        if c.tls.trust.is_empty() {
+            c.tls.trust.push(PathBuf::from("ca.crt"));
+        }
         let m = &mut c.membership;
         let optional = [&mut c.cluster_file, &mut m.password_file, &mut m.ca_file, &mut m.cert_file, &mut m.key_file];
-        for p in [&mut c.data_dir, &mut c.key_file].into_iter().chain(optional.into_iter().flatten()) {
+        let tls = &mut c.tls;
+        let fixed = [&mut c.data_dir, &mut tls.cert, &mut tls.key].into_iter().chain(&mut tls.trust);
+        for p in fixed.chain(optional.into_iter().flatten()) {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -429,16 +468,18 @@ mod tests {
     #[test]
     fn parses_with_defaults_and_units() {
         let c = PoolConfig::parse(
-            "name = \"pool1\"\ndata_dir = \"d\"\ncapacity = \"1Gi\"\ncluster_file = \"c.toml\"\nkey_file = \"/k\"\n",
+            "name = \"pool1\"\ndata_dir = \"d\"\ncapacity = \"1Gi\"\ncluster_file = \"c.toml\"\n",
             Path::new("/etc/tp"),
         )
         .unwrap();
         assert_eq!(c.capacity, 1 << 30);
         assert_eq!(c.data_dir, PathBuf::from("/etc/tp/d"));
-        assert_eq!(c.key_file, PathBuf::from("/k"));
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/tp/pool1.pool.crt"));
+        assert_eq!(c.tls.key, PathBuf::from("/etc/tp/pool1.pool.key"));
+        assert_eq!(c.tls.trust, vec![PathBuf::from("/etc/tp/ca.crt")]);
         assert_eq!(c.pin_owner_prefix, "PinManager");
         let n = PoolConfig::parse(
-            "name = \"p\"\ndata_dir = \"d\"\ncapacity = 1000\ncluster_file = \"c\"\nkey_file = \"k\"\n",
+            "name = \"p\"\ndata_dir = \"d\"\ncapacity = 1000\ncluster_file = \"c\"\n",
             Path::new("/"),
         )
         .unwrap();
@@ -447,7 +488,7 @@ mod tests {
 
     #[test]
     fn refuses_unknown_keys_and_bad_sizes() {
-        let base = "name = \"p\"\ndata_dir = \"d\"\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncluster_file = \"c\"\n";
         assert!(
             PoolConfig::parse(&format!("{base}capacity = 10\ncolour = \"red\"\n"), Path::new("/"))
                 .unwrap_err()
@@ -460,7 +501,7 @@ mod tests {
 
     #[test]
     fn migration_table_has_defaults_and_is_checked() {
-        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\n";
         let c = PoolConfig::parse(base, Path::new("/")).unwrap();
         assert_eq!(c.migration, MigrationConfig::default());
         let s = c.migration.settings();
@@ -486,7 +527,7 @@ mod tests {
 
     #[test]
     fn metrics_table_is_optional_and_checked() {
-        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\n";
         assert_eq!(PoolConfig::parse(base, Path::new("/")).unwrap().metrics, None);
         let c = PoolConfig::parse(&format!("{base}[metrics]\nlisten = \"127.0.0.1:9325\"\n"), Path::new("/")).unwrap();
         assert_eq!(c.metrics, Some(MetricsConfig { listen: "127.0.0.1:9325".parse().unwrap() }));
@@ -502,7 +543,7 @@ mod tests {
 
     #[test]
     fn log_table_has_defaults_and_refuses_bad_filters() {
-        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\nkey_file = \"k\"\n";
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\ncluster_file = \"c\"\n";
         let c = PoolConfig::parse(base, Path::new("/")).unwrap();
         assert_eq!(c.log, LogConfig::default());
         assert_eq!(c.log.levels().unwrap().to_string(), DEFAULT_FILTER);

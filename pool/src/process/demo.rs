@@ -2,8 +2,10 @@
 //!
 //! pool1 and pool2 are in group `disk`, pool3 in `cache_pools`. pool1 gets sample replicas in
 //! several storage classes, cached and precious, some sticky and some pinned. With `--keep DIR`
-//! the cluster is written to DIR (cluster file, key, one config per pool, their data) and can
-//! be run again as separate daemons: `tidepool pool --config DIR/pool1.toml`.
+//! the cluster is written to DIR (cluster file, a CA with a certificate for each pool, one
+//! admin and one client, one config per pool, their data) and can be run again as separate
+//! daemons: `tidepool pool --config DIR/pool1.toml`, `tidepool-admin --cluster DIR/cluster.toml`.
+//! Every connection runs over TLS with these credentials (`docs/security.md`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,16 +15,17 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tidepool_p2p::PnfsId;
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::{ClusterFile, LinkEntry, PoolEntry};
 use tidepool_p2p::model::{AccessLatency, FileAttributes, NEVER, ReplicaState, RetentionPolicy, StickyRecord};
+use tidepool_p2p::tls::{Credentials, Role};
 use tokio::net::TcpListener;
 
 use crate::daemon::{Daemon, Settings};
 use crate::io::blocking;
 use crate::pool::now_ms;
-use crate::process::config::{MetricsConfig, PoolConfig};
-use crate::process::files::write_key;
+use crate::process::ca;
+use crate::process::config::{MetricsConfig, PoolConfig, TlsConfig};
+use crate::process::files::read_credentials;
 use crate::repository::Repository;
 use crate::transfer::TransferSettings;
 
@@ -60,7 +63,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     init_demo_logging(&dir.join("demo.log"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let (daemons, cluster, key, metrics) = rt.block_on(start_cluster(&dir))?;
+    let (daemons, cluster, admin, metrics) = rt.block_on(start_cluster(&dir))?;
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".tidepool_admin_history"));
     let mut banner = TOUR.to_string();
     banner.push_str("\nPrometheus metrics (docs/metrics.md):");
@@ -76,7 +79,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     }
     let options = tidepool_admin::ShellOptions {
         cluster,
-        key,
+        credentials: admin,
         commands: Vec::new(),
         history,
         banner: Some(banner),
@@ -108,12 +111,13 @@ fn init_demo_logging(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the listeners, writes cluster file, key and pool configs to `dir`, starts the pools
-/// and fills pool1.
+/// Binds the listeners, writes the cluster file, a CA and credentials (each pool's, one admin's
+/// and one client's) and the pool configs to `dir`, starts the pools and fills pool1. Returns
+/// the admin credentials for the shell.
 /// Each pool also serves its metrics on a free loopback port (returned, by pool name).
 async fn start_cluster(
     dir: &Path,
-) -> anyhow::Result<(Vec<Daemon>, ClusterFile, ClusterKey, Vec<(String, SocketAddr)>)> {
+) -> anyhow::Result<(Vec<Daemon>, ClusterFile, Credentials, Vec<(String, SocketAddr)>)> {
     let mut listeners = Vec::new();
     let mut entries = Vec::new();
     for (name, group) in POOLS {
@@ -137,8 +141,11 @@ async fn start_cluster(
             LinkEntry { name: "cache-link".into(), groups: vec!["cache_pools".into()] },
         ],
     };
-    let key = ClusterKey::generate()?;
-    write_key(&dir.join("cluster.key"), &key)?;
+    let authority = ca::init(dir)?;
+    for (role, name) in [(Role::Admin, "admin"), (Role::Client, "client")] {
+        ca::issue_into(&authority, dir, role, name, ca::DEFAULT_DAYS)?;
+    }
+    let admin = read_credentials(&tidepool_p2p::tls::TlsFiles::in_dir(dir, Role::Admin, "admin"))?;
     std::fs::write(dir.join("cluster.toml"), cluster.to_toml())?;
     let mut daemons = Vec::new();
     let mut metrics_at = Vec::new();
@@ -148,7 +155,12 @@ async fn start_cluster(
             data_dir: PathBuf::from(name),
             capacity: CAPACITY,
             cluster_file: Some(PathBuf::from("cluster.toml")),
-            key_file: PathBuf::from("cluster.key"),
+            tls: TlsConfig {
+                cert: PathBuf::from(format!("{name}.pool.crt")),
+                key: PathBuf::from(format!("{name}.pool.key")),
+                trust: vec![PathBuf::from("ca.crt")],
+                deny: Vec::new(),
+            },
             admin_listen: None,
             p2p_listen: None,
             pin_owner_prefix: "PinManager".into(),
@@ -162,6 +174,8 @@ async fn start_cluster(
             log: Default::default(),
         };
         std::fs::write(dir.join(format!("{name}.toml")), toml::to_string_pretty(&config)?)?;
+        let files = ca::issue_into(&authority, dir, Role::Pool, name, ca::DEFAULT_DAYS)?;
+        let credentials = read_credentials(&files)?;
         // As `tidepool init` would: a kept demo then runs again as separate daemons.
         crate::process::pool_dir::init(&dir.join(name), &config.name)?;
         let settings = Settings {
@@ -170,7 +184,7 @@ async fn start_cluster(
             data_dir: dir.join(name),
             capacity: CAPACITY,
             cluster: cluster.clone(),
-            key: key.clone(),
+            credentials,
             pin_owner_prefix: config.pin_owner_prefix,
             shutdown_grace: Duration::from_secs(config.shutdown_grace_seconds),
             migration: config.migration.settings(),
@@ -182,7 +196,7 @@ async fn start_cluster(
     }
     let repo = daemons[0].pool().repo.clone();
     blocking(move || fill(&repo, SAMPLE_REPLICAS)).await?;
-    Ok((daemons, cluster, key, metrics_at))
+    Ok((daemons, cluster, admin, metrics_at))
 }
 
 /// A small deterministic generator, so every demo has the same kinds of files.

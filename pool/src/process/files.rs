@@ -1,13 +1,13 @@
-//! The files named on the command line: the pool's config, the cluster file and the cluster
-//! key (read, checked and, for a new key, written with mode 0600).
+//! The files named on the command line: the pool's config, the cluster file and the
+//! credentials (read and checked; new private keys are written with mode 0600).
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::ClusterFile;
+use tidepool_p2p::tls::{Credentials, EXPIRY_WARNING, TlsFiles};
 
 use super::config::PoolConfig;
 
@@ -16,32 +16,45 @@ pub fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
     ClusterFile::parse(&text).map_err(|e| anyhow::anyhow!("cluster file {}: {e}", path.display()))
 }
 
-pub fn read_key(path: &Path) -> anyhow::Result<ClusterKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read cluster key file {}", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path)
+/// Loads a side's credentials, warning about a private key that others can read.
+pub fn read_credentials(files: &TlsFiles) -> anyhow::Result<Credentials> {
+    if let Ok(meta) = std::fs::metadata(&files.key)
         && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(file = %path.display(), "cluster key file is readable by others; `chmod 600` it");
+        tracing::warn!(file = %files.key.display(), "private key file is readable by others; `chmod 600` it");
     }
-    ClusterKey::parse(&text).map_err(|e| anyhow::anyhow!("cluster key file {}: {e}", path.display()))
+    let creds = Credentials::load(files).map_err(|e| anyhow::anyhow!("credentials: {e}"))?;
+    warn_if_expiring(&creds);
+    Ok(creds)
 }
 
-/// Writes a new key file with mode 0600; refuses to overwrite one.
-pub fn write_key(path: &Path, key: &ClusterKey) -> anyhow::Result<()> {
+/// Warns in the log when our certificate expires within [`EXPIRY_WARNING`] (or has).
+pub fn warn_if_expiring(creds: &Credentials) {
+    let info = creds.info();
+    let left = info.not_after - now_secs();
+    if left < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(
+            identity = %info.identity,
+            days_left = left / 86_400,
+            "our certificate expires soon (or has): issue a new one and reload (docs/security.md)"
+        );
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Writes a new file with `mode`; refuses to overwrite one.
+pub fn write_new(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
-        .with_context(|| format!("create key file {} (an existing key is never overwritten)", path.display()))?;
-    file.write_all(key.to_file_text().as_bytes())?;
+        .with_context(|| format!("create {} (an existing file is never overwritten)", path.display()))?;
+    file.write_all(text.as_bytes())?;
     file.sync_all()?;
-    Ok(())
-}
-
-pub fn keygen(path: &Path) -> anyhow::Result<()> {
-    write_key(path, &ClusterKey::generate()?)?;
-    println!("wrote a new cluster key to {} (mode 0600); copy it to every pool host and the shell", path.display());
     Ok(())
 }
 
@@ -56,18 +69,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_files_are_private_and_never_overwritten() {
+    fn new_files_get_their_mode_and_are_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.key");
-        let key = ClusterKey::generate().unwrap();
-        write_key(&path, &key).unwrap();
+        let path = dir.path().join("x.key");
+        write_new(&path, "secret", 0o600).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let before = std::fs::read(&path).unwrap();
-        assert!(write_key(&path, &ClusterKey::generate().unwrap()).is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), before, "an existing key is left alone");
-        assert!(read_key(&path).is_ok());
-        std::fs::write(dir.path().join("bad.key"), "not a key").unwrap();
-        let err = read_key(&dir.path().join("bad.key")).unwrap_err().to_string();
-        assert!(err.contains("bad.key") && err.contains("64 hex digits"), "{err}");
+        assert!(write_new(&path, "other", 0o600).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret", "an existing file is left alone");
     }
 }

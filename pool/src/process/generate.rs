@@ -87,13 +87,13 @@ mod tests {
             assert!(written.contains(&dir.path().join("man").join(page)), "{page} in {written:?}");
         }
         let top = read("man/tidepool.1");
-        for sub in ["pool", "init", "keygen", "put", "get", "demo", "generate"] {
+        for sub in ["pool", "init", "ca", "put", "get", "demo", "generate"] {
             assert!(top.contains(sub), "tidepool.1 names {sub}");
         }
         assert!(read("man/tidepool-pool.1").contains("check"));
         assert!(read("man/tidepool-admin.1").contains("cluster"));
         let bash = read("completions/bash/tidepool");
-        for sub in ["pool", "init", "keygen", "demo", "generate", "--check"] {
+        for sub in ["pool", "init", "ca", "demo", "generate", "--check"] {
             assert!(bash.contains(sub), "bash completion names {sub}");
         }
         assert!(read("completions/bash/tidepool-admin").contains("--cluster"));

@@ -1,9 +1,10 @@
 //! The process: the `tidepool` command line and what it reads (arguments, config, cluster file,
-//! key), the log, the data directory's safe start, systemd, the demo and the generated man pages
+//! credentials), the log, the data directory's safe start, systemd, the demo and the generated man pages
 //! and completions. Nothing else in the pool reads files named on the command line or the
 //! environment.
 
 pub mod args;
+pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo;

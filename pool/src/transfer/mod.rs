@@ -182,7 +182,7 @@ impl std::fmt::Debug for Transfers {
 impl Transfers {
     /// The transfers of `pool`, which fetches from sources under its own name and credentials.
     pub fn new(pool: Arc<Pool>, settings: &TransferSettings) -> Transfers {
-        let dialer = Dialer::new(pool.name.as_str(), pool.key.clone(), Service::Data);
+        let dialer = Dialer::new(pool.name.as_str(), pool.credentials.clone(), Service::Data);
         Transfers {
             pool,
             rate_limits: OnceLock::new(),

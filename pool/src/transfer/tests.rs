@@ -4,9 +4,9 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::model::{ChecksumWriter, FileAttributes, NEVER, PoolMode, ReplicaState, StickyRecord};
+use tidepool_p2p::tls::testing;
 use tidepool_p2p::{ErrorCode, PnfsId, RemoteError};
 use tokio::net::TcpListener;
 
@@ -17,13 +17,12 @@ use crate::node::Node;
 use crate::pool::{Activity, ModeRefused, ModeState, now_ms};
 use crate::repository::{Replica, RepoError};
 
-/// Pool daemons in this process on loopback, sharing a cluster file and key (the migration
-/// module's tests use them too).
+/// Pool daemons in this process on loopback, sharing a cluster file and the test CA (the
+/// migration module's tests use them too).
 pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     /// `None` for a pool played by the test itself (see [`Cluster::start_with_fakes`]).
     daemons: Vec<Option<Daemon>>,
-    pub(crate) key: ClusterKey,
 }
 
 impl Cluster {
@@ -45,7 +44,6 @@ impl Cluster {
         fakes: &[usize],
     ) -> (Cluster, Vec<TcpListener>) {
         let dir = tempfile::tempdir().unwrap();
-        let key = ClusterKey::generate().unwrap();
         let mut listeners = Vec::new();
         let mut pools = Vec::new();
         for (i, group) in groups.iter().enumerate().take(capacities.len()) {
@@ -75,7 +73,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("pool{}", i + 1)),
                 capacity: capacities[i],
                 cluster: cluster.clone(),
-                key: key.clone(),
+                credentials: testing::pool(cluster.pools[i].name.as_str()),
                 pin_owner_prefix: "PinManager".into(),
                 shutdown_grace: Duration::from_secs(5),
                 transfers: transfers.clone(),
@@ -84,7 +82,7 @@ impl Cluster {
             };
             daemons.push(Some(Daemon::start(settings, admin, data).await.unwrap()));
         }
-        (Cluster { _dir: dir, daemons, key }, fake_listeners)
+        (Cluster { _dir: dir, daemons }, fake_listeners)
     }
 
     fn daemon(&self, n: usize) -> &Daemon {
@@ -530,24 +528,14 @@ async fn a_batch_carries_at_most_its_byte_budget_and_the_rest_come_later() {
 /// `FetchSmall` the replies `answer` makes from its items.
 async fn fake_source(
     listener: TcpListener,
-    key: ClusterKey,
     answer: impl FnOnce(&[tidepool_p2p::message::SmallFetch]) -> Vec<FakeReply>,
 ) {
-    use tidepool_p2p::frame::{FrameReader, FrameWriter, MAX_FRAME};
+    use tidepool_p2p::auth::{Features, Service};
     use tidepool_p2p::message::DataRequest;
     let (stream, _) = listener.accept().await.unwrap();
-    let (r, w) = stream.into_split();
-    let (mut reader, mut writer) = (FrameReader::new(r, MAX_FRAME), FrameWriter::new(w));
-    tidepool_p2p::auth::accept(
-        &mut reader,
-        &mut writer,
-        &key,
-        "pool1",
-        tidepool_p2p::auth::Service::Data,
-        tidepool_p2p::auth::Features::ALL,
-    )
-    .await
-    .unwrap();
+    let creds = testing::pool("pool1");
+    let ((mut reader, mut writer), _) =
+        testing::accept(&creds, stream, "pool1", Service::Data, Features::ALL).await.unwrap();
     let DataRequest::FetchSmall { items, .. } = reader.recv::<DataRequest>().await.unwrap() else {
         panic!("expected a FetchSmall");
     };
@@ -617,7 +605,7 @@ async fn a_source_that_breaks_the_batch_rules_fails_the_transfer_and_nothing_is_
         let (c, mut fakes) =
             Cluster::start_with_fakes(&[1 << 30, 1 << 30], &["disk", "disk"], TransferSettings::default(), &[1]).await;
         let target = c.pool(2);
-        let source = tokio::spawn(fake_source(fakes.remove(0), c.key.clone(), move |items| script(&items[0], &attrs)));
+        let source = tokio::spawn(fake_source(fakes.remove(0), move |items| script(&items[0], &attrs)));
         let id = PnfsId::from_random([4; 16]);
         let err = fetch(target, id, "pool1").await.unwrap_err();
         assert!(matches!(&err, TransferError::Protocol { breach, .. } if expected(breach)), "{err:?}");

@@ -260,19 +260,12 @@ fn service(rng: &mut Rng) -> Service {
     *rng.pick(&[Service::Admin, Service::Data])
 }
 
-fn nonce(rng: &mut Rng) -> [u8; 32] {
-    let mut n = [0u8; 32];
-    n.iter_mut().for_each(|b| *b = rng.byte());
-    n
-}
-
 fn hello(rng: &mut Rng) -> Hello {
     Hello {
         magic: if rng.chance(7, 8) { MAGIC } else { *b"TIDEPOOX" },
         version: if rng.chance(7, 8) { PROTOCOL_VERSION } else { rng.next_u64() as u16 },
         pool: string(rng),
         service: service(rng),
-        nonce: nonce(rng),
         features: features(rng),
     }
 }
@@ -284,20 +277,14 @@ fn features(rng: &mut Rng) -> Features {
 fn client_auth(rng: &mut Rng, service_wanted: Service) -> ClientAuth {
     ClientAuth {
         version: if rng.chance(7, 8) { PROTOCOL_VERSION } else { rng.next_u64() as u16 },
-        client: string(rng),
+        client: if rng.chance(1, 2) { "pool2".into() } else { string(rng) },
         service: if rng.chance(7, 8) { service_wanted } else { service(rng) },
-        nonce: nonce(rng),
         features: features(rng),
-        mac: nonce(rng),
     }
 }
 
 fn handshake_reply(rng: &mut Rng) -> HandshakeReply {
-    if rng.chance(2, 3) {
-        HandshakeReply::Welcome { mac: nonce(rng) }
-    } else {
-        HandshakeReply::Refused(remote_error(rng))
-    }
+    if rng.chance(2, 3) { HandshakeReply::Welcome } else { HandshakeReply::Refused(remote_error(rng)) }
 }
 
 /// Encodes `msg` as one message frame, through the real `FrameWriter`.
@@ -432,7 +419,9 @@ pub fn frames(rng: &mut Rng, ctx: &Ctx) -> Vec<u8> {
 }
 
 /// Input of the handshake target: byte 0 says which side runs (bit 0: the server's `accept`,
-/// else the client's `connect`) and for which service (bit 1); the rest is what the peer sends.
+/// else the client's `connect`), for which service (bit 1) and, for the server, whose
+/// certificate the peer holds (bit 2: pool2's, else a client's); the rest is what the peer
+/// sends.
 pub fn handshake(rng: &mut Rng, ctx: &Ctx) -> Vec<u8> {
     let side = rng.byte();
     let service = if side & 2 == 0 { Service::Admin } else { Service::Data };

@@ -6,7 +6,9 @@
 //!   than a fifth of its length; the same bytes arriving a few at a time, with each `next`
 //!   dropped when it waits (it is cancel-safe), give the same frames and the same end.
 //! - `handshake`: the server's `accept` or the client's `connect` against a peer that sends the
-//!   bytes; a peer without the cluster key is never authenticated.
+//!   bytes (inside TLS, which authenticated the peer already); the pool admits a peer only as
+//!   its certificate's role allows: a client never on the admin endpoint, a pool only under its
+//!   certificate's name; the client agrees only on features it offered.
 //! - `admin`: the shell's `line::interpret` and `complete::complete` (at the end of the line
 //!   and at a cursor inside it), the lexer (`p2p::cmdline`), then `admin::parse` (with the
 //!   error rendered under the line); a `migration copy|move|cache` line's stored form reads
@@ -34,12 +36,13 @@ use tidepool_migration::grammar;
 use tidepool_migration::mode::{SourceMode, TargetMode};
 use tidepool_migration::module::Module;
 use tidepool_p2p::ErrorCode;
-use tidepool_p2p::auth::{ClientAuth, ClusterKey, Features, HandshakeReply, Hello, Service, accept, connect};
+use tidepool_p2p::auth::{ClientAuth, Features, HandshakeReply, Hello, Service, accept, connect};
 use tidepool_p2p::cmdline::{Args, point_at, tokenize};
 use tidepool_p2p::frame::{Frame, FrameReader, FrameWriter, MAX_FRAME, WireError, decode};
 use tidepool_p2p::message::{
     AdminReply, AdminRequest, CommandDetail, DataReply, DataRequest, MigrationReply, MigrationRequest,
 };
+use tidepool_p2p::tls::{Identity, Role};
 use tidepool_p2p::{JobId, PnfsId, PoolName};
 use tidepool_pool::admin::{self, Command};
 use tidepool_pool::migration_env::PoolEnv;
@@ -193,43 +196,51 @@ fn read_trickled(input: &[u8], chunk: usize) -> Result<Frames, String> {
     Ok(out)
 }
 
-/// The key the fuzzed side holds; the peer never knows it.
-const KEY: &str = "5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee5ad1c0ffee0001";
-
 fn handshake(ctx: &Ctx, input: &[u8]) -> Result<&'static str, String> {
     let Some((&side, peer)) = input.split_first() else { return Ok("empty") };
     let service = if side & 2 == 0 { Service::Admin } else { Service::Data };
-    let key = ClusterKey::parse(KEY).expect("a valid key");
+    // The certificate TLS vouched for: a client's, or pool2's.
+    let identity = if side & 4 == 0 {
+        Identity { role: Role::Client, name: "alice".into() }
+    } else {
+        Identity { role: Role::Pool, name: "pool2".into() }
+    };
+    let offered = Features::ALL.without(Features::COMMAND_DETAILS);
     ctx.block_on(async {
         let mut reader = FrameReader::new(peer, MAX_FRAME);
         let mut writer = FrameWriter::new(tokio::io::sink());
-        let outcome = if side & 1 == 1 {
-            accept(&mut reader, &mut writer, &key, "pool1", service, Features::ALL).await.map(|p| p.name)
+        if side & 1 == 1 {
+            let outcome = accept(&mut reader, &mut writer, "pool1", service, offered, &identity, |_, _| Ok(())).await;
+            match outcome {
+                Ok(p) if p.identity.role == Role::Client && service == Service::Admin => {
+                    Err(format!("a client certificate was admitted to the admin endpoint as {:?}", p.name))
+                }
+                Ok(p) if p.identity.role == Role::Pool && service == Service::Data && p.name != "pool2" => {
+                    Err(format!("pool2's certificate was admitted as {:?}", p.name))
+                }
+                Ok(p) if !offered.contains(p.features) => Err(format!("agreed on {:?}, never offered", p.features)),
+                Ok(_) => Ok("admitted"),
+                Err(e) => Ok(refused(e)),
+            }
         } else {
-            connect(&mut reader, &mut writer, &key, "shell", service, Features::ALL).await.map(|w| w.pool)
-        };
-        match outcome {
-            Ok(name) => Err(format!("authenticated {name:?}, a peer that does not hold the cluster key")),
-            Err(e) => {
-                let _ = e.to_string();
-                Ok(match e {
-                    // This side found the key wrong: the pool refuses the client, the client
-                    // refuses a pool that cannot prove it.
-                    WireError::Handshake(e) if e.code() == Some(ErrorCode::AuthFailed) => {
-                        if side & 1 == 1 {
-                            "refused: wrong key"
-                        } else {
-                            "refused: pool without the key"
-                        }
-                    }
-                    WireError::Handshake(_) => "refused: version, service or magic",
-                    WireError::Remote(_) => "refused by the pool",
-                    WireError::Malformed(_) | WireError::Unexpected { .. } => "malformed",
-                    _ => "cut short or oversized",
-                })
+            match connect(&mut reader, &mut writer, "shell", service, offered).await {
+                Ok(w) if !offered.contains(w.features) => Err(format!("agreed on {:?}, never offered", w.features)),
+                Ok(_) => Ok("welcomed"),
+                Err(e) => Ok(refused(e)),
             }
         }
     })
+}
+
+fn refused(e: WireError) -> &'static str {
+    let _ = e.to_string();
+    match e {
+        WireError::Handshake(e) if e.code() == Some(ErrorCode::Forbidden) => "refused: role",
+        WireError::Handshake(_) => "refused: version, service or magic",
+        WireError::Remote(_) => "refused by the pool",
+        WireError::Malformed(_) | WireError::Unexpected { .. } => "malformed",
+        _ => "cut short or oversized",
+    }
 }
 
 /// Checks that a lexer offset can be pointed at.
@@ -501,9 +512,9 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_without_the_key_is_refused_on_both_sides() {
+    fn generated_handshakes_keep_the_roles_on_both_sides() {
         let ctx = Ctx::new();
-        for side in [0u8, 1, 2, 3] {
+        for side in 0u8..8 {
             let mut rng = super::super::Rng::new(u64::from(side));
             let mut input = gen_wire::handshake(&mut rng, &ctx);
             input[0] = side;

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use tidepool_p2p::PnfsId;
-use tidepool_p2p::auth::ClusterKey;
 use tidepool_p2p::model::{AccessLatency, Checksum, ChecksumWriter, FileAttributes, ReplicaState, RetentionPolicy};
+use tidepool_p2p::tls::Credentials;
 use tidepool_repository::{Replica, ReplicaStore, SledStore, record};
 
-use crate::process::{Admin, Binaries, Proc, cluster_key, run_ok, start_pool_in};
+use crate::process::{Admin, Binaries, Proc, credentials_in, run_ok, start_pool_in};
 use crate::report::human;
 use crate::system::{disk_bytes, drop_page_cache};
 use crate::{chrono_now, flag};
@@ -111,7 +111,7 @@ pub(crate) struct Bench<'a> {
     pub(crate) dir: PathBuf,
     pub(crate) bins: &'a Binaries,
     pub(crate) cache: CacheMode,
-    pub(crate) key: ClusterKey,
+    pub(crate) key: Credentials,
     pub(crate) manifest: Vec<(PnfsId, Checksum)>,
     pub(crate) rt: tokio::runtime::Runtime,
 }
@@ -124,7 +124,7 @@ impl Bench<'_> {
     }
 }
 
-/// Fills the set (see [`prepare`]) and makes a cluster key for it unless there is one.
+/// Fills the set (see [`prepare`]) and makes credentials for it unless there are some.
 pub(crate) fn open_bench<'a>(
     set: DataSet,
     dir: &Path,
@@ -132,7 +132,7 @@ pub(crate) fn open_bench<'a>(
     cache: CacheMode,
 ) -> anyhow::Result<Bench<'a>> {
     let manifest = prepare(set, dir)?;
-    let key = cluster_key(dir, bins)?;
+    let key = credentials_in(dir, bins)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     Ok(Bench { set, dir: dir.to_path_buf(), bins, cache, key, manifest, rt })
 }

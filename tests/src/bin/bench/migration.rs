@@ -601,7 +601,7 @@ fn run_init(dir: &Path, bins: &Binaries, records: u64) -> anyhow::Result<()> {
     if target.exists() {
         fs::remove_dir_all(&target)?;
     }
-    let key = process::cluster_key(dir, bins)?;
+    let key = process::credentials_in(dir, bins)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let [(src_admin, _), (tgt_admin, _)] = process::write_cluster(dir)?;
     let t = Instant::now();

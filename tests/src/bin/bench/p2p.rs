@@ -6,7 +6,7 @@
 //! content. Layout of `<dir>/<set>/`: `pool1/` (the source pool, filled directly through its
 //! store before it starts), `plain/` (hard links to the source pool's data files: the same
 //! inodes, so every tool reads the same bytes from the same place), `manifest.txt`,
-//! `cluster.toml`, `cluster.key`, `pool1.toml`, `pool2.toml`, the logs, and during a run
+//! `cluster.toml`, the credentials (`ca.crt`, `pool1.pool.crt`, ...), `pool1.toml`, `pool2.toml`, the logs, and during a run
 //! `pool2/` or `dst-*/`, which are removed after each measurement. A filled set is reused by a
 //! later run with the same `--dir` if it was kept (`--keep`).
 //!

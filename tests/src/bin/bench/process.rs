@@ -9,10 +9,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use tidepool_p2p::auth::{ClusterKey, Service};
+use tidepool_p2p::auth::Service;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::conn::Connection;
 use tidepool_p2p::message::{AdminReply, AdminRequest};
+use tidepool_p2p::tls::{Credentials, Role, TlsFiles};
 
 use crate::system;
 
@@ -45,16 +46,26 @@ impl Binaries {
     }
 }
 
-/// `<dir>/cluster.key`, made with `tidepool keygen` unless it exists.
-pub(crate) fn cluster_key(dir: &Path, bins: &Binaries) -> anyhow::Result<ClusterKey> {
-    let key_path = dir.join("cluster.key");
-    if !key_path.exists() {
-        let status = Command::new(&bins.tidepool).arg("keygen").arg(&key_path).stdout(Stdio::null()).status()?;
+/// The credentials in `dir`: a CA (`tidepool ca init`) and certificates for pool1, pool2 and
+/// the bench's admin connections (`tidepool ca issue`), each made unless it exists. Returns the
+/// admin credentials.
+pub(crate) fn credentials_in(dir: &Path, bins: &Binaries) -> anyhow::Result<Credentials> {
+    let tidepool = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new(&bins.tidepool).args(args).arg(dir).stdout(Stdio::null()).status()?;
         if !status.success() {
-            bail!("tidepool keygen {} failed", key_path.display());
+            bail!("tidepool {} {} failed", args.join(" "), dir.display());
+        }
+        Ok(())
+    };
+    if !dir.join("ca.crt").exists() {
+        tidepool(&["ca", "init"])?;
+    }
+    for (role, name) in [(Role::Pool, "pool1"), (Role::Pool, "pool2"), (Role::Admin, "bench")] {
+        if !TlsFiles::in_dir(dir, role, name).cert.exists() {
+            tidepool(&["ca", "issue", "--role", role.as_str(), "--name", name])?;
         }
     }
-    ClusterKey::parse(&fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)
+    Credentials::load(&TlsFiles::in_dir(dir, Role::Admin, "bench")).map_err(anyhow::Error::msg)
 }
 
 /// A child process that is killed if it is still running when dropped.
@@ -149,7 +160,7 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) async fn open(addr: SocketAddr, key: &ClusterKey) -> anyhow::Result<Admin> {
+    pub(crate) async fn open(addr: SocketAddr, key: &Credentials) -> anyhow::Result<Admin> {
         let conn = Connection::open(addr, key, "bench", Service::Admin).await?;
         Ok(Admin { conn })
     }
@@ -194,7 +205,7 @@ pub(crate) fn write_cluster(dir: &Path) -> anyhow::Result<[(SocketAddr, SocketAd
     for name in ["pool1", "pool2"] {
         let config = format!(
             "name = \"{name}\"\ndata_dir = \"{name}\"\ncapacity = \"1Ti\"\ncluster_file = \"cluster.toml\"\n\
-             key_file = \"cluster.key\"\nshutdown_grace_seconds = 5\n"
+             shutdown_grace_seconds = 5\n"
         );
         fs::write(dir.join(format!("{name}.toml")), config)?;
         // What `tidepool init` does: a pool starts only in a marked directory.
@@ -210,7 +221,7 @@ pub(crate) fn start_pool_in(
     dir: &Path,
     bins: &Binaries,
     rt: &tokio::runtime::Runtime,
-    key: &ClusterKey,
+    key: &Credentials,
     name: &str,
     admin: SocketAddr,
 ) -> anyhow::Result<(Proc, Admin)> {

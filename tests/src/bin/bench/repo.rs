@@ -146,7 +146,7 @@ pub(crate) fn measure(dir: &Path) -> anyhow::Result<()> {
         repo,
         recovery,
         ClusterFile { pools: vec![], links: vec![] },
-        tidepool_p2p::auth::ClusterKey::generate()?,
+        tidepool_p2p::tls::testing::pool("bench"),
         "PinManager".into(),
     )?);
     let node = Arc::new(Node::new(Arc::new(Transfers::new(pool, &Default::default()))));

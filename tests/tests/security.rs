@@ -1,0 +1,274 @@
+//! The protected channel and the roles (`docs/security.md`), against real pool daemons: each
+//! role refused for what it may not do, certificates from a wrong CA, expired or denied
+//! refused, a byte altered in flight breaks the connection and changes nothing, and a change of
+//! CA with both anchors trusted for a while.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use tidepool_p2p::ErrorCode;
+use tidepool_p2p::auth::Service;
+use tidepool_p2p::conn::Connection;
+use tidepool_p2p::frame::WireError;
+use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest};
+use tidepool_p2p::tls::{Authority, Credentials, Role, TlsFiles};
+use tidepool_p2p::{PnfsId, TransferId};
+use tidepool_tests::{Cluster, sample_bytes};
+
+/// How long a test waits for a log line describing something it has already seen happen.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+
+fn two_pools() -> Cluster {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.start("pool1");
+    cluster.start("pool2");
+    cluster
+}
+
+fn credentials(cluster: &Cluster, role: Role, name: &str) -> Credentials {
+    Credentials::load(&TlsFiles::in_dir(cluster.dir(), role, name)).expect("load credentials")
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(f)
+}
+
+/// The error code of a refusal in the handshake.
+fn refused_code(result: Result<Connection, WireError>) -> Option<ErrorCode> {
+    match result {
+        Err(WireError::Remote(e)) => e.code(),
+        Err(e) => panic!("expected a refusal from the pool, got {e}"),
+        Ok(_) => panic!("expected a refusal, the pool admitted the connection"),
+    }
+}
+
+#[test]
+fn a_client_certificate_may_not_run_admin_commands() {
+    let cluster = two_pools();
+    let client = cluster.path("client.client.crt");
+    let out = cluster.admin_with_cert(&client, "cd pool1\nrep ls\npool disable -strict\n");
+    out.assert_code(1, "the shell with a client certificate");
+    assert!(out.stderr.contains("client:client may not run admin commands"), "{out}");
+    assert!(out.stderr.contains("(rc=20007)"), "{out}");
+    let refused = cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "client:client"], LOG_WAIT);
+    assert!(refused.contains("Admin"), "the warning names the endpoint: {refused}");
+    // Nothing changed: the pool is still enabled.
+    let info = cluster.info("pool1");
+    assert!(info.contains("enabled"), "{info}");
+}
+
+#[test]
+fn a_client_or_an_admin_may_not_make_pool_requests() {
+    let cluster = two_pools();
+    let data = cluster.spec("pool1").p2p;
+    let client = credentials(&cluster, Role::Client, "client");
+    let admin = credentials(&cluster, Role::Admin, "admin");
+    block_on(async {
+        // A client reaches the data endpoint, but may not fetch or ask for migration.
+        let mut conn = Connection::open(data, &client, "pool2", Service::Data).await.expect("a client connects");
+        let fetch = DataRequest::Fetch {
+            transfer: TransferId(1),
+            pnfsid: PnfsId::from_random([3; 16]),
+            force_source_mode: true,
+        };
+        conn.send(&fetch).await.unwrap();
+        match conn.recv::<DataReply>().await.unwrap() {
+            DataReply::Error(e) => assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e:?}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo { job: None })).await.unwrap();
+        match conn.recv::<DataReply>().await.unwrap() {
+            DataReply::Migration(MigrationReply::Error(e)) => assert_eq!(e.code(), Some(ErrorCode::Forbidden)),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // An admin certificate does not reach the data endpoint at all.
+        let refused = Connection::open(data, &admin, "pool2", Service::Data).await;
+        assert_eq!(refused_code(refused), Some(ErrorCode::Forbidden));
+    });
+    cluster.wait_for_log_line("pool1", &["WARN", "refused request", "client:client", "pool-to-pool"], LOG_WAIT);
+    cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "admin:admin", "Data"], LOG_WAIT);
+    assert!(cluster.rep_ls("pool1").is_empty());
+}
+
+#[test]
+fn a_pool_speaks_only_under_its_own_name_and_only_if_the_cluster_file_lists_it() {
+    let cluster = two_pools();
+    let data = cluster.spec("pool1").p2p;
+    let dir = cluster.dir().to_str().unwrap().to_string();
+    cluster.issue("pool", "pool9", &dir);
+    let pool2 = credentials(&cluster, Role::Pool, "pool2");
+    let pool9 = credentials(&cluster, Role::Pool, "pool9");
+    block_on(async {
+        let claimed = Connection::open(data, &pool2, "pool3", Service::Data).await;
+        assert_eq!(refused_code(claimed), Some(ErrorCode::Forbidden));
+        let unknown = Connection::open(data, &pool9, "pool9", Service::Data).await;
+        assert_eq!(refused_code(unknown), Some(ErrorCode::Forbidden));
+        // Under its own name, pool2 is answered.
+        let mut conn = Connection::open(data, &pool2, "pool2", Service::Data).await.expect("pool2 connects");
+        conn.send(&DataRequest::Migration(MigrationRequest::PoolInfo { job: None })).await.unwrap();
+        match conn.recv::<DataReply>().await.unwrap() {
+            DataReply::Migration(MigrationReply::PoolInfo(_)) => {}
+            other => panic!("expected pool1's cost, got {other:?}"),
+        }
+    });
+    cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "pool:pool2", "speak as pool pool3"], LOG_WAIT);
+    cluster.wait_for_log_line(
+        "pool1",
+        &["WARN", "refused connection", "pool:pool9", "not in the cluster file"],
+        LOG_WAIT,
+    );
+}
+
+/// Writes a certificate for `admin:<name>` from the cluster's CA valid only between the two
+/// offsets from now (in days), and returns its path.
+fn admin_cert_between(cluster: &Cluster, name: &str, from_days: i64, to_days: i64) -> PathBuf {
+    let read = |f: &str| std::fs::read_to_string(cluster.path(f)).unwrap();
+    let ca = Authority::from_pem(&read("ca.crt"), &read("ca.key")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let issued = ca
+        .issue_between(Role::Admin, name, now + time::Duration::days(from_days), now + time::Duration::days(to_days))
+        .unwrap();
+    std::fs::write(cluster.path(&format!("{name}.admin.key")), issued.key_pem).unwrap();
+    cluster.write_file(&format!("{name}.admin.crt"), issued.cert_pem.as_bytes())
+}
+
+#[test]
+fn a_wrong_ca_an_expired_certificate_and_a_denied_name_are_refused() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    cluster.append_config("pool1", "[tls]\ndeny = [\"eve\"]\n");
+    cluster.start("pool1");
+    let dir = cluster.dir().to_str().unwrap().to_string();
+    let script = "cd pool1\ninfo\n";
+
+    let foreign = cluster.foreign_cert("admin", "admin");
+    let out = cluster.admin_with_cert(&foreign, script);
+    out.assert_code(1, "a certificate from another CA");
+    assert!(out.stderr.contains("authentication failed"), "{out}");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["WARN", "refused connection", "authentication failed", "UnknownIssuer"],
+        LOG_WAIT,
+    );
+
+    let expired = admin_cert_between(&cluster, "old", -30, -1);
+    let out = cluster.admin_with_cert(&expired, script);
+    out.assert_code(1, "an expired certificate");
+    assert!(out.stderr.contains("authentication failed"), "{out}");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["WARN", "refused connection", "authentication failed", "certificate expired"],
+        LOG_WAIT,
+    );
+
+    cluster.issue("admin", "eve", &dir);
+    let out = cluster.admin_with_cert(&cluster.path("eve.admin.crt"), script);
+    out.assert_code(1, "a denied name");
+    cluster.wait_for_log_line("pool1", &["WARN", "refused connection", "admin:eve is on the deny list"], LOG_WAIT);
+
+    // The cluster's own admin still gets in, and the audit line names it.
+    let info = cluster.info("pool1");
+    assert!(info.contains("Certificate    : pool:pool1, valid until"), "{info}");
+    cluster.wait_for_log_line("pool1", &["admin command", "identity=admin:admin", "command=info"], LOG_WAIT);
+}
+
+/// Forwards one connection from a free loopback port to `to`, flipping one bit of the byte at
+/// `offset` of what the client sends. Returns the port's address.
+fn flipping_proxy(to: SocketAddr, offset: usize) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flipped = Arc::new(AtomicBool::new(false));
+    let done = flipped.clone();
+    thread::spawn(move || {
+        let Ok((mut client, _)) = listener.accept() else { return };
+        let mut pool = TcpStream::connect(to).unwrap();
+        let (mut client_r, mut pool_w) = (client.try_clone().unwrap(), pool.try_clone().unwrap());
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut pool, &mut client);
+        });
+        let mut seen = 0usize;
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = client_r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if (seen..seen + n).contains(&offset) {
+                buf[offset - seen] ^= 0x10;
+                done.store(true, Ordering::SeqCst);
+            }
+            seen += n;
+            if pool_w.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = pool_w.shutdown(std::net::Shutdown::Both);
+    });
+    (addr, flipped)
+}
+
+#[test]
+fn a_byte_altered_in_flight_breaks_the_connection_and_nothing_is_stored() {
+    let cluster = two_pools();
+    // A cluster file that sends pool1's data through the proxy; the credentials beside it.
+    let (proxy, flipped) = flipping_proxy(cluster.spec("pool1").p2p, 40_000);
+    let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
+    let real = cluster.spec("pool1").p2p.to_string();
+    std::fs::write(cluster.path("proxied.toml"), text.replace(&real, &proxy.to_string())).unwrap();
+    let file = cluster.write_file("upload.dat", &sample_bytes(256 * 1024, 5));
+    let out = put_through(&cluster.path("proxied.toml"), &file);
+    assert!(flipped.load(Ordering::SeqCst), "the proxy altered a byte");
+    assert_ne!(out.status.code(), Some(0), "the put failed: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.wait_for_log_line("pool1", &["WARN", "client:client", "cannot decrypt"], LOG_WAIT);
+    assert!(cluster.rep_ls("pool1").is_empty(), "nothing was stored");
+    // The same upload without the proxy is stored.
+    cluster.put_ok("pool1", &[&file], &[]);
+    assert_eq!(cluster.rep_ls("pool1").len(), 1);
+}
+
+fn put_through(cluster_file: &Path, file: &Path) -> std::process::Output {
+    std::process::Command::new(&tidepool_tests::binaries().tidepool)
+        .arg("put")
+        .arg("--cluster")
+        .arg(cluster_file)
+        .args(["--pool", "pool1", "--"])
+        .arg(file)
+        .output()
+        .expect("run tidepool put")
+}
+
+#[test]
+fn old_and_new_trust_anchors_are_both_accepted_during_a_change_of_ca_and_only_the_new_after() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    // A new CA, with a new certificate for the pool and for an admin.
+    let new_admin = cluster.foreign_cert("admin", "admin");
+    let new_pool = cluster.foreign_cert("pool", "pool1");
+    let new_ca = cluster.path("other-ca/ca.crt");
+    cluster.append_config("pool1", "[tls]\ntrust = [\"ca.crt\", \"other-ca/ca.crt\"]\n");
+    cluster.start("pool1");
+    let script = "cd pool1\ninfo\n";
+    cluster.admin(script).assert_success("an admin of the old CA during the change");
+    // The new admin trusts both anchors too: the pool's certificate is still the old CA's.
+    let (new_ca_text, old_ca) = (new_ca.to_str().unwrap(), cluster.path("ca.crt"));
+    let both = ["--cert", new_admin.to_str().unwrap(), "--trust", old_ca.to_str().unwrap(), "--trust", new_ca_text];
+    cluster.admin_args(&both, script).assert_success("an admin of the new CA during the change");
+
+    // The change is over: the pool's own certificate from the new CA, only the new anchor;
+    // reloaded with SIGHUP, without a restart.
+    let config = std::fs::read_to_string(cluster.config_path("pool1")).unwrap();
+    let config = config.replace(
+        "[tls]\ntrust = [\"ca.crt\", \"other-ca/ca.crt\"]\n",
+        &format!("[tls]\ncert = \"{}\"\ntrust = [\"other-ca/ca.crt\"]\n", new_pool.display()),
+    );
+    std::fs::write(cluster.config_path("pool1"), config).unwrap();
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line("pool1", &["SIGHUP: credentials reloaded"], LOG_WAIT);
+    let out = cluster.admin(script);
+    out.assert_code(1, "an admin of the old CA after the change");
+    assert!(out.stderr.contains("authentication failed"), "{out}");
+    let only_new = cluster.admin_args(&["--cert", new_admin.to_str().unwrap(), "--trust", new_ca_text], script);
+    only_new.assert_success("an admin of the new CA after the change");
+}
