@@ -73,27 +73,38 @@ fn invalid(what: impl Into<String>, message: impl std::fmt::Display) -> TlsError
 /// Reads a certificate's identity and expiry.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .ok_or("the certificate's subject has no common name (CN)")?
-        .to_string();
-    let role = cert
+    // Exactly one name and one role: a certificate that could be read two ways is refused.
+    let names: Vec<&str> = cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).collect();
+    let name = match names[..] {
+        [] => return Err("the certificate's subject has no common name (CN)".into()),
+        [name] if !name.is_empty() && !name.chars().any(char::is_control) => name.to_string(),
+        [_] => return Err("the certificate's common name (CN) is empty or holds control characters".into()),
+        _ => return Err(format!("the certificate has {} common names (CN); give it one", names.len())),
+    };
+    let roles: Vec<&str> = cert
         .subject_alternative_name()
         .ok()
         .flatten()
-        .and_then(|san| {
-            san.value.general_names.iter().find_map(|g| match g {
-                x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(ROLE_URI_PREFIX),
-                _ => None,
-            })
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u) => u.strip_prefix(ROLE_URI_PREFIX),
+                    _ => None,
+                })
+                .collect()
         })
-        .ok_or_else(|| {
-            format!("the certificate of {name} carries no role (a SAN URI {ROLE_URI_PREFIX}pool|admin|client)")
-        })?
-        .parse::<Role>()?;
+        .unwrap_or_default();
+    let role = match roles[..] {
+        [role] => role.parse::<Role>()?,
+        [] => {
+            return Err(format!(
+                "the certificate of {name} carries no role (a SAN URI {ROLE_URI_PREFIX}pool|admin|client)"
+            ));
+        }
+        _ => return Err(format!("the certificate of {name} carries {} roles; give it one", roles.len())),
+    };
     Ok(CertInfo { identity: Identity { role, name }, not_after: cert.validity().not_after.timestamp() })
 }
 
@@ -548,6 +559,24 @@ mod tests {
         for role in Role::ALL {
             let creds = testing::credentials(role, "alice");
             assert_eq!(creds.identity(), Identity { role, name: "alice".into() });
+        }
+    }
+
+    /// A certificate is read one way or refused: one role and one name, or no identity.
+    #[test]
+    fn a_certificate_with_no_role_or_two_roles_is_refused() {
+        let der = |uris: &[&str]| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, "mallory");
+            for uri in uris {
+                params.subject_alt_names.push(rcgen::SanType::URI(rcgen::Ia5String::try_from(*uri).unwrap()));
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        assert_eq!(cert_info(&der(&["tidepool:role=pool"])).unwrap().identity.to_string(), "pool:mallory");
+        for uris in [&[][..], &["tidepool:role=pool", "tidepool:role=admin"][..], &["tidepool:role=root"][..]] {
+            assert!(cert_info(&der(uris)).is_err(), "{uris:?}");
         }
     }
 

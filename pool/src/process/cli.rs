@@ -566,6 +566,10 @@ impl Reloadable {
         // a longer deny list) apply to the connections made from now on.
         let files = config.tls.files();
         match tokio::task::spawn_blocking(move || Credentials::load(&files)).await {
+            Ok(Ok(creds)) if creds.info().not_after <= chrono::Utc::now().timestamp() => tracing::error!(
+                "SIGHUP: the new certificate of {} has expired; the credentials in force are unchanged",
+                creds.identity()
+            ),
             Ok(Ok(creds)) if creds.identity() == self.pool.credentials.identity() => {
                 self.pool.credentials.reload(&creds);
                 warn_if_expiring(&creds);
