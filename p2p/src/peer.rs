@@ -184,7 +184,7 @@ mod tests {
     use super::*;
     use crate::auth;
     use crate::frame::{FrameReader, FrameWriter, MAX_FRAME};
-    use crate::tls::{Authority, Role, testing};
+    use crate::tls::{Role, testing};
 
     /// A pool named `name` on loopback that authenticates with `key` and answers every `u32` it
     /// reads with the same number plus one. `close_after` requests it hangs up. Returns its
@@ -304,17 +304,7 @@ mod tests {
         assert!(matches!(&err, DialError::WrongPool { actual, .. } if actual == "pool1"), "{err}");
 
         // A certificate from another CA, which trusts the pool's CA: the pool refuses it.
-        let other = Authority::new("other CA", time::OffsetDateTime::now_utc() + time::Duration::days(1)).unwrap();
-        let issued = other.issue(Role::Pool, "pool2", 1).unwrap();
-        let ca = testing::authority().cert_pem();
-        let creds = Credentials::from_pem(
-            ("cert", issued.cert_pem.as_bytes()),
-            ("key", issued.key_pem.as_bytes()),
-            &[("ca", ca.as_bytes())],
-            &[],
-        )
-        .unwrap();
-        let stranger = Dialer::new("pool2", creds, Service::Data);
+        let stranger = Dialer::new("pool2", testing::stranger(Role::Pool, "pool2"), Service::Data);
         let err = stranger.open(&name("pool1"), addr).await.unwrap_err();
         assert!(
             matches!(&err, DialError::Refused { error, .. } if error.code() == Some(crate::ErrorCode::AuthFailed)),

@@ -525,6 +525,22 @@ pub mod testing {
         credentials(Role::Pool, name)
     }
 
+    /// Credentials for `name` with `role` issued by another CA, that trust the test CA: a
+    /// pool of the test CA refuses them.
+    pub fn stranger(role: Role, name: &str) -> Credentials {
+        let other = Authority::new("another CA", time::OffsetDateTime::now_utc() + time::Duration::days(1))
+            .expect("make another CA");
+        let issued = other.issue(role, name, 1).expect("issue from another CA");
+        let ca = authority().cert_pem();
+        Credentials::from_pem(
+            ("cert", issued.cert_pem.as_bytes()),
+            ("key", issued.key_pem.as_bytes()),
+            &[("ca", ca.as_bytes())],
+            &[],
+        )
+        .expect("credentials from another CA")
+    }
+
     /// The reading and writing ends of a pool's side of a connection.
     pub type Ends = (
         crate::frame::FrameReader<tokio::io::ReadHalf<ServerStream>>,

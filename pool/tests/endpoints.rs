@@ -298,17 +298,7 @@ async fn a_line_runs_on_another_pool_over_the_peer_layer() {
     assert!(matches!(pools.run(&"pool7".parse().unwrap(), "info").await, Err(PeerError::UnknownPool(_))));
 
     // A certificate from another CA.
-    let other =
-        tidepool_p2p::tls::Authority::new("another CA", time::OffsetDateTime::now_utc() + time::Duration::days(1));
-    let issued = other.unwrap().issue(Role::Pool, "pool9", 1).unwrap();
-    let ca = testing::authority().cert_pem();
-    let foreign = Credentials::from_pem(
-        ("cert", issued.cert_pem.as_bytes()),
-        ("key", issued.key_pem.as_bytes()),
-        &[("ca", ca.as_bytes())],
-        &[],
-    )
-    .unwrap();
+    let foreign = testing::stranger(Role::Pool, "pool9");
     let stranger = Pools::new(cluster, foreign, "pool9/rebalance".into(), Duration::from_secs(30));
     match stranger.run(&pool1, "info").await {
         Err(e @ PeerError::Refused { .. }) => assert_eq!(e.code(), ErrorCode::AuthFailed, "{e}"),
