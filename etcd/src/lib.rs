@@ -338,6 +338,29 @@ impl Etcd {
         Ok(r.deleted() > 0)
     }
 
+    /// `psu remove pool`: deletes a pool's record and its group memberships, for a pool taken
+    /// out of service. Refused while the pool is alive (its lease key is there): a running pool
+    /// would register again at once. Its replicas are not touched; they are on its disk.
+    pub async fn remove_pool(&self, pool: &PoolName) -> Result<Vec<String>, EtcdError> {
+        let snap = self.load().await?;
+        let Some(entry) = snap.cluster.pool(pool) else {
+            return Err(EtcdError::Refused(format!("no pool named {pool} is registered in etcd")));
+        };
+        let alive = self.keys.alive(pool.as_str());
+        let mut deletes = vec![TxnOp::delete(self.keys.pool(pool.as_str()), None)];
+        deletes.extend(entry.groups.iter().map(|g| TxnOp::delete(self.keys.member(g, pool.as_str()), None)));
+        // Only while it is not alive: a pool that registers between the read and the delete
+        // keeps its record.
+        let txn = Txn::new().when([Compare::version(alive, CompareOp::Equal, 0)]).and_then(deletes);
+        let r = self.client().txn(txn).await.map_err(|e| self.err(e))?;
+        if !r.succeeded() {
+            return Err(EtcdError::Refused(format!(
+                "pool {pool} is alive (registered under its lease); stop it first, then remove it"
+            )));
+        }
+        Ok(entry.groups.clone())
+    }
+
     /// `psu set link`: the link names these groups (each must exist); no groups removes it.
     pub async fn set_link(&self, link: &str, groups: &[String]) -> Result<(), EtcdError> {
         let key = self.keys.link(link);

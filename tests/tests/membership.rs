@@ -233,6 +233,9 @@ fn a_pool_killed_leaves_the_live_set_within_the_lease_and_is_not_chosen() {
     wait_until("every pool alive on pool1", WAIT, || {
         (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 3).then_some(())
     });
+    // A pool that is alive cannot be removed from the membership: it would register again.
+    let err = refused(&cluster, "pool1", "psu remove pool pool3");
+    assert!(err.contains("pool pool3 is alive") && err.contains("rc=4"), "{err}");
     cluster.kill9("pool3");
     // The lease lapses at most LEASE seconds after the last renewal; the watch tells pool1
     // at once. Four seconds of slack for a busy machine (CI).
@@ -250,6 +253,16 @@ fn a_pool_killed_leaves_the_live_set_within_the_lease_and_is_not_chosen() {
     // No copy was tried on pool3: no file failed on it.
     assert!(!info.contains("Pool pool3 failed"), "{info}");
     assert!(info.contains("Failed     : 0 files") || !info.contains("Failed     :"), "{info}");
+
+    // Taken out of service: once it is not alive, `psu remove pool` takes it out of the
+    // membership, and every pool's view follows.
+    assert_eq!(ok(&cluster, "pool1", "psu remove pool pool3\n"), "pool pool3 removed (it was in pool groups disk)\n");
+    wait_until("pool3 gone from pool2's view", WAIT, || {
+        (!ok(&cluster, "pool2", "psu ls pool\n").lines().any(|l| l.starts_with("pool3 "))).then_some(())
+    });
+    assert_eq!(ok(&cluster, "pool2", "psu ls pgroup\n"), "disk : pool1, pool2\n");
+    let err = refused(&cluster, "pool1", "psu remove pool pool3");
+    assert!(err.contains("no pool named pool3"), "{err}");
 }
 
 /// etcd stopped in the middle of a move: the pools keep their view (stale in `info`), the
@@ -274,6 +287,9 @@ fn etcd_stopped_mid_move_the_move_finishes() {
     wait_until("pool1's view stale", WAIT, || {
         info_field(&cluster.info("pool1"), "Membership").filter(|m| m.contains("stale")).map(|_| ())
     });
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&cluster, "pool1", "info -json\n")).expect("info -json is JSON");
+    assert_eq!(json["membership"], serde_json::json!({"backend": "etcd", "stale": true}), "{json}");
     cluster.wait_for_job("pool1", &job, "FINISHED", WAIT);
     assert_bytes(&cluster, "pool2", &files);
     assert!(cluster.rep_ls("pool1").is_empty(), "every file moved");

@@ -880,6 +880,7 @@ mod tests {
             assert!(text.contains("Replicas       : 3 (CACHED 2, PRECIOUS 1)\n"), "{text}");
             assert_eq!(info["replicas"]["by_state"], serde_json::json!([{"state": "CACHED", "count": 2}, {"state": "PRECIOUS", "count": 1}]));
             assert_eq!(info["groups"], serde_json::json!(["disk"]));
+            assert_eq!(info["membership"], serde_json::json!({"backend": "file", "stale": false}));
             assert_eq!(info["recovery"]["clean"], true);
             assert_eq!(info["migration"]["jobs"], serde_json::json!([]));
             run(pool, "pool disable -rdonly 7 \"disk check\"").unwrap();

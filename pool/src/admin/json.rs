@@ -57,6 +57,8 @@ pub struct InfoJson {
     pub disabled: Option<Disabled>,
     /// The pool's groups in the cluster file; `null` if the cluster file does not list it.
     pub groups: Option<Vec<String>>,
+    /// The text's `Membership` line.
+    pub membership: MembershipJson,
     pub space: SpaceInfo,
     pub held: Held,
     pub replicas: Replicas,
@@ -66,6 +68,15 @@ pub struct InfoJson {
     pub service: Option<ServiceJson>,
     /// `Log filter`, as the text shows it; `null` where the text has no such line.
     pub log_filter: Option<String>,
+}
+
+/// Where the pool's view of the other pools comes from, and whether it is stale.
+#[derive(Debug, Serialize)]
+pub struct MembershipJson {
+    /// `file` or `etcd`.
+    pub backend: String,
+    /// etcd cannot be reached; the last view is used (always false for the file).
+    pub stale: bool,
 }
 
 /// The daemon's version, start and resolved config (`--- service ---`).
@@ -229,6 +240,7 @@ pub fn info(node: &Node) -> InfoJson {
         enabled: mode.mode.is_enabled(),
         disabled: (!mode.mode.is_enabled()).then(|| Disabled { code: mode.error_code, message: mode.message.clone() }),
         groups: pool.cluster.pool(&pool.name).map(|e| e.groups.clone()),
+        membership: MembershipJson { backend: pool.cluster.backend().to_string(), stale: pool.cluster.is_stale() },
         space: pool.repo.space(now),
         held: Held { replicas: held, bytes: held_bytes },
         replicas: Replicas {

@@ -495,6 +495,19 @@ pub static COMMANDS: &[CommandSpec] = &[
         parse: psu::parse_removefrom,
     },
     CommandSpec {
+        name: "psu remove pool",
+        args: "<pool>",
+        summary: "remove a stopped pool from the membership (etcd): its record and its group memberships",
+        details: concat!(
+            "For a pool taken out of service. Refused while the pool is alive: a running pool registers\n",
+            "again. Nothing on its disk is touched, and no replica anywhere is deleted or copied; a\n",
+            "pool started again later registers again (then `psu addto pgroup` puts it back in groups).",
+        ),
+        options: &[],
+        examples: &["psu remove pool pool7"],
+        parse: psu::parse_remove_pool,
+    },
+    CommandSpec {
         name: "psu set link",
         args: "<link> [<group>...]",
         summary: "make a link name these pool groups (etcd); no group removes the link",

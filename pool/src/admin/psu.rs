@@ -1,8 +1,9 @@
 //! The `psu` commands, in the spirit of dCache's pool manager (docs/admin-commands.md,
 //! "Membership"): the pool groups, pools and links of the membership, listed from the view in
 //! force (`psu ls ...`), read again (`psu reload`), and, where the membership is etcd, changed
-//! live (`psu create|remove pgroup`, `psu addto|removefrom pgroup`, `psu set link`). A change
-//! goes to etcd; every pool's view follows through its watch, this pool's included.
+//! live (`psu create|remove pgroup`, `psu addto|removefrom pgroup`, `psu remove pool`,
+//! `psu set link`). A change goes to etcd; every pool's view follows through its watch, this
+//! pool's included.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub enum Psu {
         group: String,
         pool: PoolName,
     },
+    /// `psu remove pool <pool>`: a pool out of service leaves the membership.
+    RemovePool(PoolName),
     /// `psu set link <link> <group>...`; no group removes the link.
     SetLink {
         link: String,
@@ -79,6 +82,12 @@ pub fn parse_removefrom(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     let pool = inv.arg_as(1, "pool")?;
     inv.at_most(2)?;
     Ok(Command::Psu(Psu::RemoveFrom { group, pool }))
+}
+
+pub fn parse_remove_pool(inv: &Invocation<'_>) -> Result<Command, ParseError> {
+    let pool = inv.arg_as(0, "pool")?;
+    inv.at_most(1)?;
+    Ok(Command::Psu(Psu::RemovePool(pool)))
 }
 
 pub fn parse_set_link(inv: &Invocation<'_>) -> Result<Command, ParseError> {
@@ -222,6 +231,13 @@ pub async fn execute(node: &Arc<Node>, cmd: Psu, out: &mut Output) -> Result<(),
                         true => format!("pool {pool} removed from pool group {group}"),
                         false => format!("pool {pool} was not in pool group {group}"),
                     },
+                    Psu::RemovePool(pool) => {
+                        let groups = etcd.remove_pool(&pool).await?;
+                        match groups.is_empty() {
+                            true => format!("pool {pool} removed"),
+                            false => format!("pool {pool} removed (it was in pool groups {})", groups.join(", ")),
+                        }
+                    }
                     Psu::SetLink { link, groups } if groups.is_empty() => {
                         etcd.set_link(&link, &groups).await?;
                         format!("link {link} removed")
