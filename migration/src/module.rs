@@ -51,6 +51,7 @@ use crate::update::plan_update;
 mod core;
 mod driver;
 mod dry;
+mod refresh;
 mod saved;
 mod server;
 mod source_mode;
@@ -119,9 +120,6 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 const CANCEL_RESEND_FIRST: Duration = Duration::from_secs(1);
 const CANCEL_RESEND_MAX: Duration = Duration::from_secs(30);
 const CANCEL_RESEND_FOR: Duration = Duration::from_secs(3600);
-/// A job that refreshes from published costs (etcd) still asks its targets themselves this
-/// often: that renews the holds of the copies it delivered (`DELIVERY_HOLD`, an hour).
-const ASK_DIRECTLY_EVERY: Duration = Duration::from_secs(600);
 
 /// The pool's migration module.
 pub struct Module<E: Env> {
@@ -214,9 +212,9 @@ struct Job {
     /// The target pools, in cluster-file order: resolved again from the membership at each
     /// refresh, so a pool added to a target group becomes a target (`Module::refresh`).
     targets: Mutex<Vec<PoolName>>,
-    /// When the job last asked its targets themselves for their figures (a refresh from
-    /// published costs does not renew the holds of its copies on them).
-    asked_directly: Mutex<Option<tokio::time::Instant>>,
+    /// When the job last asked each pool that is or was its target itself, and whether it
+    /// answered ([`refresh::to_ask`]: a refresh from published costs renews no hold).
+    asked: Mutex<HashMap<PoolName, refresh::Asked>>,
     refresh: Duration,
     /// The job's byte-rate limit, which the pool's fetch server draws from for the files the
     /// job holds the lock of ([`Module::rate_limits`]). Not a decision of the core: it shapes
@@ -604,7 +602,7 @@ impl<E: Env> Module<E> {
             smode: def.smode.records.iter().map(|r| r.at(now)).collect(),
             tmode: def.tmode.records.iter().map(|r| r.at(now)).collect(),
             targets: Mutex::new(targets),
-            asked_directly: Mutex::new(None),
+            asked: Mutex::new(HashMap::new()),
             refresh: Duration::from_secs(def.refresh.unwrap_or_else(|| self.default_refresh())),
             rate: Arc::new(RateLimit::new(rate)),
             stop: CancellationToken::new(),
@@ -947,7 +945,7 @@ fn unusable(s: &JobInner) -> impl Iterator<Item = (&PoolName, &'static str)> {
         let why = match t.cost {
             None => "offline",
             Some(_) if !t.eligible => "left out by -include-when/-exclude-when",
-            Some(c) if !c.accepts => "not accepting copies (disabled for pool-to-pool)",
+            Some(c) if !c.accepts => "not accepting copies (disabled for pool-to-pool, or not alive in etcd)",
             Some(_) if t.unreachable => "not reachable",
             Some(_) => return None,
         };

@@ -17,8 +17,10 @@ pub(super) enum JobEvent {
     Rescanned(Vec<(PnfsId, u64)>),
     /// The periodic refresh of the targets is due.
     RefreshDue,
-    /// The targets answered a refresh, in the job's target order (`None`: no answer).
-    Refreshed(Vec<(PoolName, Option<PoolCost>)>),
+    /// The targets answered a refresh, in the job's target order (`None`: no answer); then
+    /// the targets the membership knows are not alive (etcd: their lease lapsed), which get no
+    /// grace for a missed answer.
+    Refreshed(Vec<(PoolName, Option<PoolCost>)>, Vec<PoolName>),
     /// The answers to a location question about `ids` asked of `pools` (`None`: the pool did
     /// not answer).
     Located { ids: Vec<PnfsId>, pools: Vec<PoolName>, answers: HashMap<PoolName, Option<HashMap<PnfsId, Held>>> },
@@ -133,7 +135,7 @@ impl<W: World> Cx<'_, W> {
                     self.actions.push(Action::Refresh);
                 }
             }
-            JobEvent::Refreshed(answers) => self.refreshed(answers),
+            JobEvent::Refreshed(answers, gone) => self.refreshed(answers, &gone),
             JobEvent::Located { ids, pools, answers } => self.answered(ids, pools, answers),
             JobEvent::CopyAnswered { to, undelivered, answers } => {
                 if undelivered {
@@ -259,8 +261,9 @@ impl<W: World> Cx<'_, W> {
     }
 
     /// The targets answered a refresh: their figures, who is offline since when, who passes
-    /// `-include-when`/`-exclude-when`, and who restarted.
-    fn refreshed(&mut self, answers: Vec<(PoolName, Option<PoolCost>)>) {
+    /// `-include-when`/`-exclude-when`, and who restarted. A silent target keeps its figures
+    /// for one refresh (an answer lost on its way), unless it is in `gone`.
+    fn refreshed(&mut self, answers: Vec<(PoolName, Option<PoolCost>)>, gone: &[PoolName]) {
         let now = self.world.tick();
         let source = self.world.cost();
         self.s.refreshing = false;
@@ -286,7 +289,7 @@ impl<W: World> Cx<'_, W> {
                     t.misses = old.misses + 1;
                     // Still silent: it stays unreachable, whatever figures it keeps.
                     t.unreachable = old.unreachable;
-                    if t.misses < 2 {
+                    if t.misses < 2 && !gone.contains(&t.name) {
                         t.cost = old.cost;
                     }
                 }

@@ -220,21 +220,27 @@ impl<E: Env> Module<E> {
 
     pub(super) async fn refresh(self: &Arc<Self>, job: &Arc<Job>) {
         let targets = self.resolve_again(job);
-        // The costs the membership publishes (etcd), in one read; the targets themselves when
-        // it publishes none or cannot be read, and at least every `ASK_DIRECTLY_EVERY`:
-        // naming the job keeps the copies it delivered held on the target (a move).
-        let due = job.asked_directly.lock().is_none_or(|at| at.elapsed() >= ASK_DIRECTLY_EVERY);
-        let published = if due { None } else { self.env.costs(&targets).await };
-        let answers = match published {
-            Some(answers) => answers,
-            None => {
-                let id = job.id.lock().clone();
-                let answers = self.ask_targets(&targets, Some(id)).await;
-                *job.asked_directly.lock() = Some(tokio::time::Instant::now());
-                answers
-            }
+        // The costs the membership publishes (etcd), in one read; the pools themselves where
+        // that is not enough (`refresh::to_ask`). Naming the job renews the holds of the
+        // copies it delivered there (a move).
+        let published = self.env.costs(&targets).await;
+        let now = tokio::time::Instant::now();
+        let ask = refresh::to_ask(&targets, published.as_deref(), &job.asked.lock(), now);
+        let id = job.id.lock().clone();
+        let direct = match ask.is_empty() {
+            true => Vec::new(),
+            false => self.ask_targets(&ask, Some(id)).await,
         };
-        self.visit(job, JobEvent::Refreshed(answers));
+        {
+            let mut asked = job.asked.lock();
+            for (pool, answer) in &direct {
+                asked.insert(pool.clone(), refresh::Asked { at: now, answered: answer.is_some() });
+            }
+        }
+        let direct: HashMap<PoolName, Option<PoolCost>> = direct.into_iter().collect();
+        let answers = refresh::merge(&targets, published.as_deref(), &direct);
+        let gone = refresh::not_alive(&targets, published.as_deref());
+        self.visit(job, JobEvent::Refreshed(answers, gone));
     }
 
     /// The job's targets resolved again from the membership in force: a pool that joined a

@@ -102,7 +102,7 @@ impl<E: Env> Module<E> {
                         refreshed = true;
                         let targets = job.targets.lock().clone();
                         let answers = self.ask_targets(&targets, None).await;
-                        events.push_front(JobEvent::Refreshed(answers));
+                        events.push_front(JobEvent::Refreshed(answers, Vec::new()));
                     }
                     // A location question is answered before the copies that were sent: they
                     // take longer.

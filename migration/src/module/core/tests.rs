@@ -254,7 +254,7 @@ impl TestJob {
 }
 
 fn refreshed(run2: u64, run3: u64) -> JobEvent {
-    JobEvent::Refreshed(vec![(pool(2), Some(cost(run2, 0))), (pool(3), Some(cost(run3, 0)))])
+    JobEvent::Refreshed(vec![(pool(2), Some(cost(run2, 0))), (pool(3), Some(cost(run3, 0)))], Vec::new())
 }
 
 /// The kinds of `actions` with their counts, in name order: `Copy*3 Locate(2) TimerSet`.
@@ -378,7 +378,7 @@ fn units_are_batches_of_small_files_in_queue_order() {
         Row {
             name: "no target online: the job sleeps",
             given: || online(&[], &small(3), 1),
-            event: |_| JobEvent::Refreshed(vec![(pool(2), None), (pool(3), None)]),
+            event: |_| JobEvent::Refreshed(vec![(pool(2), None), (pool(3), None)], Vec::new()),
             want: "SLEEPING q=3 w=0 r=0 u=[] | ",
         },
     ];
@@ -646,6 +646,7 @@ fn targets_going_offline_mid_batch() {
                         .into_iter()
                         .map(|(p, c)| if p == t { (p, None) } else { (p, c) })
                         .collect(),
+                    Vec::new(),
                 )
             },
             want: "RUNNING q=2 w=0 r=3 u=[3] | ",
@@ -1050,11 +1051,34 @@ fn an_unreachable_target_gets_no_new_copies_but_is_still_asked_who_holds_what() 
     // Still silent at the next refresh: it stays unreachable, whatever figures it keeps.
     let answers: Vec<(PoolName, Option<PoolCost>)> =
         [pool(2), pool(3)].into_iter().map(|p| if p == gone { (p, None) } else { (p, Some(cost(1, 0))) }).collect();
-    job.send(JobEvent::Refreshed(answers)).unwrap();
+    job.send(JobEvent::Refreshed(answers, Vec::new())).unwrap();
     assert_eq!(unreachable(&job, &gone), Some(true));
     // It answers: new copies may go there again.
     job.send(refreshed(1, 1)).unwrap();
     assert_eq!(unreachable(&job, &gone), Some(false));
+}
+
+/// A silent target keeps its figures for one refresh (an answer lost on its way), unless the
+/// membership says it is not alive (etcd: its lease lapsed): then it is offline at once, and
+/// the next files go to the other target.
+#[test]
+fn a_silent_target_the_membership_says_is_gone_gets_no_grace() {
+    let cost_of =
+        |job: &TestJob, pool: &PoolName| job.s.infos.iter().flatten().find(|t| t.name == *pool).map(|t| t.cost);
+    let silent = |gone: &PoolName| -> Vec<(PoolName, Option<PoolCost>)> {
+        [pool(2), pool(3)].into_iter().map(|p| if p == *gone { (p, None) } else { (p, Some(cost(1, 0))) }).collect()
+    };
+    for (membership_says_gone, figures_kept) in [(false, true), (true, false)] {
+        let mut job = TestJob::new(&[], &small(2), 1).scanned().online();
+        let gone = pool(3);
+        let said = if membership_says_gone { vec![gone.clone()] } else { Vec::new() };
+        job.send(JobEvent::Refreshed(silent(&gone), said)).unwrap();
+        assert_eq!(
+            cost_of(&job, &gone).unwrap().is_some(),
+            figures_kept,
+            "membership says gone: {membership_says_gone}"
+        );
+    }
 }
 
 /// The completion report's counts (docs/admin-commands.md, `migration report`):
@@ -1211,7 +1235,7 @@ fn room(free: u64) -> JobEvent {
         let space = SpaceInfo { total, used: total - free, free, precious: 0, removable: 0 };
         Some(PoolCost { space, load: 0, accepts: true, enabled: true, run: 1 })
     };
-    JobEvent::Refreshed(vec![(pool(2), with(free)), (pool(3), with(0))])
+    JobEvent::Refreshed(vec![(pool(2), with(free)), (pool(3), with(0))], Vec::new())
 }
 
 /// Files of 2 MiB (a unit each), `n` at a time; pool2 had room for two of them at the
