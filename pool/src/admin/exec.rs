@@ -222,6 +222,7 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
             super::rebalance::cancel(here, &group, json, out).await
         }
         Command::Psu(p) => Ok(super::psu::execute(node, p, out).await?),
+        Command::TlsReload => Ok(super::tls::reload(node, out).await?),
     }
 }
 
