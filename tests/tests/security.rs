@@ -483,3 +483,35 @@ fn put_and_get_refuse_when_another_pool_answers() {
     assert!(stderr.contains(&format!("pool2 answered at {two}, not pool1")), "{stderr}");
     assert!(!target.exists(), "nothing was read");
 }
+
+/// A private key file its group or others may read: the pool warns in its log at start and at
+/// each reload, the shell and `tidepool put` on stderr; each goes on working.
+#[test]
+fn a_key_file_others_can_read_is_warned_about_by_the_pool_the_shell_and_put() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    let admin_key = cluster.path("admin.admin.key");
+    for key in ["pool1.pool.key", "admin.admin.key", "client.client.key"] {
+        std::fs::set_permissions(cluster.path(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    cluster.start("pool1");
+    let needle = "private key file";
+    cluster.wait_for_log_line("pool1", &["WARN", needle, "pool1.pool.key", "readable by group or others"], LOG_WAIT);
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line("pool1", &["SIGHUP: credentials reloaded"], LOG_WAIT);
+    let warned = cluster.log("pool1").lines().filter(|l| l.contains(needle) && l.contains("pool1.pool.key")).count();
+    assert_eq!(warned, 2, "at start and at the reload");
+
+    let out = cluster.admin("cd pool1\ninfo\n");
+    out.assert_success("the shell with a key others can read");
+    assert!(out.stderr.contains("warning: private key file") && out.stderr.contains("admin.admin.key"), "{out}");
+    let file = cluster.write_file("upload.dat", &sample_bytes(1000, 3));
+    let out = cluster.put("pool1", &[&file], &[]);
+    out.assert_success("put with a key others can read");
+    assert!(out.stderr.contains("warning: private key file") && out.stderr.contains("client.client.key"), "{out}");
+
+    // Owner-only: no warning.
+    std::fs::set_permissions(&admin_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cluster.admin("cd pool1\ninfo\n");
+    assert!(!out.stderr.contains("private key file"), "{out}");
+}

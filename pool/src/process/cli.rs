@@ -193,6 +193,9 @@ fn check_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     }
     let info = r.credentials.info();
     println!("  cert      {} ({}, valid until {})", c.tls.cert.display(), info.identity, info.expiry_date());
+    if let Some(warning) = tidepool_p2p::tls::key_mode_warning(&c.tls.key) {
+        println!("  warning   {warning}");
+    }
     for t in &c.tls.trust {
         println!("  trust     {}", t.display());
     }
@@ -253,6 +256,9 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let shown = levels.to_string();
     let log_control = init_logging(format, levels, source, config_levels);
     tracing::info!(version = VERSION, config = %config_path.display(), %format, filter = %shown, from = %source, "tidepool starting");
+    // `resolve` read the credentials before the log was set up: its warnings are given now.
+    warn_if_key_readable(&config.tls.key);
+    warn_if_expiring(&credentials);
     match service::raise_nofile_limit() {
         Ok(NofileLimit::Raised { from, to }) => tracing::info!("open-file limit raised from {from} to {to}"),
         Ok(NofileLimit::AlreadyAtMax(n)) => tracing::info!("open-file limit is {n}, the hard limit"),
