@@ -61,6 +61,12 @@ impl RefusalLog {
         self.tokens -= 1;
         Verdict::Log { suppressed: std::mem::take(&mut self.suppressed) }
     }
+
+    /// Counts a refusal another limit held back (a peer's own, [`PerPeerLog`]): the next
+    /// warning written gives it in its count, and no token is taken.
+    pub fn held_back(&mut self) {
+        self.suppressed += 1;
+    }
 }
 
 /// After a peer's refusal is written, its next ones wait this long (counted meanwhile).
@@ -209,6 +215,16 @@ mod tests {
         // "a", written longest ago, was forgotten: its next refusal is written at once.
         assert_eq!(small.admit(&"a", start + Duration::from_secs(5)), Verdict::Log { suppressed: 0 });
         assert_eq!(small.admit(&"d", start + Duration::from_secs(5)), Verdict::Suppress);
+    }
+
+    #[test]
+    fn refusals_held_back_elsewhere_are_counted_in_the_next_warning() {
+        let start = Instant::now();
+        let mut log = RefusalLog::new(start);
+        log.held_back();
+        log.held_back();
+        assert_eq!(log.admit(start), Verdict::Log { suppressed: 2 });
+        assert_eq!(log.admit(start), Verdict::Log { suppressed: 0 });
     }
 
     #[test]

@@ -293,9 +293,17 @@ impl Admission {
     }
 
     /// Writes a refusal warning about `peer` unless its own rate limit (one a minute) or the
-    /// listener's holds it back.
+    /// listener's holds it back; one the peer's limit holds back is counted by the listener's,
+    /// so the listener's next warning gives every refusal not written since its last.
     fn warn_peer(&self, ctx: &Ctx, peer: String, write: impl FnOnce(&str)) {
-        ctx.warn_refused(peer, |per_peer| self.warn(|listener| write(&format!("{per_peer}{listener}"))));
+        let verdict = ctx.refusals.lock().admit(&peer, Instant::now());
+        match verdict {
+            Verdict::Log { suppressed } => {
+                let per_peer = per_peer_note(suppressed);
+                self.warn(|listener| write(&format!("{per_peer}{listener}")))
+            }
+            Verdict::Suppress => self.refusals.lock().held_back(),
+        }
     }
 }
 
@@ -314,7 +322,7 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
                 let Ok(permit) = admission.unauthenticated.clone().try_acquire_owned() else {
                     // Closed before anything is read or allocated for it.
                     drop(stream);
-                    admission.warn(|note| {
+                    admission.warn_peer(&ctx, format!("{} {service:?} dropped", peer.ip()), |note| {
                         tracing::warn!(
                             %peer, ?service,
                             "dropped connection: {MAX_UNAUTHENTICATED} connections are already in their handshake{note}"
@@ -363,7 +371,7 @@ async fn serve(
         Ok(Err(e)) => {
             admission.warn_peer(
                 &ctx,
-                format!("{} {e}", peer.ip()),
+                format!("{} {service:?} {e}", peer.ip()),
                 |note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"),
             );
             return;
@@ -372,7 +380,7 @@ async fn serve(
             let e = WireError::Timeout(auth::HANDSHAKE_TIMEOUT);
             admission.warn_peer(
                 &ctx,
-                format!("{} {e}", peer.ip()),
+                format!("{} {service:?} {e}", peer.ip()),
                 |note| tracing::warn!(%peer, ?service, "refused connection: TLS handshake {e}{note}"),
             );
             return;
@@ -399,7 +407,7 @@ async fn serve(
         Err(e) => {
             admission.warn_peer(
                 &ctx,
-                format!("{identity} {e}"),
+                format!("{identity} {service:?} {e}"),
                 |note| tracing::warn!(%peer, %identity, ?service, "refused connection: {e}{note}"),
             );
             if let WireError::Timeout(t) = e {
