@@ -95,7 +95,7 @@ pub struct Pool {
     pub log: OnceLock<Arc<LogControl>>,
     /// Where `tls reload` reads the credentials again (the config's `[tls]`); set by the
     /// `tidepool pool` command, not for pools that share a process.
-    pub credential_source: OnceLock<Arc<dyn crate::admin::tls::CredentialSource>>,
+    pub credential_source: OnceLock<Arc<dyn crate::credentials::CredentialSource>>,
 }
 
 impl std::fmt::Debug for Pool {

@@ -26,8 +26,8 @@ use tracing::Instrument;
 
 use super::args::{Ca, Cli, Command, Generate, LogArgs, MembershipCommand, Target};
 use super::files::{read_cluster, read_config, read_credentials, warn_if_expiring, warn_if_key_readable};
-use crate::admin::tls::{self, CredentialChange, CredentialSource, ReloadFuture, ReloadRefused};
 use crate::client;
+use crate::credentials::{self, CredentialChange, CredentialSource, ReloadFuture, ReloadRefused};
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
 use crate::migration_env::PoolEnv;
@@ -594,7 +594,7 @@ impl Reloadable {
 }
 
 /// Loads the `[tls]` files of the config read again and puts them in force if they pass
-/// [`tls::check`] (unexpired, this pool's identity, chaining to the new trust anchors), and logs
+/// [`credentials::check`] (unexpired, this pool's identity, chaining to the new trust anchors), and logs
 /// what changed or why the credentials in force were kept, each line starting with `why`
 /// (`SIGHUP`, `tls reload`): the one path of both.
 async fn apply_credentials(pool: &Pool, files: TlsFiles, why: &str) -> Result<CredentialChange, ReloadRefused> {
@@ -604,7 +604,7 @@ async fn apply_credentials(pool: &Pool, files: TlsFiles, why: &str) -> Result<Cr
     })
     .await;
     let result = match loaded {
-        Ok(Ok(creds)) => tls::check(&pool.credentials, &creds, chrono::Utc::now().timestamp()).map(|()| {
+        Ok(Ok(creds)) => credentials::check(&pool.credentials, &creds, chrono::Utc::now().timestamp()).map(|()| {
             let change = CredentialChange::between(&pool.credentials, &creds);
             pool.credentials.reload(&creds);
             warn_if_expiring(&creds);
