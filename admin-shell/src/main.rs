@@ -81,6 +81,9 @@ fn read_credentials(args: &Args) -> anyhow::Result<Credentials> {
     if !args.trust.is_empty() {
         files.trust = args.trust.clone();
     }
+    if let Some(warning) = tidepool_p2p::tls::key_mode_warning(&files.key) {
+        eprintln!("tidepool-admin: warning: {warning}");
+    }
     Credentials::load(&files).map_err(|e| anyhow!("credentials (--cert, --cert-key, --trust name others): {e}"))
 }
 

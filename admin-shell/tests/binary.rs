@@ -42,6 +42,10 @@ impl Setup {
         {
             std::fs::write(dir.path().join(name), text).expect("write a credentials file");
         }
+        // Owner-only, as `tidepool ca issue` writes it: the shell warns about a key others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("admin.admin.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the key");
         Setup { _server: server, dir, pool1: pool.addr, pool2 }
     }
 

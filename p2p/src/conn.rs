@@ -25,6 +25,9 @@ pub struct Connection {
     pub pool: String,
     /// The optional parts of the protocol both sides offered.
     pub features: Features,
+    /// The [`Credentials::generation`] it was made with: a connection made before a reload is
+    /// not reused after it (`peer::Dialer`).
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for Connection {
@@ -53,6 +56,7 @@ impl Connection {
         service: Service,
         offered: Features,
     ) -> Result<Self, WireError> {
+        let generation = creds.generation();
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| WireError::Timeout(CONNECT_TIMEOUT))??;
@@ -67,7 +71,7 @@ impl Connection {
         let welcomed =
             auth::connect(&mut reader, &mut writer, client, service, offered).await.map_err(crate::tls::clarify)?;
         check_pool(&identity, &welcomed.pool)?;
-        Ok(Connection { reader, writer, pool: identity.name, features: welcomed.features })
+        Ok(Connection { reader, writer, pool: identity.name, features: welcomed.features, generation })
     }
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), WireError> {

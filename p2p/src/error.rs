@@ -65,6 +65,7 @@ error_codes! {
     Forbidden = 20007, "the certificate's role does not allow this; see the roles in docs/security.md";
     MembershipUnavailable = 20008, "etcd does not answer; check [membership] endpoints and etcd's health (docs/operator-guide.md)";
     MembershipReadOnly = 20009, "the membership comes from the cluster file: edit it on every host, then `psu reload` or SIGHUP";
+    CredentialsRefused = 20010, "the new credentials were not put in force (the old ones stay): fix what the message names, then `tls reload` or SIGHUP again";
     Internal = 99, "a bug in Tidepool: please report it with the pool log";
 }
 

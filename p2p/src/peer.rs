@@ -4,7 +4,8 @@
 //! peer's identity), and keeps idle connections for reuse: only for a while (a pool closes
 //! connections that stay silent, see `docs/protocol.md`), at most a few per pool, and each
 //! looked at before it is reused, so a pool that restarted is noticed before a request is
-//! written to a dead connection.
+//! written to a dead connection. None made before a reload of the credentials (SIGHUP,
+//! `tls reload`) is reused after it: each connection remembers the credentials' generation.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -120,14 +121,16 @@ impl Dialer {
         }
     }
 
-    /// A kept connection to `pool` that is still open, if there is one. Those kept too long, or
-    /// closed by the pool meanwhile, are dropped on the way.
+    /// A kept connection to `pool` that is still open, if there is one. Those kept too long,
+    /// closed by the pool meanwhile, or made with credentials a reload has since replaced
+    /// (another certificate, other trust anchors, another deny list), are dropped on the way.
     pub async fn take_idle(&self, pool: &PoolName) -> Option<Connection> {
+        let generation = self.creds.generation();
         loop {
             let mut conn = {
                 let mut idle = self.idle.lock();
                 let list = idle.get_mut(pool)?;
-                list.retain(|(_, since)| since.elapsed() < self.reuse_idle);
+                list.retain(|(c, since)| since.elapsed() < self.reuse_idle && c.generation == generation);
                 list.pop()?.0
             };
             if conn.still_open().await {
@@ -145,8 +148,9 @@ impl Dialer {
     }
 
     /// Keeps `conn` for reuse: the caller finished an exchange on it and nothing is left unread.
+    /// One made before a reload of the credentials is closed instead.
     pub fn give_back(&self, pool: &PoolName, conn: Connection) {
-        if self.max_idle == 0 {
+        if self.max_idle == 0 || conn.generation != self.creds.generation() {
             return;
         }
         let mut idle = self.idle.lock();
@@ -280,6 +284,33 @@ mod tests {
         let (_, origin) = eager.checkout(&pool1, addr).await.unwrap();
         assert_eq!(origin, Origin::New);
         assert_eq!(eager.idle_count(&pool1), 0);
+    }
+
+    /// After a reload (a renewed certificate, other trust anchors, a longer deny list) no
+    /// connection made before it is reused: the next checkout handshakes afresh.
+    #[tokio::test]
+    async fn a_reload_of_the_credentials_drops_the_kept_connections() {
+        let (addr, accepted) = echo_pool("pool1", usize::MAX).await;
+        let pool1 = name("pool1");
+        let creds = testing::pool("pool2");
+        let dialer = Dialer::new("pool2", creds.clone(), Service::Data);
+        let (mut kept, _) = dialer.checkout(&pool1, addr).await.unwrap();
+        let (mut busy, _) = dialer.checkout(&pool1, addr).await.unwrap();
+        assert_eq!(ask(&mut kept, 1).await.unwrap(), 2);
+        dialer.give_back(&pool1, kept);
+        assert_eq!(dialer.idle_count(&pool1), 1);
+
+        creds.reload(&testing::pool("pool2"));
+        let (mut conn, origin) = dialer.checkout(&pool1, addr).await.unwrap();
+        assert_eq!((origin, ask(&mut conn, 2).await.unwrap()), (Origin::New, 3));
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        // One in use during the reload is not kept when given back; one made after it is.
+        assert_eq!(ask(&mut busy, 3).await.unwrap(), 4);
+        dialer.give_back(&pool1, busy);
+        assert_eq!(dialer.idle_count(&pool1), 0);
+        dialer.give_back(&pool1, conn);
+        let (_, origin) = dialer.checkout(&pool1, addr).await.unwrap();
+        assert_eq!(origin, Origin::Kept);
     }
 
     #[tokio::test]

@@ -137,7 +137,17 @@ struct Loaded {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
     deny: Vec<String>,
+    /// Our certificate chain (the end entity first) and the trust anchors, for
+    /// [`Credentials::check_own_chain`].
+    chain: Vec<CertificateDer<'static>>,
+    roots: Arc<RootCertStore>,
+    /// Unique per load in this process: a connection made with other credentials than those in
+    /// force was made before a reload ([`Credentials::generation`]).
+    generation: u64,
 }
+
+/// The source of [`Loaded::generation`].
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// One side's certificate, key and trust anchors, ready for both ends of a connection. Cheap
 /// to clone; clones share a [`Credentials::reload`].
@@ -148,6 +158,17 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Credentials").field(&self.identity().to_string()).finish()
     }
+}
+
+/// A warning when the private key file `key` may be read (or written) by its group or by
+/// others; `None` when only its owner may, or when it cannot be looked at (loading it says why).
+/// The pool logs it at start and at each reload; the shell and `tidepool put|get` print it.
+pub fn key_mode_warning(key: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!("private key file {} is readable by group or others (mode {mode:03o}); `chmod 600` it", key.display())
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -200,6 +221,40 @@ impl Credentials {
     /// denied by a reload loses its open connections' rights at their next request.
     pub fn denies(&self, name: &str) -> bool {
         self.0.read().deny.iter().any(|d| d == name)
+    }
+
+    /// The names on the deny list in force.
+    pub fn deny_list(&self) -> Vec<String> {
+        self.0.read().deny.clone()
+    }
+
+    /// How many trust anchors (CA certificates) are in force.
+    pub fn anchors(&self) -> usize {
+        self.0.read().roots.len()
+    }
+
+    /// Which load is in force: it changes at each [`Credentials::reload`], so a connection
+    /// remembers the generation it was made with and is not reused after a reload
+    /// (`peer::Dialer`).
+    pub fn generation(&self) -> u64 {
+        self.0.read().generation
+    }
+
+    /// Checks that our own certificate chains to one of our own trust anchors and is valid now:
+    /// the peers hold the same anchors, so a certificate that does not would be refused by all
+    /// of them (a reload refuses it, `docs/security.md`, "Rotation"). The reason if not.
+    pub fn check_own_chain(&self) -> Result<(), String> {
+        let loaded = self.loaded();
+        let (end, intermediates) = loaded.chain.split_first().ok_or("no certificate")?;
+        let cert = rustls::server::ParsedCertificate::try_from(end).map_err(|e| e.to_string())?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &loaded.roots,
+            intermediates,
+            UnixTime::now(),
+            provider().signature_verification_algorithms.all,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Who these credentials say we are.
@@ -334,8 +389,8 @@ fn build(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| invalid("TLS", e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PoolVerifier { roots, provider }))
-        .with_client_auth_cert(chain, private)
+        .with_custom_certificate_verifier(Arc::new(PoolVerifier { roots: roots.clone(), provider }))
+        .with_client_auth_cert(chain.clone(), private)
         .map_err(|e| invalid(key.0, format!("does not fit {}: {e}", cert.0)))?;
     // No session resumption: a resumed session would reuse the peer's certificate as it was
     // checked the first time, so an expired certificate could go on connecting. Every
@@ -344,7 +399,16 @@ fn build(
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
     client.resumption = rustls::client::Resumption::disabled();
-    Ok(Loaded { info, client: Arc::new(client), server: Arc::new(server), deny: deny.to_vec() })
+    let generation = GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Loaded {
+        info,
+        client: Arc::new(client),
+        server: Arc::new(server),
+        deny: deny.to_vec(),
+        chain,
+        roots,
+        generation,
+    })
 }
 
 /// Checks a pool's certificate chain against our trust anchors (expiry included) without
@@ -404,6 +468,7 @@ impl ServerCertVerifier for PoolVerifier {
 pub struct Authority {
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
+    not_after: time::OffsetDateTime,
 }
 
 /// A certificate and its key, in PEM.
@@ -432,15 +497,21 @@ impl Authority {
         params.not_after = not_after;
         let key = rcgen::KeyPair::generate().map_err(rcgen_error)?;
         let cert = params.self_signed(&key).map_err(rcgen_error)?;
-        Ok(Authority { cert, key })
+        Ok(Authority { cert, key, not_after })
     }
 
     /// The CA saved by [`Authority::cert_pem`] and [`Authority::key_pem`].
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Authority, TlsError> {
         let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| invalid("CA key", e))?;
         let params = rcgen::CertificateParams::from_ca_cert_pem(cert_pem).map_err(|e| invalid("CA certificate", e))?;
+        let not_after = params.not_after;
         let cert = params.self_signed(&key).map_err(rcgen_error)?;
-        Ok(Authority { cert, key })
+        Ok(Authority { cert, key, not_after })
+    }
+
+    /// When the CA's own certificate expires: nothing it issues is valid after.
+    pub fn not_after(&self) -> time::OffsetDateTime {
+        self.not_after
     }
 
     pub fn cert_pem(&self) -> String {
@@ -477,10 +548,13 @@ impl Authority {
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
-    /// A certificate valid from now for `days`.
+    /// A certificate valid from now for `days` (an end past the year 9999 is refused).
     pub fn issue(&self, role: Role, name: &str, days: u32) -> Result<Issued, TlsError> {
         let now = time::OffsetDateTime::now_utc();
-        self.issue_between(role, name, now - time::Duration::minutes(5), now + time::Duration::days(days.into()))
+        let end = now
+            .checked_add(time::Duration::days(days.into()))
+            .ok_or_else(|| invalid("--days", format!("{days} days from now is past the year 9999")))?;
+        self.issue_between(role, name, now - time::Duration::minutes(5), end)
     }
 
     /// Credentials for `name` with `role` that trust this CA only (tests, the demo).
@@ -594,6 +668,21 @@ mod tests {
         for uris in [&[][..], &["tidepool:role=pool", "tidepool:role=admin"][..], &["tidepool:role=root"][..]] {
             assert!(cert_info(&der(uris)).is_err(), "{uris:?}");
         }
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tidepool-test-keymode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("k.key");
+        std::fs::write(&key, "x").unwrap();
+        for (mode, warned) in [(0o600, false), (0o400, false), (0o640, true), (0o604, true), (0o660, true)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(key_mode_warning(&key).is_some(), warned, "{mode:o}");
+        }
+        assert_eq!(key_mode_warning(&dir.join("missing")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -38,7 +38,7 @@ use tracing::Instrument;
 
 use crate::admin::output::Output;
 use crate::admin::{self, exec};
-use crate::admission::{MAX_UNAUTHENTICATED, RefusalLog, Verdict, suppressed_note};
+use crate::admission::{MAX_UNAUTHENTICATED, PerPeerLog, RefusalLog, Verdict, suppressed_note};
 use crate::io::{blocking, read_full};
 use crate::node::Node;
 use crate::pool::{Activity, Pool, now_ms};
@@ -153,12 +153,14 @@ impl Opened {
         let tracker = TaskTracker::new();
         let admin_addr = admin.local_addr()?;
         let data_addr = data.local_addr()?;
+        let refusals = Arc::new(parking_lot::Mutex::new(PerPeerLog::default()));
         for (listener, service) in [(admin, Service::Admin), (data, Service::Data)] {
             let ctx = Ctx {
                 node: node.clone(),
                 credentials: credentials.clone(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
+                refusals: refusals.clone(),
             };
             tracker.spawn(accept_loop(listener, service, ctx).instrument(span.clone()));
         }
@@ -250,6 +252,28 @@ struct Ctx {
     credentials: Credentials,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The refusal warnings of each peer (its address before TLS, its identity after) and
+    /// reason, shared by both listeners: the same refusal of the same peer is written once a
+    /// minute at most (`docs/security.md`, "What is logged").
+    refusals: Arc<parking_lot::Mutex<PerPeerLog<String>>>,
+}
+
+impl Ctx {
+    /// Writes a refusal warning about `peer` (an address or an identity) unless its rate limit
+    /// holds it back; `write` gets the note on how many were held back before.
+    fn warn_refused(&self, peer: String, write: impl FnOnce(&str)) {
+        if let Verdict::Log { suppressed } = self.refusals.lock().admit(&peer, Instant::now()) {
+            write(&per_peer_note(suppressed));
+        }
+    }
+}
+
+/// The tail a refusal warning gets when earlier ones like it of the same peer were not written.
+fn per_peer_note(suppressed: u64) -> String {
+    match suppressed {
+        0 => String::new(),
+        n => format!(" ({n} more like it from this peer not logged since the last one)"),
+    }
 }
 
 /// What one listener shares with the connections it accepted: the places for connections in
@@ -260,11 +284,25 @@ struct Admission {
 }
 
 impl Admission {
-    /// Writes a refusal warning unless the rate limit holds it back.
+    /// Writes a refusal warning unless the listener's rate limit holds it back.
     fn warn(&self, write: impl FnOnce(&str)) {
         let verdict = self.refusals.lock().admit(Instant::now());
         if let Verdict::Log { suppressed } = verdict {
             write(&suppressed_note(suppressed));
+        }
+    }
+
+    /// Writes a refusal warning about `peer` unless its own rate limit (one a minute) or the
+    /// listener's holds it back; one the peer's limit holds back is counted by the listener's,
+    /// so the listener's next warning gives every refusal not written since its last.
+    fn warn_peer(&self, ctx: &Ctx, peer: String, write: impl FnOnce(&str)) {
+        let verdict = ctx.refusals.lock().admit(&peer, Instant::now());
+        match verdict {
+            Verdict::Log { suppressed } => {
+                let per_peer = per_peer_note(suppressed);
+                self.warn(|listener| write(&format!("{per_peer}{listener}")))
+            }
+            Verdict::Suppress => self.refusals.lock().held_back(),
         }
     }
 }
@@ -284,7 +322,7 @@ async fn accept_loop(listener: TcpListener, service: Service, ctx: Ctx) {
                 let Ok(permit) = admission.unauthenticated.clone().try_acquire_owned() else {
                     // Closed before anything is read or allocated for it.
                     drop(stream);
-                    admission.warn(|note| {
+                    admission.warn_peer(&ctx, format!("{} {service:?} dropped", peer.ip()), |note| {
                         tracing::warn!(
                             %peer, ?service,
                             "dropped connection: {MAX_UNAUTHENTICATED} connections are already in their handshake{note}"
@@ -331,12 +369,20 @@ async fn serve(
     let tls = match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, ctx.credentials.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"));
+            admission.warn_peer(
+                &ctx,
+                format!("{} {service:?} {e}", peer.ip()),
+                |note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"),
+            );
             return;
         }
         Err(_) => {
             let e = WireError::Timeout(auth::HANDSHAKE_TIMEOUT);
-            admission.warn(|note| tracing::warn!(%peer, ?service, "refused connection: TLS handshake {e}{note}"));
+            admission.warn_peer(
+                &ctx,
+                format!("{} {service:?} {e}", peer.ip()),
+                |note| tracing::warn!(%peer, ?service, "refused connection: TLS handshake {e}{note}"),
+            );
             return;
         }
     };
@@ -359,7 +405,11 @@ async fn serve(
     {
         Ok(p) => p,
         Err(e) => {
-            admission.warn(|note| tracing::warn!(%peer, %identity, ?service, "refused connection: {e}{note}"));
+            admission.warn_peer(
+                &ctx,
+                format!("{identity} {service:?} {e}"),
+                |note| tracing::warn!(%peer, %identity, ?service, "refused connection: {e}{note}"),
+            );
             if let WireError::Timeout(t) = e {
                 // Tell a slow client why it is dropped, if it still listens.
                 let msg = format!("handshake not finished within {} s; connection closed", t.as_secs());
@@ -412,7 +462,10 @@ fn still_admitted(identity: &Identity, ctx: &Ctx) -> Result<(), RemoteError> {
     if !ctx.credentials.denies(&identity.name) {
         return Ok(());
     }
-    tracing::warn!(%identity, "closed a connection: its name is now on the deny list");
+    ctx.warn_refused(
+        format!("{identity} denied"),
+        |note| tracing::warn!(%identity, "closed a connection: its name is now on the deny list{note}"),
+    );
     Err(RemoteError::new(ErrorCode::AuthFailed, format!("authentication failed: {identity} is on the deny list")))
 }
 
@@ -458,7 +511,9 @@ async fn serve_admin(
             AdminRequest::Run { line } => {
                 let shown = tidepool_p2p::error::truncate_echo(&line, LOGGED_LINE);
                 if identity.role == Role::Pool && !admin::a_pool_may_run(&line) {
-                    tracing::warn!(%identity, %client, command = %shown, "refused admin command from a pool");
+                    ctx.warn_refused(format!("{identity} admin command"), |note| {
+                        tracing::warn!(%identity, %client, command = %shown, "refused admin command from a pool{note}")
+                    });
                     let error = RemoteError::new(
                         ErrorCode::Forbidden,
                         format!(
@@ -557,7 +612,10 @@ async fn serve_data(
             return Ok(());
         }
         if let Err(e) = may_ask(identity, &request) {
-            tracing::warn!(%identity, "refused request: {}", e.message);
+            ctx.warn_refused(
+                format!("{identity} {}", e.message),
+                |note| tracing::warn!(%identity, "refused request: {}{note}", e.message),
+            );
             let reply = match request {
                 DataRequest::Migration(_) => DataReply::Migration(MigrationReply::Error(e)),
                 _ => DataReply::Error(e),

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod admission;
 pub mod client;
+pub mod credentials;
 pub mod daemon;
 pub mod faults;
 pub mod io;

@@ -213,6 +213,13 @@ impl Collector for PoolCollector {
             MetricType::Gauge,
             flags,
         )?;
+        // This pool's certificate (info: Certificate): alert well before it passes.
+        gauge(
+            e,
+            "tidepool_certificate_expiry_timestamp_seconds",
+            "When this pool's certificate expires, seconds since the epoch (info: Certificate)",
+            pool.credentials.info().not_after,
+        )?;
         self.transfers(e)?;
         self.migration(e)
     }

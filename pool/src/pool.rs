@@ -93,6 +93,9 @@ pub struct Pool {
     /// The run-time log filter (`log set`, `log ls`); set by the `tidepool pool` command, not
     /// for pools that share a process (the demo, tests).
     pub log: OnceLock<Arc<LogControl>>,
+    /// Where `tls reload` reads the credentials again (the config's `[tls]`); set by the
+    /// `tidepool pool` command, not for pools that share a process.
+    pub credential_source: OnceLock<Arc<dyn crate::credentials::CredentialSource>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -140,6 +143,7 @@ impl Pool {
             metrics_addr: OnceLock::new(),
             log: OnceLock::new(),
             etcd: OnceLock::new(),
+            credential_source: OnceLock::new(),
         })
     }
 

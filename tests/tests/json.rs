@@ -159,6 +159,18 @@ fn info_json_has_the_figures_of_info() {
     assert_eq!(info_field(&text, "Admin listener"), service["admin_listener"].as_str());
     assert_eq!(info_field(&text, "Data listener"), service["data_listener"].as_str());
     assert_eq!(info_field(&text, "Log filter"), info["log_filter"].as_str());
+    // `Certificate    : pool:pool1, valid until 2027-12-05 (365 days)`.
+    let cert = &info["certificate"];
+    let line = format!(
+        "{}, valid until {} ({} days)",
+        cert["identity"].as_str().unwrap(),
+        cert["valid_until"].as_str().unwrap(),
+        cert["days_left"]
+    );
+    assert_eq!(info_field(&text, "Certificate"), Some(line.as_str()), "{info}");
+    assert_eq!(cert["identity"], "pool:pool1");
+    assert_eq!(cert["expires_soon"], false);
+    assert!(cert["not_after"].as_i64().unwrap() > service["started_at"].as_i64().unwrap() / 1000, "{info}");
     assert!(
         service["started_at"].as_i64().unwrap() > 0 && service["started"].as_str().unwrap().ends_with('Z'),
         "{info}"

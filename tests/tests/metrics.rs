@@ -416,6 +416,15 @@ fn assert_matches_info(cluster: &Cluster, pool: &str, page: &Page) {
     let enabled = info_field(&info, "Mode") == Some("enabled");
     assert_eq!(page.int("tidepool_pool_enabled", &[]), u64::from(enabled), "{pool}\n{info}");
     assert_eq!(page.int("tidepool_pool_mode_flag", &[("flag", "disabled")]), u64::from(!enabled));
+    // `Certificate    : pool:pool1, valid until 2027-12-05 (365 days)`: the same day.
+    let expiry = page.int("tidepool_certificate_expiry_timestamp_seconds", &[]);
+    let day = time::OffsetDateTime::from_unix_timestamp(expiry as i64).expect("a timestamp").date();
+    let until = format!("valid until {:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day());
+    assert!(
+        info_field(&info, "Certificate").is_some_and(|c| c.contains(&until)),
+        "{pool}: {until}
+{info}"
+    );
 }
 
 /// `promtool check metrics` on the page, where Debian's `promtool` is installed.

@@ -18,7 +18,7 @@ use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest};
 use tidepool_p2p::tls::{Authority, Credentials, Role, TlsFiles};
 use tidepool_p2p::{PnfsId, TransferId};
-use tidepool_tests::{Cluster, sample_bytes};
+use tidepool_tests::{Cluster, info_field, rc, sample_bytes};
 
 /// How long a test waits for a log line describing something it has already seen happen.
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -271,4 +271,247 @@ fn old_and_new_trust_anchors_are_both_accepted_during_a_change_of_ca_and_only_th
     assert!(out.stderr.contains("authentication failed"), "{out}");
     let only_new = cluster.admin_args(&["--cert", new_admin.to_str().unwrap(), "--trust", new_ca_text], script);
     only_new.assert_success("an admin of the new CA after the change");
+}
+
+/// Writes a certificate for `pool:<name>` from the CA in `ca_dir` (relative to the cluster's
+/// folder) valid between the two offsets from now (in days), as `<file>.crt` and `<file>.key`
+/// in the cluster's folder; returns the certificate's path.
+fn pool_cert_between(cluster: &Cluster, ca_dir: &str, name: &str, file: &str, days: (i64, i64)) -> PathBuf {
+    let read = |f: &str| std::fs::read_to_string(cluster.path(&format!("{ca_dir}{f}"))).unwrap();
+    let ca = Authority::from_pem(&read("ca.crt"), &read("ca.key")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let issued = ca
+        .issue_between(Role::Pool, name, now + time::Duration::days(days.0), now + time::Duration::days(days.1))
+        .unwrap();
+    std::fs::write(cluster.path(&format!("{file}.key")), issued.key_pem).unwrap();
+    cluster.write_file(&format!("{file}.crt"), issued.cert_pem.as_bytes())
+}
+
+/// Replaces pool1's `[tls]` table (the last part of its config) with `tls`.
+fn set_tls(cluster: &Cluster, pool: &str, tls: &str) {
+    let path = cluster.config_path(pool);
+    let config = std::fs::read_to_string(&path).unwrap();
+    let base = config.split("\n[tls]\n").next().unwrap().to_string();
+    std::fs::write(&path, format!("{}\n[tls]\n{tls}", base.trim_end())).unwrap();
+}
+
+/// `tls reload`: the credentials read again and put in force as SIGHUP does, with the answer
+/// saying what changed; a certificate that does not chain to the new trust anchors, or has
+/// expired, is refused (rc=20010) and the credentials in force stay.
+#[test]
+fn tls_reload_says_what_changed_and_keeps_the_credentials_in_force_when_it_refuses() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    set_tls(&cluster, "pool1", "deny = [\"bob\"]\n");
+    cluster.start("pool1");
+    let before = info_field(&cluster.info("pool1"), "Certificate").unwrap().to_string();
+
+    // A renewed certificate (same CA, 400 days), a deny list changed.
+    let renewed = pool_cert_between(&cluster, "", "pool1", "pool1-renewed", (0, 400));
+    set_tls(&cluster, "pool1", &format!("cert = \"{}\"\ndeny = [\"eve\"]\n", renewed.display()));
+    let out = cluster.admin("cd pool1\ntls reload\n");
+    out.assert_success("tls reload of a renewed certificate");
+    for line in ["credentials reloaded", "identity: pool:pool1", "trust anchors: 1 (unchanged)"] {
+        assert!(out.stdout.contains(line), "{line}: {out}");
+    }
+    assert!(out.stdout.contains("deny list: added eve; removed bob"), "{out}");
+    let after = cluster.info("pool1");
+    let after = info_field(&after, "Certificate").unwrap();
+    assert!(after.contains("(399 days)") || after.contains("(400 days)"), "{after}");
+    assert!(out.stdout.contains(&format!("expiry: {} -> ", &before[before.find("until ").unwrap() + 6..][..10])));
+    cluster.wait_for_log_line("pool1", &["tls reload: credentials reloaded", "deny list: added eve"], LOG_WAIT);
+
+    // A certificate from a new CA while only the old anchor is trusted: refused.
+    let foreign = cluster.foreign_cert("pool", "pool1");
+    set_tls(&cluster, "pool1", &format!("cert = \"{}\"\n", foreign.display()));
+    let out = cluster.admin("cd pool1\ntls reload\n");
+    out.assert_code(1, "tls reload of a certificate of a CA not trusted");
+    assert!(out.stderr.contains("does not chain to any of the new trust anchors"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::CredentialsRefused)), "{out}");
+    cluster.wait_for_log_line("pool1", &["ERROR", "tls reload:", "does not chain"], LOG_WAIT);
+
+    // The same certificate with the new anchor added in the same reload: accepted.
+    set_tls(
+        &cluster,
+        "pool1",
+        &format!("cert = \"{}\"\ntrust = [\"ca.crt\", \"other-ca/ca.crt\"]\n", foreign.display()),
+    );
+    let out = cluster.admin_args(
+        &[
+            "--trust",
+            cluster.path("ca.crt").to_str().unwrap(),
+            "--trust",
+            cluster.path("other-ca/ca.crt").to_str().unwrap(),
+        ],
+        "cd pool1\ntls reload\n",
+    );
+    out.assert_success("tls reload with the new anchor and the new certificate together");
+    assert!(out.stdout.contains("trust anchors: 1 -> 2"), "{out}");
+}
+
+/// SIGHUP and `tls reload` find an expired certificate: both keep the credentials in force
+/// (the pool goes on serving with them) and say why.
+#[test]
+fn a_reload_keeps_the_credentials_in_force_when_the_new_certificate_has_expired() {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    cluster.start("pool1");
+    let before = info_field(&cluster.info("pool1"), "Certificate").unwrap().to_string();
+    let expired = pool_cert_between(&cluster, "", "pool1", "pool1-expired", (-30, -1));
+    set_tls(&cluster, "pool1", &format!("cert = \"{}\"\n", expired.display()));
+
+    let out = cluster.admin("cd pool1\ntls reload\n");
+    out.assert_code(1, "tls reload of an expired certificate");
+    assert!(out.stderr.contains("the new certificate of pool:pool1 expired on"), "{out}");
+    assert!(out.stderr.contains("the credentials in force are unchanged"), "{out}");
+    assert!(out.stderr.contains(&rc(ErrorCode::CredentialsRefused)), "{out}");
+
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["ERROR", "SIGHUP: the new certificate of pool:pool1 expired on", "the credentials in force are unchanged"],
+        LOG_WAIT,
+    );
+    // Still served with the old certificate.
+    assert_eq!(info_field(&cluster.info("pool1"), "Certificate"), Some(before.as_str()));
+}
+
+/// An admin shell kept open under `eve`, and a reload (SIGHUP or `tls reload`) that puts eve
+/// on the deny list: the shell's next command is refused and its connection closed.
+fn a_denied_name_loses_its_open_session(reload: &str) {
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    cluster.start("pool1");
+    let dir = cluster.dir().to_str().unwrap().to_string();
+    cluster.issue("admin", "eve", &dir);
+    let mut shell = std::process::Command::new(&tidepool_tests::binaries().admin)
+        .arg("--cluster")
+        .arg(cluster.cluster_file())
+        .arg("--history")
+        .arg(cluster.path("eve-history"))
+        .arg("--cert")
+        .arg(cluster.path("eve.admin.crt"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tidepool-admin");
+    let mut input = shell.stdin.take().unwrap();
+    let stdout = shell.stdout.take().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    let reader = thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    input.write_all(b"cd pool1\ninfo\n").unwrap();
+    tidepool_tests::wait_until("eve's first info", LOG_WAIT, || {
+        seen.lock().unwrap().contains("Pool name").then_some(())
+    });
+
+    set_tls(&cluster, "pool1", "deny = [\"eve\"]\n");
+    match reload {
+        "SIGHUP" => {
+            cluster.hangup("pool1");
+            cluster.wait_for_log_line("pool1", &["SIGHUP: credentials reloaded", "deny list: added eve"], LOG_WAIT);
+        }
+        _ => {
+            let out = cluster.admin("cd pool1\ntls reload\n");
+            out.assert_success("tls reload");
+            assert!(out.stdout.contains("deny list: added eve"), "{out}");
+        }
+    }
+    input.write_all(b"info\n").unwrap();
+    drop(input);
+    let mut stderr = String::new();
+    shell.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let status = shell.wait().unwrap();
+    reader.join().unwrap();
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("admin:eve is on the deny list"), "{stderr}");
+    assert_eq!(seen.lock().unwrap().matches("Pool name").count(), 1, "only the info before the reload was answered");
+    cluster.wait_for_log_line(
+        "pool1",
+        &["WARN", "admin:eve", "closed a connection: its name is now on the deny list"],
+        LOG_WAIT,
+    );
+}
+
+#[test]
+fn a_denied_name_loses_its_open_admin_session_at_its_next_command_after_sighup() {
+    a_denied_name_loses_its_open_session("SIGHUP");
+}
+
+#[test]
+fn a_denied_name_loses_its_open_admin_session_at_its_next_command_after_tls_reload() {
+    a_denied_name_loses_its_open_session("tls reload");
+}
+
+/// `tidepool put|get` against a cluster file whose address for pool1 is pool2's: the pool
+/// that answers is not the one meant, so nothing is stored or read.
+#[test]
+fn put_and_get_refuse_when_another_pool_answers() {
+    let cluster = two_pools();
+    let file = cluster.write_file("upload.dat", &sample_bytes(4096, 7));
+    let stored = cluster.put_ok("pool2", &[&file], &[]);
+    let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
+    let (one, two) = (cluster.spec("pool1").p2p.to_string(), cluster.spec("pool2").p2p.to_string());
+    let swapped = text.replace(&one, "@1").replace(&two, &one).replace("@1", &two);
+    std::fs::write(cluster.path("swapped.toml"), swapped).unwrap();
+
+    let out = put_through(&cluster.path("swapped.toml"), &file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("pool2 answered at {two}, not pool1")), "{stderr}");
+    assert!(cluster.rep_ls("pool1").is_empty());
+    assert_eq!(cluster.rep_ls("pool2").len(), 1, "nothing more stored in pool2");
+
+    let target = cluster.path("got.dat");
+    let out = std::process::Command::new(&tidepool_tests::binaries().tidepool)
+        .arg("get")
+        .arg("--cluster")
+        .arg(cluster.path("swapped.toml"))
+        .args(["--pool", "pool1", &stored[0]])
+        .arg(&target)
+        .output()
+        .expect("run tidepool get");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("pool2 answered at {two}, not pool1")), "{stderr}");
+    assert!(!target.exists(), "nothing was read");
+}
+
+/// A private key file its group or others may read: the pool warns in its log at start and at
+/// each reload, the shell and `tidepool put` on stderr; each goes on working.
+#[test]
+fn a_key_file_others_can_read_is_warned_about_by_the_pool_the_shell_and_put() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
+    let admin_key = cluster.path("admin.admin.key");
+    for key in ["pool1.pool.key", "admin.admin.key", "client.client.key"] {
+        std::fs::set_permissions(cluster.path(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    cluster.start("pool1");
+    let needle = "private key file";
+    cluster.wait_for_log_line("pool1", &["WARN", needle, "pool1.pool.key", "readable by group or others"], LOG_WAIT);
+    cluster.hangup("pool1");
+    cluster.wait_for_log_line("pool1", &["SIGHUP: credentials reloaded"], LOG_WAIT);
+    let warned = cluster.log("pool1").lines().filter(|l| l.contains(needle) && l.contains("pool1.pool.key")).count();
+    assert_eq!(warned, 2, "at start and at the reload");
+
+    let out = cluster.admin("cd pool1\ninfo\n");
+    out.assert_success("the shell with a key others can read");
+    assert!(out.stderr.contains("warning: private key file") && out.stderr.contains("admin.admin.key"), "{out}");
+    let file = cluster.write_file("upload.dat", &sample_bytes(1000, 3));
+    let out = cluster.put("pool1", &[&file], &[]);
+    out.assert_success("put with a key others can read");
+    assert!(out.stderr.contains("warning: private key file") && out.stderr.contains("client.client.key"), "{out}");
+
+    // Owner-only: no warning.
+    std::fs::set_permissions(&admin_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cluster.admin("cd pool1\ninfo\n");
+    assert!(!out.stderr.contains("private key file"), "{out}");
 }

@@ -25,6 +25,9 @@ pub enum AdminError {
     /// A `psu` command (the membership) refused or could not reach etcd.
     #[error(transparent)]
     Psu(#[from] super::psu::PsuError),
+    /// `tls reload` kept the credentials in force.
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsCommandError),
     /// An error another layer (the transfers, the pool's mode) returns in its wire form.
     #[error("{}", .0.message)]
     Remote(RemoteError),
@@ -68,6 +71,7 @@ impl AdminError {
             AdminError::Migration(e) => e.code(),
             AdminError::Rebalance(e) => e.code(),
             AdminError::Psu(e) => e.code(),
+            AdminError::Tls(e) => e.code(),
             AdminError::Remote(e) => e.code().unwrap_or(ErrorCode::Internal),
             AdminError::UnknownTopic(_) => ErrorCode::UnknownCommand,
             AdminError::SourceIsHere(_)

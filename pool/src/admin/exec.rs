@@ -222,6 +222,7 @@ pub async fn execute(node: &Arc<Node>, cmd: Command, out: &mut Output) -> Result
             super::rebalance::cancel(here, &group, json, out).await
         }
         Command::Psu(p) => Ok(super::psu::execute(node, p, out).await?),
+        Command::TlsReload => Ok(super::tls::reload(node, out).await?),
     }
 }
 
@@ -431,11 +432,10 @@ async fn help(topic: &[String], out: &mut Output) -> Result<(), AdminError> {
 /// `pool:pool1, valid until 2027-01-31 (420 days)`, with a warning when it expires within
 /// [`EXPIRY_WARNING`] (`docs/security.md`, "Rotation").
 fn certificate_line(cert: &tidepool_p2p::tls::CertInfo, now_secs: i64) -> String {
-    let left = cert.not_after - now_secs;
-    let until = cert.expiry_date();
-    let mut line = format!("{}, valid until {until} ({} days)", cert.identity, left.div_euclid(86_400));
-    if left < tidepool_p2p::tls::EXPIRY_WARNING.as_secs() as i64 {
-        line.push_str(" -- EXPIRES SOON: issue a new certificate and reload it (SIGHUP)");
+    let c = super::json::CertificateJson::of(cert, now_secs);
+    let mut line = format!("{}, valid until {} ({} days)", c.identity, c.valid_until, c.days_left);
+    if c.expires_soon {
+        line.push_str(" -- EXPIRES SOON: issue a new certificate and reload it (tls reload or SIGHUP)");
     }
     line
 }

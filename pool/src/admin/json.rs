@@ -68,6 +68,35 @@ pub struct InfoJson {
     pub service: Option<ServiceJson>,
     /// `Log filter`, as the text shows it; `null` where the text has no such line.
     pub log_filter: Option<String>,
+    /// `Certificate`: this pool's own certificate.
+    pub certificate: CertificateJson,
+}
+
+/// `Certificate    : pool:pool1, valid until 2027-12-05 (365 days)`.
+#[derive(Debug, Serialize)]
+pub struct CertificateJson {
+    /// `role:name`.
+    pub identity: String,
+    /// The end of validity, seconds since the epoch, and its day (`YYYY-MM-DD`, UTC).
+    pub not_after: i64,
+    pub valid_until: String,
+    /// Whole days left (negative once expired), as the text.
+    pub days_left: i64,
+    /// The text's `-- EXPIRES SOON`: within 14 days, or expired.
+    pub expires_soon: bool,
+}
+
+impl CertificateJson {
+    pub fn of(cert: &tidepool_p2p::tls::CertInfo, now_secs: i64) -> CertificateJson {
+        let left = cert.not_after - now_secs;
+        CertificateJson {
+            identity: cert.identity.to_string(),
+            not_after: cert.not_after,
+            valid_until: cert.expiry_date(),
+            days_left: left.div_euclid(86_400),
+            expires_soon: left < tidepool_p2p::tls::EXPIRY_WARNING.as_secs() as i64,
+        }
+    }
 }
 
 /// Where the pool's view of the other pools comes from, and whether it is stale.
@@ -267,6 +296,7 @@ pub fn info(node: &Node) -> InfoJson {
             metrics_url: pool.metrics_addr.get().map(|a| format!("http://{a}/metrics")),
         }),
         log_filter: pool.log.get().map(|log| log.levels().to_string()),
+        certificate: CertificateJson::of(&pool.credentials.info(), now / 1000),
     }
 }
 

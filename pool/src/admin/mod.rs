@@ -10,6 +10,7 @@ pub mod rebalance;
 pub mod remote;
 pub mod rep_ls;
 pub mod spec;
+pub mod tls;
 
 use tidepool_migration::definition::{JobDefinition, JobKind};
 use tidepool_migration::grammar;
@@ -84,6 +85,8 @@ pub enum Command {
     },
     /// `psu ...`: the membership (pool groups, pools, links).
     Psu(psu::Psu),
+    /// `tls reload`: the credentials read again and put in force, as SIGHUP does.
+    TlsReload,
     /// `migration copy|move|cache`: the job as the module will run it, and its stored command
     /// line (docs/dcache-compatibility.md#permanent-jobs-and-save).
     MigrationCreate {
@@ -453,6 +456,22 @@ pub static COMMANDS: &[CommandSpec] = &[
         options: &[],
         examples: &["psu reload"],
         parse: |inv| inv.at_most(0).map(|()| Command::Psu(psu::Psu::Reload)),
+    },
+    CommandSpec {
+        name: "tls reload",
+        args: "",
+        summary: "read this pool's credentials again ([tls] of the config) and put them in force, as SIGHUP does",
+        details: concat!(
+            "Reads the config's [tls] (certificate, key, trust anchors, deny list) and its files again.\n",
+            "New connections use them; kept connections made before are not reused; an open connection\n",
+            "under a name now denied is closed at its next request. Says what changed (identity, expiry,\n",
+            "trust anchors, deny list), or why the credentials in force were kept (rc=20010): a file\n",
+            "that does not load, an expired certificate, another identity, or a certificate that does\n",
+            "not chain to the new trust anchors.",
+        ),
+        options: &[],
+        examples: &["tls reload"],
+        parse: |inv| inv.at_most(0).map(|()| Command::TlsReload),
     },
     CommandSpec {
         name: "psu create pgroup",

@@ -43,6 +43,21 @@ pub fn issue_into(ca: &Authority, dir: &Path, role: Role, name: &str, days: u32)
     if days == 0 {
         anyhow::bail!("--days 0: expected at least 1 day");
     }
+    // Nothing outlives its CA: a certificate valid past the CA's expiry would stop working then
+    // anyway, without saying so in its own dates.
+    let now = time::OffsetDateTime::now_utc();
+    let ca_end = ca.not_after();
+    if now.checked_add(time::Duration::days(days.into())).is_none_or(|end| end > ca_end) {
+        let d = ca_end.date();
+        anyhow::bail!(
+            "--days {days}: the certificate would outlive the CA, which expires on {:04}-{:02}-{:02}; \
+             expected at most {} days (or make a new CA, docs/security.md, \"Rotation\")",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            (ca_end - now).whole_days().max(0)
+        );
+    }
     let issued = ca.issue(role, name, days)?;
     let files = TlsFiles::in_dir(dir, role, name);
     write_new(&files.key, &issued.key_pem, 0o600)?;
@@ -86,5 +101,23 @@ mod tests {
         assert_eq!(creds.identity().to_string(), "admin:alice");
         assert!(issue_into(&ca, dir.path(), Role::Admin, "alice", 30).is_err(), "never overwritten");
         assert!(issue_into(&ca, dir.path(), Role::Admin, "../x", 30).is_err());
+    }
+
+    /// `--days` past the CA's own expiry is refused with the CA's date, huge values included.
+    #[test]
+    fn a_certificate_never_outlives_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = init(dir.path()).unwrap();
+        let d = ca.not_after().date();
+        let date = format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+        for days in [CA_DAYS as u32 + 1, 100_000, u32::MAX] {
+            let err = issue_into(&ca, dir.path(), Role::Client, "bob", days).unwrap_err().to_string();
+            assert!(err.contains(&format!("the CA, which expires on {date}")), "{days}: {err}");
+            assert!(!dir.path().join("bob.client.crt").exists(), "nothing written");
+        }
+        let files = issue_into(&ca, dir.path(), Role::Client, "bob", CA_DAYS as u32 - 1).unwrap();
+        assert!(Credentials::load(&files).is_ok());
+        // The CA read back from its files knows its expiry too.
+        assert_eq!(open(dir.path()).unwrap().not_after().date(), d);
     }
 }

@@ -25,8 +25,9 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::args::{Ca, Cli, Command, Generate, LogArgs, MembershipCommand, Target};
-use super::files::{read_cluster, read_config, read_credentials, warn_if_expiring};
+use super::files::{read_cluster, read_config, read_credentials, warn_if_expiring, warn_if_key_readable};
 use crate::client;
+use crate::credentials::{self, CredentialChange, CredentialSource, ReloadFuture, ReloadRefused};
 use crate::daemon::{Daemon, Settings};
 use crate::faults::{self, FaultPoints};
 use crate::migration_env::PoolEnv;
@@ -192,6 +193,9 @@ fn check_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     }
     let info = r.credentials.info();
     println!("  cert      {} ({}, valid until {})", c.tls.cert.display(), info.identity, info.expiry_date());
+    if let Some(warning) = tidepool_p2p::tls::key_mode_warning(&c.tls.key) {
+        println!("  warning   {warning}");
+    }
     for t in &c.tls.trust {
         println!("  trust     {}", t.display());
     }
@@ -252,6 +256,9 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let shown = levels.to_string();
     let log_control = init_logging(format, levels, source, config_levels);
     tracing::info!(version = VERSION, config = %config_path.display(), %format, filter = %shown, from = %source, "tidepool starting");
+    // `resolve` read the credentials before the log was set up: its warnings are given now.
+    warn_if_key_readable(&config.tls.key);
+    warn_if_expiring(&credentials);
     match service::raise_nofile_limit() {
         Ok(NofileLimit::Raised { from, to }) => tracing::info!("open-file limit raised from {from} to {to}"),
         Ok(NofileLimit::AlreadyAtMax(n)) => tracing::info!("open-file limit is {n}, the hard limit"),
@@ -316,6 +323,9 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         if let Some((_, alive)) = &etcd {
             pool.cluster.set_alive(alive.clone());
         }
+        let _ = pool
+            .credential_source
+            .set(Arc::new(TlsSource { config_path: config_path.to_path_buf(), pool: Arc::downgrade(&pool) }));
         let admin = TcpListener::bind(admin_addr).await.with_context(|| format!("listen for admin on {admin_addr}"))?;
         let data = TcpListener::bind(data_addr).await.with_context(|| format!("listen for data on {data_addr}"))?;
         let metrics = match metrics_addr {
@@ -564,25 +574,7 @@ impl Reloadable {
         }
         // New credentials (a renewed certificate, another trust anchor during a change of CA,
         // a longer deny list) apply to the connections made from now on.
-        let files = config.tls.files();
-        match tokio::task::spawn_blocking(move || Credentials::load(&files)).await {
-            Ok(Ok(creds)) if creds.info().not_after <= chrono::Utc::now().timestamp() => tracing::error!(
-                "SIGHUP: the new certificate of {} has expired; the credentials in force are unchanged",
-                creds.identity()
-            ),
-            Ok(Ok(creds)) if creds.identity() == self.pool.credentials.identity() => {
-                self.pool.credentials.reload(&creds);
-                warn_if_expiring(&creds);
-                tracing::info!(identity = %creds.identity(), "SIGHUP: credentials reloaded");
-            }
-            Ok(Ok(creds)) => tracing::error!(
-                "SIGHUP: the new certificate is {}, not {}; the credentials in force are unchanged",
-                creds.identity(),
-                self.pool.credentials.identity()
-            ),
-            Ok(Err(e)) => tracing::error!("SIGHUP: credentials: {e}; the credentials in force are unchanged"),
-            Err(e) => tracing::error!("SIGHUP: reading the credentials failed: {e}"),
-        }
+        let _ = apply_credentials(&self.pool, config.tls.files(), "SIGHUP").await;
         let Some(path) = self.config.cluster_file.clone().filter(|_| self.pool.cluster.backend() == Backend::File)
         else {
             tracing::info!("SIGHUP: the membership comes from etcd; `psu reload` reads it again");
@@ -598,6 +590,64 @@ impl Reloadable {
             }
             Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
         }
+    }
+}
+
+/// Loads the `[tls]` files of the config read again and puts them in force if they pass
+/// [`credentials::check`] (unexpired, this pool's identity, chaining to the new trust anchors), and logs
+/// what changed or why the credentials in force were kept, each line starting with `why`
+/// (`SIGHUP`, `tls reload`): the one path of both.
+async fn apply_credentials(pool: &Pool, files: TlsFiles, why: &str) -> Result<CredentialChange, ReloadRefused> {
+    let loaded = tokio::task::spawn_blocking(move || {
+        warn_if_key_readable(&files.key);
+        Credentials::load(&files)
+    })
+    .await;
+    let result = match loaded {
+        Ok(Ok(creds)) => credentials::check(&pool.credentials, &creds, chrono::Utc::now().timestamp()).map(|()| {
+            let change = CredentialChange::between(&pool.credentials, &creds);
+            pool.credentials.reload(&creds);
+            warn_if_expiring(&creds);
+            change
+        }),
+        Ok(Err(e)) => Err(ReloadRefused::Files(e.to_string())),
+        Err(e) => Err(ReloadRefused::Files(format!("reading them failed: {e}"))),
+    };
+    match &result {
+        Ok(change) => tracing::info!(
+            identity = %change.identity,
+            "{why}: credentials reloaded: {}",
+            change.lines()[1..].join("; ")
+        ),
+        Err(e) => tracing::error!("{why}: {e}; the credentials in force are unchanged"),
+    }
+    result
+}
+
+/// The config's `[tls]` as the source `tls reload` reads the credentials again from.
+struct TlsSource {
+    config_path: PathBuf,
+    pool: std::sync::Weak<Pool>,
+}
+
+impl CredentialSource for TlsSource {
+    fn reload(&self) -> ReloadFuture<'_> {
+        Box::pin(async move {
+            let Some(pool) = self.pool.upgrade() else {
+                return Err(ReloadRefused::Config("the pool is shutting down".into()));
+            };
+            let path = self.config_path.clone();
+            let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+                    tracing::error!("tls reload: {e}; the credentials in force are unchanged");
+                    return Err(ReloadRefused::Config(e));
+                }
+                Err(e) => return Err(ReloadRefused::Config(format!("reading the config failed: {e}"))),
+            };
+            apply_credentials(&pool, config.tls.files(), "tls reload").await
+        })
     }
 }
 
@@ -746,6 +796,10 @@ fn load_target(t: &Target) -> anyhow::Result<(ClusterFile, Credentials)> {
     }
     if !t.trust.is_empty() {
         files.trust = t.trust.clone();
+    }
+    // `put` and `get` log nowhere: the warning goes to stderr.
+    if let Some(warning) = tidepool_p2p::tls::key_mode_warning(&files.key) {
+        eprintln!("tidepool: warning: {warning}");
     }
     Ok((cluster, read_credentials(&files)?))
 }

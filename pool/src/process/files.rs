@@ -2,7 +2,7 @@
 //! credentials (read and checked; new private keys are written with mode 0600).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -18,14 +18,18 @@ pub fn read_cluster(path: &Path) -> anyhow::Result<ClusterFile> {
 
 /// Loads a side's credentials, warning about a private key that others can read.
 pub fn read_credentials(files: &TlsFiles) -> anyhow::Result<Credentials> {
-    if let Ok(meta) = std::fs::metadata(&files.key)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(file = %files.key.display(), "private key file is readable by others; `chmod 600` it");
-    }
+    warn_if_key_readable(&files.key);
     let creds = Credentials::load(files).map_err(|e| anyhow::anyhow!("credentials: {e}"))?;
     warn_if_expiring(&creds);
     Ok(creds)
+}
+
+/// Warns in the log when the private key file `key` can be read by its group or by others
+/// (the daemon at start and at each reload, `docs/security.md`).
+pub fn warn_if_key_readable(key: &Path) {
+    if let Some(warning) = tidepool_p2p::tls::key_mode_warning(key) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Warns in the log when our certificate expires within [`EXPIRY_WARNING`] (or has).
@@ -66,6 +70,8 @@ pub fn read_config(path: &Path) -> anyhow::Result<PoolConfig> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
