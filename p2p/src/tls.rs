@@ -20,8 +20,9 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+pub use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
@@ -37,6 +38,11 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// The connection types once TLS is established.
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The certificate chain a peer showed at the handshake of `tls`, end entity first.
+pub fn peer_chain(tls: &ServerStream) -> Vec<CertificateDer<'static>> {
+    tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default()
+}
 
 pub use crate::identity::{Identity, Role};
 
@@ -240,8 +246,8 @@ impl Credentials {
         self.0.read().generation
     }
 
-    /// Checks that our own certificate chains to one of our own trust anchors and is valid now:
-    /// the peers hold the same anchors, so a certificate that does not would be refused by all
+    /// Checks that our own certificate chains to one of our own trust anchors, is valid now and
+    /// serves both as a server and as a client certificate: the peers hold the same anchors, so a certificate that does not would be refused by all
     /// of them (a reload refuses it, `docs/security.md`, "Rotation"). The reason if not.
     pub fn check_own_chain(&self) -> Result<(), String> {
         let loaded = self.loaded();
@@ -254,7 +260,22 @@ impl Credentials {
             UnixTime::now(),
             provider().signature_verification_algorithms.all,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // Our connections to other pools present it as a client certificate: a certificate
+        // made for servers only would be refused by every pool we dial.
+        self.still_trusts(&loaded.chain)
+    }
+
+    /// Whether a peer's certificate `chain`, accepted at its handshake, would still be
+    /// accepted now: by the trust anchors in force (a reload may have removed its CA) and
+    /// unexpired. The reason if not.
+    pub fn still_trusts(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let loaded = self.loaded();
+        let (end, intermediates) = chain.split_first().ok_or("no certificate")?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(loaded.roots.clone(), provider())
+            .build()
+            .map_err(|e| e.to_string())?;
+        verifier.verify_client_cert(end, intermediates, UnixTime::now()).map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Who these credentials say we are.
@@ -643,6 +664,25 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A certificate made for servers only chains to the anchors, but every pool we dial would
+    /// refuse it as our client certificate: the own-chain check (run by a reload) refuses it.
+    #[test]
+    fn a_certificate_for_servers_only_fails_the_own_chain_check() {
+        let ca = testing::authority();
+        assert_eq!(ca.credentials(Role::Pool, "pool1").unwrap().check_own_chain(), Ok(()));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "pool1");
+        let uri = rcgen::Ia5String::try_from(format!("{ROLE_URI_PREFIX}pool")).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(uri));
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let issued = Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
+        let servers_only = ca.credentials_for(&issued).unwrap();
+        assert!(servers_only.check_own_chain().is_err());
+    }
 
     #[test]
     fn an_issued_certificate_carries_its_role_and_name() {

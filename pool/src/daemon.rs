@@ -268,6 +268,12 @@ impl Ctx {
     }
 }
 
+/// A refusal's reason as the key of its rate limit: without its figures, which may change at
+/// every try (an expired certificate's reason names the time of the check).
+fn same_refusal(reason: &str) -> String {
+    reason.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
 /// The tail a refusal warning gets when earlier ones like it of the same peer were not written.
 fn per_peer_note(suppressed: u64) -> String {
     match suppressed {
@@ -366,12 +372,15 @@ async fn serve(
     let _ = stream.set_nodelay(true);
     // TLS first (a certificate from a trusted CA, unexpired, not denied), then the handshake;
     // both within the handshake time and under the admission permit.
+    // The credentials' generation before the handshake: a reload during it is noticed at the
+    // first request.
+    let generation = ctx.credentials.generation();
     let tls = match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, ctx.credentials.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             admission.warn_peer(
                 &ctx,
-                format!("{} {service:?} {e}", peer.ip()),
+                format!("{} {service:?} {}", peer.ip(), same_refusal(&e.to_string())),
                 |note| tracing::warn!(%peer, ?service, "refused connection: {e}{note}"),
             );
             return;
@@ -387,6 +396,7 @@ async fn serve(
         }
     };
     let (tls, identity) = tls;
+    let cert = PeerCert::of(&tls, generation);
     let (r, w) = tokio::io::split(tls);
     // `auth::accept` reads at most handshake-sized frames until the peer is admitted.
     let mut reader = FrameReader::new(r, MAX_FRAME);
@@ -424,8 +434,8 @@ async fn serve(
     let PeerInfo { name: client, identity, features } = client;
     tracing::debug!(%peer, %identity, %client, ?service, ?features, "connection authenticated");
     let result = match service {
-        Service::Admin => serve_admin(&mut reader, &mut writer, &identity, &client, features, &ctx).await,
-        Service::Data => serve_data(&mut reader, &mut writer, &identity, features, &ctx).await,
+        Service::Admin => serve_admin(&mut reader, &mut writer, &identity, &cert, &client, features, &ctx).await,
+        Service::Data => serve_data(&mut reader, &mut writer, &identity, &cert, features, &ctx).await,
     };
     if let Err(e) = result {
         tracing::warn!(%peer, %identity, %client, "closing connection: {e}");
@@ -456,17 +466,59 @@ async fn next_request(reader: &mut Reader, ctx: &Ctx) -> Result<Option<bytes::By
     }
 }
 
-/// A name put on the deny list by a reload loses its open connections at their next request
-/// (`docs/security.md`, "Revoking").
-fn still_admitted(identity: &Identity, ctx: &Ctx) -> Result<(), RemoteError> {
-    if !ctx.credentials.denies(&identity.name) {
+/// The certificate a connection's peer showed at its handshake, and the generation of our
+/// credentials it was last checked against.
+struct PeerCert {
+    chain: Vec<tidepool_p2p::tls::CertificateDer<'static>>,
+    /// Seconds since the epoch.
+    not_after: i64,
+    checked: std::sync::atomic::AtomicU64,
+}
+
+impl PeerCert {
+    fn of(tls: &tidepool_p2p::tls::ServerStream, generation: u64) -> PeerCert {
+        let chain = tidepool_p2p::tls::peer_chain(tls);
+        let not_after = chain.first().and_then(|c| tidepool_p2p::tls::cert_info(c).ok()).map_or(0, |i| i.not_after);
+        PeerCert { chain, not_after, checked: std::sync::atomic::AtomicU64::new(generation) }
+    }
+}
+
+/// An open connection keeps its rights only as long as a new one would get them
+/// (`docs/security.md`, "Revoking"): a name put on the deny list by a reload, a certificate
+/// whose CA a reload removed from the trust anchors, or one that expired while connected, loses
+/// its connection at its next request.
+fn still_admitted(identity: &Identity, cert: &PeerCert, ctx: &Ctx) -> Result<(), RemoteError> {
+    use std::sync::atomic::Ordering;
+    if ctx.credentials.denies(&identity.name) {
+        ctx.warn_refused(
+            format!("{identity} denied"),
+            |note| tracing::warn!(%identity, "closed a connection: its name is now on the deny list{note}"),
+        );
+        return Err(RemoteError::new(
+            ErrorCode::AuthFailed,
+            format!("authentication failed: {identity} is on the deny list"),
+        ));
+    }
+    let generation = ctx.credentials.generation();
+    let expired = chrono::Utc::now().timestamp() > cert.not_after;
+    if !expired && cert.checked.load(Ordering::Relaxed) == generation {
         return Ok(());
     }
-    ctx.warn_refused(
-        format!("{identity} denied"),
-        |note| tracing::warn!(%identity, "closed a connection: its name is now on the deny list{note}"),
-    );
-    Err(RemoteError::new(ErrorCode::AuthFailed, format!("authentication failed: {identity} is on the deny list")))
+    match ctx.credentials.still_trusts(&cert.chain) {
+        Ok(()) => {
+            cert.checked.store(generation, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(why) => {
+            ctx.warn_refused(format!("{identity} no longer trusted"), |note| {
+                tracing::warn!(%identity, "closed a connection: its certificate is no longer accepted: {why}{note}")
+            });
+            Err(RemoteError::new(
+                ErrorCode::AuthFailed,
+                format!("authentication failed: the certificate of {identity} is no longer accepted: {why}"),
+            ))
+        }
+    }
 }
 
 /// A pool may speak to this pool only if the cluster file in force lists it (`docs/security.md`).
@@ -485,13 +537,14 @@ async fn serve_admin(
     reader: &mut Reader,
     writer: &mut Writer,
     identity: &Identity,
+    cert: &PeerCert,
     client: &str,
     features: Features,
     ctx: &Ctx,
 ) -> Result<(), WireError> {
     while let Some(body) = next_request(reader, ctx).await? {
         let request = decode::<AdminRequest>(&body)?;
-        if let Err(e) = still_admitted(identity, ctx) {
+        if let Err(e) = still_admitted(identity, cert, ctx) {
             writer.send(&AdminReply::Finished { error: Some(e) }).await?;
             return Ok(());
         }
@@ -591,6 +644,7 @@ async fn serve_data(
     reader: &mut Reader,
     writer: &mut Writer,
     identity: &Identity,
+    cert: &PeerCert,
     features: Features,
     ctx: &Ctx,
 ) -> Result<(), WireError> {
@@ -603,7 +657,7 @@ async fn serve_data(
         };
         let Some(body) = next? else { return Ok(()) };
         let request = decode::<DataRequest>(&body)?;
-        if let Err(e) = still_admitted(identity, ctx) {
+        if let Err(e) = still_admitted(identity, cert, ctx) {
             let reply = match request {
                 DataRequest::Migration(_) => DataReply::Migration(MigrationReply::Error(e)),
                 _ => DataReply::Error(e),
@@ -874,5 +928,18 @@ mod tests {
             &cut.message[cut.message.len() - 60..]
         );
         assert_eq!(cut.code, ErrorCode::Syntax.as_u32());
+    }
+
+    /// An expired certificate tried again and again is one refusal for the rate limit, though
+    /// its reason names the time of each check.
+    #[test]
+    fn the_same_refusal_at_another_time_has_the_same_key() {
+        let at = |now: u64, ago: u64| {
+            format!(
+                "authentication failed: certificate expired: verification time {now} (UNIX), but certificate is not valid after 1700000000 (UNIX) ({ago} seconds ago)"
+            )
+        };
+        assert_eq!(same_refusal(&at(1796000000, 96000000)), same_refusal(&at(1796000001, 96000001)));
+        assert_ne!(same_refusal(&at(1796000000, 96000000)), same_refusal("authentication failed: unknown issuer"));
     }
 }

@@ -542,6 +542,9 @@ impl Reloadable {
     /// way.
     async fn reload(&mut self) {
         tracing::info!(config = %self.config_path.display(), "SIGHUP received: reading the config and the cluster file again");
+        // One reload at a time, from reading the config to putting it in force: a SIGHUP that
+        // read the files before an edit cannot finish after a `tls reload` that read them after.
+        let _one = CREDENTIALS_RELOAD.lock().await;
         let path = self.config_path.clone();
         let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
             Ok(Ok(c)) => c,
@@ -593,6 +596,9 @@ impl Reloadable {
     }
 }
 
+/// Held by a reload (SIGHUP or `tls reload`) from reading the config to putting it in force.
+static CREDENTIALS_RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Loads the `[tls]` files of the config read again and puts them in force if they pass
 /// [`credentials::check`] (unexpired, this pool's identity, chaining to the new trust anchors), and logs
 /// what changed or why the credentials in force were kept, each line starting with `why`
@@ -634,8 +640,10 @@ impl CredentialSource for TlsSource {
     fn reload(&self) -> ReloadFuture<'_> {
         Box::pin(async move {
             let Some(pool) = self.pool.upgrade() else {
+                tracing::error!("tls reload: the pool is shutting down; the credentials in force are unchanged");
                 return Err(ReloadRefused::Config("the pool is shutting down".into()));
             };
+            let _one = CREDENTIALS_RELOAD.lock().await;
             let path = self.config_path.clone();
             let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
                 Ok(Ok(c)) => c,
