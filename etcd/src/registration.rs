@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{PutOptions, WatchOptions};
@@ -31,7 +31,7 @@ use tidepool_p2p::message::PoolCost;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Etcd, EtcdError, Snapshot};
+use crate::{Etcd, EtcdError, Shared, Snapshot};
 
 /// What a pool registers: its entry (addresses, tags, HSMs; its groups are etcd's) and where
 /// its cost comes from.
@@ -328,8 +328,19 @@ pub(crate) fn apply(
     me: &PoolName,
     why: &str,
 ) -> Result<Vec<String>, String> {
+    apply_in(&etcd.shared, membership, snap, held, me, why)
+}
+
+fn apply_in(
+    shared: &Mutex<Shared>,
+    membership: &Membership,
+    snap: Snapshot,
+    held: Option<&BTreeSet<PoolName>>,
+    me: &PoolName,
+    why: &str,
+) -> Result<Vec<String>, String> {
     // One snapshot at a time, in revision order: the watch's and `psu reload`'s may cross.
-    let mut shared = etcd.shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
     if snap.revision < shared.revision {
         tracing::debug!(
             "{why}: a read of revision {} is older than the view in force ({}); not applied",
@@ -424,6 +435,47 @@ mod tests {
             })
             .collect();
         ClusterFile { pools, links: vec![] }
+    }
+
+    fn snapshot(names: &[&str], alive: &[&str], revision: i64) -> Snapshot {
+        Snapshot {
+            cluster: cluster(names),
+            groups: BTreeSet::new(),
+            alive: alive.iter().map(|a| a.parse().unwrap()).collect(),
+            revision,
+        }
+    }
+
+    fn listed(m: &Membership) -> Vec<String> {
+        m.get().pools.iter().map(|p| p.name.to_string()).collect()
+    }
+
+    #[test]
+    fn snapshots_apply_in_revision_order_and_a_refused_view_keeps_the_one_in_force() {
+        let shared = Mutex::new(Shared::default());
+        let m = Membership::file(cluster(&["a", "b"]));
+        let me: PoolName = "a".parse().unwrap();
+        let apply = |snap, held: Option<&BTreeSet<PoolName>>| apply_in(&shared, &m, snap, held, &me, "test");
+        assert_eq!(apply(snapshot(&["a", "b", "c"], &["a", "b", "c"], 10), None).unwrap().len(), 2);
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        // An older read (a `psu reload` that crossed the watch's) changes nothing.
+        assert_eq!(apply(snapshot(&["a", "b"], &["a"], 7), None).unwrap(), Vec::<String>::new());
+        assert_eq!((listed(&m), m.alive().unwrap().len()), (vec!["a".into(), "b".into(), "c".into()], 3));
+        // The same revision again applies (the end of the grace drops the pools held alive).
+        let held = BTreeSet::from(["c".parse().unwrap()]);
+        apply(snapshot(&["a", "b", "c"], &["a", "b"], 11), Some(&held)).unwrap();
+        assert!(m.is_alive(&"c".parse().unwrap()));
+        assert_eq!(apply(snapshot(&["a", "b", "c"], &["a", "b"], 11), None).unwrap(), ["no longer alive: c"]);
+        // A view without this pool: the view stays, liveness follows etcd, the reason is given.
+        let err = apply(snapshot(&["b", "c"], &["b"], 12), None).unwrap_err();
+        assert!(err.contains("no longer lists this pool (a)"), "{err}");
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        assert!(!m.is_alive(&"a".parse().unwrap()));
+        let err = apply(snapshot(&["a"], &["a"], 13), None).unwrap_err();
+        assert!(err.contains("drops 2 of the 3 pools"), "{err}");
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        apply(snapshot(&["a", "c"], &["a", "c"], 14), None).unwrap();
+        assert_eq!(listed(&m), ["a", "c"]);
     }
 
     #[test]

@@ -366,3 +366,113 @@ fn etcd_back_after_the_leases_no_storm_of_offline_and_online() {
         assert!(!log.contains("no longer alive"), "{p} saw pools go:\n{log}");
     }
 }
+
+/// One value in etcd that Tidepool cannot read (a hand edit, another program) is skipped with
+/// a warning: the pools stay registered and fresh, and later changes still reach every view.
+#[test]
+fn an_unreadable_value_in_etcd_is_skipped_and_the_rest_still_read() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("an_unreadable_value_in_etcd_is_skipped") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/unreadable/", 4);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    etcd.put("/unreadable/pool/pool9", b"{not json");
+    etcd.put("/unreadable/link/broken", b"42");
+    for p in ["pool1", "pool2"] {
+        cluster.wait_for_log_line(p, &["etcd key /unreadable/pool/pool9", "skipped"], WAIT);
+    }
+    // The rest is read: a change still reaches both views, both pools stay alive and fresh.
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
+    assert_eq!(ok(&cluster, "pool1", "psu set link l fast disk\n"), "link l -> fast, disk\n");
+    for p in ["pool1", "pool2"] {
+        wait_until(&format!("the link on {p}"), WAIT, || {
+            (ok(&cluster, p, "psu ls link\n") == "l : fast, disk\n").then_some(())
+        });
+        let pools = ok(&cluster, p, "psu ls pool\n");
+        assert_eq!(pools.matches(" alive").count(), 2, "{pools}");
+        assert!(!pools.contains("pool9") && !pools.contains("stale"), "{pools}");
+        assert_eq!(info_field(&cluster.info(p), "Membership"), Some("etcd"));
+        let log = cluster.log(p);
+        assert!(!log.contains("etcd lost"), "{p} lost etcd over one bad value:\n{log}");
+        assert_eq!(log.matches("etcd key /unreadable/pool/pool9").count(), 1, "warned once:\n{log}");
+    }
+}
+
+/// A second daemon started under a running pool's name is refused (once the running pool's
+/// lease would have lapsed), naming the pool; the running one keeps its registration. A pool
+/// killed with `kill -9` and started again at once waits for its old lease and starts.
+#[test]
+fn a_second_daemon_with_a_pools_name_is_refused_and_a_restart_after_kill9_starts() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_second_daemon_with_a_pools_name") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/twice/", 3);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool2", WAIT, || {
+        (ok(&cluster, "pool2", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    let out = cluster.start_refused("pool1");
+    out.assert_code(1, "a second pool1");
+    assert!(out.stderr.contains("pool pool1 is registered in etcd by another running daemon"), "{out}");
+    assert!(ok(&cluster, "pool2", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 ") && l.ends_with(" alive")));
+    assert!(!cluster.log("pool1").contains("etcd lost"), "the running pool1 kept its registration");
+
+    cluster.kill9("pool1");
+    cluster.start("pool1");
+    wait_until("pool1 alive again on pool2", WAIT, || {
+        ok(&cluster, "pool2", "psu ls pool\n")
+            .lines()
+            .any(|l| l.starts_with("pool1 ") && l.ends_with(" alive"))
+            .then_some(())
+    });
+}
+
+/// A view in etcd that no longer lists a pool is not applied on that pool: it keeps the view
+/// in force and says why (in its log, and to `psu reload`); the other pool applies it.
+/// While etcd is lost, `psu ls pgroup` lists the groups of the view in force, empty ones
+/// included, marked stale.
+#[test]
+fn a_view_without_this_pool_is_refused_and_psu_ls_pgroup_works_while_etcd_is_lost() {
+    let Some(mut etcd) = tidepool_tests::etcd::Etcd::start("a_view_without_this_pool_is_refused") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/guard/", 4);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
+    wait_until("the empty group on pool2", WAIT, || {
+        (ok(&cluster, "pool2", "psu ls pgroup\n") == "disk : pool1, pool2\nfast : \n").then_some(())
+    });
+
+    etcd.delete("/guard/pool/pool1");
+    cluster.wait_for_log_line("pool1", &["no longer lists this pool (pool1)", "not applied"], WAIT);
+    wait_until("pool1 gone from pool2's view", WAIT, || {
+        (!ok(&cluster, "pool2", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 "))).then_some(())
+    });
+    assert!(ok(&cluster, "pool1", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 ")), "pool1 kept its view");
+    let err = refused(&cluster, "pool1", "psu reload");
+    assert!(err.contains("no longer lists this pool (pool1)") && err.contains("rc=20008"), "{err}");
+
+    etcd.stop();
+    wait_until("pool2's view stale", WAIT, || {
+        info_field(&cluster.info("pool2"), "Membership").filter(|m| m.contains("stale")).map(|_| ())
+    });
+    assert_eq!(
+        ok(&cluster, "pool2", "psu ls pgroup\n"),
+        "disk : pool2\nfast : \n(stale: etcd cannot be reached; this is the last view seen)\n"
+    );
+}
