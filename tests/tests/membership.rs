@@ -390,6 +390,11 @@ fn an_unreadable_value_in_etcd_is_skipped_and_the_rest_still_read() {
     // The rest is read: a change still reaches both views, both pools stay alive and fresh.
     assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
     assert_eq!(ok(&cluster, "pool1", "psu set link l fast disk\n"), "link l -> fast, disk\n");
+    // The checked changes (their checks compared in their transactions) still read the rest.
+    let err = refused(&cluster, "pool2", "psu set link l fast nosuch");
+    assert!(err.contains("no pool group named nosuch; `psu create pgroup nosuch` first"), "{err}");
+    let err = refused(&cluster, "pool2", "psu remove pgroup fast");
+    assert!(err.contains("link l names pool group fast"), "{err}");
     for p in ["pool1", "pool2"] {
         wait_until(&format!("the link on {p}"), WAIT, || {
             (ok(&cluster, p, "psu ls link\n") == "l : fast, disk\n").then_some(())
