@@ -481,3 +481,51 @@ fn a_view_without_this_pool_is_refused_and_psu_ls_pgroup_works_while_etcd_is_los
         "disk : pool2\nfast : \n(stale: etcd cannot be reached; this is the last view seen)\n"
     );
 }
+
+/// A job's refresh reads its targets' published costs in one request: by key for a few targets,
+/// the whole `cost/` range for many; both read the same, and a pool that publishes none has
+/// none.
+#[test]
+fn the_costs_of_few_and_of_many_targets_are_read_alike() {
+    use tidepool_etcd::{COST_KEYS_ONE_BY_ONE, EtcdSettings};
+    use tidepool_p2p::PoolName;
+    use tidepool_p2p::message::PoolCost;
+    use tidepool_p2p::model::SpaceInfo;
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("the_costs_of_few_and_of_many_targets") else {
+        return;
+    };
+    let names: Vec<PoolName> = (0..40).map(|i| format!("pool{i}").parse().unwrap()).collect();
+    let cost = |i: usize| PoolCost {
+        space: SpaceInfo { total: 1000, used: i as u64, free: 1000 - i as u64, precious: 0, removable: 0 },
+        load: i as u32,
+        accepts: true,
+        enabled: !i.is_multiple_of(3),
+        run: i as u64,
+    };
+    // Every other pool publishes its cost.
+    for (i, n) in names.iter().enumerate().filter(|(i, _)| i.is_multiple_of(2)) {
+        etcd.put(&format!("/costs/cost/{n}"), &serde_json::to_vec(&cost(i)).unwrap());
+    }
+    etcd.put("/costs/cost/pool1", b"not a cost");
+    let want = |pools: &[PoolName]| -> Vec<(PoolName, Option<PoolCost>)> {
+        pools
+            .iter()
+            .map(|p| {
+                let i: usize = p.as_str()["pool".len()..].parse().unwrap();
+                (p.clone(), i.is_multiple_of(2).then(|| cost(i)))
+            })
+            .collect()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/costs/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        let few = &names[..COST_KEYS_ONE_BY_ONE];
+        assert_eq!(e.costs(few).await.unwrap(), want(few), "by key");
+        let reversed: Vec<PoolName> = names[..5].iter().rev().cloned().collect();
+        assert_eq!(e.costs(&reversed).await.unwrap(), want(&reversed), "in the order asked");
+        assert_eq!(e.costs(&names).await.unwrap(), want(&names), "by range");
+        assert_eq!(e.costs(&[]).await.unwrap(), Vec::new());
+    });
+}
