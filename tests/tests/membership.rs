@@ -529,3 +529,46 @@ fn the_costs_of_few_and_of_many_targets_are_read_alike() {
         assert_eq!(e.costs(&[]).await.unwrap(), Vec::new());
     });
 }
+
+/// A pool that is stopping does not register again: its registration, stopped before (or
+/// while) a session with etcd is set up, writes nothing and returns.
+#[test]
+fn a_stopping_pool_does_not_register_again() {
+    use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+    use tidepool_p2p::membership::Membership;
+    use tidepool_p2p::message::PoolCost;
+    use tidepool_p2p::model::SpaceInfo;
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_stopping_pool_does_not_register_again") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = tidepool_etcd::EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/stopping/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        let entry = PoolEntry {
+            name: "pool1".parse().unwrap(),
+            p2p: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            groups: vec![],
+            tags: Default::default(),
+            hsm: vec![],
+        };
+        let cost = Box::new(|| PoolCost {
+            space: SpaceInfo { total: 1, used: 0, free: 1, precious: 0, removable: 0 },
+            load: 0,
+            accepts: true,
+            enabled: true,
+            run: 0,
+        });
+        let membership = Membership::file(ClusterFile { pools: vec![], links: vec![] });
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        let me = tidepool_etcd::Registration { entry, cost };
+        tokio::time::timeout(WAIT, tidepool_etcd::run(e.clone(), membership, me, stop))
+            .await
+            .expect("the registration returns once stopped");
+        let snap = e.load().await.unwrap();
+        assert!(snap.cluster.pools.is_empty() && snap.alive.is_empty(), "{snap:?}");
+    });
+}
