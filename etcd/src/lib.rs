@@ -487,6 +487,28 @@ impl Etcd {
             if self.client().txn(txn).await.map_err(|e| self.err(e))?.succeeded() {
                 return Ok(());
             }
+            // A member came in meanwhile (or a member key whose pool has no record, which the
+            // read above does not list): name it; else a link changed, read again.
+            let (mfrom, mto) = self.keys.member_range(group);
+            let got = self
+                .client()
+                .get(mfrom, Some(GetOptions::new().with_range(mto).with_keys_only()))
+                .await
+                .map_err(|e| self.err(e))?;
+            let members: Vec<String> = got
+                .kvs()
+                .iter()
+                .filter_map(|kv| match self.keys.parse(&String::from_utf8_lossy(kv.key())) {
+                    Some(keys::Key::Member(_, pool)) => Some(pool.to_string()),
+                    _ => None,
+                })
+                .collect();
+            if !members.is_empty() {
+                return Err(EtcdError::Refused(format!(
+                    "pool group {group} still has pools ({}); `psu removefrom pgroup {group} <pool>` first",
+                    members.join(", ")
+                )));
+            }
         }
         Err(EtcdError::Refused(format!(
             "the membership kept changing while pool group {group} was being removed; nothing was removed, try again"

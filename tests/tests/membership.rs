@@ -572,3 +572,30 @@ fn a_stopping_pool_does_not_register_again() {
         assert!(snap.cluster.pools.is_empty() && snap.alive.is_empty(), "{snap:?}");
     });
 }
+
+/// `psu remove pgroup` checks in its transaction that the group has no member key: one the
+/// read cannot see (a member key whose pool has no record, as a `psu addto` racing the removal
+/// would leave in between) refuses the removal and is named; once it is taken out, the group
+/// goes.
+#[test]
+fn removing_a_group_checks_its_members_in_the_same_transaction() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("removing_a_group_checks_its_members") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = tidepool_etcd::EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/rmgroup/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        assert!(e.create_group("fast").await.unwrap());
+        assert!(e.create_group("fast2").await.unwrap());
+        etcd.put("/rmgroup/member/fast/poolz", b"");
+        etcd.put("/rmgroup/member/fast2/pooly", b"");
+        let err = e.remove_group("fast").await.unwrap_err().to_string();
+        assert_eq!(err, "pool group fast still has pools (poolz); `psu removefrom pgroup fast <pool>` first");
+        assert!(e.groups().await.unwrap().contains("fast"), "nothing removed");
+        assert!(e.remove_from_group("fast", &"poolz".parse().unwrap()).await.unwrap());
+        e.remove_group("fast").await.expect("an empty group is removed");
+        assert_eq!(e.groups().await.unwrap(), ["fast2".to_string()].into());
+    });
+}
