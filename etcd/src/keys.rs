@@ -55,6 +55,16 @@ impl Keys {
         (format!("{}group/", self.prefix), format!("{}pool0", self.prefix))
     }
 
+    /// The range of the member keys of `group`: `[member/<group>/, member/<group>0)`.
+    pub fn member_range(&self, group: &str) -> (String, String) {
+        (format!("{}member/{group}/", self.prefix), format!("{}member/{group}0", self.prefix))
+    }
+
+    /// The range of the links: `[link/, link0)`.
+    pub fn link_range(&self) -> (String, String) {
+        (format!("{}link/", self.prefix), format!("{}link0", self.prefix))
+    }
+
     /// The range of the liveness keys: `[alive/, alive0)`.
     pub fn alive_range(&self) -> (String, String) {
         (format!("{}alive/", self.prefix), format!("{}alive0", self.prefix))
@@ -101,6 +111,12 @@ mod tests {
         for key in [k.cost("p"), k.alive("p")] {
             assert!(!inside(&key), "{key}");
         }
+        let (from, to) = k.member_range("g");
+        assert!(from <= k.member("g", "p") && k.member("g", "p") < to);
+        assert!(!(from <= k.member("g2", "p") && k.member("g2", "p") < to), "another group's member");
+        assert!(!(from <= k.member("f", "p") && k.member("f", "p") < to));
+        let (from, to) = k.link_range();
+        assert!(from <= k.link("l") && k.link("l") < to && k.member("g", "p") >= to && k.group("g") < from);
         let (from, to) = k.alive_range();
         assert!(from <= k.alive("p") && k.alive("p") < to && k.cost("p") >= to);
     }

@@ -4,8 +4,8 @@
 //! When etcd cannot be reached (docs/operator-guide.md, "When etcd is lost"):
 //! - the view in force stays, marked stale ([`Membership::is_stale`]); jobs then ask the
 //!   pools themselves for their figures, and transfers go on, on the addresses they know;
-//! - the pool tries again, with a growing pause (1 s to 10 s, with jitter, so that many pools
-//!   do not come back in step);
+//! - the pool tries again, with a growing pause (1 s to 10 s, each drawn at random between
+//!   half and one and a half times that, so that many pools do not come back in step);
 //! - once etcd answers again the pool renews its old lease if it still lives, else takes a
 //!   new one and registers again; and for one lease time plus the longest pause between tries
 //!   it still counts as alive every pool that was alive before etcd was lost, so that pools
@@ -13,20 +13,25 @@
 //!
 //! A pool whose lease lapsed is "not alive": not a new target for anyone. Nothing is deleted
 //! or copied again because of it.
+//!
+//! A snapshot read from etcd is applied only if it is not older than the one in force (etcd's
+//! revision), and not at all if it no longer lists this pool or drops more than half of the
+//! pools at once ([`refusal`]): the view in force stays, and an error is logged.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{EventType, PutOptions, WatchOptions};
+use etcd_client::{PutOptions, WatchOptions};
 use tidepool_p2p::PoolName;
-use tidepool_p2p::cluster::PoolEntry;
+use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
 use tidepool_p2p::membership::Membership;
 use tidepool_p2p::message::PoolCost;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Etcd, EtcdError, Snapshot};
+use crate::{Etcd, EtcdError, Shared, Snapshot};
 
 /// What a pool registers: its entry (addresses, tags, HSMs; its groups are etcd's) and where
 /// its cost comes from.
@@ -40,10 +45,50 @@ const SETTLE: Duration = Duration::from_millis(200);
 const PAUSE_FIRST: Duration = Duration::from_secs(1);
 const PAUSE_MAX: Duration = Duration::from_secs(10);
 
+/// How long after etcd is back a pool that has not registered again still counts as alive:
+/// every pool tries etcd again within the longest pause (its jitter included), then registers.
+fn grace(lease: Duration) -> Duration {
+    lease + PAUSE_MAX * 3 / 2 + Duration::from_secs(1)
+}
+
 /// How a session with etcd ended.
 enum Ended {
     Stopped,
     Lost(String),
+}
+
+/// What one answer of a watch means for the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WatchSaw {
+    /// Nothing changed (a progress notice).
+    Nothing,
+    /// Keys changed: read the membership again (once the changes settle).
+    Change,
+    /// etcd cancelled the watch (compaction, ...): no further change would be seen, so the
+    /// session is lost and established again, view and watches.
+    Cancelled,
+}
+
+fn watch_saw(canceled: bool, events: usize) -> WatchSaw {
+    match (canceled, events) {
+        (true, _) => WatchSaw::Cancelled,
+        (false, 0) => WatchSaw::Nothing,
+        (false, _) => WatchSaw::Change,
+    }
+}
+
+/// The pause before the next try: `pause` drawn at random (`random`) between half and one and
+/// a half times it, so that pools lost together do not come back together.
+fn jittered(pause: Duration, random: u64) -> Duration {
+    let ms = pause.as_millis().max(1) as u64;
+    Duration::from_millis(ms / 2 + random % ms)
+}
+
+/// A random number for the jitter (no generator needed: the standard hasher's keys are
+/// random per process).
+fn random() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((nanos, std::process::id()))
 }
 
 /// Keeps the pool registered and `membership` up to date until `stop`; then revokes the lease,
@@ -54,7 +99,14 @@ pub async fn run(etcd: Etcd, membership: Arc<Membership>, me: Registration, stop
     // The pools alive when etcd was lost.
     let mut held: Option<BTreeSet<PoolName>> = None;
     loop {
-        match session(&etcd, &membership, &me, &mut lease, &mut held, &stop, &mut pause).await {
+        // Stopping wins over every step of a session, its setup included: a stopping pool
+        // does not register again.
+        let ended = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ended::Stopped,
+            e = session(&etcd, &membership, &me, &mut lease, &mut held, &stop, &mut pause) => e,
+        };
+        match ended {
             Ended::Stopped => break,
             Ended::Lost(why) => {
                 if membership.set_stale(true) {
@@ -67,10 +119,9 @@ pub async fn run(etcd: Etcd, membership: Arc<Membership>, me: Registration, stop
                 }
             }
         }
-        let jitter = Duration::from_millis(u64::from(std::process::id()) % 500);
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(pause + jitter) => {}
+            _ = tokio::time::sleep(jittered(pause, random())) => {}
         }
         pause = (pause * 2).min(PAUSE_MAX);
     }
@@ -119,9 +170,15 @@ async fn session(
     if let Err(e) = etcd.put_pool(&me.entry).await {
         return lost(e);
     }
-    let since = format!("{{\"since\":{}}}", chrono_free_now_ms());
-    if let Err(e) = client.put(etcd.keys.alive(name), since, Some(PutOptions::new().with_lease(id))).await {
-        return lost(etcd.err(e));
+    // Alive under our lease, unless another daemon holds the name.
+    match etcd.put_alive(&me.entry.name, id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let e = EtcdError::Taken { pool: name.to_string() };
+            tracing::error!("{e}");
+            return lost(e);
+        }
+        Err(e) => return lost(e),
     }
     if let Err(e) = publish(etcd, me, id).await {
         return lost(e);
@@ -140,11 +197,10 @@ async fn session(
         Ok(w) => w,
         Err(e) => return lost(etcd.err(e)),
     };
-    // Every other pool tries etcd again within PAUSE_MAX (and a jitter), then registers.
-    let grace_until = held.as_ref().map(|_| Instant::now() + etcd.settings.lease + PAUSE_MAX + Duration::from_secs(1));
+    let grace_until = held.as_ref().map(|_| Instant::now() + grace(etcd.settings.lease));
     match etcd.load().await {
         Ok(snap) => {
-            apply(membership, snap, held.as_ref(), "etcd");
+            let _ = apply(etcd, membership, snap, held.as_ref(), &me.entry.name, "etcd");
         }
         Err(e) => return lost(e),
     }
@@ -192,18 +248,24 @@ async fn session(
                 Err(e) => return lost(etcd.err(e)),
             },
             r = alive_watch.message() => match r {
-                Ok(Some(w)) => {
-                    if w.events().iter().any(|e| e.event_type() == EventType::Delete || e.event_type() == EventType::Put) {
+                Ok(Some(w)) => match watch_saw(w.canceled(), w.events().len()) {
+                    WatchSaw::Nothing => {}
+                    WatchSaw::Change => {
                         settle.get_or_insert(Instant::now() + SETTLE);
                     }
-                }
+                    WatchSaw::Cancelled => return Ended::Lost(format!("etcd cancelled the watch ({})", w.cancel_reason())),
+                },
                 Ok(None) => return Ended::Lost("the watch ended".into()),
                 Err(e) => return lost(etcd.err(e)),
             },
             r = config_watch.message() => match r {
-                Ok(Some(_)) => {
-                    settle.get_or_insert(Instant::now() + SETTLE);
-                }
+                Ok(Some(w)) => match watch_saw(w.canceled(), w.events().len()) {
+                    WatchSaw::Nothing => {}
+                    WatchSaw::Change => {
+                        settle.get_or_insert(Instant::now() + SETTLE);
+                    }
+                    WatchSaw::Cancelled => return Ended::Lost(format!("etcd cancelled the watch ({})", w.cancel_reason())),
+                },
                 Ok(None) => return Ended::Lost("the watch ended".into()),
                 Err(e) => return lost(etcd.err(e)),
             },
@@ -211,7 +273,7 @@ async fn session(
                 settle = None;
                 match etcd.load().await {
                     Ok(snap) => {
-                        apply(membership, snap, held.as_ref(), "etcd");
+                        let _ = apply(etcd, membership, snap, held.as_ref(), &me.entry.name, "etcd");
                     }
                     Err(e) => return lost(e),
                 }
@@ -236,15 +298,71 @@ async fn publish(etcd: &Etcd, me: &Registration, lease: i64) -> Result<(), EtcdE
     Ok(())
 }
 
+/// Why a view read from etcd is not put in force, if it is not: it no longer lists this pool
+/// (`me`), or it drops more than half of the pools in force at once (a wrong prefix, a wiped
+/// or restored etcd). The operator fixes etcd; `psu reload` or the next change reads it again.
+pub(crate) fn refusal(old: &ClusterFile, new: &ClusterFile, me: &PoolName) -> Option<String> {
+    if new.pool(me).is_none() {
+        return Some(format!("the membership in etcd no longer lists this pool ({me})"));
+    }
+    let dropped = old.pools.iter().filter(|p| new.pool(&p.name).is_none()).count();
+    if dropped * 2 > old.pools.len() {
+        return Some(format!(
+            "the membership in etcd drops {dropped} of the {} pools in force at once",
+            old.pools.len()
+        ));
+    }
+    None
+}
+
 /// Puts a snapshot in force and logs what changed, each line starting with `why`. Pools in
-/// `held` count as alive still (the grace after etcd came back). The lines of what changed.
+/// `held` count as alive still (the grace after etcd came back). A snapshot older than the one
+/// in force is not applied (nothing changed); one [`refusal`] names is not applied either (the
+/// view in force stays, liveness follows etcd), and its reason is logged as an error and
+/// returned. The lines of what changed.
 pub(crate) fn apply(
+    etcd: &Etcd,
     membership: &Membership,
     snap: Snapshot,
     held: Option<&BTreeSet<PoolName>>,
+    me: &PoolName,
     why: &str,
-) -> Vec<String> {
-    let mut lines = membership.replace(snap.cluster);
+) -> Result<Vec<String>, String> {
+    apply_in(&etcd.shared, membership, snap, held, me, why)
+}
+
+fn apply_in(
+    shared: &Mutex<Shared>,
+    membership: &Membership,
+    snap: Snapshot,
+    held: Option<&BTreeSet<PoolName>>,
+    me: &PoolName,
+    why: &str,
+) -> Result<Vec<String>, String> {
+    // One snapshot at a time, in revision order: the watch's and `psu reload`'s may cross.
+    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+    if snap.revision < shared.revision {
+        tracing::debug!(
+            "{why}: a read of revision {} is older than the view in force ({}); not applied",
+            snap.revision,
+            shared.revision
+        );
+        return Ok(Vec::new());
+    }
+    shared.revision = snap.revision;
+    let refused = refusal(&membership.get(), &snap.cluster, me);
+    let mut lines = match &refused {
+        None => {
+            shared.groups = Some(snap.groups);
+            membership.replace(snap.cluster)
+        }
+        Some(reason) => {
+            tracing::error!(
+                "{why}: {reason}; not applied, the view in force stays (docs/troubleshooting.md, \"Membership\")"
+            );
+            Vec::new()
+        }
+    };
     let mut alive = snap.alive;
     if let Some(held) = held {
         alive.extend(held.iter().cloned());
@@ -259,13 +377,126 @@ pub(crate) fn apply(
     for line in &lines {
         tracing::info!("{why}: {line}");
     }
-    lines
+    match refused {
+        None => Ok(lines),
+        Some(reason) => Err(format!("{reason}; not applied, the view in force stays")),
+    }
 }
 
 fn names(pools: &[PoolName]) -> String {
     pools.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
 }
 
-fn chrono_free_now_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_watch_ends_the_session_and_events_read_the_membership_again() {
+        for (canceled, events, want) in [
+            (false, 0, WatchSaw::Nothing),
+            (false, 3, WatchSaw::Change),
+            (true, 0, WatchSaw::Cancelled),
+            (true, 2, WatchSaw::Cancelled),
+        ] {
+            assert_eq!(watch_saw(canceled, events), want, "canceled {canceled}, {events} events");
+        }
+    }
+
+    #[test]
+    fn the_pause_is_spread_over_the_whole_pause() {
+        let s = Duration::from_secs;
+        for (pause, random, want) in [
+            (s(1), 0, Duration::from_millis(500)),
+            (s(1), 999, Duration::from_millis(1499)),
+            (s(1), 1000, Duration::from_millis(500)),
+            (s(10), 7_300, Duration::from_millis(12_300)),
+            (Duration::ZERO, 5, Duration::ZERO),
+        ] {
+            assert_eq!(jittered(pause, random), want, "{pause:?} {random}");
+        }
+        // Pools drawing at once get different pauses.
+        let drawn: BTreeSet<Duration> = (0..20).map(|_| jittered(s(10), random())).collect();
+        assert!(drawn.len() > 10, "{drawn:?}");
+        assert!(grace(s(10)) >= s(10) + jittered(PAUSE_MAX, u64::MAX));
+    }
+
+    fn cluster(names: &[&str]) -> ClusterFile {
+        let pools = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| PoolEntry {
+                name: n.parse().unwrap(),
+                p2p: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                admin: ([127, 0, 0, 1], 2000 + i as u16).into(),
+                groups: vec![],
+                tags: Default::default(),
+                hsm: vec![],
+            })
+            .collect();
+        ClusterFile { pools, links: vec![] }
+    }
+
+    fn snapshot(names: &[&str], alive: &[&str], revision: i64) -> Snapshot {
+        Snapshot {
+            cluster: cluster(names),
+            groups: BTreeSet::new(),
+            alive: alive.iter().map(|a| a.parse().unwrap()).collect(),
+            revision,
+        }
+    }
+
+    fn listed(m: &Membership) -> Vec<String> {
+        m.get().pools.iter().map(|p| p.name.to_string()).collect()
+    }
+
+    #[test]
+    fn snapshots_apply_in_revision_order_and_a_refused_view_keeps_the_one_in_force() {
+        let shared = Mutex::new(Shared::default());
+        let m = Membership::file(cluster(&["a", "b"]));
+        let me: PoolName = "a".parse().unwrap();
+        let apply = |snap, held: Option<&BTreeSet<PoolName>>| apply_in(&shared, &m, snap, held, &me, "test");
+        assert_eq!(apply(snapshot(&["a", "b", "c"], &["a", "b", "c"], 10), None).unwrap().len(), 2);
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        // An older read (a `psu reload` that crossed the watch's) changes nothing.
+        assert_eq!(apply(snapshot(&["a", "b"], &["a"], 7), None).unwrap(), Vec::<String>::new());
+        assert_eq!((listed(&m), m.alive().unwrap().len()), (vec!["a".into(), "b".into(), "c".into()], 3));
+        // The same revision again applies (the end of the grace drops the pools held alive).
+        let held = BTreeSet::from(["c".parse().unwrap()]);
+        apply(snapshot(&["a", "b", "c"], &["a", "b"], 11), Some(&held)).unwrap();
+        assert!(m.is_alive(&"c".parse().unwrap()));
+        assert_eq!(apply(snapshot(&["a", "b", "c"], &["a", "b"], 11), None).unwrap(), ["no longer alive: c"]);
+        // A view without this pool: the view stays, liveness follows etcd, the reason is given.
+        let err = apply(snapshot(&["b", "c"], &["b"], 12), None).unwrap_err();
+        assert!(err.contains("no longer lists this pool (a)"), "{err}");
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        assert!(!m.is_alive(&"a".parse().unwrap()));
+        let err = apply(snapshot(&["a"], &["a"], 13), None).unwrap_err();
+        assert!(err.contains("drops 2 of the 3 pools"), "{err}");
+        assert_eq!(listed(&m), ["a", "b", "c"]);
+        apply(snapshot(&["a", "c"], &["a", "c"], 14), None).unwrap();
+        assert_eq!(listed(&m), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_view_without_this_pool_or_without_most_pools_is_refused() {
+        let me: PoolName = "a".parse().unwrap();
+        let four = cluster(&["a", "b", "c", "d"]);
+        for (old, new, refused) in [
+            (&four, cluster(&["a", "b", "c", "d", "e"]), None),
+            (&four, cluster(&["a", "b", "c"]), None),
+            (&four, cluster(&["a", "b"]), None),
+            (&four, cluster(&["a"]), Some("drops 3 of the 4 pools")),
+            (&four, cluster(&["b", "c", "d"]), Some("no longer lists this pool (a)")),
+            (&four, cluster(&[]), Some("no longer lists this pool")),
+            (&ClusterFile { pools: vec![], links: vec![] }, cluster(&["a"]), None),
+        ] {
+            let got = refusal(old, &new, &me);
+            match (refused, &got) {
+                (None, None) => {}
+                (Some(want), Some(got)) => assert!(got.contains(want), "{got}"),
+                _ => panic!("{new:?}: {got:?}"),
+            }
+        }
+    }
 }

@@ -92,6 +92,31 @@ impl Etcd {
         }
     }
 
+    /// Writes `value` under `key` (through etcd's JSON gateway), as a hand edit or another
+    /// program would.
+    pub fn put(&self, key: &str, value: &[u8]) {
+        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, base64(key.as_bytes()), base64(value));
+        self.post("/v3/kv/put", &body);
+    }
+
+    /// Deletes `key` (through etcd's JSON gateway).
+    pub fn delete(&self, key: &str) {
+        self.post("/v3/kv/deleterange", &format!(r#"{{"key":"{}"}}"#, base64(key.as_bytes())));
+    }
+
+    fn post(&self, path: &str, body: &str) {
+        let mut s = TcpStream::connect_timeout(&self.client, Duration::from_secs(2)).expect("reach etcd");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("set a timeout");
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).expect("send to etcd");
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"), "etcd {path}: {reply}");
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
@@ -114,5 +139,34 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_pads() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"/t/pool/x"), "L3QvcG9vbC94");
     }
 }

@@ -366,3 +366,236 @@ fn etcd_back_after_the_leases_no_storm_of_offline_and_online() {
         assert!(!log.contains("no longer alive"), "{p} saw pools go:\n{log}");
     }
 }
+
+/// One value in etcd that Tidepool cannot read (a hand edit, another program) is skipped with
+/// a warning: the pools stay registered and fresh, and later changes still reach every view.
+#[test]
+fn an_unreadable_value_in_etcd_is_skipped_and_the_rest_still_read() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("an_unreadable_value_in_etcd_is_skipped") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/unreadable/", 4);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    etcd.put("/unreadable/pool/pool9", b"{not json");
+    etcd.put("/unreadable/link/broken", b"42");
+    for p in ["pool1", "pool2"] {
+        cluster.wait_for_log_line(p, &["etcd key /unreadable/pool/pool9", "skipped"], WAIT);
+    }
+    // The rest is read: a change still reaches both views, both pools stay alive and fresh.
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
+    assert_eq!(ok(&cluster, "pool1", "psu set link l fast disk\n"), "link l -> fast, disk\n");
+    // The checked changes (their checks compared in their transactions) still read the rest.
+    let err = refused(&cluster, "pool2", "psu set link l fast nosuch");
+    assert!(err.contains("no pool group named nosuch; `psu create pgroup nosuch` first"), "{err}");
+    let err = refused(&cluster, "pool2", "psu remove pgroup fast");
+    assert!(err.contains("link l names pool group fast"), "{err}");
+    for p in ["pool1", "pool2"] {
+        wait_until(&format!("the link on {p}"), WAIT, || {
+            (ok(&cluster, p, "psu ls link\n") == "l : fast, disk\n").then_some(())
+        });
+        let pools = ok(&cluster, p, "psu ls pool\n");
+        assert_eq!(pools.matches(" alive").count(), 2, "{pools}");
+        assert!(!pools.contains("pool9") && !pools.contains("stale"), "{pools}");
+        assert_eq!(info_field(&cluster.info(p), "Membership"), Some("etcd"));
+        let log = cluster.log(p);
+        assert!(!log.contains("etcd lost"), "{p} lost etcd over one bad value:\n{log}");
+        assert_eq!(log.matches("etcd key /unreadable/pool/pool9").count(), 1, "warned once:\n{log}");
+    }
+}
+
+/// A second daemon started under a running pool's name is refused (once the running pool's
+/// lease would have lapsed), naming the pool; the running one keeps its registration. A pool
+/// killed with `kill -9` and started again at once waits for its old lease and starts.
+#[test]
+fn a_second_daemon_with_a_pools_name_is_refused_and_a_restart_after_kill9_starts() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_second_daemon_with_a_pools_name") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/twice/", 3);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool2", WAIT, || {
+        (ok(&cluster, "pool2", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    let out = cluster.start_refused("pool1");
+    out.assert_code(1, "a second pool1");
+    assert!(out.stderr.contains("pool pool1 is registered in etcd by another running daemon"), "{out}");
+    assert!(ok(&cluster, "pool2", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 ") && l.ends_with(" alive")));
+    assert!(!cluster.log("pool1").contains("etcd lost"), "the running pool1 kept its registration");
+
+    cluster.kill9("pool1");
+    cluster.start("pool1");
+    wait_until("pool1 alive again on pool2", WAIT, || {
+        ok(&cluster, "pool2", "psu ls pool\n")
+            .lines()
+            .any(|l| l.starts_with("pool1 ") && l.ends_with(" alive"))
+            .then_some(())
+    });
+}
+
+/// A view in etcd that no longer lists a pool is not applied on that pool: it keeps the view
+/// in force and says why (in its log, and to `psu reload`); the other pool applies it.
+/// While etcd is lost, `psu ls pgroup` lists the groups of the view in force, empty ones
+/// included, marked stale.
+#[test]
+fn a_view_without_this_pool_is_refused_and_psu_ls_pgroup_works_while_etcd_is_lost() {
+    let Some(mut etcd) = tidepool_tests::etcd::Etcd::start("a_view_without_this_pool_is_refused") else {
+        return;
+    };
+    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
+    cluster.use_etcd(&etcd.endpoint(), "/guard/", 4);
+    for p in ["pool1", "pool2"] {
+        cluster.start(p);
+    }
+    wait_until("both pools alive on pool1", WAIT, || {
+        (ok(&cluster, "pool1", "psu ls pool\n").matches(" alive").count() == 2).then_some(())
+    });
+    assert_eq!(ok(&cluster, "pool1", "psu create pgroup fast\n"), "pool group fast created\n");
+    wait_until("the empty group on pool2", WAIT, || {
+        (ok(&cluster, "pool2", "psu ls pgroup\n") == "disk : pool1, pool2\nfast : \n").then_some(())
+    });
+
+    etcd.delete("/guard/pool/pool1");
+    cluster.wait_for_log_line("pool1", &["no longer lists this pool (pool1)", "not applied"], WAIT);
+    wait_until("pool1 gone from pool2's view", WAIT, || {
+        (!ok(&cluster, "pool2", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 "))).then_some(())
+    });
+    assert!(ok(&cluster, "pool1", "psu ls pool\n").lines().any(|l| l.starts_with("pool1 ")), "pool1 kept its view");
+    let err = refused(&cluster, "pool1", "psu reload");
+    assert!(err.contains("no longer lists this pool (pool1)") && err.contains("rc=20008"), "{err}");
+
+    etcd.stop();
+    wait_until("pool2's view stale", WAIT, || {
+        info_field(&cluster.info("pool2"), "Membership").filter(|m| m.contains("stale")).map(|_| ())
+    });
+    assert_eq!(
+        ok(&cluster, "pool2", "psu ls pgroup\n"),
+        "disk : pool2\nfast : \n(stale: etcd cannot be reached; this is the last view seen)\n"
+    );
+}
+
+/// A job's refresh reads its targets' published costs in one request: by key for a few targets,
+/// the whole `cost/` range for many; both read the same, and a pool that publishes none has
+/// none.
+#[test]
+fn the_costs_of_few_and_of_many_targets_are_read_alike() {
+    use tidepool_etcd::{COST_KEYS_ONE_BY_ONE, EtcdSettings};
+    use tidepool_p2p::PoolName;
+    use tidepool_p2p::message::PoolCost;
+    use tidepool_p2p::model::SpaceInfo;
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("the_costs_of_few_and_of_many_targets") else {
+        return;
+    };
+    let names: Vec<PoolName> = (0..40).map(|i| format!("pool{i}").parse().unwrap()).collect();
+    let cost = |i: usize| PoolCost {
+        space: SpaceInfo { total: 1000, used: i as u64, free: 1000 - i as u64, precious: 0, removable: 0 },
+        load: i as u32,
+        accepts: true,
+        enabled: !i.is_multiple_of(3),
+        run: i as u64,
+    };
+    // Every other pool publishes its cost.
+    for (i, n) in names.iter().enumerate().filter(|(i, _)| i.is_multiple_of(2)) {
+        etcd.put(&format!("/costs/cost/{n}"), &serde_json::to_vec(&cost(i)).unwrap());
+    }
+    etcd.put("/costs/cost/pool1", b"not a cost");
+    let want = |pools: &[PoolName]| -> Vec<(PoolName, Option<PoolCost>)> {
+        pools
+            .iter()
+            .map(|p| {
+                let i: usize = p.as_str()["pool".len()..].parse().unwrap();
+                (p.clone(), i.is_multiple_of(2).then(|| cost(i)))
+            })
+            .collect()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/costs/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        let few = &names[..COST_KEYS_ONE_BY_ONE];
+        assert_eq!(e.costs(few).await.unwrap(), want(few), "by key");
+        let reversed: Vec<PoolName> = names[..5].iter().rev().cloned().collect();
+        assert_eq!(e.costs(&reversed).await.unwrap(), want(&reversed), "in the order asked");
+        assert_eq!(e.costs(&names).await.unwrap(), want(&names), "by range");
+        assert_eq!(e.costs(&[]).await.unwrap(), Vec::new());
+    });
+}
+
+/// A pool that is stopping does not register again: its registration, stopped before (or
+/// while) a session with etcd is set up, writes nothing and returns.
+#[test]
+fn a_stopping_pool_does_not_register_again() {
+    use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
+    use tidepool_p2p::membership::Membership;
+    use tidepool_p2p::message::PoolCost;
+    use tidepool_p2p::model::SpaceInfo;
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("a_stopping_pool_does_not_register_again") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = tidepool_etcd::EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/stopping/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        let entry = PoolEntry {
+            name: "pool1".parse().unwrap(),
+            p2p: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            groups: vec![],
+            tags: Default::default(),
+            hsm: vec![],
+        };
+        let cost = Box::new(|| PoolCost {
+            space: SpaceInfo { total: 1, used: 0, free: 1, precious: 0, removable: 0 },
+            load: 0,
+            accepts: true,
+            enabled: true,
+            run: 0,
+        });
+        let membership = Membership::file(ClusterFile { pools: vec![], links: vec![] });
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        let me = tidepool_etcd::Registration { entry, cost };
+        tokio::time::timeout(WAIT, tidepool_etcd::run(e.clone(), membership, me, stop))
+            .await
+            .expect("the registration returns once stopped");
+        let snap = e.load().await.unwrap();
+        assert!(snap.cluster.pools.is_empty() && snap.alive.is_empty(), "{snap:?}");
+    });
+}
+
+/// `psu remove pgroup` checks in its transaction that the group has no member key: one the
+/// read cannot see (a member key whose pool has no record, as a `psu addto` racing the removal
+/// would leave in between) refuses the removal and is named; once it is taken out, the group
+/// goes.
+#[test]
+fn removing_a_group_checks_its_members_in_the_same_transaction() {
+    let Some(etcd) = tidepool_tests::etcd::Etcd::start("removing_a_group_checks_its_members") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut settings = tidepool_etcd::EtcdSettings::new(vec![etcd.endpoint()]);
+        settings.prefix = "/rmgroup/".into();
+        let e = tidepool_etcd::Etcd::connect(&settings).await.expect("connect to etcd");
+        assert!(e.create_group("fast").await.unwrap());
+        assert!(e.create_group("fast2").await.unwrap());
+        etcd.put("/rmgroup/member/fast/poolz", b"");
+        etcd.put("/rmgroup/member/fast2/pooly", b"");
+        let err = e.remove_group("fast").await.unwrap_err().to_string();
+        assert_eq!(err, "pool group fast still has pools (poolz); `psu removefrom pgroup fast <pool>` first");
+        assert!(e.groups().await.unwrap().contains("fast"), "nothing removed");
+        assert!(e.remove_from_group("fast", &"poolz".parse().unwrap()).await.unwrap());
+        e.remove_group("fast").await.expect("an empty group is removed");
+        assert_eq!(e.groups().await.unwrap(), ["fast2".to_string()].into());
+    });
+}

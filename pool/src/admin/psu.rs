@@ -96,6 +96,9 @@ pub fn parse_set_link(inv: &Invocation<'_>) -> Result<Command, ParseError> {
     Ok(Command::Psu(Psu::SetLink { link, groups }))
 }
 
+/// The last line of a listing from a view whose source cannot be reached.
+const STALE_LINE: &str = "(stale: etcd cannot be reached; this is the last view seen)\n";
+
 /// Why a `psu` command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PsuError {
@@ -158,9 +161,16 @@ pub async fn execute(node: &Arc<Node>, cmd: Psu, out: &mut Output) -> Result<(),
             let view = membership.get();
             let mut groups: std::collections::BTreeMap<String, Vec<String>> =
                 view.groups().into_iter().map(|g| (g, Vec::new())).collect();
+            let mut stale = membership.is_stale();
             if let Some(etcd) = pool.etcd.get() {
-                // Groups without pools live only in etcd.
-                for g in etcd.groups().await? {
+                // Groups without pools live only in etcd: read there, or, etcd lost, those of
+                // the view in force.
+                let read = match stale {
+                    true => None,
+                    false => etcd.groups().await.map_err(|e| tracing::debug!("psu ls pgroup: {e}")).ok(),
+                };
+                stale |= read.is_none();
+                for g in read.or_else(|| etcd.groups_in_force()).unwrap_or_default() {
                     groups.entry(g).or_default();
                 }
             }
@@ -172,6 +182,9 @@ pub async fn execute(node: &Arc<Node>, cmd: Psu, out: &mut Output) -> Result<(),
             let mut text = String::new();
             for (g, pools) in groups {
                 let _ = writeln!(text, "{g} : {}", pools.join(", "));
+            }
+            if stale {
+                text.push_str(STALE_LINE);
             }
             out.write(&text).await?;
             Ok(())
@@ -196,7 +209,7 @@ pub async fn execute(node: &Arc<Node>, cmd: Psu, out: &mut Output) -> Result<(),
                 );
             }
             if membership.is_stale() {
-                text.push_str("(stale: etcd cannot be reached; this is the last view seen)\n");
+                text.push_str(STALE_LINE);
             }
             out.write(&text).await?;
             Ok(())

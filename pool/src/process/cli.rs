@@ -313,7 +313,7 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         match (&etcd, &config.cluster_file) {
             (Some((etcd, _)), _) => {
                 let _ = pool.etcd.set(etcd.clone());
-                pool.cluster.set_source(Arc::new(EtcdSource::new(etcd.clone(), &pool.cluster)))
+                pool.cluster.set_source(Arc::new(EtcdSource::new(etcd.clone(), &pool.cluster, config.name.clone())))
             }
             (None, Some(path)) => {
                 pool.cluster.set_source(Arc::new(FileSource { path: path.clone(), pool: Arc::downgrade(&pool) }))
@@ -396,9 +396,11 @@ fn run_pool(config_path: &Path, log: &LogArgs) -> anyhow::Result<ExitCode> {
         }
         notifier.stopping();
         // Out of etcd first: the other pools stop choosing this one at once.
-        if let Some((stop, task)) = registration {
+        if let Some((stop, mut task)) = registration {
             stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+            if tokio::time::timeout(Duration::from_secs(3), &mut task).await.is_err() {
+                task.abort();
+            }
         }
         daemon.shutdown().await?;
         Ok(ExitCode::SUCCESS)
@@ -462,6 +464,9 @@ async fn connect_etcd(
         tags: config.membership.tags.clone(),
         hsm: config.membership.hsm.clone(),
     };
+    // Another daemon registered under this name refuses the start; one killed lately (its
+    // lease not yet lapsed) is waited for.
+    etcd.wait_until_free(&config.name, settings.lease + Duration::from_secs(2)).await?;
     etcd.put_pool(&entry).await?;
     let snap = etcd.load().await?;
     tracing::info!(
@@ -476,18 +481,20 @@ async fn connect_etcd(
 /// The etcd settings of a `[membership]` table, with the password and TLS files read.
 pub fn etcd_settings(m: &MembershipConfig) -> anyhow::Result<tidepool_etcd::EtcdSettings> {
     let read = |p: &Path, what: &str| std::fs::read(p).with_context(|| format!("read {what} {}", p.display()));
+    // The password and the private key: refused if group or others may read them.
+    let secret = |p: &Path, what: &str| super::files::read_secret(p, what);
     let mut s = tidepool_etcd::EtcdSettings::new(m.endpoints.clone());
     s.prefix = m.prefix.clone();
     s.lease = Duration::from_secs(m.lease_seconds);
     s.publish = Duration::from_secs(m.publish_seconds);
     if let (Some(user), Some(file)) = (&m.user, &m.password_file) {
-        let password = String::from_utf8(read(file, "membership.password_file")?)
+        let password = String::from_utf8(secret(file, "membership.password_file")?)
             .map_err(|_| anyhow::anyhow!("membership.password_file {} is not UTF-8", file.display()))?;
         s.user = Some((user.clone(), password.trim_end_matches(['\n', '\r']).to_string()));
     }
     if let Some(ca) = &m.ca_file {
         let identity = match (&m.cert_file, &m.key_file) {
-            (Some(c), Some(k)) => Some((read(c, "membership.cert_file")?, read(k, "membership.key_file")?)),
+            (Some(c), Some(k)) => Some((read(c, "membership.cert_file")?, secret(k, "membership.key_file")?)),
             _ => None,
         };
         s.tls = Some(tidepool_etcd::TlsFiles { ca: read(ca, "membership.ca_file")?, identity });

@@ -246,6 +246,29 @@ impl MembershipConfig {
                 if self.cert_file.is_some() != self.key_file.is_some() {
                     return Err("membership.cert_file and membership.key_file go together".into());
                 }
+                // Secrets and TLS only over https://, and https:// only with the CA to check it.
+                let plain = self.endpoints.iter().find(|e| e.starts_with("http://"));
+                if let (Some(e), true) = (plain, self.user.is_some()) {
+                    return Err(format!(
+                        "membership.user: the password would cross the network in clear to {e:?}; \
+                         use https:// endpoints with membership.ca_file"
+                    ));
+                }
+                if let Some(e) = plain {
+                    for (key, set) in [("ca_file", self.ca_file.is_some()), ("cert_file", self.cert_file.is_some())] {
+                        if set {
+                            return Err(format!(
+                                "membership.{key} is for TLS, but endpoint {e:?} is plain http://; \
+                                 give https:// endpoints (every one), or drop membership.{key}"
+                            ));
+                        }
+                    }
+                }
+                if let (Some(e), None) = (self.endpoints.iter().find(|e| e.starts_with("https://")), &self.ca_file) {
+                    return Err(format!(
+                        "membership.ca_file is needed with https:// endpoint {e:?}: the CA (PEM) that signed etcd's certificate"
+                    ));
+                }
                 if self.lease_seconds < 2 || self.publish_seconds == 0 || self.publish_seconds * 2 > self.lease_seconds
                 {
                     return Err(
@@ -539,6 +562,36 @@ mod tests {
         assert!(check("[metrics]\nlisten = \"127.0.0.1:1\"\npath = \"/m\"\n").contains("path"));
         let clash = "admin_listen = \"127.0.0.1:9\"\n[metrics]\nlisten = \"127.0.0.1:9\"\n";
         assert!(check(clash).contains("also the admin"));
+    }
+
+    #[test]
+    fn etcd_secrets_and_tls_need_https_and_https_needs_its_ca() {
+        let base = "name = \"p\"\ndata_dir = \"d\"\ncapacity = 10\nadmin_listen = \"127.0.0.1:1\"\n\
+                    p2p_listen = \"127.0.0.1:2\"\n[membership]\nbackend = \"etcd\"\n";
+        let parse = |rest: &str| PoolConfig::parse(&format!("{base}{rest}"), Path::new("/"));
+        let http = "endpoints = [\"http://e:2379\"]\n";
+        let https = "endpoints = [\"https://e:2379\"]\n";
+        let mixed = "endpoints = [\"https://e:2379\", \"http://f:2379\"]\n";
+        let user = "user = \"u\"\npassword_file = \"pw\"\n";
+        let ca = "ca_file = \"ca.pem\"\n";
+        let cert = "cert_file = \"c.pem\"\nkey_file = \"c.key\"\n";
+        for (rest, refused) in [
+            (http.to_string(), None),
+            (format!("{https}{ca}"), None),
+            (format!("{https}{ca}{user}{cert}"), None),
+            (format!("{http}{user}"), Some("membership.user: the password would cross the network in clear")),
+            (format!("{http}{ca}"), Some("membership.ca_file is for TLS, but endpoint \"http://e:2379\"")),
+            (format!("{mixed}{ca}"), Some("membership.ca_file is for TLS, but endpoint \"http://f:2379\"")),
+            (format!("{http}{cert}"), Some("membership.cert_file is for TLS")),
+            (https.to_string(), Some("membership.ca_file is needed with https:// endpoint \"https://e:2379\"")),
+            (format!("{https}{user}"), Some("membership.ca_file is needed")),
+        ] {
+            match (parse(&rest), refused) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => assert!(e.starts_with(want), "{rest}: {e}"),
+                (got, want) => panic!("{rest}: {got:?}, wanted {want:?}"),
+            }
+        }
     }
 
     #[test]

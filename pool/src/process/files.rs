@@ -32,6 +32,22 @@ pub fn warn_if_key_readable(key: &Path) {
     }
 }
 
+/// Reads a file holding a secret (etcd's password, a private key for etcd) named by config
+/// key `what`; refused if group or others may read or write it.
+pub fn read_secret(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("read {what} {}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{what} {}: group or others may read it (mode {:o}); `chmod 600 {}` (a secret stays the owner's)",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("read {what} {}", path.display()))
+}
+
 /// Warns in the log when our certificate expires within [`EXPIRY_WARNING`] (or has).
 pub fn warn_if_expiring(creds: &Credentials) {
     let info = creds.info();
@@ -82,5 +98,24 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(write_new(&path, "other", 0o600).is_err());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret", "an existing file is left alone");
+    }
+
+    #[test]
+    fn a_secret_others_may_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.password");
+        std::fs::write(&path, "pw\n").unwrap();
+        for (mode, ok) in [(0o600, true), (0o400, true), (0o640, false), (0o604, false), (0o620, false)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            match read_secret(&path, "membership.password_file") {
+                Ok(bytes) => assert!(ok && bytes == b"pw\n", "{mode:o}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok, "{mode:o}: {e}");
+                    assert!(e.starts_with("membership.password_file ") && e.contains("chmod 600"), "{e}");
+                }
+            }
+        }
+        assert!(read_secret(&dir.path().join("none"), "membership.key_file").is_err());
     }
 }
