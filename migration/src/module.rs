@@ -153,7 +153,14 @@ pub struct Module<E: Env> {
     saved: Mutex<HashMap<String, SavedJob>>,
     /// What went wrong restoring saved jobs.
     problems: Mutex<Vec<String>>,
+    /// Requests served for other pools, by kind ([`REQUEST_KINDS`] order): the metrics show
+    /// them, so the cost traffic of the jobs of a cluster can be counted.
+    served_requests: [AtomicU64; REQUEST_KINDS.len()],
 }
+
+/// The kinds of [`MigrationRequest`] as [`Module::served_requests`] names them.
+pub const REQUEST_KINDS: [&str; 8] =
+    ["pool_info", "locate", "copy", "copy_batch", "ping", "cancel", "finished", "finished_batch"];
 
 const SAVE_HEADER: &str = "tidepool-migration-save 1";
 
@@ -471,6 +478,7 @@ impl<E: Env> Module<E> {
             copies: tokio_util::task::TaskTracker::new(),
             saved: Mutex::new(HashMap::new()),
             problems: Mutex::new(Vec::new()),
+            served_requests: Default::default(),
         })
     }
 

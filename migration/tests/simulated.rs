@@ -1618,3 +1618,88 @@ fn a_dry_run_counts_what_it_gave_each_target() {
         assert!(err.to_string().contains("-replicas=2 needs as many target pools"), "{err}");
     });
 }
+
+// ------------------------------------------------------------------------------ scale
+
+/// What one job's refreshes cost over its targets during a span of simulated time.
+#[derive(Debug)]
+struct RefreshTraffic {
+    /// Cost questions the targets answered (`PoolInfo`).
+    pool_info: u64,
+    /// Reads of the published costs (`Env::costs`), and the pools they covered in all.
+    cost_reads: u64,
+    cost_read_pools: u64,
+}
+
+/// A permanent copy job of `src` over the pool group of `src` and `targets` other pools, for
+/// `span`: its 20 files are copied once each, and its refreshes (every minute, the simulations'
+/// setting) ask every target, or read the published costs when `publish` (as with etcd).
+async fn refresh_traffic(seed: u64, targets: usize, publish: bool, span: Duration) -> RefreshTraffic {
+    let names: Vec<String> = std::iter::once("src".to_string()).chain((1..=targets).map(|i| format!("t{i}"))).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut config = SimConfig::new(&names, Faults::none());
+    config.publish_costs = publish;
+    let mut sim = Sim::new(seed, config);
+    let files: Vec<PnfsId> = (0..20).map(|_| sim.add_file("src", FileSpec::cached(1000))).collect();
+    let job = sim.create("src", JobKind::Copy, &["-permanent", "-target=pgroup"], &["all"]);
+    tokio::time::sleep(span).await;
+    assert!(!sim.state("src", &job).is_terminal(), "a permanent job runs on: {}", sim.info("src", &job));
+    sim.assert_no_violations();
+    for id in &files {
+        let holders = sim.holders(id);
+        assert_eq!(holders.len(), 2, "{id} on the source and one target: {holders:?}");
+    }
+    let stats = sim.world.stats();
+    RefreshTraffic {
+        pool_info: stats.messages.get("PoolInfo").copied().unwrap_or(0),
+        cost_reads: stats.cost_reads,
+        cost_read_pools: stats.cost_read_pools,
+    }
+}
+
+/// One job over a group of `TARGETS` target pools, 30 simulated minutes, refreshed every
+/// minute: asking the targets costs one request per target and refresh; with published costs
+/// (etcd) a refresh is one read, and the targets are asked only every ten minutes (which renews
+/// the holds of a move).
+async fn refresh_traffic_over(seed: u64, targets: u64) {
+    // Refreshes at 0, 1, ..., 30 minutes: 31.
+    let span = 30 * MINUTE + MINUTE / 2;
+    let refreshes = 31;
+    let started = std::time::Instant::now();
+    let direct = refresh_traffic(seed, targets as usize, false, span).await;
+    let direct_took = started.elapsed();
+    let started = std::time::Instant::now();
+    let published = refresh_traffic(seed, targets as usize, true, span).await;
+    let published_took = started.elapsed();
+    println!(
+        "{targets} targets, asked directly: {direct:?} in {direct_took:?}; published: {published:?} in {published_took:?}"
+    );
+    // Each refresh asks every target once (a refresh the job asks for sooner may add a round).
+    assert_eq!(direct.cost_reads, 0);
+    assert_eq!(direct.pool_info % targets, 0, "{direct:?}");
+    assert!((refreshes..=refreshes + 2).contains(&(direct.pool_info / targets)), "{direct:?}");
+    // Published: one read per refresh, the targets asked at 0, 10, 20 and 30 minutes.
+    assert_eq!(published.pool_info % targets, 0, "{published:?}");
+    assert!((3..=4).contains(&(published.pool_info / targets)), "{published:?}");
+    let rounds = published.pool_info / targets + published.cost_reads;
+    assert!((refreshes..=refreshes + 2).contains(&rounds), "{published:?}");
+    assert_eq!(published.cost_read_pools, published.cost_reads * targets, "every read covers every target");
+}
+
+#[test]
+fn a_job_over_100_targets_reads_the_published_costs_once_per_refresh() {
+    run("a_job_over_100_targets_reads_the_published_costs_once_per_refresh", 1, |seed| async move {
+        refresh_traffic_over(seed, 100).await;
+    });
+}
+
+/// The same over 1,000 target pools: about 6 s in a debug build, so not in CI; run it with
+/// `cargo test --release -p tidepool-migration --test simulated over_1000 -- --ignored --nocapture`
+/// (docs/benchmarks.md records the figures).
+#[test]
+#[ignore = "a benchmark: 1,000 simulated pools"]
+fn a_job_over_1000_targets_reads_the_published_costs_once_per_refresh() {
+    run("a_job_over_1000_targets_reads_the_published_costs_once_per_refresh", 1, |seed| async move {
+        refresh_traffic_over(seed, 1000).await;
+    });
+}

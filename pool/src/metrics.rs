@@ -372,6 +372,14 @@ impl PoolCollector {
             "The job's current copy rate, as migration info shows it (0 when it has none)",
             MetricType::Gauge,
             reports.iter().map(|r| (id(r), ConstGauge::new(r.rate_bytes_per_second.unwrap_or(0.0)))),
+        )?;
+        let served = self.0.try_migration().map(|m| m.served_requests()).unwrap_or_default();
+        family(
+            e,
+            "tidepool_migration_requests_served",
+            "Requests of other pools' migration jobs this pool answered, by kind (pool_info: cost questions)",
+            MetricType::Counter,
+            served.into_iter().map(|(kind, n)| (vec![("kind", kind.to_string())], ConstCounter::new(n))),
         )
     }
 }

@@ -53,6 +53,11 @@ impl Etcd {
         format!("http://{}", self.client)
     }
 
+    /// The process id of the running etcd (benchmarks read its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts it again after [`Etcd::stop`], on the same port and data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "etcd is running");

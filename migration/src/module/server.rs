@@ -169,8 +169,25 @@ impl<E: Env> Module<E> {
         PoolCost { run: (self.epoch >> 40) + 1, ..self.env.cost() }
     }
 
+    /// How many requests of each kind this pool has served for others since it started, in
+    /// [`REQUEST_KINDS`] order (metrics: `tidepool_migration_requests_served_total`).
+    pub fn served_requests(&self) -> Vec<(&'static str, u64)> {
+        REQUEST_KINDS.iter().zip(&self.served_requests).map(|(k, n)| (*k, n.load(Ordering::Relaxed))).collect()
+    }
+
     /// Answers one request from the pool `from` (the authenticated peer).
     pub async fn serve(self: &Arc<Self>, from: PoolName, req: MigrationRequest) -> MigrationReply {
+        let kind = match &req {
+            MigrationRequest::PoolInfo { .. } => 0,
+            MigrationRequest::Locate { .. } => 1,
+            MigrationRequest::Copy(_) => 2,
+            MigrationRequest::CopyBatch(_) => 3,
+            MigrationRequest::Ping { .. } => 4,
+            MigrationRequest::Cancel { .. } => 5,
+            MigrationRequest::Finished(_) => 6,
+            MigrationRequest::FinishedBatch(_) => 7,
+        };
+        self.served_requests[kind].fetch_add(1, Ordering::Relaxed);
         match req {
             MigrationRequest::PoolInfo { job } => {
                 if let Some(job) = job {

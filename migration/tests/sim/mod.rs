@@ -240,6 +240,10 @@ pub struct SimConfig {
     pub pull_time: Duration,
     pub pull_jitter: Duration,
     pub bandwidth: u64,
+    /// The membership publishes every pool's cost, as etcd does (docs/operator-guide.md,
+    /// "Membership"): `Env::costs` answers from it, one read per refresh (`Stats::cost_reads`),
+    /// instead of nothing (the cluster file: the job asks each target).
+    pub publish_costs: bool,
 }
 
 /// The module settings the simulations use: short backoff and refresh so that a scenario
@@ -267,6 +271,7 @@ impl SimConfig {
             pull_time: Duration::from_secs(1),
             pull_jitter: Duration::from_secs(2),
             bandwidth: 1_000_000,
+            publish_costs: false,
         }
     }
 }
@@ -306,6 +311,10 @@ impl Replica {
 pub struct Stats {
     pub messages: BTreeMap<&'static str, u64>,
     pub dropped_requests: u64,
+    /// Reads of the published costs (`Env::costs` with `SimConfig::publish_costs`), and the
+    /// pools they covered.
+    pub cost_reads: u64,
+    pub cost_read_pools: u64,
     pub dropped_replies: u64,
     pub duplicated: u64,
     pub late: u64,
@@ -1322,6 +1331,25 @@ impl Env for SimEnv {
 
     fn hsm_pools(&self, _hsm: &str) -> Vec<PoolName> {
         Vec::new()
+    }
+
+    fn costs(&self, pools: &[PoolName]) -> impl Future<Output = Option<Vec<(PoolName, Option<PoolCost>)>>> + Send {
+        // What each pool last published: its module's own figures, none for a pool that is
+        // offline (its lease lapsed). One read, however many pools it covers.
+        let published = (self.world.config.publish_costs && self.crashed().is_ok()).then(|| {
+            let mut stats = self.world.stats.lock();
+            stats.cost_reads += 1;
+            stats.cost_read_pools += pools.len() as u64;
+            drop(stats);
+            pools
+                .iter()
+                .map(|p| {
+                    let cost = self.world.is_online(p).then(|| self.world.module(p)).flatten().map(|m| m.cost());
+                    (p.clone(), cost)
+                })
+                .collect()
+        });
+        async move { published }
     }
 
     fn request(

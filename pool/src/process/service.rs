@@ -80,17 +80,39 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let unlimited = u64::MAX;
-    let (soft, hard) = (limit.current.unwrap_or(unlimited), limit.maximum.unwrap_or(unlimited));
-    if soft >= hard {
-        return Ok(NofileLimit::AlreadyAtMax(soft));
+    let decided = nofile_decision(limit.current.unwrap_or(unlimited), limit.maximum.unwrap_or(unlimited));
+    if let NofileLimit::Raised { .. } = decided {
+        setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })?;
     }
-    setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })?;
-    Ok(NofileLimit::Raised { from: soft, to: hard })
+    Ok(decided)
+}
+
+/// What to do with the soft limit `soft` under the hard limit `hard` (`u64::MAX`:
+/// unlimited): raise it to the hard limit unless it is there already.
+pub fn nofile_decision(soft: u64, hard: u64) -> NofileLimit {
+    if soft >= hard { NofileLimit::AlreadyAtMax(soft) } else { NofileLimit::Raised { from: soft, to: hard } }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soft_open_file_limit_goes_up_to_the_hard_limit() {
+        let max = u64::MAX;
+        let rows = [
+            // soft, hard, decision
+            (1024, 524_288, NofileLimit::Raised { from: 1024, to: 524_288 }),
+            (1024, max, NofileLimit::Raised { from: 1024, to: max }),
+            (524_288, 524_288, NofileLimit::AlreadyAtMax(524_288)),
+            (max, max, NofileLimit::AlreadyAtMax(max)),
+            // Never lowered (the kernel does not allow soft above hard; nothing to do anyway).
+            (4096, 1024, NofileLimit::AlreadyAtMax(4096)),
+        ];
+        for (soft, hard, want) in rows {
+            assert_eq!(nofile_decision(soft, hard), want, "soft {soft}, hard {hard}");
+        }
+    }
 
     #[test]
     fn the_open_file_limit_ends_at_the_hard_limit() {

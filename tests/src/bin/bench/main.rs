@@ -6,6 +6,8 @@
 //!     [--window W[,W..]] [--batch B[,B..]] [--runs R] [--cache cold|warm] [--dir DIR] [--keep]
 //! cargo run --release -p tidepool-tests --bin bench -- migration [--parts move,rerun,init] [--set large|small|both]
 //!     [--concurrency N] [--runs R] [--records N] [--cache cold|warm] [--dir DIR] [--keep]
+//! cargo run --release -p tidepool-tests --bin bench -- scale [--pools N[,N..]] [--membership file|etcd[,..]]
+//!     [--filled K] [--files F] [--size BYTES] [--drains D] [--idle-secs S] [--max-load-secs S] [--rest-secs S] [--dir DIR]
 //! ```
 //!
 //! `repo`: opening, iterating and listing a repository of a million records; see [`repo`].
@@ -17,7 +19,11 @@
 //! rerun of a finished copy job, and a job's initialisation on a pool of a million replicas;
 //! see [`migration`].
 //!
-//! One module per benchmark (`repo`, `p2p`, `migration`), over shared parts: `dataset` (the
+//! `scale`: up to 250 real daemons on loopback addresses in one pool group, with the cluster
+//! file or etcd: memory, descriptors, connections, CPU and cost-refresh traffic at idle and
+//! under a `rebalance pgroup` with drains; see [`scale`].
+//!
+//! One module per benchmark (`repo`, `p2p`, `migration`, `scale`), over shared parts: `dataset` (the
 //! data sets, the page cache, checking a copy), `process` (starting, waiting for and stopping
 //! daemons; admin connections), `system` (CPU, memory, I/O and disk figures from /proc),
 //! `tools` (the `cp`/`rsync` comparisons) and `report` (a measurement and its figures).
@@ -32,6 +38,7 @@ mod p2p;
 mod process;
 mod repo;
 mod report;
+mod scale;
 mod system;
 mod tools;
 
@@ -42,7 +49,13 @@ fn main() -> anyhow::Result<()> {
         Some("repo-measure") => repo::measure(Path::new(&args[1])),
         Some("p2p") => p2p::run(&args[1..]),
         Some("migration") => migration::run(&args[1..]),
-        _ => bail!("usage: bench repo [--records N] [--dir DIR]\n       {}\n       {}", p2p::USAGE, migration::USAGE),
+        Some("scale") => scale::run(&args[1..]),
+        _ => bail!(
+            "usage: bench repo [--records N] [--dir DIR]\n       {}\n       {}\n       {}",
+            p2p::USAGE,
+            migration::USAGE,
+            scale::USAGE
+        ),
     }
 }
 

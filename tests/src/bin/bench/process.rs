@@ -118,6 +118,13 @@ impl Proc {
         system::cpu_secs(self.who(), false)
     }
 
+    /// Sends SIGTERM without waiting (to stop many at once; [`Proc::stop`] then waits).
+    pub(crate) fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = terminate(child);
+        }
+    }
+
     /// SIGTERM, then waits for the exit.
     pub(crate) fn stop(mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("not running")?;
