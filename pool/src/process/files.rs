@@ -2,7 +2,7 @@
 //! credentials (read and checked; new private keys are written with mode 0600).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
