@@ -167,10 +167,8 @@ async fn session(
     };
     *lease = Some(id);
     let name = me.entry.name.as_str();
-    if let Err(e) = etcd.put_pool(&me.entry).await {
-        return lost(e);
-    }
-    // Alive under our lease, unless another daemon holds the name.
+    // Alive under our lease, unless another daemon holds the name; only then our addresses:
+    // a daemon whose name was taken while it was cut off never writes over the other's.
     match etcd.put_alive(&me.entry.name, id).await {
         Ok(true) => {}
         Ok(false) => {
@@ -179,6 +177,9 @@ async fn session(
             return lost(e);
         }
         Err(e) => return lost(e),
+    }
+    if let Err(e) = etcd.put_pool(&me.entry).await {
+        return lost(e);
     }
     if let Err(e) = publish(etcd, me, id).await {
         return lost(e);

@@ -125,13 +125,11 @@ impl Dialer {
     /// closed by the pool meanwhile, or made with credentials a reload has since replaced
     /// (another certificate, other trust anchors, another deny list), are dropped on the way.
     pub async fn take_idle(&self, pool: &PoolName) -> Option<Connection> {
-        let generation = self.creds.generation();
         loop {
             let mut conn = {
                 let mut idle = self.idle.lock();
-                let list = idle.get_mut(pool)?;
-                list.retain(|(c, since)| since.elapsed() < self.reuse_idle && c.generation == generation);
-                list.pop()?.0
+                self.prune(&mut idle);
+                idle.get_mut(pool)?.pop()?.0
             };
             if conn.still_open().await {
                 return Some(conn);
@@ -154,11 +152,23 @@ impl Dialer {
             return;
         }
         let mut idle = self.idle.lock();
+        self.prune(&mut idle);
         let list = idle.entry(pool.clone()).or_default();
         if list.len() >= self.max_idle {
             list.remove(0);
         }
         list.push((conn, Instant::now()));
+    }
+
+    /// Closes every kept connection, to any pool, that is kept too long or was made before a
+    /// reload: whenever one is taken or given back, so that connections the other pools have
+    /// closed meanwhile do not hold a descriptor each until this pool next dials theirs.
+    fn prune(&self, idle: &mut HashMap<PoolName, Vec<(Connection, Instant)>>) {
+        let generation = self.creds.generation();
+        idle.retain(|_, list| {
+            list.retain(|(c, since)| since.elapsed() < self.reuse_idle && c.generation == generation);
+            !list.is_empty()
+        });
     }
 
     /// Drops the kept connections to `pool`: one of them broke, so the pool has probably
@@ -284,6 +294,23 @@ mod tests {
         let (_, origin) = eager.checkout(&pool1, addr).await.unwrap();
         assert_eq!(origin, Origin::New);
         assert_eq!(eager.idle_count(&pool1), 0);
+    }
+
+    /// A connection kept too long is closed when any connection is given back, not only when
+    /// its own pool is dialled again: it holds no descriptor for longer than it may be reused.
+    #[tokio::test]
+    async fn kept_connections_past_their_time_are_closed_whoever_is_dialled() {
+        let (addr1, _) = echo_pool("pool1", usize::MAX).await;
+        let (addr3, _) = echo_pool("pool3", usize::MAX).await;
+        let (pool1, pool3) = (name("pool1"), name("pool3"));
+        // Kept for no time at all: past its time as soon as it is kept.
+        let dialer = Dialer::new("pool2", testing::pool("pool2"), Service::Data).keeping(Duration::ZERO, MAX_IDLE);
+        let (conn, _) = dialer.checkout(&pool1, addr1).await.unwrap();
+        dialer.give_back(&pool1, conn);
+        assert_eq!(dialer.idle_count(&pool1), 1);
+        let (conn, _) = dialer.checkout(&pool3, addr3).await.unwrap();
+        dialer.give_back(&pool3, conn);
+        assert_eq!(dialer.idle_count(&pool1), 0, "the connection to pool1 was closed once pool3 was dialled");
     }
 
     /// After a reload (a renewed certificate, other trust anchors, a longer deny list) no

@@ -382,8 +382,6 @@ fn a_reload_keeps_the_credentials_in_force_when_the_new_certificate_has_expired(
     assert_eq!(info_field(&cluster.info("pool1"), "Certificate").map(until), Some(until(&before)));
 }
 
-/// An admin shell kept open under `eve`, and a reload (SIGHUP or `tls reload`) that puts eve
-/// on the deny list: the shell's next command is refused and its connection closed.
 /// An admin shell kept open (`tidepool-admin` reading its commands from a pipe), to see what
 /// becomes of an open connection when the pool's credentials change.
 struct OpenShell {
@@ -446,6 +444,8 @@ impl OpenShell {
     }
 }
 
+/// An admin shell kept open under `eve`, and a reload (SIGHUP or `tls reload`) that puts eve
+/// on the deny list: the shell's next command is refused and its connection closed.
 fn a_denied_name_loses_its_open_session(reload: &str) {
     let mut cluster = Cluster::new(&[("pool1", &["disk"])]);
     cluster.start("pool1");

@@ -225,7 +225,9 @@ impl<E: Env> Module<E> {
         // copies it delivered there (a move).
         let published = self.env.costs(&targets).await;
         let now = tokio::time::Instant::now();
-        let ask = refresh::to_ask(&targets, published.as_deref(), &job.asked.lock(), now);
+        let unreachable: Vec<PoolName> =
+            job.s.lock().infos.iter().flatten().filter(|t| t.unreachable).map(|t| t.name.clone()).collect();
+        let ask = refresh::to_ask(&targets, published.as_deref(), &job.asked.lock(), &unreachable, now);
         let id = job.id.lock().clone();
         let direct = match ask.is_empty() {
             true => Vec::new(),

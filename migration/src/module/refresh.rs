@@ -8,6 +8,8 @@
 //! - when it publishes none for that target: its lease has lapsed. It may be only cut off from
 //!   etcd and still serving; its own answer then keeps it known as online (its replicas found,
 //!   nothing copied again), but it is no new target (`accepts` is false);
+//! - when the job counts it unreachable (a copy request could not be delivered): a published
+//!   cost says nothing of this pool's way to it;
 //! - when its last direct answer is older than [`ASK_DIRECTLY_EVERY`], or it did not answer
 //!   then: the direct request names the job, which renews the holds of the copies the job
 //!   delivered there, and only a direct answer shows that the pool's data path works.
@@ -39,6 +41,7 @@ pub fn to_ask(
     targets: &[PoolName],
     published: Option<&[(PoolName, Option<PoolCost>)]>,
     asked: &HashMap<PoolName, Asked>,
+    unreachable: &[PoolName],
     now: Instant,
 ) -> Vec<PoolName> {
     let stale = |p: &PoolName| asked.get(p).is_none_or(|a| now.saturating_duration_since(a.at) >= ASK_DIRECTLY_EVERY);
@@ -48,7 +51,7 @@ pub fn to_ask(
             .iter()
             .filter(|p| {
                 let unpublished = !costs.iter().any(|(q, c)| q == *p && c.is_some());
-                unpublished || stale(p) || asked.get(*p).is_some_and(|a| !a.answered)
+                unpublished || stale(p) || asked.get(*p).is_some_and(|a| !a.answered) || unreachable.contains(p)
             })
             .cloned()
             .collect(),
@@ -143,8 +146,10 @@ mod tests {
             ("a former target, due: asked (no answer)",  Some(&both),   &with_former,     later, "a,b,gone"),
         ];
         for (what, published, asked, now, want) in rows {
-            assert_eq!(names(to_ask(&targets, *published, asked, *now)), *want, "{what}");
+            assert_eq!(names(to_ask(&targets, *published, asked, &[], *now)), *want, "{what}");
         }
+        // A target the job counts unreachable is asked itself, published or not.
+        assert_eq!(names(to_ask(&targets, Some(&both), &asked_ab, &[p("b")], t0)), "b");
     }
 
     #[test]

@@ -551,7 +551,7 @@ impl Reloadable {
         tracing::info!(config = %self.config_path.display(), "SIGHUP received: reading the config and the cluster file again");
         // One reload at a time, from reading the config to putting it in force: a SIGHUP that
         // read the files before an edit cannot finish after a `tls reload` that read them after.
-        let _one = CREDENTIALS_RELOAD.lock().await;
+        let _one = RELOAD.lock().await;
         let path = self.config_path.clone();
         let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
             Ok(Ok(c)) => c,
@@ -603,8 +603,10 @@ impl Reloadable {
     }
 }
 
-/// Held by a reload (SIGHUP or `tls reload`) from reading the config to putting it in force.
-static CREDENTIALS_RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Held by a reload (SIGHUP, `tls reload`, `psu reload` of the cluster file) from reading its
+/// files to putting them in force: one that read them before an edit cannot land after one that
+/// read them after.
+static RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Loads the `[tls]` files of the config read again and puts them in force if they pass
 /// [`credentials::check`] (unexpired, this pool's identity, chaining to the new trust anchors), and logs
@@ -650,7 +652,7 @@ impl CredentialSource for TlsSource {
                 tracing::error!("tls reload: the pool is shutting down; the credentials in force are unchanged");
                 return Err(ReloadRefused::Config("the pool is shutting down".into()));
             };
-            let _one = CREDENTIALS_RELOAD.lock().await;
+            let _one = RELOAD.lock().await;
             let path = self.config_path.clone();
             let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
                 Ok(Ok(c)) => c,
@@ -722,6 +724,7 @@ impl Source for FileSource {
             let Some(pool) = self.pool.upgrade() else {
                 return Err("the pool is shutting down".into());
             };
+            let _one = RELOAD.lock().await;
             let path = self.path.clone();
             let read = tokio::task::spawn_blocking(move || read_cluster(&path)).await;
             match read {
