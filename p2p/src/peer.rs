@@ -160,6 +160,12 @@ impl Dialer {
         list.push((conn, Instant::now()));
     }
 
+    /// [`Dialer::prune`] on its own: the owner calls it every [`REUSE_IDLE`] or so, so that a
+    /// quiet pool holds no descriptor of a connection the other side has closed.
+    pub fn prune_idle(&self) {
+        self.prune(&mut self.idle.lock());
+    }
+
     /// Closes every kept connection, to any pool, that is kept too long or was made before a
     /// reload: whenever one is taken or given back, so that connections the other pools have
     /// closed meanwhile do not hold a descriptor each until this pool next dials theirs.
@@ -311,6 +317,12 @@ mod tests {
         let (conn, _) = dialer.checkout(&pool3, addr3).await.unwrap();
         dialer.give_back(&pool3, conn);
         assert_eq!(dialer.idle_count(&pool1), 0, "the connection to pool1 was closed once pool3 was dialled");
+        // And with nobody dialled, by the owner's periodic prune.
+        let (conn, _) = dialer.checkout(&pool1, addr1).await.unwrap();
+        dialer.give_back(&pool1, conn);
+        assert_eq!(dialer.idle_count(&pool1), 1);
+        dialer.prune_idle();
+        assert_eq!(dialer.idle_count(&pool1), 0, "the periodic prune closed it");
     }
 
     /// After a reload (a renewed certificate, other trust anchors, a longer deny list) no

@@ -401,6 +401,20 @@ pub struct Peers {
     dialer: Dialer,
 }
 
+/// Closes the kept connections to other pools that are past their time, every
+/// [`REUSE_IDLE`], until `stop`: a pool whose jobs ask nobody for a while (the costs published in
+/// etcd) keeps no descriptor of a connection the other pool has closed.
+pub async fn prune_kept_connections(env: Arc<PoolEnv>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REUSE_IDLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => env.peers.dialer.prune_idle(),
+        }
+    }
+}
+
 /// Tells the module of every change of the membership (its jobs look at their targets again)
 /// until `stop`.
 pub async fn forward_membership(

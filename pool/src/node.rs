@@ -53,7 +53,8 @@ impl Node {
             .migration
             .get_or_init(|| {
                 let pool = &self.pool;
-                let module = Module::new(Arc::new(PoolEnv::new(&self.transfers)), settings);
+                let env = Arc::new(PoolEnv::new(&self.transfers));
+                let module = Module::new(env.clone(), settings);
                 module.restore_holds(migration_env::saved_holds(&pool.repo));
                 // Weak: the module (through its environment) holds the transfers.
                 let weak: Weak<Module<PoolEnv>> = Arc::downgrade(&module);
@@ -67,6 +68,8 @@ impl Node {
                 pool.tasks.spawn(tracing::Instrument::instrument(feed, tracing::Span::current()));
                 let news = migration_env::forward_membership(pool.cluster.subscribe(), module.clone(), stop.clone());
                 pool.tasks.spawn(tracing::Instrument::instrument(news, tracing::Span::current()));
+                let prune = migration_env::prune_kept_connections(env, stop.clone());
+                pool.tasks.spawn(tracing::Instrument::instrument(prune, tracing::Span::current()));
                 Migration { module, stop }
             })
             .module
