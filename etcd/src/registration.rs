@@ -134,6 +134,28 @@ pub async fn run(etcd: Etcd, membership: Arc<Membership>, me: Registration, stop
     }
 }
 
+/// What one answer of a watch (of the liveness or of the configuration keys) means for the
+/// session: a change starts (or keeps) the settling time before the membership is read
+/// again; a cancelled or ended watch, or an error, ends the session.
+fn watched(
+    etcd: &Etcd,
+    answer: Result<Option<etcd_client::WatchResponse>, etcd_client::Error>,
+    settle: &mut Option<Instant>,
+) -> Option<Ended> {
+    match answer {
+        Ok(Some(w)) => match watch_saw(w.canceled(), w.events().len()) {
+            WatchSaw::Nothing => None,
+            WatchSaw::Change => {
+                settle.get_or_insert(Instant::now() + SETTLE);
+                None
+            }
+            WatchSaw::Cancelled => Some(Ended::Lost(format!("etcd cancelled the watch ({})", w.cancel_reason()))),
+        },
+        Ok(None) => Some(Ended::Lost("the watch ended".into())),
+        Err(e) => Some(Ended::Lost(etcd.err(e).to_string())),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     etcd: &Etcd,
@@ -248,27 +270,11 @@ async fn session(
                 Ok(None) => return Ended::Lost("the lease renewals ended".into()),
                 Err(e) => return lost(etcd.err(e)),
             },
-            r = alive_watch.message() => match r {
-                Ok(Some(w)) => match watch_saw(w.canceled(), w.events().len()) {
-                    WatchSaw::Nothing => {}
-                    WatchSaw::Change => {
-                        settle.get_or_insert(Instant::now() + SETTLE);
-                    }
-                    WatchSaw::Cancelled => return Ended::Lost(format!("etcd cancelled the watch ({})", w.cancel_reason())),
-                },
-                Ok(None) => return Ended::Lost("the watch ended".into()),
-                Err(e) => return lost(etcd.err(e)),
+            r = alive_watch.message() => if let Some(end) = watched(etcd, r, &mut settle) {
+                return end;
             },
-            r = config_watch.message() => match r {
-                Ok(Some(w)) => match watch_saw(w.canceled(), w.events().len()) {
-                    WatchSaw::Nothing => {}
-                    WatchSaw::Change => {
-                        settle.get_or_insert(Instant::now() + SETTLE);
-                    }
-                    WatchSaw::Cancelled => return Ended::Lost(format!("etcd cancelled the watch ({})", w.cancel_reason())),
-                },
-                Ok(None) => return Ended::Lost("the watch ended".into()),
-                Err(e) => return lost(etcd.err(e)),
+            r = config_watch.message() => if let Some(end) = watched(etcd, r, &mut settle) {
+                return end;
             },
             _ = settle_at => {
                 settle = None;

@@ -552,17 +552,10 @@ impl Reloadable {
         // One reload at a time, from reading the config to putting it in force: a SIGHUP that
         // read the files before an edit cannot finish after a `tls reload` that read them after.
         let _one = RELOAD.lock().await;
-        let path = self.config_path.clone();
-        let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                // One log line: a TOML error spans several.
-                let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
-                tracing::error!("SIGHUP: {e}; nothing changed");
-                return;
-            }
+        let config = match read_config_again(&self.config_path).await {
+            Ok(c) => c,
             Err(e) => {
-                tracing::error!("SIGHUP: reading the config failed: {e}; nothing changed");
+                tracing::error!("SIGHUP: {e}; nothing changed");
                 return;
             }
         };
@@ -600,6 +593,17 @@ impl Reloadable {
             }
             Err(e) => tracing::error!("SIGHUP: reading the cluster file failed: {e}"),
         }
+    }
+}
+
+/// The config read again off the runtime (SIGHUP, `tls reload`); why not, on one line (a TOML
+/// error spans several).
+async fn read_config_again(path: &Path) -> Result<PoolConfig, String> {
+    let path = path.to_path_buf();
+    match tokio::task::spawn_blocking(move || read_config(&path)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")),
+        Err(e) => Err(format!("reading the config failed: {e}")),
     }
 }
 
@@ -653,15 +657,12 @@ impl CredentialSource for TlsSource {
                 return Err(ReloadRefused::Config("the pool is shutting down".into()));
             };
             let _one = RELOAD.lock().await;
-            let path = self.config_path.clone();
-            let config = match tokio::task::spawn_blocking(move || read_config(&path)).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    let e = format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ");
+            let config = match read_config_again(&self.config_path).await {
+                Ok(c) => c,
+                Err(e) => {
                     tracing::error!("tls reload: {e}; the credentials in force are unchanged");
                     return Err(ReloadRefused::Config(e));
                 }
-                Err(e) => return Err(ReloadRefused::Config(format!("reading the config failed: {e}"))),
             };
             apply_credentials(&pool, config.tls.files(), "tls reload").await
         })
