@@ -1143,6 +1143,12 @@ pub fn started(pools: &[(&str, &[&str])]) -> Cluster {
     cluster
 }
 
+/// Two started pools, `pool1` and `pool2`, both in group `disk`: most real-daemon tests begin so.
+#[track_caller]
+pub fn two_pools() -> Cluster {
+    started(&[("pool1", &["disk"]), ("pool2", &["disk"])])
+}
+
 /// Runs `commands` in `pool`; panics unless every one succeeded and nothing was written to
 /// stderr. Returns stdout.
 #[track_caller]

@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use tidepool_p2p::ErrorCode;
-use tidepool_tests::{Cluster, RepLine, info_field, parse_put, parse_rep_ls, rc, sample_bytes};
+use tidepool_tests::{Cluster, RepLine, info_field, parse_put, parse_rep_ls, rc, sample_bytes, two_pools};
 
 const CACHED: &str = "<C----------L(0)[0]>";
 const CACHED_STICKY: &str = "<C-------X--L(0)[0]>";
@@ -19,13 +19,6 @@ const RDONLY_MODE: &str = "disabled(store,stage,p2p-client)";
 
 /// How long a test waits for a log line describing something it has already seen happen.
 const LOG_WAIT: Duration = Duration::from_secs(10);
-
-fn two_pools() -> Cluster {
-    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
-    cluster.start("pool1");
-    cluster.start("pool2");
-    cluster
-}
 
 fn line(pnfsid: &str, flags: &str, size: u64, class: &str) -> RepLine {
     RepLine { pnfsid: pnfsid.into(), flags: flags.into(), size, storage_class: class.into() }

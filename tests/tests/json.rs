@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tidepool_tests::{
     CACHED, CACHED_STICKY, Cluster, PRECIOUS, PpState, RepLine, info_field, ok, parse_rep_ls, report_field, started,
-    wait_until,
+    two_pools, wait_until,
 };
 
 /// How long a test waits for something it caused (a job ending, a transfer showing).
@@ -20,10 +20,6 @@ const WAIT: Duration = Duration::from_secs(20);
 fn json_of(cluster: &Cluster, pool: &str, command: &str) -> Value {
     let text = ok(cluster, pool, &format!("{command}\n"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command}: not JSON ({e}):\n{text}"))
-}
-
-fn two_pools() -> Cluster {
-    started(&[("pool1", &["disk"]), ("pool2", &["disk"])])
 }
 
 /// Files of several classes, states and sticky records on pool1; their pnfsids.

@@ -15,17 +15,13 @@ use std::time::Duration;
 use tidepool_p2p::ErrorCode;
 use tidepool_tests::{
     CACHED, CACHED_STICKY, Cluster, JobLine, PRECIOUS, PRECIOUS_STICKY, RepLine, assert_bytes,
-    assert_no_partial_replica, create, info_field, ok, rc, refused, report_field, started, wait_until,
+    assert_no_partial_replica, create, info_field, ok, rc, refused, report_field, started, two_pools, wait_until,
 };
 
 /// How long a small job may take to finish (a few seconds at most in a debug build).
 const JOB_WAIT: Duration = Duration::from_secs(20);
 /// How long a test waits for something it has caused to show (a queued transfer, a state).
 const SHOW_WAIT: Duration = Duration::from_secs(10);
-
-fn two_pools() -> Cluster {
-    started(&[("pool1", &["disk"]), ("pool2", &["disk"])])
-}
 
 fn sorted(mut lines: Vec<RepLine>) -> Vec<RepLine> {
     lines.sort();

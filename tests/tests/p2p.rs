@@ -19,7 +19,8 @@ use tidepool_p2p::ErrorCode;
 use tidepool_p2p::auth::HANDSHAKE_TIMEOUT;
 use tidepool_p2p::model::ChecksumWriter;
 use tidepool_tests::{
-    Cluster, Output, PpState, RepLine, expect_closed, expect_hang_up, info_field, rc, sample_bytes, wait_until,
+    Cluster, Output, PpState, RepLine, expect_closed, expect_hang_up, info_field, rc, sample_bytes, two_pools,
+    wait_until,
 };
 
 const CACHED: &str = "<C----------L(0)[0]>";
@@ -32,13 +33,6 @@ const EARLY: u64 = 16 << 20;
 const TRANSFER_WAIT: Duration = Duration::from_secs(20);
 /// How long a test waits for a log line describing something it has already seen happen.
 const LOG_WAIT: Duration = Duration::from_secs(10);
-
-fn two_pools() -> Cluster {
-    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
-    cluster.start("pool1");
-    cluster.start("pool2");
-    cluster
-}
 
 /// Puts `len` bytes (seeded with `seed`) into pool1; returns the pnfsid and the bytes.
 fn put_into_pool1(cluster: &Cluster, len: usize, seed: u64, args: &[&str]) -> (String, Vec<u8>) {

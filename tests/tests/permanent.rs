@@ -16,7 +16,7 @@ use tidepool_p2p::ErrorCode;
 use tidepool_repository::{ReplicaStore, SledStore};
 use tidepool_tests::{
     CACHED, Cluster, JobLine, PpState, assert_bytes, assert_no_partial_replica, create, ok, rc, report_field, started,
-    stored, wait_until,
+    stored, two_pools, wait_until,
 };
 
 /// How long a small job may take to finish (a few seconds at most in a debug build).
@@ -30,10 +30,6 @@ const SAVED_KEY: &str = "migration-saved";
 const SAVE_HEADER: &str = "tidepool-migration-save 1";
 /// The header of the migration section at the end of a pool's `info`.
 const INFO_SECTION: &str = "--- migration (Replica migration module client) ---";
-
-fn two_pools() -> Cluster {
-    started(&[("pool1", &["disk"]), ("pool2", &["disk"])])
-}
 
 /// `(len, seed)` for `put_samples`: one file per seed, of 1,000 to about 120,000 bytes.
 fn seeds(range: std::ops::Range<u64>) -> Vec<(usize, u64)> {

@@ -18,17 +18,10 @@ use tidepool_p2p::frame::WireError;
 use tidepool_p2p::message::{DataReply, DataRequest, MigrationReply, MigrationRequest};
 use tidepool_p2p::tls::{Authority, Credentials, Role, TlsFiles};
 use tidepool_p2p::{PnfsId, TransferId};
-use tidepool_tests::{Cluster, info_field, rc, sample_bytes};
+use tidepool_tests::{Cluster, info_field, rc, sample_bytes, two_pools};
 
 /// How long a test waits for a log line describing something it has already seen happen.
 const LOG_WAIT: Duration = Duration::from_secs(10);
-
-fn two_pools() -> Cluster {
-    let mut cluster = Cluster::new(&[("pool1", &["disk"]), ("pool2", &["disk"])]);
-    cluster.start("pool1");
-    cluster.start("pool2");
-    cluster
-}
 
 fn credentials(cluster: &Cluster, role: Role, name: &str) -> Credentials {
     Credentials::load(&TlsFiles::in_dir(cluster.dir(), role, name)).expect("load credentials")

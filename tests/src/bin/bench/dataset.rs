@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use tidepool_p2p::PnfsId;
-use tidepool_p2p::model::{AccessLatency, Checksum, ChecksumWriter, FileAttributes, ReplicaState, RetentionPolicy};
+use tidepool_p2p::model::{
+    AccessLatency, Checksum, ChecksumWriter, EpochMillis, FileAttributes, ReplicaState, RetentionPolicy,
+};
 use tidepool_p2p::tls::Credentials;
 use tidepool_repository::{Replica, ReplicaStore, SledStore, record};
 
@@ -137,6 +139,46 @@ pub(crate) fn open_bench<'a>(
     Ok(Bench { set, dir: dir.to_path_buf(), bins, cache, key, manifest, rt })
 }
 
+/// Writes one cached replica of `size` bytes made from `seed` (its pnfsid too) straight into
+/// a pool's data directory and `store`, before the pool starts; its pnfsid and checksum.
+pub(crate) fn write_cached(
+    store: &SledStore,
+    pool_dir: &Path,
+    seed: u64,
+    size: usize,
+    storage_class: &str,
+    now: EpochMillis,
+) -> anyhow::Result<(PnfsId, Checksum)> {
+    let content = tidepool_tests::sample_bytes(size, seed);
+    let mut sum = ChecksumWriter::new();
+    sum.update(&content);
+    let checksum = sum.finish();
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&seed.to_be_bytes());
+    raw[8..].copy_from_slice(&seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    let pnfsid = PnfsId::from_random(raw);
+    let replica = Replica {
+        attrs: FileAttributes {
+            pnfsid,
+            size: size as u64,
+            checksum: Some(checksum),
+            storage_class: Some(storage_class.into()),
+            cache_class: None,
+            access_latency: Some(AccessLatency::Online),
+            retention_policy: Some(RetentionPolicy::Replica),
+            hsm: None,
+            creation_time: now,
+            access_time: now,
+        },
+        state: ReplicaState::Cached,
+        sticky: vec![],
+    };
+    let data = pool_dir.join("data").join(pnfsid.to_string());
+    fs::write(&data, &content).with_context(|| format!("write {}", data.display()))?;
+    store.put_record(&pnfsid, &record::encode(&replica))?;
+    Ok((pnfsid, checksum))
+}
+
 /// Fills the source pool and `plain/` unless `dir` already holds this very set; returns
 /// every replica's pnfsid and checksum.
 pub(crate) fn prepare(set: DataSet, dir: &Path) -> anyhow::Result<Vec<(PnfsId, Checksum)>> {
@@ -156,35 +198,9 @@ pub(crate) fn prepare(set: DataSet, dir: &Path) -> anyhow::Result<Vec<(PnfsId, C
     let mut manifest = Vec::with_capacity(set.files);
     let mut text = String::new();
     for i in 0..set.files {
-        let seed = set.seed + i as u64;
-        let content = tidepool_tests::sample_bytes(set.size, seed);
-        let mut sum = ChecksumWriter::new();
-        sum.update(&content);
-        let checksum = sum.finish();
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&seed.to_be_bytes());
-        raw[8..].copy_from_slice(&seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-        let pnfsid = PnfsId::from_random(raw);
-        let replica = Replica {
-            attrs: FileAttributes {
-                pnfsid,
-                size: set.size as u64,
-                checksum: Some(checksum),
-                storage_class: Some("bench:p2p".into()),
-                cache_class: None,
-                access_latency: Some(AccessLatency::Online),
-                retention_policy: Some(RetentionPolicy::Replica),
-                hsm: None,
-                creation_time: now,
-                access_time: now,
-            },
-            state: ReplicaState::Cached,
-            sticky: vec![],
-        };
+        let (pnfsid, checksum) = write_cached(&store, &pool_dir, set.seed + i as u64, set.size, "bench:p2p", now)?;
         let data = pool_dir.join("data").join(pnfsid.to_string());
-        fs::write(&data, &content).with_context(|| format!("write {}", data.display()))?;
         fs::hard_link(&data, dir.join("plain").join(format!("f{i:05}")))?;
-        store.put_record(&pnfsid, &record::encode(&replica))?;
         let _ = writeln!(text, "{pnfsid} {checksum}");
         manifest.push((pnfsid, checksum));
     }

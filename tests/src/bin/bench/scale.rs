@@ -26,12 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use tidepool_p2p::PnfsId;
 use tidepool_p2p::cluster::{ClusterFile, PoolEntry};
-use tidepool_p2p::model::{AccessLatency, ChecksumWriter, FileAttributes, ReplicaState, RetentionPolicy};
 use tidepool_p2p::tls::{Credentials, Role, TlsFiles};
 use tidepool_pool::process::service::{NofileLimit, raise_nofile_limit};
-use tidepool_repository::{Replica, ReplicaStore, SledStore, record};
+use tidepool_repository::{ReplicaStore, SledStore};
 
 use crate::dataset::check_args;
 use crate::process::{Admin, Binaries, Proc, run_ok};
@@ -198,14 +196,7 @@ fn print_machine(bins: &Binaries) {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = rustix::system::uname();
     println!("machine: {cpus} CPUs, {mem:.1} GiB RAM, Linux {}", kernel.release().to_string_lossy());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
-    let head = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let head = crate::system::workspace_head();
     println!("tidepool: {} (workspace at {head})", bins.tidepool.display());
     if let Some(etcd) = tidepool_tests::etcd::binary() {
         let version = Command::new(&etcd)
@@ -542,32 +533,7 @@ fn fill(pool_dir: &Path, k: usize, files: usize, size: usize) -> anyhow::Result<
     let store = SledStore::open(pool_dir)?;
     let now = chrono_now();
     for i in 0..files {
-        let seed = ((k as u64) << 32) + i as u64;
-        let content = tidepool_tests::sample_bytes(size, seed);
-        let mut sum = ChecksumWriter::new();
-        sum.update(&content);
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&seed.to_be_bytes());
-        raw[8..].copy_from_slice(&seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-        let pnfsid = PnfsId::from_random(raw);
-        let replica = Replica {
-            attrs: FileAttributes {
-                pnfsid,
-                size: size as u64,
-                checksum: Some(sum.finish()),
-                storage_class: Some("bench:scale".into()),
-                cache_class: None,
-                access_latency: Some(AccessLatency::Online),
-                retention_policy: Some(RetentionPolicy::Replica),
-                hsm: None,
-                creation_time: now,
-                access_time: now,
-            },
-            state: ReplicaState::Cached,
-            sticky: vec![],
-        };
-        fs::write(pool_dir.join("data").join(pnfsid.to_string()), &content)?;
-        store.put_record(&pnfsid, &record::encode(&replica))?;
+        crate::dataset::write_cached(&store, pool_dir, ((k as u64) << 32) + i as u64, size, "bench:scale", now)?;
     }
     store.flush()?;
     Ok(())

@@ -28,6 +28,18 @@ pub(crate) enum CacheMode {
     Warm,
 }
 
+/// The workspace's commit as `git describe --always --dirty` names it (empty if git cannot).
+pub(crate) fn workspace_head() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 pub(crate) fn print_machine(tidepool: &Path, base: &Path, cache: CacheMode) {
     let mem = procfs::Meminfo::current()
         .map(|m| format!("{:.1} GiB", m.mem_total as f64 / (1u64 << 30) as f64))
@@ -44,14 +56,7 @@ pub(crate) fn print_machine(tidepool: &Path, base: &Path, cache: CacheMode) {
         }
     );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
-    let head = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["describe", "--always", "--dirty"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let head = workspace_head();
     println!("tidepool: {} (workspace at {head})", tidepool.display());
     if let Some(note) = stale(tidepool, root) {
         println!("{note}");
